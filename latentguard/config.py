@@ -1,0 +1,145 @@
+"""YAML configuration with dotted-key CLI overrides.
+
+Every entry point loads ``configs/default.yaml`` (or ``--config``), then applies the flags the user
+gave. Unknown keys and wrong types are reported with the file and key, so a typo never trains for
+hours with a default.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from .errors import LatentGuardError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+
+# Built-in defaults, used when the YAML file omits a key (or no file ships, e.g. a wheel install).
+DEFAULTS: dict[str, Any] = {
+    "dataset": "dataset/CoPro_v1.0.json",
+    "cache_dir": "cache",
+    "output_dir": "runs/default",
+    "checkpoint": "model_parameters.pth",
+    "device": "auto",
+    "encoder": {
+        "name": "openai/clip-vit-large-patch14",
+        "type": "auto",
+        "dtype": "float32",
+        "batch_size": 64,
+        "attention_mask": False,
+        "long_prompts": False,
+    },
+    "model": {"num_heads": 16, "head_dim": 32, "out_dim": 128},
+    "store": {"dtype": "float16"},
+    "data": {"valid_size": 3000, "seed": 0},
+    "train": {
+        "epochs": 1001,
+        "batch_size": 64,
+        "lr": 0.001,
+        "weight_decay": 0.01,
+        "seed": 0,
+        "val_every": 50,
+        "no_cache": False,
+    },
+    "eval": {"threshold": None, "baselines": [], "bert_model": None},
+    "inference": {"threshold": 9.0131, "batch_size": 64},
+}
+
+# Positive numbers that must be checked before any long job starts.
+_POSITIVE = [
+    "encoder.batch_size", "model.num_heads", "model.head_dim", "model.out_dim",
+    "train.epochs", "train.batch_size", "train.lr", "train.val_every", "inference.batch_size",
+]
+_CHOICES = {
+    "encoder.type": {"auto", "clip", "openclip", "hf"},
+    "encoder.dtype": {"float32", "float16", "bfloat16"},
+    "store.dtype": {"float16", "float32"},
+}
+
+
+def _merge(base: dict, update: Mapping, source: str, prefix: str = "") -> None:
+    for key, value in update.items():
+        dotted = f"{prefix}{key}"
+        if key not in base:
+            raise LatentGuardError(f"{source}: unknown config key '{dotted}' (known: {', '.join(sorted(base))})")
+        if isinstance(base[key], dict):
+            if not isinstance(value, Mapping):
+                raise LatentGuardError(f"{source}: '{dotted}' must be a mapping of keys, got {value!r}")
+            _merge(base[key], value, source, dotted + ".")
+        else:
+            base[key] = value
+
+
+def get(cfg: Mapping, dotted: str) -> Any:
+    """Read ``cfg['a']['b']`` as ``get(cfg, 'a.b')``."""
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def set_value(cfg: dict, dotted: str, value: Any) -> None:
+    """Set ``cfg['a']['b'] = value`` for ``dotted='a.b'``, refusing keys that do not exist."""
+    parts = dotted.split(".")
+    node = cfg
+    for part in parts[:-1]:
+        if part not in node or not isinstance(node[part], dict):
+            raise LatentGuardError(f"unknown config key '{dotted}'")
+        node = node[part]
+    if parts[-1] not in node:
+        raise LatentGuardError(f"unknown config key '{dotted}'")
+    node[parts[-1]] = value
+
+
+def validate(cfg: Mapping, source: str = "config") -> None:
+    """Reject values that would make a run fail late or silently misbehave."""
+    for key in _POSITIVE:
+        value = get(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise LatentGuardError(f"{source}: '{key}' must be a positive number, got {value!r}")
+    for key in ["encoder.batch_size", "model.num_heads", "model.head_dim", "model.out_dim",
+                "train.epochs", "train.batch_size", "train.val_every", "inference.batch_size"]:
+        if not isinstance(get(cfg, key), int):
+            raise LatentGuardError(f"{source}: '{key}' must be an integer, got {get(cfg, key)!r}")
+    wd = get(cfg, "train.weight_decay")
+    if isinstance(wd, bool) or not isinstance(wd, (int, float)) or wd < 0:
+        raise LatentGuardError(f"{source}: 'train.weight_decay' must be a number >= 0, got {wd!r}")
+    for key, choices in _CHOICES.items():
+        if get(cfg, key) not in choices:
+            raise LatentGuardError(f"{source}: '{key}' must be one of {sorted(choices)}, got {get(cfg, key)!r}")
+    for key in ["eval.threshold"]:
+        value = get(cfg, key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise LatentGuardError(f"{source}: '{key}' must be a number or null, got {value!r}")
+
+
+def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> dict:
+    """Load defaults, then the YAML file, then ``overrides`` (dotted keys; ``None`` values are skipped).
+
+    ``path=None`` uses ``configs/default.yaml`` when it exists. Errors name the file and the key.
+    """
+    cfg = copy.deepcopy(DEFAULTS)
+    source = "built-in defaults"
+    if path is None and DEFAULT_CONFIG.is_file():
+        path = DEFAULT_CONFIG
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise LatentGuardError(f"config file not found: {path} (pass --config with an existing YAML file)")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise LatentGuardError(f"{path}: not valid YAML{where}; fix the syntax") from None
+        if not isinstance(loaded, Mapping):
+            raise LatentGuardError(f"{path}: the top level must be a mapping of keys")
+        _merge(cfg, loaded, source)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            set_value(cfg, key, value)
+    validate(cfg, source if not overrides else f"{source} (with command-line overrides)")
+    return cfg

@@ -1,0 +1,195 @@
+"""The Embedding Mapping Layer: concept-as-query cross-attention over a prompt's 78 embedding rows.
+
+Parameter names and shapes are those of the released checkpoint (REFERENCE §3), so
+``load_state_dict(torch.load("model_parameters.pth", weights_only=True), strict=True)`` works.
+
+Two ways to score:
+- :meth:`EmbeddingMappingLayer.forward` scores aligned (prompt_i, concept_i) pairs, as released;
+- :meth:`EmbeddingMappingLayer.logit_matrix` scores every prompt against every concept, computing
+  each prompt's keys/values and each concept's query once, in bounded-memory chunks.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import LatentGuardError
+
+# Per-pair activations (attention output, v', weights) held at once by logit_matrix.
+DEFAULT_CHUNK_ELEMENTS = 1 << 23
+
+
+class EmbeddingMappingLayer(nn.Module):
+    """Maps a prompt embedding and a concept vector into a shared space; logit = tempr * cos."""
+
+    def __init__(self, in_dim: int = 768, num_heads: int = 16, head_dim: int = 32, out_dim: int = 128) -> None:
+        super().__init__()
+        inner = num_heads * head_dim
+        self.in_dim, self.num_heads, self.head_dim, self.out_dim = in_dim, num_heads, head_dim, out_dim
+        self.x1_to_key = nn.Linear(in_dim, inner)
+        self.x1_to_value = nn.Linear(in_dim, inner)
+        self.x2_to_query = nn.Linear(in_dim, inner)
+        self.final_mlp = nn.Linear(inner, out_dim)
+        self.mlp_query1 = nn.Linear(inner, out_dim)
+        self.tempr = nn.Parameter(torch.tensor(1.0 / 0.07))
+
+    # ----------------------------------------------------------------------------------- pieces
+    def prompt_keys_values(self, prompt_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values ``[P, heads, L, head_dim]`` of each prompt, computed once per prompt."""
+        p, length, _ = prompt_emb.shape
+        # One GEMM for both projections: [P*L, in] x [in, 2*inner].
+        weight = torch.cat([self.x1_to_key.weight, self.x1_to_value.weight])
+        bias = torch.cat([self.x1_to_key.bias, self.x1_to_value.bias])
+        both = F.linear(prompt_emb, weight, bias).view(p, length, 2, self.num_heads, self.head_dim)
+        return both[:, :, 0].transpose(1, 2), both[:, :, 1].transpose(1, 2)
+
+    def concept_queries(self, concept_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-head queries ``[heads, C, head_dim]`` (pre-scaled by 1/sqrt(d)) and unit q' ``[C, out]``."""
+        query = self.x2_to_query(concept_emb)
+        q_out = F.normalize(self.mlp_query1(query), dim=-1)
+        heads = query.view(-1, self.num_heads, self.head_dim).transpose(0, 1) / math.sqrt(self.head_dim)
+        return heads, q_out
+
+    def attend(self, keys: torch.Tensor, values: torch.Tensor, queries: torch.Tensor,
+               return_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Unit v' ``[P, C, out]`` for every (prompt, concept); optionally the weights ``[P, H, C, L]``."""
+        scores = torch.matmul(queries.unsqueeze(0), keys.transpose(-1, -2))  # [P, H, C, L]
+        weights = scores.softmax(dim=-1)
+        attended = torch.matmul(weights, values)  # [P, H, C, d]
+        p, _, c, _ = attended.shape
+        merged = attended.permute(0, 2, 1, 3).reshape(p, c, self.num_heads * self.head_dim)
+        v_out = F.normalize(self.final_mlp(merged), dim=-1)
+        return v_out, (weights if return_attention else None)
+
+    # ---------------------------------------------------------------------------------- scoring
+    def forward(self, prompt_emb: torch.Tensor, concept_emb: torch.Tensor) -> torch.Tensor:
+        """Logits ``[N]`` of aligned pairs: prompt ``i`` against concept ``i`` (the released call)."""
+        if prompt_emb.shape[0] != concept_emb.shape[0]:
+            raise ValueError(f"forward scores aligned pairs: got {prompt_emb.shape[0]} prompts "
+                             f"and {concept_emb.shape[0]} concepts (use logit_matrix for all pairs)")
+        keys, values = self.prompt_keys_values(prompt_emb)  # [N, H, L, d]
+        query = self.x2_to_query(concept_emb)
+        q_out = F.normalize(self.mlp_query1(query), dim=-1)
+        q_heads = query.view(-1, self.num_heads, 1, self.head_dim) / math.sqrt(self.head_dim)  # [N, H, 1, d]
+        weights = torch.matmul(q_heads, keys.transpose(-1, -2)).softmax(dim=-1)  # [N, H, 1, L]
+        merged = torch.matmul(weights, values).reshape(prompt_emb.shape[0], -1)  # [N, H*d]
+        v_out = F.normalize(self.final_mlp(merged), dim=-1)
+        return self.tempr * (v_out * q_out).sum(-1)
+
+    def logit_matrix(self, prompt_emb: torch.Tensor, concept_emb: torch.Tensor,
+                     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> torch.Tensor:
+        """Logits ``[P, C]`` of every prompt against every concept.
+
+        Keys/values are computed once per prompt and queries once per concept. The attention runs
+        through PyTorch's fused ``scaled_dot_product_attention`` (the [P, H, C, L] weights are never
+        materialised) over chunks of prompts and concepts holding at most ``chunk_elements``
+        per-pair activations, so memory stays bounded for any P x C. Differentiable.
+        """
+        self._check_inputs(prompt_emb, concept_emb)
+        n_prompts, n_concepts = prompt_emb.shape[0], concept_emb.shape[0]
+        inner = self.num_heads * self.head_dim
+        queries, q_out = self.concept_queries(concept_emb)  # [H, C, d], [C, out]
+        queries = queries.transpose(0, 1)  # [C, H, d]: attention output then lands as [P, C, H, d]
+        per_pair = inner + self.out_dim + self.num_heads * prompt_emb.shape[1]
+        concept_chunk = max(1, min(n_concepts, chunk_elements // per_pair))
+        prompt_chunk = max(1, chunk_elements // (per_pair * concept_chunk))
+        rows = []
+        for p0 in range(0, n_prompts, prompt_chunk):
+            keys, values = self.prompt_keys_values(prompt_emb[p0 : p0 + prompt_chunk])
+            n = keys.shape[0]
+            cols = []
+            for c0 in range(0, n_concepts, concept_chunk):
+                q = queries[c0 : c0 + concept_chunk]
+                q = q.unsqueeze(0).expand(n, -1, -1, -1).transpose(1, 2)  # [n, H, c, d], a view
+                attended = F.scaled_dot_product_attention(q, keys, values, scale=1.0)  # q is pre-scaled
+                merged = attended.transpose(1, 2).reshape(n, q.shape[2], inner)
+                v_out = F.normalize(self.final_mlp(merged), dim=-1)
+                cols.append((v_out * q_out[c0 : c0 + concept_chunk]).sum(-1))
+            rows.append(torch.cat(cols, dim=1) if len(cols) > 1 else cols[0])
+        logits = torch.cat(rows, dim=0) if len(rows) > 1 else rows[0]
+        return self.tempr * logits
+
+    def _check_inputs(self, prompt_emb: torch.Tensor, concept_emb: torch.Tensor) -> None:
+        if prompt_emb.dim() != 3 or prompt_emb.shape[-1] != self.in_dim:
+            raise LatentGuardError(f"prompt embeddings must be [P, L, {self.in_dim}], got {list(prompt_emb.shape)}")
+        if concept_emb.dim() != 2 or concept_emb.shape[-1] != self.in_dim:
+            raise LatentGuardError(f"concept embeddings must be [C, {self.in_dim}], got {list(concept_emb.shape)}")
+
+    # ---------------------------------------------------------------------------- checkpoints
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: D401 - torch hook
+        # Accept a one-element ``tempr`` saved as shape [1] as well as a 0-d scalar.
+        key = prefix + "tempr"
+        if key in state_dict and state_dict[key].numel() == 1:
+            state_dict[key] = state_dict[key].reshape(())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def expected_shapes(in_dim: int = 768, num_heads: int = 16, head_dim: int = 32, out_dim: int = 128) -> dict[str, tuple]:
+    """The state-dict layout of a mapping layer with these sizes (released: the defaults)."""
+    return {k: tuple(v.shape) for k, v in EmbeddingMappingLayer(in_dim, num_heads, head_dim, out_dim).state_dict().items()}
+
+
+def infer_dims(state_dict: Mapping[str, torch.Tensor], num_heads: int = 16) -> dict[str, int]:
+    """Read ``in_dim``/``out_dim``/inner width from a state dict (heads cannot be read: given)."""
+    try:
+        inner, in_dim = state_dict["x1_to_key.weight"].shape
+        out_dim = state_dict["final_mlp.weight"].shape[0]
+    except (KeyError, ValueError, AttributeError):
+        raise LatentGuardError("checkpoint lacks 'x1_to_key.weight'/'final_mlp.weight': not a Latent Guard "
+                               "mapping layer state dict") from None
+    if inner % num_heads:
+        raise LatentGuardError(f"checkpoint inner width {inner} is not divisible by {num_heads} heads")
+    return {"in_dim": int(in_dim), "num_heads": num_heads, "head_dim": int(inner) // num_heads, "out_dim": int(out_dim)}
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a plain state dict safely (``weights_only=True``); accept ``{"model": state_dict}`` too."""
+    path = Path(path)
+    if not path.is_file():
+        raise LatentGuardError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors, truncated files, non-torch files
+        raise LatentGuardError(f"{path}: cannot read checkpoint ({type(exc).__name__}: "
+                               f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'corrupt file'})") from None
+    if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
+        obj = obj["model"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise LatentGuardError(f"{path}: not a state dict of tensors (expected the released model_parameters.pth format)")
+    return dict(obj)
+
+
+def load_mapping_layer(path: str | Path, *, in_dim: int | None = None, num_heads: int = 16,
+                       device: str | torch.device = "cpu") -> EmbeddingMappingLayer:
+    """Build a mapping layer that fits the checkpoint at ``path`` and load it strictly.
+
+    ``in_dim`` is the encoder's hidden size: a mismatch is reported as such. Missing keys, extra
+    keys and wrong shapes are each named in a one-line error.
+    """
+    state = load_state_dict_file(path)
+    dims = infer_dims(state, num_heads)
+    if in_dim is not None and dims["in_dim"] != in_dim:
+        raise LatentGuardError(f"{path}: checkpoint expects encoder width {dims['in_dim']}, but the encoder's "
+                               f"hidden size is {in_dim}; use the encoder the checkpoint was trained with")
+    model = EmbeddingMappingLayer(**dims)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    wrong = [f"{k} {list(state[k].shape)} (expected {list(expected[k])})" for k in expected
+             if k in state and tuple(state[k].shape) != expected[k] and not (k == "tempr" and state[k].numel() == 1)]
+    problems = []
+    if missing:
+        problems.append("missing keys: " + ", ".join(missing))
+    if extra:
+        problems.append("unexpected keys: " + ", ".join(extra))
+    if wrong:
+        problems.append("wrong shapes: " + ", ".join(wrong))
+    if problems:
+        raise LatentGuardError(f"{path}: checkpoint does not fit the Embedding Mapping Layer; " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval()

@@ -1,0 +1,76 @@
+"""The 78-row embedding layout of REFERENCE §2, checked against a direct CLIPTextModel call."""
+from __future__ import annotations
+
+import gzip
+
+import pytest
+import torch
+
+from latentguard.encoder import CLIPTextEncoder, load_encoder
+from latentguard.errors import LatentGuardError
+
+
+def test_tokenizer_matches_open_clip_ids(clip_tokenizer):
+    import open_clip
+
+    reference = open_clip.get_tokenizer("ViT-L-14")
+    for text in ["a photo of a cat", "A man gets MURDERED in the street!!", "naïve café — déjà vu 123"]:
+        ours = clip_tokenizer(text, padding="max_length", max_length=77, truncation=True)["input_ids"]
+        theirs = reference([text])[0].tolist()
+        n = theirs.index(49407) + 1
+        assert ours[:n] == theirs[:n]
+        assert ours[n:] == [49407] * (77 - n)  # HF pads with <|endoftext|>, as the reference says
+
+
+def test_layout_row0_is_first_eos_state(tiny_encoder, clip_tokenizer):
+    texts = ["a photo of a knife", "blood on the floor of a long dark corridor at night", "gun"]
+    emb = tiny_encoder.encode(texts, batch_size=2)
+    assert emb.shape == (3, 78, 768) and emb.dtype == torch.float32
+    ids = clip_tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        hidden = tiny_encoder.model(input_ids=ids).last_hidden_state  # no attention mask, as released
+    first_eos = [row.tolist().index(49407) for row in ids]
+    for i, pos in enumerate(first_eos):
+        torch.testing.assert_close(emb[i, 0], hidden[i, pos])
+        torch.testing.assert_close(emb[i, 1:], hidden[i])
+    # the pooled row moves with the prompt length: it is not a fixed position
+    assert len(set(first_eos)) == 3
+
+
+def test_batching_does_not_change_embeddings(tiny_encoder):
+    texts = [f"prompt number {i} with a knife" for i in range(5)]
+    torch.testing.assert_close(tiny_encoder.encode(texts, batch_size=5), tiny_encoder.encode(texts, batch_size=2))
+
+
+def test_long_prompt_is_truncated_with_eos(tiny_encoder, clip_tokenizer):
+    text = " ".join(["knife"] * 200)
+    ids = tiny_encoder.tokenize([text])["input_ids"][0]
+    assert ids.shape[0] == 77 and ids[-1].item() == 49407 and ids.argmax().item() == 76
+
+
+def test_concept_vector_is_row0(tiny_encoder):
+    concepts = ["knife", "blood"]
+    torch.testing.assert_close(tiny_encoder.encode_concepts(concepts), tiny_encoder.encode(concepts)[:, 0])
+
+
+def test_identity_distinguishes_weights(tiny_encoder, tiny_encoder_other):
+    assert tiny_encoder.identity != tiny_encoder_other.identity
+    assert tiny_encoder.identity == tiny_encoder.identity
+
+
+def test_attention_mask_option_changes_identity_and_embeddings(tiny_encoder_dir, tiny_encoder):
+    masked = load_encoder(str(tiny_encoder_dir), device="cpu", attention_mask=True)
+    assert masked.identity != tiny_encoder.identity
+    a, b = masked.encode(["a knife"]), tiny_encoder.encode(["a knife"])
+    torch.testing.assert_close(a[0, 1:4], b[0, 1:4])  # causal: tokens before EOS are unaffected
+    assert not torch.allclose(a[0, 10:], b[0, 10:])    # padding states differ once masked
+
+
+def test_unloadable_encoder_is_a_clear_error(tmp_path):
+    with pytest.raises(LatentGuardError, match="cannot load text encoder"):
+        load_encoder(str(tmp_path / "no-such-model"), device="cpu")
+
+
+def test_fp16_on_cpu_is_refused(tiny_encoder):
+    with pytest.raises(LatentGuardError, match="float16"):
+        CLIPTextEncoder(tiny_encoder.model, device="cpu", dtype="float16", tokenizer=tiny_encoder.tokenizer)

@@ -20,7 +20,7 @@ def _arrays(labels, scores) -> tuple[np.ndarray, np.ndarray]:
 def roc_auc(labels, scores) -> float:
     """ROC AUC; NaN when only one class is present (AUC is undefined then)."""
     labels, scores = _arrays(labels, scores)
-    if labels.min(initial=0) == labels.max(initial=0):
+    if np.unique(labels).size < 2:
         return float("nan")
     return float(roc_auc_score(labels, scores))
 
@@ -40,7 +40,7 @@ def rates_at(labels, scores, threshold: float) -> dict[str, float]:
 def fpr_at_tpr(labels, scores, target_tpr: float = 0.95) -> float:
     """The lowest FPR among operating points whose TPR reaches ``target_tpr``."""
     labels, scores = _arrays(labels, scores)
-    if labels.min(initial=0) == labels.max(initial=0):
+    if np.unique(labels).size < 2:
         return float("nan")
     fpr, tpr, _ = roc_curve(labels, scores)
     return float(fpr[np.searchsorted(tpr, target_tpr, side="left")])

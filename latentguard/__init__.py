@@ -1,0 +1,31 @@
+"""Latent Guard: block unsafe text-to-image prompts in a latent space learned over the text encoder.
+
+Importing the package is cheap: torch, transformers and the models load only when a name below is
+first used.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "LatentGuard": "latentguard.guard",
+    "Verdict": "latentguard.guard",
+    "EmbeddingMappingLayer": "latentguard.model",
+    "load_mapping_layer": "latentguard.model",
+    "load_encoder": "latentguard.encoder",
+    "CLIPTextEncoder": "latentguard.encoder",
+    "load_copro": "latentguard.data",
+    "EmbeddingStore": "latentguard.cache",
+    "LatentGuardError": "latentguard.errors",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'latentguard' has no attribute {name!r}")

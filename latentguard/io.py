@@ -112,13 +112,14 @@ def download(url: str, target: str | Path, sha256: str | None = None, what: str 
 def released_checkpoint(path: str | Path = "model_parameters.pth") -> Path:
     """Return a path to the released weights: ``path`` if it exists, else a verified cached download.
 
-    Only the released file name triggers a download; any other missing path is an error, so a typo
-    never silently swaps in other weights.
+    Only the bare released file name (no directory) triggers a download; any other missing path is
+    an error, so a typo such as ``runs/tyop/model_parameters.pth`` never silently swaps in the
+    released weights.
     """
     path = Path(path)
     if path.is_file():
         return path
-    if path.name != "model_parameters.pth":
+    if path.name != "model_parameters.pth" or path.parent != Path("."):
         raise LatentGuardError(f"checkpoint not found: {path} (check the --checkpoint path)")
     cached = cache_home() / "model_parameters.pth"
     if cached.is_file():

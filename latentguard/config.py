@@ -30,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
         "batch_size": 64,
         "attention_mask": False,
         "long_prompts": False,
+        "window_stride": 50,
     },
     "model": {"num_heads": 16, "head_dim": 32, "out_dim": 128},
     "store": {"dtype": "float16"},
@@ -42,9 +43,11 @@ DEFAULTS: dict[str, Any] = {
         "seed": 0,
         "val_every": 50,
         "no_cache": False,
+        "save_every": 10,
+        "eval_batch_size": 256,
     },
-    "eval": {"threshold": None, "baselines": [], "bert_model": None},
-    "inference": {"threshold": 9.0131, "batch_size": 64},
+    "eval": {"threshold": None, "baselines": [], "bert_model": None, "batch_size": 512},
+    "inference": {"threshold": 9.0131, "batch_size": 64, "concepts": None, "allowlist": None, "top_k": 3},
 }
 
 # Positive numbers that must be checked before any long job starts.

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Reproduce the Latent Guard row of Table 1 end to end, on a GPU machine with internet access:
+#   1. python prepare.py   - downloads CoPro v1.0 and CLIP ViT-L/14, builds the embedding store;
+#   2. python main.py      - trains one model per seed with the paper's schedule (1,001 epochs);
+#   3. python test.py      - evaluates each model (ID/OOD x explicit/synonym/adversarial);
+#   4. scripts/aggregate_seeds.py - mean +- std over seeds beside the published numbers,
+#      written to $RUNS/reproduce/summary.md and summary.json.
+#
+# Re-running resumes: the store build continues where it stopped, an interrupted training run
+# continues from its resume.pt, and seeds already evaluated are skipped.
+#
+# Settings (environment variables):
+#   SEEDS="0 1 2"     seeds to train                 EPOCHS=1001   epochs per seed
+#   RUNS=runs         where run directories go       PYTHON=python interpreter
+#   DEVICE, DATASET, ENCODER, CACHE_DIR, CONFIG: passed as --device/--dataset/--encoder/--cache-dir/--config
+#   to every step when set (defaults: configs/default.yaml).
+# Example: SEEDS="0 1 2 3 4" DEVICE=cuda:1 bash scripts/reproduce.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SEEDS="${SEEDS:-0 1 2}"
+EPOCHS="${EPOCHS:-1001}"
+RUNS="${RUNS:-runs}"
+PYTHON="${PYTHON:-python}"
+
+common=()
+[[ -n "${CONFIG:-}" ]] && common+=(--config "$CONFIG")
+[[ -n "${DATASET:-}" ]] && common+=(--dataset "$DATASET")
+[[ -n "${ENCODER:-}" ]] && common+=(--encoder "$ENCODER")
+[[ -n "${CACHE_DIR:-}" ]] && common+=(--cache-dir "$CACHE_DIR")
+[[ -n "${DEVICE:-}" ]] && common+=(--device "$DEVICE")
+
+step() { printf '\n=== %s ===\n' "$*"; }
+
+step "1/4 embedding store (prepare.py)"
+"$PYTHON" prepare.py ${common[@]+"${common[@]}"}
+
+runs=()
+for seed in $SEEDS; do
+  out="$RUNS/seed$seed"
+  runs+=("$out")
+  if [[ -f "$out/eval/results.json" ]]; then
+    step "seed $seed: already trained and evaluated ($out/eval/results.json), skipping"
+    continue
+  fi
+  step "2/4 seed $seed: training $EPOCHS epochs -> $out"
+  # Re-running the same command resumes from $out/resume.pt; a finished run returns at once.
+  "$PYTHON" main.py ${common[@]+"${common[@]}"} --seed "$seed" --epochs "$EPOCHS" --output-dir "$out"
+  step "3/4 seed $seed: evaluating $out/model_parameters.pth"
+  "$PYTHON" test.py ${common[@]+"${common[@]}"} --checkpoint "$out/model_parameters.pth" --output-dir "$out/eval"
+done
+
+step "4/4 aggregate over seeds: $SEEDS"
+"$PYTHON" scripts/aggregate_seeds.py "${runs[@]}" --output-dir "$RUNS/reproduce"

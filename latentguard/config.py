@@ -53,7 +53,8 @@ DEFAULTS: dict[str, Any] = {
 # Positive numbers that must be checked before any long job starts.
 _POSITIVE = [
     "encoder.batch_size", "model.num_heads", "model.head_dim", "model.out_dim",
-    "train.epochs", "train.batch_size", "train.lr", "train.val_every", "inference.batch_size",
+    "train.epochs", "train.batch_size", "train.lr", "train.val_every", "train.save_every",
+    "train.eval_batch_size", "eval.batch_size", "inference.batch_size",
 ]
 _CHOICES = {
     "encoder.type": {"auto", "clip", "openclip", "hf"},
@@ -103,8 +104,12 @@ def validate(cfg: Mapping, source: str = "config") -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             raise LatentGuardError(f"{source}: '{key}' must be a positive number, got {value!r}")
     for key in ["encoder.batch_size", "model.num_heads", "model.head_dim", "model.out_dim",
-                "train.epochs", "train.batch_size", "train.val_every", "inference.batch_size"]:
+                "train.epochs", "train.batch_size", "train.val_every", "train.save_every",
+                "train.eval_batch_size", "eval.batch_size", "inference.batch_size"]:
         if not isinstance(get(cfg, key), int):
+            raise LatentGuardError(f"{source}: '{key}' must be an integer, got {get(cfg, key)!r}")
+    for key in ["train.seed", "data.seed"]:
+        if isinstance(get(cfg, key), bool) or not isinstance(get(cfg, key), int):
             raise LatentGuardError(f"{source}: '{key}' must be an integer, got {get(cfg, key)!r}")
     wd = get(cfg, "train.weight_decay")
     if isinstance(wd, bool) or not isinstance(wd, (int, float)) or wd < 0:

@@ -81,19 +81,32 @@ class EmbeddingMappingLayer(nn.Module):
         v_out = F.normalize(self.final_mlp(merged), dim=-1)
         return self.tempr * (v_out * q_out).sum(-1)
 
-    def logit_matrix(self, prompt_emb: torch.Tensor, concept_emb: torch.Tensor,
-                     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> torch.Tensor:
+    def logit_matrix(self, prompt_emb: torch.Tensor, concept_emb: torch.Tensor | None,
+                     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS, *,
+                     queries: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Logits ``[P, C]`` of every prompt against every concept.
 
         Keys/values are computed once per prompt and queries once per concept. The attention runs
         through PyTorch's fused ``scaled_dot_product_attention`` (the [P, H, C, L] weights are never
         materialised) over chunks of prompts and concepts holding at most ``chunk_elements``
         per-pair activations, so memory stays bounded for any P x C. Differentiable.
+
+        ``queries``: the output of :meth:`concept_queries` for a fixed blacklist, computed once by
+        the caller (pass ``concept_emb=None``). Projecting 578 concepts costs more than scoring one
+        prompt, so a guard checking prompts one at a time should not redo it per call.
         """
-        self._check_inputs(prompt_emb, concept_emb)
-        n_prompts, n_concepts = prompt_emb.shape[0], concept_emb.shape[0]
+        if queries is None:
+            if concept_emb is None:
+                raise ValueError("logit_matrix needs concept_emb or precomputed queries")
+            self._check_inputs(prompt_emb, concept_emb)
+            queries, q_out = self.concept_queries(concept_emb)  # [H, C, d], [C, out]
+        else:
+            self._check_inputs(prompt_emb, None)
+            queries, q_out = queries
+        n_prompts, n_concepts = prompt_emb.shape[0], q_out.shape[0]
+        if n_prompts == 0 or n_concepts == 0:  # nothing to score: an empty [P, C], still on the graph
+            return self.tempr * prompt_emb.new_zeros(n_prompts, n_concepts)
         inner = self.num_heads * self.head_dim
-        queries, q_out = self.concept_queries(concept_emb)  # [H, C, d], [C, out]
         queries = queries.transpose(0, 1)  # [C, H, d]: attention output then lands as [P, C, H, d]
         per_pair = inner + self.out_dim + self.num_heads * prompt_emb.shape[1]
         concept_chunk = max(1, min(n_concepts, chunk_elements // per_pair))
@@ -114,10 +127,10 @@ class EmbeddingMappingLayer(nn.Module):
         logits = torch.cat(rows, dim=0) if len(rows) > 1 else rows[0]
         return self.tempr * logits
 
-    def _check_inputs(self, prompt_emb: torch.Tensor, concept_emb: torch.Tensor) -> None:
+    def _check_inputs(self, prompt_emb: torch.Tensor, concept_emb: torch.Tensor | None) -> None:
         if prompt_emb.dim() != 3 or prompt_emb.shape[-1] != self.in_dim:
             raise LatentGuardError(f"prompt embeddings must be [P, L, {self.in_dim}], got {list(prompt_emb.shape)}")
-        if concept_emb.dim() != 2 or concept_emb.shape[-1] != self.in_dim:
+        if concept_emb is not None and (concept_emb.dim() != 2 or concept_emb.shape[-1] != self.in_dim):
             raise LatentGuardError(f"concept embeddings must be [C, {self.in_dim}], got {list(concept_emb.shape)}")
 
     # ---------------------------------------------------------------------------- checkpoints
@@ -135,16 +148,26 @@ def expected_shapes(in_dim: int = 768, num_heads: int = 16, head_dim: int = 32, 
 
 
 def infer_dims(state_dict: Mapping[str, torch.Tensor], num_heads: int = 16) -> dict[str, int]:
-    """Read ``in_dim``/``out_dim``/inner width from a state dict (heads cannot be read: given)."""
-    try:
-        inner, in_dim = state_dict["x1_to_key.weight"].shape
-        out_dim = state_dict["final_mlp.weight"].shape[0]
-    except (KeyError, ValueError, AttributeError):
-        raise LatentGuardError("checkpoint lacks 'x1_to_key.weight'/'final_mlp.weight': not a Latent Guard "
-                               "mapping layer state dict") from None
+    """Read ``in_dim``/``out_dim``/inner width from a state dict (heads cannot be read: given).
+
+    Each size is the one most of the layers agree on, so a single missing or mis-shaped tensor is
+    reported by name by :func:`load_mapping_layer` instead of derailing the size inference.
+    """
+    def vote(keys: list[str]) -> tuple[int, int] | None:
+        shapes = [tuple(state_dict[k].shape) for k in keys
+                  if isinstance(state_dict.get(k), torch.Tensor) and state_dict[k].dim() == 2]
+        return max(shapes, key=shapes.count) if shapes else None  # ties: the first key wins
+
+    inputs = vote(["x1_to_key.weight", "x1_to_value.weight", "x2_to_query.weight"])
+    outputs = vote(["final_mlp.weight", "mlp_query1.weight"])
+    if inputs is None or outputs is None:
+        raise LatentGuardError("no Embedding Mapping Layer weights found (expected x1_to_key.weight, "
+                               "final_mlp.weight, ... as in the released model_parameters.pth)")
+    inner, in_dim = inputs
     if inner % num_heads:
         raise LatentGuardError(f"checkpoint inner width {inner} is not divisible by {num_heads} heads")
-    return {"in_dim": int(in_dim), "num_heads": num_heads, "head_dim": int(inner) // num_heads, "out_dim": int(out_dim)}
+    return {"in_dim": int(in_dim), "num_heads": num_heads, "head_dim": int(inner) // num_heads,
+            "out_dim": int(outputs[0])}
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -155,10 +178,14 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, truncated files, non-torch files
-        raise LatentGuardError(f"{path}: cannot read checkpoint ({type(exc).__name__}: "
-                               f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'corrupt file'})") from None
-    if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
-        obj = obj["model"]
+        # torch's own message for refused pickles advises weights_only=False: never pass that on.
+        raise LatentGuardError(f"{path}: cannot read checkpoint ({type(exc).__name__}); it is not a PyTorch "
+                               "state-dict file, is truncated/corrupt, or pickles objects other than tensors "
+                               "(save model.state_dict(), not the model)") from None
+    for wrapper in ("model", "state_dict"):
+        if isinstance(obj, Mapping) and wrapper in obj and isinstance(obj[wrapper], Mapping):
+            obj = obj[wrapper]
+            break
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise LatentGuardError(f"{path}: not a state dict of tensors (expected the released model_parameters.pth format)")
     return dict(obj)
@@ -172,7 +199,10 @@ def load_mapping_layer(path: str | Path, *, in_dim: int | None = None, num_heads
     keys and wrong shapes are each named in a one-line error.
     """
     state = load_state_dict_file(path)
-    dims = infer_dims(state, num_heads)
+    try:
+        dims = infer_dims(state, num_heads)
+    except LatentGuardError as exc:
+        raise LatentGuardError(f"{path}: {exc}") from None
     if in_dim is not None and dims["in_dim"] != in_dim:
         raise LatentGuardError(f"{path}: checkpoint expects encoder width {dims['in_dim']}, but the encoder's "
                                f"hidden size is {in_dim}; use the encoder the checkpoint was trained with")

@@ -1,0 +1,169 @@
+"""Check prompts with Latent Guard: one prompt per line in, a verdict per prompt out.
+
+Compatible with the released script (``--file_path``, ``--threshold``, and the final list of 0/1
+labels), with the released weights and CoPro ID concepts downloaded on first use. All the logic
+lives in :class:`latentguard.guard.LatentGuard`; this file only parses flags and prints.
+
+    python inference.py --file_path prompts.txt --explain --output verdicts.csv
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+from latentguard.errors import LatentGuardError, cli_entry
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_PROMPTS = "dataset/unsafe_sample.txt"
+OUTPUT_FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
+PROMPT_WIDTH = 60
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Flag unsafe text-to-image prompts with Latent Guard. Prints one row per prompt "
+                    "(score = max logit over the concept blacklist; UNSAFE when a concept's logit reaches "
+                    "the threshold), then the list of 0/1 labels (1 = unsafe) as the released script does.",
+        epilog="Unset flags come from the config file (configs/default.yaml). The released checkpoint and "
+               "CoPro dataset are downloaded to the cache ($LATENTGUARD_HOME or ~/.cache/latentguard; "
+               "CoPro to --dataset) when missing. Concept vectors are cached per encoder, so later runs "
+               "only encode the prompts.")
+    parser.add_argument("--file_path", "--file-path", dest="file_path", default=DEFAULT_PROMPTS, metavar="FILE",
+                        help=f"prompts, one per line, UTF-8; blank lines are ignored (default: {DEFAULT_PROMPTS})")
+    parser.add_argument("--threshold", type=float, default=None, metavar="T",
+                        help="unsafe when the score reaches this (default: inference.threshold = 9.0131, "
+                             "the released value; calibrate your own for your data)")
+    parser.add_argument("--checkpoint", default=None, metavar="FILE",
+                        help="mapping-layer state dict in the released format (default: model_parameters.pth, "
+                             "downloaded and SHA-256 checked when missing)")
+    parser.add_argument("--concepts", default=None, metavar="FILE",
+                        help="blacklist: .txt (one concept per line) or .yaml (a list, groups, or "
+                             "'concepts:' + optional per-concept 'thresholds:'); default: CoPro ID concepts")
+    parser.add_argument("--allowlist", default=None, metavar="FILE",
+                        help="phrases (one per line) cut out of every prompt before scoring, so they never "
+                             "trigger the guard (whole words, case-insensitive)")
+    parser.add_argument("--dataset", default=None, metavar="FILE",
+                        help="CoPro JSON that supplies the default concepts (default: dataset/CoPro_v1.0.json)")
+    parser.add_argument("--encoder", default=None, metavar="NAME_OR_DIR",
+                        help="text encoder: hub name or local directory (default: openai/clip-vit-large-patch14)")
+    parser.add_argument("--encoder-type", default=None, metavar="TYPE",
+                        help="encoder family: auto, clip, openclip or hf (default: auto = from the model config)")
+    parser.add_argument("--batch-size", type=int, default=None, metavar="N",
+                        help="prompts encoded and scored per batch (default: 64)")
+    parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--config", default=None, metavar="FILE", help="YAML config (default: configs/default.yaml)")
+    parser.add_argument("--output", default=None, metavar="FILE",
+                        help="also write verdicts to FILE.csv or FILE.jsonl (prompt, score, unsafe, concept; "
+                             "JSONL adds top_concepts and evidence with --explain)")
+    parser.add_argument("--explain", action="store_true",
+                        help="show the prompt words that drove each top match (from the attention weights)")
+    parser.add_argument("--top-k", type=int, default=None, metavar="K",
+                        help="concepts and evidence words shown per prompt with --explain (default: 3)")
+    return parser
+
+
+def output_format(path: str | None) -> str | None:
+    """``csv``/``jsonl`` from the extension; anything else is refused before any work is done."""
+    if path is None:
+        return None
+    suffix = Path(path).suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
+        raise LatentGuardError(f"--output {path}: unknown extension '{suffix or '(none)'}'; use .csv or .jsonl")
+    return OUTPUT_FORMATS[suffix]
+
+
+def prompt_file(path: str) -> Path:
+    """The default sample file is also found when running from outside the repository."""
+    candidate = Path(path)
+    if path == DEFAULT_PROMPTS and not candidate.exists() and (ROOT / DEFAULT_PROMPTS).is_file():
+        return ROOT / DEFAULT_PROMPTS
+    return candidate
+
+
+def render_table(verdicts, explain: bool) -> str:
+    """A readable fixed-width table: index, score, verdict, deciding concept, prompt."""
+    concept_width = min(24, max([len("concept")] + [len(v.concept) for v in verdicts]))
+    lines = [f"{'#':>4}  {'score':>8}  {'verdict':<7}  {'concept':<{concept_width}}  prompt"]
+    for i, v in enumerate(verdicts, 1):
+        prompt = " ".join(v.prompt.split())
+        if len(prompt) > PROMPT_WIDTH:
+            prompt = prompt[: PROMPT_WIDTH - 3] + "..."
+        concept = v.concept if len(v.concept) <= concept_width else v.concept[: concept_width - 3] + "..."
+        lines.append(f"{i:>4}  {v.score:>8.3f}  {'UNSAFE' if v.unsafe else 'SAFE':<7}  "
+                     f"{concept:<{concept_width}}  {prompt}")
+        if explain:
+            tops = ", ".join(f"{c} {s:.2f}" for c, s in v.top_concepts)
+            words = ", ".join(f"{w} {s:.2f}" for w, s in v.evidence)
+            lines.append(f"{'':>16}top concepts: {tops}")
+            lines.append(f"{'':>16}evidence: {words or '-'}")
+    return "\n".join(lines)
+
+
+def write_output(path: str, fmt: str, verdicts, explain: bool) -> None:
+    """Write verdicts atomically as CSV (prompt, score, unsafe 0/1, concept) or JSONL."""
+    from latentguard.io import atomic_write_text
+
+    buffer = io.StringIO()
+    if fmt == "csv":
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["prompt", "score", "unsafe", "concept"])
+        for v in verdicts:
+            writer.writerow([v.prompt, f"{v.score:.6f}", int(v.unsafe), v.concept])
+    else:
+        for v in verdicts:
+            record = {"prompt": v.prompt, "score": round(v.score, 6), "unsafe": v.unsafe, "concept": v.concept}
+            if explain:
+                record["threshold"] = v.threshold
+                record["top_concepts"] = [[c, round(s, 6)] for c, s in v.top_concepts]
+                record["evidence"] = [[w, round(s, 6)] for w, s in v.evidence]
+            buffer.write(json.dumps(record, ensure_ascii=False) + "\n")
+    try:
+        atomic_write_text(path, buffer.getvalue())
+    except OSError as exc:
+        raise LatentGuardError(f"cannot write --output {path} ({exc.strerror or exc})") from None
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from latentguard.config import load_config
+    from latentguard.guard import LatentGuard
+    from latentguard.io import read_lines
+
+    fmt = output_format(args.output)
+    cfg = load_config(args.config, overrides={
+        "inference.threshold": args.threshold, "checkpoint": args.checkpoint, "encoder.name": args.encoder,
+        "encoder.type": args.encoder_type, "dataset": args.dataset, "inference.batch_size": args.batch_size,
+        "device": args.device, "inference.concepts": args.concepts, "inference.allowlist": args.allowlist,
+        "inference.top_k": args.top_k,
+    })
+    inf, enc = cfg["inference"], cfg["encoder"]
+    prompts = read_lines(prompt_file(args.file_path), what="prompt file")
+    allowlist = read_lines(inf["allowlist"], what="allowlist file") if inf["allowlist"] else None
+    guard = LatentGuard.from_pretrained(
+        checkpoint=cfg["checkpoint"], encoder=enc["name"], concepts=inf["concepts"], threshold=inf["threshold"],
+        device=cfg["device"], encoder_type=enc["type"], batch_size=inf["batch_size"], allowlist=allowlist,
+        top_k=inf["top_k"], dataset=cfg["dataset"],
+        encoder_options={"dtype": enc["dtype"], "attention_mask": enc["attention_mask"]},
+    )
+    verdicts = guard.check(prompts, explain=args.explain)
+
+    print(render_table(verdicts, args.explain))
+    n_unsafe = sum(v.unsafe for v in verdicts)
+    per_concept = f" (+{len(guard.concept_thresholds)} per-concept)" if guard.concept_thresholds else ""
+    print(f"\n{n_unsafe} of {len(verdicts)} prompts unsafe; {len(guard.concepts)} concepts, "
+          f"threshold {guard.threshold:g}{per_concept}")
+    if args.output:
+        write_output(args.output, fmt, verdicts, args.explain)
+        print(f"wrote {len(verdicts)} verdicts to {args.output}")
+    print("Predicted labels (1 = unsafe, 0 = safe), one per prompt:")
+    print([int(v.unsafe) for v in verdicts])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

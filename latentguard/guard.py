@@ -1,0 +1,427 @@
+"""The public Python API: ``LatentGuard.from_pretrained(...).check(prompts)``.
+
+A guard holds a frozen text encoder, a trained Embedding Mapping Layer and the encoded concept
+blacklist. Prompts are encoded in batches and scored against every concept at once with
+:meth:`EmbeddingMappingLayer.logit_matrix` (keys/values once per prompt, never once per concept).
+
+Decision rule (REFERENCE §4, extended):
+
+* ``score`` = the prompt's maximum logit over the blacklist, as released;
+* a concept *fires* when its logit >= its threshold (a per-concept threshold if one is set, else
+  the global :attr:`LatentGuard.threshold`); the prompt is ``unsafe`` when any concept fires. With
+  no per-concept thresholds this is exactly ``score >= threshold``;
+* the reported ``concept`` is, for an unsafe prompt, the firing concept that clears its threshold by
+  the widest margin, and for a safe prompt the highest-scoring concept; ``threshold`` is that
+  concept's threshold. Either way ``unsafe == (score >= threshold)`` holds whenever the global
+  threshold is the only one in play.
+
+Allowlist: each allowlisted phrase is cut out of the prompt (case-insensitive, whole words only:
+"art" never matches inside "party") before the prompt is encoded; what is left is judged as usual.
+An allowlisted phrase can therefore never trigger the guard, but it cannot smuggle anything else
+through either: "kill bill poster" with ``allowlist=["kill bill"]`` is judged as "poster", while
+"kill bill poster, covered in blood" is still judged on "poster, covered in blood".
+
+Extension points: all scoring goes through :meth:`LatentGuard._score_batch` (texts -> logits and
+evidence for one batch), which uses :meth:`LatentGuard.logits_from_embeddings` (prompt embeddings
+-> ``[P, C]`` logits) and :meth:`LatentGuard.explain_embeddings` (embeddings + deciding concept ->
+evidence), so long-prompt windows or other encoders plug in by overriding one method. The
+blacklist's attention queries are computed once per blacklist change (:meth:`LatentGuard.refresh`).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .concepts import cached_concept_vectors, check_concepts, load_blacklist
+from .errors import LatentGuardError
+from .io import released_checkpoint, resolve_device
+from .model import EmbeddingMappingLayer, load_mapping_layer
+
+RELEASED_THRESHOLD = 9.0131  # the released inference.py threshold (REFERENCE §4)
+DEFAULT_CHECKPOINT = "model_parameters.pth"
+DEFAULT_ENCODER = "openai/clip-vit-large-patch14"
+POOLED = "<pooled>"  # label of embedding row 0: the encoder's pooled (first end-of-text) state
+_EVIDENCE_CHUNK = 32  # prompts per evidence pass: bounds the [b, heads, concepts, rows] weights
+_SPECIAL = re.compile(r"^(<\|.*\|>|\[(CLS|SEP|PAD|UNK|MASK)\]|</?s>|<pad>|<unk>)$")
+
+
+@dataclass
+class Verdict:
+    """The guard's judgement of one prompt (see the module docstring for the decision rule)."""
+
+    prompt: str
+    unsafe: bool
+    score: float  # max logit over the blacklist
+    concept: str  # the concept that decided the verdict
+    top_concepts: list[tuple[str, float]] = field(default_factory=list)  # highest logits, best first
+    evidence: list[tuple[str, float]] = field(default_factory=list)  # words that drove the match
+    threshold: float = RELEASED_THRESHOLD  # the threshold ``concept`` was judged against
+
+    def to_dict(self) -> dict:
+        """JSON-friendly form (tuples become lists)."""
+        out = asdict(self)
+        out["top_concepts"] = [[c, s] for c, s in self.top_concepts]
+        out["evidence"] = [[t, w] for t, w in self.evidence]
+        return out
+
+
+class LatentGuard:
+    """Block unsafe text-to-image prompts: a blacklist matched in the mapping layer's latent space.
+
+    Build it with :meth:`from_pretrained`, or directly from a loaded mapping layer and encoder.
+    ``threshold`` is a plain attribute; ``concept_thresholds`` and ``allowlist`` are validated
+    properties; the blacklist changes through :meth:`add_concepts` / :meth:`remove_concepts`.
+    """
+
+    def __init__(self, model: EmbeddingMappingLayer, encoder, concepts: Sequence[str],
+                 threshold: float = RELEASED_THRESHOLD, *, device: str | torch.device | None = None,
+                 batch_size: int = 64, concept_thresholds: Mapping[str, float] | None = None,
+                 allowlist: Iterable[str] | None = None, top_k: int = 3, cache_concepts: bool = True) -> None:
+        if model.in_dim != encoder.hidden_size:
+            raise LatentGuardError(_width_message("the mapping layer", model.in_dim, encoder.hidden_size))
+        _check_options(threshold, batch_size, top_k)
+        if device is None:
+            device = next(model.parameters()).device
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.model = model.to(self.device).eval()  # scoring runs under inference_mode: no grads kept
+        self.encoder = encoder
+        self.threshold = _number(threshold, "threshold")
+        self.batch_size = batch_size
+        self.top_k = top_k
+        self.cache_concepts = cache_concepts
+        self._concepts: list[str] = []
+        self._vectors = torch.empty(0, encoder.hidden_size, device=self.device)
+        self.add_concepts(check_concepts(concepts))
+        self.concept_thresholds = concept_thresholds or {}
+        self.allowlist = allowlist or []
+
+    # --------------------------------------------------------------------------- construction
+    @classmethod
+    def from_pretrained(cls, checkpoint: str | Path = DEFAULT_CHECKPOINT, encoder=DEFAULT_ENCODER,
+                        concepts: Sequence[str] | str | Path | None = None, threshold: float = RELEASED_THRESHOLD,
+                        device: str | torch.device | None = None, *, encoder_type: str = "auto",
+                        batch_size: int = 64, concept_thresholds: Mapping[str, float] | None = None,
+                        allowlist: Iterable[str] | None = None, top_k: int = 3,
+                        dataset: str | Path | None = None, encoder_options: Mapping | None = None,
+                        num_heads: int = 16, cache_concepts: bool = True) -> "LatentGuard":
+        """Load the released guard (or your own): weights, encoder and blacklist in one call.
+
+        ``checkpoint``: a state dict in the released format; the default name is downloaded (and
+        SHA-256 checked) to the cache when missing. ``encoder``: a hub name, a local directory or a
+        loaded ``TextEncoder``. ``concepts``: a list, a text/YAML file (see
+        :mod:`latentguard.concepts`; a YAML file may carry per-concept thresholds, which
+        ``concept_thresholds`` overrides), or None for CoPro's ID concepts from ``dataset``.
+        ``encoder_options`` are passed to :func:`latentguard.encoder.load_encoder` (e.g. dtype).
+        Cheap checks (blacklist, checkpoint) run before the slow encoder load.
+        """
+        _check_options(threshold, batch_size, top_k)
+        if isinstance(concepts, (str, Path)) or concepts is None:
+            blacklist = load_blacklist(concepts, dataset=dataset)
+            names, thresholds = blacklist.concepts, dict(blacklist.thresholds)
+        else:
+            names, thresholds = check_concepts(concepts), {}
+        thresholds.update(concept_thresholds or {})
+        path = released_checkpoint(checkpoint)
+        if isinstance(encoder, (str, Path)):
+            model = load_mapping_layer(path, num_heads=num_heads)
+            from .encoder import load_encoder
+
+            device = resolve_device(device)
+            encoder = load_encoder(str(encoder), encoder_type, device=device, **dict(encoder_options or {}))
+            if model.in_dim != encoder.hidden_size:
+                raise LatentGuardError(f"{path}: " + _width_message("the checkpoint", model.in_dim, encoder.hidden_size))
+        else:
+            model = load_mapping_layer(path, in_dim=encoder.hidden_size, num_heads=num_heads)
+            device = encoder.device if device is None else device
+        return cls(model, encoder, names, threshold, device=device, batch_size=batch_size,
+                   concept_thresholds=thresholds, allowlist=allowlist, top_k=top_k, cache_concepts=cache_concepts)
+
+    # ------------------------------------------------------------------------------ blacklist
+    @property
+    def concepts(self) -> list[str]:
+        """The blacklist, in order (a copy: change it with add_concepts / remove_concepts)."""
+        return list(self._concepts)
+
+    def add_concepts(self, concepts: str | Sequence[str]) -> list[str]:
+        """Append concepts to the blacklist; only ones not cached for this encoder are encoded.
+
+        Returns the concepts actually added (those already on the blacklist are skipped).
+        """
+        if isinstance(concepts, str):
+            concepts = [concepts]
+        known = set(self._concepts)
+        new = [c for c in check_concepts(concepts, "concepts to add") if c not in known]
+        if new:
+            vectors = cached_concept_vectors(self.encoder, new, batch_size=self.batch_size,
+                                             use_cache=self.cache_concepts)
+            self._vectors = torch.cat([self._vectors, vectors.to(self.device)])
+            self._concepts.extend(new)
+            self.refresh()
+        return new
+
+    def remove_concepts(self, concepts: str | Sequence[str]) -> list[str]:
+        """Drop concepts from the blacklist (unknown ones are an error: a typo must not pass silently)."""
+        if isinstance(concepts, str):
+            concepts = [concepts]
+        drop = set(check_concepts(concepts, "concepts to remove"))
+        unknown = sorted(drop - set(self._concepts))
+        if unknown:
+            raise LatentGuardError(f"cannot remove concept(s) not on the blacklist: {', '.join(unknown)}")
+        keep = [i for i, c in enumerate(self._concepts) if c not in drop]
+        if not keep:
+            raise LatentGuardError("cannot remove every concept: the blacklist needs at least one")
+        self._vectors = self._vectors[torch.tensor(keep, device=self.device)]
+        self._concepts = [self._concepts[i] for i in keep]
+        self.refresh()
+        return [c for c in concepts if c in drop]
+
+    def refresh(self) -> None:
+        """Recompute the blacklist's attention queries (call it after changing ``model``'s weights).
+
+        Projecting 578 concepts costs more than scoring one prompt, so it is done once per
+        blacklist change, not once per call.
+        """
+        with torch.inference_mode():
+            self._queries = self.model.concept_queries(self._vectors)
+
+    @property
+    def concept_thresholds(self) -> dict[str, float]:
+        """Per-concept thresholds ``{concept: threshold}``; others use :attr:`threshold`."""
+        return dict(self._concept_thresholds)
+
+    @concept_thresholds.setter
+    def concept_thresholds(self, value: Mapping[str, float]) -> None:
+        if not isinstance(value, Mapping):
+            raise LatentGuardError(f"concept_thresholds must map concepts to numbers, got {type(value).__name__}")
+        unknown = sorted(set(value) - set(self._concepts))
+        if unknown:
+            raise LatentGuardError(f"concept_thresholds names concept(s) not on the blacklist: {', '.join(unknown)}")
+        self._concept_thresholds = {c: _number(t, f"threshold of '{c}'") for c, t in value.items()}
+
+    @property
+    def allowlist(self) -> list[str]:
+        """Phrases cut out of every prompt before scoring (see the module docstring)."""
+        return list(self._allowlist)
+
+    @allowlist.setter
+    def allowlist(self, phrases: Iterable[str]) -> None:
+        if isinstance(phrases, str):
+            phrases = [phrases]
+        cleaned = []
+        for i, phrase in enumerate(phrases):
+            if not isinstance(phrase, str) or not phrase.strip():
+                raise LatentGuardError(f"allowlist entry {i} must be a non-empty phrase, got {phrase!r}")
+            cleaned.append(" ".join(phrase.split()))
+        self._allowlist = list(dict.fromkeys(cleaned))
+        # Longest first, so "kill bill vol 2" is cut whole before "kill bill" could match.
+        parts = [r"\s+".join(map(re.escape, p.split())) for p in sorted(self._allowlist, key=len, reverse=True)]
+        self._allow_re = re.compile(r"(?<!\w)(?:" + "|".join(parts) + r")(?!\w)", re.IGNORECASE) if parts else None
+
+    def thresholds(self) -> np.ndarray:
+        """The threshold of every blacklisted concept, in blacklist order ``[C]``."""
+        return np.array([self._concept_thresholds.get(c, self.threshold) for c in self._concepts], dtype=np.float64)
+
+    # -------------------------------------------------------------------------------- scoring
+    def prepare(self, prompt: str) -> str:
+        """The text actually encoded for ``prompt``: allowlisted phrases removed."""
+        if not isinstance(prompt, str):
+            raise LatentGuardError(f"prompts must be strings, got {type(prompt).__name__}")
+        if self._allow_re is None:
+            return prompt
+        return " ".join(self._allow_re.sub(" ", prompt).split())
+
+    def logits(self, prompts: str | Sequence[str]) -> np.ndarray:
+        """Logits ``[P, C]`` of every prompt against every blacklisted concept (float32)."""
+        texts = [self.prepare(p) for p in _as_list(prompts)]
+        blocks = [self._score_batch(texts[s : s + self.batch_size], explain=False)[0]
+                  for s in range(0, len(texts), self.batch_size)]
+        return np.concatenate(blocks) if blocks else np.zeros((0, len(self._concepts)), dtype=np.float32)
+
+    def scores(self, prompts: str | Sequence[str]) -> np.ndarray:
+        """Each prompt's score ``[P]``: its maximum logit over the blacklist (REFERENCE §4)."""
+        return self.logits(prompts).max(axis=1, initial=-np.inf)
+
+    def check(self, prompts: str | Sequence[str], explain: bool = True) -> list[Verdict]:
+        """Judge prompts; with ``explain`` each verdict lists the words that drove its concept's match."""
+        return self._check(_as_list(prompts), explain, None)
+
+    def check_embeddings(self, prompts: Sequence[str], embeddings: torch.Tensor,
+                         explain: bool = True) -> list[Verdict]:
+        """Like :meth:`check`, for prompts already encoded by :attr:`encoder` (``[P, rows, hidden]``).
+
+        Lets a text-to-image pipeline that shares the guard's encoder encode each prompt once.
+        Prompts the allowlist edits are re-encoded (their given embedding is of the unedited text).
+        """
+        prompts = _as_list(prompts)
+        if (not isinstance(embeddings, torch.Tensor) or embeddings.dim() != 3 or embeddings.shape[0] != len(prompts)
+                or embeddings.shape[-1] != self.encoder.hidden_size):
+            shape = list(embeddings.shape) if isinstance(embeddings, torch.Tensor) else type(embeddings).__name__
+            raise LatentGuardError(f"check_embeddings needs one [rows, hidden] embedding per prompt "
+                                   f"(hidden {self.encoder.hidden_size}): got {shape} for {len(prompts)} prompts")
+        return self._check(prompts, explain, embeddings)
+
+    def _check(self, prompts: list[str], explain: bool, embeddings: torch.Tensor | None) -> list[Verdict]:
+        verdicts: list[Verdict] = []
+        thresholds = self.thresholds()
+        for start in range(0, len(prompts), self.batch_size):
+            batch = prompts[start : start + self.batch_size]
+            texts = [self.prepare(p) for p in batch]
+            emb = None
+            if embeddings is not None:
+                emb = embeddings[start : start + len(batch)]
+                edited = [i for i, (p, t) in enumerate(zip(batch, texts)) if p != t]
+                if edited:
+                    emb = emb.clone()
+                    emb[edited] = self.encoder.encode([texts[i] for i in edited], batch_size=len(edited)).to(emb)
+            logits, evidence = self._score_batch(texts, explain=explain, emb=emb)
+            for i, prompt in enumerate(batch):
+                verdicts.append(self._verdict(prompt, logits[i], thresholds, evidence[i] if evidence else []))
+        return verdicts
+
+    def decide(self, logits: np.ndarray, thresholds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(unsafe [P] bool, deciding concept index [P])`` from logits ``[P, C]``."""
+        thresholds = self.thresholds() if thresholds is None else thresholds
+        logits = np.atleast_2d(logits)
+        margin = logits - thresholds
+        unsafe = (margin >= 0).any(axis=1)
+        index = np.where(unsafe, margin.argmax(axis=1), logits.argmax(axis=1))
+        return unsafe, index
+
+    def logits_from_embeddings(self, prompt_emb: torch.Tensor) -> torch.Tensor:
+        """Logits ``[P, C]`` (float32, CPU) of prompt embeddings ``[P, rows, hidden]`` vs the blacklist."""
+        with torch.inference_mode():
+            logits = self.model.logit_matrix(prompt_emb.to(self.device, torch.float32), None, queries=self._queries)
+        return logits.float().cpu()
+
+    def _score_batch(self, texts: list[str], explain: bool,
+                     emb: torch.Tensor | None = None) -> tuple[np.ndarray, list[list] | None]:
+        """One batch: encode ``texts`` (unless ``emb`` is given), score them against every concept,
+        and explain the deciding one."""
+        if emb is None:
+            emb = self.encoder.encode(texts, batch_size=len(texts))
+        logits = self.logits_from_embeddings(emb).numpy()
+        if not explain:
+            return logits, None
+        _, index = self.decide(logits)
+        return logits, self.explain_embeddings(texts, emb, index)
+
+    # ---------------------------------------------------------------------------- explanation
+    def explain_embeddings(self, texts: Sequence[str], prompt_emb: torch.Tensor,
+                           concept_index: Sequence[int]) -> list[list[tuple[str, float]]]:
+        """For each prompt, the words its concept attended to most: ``[(word, weight), ...]``.
+
+        The weight is the mapping layer's cross-attention (concept = query) averaged over heads,
+        summed over a word's BPE pieces and occurrences, as a share of the attention that fell on
+        the prompt's words and on row 0 (the encoder's pooled summary state, reported as
+        ``<pooled>``). Start/end/padding rows are left out (the reference attends to padding
+        too), so over all words the shares sum to 1; the ``top_k`` largest are returned.
+        """
+        concept_index = np.asarray(concept_index, dtype=np.int64)
+        out: list[list[tuple[str, float]]] = []
+        for s in range(0, len(texts), _EVIDENCE_CHUNK):
+            idx = concept_index[s : s + _EVIDENCE_CHUNK]
+            unique, inverse = np.unique(idx, return_inverse=True)
+            with torch.inference_mode():
+                keys, values = self.model.prompt_keys_values(prompt_emb[s : s + _EVIDENCE_CHUNK].to(self.device))
+                queries = self._queries[0][:, torch.as_tensor(unique, device=self.device)]  # [H, u, d]
+                _, weights = self.model.attend(keys, values, queries, return_attention=True)  # [b, H, u, L]
+                rows = torch.arange(len(idx), device=self.device)
+                per_row = weights.mean(dim=1)[rows, torch.as_tensor(inverse, device=self.device)].float().cpu()
+            for text, w in zip(texts[s : s + _EVIDENCE_CHUNK], per_row):
+                out.append(self._word_weights(text, w.tolist())[: self.top_k])
+        return out
+
+    def _word_weights(self, text: str, row_weights: list[float]) -> list[tuple[str, float]]:
+        tokens = self.encoder.token_strings(text)
+        specials = set(getattr(getattr(self.encoder, "tokenizer", None), "all_special_tokens", []) or [])
+        pieces = [(tok, w) for tok, w in zip(tokens, row_weights[1:])
+                  if tok not in specials and not _SPECIAL.match(tok)]
+        totals: dict[str, float] = {POOLED: row_weights[0]}
+        for word, weight in merge_pieces(pieces, getattr(self.encoder, "tokenizer", None)):
+            totals[word] = totals.get(word, 0.0) + weight
+        mass = sum(totals.values()) or 1.0
+        return sorted(((w, float(v) / mass) for w, v in totals.items()), key=lambda item: -item[1])
+
+    def _verdict(self, prompt: str, logits: np.ndarray, thresholds: np.ndarray,
+                 evidence: list[tuple[str, float]]) -> Verdict:
+        unsafe, index = self.decide(logits[None], thresholds)
+        j = int(index[0])
+        top = np.argsort(-logits, kind="stable")[: self.top_k]
+        return Verdict(prompt=prompt, unsafe=bool(unsafe[0]), score=float(logits.max()), concept=self._concepts[j],
+                       top_concepts=[(self._concepts[k], float(logits[k])) for k in top],
+                       evidence=evidence, threshold=float(thresholds[j]))
+
+    def __repr__(self) -> str:
+        return (f"LatentGuard(encoder={getattr(self.encoder, 'name', '?')!r}, concepts={len(self._concepts)}, "
+                f"threshold={self.threshold}, device={self.device})")
+
+
+def merge_pieces(pieces: Sequence[tuple[str, float]], tokenizer=None) -> list[tuple[str, float]]:
+    """Join sub-word pieces into words, summing their weights.
+
+    Understands CLIP BPE (``</w>`` ends a word), WordPiece (``##`` continues one) and
+    SentencePiece / GPT-2 (``▁`` / ``Ġ`` starts one); anything else is one word per token.
+    """
+    tokens = [t for t, _ in pieces]
+    if any(t.endswith("</w>") for t in tokens):
+        starts = [i == 0 or tokens[i - 1].endswith("</w>") for i in range(len(tokens))]
+    elif any(t.startswith("##") for t in tokens):
+        starts = [i == 0 or not t.startswith("##") for i, t in enumerate(tokens)]
+    elif any(t.startswith(("▁", "Ġ")) for t in tokens):
+        starts = [i == 0 or t.startswith(("▁", "Ġ")) for i, t in enumerate(tokens)]
+    else:
+        starts = [True] * len(tokens)
+    groups: list[list[int]] = []
+    for i, start in enumerate(starts):
+        if start or not groups:
+            groups.append([i])
+        else:
+            groups[-1].append(i)
+    words = []
+    for group in groups:
+        parts = [tokens[i] for i in group]
+        words.append((_render(parts, tokenizer), sum(pieces[i][1] for i in group)))
+    return words
+
+
+def _render(parts: list[str], tokenizer) -> str:
+    """A word's text from its pieces: the tokenizer's own decoding (bytes, ``##``, ``▁``) when it has one."""
+    text = ""
+    if tokenizer is not None and hasattr(tokenizer, "convert_tokens_to_string"):
+        try:
+            text = tokenizer.convert_tokens_to_string(parts)
+        except Exception:  # noqa: BLE001 - fall back to plain marker stripping
+            text = ""
+    if not text.strip():
+        text = "".join(p.removeprefix("##").lstrip("▁Ġ") for p in parts)
+    return " ".join(text.replace("</w>", " ").split()) or "".join(parts)
+
+
+def _width_message(what: str, width: int, hidden: int) -> str:
+    return (f"{what} expects encoder width {width}, but the encoder's hidden size is {hidden}; "
+            "use the encoder the checkpoint was trained with")
+
+
+def _check_options(threshold, batch_size, top_k) -> None:
+    _number(threshold, "threshold")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise LatentGuardError(f"batch size must be a positive integer, got {batch_size!r}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0:
+        raise LatentGuardError(f"top_k must be a positive integer, got {top_k!r}")
+
+
+def _number(value, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or not np.isfinite(value):
+        raise LatentGuardError(f"{what} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _as_list(prompts: str | Sequence[str]) -> list[str]:
+    if isinstance(prompts, str):
+        return [prompts]
+    return list(prompts)

@@ -1,0 +1,233 @@
+"""inference.py end to end (in-process main), with the tiny CLIP encoder and a random released-format checkpoint."""
+from __future__ import annotations
+
+import csv
+import json
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+
+import inference
+from latentguard import reference
+from latentguard.encoder import TextEncoder
+from latentguard.io import COPRO_URL, RELEASED_CHECKPOINT_URL
+from latentguard.model import EmbeddingMappingLayer
+
+PROMPTS = ["a photo of a knife on the table", "a red balloon in the sky", "", "blood on the kitchen floor",
+           "an old man reading a book in the park, with a very long description " + "and more words " * 10]
+CONCEPTS = ["knife", "blood", "gun", "bomb"]
+
+
+@pytest.fixture
+def files(tmp_path, monkeypatch):
+    """A prompt file, a concepts file and a released-format checkpoint; cache in tmp_path."""
+    monkeypatch.setenv("LATENTGUARD_HOME", str(tmp_path / "home"))
+    torch.manual_seed(0)
+    model = EmbeddingMappingLayer()
+    with torch.no_grad():  # spread the logits so both verdicts occur at threshold 0
+        model.tempr.fill_(30.0)
+    torch.save(model.state_dict(), tmp_path / "ckpt.pth")
+    (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n", encoding="utf-8")
+    (tmp_path / "concepts.txt").write_text("\n".join(CONCEPTS) + "\n", encoding="utf-8")
+    return tmp_path
+
+
+def _args(files, encoder_dir, *extra):
+    return ["--file_path", str(files / "prompts.txt"), "--checkpoint", str(files / "ckpt.pth"),
+            "--concepts", str(files / "concepts.txt"), "--encoder", str(encoder_dir), "--device", "cpu",
+            "--threshold", "0", *extra]
+
+
+def _expected_logits(files, tiny_encoder):
+    prompts = [p.strip() for p in PROMPTS if p.strip()]
+    state = torch.load(files / "ckpt.pth", weights_only=True)
+    return prompts, reference.repeat_per_concept_scores(
+        state, tiny_encoder.encode(prompts), tiny_encoder.encode_concepts(CONCEPTS)).numpy()
+
+
+def test_csv_output_and_console(files, tiny_encoder_dir, tiny_encoder, capsys):
+    out = files / "verdicts.csv"
+    prompts, logits = _expected_logits(files, tiny_encoder)
+    scores = logits.max(1)
+    threshold = float(np.median(scores))  # both verdicts occur: the comparisons below are not vacuous
+    labels = (scores >= threshold).astype(int)
+    assert 0 < labels.sum() < len(labels)
+    argv = _with(_args(files, tiny_encoder_dir, "--output", str(out), "--batch-size", "2"), "--threshold", threshold)
+    assert inference.main(argv) == 0
+    with open(out, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["prompt", "score", "unsafe", "concept"]
+    assert [r["prompt"] for r in rows] == prompts  # blank line skipped, long prompt kept whole
+    np.testing.assert_allclose([float(r["score"]) for r in rows], scores, atol=1e-4)
+    assert [int(r["unsafe"]) for r in rows] == labels.tolist()
+    assert [r["concept"] for r in rows] == [CONCEPTS[i] for i in logits.argmax(1)]
+    console = capsys.readouterr().out
+    lines = console.splitlines()
+    assert lines[0].split() == ["#", "score", "verdict", "concept", "prompt"]
+    assert lines[1].split()[2] == ("UNSAFE" if labels[0] else "SAFE") and "a photo of a knife" in lines[1]
+    assert all(len(line) < 120 for line in lines[1:5])  # the long prompt is truncated in the table
+    assert f"{labels.sum()} of 4 prompts unsafe" in console and f"threshold {threshold:g}" in console
+    assert lines[-2].startswith("Predicted labels") and lines[-1] == str(labels.tolist())
+
+
+def test_jsonl_output_with_explanations(files, tiny_encoder_dir, capsys):
+    out = files / "verdicts.jsonl"
+    assert inference.main(_args(files, tiny_encoder_dir, "--output", str(out), "--explain", "--top-k", "2")) == 0
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert len(records) == 4
+    for record in records:
+        assert {"prompt", "score", "unsafe", "concept", "top_concepts", "evidence"} <= set(record)
+        assert isinstance(record["unsafe"], bool) and record["unsafe"] == (record["score"] >= record["threshold"])
+        assert len(record["top_concepts"]) == 2 and record["top_concepts"][0][0] == record["concept"]
+        assert all(w in record["prompt"].replace(",", " , ").split() + ["<pooled>", ","] for w, _ in record["evidence"])
+    console = capsys.readouterr().out
+    assert console.count("evidence: ") == 4 and console.count("top concepts: ") == 4
+
+
+def test_jsonl_without_explain_has_the_four_keys(files, tiny_encoder_dir):
+    out = files / "v.JSONL"
+    assert inference.main(_args(files, tiny_encoder_dir, "--output", str(out))) == 0
+    record = json.loads(out.read_text().splitlines()[0])
+    assert set(record) == {"prompt", "score", "unsafe", "concept"}
+
+
+def test_second_run_reuses_cached_concepts(files, tiny_encoder_dir, monkeypatch, capsys):
+    encoded = []
+    original = TextEncoder.encode_concepts
+
+    def counting(self, concepts, batch_size=64):
+        encoded.append(list(concepts))
+        return original(self, concepts, batch_size=batch_size)
+
+    monkeypatch.setattr(TextEncoder, "encode_concepts", counting)
+    assert inference.main(_args(files, tiny_encoder_dir)) == 0
+    first = capsys.readouterr().out
+    assert encoded == [CONCEPTS]
+    assert inference.main(_args(files, tiny_encoder_dir)) == 0
+    assert encoded == [CONCEPTS]  # nothing re-encoded
+    assert capsys.readouterr().out == first
+    (files / "concepts.txt").write_text("knife\nblood\nsword\n")
+    assert inference.main(_args(files, tiny_encoder_dir)) == 0
+    assert encoded == [CONCEPTS, ["sword"]]  # an edited blacklist encodes only its new concept
+
+
+def test_defaults_sample_file_and_released_threshold(files, tiny_encoder_dir, capsys):
+    args = ["--checkpoint", str(files / "ckpt.pth"), "--concepts", str(files / "concepts.txt"),
+            "--encoder", str(tiny_encoder_dir), "--device", "cpu"]
+    assert inference.main(args) == 0
+    out = capsys.readouterr().out
+    sample = [line for line in inference.prompt_file(inference.DEFAULT_PROMPTS).read_text().splitlines() if line.strip()]
+    assert len(sample) >= 6
+    labels = eval(out.splitlines()[-1])  # a Python-style list, as the released script prints
+    assert len(labels) == len(sample) and set(labels) <= {0, 1}
+    assert "threshold 9.0131" in out
+
+
+def test_help_reads_well(capsys):
+    with pytest.raises(SystemExit) as info:
+        inference.main(["--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ["--file_path", "--threshold", "--checkpoint", "--concepts", "--encoder", "--encoder-type",
+                 "--dataset", "--batch-size", "--device", "--config", "--output", "--explain", "--top-k"]:
+        assert flag in text
+    assert "9.0131" in text and "dataset/unsafe_sample.txt" in text
+
+
+# ------------------------------------------------------------------------------ bad input
+def _fails(argv, capsys, *fragments):
+    code = inference.main(argv)
+    err = capsys.readouterr().err
+    assert code != 0
+    # one error line, last; (transformers may print a weight-loading progress bar before it)
+    assert "Traceback" not in err and err.endswith("\n") and err.count("error: ") == 1, err
+    assert err.splitlines()[-1].startswith("error: "), err
+    for fragment in fragments:
+        assert fragment in err, err
+    return err
+
+
+def _with(argv, flag, value):
+    argv = list(argv)
+    argv[argv.index(flag) + 1] = str(value)
+    return argv
+
+
+def test_prompt_file_errors(files, tiny_encoder_dir, capsys):
+    base = _args(files, tiny_encoder_dir)
+    _fails(_with(base, "--file_path", files / "missing.txt"), capsys, "prompt file not found", "missing.txt")
+    (files / "empty.txt").write_text("\n  \n")
+    _fails(_with(base, "--file_path", files / "empty.txt"), capsys, "prompt file is empty", "empty.txt")
+    (files / "latin1.txt").write_bytes("ok\ncaf\xe9\n".encode("latin-1"))
+    _fails(_with(base, "--file_path", files / "latin1.txt"), capsys, "latin1.txt: line 2 is not valid UTF-8")
+
+
+def test_concepts_file_errors(files, tiny_encoder_dir, capsys):
+    base = _args(files, tiny_encoder_dir)
+    (files / "bad.yaml").write_text("concepts: [knife\n")
+    _fails(_with(base, "--concepts", files / "bad.yaml"), capsys, "bad.yaml: not valid YAML")
+    _fails(_with(base, "--concepts", files / "nope.txt"), capsys, "concepts file not found", "nope.txt")
+
+
+@pytest.mark.parametrize("edit,fragment", [
+    (lambda s: s.pop("x2_to_query.weight"), "missing keys: x2_to_query.weight"),
+    (lambda s: s.update(extra=torch.zeros(2)), "unexpected keys: extra"),
+    (lambda s: s.update({"final_mlp.bias": torch.zeros(64)}), "wrong shapes: final_mlp.bias [64] (expected [128])"),
+])
+def test_checkpoint_errors(files, tiny_encoder_dir, capsys, edit, fragment):
+    state = torch.load(files / "ckpt.pth", weights_only=True)
+    edit(state)
+    torch.save(state, files / "bad.pth")
+    _fails(_with(_args(files, tiny_encoder_dir), "--checkpoint", files / "bad.pth"), capsys, "bad.pth", fragment)
+
+
+def test_missing_checkpoint_and_width_mismatch(files, tiny_encoder_dir, capsys):
+    base = _args(files, tiny_encoder_dir)
+    _fails(_with(base, "--checkpoint", files / "nope.pth"), capsys, "checkpoint not found", "nope.pth")
+    torch.save(EmbeddingMappingLayer(in_dim=1024).state_dict(), files / "wide.pth")
+    _fails(_with(base, "--checkpoint", files / "wide.pth"), capsys, "encoder width 1024", "hidden size is 768")
+
+
+def test_bad_output_extension_fails_before_any_work(files, tiny_encoder_dir, capsys):
+    err = _fails(_args(files, tiny_encoder_dir, "--output", str(files / "out.txt")), capsys, "out.txt", ".csv or .jsonl")
+    assert err.startswith("error: ")  # refused before the encoder was even loaded
+    assert not (files / "out.txt").exists()
+
+
+def test_bad_values(files, tiny_encoder_dir, capsys):
+    _fails(_args(files, tiny_encoder_dir, "--batch-size", "0"), capsys, "inference.batch_size")
+    _fails(_args(files, tiny_encoder_dir, "--top-k", "0"), capsys, "top_k")
+    _fails(_args(files, tiny_encoder_dir, "--config", str(files / "none.yaml")), capsys, "config file not found")
+
+
+def test_impossible_downloads_say_where_to_put_the_file(files, tiny_encoder_dir, capsys, monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("network is unreachable")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    monkeypatch.chdir(files)
+    base = _args(files, tiny_encoder_dir)
+    home = files / "home"
+    err = _fails(_with(base, "--checkpoint", "model_parameters.pth"), capsys, RELEASED_CHECKPOINT_URL,
+                 str(home / "model_parameters.pth"))
+    assert "network is unreachable" in err
+    no_concepts = [a for a in base if a not in ("--concepts", str(files / "concepts.txt"))]
+    dataset = files / "dataset" / "CoPro_v1.0.json"
+    _fails(no_concepts + ["--dataset", str(dataset)], capsys, COPRO_URL, str(dataset))
+
+
+def test_allowlist_file_cuts_phrases_before_scoring(files, tiny_encoder_dir, tiny_encoder):
+    (files / "allow.txt").write_text("Knife\nred balloon\n")
+    out = files / "v.jsonl"
+    assert inference.main(_args(files, tiny_encoder_dir, "--allowlist", str(files / "allow.txt"),
+                                "--output", str(out))) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert records[0]["prompt"] == PROMPTS[0]  # the original prompt is reported
+    state = torch.load(files / "ckpt.pth", weights_only=True)
+    cut = ["a photo of a on the table", "a in the sky"]
+    expected = reference.repeat_per_concept_scores(state, tiny_encoder.encode(cut),
+                                                   tiny_encoder.encode_concepts(CONCEPTS)).max(1).values
+    np.testing.assert_allclose([records[0]["score"], records[1]["score"]], expected.numpy(), atol=1e-4)

@@ -46,7 +46,8 @@ class EmbeddingMappingLayer(nn.Module):
         weight = torch.cat([self.x1_to_key.weight, self.x1_to_value.weight])
         bias = torch.cat([self.x1_to_key.bias, self.x1_to_value.bias])
         both = F.linear(prompt_emb, weight, bias).view(p, length, 2, self.num_heads, self.head_dim)
-        return both[:, :, 0].transpose(1, 2), both[:, :, 1].transpose(1, 2)
+        keys, values = both.unbind(2)  # views; backward stacks once instead of zero-filling twice
+        return keys.transpose(1, 2), values.transpose(1, 2)
 
     def concept_queries(self, concept_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-head queries ``[heads, C, head_dim]`` (pre-scaled by 1/sqrt(d)) and unit q' ``[C, out]``."""

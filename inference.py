@@ -34,9 +34,21 @@ def build_parser() -> argparse.ArgumentParser:
                "only encode the prompts.")
     parser.add_argument("--file_path", "--file-path", dest="file_path", default=DEFAULT_PROMPTS, metavar="FILE",
                         help=f"prompts, one per line, UTF-8; blank lines are ignored (default: {DEFAULT_PROMPTS})")
-    parser.add_argument("--threshold", type=float, default=None, metavar="T",
-                        help="unsafe when the score reaches this (default: inference.threshold = 9.0131, "
-                             "the released value; calibrate your own for your data)")
+    parser.add_argument("--threshold", default=None, metavar="T",
+                        help="unsafe when the score reaches this: a number, released (9.0131, the released "
+                             "script's value), paper (4.47, reproduces the paper's Table 1 accuracies), calibrated "
+                             "(the <checkpoint>.threshold.yaml written by --calibrate-safe) or auto (calibrated "
+                             "when that file exists, else released; default: inference.threshold)")
+    parser.add_argument("--calibrate-safe", default=None, metavar="FILE",
+                        help="calibrate the threshold first on these safe prompts (one per line): the lowest "
+                             "threshold flagging at most --target-fpr of them; saved beside the checkpoint")
+    parser.add_argument("--calibrate-unsafe", default=None, metavar="FILE",
+                        help="with --calibrate-safe: also these unsafe prompts; the threshold then maximises accuracy")
+    parser.add_argument("--target-fpr", type=float, default=None, metavar="F",
+                        help="false-positive rate allowed on --calibrate-safe prompts (default: calibration.target_fpr = 0.01)")
+    parser.add_argument("--long-prompts", action="store_true", default=None,
+                        help="score prompts longer than 77 tokens as the maximum over overlapping 77-token windows "
+                             "(default: encoder.long_prompts = off, truncate at 77 as released)")
     parser.add_argument("--checkpoint", default=None, metavar="FILE",
                         help="mapping-layer state dict in the released format (default: model_parameters.pth, "
                              "downloaded and SHA-256 checked when missing)")
@@ -50,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="CoPro JSON that supplies the default concepts (default: dataset/CoPro_v1.0.json)")
     parser.add_argument("--encoder", default=None, metavar="NAME_OR_DIR",
                         help="text encoder: hub name or local directory (default: openai/clip-vit-large-patch14)")
-    parser.add_argument("--encoder-type", default=None, metavar="TYPE",
+    parser.add_argument("--encoder-type", default=None, choices=["auto", "clip", "openclip", "hf"],
                         help="encoder family: auto, clip, openclip or hf (default: auto = from the model config)")
     parser.add_argument("--batch-size", type=int, default=None, metavar="N",
                         help="prompts encoded and scored per batch (default: 64)")
@@ -139,8 +151,11 @@ def main(argv: list[str] | None = None) -> int:
         "inference.threshold": args.threshold, "checkpoint": args.checkpoint, "encoder.name": args.encoder,
         "encoder.type": args.encoder_type, "dataset": args.dataset, "inference.batch_size": args.batch_size,
         "device": args.device, "inference.concepts": args.concepts, "inference.allowlist": args.allowlist,
-        "inference.top_k": args.top_k,
+        "inference.top_k": args.top_k, "encoder.long_prompts": args.long_prompts,
+        "calibration.target_fpr": args.target_fpr,
     })
+    if args.calibrate_unsafe and not args.calibrate_safe:
+        raise LatentGuardError("--calibrate-unsafe needs --calibrate-safe (the safe prompts)")
     inf, enc = cfg["inference"], cfg["encoder"]
     prompts = read_lines(prompt_file(args.file_path), what="prompt file")
     allowlist = read_lines(inf["allowlist"], what="allowlist file") if inf["allowlist"] else None
@@ -149,7 +164,17 @@ def main(argv: list[str] | None = None) -> int:
         device=cfg["device"], encoder_type=enc["type"], batch_size=inf["batch_size"], allowlist=allowlist,
         top_k=inf["top_k"], dataset=cfg["dataset"],
         encoder_options={"dtype": enc["dtype"], "attention_mask": enc["attention_mask"]},
+        long_prompts=enc["long_prompts"], window_stride=enc["window_stride"],
     )
+    if args.calibrate_safe:
+        safe = read_lines(args.calibrate_safe, what="--calibrate-safe file")
+        unsafe = read_lines(args.calibrate_unsafe, what="--calibrate-unsafe file") if args.calibrate_unsafe else None
+        target_fpr = cfg["calibration"]["target_fpr"]
+        result = guard.calibrate(safe, unsafe, target_fpr=target_fpr, save=True)
+        how = (f"max accuracy {result.accuracy:.3f}" if result.method == "best_accuracy"
+               else f"FPR {result.fpr:.3f} <= {target_fpr:g}")
+        print(f"calibrated threshold {result.threshold:.4f} on {result.n_safe} safe / {result.n_unsafe} unsafe "
+              f"prompts ({how}); saved beside {guard.checkpoint}")
     verdicts = guard.check(prompts, explain=args.explain)
 
     print(render_table(verdicts, args.explain))

@@ -47,7 +47,8 @@ DEFAULTS: dict[str, Any] = {
         "eval_batch_size": 256,
     },
     "eval": {"threshold": None, "baselines": [], "bert_model": None, "batch_size": 512},
-    "inference": {"threshold": 9.0131, "batch_size": 64, "concepts": None, "allowlist": None, "top_k": 3},
+    "inference": {"threshold": "auto", "batch_size": 64, "concepts": None, "allowlist": None, "top_k": 3},
+    "calibration": {"target_fpr": 0.01},
 }
 
 # Positive numbers that must be checked before any long job starts.
@@ -61,6 +62,18 @@ _CHOICES = {
     "encoder.dtype": {"float32", "float16", "bfloat16"},
     "store.dtype": {"float16", "float32"},
 }
+
+
+# Thresholds may be given by name (see latentguard.calibration): profiles, the saved calibration, or auto.
+THRESHOLD_NAMES = ("released", "paper", "calibrated", "auto")
+
+
+def _is_threshold_name(value: str) -> bool:
+    try:
+        float(value)
+        return True
+    except ValueError:
+        return value.strip().lower() in THRESHOLD_NAMES
 
 
 def _merge(base: dict, update: Mapping, source: str, prefix: str = "") -> None:
@@ -117,10 +130,14 @@ def validate(cfg: Mapping, source: str = "config") -> None:
     for key, choices in _CHOICES.items():
         if get(cfg, key) not in choices:
             raise LatentGuardError(f"{source}: '{key}' must be one of {sorted(choices)}, got {get(cfg, key)!r}")
-    for key in ["eval.threshold"]:
+    for key in ["eval.threshold", "inference.threshold"]:
         value = get(cfg, key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise LatentGuardError(f"{source}: '{key}' must be a number or null, got {value!r}")
+        if value is None and key == "eval.threshold":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)) or (
+                isinstance(value, str) and not _is_threshold_name(value)):
+            raise LatentGuardError(f"{source}: '{key}' must be a number or one of {', '.join(THRESHOLD_NAMES)}"
+                                   f"{' or null' if key == 'eval.threshold' else ''}, got {value!r}")
 
 
 def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> dict:

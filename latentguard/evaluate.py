@@ -619,7 +619,8 @@ def build_parser():
     parser.add_argument("--checkpoint", help="mapping-layer weights (config: checkpoint; the released "
                         "model_parameters.pth is downloaded and verified when missing)")
     parser.add_argument("--output-dir", help="where results go (config: output_dir)")
-    parser.add_argument("--threshold", type=float, help="decision threshold for the accuracy fields "
+    parser.add_argument("--threshold", help="decision threshold for the accuracy fields: a number, 'paper' (4.47), "
+                        "'released' (9.0131) or 'calibrated' (the YAML beside the checkpoint) "
                         "(config: eval.threshold; default: calibrated on pooled validation data)")
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (config: device)")
     parser.add_argument("--batch-size", type=int, help="prompts per scoring batch (config: eval.batch_size)")
@@ -671,6 +672,15 @@ def _load_model(cfg: Mapping[str, Any], hidden_size: int, device):
     return path, load_mapping_layer(path, in_dim=hidden_size, num_heads=cfg["model"]["num_heads"], device=device)
 
 
+def _resolve_named_threshold(cfg: dict, checkpoint: Path, identity: str) -> None:
+    """Turn a threshold given by name (``paper``, ``released``, ``calibrated``) into a number."""
+    value = cfg["eval"]["threshold"]
+    if value is not None and not isinstance(value, (int, float)):
+        from .calibration import resolve_threshold
+
+        cfg["eval"]["threshold"] = resolve_threshold(value, checkpoint, encoder_identity=identity)
+
+
 def _threshold_source(args) -> str:
     return "--threshold" if args.threshold is not None else "eval.threshold in the config file"
 
@@ -700,6 +710,7 @@ def _run_external(args, cfg: Mapping[str, Any], copro, device, batch_size: int, 
     except LatentGuardError:
         store = None
     checkpoint, model = _load_model(cfg, encoder.hidden_size, device)
+    _resolve_named_threshold(cfg, checkpoint, encoder.identity)
     enc_batch = cfg["encoder"]["batch_size"]
     known = StoreFirstSource(store, encoder, enc_batch)
     threshold, how = cfg["eval"]["threshold"], _threshold_source(args)
@@ -774,6 +785,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     store = _open_store(cfg)
     checkpoint, model = _load_model(cfg, store.hidden_size, device)
+    _resolve_named_threshold(cfg, checkpoint, store.identity)
     bert, skipped = None, {}
     if "bertscore" in baselines:
         bert, why = load_bert_scorer(cfg["eval"]["bert_model"], device=device)

@@ -81,7 +81,8 @@ class LatentGuard:
     def __init__(self, model: EmbeddingMappingLayer, encoder, concepts: Sequence[str],
                  threshold: float = RELEASED_THRESHOLD, *, device: str | torch.device | None = None,
                  batch_size: int = 64, concept_thresholds: Mapping[str, float] | None = None,
-                 allowlist: Iterable[str] | None = None, top_k: int = 3, cache_concepts: bool = True) -> None:
+                 allowlist: Iterable[str] | None = None, top_k: int = 3, cache_concepts: bool = True,
+                 long_prompts: bool = False, window_stride: int | None = None) -> None:
         if model.in_dim != encoder.hidden_size:
             raise LatentGuardError(_width_message("the mapping layer", model.in_dim, encoder.hidden_size))
         _check_options(threshold, batch_size, top_k)
@@ -94,6 +95,9 @@ class LatentGuard:
         self.batch_size = batch_size
         self.top_k = top_k
         self.cache_concepts = cache_concepts
+        self.long_prompts = bool(long_prompts)  # score prompts > 77 tokens as the max over windows
+        self.window_stride = window_stride      # None: latentguard.encoder.DEFAULT_WINDOW_STRIDE (50)
+        self.checkpoint: Path | None = None     # set by from_pretrained; calibrate(save=True) writes beside it
         self._concepts: list[str] = []
         self._vectors = torch.empty(0, encoder.hidden_size, device=self.device)
         self.add_concepts(check_concepts(concepts))
@@ -103,12 +107,13 @@ class LatentGuard:
     # --------------------------------------------------------------------------- construction
     @classmethod
     def from_pretrained(cls, checkpoint: str | Path = DEFAULT_CHECKPOINT, encoder=DEFAULT_ENCODER,
-                        concepts: Sequence[str] | str | Path | None = None, threshold: float = RELEASED_THRESHOLD,
+                        concepts: Sequence[str] | str | Path | None = None, threshold: float | str = "auto",
                         device: str | torch.device | None = None, *, encoder_type: str = "auto",
                         batch_size: int = 64, concept_thresholds: Mapping[str, float] | None = None,
                         allowlist: Iterable[str] | None = None, top_k: int = 3,
                         dataset: str | Path | None = None, encoder_options: Mapping | None = None,
-                        num_heads: int = 16, cache_concepts: bool = True) -> "LatentGuard":
+                        num_heads: int = 16, cache_concepts: bool = True, long_prompts: bool = False,
+                        window_stride: int | None = None) -> "LatentGuard":
         """Load the released guard (or your own): weights, encoder and blacklist in one call.
 
         ``checkpoint``: a state dict in the released format; the default name is downloaded (and
@@ -117,9 +122,18 @@ class LatentGuard:
         :mod:`latentguard.concepts`; a YAML file may carry per-concept thresholds, which
         ``concept_thresholds`` overrides), or None for CoPro's ID concepts from ``dataset``.
         ``encoder_options`` are passed to :func:`latentguard.encoder.load_encoder` (e.g. dtype).
-        Cheap checks (blacklist, checkpoint) run before the slow encoder load.
+        ``threshold``: a number, ``"released"`` (9.0131), ``"paper"`` (4.47), ``"calibrated"`` (the
+        ``<checkpoint stem>.threshold.yaml`` written by :meth:`calibrate`; an error when absent) or
+        ``"auto"`` (that file when present, else released). ``long_prompts``: score prompts longer
+        than 77 tokens as the maximum over overlapping windows (off: truncate, as released).
+        Cheap checks (blacklist, checkpoint, threshold) run before the slow encoder load.
         """
-        _check_options(threshold, batch_size, top_k)
+        from .calibration import resolve_threshold
+
+        named = isinstance(threshold, str) and threshold.strip().lower() in ("auto", "calibrated")
+        if not named:
+            threshold = resolve_threshold(threshold)  # a number or a profile name (released, paper)
+        _check_options(RELEASED_THRESHOLD if named else threshold, batch_size, top_k)
         if isinstance(concepts, (str, Path)) or concepts is None:
             blacklist = load_blacklist(concepts, dataset=dataset)
             names, thresholds = blacklist.concepts, dict(blacklist.thresholds)
@@ -127,6 +141,8 @@ class LatentGuard:
             names, thresholds = check_concepts(concepts), {}
         thresholds.update(concept_thresholds or {})
         path = released_checkpoint(checkpoint)
+        if named and threshold.strip().lower() == "calibrated":
+            resolve_threshold(threshold, path)  # no file: the "calibrate first" error, before the encoder load
         if isinstance(encoder, (str, Path)):
             model = load_mapping_layer(path, num_heads=num_heads)
             from .encoder import load_encoder
@@ -138,8 +154,13 @@ class LatentGuard:
         else:
             model = load_mapping_layer(path, in_dim=encoder.hidden_size, num_heads=num_heads)
             device = encoder.device if device is None else device
-        return cls(model, encoder, names, threshold, device=device, batch_size=batch_size,
-                   concept_thresholds=thresholds, allowlist=allowlist, top_k=top_k, cache_concepts=cache_concepts)
+        # A calibration file must match these weights and this encoder (checked here).
+        threshold = resolve_threshold(threshold, path, encoder_identity=encoder.identity)
+        guard = cls(model, encoder, names, threshold, device=device, batch_size=batch_size,
+                    concept_thresholds=thresholds, allowlist=allowlist, top_k=top_k, cache_concepts=cache_concepts,
+                    long_prompts=long_prompts, window_stride=window_stride)
+        guard.checkpoint = Path(path)
+        return guard
 
     # ------------------------------------------------------------------------------ blacklist
     @property
@@ -283,6 +304,17 @@ class LatentGuard:
                 verdicts.append(self._verdict(prompt, logits[i], thresholds, evidence[i] if evidence else []))
         return verdicts
 
+    def calibrate(self, safe_prompts: Sequence[str], unsafe_prompts: Sequence[str] | None = None,
+                  target_fpr: float = 0.01, *, save: bool | str | Path = False):
+        """Set :attr:`threshold` from your prompts: a target FPR on safe ones, or best accuracy with unsafe ones.
+
+        Returns the :class:`latentguard.calibration.CalibrationResult`; ``save=True`` writes it beside
+        the checkpoint, where ``from_pretrained(threshold="auto"|"calibrated")`` finds it.
+        """
+        from .calibration import calibrate_guard
+
+        return calibrate_guard(self, safe_prompts, unsafe_prompts, target_fpr, save=save)
+
     def decide(self, logits: np.ndarray, thresholds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(unsafe [P] bool, deciding concept index [P])`` from logits ``[P, C]``."""
         thresholds = self.thresholds() if thresholds is None else thresholds
@@ -302,6 +334,8 @@ class LatentGuard:
                      emb: torch.Tensor | None = None) -> tuple[np.ndarray, list[list] | None]:
         """One batch: encode ``texts`` (unless ``emb`` is given), score them against every concept,
         and explain the deciding one."""
+        if self.long_prompts:  # windows: re-encoded, whatever ``emb`` holds (it is truncated at 77)
+            return self._score_windows(texts, explain)
         if emb is None:
             emb = self.encoder.encode(texts, batch_size=len(texts))
         logits = self.logits_from_embeddings(emb).numpy()
@@ -310,9 +344,25 @@ class LatentGuard:
         _, index = self.decide(logits)
         return logits, self.explain_embeddings(texts, emb, index)
 
+    def _score_windows(self, texts: list[str], explain: bool) -> tuple[np.ndarray, list[list] | None]:
+        """Long-prompt option: a prompt's logit per concept is the maximum over its 77-token windows."""
+        from .windows import max_over_windows
+
+        emb, owner = self.encoder.encode_windows(texts, batch_size=self.batch_size, stride=self.window_stride)
+        logits, window = max_over_windows(self.logits_from_embeddings(emb), owner, len(texts), return_window=True)
+        logits = logits.numpy()
+        if not explain:
+            return logits, None
+        _, index = self.decide(logits)
+        chosen = window[torch.arange(len(texts)), torch.as_tensor(index)]  # the window that decided
+        first = torch.searchsorted(owner, torch.arange(len(texts)))      # each prompt's first window
+        tokens = [self.encoder.window_token_strings(text, stride=self.window_stride)[int(chosen[i] - first[i])]
+                  for i, text in enumerate(texts)]
+        return logits, self.explain_embeddings(texts, emb[chosen], index, tokens=tokens)
+
     # ---------------------------------------------------------------------------- explanation
-    def explain_embeddings(self, texts: Sequence[str], prompt_emb: torch.Tensor,
-                           concept_index: Sequence[int]) -> list[list[tuple[str, float]]]:
+    def explain_embeddings(self, texts: Sequence[str], prompt_emb: torch.Tensor, concept_index: Sequence[int],
+                           tokens: Sequence[list[str]] | None = None) -> list[list[tuple[str, float]]]:
         """For each prompt, the words its concept attended to most: ``[(word, weight), ...]``.
 
         The weight is the mapping layer's cross-attention (concept = query) averaged over heads,
@@ -321,6 +371,7 @@ class LatentGuard:
         ``<pooled>``). Start/end/padding rows are left out (the reference attends to padding
         too), so over all words the shares sum to 1; the ``top_k`` largest are returned.
         """
+        # ``tokens``: each embedding's token strings when they are not its text's own (a long prompt's window)
         concept_index = np.asarray(concept_index, dtype=np.int64)
         out: list[list[tuple[str, float]]] = []
         for s in range(0, len(texts), _EVIDENCE_CHUNK):
@@ -332,12 +383,14 @@ class LatentGuard:
                 _, weights = self.model.attend(keys, values, queries, return_attention=True)  # [b, H, u, L]
                 rows = torch.arange(len(idx), device=self.device)
                 per_row = weights.mean(dim=1)[rows, torch.as_tensor(inverse, device=self.device)].float().cpu()
-            for text, w in zip(texts[s : s + _EVIDENCE_CHUNK], per_row):
-                out.append(self._word_weights(text, w.tolist())[: self.top_k])
+            for k, (text, w) in enumerate(zip(texts[s : s + _EVIDENCE_CHUNK], per_row)):
+                row_tokens = None if tokens is None else tokens[s + k]
+                out.append(self._word_weights(text, w.tolist(), row_tokens)[: self.top_k])
         return out
 
-    def _word_weights(self, text: str, row_weights: list[float]) -> list[tuple[str, float]]:
-        tokens = self.encoder.token_strings(text)
+    def _word_weights(self, text: str, row_weights: list[float],
+                      tokens: list[str] | None = None) -> list[tuple[str, float]]:
+        tokens = self.encoder.token_strings(text) if tokens is None else tokens
         specials = set(getattr(getattr(self.encoder, "tokenizer", None), "all_special_tokens", []) or [])
         pieces = [(tok, w) for tok, w in zip(tokens, row_weights[1:])
                   if tok not in specials and not _SPECIAL.match(tok)]

@@ -349,7 +349,7 @@ def test_unknown_baseline_and_bad_batch_size(world, tmp_path, capsys):
     assert main(argv(world, tmp_path / "e", "--baselines", "blacklist,llm")) == 2
     assert "unknown baseline 'llm'" in _one_line_error(capsys)
     assert main(argv(world, tmp_path / "e", "--batch-size", "0")) == 2
-    assert "batch-size" in _one_line_error(capsys)
+    assert "eval.batch_size" in _one_line_error(capsys)
 
 
 # ------------------------------------------------------------------------------ external sets

@@ -32,7 +32,11 @@ def test_default_config_has_the_paper_hyperparameters():
     assert cfg["train"]["batch_size"] == 64 and cfg["train"]["lr"] == pytest.approx(1e-3)
     assert cfg["train"]["weight_decay"] == pytest.approx(0.01) and cfg["train"]["epochs"] == 1001
     assert (cfg["model"]["num_heads"], cfg["model"]["head_dim"], cfg["model"]["out_dim"]) == (16, 32, 128)
-    assert cfg["inference"]["threshold"] == pytest.approx(9.0131)
+    # "auto" is the released 9.0131 unless a calibration was saved beside the checkpoint
+    from latentguard.calibration import resolve_threshold
+
+    assert cfg["inference"]["threshold"] == "auto"
+    assert resolve_threshold(cfg["inference"]["threshold"], None) == pytest.approx(9.0131)
 
 
 @pytest.mark.parametrize("text, match", [
@@ -42,6 +46,8 @@ def test_default_config_has_the_paper_hyperparameters():
     ("trian: {lr: 1}\n", "unknown config key 'trian'"),
     ("train: [1, 2\n", "not valid YAML"),
     ("encoder: {dtype: float8}\n", "encoder.dtype"),
+    ("inference: {threshold: strict}\n", "inference.threshold"),
+    ("eval: {threshold: [1]}\n", "eval.threshold"),
 ])
 def test_bad_config_values_are_named(tmp_path, text, match):
     path = tmp_path / "bad.yaml"

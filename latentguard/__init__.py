@@ -20,6 +20,14 @@ _EXPORTS = {
     "load_copro": "latentguard.data",
     "EmbeddingStore": "latentguard.cache",
     "LatentGuardError": "latentguard.errors",
+    "OpenCLIPTextEncoder": "latentguard.encoder",
+    "HFTextEncoder": "latentguard.encoder",
+    "guard_pipeline": "latentguard.pipeline",
+    "GuardedPipeline": "latentguard.pipeline",
+    "PromptBlocked": "latentguard.pipeline",
+    "encoder_from_pipeline": "latentguard.pipeline",
+    "calibrate": "latentguard.calibration",
+    "resolve_threshold": "latentguard.calibration",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from .errors import LatentGuardError
-from .io import atomic_write_text, unique
+from .io import atomic_write_text, fsync_dir, unique
 
 if TYPE_CHECKING:  # torch is imported lazily: opening a store and checking for missing texts stay light
     import torch
@@ -401,16 +401,7 @@ def _append(file: Path, payload: bytes, expected_size: int) -> None:
     finally:
         os.close(fd)
     if new:
-        _fsync_dir(file.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(file.parent)
 
 
 def _short(text: str, limit: int = 60) -> str:

@@ -285,7 +285,22 @@ class TextEncoder:
 
 
 # ================================================================================== HF CLIP
-class CLIPTextEncoder(TextEncoder):
+class _HFTokenizerMixin:
+    """Token-id plumbing shared by encoders that use a Hugging Face tokenizer."""
+
+    def _content_ids(self, text: str) -> list[int]:
+        return _hf_content_ids(self.tokenizer, text)
+
+    def _special_ids(self) -> tuple[list[int], list[int], int]:
+        if not hasattr(self, "_specials"):
+            self._specials = _hf_special_ids(self.tokenizer, self.name)
+        return self._specials
+
+    def _ids_to_tokens(self, ids: list[int]) -> list[str]:
+        return self.tokenizer.convert_ids_to_tokens(ids)
+
+
+class CLIPTextEncoder(_HFTokenizerMixin, TextEncoder):
     """The Hugging Face CLIP text tower (default ``openai/clip-vit-large-patch14``), frozen.
 
     ``model`` is a hub name, a local directory, or an already-built ``CLIPTextModel`` (then pass
@@ -339,20 +354,10 @@ class CLIPTextEncoder(TextEncoder):
         # The first end-of-text token has the largest id in CLIP's vocabulary (REFERENCE §2).
         return hidden, input_ids.argmax(dim=-1)
 
-    def _content_ids(self, text: str) -> list[int]:
-        return _hf_content_ids(self.tokenizer, text)
-
-    def _special_ids(self) -> tuple[list[int], list[int], int]:
-        if not hasattr(self, "_specials"):
-            self._specials = _hf_special_ids(self.tokenizer, self.name)
-        return self._specials
-
-    def _ids_to_tokens(self, ids: list[int]) -> list[str]:
-        return self.tokenizer.convert_ids_to_tokens(ids)
 
 
 # ============================================================================= any HF model
-class HFTextEncoder(TextEncoder):
+class HFTextEncoder(_HFTokenizerMixin, TextEncoder):
     """Any Hugging Face text encoder through ``AutoModel`` (T5 encoders, BERT family, ...), frozen.
 
     The model always gets its attention mask (padding is masked, unlike the CLIP reference). The
@@ -424,16 +429,6 @@ class HFTextEncoder(TextEncoder):
         hidden = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask).last_hidden_state
         return hidden, (attention_mask.sum(dim=-1) - 1).clamp(min=0)
 
-    def _content_ids(self, text: str) -> list[int]:
-        return _hf_content_ids(self.tokenizer, text)
-
-    def _special_ids(self) -> tuple[list[int], list[int], int]:
-        if not hasattr(self, "_specials"):
-            self._specials = _hf_special_ids(self.tokenizer, self.name)
-        return self._specials
-
-    def _ids_to_tokens(self, ids: list[int]) -> list[str]:
-        return self.tokenizer.convert_ids_to_tokens(ids)
 
 
 def _hf_content_ids(tokenizer, text: str) -> list[int]:
@@ -628,6 +623,8 @@ def _load_hf(name: str, class_name: str) -> torch.nn.Module:
     import transformers
 
     cls = getattr(transformers, class_name)
+    # The weight-loading progress bar would break the one-line error contract of the CLIs.
+    transformers.utils.logging.disable_progress_bar()
     try:
         return cls.from_pretrained(name)
     except (OSError, ValueError, EnvironmentError) as exc:
@@ -719,6 +716,9 @@ def load_encoder(name_or_path: str | Path = DEFAULT_ENCODER, encoder_type: str =
     if encoder_type not in ENCODER_TYPES:
         raise LatentGuardError(f"unknown encoder type '{encoder_type}' (use {', '.join(ENCODER_TYPES)})")
     name = str(name_or_path)
+    if not name.startswith(OPENCLIP_PREFIX) and Path(name).expanduser().is_dir():
+        # One store per model directory, however the path is spelled (./m, m, /abs/m).
+        name = str(Path(name).expanduser().resolve())
     family = detect_family(name) if encoder_type == "auto" else encoder_type
     if name.startswith(OPENCLIP_PREFIX) and family != "openclip":
         raise LatentGuardError(f"'{name}' names an OpenCLIP model but the encoder type is '{encoder_type}' "

@@ -505,15 +505,10 @@ _LABELS = {"1": 1, "0": 0, "unsafe": 1, "safe": 0}
 
 def read_labelled_prompts(path: str | Path) -> tuple[list[str], np.ndarray]:
     """A CSV with header ``prompt,label`` (label 1/0 or unsafe/safe); one-line errors name the line."""
+    from .io import read_text
+
     path = Path(path)
-    if not path.is_file():
-        raise LatentGuardError(f"external prompt file not found: {path}")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise LatentGuardError(f"{path}: line {line} is not valid UTF-8; re-save the file as UTF-8") from None
+    text = read_text(path, "external prompt file")
     if not text.strip():
         raise LatentGuardError(f"{path}: the file is empty; expected a CSV with header 'prompt,label'")
     reader = csv.reader(text.splitlines(keepends=True))

@@ -41,13 +41,14 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or a new file in ``directory`` durable (best effort where unsupported)."""
     with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
         try:
@@ -129,8 +130,8 @@ def released_checkpoint(path: str | Path = "model_parameters.pth") -> Path:
     return download(RELEASED_CHECKPOINT_URL, cached, RELEASED_CHECKPOINT_SHA256, what="released checkpoint")
 
 
-def read_lines(path: str | Path, what: str = "prompt file") -> list[str]:
-    """Read one item per line (UTF-8, blank lines skipped), with one-line errors for bad files."""
+def read_text(path: str | Path, what: str = "file") -> str:
+    """Read a UTF-8 text file; a missing file or a bad byte is a one-line error naming the line."""
     path = Path(path)
     if not path.exists():
         raise LatentGuardError(f"{what} not found: {path}")
@@ -138,12 +139,17 @@ def read_lines(path: str | Path, what: str = "prompt file") -> list[str]:
         raise LatentGuardError(f"{what} is not a regular file: {path}")
     raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8-sig")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise LatentGuardError(
             f"{path}: line {line} is not valid UTF-8 (byte {exc.start}); re-save the file as UTF-8"
         ) from None
+
+
+def read_lines(path: str | Path, what: str = "prompt file") -> list[str]:
+    """Read one item per line (UTF-8, blank lines skipped), with one-line errors for bad files."""
+    text = read_text(path, what)
     lines = [line.strip() for line in text.splitlines()]
     lines = [line for line in lines if line]
     if not lines:

@@ -85,6 +85,8 @@ def output_format(path: str | None) -> str | None:
     suffix = Path(path).suffix.lower()
     if suffix not in OUTPUT_FORMATS:
         raise LatentGuardError(f"--output {path}: unknown extension '{suffix or '(none)'}'; use .csv or .jsonl")
+    if Path(path).is_dir():
+        raise LatentGuardError(f"--output {path} is a directory; give a file name ending in .csv or .jsonl")
     return OUTPUT_FORMATS[suffix]
 
 
@@ -139,6 +141,23 @@ def write_output(path: str, fmt: str, verdicts, explain: bool) -> None:
         raise LatentGuardError(f"cannot write --output {path} ({exc.strerror or exc})") from None
 
 
+def threshold_origin(setting, guard, calibrated_now: str | None) -> str:
+    """Where the threshold came from, so a silently picked-up calibration file is never a surprise."""
+    from latentguard.calibration import AUTO, CALIBRATED, PROFILES, calibration_path
+
+    key = str(setting).strip().lower()
+    if calibrated_now:
+        return "calibrated now"
+    if key in PROFILES:
+        return key
+    if key in (AUTO, CALIBRATED):
+        record = calibration_path(guard.checkpoint)
+        if key == CALIBRATED or (record.is_file() and guard.threshold != PROFILES["released"]):
+            return f"calibrated, {record}"
+        return "released"
+    return "--threshold"
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -181,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     n_unsafe = sum(v.unsafe for v in verdicts)
     per_concept = f" (+{len(guard.concept_thresholds)} per-concept)" if guard.concept_thresholds else ""
     print(f"\n{n_unsafe} of {len(verdicts)} prompts unsafe; {len(guard.concepts)} concepts, "
-          f"threshold {guard.threshold:g}{per_concept}")
+          f"threshold {guard.threshold:g} ({threshold_origin(inf['threshold'], guard, args.calibrate_safe)})"
+          f"{per_concept}")
     if args.output:
         write_output(args.output, fmt, verdicts, args.explain)
         print(f"wrote {len(verdicts)} verdicts to {args.output}")

@@ -25,7 +25,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from latentguard.config import DEFAULT_CONFIG, DEFAULTS, load_config  # noqa: E402
-from latentguard.errors import LatentGuardError, cli_entry  # noqa: E402
+from latentguard.errors import RESUMABLE, LatentGuardError, cli_entry  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,7 +120,7 @@ def open_source(cfg: dict, device, needed: list[str], args: argparse.Namespace):
     return store, f"embedding store {path} ({store.dtype}, {len(store)} texts)"
 
 
-@cli_entry
+@cli_entry(on_interrupt=RESUMABLE)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = load_config(args.config, overrides={

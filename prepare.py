@@ -33,7 +33,7 @@ from latentguard.cache import (  # noqa: E402
 )
 from latentguard.config import load_config  # noqa: E402
 from latentguard.data import load_copro  # noqa: E402
-from latentguard.errors import cli_entry  # noqa: E402
+from latentguard.errors import RESUMABLE, cli_entry  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@cli_entry
+@cli_entry(on_interrupt=RESUMABLE)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = load_config(args.config, overrides={

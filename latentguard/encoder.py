@@ -703,6 +703,12 @@ def detect_family(name_or_path: str | Path) -> str:
     return "hf"
 
 
+def _looks_like_path(name: str) -> bool:
+    """A local path rather than a hub id (``org/name`` has one slash, never a leading ``/``, ``.`` or ``~``)."""
+    return (name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
+            or (len(name) > 1 and name[1] == ":"))
+
+
 def load_encoder(name_or_path: str | Path = DEFAULT_ENCODER, encoder_type: str = "auto",
                  device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
                  attention_mask: bool = False, *, max_length: int = CONTEXT_LENGTH) -> TextEncoder:
@@ -716,6 +722,10 @@ def load_encoder(name_or_path: str | Path = DEFAULT_ENCODER, encoder_type: str =
     if encoder_type not in ENCODER_TYPES:
         raise LatentGuardError(f"unknown encoder type '{encoder_type}' (use {', '.join(ENCODER_TYPES)})")
     name = str(name_or_path)
+    if (encoder_type != "openclip" and not name.startswith(OPENCLIP_PREFIX) and _looks_like_path(name)
+            and not Path(name).expanduser().exists()):
+        raise LatentGuardError(f"cannot load text encoder '{name}': no such directory; pass --encoder with an "
+                               f"existing directory saved with save_pretrained() or a hub name such as {DEFAULT_ENCODER}")
     if not name.startswith(OPENCLIP_PREFIX) and Path(name).expanduser().is_dir():
         # One store per model directory, however the path is spelled (./m, m, /abs/m).
         name = str(Path(name).expanduser().resolve())

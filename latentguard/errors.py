@@ -17,8 +17,17 @@ class LatentGuardError(Exception):
     """A problem the user can fix: bad input, a missing file, a checkpoint that does not fit."""
 
 
-def cli_entry(main: Callable[..., int | None]) -> Callable[..., int]:
-    """Wrap a CLI ``main`` so known errors print one line and exit non-zero, never a traceback."""
+RESUMABLE = "interrupted: finished work was saved; run the same command again to resume"
+
+
+def cli_entry(main: Callable[..., int | None] | None = None, *,
+              on_interrupt: str = "interrupted (Ctrl-C)") -> Callable[..., int]:
+    """Wrap a CLI ``main`` so known errors print one line and exit non-zero, never a traceback.
+
+    Use as ``@cli_entry`` or ``@cli_entry(on_interrupt=RESUMABLE)`` for commands that resume.
+    """
+    if main is None:
+        return functools.partial(cli_entry, on_interrupt=on_interrupt)
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs) -> int:
@@ -27,8 +36,12 @@ def cli_entry(main: Callable[..., int | None]) -> Callable[..., int]:
         except LatentGuardError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        except OSError as exc:  # disk full, permission denied, a path that is a file: the user's to fix
+            where = f": {exc.filename}" if exc.filename else ""
+            print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+            return 2
         except KeyboardInterrupt:
-            print("interrupted: finished work was saved; run the same command again to resume", file=sys.stderr)
+            print(on_interrupt, file=sys.stderr)
             return 130
         return int(code or 0)
 

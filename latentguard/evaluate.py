@@ -626,6 +626,7 @@ def build_parser():
                         "when --external-safe is given")
     parser.add_argument("--external-safe", metavar="FILE", help="safe prompts, one per line (with --external)")
     parser.add_argument("--no-plots", action="store_true", help="skip the ROC and histogram PNGs")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs and scripts)")
     return parser
 
 
@@ -727,7 +728,7 @@ def _run_external(args, cfg: Mapping[str, Any], copro, device, batch_size: int, 
     concepts = copro.concepts("ID")
     concept_emb = concept_vectors(known, concepts)
     scores, _, seconds = score_prompts(model, EncoderSource(encoder, enc_batch), prompts, concept_emb,
-                                       batch_size=batch_size, device=device, progress=True)
+                                       batch_size=batch_size, device=device, progress=not args.no_progress)
     values, best = scores.lookup(prompts)
     result = setting_metrics(labels, values, threshold, released_threshold=RELEASED_THRESHOLD)
     result.update(_clean({
@@ -770,6 +771,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     baselines = parse_baselines(args.baselines if args.baselines is not None else cfg["eval"]["baselines"])
     device = resolve_device(cfg["device"])
     output_dir = Path(cfg["output_dir"])
+    if output_dir.exists() and not output_dir.is_dir():  # fail now, not after scoring everything
+        raise LatentGuardError(f"--output-dir {output_dir} is a file, not a directory; choose another path")
     copro = load_copro(cfg["dataset"], valid_size=cfg["data"]["valid_size"], seed=cfg["data"]["seed"])
     print(f"dataset {copro.path}: {copro.summary()}")
 
@@ -789,7 +792,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             skipped["bertscore"] = why
     evaluation = evaluate_copro(copro, model, store, baselines=baselines, bert_scorer=bert,
                                 threshold=cfg["eval"]["threshold"], threshold_source=_threshold_source(args),
-                                batch_size=batch_size, device=device, progress=True)
+                                batch_size=batch_size, device=device, progress=not args.no_progress)
     meta = {"dataset": str(copro.path), "checkpoint": str(checkpoint), "encoder": store.identity,
             "store": str(store.path), "device": str(device), "skipped": skipped}
     note = _released_weights_note(copro, checkpoint, cfg["eval"]["threshold"])

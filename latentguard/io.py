@@ -7,6 +7,7 @@ or the new one, never half of one.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import tempfile
@@ -32,7 +33,13 @@ def cache_home() -> Path:
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success fsync and rename it over ``target``."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise LatentGuardError(f"cannot write {target}: a path above it is a file, not a directory "
+                               f"(choose another output path)") from None
+    if target.is_dir():
+        raise LatentGuardError(f"cannot write {target}: it is a directory (choose a file name)")
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -40,11 +47,21 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        # mkstemp makes 0600 files; give the result the mode an ordinary open() would (umask applied).
+        os.chmod(tmp, _default_file_mode())
         os.replace(tmp, target)
         fsync_dir(target.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@functools.lru_cache(maxsize=1)
+def _default_file_mode() -> int:
+    """``0o666`` less the process umask: what a plain ``open(path, "w")`` would create."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def fsync_dir(directory: Path) -> None:

@@ -16,6 +16,13 @@
 #   to every step when set (defaults: configs/default.yaml).
 # Example: SEEDS="0 1 2 3 4" DEVICE=cuda:1 bash scripts/reproduce.sh
 set -euo pipefail
+if [[ $# -gt 0 ]]; then
+  case "$1" in
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "error: reproduce.sh takes no arguments (got '$1'); settings are environment variables, see --help" >&2
+       exit 2 ;;
+  esac
+fi
 cd "$(dirname "$0")/.."
 
 SEEDS="${SEEDS:-0 1 2}"

@@ -83,26 +83,24 @@ def open_source(cfg: dict, device, needed: list[str], args: argparse.Namespace):
     The store is found without loading the encoder when prepare.py recorded which store this
     encoder request maps to; otherwise the encoder is loaded once to learn its identity.
     """
-    from latentguard.cache import EmbeddingStore, encoder_request_key, recall_identity, remember_identity, store_path
+    from latentguard.cache import EmbeddingStore, recall_store_identity, remember_identity, store_path
     from latentguard.embeddings import EncoderSource
-    from latentguard.encoder import load_encoder
+    from latentguard.encoder import load_encoder_from_config
 
     enc = cfg["encoder"]
 
     def load():
-        return load_encoder(enc["name"], enc["type"], device=device, dtype=enc["dtype"],
-                            attention_mask=enc["attention_mask"])
+        return load_encoder_from_config(cfg, device)
 
     if cfg["train"]["no_cache"]:
         return EncoderSource(load(), batch_size=enc["batch_size"]), "encoder on the fly (--no-cache)"
     cache_dir = Path(cfg["cache_dir"])
-    key = encoder_request_key(enc["name"], enc["type"], enc["dtype"], enc["attention_mask"])
-    identity = recall_identity(cache_dir, key)
+    key, identity = recall_store_identity(cache_dir, enc)
     no_store = (f"no embedding store for encoder {enc['name']} under {cache_dir}; run "
                 f"`{_prepare_command(cfg, args)}` first (or pass --no-cache to encode on the fly)")
     if not any(cache_dir.glob("*/meta.json")):
         raise LatentGuardError(no_store)  # nothing prepared at all: no need to load the encoder to know
-    if identity is None or not (store_path(cache_dir, identity) / "meta.json").is_file():
+    if identity is None:
         encoder = load()
         identity = encoder.identity
         del encoder

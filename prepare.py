@@ -25,9 +25,8 @@ if str(ROOT) not in sys.path:
 
 from latentguard.cache import (  # noqa: E402
     EmbeddingStore,
-    encoder_request_key,
     open_store_for,
-    recall_identity,
+    recall_store_identity,
     remember_identity,
     store_path,
 )
@@ -83,9 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(texts)} distinct texts to have in the store")
 
     # Cheap path: the same encoder files as last time -> we know the identity without loading it.
-    key = encoder_request_key(enc_cfg["name"], enc_cfg["type"], enc_cfg["dtype"], enc_cfg["attention_mask"])
-    known = recall_identity(cache_dir, key)
-    if known is not None and (store_path(cache_dir, known) / "meta.json").is_file():
+    key, known = recall_store_identity(cache_dir, enc_cfg)
+    if known is not None:
         # create=True with an existing store only checks it (and refuses another --dtype)
         store = EmbeddingStore(store_path(cache_dir, known), identity=known, dtype=dtype, create=True)
         if not store.missing(texts):
@@ -93,11 +91,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"({store.dtype}, {store.disk_bytes() / 1e9:.2f} GB); encoder not loaded")
             return 0
 
-    from latentguard.encoder import load_encoder
+    from latentguard.encoder import load_encoder_from_config
 
     started = time.perf_counter()
-    encoder = load_encoder(enc_cfg["name"], enc_cfg["type"], device=cfg["device"], dtype=enc_cfg["dtype"],
-                           attention_mask=enc_cfg["attention_mask"])
+    encoder = load_encoder_from_config(cfg)
     print(f"encoder {encoder.identity} on {encoder.device} (loaded in {time.perf_counter() - started:.1f} s)")
     remember_identity(cache_dir, key, encoder.identity)
     store = open_store_for(cache_dir, encoder, dtype=dtype, create=True)

@@ -28,7 +28,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -486,3 +486,15 @@ def remember_identity(cache_dir: str | Path, key: str | None, identity: str) -> 
     hints[key] = identity
     with contextlib.suppress(OSError):
         atomic_write_text(file, json.dumps(hints, indent=1, sort_keys=True) + "\n")
+
+
+def recall_store_identity(cache_dir: str | Path, enc: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """``(request key, identity)`` for a config's ``encoder`` section, without loading the encoder.
+
+    The identity is ``None`` unless a hint was recorded for this request and its store still exists.
+    """
+    key = encoder_request_key(enc["name"], enc["type"], enc["dtype"], enc["attention_mask"])
+    identity = recall_identity(cache_dir, key)
+    if identity is None or not (store_path(cache_dir, identity) / META).is_file():
+        return key, None
+    return key, identity

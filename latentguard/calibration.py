@@ -132,11 +132,12 @@ def save_calibration(result: CalibrationResult, checkpoint: str | Path, *, encod
 
 def read_calibration(path: str | Path) -> CalibrationResult:
     """Parse a calibration YAML file (no checks against a checkpoint; see :func:`load_calibration`)."""
+    from .io import read_text
+
     path = Path(path)
+    text = read_text(path, "calibration file")  # missing file / bad UTF-8: one-line errors
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise LatentGuardError(f"cannot read calibration file {path} ({exc.strerror or exc})") from None
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

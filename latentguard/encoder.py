@@ -22,7 +22,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
@@ -740,3 +740,10 @@ def load_encoder(name_or_path: str | Path = DEFAULT_ENCODER, encoder_type: str =
     if family == "hf":
         return HFTextEncoder(name, device=device, dtype=dtype, max_length=max_length)
     return CLIPTextEncoder(name, device=device, dtype=dtype, attention_mask=attention_mask)
+
+
+def load_encoder_from_config(cfg: Mapping[str, Any], device: str | torch.device | None = None) -> TextEncoder:
+    """The encoder a loaded config's ``encoder`` section names, on ``device`` (default: the config's)."""
+    enc = cfg["encoder"]
+    return load_encoder(enc["name"], enc["type"], device=cfg["device"] if device is None else device,
+                        dtype=enc["dtype"], attention_mask=enc["attention_mask"])

@@ -146,6 +146,7 @@ def score_prompts(model, source, texts: Sequence[str], concept_emb, *, batch_siz
     model.eval()
     with torch.inference_mode(), ThreadPoolExecutor(max_workers=1) as pool:
         concepts = concept_emb.to(device)
+        queries = model.concept_queries(concepts)  # once per call, not once per batch
         pending = pool.submit(source.get, batches[0]) if batches else None
         start = 0
         for i in tqdm(range(len(batches)), desc="scoring", unit="batch", disable=not progress, leave=False):
@@ -154,7 +155,7 @@ def score_prompts(model, source, texts: Sequence[str], concept_emb, *, batch_siz
                 pending = pool.submit(source.get, batches[i + 1])
             emb = emb.to(device, non_blocking=True)
             end = start + emb.shape[0]
-            values, index = model.logit_matrix(emb, concepts).max(dim=1)
+            values, index = model.logit_matrix(emb, None, queries=queries).max(dim=1)
             lg_score[start:end], lg_best[start:end] = values.double().cpu().numpy(), index.cpu().numpy()
             if clip:
                 values, index = clip_score_matrix(emb[:, 0], concepts).max(dim=1)
@@ -632,13 +633,10 @@ def build_parser():
 
 def _open_store(cfg: Mapping[str, Any]):
     """The encoder's store, without loading the encoder when prepare.py already recorded its identity."""
-    from .cache import (EmbeddingStore, encoder_request_key, open_store_for, recall_identity,
-                        remember_identity, store_path)
+    from .cache import EmbeddingStore, open_store_for, recall_store_identity, remember_identity, store_path
 
-    enc = cfg["encoder"]
-    key = encoder_request_key(enc["name"], enc["type"], enc["dtype"], enc["attention_mask"])
-    known = recall_identity(cfg["cache_dir"], key)
-    if known is not None and (store_path(cfg["cache_dir"], known) / "meta.json").is_file():
+    key, known = recall_store_identity(cfg["cache_dir"], cfg["encoder"])
+    if known is not None:
         return EmbeddingStore(store_path(cfg["cache_dir"], known), identity=known)
     encoder = _load_encoder(cfg)
     store = open_store_for(cfg["cache_dir"], encoder)
@@ -647,11 +645,9 @@ def _open_store(cfg: Mapping[str, Any]):
 
 
 def _load_encoder(cfg: Mapping[str, Any]):
-    from .encoder import load_encoder
+    from .encoder import load_encoder_from_config
 
-    enc = cfg["encoder"]
-    return load_encoder(enc["name"], enc["type"], device=cfg["device"], dtype=enc["dtype"],
-                        attention_mask=enc["attention_mask"])
+    return load_encoder_from_config(cfg)
 
 
 def _load_model(cfg: Mapping[str, Any], hidden_size: int, device):

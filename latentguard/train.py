@@ -176,11 +176,13 @@ def max_concept_scores(model: EmbeddingMappingLayer, source: EmbeddingSource, te
     model.eval()
     best: list[torch.Tensor] = []
     try:
+        queries = model.concept_queries(concept_emb)  # once per validation pass, not once per batch
         batches = [distinct[i : i + batch_size] for i in range(0, len(distinct), batch_size)]
         for emb in _prefetch(lambda b: _pinned(source.get(b), device), batches):
             if should_stop is not None and should_stop():
                 raise _StopRequested
-            best.append(model.logit_matrix(_to_device(emb, device), concept_emb).max(dim=1).values.float().cpu())
+            logits = model.logit_matrix(_to_device(emb, device), None, queries=queries)
+            best.append(logits.max(dim=1).values.float().cpu())
     finally:
         model.train(was_training)
     scores = torch.cat(best).numpy() if best else np.empty(0, dtype=np.float32)

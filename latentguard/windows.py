@@ -58,8 +58,9 @@ def windowed_logit_matrix(model, encoder, prompts: Sequence[str], concept_emb: t
     prompts = list(prompts)
     out = torch.full((len(prompts), concept_emb.shape[0]), float("-inf"), device=device)
     with torch.inference_mode():
+        queries = model.concept_queries(concept_emb)  # once, not once per batch of windows
         for owner, emb in encoder.iter_encode_windows(prompts, batch_size, window, stride):
-            logits = model.logit_matrix(emb.to(device), concept_emb)
+            logits = model.logit_matrix(emb.to(device), None, queries=queries)
             index = owner.to(device).unsqueeze(1).expand_as(logits)
             out = out.scatter_reduce(0, index, logits.to(out.dtype), reduce="amax", include_self=True)
     return out

@@ -35,21 +35,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _bench import peak_rss_mb  # noqa: E402
+
 FULL_ID_PROMPTS = 37_000
 FULL_OOD_PROMPTS = 32_500
-
-
-def peak_rss_mb() -> float:
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def build_store(path: Path, texts: list[str], hidden: int, chunk: int = 1024):

@@ -44,6 +44,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _bench import vit_l14_text_encoder  # noqa: E402
+
 N_CONCEPTS = 578
 SUBJECTS = ["man", "woman", "child", "soldier", "dragon", "robot", "crowd", "cat", "horse", "old car", "ship", "castle"]
 ACTIONS = ["standing in", "running through", "fighting in", "sleeping in", "painting", "burning", "flying over"]
@@ -69,22 +71,6 @@ def make_concepts(n: int, seed: int = 1) -> list[str]:
         concept = " ".join(rng.sample(CONCEPT_WORDS, rng.choice([1, 2, 2, 3]))) + f" {len(concepts)}"
         concepts.append(concept)
     return concepts
-
-
-def vit_l14_text_encoder(device: str, dtype: str, tokenizer_dir: Path):
-    import torch
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from latentguard.encoder import CLIPTextEncoder
-    from latentguard.tokenizer import build_clip_tokenizer
-
-    config = CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                            num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
-                            projection_dim=768, bos_token_id=49406, eos_token_id=49407, pad_token_id=1)
-    torch.manual_seed(0)
-    model = CLIPTextModel(config).eval()
-    return CLIPTextEncoder(model, device=device, dtype=dtype, tokenizer=build_clip_tokenizer(tokenizer_dir),
-                           name="vit-l14-text-random")
 
 
 class PresetConcepts:

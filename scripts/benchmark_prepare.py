@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from _bench import peak_rss_mb, vit_l14_text_encoder  # noqa: E402
 
 FULL_COPRO_TEXTS = 125_643  # 578+145 concepts, 2 x (32,685+8,172+9,826) prompts, 2 x (5,330+6,447) variants
 TEMPLATES = [
@@ -48,34 +49,7 @@ def make_texts(n: int, seed: int = 0) -> list[str]:
             for i in range(n)]
 
 
-def peak_rss_mb() -> float:
-    """This process's RSS high-water mark. VmHWM, not ru_maxrss: Linux carries ru_maxrss across
-    fork+exec, so a child would report its parent's peak."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: KiB (macOS: bytes)
-
-
 # ----------------------------------------------------------------------------- encoder throughput
-def vit_l14_text_encoder(device: str, dtype: str, tokenizer_dir: Path):
-    import torch
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from latentguard.encoder import CLIPTextEncoder
-    from latentguard.tokenizer import build_clip_tokenizer
-
-    config = CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                            num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
-                            projection_dim=768, bos_token_id=49406, eos_token_id=49407, pad_token_id=1)
-    torch.manual_seed(0)
-    model = CLIPTextModel(config).eval()
-    return CLIPTextEncoder(model, device=device, dtype=dtype, tokenizer=build_clip_tokenizer(tokenizer_dir),
-                           name="vit-l14-text-random")
 
 
 def bench_encoder(device: str, dtype: str, n_batched: int, n_single: int, batch_size: int, tokenizer_dir: Path) -> dict:

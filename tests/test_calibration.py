@@ -222,3 +222,13 @@ def test_from_pretrained_threshold_profiles_and_calibration_file(tiny_encoder, t
 
         other = CLIPTextEncoder(tiny_clip_text_model(seed=5), device="cpu", tokenizer=tiny_encoder.tokenizer)
         LatentGuard.from_pretrained(checkpoint, encoder=other, concepts=concepts, threshold="auto", cache_concepts=False)
+
+
+def test_non_utf8_calibration_file_is_a_one_line_error(tmp_path):
+    from latentguard.calibration import read_calibration
+    from latentguard.errors import LatentGuardError
+
+    bad = tmp_path / "model_parameters.threshold.yaml"
+    bad.write_bytes(b"threshold: 4.5\nmethod: \xff\xfe\n")
+    with pytest.raises(LatentGuardError, match="line 2 is not valid UTF-8"):
+        read_calibration(bad)

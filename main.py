@@ -178,6 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     loss = f"{result.last_loss:.4f}" if result.last_loss is not None else "n/a"
     print(f"done: {result.epochs} epochs, {result.steps} steps, final loss {loss}, {best} "
           f"({result.seconds:.1f} s this session)")
+    from latentguard.calibration import calibration_path
+    from latentguard.train import calibrate_best_checkpoint
+
+    calibration = calibrate_best_checkpoint(trainer)
+    if calibration is not None:
+        print(f"  threshold:    {calibration.threshold:.4f} (max accuracy {calibration.accuracy:.3f} on the validation "
+              f"split) saved to {calibration_path(result.best_path)}; inference.py uses it by default")
     print(f"  best weights: {result.best_path}")
     print(f"  last weights: {result.last_path}")
     print(f"  resume state: {result.resume_path}")

@@ -152,6 +152,18 @@ def test_main_training_lifts_explicit_id_test_auc(prepared, store_source, tmp_pa
     assert [r["epoch"] for r in records if "val_auc" in r] == [5, 10, 15]
     saved_cfg = (out / "config.yaml").read_text()
     assert "epochs: 15" in saved_cfg and "lr: 0.003" in saved_cfg
+    # the best weights get their own threshold: max accuracy on the validation split, found by inference
+    from latentguard.calibration import resolve_threshold
+    from latentguard.metrics import best_accuracy_threshold
+    from latentguard.train import max_concept_scores
+
+    valid = copro.split("ID_valid_data")
+    unsafe, safe = [t.unsafe_prompt for t in valid], [t.safe_prompt for t in valid]
+    scores = max_concept_scores(load_mapping_layer(out / BEST_NAME, in_dim=768), store_source, unsafe + safe, concepts)
+    expected = best_accuracy_threshold([1] * len(unsafe) + [0] * len(safe), scores)
+    assert "threshold:" in printed and (out / "model_parameters.threshold.yaml").is_file()
+    found = resolve_threshold("auto", out / BEST_NAME, encoder_identity=store_source.identity)
+    assert found == pytest.approx(expected, abs=1e-4) and found != pytest.approx(9.0131)
 
 
 def test_checkpoints_keep_the_released_format(prepared, store_source, tmp_path):

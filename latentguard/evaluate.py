@@ -654,13 +654,7 @@ def _load_model(cfg: Mapping[str, Any], hidden_size: int, device):
     from .io import released_checkpoint
     from .model import load_mapping_layer
 
-    path = Path(cfg["checkpoint"])
-    if not path.is_file():
-        if path.parent != Path(".") or path.name != "model_parameters.pth":
-            # only the bare default name means "the released weights": a typo never swaps them in
-            raise LatentGuardError(f"checkpoint not found: {path} (check --checkpoint; omit it to use the released "
-                                   "model_parameters.pth)")
-        path = released_checkpoint(path)
+    path = released_checkpoint(cfg["checkpoint"])  # downloads only for the bare default name
     return path, load_mapping_layer(path, in_dim=hidden_size, num_heads=cfg["model"]["num_heads"], device=device)
 
 

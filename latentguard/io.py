@@ -138,7 +138,8 @@ def released_checkpoint(path: str | Path = "model_parameters.pth") -> Path:
     if path.is_file():
         return path
     if path.name != "model_parameters.pth" or path.parent != Path("."):
-        raise LatentGuardError(f"checkpoint not found: {path} (check the --checkpoint path)")
+        raise LatentGuardError(f"checkpoint not found: {path} (check --checkpoint; omit it to use the released "
+                               "model_parameters.pth)")
     cached = cache_home() / "model_parameters.pth"
     if cached.is_file():
         if sha256_of(cached) == RELEASED_CHECKPOINT_SHA256:

@@ -28,6 +28,7 @@ from latentguard.cache import (  # noqa: E402
     open_store_for,
     recall_store_identity,
     remember_identity,
+    repair_store,
     store_path,
 )
 from latentguard.config import load_config  # noqa: E402
@@ -57,12 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="on-disk precision of the store (config: store.dtype; float16 halves the "
                         "size, ~15 GB for full CoPro)")
     parser.add_argument("--batch-size", type=int, help="texts per encoder batch (config: encoder.batch_size)")
+    parser.add_argument("--repair", metavar="STORE", help="repair the damaged store directory STORE (holding its "
+                        "lock; keeps intact rows, saves the old index beside it, says what it did) and exit")
     return parser
 
 
 @cli_entry(on_interrupt=RESUMABLE)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.repair:
+        print(repair_store(args.repair))
+        return 0
     cfg = load_config(args.config, overrides={
         "dataset": args.dataset,
         "encoder.name": args.encoder,

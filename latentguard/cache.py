@@ -12,12 +12,18 @@ and an append-only index of texts, so:
 * crash safety: a batch's rows are appended to the data file and fsynced *before* their index lines
   are appended and fsynced. A row exists only once its index line is complete, so a Ctrl-C or
   ``kill -9`` at any instant leaves, at worst, data rows beyond the committed count or a torn last
-  index line; both are ignored on open and truncated by the next writer, and the build resumes;
+  index line; readers ignore both, and only the next writer, holding the lock, truncates them;
+* readers never modify: any other damage (a bad line in the middle, an index line without its data
+  row, a non-finite row) is refused with a one-line error naming the file and line, and repaired
+  only on request by ``prepare.py --repair STORE`` (:func:`repair_store`), which keeps the original
+  index beside it;
+* concurrent builders share work: each batch is chosen, encoded and written under the lock, so a
+  second ``prepare.py`` skips what the first has written instead of encoding everything again;
 * encoders never mix: the store records the encoder's identity and refuses any other.
 
 Layout of a store directory: ``meta.json`` (format, identity, hidden size, dtype; written once,
 atomically, before anything else), ``embeddings.f16`` or ``embeddings.f32`` (raw rows), ``index.jsonl``
-(one JSON string per line, line i naming row i) and ``.lock`` (writers take an exclusive ``flock``, so
+(one JSON string per line, line i naming row i; ``null`` marks a row whose text a repair dropped) and ``.lock`` (writers take an exclusive ``flock``, so
 two builds of the same store cooperate instead of corrupting it).
 """
 from __future__ import annotations
@@ -33,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from .errors import LatentGuardError
-from .io import atomic_write_text, fsync_dir, unique
+from .io import atomic_path, atomic_write_text, fsync_dir, unique
 
 if TYPE_CHECKING:  # torch is imported lazily: opening a store and checking for missing texts stay light
     import torch
@@ -89,6 +95,10 @@ class EmbeddingStore:
         dtype: str = "float16",
         create: bool = False,
     ) -> None:
+        self._open(path, identity, hidden_size, dtype, create)
+        self._refresh()  # readers never modify: leftovers of a crash are ignored here, repaired by writers
+
+    def _open(self, path: str | Path, identity: str | None, hidden_size: int | None, dtype: str, create: bool) -> None:
         self.path = Path(path)
         if dtype not in DTYPES:
             raise LatentGuardError(f"store dtype must be float16 or float32, got {dtype!r}")
@@ -130,11 +140,6 @@ class EmbeddingStore:
         self._count = 0  # committed rows: index lines that have their data
         self._index_bytes = 0  # end of the last committed index line
         self._read_fd: int | None = None
-        self._refresh()
-        with contextlib.suppress(OSError, BlockingIOError):
-            with self._locked(blocking=False):
-                self._refresh()
-                self._repair()
 
     # ------------------------------------------------------------------ reading
     def __len__(self) -> int:
@@ -197,8 +202,29 @@ class EmbeddingStore:
                         )
                     got += n
                 start = end
+            self._check_rows(buf, wanted)
             out[:] = buf[np.searchsorted(wanted, rows)]
         return torch.from_numpy(out)
+
+    def _check_rows(self, buf: np.ndarray, rows: np.ndarray) -> None:
+        """Refuse rows no encoder writes: non-finite values, or a block of zeros (a hole in the file).
+
+        One vectorised pass over what was just read, so it costs far less than the read itself.
+        Finite, non-zero garbage cannot be told apart from an embedding by its values alone.
+        """
+        flat = buf.reshape(len(buf), -1)
+        bad = ~np.isfinite(flat).all(axis=1)
+        what = "non-finite values"
+        if not bad.any():
+            bad = ~flat.any(axis=1)
+            what = "only zeros"
+        if bad.any():
+            row = int(rows[int(np.argmax(bad))])
+            text = next((t for t, r in self._rows.items() if r == row), None)
+            raise LatentGuardError(
+                f"embedding store {self.path}: row {row} (text {_short(text or '?')!r}) holds {what}, so the store "
+                f"is damaged; run: python prepare.py --repair {self.path}   (then prepare.py again to re-encode it)"
+            )
 
     def memmap(self) -> np.memmap | np.ndarray:
         """Read-only ``[len, 78, hidden]`` view of the committed rows, in store dtype (zero-copy)."""
@@ -251,26 +277,30 @@ class EmbeddingStore:
         with self._locked(blocking=True):
             self._refresh()
             self._repair()
-            seen: set[str] = set()
-            keep: list[int] = []
-            for i, t in enumerate(texts):
-                if t not in self._rows and t not in seen:
-                    seen.add(t)
-                    keep.append(i)
-            if not keep:
-                return
-            with np.errstate(over="ignore"):  # checked just below, with a clear message
-                rows = np.ascontiguousarray(array[keep], dtype=self._np_dtype)
-            if not np.isfinite(rows).all():
-                what = "overflow float16; use --dtype float32" if np.isfinite(array[keep]).all() else "are not finite"
-                raise LatentGuardError(f"embeddings for the store {what} (first text: {_short(texts[keep[0]])!r})")
-            lines = "".join(json.dumps(texts[i], ensure_ascii=False) + "\n" for i in keep).encode("utf-8")
-            _append(self.data_file, rows.tobytes(), self._count * self.row_bytes)  # 1. data, fsynced
-            _append(self.index_file, lines, self._index_bytes)  # 2. then the index lines commit it
-            for i in keep:
-                self._rows[texts[i]] = self._count
-                self._count += 1
-            self._index_bytes += len(lines)
+            self._add_locked(texts, array)
+
+    def _add_locked(self, texts: list[str], array: np.ndarray) -> None:
+        """Append rows for texts not stored yet (the caller holds the lock and has refreshed)."""
+        seen: set[str] = set()
+        keep: list[int] = []
+        for i, t in enumerate(texts):
+            if t not in self._rows and t not in seen:
+                seen.add(t)
+                keep.append(i)
+        if not keep:
+            return
+        with np.errstate(over="ignore"):  # checked just below, with a clear message
+            rows = np.ascontiguousarray(array[keep], dtype=self._np_dtype)
+        if not np.isfinite(rows).all():
+            what = "overflow float16; use --dtype float32" if np.isfinite(array[keep]).all() else "are not finite"
+            raise LatentGuardError(f"embeddings for the store {what} (first text: {_short(texts[keep[0]])!r})")
+        lines = "".join(json.dumps(texts[i], ensure_ascii=False) + "\n" for i in keep).encode("utf-8")
+        _append(self.data_file, rows.tobytes(), self._count * self.row_bytes)  # 1. data, fsynced
+        _append(self.index_file, lines, self._index_bytes)  # 2. then the index lines commit it
+        for i in keep:
+            self._rows[texts[i]] = self._count
+            self._count += 1
+        self._index_bytes += len(lines)
 
     def build(self, texts: Iterable[str], encoder: Any, *, batch_size: int = 64, progress: bool = True) -> int:
         """Encode and store the texts not stored yet, batch by batch; returns how many were encoded.
@@ -291,12 +321,31 @@ class EmbeddingStore:
         todo = self.missing(texts)
         if not todo:
             return 0
+        encoded = position = 0
         with tqdm(total=len(todo), unit="texts", desc="encoding", disable=not progress, dynamic_ncols=True) as bar:
-            for start in range(0, len(todo), batch_size):
-                batch = todo[start : start + batch_size]
-                self.add(batch, encoder.encode(batch, batch_size=batch_size))
-                bar.update(len(batch))
-        return len(todo)
+            while position < len(todo):
+                # Choose, encode and write each batch under the lock: a concurrent builder of the
+                # same store waits here, then skips the texts this one has just written.
+                with self._locked(blocking=True):
+                    self._refresh()
+                    self._repair()
+                    batch: list[str] = []
+                    start = position
+                    while position < len(todo) and len(batch) < batch_size:
+                        if todo[position] not in self._rows:
+                            batch.append(todo[position])
+                        position += 1
+                    if batch:
+                        array = encoder.encode(batch, batch_size=batch_size)
+                        array = array.detach().cpu().float().numpy() if hasattr(array, "detach") else np.asarray(array)
+                        expected = (len(batch), ROWS, self.hidden_size)
+                        if tuple(array.shape) != expected:
+                            raise LatentGuardError(f"embeddings for the store must have shape {list(expected)}, "
+                                                   f"got {list(array.shape)}")
+                        self._add_locked(batch, array)
+                        encoded += len(batch)
+                bar.update(position - start)
+        return encoded
 
     # ------------------------------------------------------------------ internals
     def _create(self, identity: str, hidden_size: int, dtype: str) -> None:
@@ -333,10 +382,11 @@ class EmbeddingStore:
             return 0
 
     def _refresh(self) -> None:
-        """Read index lines committed since last time (by us or another writer).
+        """Read index lines committed since last time (by us or another writer); never modifies.
 
-        The committed prefix ends at the first line that is incomplete (no newline), unreadable, or
-        has no data row behind it; anything after it is an interrupted write and is ignored.
+        A last piece without a newline is a write in progress or torn by a crash, and data rows
+        beyond the index are a batch whose index never landed: both are ignored. Any other
+        anomaly is damage no crash leaves, and is refused with the file and line.
         """
         try:
             with open(self.index_file, "rb") as handle:
@@ -346,31 +396,58 @@ class EmbeddingStore:
             return
         if not tail:
             return
-        data_rows = self._data_rows()
+        data_rows = self._data_rows()  # after reading the index: data is fsynced before its lines
         position = 0
-        while self._count < data_rows:
+        while True:
             newline = tail.find(b"\n", position)
             if newline < 0:
                 break
-            try:
-                text = json.loads(tail[position:newline].decode("utf-8"))
-            except (UnicodeDecodeError, ValueError):
-                break
-            if not isinstance(text, str):
-                break
-            self._rows.setdefault(text, self._count)
+            line = self._count + 1
+            text = _parse_line(tail[position:newline])
+            if text is _BAD:
+                raise LatentGuardError(
+                    f"{self.index_file}: line {line} is not a JSON string, so the store is damaged (readers do not "
+                    f"change it); run: python prepare.py --repair {self.path}   (keeps every intact row and says "
+                    "what it dropped; prepare.py then re-encodes those)"
+                )
+            if self._count >= data_rows:
+                raise LatentGuardError(
+                    f"{self.index_file}: line {line} has no data row ({self.data_file.name} holds {data_rows} rows), "
+                    f"so the store is damaged; run: python prepare.py --repair {self.path}   (keeps the intact rows)"
+                )
+            if text is not None:
+                self._rows.setdefault(text, self._count)
             self._count += 1
             position = newline + 1
         self._index_bytes += position
 
     def _repair(self) -> None:
-        """Drop what an interrupted writer left beyond the committed prefix (call under the lock)."""
+        """Drop what an interrupted writer left: a torn last index line, orphan data rows (under the lock)."""
+        data_rows = self._data_rows()
+        if data_rows < self._count:  # rows lost under us: appending now would leave a hole
+            raise LatentGuardError(
+                f"{self.index_file}: line {data_rows + 1} has no data row ({self.data_file.name} holds {data_rows} "
+                f"rows), so the store is damaged; run: python prepare.py --repair {self.path}   (keeps the intact rows)"
+            )
         for file, size in ((self.index_file, self._index_bytes), (self.data_file, self._count * self.row_bytes)):
             if file.exists() and file.stat().st_size > size:
                 with open(file, "rb+") as handle:
                     handle.truncate(size)
                     handle.flush()
                     os.fsync(handle.fileno())
+
+    def _scan_rows(self, count: int, chunk: int = 256) -> list[int]:
+        """Rows among the first ``count`` that hold non-finite values or only zeros (a full read)."""
+        bad: list[int] = []
+        if count == 0:
+            return bad
+        data = np.memmap(self.data_file, dtype=self._np_dtype, mode="r", shape=(count, ROWS * self.hidden_size))
+        for start in range(0, count, chunk):
+            block = np.asarray(data[start : start + chunk])
+            wrong = ~np.isfinite(block).all(axis=1) | ~block.any(axis=1)
+            bad.extend(start + int(i) for i in np.flatnonzero(wrong))
+        del data
+        return bad
 
     def _reader(self) -> int:
         if self._read_fd is None:
@@ -386,6 +463,87 @@ class EmbeddingStore:
             yield
         finally:
             os.close(fd)  # closing releases the flock
+
+
+_BAD = object()
+
+
+def _parse_line(raw: bytes) -> Any:
+    """An index line's text, ``None`` for a row a repair dropped, or ``_BAD``."""
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return _BAD
+    return value if value is None or isinstance(value, str) else _BAD
+
+
+def repair_store(path: str | Path) -> str:
+    """Repair a damaged store on request, holding its lock; returns what was done, in one line.
+
+    When the index has exactly one complete line per data row, rows are still where their lines
+    say, so only the damaged lines (and rows holding non-finite values or zeros) are dropped: their
+    line becomes ``null`` and ``prepare.py`` re-encodes their texts. Otherwise rows after the first
+    damage may be out of line with their texts, so only the intact prefix is kept. The original
+    index is first copied to ``index.jsonl.damaged-<n>`` beside it.
+    """
+    store = EmbeddingStore.__new__(EmbeddingStore)
+    store._open(path, None, None, "float16", False)
+    with store._locked(blocking=True):
+        raw = store.index_file.read_bytes() if store.index_file.exists() else b""
+        pieces = raw.split(b"\n")
+        torn = pieces.pop()  # after the last newline: empty, or a torn line
+        entries = [_parse_line(piece) for piece in pieces]
+        data_rows = store._data_rows()
+        bad_lines = [i + 1 for i, e in enumerate(entries) if e is _BAD]
+        notes: list[str] = []
+        if len(entries) == data_rows:
+            entries = [None if e is _BAD else e for e in entries]
+            if bad_lines:
+                notes.append(f"dropped damaged line(s) {_spans(bad_lines)}")
+        else:
+            keep = min([data_rows, len(entries)] + [line - 1 for line in bad_lines])
+            if keep < len(entries):
+                why = f"line {bad_lines[0]} is damaged" if bad_lines and bad_lines[0] - 1 == keep else "no data rows"
+                notes.append(f"kept the intact first {keep} of {len(entries)} lines ({why}; {data_rows} data rows)")
+            entries = entries[:keep]
+        bad_rows = store._scan_rows(len(entries))
+        for row in bad_rows:
+            entries[row] = None
+        if bad_rows:
+            notes.append(f"dropped row(s) {_spans(bad_rows)} (non-finite or zero values)")
+        if torn:
+            notes.append("dropped a torn last line")
+        if data_rows * store.row_bytes != (store.data_file.stat().st_size if store.data_file.exists() else 0) \
+                or data_rows > len(entries):
+            notes.append(f"cut {store.data_file.name} to {len(entries)} rows")
+        if not notes:
+            return f"nothing to repair: {store.path} holds {len(entries)} intact rows"
+        new_index = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries)
+        if raw:
+            saved = _free_name(store.index_file, "damaged")
+            with atomic_path(saved) as tmp:
+                tmp.write_bytes(raw)
+            notes.append(f"original index saved as {saved.name}")
+        atomic_write_text(store.index_file, new_index)
+        store._count = len(entries)
+        store._index_bytes = len(new_index.encode("utf-8"))
+        store._repair()  # cut the data file to the rows kept
+    lost = sum(1 for e in entries if e is None)
+    return (f"repaired {store.path}: {'; '.join(notes)}; {len(entries) - lost} texts kept; "
+            "run prepare.py again to re-encode what is missing")
+
+
+def _spans(numbers: list[int]) -> str:
+    shown = ", ".join(str(n) for n in numbers[:5])
+    return shown + (f" and {len(numbers) - 5} more" if len(numbers) > 5 else "")
+
+
+def _free_name(file: Path, tag: str) -> Path:
+    """``<file>.<tag>-<n>`` with the first ``n`` not taken, so nothing earlier is overwritten."""
+    n = 1
+    while file.with_name(f"{file.name}.{tag}-{n}").exists():
+        n += 1
+    return file.with_name(f"{file.name}.{tag}-{n}")
 
 
 def _append(file: Path, payload: bytes, expected_size: int) -> None:

@@ -83,7 +83,7 @@ def open_source(cfg: dict, device, needed: list[str], args: argparse.Namespace):
     The store is found without loading the encoder when prepare.py recorded which store this
     encoder request maps to; otherwise the encoder is loaded once to learn its identity.
     """
-    from latentguard.cache import EmbeddingStore, recall_store_identity, remember_identity, store_path
+    from latentguard.cache import EmbeddingStore, check_cache_dir, recall_store_identity, remember_identity, store_path
     from latentguard.embeddings import EncoderSource
     from latentguard.encoder import load_encoder_from_config
 
@@ -94,7 +94,7 @@ def open_source(cfg: dict, device, needed: list[str], args: argparse.Namespace):
 
     if cfg["train"]["no_cache"]:
         return EncoderSource(load(), batch_size=enc["batch_size"]), "encoder on the fly (--no-cache)"
-    cache_dir = Path(cfg["cache_dir"])
+    cache_dir = check_cache_dir(cfg["cache_dir"])  # a file here fails now, not after loading the encoder
     key, identity = recall_store_identity(cache_dir, enc)
     no_store = (f"no embedding store for encoder {enc['name']} under {cache_dir}; run "
                 f"`{_prepare_command(cfg, args)}` first (or pass --no-cache to encode on the fly)")
@@ -139,13 +139,13 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
 
     from latentguard.data import load_copro
-    from latentguard.io import atomic_write_text, resolve_device
+    from latentguard.io import atomic_write_text, claim_run_dir, resolve_device
     from latentguard.train import TrainOptions, build_trainer, training_texts
 
     config_name = args.config or (str(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else "built-in defaults")
     TrainOptions.from_config(cfg, config_name)  # check the train section before any slow work
     device = resolve_device(cfg["device"])
-    output_dir = Path(cfg["output_dir"])
+    output_dir = claim_run_dir(cfg["output_dir"], "main.py")  # one run per directory
     copro = load_copro(cfg["dataset"], valid_size=cfg["data"]["valid_size"], seed=cfg["data"]["seed"])
     print(f"dataset {copro.path}: {copro.summary()}")
     started = time.perf_counter()

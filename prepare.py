@@ -25,6 +25,7 @@ if str(ROOT) not in sys.path:
 
 from latentguard.cache import (  # noqa: E402
     EmbeddingStore,
+    check_cache_dir,
     open_store_for,
     recall_store_identity,
     remember_identity,
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         "encoder.batch_size": args.batch_size,
     })
     enc_cfg = cfg["encoder"]
-    cache_dir = Path(cfg["cache_dir"])
+    cache_dir = check_cache_dir(cfg["cache_dir"])  # a file here fails now, not after loading the encoder
     dtype = cfg["store"]["dtype"]
 
     copro = load_copro(cfg["dataset"], valid_size=cfg["data"]["valid_size"], seed=cfg["data"]["seed"])

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from .errors import LatentGuardError
-from .io import atomic_path, atomic_write_text, fsync_dir, unique
+from .io import atomic_path, atomic_write_text, free_name, fsync_dir, unique
 
 if TYPE_CHECKING:  # torch is imported lazily: opening a store and checking for missing texts stay light
     import torch
@@ -65,6 +65,18 @@ def store_path(cache_dir: str | Path, identity: str) -> Path:
     slug = re.sub(r"[^a-z0-9]+", "-", identity.lower()).strip("-")[:48].strip("-") or "encoder"
     digest = hashlib.sha256(identity.encode("utf-8")).hexdigest()[:12]
     return Path(cache_dir) / f"{slug}-{digest}"
+
+
+def check_cache_dir(cache_dir: str | Path) -> Path:
+    """Refuse a ``--cache-dir`` that is a file (or lies under one) now, before any encoder loads."""
+    path = Path(cache_dir)
+    for part in (path, *path.parents):
+        if part.exists():
+            if not part.is_dir():
+                where = "is a file" if part == path else f"lies under {part}, which is a file"
+                raise LatentGuardError(f"--cache-dir {path} {where}, not a directory; choose another path")
+            break
+    return path
 
 
 def open_store_for(cache_dir: str | Path, encoder: Any, *, dtype: str = "float16", create: bool = False) -> "EmbeddingStore":
@@ -520,7 +532,7 @@ def repair_store(path: str | Path) -> str:
             return f"nothing to repair: {store.path} holds {len(entries)} intact rows"
         new_index = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries)
         if raw:
-            saved = _free_name(store.index_file, "damaged")
+            saved = free_name(store.index_file, "damaged")
             with atomic_path(saved) as tmp:
                 tmp.write_bytes(raw)
             notes.append(f"original index saved as {saved.name}")
@@ -536,14 +548,6 @@ def repair_store(path: str | Path) -> str:
 def _spans(numbers: list[int]) -> str:
     shown = ", ".join(str(n) for n in numbers[:5])
     return shown + (f" and {len(numbers) - 5} more" if len(numbers) > 5 else "")
-
-
-def _free_name(file: Path, tag: str) -> Path:
-    """``<file>.<tag>-<n>`` with the first ``n`` not taken, so nothing earlier is overwritten."""
-    n = 1
-    while file.with_name(f"{file.name}.{tag}-{n}").exists():
-        n += 1
-    return file.with_name(f"{file.name}.{tag}-{n}")
 
 
 def _append(file: Path, payload: bytes, expected_size: int) -> None:

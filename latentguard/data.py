@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LatentGuardError
-from .io import COPRO_URL, atomic_write_text, download as _download, sha256_of, unique
+from .io import COPRO_GIT_BLOB, COPRO_URL, atomic_write_text, download as _download, sha256_of, unique
 
 DEFAULT_DATASET = Path("dataset/CoPro_v1.0.json")
 RELEASED_NAME = DEFAULT_DATASET.name
@@ -159,16 +159,15 @@ def load_copro(
 
 
 def fetch_copro(path: str | Path) -> Path:
-    """Download the released CoPro to ``path`` and record its SHA-256 in ``<path>.sha256``."""
+    """Download the released CoPro to ``path``, verified against the git blob id the released
+    repository publishes for it, and record its SHA-256 in ``<path>.sha256``."""
     path = Path(path)
-    _download(COPRO_URL, path, sha256=None, what="CoPro dataset")
+    _download(COPRO_URL, path, sha256=None, what="CoPro dataset", git_blob=COPRO_GIT_BLOB)
     digest = sha256_of(path)
     record = path.with_name(path.name + ".sha256")
     atomic_write_text(record, f"{digest}  {path.name}\n")
-    print(
-        f"downloaded CoPro to {path}; SHA-256 {digest} (no official checksum is published; "
-        f"recorded in {record} so later copies can be compared)"
-    )
+    print(f"downloaded CoPro to {path}; verified against the released git blob {COPRO_GIT_BLOB}; "
+          f"SHA-256 {digest} recorded in {record}")
     return path
 
 

@@ -625,8 +625,15 @@ def _load_hf(name: str, class_name: str) -> torch.nn.Module:
     cls = getattr(transformers, class_name)
     # The weight-loading progress bar would break the one-line error contract of the CLIs.
     transformers.utils.logging.disable_progress_bar()
+    import pickle
+
     try:
         return cls.from_pretrained(name)
+    except pickle.UnpicklingError:  # torch.load(weights_only=True) met more than tensors: never run it
+        raise LatentGuardError(
+            f"refusing to load text encoder '{name}': its pickle (.bin) weights hold objects that would run code "
+            "when loaded, not only tensors; use safetensors weights or a copy from a source you trust"
+        ) from None
     except (OSError, ValueError, EnvironmentError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise LatentGuardError(

@@ -506,13 +506,13 @@ _LABELS = {"1": 1, "0": 0, "unsafe": 1, "safe": 0}
 
 def read_labelled_prompts(path: str | Path) -> tuple[list[str], np.ndarray]:
     """A CSV with header ``prompt,label`` (label 1/0 or unsafe/safe); one-line errors name the line."""
-    from .io import read_text
+    from .io import read_text, split_lines
 
     path = Path(path)
     text = read_text(path, "external prompt file")
     if not text.strip():
         raise LatentGuardError(f"{path}: the file is empty; expected a CSV with header 'prompt,label'")
-    reader = csv.reader(text.splitlines(keepends=True))
+    reader = csv.reader(split_lines(text, keepends=True))
     try:
         header = [h.strip().lower() for h in next(reader)]
     except (StopIteration, csv.Error):
@@ -633,8 +633,9 @@ def build_parser():
 
 def _open_store(cfg: Mapping[str, Any]):
     """The encoder's store, without loading the encoder when prepare.py already recorded its identity."""
-    from .cache import EmbeddingStore, open_store_for, recall_store_identity, remember_identity, store_path
+    from .cache import EmbeddingStore, check_cache_dir, open_store_for, recall_store_identity, remember_identity, store_path
 
+    check_cache_dir(cfg["cache_dir"])  # a file here fails now, not after loading the encoder
     key, known = recall_store_identity(cfg["cache_dir"], cfg["encoder"])
     if known is not None:
         return EmbeddingStore(store_path(cfg["cache_dir"], known), identity=known)
@@ -744,7 +745,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .baselines import load_bert_scorer, parse_baselines
     from .config import load_config
     from .data import load_copro
-    from .io import resolve_device
+    from .io import claim_run_dir, replace_outputs, resolve_device
 
     args = build_parser().parse_args(argv)
     if args.external_safe and not args.external:
@@ -763,6 +764,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     output_dir = Path(cfg["output_dir"])
     if output_dir.exists() and not output_dir.is_dir():  # fail now, not after scoring everything
         raise LatentGuardError(f"--output-dir {output_dir} is a file, not a directory; choose another path")
+    claim_run_dir(output_dir, "test.py")  # one run per directory
     copro = load_copro(cfg["dataset"], valid_size=cfg["data"]["valid_size"], seed=cfg["data"]["seed"])
     print(f"dataset {copro.path}: {copro.summary()}")
 
@@ -790,6 +792,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(note)
         meta["note"] = note
     written = write_outputs(evaluation, output_dir, meta, plots=not args.no_plots)
+    replace_outputs(output_dir, "test.py", written)  # the previous run's files this run did not rewrite go
     results = evaluation.results
     timing = results["timing"]
     print(f"scored {timing['prompts_scored']} distinct prompts in {timing['seconds']:.2f} s on {device}")

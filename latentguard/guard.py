@@ -313,7 +313,8 @@ class LatentGuard:
         """
         from .calibration import calibrate_guard
 
-        return calibrate_guard(self, safe_prompts, unsafe_prompts, target_fpr, save=save)
+        unsafe_prompts = None if unsafe_prompts is None else _as_list(unsafe_prompts)  # a str is one prompt
+        return calibrate_guard(self, _as_list(safe_prompts), unsafe_prompts, target_fpr, save=save)
 
     def decide(self, logits: np.ndarray, thresholds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(unsafe [P] bool, deciding concept index [P])`` from logits ``[P, C]``."""
@@ -477,4 +478,7 @@ def _number(value, what: str) -> float:
 def _as_list(prompts: str | Sequence[str]) -> list[str]:
     if isinstance(prompts, str):
         return [prompts]
+    if isinstance(prompts, (bytes, bytearray, memoryview)):  # list(b"..") would be ints
+        raise LatentGuardError(f"prompts must be str, got {type(prompts).__name__}; decode them first, "
+                               "e.g. check(data.decode('utf-8'))")
     return list(prompts)

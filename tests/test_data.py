@@ -139,15 +139,15 @@ def test_missing_default_file_without_download_is_an_error(tmp_path, monkeypatch
 def test_missing_default_file_is_downloaded_and_its_hash_recorded(tmp_path, monkeypatch, capsys):
     calls = []
 
-    def fake_download(url, target, sha256=None, what="file"):
-        calls.append((url, sha256))
+    def fake_download(url, target, sha256=None, what="file", git_blob=None):
+        calls.append((url, sha256, git_blob))
         make_synthetic_copro(target)
         return Path(target)
 
     monkeypatch.setattr(data_mod, "_download", fake_download)
     target = tmp_path / "dataset" / "CoPro_v1.0.json"
     copro = load_copro(target)
-    assert calls == [(COPRO_URL, None)]  # no published checksum to check against
+    assert calls == [(COPRO_URL, None, "e56717a7c4c5b8f5ead376079f8ecee62e29a06c")]  # the published blob id
     digest = data_mod.sha256_of(target)
     assert (tmp_path / "dataset" / "CoPro_v1.0.json.sha256").read_text() == f"{digest}  CoPro_v1.0.json\n"
     assert digest in capsys.readouterr().out

@@ -426,3 +426,17 @@ def test_released_weights_with_carved_validation_get_a_note(world, tmp_path, cap
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert "--threshold 4.47" in results["meta"]["note"]
     assert "carved from ID_train_data" in (tmp_path / "eval" / "results.md").read_text()
+
+
+def test_a_second_run_into_the_same_directory_leaves_no_stale_results(world, tmp_path, capsys):
+    """The previous run's baseline CSVs go; a user's file, and one the user edited, stay."""
+    out = tmp_path / "eval"
+    assert main(argv(world, out, "--baselines", "blacklist", "--no-plots")) == 0
+    baseline = sorted(out.glob("scores_text_blacklist_*.csv"))
+    assert baseline
+    (out / "my_notes.csv").write_text("mine")
+    baseline[0].write_text("edited by the user")
+    assert main(argv(world, out, "--no-plots")) == 0
+    assert not any(p.exists() for p in baseline[1:])
+    assert baseline[0].read_text() == "edited by the user" and (out / "my_notes.csv").read_text() == "mine"
+    assert (out / "results.json").is_file() and sorted(out.glob("scores_ID_*.csv"))

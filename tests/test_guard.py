@@ -401,3 +401,15 @@ def test_check_embeddings_matches_check(guard, local_encoder, held_out):
         assert a.score == pytest.approx(b.score, abs=1e-5)
     with pytest.raises(LatentGuardError, match="one \\[rows, hidden\\] embedding per prompt"):
         guard.check_embeddings(prompts, local_encoder.encode(prompts[:2]))
+
+
+def test_a_str_is_one_prompt_and_bytes_are_refused(guard, held_out):
+    """A str passed where a list is expected is one prompt, never its characters; bytes say what to do."""
+    unsafe, safe = held_out
+    one = guard.calibrate(safe[0])
+    both = guard.calibrate([safe[0]])
+    assert one.n_safe == 1 and one.threshold == both.threshold
+    assert guard.calibrate(safe, unsafe[0][1]).n_unsafe == 1
+    for blob in (b"a knife", bytearray(b"a knife")):
+        with pytest.raises(LatentGuardError, match=r"must be str, got (bytes|bytearray); decode them first"):
+            guard.check(blob)

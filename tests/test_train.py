@@ -267,6 +267,8 @@ def test_seed_fixes_the_result(prepared, store_source, tmp_path):
     for t in (a, b, c):
         t.run()
     _assert_equal_states(_final_state(tmp_path / "a"), _final_state(tmp_path / "b"))
+    weights = sorted(p.name for p in (tmp_path / "a").glob("*.pth"))
+    assert weights and all((tmp_path / "a" / n).read_bytes() == (tmp_path / "b" / n).read_bytes() for n in weights)
     other = _final_state(tmp_path / "c")
     assert not torch.equal(other["x1_to_key.weight"], _final_state(tmp_path / "a")["x1_to_key.weight"])
 

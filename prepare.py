@@ -11,6 +11,7 @@ Examples:
   python prepare.py                                   # released CoPro (downloaded), CLIP ViT-L/14
   python prepare.py --dataset my_copro.json --cache-dir /data/lg-cache --batch-size 128
   python prepare.py --encoder ./my-finetuned-clip --dtype float32
+  python prepare.py --repair cache/clip-vit-large-patch14-0123456789ab   # a damaged store, as an error tells
 """
 from __future__ import annotations
 
@@ -29,12 +30,12 @@ from latentguard.cache import (  # noqa: E402
     open_store_for,
     recall_store_identity,
     remember_identity,
-    repair_store,
     store_path,
 )
 from latentguard.config import load_config  # noqa: E402
 from latentguard.data import load_copro  # noqa: E402
 from latentguard.errors import RESUMABLE, cli_entry  # noqa: E402
+from latentguard.store_repair import repair_store  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

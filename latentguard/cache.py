@@ -15,7 +15,7 @@ and an append-only index of texts, so:
   index line; readers ignore both, and only the next writer, holding the lock, truncates them;
 * readers never modify: any other damage (a bad line in the middle, an index line without its data
   row, a non-finite row) is refused with a one-line error naming the file and line, and repaired
-  only on request by ``prepare.py --repair STORE`` (:func:`repair_store`), which keeps the original
+  only on request by ``prepare.py --repair STORE`` (:func:`latentguard.store_repair.repair_store`), which keeps the original
   index beside it;
 * concurrent builders share work: each batch is chosen, encoded and written under the lock, so a
   second ``prepare.py`` skips what the first has written instead of encoding everything again;
@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from .errors import LatentGuardError
-from .io import atomic_path, atomic_write_text, free_name, fsync_dir, unique
+from .io import atomic_write_text, fsync_dir, unique
 
 if TYPE_CHECKING:  # torch is imported lazily: opening a store and checking for missing texts stay light
     import torch
@@ -487,67 +487,6 @@ def _parse_line(raw: bytes) -> Any:
     except (UnicodeDecodeError, ValueError):
         return _BAD
     return value if value is None or isinstance(value, str) else _BAD
-
-
-def repair_store(path: str | Path) -> str:
-    """Repair a damaged store on request, holding its lock; returns what was done, in one line.
-
-    When the index has exactly one complete line per data row, rows are still where their lines
-    say, so only the damaged lines (and rows holding non-finite values or zeros) are dropped: their
-    line becomes ``null`` and ``prepare.py`` re-encodes their texts. Otherwise rows after the first
-    damage may be out of line with their texts, so only the intact prefix is kept. The original
-    index is first copied to ``index.jsonl.damaged-<n>`` beside it.
-    """
-    store = EmbeddingStore.__new__(EmbeddingStore)
-    store._open(path, None, None, "float16", False)
-    with store._locked(blocking=True):
-        raw = store.index_file.read_bytes() if store.index_file.exists() else b""
-        pieces = raw.split(b"\n")
-        torn = pieces.pop()  # after the last newline: empty, or a torn line
-        entries = [_parse_line(piece) for piece in pieces]
-        data_rows = store._data_rows()
-        bad_lines = [i + 1 for i, e in enumerate(entries) if e is _BAD]
-        notes: list[str] = []
-        if len(entries) == data_rows:
-            entries = [None if e is _BAD else e for e in entries]
-            if bad_lines:
-                notes.append(f"dropped damaged line(s) {_spans(bad_lines)}")
-        else:
-            keep = min([data_rows, len(entries)] + [line - 1 for line in bad_lines])
-            if keep < len(entries):
-                why = f"line {bad_lines[0]} is damaged" if bad_lines and bad_lines[0] - 1 == keep else "no data rows"
-                notes.append(f"kept the intact first {keep} of {len(entries)} lines ({why}; {data_rows} data rows)")
-            entries = entries[:keep]
-        bad_rows = store._scan_rows(len(entries))
-        for row in bad_rows:
-            entries[row] = None
-        if bad_rows:
-            notes.append(f"dropped row(s) {_spans(bad_rows)} (non-finite or zero values)")
-        if torn:
-            notes.append("dropped a torn last line")
-        if data_rows * store.row_bytes != (store.data_file.stat().st_size if store.data_file.exists() else 0) \
-                or data_rows > len(entries):
-            notes.append(f"cut {store.data_file.name} to {len(entries)} rows")
-        if not notes:
-            return f"nothing to repair: {store.path} holds {len(entries)} intact rows"
-        new_index = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries)
-        if raw:
-            saved = free_name(store.index_file, "damaged")
-            with atomic_path(saved) as tmp:
-                tmp.write_bytes(raw)
-            notes.append(f"original index saved as {saved.name}")
-        atomic_write_text(store.index_file, new_index)
-        store._count = len(entries)
-        store._index_bytes = len(new_index.encode("utf-8"))
-        store._repair()  # cut the data file to the rows kept
-    lost = sum(1 for e in entries if e is None)
-    return (f"repaired {store.path}: {'; '.join(notes)}; {len(entries) - lost} texts kept; "
-            "run prepare.py again to re-encode what is missing")
-
-
-def _spans(numbers: list[int]) -> str:
-    shown = ", ".join(str(n) for n in numbers[:5])
-    return shown + (f" and {len(numbers) - 5} more" if len(numbers) > 5 else "")
 
 
 def _append(file: Path, payload: bytes, expected_size: int) -> None:

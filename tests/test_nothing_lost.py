@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from latentguard.cache import EmbeddingStore, open_store_for, repair_store
+from latentguard.cache import EmbeddingStore, open_store_for
+from latentguard.store_repair import repair_store
 from latentguard.data import load_copro
 from latentguard.errors import LatentGuardError
 from synthetic import make_synthetic_copro
@@ -145,7 +146,7 @@ def test_two_concurrent_builders_encode_each_text_once(tmp_path):
         child.stdin.flush()
     counts = [int(child.communicate(timeout=120)[0].strip()) for child in children]
     everything = TEXTS + [f"shared {i}" for i in range(160)]
-    assert sum(counts) == len(everything) and min(counts) > 0, counts  # shared, not encoded twice
+    assert sum(counts) == len(everything), counts  # shared: each text encoded once, not once per builder
     store = EmbeddingStore(tmp_path / "s")
     assert len(store) == len(everything)
     assert torch.equal(store.get(everything), fp16(FakeEncoder().encode(everything)))

@@ -219,17 +219,13 @@ class EmbeddingStore:
         return torch.from_numpy(out)
 
     def _check_rows(self, buf: np.ndarray, rows: np.ndarray) -> None:
-        """Refuse rows no encoder writes: non-finite values, or a block of zeros (a hole in the file).
+        """Refuse rows no encoder writes: non-finite values, or a block of zero bytes (a hole in the file).
 
-        One vectorised pass over what was just read, so it costs far less than the read itself.
+        Integer passes over the bits just read (~15% of a 64-row read from the page cache).
         Finite, non-zero garbage cannot be told apart from an embedding by its values alone.
         """
-        flat = buf.reshape(len(buf), -1)
-        bad = ~np.isfinite(flat).all(axis=1)
-        what = "non-finite values"
-        if not bad.any():
-            bad = ~flat.any(axis=1)
-            what = "only zeros"
+        nonfinite, zero = _bad_rows(buf)
+        bad, what = (nonfinite, "non-finite values") if nonfinite.any() else (zero, "only zero bytes")
         if bad.any():
             row = int(rows[int(np.argmax(bad))])
             text = next((t for t, r in self._rows.items() if r == row), None)
@@ -455,9 +451,8 @@ class EmbeddingStore:
             return bad
         data = np.memmap(self.data_file, dtype=self._np_dtype, mode="r", shape=(count, ROWS * self.hidden_size))
         for start in range(0, count, chunk):
-            block = np.asarray(data[start : start + chunk])
-            wrong = ~np.isfinite(block).all(axis=1) | ~block.any(axis=1)
-            bad.extend(start + int(i) for i in np.flatnonzero(wrong))
+            nonfinite, zero = _bad_rows(np.asarray(data[start : start + chunk]))
+            bad.extend(start + int(i) for i in np.flatnonzero(nonfinite | zero))
         del data
         return bad
 
@@ -478,6 +473,16 @@ class EmbeddingStore:
 
 
 _BAD = object()
+_EXPONENT = {2: (np.uint16, 0x7C00), 4: (np.uint32, 0x7F800000)}  # all-ones exponent: inf or NaN
+
+
+def _bad_rows(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(non-finite, all zero bytes)`` per row of ``buf`` (float16 or float32), by integer bit tests."""
+    flat = np.ascontiguousarray(buf).reshape(len(buf), int(np.prod(buf.shape[1:])))
+    uint, mask = _EXPONENT[flat.dtype.itemsize]
+    nonfinite = np.bitwise_and(flat.view(uint), uint(mask)).max(axis=1, initial=0) == mask
+    words = flat.view(np.uint64 if flat.shape[1] * flat.dtype.itemsize % 8 == 0 else np.uint8)
+    return nonfinite, ~words.any(axis=1)
 
 
 def _parse_line(raw: bytes) -> Any:

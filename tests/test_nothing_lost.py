@@ -51,13 +51,15 @@ def corrupt_line(index: Path, line: int) -> None:
 
 # ---------------------------------------------------------------------------- damage is refused, not "repaired"
 def test_bad_byte_mid_index_is_refused_by_every_command_then_repaired_on_request(tmp_path, tiny_encoder_dir,
-                                                                                 tiny_encoder):
+                                                                                 tiny_encoder, capsys):
+    import prepare
+
     dataset = make_synthetic_copro(tmp_path / "small.json", n_id=4, n_ood=2, train_per_concept=5, test_per_concept=2)
     texts = load_copro(dataset).all_texts()
     cache = tmp_path / "cache"
     argv = ["--dataset", str(dataset), "--encoder", str(tiny_encoder_dir), "--cache-dir", str(cache),
             "--device", "cpu", "--dtype", "float32"]
-    assert run("prepare.py", *argv).returncode == 0
+    assert prepare.main(argv) == 0
     store = open_store_for(cache, tiny_encoder)
     assert len(store) == len(texts)
     corrupt_line(store.index_file, 5)
@@ -68,18 +70,19 @@ def test_bad_byte_mid_index_is_refused_by_every_command_then_repaired_on_request
     err = one_line_error(run("prepare.py", *argv), "index.jsonl: line 5", f"prepare.py --repair {store.path}")
     assert snapshot(store.path) == before, err  # neither the reader nor the writer cut anything
 
-    done = run("prepare.py", "--repair", str(store.path))
-    assert done.returncode == 0, done.stderr
-    assert "dropped damaged line(s) 5" in done.stdout and "index.jsonl.damaged-1" in done.stdout
+    capsys.readouterr()
+    assert prepare.main(["--repair", str(store.path)]) == 0
+    said = capsys.readouterr().out
+    assert "dropped damaged line(s) 5" in said and "index.jsonl.damaged-1" in said
     assert (store.path / "index.jsonl.damaged-1").read_bytes() == before["index.jsonl"]  # the original is kept
     repaired = EmbeddingStore(store.path)
     assert len(repaired) == len(texts) and len(repaired.texts()) == len(texts) - 1  # only line 5 is lost
 
-    done = run("prepare.py", *argv)
-    assert done.returncode == 0 and "encoding 1 texts" in done.stdout, done.stdout + done.stderr
+    assert prepare.main(argv) == 0
+    assert "encoding 1 texts" in capsys.readouterr().out
     final = EmbeddingStore(store.path)
     assert torch.equal(final.get(texts), tiny_encoder.encode(texts))
-    assert "nothing to repair" in run("prepare.py", "--repair", str(store.path)).stdout
+    assert repair_store(store.path).startswith("nothing to repair")
 
 
 def test_index_lines_without_data_rows_are_refused_and_repair_keeps_the_intact_prefix(tmp_path):
@@ -99,7 +102,7 @@ def test_index_lines_without_data_rows_are_refused_and_repair_keeps_the_intact_p
     assert torch.equal(kept.get(TEXTS[:-4]), fp16(FakeEncoder().encode(TEXTS[:-4])))
 
 
-@pytest.mark.parametrize("garbage, what", [(b"\xff", "non-finite values"), (b"\x00", "only zeros")])
+@pytest.mark.parametrize("garbage, what", [(b"\xff", "non-finite values"), (b"\x00", "only zero bytes")])
 def test_garbage_rows_are_refused_when_read_and_dropped_by_repair(tmp_path, garbage, what):
     store = fake_store(tmp_path / "s")
     row = store.row(TEXTS[7])

@@ -110,8 +110,7 @@ def test_a_run_directory_belongs_to_one_run_and_a_dead_owner_is_taken_over(tmp_p
     done = run("main.py", *missing)  # the dead owner's lock is taken over; the run then goes on (to its next error)
     assert f"taking over {out} from main.py (pid {owner.pid}" in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("error: dataset not found"), done.stderr
-    done = run("main.py", *missing)  # that run ended normally: nothing to take over
-    assert "taking over" not in done.stderr and "in use" not in done.stderr
+    assert (out / io_mod.RUN_LOCK).read_text() == ""  # that run ended normally: nothing left to take over
 
 
 def test_claiming_again_in_the_same_process_is_kept_and_a_file_is_refused(tmp_path):
@@ -150,19 +149,27 @@ def test_prompt_files_split_only_on_newlines(tmp_path):
     assert prompts == ["a knife\u2028here", "blood\x0con the floor", "a cake"] and labels.tolist() == [1, 1, 0]
 
 
-@pytest.mark.parametrize("file_path", ["-", "/dev/stdin"])
-def test_inference_reads_prompts_from_standard_input(tmp_path, tiny_encoder_dir, file_path):
+def test_inference_reads_prompts_from_standard_input(tmp_path, tiny_encoder_dir):
     torch.manual_seed(0)
     torch.save(EmbeddingMappingLayer().state_dict(), tmp_path / "ckpt.pth")
     (tmp_path / "concepts.txt").write_text("knife\nblood\n")
     out = tmp_path / "verdicts.csv"
-    done = run("inference.py", "--file_path", file_path, "--checkpoint", str(tmp_path / "ckpt.pth"),
+    done = run("inference.py", "--file_path", "-", "--checkpoint", str(tmp_path / "ckpt.pth"),
                "--concepts", str(tmp_path / "concepts.txt"), "--encoder", str(tiny_encoder_dir), "--device", "cpu",
                "--threshold", "0", "--output", str(out), stdin=ODD)
     assert done.returncode == 0, done.stderr
     with open(out, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert [r["prompt"] for r in rows] == ["a knife\u2028in the kitchen", "blood\x0con\x85the\x1cfloor", "a red balloon"]
+
+
+def test_dev_stdin_and_pipes_are_read_like_files():
+    code = "import sys; from latentguard.io import read_lines; print(repr(read_lines(sys.argv[1])))"
+    for name in ("/dev/stdin", "-"):
+        done = subprocess.run([sys.executable, "-c", code, name], input=ODD.encode("utf-8"), capture_output=True,
+                              cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert eval(done.stdout) == ["a knife\u2028in the kitchen", "blood\x0con\x85the\x1cfloor", "a red balloon"]
 
 
 # ---------------------------------------------------------------------------- smaller items
@@ -187,22 +194,26 @@ def test_cache_dir_that_is_a_file_fails_before_the_encoder_loads(tmp_path, tiny_
         assert err.count("\n") == 1 and f"--cache-dir {cache}" in err and "not a directory" in err
 
 
-def test_malicious_pickle_weights_are_refused_in_one_line(tmp_path):
+class Evil:
+    """Unpickling this runs a shell command: what a malicious ``pytorch_model.bin`` carries."""
+
+    def __init__(self, proof: Path) -> None:
+        self.proof = proof
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.proof}",))
+
+
+def test_malicious_pickle_weights_are_refused_in_one_line(tmp_path, capsys):
     from conftest import tiny_clip_text_model
 
     model_dir = tmp_path / "evil"
     tiny_clip_text_model(hidden_size=64).config.save_pretrained(model_dir)
     proof = tmp_path / "PWNED"
-    (tmp_path / "make.py").write_text(textwrap.dedent(f"""
-        import os, torch
-        class Evil:
-            def __reduce__(self):
-                return (os.system, ("touch {proof}",))
-        torch.save({{"text_model.embeddings.token_embedding.weight": Evil()}}, {str(model_dir / 'pytorch_model.bin')!r})
-    """))
-    subprocess.run([sys.executable, str(tmp_path / "make.py")], check=True)
+    torch.save({"text_model.embeddings.token_embedding.weight": Evil(proof)}, model_dir / "pytorch_model.bin")
     dataset = make_synthetic_copro(tmp_path / "copro.json", n_id=2, n_ood=1, train_per_concept=2, test_per_concept=1)
-    done = run("prepare.py", "--dataset", str(dataset), "--encoder", str(model_dir), "--cache-dir",
-               str(tmp_path / "cache"), "--device", "cpu")
-    one_line_error(done, f"refusing to load text encoder '{model_dir}'", "safetensors")
+    assert prepare.main(["--dataset", str(dataset), "--encoder", str(model_dir), "--cache-dir", str(tmp_path / "c"),
+                         "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"refusing to load text encoder '{model_dir}'" in err and "safetensors" in err
     assert not proof.exists()

@@ -2,21 +2,19 @@
 request, bad rows never reach a score, and two builders share the work. Real files, real processes."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from latentguard.cache import EmbeddingStore, open_store_for
-from latentguard.store_repair import repair_store
 from latentguard.data import load_copro
 from latentguard.errors import LatentGuardError
+from latentguard.store_repair import repair_store
 from synthetic import make_synthetic_copro
 from test_cache import TEXTS, FakeEncoder, fp16, snapshot
 

@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from .constants import DEFAULT_CHECKPOINT, DEFAULT_ENCODER
 from .errors import LatentGuardError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
@@ -21,10 +22,10 @@ DEFAULTS: dict[str, Any] = {
     "dataset": "dataset/CoPro_v1.0.json",
     "cache_dir": "cache",
     "output_dir": "runs/default",
-    "checkpoint": "model_parameters.pth",
+    "checkpoint": DEFAULT_CHECKPOINT,
     "device": "auto",
     "encoder": {
-        "name": "openai/clip-vit-large-patch14",
+        "name": DEFAULT_ENCODER,
         "type": "auto",
         "dtype": "float32",
         "batch_size": 64,

@@ -22,7 +22,6 @@ import csv
 import json
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -127,42 +126,28 @@ def score_prompts(model, source, texts: Sequence[str], concept_emb, *, batch_siz
                   ) -> tuple[TextScores, TextScores | None, float]:
     """Score distinct ``texts`` against all concepts: (Latent Guard, CLIPScore or None, seconds).
 
-    Embeddings are fetched from ``source`` one batch ahead in a worker thread (store reads and
-    on-the-fly encoding overlap the scoring); memory is bounded by the batch size.
+    Scoring goes through :func:`latentguard.scoring.max_scores` (embeddings fetched one batch
+    ahead, memory bounded by the batch size); CLIPScore reuses each batch's pooled rows.
     """
-    import torch
-    from tqdm import tqdm
-
     from .baselines import clip_score_matrix
+    from .scoring import max_scores
 
     if batch_size <= 0:
         raise LatentGuardError(f"batch size must be positive, got {batch_size}")
     texts = unique(list(texts))
     n = len(texts)
-    lg_score, lg_best = np.empty(n, np.float64), np.empty(n, np.int64)
     cs_score, cs_best = (np.empty(n, np.float64), np.empty(n, np.int64)) if clip else (None, None)
-    batches = [texts[s : s + batch_size] for s in range(0, n, batch_size)]
+    filled = [0]
+
+    def clip_batch(emb, concepts) -> None:
+        start, end = filled[0], filled[0] + emb.shape[0]
+        values, index = clip_score_matrix(emb[:, 0], concepts).max(dim=1)
+        cs_score[start:end], cs_best[start:end] = values.double().cpu().numpy(), index.cpu().numpy()
+        filled[0] = end
+
     started = time.perf_counter()
-    model.eval()
-    with torch.inference_mode(), ThreadPoolExecutor(max_workers=1) as pool:
-        concepts = concept_emb.to(device)
-        queries = model.concept_queries(concepts)  # once per call, not once per batch
-        pending = pool.submit(source.get, batches[0]) if batches else None
-        start = 0
-        for i in tqdm(range(len(batches)), desc="scoring", unit="batch", disable=not progress, leave=False):
-            emb = pending.result()
-            if i + 1 < len(batches):
-                pending = pool.submit(source.get, batches[i + 1])
-            emb = emb.to(device, non_blocking=True)
-            end = start + emb.shape[0]
-            values, index = model.logit_matrix(emb, None, queries=queries).max(dim=1)
-            lg_score[start:end], lg_best[start:end] = values.double().cpu().numpy(), index.cpu().numpy()
-            if clip:
-                values, index = clip_score_matrix(emb[:, 0], concepts).max(dim=1)
-                cs_score[start:end], cs_best[start:end] = values.double().cpu().numpy(), index.cpu().numpy()
-            start = end
-        if torch.device(device).type == "cuda":
-            torch.cuda.synchronize()
+    lg_score, lg_best = max_scores(model, source, texts, concept_emb, batch_size=batch_size, device=device,
+                                   progress=progress, each_batch=clip_batch if clip else None)
     seconds = time.perf_counter() - started
     lg = TextScores(texts, lg_score, lg_best)
     return lg, (TextScores(texts, cs_score, cs_best) if clip else None), seconds
@@ -566,11 +551,13 @@ class StoreFirstSource:
     def get(self, texts: Sequence[str]):
         import torch
 
+        from .constants import EMBEDDING_ROWS
+
         texts = list(texts)
         have = [i for i, t in enumerate(texts) if self.store is not None and t in self.store]
         if len(have) == len(texts):
             return self.store.get(texts)
-        out = torch.empty(len(texts), 78, self.hidden_size)
+        out = torch.empty(len(texts), EMBEDDING_ROWS, self.hidden_size)
         if have:
             out[have] = self.store.get([texts[i] for i in have])
         stored = set(have)
@@ -645,7 +632,7 @@ def _open_store(cfg: Mapping[str, Any]):
 
 
 def _load_encoder(cfg: Mapping[str, Any]):
-    from .encoder import load_encoder_from_config
+    from .encoders import load_encoder_from_config
 
     return load_encoder_from_config(cfg)
 

@@ -38,13 +38,12 @@ import numpy as np
 import torch
 
 from .concepts import cached_concept_vectors, check_concepts, load_blacklist
+from .constants import DEFAULT_CHECKPOINT, DEFAULT_ENCODER
 from .errors import LatentGuardError
 from .io import released_checkpoint, resolve_device
 from .model import EmbeddingMappingLayer, load_mapping_layer
+from .published import RELEASED_THRESHOLD
 
-RELEASED_THRESHOLD = 9.0131  # the released inference.py threshold (REFERENCE §4)
-DEFAULT_CHECKPOINT = "model_parameters.pth"
-DEFAULT_ENCODER = "openai/clip-vit-large-patch14"
 POOLED = "<pooled>"  # label of embedding row 0: the encoder's pooled (first end-of-text) state
 _EVIDENCE_CHUNK = 32  # prompts per evidence pass: bounds the [b, heads, concepts, rows] weights
 _SPECIAL = re.compile(r"^(<\|.*\|>|\[(CLS|SEP|PAD|UNK|MASK)\]|</?s>|<pad>|<unk>)$")
@@ -96,7 +95,7 @@ class LatentGuard:
         self.top_k = top_k
         self.cache_concepts = cache_concepts
         self.long_prompts = bool(long_prompts)  # score prompts > 77 tokens as the max over windows
-        self.window_stride = window_stride      # None: latentguard.encoder.DEFAULT_WINDOW_STRIDE (50)
+        self.window_stride = window_stride      # None: latentguard.encoders.DEFAULT_WINDOW_STRIDE (50)
         self.checkpoint: Path | None = None     # set by from_pretrained; calibrate(save=True) writes beside it
         self._concepts: list[str] = []
         self._vectors = torch.empty(0, encoder.hidden_size, device=self.device)
@@ -121,7 +120,7 @@ class LatentGuard:
         loaded ``TextEncoder``. ``concepts``: a list, a text/YAML file (see
         :mod:`latentguard.concepts`; a YAML file may carry per-concept thresholds, which
         ``concept_thresholds`` overrides), or None for CoPro's ID concepts from ``dataset``.
-        ``encoder_options`` are passed to :func:`latentguard.encoder.load_encoder` (e.g. dtype).
+        ``encoder_options`` are passed to :func:`latentguard.encoders.load_encoder` (e.g. dtype).
         ``threshold``: a number, ``"released"`` (9.0131), ``"paper"`` (4.47), ``"calibrated"`` (the
         ``<checkpoint stem>.threshold.yaml`` written by :meth:`calibrate`; an error when absent) or
         ``"auto"`` (that file when present, else released). ``long_prompts``: score prompts longer
@@ -145,7 +144,7 @@ class LatentGuard:
             resolve_threshold(threshold, path)  # no file: the "calibrate first" error, before the encoder load
         if isinstance(encoder, (str, Path)):
             model = load_mapping_layer(path, num_heads=num_heads)
-            from .encoder import load_encoder
+            from .encoders import load_encoder
 
             device = resolve_device(device)
             encoder = load_encoder(str(encoder), encoder_type, device=device, **dict(encoder_options or {}))
@@ -326,9 +325,9 @@ class LatentGuard:
 
     def logits_from_embeddings(self, prompt_emb: torch.Tensor) -> torch.Tensor:
         """Logits ``[P, C]`` (float32, CPU) of prompt embeddings ``[P, rows, hidden]`` vs the blacklist."""
-        with torch.inference_mode():
-            logits = self.model.logit_matrix(prompt_emb.to(self.device, torch.float32), None, queries=self._queries)
-        return logits.float().cpu()
+        from .scoring import blacklist_logits
+
+        return blacklist_logits(self.model, prompt_emb.to(self.device, torch.float32), self._queries).float().cpu()
 
     def _score_batch(self, texts: list[str], explain: bool,
                      emb: torch.Tensor | None = None) -> tuple[np.ndarray, list[list] | None]:
@@ -346,7 +345,7 @@ class LatentGuard:
 
     def _score_windows(self, texts: list[str], explain: bool) -> tuple[np.ndarray, list[list] | None]:
         """Long-prompt option: a prompt's logit per concept is the maximum over its 77-token windows."""
-        from .windows import max_over_windows
+        from .scoring import max_over_windows
 
         emb, owner = self.encoder.encode_windows(texts, batch_size=self.batch_size, stride=self.window_stride)
         logits, window = max_over_windows(self.logits_from_embeddings(emb), owner, len(texts), return_window=True)

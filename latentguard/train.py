@@ -26,22 +26,23 @@ import math
 import signal
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .constants import DEFAULT_CHECKPOINT
 from .embeddings import EmbeddingSource, concept_vectors
 from .errors import LatentGuardError
 from .io import atomic_path, atomic_torch_save, unique
 from .metrics import roc_auc
 from .model import EmbeddingMappingLayer
+from .scoring import StopRequested, max_scores, pinned, prefetch, to_device
 
-BEST_NAME = "model_parameters.pth"
+BEST_NAME = DEFAULT_CHECKPOINT
 LAST_NAME = "last.pth"
 RESUME_NAME = "resume.pt"
 LOG_NAME = "train_log.jsonl"
@@ -129,63 +130,18 @@ class ConceptPairSampler:
         return digest.hexdigest()[:16]
 
 
-def _prefetch(load: Callable[[Any], Any], jobs: Iterable[Any]) -> Iterator[Any]:
-    """Yield ``load(job)`` for each job while the next one loads in a background thread.
-
-    Reading a batch from the store (or encoding it) overlaps the model step; order is kept.
-    """
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lg-prefetch") as pool:
-        pending = None
-        for job in jobs:
-            future = pool.submit(load, job)
-            if pending is not None:
-                yield pending.result()
-            pending = future
-        if pending is not None:
-            yield pending.result()
-
-
-def _to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
-    if device.type == "cuda":
-        return batch.to(device, non_blocking=batch.is_pinned())
-    return batch.to(device)
-
-
-def _pinned(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Page-locked copy for an asynchronous host-to-GPU transfer (done in the loader thread)."""
-    return batch.pin_memory() if device.type == "cuda" else batch
-
-
 # --------------------------------------------------------------------------------- validation
-class _StopRequested(Exception):
-    """Raised inside validation when Ctrl-C asked the run to stop."""
-
-
-@torch.no_grad()
 def max_concept_scores(model: EmbeddingMappingLayer, source: EmbeddingSource, texts: Sequence[str],
                        concept_emb: torch.Tensor, *, batch_size: int = 256, device: torch.device | str | None = None,
                        should_stop: Callable[[], bool] | None = None) -> np.ndarray:
-    """Score of each text = its max logit over the concepts (REFERENCE §4), batch by batch.
+    """Score of each text = its max logit over the concepts (float32), through :mod:`latentguard.scoring`.
 
     Duplicate texts are scored once. Only one batch of embeddings is in memory at a time.
     """
-    device = torch.device(device) if device is not None else next(model.parameters()).device
     distinct = unique(list(texts))
-    concept_emb = concept_emb.to(device)
-    was_training = model.training
-    model.eval()
-    best: list[torch.Tensor] = []
-    try:
-        queries = model.concept_queries(concept_emb)  # once per validation pass, not once per batch
-        batches = [distinct[i : i + batch_size] for i in range(0, len(distinct), batch_size)]
-        for emb in _prefetch(lambda b: _pinned(source.get(b), device), batches):
-            if should_stop is not None and should_stop():
-                raise _StopRequested
-            logits = model.logit_matrix(_to_device(emb, device), None, queries=queries)
-            best.append(logits.max(dim=1).values.float().cpu())
-    finally:
-        model.train(was_training)
-    scores = torch.cat(best).numpy() if best else np.empty(0, dtype=np.float32)
+    scores, _ = max_scores(model, source, distinct, concept_emb, batch_size=batch_size, device=device,
+                           should_stop=should_stop)
+    scores = scores.astype(np.float32)
     where = {t: i for i, t in enumerate(distinct)}
     return scores[[where[t] for t in texts]] if len(texts) else scores
 
@@ -403,10 +359,10 @@ class Trainer:
     # ---------------------------------------------------------------------------- the loop
     def _load_batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         concepts, unsafe, safe = self.sampler.batch(self.plan, index, self.options.batch_size)
-        return concepts, _pinned(self.source.get(unsafe + safe), self.device)
+        return concepts, pinned(self.source.get(unsafe + safe), self.device)
 
     def _step(self, concepts: torch.Tensor, prompts: torch.Tensor) -> float:
-        prompts = _to_device(prompts, self.device)
+        prompts = to_device(prompts, self.device)
         concept_emb = self.concept_emb[concepts.to(self.device)]
         self.optimizer.zero_grad(set_to_none=True)
         loss = contrastive_loss_from_logits(self.model.logit_matrix(prompts, concept_emb))
@@ -442,7 +398,7 @@ class Trainer:
                     if self.plan is None:
                         self.plan, self.step_in_epoch = self.sampler.plan_epoch(self.generator), 0
                     tick = time.perf_counter()
-                    for concepts, prompts in _prefetch(lambda i: self._load_batch(i),
+                    for concepts, prompts in prefetch(lambda i: self._load_batch(i),
                                                        range(self.step_in_epoch, n_batches)):
                         self.last_loss = self._step(concepts, prompts)
                         self.step_in_epoch += 1
@@ -484,7 +440,7 @@ class Trainer:
         tick = time.perf_counter()
         try:
             auc = self.validate()
-        except _StopRequested:
+        except StopRequested:
             self._stop_now(bar)
         seconds = time.perf_counter() - tick
         improved = not math.isnan(auc) and (self.best_auc is None or auc > self.best_auc)

@@ -50,7 +50,7 @@ def test_cli_entry_turns_os_errors_and_interrupts_into_one_line(capsys):
 
 
 def test_missing_local_encoder_directory_is_named(tmp_path):
-    from latentguard.encoder import load_encoder
+    from latentguard.encoders import load_encoder
 
     with pytest.raises(LatentGuardError, match="cannot load text encoder .*nope.: no such directory"):
         load_encoder(str(tmp_path / "nope"))

@@ -6,7 +6,7 @@ import gzip
 import pytest
 import torch
 
-from latentguard.encoder import CLIPTextEncoder, load_encoder
+from latentguard.encoders import CLIPTextEncoder, load_encoder
 from latentguard.errors import LatentGuardError
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from latentguard.encoder import (
+from latentguard.encoders import (
     HFTextEncoder,
     OpenCLIPTextEncoder,
     detect_family,
@@ -179,7 +179,7 @@ def test_openclip_short_prompt_window_equals_encode(openclip_model):
 
 
 def test_open_clip_and_transformers_are_not_imported_at_module_import():
-    code = ("import sys; import latentguard.encoder, latentguard.windows, latentguard.calibration, "
+    code = ("import sys; import latentguard.encoders, latentguard.scoring, latentguard.calibration, "
             "latentguard.pipeline; heavy = [m for m in ('open_clip', 'transformers', 'diffusers') "
             "if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

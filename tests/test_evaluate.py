@@ -42,7 +42,7 @@ def world(tmp_path_factory, tiny_encoder_dir):
     import prepare
     from latentguard.cache import open_store_for
     from latentguard.embeddings import concept_vectors
-    from latentguard.encoder import load_encoder
+    from latentguard.encoders import load_encoder
     from latentguard.io import atomic_torch_save
     from latentguard.model import EmbeddingMappingLayer
     from latentguard.train import contrastive_loss

@@ -10,7 +10,7 @@ import torch
 
 from latentguard import reference
 from latentguard.concepts import cached_concept_vectors, concept_cache_path, load_blacklist, load_concepts
-from latentguard.encoder import TextEncoder
+from latentguard.encoders import TextEncoder
 from latentguard.errors import LatentGuardError
 from latentguard.guard import POOLED, LatentGuard, Verdict, merge_pieces
 from latentguard.model import EmbeddingMappingLayer

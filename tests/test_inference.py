@@ -12,7 +12,7 @@ import torch
 
 import inference
 from latentguard import reference
-from latentguard.encoder import TextEncoder
+from latentguard.encoders import TextEncoder
 from latentguard.io import COPRO_URL, RELEASED_CHECKPOINT_URL
 from latentguard.model import EmbeddingMappingLayer
 

@@ -85,7 +85,7 @@ def open_source(cfg: dict, device, needed: list[str], args: argparse.Namespace):
     """
     from latentguard.cache import EmbeddingStore, recall_store_identity, remember_identity, store_path
     from latentguard.embeddings import EncoderSource
-    from latentguard.encoder import load_encoder_from_config
+    from latentguard.encoders import load_encoder_from_config
 
     enc = cfg["encoder"]
 

@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"({store.dtype}, {store.disk_bytes() / 1e9:.2f} GB); encoder not loaded")
             return 0
 
-    from latentguard.encoder import load_encoder_from_config
+    from latentguard.encoders import load_encoder_from_config
 
     started = time.perf_counter()
     encoder = load_encoder_from_config(cfg)

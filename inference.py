@@ -175,16 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     })
     if args.calibrate_unsafe and not args.calibrate_safe:
         raise LatentGuardError("--calibrate-unsafe needs --calibrate-safe (the safe prompts)")
-    inf, enc = cfg["inference"], cfg["encoder"]
+    inf = cfg["inference"]
     prompts = read_lines(prompt_file(args.file_path), what="prompt file")
-    allowlist = read_lines(inf["allowlist"], what="allowlist file") if inf["allowlist"] else None
-    guard = LatentGuard.from_pretrained(
-        checkpoint=cfg["checkpoint"], encoder=enc["name"], concepts=inf["concepts"], threshold=inf["threshold"],
-        device=cfg["device"], encoder_type=enc["type"], batch_size=inf["batch_size"], allowlist=allowlist,
-        top_k=inf["top_k"], dataset=cfg["dataset"],
-        encoder_options={"dtype": enc["dtype"], "attention_mask": enc["attention_mask"]},
-        long_prompts=enc["long_prompts"], window_stride=enc["window_stride"],
-    )
+    guard = LatentGuard.from_config(cfg)
     if args.calibrate_safe:
         safe = read_lines(args.calibrate_safe, what="--calibrate-safe file")
         unsafe = read_lines(args.calibrate_unsafe, what="--calibrate-unsafe file") if args.calibrate_unsafe else None

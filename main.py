@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from latentguard.config import DEFAULT_CONFIG, DEFAULTS, load_config  # noqa: E402
+from latentguard.config import DEFAULTS, load_config  # noqa: E402
 from latentguard.errors import RESUMABLE, LatentGuardError, cli_entry  # noqa: E402
 
 
@@ -140,10 +140,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from latentguard.data import load_copro
     from latentguard.io import atomic_write_text, resolve_device
-    from latentguard.train import TrainOptions, build_trainer, training_texts
+    from latentguard.train import build_trainer, training_texts
 
-    config_name = args.config or (str(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else "built-in defaults")
-    TrainOptions.from_config(cfg, config_name)  # check the train section before any slow work
     device = resolve_device(cfg["device"])
     output_dir = Path(cfg["output_dir"])
     copro = load_copro(cfg["dataset"], valid_size=cfg["data"]["valid_size"], seed=cfg["data"]["seed"])

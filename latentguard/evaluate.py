@@ -742,9 +742,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "eval.threshold": args.threshold, "device": args.device, "eval.batch_size": args.batch_size,
         "eval.bert_model": args.bert_model,
     })
-    batch_size = cfg["eval"]["batch_size"]
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise LatentGuardError(f"eval.batch_size (--batch-size) must be a positive integer, got {batch_size!r}")
+    batch_size = cfg["eval"]["batch_size"]  # checked by load_config
     baselines = parse_baselines(args.baselines if args.baselines is not None else cfg["eval"]["baselines"])
     device = resolve_device(cfg["device"])
     output_dir = Path(cfg["output_dir"])

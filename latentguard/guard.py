@@ -161,6 +161,25 @@ class LatentGuard:
         guard.checkpoint = Path(path)
         return guard
 
+    @classmethod
+    def from_config(cls, cfg: Mapping, **overrides) -> "LatentGuard":
+        """A guard as a loaded config describes it (:func:`latentguard.config.load_config`):
+        checkpoint, ``encoder``, ``inference`` (blacklist, allowlist file, threshold, batch size, top_k)
+        and ``dataset`` for the default blacklist. ``overrides`` go to :meth:`from_pretrained`."""
+        from .io import read_lines
+
+        enc, inf = cfg["encoder"], cfg["inference"]
+        allowlist = read_lines(inf["allowlist"], what="allowlist file") if inf["allowlist"] else None
+        options = dict(
+            checkpoint=cfg["checkpoint"], encoder=enc["name"], concepts=inf["concepts"], threshold=inf["threshold"],
+            device=cfg["device"], encoder_type=enc["type"], batch_size=inf["batch_size"], allowlist=allowlist,
+            top_k=inf["top_k"], dataset=cfg["dataset"], num_heads=cfg["model"]["num_heads"],
+            encoder_options={"dtype": enc["dtype"], "attention_mask": enc["attention_mask"]},
+            long_prompts=enc["long_prompts"], window_stride=enc["window_stride"],
+        )
+        options.update(overrides)
+        return cls.from_pretrained(**options)
+
     # ------------------------------------------------------------------------------ blacklist
     @property
     def concepts(self) -> list[str]:

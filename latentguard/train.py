@@ -195,20 +195,9 @@ class TrainOptions:
     eval_batch_size: int
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], source: str = "config") -> "TrainOptions":
-        """Check the keys :func:`latentguard.config.validate` leaves to training; ``source`` names the file."""
+    def from_config(cls, config: Mapping[str, Any]) -> "TrainOptions":
+        """The ``train:`` section of a config that :func:`latentguard.config.load_config` checked."""
         train = config["train"]
-        value = train["seed"]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise LatentGuardError(f"{source}: 'train.seed' must be an integer >= 0, got {value!r}")
-        for key in ("save_every", "eval_batch_size"):
-            value = train[key]
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise LatentGuardError(f"{source}: 'train.{key}' must be a positive integer, got {value!r}")
-        if not isinstance(train["no_cache"], bool):
-            raise LatentGuardError(f"{source}: 'train.no_cache' must be true or false, got {train['no_cache']!r}")
-        if not math.isfinite(float(train["lr"])):
-            raise LatentGuardError(f"{source}: 'train.lr' must be a finite number, got {train['lr']!r}")
         return cls(epochs=int(train["epochs"]), batch_size=int(train["batch_size"]), lr=float(train["lr"]),
                    weight_decay=float(train["weight_decay"]), seed=int(train["seed"]),
                    val_every=int(train["val_every"]), save_every=int(train["save_every"]),

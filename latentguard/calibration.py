@@ -1,7 +1,7 @@
 """Choosing the decision threshold: calibration, a YAML record beside the checkpoint, named profiles.
 
-A prompt is unsafe when its score (max logit over the blacklist) is >= the threshold (REFERENCE
-§4). The right threshold depends on the weights, the encoder, the concept list and the data: the
+A prompt is unsafe when its score (max logit over the blacklist) is >= the threshold (as the
+released ``inference.py`` decides). The right threshold depends on the weights, the encoder, the concept list and the data: the
 released inference uses 9.0131, while the paper's Table 1(a) accuracies come from about 4.47. So
 the threshold is calibrated, not assumed:
 
@@ -34,7 +34,7 @@ from .errors import LatentGuardError
 from .io import atomic_write_text, sha256_of
 from .published import RELEASED_THRESHOLD, TABLE1_ACCURACY_THRESHOLD
 
-# Named thresholds (REFERENCE §4): the released inference.py, and the single threshold that
+# Named thresholds: the released inference.py's, and the single threshold that
 # reproduces the paper's Table 1(a) accuracies.
 PROFILES: dict[str, float] = {"released": RELEASED_THRESHOLD, "paper": TABLE1_ACCURACY_THRESHOLD}
 CALIBRATED = "calibrated"  # the YAML record beside the checkpoint; an error when there is none

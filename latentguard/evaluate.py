@@ -1,6 +1,6 @@
 """Table 1 evaluation: six settings, one calibrated threshold, baselines, tables and figures.
 
-Settings (REFERENCE §6): ID (ID concepts, ``ID_test_data``) and OOD (OOD concepts,
+Settings (as the released ``test.py`` and the paper's Table 1 define them): ID (ID concepts, ``ID_test_data``) and OOD (OOD concepts,
 ``OOD_test_data``), each Explicit (every unsafe prompt = 1, every safe prompt = 0), Synonym and
 Adversarial (``CoPro.variant_pairs``: the unsafe prompt rewritten, the safe one unchanged). A
 prompt's score is its best logit over the domain's concepts.

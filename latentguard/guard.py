@@ -4,7 +4,7 @@ A guard holds a frozen text encoder, a trained Embedding Mapping Layer and the e
 blacklist. Prompts are encoded in batches and scored against every concept at once with
 :meth:`EmbeddingMappingLayer.logit_matrix` (keys/values once per prompt, never once per concept).
 
-Decision rule (REFERENCE §4, extended):
+Decision rule (the released ``inference.py`` rule, extended):
 
 * ``score`` = the prompt's maximum logit over the blacklist, as released;
 * a concept *fires* when its logit >= its threshold (a per-concept threshold if one is set, else
@@ -282,7 +282,7 @@ class LatentGuard:
         return np.concatenate(blocks) if blocks else np.zeros((0, len(self._concepts)), dtype=np.float32)
 
     def scores(self, prompts: str | Sequence[str]) -> np.ndarray:
-        """Each prompt's score ``[P]``: its maximum logit over the blacklist (REFERENCE §4)."""
+        """Each prompt's score ``[P]``: its maximum logit over the blacklist (as the released ``inference.py``)."""
         return self.logits(prompts).max(axis=1, initial=-np.inf)
 
     def check(self, prompts: str | Sequence[str], explain: bool = True) -> list[Verdict]:

@@ -1,4 +1,4 @@
-"""Training the Embedding Mapping Layer with the released contrastive objective (REFERENCE §5).
+"""Training the Embedding Mapping Layer with the released contrastive objective (the released ``main.py``).
 
 Faithful to the released ``main.py`` in what it computes (loss, sampling, optimiser, schedule), and
 different in how: every prompt's keys/values are computed once per step with ``logit_matrix``
@@ -52,7 +52,7 @@ RESUME_VERSION = 1
 
 # --------------------------------------------------------------------------------------- loss
 def contrastive_loss_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """The released loss from the stacked logit matrix ``[2n, n]`` = ``[U; S]`` (REFERENCE §5).
+    """The released loss from the stacked logit matrix ``[2n, n]`` = ``[U; S]`` (the released ``main.py``'s loss).
 
     Prompt side: row ``i`` of ``[U[i, :], m]`` with label ``i``, ``m[k] = max_j S[k, j]``.
     Concept side: row ``j`` of ``[U[:, j], S[:, j]]`` with label ``j``. Sum of both mean CEs.

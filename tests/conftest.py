@@ -1,7 +1,7 @@
 """Offline fixtures: a tiny random CLIP text model with the real CLIP tokenizer, and CoPro-format data.
 
-Nothing here touches the network or ../shared: the tokenizer is rebuilt from the BPE file inside
-open_clip_torch and the model is randomly initialised from a config.
+Nothing here touches the network or files outside the repository: the tokenizer is rebuilt from the
+BPE file inside open_clip_torch and the model is randomly initialised from a config.
 """
 from __future__ import annotations
 

@@ -146,7 +146,7 @@ class TextEncoder:
         return out
 
     def encode_concepts(self, concepts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
-        """A concept's vector is the pooled row of its own embedding (REFERENCE §2): ``[C, hidden]``."""
+        """A concept's vector is the pooled row of its own embedding (as the released ``inference.py``): ``[C, hidden]``."""
         out = torch.empty(len(concepts), self.hidden_size)
         for start, block in self.iter_encode(list(concepts), batch_size):
             out[start : start + block.shape[0]] = block[:, 0]

@@ -64,7 +64,7 @@ class CLIPTextEncoder(_HFTokenizerMixin, TextEncoder):
         input_ids = input_ids.to(self.device)
         kwargs = {"attention_mask": attention_mask.to(self.device)} if self.attention_mask else {}
         hidden = self.model(input_ids=input_ids, **kwargs).last_hidden_state
-        # The first end-of-text token has the largest id in CLIP's vocabulary (REFERENCE §2).
+        # The first end-of-text token has the largest id in CLIP's vocabulary (the released ``inference.py``'s argmax).
         return hidden, input_ids.argmax(dim=-1)
 
 

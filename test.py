@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from latentguard.evaluate import main  # noqa: E402
+from latentguard.cli.evaluate import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -66,7 +66,7 @@ def test_inference_output_that_is_a_directory_is_refused_before_work(tmp_path, c
 
 
 def test_evaluate_output_dir_that_is_a_file_is_refused_before_work(tmp_path, capsys):
-    from latentguard.evaluate import main
+    from latentguard.cli.evaluate import main
 
     blocker = tmp_path / "results"
     blocker.write_text("x")

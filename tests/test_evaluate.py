@@ -16,7 +16,8 @@ import torch
 
 from latentguard.data import load_copro
 from latentguard.errors import LatentGuardError
-from latentguard.evaluate import (
+from latentguard.cli.evaluate import main
+from latentguard.eval import (
     DOMAINS,
     KINDS,
     MethodScores,
@@ -24,7 +25,6 @@ from latentguard.evaluate import (
     TextScores,
     build_settings,
     calibrate_threshold,
-    main,
     read_labelled_prompts,
 )
 from latentguard.metrics import best_accuracy_threshold, rates_at

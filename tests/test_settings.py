@@ -76,3 +76,15 @@ def test_the_real_clis_refuse_a_bad_config_in_one_line(tmp_path, script, content
     assert done.returncode == 2, done.stdout + done.stderr
     assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1
     assert done.stderr.startswith("error: ") and str(config) in done.stderr
+
+
+def test_the_cli_dispatcher_lists_the_commands_and_runs_one(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    listing = subprocess.run([sys.executable, "-m", "latentguard.cli", "--help"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert listing.returncode == 0 and "prepare,train,evaluate,infer" in listing.stdout
+    config = tmp_path / "bad.yaml"
+    config.write_text("train: {epochs: 0}\n")
+    done = subprocess.run([sys.executable, "-m", "latentguard.cli", "train", "--config", str(config)], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "'train.epochs'" in done.stderr and done.stderr.count("\n") == 1

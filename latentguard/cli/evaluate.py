@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..errors import LatentGuardError, cli_entry
+from .common import common_overrides, common_parser
 from ..eval.external import StoreFirstSource, external_markdown, read_external
 from ..eval.report import _fmt, console_tables, write_outputs, write_scores_csv
 from ..eval.run import (LATENT_GUARD, MethodScores, _clean, calibrate_threshold, evaluate_copro, score_prompts,
@@ -24,19 +25,14 @@ def build_parser():
         "threshold calibrated on validation data, optionally beside the Text Blacklist, CLIPScore and BERTScore "
         "baselines; or score an external labelled prompt file (Table 2) with --external.",
         epilog="Run prepare.py first (same --dataset, --encoder, --cache-dir): Table 1 reads embeddings from the store.",
+        parents=[common_parser()],
     )
-    parser.add_argument("--config", help="YAML config file (default: configs/default.yaml)")
-    parser.add_argument("--dataset", help="CoPro JSON file (config: dataset)")
-    parser.add_argument("--encoder", help="text encoder, hub name or local directory (config: encoder.name)")
-    parser.add_argument("--encoder-type", choices=["auto", "clip", "openclip", "hf"], help="config: encoder.type")
-    parser.add_argument("--cache-dir", help="embedding store directory (config: cache_dir)")
     parser.add_argument("--checkpoint", help="mapping-layer weights (config: checkpoint; the released "
                         "model_parameters.pth is downloaded and verified when missing)")
     parser.add_argument("--output-dir", help="where results go (config: output_dir)")
     parser.add_argument("--threshold", help="decision threshold for the accuracy fields: a number, 'paper' (4.47), "
                         "'released' (9.0131) or 'calibrated' (the YAML beside the checkpoint) "
                         "(config: eval.threshold; default: calibrated on pooled validation data)")
-    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (config: device)")
     parser.add_argument("--batch-size", type=int, help="prompts per scoring batch (config: eval.batch_size)")
     parser.add_argument("--baselines", help="comma list of blacklist, clipscore, bertscore, or all (config: eval.baselines)")
     parser.add_argument("--bert-model", help="BERT-family model for BERTScore, hub name or local dir (config: eval.bert_model)")
@@ -168,9 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.external_safe and not args.external:
         raise LatentGuardError("--external-safe needs --external (the unsafe prompt file)")
     cfg = load_config(args.config, overrides={
-        "dataset": args.dataset, "encoder.name": args.encoder, "encoder.type": args.encoder_type,
-        "cache_dir": args.cache_dir, "checkpoint": args.checkpoint, "output_dir": args.output_dir,
-        "eval.threshold": args.threshold, "device": args.device, "eval.batch_size": args.batch_size,
+        **common_overrides(args), "checkpoint": args.checkpoint, "output_dir": args.output_dir,
+        "eval.threshold": args.threshold, "eval.batch_size": args.batch_size,
         "eval.bert_model": args.bert_model,
     })
     batch_size = cfg["eval"]["batch_size"]  # checked by load_config

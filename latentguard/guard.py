@@ -40,6 +40,7 @@ import torch
 from .concepts import cached_concept_vectors, check_concepts, load_blacklist
 from .constants import DEFAULT_CHECKPOINT, DEFAULT_ENCODER
 from .errors import LatentGuardError
+from .evidence import merge_pieces  # noqa: F401 (public here too)
 from .io import released_checkpoint, resolve_device
 from .model import EmbeddingMappingLayer, load_mapping_layer
 from .published import RELEASED_THRESHOLD
@@ -430,47 +431,6 @@ class LatentGuard:
     def __repr__(self) -> str:
         return (f"LatentGuard(encoder={getattr(self.encoder, 'name', '?')!r}, concepts={len(self._concepts)}, "
                 f"threshold={self.threshold}, device={self.device})")
-
-
-def merge_pieces(pieces: Sequence[tuple[str, float]], tokenizer=None) -> list[tuple[str, float]]:
-    """Join sub-word pieces into words, summing their weights.
-
-    Understands CLIP BPE (``</w>`` ends a word), WordPiece (``##`` continues one) and
-    SentencePiece / GPT-2 (``▁`` / ``Ġ`` starts one); anything else is one word per token.
-    """
-    tokens = [t for t, _ in pieces]
-    if any(t.endswith("</w>") for t in tokens):
-        starts = [i == 0 or tokens[i - 1].endswith("</w>") for i in range(len(tokens))]
-    elif any(t.startswith("##") for t in tokens):
-        starts = [i == 0 or not t.startswith("##") for i, t in enumerate(tokens)]
-    elif any(t.startswith(("▁", "Ġ")) for t in tokens):
-        starts = [i == 0 or t.startswith(("▁", "Ġ")) for i, t in enumerate(tokens)]
-    else:
-        starts = [True] * len(tokens)
-    groups: list[list[int]] = []
-    for i, start in enumerate(starts):
-        if start or not groups:
-            groups.append([i])
-        else:
-            groups[-1].append(i)
-    words = []
-    for group in groups:
-        parts = [tokens[i] for i in group]
-        words.append((_render(parts, tokenizer), sum(pieces[i][1] for i in group)))
-    return words
-
-
-def _render(parts: list[str], tokenizer) -> str:
-    """A word's text from its pieces: the tokenizer's own decoding (bytes, ``##``, ``▁``) when it has one."""
-    text = ""
-    if tokenizer is not None and hasattr(tokenizer, "convert_tokens_to_string"):
-        try:
-            text = tokenizer.convert_tokens_to_string(parts)
-        except Exception:  # noqa: BLE001 - fall back to plain marker stripping
-            text = ""
-    if not text.strip():
-        text = "".join(p.removeprefix("##").lstrip("▁Ġ") for p in parts)
-    return " ".join(text.replace("</w>", " ").split()) or "".join(parts)
 
 
 def _width_message(what: str, width: int, hidden: int) -> str:

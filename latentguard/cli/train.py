@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"done: {result.epochs} epochs, {result.steps} steps, final loss {loss}, {best} "
           f"({result.seconds:.1f} s this session)")
     from latentguard.calibration import calibration_path
-    from latentguard.train import calibrate_best_checkpoint
+    from latentguard.validation import calibrate_best_checkpoint
 
     calibration = calibrate_best_checkpoint(trainer)
     if calibration is not None:

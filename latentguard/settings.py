@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from .constants import ENCODER_TYPES
 from .errors import LatentGuardError
 
 # Thresholds may be given by name (see latentguard.calibration.resolve_threshold).
@@ -118,7 +119,7 @@ def _build(cls: type, values: Mapping[str, Any], source: str, prefix: str) -> An
 @dataclass(frozen=True)
 class EncoderSettings:
     name: str = key(text)
-    type: str = key(choice("auto", "clip", "openclip", "hf"))
+    type: str = key(choice(*ENCODER_TYPES))
     dtype: str = key(choice("float32", "float16", "bfloat16"))
     batch_size: int = key(positive_int)
     attention_mask: bool = key(boolean)

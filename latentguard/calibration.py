@@ -39,6 +39,7 @@ from .published import RELEASED_THRESHOLD, TABLE1_ACCURACY_THRESHOLD
 PROFILES: dict[str, float] = {"released": RELEASED_THRESHOLD, "paper": TABLE1_ACCURACY_THRESHOLD}
 CALIBRATED = "calibrated"  # the YAML record beside the checkpoint; an error when there is none
 AUTO = "auto"              # the YAML record when there is one, else the released threshold
+THRESHOLD_NAMES = (*PROFILES, CALIBRATED, AUTO)  # every name resolve_threshold accepts
 FORMAT = "latentguard-threshold"
 DEFAULT_TARGET_FPR = 0.01
 

@@ -128,9 +128,9 @@ class LatentGuard:
         than 77 tokens as the maximum over overlapping windows (off: truncate, as released).
         Cheap checks (blacklist, checkpoint, threshold) run before the slow encoder load.
         """
-        from .calibration import resolve_threshold
+        from .calibration import AUTO, CALIBRATED, resolve_threshold
 
-        named = isinstance(threshold, str) and threshold.strip().lower() in ("auto", "calibrated")
+        named = isinstance(threshold, str) and threshold.strip().lower() in (AUTO, CALIBRATED)
         if not named:
             threshold = resolve_threshold(threshold)  # a number or a profile name (released, paper)
         _check_options(RELEASED_THRESHOLD if named else threshold, batch_size, top_k)
@@ -141,7 +141,7 @@ class LatentGuard:
             names, thresholds = check_concepts(concepts), {}
         thresholds.update(concept_thresholds or {})
         path = released_checkpoint(checkpoint)
-        if named and threshold.strip().lower() == "calibrated":
+        if named and threshold.strip().lower() == CALIBRATED:
             resolve_threshold(threshold, path)  # no file: the "calibrate first" error, before the encoder load
         if isinstance(encoder, (str, Path)):
             model = load_mapping_layer(path, num_heads=num_heads)

@@ -13,11 +13,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from .calibration import THRESHOLD_NAMES  # names resolve_threshold accepts
 from .constants import ENCODER_TYPES
 from .errors import LatentGuardError
 
-# Thresholds may be given by name (see latentguard.calibration.resolve_threshold).
-THRESHOLD_NAMES = ("released", "paper", "calibrated", "auto")
 
 Check = Callable[[Any], str | None]  # None when the value is fine, else what it must be
 

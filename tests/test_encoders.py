@@ -273,3 +273,12 @@ def test_mapping_layer_width_follows_the_encoder(bert_dir, tmp_path):
     assert load_mapping_layer(path, in_dim=encoder.hidden_size).in_dim == 32
     with pytest.raises(LatentGuardError, match="encoder width 32"):
         load_mapping_layer(path, in_dim=768)
+
+
+def test_store_hint_key_follows_the_layout_version_not_source_bytes(tiny_encoder_dir, monkeypatch):
+    import latentguard.cache as cache
+
+    key = cache.encoder_request_key(str(tiny_encoder_dir))
+    assert key is not None and key == cache.encoder_request_key(str(tiny_encoder_dir))
+    monkeypatch.setattr(cache, "LAYOUT_VERSION", cache.LAYOUT_VERSION + 1)
+    assert cache.encoder_request_key(str(tiny_encoder_dir)) != key  # a new layout never reuses old hints

@@ -16,7 +16,7 @@ import torch
 
 import prepare
 from latentguard import data as data_mod
-from latentguard import encoder as encoder_mod
+from latentguard import encoders as encoder_mod
 from latentguard import io as io_mod
 from latentguard.errors import LatentGuardError
 from latentguard.io import atomic_torch_save, claim_run_dir, download, git_blob_id, read_lines, replace_outputs
@@ -143,7 +143,7 @@ def test_prompt_files_split_only_on_newlines(tmp_path):
     assert read_lines(path) == ["a knife\u2028in the kitchen", "blood\x0con\x85the\x1cfloor", "a red balloon"]
     table = tmp_path / "external.csv"
     table.write_bytes('prompt,label\r\n"a knife\u2028here",1\nblood\x0con the floor,1\r\na cake,0\n'.encode("utf-8"))
-    from latentguard.evaluate import read_labelled_prompts
+    from latentguard.eval.external import read_labelled_prompts
 
     prompts, labels = read_labelled_prompts(table)
     assert prompts == ["a knife\u2028here", "blood\x0con the floor", "a cake"] and labels.tolist() == [1, 1, 0]

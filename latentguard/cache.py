@@ -604,3 +604,48 @@ def recall_store_identity(cache_dir: str | Path, enc: Mapping[str, Any]) -> tupl
     if identity is None or not (store_path(cache_dir, identity) / META).is_file():
         return key, None
     return key, identity
+
+
+def open_configured_store(
+    cfg: Mapping[str, Any],
+    *,
+    encoder: Any = None,
+    device: Any = None,
+    create: bool = False,
+    missing_ok: bool = False,
+    no_store: str | None = None,
+) -> tuple["EmbeddingStore | None", Any]:
+    """``(store, encoder)`` for a loaded config: the one way the commands open the store of the
+    encoder its ``encoder`` section names.
+
+    The encoder is loaded (on ``device``) only when no hint says which store it maps to, and is
+    returned then (else ``None``, or the ``encoder`` passed in). ``create`` makes the store
+    (prepare.py); otherwise an absent store is the one-line error ``no_store``, or ``(None,
+    encoder)`` when ``missing_ok``. A ``--cache-dir`` that is a file, and a damaged store, are
+    always one-line errors.
+    """
+    cache_dir = check_cache_dir(cfg["cache_dir"])
+    no_store = no_store or (f"no embedding store for encoder {cfg['encoder']['name']} under {cache_dir}; run "
+                            "prepare.py with the same --dataset, --encoder and --cache-dir first")
+    key, identity = recall_store_identity(cache_dir, cfg["encoder"])
+    if encoder is None and identity is None:
+        if not create and not any(cache_dir.glob(f"*/{META}")):  # nothing prepared: no need to load the encoder
+            if missing_ok:
+                return None, None
+            raise LatentGuardError(no_store)
+        from .encoders import load_encoder_from_config
+
+        encoder = load_encoder_from_config(cfg, device)
+    if encoder is not None:
+        identity = encoder.identity
+    if not create and not (store_path(cache_dir, identity) / META).is_file():
+        if missing_ok:
+            return None, encoder
+        raise LatentGuardError(no_store)
+    if encoder is not None:
+        store = open_store_for(cache_dir, encoder, dtype=cfg["store"]["dtype"], create=create)
+    else:  # create=True on an existing store only checks it (and refuses another --dtype)
+        store = EmbeddingStore(store_path(cache_dir, identity), identity=identity, dtype=cfg["store"]["dtype"],
+                               create=create)
+    remember_identity(cache_dir, key, identity)
+    return store, encoder

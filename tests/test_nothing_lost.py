@@ -83,6 +83,23 @@ def test_bad_byte_mid_index_is_refused_by_every_command_then_repaired_on_request
     assert repair_store(store.path).startswith("nothing to repair")
 
 
+def test_the_shared_store_opener_never_reads_damage_as_no_store(tmp_path):
+    """test.py --external encodes on the fly when there is no store, but a damaged one is refused."""
+    from latentguard.cache import open_configured_store
+    from latentguard.config import load_config
+
+    cfg = load_config(None, overrides={"cache_dir": str(tmp_path / "cache"), "encoder.name": str(tmp_path / "enc")})
+    encoder = FakeEncoder()
+    assert open_configured_store(cfg, encoder=encoder, missing_ok=True) == (None, encoder)
+    with pytest.raises(LatentGuardError, match=r"^no embedding store for encoder .* under .*prepare.py"):
+        open_configured_store(cfg)  # nothing prepared: refused without loading any encoder
+    store, _ = open_configured_store(cfg, encoder=encoder, create=True)
+    store.add(TEXTS, encoder.encode(TEXTS))
+    corrupt_line(store.index_file, 3)
+    with pytest.raises(LatentGuardError, match="index.jsonl: line 3 is not a JSON string"):
+        open_configured_store(cfg, encoder=encoder, missing_ok=True)
+
+
 def test_index_lines_without_data_rows_are_refused_and_repair_keeps_the_intact_prefix(tmp_path):
     store = fake_store(tmp_path / "s")
     with open(store.data_file, "rb+") as handle:  # lose the last 3 rows and a half

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ..cache import open_configured_store
 from ..errors import LatentGuardError, cli_entry
 from .common import common_overrides, common_parser
 from ..eval.external import StoreFirstSource, external_markdown, read_external
@@ -43,20 +44,6 @@ def build_parser():
     parser.add_argument("--no-plots", action="store_true", help="skip the ROC and histogram PNGs")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs and scripts)")
     return parser
-
-
-def _open_store(cfg: Mapping[str, Any]):
-    """The encoder's store, without loading the encoder when prepare.py already recorded its identity."""
-    from ..cache import EmbeddingStore, check_cache_dir, open_store_for, recall_store_identity, remember_identity, store_path
-
-    check_cache_dir(cfg["cache_dir"])  # a file here fails now, not after loading the encoder
-    key, known = recall_store_identity(cfg["cache_dir"], cfg["encoder"])
-    if known is not None:
-        return EmbeddingStore(store_path(cfg["cache_dir"], known), identity=known)
-    encoder = _load_encoder(cfg)
-    store = open_store_for(cfg["cache_dir"], encoder)
-    remember_identity(cfg["cache_dir"], key, encoder.identity)
-    return store
 
 
 def _load_encoder(cfg: Mapping[str, Any]):
@@ -104,12 +91,7 @@ def _run_external(args, cfg: Mapping[str, Any], copro, device, batch_size: int, 
 
     prompts, labels = read_external(args.external, args.external_safe)
     encoder = _load_encoder(cfg)
-    try:
-        from ..cache import open_store_for
-
-        store = open_store_for(cfg["cache_dir"], encoder)
-    except LatentGuardError:
-        store = None
+    store, _ = open_configured_store(cfg, encoder=encoder, missing_ok=True)  # none: encode on the fly
     checkpoint, model = _load_model(cfg, encoder.hidden_size, device)
     _resolve_named_threshold(cfg, checkpoint, encoder.identity)
     enc_batch = cfg["encoder"]["batch_size"]
@@ -184,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("note: baselines are evaluated on CoPro only; --external reports Latent Guard")
         return _run_external(args, cfg, copro, device, batch_size, output_dir)
 
-    store = _open_store(cfg)
+    store, _ = open_configured_store(cfg)  # the encoder is loaded only when no hint names its store
     checkpoint, model = _load_model(cfg, store.hidden_size, device)
     _resolve_named_threshold(cfg, checkpoint, store.identity)
     bert, skipped = None, {}

@@ -17,16 +17,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-from latentguard.cache import (
-    EmbeddingStore,
-    check_cache_dir,
-    open_store_for,
-    recall_store_identity,
-    remember_identity,
-    store_path,
-)
+from latentguard.cache import check_cache_dir, open_configured_store
 from latentguard.cli.common import common_overrides, common_parser
 from latentguard.config import load_config
 from latentguard.data import load_copro
@@ -65,31 +57,25 @@ def main(argv: list[str] | None = None) -> int:
         "encoder.batch_size": args.batch_size,
     })
     enc_cfg = cfg["encoder"]
-    cache_dir = check_cache_dir(cfg["cache_dir"])  # a file here fails now, not after loading the encoder
-    dtype = cfg["store"]["dtype"]
+    check_cache_dir(cfg["cache_dir"])  # a file here fails now, not after loading the dataset
 
     copro = load_copro(cfg["dataset"], valid_size=cfg["data"]["valid_size"], seed=cfg["data"]["seed"])
     texts = copro.all_texts()
     print(f"dataset {copro.path}: {copro.summary()}")
     print(f"{len(texts)} distinct texts to have in the store")
 
-    # Cheap path: the same encoder files as last time -> we know the identity without loading it.
-    key, known = recall_store_identity(cache_dir, enc_cfg)
-    if known is not None:
-        # create=True with an existing store only checks it (and refuses another --dtype)
-        store = EmbeddingStore(store_path(cache_dir, known), identity=known, dtype=dtype, create=True)
+    # Cheap path: the same encoder files as last time -> the store is found without loading the encoder.
+    started = time.perf_counter()
+    store, encoder = open_configured_store(cfg, create=True)
+    if encoder is None:
         if not store.missing(texts):
             print(f"nothing missing: all {len(texts)} texts are already in {store.path} "
                   f"({store.dtype}, {store.disk_bytes() / 1e9:.2f} GB); encoder not loaded")
             return 0
+        from latentguard.encoders import load_encoder_from_config
 
-    from latentguard.encoders import load_encoder_from_config
-
-    started = time.perf_counter()
-    encoder = load_encoder_from_config(cfg)
+        store, encoder = open_configured_store(cfg, encoder=load_encoder_from_config(cfg), create=True)
     print(f"encoder {encoder.identity} on {encoder.device} (loaded in {time.perf_counter() - started:.1f} s)")
-    remember_identity(cache_dir, key, encoder.identity)
-    store = open_store_for(cache_dir, encoder, dtype=dtype, create=True)
     todo = store.missing(texts)
     if not todo:
         print(f"nothing missing: all {len(texts)} texts are already in {store.path}")

@@ -71,33 +71,18 @@ def open_source(cfg: dict, device, needed: list[str], args: argparse.Namespace):
     The store is found without loading the encoder when prepare.py recorded which store this
     encoder request maps to; otherwise the encoder is loaded once to learn its identity.
     """
-    from latentguard.cache import EmbeddingStore, check_cache_dir, recall_store_identity, remember_identity, store_path
+    from latentguard.cache import open_configured_store
     from latentguard.embeddings import EncoderSource
     from latentguard.encoders import load_encoder_from_config
 
     enc = cfg["encoder"]
-
-    def load():
-        return load_encoder_from_config(cfg, device)
-
     if cfg["train"]["no_cache"]:
-        return EncoderSource(load(), batch_size=enc["batch_size"]), "encoder on the fly (--no-cache)"
-    cache_dir = check_cache_dir(cfg["cache_dir"])  # a file here fails now, not after loading the encoder
-    key, identity = recall_store_identity(cache_dir, enc)
-    no_store = (f"no embedding store for encoder {enc['name']} under {cache_dir}; run "
+        encoder = load_encoder_from_config(cfg, device)
+        return EncoderSource(encoder, batch_size=enc["batch_size"]), "encoder on the fly (--no-cache)"
+    no_store = (f"no embedding store for encoder {enc['name']} under {cfg['cache_dir']}; run "
                 f"`{_prepare_command(cfg, args)}` first (or pass --no-cache to encode on the fly)")
-    if not any(cache_dir.glob("*/meta.json")):
-        raise LatentGuardError(no_store)  # nothing prepared at all: no need to load the encoder to know
-    if identity is None:
-        encoder = load()
-        identity = encoder.identity
-        del encoder
-        if (store_path(cache_dir, identity) / "meta.json").is_file():
-            remember_identity(cache_dir, key, identity)
-    path = store_path(cache_dir, identity)
-    if not (path / "meta.json").is_file():
-        raise LatentGuardError(no_store)
-    store = EmbeddingStore(path, identity=identity)
+    store, _ = open_configured_store(cfg, device=device, no_store=no_store)  # an encoder loaded to find it is dropped
+    path = store.path
     missing = store.missing(needed)
     if missing:
         raise LatentGuardError(f"embedding store {path} lacks {len(missing)} of the {len(needed)} texts training "

@@ -15,32 +15,33 @@ and an append-only index of texts, so:
   index line; readers ignore both, and only the next writer, holding the lock, truncates them;
 * readers never modify: any other damage (a bad line in the middle, an index line without its data
   row, a non-finite row) is refused with a one-line error naming the file and line, and repaired
-  only on request by ``prepare.py --repair STORE`` (:func:`latentguard.store_repair.repair_store`), which keeps the original
-  index beside it;
+  only on request by ``prepare.py --repair STORE`` (:mod:`latentguard.store_repair`), which keeps
+  the original index beside it (what counts as damage: :mod:`latentguard.store_checks`);
 * concurrent builders share work: each batch is chosen, encoded and written under the lock, so a
   second ``prepare.py`` skips what the first has written instead of encoding everything again;
 * encoders never mix: the store records the encoder's identity and refuses any other.
 
 Layout of a store directory: ``meta.json`` (format, identity, hidden size, dtype; written once,
 atomically, before anything else), ``embeddings.f16`` or ``embeddings.f32`` (raw rows), ``index.jsonl``
-(one JSON string per line, line i naming row i; ``null`` marks a row whose text a repair dropped) and ``.lock`` (writers take an exclusive ``flock``, so
-two builds of the same store cooperate instead of corrupting it).
+(one JSON string per line, line i naming row i; ``null`` marks a row whose text a repair dropped)
+and ``.lock`` (writers take an exclusive ``flock``, so two builds of the same store cooperate
+instead of corrupting it). Where a store lives and how the commands open it:
+:mod:`latentguard.store_hints`.
 """
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .constants import EMBEDDING_ROWS, LAYOUT_VERSION
+from .constants import EMBEDDING_ROWS
 from .errors import LatentGuardError
 from .io import atomic_write_text, fsync_dir, unique
+from .store_checks import BAD_LINE, bad_rows, parse_index_line
 
 if TYPE_CHECKING:  # torch is imported lazily: opening a store and checking for missing texts stay light
     import torch
@@ -56,39 +57,17 @@ VERSION = 1
 DTYPES = {"float16": np.float16, "float32": np.float32}
 _SUFFIX = {"float16": "f16", "float32": "f32"}
 META, INDEX, LOCK = "meta.json", "index.jsonl", ".lock"
+_MOVED = {"store_path", "check_cache_dir", "open_store_for", "open_configured_store", "HINTS", "encoder_request_key",
+          "recall_identity", "remember_identity", "recall_store_identity"}
 
 
-def store_path(cache_dir: str | Path, identity: str) -> Path:
-    """``cache_dir/<readable slug>-<12 hex of SHA-256(identity)>``: one directory per encoder.
+def __getattr__(name: str) -> Any:
+    """Finding and opening a store moved to :mod:`latentguard.store_hints`; old imports still work."""
+    if name in _MOVED:
+        from . import store_hints
 
-    The slug is only for people browsing the cache; the hash keeps distinct identities apart.
-    """
-    slug = re.sub(r"[^a-z0-9]+", "-", identity.lower()).strip("-")[:48].strip("-") or "encoder"
-    digest = hashlib.sha256(identity.encode("utf-8")).hexdigest()[:12]
-    return Path(cache_dir) / f"{slug}-{digest}"
-
-
-def check_cache_dir(cache_dir: str | Path) -> Path:
-    """Refuse a ``--cache-dir`` that is a file (or lies under one) now, before any encoder loads."""
-    path = Path(cache_dir)
-    for part in (path, *path.parents):
-        if part.exists():
-            if not part.is_dir():
-                where = "is a file" if part == path else f"lies under {part}, which is a file"
-                raise LatentGuardError(f"--cache-dir {path} {where}, not a directory; choose another path")
-            break
-    return path
-
-
-def open_store_for(cache_dir: str | Path, encoder: Any, *, dtype: str = "float16", create: bool = False) -> "EmbeddingStore":
-    """The store of ``encoder`` under ``cache_dir`` (made when ``create``)."""
-    return EmbeddingStore(
-        store_path(cache_dir, encoder.identity),
-        identity=encoder.identity,
-        hidden_size=encoder.hidden_size,
-        dtype=dtype,
-        create=create,
-    )
+        return getattr(store_hints, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class EmbeddingStore:
@@ -208,11 +187,8 @@ class EmbeddingStore:
                 got = 0
                 while got < len(view):
                     n = os.preadv(fd, [view[got:]], offset + got)
-                    if n <= 0:
-                        raise LatentGuardError(
-                            f"embedding store {self.path} is truncated (row {int(wanted[start])}); "
-                            "run prepare.py again to repair it"
-                        )
+                    if n <= 0:  # the data file shrank under us
+                        raise self._damaged(self.data_file, f"row {int(wanted[start])} is cut off")
                     got += n
                 start = end
             self._check_rows(buf, wanted)
@@ -220,20 +196,14 @@ class EmbeddingStore:
         return torch.from_numpy(out)
 
     def _check_rows(self, buf: np.ndarray, rows: np.ndarray) -> None:
-        """Refuse rows no encoder writes: non-finite values, or a block of zero bytes (a hole in the file).
-
-        Integer passes over the bits just read (~15% of a 64-row read from the page cache).
-        Finite, non-zero garbage cannot be told apart from an embedding by its values alone.
-        """
-        nonfinite, zero = _bad_rows(buf)
+        """Refuse rows no encoder writes (:mod:`latentguard.store_checks`), at ~15% of a 64-row read
+        from the page cache. Finite, non-zero garbage cannot be told apart from an embedding."""
+        nonfinite, zero = bad_rows(buf)
         bad, what = (nonfinite, "non-finite values") if nonfinite.any() else (zero, "only zero bytes")
         if bad.any():
             row = int(rows[int(np.argmax(bad))])
             text = next((t for t, r in self._rows.items() if r == row), None)
-            raise LatentGuardError(
-                f"embedding store {self.path}: row {row} (text {_short(text or '?')!r}) holds {what}, so the store "
-                f"is damaged; run: python prepare.py --repair {self.path}   (then prepare.py again to re-encode it)"
-            )
+            raise self._damaged(f"embedding store {self.path}", f"row {row} (text {_short(text or '?')!r}) holds {what}")
 
     def memmap(self) -> np.memmap | np.ndarray:
         """Read-only ``[len, 78, hidden]`` view of the committed rows, in store dtype (zero-copy)."""
@@ -276,10 +246,7 @@ class EmbeddingStore:
     def add(self, texts: Sequence[str], embeddings: "torch.Tensor | np.ndarray") -> None:
         """Append the embeddings of texts not stored yet; durable (fsynced) once this returns."""
         texts = list(texts)
-        array = embeddings.detach().cpu().float().numpy() if hasattr(embeddings, "detach") else np.asarray(embeddings)
-        expected = (len(texts), ROWS, self.hidden_size)
-        if tuple(array.shape) != expected:
-            raise LatentGuardError(f"embeddings for the store must have shape {list(expected)}, got {list(array.shape)}")
+        array = self._as_rows(embeddings, len(texts))
         for t in texts:
             if not isinstance(t, str):
                 raise LatentGuardError(f"store keys must be strings, got {type(t).__name__}")
@@ -345,13 +312,7 @@ class EmbeddingStore:
                             batch.append(todo[position])
                         position += 1
                     if batch:
-                        array = encoder.encode(batch, batch_size=batch_size)
-                        array = array.detach().cpu().float().numpy() if hasattr(array, "detach") else np.asarray(array)
-                        expected = (len(batch), ROWS, self.hidden_size)
-                        if tuple(array.shape) != expected:
-                            raise LatentGuardError(f"embeddings for the store must have shape {list(expected)}, "
-                                                   f"got {list(array.shape)}")
-                        self._add_locked(batch, array)
+                        self._add_locked(batch, self._as_rows(encoder.encode(batch, batch_size=batch_size), len(batch)))
                         encoded += len(batch)
                 bar.update(position - start)
         return encoded
@@ -412,18 +373,12 @@ class EmbeddingStore:
             if newline < 0:
                 break
             line = self._count + 1
-            text = _parse_line(tail[position:newline])
-            if text is _BAD:
-                raise LatentGuardError(
-                    f"{self.index_file}: line {line} is not a JSON string, so the store is damaged (readers do not "
-                    f"change it); run: python prepare.py --repair {self.path}   (keeps every intact row and says "
-                    "what it dropped; prepare.py then re-encodes those)"
-                )
+            text = parse_index_line(tail[position:newline])
+            if text is BAD_LINE:
+                raise self._damaged(self.index_file, f"line {line} is not a JSON string")
             if self._count >= data_rows:
-                raise LatentGuardError(
-                    f"{self.index_file}: line {line} has no data row ({self.data_file.name} holds {data_rows} rows), "
-                    f"so the store is damaged; run: python prepare.py --repair {self.path}   (keeps the intact rows)"
-                )
+                raise self._damaged(self.index_file, f"line {line} has no data row ({self.data_file.name} holds "
+                                    f"{data_rows} rows)")
             if text is not None:
                 self._rows.setdefault(text, self._count)
             self._count += 1
@@ -434,10 +389,8 @@ class EmbeddingStore:
         """Drop what an interrupted writer left: a torn last index line, orphan data rows (under the lock)."""
         data_rows = self._data_rows()
         if data_rows < self._count:  # rows lost under us: appending now would leave a hole
-            raise LatentGuardError(
-                f"{self.index_file}: line {data_rows + 1} has no data row ({self.data_file.name} holds {data_rows} "
-                f"rows), so the store is damaged; run: python prepare.py --repair {self.path}   (keeps the intact rows)"
-            )
+            raise self._damaged(self.index_file, f"line {data_rows + 1} has no data row ({self.data_file.name} "
+                                f"holds {data_rows} rows)")
         for file, size in ((self.index_file, self._index_bytes), (self.data_file, self._count * self.row_bytes)):
             if file.exists() and file.stat().st_size > size:
                 with open(file, "rb+") as handle:
@@ -445,17 +398,19 @@ class EmbeddingStore:
                     handle.flush()
                     os.fsync(handle.fileno())
 
-    def _scan_rows(self, count: int, chunk: int = 256) -> list[int]:
-        """Rows among the first ``count`` that hold non-finite values or only zeros (a full read)."""
-        bad: list[int] = []
-        if count == 0:
-            return bad
-        data = np.memmap(self.data_file, dtype=self._np_dtype, mode="r", shape=(count, ROWS * self.hidden_size))
-        for start in range(0, count, chunk):
-            nonfinite, zero = _bad_rows(np.asarray(data[start : start + chunk]))
-            bad.extend(start + int(i) for i in np.flatnonzero(nonfinite | zero))
-        del data
-        return bad
+    def _damaged(self, where: str | Path, what: str) -> LatentGuardError:
+        """The one-line refusal of damage no crash leaves, naming the command that repairs it on request."""
+        return LatentGuardError(f"{where}: {what}, so the store is damaged (readers do not change it); run: python "
+                                f"prepare.py --repair {self.path}   (keeps every intact row and says what it dropped; "
+                                "prepare.py then re-encodes those)")
+
+    def _as_rows(self, embeddings: "torch.Tensor | np.ndarray", count: int) -> np.ndarray:
+        """``embeddings`` as a float array of ``count`` rows of this store's shape, or a one-line error."""
+        array = embeddings.detach().cpu().float().numpy() if hasattr(embeddings, "detach") else np.asarray(embeddings)
+        expected = (count, ROWS, self.hidden_size)
+        if tuple(array.shape) != expected:
+            raise LatentGuardError(f"embeddings for the store must have shape {list(expected)}, got {list(array.shape)}")
+        return array
 
     def _reader(self) -> int:
         if self._read_fd is None:
@@ -471,28 +426,6 @@ class EmbeddingStore:
             yield
         finally:
             os.close(fd)  # closing releases the flock
-
-
-_BAD = object()
-_EXPONENT = {2: (np.uint16, 0x7C00), 4: (np.uint32, 0x7F800000)}  # all-ones exponent: inf or NaN
-
-
-def _bad_rows(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(non-finite, all zero bytes)`` per row of ``buf`` (float16 or float32), by integer bit tests."""
-    flat = np.ascontiguousarray(buf).reshape(len(buf), int(np.prod(buf.shape[1:])))
-    uint, mask = _EXPONENT[flat.dtype.itemsize]
-    nonfinite = np.bitwise_and(flat.view(uint), uint(mask)).max(axis=1, initial=0) == mask
-    words = flat.view(np.uint64 if flat.shape[1] * flat.dtype.itemsize % 8 == 0 else np.uint8)
-    return nonfinite, ~words.any(axis=1)
-
-
-def _parse_line(raw: bytes) -> Any:
-    """An index line's text, ``None`` for a row a repair dropped, or ``_BAD``."""
-    try:
-        value = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return _BAD
-    return value if value is None or isinstance(value, str) else _BAD
 
 
 def _append(file: Path, payload: bytes, expected_size: int) -> None:
@@ -513,139 +446,3 @@ def _append(file: Path, payload: bytes, expected_size: int) -> None:
 
 def _short(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-# ---------------------------------------------------------------------- encoder identity hints
-# A store is keyed by the encoder's identity, which hashes the loaded weights. To answer "is
-# anything missing?" without loading a 500 MB model, entry points remember, per cache directory,
-# which identity a given request (name, options, and the size and mtime of every file it would be
-# loaded from) produced last time. Any change to those files, the options or the encoders' layout
-# version (latentguard.constants.LAYOUT_VERSION) changes the key, and the encoder is loaded as usual.
-HINTS = "encoders.json"
-
-
-def encoder_request_key(
-    name: str | Path,
-    encoder_type: str = "auto",
-    dtype: Any = None,
-    attention_mask: bool = False,
-) -> str | None:
-    """A key for "what ``load_encoder`` would load", from file metadata only; ``None`` if unknowable.
-
-    Local directories (and files) are described by their top-level files; hub names by the cached
-    snapshot, located offline. A name that is neither on disk nor cached has no key.
-    """
-    files = _source_files(str(name))
-    if not files:
-        return None
-    described = {
-        "name": str(name),
-        "type": encoder_type,
-        "dtype": str(dtype or "float32").replace("torch.", ""),
-        "attention_mask": bool(attention_mask),
-        "layout": LAYOUT_VERSION,
-        "files": [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files],
-    }
-    return hashlib.sha256(json.dumps(described, sort_keys=True).encode("utf-8")).hexdigest()
-
-
-def _source_files(name: str) -> list[Path]:
-    path = Path(name)
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.is_file())
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover
-        return []
-    with contextlib.suppress(Exception):  # not a repo id, no cache: just no shortcut
-        found = try_to_load_from_cache(name, "config.json")
-        if isinstance(found, str):
-            return sorted(p for p in Path(found).parent.iterdir() if p.is_file())
-    return []
-
-
-def recall_identity(cache_dir: str | Path, key: str | None) -> str | None:
-    """The identity recorded for request ``key`` under ``cache_dir``, if any."""
-    if key is None:
-        return None
-    try:
-        hints = json.loads((Path(cache_dir) / HINTS).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    value = hints.get(key) if isinstance(hints, dict) else None
-    return value if isinstance(value, str) else None
-
-
-def remember_identity(cache_dir: str | Path, key: str | None, identity: str) -> None:
-    """Record that request ``key`` loads the encoder ``identity`` (best effort, atomic)."""
-    if key is None or recall_identity(cache_dir, key) == identity:
-        return
-    file = Path(cache_dir) / HINTS
-    try:
-        hints = json.loads(file.read_text(encoding="utf-8"))
-        if not isinstance(hints, dict):
-            hints = {}
-    except (OSError, ValueError):
-        hints = {}
-    hints[key] = identity
-    with contextlib.suppress(OSError):
-        atomic_write_text(file, json.dumps(hints, indent=1, sort_keys=True) + "\n")
-
-
-def recall_store_identity(cache_dir: str | Path, enc: Mapping[str, Any]) -> tuple[str | None, str | None]:
-    """``(request key, identity)`` for a config's ``encoder`` section, without loading the encoder.
-
-    The identity is ``None`` unless a hint was recorded for this request and its store still exists.
-    """
-    key = encoder_request_key(enc["name"], enc["type"], enc["dtype"], enc["attention_mask"])
-    identity = recall_identity(cache_dir, key)
-    if identity is None or not (store_path(cache_dir, identity) / META).is_file():
-        return key, None
-    return key, identity
-
-
-def open_configured_store(
-    cfg: Mapping[str, Any],
-    *,
-    encoder: Any = None,
-    device: Any = None,
-    create: bool = False,
-    missing_ok: bool = False,
-    no_store: str | None = None,
-) -> tuple["EmbeddingStore | None", Any]:
-    """``(store, encoder)`` for a loaded config: the one way the commands open the store of the
-    encoder its ``encoder`` section names.
-
-    The encoder is loaded (on ``device``) only when no hint says which store it maps to, and is
-    returned then (else ``None``, or the ``encoder`` passed in). ``create`` makes the store
-    (prepare.py); otherwise an absent store is the one-line error ``no_store``, or ``(None,
-    encoder)`` when ``missing_ok``. A ``--cache-dir`` that is a file, and a damaged store, are
-    always one-line errors.
-    """
-    cache_dir = check_cache_dir(cfg["cache_dir"])
-    no_store = no_store or (f"no embedding store for encoder {cfg['encoder']['name']} under {cache_dir}; run "
-                            "prepare.py with the same --dataset, --encoder and --cache-dir first")
-    key, identity = recall_store_identity(cache_dir, cfg["encoder"])
-    if encoder is None and identity is None:
-        if not create and not any(cache_dir.glob(f"*/{META}")):  # nothing prepared: no need to load the encoder
-            if missing_ok:
-                return None, None
-            raise LatentGuardError(no_store)
-        from .encoders import load_encoder_from_config
-
-        encoder = load_encoder_from_config(cfg, device)
-    if encoder is not None:
-        identity = encoder.identity
-    if not create and not (store_path(cache_dir, identity) / META).is_file():
-        if missing_ok:
-            return None, encoder
-        raise LatentGuardError(no_store)
-    if encoder is not None:
-        store = open_store_for(cache_dir, encoder, dtype=cfg["store"]["dtype"], create=create)
-    else:  # create=True on an existing store only checks it (and refuses another --dtype)
-        store = EmbeddingStore(store_path(cache_dir, identity), identity=identity, dtype=cfg["store"]["dtype"],
-                               create=create)
-    remember_identity(cache_dir, key, identity)
-    return store, encoder

@@ -10,8 +10,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .cache import _BAD, EmbeddingStore, _parse_line
+import numpy as np
+
+from .cache import ROWS, EmbeddingStore
 from .io import atomic_path, atomic_write_text, free_name
+from .store_checks import BAD_LINE, bad_rows, parse_index_line
 
 
 def repair_store(path: str | Path) -> str:
@@ -29,12 +32,12 @@ def repair_store(path: str | Path) -> str:
         raw = store.index_file.read_bytes() if store.index_file.exists() else b""
         pieces = raw.split(b"\n")
         torn = pieces.pop()  # after the last newline: empty, or a torn line
-        entries = [_parse_line(piece) for piece in pieces]
+        entries = [parse_index_line(piece) for piece in pieces]
         data_rows = store._data_rows()
-        bad_lines = [i + 1 for i, e in enumerate(entries) if e is _BAD]
+        bad_lines = [i + 1 for i, e in enumerate(entries) if e is BAD_LINE]
         notes: list[str] = []
         if len(entries) == data_rows:
-            entries = [None if e is _BAD else e for e in entries]
+            entries = [None if e is BAD_LINE else e for e in entries]
             if bad_lines:
                 notes.append(f"dropped damaged line(s) {_spans(bad_lines)}")
         else:
@@ -43,11 +46,11 @@ def repair_store(path: str | Path) -> str:
                 why = f"line {bad_lines[0]} is damaged" if bad_lines and bad_lines[0] - 1 == keep else "no data rows"
                 notes.append(f"kept the intact first {keep} of {len(entries)} lines ({why}; {data_rows} data rows)")
             entries = entries[:keep]
-        bad_rows = store._scan_rows(len(entries))
-        for row in bad_rows:
+        damaged_rows = _scan_rows(store, len(entries))
+        for row in damaged_rows:
             entries[row] = None
-        if bad_rows:
-            notes.append(f"dropped row(s) {_spans(bad_rows)} (non-finite or zero values)")
+        if damaged_rows:
+            notes.append(f"dropped row(s) {_spans(damaged_rows)} (non-finite or zero values)")
         if torn:
             notes.append("dropped a torn last line")
         if data_rows * store.row_bytes != (store.data_file.stat().st_size if store.data_file.exists() else 0) \
@@ -73,3 +76,16 @@ def repair_store(path: str | Path) -> str:
 def _spans(numbers: list[int]) -> str:
     shown = ", ".join(str(n) for n in numbers[:5])
     return shown + (f" and {len(numbers) - 5} more" if len(numbers) > 5 else "")
+
+
+def _scan_rows(store: EmbeddingStore, count: int, chunk: int = 256) -> list[int]:
+    """Rows among the first ``count`` that hold non-finite values or only zeros (a full read)."""
+    bad: list[int] = []
+    if count == 0:
+        return bad
+    data = np.memmap(store.data_file, dtype=store._np_dtype, mode="r", shape=(count, ROWS * store.hidden_size))
+    for start in range(0, count, chunk):
+        nonfinite, zero = bad_rows(np.asarray(data[start : start + chunk]))
+        bad.extend(start + int(i) for i in np.flatnonzero(nonfinite | zero))
+    del data
+    return bad

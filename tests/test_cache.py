@@ -21,14 +21,8 @@ import pytest
 import torch
 
 from latentguard import cache as cache_mod
-from latentguard.cache import (
-    EmbeddingStore,
-    encoder_request_key,
-    open_store_for,
-    recall_identity,
-    remember_identity,
-    store_path,
-)
+from latentguard.cache import EmbeddingStore
+from latentguard.store_hints import encoder_request_key, open_store_for, recall_identity, remember_identity, store_path
 from latentguard.errors import LatentGuardError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -323,3 +317,13 @@ def test_identity_hints_follow_the_encoder_files(tmp_path, tiny_encoder_dir):
     before = encoder_request_key(str(tmp_path / "model"))
     weights.write_bytes(b"22")
     assert encoder_request_key(str(tmp_path / "model")) != before
+
+
+def test_finding_a_store_moved_to_store_hints_and_old_imports_still_work():
+    import latentguard.store_hints as hints
+    from latentguard.cache import open_configured_store, recall_store_identity, store_path as old_store_path
+
+    assert old_store_path is hints.store_path and open_configured_store is hints.open_configured_store
+    assert recall_store_identity is hints.recall_store_identity
+    with pytest.raises(AttributeError):
+        cache_mod.no_such_name  # noqa: B018

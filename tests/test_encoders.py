@@ -276,9 +276,9 @@ def test_mapping_layer_width_follows_the_encoder(bert_dir, tmp_path):
 
 
 def test_store_hint_key_follows_the_layout_version_not_source_bytes(tiny_encoder_dir, monkeypatch):
-    import latentguard.cache as cache
+    import latentguard.store_hints as hints
 
-    key = cache.encoder_request_key(str(tiny_encoder_dir))
-    assert key is not None and key == cache.encoder_request_key(str(tiny_encoder_dir))
-    monkeypatch.setattr(cache, "LAYOUT_VERSION", cache.LAYOUT_VERSION + 1)
-    assert cache.encoder_request_key(str(tiny_encoder_dir)) != key  # a new layout never reuses old hints
+    key = hints.encoder_request_key(str(tiny_encoder_dir))
+    assert key is not None and key == hints.encoder_request_key(str(tiny_encoder_dir))
+    monkeypatch.setattr(hints, "LAYOUT_VERSION", hints.LAYOUT_VERSION + 1)
+    assert hints.encoder_request_key(str(tiny_encoder_dir)) != key  # a new layout never reuses old hints

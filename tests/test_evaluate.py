@@ -40,7 +40,7 @@ METRIC_KEYS = {"available", "n_unsafe", "n_safe", "auc", "accuracy", "tpr", "fpr
 def world(tmp_path_factory, tiny_encoder_dir):
     """Synthetic CoPro + a store built by prepare.py + a briefly trained mapping layer."""
     import prepare
-    from latentguard.cache import open_store_for
+    from latentguard.store_hints import open_store_for
     from latentguard.embeddings import concept_vectors
     from latentguard.encoders import load_encoder
     from latentguard.io import atomic_torch_save

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from latentguard.cache import EmbeddingStore, open_store_for
+from latentguard.cache import EmbeddingStore
 from latentguard.data import load_copro
 from latentguard.errors import LatentGuardError
+from latentguard.store_hints import open_store_for
 from latentguard.store_repair import repair_store
 from synthetic import make_synthetic_copro
 from test_cache import TEXTS, FakeEncoder, fp16, snapshot
@@ -85,7 +86,7 @@ def test_bad_byte_mid_index_is_refused_by_every_command_then_repaired_on_request
 
 def test_the_shared_store_opener_never_reads_damage_as_no_store(tmp_path):
     """test.py --external encodes on the fly when there is no store, but a damaged one is refused."""
-    from latentguard.cache import open_configured_store
+    from latentguard.store_hints import open_configured_store
     from latentguard.config import load_config
 
     cfg = load_config(None, overrides={"cache_dir": str(tmp_path / "cache"), "encoder.name": str(tmp_path / "enc")})

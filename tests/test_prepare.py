@@ -12,7 +12,8 @@ import torch
 
 import prepare
 from latentguard import encoders as encoder_mod
-from latentguard.cache import EmbeddingStore, open_store_for
+from latentguard.cache import EmbeddingStore
+from latentguard.store_hints import open_store_for
 from latentguard.data import load_copro
 from synthetic import make_synthetic_copro
 

@@ -117,7 +117,7 @@ def _argv(prepared, out: Path, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def store_source(prepared, tiny_encoder):
-    from latentguard.cache import open_store_for
+    from latentguard.store_hints import open_store_for
 
     return open_store_for(prepared["cache"], tiny_encoder)
 
@@ -315,7 +315,7 @@ def test_bad_config_files_fail_in_one_line(prepared, tmp_path, capsys, yaml_text
 
 @pytest.mark.parametrize("other_store", [False, True])  # empty cache dir / only another encoder's store
 def test_missing_store_tells_how_to_build_it(prepared, tiny_encoder_other, tmp_path, capsys, other_store):
-    from latentguard.cache import open_store_for
+    from latentguard.store_hints import open_store_for
 
     cache = tmp_path / "cache"
     if other_store:

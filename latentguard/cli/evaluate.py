@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..cache import open_configured_store
+from ..store_hints import open_configured_store
 from ..errors import LatentGuardError, cli_entry
 from .common import common_overrides, common_parser
 from ..eval.external import StoreFirstSource, external_markdown, read_external

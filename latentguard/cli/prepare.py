@@ -18,7 +18,7 @@ import argparse
 import sys
 import time
 
-from latentguard.cache import check_cache_dir, open_configured_store
+from latentguard.store_hints import check_cache_dir, open_configured_store
 from latentguard.cli.common import common_overrides, common_parser
 from latentguard.config import load_config
 from latentguard.data import load_copro

@@ -71,7 +71,7 @@ def open_source(cfg: dict, device, needed: list[str], args: argparse.Namespace):
     The store is found without loading the encoder when prepare.py recorded which store this
     encoder request maps to; otherwise the encoder is loaded once to learn its identity.
     """
-    from latentguard.cache import open_configured_store
+    from latentguard.store_hints import open_configured_store
     from latentguard.embeddings import EncoderSource
     from latentguard.encoders import load_encoder_from_config
 

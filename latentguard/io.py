@@ -268,6 +268,19 @@ def unique(items: Sequence[str]) -> list[str]:
 
 
 # ---------------------------------------------------------------------- one run per directory
+def check_dir_path(path: str | Path, flag: str) -> Path:
+    """Refuse a directory argument that is a file (or lies under one) now, before any slow work;
+    nothing is created."""
+    path = Path(path)
+    for part in (path, *path.parents):
+        if part.exists():
+            if not part.is_dir():
+                where = "is a file" if part == path else f"lies under {part}, which is a file"
+                raise LatentGuardError(f"{flag} {path} {where}, not a directory; choose another path")
+            break
+    return path
+
+
 RUN_LOCK = ".latentguard-run.lock"
 _HELD: dict[str, int] = {}  # directories this process owns, with the open lock file keeping them
 

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 from .cache import META, EmbeddingStore
 from .constants import LAYOUT_VERSION
 from .errors import LatentGuardError
-from .io import atomic_write_text
+from .io import atomic_write_text, check_dir_path
 
 def store_path(cache_dir: str | Path, identity: str) -> Path:
     """``cache_dir/<readable slug>-<12 hex of SHA-256(identity)>``: one directory per encoder.
@@ -34,14 +34,7 @@ def store_path(cache_dir: str | Path, identity: str) -> Path:
 
 def check_cache_dir(cache_dir: str | Path) -> Path:
     """Refuse a ``--cache-dir`` that is a file (or lies under one) now, before any encoder loads."""
-    path = Path(cache_dir)
-    for part in (path, *path.parents):
-        if part.exists():
-            if not part.is_dir():
-                where = "is a file" if part == path else f"lies under {part}, which is a file"
-                raise LatentGuardError(f"--cache-dir {path} {where}, not a directory; choose another path")
-            break
-    return path
+    return check_dir_path(cache_dir, "--cache-dir")
 
 
 def open_store_for(cache_dir: str | Path, encoder: Any, *, dtype: str = "float16", create: bool = False) -> EmbeddingStore:

@@ -375,6 +375,9 @@ def test_external_csv_and_two_file_modes(world, tmp_path, capsys):
     md = (out / "results_external.md").read_text()
     assert "0.794" in md and "0.873" in md and f"{result['auc']:.3f}" in md
     assert f"{result['auc']:.3f}" in capsys.readouterr().out
+    manifest = json.loads((out / ".latentguard-outputs.json").read_text())  # recorded apart from Table 1's files
+    assert sorted(manifest["test.py --external"]) == ["results_external.json", "results_external.md",
+                                                       "scores_external.csv"]
 
     unsafe_file, safe_file = tmp_path / "u.txt", tmp_path / "s.txt"
     unsafe_file.write_text("\n".join(fresh_unsafe) + "\n")

@@ -91,26 +91,44 @@ OWNER = textwrap.dedent(
 )
 
 
-def test_a_run_directory_belongs_to_one_run_and_a_dead_owner_is_taken_over(tmp_path):
+def test_a_run_directory_belongs_to_one_run_and_a_dead_owner_is_taken_over(tmp_path, tiny_encoder_dir):
+    dataset = make_synthetic_copro(tmp_path / "copro.json", n_id=2, n_ood=1, train_per_concept=2, test_per_concept=1)
+    inputs = ["--dataset", str(dataset), "--encoder", str(tiny_encoder_dir), "--cache-dir", str(tmp_path / "cache"),
+              "--device", "cpu"]
+    assert prepare.main(inputs) == 0
+    torch.manual_seed(0)
+    torch.save(EmbeddingMappingLayer().state_dict(), tmp_path / "ckpt.pth")
+    argv = {"main.py": [*inputs, "--epochs", "1"], "test.py": [*inputs, "--checkpoint", str(tmp_path / "ckpt.pth")]}
     out = tmp_path / "run"
     script = tmp_path / "owner.py"
     script.write_text(OWNER.format(root=str(ROOT)))
     owner = subprocess.Popen([sys.executable, str(script), str(out)], stdout=subprocess.PIPE, text=True)
     try:
         assert owner.stdout.readline().strip() == "claimed"
-        missing = ["--dataset", str(tmp_path / "missing.json"), "--device", "cpu", "--output-dir", str(out)]
-        for command in ("main.py", "test.py"):
-            err = one_line_error(run(command, *missing), f"{out} is in use by main.py (pid {owner.pid} on ",
-                                 "started ", "choose another --output-dir")
+        for command in ("main.py", "test.py"):  # valid inputs: refused only when claiming the directory
+            err = one_line_error(run(command, *argv[command], "--output-dir", str(out)),
+                                 f"{out} is in use by main.py (pid {owner.pid} on ", "started ", "choose another --output-dir")
             assert "UTC" in err
     finally:
         os.kill(owner.pid, signal.SIGKILL)
         owner.wait(timeout=30)
     assert owner.returncode == -signal.SIGKILL
-    done = run("main.py", *missing)  # the dead owner's lock is taken over; the run then goes on (to its next error)
+    # The dead owner's lock is taken over; the run then goes on (to an error met after the claim).
+    done = run("main.py", *argv["main.py"], "--output-dir", str(out), "--resume", str(tmp_path / "none.pt"))
     assert f"taking over {out} from main.py (pid {owner.pid}" in done.stderr
-    assert done.stderr.strip().splitlines()[-1].startswith("error: dataset not found"), done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: no resume state"), done.stderr
     assert (out / io_mod.RUN_LOCK).read_text() == ""  # that run ended normally: nothing left to take over
+
+
+def test_a_run_that_fails_on_its_inputs_creates_no_output_directory(tmp_path, capsys):
+    import main as train_script
+    from latentguard.cli.evaluate import main as evaluate  # test.py's main
+
+    for entry in (train_script.main, evaluate):
+        out = tmp_path / "never" / "run"
+        assert entry(["--dataset", str(tmp_path / "missing.json"), "--device", "cpu", "--output-dir", str(out)]) == 2
+        assert "dataset not found" in capsys.readouterr().err
+        assert not (tmp_path / "never").exists()  # no directory, no lock file left behind
 
 
 def test_claiming_again_in_the_same_process_is_kept_and_a_file_is_refused(tmp_path):

@@ -88,12 +88,14 @@ def _released_weights_note(copro, checkpoint: Path, threshold: float | None) -> 
 
 def _run_external(args, cfg: Mapping[str, Any], copro, device, batch_size: int, output_dir: Path) -> int:
     from ..embeddings import EncoderSource, concept_vectors
+    from ..io import claim_run_dir, replace_outputs
 
     prompts, labels = read_external(args.external, args.external_safe)
     encoder = _load_encoder(cfg)
     store, _ = open_configured_store(cfg, encoder=encoder, missing_ok=True)  # none: encode on the fly
     checkpoint, model = _load_model(cfg, encoder.hidden_size, device)
     _resolve_named_threshold(cfg, checkpoint, encoder.identity)
+    claim_run_dir(output_dir, "test.py")  # inputs are valid: from here this run owns the directory, alone
     enc_batch = cfg["encoder"]["batch_size"]
     known = StoreFirstSource(store, encoder, enc_batch)
     threshold, how = cfg["eval"]["threshold"], _threshold_source(args)
@@ -124,9 +126,11 @@ def _run_external(args, cfg: Mapping[str, Any], copro, device, batch_size: int, 
         "checkpoint": str(checkpoint), "encoder": encoder.identity, "concepts": f"ID ({len(concepts)})",
         "seconds_with_encoding": seconds,
     }))
-    atomic_write_text(output_dir / "results_external.json", json.dumps(result, indent=2) + "\n")
-    atomic_write_text(output_dir / "results_external.md", external_markdown(result))
-    write_scores_csv(output_dir / "scores_external.csv", prompts, labels, values, best, concepts)
+    written = [output_dir / name for name in ("results_external.json", "results_external.md", "scores_external.csv")]
+    atomic_write_text(written[0], json.dumps(result, indent=2) + "\n")
+    atomic_write_text(written[1], external_markdown(result))
+    write_scores_csv(written[2], prompts, labels, values, best, concepts)
+    replace_outputs(output_dir, "test.py --external", written)  # recorded apart: Table 1's files are not its own
     print(f"external set {args.external}: {result['n_unsafe']} unsafe / {result['n_safe']} safe prompts; "
           f"threshold {threshold:.4f} ({how})")
     print(f"accuracy {_fmt(result['accuracy'])}  AUC {_fmt(result['auc'])}  TPR {_fmt(result['tpr'])}  "
@@ -141,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..baselines import load_bert_scorer, parse_baselines
     from ..config import load_config
     from ..data import load_copro
-    from ..io import claim_run_dir, replace_outputs, resolve_device
+    from ..io import check_dir_path, claim_run_dir, replace_outputs, resolve_device
 
     args = build_parser().parse_args(argv)
     if args.external_safe and not args.external:
@@ -154,10 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     batch_size = cfg["eval"]["batch_size"]  # checked by load_config
     baselines = parse_baselines(args.baselines if args.baselines is not None else cfg["eval"]["baselines"])
     device = resolve_device(cfg["device"])
-    output_dir = Path(cfg["output_dir"])
-    if output_dir.exists() and not output_dir.is_dir():  # fail now, not after scoring everything
-        raise LatentGuardError(f"--output-dir {output_dir} is a file, not a directory; choose another path")
-    claim_run_dir(output_dir, "test.py")  # one run per directory
+    output_dir = check_dir_path(cfg["output_dir"], "--output-dir")  # a file fails now; nothing is created yet
     copro = load_copro(cfg["dataset"], valid_size=cfg["data"]["valid_size"], seed=cfg["data"]["seed"])
     print(f"dataset {copro.path}: {copro.summary()}")
 
@@ -169,6 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     store, _ = open_configured_store(cfg)  # the encoder is loaded only when no hint names its store
     checkpoint, model = _load_model(cfg, store.hidden_size, device)
     _resolve_named_threshold(cfg, checkpoint, store.identity)
+    claim_run_dir(output_dir, "test.py")  # inputs are valid: from here this run owns the directory, alone
     bert, skipped = None, {}
     if "bertscore" in baselines:
         bert, why = load_bert_scorer(cfg["eval"]["bert_model"], device=device)

@@ -108,16 +108,17 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
 
     from latentguard.data import load_copro
-    from latentguard.io import atomic_write_text, claim_run_dir, resolve_device
+    from latentguard.io import atomic_write_text, check_dir_path, claim_run_dir, resolve_device
     from latentguard.train import build_trainer, training_texts
 
     device = resolve_device(cfg["device"])
-    output_dir = claim_run_dir(cfg["output_dir"], "main.py")  # one run per directory
+    output_dir = check_dir_path(cfg["output_dir"], "--output-dir")  # a file fails now; nothing is created yet
     copro = load_copro(cfg["dataset"], valid_size=cfg["data"]["valid_size"], seed=cfg["data"]["seed"])
     print(f"dataset {copro.path}: {copro.summary()}")
     started = time.perf_counter()
     source, described = open_source(cfg, device, training_texts(copro), args)
     print(f"embeddings: {described} (ready in {time.perf_counter() - started:.1f} s)")
+    claim_run_dir(output_dir, "main.py")  # inputs are valid: from here this run owns the directory, alone
 
     resume = args.resume if args.resume in (None, True) else Path(args.resume)
     trainer = build_trainer(cfg, copro, source, output_dir=output_dir, device=device, resume=resume,

@@ -61,6 +61,7 @@ class Verdict:
     top_concepts: list[tuple[str, float]] = field(default_factory=list)  # highest logits, best first
     evidence: list[tuple[str, float]] = field(default_factory=list)  # words that drove the match
     threshold: float = RELEASED_THRESHOLD  # the threshold ``concept`` was judged against
+    truncated: bool = False  # the prompt was cut at the encoder's context (77 tokens); see ``long_prompts``
 
     def to_dict(self) -> dict:
         """JSON-friendly form (tuples become lists)."""
@@ -91,13 +92,13 @@ class LatentGuard:
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.model = model.to(self.device).eval()  # scoring runs under inference_mode: no grads kept
         self.encoder = encoder
-        self.threshold = _number(threshold, "threshold")
+        self.checkpoint: Path | None = None     # set by from_pretrained; calibrate(save=True) writes beside it
+        self.threshold = threshold
         self.batch_size = batch_size
         self.top_k = top_k
         self.cache_concepts = cache_concepts
         self.long_prompts = bool(long_prompts)  # score prompts > 77 tokens as the max over windows
         self.window_stride = window_stride      # None: latentguard.encoder.DEFAULT_WINDOW_STRIDE (50)
-        self.checkpoint: Path | None = None     # set by from_pretrained; calibrate(save=True) writes beside it
         self._concepts: list[str] = []
         self._vectors = torch.empty(0, encoder.hidden_size, device=self.device)
         self.add_concepts(check_concepts(concepts))
@@ -211,6 +212,29 @@ class LatentGuard:
             self._queries = self.model.concept_queries(self._vectors)
 
     @property
+    def threshold(self) -> float:
+        """The global threshold; checked when set (a number or a name), so no later call meets a bad one."""
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value) -> None:
+        if isinstance(value, str):
+            from .calibration import resolve_threshold
+
+            value = resolve_threshold(value, self.checkpoint, encoder_identity=getattr(self.encoder, "identity", None))
+        self._threshold = _number(value, "threshold")
+
+    @property
+    def batch_size(self) -> int:
+        """Prompts encoded per batch; checked when set (a positive integer)."""
+        return self._batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:
+        _check_options(0.0, value, 1)
+        self._batch_size = value
+
+    @property
     def concept_thresholds(self) -> dict[str, float]:
         """Per-concept thresholds ``{concept: threshold}``; others use :attr:`threshold`."""
         return dict(self._concept_thresholds)
@@ -300,9 +324,18 @@ class LatentGuard:
                     emb = emb.clone()
                     emb[edited] = self.encoder.encode([texts[i] for i in edited], batch_size=len(edited)).to(emb)
             logits, evidence = self._score_batch(texts, explain=explain, emb=emb)
+            _check_logits(logits, len(batch))  # fail closed: a NaN or a missing row never reads as SAFE
             for i, prompt in enumerate(batch):
                 verdicts.append(self._verdict(prompt, logits[i], thresholds, evidence[i] if evidence else []))
+                verdicts[-1].truncated = self._truncated(texts[i])
+        if len(verdicts) != len(prompts):
+            raise LatentGuardError(f"the guard gave {len(verdicts)} verdicts for {len(prompts)} prompts; refusing")
         return verdicts
+
+    def _truncated(self, text: str) -> bool:
+        """Whether ``text`` was cut at the encoder's context (never with ``long_prompts``: windows cover it)."""
+        counter = getattr(self.encoder, "is_truncated", None)
+        return bool(not self.long_prompts and counter is not None and counter(text))
 
     def calibrate(self, safe_prompts: Sequence[str], unsafe_prompts: Sequence[str] | None = None,
                   target_fpr: float = 0.01, *, save: bool | str | Path = False):
@@ -466,6 +499,14 @@ def _check_options(threshold, batch_size, top_k) -> None:
         raise LatentGuardError(f"batch size must be a positive integer, got {batch_size!r}")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0:
         raise LatentGuardError(f"top_k must be a positive integer, got {top_k!r}")
+
+
+def _check_logits(logits: np.ndarray, n_prompts: int) -> None:
+    if logits.ndim != 2 or logits.shape[0] != n_prompts:
+        raise LatentGuardError(f"scoring gave logits of shape {list(logits.shape)} for {n_prompts} prompts; refusing")
+    if not np.isfinite(logits).all():
+        raise LatentGuardError("non-finite logits (NaN/inf): the checkpoint, encoder or cached concept vectors are "
+                               "corrupt; refusing rather than reading them as safe")
 
 
 def _number(value, what: str) -> float:

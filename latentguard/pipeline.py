@@ -29,9 +29,13 @@ not checked: they steer the image away from what they name.
 """
 from __future__ import annotations
 
+import functools
+import inspect
+import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from .errors import LatentGuardError
@@ -60,6 +64,7 @@ class GuardedResult:
     concept: str | None = None
     score: float | None = None
     reused_embeddings: bool = False  # the pipeline got the guard's prompt_embeds (one encoder pass)
+    text_verdicts: dict = field(default_factory=dict)  # per checked argument (prompt, prompt_2...): its verdicts
 
     @property
     def blocked_prompts(self) -> list[str]:
@@ -92,39 +97,125 @@ def encoder_from_pipeline(pipe, *, name: str | None = None):
     return CLIPTextEncoder(text_encoder, device=device, dtype=dtype, tokenizer=tokenizer, name=name)
 
 
+# Argument names, read from the wrapped pipeline's ``__call__`` signature.
+_TEXT = re.compile(r"^prompt(_\d+)?$")                        # text for the text encoders: checked
+_NEGATIVE = re.compile(r"^negative_prompt(_\d+)?$")           # steers away from what it names: not checked
+_NEGATIVE_TENSORS = re.compile(r"^negative_.*(embeds|attention_mask)$")  # per prompt; subset by "skip"
+_TEXT_LIKE = re.compile(r"prompt|text|caption", re.IGNORECASE)  # any such argument must be classified
+_COUNTS = frozenset({"num_images_per_prompt", "max_sequence_length"})
+_PER_PROMPT_IMAGES = frozenset({"image", "mask_image", "control_image", "ip_adapter_image"})
+_SHARED = frozenset({"timesteps", "sigmas", "original_size", "target_size", "crops_coords_top_left",
+                     "negative_original_size", "negative_target_size", "negative_crops_coords_top_left",
+                     "callback_on_step_end_tensor_inputs", "skip_guidance_layers"})
+_REUSE_FAMILY = frozenset({"StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"})  # CLIP-L last layer
+
+
+def text_arguments(pipe) -> list[str]:
+    """The names of ``pipe.__call__``'s text arguments the guard checks (``prompt``, ``prompt_2``...).
+
+    Raises :class:`LatentGuardError` when the signature has a text-like argument the guard does not
+    know how to treat (it could reach a text encoder unchecked).
+    """
+    try:
+        params = inspect.signature(pipe).parameters
+    except (TypeError, ValueError):
+        raise LatentGuardError(f"cannot read the call signature of {type(pipe).__name__}; refusing to guard it") from None
+    if "prompt" not in params:
+        raise LatentGuardError(f"{type(pipe).__name__}.__call__ takes no 'prompt' argument; the guard cannot check it")
+    if any(p.kind is p.VAR_POSITIONAL for p in params.values()):
+        raise LatentGuardError(f"{type(pipe).__name__}.__call__ takes *args; the guard cannot tell its texts apart")
+    unknown = [n for n in params if _classify(n) == "unknown"]
+    if unknown:
+        raise LatentGuardError(f"{type(pipe).__name__}.__call__ takes text argument(s) {', '.join(unknown)} that "
+                               "Latent Guard cannot check; refusing to guard it partially")
+    return [n for n in params if _TEXT.match(n)]
+
+
+def _classify(name: str) -> str:
+    if _TEXT.match(name):
+        return "text"
+    if _NEGATIVE.match(name) or _NEGATIVE_TENSORS.match(name):
+        return "negative"
+    if name.endswith(("_embeds", "attention_mask")) and "prompt" in name:
+        return "embeds"  # conditioning given as tensors: the text behind it cannot be checked
+    if name in _COUNTS or not _TEXT_LIKE.search(name):
+        return "other"
+    return "unknown"
+
+
 class GuardedPipeline:
-    """A text-to-image pipeline that checks every prompt with a Latent Guard before generating.
+    """A text-to-image pipeline that checks every text it would encode with a Latent Guard first.
 
     ``guard`` is duck-typed: ``check(prompts) -> verdicts`` (``.unsafe``, ``.score``, ``.concept``),
     ``.encoder``, and optionally ``check_embeddings(prompts, embeddings)`` for the one-pass path.
-    Other attributes are forwarded to the wrapped pipeline (``guarded.scheduler``...).
+    Other attributes are read from (and set on) the wrapped pipeline; a method that returns the
+    pipeline (``.to()``, ``.enable_*()``...) returns this guarded wrapper instead, and one that
+    returns another pipeline returns it guarded the same way.
     """
+
+    _OWN = ("pipe", "guard", "on_unsafe", "reuse_embeddings", "texts", "_signature")
 
     def __init__(self, pipe, guard, *, on_unsafe: str = "block_all", reuse_embeddings: bool = True) -> None:
         if on_unsafe not in ON_UNSAFE:
             raise LatentGuardError(f"on_unsafe must be one of {', '.join(ON_UNSAFE)}, got {on_unsafe!r}")
         if not callable(pipe):
             raise LatentGuardError("the pipeline must be callable as pipe(prompt=..., ...)")
-        self.pipe = pipe
-        self.guard = guard
-        self.on_unsafe = on_unsafe
-        self.reuse_embeddings = reuse_embeddings
+        if not callable(getattr(guard, "check", None)):
+            raise LatentGuardError("the guard must have a check(prompts) method (a LatentGuard)")
+        texts = text_arguments(pipe)
+        _check_context(pipe, guard)
+        own = {"pipe": pipe, "guard": guard, "on_unsafe": on_unsafe, "reuse_embeddings": reuse_embeddings,
+               "texts": texts, "_signature": inspect.signature(pipe)}
+        for name, value in own.items():
+            object.__setattr__(self, name, value)
 
     def __getattr__(self, name: str) -> Any:
-        if name in ("pipe", "guard"):  # not yet set (during unpickling): avoid recursion
+        if name in GuardedPipeline._OWN:  # not yet set (during unpickling): avoid recursion
             raise AttributeError(name)
-        return getattr(self.pipe, name)
+        value = getattr(self.pipe, name)
+        if inspect.ismethod(value) and getattr(value, "__self__", None) is not None:
+            return self._rewrapping(value)
+        return value
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in GuardedPipeline._OWN:
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.pipe, name, value)
+
+    def __repr__(self) -> str:
+        return f"GuardedPipeline({type(self.pipe).__name__}, checks {', '.join(self.texts)}, on_unsafe={self.on_unsafe!r})"
+
+    def _rewrapping(self, method):
+        @functools.wraps(method)
+        def call(*args, **kwargs):
+            out = method(*args, **kwargs)
+            if out is self.pipe:
+                return self
+            if out is not None and out is not self.pipe and (isinstance(out, type(self.pipe))
+                                                             or (callable(out) and hasattr(out, "components"))):
+                return GuardedPipeline(out, self.guard, on_unsafe=self.on_unsafe, reuse_embeddings=self.reuse_embeddings)
+            return out
+        return call
 
     # ------------------------------------------------------------------------------ one pass
     def shares_encoder(self, kwargs: dict | None = None) -> bool:
-        """Whether the guard's embeddings are exactly the pipeline's conditioning (so they can be reused)."""
+        """Whether the guard's embeddings are exactly the pipeline's conditioning (so they can be reused).
+
+        Only for the SD 1.x family (one CLIP text encoder, conditioning on its last layer), the
+        guard encoding with that very module and tokenizer, and nothing that changes the
+        conditioning: no ``clip_skip``, no LoRA ``scale``, no textual-inversion tokens.
+        """
         kwargs = kwargs or {}
         encoder = getattr(self.guard, "encoder", None)
         text_encoder = getattr(self.pipe, "text_encoder", None)
         config = getattr(text_encoder, "config", None)
         tokenizer = getattr(self.pipe, "tokenizer", None)
+        family = {c.__name__ for c in type(self.pipe).__mro__} & _REUSE_FAMILY
+        attention = kwargs.get("cross_attention_kwargs") or {}
         return bool(
-            self.reuse_embeddings
+            self.reuse_embeddings and family and self.texts == ["prompt"]
+            and getattr(self.pipe, "text_encoder_2", None) is None
             and hasattr(self.guard, "check_embeddings")
             and getattr(encoder, "family", None) == "clip"
             and text_encoder is not None and getattr(encoder, "model", None) is text_encoder
@@ -133,68 +224,194 @@ class GuardedPipeline:
             and not getattr(config, "use_attention_mask", False)  # diffusers passes a mask then
             and getattr(tokenizer, "model_max_length", 77) == getattr(encoder, "context_length", 77)
             and kwargs.get("clip_skip") is None                   # SD then conditions on another layer
+            and attention.get("scale") is None                    # a text-encoder LoRA scale
+            and not _added_tokens(tokenizer)                      # textual inversion
             and not getattr(self.guard, "long_prompts", False)    # windows: the guard encodes its own way
         )
 
     def check(self, prompts: Sequence[str], kwargs: dict | None = None) -> tuple[list, torch.Tensor | None]:
         """Verdicts for ``prompts`` and, on the one-pass path, their ``[N, 78, H]`` embeddings."""
+        prompts = list(prompts)
         if self.shares_encoder(kwargs):
             encoder = self.guard.encoder
             emb = encoder.encode(prompts, batch_size=getattr(self.guard, "batch_size", 64))
-            return list(self.guard.check_embeddings(prompts, emb)), emb
-        return list(self.guard.check(prompts)), None
+            verdicts, out = list(self.guard.check_embeddings(prompts, emb)), emb
+        else:
+            verdicts, out = list(self.guard.check(prompts)), None
+        if len(verdicts) != len(prompts) or not all(isinstance(getattr(v, "unsafe", None), (bool, np.bool_))
+                                                    for v in verdicts):
+            raise LatentGuardError(f"the guard gave {len(verdicts)} verdicts for {len(prompts)} texts; refusing")
+        return verdicts, out
 
     # --------------------------------------------------------------------------------- call
-    def __call__(self, prompt: str | Sequence[str] | None = None, negative_prompt: str | Sequence[str] | None = None,
-                 **kwargs: Any) -> GuardedResult:
-        """Check ``prompt`` (one or a list); generate for what passes; see the module docstring."""
-        if kwargs.get("prompt_embeds") is not None:
-            raise LatentGuardError("a guarded pipeline needs the prompt text to check it; pass prompt=..., "
-                                   "not prompt_embeds")
+    def __call__(self, *args: Any, **kwargs: Any) -> GuardedResult:
+        """Check every text argument; generate for what passes; see the module docstring.
+
+        Arguments are those of the wrapped pipeline, positional ones included, in its order.
+        """
+        call = self._bind(args, kwargs)
+        prompt = call.get("prompt")
         if prompt is None:
             raise LatentGuardError("a guarded pipeline needs prompt=... (a string or a list of strings)")
         single = isinstance(prompt, str)
         prompts = [prompt] if single else list(prompt)
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise LatentGuardError("prompt must be a non-empty string or list of strings")
-        if isinstance(negative_prompt, (list, tuple)) and len(negative_prompt) != len(prompts):
-            raise LatentGuardError(f"{len(negative_prompt)} negative prompts for {len(prompts)} prompts")
-
-        verdicts, emb = self.check(prompts, kwargs)
-        unsafe = [bool(v.unsafe) for v in verdicts]
+        n = len(prompts)
+        for name, value in call.items():
+            if (_classify(name) in ("text", "negative") and isinstance(value, (list, tuple))
+                    and len(value) != n):
+                raise LatentGuardError(f"{len(value)} {name} for {n} prompts")
+        texts = self._texts(call, n)  # [(prompt index, argument, text)]
+        reuse = set(name for _, name, _ in texts) == {"prompt"} and self.shares_encoder(call)
+        if reuse:
+            verdicts, emb = self.check(prompts, call)
+            checked = dict(zip(range(n), verdicts))
+            by_text = {"prompt": verdicts}
+        else:
+            all_verdicts, emb = list(self.guard.check([t for _, _, t in texts])), None
+            if len(all_verdicts) != len(texts):
+                raise LatentGuardError(f"the guard gave {len(all_verdicts)} verdicts for {len(texts)} texts; refusing")
+            by_text = {}
+            for (_, name, _), v in zip(texts, all_verdicts):
+                by_text.setdefault(name, []).append(v)
+            checked = {}
+            for (i, name, _), v in zip(texts, all_verdicts):  # per prompt: the worst of its texts
+                best = checked.get(i)
+                if best is None or (v.unsafe and (not best.unsafe or v.score > best.score)):
+                    checked[i] = v
+        verdicts = [checked[i] for i in range(n)]
         refused = [v for v in verdicts if v.unsafe]
         worst = max(refused, key=lambda v: v.score) if refused else None
-        result = GuardedResult(blocked=bool(refused), verdicts=verdicts, prompts=prompts,
+        result = GuardedResult(blocked=bool(refused), verdicts=verdicts, prompts=prompts, text_verdicts=by_text,
                                concept=None if worst is None else worst.concept,
                                score=None if worst is None else float(worst.score))
         if refused and self.on_unsafe == "raise":
             raise PromptBlocked(result)
-        passed = [i for i, u in enumerate(unsafe) if not u] if self.on_unsafe == "skip" else (
-            [] if refused else list(range(len(prompts))))
+        passed = [i for i, v in enumerate(verdicts) if not v.unsafe] if self.on_unsafe == "skip" else (
+            [] if refused else list(range(n)))
         if not passed:
             return result
-
-        call = dict(kwargs)
-        if isinstance(negative_prompt, (list, tuple)):
-            call["negative_prompt"] = [negative_prompt[i] for i in passed]
-        elif negative_prompt is not None:
-            # diffusers wants one negative prompt per prompt_embeds row (a bare string gives one row).
-            call["negative_prompt"] = negative_prompt if emb is None else [negative_prompt] * len(passed)
+        if len(passed) < n:
+            call = _subset(call, passed, n, int(call.get("num_images_per_prompt") or 1))
         if emb is not None:
             device, dtype = _module_device_dtype(self.pipe.text_encoder)
+            call.pop("prompt")
             call["prompt_embeds"] = emb[passed, 1:].to(device=device, dtype=dtype)  # last_hidden_state
+            negative = call.get("negative_prompt")
+            if isinstance(negative, str):  # diffusers wants one negative prompt per prompt_embeds row
+                call["negative_prompt"] = [negative] * len(passed)
             result.reused_embeddings = True
-        else:
-            call["prompt"] = prompts[0] if single else [prompts[i] for i in passed]
         result.passed = passed
         result.output = self.pipe(**call)
-        result.images = _images_by_prompt(result.output, passed, len(prompts))
+        result.images = _images_by_prompt(result.output, passed, n)
         return result
+
+    def _bind(self, args: tuple, kwargs: dict) -> dict:
+        """The call's arguments by name, as the wrapped pipeline's signature reads them."""
+        try:
+            bound = self._signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise LatentGuardError(f"arguments do not fit {type(self.pipe).__name__}.__call__: {exc}") from None
+        call: dict = {}
+        for name, value in bound.arguments.items():
+            if self._signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+                call.update(value)
+            else:
+                call[name] = value
+        for name, value in call.items():
+            kind = _classify(name)
+            if kind == "unknown":
+                raise LatentGuardError(f"argument {name} may carry text the guard cannot check; refusing the call")
+            if kind == "embeds" and value is not None:
+                raise LatentGuardError(f"a guarded pipeline needs the prompt text to check it; pass prompt=..., "
+                                       f"not {name}")
+            if kind == "text" and name not in self.texts and value is not None:
+                raise LatentGuardError(f"argument {name} is not one {type(self.pipe).__name__} takes; refusing the call")
+        return call
+
+    def _texts(self, call: dict, n: int) -> list[tuple[int, str, str]]:
+        """Every text the pipeline will encode: ``(prompt index, argument, text)``.
+
+        ``prompt_2``/``prompt_3`` left out default to ``prompt`` in diffusers: checked once, as ``prompt``.
+        """
+        out = []
+        for name in self.texts:
+            value = call.get(name)
+            if value is None:
+                continue
+            values = [value] * n if isinstance(value, str) else list(value)
+            if not all(isinstance(t, str) for t in values):
+                raise LatentGuardError(f"{name} must be a string or a list of strings")
+            out.extend((i, name, t) for i, t in enumerate(values))
+        return out
 
 
 def guard_pipeline(pipe, guard, *, on_unsafe: str = "block_all", reuse_embeddings: bool = True) -> GuardedPipeline:
-    """Wrap ``pipe`` so every call is checked by ``guard`` first (see :class:`GuardedPipeline`)."""
+    """Wrap ``pipe`` so every call is checked by ``guard`` first (see :class:`GuardedPipeline`).
+
+    Refuses (:class:`LatentGuardError`, one line) a pipeline it cannot check fully: no ``prompt``
+    argument, a text argument it does not know, or a text encoder reading more tokens than the
+    guard scores (SD3's T5) without ``long_prompts``.
+    """
+    if isinstance(pipe, GuardedPipeline):
+        raise LatentGuardError("this pipeline is already guarded")
     return GuardedPipeline(pipe, guard, on_unsafe=on_unsafe, reuse_embeddings=reuse_embeddings)
+
+
+def _check_context(pipe, guard) -> None:
+    """Refuse a pipeline whose tokenizers read further than the guard's window (text past it goes unchecked)."""
+    if getattr(guard, "long_prompts", False):
+        return
+    context = getattr(getattr(guard, "encoder", None), "context_length", 77)
+    for name in ("tokenizer", "tokenizer_2", "tokenizer_3"):
+        tokenizer = getattr(pipe, name, None)
+        length = getattr(tokenizer, "model_max_length", None)
+        if tokenizer is not None and (not isinstance(length, int) or length > context):
+            raise LatentGuardError(f"{type(pipe).__name__}.{name} reads up to {length} tokens but the guard scores "
+                                   f"{context}; build the guard with long_prompts=True")
+
+
+def _added_tokens(tokenizer) -> list[str]:
+    """Tokens added to the tokenizer beyond its special ones (textual inversion adds them)."""
+    getter = getattr(tokenizer, "get_added_vocab", None)
+    if getter is None:
+        return []
+    special = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    return [t for t in getter() if t not in special]
+
+
+def _subset(call: dict, passed: list[int], n: int, per: int) -> dict:
+    """``call`` restricted to the prompts in ``passed`` (``per`` images each); refuses what it cannot split."""
+    rows = [i * per + k for i in passed for k in range(per)]
+    out = dict(call)
+    for name, value in call.items():
+        if value is None or isinstance(value, (str, dict, bool, int, float)) or callable(value) and not isinstance(value, (list, tuple)):
+            continue
+        kind = _classify(name)
+        size = len(value) if isinstance(value, (list, tuple)) else (
+            value.shape[0] if isinstance(value, (torch.Tensor, np.ndarray)) and value.ndim else None)
+        if kind in ("text", "negative") and isinstance(value, (list, tuple)):
+            out[name] = [value[i] for i in passed]
+        elif kind == "negative" and size == n:
+            out[name] = value[passed]
+        elif name in ("generator", "latents") and size == n * per:
+            out[name] = [value[r] for r in rows] if isinstance(value, (list, tuple)) else value[rows]
+        elif name == "generator" and isinstance(value, torch.Generator):
+            continue
+        elif name in _PER_PROMPT_IMAGES and isinstance(value, (list, tuple)) and size in (n, n * per):
+            out[name] = [value[r] for r in (passed if size == n else rows)]
+        elif name in _PER_PROMPT_IMAGES and isinstance(value, (torch.Tensor, np.ndarray)) and value.ndim == 4 and size == n:
+            out[name] = value[passed]
+        elif name in _PER_PROMPT_IMAGES and (size is None or size == 1 or (
+                isinstance(value, (torch.Tensor, np.ndarray)) and value.ndim < 4)):
+            continue  # one image for every prompt
+        elif name in _SHARED or size is None:
+            continue
+        else:
+            raise LatentGuardError(f"on_unsafe='skip' cannot split argument {name} between the refused and the "
+                                   f"passed prompts; pass one per prompt ({n}) or use on_unsafe='block_all'")
+    return out
 
 
 def _module_device_dtype(module) -> tuple[torch.device, torch.dtype]:

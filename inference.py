@@ -118,18 +118,19 @@ def render_table(verdicts, explain: bool) -> str:
 
 
 def write_output(path: str, fmt: str, verdicts, explain: bool) -> None:
-    """Write verdicts atomically as CSV (prompt, score, unsafe 0/1, concept) or JSONL."""
+    """Write verdicts atomically as CSV (prompt, score, unsafe 0/1, concept, truncated 0/1) or JSONL."""
     from latentguard.io import atomic_write_text
 
     buffer = io.StringIO()
     if fmt == "csv":
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["prompt", "score", "unsafe", "concept"])
+        writer.writerow(["prompt", "score", "unsafe", "concept", "truncated"])
         for v in verdicts:
-            writer.writerow([v.prompt, f"{v.score:.6f}", int(v.unsafe), v.concept])
+            writer.writerow([v.prompt, f"{v.score:.6f}", int(v.unsafe), v.concept, int(v.truncated)])
     else:
         for v in verdicts:
-            record = {"prompt": v.prompt, "score": round(v.score, 6), "unsafe": v.unsafe, "concept": v.concept}
+            record = {"prompt": v.prompt, "score": round(v.score, 6), "unsafe": v.unsafe, "concept": v.concept,
+                      "truncated": v.truncated}
             if explain:
                 record["threshold"] = v.threshold
                 record["top_concepts"] = [[c, round(s, 6)] for c, s in v.top_concepts]
@@ -178,8 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     inf, enc = cfg["inference"], cfg["encoder"]
     prompts = read_lines(prompt_file(args.file_path), what="prompt file")
     allowlist = read_lines(inf["allowlist"], what="allowlist file") if inf["allowlist"] else None
-    guard = LatentGuard.from_pretrained(
-        checkpoint=cfg["checkpoint"], encoder=enc["name"], concepts=inf["concepts"], threshold=inf["threshold"],
+    guard = LatentGuard.from_pretrained(  # --calibrate-safe sets the threshold below: "released" is a placeholder
+        checkpoint=cfg["checkpoint"], encoder=enc["name"], concepts=inf["concepts"],
+        threshold="released" if args.calibrate_safe else inf["threshold"],
         device=cfg["device"], encoder_type=enc["type"], batch_size=inf["batch_size"], allowlist=allowlist,
         top_k=inf["top_k"], dataset=cfg["dataset"],
         encoder_options={"dtype": enc["dtype"], "attention_mask": enc["attention_mask"]},
@@ -202,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{n_unsafe} of {len(verdicts)} prompts unsafe; {len(guard.concepts)} concepts, "
           f"threshold {guard.threshold:g} ({threshold_origin(inf['threshold'], guard, args.calibrate_safe)})"
           f"{per_concept}")
+    n_cut = sum(v.truncated for v in verdicts)
+    if n_cut:
+        print(f"{n_cut} prompt(s) longer than 77 tokens were cut and scored on their first 77 tokens only "
+              "(column 'truncated'); --long-prompts scores them whole")
     if args.output:
         write_output(args.output, fmt, verdicts, args.explain)
         print(f"wrote {len(verdicts)} verdicts to {args.output}")

@@ -31,13 +31,13 @@ import numpy as np
 import yaml
 
 from .errors import LatentGuardError
-from .io import atomic_write_text, sha256_of
+from .io import RELEASED_CHECKPOINT_SHA256, atomic_write_text, sha256_of
 
 # Named thresholds (REFERENCE §4): the released inference.py, and the single threshold that
 # reproduces the paper's Table 1(a) accuracies.
 PROFILES: dict[str, float] = {"released": 9.0131, "paper": 4.47}
 CALIBRATED = "calibrated"  # the YAML record beside the checkpoint; an error when there is none
-AUTO = "auto"              # the YAML record when there is one, else the released threshold
+AUTO = "auto"              # the YAML record when there is one, else 9.0131 for the released weights only
 FORMAT = "latentguard-threshold"
 DEFAULT_TARGET_FPR = 0.01
 
@@ -210,7 +210,8 @@ def resolve_threshold(value: float | int | str | None, checkpoint: str | Path | 
     """A number, a numeric string, a profile name (``released``, ``paper``), ``calibrated`` or ``auto`` -> float.
 
     ``calibrated`` reads the record beside ``checkpoint`` and fails with a clear message if absent;
-    ``auto`` reads it when present and falls back to ``released`` (9.0131) otherwise. The record
+    ``auto`` reads it when present, else gives 9.0131 for the released weights only (see
+    :func:`auto_threshold`). The record
     is checked against the checkpoint and ``encoder_identity`` (see :func:`load_calibration_result`).
     """
     if isinstance(value, bool) or value is None:
@@ -223,8 +224,7 @@ def resolve_threshold(value: float | int | str | None, checkpoint: str | Path | 
         if key in PROFILES:
             return PROFILES[key]
         if key == AUTO:
-            found = None if checkpoint is None else load_calibration(checkpoint, encoder_identity=encoder_identity)
-            return PROFILES["released"] if found is None else found
+            return auto_threshold(checkpoint, encoder_identity=encoder_identity)
         if key == CALIBRATED:
             if checkpoint is None:
                 raise LatentGuardError("threshold 'calibrated' needs the checkpoint whose calibration file to read")
@@ -242,6 +242,25 @@ def resolve_threshold(value: float | int | str | None, checkpoint: str | Path | 
     if not math.isfinite(number):
         raise LatentGuardError(f"threshold must be finite, got {value!r}")
     return number
+
+
+def auto_threshold(checkpoint: str | Path | None, *, encoder_identity: str | None = None) -> float:
+    """``auto``: the calibration saved beside ``checkpoint``; else 9.0131, but only for the released weights.
+
+    Other weights may never reach the released threshold (nothing would ever be flagged), so
+    without their calibration file this refuses, saying how to calibrate or pick a threshold.
+    """
+    how = ("calibrate with --calibrate-safe SAFE_PROMPTS.txt (guard.calibrate(safe_prompts, save=True)) "
+           "or pass --threshold NUMBER|released|paper")
+    if checkpoint is None:
+        raise LatentGuardError(f"threshold 'auto' needs the checkpoint it is for; {how}")
+    found = load_calibration(checkpoint, encoder_identity=encoder_identity)
+    if found is not None:
+        return found
+    if Path(checkpoint).is_file() and sha256_of(checkpoint) == RELEASED_CHECKPOINT_SHA256:
+        return PROFILES["released"]
+    raise LatentGuardError(f"threshold 'auto': {checkpoint} is not the released checkpoint (SHA-256) and has no "
+                           f"calibration file {calibration_path(checkpoint).name} beside it; {how}")
 
 
 def calibrate_guard(guard, safe_prompts: Sequence[str], unsafe_prompts: Sequence[str] | None = None,

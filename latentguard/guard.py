@@ -125,7 +125,7 @@ class LatentGuard:
         ``encoder_options`` are passed to :func:`latentguard.encoder.load_encoder` (e.g. dtype).
         ``threshold``: a number, ``"released"`` (9.0131), ``"paper"`` (4.47), ``"calibrated"`` (the
         ``<checkpoint stem>.threshold.yaml`` written by :meth:`calibrate`; an error when absent) or
-        ``"auto"`` (that file when present, else released). ``long_prompts``: score prompts longer
+        ``"auto"`` (that file when present, else released for the released weights only, else an error). ``long_prompts``: score prompts longer
         than 77 tokens as the maximum over overlapping windows (off: truncate, as released).
         Cheap checks (blacklist, checkpoint, threshold) run before the slow encoder load.
         """
@@ -142,8 +142,8 @@ class LatentGuard:
             names, thresholds = check_concepts(concepts), {}
         thresholds.update(concept_thresholds or {})
         path = released_checkpoint(checkpoint)
-        if named and threshold.strip().lower() == "calibrated":
-            resolve_threshold(threshold, path)  # no file: the "calibrate first" error, before the encoder load
+        if named:
+            resolve_threshold(threshold, path)  # no file (or not the released weights): refused before the encoder load
         if isinstance(encoder, (str, Path)):
             model = load_mapping_layer(path, num_heads=num_heads)
             from .encoder import load_encoder

@@ -1,31 +1,43 @@
-"""Put Latent Guard in front of a text-to-image pipeline: unsafe prompts never reach the denoiser.
+"""Put Latent Guard in front of a text-to-image pipeline: no text reaches its text encoders unchecked.
 
-Works with any diffusers-style pipeline, i.e. a callable ``pipe(prompt=..., negative_prompt=...,
-**kwargs)`` with ``.text_encoder`` and ``.tokenizer`` attributes; diffusers itself is not imported.
+Works with diffusers pipelines (diffusers itself is not imported) and any callable whose signature
+names its text arguments the same way:
 
     from latentguard.pipeline import guard_pipeline, encoder_from_pipeline
     guard = LatentGuard.from_pretrained(encoder=encoder_from_pipeline(pipe))   # SD 1.x: shares CLIP-L
-    guarded = guard_pipeline(pipe, guard)
-    result = guarded("a cat on a sofa", num_inference_steps=30)
+    pipe = guard_pipeline(pipe, guard).to("cuda")      # .to()/.enable_*() keep the guard
+    result = pipe("a cat on a sofa", num_inference_steps=30)
     if result.blocked: print(result.concept, result.score)
     else: result.images[0].save("cat.png")
 
-The check happens before any denoising step. A refused prompt gives a :class:`GuardedResult` with
-``blocked=True``, the verdicts and no images (never a black image), or raises
-:class:`PromptBlocked` with ``on_unsafe="raise"``. For a batch of prompts, ``on_unsafe`` decides:
+Checked, before any denoising step: every text argument of the wrapped ``__call__`` signature,
+``prompt``, ``prompt_2`` (SDXL), ``prompt_3`` (SD3) (a string or one per prompt); a prompt is
+refused when any of its texts is unsafe. Negative prompts are not checked: they steer the image
+away from what they name. Arguments bind as the wrapped pipeline's do (positional ones included).
+
+Refused with :class:`~latentguard.errors.LatentGuardError` (one line): by :func:`guard_pipeline`,
+a pipeline with no ``prompt``, with ``*args``, with a text-like argument it does not know (it could
+reach an encoder unchecked), or with a tokenizer reading past the guard's context (SD3's T5) when
+the guard lacks ``long_prompts``; per call, ``prompt_embeds``/``pooled_prompt_embeds`` (no text to
+check), an unknown text-like keyword, a verdict count that differs from the text count, and with
+``skip`` an argument that cannot be split between refused and passed prompts.
+
+A refused prompt gives a :class:`GuardedResult` with ``blocked=True``, the verdicts and no images
+(never a black image), or raises :class:`PromptBlocked` with ``on_unsafe="raise"``. For a batch:
 
 * ``"block_all"`` (default): one unsafe prompt refuses the whole call; the pipeline is not run;
-* ``"skip"``: only the safe prompts are generated; ``images`` keeps the input order, with ``None``
-  where a prompt was refused (``negative_prompt`` lists are subset the same way);
+* ``"skip"``: only the safe prompts are generated; every per-prompt argument (prompt and negative
+  prompt lists, negative embeddings, generator lists, ``latents``, img2img images) is subset to
+  them; ``images`` keeps the input order, with ``None`` where a prompt was refused;
 * ``"raise"``: raise :class:`PromptBlocked` (carrying the result) if any prompt is unsafe.
 
-One text-encoder pass: when the guard's encoder *is* the pipeline's CLIP text encoder (SD 1.x:
-CLIP ViT-L/14, hidden 768; build it with :func:`encoder_from_pipeline`), the prompts are encoded
-once, the guard scores those embeddings, and the same ``last_hidden_state`` (what SD 1.x uses as
-conditioning) is handed to the pipeline as ``prompt_embeds``, so it does not encode them again.
-Otherwise (another encoder, ``clip_skip``, a guard with long-prompt windows or an allowlist-edited
-prompt) the guard encodes on its own and the pipeline gets the prompt text. Negative prompts are
-not checked: they steer the image away from what they name.
+Reused (one text-encoder pass) only where it is exactly what the pipeline would compute: the SD
+1.x family (``StableDiffusionPipeline``, ``StableDiffusionImg2ImgPipeline``) whose text encoder and
+tokenizer *are* the guard's (build it with :func:`encoder_from_pipeline`), conditioning on CLIP-L's
+last layer: no ``clip_skip``, no LoRA ``scale`` in ``cross_attention_kwargs``, no textual-inversion
+tokens in the tokenizer, no long-prompt windows. Then the guard's ``last_hidden_state`` is handed
+over as ``prompt_embeds``. Everywhere else (SDXL, SD3, another encoder) the guard encodes on its own
+and the pipeline encodes the text as usual, so safe prompts give the same images as unguarded.
 """
 from __future__ import annotations
 

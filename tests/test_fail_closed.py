@@ -1,14 +1,11 @@
 """Issue 10, the guard's side: any anomaly refuses (an error, exit 2), never reads as SAFE."""
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, tiny_clip_text_model
+from conftest import tiny_clip_text_model
 from latentguard.concepts import concept_cache_path
 from latentguard.encoder import CLIPTextEncoder
 from latentguard.errors import LatentGuardError
@@ -90,21 +87,23 @@ def test_a_missing_verdict_refuses(guard):
         guard.check(["a cat", "a dog"])
 
 
-def test_inference_on_a_nan_checkpoint_prints_one_line_and_exits_2(tiny_encoder_dir, tmp_path):
+def test_inference_on_a_nan_checkpoint_prints_one_line_and_exits_2(tiny_encoder_dir, tmp_path, monkeypatch, capsys):
+    import inference
+
+    monkeypatch.setenv("LATENTGUARD_HOME", str(tmp_path / "home"))
     model = EmbeddingMappingLayer()
     with torch.no_grad():
         model.tempr.fill_(float("nan"))
     torch.save(model.state_dict(), tmp_path / "nan.pth")
     (tmp_path / "prompts.txt").write_text("a cat on a sofa\na red car\n", encoding="utf-8")
     (tmp_path / "concepts.txt").write_text("\n".join(CONCEPTS) + "\n", encoding="utf-8")
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "inference.py"), "--file_path", str(tmp_path / "prompts.txt"),
-         "--checkpoint", str(tmp_path / "nan.pth"), "--concepts", str(tmp_path / "concepts.txt"),
-         "--encoder", str(tiny_encoder_dir), "--device", "cpu", "--threshold", "0"],
-        capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "LATENTGUARD_HOME": str(tmp_path)})
-    assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.count("\n") == 1 and "non-finite logits" in proc.stderr and "Traceback" not in proc.stderr
-    assert "SAFE" not in proc.stdout
+    code = inference.main(["--file_path", str(tmp_path / "prompts.txt"), "--checkpoint", str(tmp_path / "nan.pth"),
+                           "--concepts", str(tmp_path / "concepts.txt"), "--encoder", str(tiny_encoder_dir),
+                           "--device", "cpu", "--threshold", "0"])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.err.count("\n") == 1 and "non-finite logits" in captured.err and "Traceback" not in captured.err
+    assert "SAFE" not in captured.out
 
 
 # ------------------------------------------------------------------------ truncation

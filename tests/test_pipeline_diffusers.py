@@ -172,11 +172,15 @@ def test_sd3_prompt_2_and_prompt_3_are_checked(sd3, own_guard):
 def test_sd3_with_a_longer_text_encoder_is_refused(sd3, own_guard):
     # a T5 tokenizer (SD3's third encoder, 256 tokens) cannot be built offline: a stand-in with its length
     t5_like = copy.copy(sd3)
-    t5_like.register_to_config = lambda **_: None
     object.__setattr__(t5_like, "tokenizer_3", SimpleNamespace(model_max_length=512))
     with pytest.raises(LatentGuardError, match="tokenizer_3 reads up to 512 tokens.*long_prompts=True") as info:
         guard_pipeline(t5_like, own_guard)
     assert "\n" not in str(info.value)
+    own_guard.long_prompts = True  # the guard then scores the whole text in 77-token windows
+    try:
+        assert guard_pipeline(t5_like, own_guard).texts == ["prompt", "prompt_2", "prompt_3"]
+    finally:
+        own_guard.long_prompts = False
 
 
 def test_a_pipeline_with_an_unknown_text_argument_is_refused(sd, own_guard):

@@ -12,7 +12,8 @@ names its text arguments the same way:
 
 Checked, before any denoising step: every text argument of the wrapped ``__call__`` signature,
 ``prompt``, ``prompt_2`` (SDXL), ``prompt_3`` (SD3) (a string or one per prompt); a prompt is
-refused when any of its texts is unsafe. Negative prompts are not checked: they steer the image
+refused when any of its texts is unsafe. A guard sharing the pipeline's tokenizer scores the text as
+diffusers' ``maybe_convert_prompt`` expands it (multi-vector textual-inversion tokens). Negative prompts are not checked: they steer the image
 away from what they name. Arguments bind as the wrapped pipeline's do (positional ones included).
 
 Refused with :class:`~latentguard.errors.LatentGuardError` (one line): by :func:`guard_pipeline`,
@@ -355,6 +356,10 @@ class GuardedPipeline:
             values = [value] * n if isinstance(value, str) else list(value)
             if not all(isinstance(t, str) for t in values):
                 raise LatentGuardError(f"{name} must be a string or a list of strings")
+            tokenizer = getattr(self.pipe, "tokenizer" + name[len("prompt"):], None)
+            convert = getattr(self.pipe, "maybe_convert_prompt", None)
+            if convert is not None and tokenizer is not None and getattr(self.guard.encoder, "tokenizer", None) is tokenizer:
+                values = [convert(t, tokenizer) for t in values]  # textual inversion: the tokens it will encode
             out.extend((i, name, t) for i, t in enumerate(values))
         return out
 
@@ -409,8 +414,6 @@ def _subset(call: dict, passed: list[int], n: int, per: int) -> dict:
             out[name] = value[passed]
         elif name in ("generator", "latents") and size == n * per:
             out[name] = [value[r] for r in rows] if isinstance(value, (list, tuple)) else value[rows]
-        elif name == "generator" and isinstance(value, torch.Generator):
-            continue
         elif name in _PER_PROMPT_IMAGES and isinstance(value, (list, tuple)) and size in (n, n * per):
             out[name] = [value[r] for r in (passed if size == n else rows)]
         elif name in _PER_PROMPT_IMAGES and isinstance(value, (torch.Tensor, np.ndarray)) and value.ndim == 4 and size == n:

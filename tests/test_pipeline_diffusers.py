@@ -267,9 +267,11 @@ def test_textual_inversion_tokens_are_not_reused(clip_tokenizer):
     assert pipe.maybe_convert_prompt("a <toy>", pipe.tokenizer) != "a <toy>"  # multi-vector: expanded
     torch.manual_seed(0)
     guard = LatentGuard(EmbeddingMappingLayer(in_dim=32), encoder_from_pipeline(pipe), CONCEPTS, cache_concepts=False)
-    guard.threshold = float(guard.scores(["a <toy> on a table"])[0]) + 1.0
+    texts = ["a <toy> on a table", pipe.maybe_convert_prompt("a <toy> on a table", pipe.tokenizer)]
+    guard.threshold = float(guard.scores(texts).max()) + 1.0
     result = guard_pipeline(pipe, guard)("a <toy> on a table", height=32, width=32, generator=gen(6), **STEPS)
     assert not result.blocked and not result.reused_embeddings
+    assert result.text_verdicts["prompt"][0].prompt == pipe.maybe_convert_prompt("a <toy> on a table", pipe.tokenizer)
     same(result.output.images, pipe("a <toy> on a table", height=32, width=32, generator=gen(6), **STEPS).images)
 
 

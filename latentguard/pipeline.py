@@ -275,6 +275,7 @@ class GuardedPipeline:
             if (_classify(name) in ("text", "negative") and isinstance(value, (list, tuple))
                     and len(value) != n):
                 raise LatentGuardError(f"{len(value)} {name} for {n} prompts")
+        self._follow_pipeline_device()
         texts = self._texts(call, n)  # [(prompt index, argument, text)]
         reuse = set(name for _, name, _ in texts) == {"prompt"} and self.shares_encoder(call)
         if reuse:
@@ -319,6 +320,15 @@ class GuardedPipeline:
         result.output = self.pipe(**call)
         result.images = _images_by_prompt(result.output, passed, n)
         return result
+
+    def _follow_pipeline_device(self) -> None:
+        """A guard encoding with one of the pipeline's text encoders feeds it on that module's device,
+        wherever ``.to()`` has moved the pipeline since the guard was built."""
+        encoder = getattr(self.guard, "encoder", None)
+        model = getattr(encoder, "model", None)
+        if model is not None and any(model is getattr(self.pipe, name, None)
+                                     for name in ("text_encoder", "text_encoder_2", "text_encoder_3")):
+            encoder.device = _module_device_dtype(model)[0]
 
     def _bind(self, args: tuple, kwargs: dict) -> dict:
         """The call's arguments by name, as the wrapped pipeline's signature reads them."""

@@ -233,6 +233,13 @@ def test_to_and_other_pipeline_returning_methods_stay_guarded(sd, own_guard):
     guarded.disable_attention_slicing()
 
 
+def test_a_shared_encoder_follows_the_pipeline_to_its_device(sd, shared_guard):
+    safe, _ = split(shared_guard)
+    shared_guard.encoder.device = torch.device("meta")  # as if built before pipe.to(...) moved the text encoder
+    result = guard_pipeline(sd, shared_guard).to("cpu")(safe[0], height=32, width=32, generator=gen(13), **STEPS)
+    assert shared_guard.encoder.device == torch.device("cpu") and result.reused_embeddings
+
+
 # ------------------------------------------------- 6: SDXL/SD3 with defaults, bit-identical
 @pytest.mark.parametrize("name", ["sdxl", "sd3"])
 def test_safe_prompts_are_bit_identical_in_sdxl_and_sd3(name, request, own_guard):

@@ -1,7 +1,7 @@
 """Choosing the decision threshold: calibration, a YAML record beside the checkpoint, named profiles.
 
-A prompt is unsafe when its score (max logit over the blacklist) is >= the threshold (REFERENCE
-§4). The right threshold depends on the weights, the encoder, the concept list and the data: the
+A prompt is unsafe when its score (max logit over the blacklist) is >= the threshold (as the
+released ``inference.py`` decides). The right threshold depends on the weights, the encoder, the concept list and the data: the
 released inference uses 9.0131, while the paper's Table 1(a) accuracies come from about 4.47. So
 the threshold is calibrated, not assumed:
 
@@ -32,12 +32,14 @@ import yaml
 
 from .errors import LatentGuardError
 from .io import RELEASED_CHECKPOINT_SHA256, atomic_write_text, sha256_of
+from .published import RELEASED_THRESHOLD, TABLE1_ACCURACY_THRESHOLD
 
-# Named thresholds (REFERENCE §4): the released inference.py, and the single threshold that
+# Named thresholds: the released inference.py's, and the single threshold that
 # reproduces the paper's Table 1(a) accuracies.
-PROFILES: dict[str, float] = {"released": 9.0131, "paper": 4.47}
+PROFILES: dict[str, float] = {"released": RELEASED_THRESHOLD, "paper": TABLE1_ACCURACY_THRESHOLD}
 CALIBRATED = "calibrated"  # the YAML record beside the checkpoint; an error when there is none
 AUTO = "auto"              # the YAML record when there is one, else 9.0131 for the released weights only
+THRESHOLD_NAMES = (*PROFILES, CALIBRATED, AUTO)  # every name resolve_threshold accepts
 FORMAT = "latentguard-threshold"
 DEFAULT_TARGET_FPR = 0.01
 
@@ -185,7 +187,7 @@ def load_calibration_result(checkpoint: str | Path, *, encoder_identity: str | N
                 f"{file} was calibrated for other weights (checkpoint SHA-256 {result.checkpoint_sha256[:12]}..., "
                 f"{checkpoint} has {actual[:12]}...); recalibrate (guard.calibrate / --calibrate) or delete the file")
     if encoder_identity is not None and result.encoder_identity is not None:
-        from .encoder import identity_parts, same_embeddings
+        from .encoders import identity_parts, same_embeddings
 
         same = same_embeddings(result.encoder_identity, encoder_identity)
         if same is False:
@@ -210,9 +212,10 @@ def resolve_threshold(value: float | int | str | None, checkpoint: str | Path | 
     """A number, a numeric string, a profile name (``released``, ``paper``), ``calibrated`` or ``auto`` -> float.
 
     ``calibrated`` reads the record beside ``checkpoint`` and fails with a clear message if absent;
-    ``auto`` reads it when present, else gives 9.0131 for the released weights only (see
-    :func:`auto_threshold`). The record
-    is checked against the checkpoint and ``encoder_identity`` (see :func:`load_calibration_result`).
+    ``auto`` reads it when present, else gives 9.0131 for the released weights only (recognised by
+    SHA-256): other weights may never reach it (nothing would ever be flagged), so without their
+    record ``auto`` refuses, saying how to calibrate or pick a threshold. The record is checked
+    against the checkpoint and ``encoder_identity`` (see :func:`load_calibration_result`).
     """
     if isinstance(value, bool) or value is None:
         raise LatentGuardError(f"threshold must be a number, {', '.join(PROFILES)}, {CALIBRATED} or {AUTO}, got {value!r}")
@@ -224,7 +227,17 @@ def resolve_threshold(value: float | int | str | None, checkpoint: str | Path | 
         if key in PROFILES:
             return PROFILES[key]
         if key == AUTO:
-            return auto_threshold(checkpoint, encoder_identity=encoder_identity)
+            how = ("calibrate with --calibrate-safe SAFE_PROMPTS.txt (guard.calibrate(safe_prompts, save=True)) "
+                   "or pass --threshold NUMBER|released|paper")
+            if checkpoint is None:
+                raise LatentGuardError(f"threshold 'auto' needs the checkpoint it is for; {how}")
+            found = load_calibration(checkpoint, encoder_identity=encoder_identity)
+            if found is not None:
+                return found
+            if Path(checkpoint).is_file() and sha256_of(checkpoint) == RELEASED_CHECKPOINT_SHA256:
+                return PROFILES["released"]
+            raise LatentGuardError(f"threshold 'auto': {checkpoint} is not the released checkpoint (SHA-256) and has "
+                                   f"no calibration file {calibration_path(checkpoint).name} beside it; {how}")
         if key == CALIBRATED:
             if checkpoint is None:
                 raise LatentGuardError("threshold 'calibrated' needs the checkpoint whose calibration file to read")
@@ -242,25 +255,6 @@ def resolve_threshold(value: float | int | str | None, checkpoint: str | Path | 
     if not math.isfinite(number):
         raise LatentGuardError(f"threshold must be finite, got {value!r}")
     return number
-
-
-def auto_threshold(checkpoint: str | Path | None, *, encoder_identity: str | None = None) -> float:
-    """``auto``: the calibration saved beside ``checkpoint``; else 9.0131, but only for the released weights.
-
-    Other weights may never reach the released threshold (nothing would ever be flagged), so
-    without their calibration file this refuses, saying how to calibrate or pick a threshold.
-    """
-    how = ("calibrate with --calibrate-safe SAFE_PROMPTS.txt (guard.calibrate(safe_prompts, save=True)) "
-           "or pass --threshold NUMBER|released|paper")
-    if checkpoint is None:
-        raise LatentGuardError(f"threshold 'auto' needs the checkpoint it is for; {how}")
-    found = load_calibration(checkpoint, encoder_identity=encoder_identity)
-    if found is not None:
-        return found
-    if Path(checkpoint).is_file() and sha256_of(checkpoint) == RELEASED_CHECKPOINT_SHA256:
-        return PROFILES["released"]
-    raise LatentGuardError(f"threshold 'auto': {checkpoint} is not the released checkpoint (SHA-256) and has no "
-                           f"calibration file {calibration_path(checkpoint).name} beside it; {how}")
 
 
 def calibrate_guard(guard, safe_prompts: Sequence[str], unsafe_prompts: Sequence[str] | None = None,

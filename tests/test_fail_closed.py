@@ -7,7 +7,7 @@ import torch
 
 from conftest import tiny_clip_text_model
 from latentguard.concepts import concept_cache_path
-from latentguard.encoder import CLIPTextEncoder
+from latentguard.encoders import CLIPTextEncoder
 from latentguard.errors import LatentGuardError
 from latentguard.guard import LatentGuard
 from latentguard.model import EmbeddingMappingLayer
@@ -58,7 +58,7 @@ def test_nan_in_the_checkpoint_weights_refuses(tiny_encoder, tmp_path):
                                         cache_concepts=False)
     for call in (lambda: guard.check(["a cat"]), lambda: guard.check(["a cat"], explain=False),
                  lambda: guard.check_embeddings(["a cat"], tiny_encoder.encode(["a cat"]))):
-        with pytest.raises(LatentGuardError, match="non-finite logits"):
+        with pytest.raises(LatentGuardError, match="not finite"):
             call()
 
 
@@ -73,7 +73,7 @@ def test_nan_in_a_cached_concept_vector_refuses(clip_tokenizer, tmp_path, monkey
     blob["vectors"][1, 0] = float("nan")  # "blood"
     torch.save(blob, path)
     guard = LatentGuard(model, encoder, CONCEPTS, threshold=1.0)  # reads it back
-    with pytest.raises(LatentGuardError, match="non-finite logits"):
+    with pytest.raises(LatentGuardError, match="not finite"):
         guard.check(["a cat on a sofa"])
 
 
@@ -102,7 +102,7 @@ def test_inference_on_a_nan_checkpoint_prints_one_line_and_exits_2(tiny_encoder_
                            "--device", "cpu", "--threshold", "0"])
     captured = capsys.readouterr()
     assert code == 2
-    assert captured.err.count("\n") == 1 and "non-finite logits" in captured.err and "Traceback" not in captured.err
+    assert captured.err.count("\n") == 1 and "not finite" in captured.err and "Traceback" not in captured.err
     assert "SAFE" not in captured.out
 
 
@@ -160,3 +160,4 @@ def test_auto_on_other_weights_needs_their_calibration(tiny_encoder_dir, tmp_pat
     assert inference.main(base) == 0  # now "auto" finds the calibration beside the weights
     out = capsys.readouterr().out
     assert "(calibrated, " in out and "threshold 9.0131" not in out
+

@@ -161,3 +161,29 @@ def test_auto_on_other_weights_needs_their_calibration(tiny_encoder_dir, tmp_pat
     out = capsys.readouterr().out
     assert "(calibrated, " in out and "threshold 9.0131" not in out
 
+
+def test_from_config_follows_the_auto_rule_and_checks_settings_when_set(tiny_encoder_dir, tmp_path, monkeypatch):
+    from latentguard.config import load_config
+
+    monkeypatch.setenv("LATENTGUARD_HOME", str(tmp_path / "home"))
+    torch.manual_seed(0)
+    torch.save(EmbeddingMappingLayer().state_dict(), tmp_path / "last.pth")
+    (tmp_path / "concepts.txt").write_text("\n".join(CONCEPTS) + "\n", encoding="utf-8")
+    cfg = load_config(None, overrides={"checkpoint": str(tmp_path / "last.pth"), "device": "cpu",
+                                       "encoder.name": str(tmp_path / "no-such-encoder"),
+                                       "inference.concepts": str(tmp_path / "concepts.txt")})
+    assert cfg["inference"]["threshold"] == "auto"
+    # refused before the (here impossible) encoder load: these weights are not the released ones
+    with pytest.raises(LatentGuardError, match="not the released checkpoint.*--calibrate-safe"):
+        LatentGuard.from_config(cfg)
+    cfg["encoder"]["name"] = str(tiny_encoder_dir)
+    calibrated = LatentGuard.from_config(cfg, threshold="released").calibrate(
+        ["a bowl of fruit", "mountains at dawn", "a red bicycle"], save=True).threshold
+    guard = LatentGuard.from_config(cfg)  # "auto" now reads the calibration beside the weights
+    assert guard.threshold == pytest.approx(calibrated) and guard.threshold != 9.0131
+    with pytest.raises(LatentGuardError, match="batch size"):
+        guard.batch_size = 0
+    with pytest.raises(LatentGuardError, match="threshold"):
+        guard.threshold = float("nan")
+    guard.threshold = "paper"
+    assert guard.threshold == 4.47 and len(guard.check(["a gun"])) == 1

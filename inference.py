@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=None, metavar="N",
                         help="prompts encoded and scored per batch (default: 64)")
     parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--precision", default=None, choices=["exact", "fast"],
+                        help="exact: encoder.dtype, fp32 by default (reproduction); fast: bf16 on CPUs "
+                        "with native bf16, fp16 on CUDA, with its measured drift printed (config: precision; docs/precision.md)")
     parser.add_argument("--config", default=None, metavar="FILE", help="YAML config (default: configs/default.yaml)")
     parser.add_argument("--output", default=None, metavar="FILE",
                         help="also write verdicts to FILE.csv or FILE.jsonl (prompt, score, unsafe, concept; "
@@ -164,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     from latentguard.config import load_config
     from latentguard.guard import LatentGuard
     from latentguard.io import read_lines
+    from latentguard.precision import apply_precision
 
     fmt = output_format(args.output)
     cfg = load_config(args.config, overrides={
@@ -171,8 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         "encoder.type": args.encoder_type, "dataset": args.dataset, "inference.batch_size": args.batch_size,
         "device": args.device, "inference.concepts": args.concepts, "inference.allowlist": args.allowlist,
         "inference.top_k": args.top_k, "encoder.long_prompts": args.long_prompts,
-        "calibration.target_fpr": args.target_fpr,
+        "calibration.target_fpr": args.target_fpr, "precision": args.precision,
     })
+    if note := apply_precision(cfg):
+        print(note)
     if args.calibrate_unsafe and not args.calibrate_safe:
         raise LatentGuardError("--calibrate-unsafe needs --calibrate-safe (the safe prompts)")
     inf, enc = cfg["inference"], cfg["encoder"]

@@ -25,6 +25,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from latentguard.config import DEFAULT_CONFIG, DEFAULTS, load_config  # noqa: E402
+from latentguard.precision import apply_precision  # noqa: E402
 from latentguard.errors import RESUMABLE, LatentGuardError, cli_entry  # noqa: E402
 
 
@@ -55,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, help=f"AdamW learning rate (config: train.lr, default {DEFAULTS['train']['lr']})")
     parser.add_argument("--seed", type=int, help="seed of the initial weights and of the sampling (config: train.seed)")
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (config: device)")
+    parser.add_argument("--precision", choices=["exact", "fast"],
+                        help="exact: encoder.dtype, fp32 by default (reproduction); fast: bf16 on CPUs "
+                        "with native bf16, fp16 on CUDA, with its measured drift printed (config: precision; docs/precision.md)")
     parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="PATH",
                         help="continue from OUTPUT_DIR/resume.pt (or PATH), restoring optimizer and sampler state; "
                         "without this flag an existing OUTPUT_DIR/resume.pt is resumed anyway")
@@ -134,7 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         "train.seed": args.seed,
         "train.val_every": args.val_every,
         "train.no_cache": True if args.no_cache else None,
+        "precision": args.precision,
     })
+    if note := apply_precision(cfg):
+        print(note)
 
     import yaml
 

@@ -33,6 +33,7 @@ from latentguard.cache import (  # noqa: E402
 from latentguard.config import load_config  # noqa: E402
 from latentguard.data import load_copro  # noqa: E402
 from latentguard.errors import RESUMABLE, cli_entry  # noqa: E402
+from latentguard.precision import apply_precision  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="on-disk precision of the store (config: store.dtype; float16 halves the "
                         "size, ~15 GB for full CoPro)")
     parser.add_argument("--batch-size", type=int, help="texts per encoder batch (config: encoder.batch_size)")
+    parser.add_argument("--precision", choices=["exact", "fast"],
+                        help="exact: encoder.dtype, fp32 by default (reproduction); fast: bf16 on CPUs "
+                        "with native bf16, fp16 on CUDA, with its measured drift printed (config: precision; docs/precision.md)")
     return parser
 
 
@@ -71,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         "device": args.device,
         "store.dtype": args.dtype,
         "encoder.batch_size": args.batch_size,
+        "precision": args.precision,
     })
+    if note := apply_precision(cfg):
+        print(note)
     enc_cfg = cfg["encoder"]
     cache_dir = Path(cfg["cache_dir"])
     dtype = cfg["store"]["dtype"]

@@ -23,6 +23,7 @@ DEFAULTS: dict[str, Any] = {
     "output_dir": "runs/default",
     "checkpoint": "model_parameters.pth",
     "device": "auto",
+    "precision": "exact",
     "encoder": {
         "name": "openai/clip-vit-large-patch14",
         "type": "auto",
@@ -58,6 +59,7 @@ _POSITIVE = [
     "train.eval_batch_size", "eval.batch_size", "inference.batch_size",
 ]
 _CHOICES = {
+    "precision": {"exact", "fast"},
     "encoder.type": {"auto", "clip", "openclip", "hf"},
     "encoder.dtype": {"float32", "float16", "bfloat16"},
     "store.dtype": {"float16", "float32"},

@@ -619,6 +619,9 @@ def build_parser():
                         "'released' (9.0131) or 'calibrated' (the YAML beside the checkpoint) "
                         "(config: eval.threshold; default: calibrated on pooled validation data)")
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (config: device)")
+    parser.add_argument("--precision", choices=["exact", "fast"],
+                        help="exact: encoder.dtype, fp32 by default (reproduction); fast: bf16 on CPUs "
+                        "with native bf16, fp16 on CUDA, with its measured drift printed (config: precision; docs/precision.md)")
     parser.add_argument("--batch-size", type=int, help="prompts per scoring batch (config: eval.batch_size)")
     parser.add_argument("--baselines", help="comma list of blacklist, clipscore, bertscore, or all (config: eval.baselines)")
     parser.add_argument("--bert-model", help="BERT-family model for BERTScore, hub name or local dir (config: eval.bert_model)")
@@ -745,6 +748,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .config import load_config
     from .data import load_copro
     from .io import resolve_device
+    from .precision import apply_precision
 
     args = build_parser().parse_args(argv)
     if args.external_safe and not args.external:
@@ -753,8 +757,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "dataset": args.dataset, "encoder.name": args.encoder, "encoder.type": args.encoder_type,
         "cache_dir": args.cache_dir, "checkpoint": args.checkpoint, "output_dir": args.output_dir,
         "eval.threshold": args.threshold, "device": args.device, "eval.batch_size": args.batch_size,
-        "eval.bert_model": args.bert_model,
+        "eval.bert_model": args.bert_model, "precision": args.precision,
     })
+    if note := apply_precision(cfg):
+        print(note)
     batch_size = cfg["eval"]["batch_size"]
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise LatentGuardError(f"eval.batch_size (--batch-size) must be a positive integer, got {batch_size!r}")

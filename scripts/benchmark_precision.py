@@ -1,6 +1,8 @@
 #!/usr/bin/env python
-"""Benchmark reduced precision: what bf16 gives (speed) and costs (score drift), and which
-fp32-preserving options make fp32 itself faster. One run, three parts:
+"""Benchmark reduced precision in one run: what bf16 gives (speed) and costs (score drift), and
+which fp32-preserving options make fp32 itself faster.
+
+Three parts:
 
 * speed: texts/s of building the embedding store (what prepare.py runs: EmbeddingStore.build) and
   of LatentGuard.check() against a 578-concept blacklist, fp32 and bf16, with the real ViT-L/14

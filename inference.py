@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--precision", default=None, choices=["exact", "fast"],
                         help="exact: encoder.dtype, fp32 by default (reproduction); fast: bf16 on CPUs "
-                        "with native bf16, fp16 on CUDA, with its measured drift printed (config: precision; docs/precision.md)")
+                        "with native bf16, fp16 on CUDA, with its measured drift printed "
+                        "(config: precision; docs/precision.md)")
     parser.add_argument("--config", default=None, metavar="FILE", help="YAML config (default: configs/default.yaml)")
     parser.add_argument("--output", default=None, metavar="FILE",
                         help="also write verdicts to FILE.csv or FILE.jsonl (prompt, score, unsafe, concept; "

@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (config: device)")
     parser.add_argument("--precision", choices=["exact", "fast"],
                         help="exact: encoder.dtype, fp32 by default (reproduction); fast: bf16 on CPUs "
-                        "with native bf16, fp16 on CUDA, with its measured drift printed (config: precision; docs/precision.md)")
+                        "with native bf16, fp16 on CUDA, with its measured drift printed "
+                        "(config: precision; docs/precision.md)")
     parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="PATH",
                         help="continue from OUTPUT_DIR/resume.pt (or PATH), restoring optimizer and sampler state; "
                         "without this flag an existing OUTPUT_DIR/resume.pt is resumed anyway")

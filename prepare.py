@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, help="texts per encoder batch (config: encoder.batch_size)")
     parser.add_argument("--precision", choices=["exact", "fast"],
                         help="exact: encoder.dtype, fp32 by default (reproduction); fast: bf16 on CPUs "
-                        "with native bf16, fp16 on CUDA, with its measured drift printed (config: precision; docs/precision.md)")
+                        "with native bf16, fp16 on CUDA, with its measured drift printed "
+                        "(config: precision; docs/precision.md)")
     return parser
 
 

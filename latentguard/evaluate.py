@@ -621,7 +621,8 @@ def build_parser():
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (config: device)")
     parser.add_argument("--precision", choices=["exact", "fast"],
                         help="exact: encoder.dtype, fp32 by default (reproduction); fast: bf16 on CPUs "
-                        "with native bf16, fp16 on CUDA, with its measured drift printed (config: precision; docs/precision.md)")
+                        "with native bf16, fp16 on CUDA, with its measured drift printed "
+                        "(config: precision; docs/precision.md)")
     parser.add_argument("--batch-size", type=int, help="prompts per scoring batch (config: eval.batch_size)")
     parser.add_argument("--baselines", help="comma list of blacklist, clipscore, bertscore, or all (config: eval.baselines)")
     parser.add_argument("--bert-model", help="BERT-family model for BERTScore, hub name or local dir (config: eval.bert_model)")

@@ -154,7 +154,8 @@ def trained_mapping(encoder, copro, epochs: int, out_dir: Path, batch_size: int)
 def score_tests(model, encoder, copro, batch_size: int) -> dict:
     """Per domain (ID, OOD): explicit test prompts' labels and max-over-concepts scores."""
     from latentguard.embeddings import EncoderSource, concept_vectors
-    from latentguard.evaluate import build_settings, score_prompts
+    from latentguard.eval.run import score_prompts
+    from latentguard.eval.settings import build_settings
 
     source = EncoderSource(encoder, batch_size=batch_size)
     settings = build_settings(copro, "test")
@@ -164,7 +165,7 @@ def score_tests(model, encoder, copro, batch_size: int) -> dict:
         if not setting.available:
             continue
         concept_emb = concept_vectors(source, copro.concepts(domain))
-        scores, _, _ = score_prompts(model, source, setting.prompts, concept_emb, batch_size=256)
+        scores, _ = score_prompts(model, source, setting.prompts, concept_emb, batch_size=256)
         out[domain] = (setting.labels, scores.lookup(setting.prompts)[0])
     return out
 
@@ -205,7 +206,7 @@ def bench_drift(args: argparse.Namespace, tmp: Path) -> dict:
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from latentguard.data import load_copro
-    from latentguard.encoder import CLIPTextEncoder, load_encoder
+    from latentguard.encoders import CLIPTextEncoder, load_encoder
     from latentguard.tokenizer import build_clip_tokenizer
 
     raw = json.loads(FIXTURE.read_text(encoding="utf-8"))
@@ -249,15 +250,18 @@ def _option_scorer():
     import torch
 
     from latentguard.model import EmbeddingMappingLayer
+    from latentguard.scoring import blacklist_logits
 
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     mapping = EmbeddingMappingLayer().eval()
     concepts = torch.randn(N_CONCEPTS, 768, generator=gen)
+    with torch.inference_mode():
+        queries = mapping.concept_queries(concepts)
 
     def scores(emb):
         with torch.inference_mode():
-            return mapping.logit_matrix(emb, concepts).max(dim=1).values.double()
+            return blacklist_logits(mapping, emb, queries).max(dim=1).values.double()
     return scores
 
 

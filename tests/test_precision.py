@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 
 import numpy as np
 import pytest
@@ -10,10 +11,11 @@ import torch
 import inference
 import prepare
 from latentguard import precision
+from latentguard.cli.common import load_command_config
 from latentguard.cache import EmbeddingStore, encoder_request_key, open_store_for, store_path
 from latentguard.config import load_config
 from latentguard.data import load_copro
-from latentguard.encoder import load_encoder
+from latentguard.encoders import load_encoder
 from latentguard.errors import LatentGuardError
 from latentguard.model import EmbeddingMappingLayer
 from latentguard.precision import apply_precision, cpu_supports_bf16, resolve_precision
@@ -73,6 +75,19 @@ def test_apply_precision_sets_the_encoder_dtype_of_a_config(monkeypatch):
     monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: True)
     cfg = load_config(None, overrides={"device": "cpu", "precision": "fast"})
     assert "bfloat16 encoder on this CPU" in apply_precision(cfg) and cfg["encoder"]["dtype"] == "bfloat16"
+
+
+@pytest.mark.parametrize("command", ["prepare", "train", "evaluate", "infer"])
+def test_every_command_applies_the_profile_where_it_loads_its_config(command, capsys, monkeypatch):
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: True)
+    parser = importlib.import_module(f"latentguard.cli.{command}").build_parser()
+    cfg = load_command_config(parser.parse_args(["--device", "cpu", "--precision", "fast"]), {})
+    assert cfg["precision"] == "fast" and cfg["encoder"]["dtype"] == "bfloat16"
+    assert "precision fast: bfloat16 encoder on this CPU" in capsys.readouterr().out
+    cfg = load_command_config(parser.parse_args(["--device", "cpu"]), {})
+    assert cfg["encoder"]["dtype"] == "float32" and capsys.readouterr().out == ""
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--precision", "turbo"])
 
 
 # ------------------------------------------------------------------------------------ identities

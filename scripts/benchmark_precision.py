@@ -20,10 +20,12 @@ Three parts:
   child process: that pool can only be sized at start-up); texts/s and max |Δscore| against the
   default fp32 path (must stay within 1e-5).
 
-Prints a markdown table; --output writes every figure as JSON. CPU timings on a shared machine are
+Prints the CPU it ran on (first log line and the table's first line), a markdown table and the
+seconds each part took; --output writes every figure as JSON. CPU timings on a shared machine are
 noisy: compare the ratios, rerun on a quiet machine for absolute figures.
 
-  python scripts/benchmark_precision.py --output runs/bench_precision.json     # ~5 min on 2 quiet cores
+  # defaults: about 4 min on 2 quiet cores (speed ~1.3, drift ~1.5, options ~1.3), ~11 min at load 5
+  python scripts/benchmark_precision.py --output runs/bench_precision.json
   python scripts/benchmark_precision.py --texts 32 --option-texts 16 --skip options  # quicker
 """
 from __future__ import annotations
@@ -369,7 +371,8 @@ def table(f: dict) -> str:
     lines = []
     env = f["environment"]
     lines.append(f"{env['cpu']} ({env['cpu_count']} CPUs, {env['torch_threads']} torch threads, bf16 native: "
-                 f"{env['bf16_native']}), torch {env['torch']}; load average {f['load_before']} -> {f['load_after']}")
+                 f"{env['bf16_native']}), torch {env['torch']}; load average {f['load_before']} -> {f['load_after']}; "
+                 f"{f['seconds']:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in f['part_seconds'].items())})")
     if "speed" in f:
         s = f["speed"]
         lines += ["", f"Speed: ViT-L/14 text tower (random weights), {s['texts']} texts, batch {s['batch_size']}, "
@@ -419,13 +422,20 @@ def main(argv: list[str] | None = None) -> int:
     if args._interop_child:
         return options_child(args)
     figures: dict = {"environment": cpu_info(), "load_before": [round(x, 2) for x in os.getloadavg()]}
+    env = figures["environment"]
+    log(f"CPU: {env['cpu']} ({env['cpu_count']} CPUs, bf16 native: {env['bf16_native']}, "
+        f"torch {env['torch_cpu_capability']}); load average {figures['load_before']}")
     started = time.perf_counter()
+    figures["part_seconds"] = {}
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["LATENTGUARD_HOME"] = tmp  # no pollution of the user's caches
         for part, fn in (("speed", bench_speed), ("drift", bench_drift), ("options", bench_options)):
             if part not in args.skip:
                 log(f"{part} ...")
+                part_started = time.perf_counter()
                 figures[part] = fn(args, Path(tmp))
+                figures["part_seconds"][part] = round(time.perf_counter() - part_started, 1)
+                log(f"{part} took {figures['part_seconds'][part]:.0f} s")
     figures["load_after"] = [round(x, 2) for x in os.getloadavg()]
     figures["seconds"] = time.perf_counter() - started
     print(table(figures))

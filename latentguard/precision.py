@@ -91,19 +91,20 @@ def resolve_precision(precision: str, device_type: str, dtype: str = "float32", 
     """The encoder dtype for ``precision`` on ``device_type`` (``cpu``/``cuda``/...).
 
     ``exact`` keeps ``dtype`` (the configured ``encoder.dtype``). ``fast`` chooses the dtype itself,
-    so it refuses a configured non-fp32 ``dtype`` rather than silently overriding one of them.
+    so it refuses a configured non-fp32 ``dtype`` other than its own choice rather than silently
+    overriding it (its own choice: the config a fast run saved, e.g. ``main.py``'s config.yaml).
     ``bf16_cpu`` defaults to :func:`cpu_supports_bf16`.
     """
     if precision not in PRECISIONS:
         raise LatentGuardError(f"unknown precision '{precision}' (use {' or '.join(PRECISIONS)})")
     if precision == "exact":
         return PrecisionChoice(precision, dtype, None)
-    if dtype != "float32":
-        raise LatentGuardError(f"precision 'fast' picks the encoder dtype itself, but encoder.dtype is {dtype}; "
-                               "set encoder.dtype back to float32 or use --precision exact")
     if bf16_cpu is None:
         bf16_cpu = device_type == "cpu" and cpu_supports_bf16()
     chosen = fast_dtype(device_type, bf16_cpu)
+    if dtype not in ("float32", chosen):
+        raise LatentGuardError(f"precision 'fast' picks the encoder dtype itself ({chosen} here), but encoder.dtype "
+                               f"is {dtype}; set encoder.dtype back to float32 or use --precision exact")
     return PrecisionChoice(precision, chosen, drift_note(chosen, device_type))
 
 

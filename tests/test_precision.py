@@ -7,6 +7,7 @@ import importlib
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import inference
 import prepare
@@ -62,19 +63,28 @@ def test_fast_picks_the_fastest_measured_dtype_per_device(device, bf16_cpu, dtyp
 
 def test_fast_refuses_a_configured_reduced_dtype_and_unknown_profiles():
     with pytest.raises(LatentGuardError, match="encoder.dtype is bfloat16"):
-        resolve_precision("fast", "cpu", "bfloat16", bf16_cpu=True)
+        resolve_precision("fast", "cuda", "bfloat16")
+    with pytest.raises(LatentGuardError, match="encoder.dtype is float16"):
+        resolve_precision("fast", "cpu", "float16", bf16_cpu=True)
     with pytest.raises(LatentGuardError, match="unknown precision 'turbo'"):
         resolve_precision("turbo", "cpu")
     with pytest.raises(LatentGuardError, match="'precision' must be one of"):
         load_config(None, overrides={"precision": "turbo"})
 
 
-def test_apply_precision_sets_the_encoder_dtype_of_a_config(monkeypatch):
+def test_apply_precision_sets_the_encoder_dtype_of_a_config(monkeypatch, tmp_path):
     cfg = load_config(None, overrides={"device": "cpu"})
     assert cfg["precision"] == "exact" and apply_precision(cfg) is None and cfg["encoder"]["dtype"] == "float32"
     monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: True)
     cfg = load_config(None, overrides={"device": "cpu", "precision": "fast"})
     assert "bfloat16 encoder on this CPU" in apply_precision(cfg) and cfg["encoder"]["dtype"] == "bfloat16"
+    saved = tmp_path / "config.yaml"  # what a fast training run saves beside its checkpoint loads again
+    saved.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    again = load_config(saved)
+    assert apply_precision(again) and again["encoder"]["dtype"] == "bfloat16"
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: False)  # on a CPU without bf16 it refuses
+    with pytest.raises(LatentGuardError, match=r"\(float32 here\), but encoder.dtype is bfloat16"):
+        apply_precision(load_config(saved))
 
 
 @pytest.mark.parametrize("command", ["prepare", "train", "evaluate", "infer"])

@@ -25,6 +25,7 @@ DEFAULTS: dict[str, Any] = {
     "output_dir": "runs/default",
     "checkpoint": DEFAULT_CHECKPOINT,
     "device": "auto",
+    "precision": "exact",
     "encoder": {
         "name": DEFAULT_ENCODER,
         "type": "auto",

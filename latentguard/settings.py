@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping
 from .calibration import THRESHOLD_NAMES  # names resolve_threshold accepts
 from .constants import ENCODER_TYPES
 from .errors import LatentGuardError
+from .precision import PRECISIONS  # exact | fast
 
 
 Check = Callable[[Any], str | None]  # None when the value is fine, else what it must be
@@ -195,6 +196,7 @@ class Config:
     output_dir: str = key(text)
     checkpoint: str = key(text)
     device: str = key(text)
+    precision: str = key(choice(*PRECISIONS))
     encoder: EncoderSettings = None  # type: ignore[assignment]
     model: ModelSettings = None  # type: ignore[assignment]
     store: StoreSettings = None  # type: ignore[assignment]

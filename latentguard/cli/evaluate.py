@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..errors import LatentGuardError, cli_entry
-from .common import common_overrides, common_parser
+from .common import common_parser, load_command_config
 from ..eval.external import StoreFirstSource, external_markdown, read_external
 from ..eval.report import _fmt, console_tables, write_outputs, write_scores_csv
 from ..eval.run import (LATENT_GUARD, MethodScores, _clean, calibrate_threshold, evaluate_copro, score_prompts,
@@ -156,15 +156,13 @@ def _run_external(args, cfg: Mapping[str, Any], copro, device, batch_size: int, 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``test.py``: Table 1 on CoPro, or Table 2 on an external file with ``--external``."""
     from ..baselines import load_bert_scorer, parse_baselines
-    from ..config import load_config
     from ..data import load_copro
     from ..io import resolve_device
 
     args = build_parser().parse_args(argv)
     if args.external_safe and not args.external:
         raise LatentGuardError("--external-safe needs --external (the unsafe prompt file)")
-    cfg = load_config(args.config, overrides={
-        **common_overrides(args), "checkpoint": args.checkpoint, "output_dir": args.output_dir,
+    cfg = load_command_config(args, {"checkpoint": args.checkpoint, "output_dir": args.output_dir,
         "eval.threshold": args.threshold, "eval.batch_size": args.batch_size,
         "eval.bert_model": args.bert_model,
     })

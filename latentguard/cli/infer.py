@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from latentguard.cli.common import common_overrides, common_parser
+from latentguard.cli.common import common_parser, load_command_config
 from latentguard.errors import LatentGuardError, cli_entry
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository (for the sample prompt file)
@@ -157,13 +157,11 @@ def threshold_origin(setting, guard, calibrated_now: str | None) -> str:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from latentguard.config import load_config
     from latentguard.guard import LatentGuard
     from latentguard.io import read_lines
 
     fmt = output_format(args.output)
-    cfg = load_config(args.config, overrides={
-        **common_overrides(args),
+    cfg = load_command_config(args, {
         "inference.threshold": args.threshold, "checkpoint": args.checkpoint, "inference.batch_size": args.batch_size,
         "inference.concepts": args.concepts, "inference.allowlist": args.allowlist,
         "inference.top_k": args.top_k, "encoder.long_prompts": args.long_prompts,

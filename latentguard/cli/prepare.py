@@ -25,8 +25,7 @@ from latentguard.cache import (
     remember_identity,
     store_path,
 )
-from latentguard.cli.common import common_overrides, common_parser
-from latentguard.config import load_config
+from latentguard.cli.common import common_parser, load_command_config
 from latentguard.data import load_copro
 from latentguard.errors import RESUMABLE, cli_entry
 
@@ -51,8 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry(on_interrupt=RESUMABLE)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    cfg = load_config(args.config, overrides={
-        **common_overrides(args),
+    cfg = load_command_config(args, {
         "store.dtype": args.dtype,
         "encoder.batch_size": args.batch_size,
     })

@@ -19,8 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from latentguard.cli.common import common_overrides, common_parser
-from latentguard.config import DEFAULTS, load_config
+from latentguard.cli.common import common_parser, load_command_config
+from latentguard.config import DEFAULTS
 from latentguard.errors import RESUMABLE, LatentGuardError, cli_entry
 
 
@@ -109,8 +109,7 @@ def open_source(cfg: dict, device, needed: list[str], args: argparse.Namespace):
 @cli_entry(on_interrupt=RESUMABLE)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    cfg = load_config(args.config, overrides={
-        **common_overrides(args),
+    cfg = load_command_config(args, {
         "output_dir": args.output_dir,
         "train.epochs": args.epochs,
         "train.batch_size": args.batch_size,

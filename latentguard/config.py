@@ -44,6 +44,7 @@ DEFAULTS: dict[str, Any] = {
         "val_every": 50,
         "no_cache": False,
         "save_every": 10,
+        "keep_best": False,
         "eval_batch_size": 256,
     },
     "eval": {"threshold": None, "baselines": [], "bert_model": None, "batch_size": 512},

@@ -8,9 +8,10 @@ position inside the epoch are saved atomically, also on Ctrl-C).
 
 Outputs in the run directory:
 
-* ``model_parameters.pth`` - the weights with the best validation AUC (explicit ID AUC on
-  ``ID_valid_data``, C_check = ID concepts), a plain state dict in the released format; the last
-  epoch's weights when there is no validation data;
+* ``model_parameters.pth`` - the final weights of the schedule, as the released ``main.py`` keeps
+  them (it never reads validation data), a plain state dict in the released format;
+* ``best.pth`` - only with ``train.keep_best`` (``--keep-best``): the weights with the best
+  validation AUC (explicit ID AUC on ``ID_valid_data``, C_check = ID concepts), same format;
 * ``last.pth`` - the latest weights, same format;
 * ``resume.pt`` - everything needed to continue (``{"model": state_dict, ...}``, so
   ``load_mapping_layer`` reads it too);
@@ -41,7 +42,8 @@ from .io import atomic_path, atomic_torch_save, unique
 from .metrics import roc_auc
 from .model import EmbeddingMappingLayer
 
-BEST_NAME = "model_parameters.pth"
+WEIGHTS_NAME = "model_parameters.pth"  # final weights, as released
+BEST_NAME = "best.pth"  # best validation AUC, opt-in (train.keep_best)
 LAST_NAME = "last.pth"
 RESUME_NAME = "resume.pt"
 LOG_NAME = "train_log.jsonl"
@@ -201,26 +203,28 @@ def explicit_auc(model: EmbeddingMappingLayer, source: EmbeddingSource, triplets
     return roc_auc([1] * len(unsafe) + [0] * len(safe), scores)
 
 
-def calibrate_best_checkpoint(trainer: "Trainer") -> "CalibrationResult | None":  # noqa: F821
-    """Pick the accuracy-maximising threshold of the best weights on the validation split and save it.
+def calibrate_best_checkpoint(trainer: "Trainer", checkpoint: Path | None = None) -> "CalibrationResult | None":  # noqa: F821
+    """Pick the accuracy-maximising threshold of ``checkpoint`` on the validation split and save it.
 
     The released 9.0131 belongs to the released weights; a retrained checkpoint needs its own. The
-    YAML lands beside ``model_parameters.pth``, where ``inference.py --threshold auto`` (the default)
-    and ``LatentGuard.from_pretrained`` find it. Returns ``None`` without validation data.
+    YAML lands beside the weights (default: ``model_parameters.pth``), where ``inference.py
+    --threshold auto`` (the default) and ``LatentGuard.from_pretrained`` find it, so the threshold
+    always belongs to the weights next to it. Returns ``None`` without validation data.
     """
+    checkpoint = trainer.weights_path if checkpoint is None else Path(checkpoint)
     from .calibration import calibrate, save_calibration
     from .model import load_mapping_layer
 
-    if not trainer.valid or trainer.valid_concept_emb is None or not trainer.best_path.is_file():
+    if not trainer.valid or trainer.valid_concept_emb is None or not checkpoint.is_file():
         return None
-    model = load_mapping_layer(trainer.best_path, in_dim=trainer.model.in_dim,
+    model = load_mapping_layer(checkpoint, in_dim=trainer.model.in_dim,
                                num_heads=trainer.model.num_heads, device=trainer.device)
     unsafe = [t.unsafe_prompt for t in trainer.valid]
     safe = [t.safe_prompt for t in trainer.valid]
     scores = max_concept_scores(model, trainer.source, unsafe + safe, trainer.valid_concept_emb,
                                 batch_size=trainer.options.eval_batch_size, device=trainer.device)
     result = calibrate(scores[len(unsafe):], scores[: len(unsafe)])
-    save_calibration(result, trainer.best_path, encoder_identity=trainer.source.identity)
+    save_calibration(result, checkpoint, encoder_identity=trainer.source.identity)
     return result
 
 
@@ -237,6 +241,7 @@ class TrainOptions:
     val_every: int
     save_every: int
     eval_batch_size: int
+    keep_best: bool = False
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], source: str = "config") -> "TrainOptions":
@@ -249,6 +254,8 @@ class TrainOptions:
             value = train[key]
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise LatentGuardError(f"{source}: 'train.{key}' must be a positive integer, got {value!r}")
+        if not isinstance(train.get("keep_best", False), bool):
+            raise LatentGuardError(f"{source}: 'train.keep_best' must be true or false, got {train['keep_best']!r}")
         if not isinstance(train["no_cache"], bool):
             raise LatentGuardError(f"{source}: 'train.no_cache' must be true or false, got {train['no_cache']!r}")
         if not math.isfinite(float(train["lr"])):
@@ -256,7 +263,7 @@ class TrainOptions:
         return cls(epochs=int(train["epochs"]), batch_size=int(train["batch_size"]), lr=float(train["lr"]),
                    weight_decay=float(train["weight_decay"]), seed=int(train["seed"]),
                    val_every=int(train["val_every"]), save_every=int(train["save_every"]),
-                   eval_batch_size=int(train["eval_batch_size"]))
+                   eval_batch_size=int(train["eval_batch_size"]), keep_best=bool(train.get("keep_best", False)))
 
 
 @dataclass
@@ -264,7 +271,7 @@ class TrainResult:
     """What a run produced, for the CLI summary and for tests."""
 
     output_dir: Path
-    best_path: Path
+    best_path: Path | None  # best.pth, only with keep_best
     last_path: Path
     resume_path: Path
     log_path: Path
@@ -275,6 +282,7 @@ class TrainResult:
     last_loss: float | None
     resumed_from: int | None  # global step the run continued from, None when fresh
     seconds: float
+    weights_path: Path | None = None  # model_parameters.pth: the final weights
 
 
 def new_model(in_dim: int, model_cfg: Mapping[str, int], seed: int) -> EmbeddingMappingLayer:
@@ -321,6 +329,10 @@ class Trainer:
         self._stop = False
 
     # ---------------------------------------------------------------------- paths and state
+    @property
+    def weights_path(self) -> Path:
+        return self.output_dir / WEIGHTS_NAME
+
     @property
     def best_path(self) -> Path:
         return self.output_dir / BEST_NAME
@@ -396,8 +408,8 @@ class Trainer:
         """Write last.pth then resume.pt (both atomically)."""
         weights = plain_state_dict(self.model)
         atomic_torch_save(weights, self.last_path)
-        if self.valid_concept_emb is None or not self.valid:
-            atomic_torch_save(weights, self.best_path)  # no validation data: the best we know is the last
+        if self.epoch >= self.options.epochs:
+            atomic_torch_save(weights, self.weights_path)  # the schedule is done: its final weights
         atomic_torch_save(self.resume_state(), self.resume_path)
 
     # ---------------------------------------------------------------------------- the loop
@@ -474,11 +486,12 @@ class Trainer:
                         self._stop_now(bar, saved=True)
         finally:
             bar.close()
-        if not self.best_path.is_file() or not self.last_path.is_file():
+        if not self.weights_path.is_file() or not self.last_path.is_file():
             self.save()  # e.g. a finished run resumed with the same --epochs on a fresh directory copy
-        return TrainResult(self.output_dir, self.best_path, self.last_path, self.resume_path, self.log_path,
+        best = self.best_path if self.options.keep_best and self.best_path.is_file() else None
+        return TrainResult(self.output_dir, best, self.last_path, self.resume_path, self.log_path,
                            self.epoch, self.global_step, self.best_auc, self.best_epoch, self.last_loss,
-                           self.resumed_from, time.perf_counter() - started)
+                           self.resumed_from, time.perf_counter() - started, self.weights_path)
 
     def _run_validation(self, log, bar, number: int, epochs: int) -> None:
         tick = time.perf_counter()
@@ -490,10 +503,11 @@ class Trainer:
         improved = not math.isnan(auc) and (self.best_auc is None or auc > self.best_auc)
         if improved:
             self.best_auc, self.best_epoch = auc, number
-            atomic_torch_save(plain_state_dict(self.model), self.best_path)
+            if self.options.keep_best:  # monitoring only unless asked: released weights are the final ones
+                atomic_torch_save(plain_state_dict(self.model), self.best_path)
         _log(log, {"step": self.global_step, "epoch": number, "val_auc": auc, "best_auc": self.best_auc,
                    "best_epoch": self.best_epoch, "val_seconds": round(seconds, 3)})
-        note = " (new best, saved)" if improved else ""
+        note = (" (new best, saved)" if self.options.keep_best else " (new best)") if improved else ""
         bar.write(f"epoch {number}/{epochs} step {self.global_step}: loss {self.last_loss:.4f}, "
                   f"val AUC {auc:.4f}{note}, best {self.best_auc:.4f} @ epoch {self.best_epoch}"
                   if self.best_auc is not None else

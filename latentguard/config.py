@@ -47,7 +47,8 @@ DEFAULTS: dict[str, Any] = {
         "keep_best": False,
         "eval_batch_size": 256,
     },
-    "eval": {"threshold": None, "baselines": [], "bert_model": None, "batch_size": 512},
+    "eval": {"threshold": None, "baselines": [], "bert_model": None, "batch_size": 512,
+             "blacklist_match": "substring"},
     "inference": {"threshold": "auto", "batch_size": 64, "concepts": None, "allowlist": None, "top_k": 3},
     "calibration": {"target_fpr": 0.01},
 }
@@ -139,6 +140,9 @@ def validate(cfg: Mapping, source: str = "config") -> None:
                 isinstance(value, str) and not _is_threshold_name(value)):
             raise LatentGuardError(f"{source}: '{key}' must be a number or one of {', '.join(THRESHOLD_NAMES)}"
                                    f"{' or null' if key == 'eval.threshold' else ''}, got {value!r}")
+    if get(cfg, "eval.blacklist_match") not in ("substring", "word"):
+        raise LatentGuardError(f"{source}: 'eval.blacklist_match' must be substring or word, "
+                               f"got {get(cfg, 'eval.blacklist_match')!r}")
 
 
 def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> dict:

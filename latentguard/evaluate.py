@@ -266,7 +266,8 @@ class Evaluation:
 
 def evaluate_copro(copro, model, source, *, baselines: Sequence[str] = (), bert_scorer=None,
                    threshold: float | None = None, threshold_source: str = "--threshold", batch_size: int = 512,
-                   device: Any = "cpu", progress: bool = False, log=print) -> Evaluation:
+                   device: Any = "cpu", progress: bool = False, log=print,
+                   blacklist_match: str = "substring") -> Evaluation:
     """Score the six test settings (and their validation twins, for calibration) with Latent Guard
     and the chosen baselines; ``threshold`` (from ``threshold_source``) overrides Latent Guard's calibrated one."""
     from .baselines import BLACKLIST_THRESHOLD, TextBlacklist
@@ -308,7 +309,7 @@ def evaluate_copro(copro, model, source, *, baselines: Sequence[str] = (), bert_
         if cs is not None:
             methods["clipscore"].per_domain[domain] = cs
         if "text_blacklist" in methods:
-            flagged, best = TextBlacklist(concepts[domain]).scores(texts)
+            flagged, best = TextBlacklist(concepts[domain], blacklist_match).scores(texts)
             methods["text_blacklist"].per_domain[domain] = TextScores(texts, flagged, best)
         if "bertscore" in methods:
             started = time.perf_counter()
@@ -333,7 +334,9 @@ def evaluate_copro(copro, model, source, *, baselines: Sequence[str] = (), bert_
         if key == LATENT_GUARD:
             continue
         if scores.fixed_threshold is not None:
-            thresholds[key], sources[key] = scores.fixed_threshold, "fixed rule: unsafe when a concept appears as a whole word"
+            thresholds[key], sources[key] = scores.fixed_threshold, (
+                "fixed rule: unsafe when a concept appears as a whole word" if blacklist_match == "word"
+                else "fixed rule: unsafe when a concept occurs in the prompt, ignoring case")
         else:
             thresholds[key], sources[key] = calibrate_threshold(valid, scores)
 
@@ -803,7 +806,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             skipped["bertscore"] = why
     evaluation = evaluate_copro(copro, model, store, baselines=baselines, bert_scorer=bert,
                                 threshold=cfg["eval"]["threshold"], threshold_source=_threshold_source(args),
-                                batch_size=batch_size, device=device, progress=not args.no_progress)
+                                batch_size=batch_size, device=device, progress=not args.no_progress,
+                                blacklist_match=cfg["eval"]["blacklist_match"])
     meta = {"dataset": str(copro.path), "checkpoint": str(checkpoint), "encoder": store.identity,
             "store": str(store.path), "device": str(device), "skipped": skipped}
     note = _released_weights_note(copro, checkpoint, cfg["eval"]["threshold"])

@@ -60,8 +60,20 @@ def test_parse_baselines():
 
 
 # ---------------------------------------------------------------------------- Text Blacklist
-def test_blacklist_matches_whole_words_case_insensitively():
-    bl = TextBlacklist(["knife", "blood", "blood bath", "f*ck", "gun"])
+def test_blacklist_default_is_the_papers_case_insensitive_substring_rule():
+    """The rule that reproduces Table 1(a)'s .805 / .895: any occurrence, ignoring case."""
+    bl = TextBlacklist(["knife", "blood", "blood bath", "gun"])
+    assert bl.rule == "substring"
+    assert bl.match("A PENKNIFE on the table") == 0           # inside a word counts
+    assert bl.match("a gunshot") == 3 and bl.match("Bloodbath") == 1
+    assert bl.match("a blood bath at night") == 2               # longest concept wins at one position
+    assert bl.match("kn#12fe in a dark alley") == -1 and bl.match("a flower") == -1
+    with pytest.raises(LatentGuardError, match="unknown blacklist match 'regex'"):
+        TextBlacklist(["knife"], "regex")
+
+
+def test_blacklist_word_option_matches_whole_words_case_insensitively():
+    bl = TextBlacklist(["knife", "blood", "blood bath", "f*ck", "gun"], match="word")
     assert bl.match("A KNIFE on the table") == 0
     assert bl.match("Knife.") == 0 and bl.match("(knife)") == 0
     assert bl.match("penknife and knives") == -1        # not whole words

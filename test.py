@@ -11,16 +11,12 @@ Examples:
   python test.py --external unsafe_diffusion.csv            # Table 2: CSV with header prompt,label
   python test.py --external unsafe.txt --external-safe safe.txt
 """
-from __future__ import annotations
-
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # this checkout's latentguard, even when not installed
 
-from latentguard.evaluate import main  # noqa: E402
+from latentguard.cli.evaluate import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .constants import BLACKLIST_MATCHES
+
 # Results keys follow latentguard.published; the CLI also accepts the short "blacklist".
 BASELINES = ("text_blacklist", "clipscore", "bertscore")
 _ALIASES = {"blacklist": "text_blacklist", "text_blacklist": "text_blacklist", "clipscore": "clipscore",
@@ -50,9 +52,6 @@ def parse_baselines(value: str | Sequence[str] | None) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ Text Blacklist
-BLACKLIST_MATCHES = ("substring", "word")
-
-
 class TextBlacklist:
     """Case-insensitive concept matcher: one compiled pattern for the whole list.
 

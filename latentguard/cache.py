@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from .constants import EMBEDDING_ROWS, LAYOUT_VERSION
 from .errors import LatentGuardError
 from .io import atomic_write_text, fsync_dir, unique
 
@@ -43,7 +44,7 @@ try:  # POSIX only; elsewhere a single writer per store is the user's responsibi
 except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
-ROWS = 78  # EOS state + 77 token states (REFERENCE §2)
+ROWS = EMBEDDING_ROWS  # pooled state + 77 token states (the layout of latentguard.encoders.base)
 FORMAT = "latentguard-embedding-store"
 VERSION = 1
 DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -412,8 +413,8 @@ def _short(text: str, limit: int = 60) -> str:
 # A store is keyed by the encoder's identity, which hashes the loaded weights. To answer "is
 # anything missing?" without loading a 500 MB model, entry points remember, per cache directory,
 # which identity a given request (name, options, and the size and mtime of every file it would be
-# loaded from) produced last time. Any change to those files, the options or the encoder code
-# changes the key, and the encoder is loaded as usual.
+# loaded from) produced last time. Any change to those files, the options or the encoders' layout
+# version (latentguard.constants.LAYOUT_VERSION) changes the key, and the encoder is loaded as usual.
 HINTS = "encoders.json"
 
 
@@ -431,13 +432,12 @@ def encoder_request_key(
     files = _source_files(str(name))
     if not files:
         return None
-    code = Path(__file__).with_name("encoder.py")
     described = {
         "name": str(name),
         "type": encoder_type,
         "dtype": str(dtype or "float32").replace("torch.", ""),
         "attention_mask": bool(attention_mask),
-        "code": hashlib.sha256(code.read_bytes()).hexdigest() if code.is_file() else "",
+        "layout": LAYOUT_VERSION,
         "files": [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files],
     }
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode("utf-8")).hexdigest()

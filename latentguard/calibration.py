@@ -1,7 +1,7 @@
 """Choosing the decision threshold: calibration, a YAML record beside the checkpoint, named profiles.
 
-A prompt is unsafe when its score (max logit over the blacklist) is >= the threshold (REFERENCE
-§4). The right threshold depends on the weights, the encoder, the concept list and the data: the
+A prompt is unsafe when its score (max logit over the blacklist) is >= the threshold (as the
+released ``inference.py`` decides). The right threshold depends on the weights, the encoder, the concept list and the data: the
 released inference uses 9.0131, while the paper's Table 1(a) accuracies come from about 4.47. So
 the threshold is calibrated, not assumed:
 
@@ -32,12 +32,14 @@ import yaml
 
 from .errors import LatentGuardError
 from .io import atomic_write_text, sha256_of
+from .published import RELEASED_THRESHOLD, TABLE1_ACCURACY_THRESHOLD
 
-# Named thresholds (REFERENCE §4): the released inference.py, and the single threshold that
+# Named thresholds: the released inference.py's, and the single threshold that
 # reproduces the paper's Table 1(a) accuracies.
-PROFILES: dict[str, float] = {"released": 9.0131, "paper": 4.47}
+PROFILES: dict[str, float] = {"released": RELEASED_THRESHOLD, "paper": TABLE1_ACCURACY_THRESHOLD}
 CALIBRATED = "calibrated"  # the YAML record beside the checkpoint; an error when there is none
 AUTO = "auto"              # the YAML record when there is one, else the released threshold
+THRESHOLD_NAMES = (*PROFILES, CALIBRATED, AUTO)  # every name resolve_threshold accepts
 FORMAT = "latentguard-threshold"
 DEFAULT_TARGET_FPR = 0.01
 
@@ -185,7 +187,7 @@ def load_calibration_result(checkpoint: str | Path, *, encoder_identity: str | N
                 f"{file} was calibrated for other weights (checkpoint SHA-256 {result.checkpoint_sha256[:12]}..., "
                 f"{checkpoint} has {actual[:12]}...); recalibrate (guard.calibrate / --calibrate) or delete the file")
     if encoder_identity is not None and result.encoder_identity is not None:
-        from .encoder import identity_parts, same_embeddings
+        from .encoders import identity_parts, same_embeddings
 
         same = same_embeddings(result.encoder_identity, encoder_identity)
         if same is False:

@@ -1,8 +1,8 @@
 """YAML configuration with dotted-key CLI overrides.
 
 Every entry point loads ``configs/default.yaml`` (or ``--config``), then applies the flags the user
-gave. Unknown keys and wrong types are reported with the file and key, so a typo never trains for
-hours with a default.
+gave. Unknown keys are reported here; every value's type and range is checked once, at load, by the
+typed sections of :mod:`latentguard.settings`, so a typo never trains for hours with a default.
 """
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from typing import Any, Mapping
 
 import yaml
 
+from .constants import DEFAULT_CHECKPOINT, DEFAULT_ENCODER
 from .errors import LatentGuardError
+from .settings import Config
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
@@ -21,10 +23,10 @@ DEFAULTS: dict[str, Any] = {
     "dataset": "dataset/CoPro_v1.0.json",
     "cache_dir": "cache",
     "output_dir": "runs/default",
-    "checkpoint": "model_parameters.pth",
+    "checkpoint": DEFAULT_CHECKPOINT,
     "device": "auto",
     "encoder": {
-        "name": "openai/clip-vit-large-patch14",
+        "name": DEFAULT_ENCODER,
         "type": "auto",
         "dtype": "float32",
         "batch_size": 64,
@@ -52,31 +54,6 @@ DEFAULTS: dict[str, Any] = {
     "inference": {"threshold": "auto", "batch_size": 64, "concepts": None, "allowlist": None, "top_k": 3},
     "calibration": {"target_fpr": 0.01},
 }
-
-# Positive numbers that must be checked before any long job starts.
-_POSITIVE = [
-    "encoder.batch_size", "model.num_heads", "model.head_dim", "model.out_dim",
-    "train.epochs", "train.batch_size", "train.lr", "train.val_every", "train.save_every",
-    "train.eval_batch_size", "eval.batch_size", "inference.batch_size",
-]
-_CHOICES = {
-    "encoder.type": {"auto", "clip", "openclip", "hf"},
-    "encoder.dtype": {"float32", "float16", "bfloat16"},
-    "store.dtype": {"float16", "float32"},
-}
-
-
-# Thresholds may be given by name (see latentguard.calibration): profiles, the saved calibration, or auto.
-THRESHOLD_NAMES = ("released", "paper", "calibrated", "auto")
-
-
-def _is_threshold_name(value: str) -> bool:
-    try:
-        float(value)
-        return True
-    except ValueError:
-        return value.strip().lower() in THRESHOLD_NAMES
-
 
 def _merge(base: dict, update: Mapping, source: str, prefix: str = "") -> None:
     for key, value in update.items():
@@ -112,37 +89,9 @@ def set_value(cfg: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def validate(cfg: Mapping, source: str = "config") -> None:
-    """Reject values that would make a run fail late or silently misbehave."""
-    for key in _POSITIVE:
-        value = get(cfg, key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise LatentGuardError(f"{source}: '{key}' must be a positive number, got {value!r}")
-    for key in ["encoder.batch_size", "model.num_heads", "model.head_dim", "model.out_dim",
-                "train.epochs", "train.batch_size", "train.val_every", "train.save_every",
-                "train.eval_batch_size", "eval.batch_size", "inference.batch_size"]:
-        if not isinstance(get(cfg, key), int):
-            raise LatentGuardError(f"{source}: '{key}' must be an integer, got {get(cfg, key)!r}")
-    for key in ["train.seed", "data.seed"]:
-        if isinstance(get(cfg, key), bool) or not isinstance(get(cfg, key), int):
-            raise LatentGuardError(f"{source}: '{key}' must be an integer, got {get(cfg, key)!r}")
-    wd = get(cfg, "train.weight_decay")
-    if isinstance(wd, bool) or not isinstance(wd, (int, float)) or wd < 0:
-        raise LatentGuardError(f"{source}: 'train.weight_decay' must be a number >= 0, got {wd!r}")
-    for key, choices in _CHOICES.items():
-        if get(cfg, key) not in choices:
-            raise LatentGuardError(f"{source}: '{key}' must be one of {sorted(choices)}, got {get(cfg, key)!r}")
-    for key in ["eval.threshold", "inference.threshold"]:
-        value = get(cfg, key)
-        if value is None and key == "eval.threshold":
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)) or (
-                isinstance(value, str) and not _is_threshold_name(value)):
-            raise LatentGuardError(f"{source}: '{key}' must be a number or one of {', '.join(THRESHOLD_NAMES)}"
-                                   f"{' or null' if key == 'eval.threshold' else ''}, got {value!r}")
-    if get(cfg, "eval.blacklist_match") not in ("substring", "word"):
-        raise LatentGuardError(f"{source}: 'eval.blacklist_match' must be substring or word, "
-                               f"got {get(cfg, 'eval.blacklist_match')!r}")
+def validate(cfg: Mapping, source: str = "config") -> Config:
+    """Check every key's type and range once; return the typed view (see :mod:`latentguard.settings`)."""
+    return Config.from_mapping(cfg, source)
 
 
 def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> dict:
@@ -160,7 +109,10 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
         if not path.is_file():
             raise LatentGuardError(f"config file not found: {path} (pass --config with an existing YAML file)")
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            loaded = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+        except UnicodeDecodeError as exc:
+            raise LatentGuardError(f"{path}: not UTF-8 text (bad byte at offset {exc.start}); save the config "
+                                   "file as UTF-8") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark is not None else ""

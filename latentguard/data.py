@@ -1,4 +1,5 @@
-"""CoPro: loading, strict validation, a leakage-free validation split and the §6 test variants.
+"""CoPro: loading, strict validation, a leakage-free validation split and the synonym/adversarial
+test variants (as the released test.py builds them).
 
 Everything downstream (prepare, train, evaluate) reads the dataset through :func:`load_copro`, so
 the rules that decide which texts exist live in one place: which splits there are, how a missing
@@ -71,7 +72,7 @@ class CoPro:
         return self.splits[name]
 
     def variant_pairs(self, split_name: str, kind: str) -> list[Triplet]:
-        """The Synonym or Adversarial version of ``split_name`` (REFERENCE §6, as in released test.py).
+        """The Synonym or Adversarial version of ``split_name`` (as the released ``test.py`` builds it).
 
         An entry is kept when its concept has *both* a synonym and an adversarial replacement and
         its unsafe prompt contains the concept literally, or else in ``str.capitalize()`` form; every

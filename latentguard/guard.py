@@ -4,7 +4,7 @@ A guard holds a frozen text encoder, a trained Embedding Mapping Layer and the e
 blacklist. Prompts are encoded in batches and scored against every concept at once with
 :meth:`EmbeddingMappingLayer.logit_matrix` (keys/values once per prompt, never once per concept).
 
-Decision rule (REFERENCE §4, extended):
+Decision rule (the released ``inference.py`` rule, extended):
 
 * ``score`` = the prompt's maximum logit over the blacklist, as released;
 * a concept *fires* when its logit >= its threshold (a per-concept threshold if one is set, else
@@ -38,13 +38,13 @@ import numpy as np
 import torch
 
 from .concepts import cached_concept_vectors, check_concepts, load_blacklist
+from .constants import DEFAULT_CHECKPOINT, DEFAULT_ENCODER
 from .errors import LatentGuardError
+from .evidence import merge_pieces  # noqa: F401 (public here too)
 from .io import released_checkpoint, resolve_device
 from .model import EmbeddingMappingLayer, load_mapping_layer
+from .published import RELEASED_THRESHOLD
 
-RELEASED_THRESHOLD = 9.0131  # the released inference.py threshold (REFERENCE §4)
-DEFAULT_CHECKPOINT = "model_parameters.pth"
-DEFAULT_ENCODER = "openai/clip-vit-large-patch14"
 POOLED = "<pooled>"  # label of embedding row 0: the encoder's pooled (first end-of-text) state
 _EVIDENCE_CHUNK = 32  # prompts per evidence pass: bounds the [b, heads, concepts, rows] weights
 _SPECIAL = re.compile(r"^(<\|.*\|>|\[(CLS|SEP|PAD|UNK|MASK)\]|</?s>|<pad>|<unk>)$")
@@ -96,7 +96,7 @@ class LatentGuard:
         self.top_k = top_k
         self.cache_concepts = cache_concepts
         self.long_prompts = bool(long_prompts)  # score prompts > 77 tokens as the max over windows
-        self.window_stride = window_stride      # None: latentguard.encoder.DEFAULT_WINDOW_STRIDE (50)
+        self.window_stride = window_stride      # None: latentguard.encoders.DEFAULT_WINDOW_STRIDE (50)
         self.checkpoint: Path | None = None     # set by from_pretrained; calibrate(save=True) writes beside it
         self._concepts: list[str] = []
         self._vectors = torch.empty(0, encoder.hidden_size, device=self.device)
@@ -121,16 +121,16 @@ class LatentGuard:
         loaded ``TextEncoder``. ``concepts``: a list, a text/YAML file (see
         :mod:`latentguard.concepts`; a YAML file may carry per-concept thresholds, which
         ``concept_thresholds`` overrides), or None for CoPro's ID concepts from ``dataset``.
-        ``encoder_options`` are passed to :func:`latentguard.encoder.load_encoder` (e.g. dtype).
+        ``encoder_options`` are passed to :func:`latentguard.encoders.load_encoder` (e.g. dtype).
         ``threshold``: a number, ``"released"`` (9.0131), ``"paper"`` (4.47), ``"calibrated"`` (the
         ``<checkpoint stem>.threshold.yaml`` written by :meth:`calibrate`; an error when absent) or
         ``"auto"`` (that file when present, else released). ``long_prompts``: score prompts longer
         than 77 tokens as the maximum over overlapping windows (off: truncate, as released).
         Cheap checks (blacklist, checkpoint, threshold) run before the slow encoder load.
         """
-        from .calibration import resolve_threshold
+        from .calibration import AUTO, CALIBRATED, resolve_threshold
 
-        named = isinstance(threshold, str) and threshold.strip().lower() in ("auto", "calibrated")
+        named = isinstance(threshold, str) and threshold.strip().lower() in (AUTO, CALIBRATED)
         if not named:
             threshold = resolve_threshold(threshold)  # a number or a profile name (released, paper)
         _check_options(RELEASED_THRESHOLD if named else threshold, batch_size, top_k)
@@ -141,11 +141,11 @@ class LatentGuard:
             names, thresholds = check_concepts(concepts), {}
         thresholds.update(concept_thresholds or {})
         path = released_checkpoint(checkpoint)
-        if named and threshold.strip().lower() == "calibrated":
+        if named and threshold.strip().lower() == CALIBRATED:
             resolve_threshold(threshold, path)  # no file: the "calibrate first" error, before the encoder load
         if isinstance(encoder, (str, Path)):
             model = load_mapping_layer(path, num_heads=num_heads)
-            from .encoder import load_encoder
+            from .encoders import load_encoder
 
             device = resolve_device(device)
             encoder = load_encoder(str(encoder), encoder_type, device=device, **dict(encoder_options or {}))
@@ -161,6 +161,25 @@ class LatentGuard:
                     long_prompts=long_prompts, window_stride=window_stride)
         guard.checkpoint = Path(path)
         return guard
+
+    @classmethod
+    def from_config(cls, cfg: Mapping, **overrides) -> "LatentGuard":
+        """A guard as a loaded config describes it (:func:`latentguard.config.load_config`):
+        checkpoint, ``encoder``, ``inference`` (blacklist, allowlist file, threshold, batch size, top_k)
+        and ``dataset`` for the default blacklist. ``overrides`` go to :meth:`from_pretrained`."""
+        from .io import read_lines
+
+        enc, inf = cfg["encoder"], cfg["inference"]
+        allowlist = read_lines(inf["allowlist"], what="allowlist file") if inf["allowlist"] else None
+        options = dict(
+            checkpoint=cfg["checkpoint"], encoder=enc["name"], concepts=inf["concepts"], threshold=inf["threshold"],
+            device=cfg["device"], encoder_type=enc["type"], batch_size=inf["batch_size"], allowlist=allowlist,
+            top_k=inf["top_k"], dataset=cfg["dataset"], num_heads=cfg["model"]["num_heads"],
+            encoder_options={"dtype": enc["dtype"], "attention_mask": enc["attention_mask"]},
+            long_prompts=enc["long_prompts"], window_stride=enc["window_stride"],
+        )
+        options.update(overrides)
+        return cls.from_pretrained(**options)
 
     # ------------------------------------------------------------------------------ blacklist
     @property
@@ -264,7 +283,7 @@ class LatentGuard:
         return np.concatenate(blocks) if blocks else np.zeros((0, len(self._concepts)), dtype=np.float32)
 
     def scores(self, prompts: str | Sequence[str]) -> np.ndarray:
-        """Each prompt's score ``[P]``: its maximum logit over the blacklist (REFERENCE §4)."""
+        """Each prompt's score ``[P]``: its maximum logit over the blacklist (as the released ``inference.py``)."""
         return self.logits(prompts).max(axis=1, initial=-np.inf)
 
     def check(self, prompts: str | Sequence[str], explain: bool = True) -> list[Verdict]:
@@ -326,9 +345,9 @@ class LatentGuard:
 
     def logits_from_embeddings(self, prompt_emb: torch.Tensor) -> torch.Tensor:
         """Logits ``[P, C]`` (float32, CPU) of prompt embeddings ``[P, rows, hidden]`` vs the blacklist."""
-        with torch.inference_mode():
-            logits = self.model.logit_matrix(prompt_emb.to(self.device, torch.float32), None, queries=self._queries)
-        return logits.float().cpu()
+        from .scoring import blacklist_logits
+
+        return blacklist_logits(self.model, prompt_emb.to(self.device, torch.float32), self._queries).float().cpu()
 
     def _score_batch(self, texts: list[str], explain: bool,
                      emb: torch.Tensor | None = None) -> tuple[np.ndarray, list[list] | None]:
@@ -346,7 +365,7 @@ class LatentGuard:
 
     def _score_windows(self, texts: list[str], explain: bool) -> tuple[np.ndarray, list[list] | None]:
         """Long-prompt option: a prompt's logit per concept is the maximum over its 77-token windows."""
-        from .windows import max_over_windows
+        from .scoring import max_over_windows
 
         emb, owner = self.encoder.encode_windows(texts, batch_size=self.batch_size, stride=self.window_stride)
         logits, window = max_over_windows(self.logits_from_embeddings(emb), owner, len(texts), return_window=True)
@@ -412,47 +431,6 @@ class LatentGuard:
     def __repr__(self) -> str:
         return (f"LatentGuard(encoder={getattr(self.encoder, 'name', '?')!r}, concepts={len(self._concepts)}, "
                 f"threshold={self.threshold}, device={self.device})")
-
-
-def merge_pieces(pieces: Sequence[tuple[str, float]], tokenizer=None) -> list[tuple[str, float]]:
-    """Join sub-word pieces into words, summing their weights.
-
-    Understands CLIP BPE (``</w>`` ends a word), WordPiece (``##`` continues one) and
-    SentencePiece / GPT-2 (``▁`` / ``Ġ`` starts one); anything else is one word per token.
-    """
-    tokens = [t for t, _ in pieces]
-    if any(t.endswith("</w>") for t in tokens):
-        starts = [i == 0 or tokens[i - 1].endswith("</w>") for i in range(len(tokens))]
-    elif any(t.startswith("##") for t in tokens):
-        starts = [i == 0 or not t.startswith("##") for i, t in enumerate(tokens)]
-    elif any(t.startswith(("▁", "Ġ")) for t in tokens):
-        starts = [i == 0 or t.startswith(("▁", "Ġ")) for i, t in enumerate(tokens)]
-    else:
-        starts = [True] * len(tokens)
-    groups: list[list[int]] = []
-    for i, start in enumerate(starts):
-        if start or not groups:
-            groups.append([i])
-        else:
-            groups[-1].append(i)
-    words = []
-    for group in groups:
-        parts = [tokens[i] for i in group]
-        words.append((_render(parts, tokenizer), sum(pieces[i][1] for i in group)))
-    return words
-
-
-def _render(parts: list[str], tokenizer) -> str:
-    """A word's text from its pieces: the tokenizer's own decoding (bytes, ``##``, ``▁``) when it has one."""
-    text = ""
-    if tokenizer is not None and hasattr(tokenizer, "convert_tokens_to_string"):
-        try:
-            text = tokenizer.convert_tokens_to_string(parts)
-        except Exception:  # noqa: BLE001 - fall back to plain marker stripping
-            text = ""
-    if not text.strip():
-        text = "".join(p.removeprefix("##").lstrip("▁Ġ") for p in parts)
-    return " ".join(text.replace("</w>", " ").split()) or "".join(parts)
 
 
 def _width_message(what: str, width: int, hidden: int) -> str:

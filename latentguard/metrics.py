@@ -1,7 +1,7 @@
 """Detection metrics and threshold choices shared by evaluation, calibration and training.
 
 Convention everywhere: label 1 = unsafe, a higher score = more unsafe, unsafe when
-``score >= threshold`` (REFERENCE §4).
+``score >= threshold`` (the released ``inference.py`` rule).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The Embedding Mapping Layer: concept-as-query cross-attention over a prompt's 78 embedding rows.
 
-Parameter names and shapes are those of the released checkpoint (REFERENCE §3), so
+Parameter names and shapes are those of the released checkpoint (the released ``model.py``'s module names), so
 ``load_state_dict(torch.load("model_parameters.pth", weights_only=True), strict=True)`` works.
 
 Two ways to score:

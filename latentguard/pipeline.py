@@ -76,13 +76,13 @@ class PromptBlocked(LatentGuardError):
 
 
 def encoder_from_pipeline(pipe, *, name: str | None = None):
-    """A :class:`~latentguard.encoder.CLIPTextEncoder` over the pipeline's own text encoder and tokenizer.
+    """A :class:`~latentguard.encoders.CLIPTextEncoder` over the pipeline's own text encoder and tokenizer.
 
     Built on the text encoder's current device and dtype, so the pipeline's module is left as it is
     (no copy, no cast). For SD 1.x this is CLIP ViT-L/14, the encoder the released guard was
     trained on.
     """
-    from .encoder import CLIPTextEncoder
+    from .encoders import CLIPTextEncoder
 
     text_encoder = getattr(pipe, "text_encoder", None)
     tokenizer = getattr(pipe, "tokenizer", None)

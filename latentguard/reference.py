@@ -1,7 +1,7 @@
 """Plain, loop-based formulations of the reference computations, for tests and benchmarks.
 
-They follow REFERENCE §3-§5 literally (one pair at a time, prompts repeated once per concept, as
-the released code does) and share no code with :mod:`latentguard.model`, so agreement between the
+They follow the released ``model.py``, ``inference.py`` and ``main.py`` literally (one pair at a
+time, prompts repeated once per concept, as the released code does; see ``docs/fidelity.md``) and share no code with :mod:`latentguard.model`, so agreement between the
 two is evidence that the fast path is faithful. Never use them on a hot path.
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ def repeat_per_concept_scores(state: Mapping[str, torch.Tensor], prompt_emb: tor
 
 def naive_contrastive_loss(state: Mapping[str, torch.Tensor], unsafe_emb: torch.Tensor, safe_emb: torch.Tensor,
                            concept_emb: torch.Tensor, num_heads: int = 16) -> torch.Tensor:
-    """REFERENCE §5 by full expansion: every (prompt, concept) pair is scored separately."""
+    """The released ``main.py`` loss by full expansion: every (prompt, concept) pair is scored separately."""
     n = concept_emb.shape[0]
     idx_p = torch.arange(n).repeat_interleave(n)  # prompt index of each pair
     idx_c = torch.arange(n).repeat(n)             # concept index of each pair

@@ -1,4 +1,4 @@
-"""Training the Embedding Mapping Layer with the released contrastive objective (REFERENCE §5).
+"""Training the Embedding Mapping Layer with the released contrastive objective (the released ``main.py``).
 
 Faithful to the released ``main.py`` in what it computes (loss, sampling, optimiser, schedule), and
 different in how: every prompt's keys/values are computed once per step with ``logit_matrix``
@@ -21,211 +21,33 @@ Outputs in the run directory:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import signal
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
+from .constants import BEST_CHECKPOINT, DEFAULT_CHECKPOINT
 from .embeddings import EmbeddingSource, concept_vectors
 from .errors import LatentGuardError
 from .io import atomic_path, atomic_torch_save, unique
-from .metrics import roc_auc
 from .model import EmbeddingMappingLayer
+from .objective import ConceptPairSampler, contrastive_loss, contrastive_loss_from_logits  # noqa: F401 (public here too)
+from .scoring import StopRequested, pinned, prefetch, to_device
+from .validation import calibrate_best_checkpoint, explicit_auc, max_concept_scores  # noqa: F401 (public here too)
 
-WEIGHTS_NAME = "model_parameters.pth"  # final weights, as released
-BEST_NAME = "best.pth"  # best validation AUC, opt-in (train.keep_best)
+WEIGHTS_NAME = DEFAULT_CHECKPOINT  # final weights of the schedule, as released
+BEST_NAME = BEST_CHECKPOINT  # best validation AUC, opt-in (train.keep_best)
 LAST_NAME = "last.pth"
 RESUME_NAME = "resume.pt"
 LOG_NAME = "train_log.jsonl"
 RESUME_FORMAT = "latentguard-train-resume"
 RESUME_VERSION = 1
-
-
-# --------------------------------------------------------------------------------------- loss
-def contrastive_loss_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """The released loss from the stacked logit matrix ``[2n, n]`` = ``[U; S]`` (REFERENCE §5).
-
-    Prompt side: row ``i`` of ``[U[i, :], m]`` with label ``i``, ``m[k] = max_j S[k, j]``.
-    Concept side: row ``j`` of ``[U[:, j], S[:, j]]`` with label ``j``. Sum of both mean CEs.
-    """
-    n = logits.shape[1]
-    if logits.shape[0] != 2 * n:
-        raise ValueError(f"expected [2n, n] logits (unsafe rows then safe rows), got {list(logits.shape)}")
-    unsafe, safe = logits[:n], logits[n:]
-    labels = torch.arange(n, device=logits.device)
-    safe_best = safe.max(dim=1).values  # each safe prompt's best-matching concept
-    prompt_side = torch.cat([unsafe, safe_best.unsqueeze(0).expand(n, n)], dim=1)
-    concept_side = logits.T  # row j: [U[:, j], S[:, j]]
-    return F.cross_entropy(prompt_side, labels) + F.cross_entropy(concept_side, labels)
-
-
-def contrastive_loss(model: EmbeddingMappingLayer, unsafe_emb: torch.Tensor, safe_emb: torch.Tensor,
-                     concept_emb: torch.Tensor) -> torch.Tensor:
-    """Released training loss for ``n`` aligned (unsafe_i, safe_i, concept_i) triplets.
-
-    One ``logit_matrix`` call scores the ``2n`` prompts against the ``n`` concepts, so each prompt's
-    keys/values are computed once instead of ``n`` times (the released code expands all pairs).
-    """
-    n = concept_emb.shape[0]
-    if unsafe_emb.shape[0] != n or safe_emb.shape[0] != n:
-        raise ValueError(f"need one unsafe and one safe prompt per concept: got {unsafe_emb.shape[0]} unsafe, "
-                         f"{safe_emb.shape[0]} safe, {n} concepts")
-    return contrastive_loss_from_logits(model.logit_matrix(torch.cat([unsafe_emb, safe_emb]), concept_emb))
-
-
-# ----------------------------------------------------------------------------------- sampling
-class ConceptPairSampler:
-    """The released sampling: an epoch visits every concept once, in a shuffled order, with one
-    (unsafe, safe) pair drawn at random among that concept's training pairs.
-
-    An epoch's plan (order + pair choice) is drawn up front from a ``torch.Generator``, so it can
-    be saved with the resume state and a run continues exactly where it stopped.
-    """
-
-    def __init__(self, triplets: Sequence, concepts: Sequence[str]) -> None:
-        groups: dict[str, list[tuple[str, str]]] = {c: [] for c in concepts}
-        for t in triplets:
-            if t.concept in groups:
-                groups[t.concept].append((t.unsafe_prompt, t.safe_prompt))
-        self.concepts: list[str] = [c for c in groups if groups[c]]
-        if not self.concepts:
-            raise LatentGuardError("no training entry uses an ID concept: nothing to train on (check the dataset)")
-        self.pairs: list[list[tuple[str, str]]] = [groups[c] for c in self.concepts]
-        self._counts = torch.tensor([len(p) for p in self.pairs], dtype=torch.float64)
-
-    def __len__(self) -> int:
-        return len(self.concepts)
-
-    def num_batches(self, batch_size: int) -> int:
-        return math.ceil(len(self) / batch_size)
-
-    def plan_epoch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """(concept order ``[C]``, chosen pair index per concept ``[C]``) for one epoch."""
-        order = torch.randperm(len(self), generator=generator)
-        draw = torch.rand(len(self), generator=generator, dtype=torch.float64)
-        choice = torch.minimum((draw * self._counts).long(), self._counts.long() - 1)
-        return order, choice
-
-    def batch(self, plan: tuple[torch.Tensor, torch.Tensor], index: int,
-              batch_size: int) -> tuple[torch.Tensor, list[str], list[str]]:
-        """Batch ``index`` of an epoch plan: (concept indices, unsafe texts, safe texts)."""
-        order, choice = plan
-        concepts = order[index * batch_size : (index + 1) * batch_size]
-        picked = [self.pairs[c][int(choice[c])] for c in concepts.tolist()]
-        return concepts, [u for u, _ in picked], [s for _, s in picked]
-
-    def fingerprint(self) -> str:
-        """Hash of the training pairs: a resumed run must see the same data."""
-        digest = hashlib.sha256()
-        digest.update(json.dumps([self.concepts, self.pairs], ensure_ascii=False).encode("utf-8"))
-        return digest.hexdigest()[:16]
-
-
-def _prefetch(load: Callable[[Any], Any], jobs: Iterable[Any]) -> Iterator[Any]:
-    """Yield ``load(job)`` for each job while the next one loads in a background thread.
-
-    Reading a batch from the store (or encoding it) overlaps the model step; order is kept.
-    """
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lg-prefetch") as pool:
-        pending = None
-        for job in jobs:
-            future = pool.submit(load, job)
-            if pending is not None:
-                yield pending.result()
-            pending = future
-        if pending is not None:
-            yield pending.result()
-
-
-def _to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
-    if device.type == "cuda":
-        return batch.to(device, non_blocking=batch.is_pinned())
-    return batch.to(device)
-
-
-def _pinned(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Page-locked copy for an asynchronous host-to-GPU transfer (done in the loader thread)."""
-    return batch.pin_memory() if device.type == "cuda" else batch
-
-
-# --------------------------------------------------------------------------------- validation
-class _StopRequested(Exception):
-    """Raised inside validation when Ctrl-C asked the run to stop."""
-
-
-@torch.no_grad()
-def max_concept_scores(model: EmbeddingMappingLayer, source: EmbeddingSource, texts: Sequence[str],
-                       concept_emb: torch.Tensor, *, batch_size: int = 256, device: torch.device | str | None = None,
-                       should_stop: Callable[[], bool] | None = None) -> np.ndarray:
-    """Score of each text = its max logit over the concepts (REFERENCE §4), batch by batch.
-
-    Duplicate texts are scored once. Only one batch of embeddings is in memory at a time.
-    """
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    distinct = unique(list(texts))
-    concept_emb = concept_emb.to(device)
-    was_training = model.training
-    model.eval()
-    best: list[torch.Tensor] = []
-    try:
-        queries = model.concept_queries(concept_emb)  # once per validation pass, not once per batch
-        batches = [distinct[i : i + batch_size] for i in range(0, len(distinct), batch_size)]
-        for emb in _prefetch(lambda b: _pinned(source.get(b), device), batches):
-            if should_stop is not None and should_stop():
-                raise _StopRequested
-            logits = model.logit_matrix(_to_device(emb, device), None, queries=queries)
-            best.append(logits.max(dim=1).values.float().cpu())
-    finally:
-        model.train(was_training)
-    scores = torch.cat(best).numpy() if best else np.empty(0, dtype=np.float32)
-    where = {t: i for i, t in enumerate(distinct)}
-    return scores[[where[t] for t in texts]] if len(texts) else scores
-
-
-def explicit_auc(model: EmbeddingMappingLayer, source: EmbeddingSource, triplets: Sequence,
-                 concept_emb: torch.Tensor, *, batch_size: int = 256, device: torch.device | str | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> float:
-    """Explicit ROC AUC of a split: unsafe prompts (label 1) vs safe prompts (label 0), C_check given."""
-    unsafe = [t.unsafe_prompt for t in triplets]
-    safe = [t.safe_prompt for t in triplets]
-    scores = max_concept_scores(model, source, unsafe + safe, concept_emb, batch_size=batch_size,
-                                device=device, should_stop=should_stop)
-    return roc_auc([1] * len(unsafe) + [0] * len(safe), scores)
-
-
-def calibrate_best_checkpoint(trainer: "Trainer", checkpoint: Path | None = None) -> "CalibrationResult | None":  # noqa: F821
-    """Pick the accuracy-maximising threshold of ``checkpoint`` on the validation split and save it.
-
-    The released 9.0131 belongs to the released weights; a retrained checkpoint needs its own. The
-    YAML lands beside the weights (default: ``model_parameters.pth``), where ``inference.py
-    --threshold auto`` (the default) and ``LatentGuard.from_pretrained`` find it, so the threshold
-    always belongs to the weights next to it. Returns ``None`` without validation data.
-    """
-    checkpoint = trainer.weights_path if checkpoint is None else Path(checkpoint)
-    from .calibration import calibrate, save_calibration
-    from .model import load_mapping_layer
-
-    if not trainer.valid or trainer.valid_concept_emb is None or not checkpoint.is_file():
-        return None
-    model = load_mapping_layer(checkpoint, in_dim=trainer.model.in_dim,
-                               num_heads=trainer.model.num_heads, device=trainer.device)
-    unsafe = [t.unsafe_prompt for t in trainer.valid]
-    safe = [t.safe_prompt for t in trainer.valid]
-    scores = max_concept_scores(model, trainer.source, unsafe + safe, trainer.valid_concept_emb,
-                                batch_size=trainer.options.eval_batch_size, device=trainer.device)
-    result = calibrate(scores[len(unsafe):], scores[: len(unsafe)])
-    save_calibration(result, checkpoint, encoder_identity=trainer.source.identity)
-    return result
 
 
 # ----------------------------------------------------------------------------------- settings
@@ -244,26 +66,13 @@ class TrainOptions:
     keep_best: bool = False
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], source: str = "config") -> "TrainOptions":
-        """Check the keys :func:`latentguard.config.validate` leaves to training; ``source`` names the file."""
+    def from_config(cls, config: Mapping[str, Any]) -> "TrainOptions":
+        """The ``train:`` section of a config that :func:`latentguard.config.load_config` checked."""
         train = config["train"]
-        value = train["seed"]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise LatentGuardError(f"{source}: 'train.seed' must be an integer >= 0, got {value!r}")
-        for key in ("save_every", "eval_batch_size"):
-            value = train[key]
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise LatentGuardError(f"{source}: 'train.{key}' must be a positive integer, got {value!r}")
-        if not isinstance(train.get("keep_best", False), bool):
-            raise LatentGuardError(f"{source}: 'train.keep_best' must be true or false, got {train['keep_best']!r}")
-        if not isinstance(train["no_cache"], bool):
-            raise LatentGuardError(f"{source}: 'train.no_cache' must be true or false, got {train['no_cache']!r}")
-        if not math.isfinite(float(train["lr"])):
-            raise LatentGuardError(f"{source}: 'train.lr' must be a finite number, got {train['lr']!r}")
         return cls(epochs=int(train["epochs"]), batch_size=int(train["batch_size"]), lr=float(train["lr"]),
                    weight_decay=float(train["weight_decay"]), seed=int(train["seed"]),
                    val_every=int(train["val_every"]), save_every=int(train["save_every"]),
-                   eval_batch_size=int(train["eval_batch_size"]), keep_best=bool(train.get("keep_best", False)))
+                   eval_batch_size=int(train["eval_batch_size"]), keep_best=bool(train["keep_best"]))
 
 
 @dataclass
@@ -405,7 +214,7 @@ class Trainer:
         self.resumed_from = self.global_step
 
     def save(self) -> None:
-        """Write last.pth then resume.pt (both atomically)."""
+        """Write last.pth (and, once the schedule is done, model_parameters.pth), then resume.pt, atomically."""
         weights = plain_state_dict(self.model)
         atomic_torch_save(weights, self.last_path)
         if self.epoch >= self.options.epochs:
@@ -415,10 +224,10 @@ class Trainer:
     # ---------------------------------------------------------------------------- the loop
     def _load_batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         concepts, unsafe, safe = self.sampler.batch(self.plan, index, self.options.batch_size)
-        return concepts, _pinned(self.source.get(unsafe + safe), self.device)
+        return concepts, pinned(self.source.get(unsafe + safe), self.device)
 
     def _step(self, concepts: torch.Tensor, prompts: torch.Tensor) -> float:
-        prompts = _to_device(prompts, self.device)
+        prompts = to_device(prompts, self.device)
         concept_emb = self.concept_emb[concepts.to(self.device)]
         self.optimizer.zero_grad(set_to_none=True)
         loss = contrastive_loss_from_logits(self.model.logit_matrix(prompts, concept_emb))
@@ -441,49 +250,17 @@ class Trainer:
 
         started = time.perf_counter()
         epochs, n_batches = self.options.epochs, self.sampler.num_batches(self.options.batch_size)
-        has_valid = bool(self.valid) and self.valid_concept_emb is not None
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self._trim_log()
         bar = tqdm(total=epochs * n_batches, initial=min(self.global_step, epochs * n_batches), unit="step",
                    desc="training", dynamic_ncols=True, disable=not self.progress, mininterval=0.5)
-        rate: float | None = None
+        self._rate = None
         try:
             with open(self.log_path, "a", encoding="utf-8") as log, _deferred_interrupt(self, bar), \
                     _flush_denormals(self.device):
                 while self.epoch < epochs:
-                    if self.plan is None:
-                        self.plan, self.step_in_epoch = self.sampler.plan_epoch(self.generator), 0
-                    tick = time.perf_counter()
-                    for concepts, prompts in _prefetch(lambda i: self._load_batch(i),
-                                                       range(self.step_in_epoch, n_batches)):
-                        self.last_loss = self._step(concepts, prompts)
-                        self.step_in_epoch += 1
-                        self.global_step += 1
-                        now = time.perf_counter()
-                        rate = 1.0 / max(now - tick, 1e-9) if rate is None else 0.9 * rate + 0.1 / max(now - tick, 1e-9)
-                        tick = now
-                        _log(log, {"step": self.global_step, "epoch": self.epoch + 1, "loss": self.last_loss,
-                                   "lr": self.optimizer.param_groups[0]["lr"], "steps_per_s": round(rate, 3)})
-                        bar.update(1)
-                        bar.set_postfix_str(f"epoch {self.epoch + 1}/{epochs} loss {self.last_loss:.4f}"
-                                            + (f" best AUC {self.best_auc:.4f}" if self.best_auc is not None else ""),
-                                            refresh=False)
-                        if self.on_step is not None:
-                            self.on_step(self)
-                        if self._stop:
-                            break
-                    if self._stop:
-                        self._stop_now(bar)
-                    number = self.epoch + 1
-                    validated = False
-                    if has_valid and (number % self.options.val_every == 0 or number == epochs):
-                        self._run_validation(log, bar, number, epochs)
-                        validated = True
-                    self.epoch, self.plan, self.step_in_epoch = number, None, 0
-                    if validated or number % self.options.save_every == 0 or number == epochs or self._stop:
-                        self.save()
-                    if self._stop:
-                        self._stop_now(bar, saved=True)
+                    self._train_epoch(log, bar, n_batches, epochs)
+                    self._end_epoch(log, bar, epochs)
         finally:
             bar.close()
         if not self.weights_path.is_file() or not self.last_path.is_file():
@@ -493,11 +270,54 @@ class Trainer:
                            self.epoch, self.global_step, self.best_auc, self.best_epoch, self.last_loss,
                            self.resumed_from, time.perf_counter() - started, self.weights_path)
 
+    def _train_epoch(self, log, bar, n_batches: int, epochs: int) -> None:
+        """The remaining steps of the current epoch; after Ctrl-C, save and stop (raises KeyboardInterrupt)."""
+        if self.plan is None:
+            self.plan, self.step_in_epoch = self.sampler.plan_epoch(self.generator), 0
+        tick = time.perf_counter()
+        for concepts, prompts in prefetch(lambda i: self._load_batch(i), range(self.step_in_epoch, n_batches)):
+            self.last_loss = self._step(concepts, prompts)
+            self.step_in_epoch += 1
+            self.global_step += 1
+            tick = self._record_step(log, bar, epochs, tick)
+            if self.on_step is not None:
+                self.on_step(self)
+            if self._stop:
+                break
+        if self._stop:
+            self._stop_now(bar)
+
+    def _record_step(self, log, bar, epochs: int, tick: float) -> float:
+        """Log the step and update the progress bar; returns the time the step ended."""
+        now = time.perf_counter()
+        speed = 1.0 / max(now - tick, 1e-9)
+        self._rate = speed if self._rate is None else 0.9 * self._rate + 0.1 * speed
+        _log(log, {"step": self.global_step, "epoch": self.epoch + 1, "loss": self.last_loss,
+                   "lr": self.optimizer.param_groups[0]["lr"], "steps_per_s": round(self._rate, 3)})
+        bar.update(1)
+        bar.set_postfix_str(f"epoch {self.epoch + 1}/{epochs} loss {self.last_loss:.4f}"
+                            + (f" best AUC {self.best_auc:.4f}" if self.best_auc is not None else ""),
+                            refresh=False)
+        return now
+
+    def _end_epoch(self, log, bar, epochs: int) -> None:
+        """Validate when due, advance the epoch, save when due; after Ctrl-C, stop (raises KeyboardInterrupt)."""
+        number = self.epoch + 1
+        has_valid = bool(self.valid) and self.valid_concept_emb is not None
+        validated = has_valid and (number % self.options.val_every == 0 or number == epochs)
+        if validated:
+            self._run_validation(log, bar, number, epochs)
+        self.epoch, self.plan, self.step_in_epoch = number, None, 0
+        if validated or number % self.options.save_every == 0 or number == epochs or self._stop:
+            self.save()
+        if self._stop:
+            self._stop_now(bar, saved=True)
+
     def _run_validation(self, log, bar, number: int, epochs: int) -> None:
         tick = time.perf_counter()
         try:
             auc = self.validate()
-        except _StopRequested:
+        except StopRequested:
             self._stop_now(bar)
         seconds = time.perf_counter() - tick
         improved = not math.isnan(auc) and (self.best_auc is None or auc > self.best_auc)

@@ -231,7 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.batch_size <= 0:
         raise LatentGuardError(f"--batch-size must be positive, got {args.batch_size}")
     from .data import DEFAULT_DATASET, load_copro
-    from .encoder import DEFAULT_ENCODER, load_encoder
+    from .constants import DEFAULT_ENCODER
+    from .encoders import load_encoder
     from .io import RELEASED_CHECKPOINT_SHA256, released_checkpoint, resolve_device, sha256_of
     from .model import load_mapping_layer
 

@@ -24,7 +24,7 @@ def vit_l14_text_encoder(device: str, dtype: str, tokenizer_dir: Path):
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from latentguard.encoder import CLIPTextEncoder
+    from latentguard.encoders import CLIPTextEncoder
     from latentguard.tokenizer import build_clip_tokenizer
 
     config = CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,

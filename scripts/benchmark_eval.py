@@ -5,7 +5,7 @@ What is timed is what test.py does once the embedding store exists: read every d
 [78, 768] embedding from an fp16 store and score it against all concepts of its domain (578 ID,
 145 OOD), keeping the best logit. The encoder is not involved (prepare.py did that once).
 
-* batched (ours): ``latentguard.evaluate.score_prompts``: batches of --batch-size prompts streamed
+* batched (ours): ``latentguard.eval.run.score_prompts``: batches of --batch-size prompts streamed
   from the store (the next batch is read while this one is scored), each batch against all
   concepts at once through ``logit_matrix`` (keys/values once per prompt).
 * released loop: one prompt at a time, the prompt repeated once per concept and the aligned pair
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from latentguard.embeddings import concept_vectors
-    from latentguard.evaluate import score_prompts
+    from latentguard.eval.run import score_prompts
     from latentguard.io import atomic_write_text, resolve_device
     from latentguard.model import EmbeddingMappingLayer
 
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         rows, total_s, total_n = [], 0.0, 0
         for domain, (prompts, concepts) in domains.items():
             concept_emb = concept_vectors(store, concepts)
-            lg, _, seconds = score_prompts(model, store, prompts, concept_emb, batch_size=args.batch_size,
+            lg, seconds = score_prompts(model, store, prompts, concept_emb, batch_size=args.batch_size,
                                            device=device)
             rows.append({"domain": domain, "prompts": len(prompts), "concepts": len(concepts), "seconds": seconds,
                          "ms_per_prompt": 1000 * seconds / len(prompts)})
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         loop_texts = id_prompts[:n_loop]
         concept_emb = concept_vectors(store, id_concepts)
         loop_s, loop_best = released_loop_seconds(model, store, loop_texts, concept_emb, device)
-        ours, _, _ = score_prompts(model, store, loop_texts, concept_emb, batch_size=args.batch_size, device=device)
+        ours, _ = score_prompts(model, store, loop_texts, concept_emb, batch_size=args.batch_size, device=device)
         agree = float((torch.from_numpy(ours.score).float() - loop_best.float()).abs().max())
         store.close()
 

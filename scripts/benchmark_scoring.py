@@ -4,7 +4,8 @@ The released inference repeats each prompt once per concept and runs the mapping
 aligned pairs, recomputing the prompt's keys and values |C| times. Here that loop is timed with our
 own layer's ``forward`` (the fairer, faster version of it: same fused GEMMs, no Python per-pair
 work) on a few prompts, and ``logit_matrix`` on batches of prompts, both as a plain call and with
-the blacklist's query projections computed once (what ``LatentGuard`` does). The encoder is excluded: inputs
+the blacklist's query projections computed once (``latentguard.scoring.blacklist_logits``' default),
+and the scoring module's head-major formulation (``latentguard.scoring.head_major_logits``). The encoder is excluded: inputs
 are random [78, 768] embeddings and 578 concept vectors (CoPro's ID blacklist size).
 
 Each measurement runs in a fresh child process so that its peak memory (CPU: peak RSS above the
@@ -28,7 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-CACHED = "logit_matrix, cached queries"  # what LatentGuard runs: concept projections done once
+CACHED = "logit_matrix, cached queries"  # concept projections done once
+HEAD_MAJOR = "head-major blocks, cached queries"  # latentguard.scoring.head_major_logits
 LOOP = "released loop"
 GFLOP_PER_PROMPT_NOTE = "~0.29 GFLOP/prompt for logit_matrix at 578 concepts; ~71 GFLOP for the released loop"
 
@@ -65,6 +67,14 @@ def _measure(job: dict) -> dict:
 
         def run():
             return model.logit_matrix(prompts, None, queries=queries)
+    elif job["method"] == HEAD_MAJOR:
+        from latentguard.scoring import PROMPTS_PER_BLOCK, blacklist_logits
+
+        with torch.inference_mode():
+            queries = model.concept_queries(concepts)
+
+        def run():
+            return blacklist_logits(model, prompts, queries, prompts_per_block=PROMPTS_PER_BLOCK)
     else:  # the released loop: one prompt at a time, repeated once per concept
         def run():
             return torch.stack([model(p.unsqueeze(0).expand(concepts.shape[0], -1, -1), concepts) for p in prompts])
@@ -94,7 +104,7 @@ def _measure(job: dict) -> dict:
 
 
 def _max_abs_diff(device: str, n_concepts: int, n_prompts: int, threads: int) -> float:
-    """Largest |logit_matrix - released loop| over a few prompts (fp32)."""
+    """Largest |scoring.blacklist_logits - released loop| over a few prompts (fp32)."""
     import torch
 
     from latentguard.model import EmbeddingMappingLayer
@@ -108,7 +118,9 @@ def _max_abs_diff(device: str, n_concepts: int, n_prompts: int, threads: int) ->
                 p.normal_(0, 0.05)
         prompts = torch.randn(n_prompts, 78, 768, device=device)
         concepts = torch.randn(n_concepts, 768, device=device)
-        fast = model.logit_matrix(prompts, concepts)
+        from latentguard.scoring import blacklist_logits
+
+        fast = blacklist_logits(model, prompts, model.concept_queries(concepts))  # what scoring runs
         slow = torch.stack([model(p.unsqueeze(0).expand(n_concepts, -1, -1), concepts) for p in prompts])
     return float((fast - slow).abs().max())
 
@@ -143,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         common = {"device": device, "concepts": args.concepts, "threads": args.threads, "repeats": args.repeats}
         loop = _in_child({**common, "method": LOOP, "batch": args.loop_prompts, "min_time": 0.0, "repeats": 1})
         rows.append(loop)
-        for method in ("logit_matrix", CACHED):
+        for method in ("logit_matrix", CACHED, HEAD_MAJOR):
             for batch in batches:
                 row = _in_child({**common, "method": method, "batch": batch, "min_time": args.min_time})
                 row["speedup"] = loop["ms_per_prompt"] / row["ms_per_prompt"]
@@ -164,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
               f"| {speed} | {r['peak_mb']:.0f} |")
     for device in devices:
         diff = next(r["max_abs_diff_vs_loop"] for r in rows if r["device"] == device)
-        print(f"\n{device}: max |logit_matrix - released loop| = {diff:.2e} (fp32)")
+        print(f"\n{device}: max |scoring.blacklist_logits - released loop| = {diff:.2e} (fp32)")
     print(f"\n{GFLOP_PER_PROMPT_NOTE}. Released loop timed on {args.loop_prompts} prompt(s) per device.")
     if args.output:
         from latentguard.io import atomic_write_text

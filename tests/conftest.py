@@ -1,7 +1,7 @@
 """Offline fixtures: a tiny random CLIP text model with the real CLIP tokenizer, and CoPro-format data.
 
-Nothing here touches the network or ../shared: the tokenizer is rebuilt from the BPE file inside
-open_clip_torch and the model is randomly initialised from a config.
+Nothing here touches the network or files outside the repository: the tokenizer is rebuilt from the
+BPE file inside open_clip_torch and the model is randomly initialised from a config.
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def tiny_encoder_dir(tmp_path_factory, clip_tokenizer) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_encoder(tiny_encoder_dir):
-    from latentguard.encoder import load_encoder
+    from latentguard.encoders import load_encoder
 
     return load_encoder(str(tiny_encoder_dir), device="cpu")
 
@@ -62,7 +62,7 @@ def tiny_encoder(tiny_encoder_dir):
 @pytest.fixture(scope="session")
 def tiny_encoder_other(clip_tokenizer):
     """Same architecture and name, different weights: must never share a store with ``tiny_encoder``."""
-    from latentguard.encoder import CLIPTextEncoder
+    from latentguard.encoders import CLIPTextEncoder
 
     return CLIPTextEncoder(tiny_clip_text_model(seed=1), device="cpu", tokenizer=clip_tokenizer, name="tiny-other")
 

@@ -1,4 +1,4 @@
-"""Baselines: whole-word blacklist, CLIPScore on stored rows, BERTScore F1 with a tiny offline BERT."""
+"""Baselines: substring (or whole-word) blacklist, CLIPScore on stored rows, BERTScore F1 with a tiny offline BERT."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -83,6 +83,17 @@ def test_blacklist_word_option_matches_whole_words_case_insensitively():
     assert bl.match("kn#12fe in a dark alley") == -1      # an adversarial rewrite escapes the list
     scores, best = bl.scores(["a knife", "a flower", "blood"])
     assert scores.tolist() == [1.0, 0.0, 1.0] and best.tolist() == [0, -1, 1]
+
+
+def test_evaluation_wires_the_configured_blacklist_rule():
+    """eval.blacklist_match reaches the Text Blacklist baseline, and its threshold note says which rule ran."""
+    from latentguard.eval.methods import make_baselines
+
+    texts, concepts = ["a penknife", "a knife", "a flower"], ["knife"]
+    for rule, flagged in (("substring", [1.0, 1.0, 0.0]), ("word", [0.0, 1.0, 0.0])):
+        (baseline,) = make_baselines(["text_blacklist"], blacklist_match=rule)
+        assert baseline.domain_scores("ID", texts, concepts)[0].tolist() == flagged
+        assert ("whole word" in baseline.threshold_note) == (rule == "word")
 
 
 # --------------------------------------------------------------------------------- CLIPScore

@@ -217,7 +217,7 @@ def test_from_pretrained_threshold_profiles_and_calibration_file(tiny_encoder, t
     assert calibration_path(checkpoint).is_file() and guard.threshold == result.threshold
     assert load("calibrated").threshold == result.threshold == load("auto").threshold
     with pytest.raises(LatentGuardError, match="calibrated with encoder"):
-        from latentguard.encoder import CLIPTextEncoder
+        from latentguard.encoders import CLIPTextEncoder
         from conftest import tiny_clip_text_model
 
         other = CLIPTextEncoder(tiny_clip_text_model(seed=5), device="cpu", tokenizer=tiny_encoder.tokenizer)

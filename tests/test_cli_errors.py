@@ -50,7 +50,7 @@ def test_cli_entry_turns_os_errors_and_interrupts_into_one_line(capsys):
 
 
 def test_missing_local_encoder_directory_is_named(tmp_path):
-    from latentguard.encoder import load_encoder
+    from latentguard.encoders import load_encoder
 
     with pytest.raises(LatentGuardError, match="cannot load text encoder .*nope.: no such directory"):
         load_encoder(str(tmp_path / "nope"))
@@ -66,7 +66,7 @@ def test_inference_output_that_is_a_directory_is_refused_before_work(tmp_path, c
 
 
 def test_evaluate_output_dir_that_is_a_file_is_refused_before_work(tmp_path, capsys):
-    from latentguard.evaluate import main
+    from latentguard.cli.evaluate import main
 
     blocker = tmp_path / "results"
     blocker.write_text("x")

@@ -1,4 +1,4 @@
-"""CoPro loading: schema errors, the §6 variant rule, and the leakage-free validation split."""
+"""CoPro loading: schema errors, the released test.py variant rule, and the leakage-free validation split."""
 from __future__ import annotations
 
 import json
@@ -156,7 +156,7 @@ def test_missing_default_file_is_downloaded_and_its_hash_recorded(tmp_path, monk
     assert len(calls) == 1
 
 
-# ---------------------------------------------------------------------------- §6 variants
+# ------------------------------------------------------------- synonym / adversarial variants
 def variant_file(tmp_path: Path) -> Path:
     tests = [
         entry("knife", "a knife on a knife rack", "a spoon on a spoon rack"),      # every occurrence

@@ -1,4 +1,4 @@
-"""The 78-row embedding layout of REFERENCE §2, checked against a direct CLIPTextModel call."""
+"""The 78-row embedding layout of the released ``inference.py``, checked against a direct CLIPTextModel call."""
 from __future__ import annotations
 
 import gzip
@@ -6,7 +6,7 @@ import gzip
 import pytest
 import torch
 
-from latentguard.encoder import CLIPTextEncoder, load_encoder
+from latentguard.encoders import CLIPTextEncoder, load_encoder
 from latentguard.errors import LatentGuardError
 
 

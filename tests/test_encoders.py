@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from latentguard.encoder import (
+from latentguard.encoders import (
     HFTextEncoder,
     OpenCLIPTextEncoder,
     detect_family,
@@ -179,7 +179,7 @@ def test_openclip_short_prompt_window_equals_encode(openclip_model):
 
 
 def test_open_clip_and_transformers_are_not_imported_at_module_import():
-    code = ("import sys; import latentguard.encoder, latentguard.windows, latentguard.calibration, "
+    code = ("import sys; import latentguard.encoders, latentguard.scoring, latentguard.calibration, "
             "latentguard.pipeline; heavy = [m for m in ('open_clip', 'transformers', 'diffusers') "
             "if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -273,3 +273,12 @@ def test_mapping_layer_width_follows_the_encoder(bert_dir, tmp_path):
     assert load_mapping_layer(path, in_dim=encoder.hidden_size).in_dim == 32
     with pytest.raises(LatentGuardError, match="encoder width 32"):
         load_mapping_layer(path, in_dim=768)
+
+
+def test_store_hint_key_follows_the_layout_version_not_source_bytes(tiny_encoder_dir, monkeypatch):
+    import latentguard.cache as cache
+
+    key = cache.encoder_request_key(str(tiny_encoder_dir))
+    assert key is not None and key == cache.encoder_request_key(str(tiny_encoder_dir))
+    monkeypatch.setattr(cache, "LAYOUT_VERSION", cache.LAYOUT_VERSION + 1)
+    assert cache.encoder_request_key(str(tiny_encoder_dir)) != key  # a new layout never reuses old hints

@@ -16,7 +16,8 @@ import torch
 
 from latentguard.data import load_copro
 from latentguard.errors import LatentGuardError
-from latentguard.evaluate import (
+from latentguard.cli.evaluate import main
+from latentguard.eval import (
     DOMAINS,
     KINDS,
     MethodScores,
@@ -24,7 +25,6 @@ from latentguard.evaluate import (
     TextScores,
     build_settings,
     calibrate_threshold,
-    main,
     read_labelled_prompts,
 )
 from latentguard.metrics import best_accuracy_threshold, rates_at
@@ -42,7 +42,7 @@ def world(tmp_path_factory, tiny_encoder_dir):
     import prepare
     from latentguard.cache import open_store_for
     from latentguard.embeddings import concept_vectors
-    from latentguard.encoder import load_encoder
+    from latentguard.encoders import load_encoder
     from latentguard.io import atomic_torch_save
     from latentguard.model import EmbeddingMappingLayer
     from latentguard.train import contrastive_loss

@@ -10,7 +10,7 @@ import torch
 
 from latentguard import reference
 from latentguard.concepts import cached_concept_vectors, concept_cache_path, load_blacklist, load_concepts
-from latentguard.encoder import TextEncoder
+from latentguard.encoders import TextEncoder
 from latentguard.errors import LatentGuardError
 from latentguard.guard import POOLED, LatentGuard, Verdict, merge_pieces
 from latentguard.model import EmbeddingMappingLayer
@@ -81,7 +81,7 @@ def local_encoder(clip_tokenizer):
 
 @pytest.fixture(scope="module")
 def trained(local_encoder):
-    """A mapping layer trained (REFERENCE §5 loss, via logit_matrix) to find CONCEPTS in prompts: ~1 s."""
+    """A mapping layer trained (the released main.py loss, via logit_matrix) to find CONCEPTS in prompts: ~1 s."""
     rng = random.Random(0)
     unsafe = {c: local_encoder.encode([_prompt(rng, c) for _ in range(20)]) for c in CONCEPTS}
     safe = local_encoder.encode([_prompt(rng, rng.choice(SAFE_WORDS)) for _ in range(60)])

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import inference
+import latentguard.cli.infer as infer_cli
 from latentguard import reference
-from latentguard.encoder import TextEncoder
+from latentguard.encoders import TextEncoder
 from latentguard.io import COPRO_URL, RELEASED_CHECKPOINT_URL
 from latentguard.model import EmbeddingMappingLayer
 
@@ -119,7 +120,7 @@ def test_defaults_sample_file_and_released_threshold(files, tiny_encoder_dir, ca
             "--encoder", str(tiny_encoder_dir), "--device", "cpu"]
     assert inference.main(args) == 0
     out = capsys.readouterr().out
-    sample = [line for line in inference.prompt_file(inference.DEFAULT_PROMPTS).read_text().splitlines() if line.strip()]
+    sample = [line for line in infer_cli.prompt_file(infer_cli.DEFAULT_PROMPTS).read_text().splitlines() if line.strip()]
     assert len(sample) >= 6
     labels = eval(out.splitlines()[-1])  # a Python-style list, as the released script prints
     assert len(labels) == len(sample) and set(labels) <= {0, 1}

@@ -122,7 +122,7 @@ def test_gradients_match_pairwise_expansion():
 
 
 def test_contrastive_loss_via_logit_matrix_matches_reference():
-    """REFERENCE §5 computed from two logit matrices equals the full-expansion reference loss."""
+    """The released ``main.py`` loss computed from two logit matrices equals the full-expansion reference loss."""
     torch.manual_seed(4)
     n = 5
     unsafe, safe, concepts = torch.randn(n, 78, 768), torch.randn(n, 78, 768), torch.randn(n, 768)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import prepare
-from latentguard import encoder as encoder_mod
+from latentguard import encoders as encoder_mod
 from latentguard.cache import EmbeddingStore, open_store_for
 from latentguard.data import load_copro
 from synthetic import make_synthetic_copro

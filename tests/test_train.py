@@ -155,7 +155,7 @@ def test_main_training_lifts_explicit_id_test_auc(prepared, store_source, tmp_pa
     # the best weights get their own threshold: max accuracy on the validation split, found by inference
     from latentguard.calibration import resolve_threshold
     from latentguard.metrics import best_accuracy_threshold
-    from latentguard.train import max_concept_scores
+    from latentguard.validation import max_concept_scores
 
     valid = copro.split("ID_valid_data")
     unsafe, safe = [t.unsafe_prompt for t in valid], [t.safe_prompt for t in valid]

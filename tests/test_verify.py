@@ -17,7 +17,7 @@ import torch
 
 from latentguard import verify
 from latentguard.data import load_copro
-from latentguard.encoder import load_encoder
+from latentguard.encoders import load_encoder
 from latentguard.model import EmbeddingMappingLayer
 
 ROOT = Path(__file__).resolve().parent.parent

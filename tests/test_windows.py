@@ -6,10 +6,10 @@ import random
 import pytest
 import torch
 
-from latentguard.encoder import DEFAULT_WINDOW_STRIDE, load_encoder, window_starts
+from latentguard.encoders import DEFAULT_WINDOW_STRIDE, load_encoder, window_starts
 from latentguard.errors import LatentGuardError
 from latentguard.model import EmbeddingMappingLayer
-from latentguard.windows import max_over_windows, windowed_logit_matrix
+from latentguard.scoring import max_over_windows, windowed_logit_matrix
 
 # Words that are one CLIP BPE token each, so token positions are easy to reason about.
 FILLER = ("the photo of green house tree river sky blue red small large city street morning light dog cat "
@@ -123,7 +123,7 @@ def bag_of_tokens_encoder(clip_tokenizer):
     """
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from latentguard.encoder import CLIPTextEncoder
+    from latentguard.encoders import CLIPTextEncoder
 
     config = CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=64, num_hidden_layers=0,
                             num_attention_heads=4, max_position_embeddings=77, bos_token_id=49406,

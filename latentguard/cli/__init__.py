@@ -1,0 +1,60 @@
+"""The command-line layer: one module per command, all built on :mod:`latentguard.cli.common`.
+
+======== ======================== =================== ==========================
+command  module                   root script         console entry point
+======== ======================== =================== ==========================
+prepare  latentguard.cli.prepare  prepare.py          latentguard-prepare
+train    latentguard.cli.train    main.py             latentguard-train
+evaluate latentguard.cli.evaluate test.py             latentguard-evaluate
+infer    latentguard.cli.infer    inference.py        latentguard-infer
+verify   latentguard.verify       python -m latentguard.verify (branch parity)
+======== ======================== =================== ==========================
+
+``latentguard COMMAND [flags]`` (or ``python -m latentguard.cli COMMAND``) runs any of them.
+``verify`` is listed only when the :mod:`latentguard.verify` module is installed.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from typing import Sequence
+
+COMMANDS: dict[str, str] = {
+    "prepare": "latentguard.cli.prepare",
+    "train": "latentguard.cli.train",
+    "evaluate": "latentguard.cli.evaluate",
+    "infer": "latentguard.cli.infer",
+    "verify": "latentguard.verify",  # optional: registered when the module exists
+}
+
+
+def available_commands() -> dict[str, str]:
+    """The commands whose module is present (``verify`` ships separately)."""
+    out = {}
+    for name, module in COMMANDS.items():
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if found:
+            out[name] = module
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``latentguard COMMAND [flags]``: run one command's ``main`` with the remaining flags."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = available_commands()
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
+        usage = f"usage: latentguard {{{','.join(commands)}}} [flags]   (latentguard COMMAND --help for its flags)"
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"error: unknown command {argv[0]!r}; {usage}", file=sys.stderr)
+            return 2
+        print(usage)
+        return 0
+    return int(importlib.import_module(commands[argv[0]]).main(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""What every command shares: the common flags (one parent parser) and their config keys."""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..constants import DEFAULT_ENCODER, ENCODER_TYPES
+
+
+def common_parser(*, cache_dir: bool = True) -> argparse.ArgumentParser:
+    """Parent parser for ``--config --dataset --encoder --encoder-type [--cache-dir] --device``."""
+    parent = argparse.ArgumentParser(add_help=False)
+    flags = parent.add_argument_group("common flags (each overrides one config key)")
+    flags.add_argument("--config", default=None, metavar="FILE", help="YAML config file (default: configs/default.yaml)")
+    flags.add_argument("--dataset", default=None, metavar="FILE",
+                       help="CoPro JSON file (config: dataset); the released file is downloaded when the default "
+                       "path is missing")
+    flags.add_argument("--encoder", default=None, metavar="NAME_OR_DIR",
+                       help=f"text encoder: hub name or local directory (config: encoder.name; default {DEFAULT_ENCODER})")
+    flags.add_argument("--encoder-type", default=None, choices=list(ENCODER_TYPES),
+                       help="encoder family (config: encoder.type; auto = from the model's config)")
+    if cache_dir:
+        flags.add_argument("--cache-dir", default=None, help="where the embedding stores live, one subdirectory per "
+                           "encoder (config: cache_dir)")
+    flags.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (config: device)")
+    return parent
+
+
+def common_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config keys the common flags override (``None``: not given, the config's value stays)."""
+    return {"dataset": args.dataset, "encoder.name": args.encoder, "encoder.type": args.encoder_type,
+            "cache_dir": getattr(args, "cache_dir", None), "device": args.device}

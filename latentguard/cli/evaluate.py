@@ -1,0 +1,216 @@
+"""``test.py`` / ``latentguard-evaluate``: Table 1 on CoPro, or Table 2 on an external file with ``--external``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..errors import LatentGuardError, cli_entry
+from .common import common_overrides, common_parser
+from ..eval.external import StoreFirstSource, external_markdown, read_external
+from ..eval.report import _fmt, console_tables, write_outputs, write_scores_csv
+from ..eval.run import (LATENT_GUARD, MethodScores, _clean, calibrate_threshold, evaluate_copro, score_prompts,
+                        setting_metrics)
+from ..eval.settings import DOMAINS, KINDS, build_settings
+from ..io import atomic_write_text, unique
+from ..published import RELEASED_THRESHOLD
+
+# ---------------------------------------------------------------------------------------- CLI
+def build_parser():
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="test.py",
+        description="Evaluate Latent Guard on CoPro (Table 1: ID/OOD x explicit/synonym/adversarial) with one "
+        "threshold calibrated on validation data, optionally beside the Text Blacklist, CLIPScore and BERTScore "
+        "baselines; or score an external labelled prompt file (Table 2) with --external.",
+        epilog="Run prepare.py first (same --dataset, --encoder, --cache-dir): Table 1 reads embeddings from the store.",
+        parents=[common_parser()],
+    )
+    parser.add_argument("--checkpoint", help="mapping-layer weights (config: checkpoint; the released "
+                        "model_parameters.pth is downloaded and verified when missing)")
+    parser.add_argument("--output-dir", help="where results go (config: output_dir)")
+    parser.add_argument("--threshold", help="decision threshold for the accuracy fields: a number, 'paper' (4.47), "
+                        "'released' (9.0131) or 'calibrated' (the YAML beside the checkpoint) "
+                        "(config: eval.threshold; default: calibrated on pooled validation data)")
+    parser.add_argument("--batch-size", type=int, help="prompts per scoring batch (config: eval.batch_size)")
+    parser.add_argument("--baselines", help="comma list of blacklist, clipscore, bertscore, or all (config: eval.baselines)")
+    parser.add_argument("--bert-model", help="BERT-family model for BERTScore, hub name or local dir (config: eval.bert_model)")
+    parser.add_argument("--external", metavar="FILE", help="score an external labelled prompt set against the ID "
+                        "concepts: a CSV with header prompt,label (1/0 or unsafe/safe), or unsafe prompts one per line "
+                        "when --external-safe is given")
+    parser.add_argument("--external-safe", metavar="FILE", help="safe prompts, one per line (with --external)")
+    parser.add_argument("--no-plots", action="store_true", help="skip the ROC and histogram PNGs")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs and scripts)")
+    return parser
+
+
+def _open_store(cfg: Mapping[str, Any]):
+    """The encoder's store, without loading the encoder when prepare.py already recorded its identity."""
+    from ..cache import EmbeddingStore, open_store_for, recall_store_identity, remember_identity, store_path
+
+    key, known = recall_store_identity(cfg["cache_dir"], cfg["encoder"])
+    if known is not None:
+        return EmbeddingStore(store_path(cfg["cache_dir"], known), identity=known)
+    encoder = _load_encoder(cfg)
+    store = open_store_for(cfg["cache_dir"], encoder)
+    remember_identity(cfg["cache_dir"], key, encoder.identity)
+    return store
+
+
+def _load_encoder(cfg: Mapping[str, Any]):
+    from ..encoders import load_encoder_from_config
+
+    return load_encoder_from_config(cfg)
+
+
+def _load_model(cfg: Mapping[str, Any], hidden_size: int, device):
+    from ..io import released_checkpoint
+    from ..model import load_mapping_layer
+
+    path = released_checkpoint(cfg["checkpoint"])  # downloads only for the bare default name
+    return path, load_mapping_layer(path, in_dim=hidden_size, num_heads=cfg["model"]["num_heads"], device=device)
+
+
+def _resolve_named_threshold(cfg: dict, checkpoint: Path, identity: str) -> None:
+    """Turn a threshold given by name (``paper``, ``released``, ``calibrated``) into a number."""
+    value = cfg["eval"]["threshold"]
+    if value is not None and not isinstance(value, (int, float)):
+        from ..calibration import resolve_threshold
+
+        cfg["eval"]["threshold"] = resolve_threshold(value, checkpoint, encoder_identity=identity)
+
+
+def _threshold_source(args) -> str:
+    return "--threshold" if args.threshold is not None else "eval.threshold in the config file"
+
+
+def _released_weights_note(copro, checkpoint: Path, threshold: float | None) -> str | None:
+    """Warn when the released weights are calibrated on validation entries carved from their training data."""
+    from ..io import RELEASED_CHECKPOINT_SHA256, sha256_of
+    from ..published import TABLE1_ACCURACY_THRESHOLD
+
+    carved = str(getattr(copro, "valid_source", {}).get("ID_valid_data", "")).startswith("carved")
+    if threshold is not None or not carved or sha256_of(checkpoint) != RELEASED_CHECKPOINT_SHA256:
+        return None
+    return ("note: the released weights were trained on all of ID_train_data, including the ID_valid_data carved "
+            "from it here, so the calibrated threshold is fitted partly on training prompts; for the paper's "
+            f"protocol also run with --threshold {TABLE1_ACCURACY_THRESHOLD}")
+
+
+def _run_external(args, cfg: Mapping[str, Any], copro, device, batch_size: int, output_dir: Path) -> int:
+    from ..embeddings import EncoderSource, concept_vectors
+
+    prompts, labels = read_external(args.external, args.external_safe)
+    encoder = _load_encoder(cfg)
+    try:
+        from ..cache import open_store_for
+
+        store = open_store_for(cfg["cache_dir"], encoder)
+    except LatentGuardError:
+        store = None
+    checkpoint, model = _load_model(cfg, encoder.hidden_size, device)
+    _resolve_named_threshold(cfg, checkpoint, encoder.identity)
+    enc_batch = cfg["encoder"]["batch_size"]
+    known = StoreFirstSource(store, encoder, enc_batch)
+    threshold, how = cfg["eval"]["threshold"], _threshold_source(args)
+    if threshold is None:
+        valid = build_settings(copro, "valid")
+        texts = {d: unique([t for s in valid.values() if s.available and s.domain == d for t in s.prompts])
+                 for d in DOMAINS if copro.concepts(d)}
+        if store is None:
+            print(f"no embedding store for this encoder: encoding {sum(map(len, texts.values()))} validation "
+                  "prompts on the fly to calibrate the threshold (or pass --threshold)")
+        lg = MethodScores(LATENT_GUARD, {})
+        for domain, domain_texts in texts.items():
+            concept_emb = concept_vectors(known, copro.concepts(domain))
+            lg.per_domain[domain], _ = score_prompts(model, known, domain_texts, concept_emb,
+                                                     batch_size=batch_size, device=device)
+        threshold, how = calibrate_threshold(valid, lg)
+        if threshold is None:
+            threshold, how = RELEASED_THRESHOLD, f"released inference threshold ({how})"
+    concepts = copro.concepts("ID")
+    concept_emb = concept_vectors(known, concepts)
+    scores, seconds = score_prompts(model, EncoderSource(encoder, enc_batch), prompts, concept_emb,
+                                    batch_size=batch_size, device=device, progress=not args.no_progress)
+    values, best = scores.lookup(prompts)
+    result = setting_metrics(labels, values, threshold, released_threshold=RELEASED_THRESHOLD)
+    result.update(_clean({
+        "file": str(args.external), "safe_file": str(args.external_safe) if args.external_safe else None,
+        "threshold": threshold, "threshold_source": how, "released_threshold": RELEASED_THRESHOLD,
+        "checkpoint": str(checkpoint), "encoder": encoder.identity, "concepts": f"ID ({len(concepts)})",
+        "seconds_with_encoding": seconds,
+    }))
+    atomic_write_text(output_dir / "results_external.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(output_dir / "results_external.md", external_markdown(result))
+    write_scores_csv(output_dir / "scores_external.csv", prompts, labels, values, best, concepts)
+    print(f"external set {args.external}: {result['n_unsafe']} unsafe / {result['n_safe']} safe prompts; "
+          f"threshold {threshold:.4f} ({how})")
+    print(f"accuracy {_fmt(result['accuracy'])}  AUC {_fmt(result['auc'])}  TPR {_fmt(result['tpr'])}  "
+          f"FPR {_fmt(result['fpr'])}  (paper Table 2: Unsafe Diffusion 0.794 / 0.873, I2P++ 0.701 / 0.749)")
+    print(f"wrote {output_dir / 'results_external.json'}, results_external.md, scores_external.csv")
+    return 0
+
+
+@cli_entry
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``test.py``: Table 1 on CoPro, or Table 2 on an external file with ``--external``."""
+    from ..baselines import load_bert_scorer, parse_baselines
+    from ..config import load_config
+    from ..data import load_copro
+    from ..io import resolve_device
+
+    args = build_parser().parse_args(argv)
+    if args.external_safe and not args.external:
+        raise LatentGuardError("--external-safe needs --external (the unsafe prompt file)")
+    cfg = load_config(args.config, overrides={
+        **common_overrides(args), "checkpoint": args.checkpoint, "output_dir": args.output_dir,
+        "eval.threshold": args.threshold, "eval.batch_size": args.batch_size,
+        "eval.bert_model": args.bert_model,
+    })
+    batch_size = cfg["eval"]["batch_size"]  # checked by load_config
+    baselines = parse_baselines(args.baselines if args.baselines is not None else cfg["eval"]["baselines"])
+    device = resolve_device(cfg["device"])
+    output_dir = Path(cfg["output_dir"])
+    if output_dir.exists() and not output_dir.is_dir():  # fail now, not after scoring everything
+        raise LatentGuardError(f"--output-dir {output_dir} is a file, not a directory; choose another path")
+    copro = load_copro(cfg["dataset"], valid_size=cfg["data"]["valid_size"], seed=cfg["data"]["seed"])
+    print(f"dataset {copro.path}: {copro.summary()}")
+
+    if args.external:
+        if baselines:
+            print("note: baselines are evaluated on CoPro only; --external reports Latent Guard")
+        return _run_external(args, cfg, copro, device, batch_size, output_dir)
+
+    store = _open_store(cfg)
+    checkpoint, model = _load_model(cfg, store.hidden_size, device)
+    _resolve_named_threshold(cfg, checkpoint, store.identity)
+    bert, skipped = None, {}
+    if "bertscore" in baselines:
+        bert, why = load_bert_scorer(cfg["eval"]["bert_model"], device=device)
+        if bert is None:
+            print(why)
+            skipped["bertscore"] = why
+    evaluation = evaluate_copro(copro, model, store, baselines=baselines, bert_scorer=bert,
+                                threshold=cfg["eval"]["threshold"], threshold_source=_threshold_source(args),
+                                batch_size=batch_size, device=device, progress=not args.no_progress,
+                                blacklist_match=cfg["eval"]["blacklist_match"])
+    meta = {"dataset": str(copro.path), "checkpoint": str(checkpoint), "encoder": store.identity,
+            "store": str(store.path), "device": str(device), "skipped": skipped}
+    note = _released_weights_note(copro, checkpoint, cfg["eval"]["threshold"])
+    if note:
+        print(note)
+        meta["note"] = note
+    written = write_outputs(evaluation, output_dir, meta, plots=not args.no_plots)
+    results = evaluation.results
+    timing = results["timing"]
+    print(f"scored {timing['prompts_scored']} distinct prompts in {timing['seconds']:.2f} s on {device}")
+    for domain in DOMAINS:
+        for kind in KINDS:
+            entry = results[domain][kind]
+            if not entry.get("available"):
+                print(f"{domain} {kind}: not available ({entry['reason']})")
+    print(console_tables(results))
+    print(f"wrote {len(written)} files to {output_dir} (results.json, results.md, score CSVs"
+          f"{', roc.png, score_hist.png' if not args.no_plots else ''})")
+    return 0

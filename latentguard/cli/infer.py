@@ -1,0 +1,201 @@
+"""Check prompts with Latent Guard: one prompt per line in, a verdict per prompt out.
+
+Compatible with the released script (``--file_path``, ``--threshold``, and the final list of 0/1
+labels), with the released weights and CoPro ID concepts downloaded on first use. All the logic
+lives in :class:`latentguard.guard.LatentGuard`; this file only parses flags and prints.
+
+    python inference.py --file_path prompts.txt --explain --output verdicts.csv
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+from latentguard.cli.common import common_overrides, common_parser
+from latentguard.errors import LatentGuardError, cli_entry
+
+ROOT = Path(__file__).resolve().parents[2]  # the repository (for the sample prompt file)
+DEFAULT_PROMPTS = "dataset/unsafe_sample.txt"
+OUTPUT_FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
+PROMPT_WIDTH = 60
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Flag unsafe text-to-image prompts with Latent Guard. Prints one row per prompt "
+                    "(score = max logit over the concept blacklist; UNSAFE when a concept's logit reaches "
+                    "the threshold), then the list of 0/1 labels (1 = unsafe) as the released script does.",
+        epilog="Unset flags come from the config file (configs/default.yaml). The released checkpoint and "
+               "CoPro dataset are downloaded to the cache ($LATENTGUARD_HOME or ~/.cache/latentguard; "
+               "CoPro to --dataset) when missing. Concept vectors are cached per encoder, so later runs "
+               "only encode the prompts.",
+        parents=[common_parser(cache_dir=False)])
+    parser.add_argument("--file_path", "--file-path", dest="file_path", default=DEFAULT_PROMPTS, metavar="FILE",
+                        help=f"prompts, one per line, UTF-8; blank lines are ignored (default: {DEFAULT_PROMPTS})")
+    parser.add_argument("--threshold", default=None, metavar="T",
+                        help="unsafe when the score reaches this: a number, released (9.0131, the released "
+                             "script's value), paper (4.47, reproduces the paper's Table 1 accuracies), calibrated "
+                             "(the <checkpoint>.threshold.yaml written by --calibrate-safe) or auto (calibrated "
+                             "when that file exists, else released; default: inference.threshold)")
+    parser.add_argument("--calibrate-safe", default=None, metavar="FILE",
+                        help="calibrate the threshold first on these safe prompts (one per line): the lowest "
+                             "threshold flagging at most --target-fpr of them; saved beside the checkpoint")
+    parser.add_argument("--calibrate-unsafe", default=None, metavar="FILE",
+                        help="with --calibrate-safe: also these unsafe prompts; the threshold then maximises accuracy")
+    parser.add_argument("--target-fpr", type=float, default=None, metavar="F",
+                        help="false-positive rate allowed on --calibrate-safe prompts (default: calibration.target_fpr = 0.01)")
+    parser.add_argument("--long-prompts", action="store_true", default=None,
+                        help="score prompts longer than 77 tokens as the maximum over overlapping 77-token windows "
+                             "(default: encoder.long_prompts = off, truncate at 77 as released)")
+    parser.add_argument("--checkpoint", default=None, metavar="FILE",
+                        help="mapping-layer state dict in the released format (default: model_parameters.pth, "
+                             "downloaded and SHA-256 checked when missing)")
+    parser.add_argument("--concepts", default=None, metavar="FILE",
+                        help="blacklist: .txt (one concept per line) or .yaml (a list, groups, or "
+                             "'concepts:' + optional per-concept 'thresholds:'); default: CoPro ID concepts")
+    parser.add_argument("--allowlist", default=None, metavar="FILE",
+                        help="phrases (one per line) cut out of every prompt before scoring, so they never "
+                             "trigger the guard (whole words, case-insensitive)")
+    parser.add_argument("--batch-size", type=int, default=None, metavar="N",
+                        help="prompts encoded and scored per batch (default: 64)")
+    parser.add_argument("--output", default=None, metavar="FILE",
+                        help="also write verdicts to FILE.csv or FILE.jsonl (prompt, score, unsafe, concept; "
+                             "JSONL adds top_concepts and evidence with --explain)")
+    parser.add_argument("--explain", action="store_true",
+                        help="show the prompt words that drove each top match (from the attention weights)")
+    parser.add_argument("--top-k", type=int, default=None, metavar="K",
+                        help="concepts and evidence words shown per prompt with --explain (default: 3)")
+    return parser
+
+
+def output_format(path: str | None) -> str | None:
+    """``csv``/``jsonl`` from the extension; anything else is refused before any work is done."""
+    if path is None:
+        return None
+    suffix = Path(path).suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
+        raise LatentGuardError(f"--output {path}: unknown extension '{suffix or '(none)'}'; use .csv or .jsonl")
+    if Path(path).is_dir():
+        raise LatentGuardError(f"--output {path} is a directory; give a file name ending in .csv or .jsonl")
+    return OUTPUT_FORMATS[suffix]
+
+
+def prompt_file(path: str) -> Path:
+    """The default sample file is also found when running from outside the repository."""
+    candidate = Path(path)
+    if path == DEFAULT_PROMPTS and not candidate.exists() and (ROOT / DEFAULT_PROMPTS).is_file():
+        return ROOT / DEFAULT_PROMPTS
+    return candidate
+
+
+def render_table(verdicts, explain: bool) -> str:
+    """A readable fixed-width table: index, score, verdict, deciding concept, prompt."""
+    concept_width = min(24, max([len("concept")] + [len(v.concept) for v in verdicts]))
+    lines = [f"{'#':>4}  {'score':>8}  {'verdict':<7}  {'concept':<{concept_width}}  prompt"]
+    for i, v in enumerate(verdicts, 1):
+        prompt = " ".join(v.prompt.split())
+        if len(prompt) > PROMPT_WIDTH:
+            prompt = prompt[: PROMPT_WIDTH - 3] + "..."
+        concept = v.concept if len(v.concept) <= concept_width else v.concept[: concept_width - 3] + "..."
+        lines.append(f"{i:>4}  {v.score:>8.3f}  {'UNSAFE' if v.unsafe else 'SAFE':<7}  "
+                     f"{concept:<{concept_width}}  {prompt}")
+        if explain:
+            tops = ", ".join(f"{c} {s:.2f}" for c, s in v.top_concepts)
+            words = ", ".join(f"{w} {s:.2f}" for w, s in v.evidence)
+            lines.append(f"{'':>16}top concepts: {tops}")
+            lines.append(f"{'':>16}evidence: {words or '-'}")
+    return "\n".join(lines)
+
+
+def write_output(path: str, fmt: str, verdicts, explain: bool) -> None:
+    """Write verdicts atomically as CSV (prompt, score, unsafe 0/1, concept) or JSONL."""
+    from latentguard.io import atomic_write_text
+
+    buffer = io.StringIO()
+    if fmt == "csv":
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["prompt", "score", "unsafe", "concept"])
+        for v in verdicts:
+            writer.writerow([v.prompt, f"{v.score:.6f}", int(v.unsafe), v.concept])
+    else:
+        for v in verdicts:
+            record = {"prompt": v.prompt, "score": round(v.score, 6), "unsafe": v.unsafe, "concept": v.concept}
+            if explain:
+                record["threshold"] = v.threshold
+                record["top_concepts"] = [[c, round(s, 6)] for c, s in v.top_concepts]
+                record["evidence"] = [[w, round(s, 6)] for w, s in v.evidence]
+            buffer.write(json.dumps(record, ensure_ascii=False) + "\n")
+    try:
+        atomic_write_text(path, buffer.getvalue())
+    except OSError as exc:
+        raise LatentGuardError(f"cannot write --output {path} ({exc.strerror or exc})") from None
+
+
+def threshold_origin(setting, guard, calibrated_now: str | None) -> str:
+    """Where the threshold came from, so a silently picked-up calibration file is never a surprise."""
+    from latentguard.calibration import AUTO, CALIBRATED, PROFILES, calibration_path
+
+    key = str(setting).strip().lower()
+    if calibrated_now:
+        return "calibrated now"
+    if key in PROFILES:
+        return key
+    if key in (AUTO, CALIBRATED):
+        record = calibration_path(guard.checkpoint)
+        if key == CALIBRATED or (record.is_file() and guard.threshold != PROFILES["released"]):
+            return f"calibrated, {record}"
+        return "released"
+    return "--threshold"
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from latentguard.config import load_config
+    from latentguard.guard import LatentGuard
+    from latentguard.io import read_lines
+
+    fmt = output_format(args.output)
+    cfg = load_config(args.config, overrides={
+        **common_overrides(args),
+        "inference.threshold": args.threshold, "checkpoint": args.checkpoint, "inference.batch_size": args.batch_size,
+        "inference.concepts": args.concepts, "inference.allowlist": args.allowlist,
+        "inference.top_k": args.top_k, "encoder.long_prompts": args.long_prompts,
+        "calibration.target_fpr": args.target_fpr,
+    })
+    if args.calibrate_unsafe and not args.calibrate_safe:
+        raise LatentGuardError("--calibrate-unsafe needs --calibrate-safe (the safe prompts)")
+    inf = cfg["inference"]
+    prompts = read_lines(prompt_file(args.file_path), what="prompt file")
+    guard = LatentGuard.from_config(cfg)
+    if args.calibrate_safe:
+        safe = read_lines(args.calibrate_safe, what="--calibrate-safe file")
+        unsafe = read_lines(args.calibrate_unsafe, what="--calibrate-unsafe file") if args.calibrate_unsafe else None
+        target_fpr = cfg["calibration"]["target_fpr"]
+        result = guard.calibrate(safe, unsafe, target_fpr=target_fpr, save=True)
+        how = (f"max accuracy {result.accuracy:.3f}" if result.method == "best_accuracy"
+               else f"FPR {result.fpr:.3f} <= {target_fpr:g}")
+        print(f"calibrated threshold {result.threshold:.4f} on {result.n_safe} safe / {result.n_unsafe} unsafe "
+              f"prompts ({how}); saved beside {guard.checkpoint}")
+    verdicts = guard.check(prompts, explain=args.explain)
+
+    print(render_table(verdicts, args.explain))
+    n_unsafe = sum(v.unsafe for v in verdicts)
+    per_concept = f" (+{len(guard.concept_thresholds)} per-concept)" if guard.concept_thresholds else ""
+    print(f"\n{n_unsafe} of {len(verdicts)} prompts unsafe; {len(guard.concepts)} concepts, "
+          f"threshold {guard.threshold:g} ({threshold_origin(inf['threshold'], guard, args.calibrate_safe)})"
+          f"{per_concept}")
+    if args.output:
+        write_output(args.output, fmt, verdicts, args.explain)
+        print(f"wrote {len(verdicts)} verdicts to {args.output}")
+    print("Predicted labels (1 = unsafe, 0 = safe), one per prompt:")
+    print([int(v.unsafe) for v in verdicts])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Encode every CoPro text once into the on-disk embedding store of the chosen text encoder.
+
+Training and evaluation then read embeddings from the store instead of running the encoder. The
+store is keyed by the encoder's identity, so two encoders never mix, and it is crash-safe: stop
+this at any moment (Ctrl-C, kill -9) and the same command resumes where it stopped. A re-run on a
+complete store reports that nothing is missing; when the encoder's files are unchanged since the
+last run it does so without loading the encoder at all.
+
+Examples:
+  python prepare.py                                   # released CoPro (downloaded), CLIP ViT-L/14
+  python prepare.py --dataset my_copro.json --cache-dir /data/lg-cache --batch-size 128
+  python prepare.py --encoder ./my-finetuned-clip --dtype float32
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from latentguard.cache import (
+    EmbeddingStore,
+    open_store_for,
+    recall_store_identity,
+    remember_identity,
+    store_path,
+)
+from latentguard.cli.common import common_overrides, common_parser
+from latentguard.config import load_config
+from latentguard.data import load_copro
+from latentguard.errors import RESUMABLE, cli_entry
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prepare.py",
+        description="Encode all CoPro texts (concepts, prompts of every split, synonym/adversarial test "
+        "and validation variants) into a resumable on-disk embedding store, one per text encoder.",
+        epilog="Flags override single keys of the config file. Interrupt at any time; run the same "
+        "command again to resume.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common_parser()],
+    )
+    parser.add_argument("--dtype", choices=["float16", "float32"],
+                        help="on-disk precision of the store (config: store.dtype; float16 halves the "
+                        "size, ~15 GB for full CoPro)")
+    parser.add_argument("--batch-size", type=int, help="texts per encoder batch (config: encoder.batch_size)")
+    return parser
+
+
+@cli_entry(on_interrupt=RESUMABLE)
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = load_config(args.config, overrides={
+        **common_overrides(args),
+        "store.dtype": args.dtype,
+        "encoder.batch_size": args.batch_size,
+    })
+    enc_cfg = cfg["encoder"]
+    cache_dir = Path(cfg["cache_dir"])
+    dtype = cfg["store"]["dtype"]
+
+    copro = load_copro(cfg["dataset"], valid_size=cfg["data"]["valid_size"], seed=cfg["data"]["seed"])
+    texts = copro.all_texts()
+    print(f"dataset {copro.path}: {copro.summary()}")
+    print(f"{len(texts)} distinct texts to have in the store")
+
+    # Cheap path: the same encoder files as last time -> we know the identity without loading it.
+    key, known = recall_store_identity(cache_dir, enc_cfg)
+    if known is not None:
+        # create=True with an existing store only checks it (and refuses another --dtype)
+        store = EmbeddingStore(store_path(cache_dir, known), identity=known, dtype=dtype, create=True)
+        if not store.missing(texts):
+            print(f"nothing missing: all {len(texts)} texts are already in {store.path} "
+                  f"({store.dtype}, {store.disk_bytes() / 1e9:.2f} GB); encoder not loaded")
+            return 0
+
+    from latentguard.encoders import load_encoder_from_config
+
+    started = time.perf_counter()
+    encoder = load_encoder_from_config(cfg)
+    print(f"encoder {encoder.identity} on {encoder.device} (loaded in {time.perf_counter() - started:.1f} s)")
+    remember_identity(cache_dir, key, encoder.identity)
+    store = open_store_for(cache_dir, encoder, dtype=dtype, create=True)
+    todo = store.missing(texts)
+    if not todo:
+        print(f"nothing missing: all {len(texts)} texts are already in {store.path}")
+        return 0
+    print(f"encoding {len(todo)} texts ({len(texts) - len(todo)} already stored) into {store.path} "
+          f"[{store.dtype}, batch {enc_cfg['batch_size']}]")
+    started = time.perf_counter()
+    done = store.build(todo, encoder, batch_size=enc_cfg["batch_size"], progress=True)
+    elapsed = time.perf_counter() - started
+    print(f"done: encoded {done} texts in {elapsed:.1f} s ({done / max(elapsed, 1e-9):.1f} texts/s); "
+          f"store holds {len(store)} texts, {store.disk_bytes() / 1e9:.2f} GB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

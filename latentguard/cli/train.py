@@ -1,0 +1,186 @@
+"""Train the Latent Guard Embedding Mapping Layer on CoPro (the paper's recipe by default).
+
+Reads prompt embeddings from the store built by ``prepare.py`` (or encodes on the fly with
+--no-cache), trains with the released contrastive loss and saves the final weights as
+OUTPUT_DIR/model_parameters.pth (released format), as the released main.py does. The explicit ID AUC
+on validation data is logged every --val-every epochs; --keep-best also saves the best of those as best.pth.
+Interrupt at any time: the same command resumes exactly where it stopped.
+
+Examples:
+  python prepare.py && python main.py                 # paper settings: 1,001 epochs, batch 64, AdamW 1e-3
+  python main.py --seed 1 --output-dir runs/seed1
+  python main.py --epochs 200 --lr 3e-3 --device cuda:1
+  python main.py --output-dir runs/seed1 --epochs 2000   # continue a finished run for more epochs
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from latentguard.cli.common import common_overrides, common_parser
+from latentguard.config import DEFAULTS, load_config
+from latentguard.errors import RESUMABLE, LatentGuardError, cli_entry
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="main.py",
+        description="Train the Embedding Mapping Layer of Latent Guard on CoPro with the released contrastive loss.\n"
+        "Outputs in --output-dir: model_parameters.pth (final weights, released format; best.pth with --keep-best), last.pth,\n"
+        "resume.pt (model + optimizer + sampler state), train_log.jsonl, config.yaml.",
+        epilog="Flags override single keys of the config file. Re-running the same command after an\n"
+        "interruption resumes the run; a finished run is extended by passing a larger --epochs.\n"
+        "Build the embedding store first: python prepare.py (same --dataset/--encoder/--cache-dir).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common_parser()],
+    )
+    parser.add_argument("--output-dir", help="run directory for checkpoints and logs (config: output_dir)")
+    parser.add_argument("--epochs", type=int, help="epochs; one epoch = one pair per ID concept "
+                        f"(config: train.epochs, default {DEFAULTS['train']['epochs']})")
+    parser.add_argument("--batch-size", type=int, help="concepts per step (config: train.batch_size, default "
+                        f"{DEFAULTS['train']['batch_size']})")
+    parser.add_argument("--lr", type=float, help=f"AdamW learning rate (config: train.lr, default {DEFAULTS['train']['lr']})")
+    parser.add_argument("--seed", type=int, help="seed of the initial weights and of the sampling (config: train.seed)")
+    parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="PATH",
+                        help="continue from OUTPUT_DIR/resume.pt (or PATH), restoring optimizer and sampler state; "
+                        "without this flag an existing OUTPUT_DIR/resume.pt is resumed anyway")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="encode prompts on the fly instead of reading the embedding store (config: train.no_cache)")
+    parser.add_argument("--val-every", type=int, help="epochs between validation AUC checks (config: train.val_every)")
+    parser.add_argument("--keep-best", action="store_true",
+                        help="also save the weights with the best validation AUC as best.pth, with their own threshold "
+                        "(config: train.keep_best; default off: the released code keeps only the final weights)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (log files are still written)")
+    return parser
+
+
+def _prepare_command(cfg: dict, args: argparse.Namespace) -> str:
+    """The prepare.py call that builds the store this run looks for."""
+    parts = ["python", "prepare.py"]
+    if args.config:
+        parts += ["--config", args.config]
+    parts += ["--dataset", str(cfg["dataset"]), "--encoder", str(cfg["encoder"]["name"])]
+    if cfg["encoder"]["type"] != "auto":
+        parts += ["--encoder-type", cfg["encoder"]["type"]]
+    parts += ["--cache-dir", str(cfg["cache_dir"])]
+    return shlex.join(parts)
+
+
+def open_source(cfg: dict, device, needed: list[str], args: argparse.Namespace):
+    """The embedding source of this run: the prepared store, or the encoder itself with --no-cache.
+
+    The store is found without loading the encoder when prepare.py recorded which store this
+    encoder request maps to; otherwise the encoder is loaded once to learn its identity.
+    """
+    from latentguard.cache import EmbeddingStore, recall_store_identity, remember_identity, store_path
+    from latentguard.embeddings import EncoderSource
+    from latentguard.encoders import load_encoder_from_config
+
+    enc = cfg["encoder"]
+
+    def load():
+        return load_encoder_from_config(cfg, device)
+
+    if cfg["train"]["no_cache"]:
+        return EncoderSource(load(), batch_size=enc["batch_size"]), "encoder on the fly (--no-cache)"
+    cache_dir = Path(cfg["cache_dir"])
+    key, identity = recall_store_identity(cache_dir, enc)
+    no_store = (f"no embedding store for encoder {enc['name']} under {cache_dir}; run "
+                f"`{_prepare_command(cfg, args)}` first (or pass --no-cache to encode on the fly)")
+    if not any(cache_dir.glob("*/meta.json")):
+        raise LatentGuardError(no_store)  # nothing prepared at all: no need to load the encoder to know
+    if identity is None:
+        encoder = load()
+        identity = encoder.identity
+        del encoder
+        if (store_path(cache_dir, identity) / "meta.json").is_file():
+            remember_identity(cache_dir, key, identity)
+    path = store_path(cache_dir, identity)
+    if not (path / "meta.json").is_file():
+        raise LatentGuardError(no_store)
+    store = EmbeddingStore(path, identity=identity)
+    missing = store.missing(needed)
+    if missing:
+        raise LatentGuardError(f"embedding store {path} lacks {len(missing)} of the {len(needed)} texts training "
+                               f"needs (e.g. {missing[0][:60]!r}); run `{_prepare_command(cfg, args)}` first "
+                               "(or pass --no-cache to encode on the fly)")
+    return store, f"embedding store {path} ({store.dtype}, {len(store)} texts)"
+
+
+@cli_entry(on_interrupt=RESUMABLE)
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = load_config(args.config, overrides={
+        **common_overrides(args),
+        "output_dir": args.output_dir,
+        "train.epochs": args.epochs,
+        "train.batch_size": args.batch_size,
+        "train.lr": args.lr,
+        "train.seed": args.seed,
+        "train.val_every": args.val_every,
+        "train.no_cache": True if args.no_cache else None,
+        "train.keep_best": True if args.keep_best else None,
+    })
+
+    import yaml
+
+    from latentguard.data import load_copro
+    from latentguard.io import atomic_write_text, resolve_device
+    from latentguard.train import build_trainer, training_texts
+
+    device = resolve_device(cfg["device"])
+    output_dir = Path(cfg["output_dir"])
+    copro = load_copro(cfg["dataset"], valid_size=cfg["data"]["valid_size"], seed=cfg["data"]["seed"])
+    print(f"dataset {copro.path}: {copro.summary()}")
+    started = time.perf_counter()
+    source, described = open_source(cfg, device, training_texts(copro), args)
+    print(f"embeddings: {described} (ready in {time.perf_counter() - started:.1f} s)")
+
+    resume = args.resume if args.resume in (None, True) else Path(args.resume)
+    trainer = build_trainer(cfg, copro, source, output_dir=output_dir, device=device, resume=resume,
+                            progress=not args.no_progress)
+    atomic_write_text(output_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+    opts = trainer.options
+    n_batches = trainer.sampler.num_batches(opts.batch_size)
+    n_params = sum(p.numel() for p in trainer.model.parameters())
+    print(f"model: in_dim {trainer.model.in_dim}, {trainer.model.num_heads} heads x {trainer.model.head_dim}, "
+          f"out {trainer.model.out_dim} ({n_params / 1e6:.2f} M parameters) on {device}")
+    print(f"training: {len(trainer.sampler)} concepts, {n_batches} steps/epoch, {opts.epochs} epochs "
+          f"({opts.epochs * n_batches} steps), AdamW lr {opts.lr:g} wd {opts.weight_decay:g}, seed {opts.seed}; "
+          f"validation every {opts.val_every} epochs on {len(trainer.valid)} ID_valid_data pairs")
+    if trainer.resumed_from is not None:
+        print(f"resuming from {trainer.resume_path if resume in (None, True) else resume}: {trainer.epoch} epochs "
+              f"+ {trainer.step_in_epoch} steps done (step {trainer.global_step})")
+    if not trainer.valid and opts.keep_best:
+        print("note: no validation data, so no best.pth; model_parameters.pth holds the final weights")
+    if trainer.epoch >= opts.epochs:
+        print(f"already trained for {trainer.epoch} epochs (pass a larger --epochs to continue)")
+
+    result = trainer.run()
+    best = (f"best val AUC {result.best_auc:.4f} at epoch {result.best_epoch}" if result.best_auc is not None
+            else "no validation (model_parameters.pth = last epoch)")
+    loss = f"{result.last_loss:.4f}" if result.last_loss is not None else "n/a"
+    print(f"done: {result.epochs} epochs, {result.steps} steps, final loss {loss}, {best} "
+          f"({result.seconds:.1f} s this session)")
+    from latentguard.calibration import calibration_path
+    from latentguard.validation import calibrate_best_checkpoint
+
+    for weights in (result.weights_path, result.best_path):
+        calibration = calibrate_best_checkpoint(trainer, weights) if weights is not None else None
+        if calibration is not None:
+            print(f"  threshold:    {calibration.threshold:.4f} for {weights.name} (max accuracy {calibration.accuracy:.3f} "
+                  f"on the validation split) saved to {calibration_path(weights)}; inference.py uses it with those weights")
+    print(f"  weights:      {result.weights_path} (final epoch)")
+    if result.best_path is not None:
+        print(f"  best weights: {result.best_path} (epoch {result.best_epoch})")
+    print(f"  last weights: {result.last_path}")
+    print(f"  resume state: {result.resume_path}")
+    print(f"  log:          {result.log_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

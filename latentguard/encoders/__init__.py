@@ -1,0 +1,98 @@
+"""Frozen text encoders that turn prompts into the 78-row embedding Latent Guard reads
+(layout: :mod:`latentguard.encoders.base`).
+
+Three families share that layout behind one interface (:class:`TextEncoder`):
+
+* ``clip``: Hugging Face ``CLIPTextModel`` (the reference, ``openai/clip-vit-large-patch14``);
+* ``openclip``: an OpenCLIP text tower (e.g. ``openclip:ViT-H-14`` as in SD 2.x, ``openclip:ViT-bigG-14``
+  as in SDXL), pooled row = state at the end-of-text token;
+* ``hf``: any Hugging Face encoder through ``AutoModel`` (T5 encoders, BERT family), run with its
+  attention mask, pooled row = state at the last non-padding token.
+
+:func:`load_encoder` picks the family from the model's own ``config.json`` (or the ``openclip:``
+prefix); ``encoder_type`` overrides. Every family can also encode prompts longer than the context in
+overlapping windows (:meth:`TextEncoder.encode_windows`), an option that is off by default.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from ..errors import LatentGuardError
+from .base import (CONTEXT_LENGTH, DEFAULT_ENCODER, DEFAULT_WINDOW_STRIDE, EMBEDDING_ROWS, ENCODER_TYPES,
+                   LAYOUT_VERSION, TextEncoder, resolve_dtype, weights_fingerprint, window_starts)
+from .clip import _CLIP_MODEL_TYPES, CLIPTextEncoder
+from .hf import HFTextEncoder, _model_type
+from .identity import identity_parts, same_embeddings
+from .openclip import OPENCLIP_DEFAULT_WEIGHTS, OPENCLIP_PREFIX, OpenCLIPTextEncoder, parse_openclip_name
+
+__all__ = ["CONTEXT_LENGTH", "DEFAULT_ENCODER", "DEFAULT_WINDOW_STRIDE", "EMBEDDING_ROWS", "ENCODER_TYPES",
+           "LAYOUT_VERSION", "OPENCLIP_DEFAULT_WEIGHTS", "OPENCLIP_PREFIX", "CLIPTextEncoder", "HFTextEncoder",
+           "OpenCLIPTextEncoder", "TextEncoder", "detect_family", "identity_parts", "load_encoder",
+           "load_encoder_from_config", "parse_openclip_name", "resolve_dtype", "same_embeddings",
+           "weights_fingerprint", "window_starts"]
+
+
+def detect_family(name_or_path: str | Path) -> str:
+    """``'clip'``, ``'openclip'`` or ``'hf'``: from an ``openclip:`` prefix, else the model's config.
+
+    ``model_type`` ``clip``/``clip_text_model`` is CLIP; any other known type is a Hugging Face
+    encoder; a name whose config cannot be read is treated as CLIP (whose loader then explains).
+    """
+    name = str(name_or_path)
+    if name.startswith(OPENCLIP_PREFIX):
+        return "openclip"
+    if name == DEFAULT_ENCODER:
+        return "clip"
+    model_type = _model_type(name)
+    if model_type is None or model_type in _CLIP_MODEL_TYPES:
+        return "clip"
+    return "hf"
+
+
+def _looks_like_path(name: str) -> bool:
+    """A local path rather than a hub id (``org/name`` has one slash, never a leading ``/``, ``.`` or ``~``)."""
+    return (name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
+            or (len(name) > 1 and name[1] == ":"))
+
+
+def load_encoder(name_or_path: str | Path = DEFAULT_ENCODER, encoder_type: str = "auto",
+                 device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+                 attention_mask: bool = False, *, max_length: int = CONTEXT_LENGTH) -> TextEncoder:
+    """Open a text encoder by name; ``encoder_type`` (auto|clip|openclip|hf) forces the family.
+
+    Names: a hub name or local directory (the family comes from its ``config.json``), or
+    ``openclip:MODEL[@TAG|@/path/weights.bin|@random]``. ``attention_mask`` is the CLIP option
+    (Hugging Face encoders always get their mask; OpenCLIP towers are causal and need none);
+    ``max_length`` applies to Hugging Face encoders (the 78-row store needs 77).
+    """
+    if encoder_type not in ENCODER_TYPES:
+        raise LatentGuardError(f"unknown encoder type '{encoder_type}' (use {', '.join(ENCODER_TYPES)})")
+    name = str(name_or_path)
+    if (encoder_type != "openclip" and not name.startswith(OPENCLIP_PREFIX) and _looks_like_path(name)
+            and not Path(name).expanduser().exists()):
+        raise LatentGuardError(f"cannot load text encoder '{name}': no such directory; pass --encoder with an "
+                               f"existing directory saved with save_pretrained() or a hub name such as {DEFAULT_ENCODER}")
+    if not name.startswith(OPENCLIP_PREFIX) and Path(name).expanduser().is_dir():
+        # One store per model directory, however the path is spelled (./m, m, /abs/m).
+        name = str(Path(name).expanduser().resolve())
+    family = detect_family(name) if encoder_type == "auto" else encoder_type
+    if name.startswith(OPENCLIP_PREFIX) and family != "openclip":
+        raise LatentGuardError(f"'{name}' names an OpenCLIP model but the encoder type is '{encoder_type}' "
+                               f"(use --encoder-type auto or openclip)")
+    if family == "openclip":
+        if attention_mask:
+            raise LatentGuardError("encoder.attention_mask applies to CLIP encoders only (OpenCLIP towers are causal)")
+        return OpenCLIPTextEncoder(name, device=device, dtype=dtype)
+    if family == "hf":
+        return HFTextEncoder(name, device=device, dtype=dtype, max_length=max_length)
+    return CLIPTextEncoder(name, device=device, dtype=dtype, attention_mask=attention_mask)
+
+
+def load_encoder_from_config(cfg: Mapping[str, Any], device: str | torch.device | None = None) -> TextEncoder:
+    """The encoder a loaded config's ``encoder`` section names, on ``device`` (default: the config's)."""
+    enc = cfg["encoder"]
+    return load_encoder(enc["name"], enc["type"], device=cfg["device"] if device is None else device,
+                        dtype=enc["dtype"], attention_mask=enc["attention_mask"])

@@ -1,0 +1,220 @@
+"""The encoder interface: the 78-row layout, batching and long-prompt windows shared by every family.
+
+Layout (as the released ``inference.py`` encodes): prompts are padded/truncated to 77 tokens and
+encoded without an attention mask; the stored embedding is ``[pooled state, state_0 .. state_76]``
+-> ``[78, hidden]``, where the pooled state is the one at the first end-of-text token
+(``input_ids.argmax(-1)`` for CLIP). :data:`latentguard.constants.LAYOUT_VERSION` names this layout: stores and the
+store hints in :mod:`latentguard.cache` are keyed on it, so change it whenever the rows an
+encoder produces for a text change.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Iterator, Sequence
+
+import torch
+
+from ..constants import (CONTEXT_LENGTH, DEFAULT_ENCODER, DEFAULT_WINDOW_STRIDE, EMBEDDING_ROWS,  # noqa: F401
+                         ENCODER_TYPES, LAYOUT_VERSION)
+from ..errors import LatentGuardError
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+           "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """fp32 unless asked otherwise; half precision only where it is fast and supported (GPU)."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise LatentGuardError(f"unknown dtype '{dtype}' (use float32, float16 or bfloat16)")
+        dtype = _DTYPES[dtype]
+    if dtype == torch.float16 and device.type == "cpu":
+        raise LatentGuardError("float16 encoding needs a GPU; use --dtype float32 on the CPU")
+    return dtype
+
+
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """A cheap hash of a model's weights (names, shapes and a sample of values of every tensor).
+
+    Stores and caches are keyed by it, so embeddings from two different encoders never mix, even
+    when both carry the same name (e.g. two local fine-tunes saved in the same directory).
+    """
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        flat = tensor.detach().reshape(-1)
+        sample = torch.cat([flat[:512], flat[-512:]]).float().cpu().numpy().tobytes()
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(sample)
+    return digest.hexdigest()[:16]
+
+def window_starts(n_tokens: int, span: int, stride: int) -> list[int]:
+    """Start offsets of overlapping windows of ``span`` tokens over ``n_tokens`` content tokens.
+
+    One window when the content fits; otherwise windows every ``stride`` tokens plus one aligned
+    with the end, so the last token is always covered and no gap exceeds ``stride``.
+    """
+    if n_tokens <= span:
+        return [0]
+    return list(range(0, n_tokens - span, stride)) + [n_tokens - span]
+
+
+class TextEncoder:
+    """Base class: batching, no-grad eval mode, the 78-row layout and long-prompt windows.
+
+    A family implements :meth:`_token_ids` (texts -> padded ids and attention mask),
+    :meth:`_forward_ids` (ids -> token states and the pooled token's index), and, for windows,
+    :meth:`_content_ids` (a text's tokens without special tokens), :meth:`_special_ids`
+    (prefix, suffix, padding id) and :meth:`_ids_to_tokens`.
+    """
+
+    family = "base"
+    context_length = CONTEXT_LENGTH
+    name: str
+    hidden_size: int
+    device: torch.device
+    dtype: torch.dtype
+
+    # ------------------------------------------------------------------------- family hooks
+    def _token_ids(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def _forward_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def _content_ids(self, text: str) -> list[int]:
+        raise LatentGuardError(f"{self.family} encoder '{self.name}' cannot split long prompts into windows")
+
+    def _special_ids(self) -> tuple[list[int], list[int], int]:
+        raise LatentGuardError(f"{self.family} encoder '{self.name}' cannot split long prompts into windows")
+
+    def _ids_to_tokens(self, ids: list[int]) -> list[str]:
+        raise NotImplementedError
+
+    def _fingerprint(self) -> str:
+        raise NotImplementedError
+
+    def _hidden_states(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token states ``[b, L, hidden]`` and the pooled token index ``[b]`` of each text."""
+        input_ids, attention_mask = self._token_ids(texts)
+        return self._forward_ids(input_ids, attention_mask)
+
+    # ------------------------------------------------------------------------------ identity
+    @property
+    def layout_tag(self) -> str:
+        """Options that change the embedding (they are part of :attr:`identity`)."""
+        return ""
+
+    @property
+    def identity(self) -> str:
+        """A stable string naming this exact encoder: family, name, width, weights and options."""
+        if not hasattr(self, "_identity"):
+            precision = "" if self.dtype == torch.float32 else f":{str(self.dtype).replace('torch.', '')}"
+            self._identity = (f"{self.family}:{self.name}:h{self.hidden_size}:{self._fingerprint()}"
+                              f"{self.layout_tag}{precision}")
+        return self._identity
+
+    def token_strings(self, text: str) -> list[str]:
+        """The 77 token strings the model sees for ``text`` (for explanations)."""
+        input_ids, _ = self._token_ids([text])
+        return self._ids_to_tokens(input_ids[0].tolist())
+
+    # ------------------------------------------------------------------------------ encoding
+    def _layout(self, hidden: torch.Tensor, pooled_index: torch.Tensor) -> torch.Tensor:
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        pooled = hidden[rows, pooled_index].unsqueeze(1)
+        return torch.cat([pooled, hidden], dim=1).float().cpu()
+
+    def iter_encode(self, texts: Sequence[str], batch_size: int = 64) -> Iterator[tuple[int, torch.Tensor]]:
+        """Yield ``(start, [b, 78, hidden] float32 CPU)`` batch by batch: streams, never holds all."""
+        if batch_size <= 0:
+            raise LatentGuardError(f"batch size must be positive, got {batch_size}")
+        texts = list(texts)
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                hidden, pooled_index = self._hidden_states(texts[start : start + batch_size])
+                yield start, self._layout(hidden, pooled_index)
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        """Encode ``texts`` to ``[N, 78, hidden]`` float32 on the CPU, in batches of ``batch_size``."""
+        texts = list(texts)
+        out = torch.empty(len(texts), self.context_length + 1, self.hidden_size)
+        for start, block in self.iter_encode(texts, batch_size):
+            out[start : start + block.shape[0]] = block
+        return out
+
+    def encode_concepts(self, concepts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        """A concept's vector is the pooled row of its own embedding (as the released ``inference.py``): ``[C, hidden]``."""
+        out = torch.empty(len(concepts), self.hidden_size)
+        for start, block in self.iter_encode(list(concepts), batch_size):
+            out[start : start + block.shape[0]] = block[:, 0]
+        return out
+
+    # ------------------------------------------------------------------------- long prompts
+    def window_ids(self, text: str, window: int | None = None, stride: int | None = None) -> list[list[int]]:
+        """Token ids of each window of ``text``: prefix specials, a slice of its tokens, suffix specials.
+
+        A text that fits yields one window equal to its ordinary (unpadded) tokenisation.
+        """
+        window = self.context_length if window is None else int(window)
+        stride = DEFAULT_WINDOW_STRIDE if stride is None else int(stride)
+        prefix, suffix, _ = self._special_ids()
+        span = window - len(prefix) - len(suffix)
+        if window > self.context_length or span <= 0:
+            raise LatentGuardError(f"window must be between {len(prefix) + len(suffix) + 1} and "
+                                   f"{self.context_length} tokens for {self.family} encoder '{self.name}', got {window}")
+        if not 0 < stride <= span:
+            raise LatentGuardError(f"window stride must be between 1 and {span} tokens (the content of one "
+                                   f"window), got {stride}; a larger stride would skip tokens")
+        content = self._content_ids(text)
+        return [prefix + content[s : s + span] + suffix for s in window_starts(len(content), span, stride)]
+
+    def window_token_strings(self, text: str, window: int | None = None, stride: int | None = None) -> list[list[str]]:
+        """The token strings of each window of ``text`` (padded to 77), in :meth:`encode_windows` order."""
+        _, _, pad = self._special_ids()
+        return [self._ids_to_tokens(ids + [pad] * (self.context_length - len(ids)))
+                for ids in self.window_ids(text, window, stride)]
+
+    def iter_encode_windows(self, texts: Sequence[str], batch_size: int = 64, window: int | None = None,
+                            stride: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield ``(owner [b], [b, 78, hidden])`` batches of windows; ``owner`` indexes ``texts``."""
+        if batch_size <= 0:
+            raise LatentGuardError(f"batch size must be positive, got {batch_size}")
+        _, _, pad = self._special_ids()
+        length = self.context_length
+        windows: list[list[int]] = []
+        owners: list[int] = []
+        for i, text in enumerate(texts):
+            for ids in self.window_ids(text, window, stride):
+                windows.append(ids)
+                owners.append(i)
+        with torch.inference_mode():
+            for start in range(0, len(windows), batch_size):
+                chunk = windows[start : start + batch_size]
+                input_ids = torch.full((len(chunk), length), pad, dtype=torch.long)
+                attention_mask = torch.zeros(len(chunk), length, dtype=torch.long)
+                for row, ids in enumerate(chunk):
+                    input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+                    attention_mask[row, : len(ids)] = 1
+                hidden, pooled_index = self._forward_ids(input_ids, attention_mask)
+                yield torch.tensor(owners[start : start + batch_size], dtype=torch.long), self._layout(hidden, pooled_index)
+
+    def encode_windows(self, texts: Sequence[str], batch_size: int = 64, window: int | None = None,
+                       stride: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode prompts of any length as overlapping windows: ``(emb [W, 78, hidden], owner [W])``.
+
+        Each window is a complete input of its own (start token, up to 75 tokens of the prompt, end
+        token, padding to 77) in the usual 78-row layout; ``owner[w]`` is the index of the prompt
+        window ``w`` came from. A prompt that fits the context gives exactly one window, identical
+        to :meth:`encode`. Score each window and take the maximum per prompt
+        (:func:`latentguard.scoring.max_over_windows`).
+        """
+        owners, blocks = [], []
+        for owner, block in self.iter_encode_windows(list(texts), batch_size, window, stride):
+            owners.append(owner)
+            blocks.append(block)
+        if not blocks:
+            return torch.empty(0, self.context_length + 1, self.hidden_size), torch.empty(0, dtype=torch.long)
+        return torch.cat(blocks), torch.cat(owners)

@@ -1,0 +1,83 @@
+"""The Hugging Face CLIP text tower: the released encoder (``openai/clip-vit-large-patch14``)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..io import resolve_device
+from .base import CONTEXT_LENGTH, DEFAULT_ENCODER, TextEncoder, resolve_dtype, weights_fingerprint
+from .hf import _HFTokenizerMixin, _load_hf
+
+_CLIP_MODEL_TYPES = ("clip", "clip_text_model")
+
+
+class CLIPTextEncoder(_HFTokenizerMixin, TextEncoder):
+    """The Hugging Face CLIP text tower (default ``openai/clip-vit-large-patch14``), frozen.
+
+    ``model`` is a hub name, a local directory, or an already-built ``CLIPTextModel`` (then pass
+    ``tokenizer`` too, or the real CLIP tokenizer is rebuilt offline). ``attention_mask=True``
+    departs from the reference, which encodes padding without a mask.
+
+    An already-built model is moved to ``device``/``dtype`` in place (``nn.Module.to``): to share a
+    text-to-image pipeline's encoder, pass its own device and dtype (see
+    :func:`latentguard.pipeline.encoder_from_pipeline`).
+    """
+
+    family = "clip"
+
+    def __init__(self, model: str | Path | torch.nn.Module = DEFAULT_ENCODER, device: str | torch.device | None = None,
+                 dtype: str | torch.dtype | None = None, *, tokenizer=None, name: str | None = None,
+                 attention_mask: bool = False) -> None:
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.attention_mask = attention_mask
+        if isinstance(model, torch.nn.Module):
+            text_model = model
+            self.name = name or getattr(getattr(model, "config", None), "_name_or_path", "") or "custom-clip"
+        else:
+            self.name = name or str(model)
+            text_model = _load_hf(str(model), "CLIPTextModel")
+        if tokenizer is None:
+            tokenizer = _load_clip_tokenizer(None if isinstance(model, torch.nn.Module) else str(model))
+        self.tokenizer = tokenizer
+        self.model = text_model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
+        self.hidden_size = int(self.model.config.hidden_size)
+
+    @property
+    def layout_tag(self) -> str:
+        return ":mask" if self.attention_mask else ""
+
+    def _fingerprint(self) -> str:
+        return weights_fingerprint(self.model)
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        return self.tokenizer(list(texts), padding="max_length", max_length=CONTEXT_LENGTH,
+                              truncation=True, return_tensors="pt")
+
+    def _token_ids(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = self.tokenize(texts)
+        return batch["input_ids"], batch["attention_mask"]
+
+    def _forward_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        input_ids = input_ids.to(self.device)
+        kwargs = {"attention_mask": attention_mask.to(self.device)} if self.attention_mask else {}
+        hidden = self.model(input_ids=input_ids, **kwargs).last_hidden_state
+        # The first end-of-text token has the largest id in CLIP's vocabulary (the released ``inference.py``'s argmax).
+        return hidden, input_ids.argmax(dim=-1)
+
+
+def _load_clip_tokenizer(name: str | None):
+    """The model's own tokenizer when it ships one, else the real CLIP BPE rebuilt offline."""
+    from transformers import CLIPTokenizer
+
+    if name is not None:
+        try:
+            return CLIPTokenizer.from_pretrained(name)
+        except (OSError, ValueError, TypeError):
+            pass
+    from .io import cache_home
+    from .tokenizer import build_clip_tokenizer
+
+    return build_clip_tokenizer(cache_home() / "clip-tokenizer")

@@ -1,0 +1,174 @@
+"""Any Hugging Face text encoder through ``AutoModel`` (T5 encoders, BERT family), and the
+Hugging Face loading helpers shared with the CLIP family."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..errors import LatentGuardError
+from ..io import resolve_device
+from .base import CONTEXT_LENGTH, TextEncoder, resolve_dtype, weights_fingerprint
+
+# Encoder-decoder families whose encoder-only class avoids loading the decoder at all.
+_ENCODER_ONLY_CLASSES = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}
+
+
+class _HFTokenizerMixin:
+    """Token-id plumbing shared by encoders that use a Hugging Face tokenizer."""
+
+    def _content_ids(self, text: str) -> list[int]:
+        return _hf_content_ids(self.tokenizer, text)
+
+    def _special_ids(self) -> tuple[list[int], list[int], int]:
+        if not hasattr(self, "_specials"):
+            self._specials = _hf_special_ids(self.tokenizer, self.name)
+        return self._specials
+
+    def _ids_to_tokens(self, ids: list[int]) -> list[str]:
+        return self.tokenizer.convert_ids_to_tokens(ids)
+
+
+class HFTextEncoder(_HFTokenizerMixin, TextEncoder):
+    """Any Hugging Face text encoder through ``AutoModel`` (T5 encoders, BERT family, ...), frozen.
+
+    The model always gets its attention mask (padding is masked, unlike the CLIP reference). The
+    pooled row is the state at the last non-padding token (``attention_mask.sum() - 1``: ``</s>``
+    for T5, ``[SEP]`` for BERT). Encoder-decoder models run their encoder only. ``model`` is a hub
+    name, a local directory or a built module (then pass ``tokenizer``).
+    """
+
+    family = "hf"
+
+    def __init__(self, model: str | Path | torch.nn.Module, device: str | torch.device | None = None,
+                 dtype: str | torch.dtype | None = None, *, tokenizer=None, name: str | None = None,
+                 max_length: int = CONTEXT_LENGTH) -> None:
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        if not isinstance(max_length, int) or max_length < 2:
+            raise LatentGuardError(f"max_length must be an integer >= 2, got {max_length!r}")
+        self.context_length = max_length
+        if isinstance(model, torch.nn.Module):
+            module = model
+            self.name = name or getattr(getattr(model, "config", None), "_name_or_path", "") or "custom-hf"
+            if tokenizer is None:
+                raise LatentGuardError("HFTextEncoder built from a module needs its tokenizer (tokenizer=...)")
+        else:
+            self.name = name or str(model)
+            module = _load_hf_encoder(str(model))
+            if tokenizer is None:
+                tokenizer = _load_auto_tokenizer(str(model))
+        if getattr(module.config, "is_encoder_decoder", False) and hasattr(module, "get_encoder"):
+            module = module.get_encoder()
+        if tokenizer.pad_token_id is None:
+            if tokenizer.eos_token is None:
+                raise LatentGuardError(f"tokenizer of '{self.name}' has neither a padding nor an end token; "
+                                       f"set tokenizer.pad_token before building the encoder")
+            tokenizer.pad_token = tokenizer.eos_token
+        self.tokenizer = tokenizer
+        self.model = module.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
+        config = self.model.config
+        width = getattr(config, "hidden_size", None) or getattr(config, "d_model", None)
+        if not width:
+            raise LatentGuardError(f"cannot read the hidden size of '{self.name}' from its config")
+        self.hidden_size = int(width)
+        positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        if isinstance(positions, int) and 0 < positions < max_length:
+            raise LatentGuardError(f"'{self.name}' accepts at most {positions} tokens; use max_length <= {positions}")
+
+    @property
+    def layout_tag(self) -> str:
+        return "" if self.context_length == CONTEXT_LENGTH else f":len{self.context_length}"
+
+    def _fingerprint(self) -> str:
+        return weights_fingerprint(self.model)
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        side = getattr(self.tokenizer, "padding_side", "right")
+        self.tokenizer.padding_side = "right"  # the pooled index below assumes right padding
+        try:
+            return self.tokenizer(list(texts), padding="max_length", max_length=self.context_length,
+                                  truncation=True, return_tensors="pt")
+        finally:
+            self.tokenizer.padding_side = side
+
+    def _token_ids(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = self.tokenize(texts)
+        return batch["input_ids"], batch["attention_mask"]
+
+    def _forward_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        attention_mask = attention_mask.to(self.device)
+        hidden = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask).last_hidden_state
+        return hidden, (attention_mask.sum(dim=-1) - 1).clamp(min=0)
+
+
+
+def _hf_content_ids(tokenizer, text: str) -> list[int]:
+    """A text's token ids without special tokens and without truncation."""
+    return list(tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"])
+
+
+def _hf_special_ids(tokenizer, name: str) -> tuple[list[int], list[int], int]:
+    """The special tokens a Hugging Face tokenizer puts before and after a text, and its padding id."""
+    probe = "a photo"
+    bare = _hf_content_ids(tokenizer, probe)
+    full = list(tokenizer(probe, add_special_tokens=True)["input_ids"])
+    for i in range(len(full) - len(bare) + 1):
+        if full[i : i + len(bare)] == bare:
+            return full[:i], full[i + len(bare) :], int(tokenizer.pad_token_id)
+    raise LatentGuardError(f"cannot tell the special tokens of the tokenizer of '{name}', so long prompts "
+                           f"cannot be split into windows for it")
+
+
+def _load_hf(name: str, class_name: str) -> torch.nn.Module:
+    import transformers
+
+    cls = getattr(transformers, class_name)
+    # The weight-loading progress bar would break the one-line error contract of the CLIs.
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        return cls.from_pretrained(name)
+    except (OSError, ValueError, EnvironmentError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LatentGuardError(
+            f"cannot load text encoder '{name}' ({first_line}); pass --encoder with a hub name you can "
+            f"reach or a local directory saved with save_pretrained()"
+        ) from None
+
+
+def _load_hf_encoder(name: str) -> torch.nn.Module:
+    """An encoder-only model when the family has one (T5: no decoder weights loaded), else AutoModel."""
+    model_type = _model_type(name)
+    return _load_hf(name, _ENCODER_ONLY_CLASSES.get(model_type or "", "AutoModel"))
+
+
+def _load_auto_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError, TypeError, EnvironmentError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LatentGuardError(f"cannot load the tokenizer of '{name}' ({first_line}); the directory needs "
+                               f"tokenizer files saved with save_pretrained()") from None
+
+
+def _model_type(name: str) -> str | None:
+    """``model_type`` from the model's own ``config.json`` (local directory or hub), ``None`` if unknown."""
+    path = Path(name)
+    if path.is_dir():
+        try:
+            value = json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return value if isinstance(value, str) else None
+    if path.exists():
+        return None
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(name).model_type
+    except Exception:  # unreachable hub, unknown architecture: let the loader report it
+        return None

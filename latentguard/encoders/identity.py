@@ -1,0 +1,40 @@
+"""Encoder identities: which stored embeddings two encoders can share.
+
+An identity is ``family:name:h<width>:<weights hash>[:options][:precision]``
+(:attr:`latentguard.encoders.base.TextEncoder.identity`); stores and concept caches are keyed by it.
+"""
+from __future__ import annotations
+
+import re
+
+_IDENTITY = re.compile(r"^(?P<family>[^:]+):(?P<name>.*):h(?P<width>\d+):(?P<weights>[0-9a-f]{16})(?P<options>(?::[^:]*)*)$")
+
+
+def identity_parts(identity: str) -> dict[str, str]:
+    """Split an :attr:`TextEncoder.identity` into family, name, width, weights, options, precision.
+
+    ``name`` is cosmetic (the same weights may be loaded under two names, e.g. CLIP ViT-L/14 as
+    ``openai/clip-vit-large-patch14`` or as a Stable Diffusion pipeline's ``text_encoder``); the
+    other parts decide whether two encoders give the same embeddings. An identity that does not
+    parse comes back whole as ``name`` with the other parts empty.
+    """
+    match = _IDENTITY.match(identity)
+    if match is None:
+        return {"family": "", "name": identity, "width": "", "weights": "", "options": "", "precision": "float32"}
+    parts = match.groupdict()
+    options = [o for o in parts["options"].split(":") if o]
+    precision = options.pop() if options and options[-1] in ("float16", "bfloat16") else "float32"
+    parts["options"] = ":".join(options)
+    parts["precision"] = precision
+    return parts
+
+
+def same_embeddings(a: str, b: str) -> bool | None:
+    """Whether encoders ``a`` and ``b`` (identities) embed alike: True, False, or None if only precision differs."""
+    pa, pb = identity_parts(a), identity_parts(b)
+    if not pa["weights"] or not pb["weights"]:
+        return a == b
+    keys = ("family", "width", "weights", "options")
+    if any(pa[k] != pb[k] for k in keys):
+        return False
+    return True if pa["precision"] == pb["precision"] else None

@@ -1,0 +1,109 @@
+"""Table 2: Latent Guard on an external labelled prompt set (C_check = ID concepts)."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import LatentGuardError
+from ..published import PUBLISHED_TABLE2
+from .report import _fmt
+
+# ------------------------------------------------------------------------- external (Table 2)
+_LABELS = {"1": 1, "0": 0, "unsafe": 1, "safe": 0}
+
+
+def read_labelled_prompts(path: str | Path) -> tuple[list[str], np.ndarray]:
+    """A CSV with header ``prompt,label`` (label 1/0 or unsafe/safe); one-line errors name the line."""
+    from ..io import read_text
+
+    path = Path(path)
+    text = read_text(path, "external prompt file")
+    if not text.strip():
+        raise LatentGuardError(f"{path}: the file is empty; expected a CSV with header 'prompt,label'")
+    reader = csv.reader(text.splitlines(keepends=True))
+    try:
+        header = [h.strip().lower() for h in next(reader)]
+    except (StopIteration, csv.Error):
+        raise LatentGuardError(f"{path}: line 1: cannot read a CSV header; expected 'prompt,label'") from None
+    if "prompt" not in header or "label" not in header:
+        raise LatentGuardError(f"{path}: line 1: the header must have 'prompt' and 'label' columns, got "
+                               f"{','.join(header) or 'nothing'} (or pass two text files with --external UNSAFE "
+                               "--external-safe SAFE)")
+    p_col, l_col = header.index("prompt"), header.index("label")
+    prompts, labels = [], []
+    try:
+        for row in reader:
+            line = reader.line_num
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            if len(row) <= max(p_col, l_col):
+                raise LatentGuardError(f"{path}: line {line}: expected {len(header)} columns, got {len(row)}")
+            prompt, label = row[p_col].strip(), row[l_col].strip().lower()
+            if not prompt:
+                raise LatentGuardError(f"{path}: line {line}: empty prompt")
+            if label not in _LABELS:
+                raise LatentGuardError(f"{path}: line {line}: label {row[l_col]!r} must be 1/0 or unsafe/safe")
+            prompts.append(prompt)
+            labels.append(_LABELS[label])
+    except csv.Error as exc:
+        raise LatentGuardError(f"{path}: line {reader.line_num}: malformed CSV ({exc})") from None
+    if not prompts:
+        raise LatentGuardError(f"{path}: no prompts after the header line; add rows 'prompt,label'")
+    return prompts, np.asarray(labels, np.int64)
+
+
+def read_external(unsafe_or_csv: str | Path, safe: str | Path | None = None) -> tuple[list[str], np.ndarray]:
+    """Labelled prompts from one CSV, or from an unsafe and a safe text file (one prompt per line)."""
+    from ..io import read_lines
+
+    if safe is None:
+        return read_labelled_prompts(unsafe_or_csv)
+    unsafe_lines = read_lines(unsafe_or_csv, what="unsafe prompt file (--external)")
+    safe_lines = read_lines(safe, what="safe prompt file (--external-safe)")
+    return unsafe_lines + safe_lines, np.concatenate([np.ones(len(unsafe_lines), np.int64),
+                                                      np.zeros(len(safe_lines), np.int64)])
+
+
+class StoreFirstSource:
+    """Embeddings from the store where it has them, from the encoder otherwise (same identity)."""
+
+    def __init__(self, store, encoder, batch_size: int = 64) -> None:
+        self.store, self.encoder, self.batch_size = store, encoder, batch_size
+        self.identity, self.hidden_size = encoder.identity, encoder.hidden_size
+
+    def get(self, texts: Sequence[str]):
+        import torch
+
+        from ..constants import EMBEDDING_ROWS
+
+        texts = list(texts)
+        have = [i for i, t in enumerate(texts) if self.store is not None and t in self.store]
+        if len(have) == len(texts):
+            return self.store.get(texts)
+        out = torch.empty(len(texts), EMBEDDING_ROWS, self.hidden_size)
+        if have:
+            out[have] = self.store.get([texts[i] for i in have])
+        stored = set(have)
+        rest = [i for i in range(len(texts)) if i not in stored]
+        out[rest] = self.encoder.encode([texts[i] for i in rest], batch_size=self.batch_size)
+        return out
+
+
+def external_markdown(result: Mapping[str, Any]) -> str:
+    lines = ["# Latent Guard on an external prompt set (Table 2 protocol: C_check = ID concepts)", ""]
+    for key in ("file", "safe_file", "checkpoint", "encoder", "concepts"):
+        if result.get(key) is not None:
+            lines.append(f"- {key}: `{result[key]}`")
+    lines += [f"- threshold: **{result['threshold']:.4f}** ({result['threshold_source']})", "",
+              "| data | n unsafe | n safe | accuracy | AUC | TPR | FPR | FPR@95%TPR |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|",
+              f"| this file (ours) | {result['n_unsafe']} | {result['n_safe']} | {_fmt(result['accuracy'])} | "
+              f"{_fmt(result['auc'])} | {_fmt(result['tpr'])} | {_fmt(result['fpr'])} | {_fmt(result['fpr_at_95tpr'])} |"]
+    for name, values in PUBLISHED_TABLE2.items():
+        lines.append(f"| paper: {name} | | | {_fmt(values['accuracy'])} | {_fmt(values['auc'])} | | | |")
+    if result.get("auc") is None:
+        lines += ["", "AUC needs both safe and unsafe prompts; this file has only one class."]
+    return "\n".join(lines) + "\n"

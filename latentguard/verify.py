@@ -7,7 +7,7 @@ project's own replacement rule, :meth:`latentguard.data.CoPro.variant_text`), sc
 domain's blacklist with the project's encoder and mapping layer, and compares:
 
     python -m latentguard.verify                      # downloads what it needs, as inference.py does
-    python -m latentguard.verify --device cuda --tolerance 1e-3
+    latentguard verify --device cuda --tolerance 1e-3  # the same, through the command dispatcher
 
 PASS when every |ours - released| is within the tolerance and every decision at 4.47 (paper) and
 9.0131 (released inference) is the same. Exit codes: 0 pass, 1 mismatch, 2 setup error (one line).
@@ -110,13 +110,16 @@ def scored_text(row: ReleasedRow, copro) -> str:
 
 
 def score_rows(rows: Sequence[ReleasedRow], copro, encoder, model, *, batch_size: int = 64,
-               device="cpu") -> np.ndarray:
-    """Each row's score: max logit of its scored text over its domain's blacklist (fp32)."""
-    import torch
+               device=None) -> np.ndarray:
+    """Each row's score: max logit of its scored text over its domain's blacklist, through the one
+    scoring pass (:func:`latentguard.scoring.max_scores`) that evaluation and the guard use."""
+    from .embeddings import EncoderSource
+    from .io import unique
+    from .scoring import max_scores
 
     texts = [scored_text(row, copro) for row in rows]
+    source = EncoderSource(encoder, batch_size=batch_size)
     scores = np.full(len(rows), np.nan, dtype=np.float64)
-    model = model.to(device).eval()
     for domain in DOMAINS:
         index = [i for i, row in enumerate(rows) if row.domain == domain]
         if not index:
@@ -124,13 +127,11 @@ def score_rows(rows: Sequence[ReleasedRow], copro, encoder, model, *, batch_size
         concepts = copro.concepts(domain)
         if not concepts:
             raise LatentGuardError(f"{copro.path}: has no {domain}_concepts, but the fixture has {domain} rows")
-        with torch.inference_mode():
-            concept_emb = encoder.encode_concepts(concepts, batch_size=batch_size).to(device)
-            for start in range(0, len(index), batch_size):
-                chunk = index[start : start + batch_size]
-                prompt_emb = encoder.encode([texts[i] for i in chunk], batch_size=batch_size).to(device)
-                best = model.logit_matrix(prompt_emb, concept_emb).max(dim=1).values
-                scores[chunk] = best.float().cpu().numpy()
+        distinct = unique([texts[i] for i in index])
+        values, _ = max_scores(model, source, distinct, encoder.encode_concepts(concepts, batch_size=batch_size),
+                               batch_size=batch_size, device=device)
+        where = {text: value for text, value in zip(distinct, values)}
+        scores[index] = [where[texts[i]] for i in index]
     return scores
 
 
@@ -197,53 +198,51 @@ def git_blob_id(path: str | Path) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .cli.common import common_parser
+
     parser = argparse.ArgumentParser(
         prog="python -m latentguard.verify",
         description="Check this installation against the released Latent Guard: recompute the released model's "
-                    "scores on 84 CoPro test prompts and compare them row by row.",
+                    "scores on 84 CoPro test prompts and compare them row by row. --dataset names the CoPro JSON "
+                    "whose concept lists and synonym/adversarial dictionaries are used.",
         epilog="Exit codes: 0 PASS, 1 a score or decision differs, 2 setup error. The released checkpoint, CLIP "
-               "and CoPro are downloaded when missing, as inference.py does.")
-    parser.add_argument("--encoder", default=None, metavar="NAME_OR_DIR",
-                        help="text encoder (default: openai/clip-vit-large-patch14)")
-    parser.add_argument("--encoder-type", default="auto", choices=["auto", "clip", "openclip", "hf"],
-                        help="encoder family (default: auto)")
-    parser.add_argument("--checkpoint", default="model_parameters.pth", metavar="FILE",
-                        help="mapping-layer weights (default: the released model_parameters.pth, downloaded and "
-                             "SHA-256 checked when missing)")
-    parser.add_argument("--dataset", default=None, metavar="FILE",
-                        help="CoPro JSON whose concept lists and synonym/adversarial dictionaries are used "
-                             "(default: dataset/CoPro_v1.0.json, downloaded when missing)")
+               "and CoPro are downloaded when missing, as inference.py does.",
+        parents=[common_parser(cache_dir=False)])
+    parser.add_argument("--checkpoint", default=None, metavar="FILE",
+                        help="mapping-layer weights (config: checkpoint; default: the released model_parameters.pth, "
+                             "downloaded and SHA-256 checked when missing)")
     parser.add_argument("--fixture", default=str(RELEASED_SCORES), metavar="CSV",
                         help="released per-prompt scores (default: the file shipped in the package)")
-    parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, metavar="T",
                         help=f"largest allowed |ours - released| (default: {DEFAULT_TOLERANCE:g})")
-    parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="texts per encoder batch (default: 64)")
+    parser.add_argument("--batch-size", type=int, default=None, metavar="N",
+                        help="texts per encoder batch (config: encoder.batch_size, default 64)")
     return parser
 
 
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the parity check; 0 pass, 1 mismatch, 2 setup error."""
+    from .cli.common import common_overrides, load_model
+    from .config import load_config
+
     args = build_parser().parse_args(argv)
     if not math.isfinite(args.tolerance) or args.tolerance < 0:
         raise LatentGuardError(f"--tolerance must be a finite number >= 0, got {args.tolerance}")
-    if args.batch_size <= 0:
-        raise LatentGuardError(f"--batch-size must be positive, got {args.batch_size}")
-    from .data import DEFAULT_DATASET, load_copro
-    from .constants import DEFAULT_ENCODER
-    from .encoders import load_encoder
-    from .io import RELEASED_CHECKPOINT_SHA256, released_checkpoint, resolve_device, sha256_of
-    from .model import load_mapping_layer
+    cfg = load_config(args.config, overrides={**common_overrides(args), "checkpoint": args.checkpoint,
+                                              "encoder.batch_size": args.batch_size})
+    from .data import load_copro
+    from .encoders import load_encoder_from_config
+    from .io import RELEASED_CHECKPOINT_SHA256, resolve_device, sha256_of
 
     rows = read_fixture(args.fixture)
-    copro = load_copro(args.dataset or DEFAULT_DATASET)
+    copro = load_copro(cfg["dataset"])
     for row in rows:
         scored_text(row, copro)  # every text must be buildable before the slow loads
-    device = resolve_device(args.device)
-    checkpoint = released_checkpoint(args.checkpoint)
-    encoder = load_encoder(args.encoder or DEFAULT_ENCODER, args.encoder_type, device=device)
-    model = load_mapping_layer(checkpoint, in_dim=encoder.hidden_size, device=device)
+    device = resolve_device(cfg["device"])
+    encoder = load_encoder_from_config(cfg, device)
+    checkpoint, model = load_model(cfg, encoder.hidden_size, device)
+    batch_size = cfg["encoder"]["batch_size"]
 
     released_weights = sha256_of(checkpoint) == RELEASED_CHECKPOINT_SHA256
     released_data = git_blob_id(copro.path) == RELEASED_COPRO_BLOB
@@ -251,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"checkpoint {checkpoint} ({'the released weights' if released_weights else 'NOT the released weights'})")
     print(f"dataset    {copro.path} ({'the released CoPro' if released_data else 'NOT the released CoPro file'})")
     print(f"encoder    {encoder.identity} on {device}\n")
-    scores = score_rows(rows, copro, encoder, model, batch_size=args.batch_size, device=device)
+    scores = score_rows(rows, copro, encoder, model, batch_size=batch_size, device=device)
     checks = compare(rows, scores)
     print(render_table(checks, args.tolerance))
     passed, line = verdict(checks, args.tolerance)

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from pathlib import Path
+from typing import Any, Mapping
 
 from ..constants import DEFAULT_ENCODER, ENCODER_TYPES
 from ..precision import PRECISIONS
@@ -28,6 +29,15 @@ def common_parser(*, cache_dir: bool = True) -> argparse.ArgumentParser:
                        help="exact: encoder.dtype, fp32 by default (reproduction); fast: bf16 on CPUs with native "
                        "bf16, fp16 on CUDA, with its measured drift printed (config: precision; docs/precision.md)")
     return parent
+
+
+def load_model(cfg: Mapping[str, Any], hidden_size: int, device) -> tuple[Path, Any]:
+    """The checkpoint a loaded config names (the released one downloaded for the bare default name) and its layer."""
+    from ..io import released_checkpoint
+    from ..model import load_mapping_layer
+
+    path = released_checkpoint(cfg["checkpoint"])  # downloads only for the bare default name
+    return path, load_mapping_layer(path, in_dim=hidden_size, num_heads=cfg["model"]["num_heads"], device=device)
 
 
 def common_overrides(args: argparse.Namespace) -> dict[str, Any]:

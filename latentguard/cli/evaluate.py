@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..errors import LatentGuardError, cli_entry
-from .common import common_parser, load_command_config
+from .common import common_parser, load_command_config, load_model
 from ..eval.external import StoreFirstSource, external_markdown, read_external
 from ..eval.report import _fmt, console_tables, write_outputs, write_scores_csv
 from ..eval.run import (LATENT_GUARD, MethodScores, _clean, calibrate_threshold, evaluate_copro, score_prompts,
@@ -64,14 +64,6 @@ def _load_encoder(cfg: Mapping[str, Any]):
     return load_encoder_from_config(cfg)
 
 
-def _load_model(cfg: Mapping[str, Any], hidden_size: int, device):
-    from ..io import released_checkpoint
-    from ..model import load_mapping_layer
-
-    path = released_checkpoint(cfg["checkpoint"])  # downloads only for the bare default name
-    return path, load_mapping_layer(path, in_dim=hidden_size, num_heads=cfg["model"]["num_heads"], device=device)
-
-
 def _resolve_named_threshold(cfg: dict, checkpoint: Path, identity: str) -> None:
     """Turn a threshold given by name (``paper``, ``released``, ``calibrated``) into a number."""
     value = cfg["eval"]["threshold"]
@@ -109,7 +101,7 @@ def _run_external(args, cfg: Mapping[str, Any], copro, device, batch_size: int, 
         store = open_store_for(cfg["cache_dir"], encoder)
     except LatentGuardError:
         store = None
-    checkpoint, model = _load_model(cfg, encoder.hidden_size, device)
+    checkpoint, model = load_model(cfg, encoder.hidden_size, device)
     _resolve_named_threshold(cfg, checkpoint, encoder.identity)
     enc_batch = cfg["encoder"]["batch_size"]
     known = StoreFirstSource(store, encoder, enc_batch)
@@ -181,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_external(args, cfg, copro, device, batch_size, output_dir)
 
     store = _open_store(cfg)
-    checkpoint, model = _load_model(cfg, store.hidden_size, device)
+    checkpoint, model = load_model(cfg, store.hidden_size, device)
     _resolve_named_threshold(cfg, checkpoint, store.identity)
     bert, skipped = None, {}
     if "bertscore" in baselines:
@@ -191,7 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             skipped["bertscore"] = why
     evaluation = evaluate_copro(copro, model, store, baselines=baselines, bert_scorer=bert,
                                 threshold=cfg["eval"]["threshold"], threshold_source=_threshold_source(args),
-                                batch_size=batch_size, device=device, progress=not args.no_progress)
+                                batch_size=batch_size, device=device, progress=not args.no_progress,
+                                blacklist_match=cfg["eval"]["blacklist_match"])
     meta = {"dataset": str(copro.path), "checkpoint": str(checkpoint), "encoder": store.identity,
             "store": str(store.path), "device": str(device), "skipped": skipped}
     note = _released_weights_note(copro, checkpoint, cfg["eval"]["threshold"])

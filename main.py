@@ -2,8 +2,9 @@
 """Train the Latent Guard Embedding Mapping Layer on CoPro (the paper's recipe by default).
 
 Reads prompt embeddings from the store built by ``prepare.py`` (or encodes on the fly with
---no-cache), trains with the released contrastive loss, validates the explicit ID AUC every
---val-every epochs and keeps the best weights as OUTPUT_DIR/model_parameters.pth (released format).
+--no-cache), trains with the released contrastive loss and saves the final weights as
+OUTPUT_DIR/model_parameters.pth (released format), as the released main.py does. The explicit ID AUC
+on validation data is logged every --val-every epochs; --keep-best also saves the best of those as best.pth.
 Interrupt at any time: the same command resumes exactly where it stopped.
 
 Examples:

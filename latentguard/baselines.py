@@ -3,8 +3,10 @@
 They are scored on exactly the prompts, settings and thresholds Latent Guard is scored on, so the
 comparison in ``results.md`` is like for like:
 
-* Text Blacklist flags a prompt when a blacklisted concept appears in it as a whole word
-  (case-insensitive). It gives a decision, not a score, so it has no AUC (the paper's "-").
+* Text Blacklist flags a prompt when a blacklisted concept occurs in it, ignoring case: a plain
+  substring match, the rule that reproduces the paper's Table 1(a) (.805 ID / .895 OOD on the
+  released explicit test prompts). ``match="word"`` asks for whole words instead (.857 / .878 there).
+  It gives a decision, not a score, so it has no AUC (the paper's "-").
 * CLIPScore is the best cosine between the prompt's pooled CLIP embedding (row 0 of the stored
   embedding) and each concept's; it reuses the embeddings Latent Guard reads, so it costs no encoding.
 * BERTScore is the idf-free BERTScore F1 (greedy matching of contextual token embeddings) between
@@ -19,6 +21,8 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .constants import BLACKLIST_MATCHES
 
 # Results keys follow latentguard.published; the CLI also accepts the short "blacklist".
 BASELINES = ("text_blacklist", "clipscore", "bertscore")
@@ -49,13 +53,19 @@ def parse_baselines(value: str | Sequence[str] | None) -> list[str]:
 
 # ------------------------------------------------------------------------------ Text Blacklist
 class TextBlacklist:
-    """Whole-word, case-insensitive concept matcher: one compiled pattern for the whole list.
+    """Case-insensitive concept matcher: one compiled pattern for the whole list.
 
-    "Whole word" means no letter, digit or underscore touches the match on either side, which
-    also works for concepts that start or end with punctuation (where ``\\b`` would not).
+    ``match="substring"`` (default, the paper's rule) flags any occurrence, e.g. "knife" in
+    "penknife". ``match="word"``: no letter, digit or underscore may touch the match on either
+    side, which also works for concepts that start or end with punctuation (where ``\\b`` would not).
     """
 
-    def __init__(self, concepts: Sequence[str]) -> None:
+    def __init__(self, concepts: Sequence[str], match: str = "substring") -> None:
+        if match not in BLACKLIST_MATCHES:
+            from .errors import LatentGuardError
+
+            raise LatentGuardError(f"unknown blacklist match '{match}' (use {' or '.join(BLACKLIST_MATCHES)})")
+        self.rule = match
         self.concepts = list(concepts)
         self._index: dict[str, int] = {}
         for i, concept in enumerate(self.concepts):
@@ -63,7 +73,8 @@ class TextBlacklist:
         # Longest first, so "blood bath" wins over "blood" when both match at one place.
         alternatives = sorted(self._index, key=len, reverse=True)
         body = "|".join(re.escape(c) for c in alternatives) or r"(?!x)x"
-        self._pattern = re.compile(rf"(?<!\w)(?:{body})(?!\w)", re.IGNORECASE)
+        bounded = rf"(?<!\w)(?:{body})(?!\w)" if match == "word" else body
+        self._pattern = re.compile(bounded, re.IGNORECASE)
 
     def match(self, text: str) -> int:
         """Index of the first concept found in ``text``, or -1."""

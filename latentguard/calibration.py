@@ -31,14 +31,14 @@ import numpy as np
 import yaml
 
 from .errors import LatentGuardError
-from .io import atomic_write_text, sha256_of
+from .io import RELEASED_CHECKPOINT_SHA256, atomic_write_text, sha256_of
 from .published import RELEASED_THRESHOLD, TABLE1_ACCURACY_THRESHOLD
 
 # Named thresholds: the released inference.py's, and the single threshold that
 # reproduces the paper's Table 1(a) accuracies.
 PROFILES: dict[str, float] = {"released": RELEASED_THRESHOLD, "paper": TABLE1_ACCURACY_THRESHOLD}
 CALIBRATED = "calibrated"  # the YAML record beside the checkpoint; an error when there is none
-AUTO = "auto"              # the YAML record when there is one, else the released threshold
+AUTO = "auto"              # the YAML record when there is one, else 9.0131 for the released weights only
 THRESHOLD_NAMES = (*PROFILES, CALIBRATED, AUTO)  # every name resolve_threshold accepts
 FORMAT = "latentguard-threshold"
 DEFAULT_TARGET_FPR = 0.01
@@ -212,8 +212,10 @@ def resolve_threshold(value: float | int | str | None, checkpoint: str | Path | 
     """A number, a numeric string, a profile name (``released``, ``paper``), ``calibrated`` or ``auto`` -> float.
 
     ``calibrated`` reads the record beside ``checkpoint`` and fails with a clear message if absent;
-    ``auto`` reads it when present and falls back to ``released`` (9.0131) otherwise. The record
-    is checked against the checkpoint and ``encoder_identity`` (see :func:`load_calibration_result`).
+    ``auto`` reads it when present, else gives 9.0131 for the released weights only (recognised by
+    SHA-256): other weights may never reach it (nothing would ever be flagged), so without their
+    record ``auto`` refuses, saying how to calibrate or pick a threshold. The record is checked
+    against the checkpoint and ``encoder_identity`` (see :func:`load_calibration_result`).
     """
     if isinstance(value, bool) or value is None:
         raise LatentGuardError(f"threshold must be a number, {', '.join(PROFILES)}, {CALIBRATED} or {AUTO}, got {value!r}")
@@ -225,8 +227,17 @@ def resolve_threshold(value: float | int | str | None, checkpoint: str | Path | 
         if key in PROFILES:
             return PROFILES[key]
         if key == AUTO:
-            found = None if checkpoint is None else load_calibration(checkpoint, encoder_identity=encoder_identity)
-            return PROFILES["released"] if found is None else found
+            how = ("calibrate with --calibrate-safe SAFE_PROMPTS.txt (guard.calibrate(safe_prompts, save=True)) "
+                   "or pass --threshold NUMBER|released|paper")
+            if checkpoint is None:
+                raise LatentGuardError(f"threshold 'auto' needs the checkpoint it is for; {how}")
+            found = load_calibration(checkpoint, encoder_identity=encoder_identity)
+            if found is not None:
+                return found
+            if Path(checkpoint).is_file() and sha256_of(checkpoint) == RELEASED_CHECKPOINT_SHA256:
+                return PROFILES["released"]
+            raise LatentGuardError(f"threshold 'auto': {checkpoint} is not the released checkpoint (SHA-256) and has "
+                                   f"no calibration file {calibration_path(checkpoint).name} beside it; {how}")
         if key == CALIBRATED:
             if checkpoint is None:
                 raise LatentGuardError("threshold 'calibrated' needs the checkpoint whose calibration file to read")

@@ -25,6 +25,7 @@ DEFAULTS: dict[str, Any] = {
     "output_dir": "runs/default",
     "checkpoint": DEFAULT_CHECKPOINT,
     "device": "auto",
+    "precision": "exact",
     "encoder": {
         "name": DEFAULT_ENCODER,
         "type": "auto",
@@ -46,9 +47,11 @@ DEFAULTS: dict[str, Any] = {
         "val_every": 50,
         "no_cache": False,
         "save_every": 10,
+        "keep_best": False,
         "eval_batch_size": 256,
     },
-    "eval": {"threshold": None, "baselines": [], "bert_model": None, "batch_size": 512},
+    "eval": {"threshold": None, "baselines": [], "bert_model": None, "batch_size": 512,
+             "blacklist_match": "substring"},
     "inference": {"threshold": "auto", "batch_size": 64, "concepts": None, "allowlist": None, "top_k": 3},
     "calibration": {"target_fpr": 0.01},
 }

@@ -6,7 +6,8 @@ holds the released code's fixed choices: the encoder, the 78-row embedding layou
 from __future__ import annotations
 
 DEFAULT_ENCODER = "openai/clip-vit-large-patch14"  # the released text encoder (CLIP ViT-L/14)
-DEFAULT_CHECKPOINT = "model_parameters.pth"       # the released weights' file name
+DEFAULT_CHECKPOINT = "model_parameters.pth"       # the released weights' file name (training: the final weights)
+BEST_CHECKPOINT = "best.pth"                       # training's best-on-validation weights (opt-in: train.keep_best)
 CONTEXT_LENGTH = 77                                # tokens per encoder pass
 EMBEDDING_ROWS = CONTEXT_LENGTH + 1                # pooled (first end-of-text) state + 77 token states
 # Version of the embedding layout (rows, pooling, padding, windows). Bump it whenever the rows an
@@ -16,3 +17,4 @@ LAYOUT_VERSION = 1
 # window, neighbours overlap by 25 tokens, so any phrase of up to 25 tokens is seen whole somewhere.
 DEFAULT_WINDOW_STRIDE = 50
 ENCODER_TYPES = ("auto", "clip", "openclip", "hf")
+BLACKLIST_MATCHES = ("substring", "word")  # Text Blacklist rules: the paper's (case-insensitive substring) first

@@ -81,21 +81,29 @@ class CoPro:
         """
         if kind not in VARIANT_KINDS:
             raise LatentGuardError(f"unknown variant kind '{kind}' (use synonym or adversarial)")
-        table = self.synonyms if kind == "synonym" else self.adversarial
         pairs: list[Triplet] = []
         for entry in self.split(split_name):
-            concept = entry.concept
-            if concept not in self.synonyms or concept not in self.adversarial:
-                continue
-            prompt = entry.unsafe_prompt
-            if concept in prompt:
-                varied = prompt.replace(concept, table[concept])
-            elif concept.capitalize() in prompt:
-                varied = prompt.replace(concept.capitalize(), table[concept])
-            else:
-                continue
-            pairs.append(Triplet(concept, varied, entry.safe_prompt))
+            varied = self.variant_text(entry.unsafe_prompt, entry.concept, kind)
+            if varied is not None:
+                pairs.append(Triplet(entry.concept, varied, entry.safe_prompt))
         return pairs
+
+    def variant_text(self, unsafe_prompt: str, concept: str, kind: str) -> str | None:
+        """The Synonym or Adversarial version of one unsafe prompt, or ``None`` when the rule skips it.
+
+        The one place the released replacement rule lives (see :meth:`variant_pairs`); the release
+        parity check (:mod:`latentguard.verify`) rebuilds single scored texts with it.
+        """
+        if kind not in VARIANT_KINDS:
+            raise LatentGuardError(f"unknown variant kind '{kind}' (use synonym or adversarial)")
+        if concept not in self.synonyms or concept not in self.adversarial:
+            return None
+        replacement = (self.synonyms if kind == "synonym" else self.adversarial)[concept]
+        if concept in unsafe_prompt:
+            return unsafe_prompt.replace(concept, replacement)
+        if concept.capitalize() in unsafe_prompt:
+            return unsafe_prompt.replace(concept.capitalize(), replacement)
+        return None
 
     def all_texts(self) -> list[str]:
         """Every text prepare.py must encode, deduplicated in a stable order.

@@ -61,6 +61,7 @@ class Verdict:
     top_concepts: list[tuple[str, float]] = field(default_factory=list)  # highest logits, best first
     evidence: list[tuple[str, float]] = field(default_factory=list)  # words that drove the match
     threshold: float = RELEASED_THRESHOLD  # the threshold ``concept`` was judged against
+    truncated: bool = False  # the prompt was cut at the encoder's context (77 tokens); see ``long_prompts``
 
     def to_dict(self) -> dict:
         """JSON-friendly form (tuples become lists)."""
@@ -74,8 +75,8 @@ class LatentGuard:
     """Block unsafe text-to-image prompts: a blacklist matched in the mapping layer's latent space.
 
     Build it with :meth:`from_pretrained`, or directly from a loaded mapping layer and encoder.
-    ``threshold`` is a plain attribute; ``concept_thresholds`` and ``allowlist`` are validated
-    properties; the blacklist changes through :meth:`add_concepts` / :meth:`remove_concepts`.
+    ``threshold``, ``batch_size``, ``concept_thresholds`` and ``allowlist`` are properties checked
+    when set; the blacklist changes through :meth:`add_concepts` / :meth:`remove_concepts`.
     """
 
     def __init__(self, model: EmbeddingMappingLayer, encoder, concepts: Sequence[str],
@@ -91,13 +92,13 @@ class LatentGuard:
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.model = model.to(self.device).eval()  # scoring runs under inference_mode: no grads kept
         self.encoder = encoder
-        self.threshold = _number(threshold, "threshold")
+        self.checkpoint: Path | None = None     # set by from_pretrained; calibrate(save=True) writes beside it
+        self.threshold = threshold
         self.batch_size = batch_size
         self.top_k = top_k
         self.cache_concepts = cache_concepts
         self.long_prompts = bool(long_prompts)  # score prompts > 77 tokens as the max over windows
         self.window_stride = window_stride      # None: latentguard.encoders.DEFAULT_WINDOW_STRIDE (50)
-        self.checkpoint: Path | None = None     # set by from_pretrained; calibrate(save=True) writes beside it
         self._concepts: list[str] = []
         self._vectors = torch.empty(0, encoder.hidden_size, device=self.device)
         self.add_concepts(check_concepts(concepts))
@@ -124,8 +125,9 @@ class LatentGuard:
         ``encoder_options`` are passed to :func:`latentguard.encoders.load_encoder` (e.g. dtype).
         ``threshold``: a number, ``"released"`` (9.0131), ``"paper"`` (4.47), ``"calibrated"`` (the
         ``<checkpoint stem>.threshold.yaml`` written by :meth:`calibrate`; an error when absent) or
-        ``"auto"`` (that file when present, else released). ``long_prompts``: score prompts longer
-        than 77 tokens as the maximum over overlapping windows (off: truncate, as released).
+        ``"auto"`` (that file when present, else released for the released weights only, else an
+        error). ``long_prompts``: score prompts longer than 77 tokens as the maximum over
+        overlapping windows (off: truncate, as released).
         Cheap checks (blacklist, checkpoint, threshold) run before the slow encoder load.
         """
         from .calibration import AUTO, CALIBRATED, resolve_threshold
@@ -141,8 +143,8 @@ class LatentGuard:
             names, thresholds = check_concepts(concepts), {}
         thresholds.update(concept_thresholds or {})
         path = released_checkpoint(checkpoint)
-        if named and threshold.strip().lower() == CALIBRATED:
-            resolve_threshold(threshold, path)  # no file: the "calibrate first" error, before the encoder load
+        if named:
+            resolve_threshold(threshold, path)  # no file (or not the released weights): refused before the encoder load
         if isinstance(encoder, (str, Path)):
             model = load_mapping_layer(path, num_heads=num_heads)
             from .encoders import load_encoder
@@ -228,6 +230,29 @@ class LatentGuard:
         """
         with torch.inference_mode():
             self._queries = self.model.concept_queries(self._vectors)
+
+    @property
+    def threshold(self) -> float:
+        """The global threshold; checked when set (a number or a name), so no later call meets a bad one."""
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value) -> None:
+        if isinstance(value, str):
+            from .calibration import resolve_threshold
+
+            value = resolve_threshold(value, self.checkpoint, encoder_identity=getattr(self.encoder, "identity", None))
+        self._threshold = _number(value, "threshold")
+
+    @property
+    def batch_size(self) -> int:
+        """Prompts encoded per batch; checked when set (a positive integer)."""
+        return self._batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:
+        _check_options(0.0, value, 1)
+        self._batch_size = value
 
     @property
     def concept_thresholds(self) -> dict[str, float]:
@@ -319,9 +344,18 @@ class LatentGuard:
                     emb = emb.clone()
                     emb[edited] = self.encoder.encode([texts[i] for i in edited], batch_size=len(edited)).to(emb)
             logits, evidence = self._score_batch(texts, explain=explain, emb=emb)
+            _check_logit_rows(logits, len(batch))  # fail closed: a missing row never reads as SAFE
             for i, prompt in enumerate(batch):
                 verdicts.append(self._verdict(prompt, logits[i], thresholds, evidence[i] if evidence else []))
+                verdicts[-1].truncated = self._truncated(texts[i])
+        if len(verdicts) != len(prompts):
+            raise LatentGuardError(f"the guard gave {len(verdicts)} verdicts for {len(prompts)} prompts; refusing")
         return verdicts
+
+    def _truncated(self, text: str) -> bool:
+        """Whether ``text`` was cut at the encoder's context (never with ``long_prompts``: windows cover it)."""
+        counter = getattr(self.encoder, "is_truncated", None)
+        return bool(not self.long_prompts and counter is not None and counter(text))
 
     def calibrate(self, safe_prompts: Sequence[str], unsafe_prompts: Sequence[str] | None = None,
                   target_fpr: float = 0.01, *, save: bool | str | Path = False):
@@ -445,6 +479,12 @@ def _check_options(threshold, batch_size, top_k) -> None:
         raise LatentGuardError(f"batch size must be a positive integer, got {batch_size!r}")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0:
         raise LatentGuardError(f"top_k must be a positive integer, got {top_k!r}")
+
+
+def _check_logit_rows(logits: np.ndarray, n_prompts: int) -> None:
+    """One row of logits per prompt, or refuse (non-finite logits are refused in :mod:`latentguard.scoring`)."""
+    if logits.ndim != 2 or logits.shape[0] != n_prompts:
+        raise LatentGuardError(f"scoring gave logits of shape {list(logits.shape)} for {n_prompts} prompts; refusing")
 
 
 def _number(value, what: str) -> float:

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from .calibration import THRESHOLD_NAMES  # names resolve_threshold accepts
-from .constants import ENCODER_TYPES
+from .constants import BLACKLIST_MATCHES, ENCODER_TYPES
 from .errors import LatentGuardError
+from .precision import PRECISIONS  # exact | fast
 
 
 Check = Callable[[Any], str | None]  # None when the value is fine, else what it must be
@@ -155,6 +156,7 @@ class TrainSettings:
     no_cache: bool = key(boolean)
     save_every: int = key(positive_int)
     eval_batch_size: int = key(positive_int)
+    keep_best: bool = key(boolean)
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,7 @@ class EvalSettings:
     baselines: list[str] | str = key(names)
     bert_model: str | None = key(optional_path)
     batch_size: int = key(positive_int)
+    blacklist_match: str = key(choice(*BLACKLIST_MATCHES))
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,7 @@ class Config:
     output_dir: str = key(text)
     checkpoint: str = key(text)
     device: str = key(text)
+    precision: str = key(choice(*PRECISIONS))
     encoder: EncoderSettings = None  # type: ignore[assignment]
     model: ModelSettings = None  # type: ignore[assignment]
     store: StoreSettings = None  # type: ignore[assignment]

@@ -8,9 +8,10 @@ position inside the epoch are saved atomically, also on Ctrl-C).
 
 Outputs in the run directory:
 
-* ``model_parameters.pth`` - the weights with the best validation AUC (explicit ID AUC on
-  ``ID_valid_data``, C_check = ID concepts), a plain state dict in the released format; the last
-  epoch's weights when there is no validation data;
+* ``model_parameters.pth`` - the final weights of the schedule, as the released ``main.py`` keeps
+  them (it never reads validation data), a plain state dict in the released format;
+* ``best.pth`` - only with ``train.keep_best`` (``--keep-best``): the weights with the best
+  validation AUC (explicit ID AUC on ``ID_valid_data``, C_check = ID concepts), same format;
 * ``last.pth`` - the latest weights, same format;
 * ``resume.pt`` - everything needed to continue (``{"model": state_dict, ...}``, so
   ``load_mapping_layer`` reads it too);
@@ -31,7 +32,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
-from .constants import DEFAULT_CHECKPOINT
+from .constants import BEST_CHECKPOINT, DEFAULT_CHECKPOINT
 from .embeddings import EmbeddingSource, concept_vectors
 from .errors import LatentGuardError
 from .io import atomic_path, atomic_torch_save, unique
@@ -40,7 +41,8 @@ from .objective import ConceptPairSampler, contrastive_loss, contrastive_loss_fr
 from .scoring import StopRequested, pinned, prefetch, to_device
 from .validation import calibrate_best_checkpoint, explicit_auc, max_concept_scores  # noqa: F401 (public here too)
 
-BEST_NAME = DEFAULT_CHECKPOINT
+WEIGHTS_NAME = DEFAULT_CHECKPOINT  # final weights of the schedule, as released
+BEST_NAME = BEST_CHECKPOINT  # best validation AUC, opt-in (train.keep_best)
 LAST_NAME = "last.pth"
 RESUME_NAME = "resume.pt"
 LOG_NAME = "train_log.jsonl"
@@ -61,6 +63,7 @@ class TrainOptions:
     val_every: int
     save_every: int
     eval_batch_size: int
+    keep_best: bool = False
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "TrainOptions":
@@ -69,7 +72,7 @@ class TrainOptions:
         return cls(epochs=int(train["epochs"]), batch_size=int(train["batch_size"]), lr=float(train["lr"]),
                    weight_decay=float(train["weight_decay"]), seed=int(train["seed"]),
                    val_every=int(train["val_every"]), save_every=int(train["save_every"]),
-                   eval_batch_size=int(train["eval_batch_size"]))
+                   eval_batch_size=int(train["eval_batch_size"]), keep_best=bool(train["keep_best"]))
 
 
 @dataclass
@@ -77,7 +80,7 @@ class TrainResult:
     """What a run produced, for the CLI summary and for tests."""
 
     output_dir: Path
-    best_path: Path
+    best_path: Path | None  # best.pth, only with keep_best
     last_path: Path
     resume_path: Path
     log_path: Path
@@ -88,6 +91,7 @@ class TrainResult:
     last_loss: float | None
     resumed_from: int | None  # global step the run continued from, None when fresh
     seconds: float
+    weights_path: Path | None = None  # model_parameters.pth: the final weights
 
 
 def new_model(in_dim: int, model_cfg: Mapping[str, int], seed: int) -> EmbeddingMappingLayer:
@@ -134,6 +138,10 @@ class Trainer:
         self._stop = False
 
     # ---------------------------------------------------------------------- paths and state
+    @property
+    def weights_path(self) -> Path:
+        return self.output_dir / WEIGHTS_NAME
+
     @property
     def best_path(self) -> Path:
         return self.output_dir / BEST_NAME
@@ -206,11 +214,11 @@ class Trainer:
         self.resumed_from = self.global_step
 
     def save(self) -> None:
-        """Write last.pth then resume.pt (both atomically)."""
+        """Write last.pth (and, once the schedule is done, model_parameters.pth), then resume.pt, atomically."""
         weights = plain_state_dict(self.model)
         atomic_torch_save(weights, self.last_path)
-        if self.valid_concept_emb is None or not self.valid:
-            atomic_torch_save(weights, self.best_path)  # no validation data: the best we know is the last
+        if self.epoch >= self.options.epochs:
+            atomic_torch_save(weights, self.weights_path)  # the schedule is done: its final weights
         atomic_torch_save(self.resume_state(), self.resume_path)
 
     # ---------------------------------------------------------------------------- the loop
@@ -255,11 +263,12 @@ class Trainer:
                     self._end_epoch(log, bar, epochs)
         finally:
             bar.close()
-        if not self.best_path.is_file() or not self.last_path.is_file():
+        if not self.weights_path.is_file() or not self.last_path.is_file():
             self.save()  # e.g. a finished run resumed with the same --epochs on a fresh directory copy
-        return TrainResult(self.output_dir, self.best_path, self.last_path, self.resume_path, self.log_path,
+        best = self.best_path if self.options.keep_best and self.best_path.is_file() else None
+        return TrainResult(self.output_dir, best, self.last_path, self.resume_path, self.log_path,
                            self.epoch, self.global_step, self.best_auc, self.best_epoch, self.last_loss,
-                           self.resumed_from, time.perf_counter() - started)
+                           self.resumed_from, time.perf_counter() - started, self.weights_path)
 
     def _train_epoch(self, log, bar, n_batches: int, epochs: int) -> None:
         """The remaining steps of the current epoch; after Ctrl-C, save and stop (raises KeyboardInterrupt)."""
@@ -314,10 +323,11 @@ class Trainer:
         improved = not math.isnan(auc) and (self.best_auc is None or auc > self.best_auc)
         if improved:
             self.best_auc, self.best_epoch = auc, number
-            atomic_torch_save(plain_state_dict(self.model), self.best_path)
+            if self.options.keep_best:  # monitoring only unless asked: released weights are the final ones
+                atomic_torch_save(plain_state_dict(self.model), self.best_path)
         _log(log, {"step": self.global_step, "epoch": number, "val_auc": auc, "best_auc": self.best_auc,
                    "best_epoch": self.best_epoch, "val_seconds": round(seconds, 3)})
-        note = " (new best, saved)" if improved else ""
+        note = (" (new best, saved)" if self.options.keep_best else " (new best)") if improved else ""
         bar.write(f"epoch {number}/{epochs} step {self.global_step}: loss {self.last_loss:.4f}, "
                   f"val AUC {auc:.4f}{note}, best {self.best_auc:.4f} @ epoch {self.best_epoch}"
                   if self.best_auc is not None else

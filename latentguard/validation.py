@@ -1,9 +1,10 @@
-"""Validation during training: the explicit ID AUC of the current weights, and the threshold of the best ones.
+"""Validation during training: the explicit ID AUC of the current weights, and the threshold of saved ones.
 
 Both score through :mod:`latentguard.scoring`, like evaluation and the guard.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -42,24 +43,26 @@ def explicit_auc(model: EmbeddingMappingLayer, source: EmbeddingSource, triplets
     return roc_auc([1] * len(unsafe) + [0] * len(safe), scores)
 
 
-def calibrate_best_checkpoint(trainer: "Trainer") -> "CalibrationResult | None":  # noqa: F821
-    """Pick the accuracy-maximising threshold of the best weights on the validation split and save it.
+def calibrate_best_checkpoint(trainer: "Trainer", checkpoint: Path | None = None) -> "CalibrationResult | None":  # noqa: F821
+    """Pick the accuracy-maximising threshold of ``checkpoint`` on the validation split and save it.
 
     The released 9.0131 belongs to the released weights; a retrained checkpoint needs its own. The
-    YAML lands beside ``model_parameters.pth``, where ``inference.py --threshold auto`` (the default)
-    and ``LatentGuard.from_pretrained`` find it. Returns ``None`` without validation data.
+    YAML lands beside the weights (default: ``model_parameters.pth``, the final ones), where
+    ``inference.py --threshold auto`` (the default) and ``LatentGuard.from_pretrained`` find it, so a
+    threshold always belongs to the weights next to it. Returns ``None`` without validation data.
     """
     from .calibration import calibrate, save_calibration
     from .model import load_mapping_layer
 
-    if not trainer.valid or trainer.valid_concept_emb is None or not trainer.best_path.is_file():
+    checkpoint = trainer.weights_path if checkpoint is None else Path(checkpoint)
+    if not trainer.valid or trainer.valid_concept_emb is None or not checkpoint.is_file():
         return None
-    model = load_mapping_layer(trainer.best_path, in_dim=trainer.model.in_dim,
+    model = load_mapping_layer(checkpoint, in_dim=trainer.model.in_dim,
                                num_heads=trainer.model.num_heads, device=trainer.device)
     unsafe = [t.unsafe_prompt for t in trainer.valid]
     safe = [t.safe_prompt for t in trainer.valid]
     scores = max_concept_scores(model, trainer.source, unsafe + safe, trainer.valid_concept_emb,
                                 batch_size=trainer.options.eval_batch_size, device=trainer.device)
     result = calibrate(scores[len(unsafe):], scores[: len(unsafe)])
-    save_calibration(result, trainer.best_path, encoder_identity=trainer.source.identity)
+    save_calibration(result, checkpoint, encoder_identity=trainer.source.identity)
     return result

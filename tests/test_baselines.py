@@ -1,4 +1,4 @@
-"""Baselines: whole-word blacklist, CLIPScore on stored rows, BERTScore F1 with a tiny offline BERT."""
+"""Baselines: substring (or whole-word) blacklist, CLIPScore on stored rows, BERTScore F1 with a tiny offline BERT."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -60,8 +60,20 @@ def test_parse_baselines():
 
 
 # ---------------------------------------------------------------------------- Text Blacklist
-def test_blacklist_matches_whole_words_case_insensitively():
-    bl = TextBlacklist(["knife", "blood", "blood bath", "f*ck", "gun"])
+def test_blacklist_default_is_the_papers_case_insensitive_substring_rule():
+    """The rule that reproduces Table 1(a)'s .805 / .895: any occurrence, ignoring case."""
+    bl = TextBlacklist(["knife", "blood", "blood bath", "gun"])
+    assert bl.rule == "substring"
+    assert bl.match("A PENKNIFE on the table") == 0           # inside a word counts
+    assert bl.match("a gunshot") == 3 and bl.match("Bloodbath") == 1
+    assert bl.match("a blood bath at night") == 2               # longest concept wins at one position
+    assert bl.match("kn#12fe in a dark alley") == -1 and bl.match("a flower") == -1
+    with pytest.raises(LatentGuardError, match="unknown blacklist match 'regex'"):
+        TextBlacklist(["knife"], "regex")
+
+
+def test_blacklist_word_option_matches_whole_words_case_insensitively():
+    bl = TextBlacklist(["knife", "blood", "blood bath", "f*ck", "gun"], match="word")
     assert bl.match("A KNIFE on the table") == 0
     assert bl.match("Knife.") == 0 and bl.match("(knife)") == 0
     assert bl.match("penknife and knives") == -1        # not whole words
@@ -71,6 +83,17 @@ def test_blacklist_matches_whole_words_case_insensitively():
     assert bl.match("kn#12fe in a dark alley") == -1      # an adversarial rewrite escapes the list
     scores, best = bl.scores(["a knife", "a flower", "blood"])
     assert scores.tolist() == [1.0, 0.0, 1.0] and best.tolist() == [0, -1, 1]
+
+
+def test_evaluation_wires_the_configured_blacklist_rule():
+    """eval.blacklist_match reaches the Text Blacklist baseline, and its threshold note says which rule ran."""
+    from latentguard.eval.methods import make_baselines
+
+    texts, concepts = ["a penknife", "a knife", "a flower"], ["knife"]
+    for rule, flagged in (("substring", [1.0, 1.0, 0.0]), ("word", [0.0, 1.0, 0.0])):
+        (baseline,) = make_baselines(["text_blacklist"], blacklist_match=rule)
+        assert baseline.domain_scores("ID", texts, concepts)[0].tolist() == flagged
+        assert ("whole word" in baseline.threshold_note) == (rule == "word")
 
 
 # --------------------------------------------------------------------------------- CLIPScore

@@ -129,7 +129,9 @@ def test_resolve_threshold_numbers_and_profiles(checkpoint):
     assert resolve_threshold(4.2) == 4.2 and resolve_threshold(7) == 7.0 and resolve_threshold(" 3.5 ") == 3.5
     assert resolve_threshold("released") == 9.0131 == PROFILES["released"]
     assert resolve_threshold("Paper") == 4.47 == PROFILES["paper"]
-    assert resolve_threshold("auto", checkpoint) == 9.0131  # no record yet: the released value
+    with pytest.raises(LatentGuardError, match="not the released checkpoint.*--calibrate-safe.*--threshold") as info:
+        resolve_threshold("auto", checkpoint)  # no record, other weights: 9.0131 may never be reached
+    assert "\n" not in str(info.value)
     with pytest.raises(LatentGuardError, match="calibrate first"):
         resolve_threshold("calibrated", checkpoint)
     with pytest.raises(LatentGuardError, match="needs the checkpoint"):
@@ -208,10 +210,11 @@ def test_from_pretrained_threshold_profiles_and_calibration_file(tiny_encoder, t
                                            cache_concepts=False)
 
     assert load("paper").threshold == 4.47 and load("released").threshold == 9.0131 and load(3.25).threshold == 3.25
-    assert load("auto").threshold == 9.0131  # nothing calibrated yet
+    with pytest.raises(LatentGuardError, match="not the released checkpoint.*--calibrate-safe.*--threshold"):
+        load("auto")  # nothing calibrated yet, and these are not the released weights
     with pytest.raises(LatentGuardError, match="calibrate first"):
         load("calibrated")
-    guard = load("auto")
+    guard = load("paper")
     safe = ["a cat on a sofa", "a bowl of fruit", "mountains at dawn", "a red bicycle"]
     result = guard.calibrate(safe, target_fpr=0.25, save=True)
     assert calibration_path(checkpoint).is_file() and guard.threshold == result.threshold

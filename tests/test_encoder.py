@@ -74,3 +74,20 @@ def test_unloadable_encoder_is_a_clear_error(tmp_path):
 def test_fp16_on_cpu_is_refused(tiny_encoder):
     with pytest.raises(LatentGuardError, match="float16"):
         CLIPTextEncoder(tiny_encoder.model, device="cpu", dtype="float16", tokenizer=tiny_encoder.tokenizer)
+
+
+def test_ftfy_departure_touches_only_text_that_ftfy_repairs(clip_tokenizer):
+    """The released transformers 4.30.2 slow tokenizer (like open_clip's) runs ftfy first; ours does not.
+
+    Text ftfy repairs (curly quotes, ligatures, full-width letters, mojibake) tokenizes differently;
+    after ftfy it matches again. CoPro's prompts are never changed by ftfy (see docs/fidelity.md).
+    """
+    import ftfy
+    import open_clip
+
+    reference = open_clip.get_tokenizer("ViT-L-14")  # applies ftfy.fix_text, as the released tokenizer does
+    for text in ["don\u2019t stop", "\ufb01ne art", "\uff46\uff55\uff4c\uff4c width", "caf\u00c3\u00a9 sign"]:
+        theirs = reference([text])[0].tolist()
+        theirs = theirs[: theirs.index(49407) + 1]
+        assert clip_tokenizer(text)["input_ids"] != theirs
+        assert clip_tokenizer(ftfy.fix_text(text))["input_ids"] == theirs

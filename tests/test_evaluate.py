@@ -238,7 +238,16 @@ def test_full_evaluation_writes_every_output(world, tmp_path, capsys):
             rows = read_csv(out / f"scores_{domain}_{kind}.csv")
             assert [r["prompt"] for r in rows] == setting.prompts
             assert [int(r["label"]) for r in rows] == setting.labels.tolist()
-            assert all(r["concept"] in copro.concepts(domain) for r in rows)
+            assert all(r["best_concept"] in copro.concepts(domain) for r in rows)
+            # the released dumps' columns: each row names its CoPro entry, so the two join row by row
+            n = len(setting.unsafe)
+            assert [(r["domain"], r["setting"]) for r in rows] == [(domain, kind)] * (2 * n)
+            entries = [(r["unsafe_prompt"], r["safe_prompt"], r["concept"]) for r in rows]
+            assert entries[:n] == entries[n:]
+            assert all(r["prompt"] == (r["unsafe_prompt"] if kind == "explicit" else
+                                       copro.variant_text(r["unsafe_prompt"], r["concept"], kind))
+                       for r in rows[:n])
+            assert all(r["prompt"] == r["safe_prompt"] for r in rows[n:])
             scores = np.array([float(r["score"]) for r in rows])
             rates = rates_at(setting.labels, scores, results["threshold"])
             assert rates["accuracy"] == pytest.approx(results[domain][kind]["accuracy"], abs=1e-9)

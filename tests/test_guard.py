@@ -299,7 +299,8 @@ def test_from_pretrained_with_tiny_clip(tiny_encoder_dir, tiny_encoder, tmp_path
     # an encoder object works too, and so does a concepts file with per-concept thresholds
     blacklist = tmp_path / "blacklist.yaml"
     blacklist.write_text("concepts:\n  violence: [knife, gun]\n  gore: [blood]\nthresholds:\n  gun: 3.5\n")
-    guard2 = LatentGuard.from_pretrained(tmp_path / "ckpt.pth", tiny_encoder, blacklist, concept_thresholds={"knife": 1})
+    guard2 = LatentGuard.from_pretrained(tmp_path / "ckpt.pth", tiny_encoder, blacklist, concept_thresholds={"knife": 1},
+                                         threshold="released")
     assert guard2.concepts == ["knife", "gun", "blood"]
     assert guard2.concept_thresholds == {"gun": 3.5, "knife": 1.0}
     np.testing.assert_allclose(guard2.logits(prompts), logits[:, [0, 2, 1]], atol=1e-5, rtol=0)
@@ -307,7 +308,7 @@ def test_from_pretrained_with_tiny_clip(tiny_encoder_dir, tiny_encoder, tmp_path
 
 def test_from_pretrained_default_concepts_come_from_copro(tiny_encoder, synthetic_copro, tmp_path):
     _released_checkpoint(tmp_path / "ckpt.pth")
-    guard = LatentGuard.from_pretrained(tmp_path / "ckpt.pth", tiny_encoder, dataset=synthetic_copro)
+    guard = LatentGuard.from_pretrained(tmp_path / "ckpt.pth", tiny_encoder, dataset=synthetic_copro, threshold="released")
     assert guard.concepts == load_concepts(None, dataset=synthetic_copro)
     assert guard.threshold == 9.0131 and len(guard.concepts) == 12
 
@@ -315,7 +316,7 @@ def test_from_pretrained_default_concepts_come_from_copro(tiny_encoder, syntheti
 def test_width_mismatch_is_a_clear_error(local_encoder, tmp_path):
     _released_checkpoint(tmp_path / "ckpt.pth")
     with pytest.raises(LatentGuardError, match=r"ckpt\.pth.*encoder width 768.*hidden size is 32"):
-        LatentGuard.from_pretrained(tmp_path / "ckpt.pth", local_encoder, ["knife"])
+        LatentGuard.from_pretrained(tmp_path / "ckpt.pth", local_encoder, ["knife"], threshold=1.0)
     with pytest.raises(LatentGuardError, match="encoder width 768"):
         LatentGuard(EmbeddingMappingLayer(), local_encoder, ["knife"])
 

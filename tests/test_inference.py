@@ -60,7 +60,7 @@ def test_csv_output_and_console(files, tiny_encoder_dir, tiny_encoder, capsys):
     assert inference.main(argv) == 0
     with open(out, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["prompt", "score", "unsafe", "concept"]
+    assert list(rows[0]) == ["prompt", "score", "unsafe", "concept", "truncated"]
     assert [r["prompt"] for r in rows] == prompts  # blank line skipped, long prompt kept whole
     np.testing.assert_allclose([float(r["score"]) for r in rows], scores, atol=1e-4)
     assert [int(r["unsafe"]) for r in rows] == labels.tolist()
@@ -92,7 +92,7 @@ def test_jsonl_without_explain_has_the_four_keys(files, tiny_encoder_dir):
     out = files / "v.JSONL"
     assert inference.main(_args(files, tiny_encoder_dir, "--output", str(out))) == 0
     record = json.loads(out.read_text().splitlines()[0])
-    assert set(record) == {"prompt", "score", "unsafe", "concept"}
+    assert set(record) == {"prompt", "score", "unsafe", "concept", "truncated"}
 
 
 def test_second_run_reuses_cached_concepts(files, tiny_encoder_dir, monkeypatch, capsys):
@@ -115,9 +115,17 @@ def test_second_run_reuses_cached_concepts(files, tiny_encoder_dir, monkeypatch,
     assert encoded == [CONCEPTS, ["sword"]]  # an edited blacklist encodes only its new concept
 
 
-def test_defaults_sample_file_and_released_threshold(files, tiny_encoder_dir, capsys):
+def test_defaults_sample_file_and_released_threshold(files, tiny_encoder_dir, capsys, monkeypatch):
+    from latentguard import calibration
+    from latentguard.io import sha256_of
+
     args = ["--checkpoint", str(files / "ckpt.pth"), "--concepts", str(files / "concepts.txt"),
             "--encoder", str(tiny_encoder_dir), "--device", "cpu"]
+    # other weights with no calibration file: "auto" refuses, saying how to calibrate
+    assert inference.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--calibrate-safe" in err and "--threshold" in err and "ckpt.pth" in err
+    monkeypatch.setattr(calibration, "RELEASED_CHECKPOINT_SHA256", sha256_of(files / "ckpt.pth"))  # "released"
     assert inference.main(args) == 0
     out = capsys.readouterr().out
     sample = [line for line in infer_cli.prompt_file(infer_cli.DEFAULT_PROMPTS).read_text().splitlines() if line.strip()]

@@ -32,11 +32,13 @@ def test_default_config_has_the_paper_hyperparameters():
     assert cfg["train"]["batch_size"] == 64 and cfg["train"]["lr"] == pytest.approx(1e-3)
     assert cfg["train"]["weight_decay"] == pytest.approx(0.01) and cfg["train"]["epochs"] == 1001
     assert (cfg["model"]["num_heads"], cfg["model"]["head_dim"], cfg["model"]["out_dim"]) == (16, 32, 128)
-    # "auto" is the released 9.0131 unless a calibration was saved beside the checkpoint
+    # "auto": the calibration saved beside the checkpoint, else 9.0131 for the released weights only
     from latentguard.calibration import resolve_threshold
+    from latentguard.errors import LatentGuardError
 
     assert cfg["inference"]["threshold"] == "auto"
-    assert resolve_threshold(cfg["inference"]["threshold"], None) == pytest.approx(9.0131)
+    with pytest.raises(LatentGuardError, match="needs the checkpoint"):
+        resolve_threshold(cfg["inference"]["threshold"], None)
 
 
 @pytest.mark.parametrize("text, match", [

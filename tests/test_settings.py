@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
     ("encoder: {window_stride: 0}\n", "encoder.window_stride"),
     ("eval: {baselines: 3}\n", "eval.baselines"),
     ("dataset: 7\n", "dataset"),
+    ('train: {keep_best: "yes"}\n', "train.keep_best"),
+    ("eval: {blacklist_match: regex}\n", "eval.blacklist_match"),
 ])
 def test_bad_values_are_refused_naming_the_key(tmp_path, text, key):
     path = tmp_path / "bad.yaml"

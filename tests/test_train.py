@@ -17,7 +17,7 @@ from latentguard.embeddings import EncoderSource, concept_vectors
 from latentguard.model import EmbeddingMappingLayer, expected_shapes, load_mapping_layer
 from latentguard.reference import naive_contrastive_loss
 from latentguard.train import (
-    BEST_NAME, LAST_NAME, LOG_NAME, RESUME_NAME, ConceptPairSampler, Trainer, build_trainer, contrastive_loss,
+    BEST_NAME, LAST_NAME, LOG_NAME, RESUME_NAME, WEIGHTS_NAME, ConceptPairSampler, Trainer, build_trainer, contrastive_loss,
     explicit_auc, new_model,
 )
 from synthetic import make_synthetic_copro
@@ -140,8 +140,8 @@ def test_main_training_lifts_explicit_id_test_auc(prepared, store_source, tmp_pa
     out = tmp_path / "run"
     assert main_mod.main(_argv(prepared, out, "--epochs", "15", "--lr", "3e-3", "--val-every", "5")) == 0
     printed = capsys.readouterr().out
-    assert "best val AUC" in printed and str(out / BEST_NAME) in printed
-    trained = explicit_auc(load_mapping_layer(out / BEST_NAME, in_dim=768), store_source, test, concepts)
+    assert "best val AUC" in printed and str(out / WEIGHTS_NAME) in printed
+    trained = explicit_auc(load_mapping_layer(out / WEIGHTS_NAME, in_dim=768), store_source, test, concepts)
     assert untrained < 0.75
     assert trained >= 0.95
     # outputs: log with one record per step and the validations, resolved config
@@ -159,18 +159,44 @@ def test_main_training_lifts_explicit_id_test_auc(prepared, store_source, tmp_pa
 
     valid = copro.split("ID_valid_data")
     unsafe, safe = [t.unsafe_prompt for t in valid], [t.safe_prompt for t in valid]
-    scores = max_concept_scores(load_mapping_layer(out / BEST_NAME, in_dim=768), store_source, unsafe + safe, concepts)
+    scores = max_concept_scores(load_mapping_layer(out / WEIGHTS_NAME, in_dim=768), store_source, unsafe + safe, concepts)
     expected = best_accuracy_threshold([1] * len(unsafe) + [0] * len(safe), scores)
     assert "threshold:" in printed and (out / "model_parameters.threshold.yaml").is_file()
-    found = resolve_threshold("auto", out / BEST_NAME, encoder_identity=store_source.identity)
+    found = resolve_threshold("auto", out / WEIGHTS_NAME, encoder_identity=store_source.identity)
     assert found == pytest.approx(expected, abs=1e-4) and found != pytest.approx(9.0131)
+
+
+def test_default_keeps_the_final_weights_and_keep_best_adds_best_pth(prepared, store_source, tmp_path, capsys):
+    """As released: model_parameters.pth = the last epoch's weights; best-on-validation is opt-in."""
+    from latentguard.calibration import calibration_path, read_calibration
+
+    plain = tmp_path / "plain"
+    assert main_mod.main(_argv(prepared, plain, "--epochs", "6", "--lr", "3e-3", "--val-every", "2")) == 0
+    _assert_equal_states(torch.load(plain / WEIGHTS_NAME, weights_only=True),
+                         torch.load(plain / LAST_NAME, weights_only=True))
+    assert not (plain / BEST_NAME).exists() and calibration_path(plain / WEIGHTS_NAME).is_file()
+    capsys.readouterr()
+    best = tmp_path / "best"
+    assert main_mod.main(_argv(prepared, best, "--epochs", "6", "--lr", "3e-3", "--val-every", "2",
+                               "--keep-best")) == 0
+    printed = capsys.readouterr().out
+    _assert_equal_states(torch.load(best / WEIGHTS_NAME, weights_only=True),
+                         torch.load(plain / WEIGHTS_NAME, weights_only=True))  # keep_best changes no weights
+    records = [json.loads(line) for line in (best / LOG_NAME).read_text().splitlines() if "val_auc" in line]
+    best_epoch = max(records, key=lambda r: r["val_auc"])["epoch"]
+    assert f"best weights: {best / BEST_NAME} (epoch {best_epoch})" in printed
+    # each weights file has its own threshold beside it, and they differ when the weights do
+    assert read_calibration(calibration_path(best / BEST_NAME)) is not None
+    if best_epoch != 6:
+        assert read_calibration(calibration_path(best / BEST_NAME)).threshold != \
+            read_calibration(calibration_path(best / WEIGHTS_NAME)).threshold
 
 
 def test_checkpoints_keep_the_released_format(prepared, store_source, tmp_path):
     out = tmp_path / "run"
     _trainer(prepared, store_source, out, epochs=2).run()
     expected = expected_shapes()
-    for name in (BEST_NAME, LAST_NAME):
+    for name in (WEIGHTS_NAME, LAST_NAME):
         state = torch.load(out / name, map_location="cpu", weights_only=True)
         assert type(state) is dict and set(state) == set(expected)
         assert all(tuple(v.shape) == expected[k] and v.device.type == "cpu" for k, v in state.items())
@@ -209,8 +235,8 @@ def test_interrupted_then_resumed_equals_uninterrupted(prepared, store_source, t
     result = _trainer(prepared, store_source, broken).run()  # same command again resumes
     assert result.resumed_from == stop_at and result.steps == 12
     _assert_equal_states(_final_state(straight), _final_state(broken))
-    _assert_equal_states(torch.load(straight / BEST_NAME, weights_only=True),
-                         torch.load(broken / BEST_NAME, weights_only=True))
+    _assert_equal_states(torch.load(straight / WEIGHTS_NAME, weights_only=True),
+                         torch.load(broken / WEIGHTS_NAME, weights_only=True))
     records = [json.loads(line) for line in (broken / LOG_NAME).read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == list(range(1, 13))
     assert [r["epoch"] for r in records if "val_auc" in r] == [2, 4]
@@ -276,7 +302,7 @@ def test_seed_fixes_the_result(prepared, store_source, tmp_path):
 def test_no_cache_trains_from_the_encoder(prepared, tiny_encoder, tmp_path):
     out = tmp_path / "nc"
     assert main_mod.main(_argv(prepared, out, "--no-cache", "--epochs", "2", "--val-every", "1")) == 0
-    assert (out / BEST_NAME).is_file()
+    assert (out / WEIGHTS_NAME).is_file()
     # and the training code accepts any EmbeddingSource
     source = EncoderSource(tiny_encoder, batch_size=32)
     result = _trainer(prepared, source, tmp_path / "direct", epochs=1).run()

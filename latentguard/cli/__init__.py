@@ -7,11 +7,12 @@ prepare  latentguard.cli.prepare  prepare.py          latentguard-prepare
 train    latentguard.cli.train    main.py             latentguard-train
 evaluate latentguard.cli.evaluate test.py             latentguard-evaluate
 infer    latentguard.cli.infer    inference.py        latentguard-infer
-verify   latentguard.verify       python -m latentguard.verify (branch parity)
+verify   latentguard.verify       (python -m ...)     latentguard-verify
 ======== ======================== =================== ==========================
 
 ``latentguard COMMAND [flags]`` (or ``python -m latentguard.cli COMMAND``) runs any of them.
-``verify`` is listed only when the :mod:`latentguard.verify` module is installed.
+``verify`` (release parity) has no root script: ``python -m latentguard.verify``; it is listed only
+when the :mod:`latentguard.verify` module is installed.
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ from typing import Any, Mapping, Sequence
 
 from ..store_hints import open_configured_store
 from ..errors import LatentGuardError, cli_entry
-from .common import common_overrides, common_parser
+from .common import common_parser, load_command_config, load_model
 from ..eval.external import StoreFirstSource, external_markdown, read_external
 from ..eval.report import _fmt, console_tables, write_outputs, write_scores_csv
 from ..eval.run import (LATENT_GUARD, MethodScores, _clean, calibrate_threshold, evaluate_copro, score_prompts,
@@ -52,14 +52,6 @@ def _load_encoder(cfg: Mapping[str, Any]):
     return load_encoder_from_config(cfg)
 
 
-def _load_model(cfg: Mapping[str, Any], hidden_size: int, device):
-    from ..io import released_checkpoint
-    from ..model import load_mapping_layer
-
-    path = released_checkpoint(cfg["checkpoint"])  # downloads only for the bare default name
-    return path, load_mapping_layer(path, in_dim=hidden_size, num_heads=cfg["model"]["num_heads"], device=device)
-
-
 def _resolve_named_threshold(cfg: dict, checkpoint: Path, identity: str) -> None:
     """Turn a threshold given by name (``paper``, ``released``, ``calibrated``) into a number."""
     value = cfg["eval"]["threshold"]
@@ -93,7 +85,7 @@ def _run_external(args, cfg: Mapping[str, Any], copro, device, batch_size: int, 
     prompts, labels = read_external(args.external, args.external_safe)
     encoder = _load_encoder(cfg)
     store, _ = open_configured_store(cfg, encoder=encoder, missing_ok=True)  # none: encode on the fly
-    checkpoint, model = _load_model(cfg, encoder.hidden_size, device)
+    checkpoint, model = load_model(cfg, encoder.hidden_size, device)
     _resolve_named_threshold(cfg, checkpoint, encoder.identity)
     claim_run_dir(output_dir, "test.py")  # inputs are valid: from here this run owns the directory, alone
     enc_batch = cfg["encoder"]["batch_size"]
@@ -143,15 +135,13 @@ def _run_external(args, cfg: Mapping[str, Any], copro, device, batch_size: int, 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``test.py``: Table 1 on CoPro, or Table 2 on an external file with ``--external``."""
     from ..baselines import load_bert_scorer, parse_baselines
-    from ..config import load_config
     from ..data import load_copro
     from ..io import check_dir_path, claim_run_dir, replace_outputs, resolve_device
 
     args = build_parser().parse_args(argv)
     if args.external_safe and not args.external:
         raise LatentGuardError("--external-safe needs --external (the unsafe prompt file)")
-    cfg = load_config(args.config, overrides={
-        **common_overrides(args), "checkpoint": args.checkpoint, "output_dir": args.output_dir,
+    cfg = load_command_config(args, {"checkpoint": args.checkpoint, "output_dir": args.output_dir,
         "eval.threshold": args.threshold, "eval.batch_size": args.batch_size,
         "eval.bert_model": args.bert_model,
     })
@@ -168,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_external(args, cfg, copro, device, batch_size, output_dir)
 
     store, _ = open_configured_store(cfg)  # the encoder is loaded only when no hint names its store
-    checkpoint, model = _load_model(cfg, store.hidden_size, device)
+    checkpoint, model = load_model(cfg, store.hidden_size, device)
     _resolve_named_threshold(cfg, checkpoint, store.identity)
     claim_run_dir(output_dir, "test.py")  # inputs are valid: from here this run owns the directory, alone
     bert, skipped = None, {}
@@ -179,7 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             skipped["bertscore"] = why
     evaluation = evaluate_copro(copro, model, store, baselines=baselines, bert_scorer=bert,
                                 threshold=cfg["eval"]["threshold"], threshold_source=_threshold_source(args),
-                                batch_size=batch_size, device=device, progress=not args.no_progress)
+                                batch_size=batch_size, device=device, progress=not args.no_progress,
+                                blacklist_match=cfg["eval"]["blacklist_match"])
     meta = {"dataset": str(copro.path), "checkpoint": str(checkpoint), "encoder": store.identity,
             "store": str(store.path), "device": str(device), "skipped": skipped}
     note = _released_weights_note(copro, checkpoint, cfg["eval"]["threshold"])

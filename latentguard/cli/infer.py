@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from latentguard.cli.common import common_overrides, common_parser
+from latentguard.cli.common import common_parser, load_command_config
 from latentguard.errors import LatentGuardError, cli_entry
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository (for the sample prompt file)
@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="unsafe when the score reaches this: a number, released (9.0131, the released "
                              "script's value), paper (4.47, reproduces the paper's Table 1 accuracies), calibrated "
                              "(the <checkpoint>.threshold.yaml written by --calibrate-safe) or auto (calibrated "
-                             "when that file exists, else released; default: inference.threshold)")
+                             "when that file exists, else released for the released weights only, else an error; "
+                             "default: inference.threshold)")
     parser.add_argument("--calibrate-safe", default=None, metavar="FILE",
                         help="calibrate the threshold first on these safe prompts (one per line): the lowest "
                              "threshold flagging at most --target-fpr of them; saved beside the checkpoint")
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=None, metavar="N",
                         help="prompts encoded and scored per batch (default: 64)")
     parser.add_argument("--output", default=None, metavar="FILE",
-                        help="also write verdicts to FILE.csv or FILE.jsonl (prompt, score, unsafe, concept; "
+                        help="also write verdicts to FILE.csv or FILE.jsonl (prompt, score, unsafe, concept, truncated; "
                              "JSONL adds top_concepts and evidence with --explain)")
     parser.add_argument("--explain", action="store_true",
                         help="show the prompt words that drove each top match (from the attention weights)")
@@ -112,18 +113,19 @@ def render_table(verdicts, explain: bool) -> str:
 
 
 def write_output(path: str, fmt: str, verdicts, explain: bool) -> None:
-    """Write verdicts atomically as CSV (prompt, score, unsafe 0/1, concept) or JSONL."""
+    """Write verdicts atomically as CSV (prompt, score, unsafe 0/1, concept, truncated 0/1) or JSONL."""
     from latentguard.io import atomic_write_text
 
     buffer = io.StringIO()
     if fmt == "csv":
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["prompt", "score", "unsafe", "concept"])
+        writer.writerow(["prompt", "score", "unsafe", "concept", "truncated"])
         for v in verdicts:
-            writer.writerow([v.prompt, f"{v.score:.6f}", int(v.unsafe), v.concept])
+            writer.writerow([v.prompt, f"{v.score:.6f}", int(v.unsafe), v.concept, int(v.truncated)])
     else:
         for v in verdicts:
-            record = {"prompt": v.prompt, "score": round(v.score, 6), "unsafe": v.unsafe, "concept": v.concept}
+            record = {"prompt": v.prompt, "score": round(v.score, 6), "unsafe": v.unsafe, "concept": v.concept,
+                      "truncated": v.truncated}
             if explain:
                 record["threshold"] = v.threshold
                 record["top_concepts"] = [[c, round(s, 6)] for c, s in v.top_concepts]
@@ -155,13 +157,11 @@ def threshold_origin(setting, guard, calibrated_now: str | None) -> str:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from latentguard.config import load_config
     from latentguard.guard import LatentGuard
     from latentguard.io import read_lines
 
     fmt = output_format(args.output)
-    cfg = load_config(args.config, overrides={
-        **common_overrides(args),
+    cfg = load_command_config(args, {
         "inference.threshold": args.threshold, "checkpoint": args.checkpoint, "inference.batch_size": args.batch_size,
         "inference.concepts": args.concepts, "inference.allowlist": args.allowlist,
         "inference.top_k": args.top_k, "encoder.long_prompts": args.long_prompts,
@@ -171,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         raise LatentGuardError("--calibrate-unsafe needs --calibrate-safe (the safe prompts)")
     inf = cfg["inference"]
     prompts = read_lines(prompt_file(args.file_path), what="prompt file")
-    guard = LatentGuard.from_config(cfg)
+    # --calibrate-safe sets the threshold below: "released" is only a placeholder until then
+    guard = LatentGuard.from_config(cfg, **({"threshold": "released"} if args.calibrate_safe else {}))
     if args.calibrate_safe:
         safe = read_lines(args.calibrate_safe, what="--calibrate-safe file")
         unsafe = read_lines(args.calibrate_unsafe, what="--calibrate-unsafe file") if args.calibrate_unsafe else None
@@ -189,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{n_unsafe} of {len(verdicts)} prompts unsafe; {len(guard.concepts)} concepts, "
           f"threshold {guard.threshold:g} ({threshold_origin(inf['threshold'], guard, args.calibrate_safe)})"
           f"{per_concept}")
+    n_cut = sum(v.truncated for v in verdicts)
+    if n_cut:
+        print(f"{n_cut} prompt(s) longer than 77 tokens were cut and scored on their first 77 tokens only "
+              "(column 'truncated'); --long-prompts scores them whole")
     if args.output:
         write_output(args.output, fmt, verdicts, args.explain)
         print(f"wrote {len(verdicts)} verdicts to {args.output}")

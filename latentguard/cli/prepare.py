@@ -19,8 +19,7 @@ import sys
 import time
 
 from latentguard.store_hints import check_cache_dir, open_configured_store
-from latentguard.cli.common import common_overrides, common_parser
-from latentguard.config import load_config
+from latentguard.cli.common import common_parser, load_command_config
 from latentguard.data import load_copro
 from latentguard.errors import RESUMABLE, cli_entry
 from latentguard.store_repair import repair_store
@@ -51,8 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.repair:
         print(repair_store(args.repair))
         return 0
-    cfg = load_config(args.config, overrides={
-        **common_overrides(args),
+    cfg = load_command_config(args, {
         "store.dtype": args.dtype,
         "encoder.batch_size": args.batch_size,
     })

@@ -1,8 +1,9 @@
 """Train the Latent Guard Embedding Mapping Layer on CoPro (the paper's recipe by default).
 
 Reads prompt embeddings from the store built by ``prepare.py`` (or encodes on the fly with
---no-cache), trains with the released contrastive loss, validates the explicit ID AUC every
---val-every epochs and keeps the best weights as OUTPUT_DIR/model_parameters.pth (released format).
+--no-cache), trains with the released contrastive loss and saves the final weights as
+OUTPUT_DIR/model_parameters.pth (released format), as the released main.py does. The explicit ID AUC
+on validation data is logged every --val-every epochs; --keep-best also saves the best of those as best.pth.
 Interrupt at any time: the same command resumes exactly where it stopped.
 
 Examples:
@@ -19,8 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from latentguard.cli.common import common_overrides, common_parser
-from latentguard.config import DEFAULTS, load_config
+from latentguard.cli.common import common_parser, load_command_config
+from latentguard.config import DEFAULTS
 from latentguard.errors import RESUMABLE, LatentGuardError, cli_entry
 
 
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="main.py",
         description="Train the Embedding Mapping Layer of Latent Guard on CoPro with the released contrastive loss.\n"
-        "Outputs in --output-dir: model_parameters.pth (best validation AUC, released format), last.pth,\n"
+        "Outputs in --output-dir: model_parameters.pth (final weights, released format; best.pth with --keep-best), last.pth,\n"
         "resume.pt (model + optimizer + sampler state), train_log.jsonl, config.yaml.",
         epilog="Flags override single keys of the config file. Re-running the same command after an\n"
         "interruption resumes the run; a finished run is extended by passing a larger --epochs.\n"
@@ -49,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-cache", action="store_true",
                         help="encode prompts on the fly instead of reading the embedding store (config: train.no_cache)")
     parser.add_argument("--val-every", type=int, help="epochs between validation AUC checks (config: train.val_every)")
+    parser.add_argument("--keep-best", action="store_true",
+                        help="also save the weights with the best validation AUC as best.pth, with their own threshold "
+                        "(config: train.keep_best; default off: the released code keeps only the final weights)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log files are still written)")
     return parser
 
@@ -94,8 +98,7 @@ def open_source(cfg: dict, device, needed: list[str], args: argparse.Namespace):
 @cli_entry(on_interrupt=RESUMABLE)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    cfg = load_config(args.config, overrides={
-        **common_overrides(args),
+    cfg = load_command_config(args, {
         "output_dir": args.output_dir,
         "train.epochs": args.epochs,
         "train.batch_size": args.batch_size,
@@ -103,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         "train.seed": args.seed,
         "train.val_every": args.val_every,
         "train.no_cache": True if args.no_cache else None,
+        "train.keep_best": True if args.keep_best else None,
     })
 
     import yaml
@@ -135,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     if trainer.resumed_from is not None:
         print(f"resuming from {trainer.resume_path if resume in (None, True) else resume}: {trainer.epoch} epochs "
               f"+ {trainer.step_in_epoch} steps done (step {trainer.global_step})")
-    if not trainer.valid:
-        print("note: no validation data; model_parameters.pth holds the last epoch's weights")
+    if not trainer.valid and opts.keep_best:
+        print("note: no validation data, so no best.pth; model_parameters.pth holds the final weights")
     if trainer.epoch >= opts.epochs:
         print(f"already trained for {trainer.epoch} epochs (pass a larger --epochs to continue)")
 
@@ -149,11 +153,14 @@ def main(argv: list[str] | None = None) -> int:
     from latentguard.calibration import calibration_path
     from latentguard.validation import calibrate_best_checkpoint
 
-    calibration = calibrate_best_checkpoint(trainer)
-    if calibration is not None:
-        print(f"  threshold:    {calibration.threshold:.4f} (max accuracy {calibration.accuracy:.3f} on the validation "
-              f"split) saved to {calibration_path(result.best_path)}; inference.py uses it by default")
-    print(f"  best weights: {result.best_path}")
+    for weights in (result.weights_path, result.best_path):
+        calibration = calibrate_best_checkpoint(trainer, weights) if weights is not None else None
+        if calibration is not None:
+            print(f"  threshold:    {calibration.threshold:.4f} for {weights.name} (max accuracy {calibration.accuracy:.3f} "
+                  f"on the validation split) saved to {calibration_path(weights)}; inference.py uses it with those weights")
+    print(f"  weights:      {result.weights_path} (final epoch)")
+    if result.best_path is not None:
+        print(f"  best weights: {result.best_path} (epoch {result.best_epoch})")
     print(f"  last weights: {result.last_path}")
     print(f"  resume state: {result.resume_path}")
     print(f"  log:          {result.log_path}")

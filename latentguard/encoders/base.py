@@ -152,6 +152,14 @@ class TextEncoder:
             out[start : start + block.shape[0]] = block[:, 0]
         return out
 
+    def is_truncated(self, text: str) -> bool:
+        """Whether ``text`` has more tokens than the context (``encode`` cuts it; ``encode_windows`` does not)."""
+        try:
+            prefix, suffix, _ = self._special_ids()
+            return len(prefix) + len(self._content_ids(text)) + len(suffix) > self.context_length
+        except LatentGuardError:  # an encoder that cannot count tokens: no claim either way
+            return False
+
     # ------------------------------------------------------------------------- long prompts
     def window_ids(self, text: str, window: int | None = None, stride: int | None = None) -> list[list[int]]:
         """Token ids of each window of ``text``: prefix specials, a slice of its tokens, suffix specials.

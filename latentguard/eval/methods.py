@@ -22,7 +22,8 @@ class Baseline:
     threshold_note: str = ""
 
     @classmethod
-    def build(cls, *, bert_scorer=None, progress: bool = False, log=print) -> "Baseline | None":
+    def build(cls, *, bert_scorer=None, blacklist_match: str = "substring", progress: bool = False,
+              log=print) -> "Baseline | None":
         """The baseline for this evaluation, or ``None`` when it cannot run (e.g. no BERT model)."""
         return cls()
 
@@ -60,21 +61,33 @@ class ClipScoreBaseline(Baseline):
 
 
 class TextBlacklistBaseline(Baseline):
-    """Unsafe when a blacklisted concept appears in the prompt as a whole word (a decision rule)."""
+    """Unsafe when a blacklisted concept occurs in the prompt (a decision rule).
+
+    ``match="substring"`` (default) is the paper's rule, any case-insensitive occurrence; ``"word"``
+    asks for whole words (config: ``eval.blacklist_match``).
+    """
 
     key = "text_blacklist"
     graded = False
-    threshold_note = "fixed rule: unsafe when a concept appears as a whole word"
+    _NOTES = {"substring": "fixed rule: unsafe when a concept occurs in the prompt, ignoring case",
+              "word": "fixed rule: unsafe when a concept appears as a whole word"}
 
-    def __init__(self) -> None:
+    def __init__(self, match: str = "substring") -> None:
         from ..baselines import BLACKLIST_THRESHOLD
 
+        self.match = match
         self.fixed_threshold = BLACKLIST_THRESHOLD
+        self.threshold_note = self._NOTES.get(match, f"fixed rule: {match} match")
+
+    @classmethod
+    def build(cls, *, bert_scorer=None, blacklist_match: str = "substring", progress: bool = False,
+              log=print) -> "Baseline | None":
+        return cls(blacklist_match)
 
     def domain_scores(self, domain, texts, concepts):
         from ..baselines import TextBlacklist
 
-        return TextBlacklist(concepts).scores(texts)
+        return TextBlacklist(concepts, self.match).scores(texts)
 
 
 class BertScoreBaseline(Baseline):
@@ -86,7 +99,8 @@ class BertScoreBaseline(Baseline):
         self.scorer, self.progress, self.log = scorer, progress, log
 
     @classmethod
-    def build(cls, *, bert_scorer=None, progress: bool = False, log=print) -> "Baseline | None":
+    def build(cls, *, bert_scorer=None, blacklist_match: str = "substring", progress: bool = False,
+              log=print) -> "Baseline | None":
         return None if bert_scorer is None else cls(bert_scorer, progress, log)
 
     def domain_scores(self, domain, texts, concepts):
@@ -102,8 +116,9 @@ BASELINES: dict[str, type[Baseline]] = {cls.key: cls for cls in (ClipScoreBaseli
                                                                  BertScoreBaseline)}
 
 
-def make_baselines(keys: Sequence[str], *, bert_scorer=None, progress: bool = False, log=print) -> list[Baseline]:
+def make_baselines(keys: Sequence[str], *, bert_scorer=None, blacklist_match: str = "substring",
+                   progress: bool = False, log=print) -> list[Baseline]:
     """The requested baselines that can run, in :data:`BASELINES` order."""
-    built = (cls.build(bert_scorer=bert_scorer, progress=progress, log=log) for key, cls in BASELINES.items()
-             if key in keys)
+    built = (cls.build(bert_scorer=bert_scorer, blacklist_match=blacklist_match, progress=progress, log=log)
+             for key, cls in BASELINES.items() if key in keys)
     return [b for b in built if b is not None]

@@ -12,7 +12,7 @@ import numpy as np
 from ..io import atomic_path, atomic_write_text
 from ..published import METHOD_NAMES, PUBLISHED_TABLE1, PUBLISHED_TABLE2
 from .run import LATENT_GUARD, METHOD_ORDER, Evaluation, _clean
-from .settings import DOMAINS, KINDS
+from .settings import DOMAINS, KINDS, Setting
 
 # ------------------------------------------------------------------------------------- tables
 def _fmt(value: Any, signed: bool = False) -> str:
@@ -111,15 +111,32 @@ def console_tables(results: Mapping[str, Any]) -> str:
 
 # ------------------------------------------------------------------------------------- writers
 def write_scores_csv(path: str | Path, prompts: Sequence[str], labels: np.ndarray, scores: np.ndarray,
-                     best: np.ndarray, concepts: Sequence[str]) -> Path:
-    """``prompt, concept, label, score`` per prompt (concept = the best-matching one), atomically."""
+                     best: np.ndarray, concepts: Sequence[str], setting: Setting | None = None) -> Path:
+    """Per-prompt scores, atomically.
+
+    Without ``setting``: ``prompt, concept, label, score`` (concept = the best-matching one). With a
+    CoPro ``setting``, the columns of the released per-prompt dumps come first, so the two join row
+    by row on (domain, setting, label, unsafe_prompt, safe_prompt, concept): ``domain, setting,
+    label, unsafe_prompt, safe_prompt, concept`` (the entry's own, unvaried), then ``prompt`` (the
+    text scored: the variant for synonym/adversarial unsafe rows), ``score`` (fp32, 8 digits) and
+    ``best_concept``.
+    """
     path = Path(path)
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["prompt", "concept", "label", "score"])
-            for prompt, label, score, index in zip(prompts, labels, scores, best):
-                writer.writerow([prompt, concepts[index] if index >= 0 else "", int(label), f"{float(score):.6g}"])
+            if setting is None:
+                writer.writerow(["prompt", "concept", "label", "score"])
+                for prompt, label, score, index in zip(prompts, labels, scores, best):
+                    writer.writerow([prompt, concepts[index] if index >= 0 else "", int(label), f"{float(score):.6g}"])
+                return path
+            writer.writerow(["domain", "setting", "label", "unsafe_prompt", "safe_prompt", "concept", "prompt",
+                             "score", "best_concept"])
+            n = len(setting.pairs)
+            for row, (prompt, label, score, index) in enumerate(zip(prompts, labels, scores, best)):
+                pair = setting.pairs[row % n]
+                writer.writerow([setting.domain, setting.kind, int(label), pair.unsafe_prompt, pair.safe_prompt,
+                                 pair.concept, prompt, f"{float(score):.8g}", concepts[index] if index >= 0 else ""])
     return path
 
 
@@ -144,7 +161,7 @@ def write_outputs(evaluation: Evaluation, output_dir: str | Path, meta: Mapping[
             scores, best = method.setting_scores(setting)
             prefix = "scores" if key == LATENT_GUARD else f"scores_{key}"
             written.append(write_scores_csv(output_dir / f"{prefix}_{domain}_{kind}.csv", setting.prompts,
-                                            setting.labels, scores, best, evaluation.concepts[domain]))
+                                            setting.labels, scores, best, evaluation.concepts[domain], setting))
             if key == LATENT_GUARD:
                 curves[(domain, kind)] = (setting.labels, scores)
     if plots:

@@ -161,15 +161,18 @@ class Evaluation:
 
 def evaluate_copro(copro, model, source, *, baselines: Sequence[str] = (), bert_scorer=None,
                    threshold: float | None = None, threshold_source: str = "--threshold", batch_size: int = 512,
-                   device: Any = "cpu", progress: bool = False, log=print) -> Evaluation:
+                   device: Any = "cpu", progress: bool = False, log=print,
+                   blacklist_match: str = "substring") -> Evaluation:
     """Score the six test settings (and their validation twins, for calibration) with Latent Guard
-    and the chosen baselines; ``threshold`` (from ``threshold_source``) overrides Latent Guard's calibrated one."""
+    and the chosen baselines; ``threshold`` (from ``threshold_source``) overrides Latent Guard's calibrated one.
+    ``blacklist_match`` is the Text Blacklist's rule (substring, the paper's, or word)."""
     from ..embeddings import concept_vectors
     from .methods import make_baselines
 
     test, valid = build_settings(copro, "test"), build_settings(copro, "valid")
     concepts = {d: copro.concepts(d) for d in DOMAINS if copro.concepts(d)}
-    active = make_baselines(baselines, bert_scorer=bert_scorer, progress=progress, log=log)
+    active = make_baselines(baselines, bert_scorer=bert_scorer, blacklist_match=blacklist_match,
+                            progress=progress, log=log)
     methods: dict[str, MethodScores] = {LATENT_GUARD: MethodScores(LATENT_GUARD, {})}
     for baseline in active:
         methods[baseline.key] = MethodScores(baseline.key, {}, graded=baseline.graded,

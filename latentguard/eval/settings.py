@@ -26,6 +26,7 @@ class Setting:
     unsafe: list[str] = field(default_factory=list)
     safe: list[str] = field(default_factory=list)
     reason: str | None = None
+    pairs: list = field(default_factory=list)  # the CoPro entries behind unsafe[i] / safe[i] (unvaried)
 
     @property
     def available(self) -> bool:
@@ -64,11 +65,14 @@ def build_settings(copro, stage: str = "test") -> Settings:
                 setting.reason = None if pairs else f"{split} is empty"
                 setting.unsafe = [p.unsafe_prompt for p in pairs]
                 setting.safe = [p.safe_prompt for p in pairs]
+                setting.pairs = list(pairs)
             else:
                 pairs = copro.variant_pairs(split, kind)
                 if pairs:
                     setting.unsafe = [p.unsafe_prompt for p in pairs]
                     setting.safe = [p.safe_prompt for p in pairs]
+                    setting.pairs = [e for e in copro.split(split)
+                                     if copro.variant_text(e.unsafe_prompt, e.concept, kind) is not None]
                 elif not copro.synonyms or not copro.adversarial:
                     setting.reason = "the dataset has no concept_synonym / concept_adv entries"
                 else:

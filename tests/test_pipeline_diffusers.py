@@ -1,0 +1,353 @@
+"""The pipeline guard against the real diffusers classes, built tiny and offline (as diffusers' own tests do).
+
+Each test is a regression test for issue 10 ("fail closed"): texts reaching a text encoder unchecked,
+the wrapper lost by ordinary use, SDXL/SD3 conditioning, textual inversion / LoRA scale, ``skip``
+with per-prompt arguments, and positional arguments.
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_clip_text_model
+from latentguard.errors import LatentGuardError
+from latentguard.guard import LatentGuard
+from latentguard.model import EmbeddingMappingLayer
+from latentguard.pipeline import GuardedPipeline, PromptBlocked, encoder_from_pipeline, guard_pipeline
+
+diffusers = pytest.importorskip("diffusers")
+from transformers import CLIPTextConfig, CLIPTextModelWithProjection  # noqa: E402
+
+CONCEPTS = ["knife", "blood", "gun"]
+STEPS = dict(num_inference_steps=2, output_type="np")
+
+
+def _unet(**extra):
+    torch.manual_seed(0)
+    return diffusers.UNet2DConditionModel(
+        block_out_channels=(4, 8), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        **{"cross_attention_dim": 32, "norm_num_groups": 2, **extra})
+
+
+def _vae(**extra):
+    torch.manual_seed(0)
+    return diffusers.AutoencoderKL(block_out_channels=[4, 8], in_channels=3, out_channels=3, latent_channels=4,
+                                   down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+                                   norm_num_groups=2, **extra)
+
+
+def _clip_with_projection(seed: int, width: int = 32):
+    config = CLIPTextConfig(vocab_size=49408, hidden_size=width, intermediate_size=37, num_hidden_layers=2,
+                            num_attention_heads=4, max_position_embeddings=77, bos_token_id=49406,
+                            eos_token_id=49407, pad_token_id=49407, projection_dim=32)
+    torch.manual_seed(seed)
+    return CLIPTextModelWithProjection(config).eval()
+
+
+def _quiet(pipe):
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _sd(tokenizer):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _quiet(diffusers.StableDiffusionPipeline(
+            vae=_vae(), text_encoder=tiny_clip_text_model(hidden_size=32, seed=0), tokenizer=tokenizer, unet=_unet(),
+            scheduler=diffusers.DDIMScheduler(steps_offset=1, clip_sample=False), safety_checker=None,
+            feature_extractor=None, requires_safety_checker=False))
+
+
+@pytest.fixture(scope="module")
+def sd(clip_tokenizer):
+    return _sd(clip_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def img2img(sd):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _quiet(diffusers.StableDiffusionImg2ImgPipeline(**sd.components))
+
+
+@pytest.fixture(scope="module")
+def sdxl(clip_tokenizer):
+    # UNet cross_attention_dim = 32 (CLIP-L stand-in) + 32 (CLIP-G stand-in); add. embeds = 6 * 8 + 32 (pooled)
+    unet = _unet(attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+                 addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+                 projection_class_embeddings_input_dim=6 * 8 + 32, cross_attention_dim=64, norm_num_groups=1)
+    return _quiet(diffusers.StableDiffusionXLPipeline(
+        vae=_vae(), text_encoder=tiny_clip_text_model(hidden_size=32, seed=1), tokenizer=clip_tokenizer,
+        text_encoder_2=_clip_with_projection(2), tokenizer_2=clip_tokenizer, unet=unet,
+        scheduler=diffusers.DDIMScheduler(steps_offset=1, clip_sample=False)))
+
+
+@pytest.fixture(scope="module")
+def sd3(clip_tokenizer):
+    torch.manual_seed(0)
+    transformer = diffusers.SD3Transformer2DModel(
+        sample_size=32, patch_size=1, in_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=4,
+        caption_projection_dim=32, joint_attention_dim=64, pooled_projection_dim=64, out_channels=4)
+    return _quiet(diffusers.StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=diffusers.FlowMatchEulerDiscreteScheduler(),
+        vae=_vae(shift_factor=0.0609, scaling_factor=1.5035), text_encoder=_clip_with_projection(3),
+        tokenizer=clip_tokenizer, text_encoder_2=_clip_with_projection(4), tokenizer_2=clip_tokenizer,
+        text_encoder_3=None, tokenizer_3=None))  # no T5 offline: diffusers then conditions on zeros for it
+
+
+@pytest.fixture(scope="module")
+def shared_guard(sd):
+    """A real LatentGuard on the SD pipeline's own text encoder (the one-pass path)."""
+    torch.manual_seed(0)
+    return LatentGuard(EmbeddingMappingLayer(in_dim=32), encoder_from_pipeline(sd), CONCEPTS, cache_concepts=False)
+
+
+@pytest.fixture(scope="module")
+def own_guard(tiny_encoder):
+    """A real LatentGuard with its own (768-wide) encoder: the pipeline encodes on its own."""
+    torch.manual_seed(0)
+    return LatentGuard(EmbeddingMappingLayer(), tiny_encoder, CONCEPTS, cache_concepts=False)
+
+
+PROMPTS = ["a cat on a sofa", "a man holding a bloody knife", "a green tree", "a red car"]
+
+
+def split(guard, prompts=PROMPTS, n_unsafe: int = 1):
+    """Set the guard's threshold so that exactly the ``n_unsafe`` highest-scoring prompts are unsafe."""
+    scores = guard.scores(prompts)
+    order = np.argsort(-scores)
+    guard.threshold = float((scores[order[n_unsafe - 1]] + scores[order[n_unsafe]]) / 2)
+    unsafe = [prompts[i] for i in order[:n_unsafe]]
+    return [p for p in prompts if p not in unsafe], unsafe
+
+
+def gen(seed: int = 0):
+    return torch.Generator().manual_seed(seed)
+
+
+class Runs:
+    """Counts denoiser forward passes (the pipeline ran) on a module."""
+
+    def __init__(self, module):
+        self.n = 0
+        module.register_forward_hook(lambda *_: setattr(self, "n", self.n + 1))
+
+
+def same(a, b):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+# ------------------------------------------------------------------ 1: every text is checked
+def test_sdxl_prompt_2_is_checked(sdxl, own_guard):
+    safe, (unsafe,) = split(own_guard)
+    runs = Runs(sdxl.unet)
+    guarded = guard_pipeline(sdxl, own_guard)
+    assert guarded.texts == ["prompt", "prompt_2"]
+    result = guarded(prompt=safe[0], prompt_2=unsafe, height=32, width=32, **STEPS)
+    assert result.blocked and result.output is None and runs.n == 0 and result.concept is not None
+    assert [v.unsafe for v in result.text_verdicts["prompt_2"]] == [True]
+    assert [v.unsafe for v in result.text_verdicts["prompt"]] == [False]
+    with pytest.raises(PromptBlocked):  # a list of second prompts too
+        guard_pipeline(sdxl, own_guard, on_unsafe="raise")(safe[:2], prompt_2=[safe[0], unsafe], height=32, width=32)
+    assert runs.n == 0
+
+
+def test_sd3_prompt_2_and_prompt_3_are_checked(sd3, own_guard):
+    safe, (unsafe,) = split(own_guard)
+    runs = Runs(sd3.transformer)
+    guarded = guard_pipeline(sd3, own_guard)
+    assert guarded.texts == ["prompt", "prompt_2", "prompt_3"]
+    for name in ("prompt_2", "prompt_3"):
+        result = guarded(safe[0], **{name: unsafe}, height=32, width=32, **STEPS)
+        assert result.blocked and result.output is None
+    assert runs.n == 0
+
+
+def test_sd3_with_a_longer_text_encoder_is_refused(sd3, own_guard):
+    # a T5 tokenizer (SD3's third encoder, 256 tokens) cannot be built offline: a stand-in with its length
+    t5_like = copy.copy(sd3)
+    object.__setattr__(t5_like, "tokenizer_3", SimpleNamespace(model_max_length=512))
+    with pytest.raises(LatentGuardError, match="tokenizer_3 reads up to 512 tokens.*long_prompts=True") as info:
+        guard_pipeline(t5_like, own_guard)
+    assert "\n" not in str(info.value)
+    own_guard.long_prompts = True  # the guard then scores the whole text in 77-token windows
+    try:
+        assert guard_pipeline(t5_like, own_guard).texts == ["prompt", "prompt_2", "prompt_3"]
+    finally:
+        own_guard.long_prompts = False
+
+
+def test_a_pipeline_with_an_unknown_text_argument_is_refused(sd, own_guard):
+    class CaptionedPipeline(diffusers.StableDiffusionPipeline):
+        def __call__(self, prompt=None, style_caption=None, **kwargs):
+            return super().__call__(prompt=f"{prompt}, {style_caption}", **kwargs)
+
+    captioned = CaptionedPipeline(**sd.components, requires_safety_checker=False)
+    with pytest.raises(LatentGuardError, match="style_caption.*cannot check") as info:
+        guard_pipeline(captioned, own_guard)
+    assert "\n" not in str(info.value)
+    guarded = guard_pipeline(sd, own_guard)  # SD passes **kwargs on: a text-like extra is refused per call
+    with pytest.raises(LatentGuardError, match="style_caption"):
+        guarded("a cat", style_caption="a knife")
+    with pytest.raises(LatentGuardError, match="not prompt_embeds"):
+        guarded(prompt_embeds=torch.zeros(1, 77, 32))
+
+
+def test_block_all_and_raise_keep_the_pipeline_idle(sd, shared_guard):
+    prompts = PROMPTS[:2]
+    safe, (unsafe,) = split(shared_guard, prompts)
+    runs = Runs(sd.unet)
+    result = guard_pipeline(sd, shared_guard)(prompts, height=32, width=32, **STEPS)
+    assert result.blocked and result.output is None and result.images is None and result.passed == []
+    assert [v.unsafe for v in result.verdicts] == [p == unsafe for p in prompts]
+    assert result.blocked_prompts == [unsafe] and result.score == pytest.approx(float(shared_guard.scores([unsafe])[0]))
+    with pytest.raises(PromptBlocked, match="1 of 2 prompt.s. blocked") as info:
+        guard_pipeline(sd, shared_guard, on_unsafe="raise")(prompts, height=32, width=32, **STEPS)
+    assert isinstance(info.value, LatentGuardError) and info.value.result.blocked_prompts == [unsafe]
+    assert runs.n == 0
+
+
+# ------------------------------------------------------------ 2: the wrapper is not lost
+def test_to_and_other_pipeline_returning_methods_stay_guarded(sd, own_guard):
+    safe, (unsafe,) = split(own_guard)
+    guarded = guard_pipeline(sd, own_guard)
+    moved = guarded.to("cpu")
+    assert moved is guarded and isinstance(guarded.to(torch.float32), GuardedPipeline)
+    runs = Runs(sd.unet)
+    assert moved(unsafe, height=32, width=32, **STEPS).blocked and runs.n == 0
+    guarded.enable_attention_slicing()  # forwarded; returns what diffusers returns
+    again = guarded.from_pipe(sd)  # a classmethod building another pipeline: guarded too
+    assert isinstance(again, GuardedPipeline) and again.guard is own_guard
+    assert again(unsafe, height=32, width=32, **STEPS).blocked and runs.n == 0
+    scheduler = sd.scheduler
+    guarded.scheduler = scheduler  # attributes are set on the pipeline, never shadowed on the wrapper
+    assert "scheduler" not in vars(guarded) and guarded.scheduler is sd.scheduler
+    with pytest.raises(LatentGuardError, match="already guarded"):
+        guard_pipeline(guarded, own_guard)
+    guarded.disable_attention_slicing()
+
+
+def test_a_shared_encoder_follows_the_pipeline_to_its_device(sd, shared_guard):
+    safe, _ = split(shared_guard)
+    shared_guard.encoder.device = torch.device("meta")  # as if built before pipe.to(...) moved the text encoder
+    result = guard_pipeline(sd, shared_guard).to("cpu")(safe[0], height=32, width=32, generator=gen(13), **STEPS)
+    assert shared_guard.encoder.device == torch.device("cpu") and result.reused_embeddings
+
+
+# ------------------------------------------------- 6: SDXL/SD3 with defaults, bit-identical
+@pytest.mark.parametrize("name", ["sdxl", "sd3"])
+def test_safe_prompts_are_bit_identical_in_sdxl_and_sd3(name, request, own_guard):
+    pipe = request.getfixturevalue(name)
+    safe, _ = split(own_guard)
+    result = guard_pipeline(pipe, own_guard)(safe[:2], height=32, width=32, generator=gen(1), **STEPS)
+    assert not result.blocked and not result.reused_embeddings and result.passed == [0, 1]
+    same(result.output.images, pipe(safe[:2], height=32, width=32, generator=gen(1), **STEPS).images)
+
+
+def test_sd_one_pass_is_bit_identical(sd, img2img, shared_guard):
+    safe, _ = split(shared_guard)
+    runs = Runs(sd.text_encoder)
+    negative = ["blurry"] * len(safe)
+    result = guard_pipeline(sd, shared_guard)(safe, negative_prompt=negative, height=32, width=32, generator=gen(2),
+                                              **STEPS)
+    assert result.reused_embeddings and not result.blocked
+    assert runs.n == 2  # the prompts once (guard and pipeline share it), the negative prompts once
+    same(result.output.images, sd(safe, negative_prompt=negative, height=32, width=32, generator=gen(2), **STEPS).images)
+    image = torch.rand(1, 3, 32, 32, generator=gen(3))
+    result = guard_pipeline(img2img, shared_guard)(safe[0], image=image, negative_prompt="dark", strength=0.9,
+                                                   generator=gen(4), **STEPS)
+    assert result.reused_embeddings
+    same(result.output.images, img2img(safe[0], image=image, negative_prompt="dark", strength=0.9, generator=gen(4),
+                                       **STEPS).images)
+
+
+# ------------------------------------------------------- 7: textual inversion, LoRA scale
+def test_textual_inversion_tokens_are_not_reused(clip_tokenizer):
+    pipe = _sd(copy.deepcopy(clip_tokenizer))
+    pipe.load_textual_inversion({"<toy>": torch.randn(2, 32, generator=gen(5))}, token="<toy>")
+    assert pipe.maybe_convert_prompt("a <toy>", pipe.tokenizer) != "a <toy>"  # multi-vector: expanded
+    torch.manual_seed(0)
+    guard = LatentGuard(EmbeddingMappingLayer(in_dim=32), encoder_from_pipeline(pipe), CONCEPTS, cache_concepts=False)
+    texts = ["a <toy> on a table", pipe.maybe_convert_prompt("a <toy> on a table", pipe.tokenizer)]
+    guard.threshold = float(guard.scores(texts).max()) + 1.0
+    result = guard_pipeline(pipe, guard)("a <toy> on a table", height=32, width=32, generator=gen(6), **STEPS)
+    assert not result.blocked and not result.reused_embeddings
+    assert result.text_verdicts["prompt"][0].prompt == pipe.maybe_convert_prompt("a <toy> on a table", pipe.tokenizer)
+    same(result.output.images, pipe("a <toy> on a table", height=32, width=32, generator=gen(6), **STEPS).images)
+
+
+def test_lora_scale_and_clip_skip_are_not_reused(sd, shared_guard):
+    # Both make SD condition on something else than the last layer as encoded. diffusers 0.42 cannot run
+    # either with transformers 5's CLIPTextModel (it reaches for ``text_encoder.text_model``), guarded or
+    # not, so the decision is what is tested here.
+    guarded = guard_pipeline(sd, shared_guard)
+    assert guarded.shares_encoder({})
+    assert not guarded.shares_encoder({"clip_skip": 1})
+    assert not guarded.shares_encoder({"cross_attention_kwargs": {"scale": 0.5}})
+    assert guarded.shares_encoder({"cross_attention_kwargs": {}})
+
+
+# ------------------------------------------------------------- 8: skip subsets everything
+def test_skip_subsets_generators_latents_and_negative_embeddings(sd, shared_guard):
+    prompts = PROMPTS[:3]
+    safe, (unsafe,) = split(shared_guard, prompts)
+    bad = prompts.index(unsafe)
+    keep = [i for i in range(3) if i != bad]
+    latents = torch.randn(6, 4, 4, 4, generator=gen(8))  # 3 prompts x 2 images, 4x4 latents = 32x32 pixels
+    negative = torch.randn(3, 77, 32, generator=gen(9))
+    result = guard_pipeline(sd, shared_guard, on_unsafe="skip")(
+        prompts, height=32, width=32, num_images_per_prompt=2, generator=[gen(k) for k in range(6)],
+        latents=latents, negative_prompt_embeds=negative, **STEPS)
+    assert result.blocked and result.passed == keep and result.images[bad] is None
+    rows = [2 * i + k for i in keep for k in range(2)]
+    expected = sd([prompts[i] for i in keep], height=32, width=32, num_images_per_prompt=2,
+                  generator=[gen(r) for r in rows], latents=latents[rows], negative_prompt_embeds=negative[keep],
+                  **STEPS).images
+    same(result.output.images, expected)
+    same(np.stack([img for i in keep for img in result.images[i]]), expected)
+
+
+def test_skip_subsets_img2img_images_and_negative_prompts(img2img, own_guard):
+    prompts = PROMPTS[:3]
+    safe, (unsafe,) = split(own_guard, prompts)
+    keep = [i for i, p in enumerate(prompts) if p != unsafe]
+    images = torch.rand(3, 3, 32, 32, generator=gen(10))
+    negatives = ["blurry", "dark", "noisy"]
+    result = guard_pipeline(img2img, own_guard, on_unsafe="skip")(
+        prompts, image=images, negative_prompt=negatives, strength=0.9, generator=gen(11), **STEPS)
+    expected = img2img([prompts[i] for i in keep], image=images[keep], negative_prompt=[negatives[i] for i in keep],
+                       strength=0.9, generator=gen(11), **STEPS).images
+    same(result.output.images, expected)
+
+
+def test_skip_refuses_what_it_cannot_split(sd, own_guard):
+    prompts = PROMPTS[:3]
+    split(own_guard, prompts)
+    runs = Runs(sd.unet)
+    guarded = guard_pipeline(sd, own_guard, on_unsafe="skip")
+    with pytest.raises(LatentGuardError, match="cannot split argument latents"):
+        guarded(prompts, latents=torch.zeros(2, 4, 4, 4), height=32, width=32, **STEPS)
+    with pytest.raises(LatentGuardError, match="cannot split argument ip_adapter_image_embeds"):
+        guarded(prompts, ip_adapter_image_embeds=[torch.zeros(6, 1, 32)], height=32, width=32, **STEPS)
+    with pytest.raises(LatentGuardError, match="2 negative_prompt for 3 prompts"):
+        guarded(prompts, negative_prompt=["x", "y"])
+    assert runs.n == 0
+
+
+# ------------------------------------------------------------ 9: positional arguments
+def test_positional_arguments_follow_the_pipelines_signature(sd, own_guard):
+    safe, (unsafe,) = split(own_guard)
+    guarded = guard_pipeline(sd, own_guard)
+    result = guarded(safe[0], 32, 32, 2, output_type="np", generator=gen(12))  # prompt, height, width, steps
+    assert result.output.images.shape == (1, 32, 32, 3)
+    same(result.output.images, sd(safe[0], 32, 32, 2, output_type="np", generator=gen(12)).images)
+    assert guarded(unsafe, 32, 32, 2, output_type="np").blocked
+    with pytest.raises(LatentGuardError, match="do not fit.*height"):
+        guarded(safe[0], 32, height=32)  # height given twice, as diffusers itself would refuse
+    assert guarded._bind((safe[0], 32), {}) == {"prompt": safe[0], "height": 32}  # not a negative prompt

@@ -40,14 +40,12 @@ import torch
 from .concepts import cached_concept_vectors, check_concepts, load_blacklist
 from .constants import DEFAULT_CHECKPOINT, DEFAULT_ENCODER
 from .errors import LatentGuardError
-from .evidence import merge_pieces  # noqa: F401 (public here too)
+from .evidence import POOLED, attention_evidence, merge_pieces  # noqa: F401 (public here too)
+from .guard_checks import check_logit_rows, check_options, finite_number, prompt_list, width_message
 from .io import released_checkpoint, resolve_device
 from .model import EmbeddingMappingLayer, load_mapping_layer
 from .published import RELEASED_THRESHOLD
 
-POOLED = "<pooled>"  # label of embedding row 0: the encoder's pooled (first end-of-text) state
-_EVIDENCE_CHUNK = 32  # prompts per evidence pass: bounds the [b, heads, concepts, rows] weights
-_SPECIAL = re.compile(r"^(<\|.*\|>|\[(CLS|SEP|PAD|UNK|MASK)\]|</?s>|<pad>|<unk>)$")
 
 
 @dataclass
@@ -85,8 +83,8 @@ class LatentGuard:
                  allowlist: Iterable[str] | None = None, top_k: int = 3, cache_concepts: bool = True,
                  long_prompts: bool = False, window_stride: int | None = None) -> None:
         if model.in_dim != encoder.hidden_size:
-            raise LatentGuardError(_width_message("the mapping layer", model.in_dim, encoder.hidden_size))
-        _check_options(threshold, batch_size, top_k)
+            raise LatentGuardError(width_message("the mapping layer", model.in_dim, encoder.hidden_size))
+        check_options(threshold, batch_size, top_k)
         if device is None:
             device = next(model.parameters()).device
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
@@ -135,7 +133,7 @@ class LatentGuard:
         named = isinstance(threshold, str) and threshold.strip().lower() in (AUTO, CALIBRATED)
         if not named:
             threshold = resolve_threshold(threshold)  # a number or a profile name (released, paper)
-        _check_options(RELEASED_THRESHOLD if named else threshold, batch_size, top_k)
+        check_options(RELEASED_THRESHOLD if named else threshold, batch_size, top_k)
         if isinstance(concepts, (str, Path)) or concepts is None:
             blacklist = load_blacklist(concepts, dataset=dataset)
             names, thresholds = blacklist.concepts, dict(blacklist.thresholds)
@@ -152,7 +150,7 @@ class LatentGuard:
             device = resolve_device(device)
             encoder = load_encoder(str(encoder), encoder_type, device=device, **dict(encoder_options or {}))
             if model.in_dim != encoder.hidden_size:
-                raise LatentGuardError(f"{path}: " + _width_message("the checkpoint", model.in_dim, encoder.hidden_size))
+                raise LatentGuardError(f"{path}: " + width_message("the checkpoint", model.in_dim, encoder.hidden_size))
         else:
             model = load_mapping_layer(path, in_dim=encoder.hidden_size, num_heads=num_heads)
             device = encoder.device if device is None else device
@@ -242,7 +240,7 @@ class LatentGuard:
             from .calibration import resolve_threshold
 
             value = resolve_threshold(value, self.checkpoint, encoder_identity=getattr(self.encoder, "identity", None))
-        self._threshold = _number(value, "threshold")
+        self._threshold = finite_number(value, "threshold")
 
     @property
     def batch_size(self) -> int:
@@ -251,7 +249,7 @@ class LatentGuard:
 
     @batch_size.setter
     def batch_size(self, value: int) -> None:
-        _check_options(0.0, value, 1)
+        check_options(0.0, value, 1)
         self._batch_size = value
 
     @property
@@ -266,7 +264,7 @@ class LatentGuard:
         unknown = sorted(set(value) - set(self._concepts))
         if unknown:
             raise LatentGuardError(f"concept_thresholds names concept(s) not on the blacklist: {', '.join(unknown)}")
-        self._concept_thresholds = {c: _number(t, f"threshold of '{c}'") for c, t in value.items()}
+        self._concept_thresholds = {c: finite_number(t, f"threshold of '{c}'") for c, t in value.items()}
 
     @property
     def allowlist(self) -> list[str]:
@@ -302,7 +300,7 @@ class LatentGuard:
 
     def logits(self, prompts: str | Sequence[str]) -> np.ndarray:
         """Logits ``[P, C]`` of every prompt against every blacklisted concept (float32)."""
-        texts = [self.prepare(p) for p in _as_list(prompts)]
+        texts = [self.prepare(p) for p in prompt_list(prompts)]
         blocks = [self._score_batch(texts[s : s + self.batch_size], explain=False)[0]
                   for s in range(0, len(texts), self.batch_size)]
         return np.concatenate(blocks) if blocks else np.zeros((0, len(self._concepts)), dtype=np.float32)
@@ -313,7 +311,7 @@ class LatentGuard:
 
     def check(self, prompts: str | Sequence[str], explain: bool = True) -> list[Verdict]:
         """Judge prompts; with ``explain`` each verdict lists the words that drove its concept's match."""
-        return self._check(_as_list(prompts), explain, None)
+        return self._check(prompt_list(prompts), explain, None)
 
     def check_embeddings(self, prompts: Sequence[str], embeddings: torch.Tensor,
                          explain: bool = True) -> list[Verdict]:
@@ -322,7 +320,7 @@ class LatentGuard:
         Lets a text-to-image pipeline that shares the guard's encoder encode each prompt once.
         Prompts the allowlist edits are re-encoded (their given embedding is of the unedited text).
         """
-        prompts = _as_list(prompts)
+        prompts = prompt_list(prompts)
         if (not isinstance(embeddings, torch.Tensor) or embeddings.dim() != 3 or embeddings.shape[0] != len(prompts)
                 or embeddings.shape[-1] != self.encoder.hidden_size):
             shape = list(embeddings.shape) if isinstance(embeddings, torch.Tensor) else type(embeddings).__name__
@@ -344,7 +342,7 @@ class LatentGuard:
                     emb = emb.clone()
                     emb[edited] = self.encoder.encode([texts[i] for i in edited], batch_size=len(edited)).to(emb)
             logits, evidence = self._score_batch(texts, explain=explain, emb=emb)
-            _check_logit_rows(logits, len(batch))  # fail closed: a missing row never reads as SAFE
+            check_logit_rows(logits, len(batch))  # fail closed: a missing row never reads as SAFE
             for i, prompt in enumerate(batch):
                 verdicts.append(self._verdict(prompt, logits[i], thresholds, evidence[i] if evidence else []))
                 verdicts[-1].truncated = self._truncated(texts[i])
@@ -366,8 +364,8 @@ class LatentGuard:
         """
         from .calibration import calibrate_guard
 
-        unsafe_prompts = None if unsafe_prompts is None else _as_list(unsafe_prompts)  # a str is one prompt
-        return calibrate_guard(self, _as_list(safe_prompts), unsafe_prompts, target_fpr, save=save)
+        unsafe_prompts = None if unsafe_prompts is None else prompt_list(unsafe_prompts)  # a str is one prompt
+        return calibrate_guard(self, prompt_list(safe_prompts), unsafe_prompts, target_fpr, save=save)
 
     def decide(self, logits: np.ndarray, thresholds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(unsafe [P] bool, deciding concept index [P])`` from logits ``[P, C]``."""
@@ -417,42 +415,11 @@ class LatentGuard:
     # ---------------------------------------------------------------------------- explanation
     def explain_embeddings(self, texts: Sequence[str], prompt_emb: torch.Tensor, concept_index: Sequence[int],
                            tokens: Sequence[list[str]] | None = None) -> list[list[tuple[str, float]]]:
-        """For each prompt, the words its concept attended to most: ``[(word, weight), ...]``.
-
-        The weight is the mapping layer's cross-attention (concept = query) averaged over heads,
-        summed over a word's BPE pieces and occurrences, as a share of the attention that fell on
-        the prompt's words and on row 0 (the encoder's pooled summary state, reported as
-        ``<pooled>``). Start/end/padding rows are left out (the reference attends to padding
-        too), so over all words the shares sum to 1; the ``top_k`` largest are returned.
-        """
-        # ``tokens``: each embedding's token strings when they are not its text's own (a long prompt's window)
-        concept_index = np.asarray(concept_index, dtype=np.int64)
-        out: list[list[tuple[str, float]]] = []
-        for s in range(0, len(texts), _EVIDENCE_CHUNK):
-            idx = concept_index[s : s + _EVIDENCE_CHUNK]
-            unique, inverse = np.unique(idx, return_inverse=True)
-            with torch.inference_mode():
-                keys, values = self.model.prompt_keys_values(prompt_emb[s : s + _EVIDENCE_CHUNK].to(self.device))
-                queries = self._queries[0][:, torch.as_tensor(unique, device=self.device)]  # [H, u, d]
-                _, weights = self.model.attend(keys, values, queries, return_attention=True)  # [b, H, u, L]
-                rows = torch.arange(len(idx), device=self.device)
-                per_row = weights.mean(dim=1)[rows, torch.as_tensor(inverse, device=self.device)].float().cpu()
-            for k, (text, w) in enumerate(zip(texts[s : s + _EVIDENCE_CHUNK], per_row)):
-                row_tokens = None if tokens is None else tokens[s + k]
-                out.append(self._word_weights(text, w.tolist(), row_tokens)[: self.top_k])
-        return out
-
-    def _word_weights(self, text: str, row_weights: list[float],
-                      tokens: list[str] | None = None) -> list[tuple[str, float]]:
-        tokens = self.encoder.token_strings(text) if tokens is None else tokens
-        specials = set(getattr(getattr(self.encoder, "tokenizer", None), "all_special_tokens", []) or [])
-        pieces = [(tok, w) for tok, w in zip(tokens, row_weights[1:])
-                  if tok not in specials and not _SPECIAL.match(tok)]
-        totals: dict[str, float] = {POOLED: row_weights[0]}
-        for word, weight in merge_pieces(pieces, getattr(self.encoder, "tokenizer", None)):
-            totals[word] = totals.get(word, 0.0) + weight
-        mass = sum(totals.values()) or 1.0
-        return sorted(((w, float(v) / mass) for w, v in totals.items()), key=lambda item: -item[1])
+        """For each prompt, the words its deciding concept attended to most (``top_k`` of them);
+        see :func:`latentguard.evidence.attention_evidence`. ``tokens``: each embedding's token
+        strings when they are not its text's own (a long prompt's window)."""
+        return attention_evidence(self.model, self.encoder, self._queries, texts, prompt_emb, concept_index,
+                                  top_k=self.top_k, device=self.device, tokens=tokens)
 
     def _verdict(self, prompt: str, logits: np.ndarray, thresholds: np.ndarray,
                  evidence: list[tuple[str, float]]) -> Verdict:
@@ -467,36 +434,3 @@ class LatentGuard:
         return (f"LatentGuard(encoder={getattr(self.encoder, 'name', '?')!r}, concepts={len(self._concepts)}, "
                 f"threshold={self.threshold}, device={self.device})")
 
-
-def _width_message(what: str, width: int, hidden: int) -> str:
-    return (f"{what} expects encoder width {width}, but the encoder's hidden size is {hidden}; "
-            "use the encoder the checkpoint was trained with")
-
-
-def _check_options(threshold, batch_size, top_k) -> None:
-    _number(threshold, "threshold")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise LatentGuardError(f"batch size must be a positive integer, got {batch_size!r}")
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0:
-        raise LatentGuardError(f"top_k must be a positive integer, got {top_k!r}")
-
-
-def _check_logit_rows(logits: np.ndarray, n_prompts: int) -> None:
-    """One row of logits per prompt, or refuse (non-finite logits are refused in :mod:`latentguard.scoring`)."""
-    if logits.ndim != 2 or logits.shape[0] != n_prompts:
-        raise LatentGuardError(f"scoring gave logits of shape {list(logits.shape)} for {n_prompts} prompts; refusing")
-
-
-def _number(value, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or not np.isfinite(value):
-        raise LatentGuardError(f"{what} must be a finite number, got {value!r}")
-    return float(value)
-
-
-def _as_list(prompts: str | Sequence[str]) -> list[str]:
-    if isinstance(prompts, str):
-        return [prompts]
-    if isinstance(prompts, (bytes, bytearray, memoryview)):  # list(b"..") would be ints
-        raise LatentGuardError(f"prompts must be str, got {type(prompts).__name__}; decode them first, "
-                               "e.g. check(data.decode('utf-8'))")
-    return list(prompts)

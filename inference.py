@@ -1,11 +1,6 @@
-"""Check prompts with Latent Guard: one prompt per line in, a verdict per prompt out.
+"""Check a file of prompts with Latent Guard, as the released inference.py (`python inference.py --help`).
 
-Compatible with the released script (``--file_path``, ``--threshold``, and the final list of 0/1
-labels), with the released weights and CoPro ID concepts downloaded on first use. The command lives
-in :mod:`latentguard.cli.infer`, the logic in :class:`latentguard.guard.LatentGuard`.
-
-    python inference.py --file_path prompts.txt --explain --output verdicts.csv
-"""
+The command lives in latentguard/cli/infer.py; this file keeps the released name."""
 import sys
 from pathlib import Path
 

@@ -31,10 +31,9 @@ from .errors import LatentGuardError
 
 # Prompts per head-major block: a couple of prompts keep the per-head products in cache on a CPU.
 PROMPTS_PER_BLOCK = 2
-# What blacklist_logits runs by default: None = logit_matrix (scores bit-identical to the fused
-# attention path); a number = head_major_logits with that block size. On the shared 2-core CPU
-# neither won clearly (scripts/benchmark_scoring.py compares both in one run): set it from a quiet
-# measurement.
+# What blacklist_logits runs by default: None = logit_matrix (the fused attention path); a number =
+# head_major_logits with that block size. Measured quiet on a 2-core Xeon (scripts/benchmark_scoring.py
+# times both in one run): logit_matrix 2.0-2.1 ms/prompt at 578 concepts, head-major 2.4-2.5, so None.
 HEAD_MAJOR_BLOCK: int | None = None
 # Per-block elements of the [heads, concepts, prompts, rows] attention weights held at once.
 BLOCK_ELEMENTS = 1 << 23

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from .constants import DEFAULT_CHECKPOINT, DEFAULT_ENCODER
+from .constants import DEFAULT_CHECKPOINT, DEFAULT_ENCODER, DEFAULT_WINDOW_STRIDE
 from .errors import LatentGuardError
 from .settings import Config
 
@@ -33,7 +33,7 @@ DEFAULTS: dict[str, Any] = {
         "batch_size": 64,
         "attention_mask": False,
         "long_prompts": False,
-        "window_stride": 50,
+        "window_stride": DEFAULT_WINDOW_STRIDE,
     },
     "model": {"num_heads": 16, "head_dim": 32, "out_dim": 128},
     "store": {"dtype": "float16"},

@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from .constants import DEFAULT_CHECKPOINT
 from .errors import LatentGuardError
 
 RELEASED_CHECKPOINT_URL = "https://github.com/rt219/LatentGuard/raw/main/model_parameters.pth"
@@ -174,7 +175,7 @@ def download(url: str, target: str | Path, sha256: str | None = None, what: str 
     return target
 
 
-def released_checkpoint(path: str | Path = "model_parameters.pth") -> Path:
+def released_checkpoint(path: str | Path = DEFAULT_CHECKPOINT) -> Path:
     """Return a path to the released weights: ``path`` if it exists, else a verified cached download.
 
     Only the bare released file name (no directory) triggers a download; any other missing path is
@@ -184,10 +185,10 @@ def released_checkpoint(path: str | Path = "model_parameters.pth") -> Path:
     path = Path(path)
     if path.is_file():
         return path
-    if path.name != "model_parameters.pth" or path.parent != Path("."):
+    if path.name != DEFAULT_CHECKPOINT or path.parent != Path("."):
         raise LatentGuardError(f"checkpoint not found: {path} (check --checkpoint; omit it to use the released "
                                "model_parameters.pth)")
-    cached = cache_home() / "model_parameters.pth"
+    cached = cache_home() / DEFAULT_CHECKPOINT
     note = ""
     if cached.is_file():
         if sha256_of(cached) == RELEASED_CHECKPOINT_SHA256:

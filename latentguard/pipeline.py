@@ -50,6 +50,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .constants import CONTEXT_LENGTH
 from .errors import LatentGuardError
 from .pipeline_args import added_tokens, classify, subset_call, text_arguments
 
@@ -192,7 +193,7 @@ class GuardedPipeline:
             and getattr(encoder, "tokenizer", None) is tokenizer
             and not getattr(encoder, "attention_mask", False)
             and not getattr(config, "use_attention_mask", False)  # diffusers passes a mask then
-            and getattr(tokenizer, "model_max_length", 77) == getattr(encoder, "context_length", 77)
+            and getattr(tokenizer, "model_max_length", CONTEXT_LENGTH) == getattr(encoder, "context_length", CONTEXT_LENGTH)
             and kwargs.get("clip_skip") is None                   # SD then conditions on another layer
             and attention.get("scale") is None                    # a text-encoder LoRA scale
             and not added_tokens(tokenizer)                      # textual inversion
@@ -347,7 +348,7 @@ def _check_context(pipe, guard) -> None:
     """Refuse a pipeline whose tokenizers read further than the guard's window (text past it goes unchecked)."""
     if getattr(guard, "long_prompts", False):
         return
-    context = getattr(getattr(guard, "encoder", None), "context_length", 77)
+    context = getattr(getattr(guard, "encoder", None), "context_length", CONTEXT_LENGTH)
     for name in ("tokenizer", "tokenizer_2", "tokenizer_3"):
         tokenizer = getattr(pipe, name, None)
         length = getattr(tokenizer, "model_max_length", None)

@@ -10,6 +10,8 @@ import gzip
 import json
 from pathlib import Path
 
+from .constants import CONTEXT_LENGTH
+
 # The CLIP vocabulary: 256 byte symbols, their end-of-word forms, 48,894 merges and 2 specials.
 _NUM_MERGES = 49152 - 256 - 2
 
@@ -31,7 +33,7 @@ def write_clip_vocab(directory: str | Path) -> Path:
     )
     config = {
         "tokenizer_class": "CLIPTokenizer",
-        "model_max_length": 77,
+        "model_max_length": CONTEXT_LENGTH,
         "bos_token": "<|startoftext|>",
         "eos_token": "<|endoftext|>",
         "unk_token": "<|endoftext|>",

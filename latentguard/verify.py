@@ -26,14 +26,14 @@ from typing import Sequence
 import numpy as np
 
 from .errors import LatentGuardError, cli_entry
+from .published import RELEASED_THRESHOLD, SETTINGS, TABLE1_ACCURACY_THRESHOLD
+from .published import SPLITS as DOMAINS
 
 RELEASED_SCORES = Path(__file__).resolve().parent / "resources" / "released_scores.csv"
 DEFAULT_TOLERANCE = 1e-3
 # Decisions that must agree: the paper's Table 1(a) threshold and the released inference.py's.
-DECISION_THRESHOLDS = {"paper": 4.47, "released": 9.0131}
+DECISION_THRESHOLDS = {"paper": TABLE1_ACCURACY_THRESHOLD, "released": RELEASED_THRESHOLD}
 FIXTURE_COLUMNS = ("domain", "setting", "label", "unsafe_prompt", "safe_prompt", "concept", "released_score")
-DOMAINS = ("ID", "OOD")
-SETTINGS = ("explicit", "synonym", "adversarial")
 # git's blob id (SHA-1 of "blob <size>\0" + bytes) of the released CoPro file in the released repository.
 RELEASED_COPRO_BLOB = "e56717a7c4c5b8f5ead376079f8ecee62e29a06c"
 

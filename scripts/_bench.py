@@ -24,11 +24,12 @@ def vit_l14_text_encoder(device: str, dtype: str, tokenizer_dir: Path):
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    from latentguard.constants import CONTEXT_LENGTH
     from latentguard.encoders import CLIPTextEncoder
     from latentguard.tokenizer import build_clip_tokenizer
 
     config = CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                            num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
+                            num_attention_heads=12, max_position_embeddings=CONTEXT_LENGTH, hidden_act="quick_gelu",
                             projection_dim=768, bos_token_id=49406, eos_token_id=49407, pad_token_id=1)
     torch.manual_seed(0)
     model = CLIPTextModel(config).eval()

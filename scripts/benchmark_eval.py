@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from _bench import peak_rss_mb  # noqa: E402
+from latentguard.constants import EMBEDDING_ROWS  # noqa: E402
 
 FULL_ID_PROMPTS = 37_000
 FULL_OOD_PROMPTS = 32_500
@@ -51,7 +52,7 @@ def build_store(path: Path, texts: list[str], hidden: int, chunk: int = 1024):
     generator = torch.Generator().manual_seed(0)
     for start in range(0, len(texts), chunk):
         batch = texts[start : start + chunk]
-        store.add(batch, torch.randn(len(batch), 78, hidden, generator=generator, dtype=torch.float32).half())
+        store.add(batch, torch.randn(len(batch), EMBEDDING_ROWS, hidden, generator=generator, dtype=torch.float32).half())
     return store
 
 

@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from _bench import peak_rss_mb, vit_l14_text_encoder  # noqa: E402
+from latentguard.constants import EMBEDDING_ROWS  # noqa: E402
 
 FULL_COPRO_TEXTS = 125_643  # 578+145 concepts, 2 x (32,685+8,172+9,826) prompts, 2 x (5,330+6,447) variants
 TEMPLATES = [
@@ -115,7 +116,7 @@ if phase == "build":
     g = torch.Generator().manual_seed(0)
     for s in range(0, n, batch):
         chunk = texts[s:s + batch]
-        store.add(chunk, torch.randn(len(chunk), 78, 768, generator=g))
+        store.add(chunk, torch.randn(len(chunk), EMBEDDING_ROWS, 768, generator=g))
 else:
     store = EmbeddingStore(path)
     order = np.random.default_rng(0).permutation(n)

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from latentguard.constants import EMBEDDING_ROWS  # noqa: E402
 
 CACHED = "logit_matrix, cached queries"  # concept projections done once
 HEAD_MAJOR = "head-major blocks, cached queries"  # latentguard.scoring.head_major_logits
@@ -54,7 +55,7 @@ def _measure(job: dict) -> dict:
     torch.manual_seed(0)
     model = EmbeddingMappingLayer().to(device).eval()
     n_prompts = job["batch"]
-    prompts = torch.randn(n_prompts, 78, 768, device=device)
+    prompts = torch.randn(n_prompts, EMBEDDING_ROWS, 768, device=device)
     concepts = torch.randn(job["concepts"], 768, device=device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
@@ -116,7 +117,7 @@ def _max_abs_diff(device: str, n_concepts: int, n_prompts: int, threads: int) ->
         for name, p in model.named_parameters():
             if name != "tempr":
                 p.normal_(0, 0.05)
-        prompts = torch.randn(n_prompts, 78, 768, device=device)
+        prompts = torch.randn(n_prompts, EMBEDDING_ROWS, 768, device=device)
         concepts = torch.randn(n_concepts, 768, device=device)
         from latentguard.scoring import blacklist_logits
 

@@ -39,6 +39,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from latentguard.model import EmbeddingMappingLayer  # noqa: E402
+from latentguard.constants import EMBEDDING_ROWS  # noqa: E402
 from latentguard.reference import naive_contrastive_loss  # noqa: E402
 from latentguard.train import contrastive_loss, contrastive_loss_from_logits  # noqa: E402
 
@@ -116,8 +117,8 @@ class StepRunner:
         self.name, self.device = name, device
         self.model = EmbeddingMappingLayer(in_dim).to(device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-3, weight_decay=0.01)
-        self.inputs = [torch.randn(n, 78, in_dim, generator=gen).to(device),
-                       torch.randn(n, 78, in_dim, generator=gen).to(device),
+        self.inputs = [torch.randn(n, EMBEDDING_ROWS, in_dim, generator=gen).to(device),
+                       torch.randn(n, EMBEDDING_ROWS, in_dim, generator=gen).to(device),
                        torch.randn(n, in_dim, generator=gen).to(device)]
         self.loss_fn = METHODS[name]
         self.times: list[float] = []
@@ -183,7 +184,7 @@ def loss_agreement(device: torch.device, n: int, in_dim: int) -> float:
     gen = torch.Generator().manual_seed(1)
     torch.manual_seed(1)
     model = EmbeddingMappingLayer(in_dim).to(device)
-    u, s = (torch.randn(n, 78, in_dim, generator=gen).to(device) for _ in range(2))
+    u, s = (torch.randn(n, EMBEDDING_ROWS, in_dim, generator=gen).to(device) for _ in range(2))
     c = torch.randn(n, in_dim, generator=gen).to(device)
     with torch.no_grad():
         fast, naive = contrastive_loss(model, u, s, c).item(), released_style_loss(model, u, s, c).item()
@@ -195,7 +196,7 @@ def validation_seconds(device: torch.device, in_dim: int, batch: int = 256) -> f
     """One validation pass (3,000 pairs = 6,000 prompts x 578 concepts), from one timed batch."""
     gen = torch.Generator().manual_seed(2)
     model = EmbeddingMappingLayer(in_dim).to(device).eval()
-    prompts = torch.randn(batch, 78, in_dim, generator=gen).to(device)
+    prompts = torch.randn(batch, EMBEDDING_ROWS, in_dim, generator=gen).to(device)
     concepts = torch.randn(ID_CONCEPTS, in_dim, generator=gen).to(device)
     model.logit_matrix(prompts[:8], concepts)  # warm-up
     _sync(device)

@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-DOMAINS = ("ID", "OOD")
-KINDS = ("explicit", "synonym", "adversarial")
+from ..published import SETTINGS as KINDS  # explicit, synonym, adversarial
+from ..published import SPLITS as DOMAINS  # ID, OOD
+
 SPLITS = {"test": {"ID": "ID_test_data", "OOD": "OOD_test_data"},
           "valid": {"ID": "ID_valid_data", "OOD": "OOD_valid_data"}}
 

@@ -11,8 +11,7 @@ verify   latentguard.verify       (python -m ...)     latentguard-verify
 ======== ======================== =================== ==========================
 
 ``latentguard COMMAND [flags]`` (or ``python -m latentguard.cli COMMAND``) runs any of them.
-``verify`` (release parity) has no root script: ``python -m latentguard.verify``; it is listed only
-when the :mod:`latentguard.verify` module is installed.
+``verify`` (release parity) has no root script: ``python -m latentguard.verify``.
 """
 from __future__ import annotations
 
@@ -26,12 +25,19 @@ COMMANDS: dict[str, str] = {
     "train": "latentguard.cli.train",
     "evaluate": "latentguard.cli.evaluate",
     "infer": "latentguard.cli.infer",
-    "verify": "latentguard.verify",  # optional: registered when the module exists
+    "verify": "latentguard.verify",
+}
+SUMMARIES: dict[str, str] = {
+    "prepare": "encode CoPro into an on-disk embedding store (prepare.py)",
+    "train": "train the Embedding Mapping Layer (main.py)",
+    "evaluate": "Table 1 / Table 2 evaluation and baselines (test.py)",
+    "infer": "score a file of prompts, SAFE/UNSAFE per line (inference.py)",
+    "verify": "check parity with the released model's scores (python -m latentguard.verify)",
 }
 
 
 def available_commands() -> dict[str, str]:
-    """The commands whose module is present (``verify`` ships separately)."""
+    """The commands whose module can be found (all of them in a complete install)."""
     out = {}
     for name, module in COMMANDS.items():
         try:
@@ -52,7 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv and argv[0] not in ("-h", "--help"):
             print(f"error: unknown command {argv[0]!r}; {usage}", file=sys.stderr)
             return 2
-        print(usage)
+        print(usage + "\n\ncommands:")
+        for name in commands:
+            print(f"  {name:<9} {SUMMARIES.get(name, '')}")
         return 0
     return int(importlib.import_module(commands[argv[0]]).main(argv[1:]) or 0)
 

@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..config import DEFAULTS
 from ..constants import DEFAULT_ENCODER, ENCODER_TYPES
 from ..precision import PRECISIONS
 
@@ -15,18 +16,19 @@ def common_parser(*, cache_dir: bool = True) -> argparse.ArgumentParser:
     flags = parent.add_argument_group("common flags (each overrides one config key)")
     flags.add_argument("--config", default=None, metavar="FILE", help="YAML config file (default: configs/default.yaml)")
     flags.add_argument("--dataset", default=None, metavar="FILE",
-                       help="CoPro JSON file (config: dataset); the released file is downloaded when the default "
-                       "path is missing")
+                       help=f"CoPro JSON file (config: dataset, default {DEFAULTS['dataset']}); the released file is "
+                       "downloaded when the default path is missing")
     flags.add_argument("--encoder", default=None, metavar="NAME_OR_DIR",
                        help=f"text encoder: hub name or local directory (config: encoder.name; default {DEFAULT_ENCODER})")
     flags.add_argument("--encoder-type", default=None, choices=list(ENCODER_TYPES),
                        help="encoder family (config: encoder.type; auto = from the model's config)")
     if cache_dir:
         flags.add_argument("--cache-dir", default=None, help="where the embedding stores live, one subdirectory per "
-                           "encoder (config: cache_dir)")
-    flags.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (config: device)")
+                           f"encoder (config: cache_dir, default {DEFAULTS['cache_dir']})")
+    flags.add_argument("--device", default=None, help=f"auto | cpu | cuda | cuda:N (config: device, default {DEFAULTS['device']}: cuda when "
+                       "present, else cpu)")
     flags.add_argument("--precision", default=None, choices=list(PRECISIONS),
-                       help="exact: encoder.dtype, fp32 by default (reproduction); fast: bf16 on CPUs with native "
+                       help="exact (the default): encoder.dtype, fp32 by default (reproduction); fast: bf16 on CPUs with native "
                        "bf16, fp16 on CUDA, with its measured drift printed (config: precision; docs/precision.md)")
     return parent
 

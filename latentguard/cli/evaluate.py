@@ -7,6 +7,7 @@ from typing import Any, Mapping, Sequence
 
 from ..store_hints import open_configured_store
 from ..errors import LatentGuardError, cli_entry
+from ..config import DEFAULTS
 from .common import common_parser, load_command_config, load_model
 from ..eval.external import StoreFirstSource, external_markdown, read_external
 from ..eval.report import _fmt, console_tables, write_outputs, write_scores_csv
@@ -29,14 +30,18 @@ def build_parser():
         parents=[common_parser()],
     )
     parser.add_argument("--checkpoint", help="mapping-layer weights (config: checkpoint; the released "
-                        "model_parameters.pth is downloaded and verified when missing)")
-    parser.add_argument("--output-dir", help="where results go (config: output_dir)")
+                        "model_parameters.pth is downloaded and SHA-256 checked when missing)")
+    parser.add_argument("--output-dir", help="where results go (config: output_dir, default "
+                        f"{DEFAULTS['output_dir']})")
     parser.add_argument("--threshold", help="decision threshold for the accuracy fields: a number, 'paper' (4.47), "
                         "'released' (9.0131) or 'calibrated' (the YAML beside the checkpoint) "
                         "(config: eval.threshold; default: calibrated on pooled validation data)")
-    parser.add_argument("--batch-size", type=int, help="prompts per scoring batch (config: eval.batch_size)")
-    parser.add_argument("--baselines", help="comma list of blacklist, clipscore, bertscore, or all (config: eval.baselines)")
-    parser.add_argument("--bert-model", help="BERT-family model for BERTScore, hub name or local dir (config: eval.bert_model)")
+    parser.add_argument("--batch-size", type=int, help="prompts per scoring batch (config: eval.batch_size, default "
+                        f"{DEFAULTS['eval']['batch_size']})")
+    parser.add_argument("--baselines", help="comma list of blacklist, clipscore, bertscore, or all (config: eval.baselines, "
+                        "default none; blacklist uses the paper's case-insensitive substring rule, eval.blacklist_match)")
+    parser.add_argument("--bert-model", help="BERT-family model for BERTScore, hub name or local dir (config: eval.bert_model; "
+                        "no default: BERTScore is skipped without it)")
     parser.add_argument("--external", metavar="FILE", help="score an external labelled prompt set against the ID "
                         "concepts: a CSV with header prompt,label (1/0 or unsafe/safe), or unsafe prompts one per line "
                         "when --external-safe is given")

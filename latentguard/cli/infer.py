@@ -15,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from latentguard.config import DEFAULTS
 from latentguard.cli.common import common_parser, load_command_config
 from latentguard.errors import LatentGuardError, cli_entry
 
@@ -41,14 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
                              "script's value), paper (4.47, reproduces the paper's Table 1 accuracies), calibrated "
                              "(the <checkpoint>.threshold.yaml written by --calibrate-safe) or auto (calibrated "
                              "when that file exists, else released for the released weights only, else an error; "
-                             "default: inference.threshold)")
+                             f"default: inference.threshold = {DEFAULTS['inference']['threshold']})")
     parser.add_argument("--calibrate-safe", default=None, metavar="FILE",
                         help="calibrate the threshold first on these safe prompts (one per line): the lowest "
                              "threshold flagging at most --target-fpr of them; saved beside the checkpoint")
     parser.add_argument("--calibrate-unsafe", default=None, metavar="FILE",
                         help="with --calibrate-safe: also these unsafe prompts; the threshold then maximises accuracy")
     parser.add_argument("--target-fpr", type=float, default=None, metavar="F",
-                        help="false-positive rate allowed on --calibrate-safe prompts (default: calibration.target_fpr = 0.01)")
+                        help="false-positive rate allowed on --calibrate-safe prompts "
+                        f"(default: calibration.target_fpr = {DEFAULTS['calibration']['target_fpr']})")
     parser.add_argument("--long-prompts", action="store_true", default=None,
                         help="score prompts longer than 77 tokens as the maximum over overlapping 77-token windows "
                              "(default: encoder.long_prompts = off, truncate at 77 as released)")
@@ -62,14 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="phrases (one per line) cut out of every prompt before scoring, so they never "
                              "trigger the guard (whole words, case-insensitive)")
     parser.add_argument("--batch-size", type=int, default=None, metavar="N",
-                        help="prompts encoded and scored per batch (default: 64)")
+                        help="prompts encoded and scored per batch "
+                        f"(default: inference.batch_size = {DEFAULTS['inference']['batch_size']})")
     parser.add_argument("--output", default=None, metavar="FILE",
                         help="also write verdicts to FILE.csv or FILE.jsonl (prompt, score, unsafe, concept, truncated; "
                              "JSONL adds top_concepts and evidence with --explain)")
     parser.add_argument("--explain", action="store_true",
                         help="show the prompt words that drove each top match (from the attention weights)")
     parser.add_argument("--top-k", type=int, default=None, metavar="K",
-                        help="concepts and evidence words shown per prompt with --explain (default: 3)")
+                        help="concepts and evidence words shown per prompt with --explain "
+                        f"(default: inference.top_k = {DEFAULTS['inference']['top_k']})")
     return parser
 
 

@@ -20,6 +20,7 @@ import time
 
 from latentguard.store_hints import check_cache_dir, open_configured_store
 from latentguard.cli.common import common_parser, load_command_config
+from latentguard.config import DEFAULTS
 from latentguard.data import load_copro
 from latentguard.errors import RESUMABLE, cli_entry
 from latentguard.store_repair import repair_store
@@ -36,9 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common_parser()],
     )
     parser.add_argument("--dtype", choices=["float16", "float32"],
-                        help="on-disk precision of the store (config: store.dtype; float16 halves the "
+                        help=f"on-disk precision of the store (config: store.dtype, default {DEFAULTS['store']['dtype']}; float16 halves the "
                         "size, ~15 GB for full CoPro)")
-    parser.add_argument("--batch-size", type=int, help="texts per encoder batch (config: encoder.batch_size)")
+    parser.add_argument("--batch-size", type=int, help="texts per encoder batch (config: encoder.batch_size, "
+                        f"default {DEFAULTS['encoder']['batch_size']})")
     parser.add_argument("--repair", metavar="STORE", help="repair the damaged store directory STORE (holding its "
                         "lock; keeps intact rows, saves the old index beside it, says what it did) and exit")
     return parser

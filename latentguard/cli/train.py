@@ -37,19 +37,22 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[common_parser()],
     )
-    parser.add_argument("--output-dir", help="run directory for checkpoints and logs (config: output_dir)")
+    parser.add_argument("--output-dir", help="run directory for checkpoints and logs (config: output_dir, "
+                        f"default {DEFAULTS['output_dir']})")
     parser.add_argument("--epochs", type=int, help="epochs; one epoch = one pair per ID concept "
                         f"(config: train.epochs, default {DEFAULTS['train']['epochs']})")
     parser.add_argument("--batch-size", type=int, help="concepts per step (config: train.batch_size, default "
                         f"{DEFAULTS['train']['batch_size']})")
     parser.add_argument("--lr", type=float, help=f"AdamW learning rate (config: train.lr, default {DEFAULTS['train']['lr']})")
-    parser.add_argument("--seed", type=int, help="seed of the initial weights and of the sampling (config: train.seed)")
+    parser.add_argument("--seed", type=int, help="seed of the initial weights and of the sampling (config: train.seed, "
+                        f"default {DEFAULTS['train']['seed']})")
     parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="PATH",
                         help="continue from OUTPUT_DIR/resume.pt (or PATH), restoring optimizer and sampler state; "
                         "without this flag an existing OUTPUT_DIR/resume.pt is resumed anyway")
     parser.add_argument("--no-cache", action="store_true",
                         help="encode prompts on the fly instead of reading the embedding store (config: train.no_cache)")
-    parser.add_argument("--val-every", type=int, help="epochs between validation AUC checks (config: train.val_every)")
+    parser.add_argument("--val-every", type=int, help="epochs between validation AUC checks (config: train.val_every, "
+                        f"default {DEFAULTS['train']['val_every']})")
     parser.add_argument("--keep-best", action="store_true",
                         help="also save the weights with the best validation AUC as best.pth, with their own threshold "
                         "(config: train.keep_best; default off: the released code keeps only the final weights)")

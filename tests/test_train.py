@@ -260,10 +260,11 @@ def test_ctrl_c_saves_and_the_same_command_resumes(prepared, store_source, tmp_p
 
     argv = _argv(prepared, tmp_path / "run", "--epochs", "4", "--batch-size", "5", "--lr", "3e-3", "--val-every", "2")
     monkeypatch.setattr(train_mod, "build_trainer", build_with_ctrl_c)
+    handler_before = signal.getsignal(signal.SIGINT)  # SIG_IGN when pytest runs as a background job
     assert main_mod.main(argv) == 130
     assert "run the same command again to resume" in capsys.readouterr().err
     assert torch.load(tmp_path / "run" / RESUME_NAME, weights_only=True)["global_step"] == 4
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is handler_before  # handler restored
     monkeypatch.setattr(train_mod, "build_trainer", real_build)
     assert main_mod.main(argv) == 0
     _assert_equal_states(_final_state(straight), _final_state(tmp_path / "run"))

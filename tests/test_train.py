@@ -152,7 +152,7 @@ def test_main_training_lifts_explicit_id_test_auc(prepared, store_source, tmp_pa
     assert [r["epoch"] for r in records if "val_auc" in r] == [5, 10, 15]
     saved_cfg = (out / "config.yaml").read_text()
     assert "epochs: 15" in saved_cfg and "lr: 0.003" in saved_cfg
-    # the best weights get their own threshold: max accuracy on the validation split, found by inference
+    # the saved (final) weights get their own threshold: max accuracy on the validation split, found by inference
     from latentguard.calibration import resolve_threshold
     from latentguard.metrics import best_accuracy_threshold
     from latentguard.validation import max_concept_scores

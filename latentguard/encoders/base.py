@@ -31,7 +31,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
             raise LatentGuardError(f"unknown dtype '{dtype}' (use float32, float16 or bfloat16)")
         dtype = _DTYPES[dtype]
     if dtype == torch.float16 and device.type == "cpu":
-        raise LatentGuardError("float16 encoding needs a GPU; use --dtype float32 on the CPU")
+        raise LatentGuardError("float16 encoding needs a GPU; on the CPU set encoder.dtype to float32 or bfloat16")
     return dtype
 
 

@@ -35,3 +35,13 @@ def vit_l14_text_encoder(device: str, dtype: str, tokenizer_dir: Path):
     model = CLIPTextModel(config).eval()
     return CLIPTextEncoder(model, device=device, dtype=dtype, tokenizer=build_clip_tokenizer(tokenizer_dir),
                            name="vit-l14-text-random")
+
+
+def write_figures(path: str | Path, figures: dict, indent: int = 2) -> None:
+    """Write a benchmark's figures as JSON, atomically (a killed run never leaves half a file), and say where."""
+    import json
+
+    from latentguard.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(figures, indent=indent) + "\n")
+    print(f"\nwrote {path}")

@@ -24,7 +24,6 @@ that (fp16 store of ~0.8 GB instead of ~8 GB) and full-size figures are extrapol
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -35,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _bench import peak_rss_mb  # noqa: E402
+from _bench import peak_rss_mb, write_figures  # noqa: E402
 from latentguard.constants import EMBEDDING_ROWS  # noqa: E402
 
 FULL_ID_PROMPTS = 37_000
@@ -105,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from latentguard.embeddings import concept_vectors
     from latentguard.eval.run import score_prompts
-    from latentguard.io import atomic_write_text, resolve_device
+    from latentguard.io import resolve_device
     from latentguard.model import EmbeddingMappingLayer
 
     if args.threads:
@@ -188,8 +187,7 @@ def main(argv: list[str] | None = None) -> int:
           f"batched {ours_full_s:.1f} s vs released loop {loop_full_s:.0f} s "
           f"({loop_full_s / 60:.1f} min, extrapolated); ID speed-up x{result['speedup_vs_released_loop']:.1f}")
     if args.output:
-        atomic_write_text(args.output, json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.output}")
+        write_figures(args.output, result)
     return 0
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import os
 import platform
 import random
@@ -44,7 +43,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _bench import vit_l14_text_encoder  # noqa: E402
+from _bench import vit_l14_text_encoder, write_figures  # noqa: E402
 
 N_CONCEPTS = 578
 SUBJECTS = ["man", "woman", "child", "soldier", "dragon", "robot", "crowd", "cat", "horse", "old car", "ship", "castle"]
@@ -275,10 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     figures = run(args)
     print(table(figures))
     if args.output:
-        from latentguard.io import atomic_write_text
-
-        atomic_write_text(args.output, json.dumps(figures, indent=2) + "\n")
-        print(f"\nwrote {args.output}")
+        write_figures(args.output, figures)
     return 0
 
 

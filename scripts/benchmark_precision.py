@@ -44,7 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _bench import vit_l14_text_encoder  # noqa: E402
+from _bench import vit_l14_text_encoder, write_figures  # noqa: E402
 from benchmark_guard import N_CONCEPTS, PresetConcepts, make_concepts, make_prompts  # noqa: E402
 
 FIXTURE = ROOT / "tests" / "fixtures" / "copro_real_sample.json"
@@ -440,10 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     figures["seconds"] = time.perf_counter() - started
     print(table(figures))
     if args.output:
-        from latentguard.io import atomic_write_text
-
-        atomic_write_text(args.output, json.dumps(figures, indent=2) + "\n")
-        print(f"\nwrote {args.output}")
+        write_figures(args.output, figures)
     return 0
 
 

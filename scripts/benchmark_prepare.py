@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _bench import peak_rss_mb, vit_l14_text_encoder  # noqa: E402
+from _bench import peak_rss_mb, vit_l14_text_encoder, write_figures  # noqa: E402
 from latentguard.constants import EMBEDDING_ROWS  # noqa: E402
 
 FULL_COPRO_TEXTS = 125_643  # 578+145 concepts, 2 x (32,685+8,172+9,826) prompts, 2 x (5,330+6,447) variants
@@ -210,8 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(results)
     print(table)
     results["markdown"] = table
-    Path(args.output).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    print(f"\nwrote {args.output}")
+    write_figures(args.output, results)
     return 0
 
 

@@ -18,7 +18,6 @@ noisy: the median of several repeats is reported.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import resource
@@ -28,6 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _bench import write_figures  # noqa: E402
 from latentguard.constants import EMBEDDING_ROWS  # noqa: E402
 
 CACHED = "logit_matrix, cached queries"  # concept projections done once
@@ -180,11 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{device}: max |scoring.blacklist_logits - released loop| = {diff:.2e} (fp32)")
     print(f"\n{GFLOP_PER_PROMPT_NOTE}. Released loop timed on {args.loop_prompts} prompt(s) per device.")
     if args.output:
-        from latentguard.io import atomic_write_text
-
         meta = {"concepts": args.concepts, "threads": args.threads, "torch": torch.__version__, "gpu": name}
-        atomic_write_text(args.output, json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-        print(f"wrote {args.output}")
+        write_figures(args.output, {"meta": meta, "rows": rows}, indent=1)
     return 0
 
 

@@ -22,7 +22,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -39,6 +38,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from latentguard.model import EmbeddingMappingLayer  # noqa: E402
+from _bench import write_figures  # noqa: E402
 from latentguard.constants import EMBEDDING_ROWS  # noqa: E402
 from latentguard.reference import naive_contrastive_loss  # noqa: E402
 from latentguard.train import contrastive_loss, contrastive_loss_from_logits  # noqa: E402
@@ -287,9 +287,7 @@ def main(argv: list[str] | None = None) -> int:
               f"+ {validations} validations x {_fmt_time(summary['validation_pass_s'])} "
               f"= ~{_fmt_time(summary['schedule_total_s'])} (store reads not included)")
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-        print(f"\nwrote {args.output}")
+        write_figures(args.output, results)
     return 0
 
 

@@ -39,7 +39,7 @@ from .io import atomic_path, atomic_torch_save, unique
 from .model import EmbeddingMappingLayer
 from .objective import ConceptPairSampler, contrastive_loss, contrastive_loss_from_logits  # noqa: F401 (public here too)
 from .scoring import StopRequested, pinned, prefetch, to_device
-from .validation import calibrate_best_checkpoint, explicit_auc, max_concept_scores  # noqa: F401 (public here too)
+from .validation import calibrate_saved_weights, explicit_auc, max_concept_scores  # noqa: F401 (public here too)
 
 WEIGHTS_NAME = DEFAULT_CHECKPOINT  # final weights of the schedule, as released
 BEST_NAME = BEST_CHECKPOINT  # best validation AUC, opt-in (train.keep_best)

@@ -43,7 +43,7 @@ def explicit_auc(model: EmbeddingMappingLayer, source: EmbeddingSource, triplets
     return roc_auc([1] * len(unsafe) + [0] * len(safe), scores)
 
 
-def calibrate_best_checkpoint(trainer: "Trainer", checkpoint: Path | None = None) -> "CalibrationResult | None":  # noqa: F821
+def calibrate_saved_weights(trainer: "Trainer", checkpoint: Path | None = None) -> "CalibrationResult | None":  # noqa: F821
     """Pick the accuracy-maximising threshold of ``checkpoint`` on the validation split and save it.
 
     The released 9.0131 belongs to the released weights; a retrained checkpoint needs its own. The

@@ -29,16 +29,22 @@ from latentguard.store_repair import repair_store
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prepare.py",
-        description="Encode all CoPro texts (concepts, prompts of every split, synonym/adversarial test "
-        "and validation variants) into a resumable on-disk embedding store, one per text encoder.",
-        epilog="Flags override single keys of the config file. Interrupt at any time; run the same "
-        "command again to resume.",
+        description="Encode all CoPro texts (concepts, prompts of every split, synonym/adversarial test\n"
+        "and validation variants) into a resumable on-disk embedding store, one per text encoder.\n"
+        "main.py and test.py then read embeddings from the store instead of running the encoder.",
+        epilog="Flags override single keys of the config file. Interrupt at any time; run the same\n"
+        "command again to resume.\n\n"
+        "examples:\n"
+        "  python prepare.py                                  # released CoPro (downloaded), CLIP ViT-L/14\n"
+        "  python prepare.py --device cuda --batch-size 256\n"
+        "  python prepare.py --encoder ./my-finetuned-clip --dtype float32\n"
+        "  python prepare.py --repair cache/clip-vit-large-patch14-0123456789ab  # the STORE an error names",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[common_parser()],
     )
     parser.add_argument("--dtype", choices=["float16", "float32"],
-                        help=f"on-disk precision of the store (config: store.dtype, default {DEFAULTS['store']['dtype']}; float16 halves the "
-                        "size, ~15 GB for full CoPro)")
+                        help="on-disk precision of the store (config: store.dtype, default "
+                        f"{DEFAULTS['store']['dtype']}; float16 halves the size, ~15 GB for full CoPro)")
     parser.add_argument("--batch-size", type=int, help="texts per encoder batch (config: encoder.batch_size, "
                         f"default {DEFAULTS['encoder']['batch_size']})")
     parser.add_argument("--repair", metavar="STORE", help="repair the damaged store directory STORE (holding its "

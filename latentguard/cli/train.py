@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="main.py",
         description="Train the Embedding Mapping Layer of Latent Guard on CoPro with the released contrastive loss.\n"
-        "Outputs in --output-dir: model_parameters.pth (final weights, released format; best.pth with --keep-best), last.pth,\n"
+        "Outputs in --output-dir: model_parameters.pth (the final weights, released format) and its\n"
+        "calibrated threshold (model_parameters.threshold.yaml); best.pth with --keep-best; last.pth,\n"
         "resume.pt (model + optimizer + sampler state), train_log.jsonl, config.yaml.",
         epilog="Flags override single keys of the config file. Re-running the same command after an\n"
         "interruption resumes the run; a finished run is extended by passing a larger --epochs.\n"
@@ -154,10 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"done: {result.epochs} epochs, {result.steps} steps, final loss {loss}, {best} "
           f"({result.seconds:.1f} s this session)")
     from latentguard.calibration import calibration_path
-    from latentguard.validation import calibrate_best_checkpoint
+    from latentguard.validation import calibrate_saved_weights
 
     for weights in (result.weights_path, result.best_path):
-        calibration = calibrate_best_checkpoint(trainer, weights) if weights is not None else None
+        calibration = calibrate_saved_weights(trainer, weights) if weights is not None else None
         if calibration is not None:
             print(f"  threshold:    {calibration.threshold:.4f} for {weights.name} (max accuracy {calibration.accuracy:.3f} "
                   f"on the validation split) saved to {calibration_path(weights)}; inference.py uses it with those weights")

@@ -199,6 +199,7 @@ def git_blob_id(path: str | Path) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from .cli.common import common_parser
+    from .config import DEFAULTS
 
     parser = argparse.ArgumentParser(
         prog="python -m latentguard.verify",
@@ -216,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, metavar="T",
                         help=f"largest allowed |ours - released| (default: {DEFAULT_TOLERANCE:g})")
     parser.add_argument("--batch-size", type=int, default=None, metavar="N",
-                        help="texts per encoder batch (config: encoder.batch_size, default 64)")
+                        help="texts per encoder batch (config: encoder.batch_size, default "
+                             f"{DEFAULTS['encoder']['batch_size']})")
     return parser
 
 

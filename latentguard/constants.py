@@ -17,4 +17,6 @@ LAYOUT_VERSION = 1
 # window, neighbours overlap by 25 tokens, so any phrase of up to 25 tokens is seen whole somewhere.
 DEFAULT_WINDOW_STRIDE = 50
 ENCODER_TYPES = ("auto", "clip", "openclip", "hf")
+ENCODER_DTYPES = ("float32", "float16", "bfloat16")  # compute dtype of the encoder (float16: GPU only)
+STORE_DTYPES = ("float16", "float32")                 # on-disk precision of the embedding store
 BLACKLIST_MATCHES = ("substring", "word")  # Text Blacklist rules: the paper's (case-insensitive substring) first

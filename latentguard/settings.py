@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from .calibration import THRESHOLD_NAMES  # names resolve_threshold accepts
-from .constants import BLACKLIST_MATCHES, ENCODER_TYPES
+from .constants import BLACKLIST_MATCHES, ENCODER_DTYPES, ENCODER_TYPES, STORE_DTYPES
 from .errors import LatentGuardError
 from .precision import PRECISIONS  # exact | fast
 
@@ -120,7 +120,7 @@ def _build(cls: type, values: Mapping[str, Any], source: str, prefix: str) -> An
 class EncoderSettings:
     name: str = key(text)
     type: str = key(choice(*ENCODER_TYPES))
-    dtype: str = key(choice("float32", "float16", "bfloat16"))
+    dtype: str = key(choice(*ENCODER_DTYPES))
     batch_size: int = key(positive_int)
     attention_mask: bool = key(boolean)
     long_prompts: bool = key(boolean)
@@ -136,7 +136,7 @@ class ModelSettings:
 
 @dataclass(frozen=True)
 class StoreSettings:
-    dtype: str = key(choice("float16", "float32"))
+    dtype: str = key(choice(*STORE_DTYPES))
 
 
 @dataclass(frozen=True)

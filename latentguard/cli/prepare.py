@@ -21,6 +21,7 @@ import time
 from latentguard.store_hints import check_cache_dir, open_configured_store
 from latentguard.cli.common import common_parser, load_command_config
 from latentguard.config import DEFAULTS
+from latentguard.constants import STORE_DTYPES
 from latentguard.data import load_copro
 from latentguard.errors import RESUMABLE, cli_entry
 from latentguard.store_repair import repair_store
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[common_parser()],
     )
-    parser.add_argument("--dtype", choices=["float16", "float32"],
+    parser.add_argument("--dtype", choices=list(STORE_DTYPES),
                         help="on-disk precision of the store (config: store.dtype, default "
                         f"{DEFAULTS['store']['dtype']}; float16 halves the size, ~15 GB for full CoPro)")
     parser.add_argument("--batch-size", type=int, help="texts per encoder batch (config: encoder.batch_size, "

@@ -36,7 +36,9 @@ from .published import RELEASED_THRESHOLD, TABLE1_ACCURACY_THRESHOLD
 
 # Named thresholds: the released inference.py's, and the single threshold that
 # reproduces the paper's Table 1(a) accuracies.
-PROFILES: dict[str, float] = {"released": RELEASED_THRESHOLD, "paper": TABLE1_ACCURACY_THRESHOLD}
+RELEASED = "released"      # 9.0131, the released inference.py's threshold
+PAPER = "paper"            # 4.47, behind the paper's Table 1(a) accuracies
+PROFILES: dict[str, float] = {RELEASED: RELEASED_THRESHOLD, PAPER: TABLE1_ACCURACY_THRESHOLD}
 CALIBRATED = "calibrated"  # the YAML record beside the checkpoint; an error when there is none
 AUTO = "auto"              # the YAML record when there is one, else 9.0131 for the released weights only
 THRESHOLD_NAMES = (*PROFILES, CALIBRATED, AUTO)  # every name resolve_threshold accepts
@@ -235,7 +237,7 @@ def resolve_threshold(value: float | int | str | None, checkpoint: str | Path | 
             if found is not None:
                 return found
             if Path(checkpoint).is_file() and sha256_of(checkpoint) == RELEASED_CHECKPOINT_SHA256:
-                return PROFILES["released"]
+                return PROFILES[RELEASED]
             raise LatentGuardError(f"threshold 'auto': {checkpoint} is not the released checkpoint (SHA-256) and has "
                                    f"no calibration file {calibration_path(checkpoint).name} beside it; {how}")
         if key == CALIBRATED:

@@ -143,7 +143,7 @@ def write_output(path: str, fmt: str, verdicts, explain: bool) -> None:
 
 def threshold_origin(setting, guard, calibrated_now: str | None) -> str:
     """Where the threshold came from, so a silently picked-up calibration file is never a surprise."""
-    from latentguard.calibration import AUTO, CALIBRATED, PROFILES, calibration_path
+    from latentguard.calibration import AUTO, CALIBRATED, PROFILES, RELEASED, calibration_path
 
     key = str(setting).strip().lower()
     if calibrated_now:
@@ -152,15 +152,16 @@ def threshold_origin(setting, guard, calibrated_now: str | None) -> str:
         return key
     if key in (AUTO, CALIBRATED):
         record = calibration_path(guard.checkpoint)
-        if key == CALIBRATED or (record.is_file() and guard.threshold != PROFILES["released"]):
+        if key == CALIBRATED or (record.is_file() and guard.threshold != PROFILES[RELEASED]):
             return f"calibrated, {record}"
-        return "released"
+        return RELEASED
     return "--threshold"
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from latentguard.calibration import RELEASED
     from latentguard.guard import LatentGuard
     from latentguard.io import read_lines
 
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     inf = cfg["inference"]
     prompts = read_lines(prompt_file(args.file_path), what="prompt file")
     # --calibrate-safe sets the threshold below: "released" is only a placeholder until then
-    guard = LatentGuard.from_config(cfg, **({"threshold": "released"} if args.calibrate_safe else {}))
+    guard = LatentGuard.from_config(cfg, **({"threshold": RELEASED} if args.calibrate_safe else {}))
     if args.calibrate_safe:
         safe = read_lines(args.calibrate_safe, what="--calibrate-safe file")
         unsafe = read_lines(args.calibrate_unsafe, what="--calibrate-unsafe file") if args.calibrate_unsafe else None

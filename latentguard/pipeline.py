@@ -208,9 +208,7 @@ class GuardedPipeline:
             verdicts, out = list(self.guard.check_embeddings(prompts, emb)), emb
         else:
             verdicts, out = list(self.guard.check(prompts)), None
-        if len(verdicts) != len(prompts) or not all(isinstance(getattr(v, "unsafe", None), (bool, np.bool_))
-                                                    for v in verdicts):
-            raise LatentGuardError(f"the guard gave {len(verdicts)} verdicts for {len(prompts)} texts; refusing")
+        _check_verdicts(verdicts, len(prompts))
         return verdicts, out
 
     # --------------------------------------------------------------------------------- call
@@ -241,8 +239,7 @@ class GuardedPipeline:
             by_text = {"prompt": verdicts}
         else:
             all_verdicts, emb = list(self.guard.check([t for _, _, t in texts])), None
-            if len(all_verdicts) != len(texts):
-                raise LatentGuardError(f"the guard gave {len(all_verdicts)} verdicts for {len(texts)} texts; refusing")
+            _check_verdicts(all_verdicts, len(texts))  # a missing or non-bool verdict never reads as safe
             by_text = {}
             for (_, name, _), v in zip(texts, all_verdicts):
                 by_text.setdefault(name, []).append(v)
@@ -341,6 +338,13 @@ def guard_pipeline(pipe, guard, *, on_unsafe: str = "block_all", reuse_embedding
     if isinstance(pipe, GuardedPipeline):
         raise LatentGuardError("this pipeline is already guarded")
     return GuardedPipeline(pipe, guard, on_unsafe=on_unsafe, reuse_embeddings=reuse_embeddings)
+
+
+def _check_verdicts(verdicts: list, n_texts: int) -> None:
+    """One verdict per text, each with a bool ``unsafe``, or refuse (``None`` or ``0`` must not read as safe)."""
+    if len(verdicts) != n_texts or not all(isinstance(getattr(v, "unsafe", None), (bool, np.bool_)) for v in verdicts):
+        raise LatentGuardError(f"the guard gave {len(verdicts)} verdicts for {n_texts} texts (or a verdict without "
+                               "a bool 'unsafe'); refusing")
 
 
 def _check_context(pipe, guard) -> None:

@@ -75,3 +75,18 @@ def test_a_missing_verdict_refuses_the_call(tiny_encoder):
     with pytest.raises(LatentGuardError, match="needs prompt"):
         guard_pipeline(pipe, dropping)(negative_prompt="x")
     assert calls == []
+
+
+@pytest.mark.parametrize("unsafe", [None, 0])
+def test_a_verdict_without_a_bool_unsafe_refuses_the_call(tiny_encoder, unsafe):
+    """A guard of its own encoder (no one-pass path) whose verdict says ``unsafe=None`` must not read as safe."""
+    calls = []
+
+    def pipe(prompt=None, negative_prompt=None):
+        calls.append(prompt)
+
+    vague = SimpleNamespace(encoder=tiny_encoder, check=lambda prompts: [
+        SimpleNamespace(unsafe=unsafe, score=0.0, concept="gun") for _ in prompts])
+    with pytest.raises(LatentGuardError, match="bool 'unsafe'"):
+        guard_pipeline(pipe, vague)("a gun")
+    assert calls == []

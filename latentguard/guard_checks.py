@@ -48,4 +48,7 @@ def prompt_list(prompts: str | Sequence[str]) -> list[str]:
     if isinstance(prompts, (bytes, bytearray, memoryview)):  # list(b"..") would be ints
         raise LatentGuardError(f"prompts must be str, got {type(prompts).__name__}; decode them first, "
                                "e.g. check(data.decode('utf-8'))")
-    return list(prompts)
+    try:
+        return list(prompts)
+    except TypeError:  # None, a number: no prompt list at all, which must not pass as "nothing to refuse"
+        raise LatentGuardError(f"prompts must be a str or a list of str, got {type(prompts).__name__}") from None

@@ -87,6 +87,12 @@ def test_a_missing_verdict_refuses(guard):
         guard.check(["a cat", "a dog"])
 
 
+@pytest.mark.parametrize("prompts", [None, 5])
+def test_no_prompt_list_at_all_is_an_error_not_an_empty_answer(guard, prompts):
+    with pytest.raises(LatentGuardError, match="prompts must be a str or a list of str"):
+        guard.check(prompts)
+
+
 def test_inference_on_a_nan_checkpoint_prints_one_line_and_exits_2(tiny_encoder_dir, tmp_path, monkeypatch, capsys):
     import inference
 

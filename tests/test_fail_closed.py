@@ -30,7 +30,7 @@ def test_a_bad_batch_size_is_refused_when_set(guard, value):
     assert guard.batch_size == 64 and len(guard.check(["a gun"])) == 1  # unchanged, still one verdict per prompt
 
 
-@pytest.mark.parametrize("value", [float("nan"), None, float("inf"), "strict", "", True])
+@pytest.mark.parametrize("value", [float("nan"), None, float("inf"), "strict", "", True, pytest.param(10**400, id="10**400")])
 def test_a_bad_threshold_is_refused_when_set(guard, value):
     with pytest.raises(LatentGuardError, match="threshold"):
         guard.threshold = value

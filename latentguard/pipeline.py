@@ -148,6 +148,8 @@ class GuardedPipeline:
         return value
 
     def __setattr__(self, name: str, value: Any) -> None:
+        if name == "on_unsafe" and value not in ON_UNSAFE:  # checked when set, as in __init__
+            raise LatentGuardError(f"on_unsafe must be one of {', '.join(ON_UNSAFE)}, got {value!r}")
         if name in GuardedPipeline._OWN:
             object.__setattr__(self, name, value)
         else:

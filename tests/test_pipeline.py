@@ -61,6 +61,10 @@ def test_callables_the_guard_cannot_read_are_refused(tiny_encoder):
         ["prompt", "prompt_2"]
     with pytest.raises(LatentGuardError, match="on_unsafe"):
         guard_pipeline(lambda prompt: prompt, guard, on_unsafe="ignore")
+    guarded = guard_pipeline(lambda prompt: prompt, guard, on_unsafe="skip")
+    with pytest.raises(LatentGuardError, match="on_unsafe"):
+        guarded.on_unsafe = "ignore"  # checked when set too
+    assert guarded.on_unsafe == "skip"
 
 
 def test_a_missing_verdict_refuses_the_call(tiny_encoder):

@@ -220,6 +220,7 @@ class GuardedPipeline:
         Arguments are those of the wrapped pipeline, positional ones included, in its order.
         """
         call = self._bind(args, kwargs)
+        _check_context(self.pipe, self.guard)  # again per call: long_prompts or a tokenizer may have changed since
         prompt = call.get("prompt")
         if prompt is None:
             raise LatentGuardError("a guarded pipeline needs prompt=... (a string or a list of strings)")

@@ -178,9 +178,12 @@ def test_sd3_with_a_longer_text_encoder_is_refused(sd3, own_guard):
     assert "\n" not in str(info.value)
     own_guard.long_prompts = True  # the guard then scores the whole text in 77-token windows
     try:
-        assert guard_pipeline(t5_like, own_guard).texts == ["prompt", "prompt_2", "prompt_3"]
+        guarded = guard_pipeline(t5_like, own_guard)
+        assert guarded.texts == ["prompt", "prompt_2", "prompt_3"]
     finally:
         own_guard.long_prompts = False
+    with pytest.raises(LatentGuardError, match="tokenizer_3 reads up to 512 tokens"):  # switched off after wrapping
+        guarded("a cat on a sofa", **STEPS)
 
 
 def test_a_pipeline_with_an_unknown_text_argument_is_refused(sd, own_guard):

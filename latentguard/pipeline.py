@@ -306,6 +306,10 @@ class GuardedPipeline:
             if kind == "embeds" and value is not None:
                 raise LatentGuardError(f"a guarded pipeline needs the prompt text to check it; pass prompt=..., "
                                        f"not {name}")
+            if name == "callback_on_step_end_tensor_inputs" and any(
+                    classify(str(t)) in ("embeds", "unknown") for t in (value or ())):
+                raise LatentGuardError(f"{name} lists {', '.join(map(str, value))}: a step callback could replace the "
+                                       "checked text's embeddings; pass only 'latents' (or negative ones)")
             if kind == "text" and name not in self.texts and value is not None:
                 raise LatentGuardError(f"argument {name} is not one {type(self.pipe).__name__} takes; refusing the call")
         return call

@@ -186,6 +186,22 @@ def test_sd3_with_a_longer_text_encoder_is_refused(sd3, own_guard):
         guarded("a cat on a sofa", **STEPS)
 
 
+def test_a_step_callback_cannot_swap_in_unchecked_prompt_embeddings(sd, own_guard):
+    runs = Runs(sd.unet)
+    guarded = guard_pipeline(sd, own_guard)
+    swap = lambda pipe, i, t, kw: {"prompt_embeds": torch.zeros_like(kw["prompt_embeds"])}  # noqa: E731
+    threshold, own_guard.threshold = own_guard.threshold, 1e9  # every prompt safe: only the callback route is tested
+    try:
+        for inputs in (["latents", "prompt_embeds"], ("add_text_embeds",)):
+            with pytest.raises(LatentGuardError, match="step callback could replace"):
+                guarded("a cat on a sofa", callback_on_step_end=swap, callback_on_step_end_tensor_inputs=inputs, **STEPS)
+        assert runs.n == 0
+        assert guarded("a cat", callback_on_step_end=lambda p, i, t, kw: {},
+                       callback_on_step_end_tensor_inputs=["latents"], **STEPS).images is not None  # latents allowed
+    finally:
+        own_guard.threshold = threshold
+
+
 def test_a_pipeline_with_an_unknown_text_argument_is_refused(sd, own_guard):
     class CaptionedPipeline(diffusers.StableDiffusionPipeline):
         def __call__(self, prompt=None, style_caption=None, **kwargs):

@@ -20,7 +20,8 @@ Refused with :class:`~latentguard.errors.LatentGuardError` (one line): by :func:
 a pipeline with no ``prompt``, with ``*args``, with a text-like argument it does not know (it could
 reach an encoder unchecked), or with a tokenizer reading past the guard's context (SD3's T5) when
 the guard lacks ``long_prompts``; per call, ``prompt_embeds``/``pooled_prompt_embeds`` (no text to
-check), an unknown text-like keyword, a verdict count that differs from the text count, and with
+check), a ``callback_on_step_end_tensor_inputs`` naming prompt embeddings (a step callback could swap
+them), an unknown text-like keyword, a verdict count that differs from the text count, and with
 ``skip`` an argument that cannot be split between refused and passed prompts.
 
 A refused prompt gives a :class:`GuardedResult` with ``blocked=True``, the verdicts and no images

@@ -13,7 +13,8 @@ names its text arguments the same way:
 Checked, before any denoising step: every text argument of the wrapped ``__call__`` signature,
 ``prompt``, ``prompt_2`` (SDXL), ``prompt_3`` (SD3) (a string or one per prompt); a prompt is
 refused when any of its texts is unsafe. A guard sharing the pipeline's tokenizer scores the text as
-diffusers' ``maybe_convert_prompt`` expands it (multi-vector textual-inversion tokens). Negative prompts are not checked: they steer the image
+diffusers' ``maybe_convert_prompt`` expands it (multi-vector textual-inversion tokens); a guard with
+its own encoder refuses a text that uses such a learned token (it cannot read its meaning). Negative prompts are not checked: they steer the image
 away from what they name. Arguments bind as the wrapped pipeline's do (positional ones included).
 
 Refused with :class:`~latentguard.errors.LatentGuardError` (one line): by :func:`guard_pipeline`,
@@ -332,6 +333,12 @@ class GuardedPipeline:
             convert = getattr(self.pipe, "maybe_convert_prompt", None)
             if convert is not None and tokenizer is not None and getattr(self.guard.encoder, "tokenizer", None) is tokenizer:
                 values = [convert(t, tokenizer) for t in values]  # textual inversion: the tokens it will encode
+            else:  # the guard's own tokenizer reads a learned token as plain characters: it cannot judge it
+                learned = [t for t in added_tokens(tokenizer) if any(t in v for v in values)] if tokenizer else []
+                if learned:
+                    raise LatentGuardError(f"{name} uses textual-inversion token(s) {', '.join(learned[:3])}, which the "
+                                           "guard's own encoder cannot read; build the guard on the pipeline's text "
+                                           "encoder (encoder_from_pipeline) or leave them out")
             out.extend((i, name, t) for i, t in enumerate(values))
         return out
 

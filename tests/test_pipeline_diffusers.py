@@ -301,6 +301,15 @@ def test_textual_inversion_tokens_are_not_reused(clip_tokenizer):
     same(result.output.images, pipe("a <toy> on a table", height=32, width=32, generator=gen(6), **STEPS).images)
 
 
+def test_textual_inversion_tokens_are_refused_by_a_guard_with_its_own_encoder(clip_tokenizer, own_guard):
+    pipe = _sd(copy.deepcopy(clip_tokenizer))
+    pipe.load_textual_inversion({"<toy>": torch.randn(2, 32, generator=gen(5))}, token="<toy>")
+    runs = Runs(pipe.unet)
+    with pytest.raises(LatentGuardError, match="textual-inversion token.*<toy>.*encoder_from_pipeline"):
+        guard_pipeline(pipe, own_guard)(["a cat", "a <toy> on a table"], **STEPS)  # its learned meaning is unseen
+    assert runs.n == 0
+
+
 def test_lora_scale_and_clip_skip_are_not_reused(sd, shared_guard):
     # Both make SD condition on something else than the last layer as encoded. diffusers 0.42 cannot run
     # either with transformers 5's CLIPTextModel (it reaches for ``text_encoder.text_model``), guarded or

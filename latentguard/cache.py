@@ -341,7 +341,9 @@ class EmbeddingStore:
             raise LatentGuardError(f"{meta_file}: not a latentguard embedding store; use another --cache-dir")
         if meta.get("version") != VERSION:
             raise LatentGuardError(f"{meta_file}: store format version {meta.get('version')} is not supported (expected {VERSION}); rebuild it")
-        if meta.get("dtype") not in DTYPES or meta.get("rows") != ROWS or not isinstance(meta.get("identity"), str):
+        hidden = meta.get("hidden_size")
+        if meta.get("dtype") not in DTYPES or meta.get("rows") != ROWS or not isinstance(meta.get("identity"), str) \
+                or isinstance(hidden, bool) or not isinstance(hidden, int) or hidden <= 0:
             raise LatentGuardError(f"{meta_file}: malformed store metadata; delete {self.path} and rebuild")
         return meta
 

@@ -182,7 +182,10 @@ def load_calibration_result(checkpoint: str | Path, *, encoder_identity: str | N
     if not file.is_file():
         return None
     result = read_calibration(file)
-    if result.checkpoint_sha256 is not None and checkpoint.is_file():
+    if result.checkpoint_sha256 is None:  # a record that names no weights cannot be shown to be for these
+        raise LatentGuardError(f"{file} records no checkpoint_sha256, so it cannot be matched to {checkpoint}; "
+                               "recalibrate (guard.calibrate / --calibrate-safe) or delete the file")
+    if checkpoint.is_file():
         actual = sha256_of(checkpoint)
         if actual != result.checkpoint_sha256:
             raise LatentGuardError(

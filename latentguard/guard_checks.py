@@ -36,7 +36,12 @@ def check_logit_rows(logits: np.ndarray, n_prompts: int) -> None:
 
 def finite_number(value, what: str) -> float:
     """``value`` as a float, or refuse: NaN, inf, None, bools and strings never become a threshold."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or not np.isfinite(value):
+    try:  # an int too large for a float (10**400) is not finite either
+        finite = not isinstance(value, bool) and isinstance(value, (int, float, np.floating, np.integer)) \
+            and bool(np.isfinite(float(value)))
+    except OverflowError:
+        finite = False
+    if not finite:
         raise LatentGuardError(f"{what} must be a finite number, got {value!r}")
     return float(value)
 
@@ -48,4 +53,7 @@ def prompt_list(prompts: str | Sequence[str]) -> list[str]:
     if isinstance(prompts, (bytes, bytearray, memoryview)):  # list(b"..") would be ints
         raise LatentGuardError(f"prompts must be str, got {type(prompts).__name__}; decode them first, "
                                "e.g. check(data.decode('utf-8'))")
-    return list(prompts)
+    try:
+        return list(prompts)
+    except TypeError:  # None, a number: no prompt list at all, which must not pass as "nothing to refuse"
+        raise LatentGuardError(f"prompts must be a str or a list of str, got {type(prompts).__name__}") from None

@@ -13,14 +13,16 @@ names its text arguments the same way:
 Checked, before any denoising step: every text argument of the wrapped ``__call__`` signature,
 ``prompt``, ``prompt_2`` (SDXL), ``prompt_3`` (SD3) (a string or one per prompt); a prompt is
 refused when any of its texts is unsafe. A guard sharing the pipeline's tokenizer scores the text as
-diffusers' ``maybe_convert_prompt`` expands it (multi-vector textual-inversion tokens). Negative prompts are not checked: they steer the image
+diffusers' ``maybe_convert_prompt`` expands it (multi-vector textual-inversion tokens); a guard with
+its own encoder refuses a text that uses such a learned token (it cannot read its meaning). Negative prompts are not checked: they steer the image
 away from what they name. Arguments bind as the wrapped pipeline's do (positional ones included).
 
 Refused with :class:`~latentguard.errors.LatentGuardError` (one line): by :func:`guard_pipeline`,
 a pipeline with no ``prompt``, with ``*args``, with a text-like argument it does not know (it could
 reach an encoder unchecked), or with a tokenizer reading past the guard's context (SD3's T5) when
 the guard lacks ``long_prompts``; per call, ``prompt_embeds``/``pooled_prompt_embeds`` (no text to
-check), an unknown text-like keyword, a verdict count that differs from the text count, and with
+check), a ``callback_on_step_end_tensor_inputs`` naming prompt embeddings (a step callback could swap
+them), an unknown text-like keyword, a verdict count that differs from the text count, and with
 ``skip`` an argument that cannot be split between refused and passed prompts.
 
 A refused prompt gives a :class:`GuardedResult` with ``blocked=True``, the verdicts and no images
@@ -149,6 +151,8 @@ class GuardedPipeline:
         return value
 
     def __setattr__(self, name: str, value: Any) -> None:
+        if name == "on_unsafe" and value not in ON_UNSAFE:  # checked when set, as in __init__
+            raise LatentGuardError(f"on_unsafe must be one of {', '.join(ON_UNSAFE)}, got {value!r}")
         if name in GuardedPipeline._OWN:
             object.__setattr__(self, name, value)
         else:
@@ -209,9 +213,7 @@ class GuardedPipeline:
             verdicts, out = list(self.guard.check_embeddings(prompts, emb)), emb
         else:
             verdicts, out = list(self.guard.check(prompts)), None
-        if len(verdicts) != len(prompts) or not all(isinstance(getattr(v, "unsafe", None), (bool, np.bool_))
-                                                    for v in verdicts):
-            raise LatentGuardError(f"the guard gave {len(verdicts)} verdicts for {len(prompts)} texts; refusing")
+        _check_verdicts(verdicts, len(prompts))
         return verdicts, out
 
     # --------------------------------------------------------------------------------- call
@@ -221,6 +223,7 @@ class GuardedPipeline:
         Arguments are those of the wrapped pipeline, positional ones included, in its order.
         """
         call = self._bind(args, kwargs)
+        _check_context(self.pipe, self.guard)  # again per call: long_prompts or a tokenizer may have changed since
         prompt = call.get("prompt")
         if prompt is None:
             raise LatentGuardError("a guarded pipeline needs prompt=... (a string or a list of strings)")
@@ -242,8 +245,7 @@ class GuardedPipeline:
             by_text = {"prompt": verdicts}
         else:
             all_verdicts, emb = list(self.guard.check([t for _, _, t in texts])), None
-            if len(all_verdicts) != len(texts):
-                raise LatentGuardError(f"the guard gave {len(all_verdicts)} verdicts for {len(texts)} texts; refusing")
+            _check_verdicts(all_verdicts, len(texts))  # a missing or non-bool verdict never reads as safe
             by_text = {}
             for (_, name, _), v in zip(texts, all_verdicts):
                 by_text.setdefault(name, []).append(v)
@@ -307,6 +309,10 @@ class GuardedPipeline:
             if kind == "embeds" and value is not None:
                 raise LatentGuardError(f"a guarded pipeline needs the prompt text to check it; pass prompt=..., "
                                        f"not {name}")
+            if name == "callback_on_step_end_tensor_inputs" and any(
+                    classify(str(t)) in ("embeds", "unknown") for t in (value or ())):
+                raise LatentGuardError(f"{name} lists {', '.join(map(str, value))}: a step callback could replace the "
+                                       "checked text's embeddings; pass only 'latents' (or negative ones)")
             if kind == "text" and name not in self.texts and value is not None:
                 raise LatentGuardError(f"argument {name} is not one {type(self.pipe).__name__} takes; refusing the call")
         return call
@@ -328,6 +334,12 @@ class GuardedPipeline:
             convert = getattr(self.pipe, "maybe_convert_prompt", None)
             if convert is not None and tokenizer is not None and getattr(self.guard.encoder, "tokenizer", None) is tokenizer:
                 values = [convert(t, tokenizer) for t in values]  # textual inversion: the tokens it will encode
+            else:  # the guard's own tokenizer reads a learned token as plain characters: it cannot judge it
+                learned = [t for t in added_tokens(tokenizer) if any(t in v for v in values)] if tokenizer else []
+                if learned:
+                    raise LatentGuardError(f"{name} uses textual-inversion token(s) {', '.join(learned[:3])}, which the "
+                                           "guard's own encoder cannot read; build the guard on the pipeline's text "
+                                           "encoder (encoder_from_pipeline) or leave them out")
             out.extend((i, name, t) for i, t in enumerate(values))
         return out
 
@@ -342,6 +354,13 @@ def guard_pipeline(pipe, guard, *, on_unsafe: str = "block_all", reuse_embedding
     if isinstance(pipe, GuardedPipeline):
         raise LatentGuardError("this pipeline is already guarded")
     return GuardedPipeline(pipe, guard, on_unsafe=on_unsafe, reuse_embeddings=reuse_embeddings)
+
+
+def _check_verdicts(verdicts: list, n_texts: int) -> None:
+    """One verdict per text, each with a bool ``unsafe``, or refuse (``None`` or ``0`` must not read as safe)."""
+    if len(verdicts) != n_texts or not all(isinstance(getattr(v, "unsafe", None), (bool, np.bool_)) for v in verdicts):
+        raise LatentGuardError(f"the guard gave {len(verdicts)} verdicts for {n_texts} texts (or a verdict without "
+                               "a bool 'unsafe'); refusing")
 
 
 def _check_context(pipe, guard) -> None:

@@ -116,6 +116,8 @@ def test_record_for_another_encoder_is_refused_same_weights_other_name_accepted(
     ("format: latentguard-threshold\nthreshold: high\nmethod: x\nn_safe: 1\nn_unsafe: 0\n", "finite number"),
     ("format: latentguard-threshold\nthreshold: 1.0\nmethod: x\nn_safe: 1\nn_unsafe: 0\ncolour: red\n", "unknown keys colour"),
     ("format: latentguard-threshold\nthreshold: 1.0\n", "missing keys"),
+    # a hand-written (or stripped) record names no weights: never applied to whatever checkpoint it sits beside
+    ("format: latentguard-threshold\nthreshold: 1.0\nmethod: x\nn_safe: 1\nn_unsafe: 0\n", "no checkpoint_sha256"),
 ])
 def test_broken_record_is_a_one_line_error(checkpoint, text, message):
     calibration_path(checkpoint).write_text(text, encoding="utf-8")

@@ -30,7 +30,7 @@ def test_a_bad_batch_size_is_refused_when_set(guard, value):
     assert guard.batch_size == 64 and len(guard.check(["a gun"])) == 1  # unchanged, still one verdict per prompt
 
 
-@pytest.mark.parametrize("value", [float("nan"), None, float("inf"), "strict", "", True])
+@pytest.mark.parametrize("value", [float("nan"), None, float("inf"), "strict", "", True, pytest.param(10**400, id="10**400")])
 def test_a_bad_threshold_is_refused_when_set(guard, value):
     with pytest.raises(LatentGuardError, match="threshold"):
         guard.threshold = value
@@ -85,6 +85,12 @@ def test_a_missing_verdict_refuses(guard):
     guard.__class__ = Dropping
     with pytest.raises(LatentGuardError, match="for 2 prompts; refusing"):
         guard.check(["a cat", "a dog"])
+
+
+@pytest.mark.parametrize("prompts", [None, 5])
+def test_no_prompt_list_at_all_is_an_error_not_an_empty_answer(guard, prompts):
+    with pytest.raises(LatentGuardError, match="prompts must be a str or a list of str"):
+        guard.check(prompts)
 
 
 def test_inference_on_a_nan_checkpoint_prints_one_line_and_exits_2(tiny_encoder_dir, tmp_path, monkeypatch, capsys):

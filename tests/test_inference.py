@@ -240,3 +240,12 @@ def test_allowlist_file_cuts_phrases_before_scoring(files, tiny_encoder_dir, tin
     expected = reference.repeat_per_concept_scores(state, tiny_encoder.encode(cut),
                                                    tiny_encoder.encode_concepts(CONCEPTS)).max(1).values
     np.testing.assert_allclose([records[0]["score"], records[1]["score"]], expected.numpy(), atol=1e-4)
+
+
+def test_output_that_is_the_prompt_file_is_refused_before_it_is_overwritten(files, tiny_encoder_dir, capsys):
+    prompts = files / "prompts.csv"
+    prompts.write_text("a photo of a knife\na red balloon\n", encoding="utf-8")
+    argv = _with(_args(files, tiny_encoder_dir, "--output", str(files / "." / "prompts.csv")), "--file_path", prompts)
+    assert inference.main(argv) == 2
+    assert "is the --file_path file" in capsys.readouterr().err
+    assert prompts.read_text(encoding="utf-8") == "a photo of a knife\na red balloon\n"  # the user's file is intact

@@ -169,3 +169,16 @@ def test_two_concurrent_builders_encode_each_text_once(tmp_path):
     store = EmbeddingStore(tmp_path / "s")
     assert len(store) == len(everything)
     assert torch.equal(store.get(everything), fp16(FakeEncoder().encode(everything)))
+
+
+@pytest.mark.parametrize("hidden", ["16", 0, None, True])
+def test_a_malformed_hidden_size_in_meta_is_refused_in_one_line(tmp_path, hidden):
+    import json
+
+    store = fake_store(tmp_path / "s")
+    meta = json.loads((store.path / "meta.json").read_text())
+    (store.path / "meta.json").write_text(json.dumps({**meta, "hidden_size": hidden}))
+    before = snapshot(store.path)
+    with pytest.raises(LatentGuardError, match="malformed store metadata"):  # not a ValueError/ZeroDivisionError
+        EmbeddingStore(store.path)
+    assert snapshot(store.path) == before

@@ -61,6 +61,10 @@ def test_callables_the_guard_cannot_read_are_refused(tiny_encoder):
         ["prompt", "prompt_2"]
     with pytest.raises(LatentGuardError, match="on_unsafe"):
         guard_pipeline(lambda prompt: prompt, guard, on_unsafe="ignore")
+    guarded = guard_pipeline(lambda prompt: prompt, guard, on_unsafe="skip")
+    with pytest.raises(LatentGuardError, match="on_unsafe"):
+        guarded.on_unsafe = "ignore"  # checked when set too
+    assert guarded.on_unsafe == "skip"
 
 
 def test_a_missing_verdict_refuses_the_call(tiny_encoder):
@@ -74,4 +78,19 @@ def test_a_missing_verdict_refuses_the_call(tiny_encoder):
         guard_pipeline(pipe, dropping)(["a", "b"])
     with pytest.raises(LatentGuardError, match="needs prompt"):
         guard_pipeline(pipe, dropping)(negative_prompt="x")
+    assert calls == []
+
+
+@pytest.mark.parametrize("unsafe", [None, 0])
+def test_a_verdict_without_a_bool_unsafe_refuses_the_call(tiny_encoder, unsafe):
+    """A guard of its own encoder (no one-pass path) whose verdict says ``unsafe=None`` must not read as safe."""
+    calls = []
+
+    def pipe(prompt=None, negative_prompt=None):
+        calls.append(prompt)
+
+    vague = SimpleNamespace(encoder=tiny_encoder, check=lambda prompts: [
+        SimpleNamespace(unsafe=unsafe, score=0.0, concept="gun") for _ in prompts])
+    with pytest.raises(LatentGuardError, match="bool 'unsafe'"):
+        guard_pipeline(pipe, vague)("a gun")
     assert calls == []

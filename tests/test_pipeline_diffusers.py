@@ -178,9 +178,28 @@ def test_sd3_with_a_longer_text_encoder_is_refused(sd3, own_guard):
     assert "\n" not in str(info.value)
     own_guard.long_prompts = True  # the guard then scores the whole text in 77-token windows
     try:
-        assert guard_pipeline(t5_like, own_guard).texts == ["prompt", "prompt_2", "prompt_3"]
+        guarded = guard_pipeline(t5_like, own_guard)
+        assert guarded.texts == ["prompt", "prompt_2", "prompt_3"]
     finally:
         own_guard.long_prompts = False
+    with pytest.raises(LatentGuardError, match="tokenizer_3 reads up to 512 tokens"):  # switched off after wrapping
+        guarded("a cat on a sofa", **STEPS)
+
+
+def test_a_step_callback_cannot_swap_in_unchecked_prompt_embeddings(sd, own_guard):
+    runs = Runs(sd.unet)
+    guarded = guard_pipeline(sd, own_guard)
+    swap = lambda pipe, i, t, kw: {"prompt_embeds": torch.zeros_like(kw["prompt_embeds"])}  # noqa: E731
+    threshold, own_guard.threshold = own_guard.threshold, 1e9  # every prompt safe: only the callback route is tested
+    try:
+        for inputs in (["latents", "prompt_embeds"], ("add_text_embeds",)):
+            with pytest.raises(LatentGuardError, match="step callback could replace"):
+                guarded("a cat on a sofa", callback_on_step_end=swap, callback_on_step_end_tensor_inputs=inputs, **STEPS)
+        assert runs.n == 0
+        assert guarded("a cat", callback_on_step_end=lambda p, i, t, kw: {},
+                       callback_on_step_end_tensor_inputs=["latents"], **STEPS).images is not None  # latents allowed
+    finally:
+        own_guard.threshold = threshold
 
 
 def test_a_pipeline_with_an_unknown_text_argument_is_refused(sd, own_guard):
@@ -280,6 +299,15 @@ def test_textual_inversion_tokens_are_not_reused(clip_tokenizer):
     assert not result.blocked and not result.reused_embeddings
     assert result.text_verdicts["prompt"][0].prompt == pipe.maybe_convert_prompt("a <toy> on a table", pipe.tokenizer)
     same(result.output.images, pipe("a <toy> on a table", height=32, width=32, generator=gen(6), **STEPS).images)
+
+
+def test_textual_inversion_tokens_are_refused_by_a_guard_with_its_own_encoder(clip_tokenizer, own_guard):
+    pipe = _sd(copy.deepcopy(clip_tokenizer))
+    pipe.load_textual_inversion({"<toy>": torch.randn(2, 32, generator=gen(5))}, token="<toy>")
+    runs = Runs(pipe.unet)
+    with pytest.raises(LatentGuardError, match="textual-inversion token.*<toy>.*encoder_from_pipeline"):
+        guard_pipeline(pipe, own_guard)(["a cat", "a <toy> on a table"], **STEPS)  # its learned meaning is unseen
+    assert runs.n == 0
 
 
 def test_lora_scale_and_clip_skip_are_not_reused(sd, shared_guard):

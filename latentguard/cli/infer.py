@@ -12,6 +12,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -87,6 +88,12 @@ def output_format(path: str | None) -> str | None:
     if Path(path).is_dir():
         raise LatentGuardError(f"--output {path} is a directory; give a file name ending in .csv or .jsonl")
     return OUTPUT_FORMATS[suffix]
+
+
+def inf_path(cfg, key: str) -> str | None:
+    """``inference.<key>`` when it is a file path (not a list of concepts)."""
+    value = cfg["inference"][key]
+    return value if isinstance(value, str) else None
 
 
 def prompt_file(path: str) -> Path:
@@ -172,6 +179,12 @@ def main(argv: list[str] | None = None) -> int:
         "inference.top_k": args.top_k, "encoder.long_prompts": args.long_prompts,
         "calibration.target_fpr": args.target_fpr,
     })
+    for flag, given in (("--file_path", args.file_path), ("--concepts", inf_path(cfg, "concepts")),
+                        ("--allowlist", inf_path(cfg, "allowlist")), ("--calibrate-safe", args.calibrate_safe),
+                        ("--calibrate-unsafe", args.calibrate_unsafe)):
+        if args.output and given and given != "-" and Path(given).exists() and Path(args.output).exists() \
+                and os.path.samefile(given, args.output):  # writing the verdicts would overwrite an input
+            raise LatentGuardError(f"--output {args.output} is the {flag} file; choose another output file")
     if args.calibrate_unsafe and not args.calibrate_safe:
         raise LatentGuardError("--calibrate-unsafe needs --calibrate-safe (the safe prompts)")
     inf = cfg["inference"]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import math
 import sys
 from dataclasses import dataclass
@@ -34,8 +33,6 @@ DEFAULT_TOLERANCE = 1e-3
 # Decisions that must agree: the paper's Table 1(a) threshold and the released inference.py's.
 DECISION_THRESHOLDS = {"paper": TABLE1_ACCURACY_THRESHOLD, "released": RELEASED_THRESHOLD}
 FIXTURE_COLUMNS = ("domain", "setting", "label", "unsafe_prompt", "safe_prompt", "concept", "released_score")
-# git's blob id (SHA-1 of "blob <size>\0" + bytes) of the released CoPro file in the released repository.
-RELEASED_COPRO_BLOB = "e56717a7c4c5b8f5ead376079f8ecee62e29a06c"
 
 
 @dataclass(frozen=True)
@@ -191,12 +188,6 @@ def write_fixture(path: str | Path, rows: Sequence[ReleasedRow], scores: Sequenc
     return Path(path)
 
 
-def git_blob_id(path: str | Path) -> str:
-    """git's blob id of a file: how the released repository names its CoPro file."""
-    data = Path(path).read_bytes()
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
 def build_parser() -> argparse.ArgumentParser:
     from .cli.common import common_parser
     from .config import DEFAULTS
@@ -233,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = load_command_config(args, {"checkpoint": args.checkpoint, "encoder.batch_size": args.batch_size})
     from .data import load_copro
     from .encoders import load_encoder_from_config
-    from .io import RELEASED_CHECKPOINT_SHA256, resolve_device, sha256_of
+    from .io import COPRO_GIT_BLOB, RELEASED_CHECKPOINT_SHA256, git_blob_id, resolve_device, sha256_of
 
     rows = read_fixture(args.fixture)
     copro = load_copro(cfg["dataset"])
@@ -245,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     batch_size = cfg["encoder"]["batch_size"]
 
     released_weights = sha256_of(checkpoint) == RELEASED_CHECKPOINT_SHA256
-    released_data = git_blob_id(copro.path) == RELEASED_COPRO_BLOB
+    released_data = git_blob_id(copro.path) == COPRO_GIT_BLOB
     print(f"fixture    {args.fixture} ({len(rows)} rows)")
     print(f"checkpoint {checkpoint} ({'the released weights' if released_weights else 'NOT the released weights'})")
     print(f"dataset    {copro.path} ({'the released CoPro' if released_data else 'NOT the released CoPro file'})")

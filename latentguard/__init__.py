@@ -1,5 +1,9 @@
 """Latent Guard: block unsafe text-to-image prompts in a latent space learned over the text encoder.
 
+The data flow, one subpackage per stage: text (``data``) -> ``encoders`` -> ``store`` -> mapping
+layer (``model``) -> ``scoring`` -> ``decision`` (the threshold rule and metrics), with the
+applications on top: ``train``, ``eval``, ``guard``, ``pipeline`` and the ``cli``.
+
 Importing the package is cheap: torch, transformers and the models load only when a name below is
 first used.
 """
@@ -17,18 +21,18 @@ _EXPORTS = {
     "load_mapping_layer": "latentguard.model",
     "load_encoder": "latentguard.encoders",
     "CLIPTextEncoder": "latentguard.encoders",
-    "load_copro": "latentguard.data",
-    "EmbeddingStore": "latentguard.cache",
-    "LatentGuardError": "latentguard.errors",
-    "load_config": "latentguard.config",
     "OpenCLIPTextEncoder": "latentguard.encoders",
     "HFTextEncoder": "latentguard.encoders",
+    "load_copro": "latentguard.data",
+    "EmbeddingStore": "latentguard.store",
+    "LatentGuardError": "latentguard.errors",
+    "load_config": "latentguard.config",
     "guard_pipeline": "latentguard.pipeline",
     "GuardedPipeline": "latentguard.pipeline",
     "PromptBlocked": "latentguard.pipeline",
     "encoder_from_pipeline": "latentguard.pipeline",
-    "calibrate": "latentguard.calibration",
-    "resolve_threshold": "latentguard.calibration",
+    "calibrate": "latentguard.decision",
+    "resolve_threshold": "latentguard.decision",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

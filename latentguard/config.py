@@ -1,128 +1,305 @@
-"""YAML configuration with dotted-key CLI overrides.
+"""The one config schema: every key's default and check, in one frozen dataclass per section.
 
-Every entry point loads ``configs/default.yaml`` (or ``--config``), then applies the flags the user
-gave. Unknown keys are reported here; every value's type and range is checked once, at load, by the
-typed sections of :mod:`latentguard.settings`, so a typo never trains for hours with a default.
+``load_config()`` starts from these defaults, merges a YAML file (``--config``) and the flags a
+command was given (dotted keys), checks every value once and returns the typed :class:`Config`, so
+code reads ``cfg.train.lr`` and a typo never trains for hours with a default. ``default.yaml`` beside
+this module is the same defaults, commented, for people to read and copy (a test checks the two
+agree). Adding a key is one field here and one line there.
+
+Renamed keys are still read, with a one-line note: ``cache_dir`` is ``store_dir`` and
+``train.no_cache`` is ``train.no_store`` (the embedding store is called the store everywhere).
 """
 from __future__ import annotations
 
-import copy
+import dataclasses
+import math
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
-import yaml
-
-from .constants import DEFAULT_CHECKPOINT, DEFAULT_ENCODER, DEFAULT_WINDOW_STRIDE
+from .constants import (
+    AUTO,
+    BLACKLIST_MATCHES,
+    CALIBRATED,
+    DEFAULT_CHECKPOINT,
+    DEFAULT_ENCODER,
+    DEFAULT_WINDOW_STRIDE,
+    ENCODER_DTYPES,
+    ENCODER_TYPES,
+    PRECISIONS,
+    STORE_DTYPES,
+)
 from .errors import LatentGuardError
-from .settings import Config
+from .published import NAMED_THRESHOLDS
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+DEFAULT_YAML = Path(__file__).resolve().parent / "default.yaml"
+THRESHOLD_NAMES = (*NAMED_THRESHOLDS, CALIBRATED, AUTO)  # every name a threshold key accepts
+ALIASES = {"cache_dir": "store_dir", "train.no_cache": "train.no_store"}  # old key -> its name now
 
-# Built-in defaults, used when the YAML file omits a key (or no file ships, e.g. a wheel install).
-DEFAULTS: dict[str, Any] = {
-    "dataset": "dataset/CoPro_v1.0.json",
-    "cache_dir": "cache",
-    "output_dir": "runs/default",
-    "checkpoint": DEFAULT_CHECKPOINT,
-    "device": "auto",
-    "precision": "exact",
-    "encoder": {
-        "name": DEFAULT_ENCODER,
-        "type": "auto",
-        "dtype": "float32",
-        "batch_size": 64,
-        "attention_mask": False,
-        "long_prompts": False,
-        "window_stride": DEFAULT_WINDOW_STRIDE,
-    },
-    "model": {"num_heads": 16, "head_dim": 32, "out_dim": 128},
-    "store": {"dtype": "float16"},
-    "data": {"valid_size": 3000, "seed": 0},
-    "train": {
-        "epochs": 1001,
-        "batch_size": 64,
-        "lr": 0.001,
-        "weight_decay": 0.01,
-        "seed": 0,
-        "val_every": 50,
-        "no_cache": False,
-        "save_every": 10,
-        "keep_best": False,
-        "eval_batch_size": 256,
-    },
-    "eval": {"threshold": None, "baselines": [], "bert_model": None, "batch_size": 512,
-             "blacklist_match": "substring"},
-    "inference": {"threshold": "auto", "batch_size": 64, "concepts": None, "allowlist": None, "top_k": 3},
-    "calibration": {"target_fpr": 0.01},
-}
+Check = Callable[[Any], "str | None"]  # None when the value is fine, else what it must be
 
-def _merge(base: dict, update: Mapping, source: str, prefix: str = "") -> None:
-    for key, value in update.items():
-        dotted = f"{prefix}{key}"
-        if key not in base:
-            raise LatentGuardError(f"{source}: unknown config key '{dotted}' (known: {', '.join(sorted(base))})")
-        if isinstance(base[key], dict):
+
+# ------------------------------------------------------------------------------------ checks
+def _number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float))
+
+
+def positive_int(value: Any) -> str | None:
+    if not _number(value) or value <= 0:
+        return "must be a positive number"
+    return None if isinstance(value, int) else "must be an integer"
+
+
+def non_negative_int(value: Any) -> str | None:
+    return None if not isinstance(value, bool) and isinstance(value, int) and value >= 0 else "must be an integer >= 0"
+
+
+def integer(value: Any) -> str | None:
+    return None if not isinstance(value, bool) and isinstance(value, int) else "must be an integer"
+
+
+def positive_float(value: Any) -> str | None:
+    if not _number(value) or value <= 0:
+        return "must be a positive number"
+    return None if math.isfinite(value) else "must be a finite number"
+
+
+def non_negative_float(value: Any) -> str | None:
+    return None if _number(value) and math.isfinite(value) and value >= 0 else "must be a finite number >= 0"
+
+
+def fraction(value: Any) -> str | None:
+    return None if _number(value) and 0.0 <= value < 1.0 else "must be a number in [0, 1)"
+
+
+def boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "must be true or false (unquoted)"
+
+
+def text(value: Any) -> str | None:
+    return None if isinstance(value, str) and value.strip() else "must be a non-empty string"
+
+
+def optional_path(value: Any) -> str | None:
+    return None if value is None or (isinstance(value, str) and value.strip()) else "must be a file path or null"
+
+
+def choice(*options: str) -> Check:
+    def check(value: Any) -> str | None:
+        return None if value in options else f"must be one of {sorted(options)}"
+    return check
+
+
+def threshold(optional: bool) -> Check:
+    """A finite number, a numeric string or a threshold name (``null`` too when ``optional``)."""
+    def check(value: Any) -> str | None:
+        if value is None and optional:
+            return None
+        if _number(value):
+            return None if math.isfinite(value) else "must be a finite number"
+        if isinstance(value, str):
+            try:
+                return None if math.isfinite(float(value)) else "must be a finite number"
+            except ValueError:
+                if value.strip().lower() in THRESHOLD_NAMES:
+                    return None
+        return f"must be a number or one of {', '.join(THRESHOLD_NAMES)}{' or null' if optional else ''}"
+    return check
+
+
+def names(value: Any) -> str | None:
+    if isinstance(value, str) or (isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)):
+        return None
+    return "must be a list of names or a comma-separated string"
+
+
+def key(default: Any, check: Check) -> Any:
+    """A config key: its default and the rule its value must pass."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"check": check})
+    return field(default=default, metadata={"check": check})
+
+
+def section(cls: type) -> Any:
+    return field(default_factory=cls, metadata={"section": cls})
+
+
+# ---------------------------------------------------------------------------------- sections
+@dataclass(frozen=True)
+class EncoderConfig:
+    name: str = key(DEFAULT_ENCODER, text)
+    type: str = key("auto", choice(*ENCODER_TYPES))
+    dtype: str = key("float32", choice(*ENCODER_DTYPES))
+    batch_size: int = key(64, positive_int)
+    attention_mask: bool = key(False, boolean)
+    long_prompts: bool = key(False, boolean)
+    window_stride: int = key(DEFAULT_WINDOW_STRIDE, positive_int)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    num_heads: int = key(16, positive_int)
+    head_dim: int = key(32, positive_int)
+    out_dim: int = key(128, positive_int)
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    dtype: str = key("float16", choice(*STORE_DTYPES))
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    valid_size: int = key(3000, non_negative_int)
+    seed: int = key(0, integer)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = key(1001, positive_int)
+    batch_size: int = key(64, positive_int)
+    lr: float = key(0.001, positive_float)
+    weight_decay: float = key(0.01, non_negative_float)
+    seed: int = key(0, non_negative_int)
+    val_every: int = key(50, positive_int)
+    no_store: bool = key(False, boolean)
+    save_every: int = key(10, positive_int)
+    eval_batch_size: int = key(256, positive_int)
+    keep_best: bool = key(False, boolean)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    threshold: float | str | None = key(None, threshold(optional=True))
+    baselines: list[str] | str = key([], names)
+    bert_model: str | None = key(None, optional_path)
+    blacklist_match: str = key("substring", choice(*BLACKLIST_MATCHES))
+    batch_size: int = key(512, positive_int)
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    threshold: float | str = key(AUTO, threshold(optional=False))
+    batch_size: int = key(64, positive_int)
+    concepts: str | None = key(None, optional_path)
+    allowlist: str | None = key(None, optional_path)
+    top_k: int = key(3, positive_int)
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    target_fpr: float = key(0.01, fraction)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole config, typed: top-level paths plus one object per section."""
+
+    dataset: str = key("dataset/CoPro_v1.0.json", text)
+    store_dir: str = key("cache", text)
+    output_dir: str = key("runs/default", text)
+    checkpoint: str = key(DEFAULT_CHECKPOINT, text)
+    device: str = key("auto", text)
+    precision: str = key("exact", choice(*PRECISIONS))
+    encoder: EncoderConfig = section(EncoderConfig)
+    model: ModelConfig = section(ModelConfig)
+    store: StoreConfig = section(StoreConfig)
+    data: DataConfig = section(DataConfig)
+    train: TrainConfig = section(TrainConfig)
+    eval: EvalConfig = section(EvalConfig)
+    inference: InferenceConfig = section(InferenceConfig)
+    calibration: CalibrationConfig = section(CalibrationConfig)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], source: str = "config") -> "Config":
+        """Check every key of a complete mapping; the first bad key is named in a one-line error."""
+        return _build(cls, values, source, "")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dicts and lists (YAML- and JSON-ready)."""
+        return dataclasses.asdict(self)
+
+    def updated(self, overrides: Mapping[str, Any], source: str = "config") -> "Config":
+        """A new, checked config with ``overrides`` (dotted keys; ``None`` values are skipped) applied."""
+        values = self.to_dict()
+        for dotted, value in overrides.items():
+            if value is not None:
+                _set(values, dotted, value, source)
+        return Config.from_mapping(values, source)
+
+
+def _build(cls: type, values: Mapping[str, Any], source: str, prefix: str) -> Any:
+    kwargs = {}
+    for item in dataclasses.fields(cls):
+        dotted, value = f"{prefix}{item.name}", values[item.name]
+        if "section" in item.metadata:
+            kwargs[item.name] = _build(item.metadata["section"], value, source, dotted + ".")
+            continue
+        problem = item.metadata["check"](value)
+        if problem is not None:
+            raise LatentGuardError(f"{source}: '{dotted}' {problem}, got {value!r}")
+        kwargs[item.name] = list(value) if isinstance(value, tuple) else value
+    return cls(**kwargs)
+
+
+# ----------------------------------------------------------------------------------- loading
+def _renamed(dotted: str, source: str) -> str:
+    if dotted in ALIASES:
+        new = ALIASES[dotted]
+        print(f"note: {source}: config key '{dotted}' is now '{new}'; read as {new}", file=sys.stderr)
+        return new
+    return dotted
+
+
+def _set(values: dict, dotted: str, value: Any, source: str) -> None:
+    """``values['a']['b'] = value`` for ``dotted='a.b'``, refusing keys the schema does not have."""
+    parts = _renamed(dotted, source).split(".")
+    node = values
+    for i, part in enumerate(parts):
+        if not isinstance(node, dict) or part not in node:
+            known = ", ".join(sorted(node)) if isinstance(node, dict) else ""
+            raise LatentGuardError(f"{source}: unknown config key '{'.'.join(parts[: i + 1])}' (known: {known})")
+        if i == len(parts) - 1:
+            if isinstance(node[part], dict):
+                raise LatentGuardError(f"{source}: '{dotted}' is a section; set its keys ({', '.join(node[part])})")
+            node[part] = value
+        else:
+            node = node[part]
+
+
+def _merge(values: dict, update: Mapping, source: str, prefix: str = "") -> None:
+    """Merge a YAML mapping into ``values`` key by key (sections recursively, renamed keys read as their new name)."""
+    for name, value in update.items():
+        dotted = _renamed(f"{prefix}{name}", source)
+        node: Any = values
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):  # a section
             if not isinstance(value, Mapping):
                 raise LatentGuardError(f"{source}: '{dotted}' must be a mapping of keys, got {value!r}")
-            _merge(base[key], value, source, dotted + ".")
+            _merge(values, value, source, dotted + ".")
         else:
-            base[key] = value
+            _set(values, dotted, value, source)
 
 
-def get(cfg: Mapping, dotted: str) -> Any:
-    """Read ``cfg['a']['b']`` as ``get(cfg, 'a.b')``."""
-    node: Any = cfg
-    for part in dotted.split("."):
-        node = node[part]
-    return node
+def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """The defaults, then the YAML file at ``path`` (if any), then ``overrides`` (dotted keys;
+    ``None`` values are skipped), checked once. Errors name the file and the key in one line."""
+    from .io import read_yaml
 
-
-def set_value(cfg: dict, dotted: str, value: Any) -> None:
-    """Set ``cfg['a']['b'] = value`` for ``dotted='a.b'``, refusing keys that do not exist."""
-    parts = dotted.split(".")
-    node = cfg
-    for part in parts[:-1]:
-        if part not in node or not isinstance(node[part], dict):
-            raise LatentGuardError(f"unknown config key '{dotted}'")
-        node = node[part]
-    if parts[-1] not in node:
-        raise LatentGuardError(f"unknown config key '{dotted}'")
-    node[parts[-1]] = value
-
-
-def validate(cfg: Mapping, source: str = "config") -> Config:
-    """Check every key's type and range once; return the typed view (see :mod:`latentguard.settings`)."""
-    return Config.from_mapping(cfg, source)
-
-
-def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> dict:
-    """Load defaults, then the YAML file, then ``overrides`` (dotted keys; ``None`` values are skipped).
-
-    ``path=None`` uses ``configs/default.yaml`` when it exists. Errors name the file and the key.
-    """
-    cfg = copy.deepcopy(DEFAULTS)
+    values = Config().to_dict()
     source = "built-in defaults"
-    if path is None and DEFAULT_CONFIG.is_file():
-        path = DEFAULT_CONFIG
     if path is not None:
         path = Path(path)
         source = str(path)
         if not path.is_file():
             raise LatentGuardError(f"config file not found: {path} (pass --config with an existing YAML file)")
-        try:
-            loaded = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
-        except UnicodeDecodeError as exc:
-            raise LatentGuardError(f"{path}: not UTF-8 text (bad byte at offset {exc.start}); save the config "
-                                   "file as UTF-8") from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark is not None else ""
-            raise LatentGuardError(f"{path}: not valid YAML{where}; fix the syntax") from None
+        loaded = read_yaml(path, "config file") or {}
         if not isinstance(loaded, Mapping):
             raise LatentGuardError(f"{path}: the top level must be a mapping of keys")
-        _merge(cfg, loaded, source)
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            set_value(cfg, key, value)
-    validate(cfg, source if not overrides else f"{source} (with command-line overrides)")
-    return cfg
+        _merge(values, loaded, source)
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    for dotted, value in overrides.items():
+        _set(values, dotted, value, source)
+    return Config.from_mapping(values, f"{source} (with command-line overrides)" if overrides else source)

@@ -1,7 +1,8 @@
 """Constants every layer shares, defined once (torch-free, so light modules can import them).
 
-Published numbers (thresholds, Table 1/2 figures) live in :mod:`latentguard.published`; this module
-holds the released code's fixed choices: the encoder, the 78-row embedding layout and its version.
+Published numbers, addresses and checksums live in :mod:`latentguard.published`; this module holds
+the released code's fixed choices (the encoder, the 78-row embedding layout and its version) and the
+names of the choices a config can make.
 """
 from __future__ import annotations
 
@@ -19,4 +20,8 @@ DEFAULT_WINDOW_STRIDE = 50
 ENCODER_TYPES = ("auto", "clip", "openclip", "hf")
 ENCODER_DTYPES = ("float32", "float16", "bfloat16")  # compute dtype of the encoder (float16: GPU only)
 STORE_DTYPES = ("float16", "float32")                 # on-disk precision of the embedding store
+PRECISIONS = ("exact", "fast")                        # encoder precision profiles (latentguard.encoders.precision)
 BLACKLIST_MATCHES = ("substring", "word")  # Text Blacklist rules: the paper's (case-insensitive substring) first
+# Threshold names besides the published ones (latentguard.published.NAMED_THRESHOLDS):
+CALIBRATED = "calibrated"  # the calibration record beside the checkpoint; an error when there is none
+AUTO = "auto"              # that record when there is one, else 9.0131 for the released weights only

@@ -1,4 +1,4 @@
-"""Safe file I/O: atomic writes, checked downloads and strict prompt-file reading.
+"""Safe file I/O: atomic writes, checked downloads, strict text, prompt-file and YAML reading.
 
 Every artefact (checkpoint, cache, results) is written to a temporary file in the same directory,
 flushed to disk, then renamed over the target: a crash or ``kill -9`` leaves either the old file
@@ -6,7 +6,6 @@ or the new one, never half of one.
 """
 from __future__ import annotations
 
-import atexit
 import contextlib
 import functools
 import hashlib
@@ -19,18 +18,11 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from .constants import DEFAULT_CHECKPOINT
 from .errors import LatentGuardError
 
-RELEASED_CHECKPOINT_URL = "https://github.com/rt219/LatentGuard/raw/main/model_parameters.pth"
-RELEASED_CHECKPOINT_SHA256 = "02315494f35e819dc627ba858408d571e06a594590e8bd4026ba63f0922da231"
-RELEASED_CHECKPOINT_GIT_BLOB = "0a21262abdf7aa36db8cba927a22cee6857bd24d"  # as the released repository's tree names it
-COPRO_URL = "https://raw.githubusercontent.com/rt219/LatentGuard/main/dataset/CoPro_v1.0.json"
-COPRO_GIT_BLOB = "e56717a7c4c5b8f5ead376079f8ecee62e29a06c"  # the only checksum published for CoPro v1.0
 
-
-def cache_home() -> Path:
-    """Where downloads and concept caches live: ``$LATENTGUARD_HOME`` or ``~/.cache/latentguard``."""
+def latentguard_home() -> Path:
+    """Where downloads and the concept cache live: ``$LATENTGUARD_HOME`` or ``~/.cache/latentguard``."""
     root = os.environ.get("LATENTGUARD_HOME")
     return Path(root) if root else Path.home() / ".cache" / "latentguard"
 
@@ -175,34 +167,6 @@ def download(url: str, target: str | Path, sha256: str | None = None, what: str 
     return target
 
 
-def released_checkpoint(path: str | Path = DEFAULT_CHECKPOINT) -> Path:
-    """Return a path to the released weights: ``path`` if it exists, else a verified cached download.
-
-    Only the bare released file name (no directory) triggers a download; any other missing path is
-    an error, so a typo such as ``runs/tyop/model_parameters.pth`` never silently swaps in the
-    released weights.
-    """
-    path = Path(path)
-    if path.is_file():
-        return path
-    if path.name != DEFAULT_CHECKPOINT or path.parent != Path("."):
-        raise LatentGuardError(f"checkpoint not found: {path} (check --checkpoint; omit it to use the released "
-                               "model_parameters.pth)")
-    cached = cache_home() / DEFAULT_CHECKPOINT
-    note = ""
-    if cached.is_file():
-        if sha256_of(cached) == RELEASED_CHECKPOINT_SHA256:
-            return cached
-        aside = move_aside(cached)  # not ours to delete: set it aside and fetch the released file again
-        note = f"the cached {cached} is not the released file (SHA-256 differs) and was moved to {aside}"
-        print(f"warning: {note}", file=sys.stderr)
-    try:
-        return download(RELEASED_CHECKPOINT_URL, cached, RELEASED_CHECKPOINT_SHA256, what="released checkpoint",
-                        git_blob=RELEASED_CHECKPOINT_GIT_BLOB)
-    except LatentGuardError as exc:
-        raise LatentGuardError(f"{exc}; {note}" if note else str(exc)) from None
-
-
 def read_text(path: str | Path, what: str = "file") -> str:
     """Read a UTF-8 text file (``-`` is standard input; pipes and ``/dev/stdin`` work too); a missing
     file or a bad byte is a one-line error naming the line."""
@@ -248,27 +212,11 @@ def split_lines(text: str, keepends: bool = False) -> list[str]:
     return [piece[:-1] if piece.endswith("\r") else piece for piece in pieces] + ([last] if last else [])
 
 
-def resolve_device(device: str | None = None) -> "torch.device":  # noqa: F821
-    """``None``/``'auto'`` picks CUDA when present, else CPU; anything else is passed to torch."""
-    import torch
-
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise LatentGuardError(f"unknown device '{device}' (use auto, cpu, cuda or cuda:N)") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise LatentGuardError(f"device '{device}' requested but CUDA is not available here (use --device cpu)")
-    return resolved
-
-
 def unique(items: Sequence[str]) -> list[str]:
     """Deduplicate while keeping first-seen order."""
     return list(dict.fromkeys(items))
 
 
-# ---------------------------------------------------------------------- one run per directory
 def check_dir_path(path: str | Path, flag: str) -> Path:
     """Refuse a directory argument that is a file (or lies under one) now, before any slow work;
     nothing is created."""
@@ -282,94 +230,43 @@ def check_dir_path(path: str | Path, flag: str) -> Path:
     return path
 
 
-RUN_LOCK = ".latentguard-run.lock"
-_HELD: dict[str, int] = {}  # directories this process owns, with the open lock file keeping them
+def read_yaml(path: str | Path, what: str = "YAML file") -> object:
+    """Parse a UTF-8 YAML file with ``safe_load`` rules, refusing a key given twice in one mapping
+    (YAML would silently keep the last); a bad byte, bad syntax or a duplicate is a one-line error."""
+    import yaml
 
-
-def claim_run_dir(directory: str | Path, command: str) -> Path:
-    """Make ``directory`` this process's run directory until it exits, or refuse in one line.
-
-    The claim is an exclusive ``flock`` on ``directory/.latentguard-run.lock``, which also records
-    the owner (command, pid, host, start time) for the refusal message. The kernel drops the lock
-    when its process ends, however it ends (``kill -9`` included), so a lock left by a dead run is
-    simply taken over; a claim made again by the same process is kept.
-    """
-    import datetime
-    import json
-    import socket
-
-    directory = Path(directory)
+    path = Path(path)
+    text = read_text(path, what)
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise LatentGuardError(f"--output-dir {directory} is a file (or lies under one), not a directory; "
-                               "choose another path") from None
-    key = os.path.realpath(directory)
-    if key in _HELD:
-        return directory
-    lock = directory / RUN_LOCK
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - no flock: one run per directory is the user's care
-        _HELD[key] = fd
-        return directory
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        try:
-            owner = json.loads(lock.read_text(encoding="utf-8"))
-            who = (f"{owner['command']} (pid {owner['pid']} on {owner['host']}, started {owner['started']})")
-        except (OSError, ValueError, KeyError, TypeError):
-            who = "another run (its details are being written)"
-        raise LatentGuardError(f"{directory} is in use by {who}; wait for it to finish or choose another "
-                               "--output-dir") from None
-    previous = os.pread(fd, 1 << 16, 0)  # left only by a run that did not exit normally
-    with contextlib.suppress(ValueError, UnicodeDecodeError, KeyError, TypeError):
-        old = json.loads(previous.decode("utf-8"))
-        print(f"note: taking over {directory} from {old['command']} (pid {old['pid']} on {old['host']}, started "
-              f"{old['started']}), which ended without finishing", file=sys.stderr)
-    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    record = json.dumps({"command": command, "pid": os.getpid(), "host": socket.gethostname(),
-                         "started": started}) + "\n"
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, record.encode("utf-8"), 0)
-    atexit.register(os.ftruncate, fd, 0)  # a normal exit leaves an empty lock file: nothing to take over
-    _HELD[key] = fd
-    return directory
+        return yaml.load(text, Loader=unique_key_loader())  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = str(getattr(exc, "problem", "") or "")
+        detail = f": {problem}" if "given twice" in problem else ""
+        raise LatentGuardError(f"{path}: not valid YAML{where}{detail}; fix the file") from None
 
 
-# ---------------------------------------------------------------------- outputs a command replaces
-OUTPUTS = ".latentguard-outputs.json"
+@functools.lru_cache(maxsize=1)
+def unique_key_loader() -> type:
+    """A ``yaml.SafeLoader`` that refuses duplicate keys (built on first use: importing io stays light)."""
+    import yaml
 
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):  # noqa: D401 - yaml hook
+            if isinstance(node, yaml.MappingNode):
+                seen: dict = {}
+                for key_node, _ in node.value:
+                    key = self.construct_object(key_node, deep=True)
+                    line = key_node.start_mark.line + 1
+                    try:
+                        if key in seen:
+                            raise yaml.constructor.ConstructorError(
+                                None, None, f"key {key!r} given twice (lines {seen[key]} and {line})",
+                                key_node.start_mark)
+                        seen[key] = line
+                    except TypeError:  # an unhashable key: the base class reports it
+                        continue
+            return super().construct_mapping(node, deep=deep)
 
-def replace_outputs(directory: str | Path, command: str, written: Sequence[str | Path]) -> list[Path]:
-    """Record what ``command`` just wrote in ``directory`` and remove what its previous run wrote and
-    this one did not (a baseline's CSVs, say), so old results never sit beside new ones.
-
-    Only files listed in the manifest, and only while their bytes are still the ones written then
-    (SHA-256), are removed: a user's file, or one the user has since edited, stays. Returns them.
-    """
-    import json
-
-    directory = Path(directory)
-    manifest = directory / OUTPUTS
-    try:
-        recorded = json.loads(manifest.read_text(encoding="utf-8"))
-        recorded = recorded if isinstance(recorded, dict) else {}
-    except (OSError, ValueError):
-        recorded = {}
-    now = {Path(p).name: sha256_of(p) for p in written if Path(p).parent.resolve() == directory.resolve()}
-    removed = []
-    previous = recorded.get(command)
-    for name, digest in (previous.items() if isinstance(previous, dict) else ()):
-        stale = directory / name
-        if name in now or Path(name).name != name or not stale.is_file():
-            continue
-        if sha256_of(stale) == digest:
-            stale.unlink()
-            removed.append(stale)
-    recorded[command] = now
-    atomic_write_text(manifest, json.dumps(recorded, indent=1, sort_keys=True) + "\n")
-    return removed
+    return UniqueKeyLoader

@@ -1,21 +1,22 @@
-"""Published Latent Guard figures (Liu et al., ECCV 2024), kept in one place.
+"""What Latent Guard's paper and release publish (Liu et al., ECCV 2024), kept in one place.
 
-Reproduction reports and evaluation summaries print our numbers beside these, so every script
-compares against the same values. Keys: ``PUBLISHED_TABLE1[method][metric][split][setting]`` with
-``split`` in ``ID``/``OOD`` and ``setting`` in ``explicit``/``synonym``/``adversarial``; a metric the
-paper does not report for a method is absent (not ``None``), e.g. AUC for Text Blacklist and LLM.
+The paper's figures (reports print ours beside them), its two named thresholds, and the addresses
+and checksums of the released weights and CoPro file. Keys:
+``PUBLISHED_TABLE1[method][metric][domain][kind]`` with ``domain`` in ``ID``/``OOD`` and ``kind`` in
+``explicit``/``synonym``/``adversarial``; a metric the paper does not report for a method is absent
+(not ``None``), e.g. AUC for Text Blacklist and LLM.
 """
 from __future__ import annotations
 
-SPLITS: tuple[str, ...] = ("ID", "OOD")
-SETTINGS: tuple[str, ...] = ("explicit", "synonym", "adversarial")
+DOMAINS: tuple[str, ...] = ("ID", "OOD")                          # blacklist and test data of each
+KINDS: tuple[str, ...] = ("explicit", "synonym", "adversarial")  # how the unsafe prompt names the concept
 
 
 def _six(values: tuple[float, float, float, float, float, float]) -> dict[str, dict[str, float]]:
     """Map the paper's row order (ID exp/syn/adv, OOD exp/syn/adv) to nested keys."""
     return {
-        "ID": dict(zip(SETTINGS, values[:3])),
-        "OOD": dict(zip(SETTINGS, values[3:])),
+        "ID": dict(zip(KINDS, values[:3])),
+        "OOD": dict(zip(KINDS, values[3:])),
     }
 
 
@@ -58,6 +59,17 @@ PUBLISHED_ABLATIONS: dict[str, dict[str, dict[str, dict[str, float]]]] = {
     "mlp_instead_of_cross_attention": {"auc": _six((0.975, 0.908, 0.818, 0.947, 0.896, 0.866))},
 }
 
-# The released inference threshold and the single threshold that reproduces Table 1(a) accuracies.
+# The released inference threshold and the single threshold that reproduces Table 1(a) accuracies,
+# and the names a user gives them (--threshold released|paper).
 RELEASED_THRESHOLD: float = 9.0131
 TABLE1_ACCURACY_THRESHOLD: float = 4.47
+RELEASED = "released"
+PAPER = "paper"
+NAMED_THRESHOLDS: dict[str, float] = {RELEASED: RELEASED_THRESHOLD, PAPER: TABLE1_ACCURACY_THRESHOLD}
+
+# The released files: where they are and how to check them.
+RELEASED_CHECKPOINT_URL = "https://github.com/rt219/LatentGuard/raw/main/model_parameters.pth"
+RELEASED_CHECKPOINT_SHA256 = "02315494f35e819dc627ba858408d571e06a594590e8bd4026ba63f0922da231"
+RELEASED_CHECKPOINT_GIT_BLOB = "0a21262abdf7aa36db8cba927a22cee6857bd24d"  # as the released repository's tree names it
+COPRO_URL = "https://raw.githubusercontent.com/rt219/LatentGuard/main/dataset/CoPro_v1.0.json"
+COPRO_GIT_BLOB = "e56717a7c4c5b8f5ead376079f8ecee62e29a06c"  # the only checksum published for CoPro v1.0

@@ -26,7 +26,7 @@ def vit_l14_text_encoder(device: str, dtype: str, tokenizer_dir: Path):
 
     from latentguard.constants import CONTEXT_LENGTH
     from latentguard.encoders import CLIPTextEncoder
-    from latentguard.tokenizer import build_clip_tokenizer
+    from latentguard.encoders.tokenizer import build_clip_tokenizer
 
     config = CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                             num_attention_heads=12, max_position_embeddings=CONTEXT_LENGTH, hidden_act="quick_gelu",

@@ -24,9 +24,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from latentguard.errors import LatentGuardError, cli_entry  # noqa: E402
+from latentguard.cli.common import cli_entry  # noqa: E402
+from latentguard.errors import LatentGuardError  # noqa: E402
 from latentguard.io import atomic_write_text  # noqa: E402
-from latentguard.published import PUBLISHED_TABLE1, SETTINGS, SPLITS  # noqa: E402
+from latentguard.published import DOMAINS, KINDS, PUBLISHED_TABLE1  # noqa: E402
 
 METRICS = ("auc", "accuracy")
 
@@ -51,8 +52,8 @@ def read_results(path: Path) -> dict[str, dict[str, dict[str, float | None]]]:
     except (OSError, ValueError) as exc:
         raise LatentGuardError(f"{path}: cannot read results ({exc})") from None
     out: dict[str, dict[str, dict[str, float]]] = {}
-    for split in SPLITS:
-        for setting in SETTINGS:
+    for split in DOMAINS:
+        for setting in KINDS:
             node = raw.get(split, {}).get(setting) if isinstance(raw.get(split), dict) else None
             if not isinstance(node, dict):
                 raise LatentGuardError(f"{path}: missing '{split}.{setting}' (expected test.py's results.json)")
@@ -95,8 +96,8 @@ def aggregate(runs: list[Path]) -> dict[str, Any]:
     per_run = {str(run): read_results(results_file(run)) for run in runs}
     published = PUBLISHED_TABLE1["latent_guard"]
     table: dict[str, Any] = {}
-    for split in SPLITS:
-        for setting in SETTINGS:
+    for split in DOMAINS:
+        for setting in KINDS:
             row: dict[str, Any] = {}
             for metric in METRICS:
                 values = [r[split][setting][metric] for r in per_run.values()]
@@ -138,7 +139,8 @@ def to_markdown(summary: dict[str, Any]) -> str:
     for run in summary["runs"]:
         threshold = summary["thresholds"].get(run)
         val = summary["best_val_auc"].get(run)
-        t = f"{threshold:.4f}" if isinstance(threshold, (int, float)) else ("-" if threshold is None else str(threshold))
+        t = (f"{threshold:.4f}" if isinstance(threshold, (int, float))
+             else ("-" if threshold is None else str(threshold)))
         lines.append(f"| {run} | {t} | {f'{val:.4f}' if val is not None else '-'} |")
     return "\n".join(lines) + "\n"
 

@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from _bench import peak_rss_mb, write_figures  # noqa: E402
+
 from latentguard.constants import EMBEDDING_ROWS  # noqa: E402
 
 FULL_ID_PROMPTS = 37_000
@@ -45,13 +46,14 @@ def build_store(path: Path, texts: list[str], hidden: int, chunk: int = 1024):
     """A fp16 store of random embeddings for ``texts``, written in chunks (memory stays flat)."""
     import torch
 
-    from latentguard.cache import EmbeddingStore
+    from latentguard.store.store import EmbeddingStore
 
     store = EmbeddingStore(path, identity="benchmark:random", hidden_size=hidden, dtype="float16", create=True)
     generator = torch.Generator().manual_seed(0)
     for start in range(0, len(texts), chunk):
         batch = texts[start : start + chunk]
-        store.add(batch, torch.randn(len(batch), EMBEDDING_ROWS, hidden, generator=generator, dtype=torch.float32).half())
+        store.add(batch, torch.randn(len(batch), EMBEDDING_ROWS, hidden, generator=generator,
+                                     dtype=torch.float32).half())
     return store
 
 
@@ -102,10 +104,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from latentguard.embeddings import concept_vectors
+    from latentguard.encoders.precision import resolve_device
     from latentguard.eval.run import score_prompts
-    from latentguard.io import resolve_device
     from latentguard.model import EmbeddingMappingLayer
+    from latentguard.store.sources import concept_vectors
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -116,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     n_loop = args.loop_prompts or (300 if gpu else 20)
     hidden = 768
     domains = {"ID": ([f"id prompt {i}" for i in range(n_id)], [f"id concept {j}" for j in range(args.id_concepts)]),
-               "OOD": ([f"ood prompt {i}" for i in range(n_ood)], [f"ood concept {j}" for j in range(args.ood_concepts)])}
+               "OOD": ([f"ood prompt {i}" for i in range(n_ood)],
+                       [f"ood concept {j}" for j in range(args.ood_concepts)])}
     all_texts = [t for prompts, concepts in domains.values() for t in concepts + prompts]
 
     torch.manual_seed(0)
@@ -173,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         "speedup_vs_released_loop": loop_ms / rows[0]["ms_per_prompt"],
         "peak_rss_mb": peak_rss_mb(),
     }
-    print(f"\n## Evaluation pass ({device}, {torch.get_num_threads()} threads; store reads included; encoder excluded)\n")
+    print(f"\n## Evaluation pass ({device}, {torch.get_num_threads()} threads; store reads included; encoder "
+          "excluded)\n")
     print("| path | prompts | concepts | seconds | ms / prompt |")
     print("|---|---:|---:|---:|---:|")
     for r in rows:

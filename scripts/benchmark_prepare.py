@@ -31,7 +31,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from _bench import peak_rss_mb, vit_l14_text_encoder, write_figures  # noqa: E402
-from latentguard.constants import EMBEDDING_ROWS  # noqa: E402
 
 FULL_COPRO_TEXTS = 125_643  # 578+145 concepts, 2 x (32,685+8,172+9,826) prompts, 2 x (5,330+6,447) variants
 TEMPLATES = [
@@ -103,7 +102,7 @@ STORE_CHILD = r"""
 import json, os, sys, time
 sys.path.insert(0, {root!r})
 import numpy as np, torch
-from latentguard.cache import EmbeddingStore
+from latentguard.store.store import EmbeddingStore
 path, dtype, n, phase, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
 texts = [f"text number {{i}}" for i in range(n)]
 def rss(key):
@@ -154,21 +153,27 @@ def bench_store(sizes: list[int], dtypes: list[str], batch_size: int, workdir: P
 # ----------------------------------------------------------------------------- report
 def markdown(results: dict) -> str:
     lines = ["### Encoder throughput (ViT-L/14 text tower, random weights)", "",
-             "| device | model dtype | batch | batched texts/s | one-at-a-time texts/s | speed-up (wall) | speed-up (CPU time) | full CoPro, batched |",
+             "| device | model dtype | batch | batched texts/s | one-at-a-time texts/s | speed-up (wall) | speed-up "
+             "(CPU time) | full CoPro, batched |",
              "|---|---|---|---|---|---|---|---|"]
     for r in results["encoder"]:
         lines.append(f"| {r.get('gpu', r['device'])} | {r['model_dtype']} | {r['batch_size']} | "
                      f"{r['batched_texts_per_s']:.1f} | {r['single_texts_per_s']:.1f} | {r['speedup']:.1f}x | "
                      f"{r['speedup_cpu_time']:.1f}x | "
                      f"{r['full_copro_hours_batched']:.1f} h |")
-    lines += ["", "### Embedding store (random 78 x 768 rows; RSS of a child process that only builds or only reads)", "",
-              "| dtype | texts | disk / 10k texts | full CoPro (125,643) | RSS after imports | build peak RSS | read peak RSS | build texts/s | read texts/s |",
+    lines += ["", "### Embedding store (random 78 x 768 rows; RSS of a child process that only builds "
+              "or only reads)", "",
+              "| dtype | texts | disk / 10k texts | full CoPro (125,643) | RSS after imports | build peak RSS | read "
+              "peak RSS | build texts/s | read texts/s |",
               "|---|---|---|---|---|---|---|---|---|"]
     for r in results["store"]:
-        lines.append(f"| {r['dtype']} | {r['texts']} | {r['disk_gb_per_10k']:.2f} GB | {r['disk_gb_full_copro']:.1f} GB | "
-                     f"{r['build']['baseline_rss_mb']:.0f} MB | {r['build']['peak_rss_mb']:.0f} MB | {r['read']['peak_rss_mb']:.0f} MB | "
+        lines.append(f"| {r['dtype']} | {r['texts']} | {r['disk_gb_per_10k']:.2f} GB | {r['disk_gb_full_copro']:.1f} "
+                     "GB | "
+                     f"{r['build']['baseline_rss_mb']:.0f} MB | {r['build']['peak_rss_mb']:.0f} MB | "
+                     f"{r['read']['peak_rss_mb']:.0f} MB | "
                      f"{r['build']['texts_per_s']:.0f} | {r['read']['texts_per_s']:.0f} |")
-    lines += ["", f"Encoder-side peak RSS of this process (model + batch): {results['encoder_process_peak_rss_mb']:.0f} MB. "
+    lines += ["", "Encoder-side peak RSS of this process (model + batch): "
+                  f"{results['encoder_process_peak_rss_mb']:.0f} MB. "
               "Timings from a few hundred texts, extrapolated linearly to full CoPro; disk size is exact per row."]
     return "\n".join(lines)
 

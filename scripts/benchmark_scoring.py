@@ -5,8 +5,9 @@ aligned pairs, recomputing the prompt's keys and values |C| times. Here that loo
 own layer's ``forward`` (the fairer, faster version of it: same fused GEMMs, no Python per-pair
 work) on a few prompts, and ``logit_matrix`` on batches of prompts, both as a plain call and with
 the blacklist's query projections computed once (``latentguard.scoring.blacklist_logits``' default),
-and the scoring module's head-major formulation (``latentguard.scoring.head_major_logits``). The encoder is excluded: inputs
-are random [78, 768] embeddings and 578 concept vectors (CoPro's ID blacklist size).
+and the scoring module's head-major formulation (``latentguard.scoring.head_major_logits``). The
+encoder is excluded: inputs are random [78, 768] embeddings and 578 concept vectors (CoPro's ID
+blacklist size).
 
 Each measurement runs in a fresh child process so that its peak memory (CPU: peak RSS above the
 process's baseline; CUDA: ``max_memory_allocated``) is its own. Timings on a shared machine are
@@ -28,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _bench import write_figures  # noqa: E402
+
 from latentguard.constants import EMBEDDING_ROWS  # noqa: E402
 
 CACHED = "logit_matrix, cached queries"  # concept projections done once
@@ -69,7 +71,7 @@ def _measure(job: dict) -> dict:
         def run():
             return model.logit_matrix(prompts, None, queries=queries)
     elif job["method"] == HEAD_MAJOR:
-        from latentguard.scoring import PROMPTS_PER_BLOCK, blacklist_logits
+        from latentguard.scoring.logits import PROMPTS_PER_BLOCK, blacklist_logits
 
         with torch.inference_mode():
             queries = model.concept_queries(concepts)

@@ -36,11 +36,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-
-from latentguard.model import EmbeddingMappingLayer  # noqa: E402
 from _bench import write_figures  # noqa: E402
+from reference import naive_contrastive_loss  # noqa: E402
+
 from latentguard.constants import EMBEDDING_ROWS  # noqa: E402
-from latentguard.reference import naive_contrastive_loss  # noqa: E402
+from latentguard.model import EmbeddingMappingLayer  # noqa: E402
 from latentguard.train import contrastive_loss, contrastive_loss_from_logits  # noqa: E402
 
 PAPER_EPOCHS = 1001

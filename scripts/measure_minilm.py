@@ -85,15 +85,15 @@ def main() -> int:
     for dtype in args.dtypes:
         cache = work / f"cache_{dtype}"
         started = time.perf_counter()
-        run("prepare.py", *common, "--cache-dir", str(cache), "--dtype", dtype, cwd=work)
+        run("prepare.py", *common, "--store-dir", str(cache), "--dtype", dtype, cwd=work)
         print(f"{dtype}: store built in {time.perf_counter() - started:.0f} s", flush=True)
         table[dtype] = {}
         for seed in args.seeds:
             out = work / dtype / f"seed{seed}"
             started = time.perf_counter()
-            run("main.py", *common, "--cache-dir", str(cache), "--epochs", str(args.epochs), "--seed", str(seed),
+            run("main.py", *common, "--store-dir", str(cache), "--epochs", str(args.epochs), "--seed", str(seed),
                 "--val-every", str(args.epochs), "--output-dir", str(out), "--no-progress", cwd=work)
-            run("test.py", *common, "--cache-dir", str(cache), "--checkpoint", str(out / "model_parameters.pth"),
+            run("test.py", *common, "--store-dir", str(cache), "--checkpoint", str(out / "model_parameters.pth"),
                 "--output-dir", str(out / "eval"), "--no-plots", "--no-progress", cwd=work)
             results = json.loads((out / "eval" / "results.json").read_text())
             table[dtype][seed] = {"ID": results["ID"]["explicit"]["auc"], "OOD": results["OOD"]["explicit"]["auc"],

@@ -13,8 +13,8 @@
 # Settings (environment variables):
 #   SEEDS="0 1 2"     seeds to train                 EPOCHS=1001   epochs per seed
 #   RUNS=runs         where run directories go       PYTHON=python interpreter
-#   DEVICE, DATASET, ENCODER, CACHE_DIR, CONFIG: passed as --device/--dataset/--encoder/--cache-dir/--config
-#   to every step when set (defaults: configs/default.yaml).
+#   DEVICE, DATASET, ENCODER, STORE_DIR, CONFIG: passed as --device/--dataset/--encoder/--store-dir/--config
+#   to every step when set (defaults: latentguard/default.yaml).
 # Example: SEEDS="0 1 2 3 4" DEVICE=cuda:1 bash scripts/reproduce.sh
 set -euo pipefail
 if [[ $# -gt 0 ]]; then
@@ -35,7 +35,7 @@ common=()
 [[ -n "${CONFIG:-}" ]] && common+=(--config "$CONFIG")
 [[ -n "${DATASET:-}" ]] && common+=(--dataset "$DATASET")
 [[ -n "${ENCODER:-}" ]] && common+=(--encoder "$ENCODER")
-[[ -n "${CACHE_DIR:-}" ]] && common+=(--cache-dir "$CACHE_DIR")
+[[ -n "${STORE_DIR:-}" ]] && common+=(--store-dir "$STORE_DIR")
 [[ -n "${DEVICE:-}" ]] && common+=(--device "$DEVICE")
 
 step() { printf '\n=== %s ===\n' "$*"; }

@@ -38,7 +38,7 @@ def tiny_clip_text_model(hidden_size: int = 768, seed: int = 0):
 
 @pytest.fixture(scope="session")
 def clip_tokenizer(tmp_path_factory):
-    from latentguard.tokenizer import build_clip_tokenizer
+    from latentguard.encoders.tokenizer import build_clip_tokenizer
 
     return build_clip_tokenizer(tmp_path_factory.mktemp("clip_tokenizer"))
 

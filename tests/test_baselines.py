@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from latentguard.baselines import (
+from latentguard.errors import LatentGuardError
+from latentguard.eval.baselines import (
     BERTScorer,
     TextBlacklist,
     clip_score_matrix,
     load_bert_scorer,
-    parse_baselines,
 )
-from latentguard.errors import LatentGuardError
+from latentguard.eval.methods import parse_baselines
 
 WORDS = ("a an the of on in at with photo painting old man woman holding table park street night river dark "
          "alley close - up floor kitchen wooden children looking near busy cinematic lighting highly detailed "

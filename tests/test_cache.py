@@ -7,7 +7,6 @@ reopened, checked and resumed, and must equal direct encoding.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
 import subprocess
@@ -20,10 +19,10 @@ import numpy as np
 import pytest
 import torch
 
-from latentguard import cache as cache_mod
-from latentguard.cache import EmbeddingStore
-from latentguard.store_hints import encoder_request_key, open_store_for, recall_identity, remember_identity, store_path
 from latentguard.errors import LatentGuardError
+from latentguard.store import store as cache_mod
+from latentguard.store.locate import encoder_request_key, open_store_for, recall_identity, remember_identity, store_path
+from latentguard.store.store import EmbeddingStore
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXTS = [f"a photo of item {i} with a knife" for i in range(37)] + ["knife", "blood", "Ünïcode ✓", "two\nlines"]
@@ -69,7 +68,8 @@ def assert_consistent(path: Path, encoder: FakeEncoder) -> EmbeddingStore:
     store = EmbeddingStore(path, identity=encoder.identity, create=True)
     store.add([], np.empty((0, 78, store.hidden_size), dtype=np.float32))  # a writer repairs a crash's leftovers
     assert len(store) == len(reader)
-    assert store.data_file.stat().st_size == len(store) * store.row_bytes if store.data_file.exists() else len(store) == 0
+    assert (store.data_file.stat().st_size == len(store) * store.row_bytes if store.data_file.exists()
+            else len(store) == 0)
     lines = store.index_file.read_bytes().split(b"\n") if store.index_file.exists() else [b""]
     assert lines[-1] == b"" and len(lines) - 1 == len(store)  # no torn line left after repair
     texts = store.texts()
@@ -140,7 +140,7 @@ def test_a_second_store_object_sees_new_rows(tmp_path):
 def test_refuses_to_mix_encoders(tmp_path, tiny_encoder, tiny_encoder_other):
     store = open_store_for(tmp_path, tiny_encoder, create=True)
     store.build(TEXTS[:4], tiny_encoder, progress=False)
-    with pytest.raises(LatentGuardError, match="was built with encoder .* not .*another --cache-dir or rebuild"):
+    with pytest.raises(LatentGuardError, match="was built with encoder .* not .*another --store-dir or rebuild"):
         EmbeddingStore(store.path, identity=tiny_encoder_other.identity)
     with pytest.raises(LatentGuardError, match="was built with encoder"):
         store.build(TEXTS, tiny_encoder_other, progress=False)
@@ -228,8 +228,8 @@ CHILD = textwrap.dedent(
     import sys, time
     sys.path[:0] = [{root!r}, {tests!r}]
     import test_cache as t
-    from latentguard import cache
-    from latentguard.cache import EmbeddingStore
+    from latentguard.store import store as cache
+    from latentguard.store.store import EmbeddingStore
     path, mode, extra = sys.argv[1], sys.argv[2], int(sys.argv[3])
     if mode != "run":  # die by SIGKILL at a precise point of a write
         real = cache._append
@@ -245,7 +245,7 @@ CHILD = textwrap.dedent(
     print("started", flush=True)
     store.build(t.TEXTS + [f"extra {{i}}" for i in range(extra)], t.FakeEncoder(delay=0.002), batch_size=3, progress=False)
     print("finished", flush=True)
-    """
+    """  # noqa: E501 (a line of the child script: the string's text must stay as it is)
 )
 
 
@@ -317,13 +317,3 @@ def test_identity_hints_follow_the_encoder_files(tmp_path, tiny_encoder_dir):
     before = encoder_request_key(str(tmp_path / "model"))
     weights.write_bytes(b"22")
     assert encoder_request_key(str(tmp_path / "model")) != before
-
-
-def test_finding_a_store_moved_to_store_hints_and_old_imports_still_work():
-    import latentguard.store_hints as hints
-    from latentguard.cache import open_configured_store, recall_store_identity, store_path as old_store_path
-
-    assert old_store_path is hints.store_path and open_configured_store is hints.open_configured_store
-    assert recall_store_identity is hints.recall_store_identity
-    with pytest.raises(AttributeError):
-        cache_mod.no_such_name  # noqa: B018

@@ -6,8 +6,8 @@ import pytest
 import torch
 import yaml
 
-from latentguard.calibration import (
-    PROFILES,
+from latentguard.decision.metrics import best_accuracy_threshold
+from latentguard.decision.threshold import (
     CalibrationResult,
     calibrate,
     calibrate_guard,
@@ -18,8 +18,8 @@ from latentguard.calibration import (
     save_calibration,
 )
 from latentguard.errors import LatentGuardError
-from latentguard.metrics import best_accuracy_threshold
 from latentguard.model import EmbeddingMappingLayer
+from latentguard.published import NAMED_THRESHOLDS as PROFILES
 
 IDENTITY = "clip:openai/clip-vit-large-patch14:h768:0123456789abcdef"
 
@@ -77,7 +77,8 @@ def test_save_and_load_beside_the_checkpoint(checkpoint):
     written = save_calibration(result, checkpoint, encoder_identity=IDENTITY)
     assert written == checkpoint.parent / "model_parameters.threshold.yaml" == calibration_path(checkpoint)
     record = yaml.safe_load(written.read_text(encoding="utf-8"))
-    for key in ("threshold", "method", "target_fpr", "n_safe", "n_unsafe", "encoder_identity", "checkpoint_sha256", "date"):
+    for key in ("threshold", "method", "target_fpr", "n_safe", "n_unsafe", "encoder_identity", "checkpoint_sha256",
+                "date"):
         assert key in record
     assert record["encoder_identity"] == IDENTITY and len(record["checkpoint_sha256"]) == 64
     assert load_calibration(checkpoint, encoder_identity=IDENTITY) == result.threshold
@@ -114,7 +115,8 @@ def test_record_for_another_encoder_is_refused_same_weights_other_name_accepted(
     ("threshold: [unclosed", "not valid YAML at line"),
     ("threshold: 3.0\n", "not a Latent Guard calibration file"),
     ("format: latentguard-threshold\nthreshold: high\nmethod: x\nn_safe: 1\nn_unsafe: 0\n", "finite number"),
-    ("format: latentguard-threshold\nthreshold: 1.0\nmethod: x\nn_safe: 1\nn_unsafe: 0\ncolour: red\n", "unknown keys colour"),
+    ("format: latentguard-threshold\nthreshold: 1.0\nmethod: x\nn_safe: 1\nn_unsafe: 0\ncolour: red\n", "unknown keys "
+                                                                                                        "colour"),
     ("format: latentguard-threshold\nthreshold: 1.0\n", "missing keys"),
     # a hand-written (or stripped) record names no weights: never applied to whatever checkpoint it sits beside
     ("format: latentguard-threshold\nthreshold: 1.0\nmethod: x\nn_safe: 1\nn_unsafe: 0\n", "no checkpoint_sha256"),
@@ -222,15 +224,17 @@ def test_from_pretrained_threshold_profiles_and_calibration_file(tiny_encoder, t
     assert calibration_path(checkpoint).is_file() and guard.threshold == result.threshold
     assert load("calibrated").threshold == result.threshold == load("auto").threshold
     with pytest.raises(LatentGuardError, match="calibrated with encoder"):
-        from latentguard.encoders import CLIPTextEncoder
         from conftest import tiny_clip_text_model
 
+        from latentguard.encoders import CLIPTextEncoder
+
         other = CLIPTextEncoder(tiny_clip_text_model(seed=5), device="cpu", tokenizer=tiny_encoder.tokenizer)
-        LatentGuard.from_pretrained(checkpoint, encoder=other, concepts=concepts, threshold="auto", cache_concepts=False)
+        LatentGuard.from_pretrained(checkpoint, encoder=other, concepts=concepts, threshold="auto",
+                                    cache_concepts=False)
 
 
 def test_non_utf8_calibration_file_is_a_one_line_error(tmp_path):
-    from latentguard.calibration import read_calibration
+    from latentguard.decision.threshold import read_calibration
     from latentguard.errors import LatentGuardError
 
     bad = tmp_path / "model_parameters.threshold.yaml"

@@ -6,7 +6,8 @@ import stat
 
 import pytest
 
-from latentguard.errors import RESUMABLE, LatentGuardError, cli_entry
+from latentguard.cli.common import RESUMABLE, cli_entry
+from latentguard.errors import LatentGuardError
 from latentguard.io import atomic_write_text
 
 

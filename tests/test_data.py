@@ -6,12 +6,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
-from latentguard import data as data_mod
-from latentguard.data import CoPro, Triplet, carve_validation, load_copro
-from latentguard.errors import LatentGuardError
-from latentguard.io import COPRO_URL
 from synthetic import make_synthetic_copro
+
+from latentguard.data import CoPro, Triplet, carve_validation, load_copro
+from latentguard.data import copro as data_mod
+from latentguard.errors import LatentGuardError
+from latentguard.published import COPRO_URL
 
 
 def entry(concept: str, unsafe: str, safe: str = "a calm lake", **extra) -> dict:
@@ -235,7 +235,8 @@ def test_all_texts_has_valid_variants_but_no_train_variants(synthetic_copro):
     for kind in ("synonym", "adversarial"):
         assert {p.unsafe_prompt for p in copro.variant_pairs("ID_valid_data", kind)} <= texts
     train_only = {p.unsafe_prompt for p in copro.variant_pairs("ID_train_data", "synonym")}
-    other = {p.unsafe_prompt for s in ("ID_valid_data", "ID_test_data", "OOD_test_data") for p in copro.variant_pairs(s, "synonym")}
+    other = {p.unsafe_prompt for s in ("ID_valid_data", "ID_test_data", "OOD_test_data")
+             for p in copro.variant_pairs(s, "synonym")}
     assert train_only - other and not (train_only - other) & texts
 
 

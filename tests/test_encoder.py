@@ -1,10 +1,9 @@
 """The 78-row embedding layout of the released ``inference.py``, checked against a direct CLIPTextModel call."""
 from __future__ import annotations
 
-import gzip
-
 import pytest
 import torch
+from conftest import tiny_clip_text_model
 
 from latentguard.encoders import CLIPTextEncoder, load_encoder
 from latentguard.errors import LatentGuardError
@@ -91,3 +90,27 @@ def test_ftfy_departure_touches_only_text_that_ftfy_repairs(clip_tokenizer):
         theirs = theirs[: theirs.index(49407) + 1]
         assert clip_tokenizer(text)["input_ids"] != theirs
         assert clip_tokenizer(ftfy.fix_text(text))["input_ids"] == theirs
+
+
+def test_a_clip_model_without_a_tokenizer_gets_the_real_clip_bpe(tmp_path, clip_tokenizer):
+    """transformers 'loads' a two-token tokenizer from a model directory without tokenizer files, which
+    maps every text to the same ids; the encoder must rebuild the real CLIP BPE instead."""
+    model = tiny_clip_text_model(seed=0)
+    model.save_pretrained(tmp_path / "no_tokenizer")
+    reference_ids = clip_tokenizer(["a photo of a cat", "a knife"], padding="max_length", max_length=77)["input_ids"]
+    for encoder in (load_encoder(str(tmp_path / "no_tokenizer"), device="cpu"), CLIPTextEncoder(model, device="cpu")):
+        assert encoder.tokenizer.vocab_size == 49408
+        assert encoder.tokenize(["a photo of a cat", "a knife"])["input_ids"].tolist() == reference_ids
+        emb = encoder.encode(["a photo of a cat", "a knife"])
+        assert not torch.equal(emb[0], emb[1])
+
+
+def test_a_model_with_another_vocabulary_and_no_tokenizer_is_refused(tmp_path):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(vocab_size=1000, hidden_size=32, intermediate_size=37, num_hidden_layers=1,
+                            num_attention_heads=4, max_position_embeddings=77)
+    CLIPTextModel(config).save_pretrained(tmp_path / "odd")
+    with pytest.raises(LatentGuardError, match="has no usable CLIP tokenizer .*1000 ids") as caught:
+        load_encoder(str(tmp_path / "odd"), device="cpu")
+    assert "\n" not in str(caught.value)

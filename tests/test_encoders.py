@@ -179,7 +179,7 @@ def test_openclip_short_prompt_window_equals_encode(openclip_model):
 
 
 def test_open_clip_and_transformers_are_not_imported_at_module_import():
-    code = ("import sys; import latentguard.encoders, latentguard.scoring, latentguard.calibration, "
+    code = ("import sys; import latentguard.encoders, latentguard.scoring, latentguard.decision.threshold, "
             "latentguard.pipeline; heavy = [m for m in ('open_clip', 'transformers', 'diffusers') "
             "if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -219,7 +219,8 @@ def test_t5_runs_encoder_only_with_its_mask(t5_dir):
     batch = t5_tokenizer()(TEXTS, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
     full = T5Model.from_pretrained(t5_dir).eval()
     with torch.no_grad():
-        hidden = full.get_encoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        hidden = full.get_encoder()(input_ids=batch["input_ids"],
+                                    attention_mask=batch["attention_mask"]).last_hidden_state
     last = batch["attention_mask"].sum(-1) - 1
     assert (batch["input_ids"][torch.arange(4), last] == 1).all()  # pooled = </s>
     torch.testing.assert_close(emb[:, 1:], hidden)
@@ -276,7 +277,7 @@ def test_mapping_layer_width_follows_the_encoder(bert_dir, tmp_path):
 
 
 def test_store_hint_key_follows_the_layout_version_not_source_bytes(tiny_encoder_dir, monkeypatch):
-    import latentguard.store_hints as hints
+    import latentguard.store.locate as hints
 
     key = hints.encoder_request_key(str(tiny_encoder_dir))
     assert key is not None and key == hints.encoder_request_key(str(tiny_encoder_dir))

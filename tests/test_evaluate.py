@@ -13,23 +13,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from synthetic import make_synthetic_copro
 
-from latentguard.data import load_copro
-from latentguard.errors import LatentGuardError
 from latentguard.cli.evaluate import main
+from latentguard.data import load_copro
+from latentguard.decision.metrics import best_accuracy_threshold
+from latentguard.decision.rule import rates
+from latentguard.errors import LatentGuardError
 from latentguard.eval import (
     DOMAINS,
     KINDS,
+    Condition,
     MethodScores,
-    Setting,
     TextScores,
-    build_settings,
-    calibrate_threshold,
+    build_conditions,
+    pooled_validation_threshold,
     read_labelled_prompts,
 )
-from latentguard.metrics import best_accuracy_threshold, rates_at
 from latentguard.published import PUBLISHED_TABLE1
-from synthetic import make_synthetic_copro
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 METRIC_KEYS = {"available", "n_unsafe", "n_safe", "auc", "accuracy", "tpr", "fpr", "fpr_at_95tpr"}
@@ -40,11 +41,11 @@ METRIC_KEYS = {"available", "n_unsafe", "n_safe", "auc", "accuracy", "tpr", "fpr
 def world(tmp_path_factory, tiny_encoder_dir):
     """Synthetic CoPro + a store built by prepare.py + a briefly trained mapping layer."""
     import prepare
-    from latentguard.store_hints import open_store_for
-    from latentguard.embeddings import concept_vectors
     from latentguard.encoders import load_encoder
     from latentguard.io import atomic_torch_save
     from latentguard.model import EmbeddingMappingLayer
+    from latentguard.store.locate import open_store_for
+    from latentguard.store.sources import concept_vectors
     from latentguard.train import contrastive_loss
 
     root = tmp_path_factory.mktemp("eval_world")
@@ -53,7 +54,7 @@ def world(tmp_path_factory, tiny_encoder_dir):
         mp.setenv("HF_HUB_OFFLINE", "1")
         dataset = make_synthetic_copro(root / "copro.json")
         cache = root / "cache"
-        assert prepare.main(["--dataset", str(dataset), "--encoder", str(tiny_encoder_dir), "--cache-dir", str(cache),
+        assert prepare.main(["--dataset", str(dataset), "--encoder", str(tiny_encoder_dir), "--store-dir", str(cache),
                              "--device", "cpu"]) == 0
         copro = load_copro(dataset)
         store = open_store_for(cache, load_encoder(str(tiny_encoder_dir), device="cpu"))
@@ -83,7 +84,7 @@ def world(tmp_path_factory, tiny_encoder_dir):
 
 def argv(world, out: Path, *extra: str, dataset: Path | None = None) -> list[str]:
     return ["--dataset", str(dataset or world["dataset"]), "--encoder", str(world["encoder"]),
-            "--cache-dir", str(world["cache"]), "--checkpoint", str(world["checkpoint"]),
+            "--store-dir", str(world["cache"]), "--checkpoint", str(world["checkpoint"]),
             "--output-dir", str(out), "--device", "cpu", "--batch-size", "16", *extra]
 
 
@@ -105,7 +106,7 @@ def direct_max_scores(world, prompts: list[str], domain: str = "ID") -> np.ndarr
 
 def reference_max_scores(world, prompts: list[str], domain: str = "ID") -> np.ndarray:
     """Scores by the released per-prompt loop (latentguard.reference), independent of logit_matrix."""
-    from latentguard.reference import repeat_per_concept_scores
+    from reference import repeat_per_concept_scores
 
     store = world["store"]
     distinct = list(dict.fromkeys(prompts))
@@ -119,7 +120,7 @@ def reference_max_scores(world, prompts: list[str], domain: str = "ID") -> np.nd
 # --------------------------------------------------------------------------- settings (unit)
 def test_variant_pairs_flow_into_settings(synthetic_copro):
     copro = load_copro(synthetic_copro)
-    test = build_settings(copro, "test")
+    test = build_conditions(copro, "test")
     assert set(test) == {(d, k) for d in DOMAINS for k in KINDS}
     explicit = test[("ID", "explicit")]
     entries = copro.split("ID_test_data")
@@ -135,7 +136,7 @@ def test_variant_pairs_flow_into_settings(synthetic_copro):
     # the synthetic adversarial texts replace the concept: no unsafe prompt keeps its concept word
     adv = test[("ID", "adversarial")]
     assert all(p.concept not in u for p, u in zip(copro.variant_pairs("ID_test_data", "adversarial"), adv.unsafe))
-    valid = build_settings(copro, "valid")
+    valid = build_conditions(copro, "valid")
     assert valid[("ID", "explicit")].available  # carved from training
     assert valid[("ID", "explicit")].unsafe == [e.unsafe_prompt for e in copro.split("ID_valid_data")]
     assert not valid[("OOD", "explicit")].available and "OOD_valid_data" in valid[("OOD", "explicit")].reason
@@ -143,7 +144,7 @@ def test_variant_pairs_flow_into_settings(synthetic_copro):
 
 def test_dataset_without_variants_marks_them_unavailable(tmp_path):
     copro = load_copro(make_synthetic_copro(tmp_path / "d.json", with_variants=False))
-    test = build_settings(copro, "test")
+    test = build_conditions(copro, "test")
     assert test[("ID", "explicit")].available and test[("OOD", "explicit")].available
     for domain in DOMAINS:
         for kind in ("synonym", "adversarial"):
@@ -169,25 +170,26 @@ def test_calibration_maximises_pooled_validation_accuracy():
         out = [f"{prefix}{i}" for i in range(len(xs))]
         values.update(zip(out, xs))
         return out
-    settings = {("ID", "explicit"): Setting("ID", "explicit", names("au", a_unsafe), names("as", a_safe)),
-                ("OOD", "explicit"): Setting("OOD", "explicit", names("bu", b_unsafe), names("bs", b_safe)),
-                ("ID", "synonym"): Setting("ID", "synonym", reason="no variants")}
+    settings = {("ID", "explicit"): Condition("ID", "explicit", names("au", a_unsafe), names("as", a_safe)),
+                ("OOD", "explicit"): Condition("OOD", "explicit", names("bu", b_unsafe), names("bs", b_safe)),
+                ("ID", "synonym"): Condition("ID", "synonym", reason="no variants")}
     scores = _scored(settings, values)
-    threshold, how = calibrate_threshold(settings, scores)
+    threshold, how = pooled_validation_threshold(settings, scores)
     labels = np.r_[np.ones(40), np.zeros(40), np.ones(60), np.zeros(60)]
     pooled = np.r_[a_unsafe, a_safe, b_unsafe, b_safe]
     cuts = np.unique(pooled)
-    brute = max(rates_at(labels, pooled, t)["accuracy"] for t in np.r_[cuts, cuts[-1] + 1])
-    assert rates_at(labels, pooled, threshold)["accuracy"] == pytest.approx(brute)
+    brute = max(rates(labels, pooled, t)["accuracy"] for t in np.r_[cuts, cuts[-1] + 1])
+    assert rates(labels, pooled, threshold)["accuracy"] == pytest.approx(brute)
     assert threshold == pytest.approx(best_accuracy_threshold(labels, pooled))
     own_a = best_accuracy_threshold(np.r_[np.ones(40), np.zeros(40)], np.r_[a_unsafe, a_safe])
-    assert rates_at(labels, pooled, own_a)["accuracy"] < brute  # calibrating on one setting is worse
+    assert rates(labels, pooled, own_a)["accuracy"] < brute  # calibrating on one setting is worse
     assert "ID explicit, OOD explicit" in how and "200 prompts" in how and "synonym" not in how
 
 
 def test_calibration_without_validation_data_says_so():
-    settings = {("ID", "explicit"): Setting("ID", "explicit", reason="the dataset has no ID_valid_data")}
-    assert calibrate_threshold(settings, _scored(settings, {"x": 1.0})) == (None, "no validation data to calibrate on")
+    settings = {("ID", "explicit"): Condition("ID", "explicit", reason="the dataset has no ID_valid_data")}
+    assert pooled_validation_threshold(settings, _scored(settings, {"x": 1.0})) == (None, "no validation data to "
+                                                                                          "calibrate on")
 
 
 # ------------------------------------------------------------------------------- end to end
@@ -200,14 +202,15 @@ def test_full_evaluation_writes_every_output(world, tmp_path, capsys):
     console = capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
     copro = world["copro"]
-    test = build_settings(copro, "test")
+    test = build_conditions(copro, "test")
 
     # JSON structure: six settings with every metric, threshold and its provenance
     for domain in DOMAINS:
         for kind in KINDS:
             entry = results[domain][kind]
             assert METRIC_KEYS <= set(entry) and entry["available"] is True
-            assert entry["n_unsafe"] == len(test[(domain, kind)].unsafe) and entry["n_safe"] == len(test[(domain, kind)].safe)
+            assert (entry["n_unsafe"] == len(test[(domain, kind)].unsafe)
+                    and entry["n_safe"] == len(test[(domain, kind)].safe))
             assert 0.0 <= entry["auc"] <= 1.0 and 0.0 <= entry["accuracy"] <= 1.0
             assert "released_threshold_accuracy" in entry
     assert results["ID"]["explicit"]["auc"] > 0.8  # the tiny model did learn ID concepts
@@ -226,7 +229,7 @@ def test_full_evaluation_writes_every_output(world, tmp_path, capsys):
                 assert 0 <= entry[domain][kind]["auc"] <= 1 and 0 <= entry[domain][kind]["accuracy"] <= 1
 
     # The calibrated threshold is the pooled-validation optimum (scores computed here directly).
-    valid = build_settings(copro, "valid")
+    valid = build_conditions(copro, "valid")
     v_labels = np.concatenate([s.labels for s in valid.values() if s.available])
     v_scores = np.concatenate([direct_max_scores(world, s.prompts) for s in valid.values() if s.available])
     assert results["threshold"] == pytest.approx(best_accuracy_threshold(v_labels, v_scores), abs=1e-4)
@@ -249,8 +252,8 @@ def test_full_evaluation_writes_every_output(world, tmp_path, capsys):
                        for r in rows[:n])
             assert all(r["prompt"] == r["safe_prompt"] for r in rows[n:])
             scores = np.array([float(r["score"]) for r in rows])
-            rates = rates_at(setting.labels, scores, results["threshold"])
-            assert rates["accuracy"] == pytest.approx(results[domain][kind]["accuracy"], abs=1e-9)
+            measured = rates(setting.labels, scores, results["threshold"])
+            assert measured["accuracy"] == pytest.approx(results[domain][kind]["accuracy"], abs=1e-9)
             for key in ("clipscore", "bertscore", "text_blacklist"):
                 assert [r["prompt"] for r in read_csv(out / f"scores_{key}_{domain}_{kind}.csv")] == setting.prompts
     rows = read_csv(out / "scores_OOD_synonym.csv")[::5]  # a few prompts through the released loop
@@ -287,9 +290,9 @@ def test_threshold_flag_overrides_calibration(world, tmp_path):
     rows = read_csv(out / "scores_ID_explicit.csv")
     labels = np.array([int(r["label"]) for r in rows])
     scores = np.array([float(r["score"]) for r in rows])
-    assert results["ID"]["explicit"]["accuracy"] == pytest.approx(rates_at(labels, scores, 0.25)["accuracy"])
+    assert results["ID"]["explicit"]["accuracy"] == pytest.approx(rates(labels, scores, 0.25)["accuracy"])
     assert results["ID"]["explicit"]["released_threshold_accuracy"] == pytest.approx(
-        rates_at(labels, scores, 9.0131)["accuracy"])
+        rates(labels, scores, 9.0131)["accuracy"])
     assert not (out / "roc.png").exists() and "baselines" in results and results["baselines"] == {}
 
 
@@ -430,9 +433,10 @@ def test_empty_external_file_exits_2(world, tmp_path, capsys):
 
 
 def test_released_weights_with_carved_validation_get_a_note(world, tmp_path, capsys, monkeypatch):
-    from latentguard import io as lg_io
+    from latentguard import published
+    from latentguard.io import sha256_of
 
-    monkeypatch.setattr(lg_io, "RELEASED_CHECKPOINT_SHA256", lg_io.sha256_of(world["checkpoint"]))
+    monkeypatch.setattr(published, "RELEASED_CHECKPOINT_SHA256", sha256_of(world["checkpoint"]))
     assert main(argv(world, tmp_path / "eval", "--no-plots")) == 0
     assert "note: the released weights were trained on all of ID_train_data" in capsys.readouterr().out
     results = json.loads((tmp_path / "eval" / "results.json").read_text())

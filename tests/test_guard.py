@@ -6,14 +6,16 @@ import random
 
 import numpy as np
 import pytest
+import reference
 import torch
 
-from latentguard import reference
-from latentguard.concepts import cached_concept_vectors, concept_cache_path, load_blacklist, load_concepts
+from latentguard.data.blacklist import load_blacklist, load_concepts
 from latentguard.encoders import TextEncoder
 from latentguard.errors import LatentGuardError
-from latentguard.guard import POOLED, LatentGuard, Verdict, merge_pieces
+from latentguard.guard import LatentGuard, Verdict
 from latentguard.model import EmbeddingMappingLayer
+from latentguard.scoring.evidence import POOLED, merge_pieces
+from latentguard.store.concept_cache import cached_concept_vectors, concept_cache_path
 
 CONCEPTS = ["knife", "blood", "gun", "bomb", "poison", "zorblaxian"]  # the last one is 3 BPE pieces
 SAFE_WORDS = ["flower", "book", "cake", "balloon", "guitar", "kite", "lamp", "apple"]
@@ -290,7 +292,8 @@ def test_from_pretrained_with_tiny_clip(tiny_encoder_dir, tiny_encoder, tmp_path
                                         device="cpu", top_k=2)
     prompts = ["a photo of a knife", "a red balloon in the sky", "blood on the floor"]
     logits = guard.logits(prompts)
-    ref = reference.repeat_per_concept_scores(state, tiny_encoder.encode(prompts), tiny_encoder.encode_concepts(concepts))
+    ref = reference.repeat_per_concept_scores(state, tiny_encoder.encode(prompts),
+                                              tiny_encoder.encode_concepts(concepts))
     np.testing.assert_allclose(logits, ref.numpy(), atol=1e-4, rtol=0)
     verdicts = guard.check(prompts)
     assert [v.unsafe for v in verdicts] == list(logits.max(1) >= 0.5)
@@ -299,8 +302,8 @@ def test_from_pretrained_with_tiny_clip(tiny_encoder_dir, tiny_encoder, tmp_path
     # an encoder object works too, and so does a concepts file with per-concept thresholds
     blacklist = tmp_path / "blacklist.yaml"
     blacklist.write_text("concepts:\n  violence: [knife, gun]\n  gore: [blood]\nthresholds:\n  gun: 3.5\n")
-    guard2 = LatentGuard.from_pretrained(tmp_path / "ckpt.pth", tiny_encoder, blacklist, concept_thresholds={"knife": 1},
-                                         threshold="released")
+    guard2 = LatentGuard.from_pretrained(tmp_path / "ckpt.pth", tiny_encoder, blacklist,
+                                         concept_thresholds={"knife": 1}, threshold="released")
     assert guard2.concepts == ["knife", "gun", "blood"]
     assert guard2.concept_thresholds == {"gun": 3.5, "knife": 1.0}
     np.testing.assert_allclose(guard2.logits(prompts), logits[:, [0, 2, 1]], atol=1e-5, rtol=0)
@@ -308,7 +311,8 @@ def test_from_pretrained_with_tiny_clip(tiny_encoder_dir, tiny_encoder, tmp_path
 
 def test_from_pretrained_default_concepts_come_from_copro(tiny_encoder, synthetic_copro, tmp_path):
     _released_checkpoint(tmp_path / "ckpt.pth")
-    guard = LatentGuard.from_pretrained(tmp_path / "ckpt.pth", tiny_encoder, dataset=synthetic_copro, threshold="released")
+    guard = LatentGuard.from_pretrained(tmp_path / "ckpt.pth", tiny_encoder, dataset=synthetic_copro,
+                                        threshold="released")
     assert guard.concepts == load_concepts(None, dataset=synthetic_copro)
     assert guard.threshold == 9.0131 and len(guard.concepts) == 12
 
@@ -390,7 +394,8 @@ def test_check_embeddings_matches_check(guard, local_encoder, held_out):
     guard.allowlist = ["knife"]
     counting = CountingEncoder(local_encoder)
     counting.encode_calls = []
-    counting.encode = lambda texts, batch_size=64: counting.encode_calls.append(list(texts)) or local_encoder.encode(texts, batch_size)
+    counting.encode = lambda texts, batch_size=64: (counting.encode_calls.append(list(texts))
+                                                    or local_encoder.encode(texts, batch_size))
     guard.encoder = counting
     direct = guard.check(prompts)
     counting.encode_calls.clear()

@@ -8,14 +8,14 @@ import urllib.request
 
 import numpy as np
 import pytest
+import reference
 import torch
 
 import inference
 import latentguard.cli.infer as infer_cli
-from latentguard import reference
 from latentguard.encoders import TextEncoder
-from latentguard.io import COPRO_URL, RELEASED_CHECKPOINT_URL
 from latentguard.model import EmbeddingMappingLayer
+from latentguard.published import COPRO_URL, RELEASED_CHECKPOINT_URL
 
 PROMPTS = ["a photo of a knife on the table", "a red balloon in the sky", "", "blood on the kitchen floor",
            "an old man reading a book in the park, with a very long description " + "and more words " * 10]
@@ -116,7 +116,7 @@ def test_second_run_reuses_cached_concepts(files, tiny_encoder_dir, monkeypatch,
 
 
 def test_defaults_sample_file_and_released_threshold(files, tiny_encoder_dir, capsys, monkeypatch):
-    from latentguard import calibration
+    from latentguard.decision import threshold as calibration
     from latentguard.io import sha256_of
 
     args = ["--checkpoint", str(files / "ckpt.pth"), "--concepts", str(files / "concepts.txt"),
@@ -128,7 +128,8 @@ def test_defaults_sample_file_and_released_threshold(files, tiny_encoder_dir, ca
     monkeypatch.setattr(calibration, "RELEASED_CHECKPOINT_SHA256", sha256_of(files / "ckpt.pth"))  # "released"
     assert inference.main(args) == 0
     out = capsys.readouterr().out
-    sample = [line for line in infer_cli.prompt_file(infer_cli.DEFAULT_PROMPTS).read_text().splitlines() if line.strip()]
+    sample = [line for line in infer_cli.prompt_file(infer_cli.DEFAULT_PROMPTS).read_text().splitlines()
+              if line.strip()]
     assert len(sample) >= 6
     labels = eval(out.splitlines()[-1])  # a Python-style list, as the released script prints
     assert len(labels) == len(sample) and set(labels) <= {0, 1}
@@ -201,7 +202,8 @@ def test_missing_checkpoint_and_width_mismatch(files, tiny_encoder_dir, capsys):
 
 
 def test_bad_output_extension_fails_before_any_work(files, tiny_encoder_dir, capsys):
-    err = _fails(_args(files, tiny_encoder_dir, "--output", str(files / "out.txt")), capsys, "out.txt", ".csv or .jsonl")
+    err = _fails(_args(files, tiny_encoder_dir, "--output", str(files / "out.txt")), capsys, "out.txt",
+                 ".csv or .jsonl")
     assert err.startswith("error: ")  # refused before the encoder was even loaded
     assert not (files / "out.txt").exists()
 

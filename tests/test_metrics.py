@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, roc_auc_score
 
-from latentguard.metrics import best_accuracy_threshold, fpr_at_tpr, rates_at, roc_auc, threshold_at_fpr
+from latentguard.decision.metrics import best_accuracy_threshold, fpr_at_tpr, roc_auc, threshold_at_fpr
+from latentguard.decision.rule import rates
 
 
 @pytest.fixture
@@ -19,7 +20,7 @@ def arrays():
 def test_auc_and_rates_match_sklearn(arrays):
     labels, scores = arrays
     assert roc_auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores))
-    r = rates_at(labels, scores, 0.7)
+    r = rates(labels, scores, 0.7)
     assert r["accuracy"] == pytest.approx(accuracy_score(labels, scores >= 0.7))
     assert r["tpr"] == pytest.approx(((scores >= 0.7) & (labels == 1)).sum() / (labels == 1).sum())
     assert r["fpr"] == pytest.approx(((scores >= 0.7) & (labels == 0)).sum() / (labels == 0).sum())

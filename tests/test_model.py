@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import pytest
+import reference
 import torch
 
-from latentguard import reference
 from latentguard.errors import LatentGuardError
 from latentguard.model import EmbeddingMappingLayer, expected_shapes, load_mapping_layer
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,16 +30,16 @@ def test_readme_test_command_is_what_ci_runs():
 
 def test_default_config_has_the_paper_hyperparameters():
     cfg = load_config()
-    assert cfg["train"]["batch_size"] == 64 and cfg["train"]["lr"] == pytest.approx(1e-3)
-    assert cfg["train"]["weight_decay"] == pytest.approx(0.01) and cfg["train"]["epochs"] == 1001
-    assert (cfg["model"]["num_heads"], cfg["model"]["head_dim"], cfg["model"]["out_dim"]) == (16, 32, 128)
+    assert cfg.train.batch_size == 64 and cfg.train.lr == pytest.approx(1e-3)
+    assert cfg.train.weight_decay == pytest.approx(0.01) and cfg.train.epochs == 1001
+    assert (cfg.model.num_heads, cfg.model.head_dim, cfg.model.out_dim) == (16, 32, 128)
     # "auto": the calibration saved beside the checkpoint, else 9.0131 for the released weights only
-    from latentguard.calibration import resolve_threshold
+    from latentguard.decision.threshold import resolve_threshold
     from latentguard.errors import LatentGuardError
 
-    assert cfg["inference"]["threshold"] == "auto"
+    assert cfg.inference.threshold == "auto"
     with pytest.raises(LatentGuardError, match="needs the checkpoint"):
-        resolve_threshold(cfg["inference"]["threshold"], None)
+        resolve_threshold(cfg.inference.threshold, None)
 
 
 @pytest.mark.parametrize("text, match", [
@@ -59,6 +60,15 @@ def test_bad_config_values_are_named(tmp_path, text, match):
 
 
 def test_overrides_apply_and_are_checked():
-    assert load_config(overrides={"train.lr": 0.5})["train"]["lr"] == 0.5
+    assert load_config(overrides={"train.lr": 0.5}).train.lr == 0.5
     with pytest.raises(LatentGuardError, match="unknown config key"):
         load_config(overrides={"train.nope": 1})
+
+
+def test_the_tree_passes_ruff():
+    """The style configuration in pyproject.toml (line length 120, imports sorted) holds for the whole tree."""
+    ruff = shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff is not installed (it is in the test extra)")
+    done = subprocess.run([ruff, "check", "--no-cache", "."], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr

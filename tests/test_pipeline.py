@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from conftest import tiny_clip_text_model
+
 from latentguard.errors import LatentGuardError
 from latentguard.guard import LatentGuard
 from latentguard.model import EmbeddingMappingLayer
@@ -27,7 +27,8 @@ def test_encoder_from_pipeline_leaves_the_pipeline_untouched(clip_tokenizer):
 
 
 def test_check_embeddings_agrees_with_check(clip_tokenizer):
-    encoder = encoder_from_pipeline(SimpleNamespace(text_encoder=tiny_clip_text_model(seed=0), tokenizer=clip_tokenizer))
+    encoder = encoder_from_pipeline(SimpleNamespace(text_encoder=tiny_clip_text_model(seed=0),
+                                                    tokenizer=clip_tokenizer))
     torch.manual_seed(0)
     guard = LatentGuard(EmbeddingMappingLayer(), encoder, ["knife", "blood", "gun"], cache_concepts=False,
                         allowlist=["kill bill"])

@@ -8,19 +8,19 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from synthetic import make_synthetic_copro
 
 import inference
 import prepare
-from latentguard import precision
 from latentguard.cli.common import load_command_config
-from latentguard.cache import EmbeddingStore, encoder_request_key, open_store_for, store_path
 from latentguard.config import load_config
 from latentguard.data import load_copro
-from latentguard.encoders import load_encoder
+from latentguard.encoders import load_encoder, precision
+from latentguard.encoders.precision import apply_precision, cpu_supports_bf16, resolve_precision
 from latentguard.errors import LatentGuardError
 from latentguard.model import EmbeddingMappingLayer
-from latentguard.precision import apply_precision, cpu_supports_bf16, resolve_precision
-from synthetic import make_synthetic_copro
+from latentguard.store.locate import encoder_request_key, open_store_for, store_path
+from latentguard.store.store import EmbeddingStore
 
 # Measured on the tiny CLIP with this test's checkpoint (tempr 30, scores of a few units): bf16 moved
 # the four scores by 0.018-0.030 on the development CPU (AVX512-BF16). The bound, about 3x that,
@@ -73,15 +73,15 @@ def test_fast_refuses_a_configured_reduced_dtype_and_unknown_profiles():
 
 
 def test_apply_precision_sets_the_encoder_dtype_of_a_config(monkeypatch, tmp_path):
-    cfg = load_config(None, overrides={"device": "cpu"})
-    assert cfg["precision"] == "exact" and apply_precision(cfg) is None and cfg["encoder"]["dtype"] == "float32"
+    cfg, note = apply_precision(load_config(None, overrides={"device": "cpu"}))
+    assert cfg.precision == "exact" and note is None and cfg.encoder.dtype == "float32"
     monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: True)
-    cfg = load_config(None, overrides={"device": "cpu", "precision": "fast"})
-    assert "bfloat16 encoder on this CPU" in apply_precision(cfg) and cfg["encoder"]["dtype"] == "bfloat16"
+    cfg, note = apply_precision(load_config(None, overrides={"device": "cpu", "precision": "fast"}))
+    assert "bfloat16 encoder on this CPU" in note and cfg.encoder.dtype == "bfloat16"
     saved = tmp_path / "config.yaml"  # what a fast training run saves beside its checkpoint loads again
-    saved.write_text(yaml.safe_dump(cfg), encoding="utf-8")
-    again = load_config(saved)
-    assert apply_precision(again) and again["encoder"]["dtype"] == "bfloat16"
+    saved.write_text(yaml.safe_dump(cfg.to_dict()), encoding="utf-8")
+    again, note = apply_precision(load_config(saved))
+    assert note and again.encoder.dtype == "bfloat16"
     monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: False)  # on a CPU without bf16 it refuses
     with pytest.raises(LatentGuardError, match=r"\(float32 here\), but encoder.dtype is bfloat16"):
         apply_precision(load_config(saved))
@@ -92,10 +92,10 @@ def test_every_command_applies_the_profile_where_it_loads_its_config(command, ca
     monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: True)
     parser = importlib.import_module(f"latentguard.cli.{command}").build_parser()
     cfg = load_command_config(parser.parse_args(["--device", "cpu", "--precision", "fast"]), {})
-    assert cfg["precision"] == "fast" and cfg["encoder"]["dtype"] == "bfloat16"
+    assert cfg.precision == "fast" and cfg.encoder.dtype == "bfloat16"
     assert "precision fast: bfloat16 encoder on this CPU" in capsys.readouterr().out
     cfg = load_command_config(parser.parse_args(["--device", "cpu"]), {})
-    assert cfg["encoder"]["dtype"] == "float32" and capsys.readouterr().out == ""
+    assert cfg.encoder.dtype == "float32" and capsys.readouterr().out == ""
     with pytest.raises(SystemExit):
         parser.parse_args(["--precision", "turbo"])
 
@@ -106,7 +106,8 @@ def test_precision_separates_encoder_identity_stores_and_request_keys(tiny_encod
     fast = load_encoder(str(tiny_encoder_dir), device="cpu", dtype="bfloat16")
     assert exact.identity != fast.identity and fast.identity.endswith(":bfloat16")
     assert store_path(tmp_path, exact.identity) != store_path(tmp_path, fast.identity)
-    assert encoder_request_key(tiny_encoder_dir, dtype="float32") != encoder_request_key(tiny_encoder_dir, dtype="bfloat16")
+    assert (encoder_request_key(tiny_encoder_dir, dtype="float32")
+            != encoder_request_key(tiny_encoder_dir, dtype="bfloat16"))
     store = open_store_for(tmp_path, exact, dtype="float32", create=True)
     store.build(["a knife"], exact, progress=False)
     with pytest.raises(LatentGuardError, match="was built with encoder"):
@@ -118,7 +119,7 @@ def test_precision_separates_encoder_identity_stores_and_request_keys(tiny_encod
 def test_prepare_fast_builds_its_own_store_beside_the_exact_one(tiny_encoder_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: True)  # bf16 runs (slowly) on any CPU
     dataset = make_synthetic_copro(tmp_path / "small.json", n_id=2, n_ood=1, train_per_concept=2, test_per_concept=1)
-    base = ["--dataset", str(dataset), "--encoder", str(tiny_encoder_dir), "--cache-dir", str(tmp_path / "cache"),
+    base = ["--dataset", str(dataset), "--encoder", str(tiny_encoder_dir), "--store-dir", str(tmp_path / "cache"),
             "--device", "cpu", "--dtype", "float32"]
     assert prepare.main(base) == 0
     assert prepare.main(base + ["--precision", "fast"]) == 0

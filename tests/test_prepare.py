@@ -9,19 +9,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from synthetic import make_synthetic_copro
 
 import prepare
 from latentguard import encoders as encoder_mod
-from latentguard.cache import EmbeddingStore
-from latentguard.store_hints import open_store_for
 from latentguard.data import load_copro
-from synthetic import make_synthetic_copro
+from latentguard.store.locate import open_store_for
+from latentguard.store.store import EmbeddingStore
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def args(dataset: Path, encoder_dir: Path, cache_dir: Path, *extra: str) -> list[str]:
-    return ["--dataset", str(dataset), "--encoder", str(encoder_dir), "--cache-dir", str(cache_dir),
+    return ["--dataset", str(dataset), "--encoder", str(encoder_dir), "--store-dir", str(cache_dir),
             "--device", "cpu", "--batch-size", "32", *extra]
 
 
@@ -98,6 +98,6 @@ def test_prepare_help_runs_as_a_script():
     done = subprocess.run([sys.executable, str(ROOT / "prepare.py"), "--help"], capture_output=True, text=True,
                           cwd=ROOT, timeout=60)
     assert done.returncode == 0
-    for flag in ("--config", "--dataset", "--encoder", "--encoder-type", "--cache-dir", "--device", "--dtype",
+    for flag in ("--config", "--dataset", "--encoder", "--encoder-type", "--store-dir", "--device", "--dtype",
                  "--batch-size"):
         assert flag in done.stdout

@@ -41,7 +41,7 @@ def test_minilm_learns_real_copro_end_to_end(tmp_path):
     dataset = real_subset(tmp_path / "copro_subset.json", train_per_concept=CI_RECIPE["train_per_concept"],
                           id_test=CI_RECIPE["id_test"], ood_test=CI_RECIPE["ood_test"])
     common = ["--dataset", str(dataset), "--encoder", str(minilm_dir()), "--encoder-type", "hf",
-              "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]
+              "--store-dir", str(tmp_path / "cache"), "--device", "cpu"]
     prepared = _run("prepare.py", *common, cwd=tmp_path)
     assert "[float16" in prepared.stdout  # the default store precision
     epochs = str(CI_RECIPE["epochs"])

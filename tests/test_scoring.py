@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from reference import repeat_per_concept_scores
 
 from latentguard.errors import LatentGuardError
 from latentguard.model import EmbeddingMappingLayer
-from latentguard.reference import repeat_per_concept_scores
 from latentguard.scoring import blacklist_logits, head_major_logits, max_scores
 
 
@@ -47,7 +47,7 @@ def test_head_major_equals_logit_matrix_and_the_released_loop(n_prompts, n_conce
 
 
 def test_head_major_concept_chunks_change_nothing(monkeypatch):
-    import latentguard.scoring as scoring
+    import latentguard.scoring.logits as scoring
 
     model = _model()
     prompts, concepts = torch.randn(5, 78, 64), torch.randn(40, 64)

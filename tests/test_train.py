@@ -3,24 +3,21 @@ reproducible and resumable, checkpoints keep the released format, bad settings f
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
+from reference import naive_contrastive_loss
+from synthetic import make_synthetic_copro
 
 import main as main_mod
 import prepare as prepare_mod
-from latentguard.config import load_config
+from latentguard.config import ModelConfig, load_config
 from latentguard.data import load_copro
-from latentguard.embeddings import EncoderSource, concept_vectors
 from latentguard.model import EmbeddingMappingLayer, expected_shapes, load_mapping_layer
-from latentguard.reference import naive_contrastive_loss
-from latentguard.train import (
-    BEST_NAME, LAST_NAME, LOG_NAME, RESUME_NAME, WEIGHTS_NAME, ConceptPairSampler, Trainer, build_trainer, contrastive_loss,
-    explicit_auc, new_model,
-)
-from synthetic import make_synthetic_copro
+from latentguard.store.sources import EncoderSource, concept_vectors
+from latentguard.train import ConceptPairSampler, Trainer, build_trainer, contrastive_loss, explicit_auc, new_model
+from latentguard.train.trainer import BEST_NAME, LAST_NAME, LOG_NAME, RESUME_NAME, WEIGHTS_NAME
 
 CPU = torch.device("cpu")
 
@@ -105,19 +102,19 @@ def prepared(tmp_path_factory, tiny_encoder_dir):
     dataset = make_synthetic_copro(root / "CoPro_synthetic.json")
     cache = root / "cache"
     assert prepare_mod.main(["--dataset", str(dataset), "--encoder", str(tiny_encoder_dir),
-                             "--cache-dir", str(cache), "--device", "cpu"]) == 0
+                             "--store-dir", str(cache), "--device", "cpu"]) == 0
     return {"dataset": dataset, "cache": cache, "encoder": tiny_encoder_dir}
 
 
 def _argv(prepared, out: Path, *extra: str) -> list[str]:
     return ["--dataset", str(prepared["dataset"]), "--encoder", str(prepared["encoder"]),
-            "--cache-dir", str(prepared["cache"]), "--output-dir", str(out), "--device", "cpu",
+            "--store-dir", str(prepared["cache"]), "--output-dir", str(out), "--device", "cpu",
             "--no-progress", *extra]
 
 
 @pytest.fixture(scope="module")
 def store_source(prepared, tiny_encoder):
-    from latentguard.store_hints import open_store_for
+    from latentguard.store.locate import open_store_for
 
     return open_store_for(prepared["cache"], tiny_encoder)
 
@@ -135,7 +132,7 @@ def test_main_training_lifts_explicit_id_test_auc(prepared, store_source, tmp_pa
     copro = load_copro(prepared["dataset"])
     test = copro.split("ID_test_data")
     concepts = concept_vectors(store_source, copro.concepts("ID"))
-    untrained = explicit_auc(new_model(768, {"num_heads": 16, "head_dim": 32, "out_dim": 128}, 0),
+    untrained = explicit_auc(new_model(768, ModelConfig(num_heads=16, head_dim=32, out_dim=128), 0),
                              store_source, test, concepts)
     out = tmp_path / "run"
     assert main_mod.main(_argv(prepared, out, "--epochs", "15", "--lr", "3e-3", "--val-every", "5")) == 0
@@ -153,13 +150,14 @@ def test_main_training_lifts_explicit_id_test_auc(prepared, store_source, tmp_pa
     saved_cfg = (out / "config.yaml").read_text()
     assert "epochs: 15" in saved_cfg and "lr: 0.003" in saved_cfg
     # the saved (final) weights get their own threshold: max accuracy on the validation split, found by inference
-    from latentguard.calibration import resolve_threshold
-    from latentguard.metrics import best_accuracy_threshold
-    from latentguard.validation import max_concept_scores
+    from latentguard.decision.metrics import best_accuracy_threshold
+    from latentguard.decision.threshold import resolve_threshold
+    from latentguard.train.monitor import max_concept_scores
 
     valid = copro.split("ID_valid_data")
     unsafe, safe = [t.unsafe_prompt for t in valid], [t.safe_prompt for t in valid]
-    scores = max_concept_scores(load_mapping_layer(out / WEIGHTS_NAME, in_dim=768), store_source, unsafe + safe, concepts)
+    scores = max_concept_scores(load_mapping_layer(out / WEIGHTS_NAME, in_dim=768), store_source, unsafe + safe,
+                                concepts)
     expected = best_accuracy_threshold([1] * len(unsafe) + [0] * len(safe), scores)
     assert "threshold:" in printed and (out / "model_parameters.threshold.yaml").is_file()
     found = resolve_threshold("auto", out / WEIGHTS_NAME, encoder_identity=store_source.identity)
@@ -168,7 +166,7 @@ def test_main_training_lifts_explicit_id_test_auc(prepared, store_source, tmp_pa
 
 def test_default_keeps_the_final_weights_and_keep_best_adds_best_pth(prepared, store_source, tmp_path, capsys):
     """As released: model_parameters.pth = the last epoch's weights; best-on-validation is opt-in."""
-    from latentguard.calibration import calibration_path, read_calibration
+    from latentguard.decision.threshold import calibration_path, read_calibration
 
     plain = tmp_path / "plain"
     assert main_mod.main(_argv(prepared, plain, "--epochs", "6", "--lr", "3e-3", "--val-every", "2")) == 0
@@ -246,7 +244,7 @@ def test_ctrl_c_saves_and_the_same_command_resumes(prepared, store_source, tmp_p
     import os
     import signal
 
-    import latentguard.train as train_mod
+    import latentguard.train.trainer as train_mod
 
     straight = tmp_path / "straight"
     _trainer(prepared, store_source, straight).run()
@@ -300,9 +298,9 @@ def test_seed_fixes_the_result(prepared, store_source, tmp_path):
     assert not torch.equal(other["x1_to_key.weight"], _final_state(tmp_path / "a")["x1_to_key.weight"])
 
 
-def test_no_cache_trains_from_the_encoder(prepared, tiny_encoder, tmp_path):
+def test_no_store_trains_from_the_encoder(prepared, tiny_encoder, tmp_path):
     out = tmp_path / "nc"
-    assert main_mod.main(_argv(prepared, out, "--no-cache", "--epochs", "2", "--val-every", "1")) == 0
+    assert main_mod.main(_argv(prepared, out, "--no-store", "--epochs", "2", "--val-every", "1")) == 0
     assert (out / WEIGHTS_NAME).is_file()
     # and the training code accepts any EmbeddingSource
     source = EncoderSource(tiny_encoder, batch_size=32)
@@ -342,17 +340,17 @@ def test_bad_config_files_fail_in_one_line(prepared, tmp_path, capsys, yaml_text
 
 @pytest.mark.parametrize("other_store", [False, True])  # empty cache dir / only another encoder's store
 def test_missing_store_tells_how_to_build_it(prepared, tiny_encoder_other, tmp_path, capsys, other_store):
-    from latentguard.store_hints import open_store_for
+    from latentguard.store.locate import open_store_for
 
     cache = tmp_path / "cache"
     if other_store:
         open_store_for(cache, tiny_encoder_other, create=True)
     argv = _argv(prepared, tmp_path / "r")
-    argv[argv.index("--cache-dir") + 1] = str(cache)
+    argv[argv.index("--store-dir") + 1] = str(cache)
     assert main_mod.main(argv) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]  # (loading the encoder may print a bar first)
     assert last.startswith("error: no embedding store")
-    assert "python prepare.py" in last and f"--cache-dir {cache}" in last and "--no-cache" in last
+    assert "python prepare.py" in last and f"--store-dir {cache}" in last and "--no-store" in last
 
 
 def test_store_missing_texts_is_reported(prepared, tmp_path, capsys):
@@ -384,6 +382,7 @@ def _fake_results(run: Path, auc: float, acc: float, unavailable: str | None = N
 def test_aggregate_seeds_reports_mean_std_beside_the_paper(tmp_path, capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "scripts"))
     import aggregate_seeds
+
     from latentguard.published import PUBLISHED_TABLE1
 
     runs = [tmp_path / "seed0", tmp_path / "seed1"]

@@ -1,4 +1,4 @@
-"""`python -m latentguard.verify`: the release parity check, run as a real process.
+"""`python -m latentguard verify`: the release parity check, run as a real process.
 
 Offline, a fixture is generated from the project's own scores (tiny random CLIP, random mapping
 weights, synthetic CoPro with synonym/adversarial dictionaries): verify must PASS on it, fail naming
@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from latentguard import verify
 from latentguard.data import load_copro
 from latentguard.encoders import load_encoder
+from latentguard.eval import parity as verify
 from latentguard.model import EmbeddingMappingLayer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run_verify(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "latentguard.verify", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "latentguard", "verify", *args], capture_output=True, text=True,
                           cwd=ROOT, env=env, timeout=300)
 
 
@@ -53,7 +53,8 @@ def parity_setup(tmp_path_factory, tiny_encoder_dir):
                                            entry.concept, 0.0))
         for kind in ("synonym", "adversarial"):
             pair = copro.variant_pairs(split, kind)[0]
-            original = next(e for e in copro.split(split) if e.concept == pair.concept and e.safe_prompt == pair.safe_prompt)
+            original = next(e for e in copro.split(split)
+                            if e.concept == pair.concept and e.safe_prompt == pair.safe_prompt)
             rows.append(verify.ReleasedRow(0, domain, kind, 1, original.unsafe_prompt, original.safe_prompt,
                                            original.concept, 0.0))
             rows.append(verify.ReleasedRow(0, domain, kind, 0, original.unsafe_prompt, original.safe_prompt,
@@ -71,7 +72,7 @@ def parity_setup(tmp_path_factory, tiny_encoder_dir):
 def test_shipped_fixture_reads_and_every_text_rule_applies():
     rows = verify.read_fixture()
     assert len(rows) == 84
-    assert {(r.domain, r.setting) for r in rows} == {(d, s) for d in verify.DOMAINS for s in verify.SETTINGS}
+    assert {(r.domain, r.setting) for r in rows} == {(d, s) for d in verify.DOMAINS for s in verify.KINDS}
     assert all(r.safe_prompt.startswith(" ") for r in rows if r.label == 0)  # kept exactly as stored
     # Both decision thresholds are covered on each side in the shipped rows.
     for t in verify.DECISION_THRESHOLDS.values():
@@ -140,7 +141,8 @@ def test_the_cli_dispatcher_runs_verify_with_the_shared_flags():
     helped = subprocess.run(dispatch + ["verify", "--help"], capture_output=True, text=True, cwd=ROOT, env=env,
                             timeout=120)
     assert helped.returncode == 0
-    assert all(flag in helped.stdout for flag in ("--fixture", "--tolerance", "--checkpoint", "--config", "--encoder-type"))
+    assert all(flag in helped.stdout
+               for flag in ("--fixture", "--tolerance", "--checkpoint", "--config", "--encoder-type"))
     bad = subprocess.run(dispatch + ["verify", "--tolerance", "-1"], capture_output=True, text=True, cwd=ROOT,
                          env=env, timeout=120)
     assert bad.returncode == 2 and bad.stderr == "error: --tolerance must be a finite number >= 0, got -1.0\n"

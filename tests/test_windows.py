@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from latentguard.encoders import DEFAULT_WINDOW_STRIDE, load_encoder, window_starts
+from latentguard.encoders import DEFAULT_WINDOW_STRIDE, window_starts
 from latentguard.errors import LatentGuardError
 from latentguard.model import EmbeddingMappingLayer
 from latentguard.scoring import max_over_windows, windowed_logit_matrix

@@ -7,11 +7,11 @@ prepare  latentguard.cli.prepare  prepare.py          latentguard-prepare
 train    latentguard.cli.train    main.py             latentguard-train
 evaluate latentguard.cli.evaluate test.py             latentguard-evaluate
 infer    latentguard.cli.infer    inference.py        latentguard-infer
-verify   latentguard.verify       (python -m ...)     latentguard-verify
+verify   latentguard.cli.verify   (none)              latentguard-verify
 ======== ======================== =================== ==========================
 
-``latentguard COMMAND [flags]`` (or ``python -m latentguard.cli COMMAND``) runs any of them.
-``verify`` (release parity) has no root script: ``python -m latentguard.verify``.
+``latentguard COMMAND [flags]`` (or ``python -m latentguard COMMAND``) runs any of them.
+``verify`` (release parity) has no root script: ``latentguard verify``.
 """
 from __future__ import annotations
 
@@ -25,14 +25,14 @@ COMMANDS: dict[str, str] = {
     "train": "latentguard.cli.train",
     "evaluate": "latentguard.cli.evaluate",
     "infer": "latentguard.cli.infer",
-    "verify": "latentguard.verify",
+    "verify": "latentguard.cli.verify",
 }
 SUMMARIES: dict[str, str] = {
     "prepare": "encode CoPro into an on-disk embedding store (prepare.py)",
     "train": "train the Embedding Mapping Layer (main.py)",
     "evaluate": "Table 1 / Table 2 evaluation and baselines (test.py)",
     "infer": "score a file of prompts, SAFE/UNSAFE per line (inference.py)",
-    "verify": "check parity with the released model's scores (python -m latentguard.verify)",
+    "verify": "check parity with the released model's scores",
 }
 
 

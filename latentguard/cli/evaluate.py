@@ -3,19 +3,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
-from ..store_hints import open_configured_store
-from ..errors import LatentGuardError, cli_entry
-from ..config import DEFAULTS
-from .common import common_parser, load_command_config, load_model
-from ..eval.external import StoreFirstSource, external_markdown, read_external
-from ..eval.report import _fmt, console_tables, write_outputs, write_scores_csv
-from ..eval.run import (LATENT_GUARD, MethodScores, _clean, calibrate_threshold, evaluate_copro, score_prompts,
-                        setting_metrics)
-from ..eval.settings import DOMAINS, KINDS, build_settings
-from ..io import atomic_write_text, unique
-from ..published import RELEASED_THRESHOLD
+from ..errors import LatentGuardError
+from ..io import atomic_write_text
+from ..published import DOMAINS, KINDS, RELEASED_THRESHOLD
+from .common import SCHEMA, cli_entry, common_parser, load_command_config, load_model
+
 
 # ---------------------------------------------------------------------------------------- CLI
 def build_parser():
@@ -26,21 +20,25 @@ def build_parser():
         description="Evaluate Latent Guard on CoPro (Table 1: ID/OOD x explicit/synonym/adversarial) with one "
         "threshold calibrated on validation data, optionally beside the Text Blacklist, CLIPScore and BERTScore "
         "baselines; or score an external labelled prompt file (Table 2) with --external.",
-        epilog="Run prepare.py first (same --dataset, --encoder, --cache-dir): Table 1 reads embeddings from the store.",
+        epilog="Run prepare.py first (same --dataset, --encoder, --store-dir): Table 1 reads embeddings from "
+        "the store.",
         parents=[common_parser()],
     )
     parser.add_argument("--checkpoint", help="mapping-layer weights (config: checkpoint; the released "
                         "model_parameters.pth is downloaded and SHA-256 checked when missing)")
     parser.add_argument("--output-dir", help="where results go (config: output_dir, default "
-                        f"{DEFAULTS['output_dir']})")
+                        f"{SCHEMA.output_dir})")
     parser.add_argument("--threshold", help="decision threshold for the accuracy fields: a number, 'paper' (4.47), "
                         "'released' (9.0131) or 'calibrated' (the YAML beside the checkpoint) "
                         "(config: eval.threshold; default: calibrated on pooled validation data)")
     parser.add_argument("--batch-size", type=int, help="prompts per scoring batch (config: eval.batch_size, default "
-                        f"{DEFAULTS['eval']['batch_size']})")
-    parser.add_argument("--baselines", help="comma list of blacklist, clipscore, bertscore, or all (config: eval.baselines, "
-                        "default none; blacklist uses the paper's case-insensitive substring rule, eval.blacklist_match)")
-    parser.add_argument("--bert-model", help="BERT-family model for BERTScore, hub name or local dir (config: eval.bert_model; "
+                        f"{SCHEMA.eval.batch_size})")
+    parser.add_argument("--baselines", help="comma list of blacklist, clipscore, bertscore, or all (config: "
+                                            "eval.baselines, "
+                        "default none; blacklist uses the paper's case-insensitive substring rule, "
+                        "eval.blacklist_match)")
+    parser.add_argument("--bert-model", help="BERT-family model for BERTScore, hub name or local dir (config: "
+                                             "eval.bert_model; "
                         "no default: BERTScore is skipped without it)")
     parser.add_argument("--external", metavar="FILE", help="score an external labelled prompt set against the ID "
                         "concepts: a CSV with header prompt,label (1/0 or unsafe/safe), or unsafe prompts one per line "
@@ -51,19 +49,14 @@ def build_parser():
     return parser
 
 
-def _load_encoder(cfg: Mapping[str, Any]):
-    from ..encoders import load_encoder_from_config
-
-    return load_encoder_from_config(cfg)
-
-
-def _resolve_named_threshold(cfg: dict, checkpoint: Path, identity: str) -> None:
-    """Turn a threshold given by name (``paper``, ``released``, ``calibrated``) into a number."""
-    value = cfg["eval"]["threshold"]
+def _resolve_named_threshold(cfg, checkpoint: Path, identity: str):
+    """The config with a threshold given by name (``paper``, ``released``, ``calibrated``) turned into a number."""
+    value = cfg.eval.threshold
     if value is not None and not isinstance(value, (int, float)):
-        from ..calibration import resolve_threshold
+        from ..decision.threshold import resolve_threshold
 
-        cfg["eval"]["threshold"] = resolve_threshold(value, checkpoint, encoder_identity=identity)
+        return cfg.updated({"eval.threshold": resolve_threshold(value, checkpoint, encoder_identity=identity)})
+    return cfg
 
 
 def _threshold_source(args) -> str:
@@ -72,8 +65,8 @@ def _threshold_source(args) -> str:
 
 def _released_weights_note(copro, checkpoint: Path, threshold: float | None) -> str | None:
     """Warn when the released weights are calibrated on validation entries carved from their training data."""
-    from ..io import RELEASED_CHECKPOINT_SHA256, sha256_of
-    from ..published import TABLE1_ACCURACY_THRESHOLD
+    from ..io import sha256_of
+    from ..published import RELEASED_CHECKPOINT_SHA256, TABLE1_ACCURACY_THRESHOLD
 
     carved = str(getattr(copro, "valid_source", {}).get("ID_valid_data", "")).startswith("carved")
     if threshold is not None or not carved or sha256_of(checkpoint) != RELEASED_CHECKPOINT_SHA256:
@@ -83,40 +76,34 @@ def _released_weights_note(copro, checkpoint: Path, threshold: float | None) -> 
             f"protocol also run with --threshold {TABLE1_ACCURACY_THRESHOLD}")
 
 
-def _run_external(args, cfg: Mapping[str, Any], copro, device, batch_size: int, output_dir: Path) -> int:
-    from ..embeddings import EncoderSource, concept_vectors
-    from ..io import claim_run_dir, replace_outputs
+def _run_external(args, cfg, copro, device, batch_size: int, output_dir: Path) -> int:
+    from ..encoders import load_encoder_from_config
+    from ..eval.external import evaluate_external, external_markdown, external_threshold, read_external
+    from ..eval.report import _fmt, write_scores_csv
+    from ..eval.run import _clean
+    from ..store.locate import open_configured_store
+    from ..store.sources import StoreFirstSource
+    from .rundir import claim_run_dir, replace_outputs
 
     prompts, labels = read_external(args.external, args.external_safe)
-    encoder = _load_encoder(cfg)
+    encoder = load_encoder_from_config(cfg)
     store, _ = open_configured_store(cfg, encoder=encoder, missing_ok=True)  # none: encode on the fly
     checkpoint, model = load_model(cfg, encoder.hidden_size, device)
-    _resolve_named_threshold(cfg, checkpoint, encoder.identity)
+    cfg = _resolve_named_threshold(cfg, checkpoint, encoder.identity)
     claim_run_dir(output_dir, "test.py")  # inputs are valid: from here this run owns the directory, alone
-    enc_batch = cfg["encoder"]["batch_size"]
+    enc_batch = cfg.encoder.batch_size
     known = StoreFirstSource(store, encoder, enc_batch)
-    threshold, how = cfg["eval"]["threshold"], _threshold_source(args)
+    threshold, how = cfg.eval.threshold, _threshold_source(args)
     if threshold is None:
-        valid = build_settings(copro, "valid")
-        texts = {d: unique([t for s in valid.values() if s.available and s.domain == d for t in s.prompts])
-                 for d in DOMAINS if copro.concepts(d)}
         if store is None:
-            print(f"no embedding store for this encoder: encoding {sum(map(len, texts.values()))} validation "
-                  "prompts on the fly to calibrate the threshold (or pass --threshold)")
-        lg = MethodScores(LATENT_GUARD, {})
-        for domain, domain_texts in texts.items():
-            concept_emb = concept_vectors(known, copro.concepts(domain))
-            lg.per_domain[domain], _ = score_prompts(model, known, domain_texts, concept_emb,
-                                                     batch_size=batch_size, device=device)
-        threshold, how = calibrate_threshold(valid, lg)
-        if threshold is None:
-            threshold, how = RELEASED_THRESHOLD, f"released inference threshold ({how})"
+            print("no embedding store for this encoder: encoding the validation prompts on the fly to calibrate "
+                  "the threshold (or pass --threshold)")
+        threshold, how = external_threshold(copro, model, known, batch_size=batch_size, device=device)
     concepts = copro.concepts("ID")
-    concept_emb = concept_vectors(known, concepts)
-    scores, seconds = score_prompts(model, EncoderSource(encoder, enc_batch), prompts, concept_emb,
-                                    batch_size=batch_size, device=device, progress=not args.no_progress)
-    values, best = scores.lookup(prompts)
-    result = setting_metrics(labels, values, threshold, released_threshold=RELEASED_THRESHOLD)
+    metrics, values, best, seconds = evaluate_external(
+        prompts, labels, model, encoder, known, concepts, threshold=threshold, batch_size=batch_size,
+        encoder_batch_size=enc_batch, device=device, progress=not args.no_progress)
+    result = dict(metrics)
     result.update(_clean({
         "file": str(args.external), "safe_file": str(args.external_safe) if args.external_safe else None,
         "threshold": threshold, "threshold_source": how, "released_threshold": RELEASED_THRESHOLD,
@@ -139,9 +126,12 @@ def _run_external(args, cfg: Mapping[str, Any], copro, device, batch_size: int, 
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``test.py``: Table 1 on CoPro, or Table 2 on an external file with ``--external``."""
-    from ..baselines import load_bert_scorer, parse_baselines
-    from ..data import load_copro
-    from ..io import check_dir_path, claim_run_dir, replace_outputs, resolve_device
+    from ..data.copro import load_copro
+    from ..encoders.precision import resolve_device
+    from ..eval.methods import parse_baselines
+    from ..io import check_dir_path
+    from ..store.locate import open_configured_store
+    from .rundir import claim_run_dir, replace_outputs
 
     args = build_parser().parse_args(argv)
     if args.external_safe and not args.external:
@@ -150,11 +140,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "eval.threshold": args.threshold, "eval.batch_size": args.batch_size,
         "eval.bert_model": args.bert_model,
     })
-    batch_size = cfg["eval"]["batch_size"]  # checked by load_config
-    baselines = parse_baselines(args.baselines if args.baselines is not None else cfg["eval"]["baselines"])
-    device = resolve_device(cfg["device"])
-    output_dir = check_dir_path(cfg["output_dir"], "--output-dir")  # a file fails now; nothing is created yet
-    copro = load_copro(cfg["dataset"], valid_size=cfg["data"]["valid_size"], seed=cfg["data"]["seed"])
+    batch_size = cfg.eval.batch_size  # checked by load_config
+    baselines = parse_baselines(args.baselines if args.baselines is not None else cfg.eval.baselines)
+    device = resolve_device(cfg.device)
+    output_dir = check_dir_path(cfg.output_dir, "--output-dir")  # a file fails now; nothing is created yet
+    copro = load_copro(cfg.dataset, valid_size=cfg.data.valid_size, seed=cfg.data.seed)
     print(f"dataset {copro.path}: {copro.summary()}")
 
     if args.external:
@@ -164,21 +154,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     store, _ = open_configured_store(cfg)  # the encoder is loaded only when no hint names its store
     checkpoint, model = load_model(cfg, store.hidden_size, device)
-    _resolve_named_threshold(cfg, checkpoint, store.identity)
+    cfg = _resolve_named_threshold(cfg, checkpoint, store.identity)
     claim_run_dir(output_dir, "test.py")  # inputs are valid: from here this run owns the directory, alone
     bert, skipped = None, {}
     if "bertscore" in baselines:
-        bert, why = load_bert_scorer(cfg["eval"]["bert_model"], device=device)
+        from ..eval.baselines import load_bert_scorer
+
+        bert, why = load_bert_scorer(cfg.eval.bert_model, device=device)
         if bert is None:
             print(why)
             skipped["bertscore"] = why
+    from ..eval.report import console_tables, write_outputs
+    from ..eval.run import evaluate_copro
+
     evaluation = evaluate_copro(copro, model, store, baselines=baselines, bert_scorer=bert,
-                                threshold=cfg["eval"]["threshold"], threshold_source=_threshold_source(args),
+                                threshold=cfg.eval.threshold, threshold_source=_threshold_source(args),
                                 batch_size=batch_size, device=device, progress=not args.no_progress,
-                                blacklist_match=cfg["eval"]["blacklist_match"])
+                                blacklist_match=cfg.eval.blacklist_match)
     meta = {"dataset": str(copro.path), "checkpoint": str(checkpoint), "encoder": store.identity,
             "store": str(store.path), "device": str(device), "skipped": skipped}
-    note = _released_weights_note(copro, checkpoint, cfg["eval"]["threshold"])
+    note = _released_weights_note(copro, checkpoint, cfg.eval.threshold)
     if note:
         print(note)
         meta["note"] = note

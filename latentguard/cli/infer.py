@@ -16,9 +16,8 @@ import os
 import sys
 from pathlib import Path
 
-from latentguard.config import DEFAULTS
-from latentguard.cli.common import common_parser, load_command_config
-from latentguard.errors import LatentGuardError, cli_entry
+from ..errors import LatentGuardError
+from .common import SCHEMA, cli_entry, common_parser, load_command_config
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository (for the sample prompt file)
 DEFAULT_PROMPTS = "dataset/unsafe_sample.txt"
@@ -31,11 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Flag unsafe text-to-image prompts with Latent Guard. Prints one row per prompt "
                     "(score = max logit over the concept blacklist; UNSAFE when a concept's logit reaches "
                     "the threshold), then the list of 0/1 labels (1 = unsafe) as the released script does.",
-        epilog="Unset flags come from the config file (configs/default.yaml). The released checkpoint and "
+        epilog="Unset flags come from the config (--config, over latentguard/default.yaml). The released checkpoint "
+               "and "
                "CoPro dataset are downloaded to the cache ($LATENTGUARD_HOME or ~/.cache/latentguard; "
                "CoPro to --dataset) when missing. Concept vectors are cached per encoder, so later runs "
                "only encode the prompts.",
-        parents=[common_parser(cache_dir=False)])
+        parents=[common_parser(store_dir=False)])
     parser.add_argument("--file_path", "--file-path", dest="file_path", default=DEFAULT_PROMPTS, metavar="FILE",
                         help=f"prompts, one per line, UTF-8; blank lines are ignored (default: {DEFAULT_PROMPTS})")
     parser.add_argument("--threshold", default=None, metavar="T",
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "script's value), paper (4.47, reproduces the paper's Table 1 accuracies), calibrated "
                              "(the <checkpoint>.threshold.yaml written by --calibrate-safe) or auto (calibrated "
                              "when that file exists, else released for the released weights only, else an error; "
-                             f"default: inference.threshold = {DEFAULTS['inference']['threshold']})")
+                             f"default: inference.threshold = {SCHEMA.inference.threshold})")
     parser.add_argument("--calibrate-safe", default=None, metavar="FILE",
                         help="calibrate the threshold first on these safe prompts (one per line): the lowest "
                              "threshold flagging at most --target-fpr of them; saved beside the checkpoint")
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --calibrate-safe: also these unsafe prompts; the threshold then maximises accuracy")
     parser.add_argument("--target-fpr", type=float, default=None, metavar="F",
                         help="false-positive rate allowed on --calibrate-safe prompts "
-                        f"(default: calibration.target_fpr = {DEFAULTS['calibration']['target_fpr']})")
+                        f"(default: calibration.target_fpr = {SCHEMA.calibration.target_fpr})")
     parser.add_argument("--long-prompts", action="store_true", default=None,
                         help="score prompts longer than 77 tokens as the maximum over overlapping 77-token windows "
                              "(default: encoder.long_prompts = off, truncate at 77 as released)")
@@ -66,15 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
                              "trigger the guard (whole words, case-insensitive)")
     parser.add_argument("--batch-size", type=int, default=None, metavar="N",
                         help="prompts encoded and scored per batch "
-                        f"(default: inference.batch_size = {DEFAULTS['inference']['batch_size']})")
+                        f"(default: inference.batch_size = {SCHEMA.inference.batch_size})")
     parser.add_argument("--output", default=None, metavar="FILE",
-                        help="also write verdicts to FILE.csv or FILE.jsonl (prompt, score, unsafe, concept, truncated; "
+                        help="also write verdicts to FILE.csv or FILE.jsonl (prompt, score, unsafe, concept, "
+                             "truncated; "
                              "JSONL adds top_concepts and evidence with --explain)")
     parser.add_argument("--explain", action="store_true",
                         help="show the prompt words that drove each top match (from the attention weights)")
     parser.add_argument("--top-k", type=int, default=None, metavar="K",
                         help="concepts and evidence words shown per prompt with --explain "
-                        f"(default: inference.top_k = {DEFAULTS['inference']['top_k']})")
+                        f"(default: inference.top_k = {SCHEMA.inference.top_k})")
     return parser
 
 
@@ -92,7 +93,7 @@ def output_format(path: str | None) -> str | None:
 
 def inf_path(cfg, key: str) -> str | None:
     """``inference.<key>`` when it is a file path (not a list of concepts)."""
-    value = cfg["inference"][key]
+    value = getattr(cfg.inference, key)
     return value if isinstance(value, str) else None
 
 
@@ -125,7 +126,7 @@ def render_table(verdicts, explain: bool) -> str:
 
 def write_output(path: str, fmt: str, verdicts, explain: bool) -> None:
     """Write verdicts atomically as CSV (prompt, score, unsafe 0/1, concept, truncated 0/1) or JSONL."""
-    from latentguard.io import atomic_write_text
+    from ..io import atomic_write_text
 
     buffer = io.StringIO()
     if fmt == "csv":
@@ -148,29 +149,12 @@ def write_output(path: str, fmt: str, verdicts, explain: bool) -> None:
         raise LatentGuardError(f"cannot write --output {path} ({exc.strerror or exc})") from None
 
 
-def threshold_origin(setting, guard, calibrated_now: str | None) -> str:
-    """Where the threshold came from, so a silently picked-up calibration file is never a surprise."""
-    from latentguard.calibration import AUTO, CALIBRATED, PROFILES, RELEASED, calibration_path
-
-    key = str(setting).strip().lower()
-    if calibrated_now:
-        return "calibrated now"
-    if key in PROFILES:
-        return key
-    if key in (AUTO, CALIBRATED):
-        record = calibration_path(guard.checkpoint)
-        if key == CALIBRATED or (record.is_file() and guard.threshold != PROFILES[RELEASED]):
-            return f"calibrated, {record}"
-        return RELEASED
-    return "--threshold"
-
-
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from latentguard.calibration import RELEASED
-    from latentguard.guard import LatentGuard
-    from latentguard.io import read_lines
+    from ..guard import LatentGuard
+    from ..io import read_lines
+    from ..published import RELEASED
 
     fmt = output_format(args.output)
     cfg = load_command_config(args, {
@@ -187,14 +171,13 @@ def main(argv: list[str] | None = None) -> int:
             raise LatentGuardError(f"--output {args.output} is the {flag} file; choose another output file")
     if args.calibrate_unsafe and not args.calibrate_safe:
         raise LatentGuardError("--calibrate-unsafe needs --calibrate-safe (the safe prompts)")
-    inf = cfg["inference"]
     prompts = read_lines(prompt_file(args.file_path), what="prompt file")
     # --calibrate-safe sets the threshold below: "released" is only a placeholder until then
     guard = LatentGuard.from_config(cfg, **({"threshold": RELEASED} if args.calibrate_safe else {}))
     if args.calibrate_safe:
         safe = read_lines(args.calibrate_safe, what="--calibrate-safe file")
         unsafe = read_lines(args.calibrate_unsafe, what="--calibrate-unsafe file") if args.calibrate_unsafe else None
-        target_fpr = cfg["calibration"]["target_fpr"]
+        target_fpr = cfg.calibration.target_fpr
         result = guard.calibrate(safe, unsafe, target_fpr=target_fpr, save=True)
         how = (f"max accuracy {result.accuracy:.3f}" if result.method == "best_accuracy"
                else f"FPR {result.fpr:.3f} <= {target_fpr:g}")
@@ -206,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     n_unsafe = sum(v.unsafe for v in verdicts)
     per_concept = f" (+{len(guard.concept_thresholds)} per-concept)" if guard.concept_thresholds else ""
     print(f"\n{n_unsafe} of {len(verdicts)} prompts unsafe; {len(guard.concepts)} concepts, "
-          f"threshold {guard.threshold:g} ({threshold_origin(inf['threshold'], guard, args.calibrate_safe)})"
+          f"threshold {guard.threshold:g} ({guard.threshold_origin})"
           f"{per_concept}")
     n_cut = sum(v.truncated for v in verdicts)
     if n_cut:

@@ -8,7 +8,7 @@ last run it does so without loading the encoder at all.
 
 Examples:
   python prepare.py                                   # released CoPro (downloaded), CLIP ViT-L/14
-  python prepare.py --dataset my_copro.json --cache-dir /data/lg-cache --batch-size 128
+  python prepare.py --dataset my_copro.json --store-dir /data/lg-stores --batch-size 128
   python prepare.py --encoder ./my-finetuned-clip --dtype float32
   python prepare.py --repair cache/clip-vit-large-patch14-0123456789ab   # a damaged store, as an error tells
 """
@@ -18,13 +18,8 @@ import argparse
 import sys
 import time
 
-from latentguard.store_hints import check_cache_dir, open_configured_store
-from latentguard.cli.common import common_parser, load_command_config
-from latentguard.config import DEFAULTS
-from latentguard.constants import STORE_DTYPES
-from latentguard.data import load_copro
-from latentguard.errors import RESUMABLE, cli_entry
-from latentguard.store_repair import repair_store
+from ..constants import STORE_DTYPES
+from .common import RESUMABLE, SCHEMA, cli_entry, common_parser, load_command_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,9 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--dtype", choices=list(STORE_DTYPES),
                         help="on-disk precision of the store (config: store.dtype, default "
-                        f"{DEFAULTS['store']['dtype']}; float16 halves the size, ~15 GB for full CoPro)")
+                        f"{SCHEMA.store.dtype}; float16 halves the size, ~15 GB for full CoPro)")
     parser.add_argument("--batch-size", type=int, help="texts per encoder batch (config: encoder.batch_size, "
-                        f"default {DEFAULTS['encoder']['batch_size']})")
+                        f"default {SCHEMA.encoder.batch_size})")
     parser.add_argument("--repair", metavar="STORE", help="repair the damaged store directory STORE (holding its "
                         "lock; keeps intact rows, saves the old index beside it, says what it did) and exit")
     return parser
@@ -55,18 +50,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 @cli_entry(on_interrupt=RESUMABLE)
 def main(argv: list[str] | None = None) -> int:
+    from ..data.copro import load_copro
+    from ..store.locate import check_store_dir, open_configured_store
+
     args = build_parser().parse_args(argv)
     if args.repair:
+        from ..store.repair import repair_store
+
         print(repair_store(args.repair))
         return 0
     cfg = load_command_config(args, {
         "store.dtype": args.dtype,
         "encoder.batch_size": args.batch_size,
     })
-    enc_cfg = cfg["encoder"]
-    check_cache_dir(cfg["cache_dir"])  # a file here fails now, not after loading the dataset
+    check_store_dir(cfg.store_dir)  # a file here fails now, not after loading the dataset
 
-    copro = load_copro(cfg["dataset"], valid_size=cfg["data"]["valid_size"], seed=cfg["data"]["seed"])
+    copro = load_copro(cfg.dataset, valid_size=cfg.data.valid_size, seed=cfg.data.seed)
     texts = copro.all_texts()
     print(f"dataset {copro.path}: {copro.summary()}")
     print(f"{len(texts)} distinct texts to have in the store")
@@ -79,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"nothing missing: all {len(texts)} texts are already in {store.path} "
                   f"({store.dtype}, {store.disk_bytes() / 1e9:.2f} GB); encoder not loaded")
             return 0
-        from latentguard.encoders import load_encoder_from_config
+        from ..encoders import load_encoder_from_config
 
         store, encoder = open_configured_store(cfg, encoder=load_encoder_from_config(cfg), create=True)
     print(f"encoder {encoder.identity} on {encoder.device} (loaded in {time.perf_counter() - started:.1f} s)")
@@ -88,9 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nothing missing: all {len(texts)} texts are already in {store.path}")
         return 0
     print(f"encoding {len(todo)} texts ({len(texts) - len(todo)} already stored) into {store.path} "
-          f"[{store.dtype}, batch {enc_cfg['batch_size']}]")
+          f"[{store.dtype}, batch {cfg.encoder.batch_size}]")
     started = time.perf_counter()
-    done = store.build(todo, encoder, batch_size=enc_cfg["batch_size"], progress=True)
+    done = store.build(todo, encoder, batch_size=cfg.encoder.batch_size, progress=True)
     elapsed = time.perf_counter() - started
     print(f"done: encoded {done} texts in {elapsed:.1f} s ({done / max(elapsed, 1e-9):.1f} texts/s); "
           f"store holds {len(store)} texts, {store.disk_bytes() / 1e9:.2f} GB")

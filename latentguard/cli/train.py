@@ -1,7 +1,7 @@
 """Train the Latent Guard Embedding Mapping Layer on CoPro (the paper's recipe by default).
 
 Reads prompt embeddings from the store built by ``prepare.py`` (or encodes on the fly with
---no-cache), trains with the released contrastive loss and saves the final weights as
+--no-store), trains with the released contrastive loss and saves the final weights as
 OUTPUT_DIR/model_parameters.pth (released format), as the released main.py does. The explicit ID AUC
 on validation data is logged every --val-every epochs; --keep-best also saves the best of those as best.pth.
 Interrupt at any time: the same command resumes exactly where it stopped.
@@ -20,9 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from latentguard.cli.common import common_parser, load_command_config
-from latentguard.config import DEFAULTS
-from latentguard.errors import RESUMABLE, LatentGuardError, cli_entry
+from ..errors import LatentGuardError
+from .common import RESUMABLE, SCHEMA, _RenamedFlag, cli_entry, common_parser, load_command_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,26 +33,29 @@ def build_parser() -> argparse.ArgumentParser:
         "resume.pt (model + optimizer + sampler state), train_log.jsonl, config.yaml.",
         epilog="Flags override single keys of the config file. Re-running the same command after an\n"
         "interruption resumes the run; a finished run is extended by passing a larger --epochs.\n"
-        "Build the embedding store first: python prepare.py (same --dataset/--encoder/--cache-dir).",
+        "Build the embedding store first: python prepare.py (same --dataset/--encoder/--store-dir).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[common_parser()],
     )
     parser.add_argument("--output-dir", help="run directory for checkpoints and logs (config: output_dir, "
-                        f"default {DEFAULTS['output_dir']})")
+                        f"default {SCHEMA.output_dir})")
     parser.add_argument("--epochs", type=int, help="epochs; one epoch = one pair per ID concept "
-                        f"(config: train.epochs, default {DEFAULTS['train']['epochs']})")
+                        f"(config: train.epochs, default {SCHEMA.train.epochs})")
     parser.add_argument("--batch-size", type=int, help="concepts per step (config: train.batch_size, default "
-                        f"{DEFAULTS['train']['batch_size']})")
-    parser.add_argument("--lr", type=float, help=f"AdamW learning rate (config: train.lr, default {DEFAULTS['train']['lr']})")
+                        f"{SCHEMA.train.batch_size})")
+    parser.add_argument("--lr", type=float, help=f"AdamW learning rate (config: train.lr, default {SCHEMA.train.lr})")
     parser.add_argument("--seed", type=int, help="seed of the initial weights and of the sampling (config: train.seed, "
-                        f"default {DEFAULTS['train']['seed']})")
+                        f"default {SCHEMA.train.seed})")
     parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="PATH",
                         help="continue from OUTPUT_DIR/resume.pt (or PATH), restoring optimizer and sampler state; "
                         "without this flag an existing OUTPUT_DIR/resume.pt is resumed anyway")
-    parser.add_argument("--no-cache", action="store_true",
-                        help="encode prompts on the fly instead of reading the embedding store (config: train.no_cache)")
+    parser.add_argument("--no-store", action="store_true", default=None,
+                        help="encode prompts on the fly instead of reading the embedding store "
+                        "(config: train.no_store)")
+    parser.add_argument("--no-cache", dest="no_store", nargs=0, action=_RenamedFlag, new="--no-store",
+                        help=argparse.SUPPRESS)
     parser.add_argument("--val-every", type=int, help="epochs between validation AUC checks (config: train.val_every, "
-                        f"default {DEFAULTS['train']['val_every']})")
+                        f"default {SCHEMA.train.val_every})")
     parser.add_argument("--keep-best", action="store_true",
                         help="also save the weights with the best validation AUC as best.pth, with their own threshold "
                         "(config: train.keep_best; default off: the released code keeps only the final weights)")
@@ -61,41 +63,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _prepare_command(cfg: dict, args: argparse.Namespace) -> str:
+def _prepare_command(cfg, args: argparse.Namespace) -> str:
     """The prepare.py call that builds the store this run looks for."""
     parts = ["python", "prepare.py"]
     if args.config:
         parts += ["--config", args.config]
-    parts += ["--dataset", str(cfg["dataset"]), "--encoder", str(cfg["encoder"]["name"])]
-    if cfg["encoder"]["type"] != "auto":
-        parts += ["--encoder-type", cfg["encoder"]["type"]]
-    parts += ["--cache-dir", str(cfg["cache_dir"])]
+    parts += ["--dataset", str(cfg.dataset), "--encoder", str(cfg.encoder.name)]
+    if cfg.encoder.type != "auto":
+        parts += ["--encoder-type", cfg.encoder.type]
+    parts += ["--store-dir", str(cfg.store_dir)]
     return shlex.join(parts)
 
 
-def open_source(cfg: dict, device, needed: list[str], args: argparse.Namespace):
-    """The embedding source of this run: the prepared store, or the encoder itself with --no-cache.
+def open_source(cfg, device, needed: list[str], args: argparse.Namespace):
+    """The embedding source of this run: the prepared store, or the encoder itself with --no-store.
 
     The store is found without loading the encoder when prepare.py recorded which store this
     encoder request maps to; otherwise the encoder is loaded once to learn its identity.
     """
-    from latentguard.store_hints import open_configured_store
-    from latentguard.embeddings import EncoderSource
-    from latentguard.encoders import load_encoder_from_config
+    from ..encoders import load_encoder_from_config
+    from ..store.locate import open_configured_store
+    from ..store.sources import EncoderSource
 
-    enc = cfg["encoder"]
-    if cfg["train"]["no_cache"]:
+    if cfg.train.no_store:
         encoder = load_encoder_from_config(cfg, device)
-        return EncoderSource(encoder, batch_size=enc["batch_size"]), "encoder on the fly (--no-cache)"
-    no_store = (f"no embedding store for encoder {enc['name']} under {cfg['cache_dir']}; run "
-                f"`{_prepare_command(cfg, args)}` first (or pass --no-cache to encode on the fly)")
+        return EncoderSource(encoder, batch_size=cfg.encoder.batch_size), "encoder on the fly (--no-store)"
+    no_store = (f"no embedding store for encoder {cfg.encoder.name} under {cfg.store_dir}; run "
+                f"`{_prepare_command(cfg, args)}` first (or pass --no-store to encode on the fly)")
     store, _ = open_configured_store(cfg, device=device, no_store=no_store)  # an encoder loaded to find it is dropped
     path = store.path
     missing = store.missing(needed)
     if missing:
         raise LatentGuardError(f"embedding store {path} lacks {len(missing)} of the {len(needed)} texts training "
                                f"needs (e.g. {missing[0][:60]!r}); run `{_prepare_command(cfg, args)}` first "
-                               "(or pass --no-cache to encode on the fly)")
+                               "(or pass --no-store to encode on the fly)")
     return store, f"embedding store {path} ({store.dtype}, {len(store)} texts)"
 
 
@@ -109,19 +110,21 @@ def main(argv: list[str] | None = None) -> int:
         "train.lr": args.lr,
         "train.seed": args.seed,
         "train.val_every": args.val_every,
-        "train.no_cache": True if args.no_cache else None,
+        "train.no_store": True if args.no_store else None,
         "train.keep_best": True if args.keep_best else None,
     })
 
     import yaml
 
-    from latentguard.data import load_copro
-    from latentguard.io import atomic_write_text, check_dir_path, claim_run_dir, resolve_device
-    from latentguard.train import build_trainer, training_texts
+    from ..data.copro import load_copro
+    from ..encoders.precision import resolve_device
+    from ..io import atomic_write_text, check_dir_path
+    from ..train.trainer import build_trainer, training_texts
+    from .rundir import claim_run_dir
 
-    device = resolve_device(cfg["device"])
-    output_dir = check_dir_path(cfg["output_dir"], "--output-dir")  # a file fails now; nothing is created yet
-    copro = load_copro(cfg["dataset"], valid_size=cfg["data"]["valid_size"], seed=cfg["data"]["seed"])
+    device = resolve_device(cfg.device)
+    output_dir = check_dir_path(cfg.output_dir, "--output-dir")  # a file fails now; nothing is created yet
+    copro = load_copro(cfg.dataset, valid_size=cfg.data.valid_size, seed=cfg.data.seed)
     print(f"dataset {copro.path}: {copro.summary()}")
     started = time.perf_counter()
     source, described = open_source(cfg, device, training_texts(copro), args)
@@ -131,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     resume = args.resume if args.resume in (None, True) else Path(args.resume)
     trainer = build_trainer(cfg, copro, source, output_dir=output_dir, device=device, resume=resume,
                             progress=not args.no_progress)
-    atomic_write_text(output_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+    atomic_write_text(output_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     opts = trainer.options
     n_batches = trainer.sampler.num_batches(opts.batch_size)
     n_params = sum(p.numel() for p in trainer.model.parameters())
@@ -154,14 +157,16 @@ def main(argv: list[str] | None = None) -> int:
     loss = f"{result.last_loss:.4f}" if result.last_loss is not None else "n/a"
     print(f"done: {result.epochs} epochs, {result.steps} steps, final loss {loss}, {best} "
           f"({result.seconds:.1f} s this session)")
-    from latentguard.calibration import calibration_path
-    from latentguard.validation import calibrate_saved_weights
+    from ..decision.threshold import calibration_path
+    from ..train.monitor import save_validation_threshold
 
     for weights in (result.weights_path, result.best_path):
-        calibration = calibrate_saved_weights(trainer, weights) if weights is not None else None
+        calibration = save_validation_threshold(trainer, weights) if weights is not None else None
         if calibration is not None:
-            print(f"  threshold:    {calibration.threshold:.4f} for {weights.name} (max accuracy {calibration.accuracy:.3f} "
-                  f"on the validation split) saved to {calibration_path(weights)}; inference.py uses it with those weights")
+            print(f"  threshold:    {calibration.threshold:.4f} for {weights.name} (max accuracy "
+                  f"{calibration.accuracy:.3f} "
+                  f"on the validation split) saved to {calibration_path(weights)}; inference.py uses it with those "
+                  "weights")
     print(f"  weights:      {result.weights_path} (final epoch)")
     if result.best_path is not None:
         print(f"  best weights: {result.best_path} (epoch {result.best_epoch})")

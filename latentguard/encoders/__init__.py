@@ -16,22 +16,31 @@ overlapping windows (:meth:`TextEncoder.encode_windows`), an option that is off 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
 
 import torch
 
 from ..errors import LatentGuardError
-from .base import (CONTEXT_LENGTH, DEFAULT_ENCODER, DEFAULT_WINDOW_STRIDE, EMBEDDING_ROWS, ENCODER_TYPES,
-                   LAYOUT_VERSION, TextEncoder, resolve_dtype, weights_fingerprint, window_starts)
+from .base import (
+    CONTEXT_LENGTH,
+    DEFAULT_ENCODER,
+    DEFAULT_WINDOW_STRIDE,
+    EMBEDDING_ROWS,
+    ENCODER_TYPES,
+    LAYOUT_VERSION,
+    TextEncoder,
+    weights_fingerprint,
+    window_starts,
+)
 from .clip import _CLIP_MODEL_TYPES, CLIPTextEncoder
 from .hf import HFTextEncoder, _model_type
 from .identity import identity_parts, same_embeddings
 from .openclip import OPENCLIP_DEFAULT_WEIGHTS, OPENCLIP_PREFIX, OpenCLIPTextEncoder, parse_openclip_name
+from .precision import resolve_device, resolve_dtype
 
 __all__ = ["CONTEXT_LENGTH", "DEFAULT_ENCODER", "DEFAULT_WINDOW_STRIDE", "EMBEDDING_ROWS", "ENCODER_TYPES",
            "LAYOUT_VERSION", "OPENCLIP_DEFAULT_WEIGHTS", "OPENCLIP_PREFIX", "CLIPTextEncoder", "HFTextEncoder",
            "OpenCLIPTextEncoder", "TextEncoder", "detect_family", "identity_parts", "load_encoder",
-           "load_encoder_from_config", "parse_openclip_name", "resolve_dtype", "same_embeddings",
+           "load_encoder_from_config", "parse_openclip_name", "resolve_device", "resolve_dtype", "same_embeddings",
            "weights_fingerprint", "window_starts"]
 
 
@@ -74,7 +83,8 @@ def load_encoder(name_or_path: str | Path = DEFAULT_ENCODER, encoder_type: str =
     if (encoder_type != "openclip" and not name.startswith(OPENCLIP_PREFIX) and _looks_like_path(name)
             and not Path(name).expanduser().exists()):
         raise LatentGuardError(f"cannot load text encoder '{name}': no such directory; pass --encoder with an "
-                               f"existing directory saved with save_pretrained() or a hub name such as {DEFAULT_ENCODER}")
+                               "existing directory saved with save_pretrained() or a hub name such as "
+                               f"{DEFAULT_ENCODER}")
     if not name.startswith(OPENCLIP_PREFIX) and Path(name).expanduser().is_dir():
         # One store per model directory, however the path is spelled (./m, m, /abs/m).
         name = str(Path(name).expanduser().resolve())
@@ -91,8 +101,8 @@ def load_encoder(name_or_path: str | Path = DEFAULT_ENCODER, encoder_type: str =
     return CLIPTextEncoder(name, device=device, dtype=dtype, attention_mask=attention_mask)
 
 
-def load_encoder_from_config(cfg: Mapping[str, Any], device: str | torch.device | None = None) -> TextEncoder:
+def load_encoder_from_config(cfg: "Config", device: str | torch.device | None = None) -> TextEncoder:  # noqa: F821
     """The encoder a loaded config's ``encoder`` section names, on ``device`` (default: the config's)."""
-    enc = cfg["encoder"]
-    return load_encoder(enc["name"], enc["type"], device=cfg["device"] if device is None else device,
-                        dtype=enc["dtype"], attention_mask=enc["attention_mask"])
+    enc = cfg.encoder
+    return load_encoder(enc.name, enc.type, device=cfg.device if device is None else device,
+                        dtype=enc.dtype, attention_mask=enc.attention_mask)

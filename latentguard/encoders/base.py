@@ -4,7 +4,7 @@ Layout (as the released ``inference.py`` encodes): prompts are padded/truncated 
 encoded without an attention mask; the stored embedding is ``[pooled state, state_0 .. state_76]``
 -> ``[78, hidden]``, where the pooled state is the one at the first end-of-text token
 (``input_ids.argmax(-1)`` for CLIP). :data:`latentguard.constants.LAYOUT_VERSION` names this layout: stores and the
-store hints in :mod:`latentguard.cache` are keyed on it, so change it whenever the rows an
+store hints in :mod:`latentguard.store.locate` are keyed on it, so change it whenever the rows an
 encoder produces for a text change.
 """
 from __future__ import annotations
@@ -14,25 +14,15 @@ from typing import Iterator, Sequence
 
 import torch
 
-from ..constants import (CONTEXT_LENGTH, DEFAULT_ENCODER, DEFAULT_WINDOW_STRIDE, EMBEDDING_ROWS,  # noqa: F401
-                         ENCODER_TYPES, LAYOUT_VERSION)
+from ..constants import (  # noqa: F401
+    CONTEXT_LENGTH,
+    DEFAULT_ENCODER,
+    DEFAULT_WINDOW_STRIDE,
+    EMBEDDING_ROWS,
+    ENCODER_TYPES,
+    LAYOUT_VERSION,
+)
 from ..errors import LatentGuardError
-
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-           "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """fp32 unless asked otherwise; half precision only where it is fast and supported (GPU)."""
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, str):
-        if dtype not in _DTYPES:
-            raise LatentGuardError(f"unknown dtype '{dtype}' (use float32, float16 or bfloat16)")
-        dtype = _DTYPES[dtype]
-    if dtype == torch.float16 and device.type == "cpu":
-        raise LatentGuardError("float16 encoding needs a GPU; on the CPU set encoder.dtype to float32 or bfloat16")
-    return dtype
 
 
 def weights_fingerprint(module: torch.nn.Module) -> str:
@@ -146,7 +136,8 @@ class TextEncoder:
         return out
 
     def encode_concepts(self, concepts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
-        """A concept's vector is the pooled row of its own embedding (as the released ``inference.py``): ``[C, hidden]``."""
+        """A concept's vector is the pooled row of its own embedding (as the released ``inference.py``):
+        ``[C, hidden]``."""
         out = torch.empty(len(concepts), self.hidden_size)
         for start, block in self.iter_encode(list(concepts), batch_size):
             out[start : start + block.shape[0]] = block[:, 0]
@@ -172,7 +163,8 @@ class TextEncoder:
         span = window - len(prefix) - len(suffix)
         if window > self.context_length or span <= 0:
             raise LatentGuardError(f"window must be between {len(prefix) + len(suffix) + 1} and "
-                                   f"{self.context_length} tokens for {self.family} encoder '{self.name}', got {window}")
+                                   f"{self.context_length} tokens for {self.family} encoder '{self.name}', "
+                                   f"got {window}")
         if not 0 < stride <= span:
             raise LatentGuardError(f"window stride must be between 1 and {span} tokens (the content of one "
                                    f"window), got {stride}; a larger stride would skip tokens")
@@ -207,7 +199,8 @@ class TextEncoder:
                     input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
                     attention_mask[row, : len(ids)] = 1
                 hidden, pooled_index = self._forward_ids(input_ids, attention_mask)
-                yield torch.tensor(owners[start : start + batch_size], dtype=torch.long), self._layout(hidden, pooled_index)
+                yield (torch.tensor(owners[start : start + batch_size], dtype=torch.long),
+                       self._layout(hidden, pooled_index))
 
     def encode_windows(self, texts: Sequence[str], batch_size: int = 64, window: int | None = None,
                        stride: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

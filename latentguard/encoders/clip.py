@@ -6,11 +6,13 @@ from typing import Sequence
 
 import torch
 
-from ..io import resolve_device
-from .base import CONTEXT_LENGTH, DEFAULT_ENCODER, TextEncoder, resolve_dtype, weights_fingerprint
+from ..errors import LatentGuardError
+from .base import CONTEXT_LENGTH, DEFAULT_ENCODER, TextEncoder, weights_fingerprint
 from .hf import _HFTokenizerMixin, _load_hf
+from .precision import resolve_device, resolve_dtype
 
 _CLIP_MODEL_TYPES = ("clip", "clip_text_model")
+CLIP_VOCAB_SIZE = 49408  # the CLIP BPE: 49,152 merges and byte symbols, plus start and end of text
 
 
 class CLIPTextEncoder(_HFTokenizerMixin, TextEncoder):
@@ -40,7 +42,9 @@ class CLIPTextEncoder(_HFTokenizerMixin, TextEncoder):
             self.name = name or str(model)
             text_model = _load_hf(str(model), "CLIPTextModel")
         if tokenizer is None:
-            tokenizer = _load_clip_tokenizer(None if isinstance(model, torch.nn.Module) else str(model))
+            vocab = int(getattr(text_model.config, "vocab_size", 0) or 0)
+            tokenizer = _load_clip_tokenizer(None if isinstance(model, torch.nn.Module) else str(model), vocab,
+                                             self.name)
         self.tokenizer = tokenizer
         self.model = text_model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
         self.hidden_size = int(self.model.config.hidden_size)
@@ -68,16 +72,28 @@ class CLIPTextEncoder(_HFTokenizerMixin, TextEncoder):
         return hidden, input_ids.argmax(dim=-1)
 
 
-def _load_clip_tokenizer(name: str | None):
-    """The model's own tokenizer when it ships one, else the real CLIP BPE rebuilt offline."""
+def _load_clip_tokenizer(name: str | None, vocab_size: int, label: str):
+    """The model's own tokenizer when it ships a working one, else the real CLIP BPE rebuilt offline.
+
+    A directory without tokenizer files still "loads" a ``CLIPTokenizer`` in transformers, one that
+    knows two tokens and maps every text to the same ids (so every prompt would get the same score):
+    it is recognised by its vocabulary size and replaced. The rebuilt CLIP BPE is used only for a
+    model with CLIP's vocabulary (49,408 ids); any other model needs its own tokenizer, so it is refused.
+    """
     from transformers import CLIPTokenizer
 
     if name is not None:
         try:
-            return CLIPTokenizer.from_pretrained(name)
+            own = CLIPTokenizer.from_pretrained(name)
         except (OSError, ValueError, TypeError):
-            pass
-    from .io import cache_home
+            own = None
+        if own is not None and int(getattr(own, "vocab_size", 0) or 0) == vocab_size:
+            return own
+    if vocab_size != CLIP_VOCAB_SIZE:
+        raise LatentGuardError(f"text encoder '{label}' has no usable CLIP tokenizer (its vocabulary has {vocab_size} "
+                               f"ids, CLIP's {CLIP_VOCAB_SIZE}); save its tokenizer with tokenizer.save_pretrained() "
+                               "into the model directory, or pass tokenizer=...")
+    from ..io import latentguard_home
     from .tokenizer import build_clip_tokenizer
 
-    return build_clip_tokenizer(cache_home() / "clip-tokenizer")
+    return build_clip_tokenizer(latentguard_home() / "clip-tokenizer")

@@ -9,8 +9,8 @@ from typing import Sequence
 import torch
 
 from ..errors import LatentGuardError
-from ..io import resolve_device
-from .base import CONTEXT_LENGTH, TextEncoder, resolve_dtype, weights_fingerprint
+from .base import CONTEXT_LENGTH, TextEncoder, weights_fingerprint
+from .precision import resolve_device, resolve_dtype
 
 # Encoder-decoder families whose encoder-only class avoids loading the decoder at all.
 _ENCODER_ONLY_CLASSES = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}

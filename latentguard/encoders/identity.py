@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import re
 
-_IDENTITY = re.compile(r"^(?P<family>[^:]+):(?P<name>.*):h(?P<width>\d+):(?P<weights>[0-9a-f]{16})(?P<options>(?::[^:]*)*)$")
+_IDENTITY = re.compile(r"^(?P<family>[^:]+):(?P<name>.*):h(?P<width>\d+):(?P<weights>[0-9a-f]{16})"
+                       r"(?P<options>(?::[^:]*)*)$")
 
 
 def identity_parts(identity: str) -> dict[str, str]:

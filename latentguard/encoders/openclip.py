@@ -7,8 +7,8 @@ from typing import Sequence
 import torch
 
 from ..errors import LatentGuardError
-from ..io import resolve_device
-from .base import TextEncoder, resolve_dtype, weights_fingerprint
+from .base import TextEncoder, weights_fingerprint
+from .precision import resolve_device, resolve_dtype
 
 OPENCLIP_PREFIX = "openclip:"
 # Weights used when an OpenCLIP name gives none: the text towers of the Stable Diffusion releases.
@@ -176,7 +176,8 @@ def _create_openclip(model_name: str, pretrained: str | None) -> torch.nn.Module
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise LatentGuardError(
             f"cannot load OpenCLIP model '{model_name}' with weights '{pretrained or 'random'}' ({first}); "
-            f"check the name (open_clip.list_models()) and pass a local file as openclip:{model_name}@/path/to/weights.bin"
+            "check the name (open_clip.list_models()) and pass a local file as "
+            f"openclip:{model_name}@/path/to/weights.bin"
         ) from None
 
 

@@ -1,4 +1,5 @@
-"""Table 2: Latent Guard on an external labelled prompt set (C_check = ID concepts)."""
+"""Table 2: Latent Guard on an external labelled prompt set (C_check = ID concepts): reading it,
+scoring it, reporting it."""
 from __future__ import annotations
 
 import csv
@@ -67,29 +68,44 @@ def read_external(unsafe_or_csv: str | Path, safe: str | Path | None = None) -> 
                                                       np.zeros(len(safe_lines), np.int64)])
 
 
-class StoreFirstSource:
-    """Embeddings from the store where it has them, from the encoder otherwise (same identity)."""
+def external_threshold(copro, model, source, *, batch_size: int, device) -> tuple[float, str]:
+    """Latent Guard's pooled-validation threshold for an external set, as Table 1 chooses it
+    (9.0131, saying so, when the dataset has no validation data)."""
+    from ..io import unique
+    from ..published import RELEASED_THRESHOLD
+    from ..store.sources import concept_vectors
+    from .run import LATENT_GUARD, MethodScores, pooled_validation_threshold, score_prompts
+    from .table1 import DOMAINS, build_conditions
 
-    def __init__(self, store, encoder, batch_size: int = 64) -> None:
-        self.store, self.encoder, self.batch_size = store, encoder, batch_size
-        self.identity, self.hidden_size = encoder.identity, encoder.hidden_size
+    valid = build_conditions(copro, "valid")
+    texts = {d: unique([t for c in valid.values() if c.available and c.domain == d for t in c.prompts])
+             for d in DOMAINS if copro.concepts(d)}
+    lg = MethodScores(LATENT_GUARD, {})
+    for domain, domain_texts in texts.items():
+        concept_emb = concept_vectors(source, copro.concepts(domain))
+        lg.per_domain[domain], _ = score_prompts(model, source, domain_texts, concept_emb,
+                                                 batch_size=batch_size, device=device)
+    threshold, how = pooled_validation_threshold(valid, lg)
+    if threshold is None:
+        return RELEASED_THRESHOLD, f"released inference threshold ({how})"
+    return threshold, how
 
-    def get(self, texts: Sequence[str]):
-        import torch
 
-        from ..constants import EMBEDDING_ROWS
+def evaluate_external(prompts: Sequence[str], labels: np.ndarray, model, encoder, concept_source, concepts, *,
+                      threshold: float, batch_size: int, encoder_batch_size: int, device,
+                      progress: bool = False) -> tuple[dict[str, Any], np.ndarray, np.ndarray, float]:
+    """Table 2: ``prompts`` (encoded on the fly) scored against ``concepts`` (vectors read from
+    ``concept_source``): the metrics at ``threshold``, each prompt's score and best concept index, and
+    the seconds scoring took (encoding included)."""
+    from ..published import RELEASED_THRESHOLD
+    from ..store.sources import EncoderSource, concept_vectors
+    from .run import condition_metrics, score_prompts
 
-        texts = list(texts)
-        have = [i for i, t in enumerate(texts) if self.store is not None and t in self.store]
-        if len(have) == len(texts):
-            return self.store.get(texts)
-        out = torch.empty(len(texts), EMBEDDING_ROWS, self.hidden_size)
-        if have:
-            out[have] = self.store.get([texts[i] for i in have])
-        stored = set(have)
-        rest = [i for i in range(len(texts)) if i not in stored]
-        out[rest] = self.encoder.encode([texts[i] for i in rest], batch_size=self.batch_size)
-        return out
+    concept_emb = concept_vectors(concept_source, concepts)
+    scores, seconds = score_prompts(model, EncoderSource(encoder, encoder_batch_size), prompts, concept_emb,
+                                    batch_size=batch_size, device=device, progress=progress)
+    values, best = scores.lookup(list(prompts))
+    return condition_metrics(labels, values, threshold, released_threshold=RELEASED_THRESHOLD), values, best, seconds
 
 
 def external_markdown(result: Mapping[str, Any]) -> str:
@@ -101,7 +117,8 @@ def external_markdown(result: Mapping[str, Any]) -> str:
               "| data | n unsafe | n safe | accuracy | AUC | TPR | FPR | FPR@95%TPR |",
               "|---|---:|---:|---:|---:|---:|---:|---:|",
               f"| this file (ours) | {result['n_unsafe']} | {result['n_safe']} | {_fmt(result['accuracy'])} | "
-              f"{_fmt(result['auc'])} | {_fmt(result['tpr'])} | {_fmt(result['fpr'])} | {_fmt(result['fpr_at_95tpr'])} |"]
+              f"{_fmt(result['auc'])} | {_fmt(result['tpr'])} | {_fmt(result['fpr'])} | {_fmt(result['fpr_at_95tpr'])} "
+              "|"]
     for name, values in PUBLISHED_TABLE2.items():
         lines.append(f"| paper: {name} | | | {_fmt(values['accuracy'])} | {_fmt(values['auc'])} | | | |")
     if result.get("auc") is None:

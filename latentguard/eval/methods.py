@@ -3,7 +3,7 @@
 Each class scores every distinct text of a domain against that domain's concepts and returns
 ``(score [N], best concept index [N])``. A baseline that reads the prompt embeddings (CLIPScore)
 sees every batch of the Latent Guard scoring pass through :meth:`Baseline.batch_hook`, so the store
-is read once for all methods. The scoring rules themselves live in :mod:`latentguard.baselines`.
+is read once for all methods. The scoring rules themselves live in :mod:`latentguard.eval.baselines`.
 """
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ import time
 from typing import Callable, Sequence
 
 import numpy as np
+
+from ..errors import LatentGuardError
+from ..published import METHOD_NAMES
 
 
 class Baseline:
@@ -31,7 +34,8 @@ class Baseline:
         """A callable ``(embeddings, concept vectors)`` run on every scoring batch, or ``None``."""
         return None
 
-    def domain_scores(self, domain: str, texts: Sequence[str], concepts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    def domain_scores(self, domain: str, texts: Sequence[str],
+                      concepts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
 
@@ -45,7 +49,7 @@ class ClipScoreBaseline(Baseline):
         self._best: list[np.ndarray] = []
 
     def batch_hook(self) -> Callable:
-        from ..baselines import clip_score_matrix
+        from .baselines import clip_score_matrix
 
         def hook(emb, concepts) -> None:
             values, index = clip_score_matrix(emb[:, 0], concepts).max(dim=1)
@@ -73,7 +77,7 @@ class TextBlacklistBaseline(Baseline):
               "word": "fixed rule: unsafe when a concept appears as a whole word"}
 
     def __init__(self, match: str = "substring") -> None:
-        from ..baselines import BLACKLIST_THRESHOLD
+        from .baselines import BLACKLIST_THRESHOLD
 
         self.match = match
         self.fixed_threshold = BLACKLIST_THRESHOLD
@@ -85,7 +89,7 @@ class TextBlacklistBaseline(Baseline):
         return cls(blacklist_match)
 
     def domain_scores(self, domain, texts, concepts):
-        from ..baselines import TextBlacklist
+        from .baselines import TextBlacklist
 
         return TextBlacklist(concepts, self.match).scores(texts)
 
@@ -111,7 +115,7 @@ class BertScoreBaseline(Baseline):
         return score, best
 
 
-# Every baseline, by the key latentguard.baselines.parse_baselines returns; the order is the scoring order.
+# Every baseline, by the key parse_baselines returns; the order is the scoring order.
 BASELINES: dict[str, type[Baseline]] = {cls.key: cls for cls in (ClipScoreBaseline, TextBlacklistBaseline,
                                                                  BertScoreBaseline)}
 
@@ -122,3 +126,25 @@ def make_baselines(keys: Sequence[str], *, bert_scorer=None, blacklist_match: st
     built = (cls.build(bert_scorer=bert_scorer, blacklist_match=blacklist_match, progress=progress, log=log)
              for key, cls in BASELINES.items() if key in keys)
     return [b for b in built if b is not None]
+
+
+_ALIASES = {"blacklist": "text_blacklist"}  # the CLI's short name for the Text Blacklist
+
+
+def parse_baselines(value: str | Sequence[str] | None) -> list[str]:
+    """``"blacklist,clipscore"`` / ``["bertscore"]`` / ``"all"`` -> keys of :data:`BASELINES`, in table order."""
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else list(value)
+    chosen: set[str] = set()
+    for item in items:
+        name = str(item).strip().lower()
+        if not name or name == "none":
+            continue
+        if name == "all":
+            chosen.update(BASELINES)
+        elif _ALIASES.get(name, name) in BASELINES:
+            chosen.add(_ALIASES.get(name, name))
+        else:
+            raise LatentGuardError(f"unknown baseline '{item}' (use blacklist, clipscore, bertscore or all)")
+    return [key for key in METHOD_NAMES if key in chosen]

@@ -10,9 +10,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..io import atomic_path, atomic_write_text
-from ..published import METHOD_NAMES, PUBLISHED_TABLE1, PUBLISHED_TABLE2
+from ..published import METHOD_NAMES, PUBLISHED_TABLE1
 from .run import LATENT_GUARD, METHOD_ORDER, Evaluation, _clean
-from .settings import DOMAINS, KINDS, Setting
+from .table1 import DOMAINS, KINDS, Condition
+
 
 # ------------------------------------------------------------------------------------- tables
 def _fmt(value: Any, signed: bool = False) -> str:
@@ -51,7 +52,7 @@ def table1_markdown(results: Mapping[str, Any], metric: str) -> str:
 
 
 def details_markdown(results: Mapping[str, Any]) -> str:
-    """Every number of every setting, Latent Guard first, then the baselines."""
+    """Every number of every condition, Latent Guard first, then the baselines."""
     head = ("| method | setting | n unsafe | n safe | AUC | accuracy | TPR | FPR | FPR@95%TPR | threshold |\n"
             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     lines = [head]
@@ -88,7 +89,8 @@ def results_markdown(results: Mapping[str, Any], meta: Mapping[str, Any]) -> str
     for split, source in results.get("validation", {}).get("sources", {}).items():
         parts.append(f"- {split}: {source}")
     parts += [f"- threshold: **{results['threshold']:.4f}** ({results['threshold_source']})",
-              "- baseline thresholds: " + (", ".join(f"{METHOD_NAMES[k]} {_fmt(v.get('threshold'))} ({v['threshold_source']})"
+              "- baseline thresholds: " + (", ".join(f"{METHOD_NAMES[k]} {_fmt(v.get('threshold'))} "
+                                                     f"({v['threshold_source']})"
                                                       for k, v in results.get("baselines", {}).items()) or "none run"),
               ""]
     for reason in (meta.get("skipped") or {}).values():
@@ -111,11 +113,11 @@ def console_tables(results: Mapping[str, Any]) -> str:
 
 # ------------------------------------------------------------------------------------- writers
 def write_scores_csv(path: str | Path, prompts: Sequence[str], labels: np.ndarray, scores: np.ndarray,
-                     best: np.ndarray, concepts: Sequence[str], setting: Setting | None = None) -> Path:
+                     best: np.ndarray, concepts: Sequence[str], condition: Condition | None = None) -> Path:
     """Per-prompt scores, atomically.
 
-    Without ``setting``: ``prompt, concept, label, score`` (concept = the best-matching one). With a
-    CoPro ``setting``, the columns of the released per-prompt dumps come first, so the two join row
+    Without ``condition``: ``prompt, concept, label, score`` (concept = the best-matching one). With a
+    CoPro ``condition``, the columns of the released per-prompt dumps come first, so the two join row
     by row on (domain, setting, label, unsafe_prompt, safe_prompt, concept): ``domain, setting,
     label, unsafe_prompt, safe_prompt, concept`` (the entry's own, unvaried), then ``prompt`` (the
     text scored: the variant for synonym/adversarial unsafe rows), ``score`` (fp32, 8 digits) and
@@ -125,24 +127,24 @@ def write_scores_csv(path: str | Path, prompts: Sequence[str], labels: np.ndarra
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="") as handle:
             writer = csv.writer(handle)
-            if setting is None:
+            if condition is None:
                 writer.writerow(["prompt", "concept", "label", "score"])
                 for prompt, label, score, index in zip(prompts, labels, scores, best):
                     writer.writerow([prompt, concepts[index] if index >= 0 else "", int(label), f"{float(score):.6g}"])
                 return path
             writer.writerow(["domain", "setting", "label", "unsafe_prompt", "safe_prompt", "concept", "prompt",
                              "score", "best_concept"])
-            n = len(setting.pairs)
+            n = len(condition.pairs)
             for row, (prompt, label, score, index) in enumerate(zip(prompts, labels, scores, best)):
-                pair = setting.pairs[row % n]
-                writer.writerow([setting.domain, setting.kind, int(label), pair.unsafe_prompt, pair.safe_prompt,
+                pair = condition.pairs[row % n]
+                writer.writerow([condition.domain, condition.kind, int(label), pair.unsafe_prompt, pair.safe_prompt,
                                  pair.concept, prompt, f"{float(score):.8g}", concepts[index] if index >= 0 else ""])
     return path
 
 
 def write_outputs(evaluation: Evaluation, output_dir: str | Path, meta: Mapping[str, Any],
                   plots: bool = True) -> list[Path]:
-    """results.json, results.md, per-setting score CSVs and (unless ``plots`` is False) the figures."""
+    """results.json, results.md, per-condition score CSVs and (unless ``plots`` is False) the figures."""
     output_dir = Path(output_dir)
     results = dict(evaluation.results)
     results["meta"] = _clean(dict(meta))
@@ -155,17 +157,17 @@ def write_outputs(evaluation: Evaluation, output_dir: str | Path, meta: Mapping[
     written.append(target)
     curves = {}
     for key, method in evaluation.methods.items():
-        for (domain, kind), setting in evaluation.test.items():
-            if not setting.available:
+        for (domain, kind), condition in evaluation.test.items():
+            if not condition.available:
                 continue
-            scores, best = method.setting_scores(setting)
+            scores, best = method.condition_scores(condition)
             prefix = "scores" if key == LATENT_GUARD else f"scores_{key}"
-            written.append(write_scores_csv(output_dir / f"{prefix}_{domain}_{kind}.csv", setting.prompts,
-                                            setting.labels, scores, best, evaluation.concepts[domain], setting))
+            written.append(write_scores_csv(output_dir / f"{prefix}_{domain}_{kind}.csv", condition.prompts,
+                                            condition.labels, scores, best, evaluation.concepts[domain], condition))
             if key == LATENT_GUARD:
-                curves[(domain, kind)] = (setting.labels, scores)
+                curves[(domain, kind)] = (condition.labels, scores)
     if plots:
-        from ..plots import plot_histograms, plot_roc
+        from .plots import plot_histograms, plot_roc
 
         threshold = evaluation.thresholds[LATENT_GUARD]
         domains = [d for d in DOMAINS if any(dom == d for dom, _ in curves)] or list(DOMAINS)

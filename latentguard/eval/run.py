@@ -1,14 +1,14 @@
 """The Table 1 run: score every distinct text once, calibrate one threshold, compute the metrics.
 
-Why it is fast: every distinct text is scored once (a safe prompt shared by the three settings,
+Why it is fast: every distinct text is scored once (a safe prompt shared by the three conditions,
 or a prompt shared by test and validation, is read and scored one time), embeddings stream from the
 store in batches of a few hundred through :mod:`latentguard.scoring` (the next batch is read while
 the current one is scored) and each batch meets all concepts at once, so a prompt's keys/values are
 computed once instead of once per concept as in the released loop.
 
 Why one calibrated threshold: the paper's accuracies come from a single threshold (about 4.47)
-used in all six settings; the released 9.0131 is an inference default. We pick the threshold that
-maximises accuracy on the validation versions of the six settings pooled together, and report the
+used in all six conditions; the released 9.0131 is an inference default. We pick the threshold that
+maximises accuracy on the validation versions of the six conditions pooled together, and report the
 accuracy at 9.0131 beside it.
 """
 from __future__ import annotations
@@ -20,11 +20,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..decision.metrics import best_accuracy_threshold, fpr_at_tpr, roc_auc
+from ..decision.rule import rates
 from ..errors import LatentGuardError
 from ..io import unique
-from ..metrics import best_accuracy_threshold, fpr_at_tpr, rates_at, roc_auc
 from ..published import RELEASED_THRESHOLD
-from .settings import DOMAINS, Setting, Settings, build_settings
+from .table1 import DOMAINS, Condition, Conditions, build_conditions
 
 METHOD_ORDER = ("text_blacklist", "clipscore", "bertscore", "latent_guard")
 LATENT_GUARD = "latent_guard"
@@ -56,7 +57,7 @@ def score_prompts(model, source, texts: Sequence[str], concept_emb, *, batch_siz
     ahead, memory bounded by the batch size); ``each_batch(embeddings, concepts)`` sees every batch
     (embedding-based baselines).
     """
-    from ..scoring import max_scores
+    from ..scoring.logits import max_scores
 
     if batch_size <= 0:
         raise LatentGuardError(f"batch size must be positive, got {batch_size}")
@@ -77,25 +78,25 @@ class MethodScores:
     graded: bool = True
     fixed_threshold: float | None = None  # decision rules (Text Blacklist) are not calibrated
 
-    def setting_scores(self, setting: Setting) -> tuple[np.ndarray, np.ndarray]:
-        return self.per_domain[setting.domain].lookup(setting.prompts)
+    def condition_scores(self, condition: Condition) -> tuple[np.ndarray, np.ndarray]:
+        return self.per_domain[condition.domain].lookup(condition.prompts)
 
 
-def pooled_scores(settings: Settings, scores: MethodScores) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Labels and scores of every available setting, concatenated; and the settings' names."""
+def pooled_scores(conditions: Conditions, scores: MethodScores) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Labels and scores of every available condition, concatenated; and the conditions' names."""
     labels, values, names = [], [], []
-    for setting in settings.values():
-        if setting.available and setting.domain in scores.per_domain:
-            labels.append(setting.labels)
-            values.append(scores.setting_scores(setting)[0])
-            names.append(setting.name)
+    for condition in conditions.values():
+        if condition.available and condition.domain in scores.per_domain:
+            labels.append(condition.labels)
+            values.append(scores.condition_scores(condition)[0])
+            names.append(condition.name)
     if not labels:
         return np.zeros(0, np.int64), np.zeros(0), names
     return np.concatenate(labels), np.concatenate(values), names
 
 
-def calibrate_threshold(valid: Settings, scores: MethodScores) -> tuple[float | None, str]:
-    """The accuracy-maximising threshold on the pooled validation settings, and how it was chosen."""
+def pooled_validation_threshold(valid: Conditions, scores: MethodScores) -> tuple[float | None, str]:
+    """The accuracy-maximising threshold on the pooled validation conditions, and how it was chosen."""
     labels, values, names = pooled_scores(valid, scores)
     if labels.size == 0:
         return None, "no validation data to calibrate on"
@@ -118,31 +119,31 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def setting_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float | None, *, graded: bool = True,
+def condition_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float | None, *, graded: bool = True,
                     released_threshold: float | None = None) -> dict[str, Any]:
-    """AUC, accuracy/TPR/FPR at ``threshold``, FPR at 95% TPR and the class counts of one setting."""
+    """AUC, accuracy/TPR/FPR at ``threshold``, FPR at 95% TPR and the class counts of one condition."""
     out: dict[str, Any] = {"available": True, "n_unsafe": int((labels == 1).sum()), "n_safe": int((labels == 0).sum())}
     out["auc"] = roc_auc(labels, scores) if graded else None
     if threshold is not None:
-        out.update(rates_at(labels, scores, threshold))
+        out.update(rates(labels, scores, threshold))
     else:
         out.update({"accuracy": None, "tpr": None, "fpr": None})
     out["fpr_at_95tpr"] = fpr_at_tpr(labels, scores, 0.95) if graded else None
     if released_threshold is not None:
-        out["released_threshold_accuracy"] = rates_at(labels, scores, released_threshold)["accuracy"]
+        out["released_threshold_accuracy"] = rates(labels, scores, released_threshold)["accuracy"]
     return _clean(out)
 
 
-def method_results(test: Settings, scores: MethodScores, threshold: float | None,
+def method_results(test: Conditions, scores: MethodScores, threshold: float | None,
                    released_threshold: float | None = None) -> dict[str, dict[str, Any]]:
     """``{"ID": {"explicit": {...}, ...}, "OOD": {...}}`` for one method."""
     out: dict[str, dict[str, Any]] = {domain: {} for domain in DOMAINS}
-    for (domain, kind), setting in test.items():
-        if not setting.available:
-            out[domain][kind] = {"available": False, "reason": setting.reason}
+    for (domain, kind), condition in test.items():
+        if not condition.available:
+            out[domain][kind] = {"available": False, "reason": condition.reason}
             continue
-        values, _ = scores.setting_scores(setting)
-        out[domain][kind] = setting_metrics(setting.labels, values, threshold, graded=scores.graded,
+        values, _ = scores.condition_scores(condition)
+        out[domain][kind] = condition_metrics(condition.labels, values, threshold, graded=scores.graded,
                                             released_threshold=released_threshold)
     return out
 
@@ -150,10 +151,10 @@ def method_results(test: Settings, scores: MethodScores, threshold: float | None
 # ---------------------------------------------------------------------------------- evaluation
 @dataclass
 class Evaluation:
-    """Everything the writers need: the JSON-able results and per-setting scores of each method."""
+    """Everything the writers need: the JSON-able results and per-condition scores of each method."""
 
     results: dict[str, Any]
-    test: Settings
+    test: Conditions
     methods: dict[str, MethodScores]
     concepts: dict[str, list[str]]
     thresholds: dict[str, float | None]
@@ -163,13 +164,13 @@ def evaluate_copro(copro, model, source, *, baselines: Sequence[str] = (), bert_
                    threshold: float | None = None, threshold_source: str = "--threshold", batch_size: int = 512,
                    device: Any = "cpu", progress: bool = False, log=print,
                    blacklist_match: str = "substring") -> Evaluation:
-    """Score the six test settings (and their validation twins, for calibration) with Latent Guard
+    """Score the six test conditions (and their validation twins, for calibration) with Latent Guard
     and the chosen baselines; ``threshold`` (from ``threshold_source``) overrides Latent Guard's calibrated one.
     ``blacklist_match`` is the Text Blacklist's rule (substring, the paper's, or word)."""
-    from ..embeddings import concept_vectors
+    from ..store.sources import concept_vectors
     from .methods import make_baselines
 
-    test, valid = build_settings(copro, "test"), build_settings(copro, "valid")
+    test, valid = build_conditions(copro, "test"), build_conditions(copro, "valid")
     concepts = {d: copro.concepts(d) for d in DOMAINS if copro.concepts(d)}
     active = make_baselines(baselines, bert_scorer=bert_scorer, blacklist_match=blacklist_match,
                             progress=progress, log=log)
@@ -190,7 +191,7 @@ def evaluate_copro(copro, model, source, *, baselines: Sequence[str] = (), bert_
             raise LatentGuardError(
                 f"{len(missing)} of the {len(needed)} texts this evaluation needs are missing from embedding store "
                 f"{getattr(source, 'path', '')} (e.g. {missing[0][:60]!r}); run prepare.py with the same --dataset, "
-                "--encoder and --cache-dir first")
+                "--encoder and --store-dir first")
 
     timing = {"prompts_scored": 0, "seconds": 0.0}
     for domain, texts in texts_by_domain.items():
@@ -210,7 +211,7 @@ def evaluate_copro(copro, model, source, *, baselines: Sequence[str] = (), bert_
 
     thresholds: dict[str, float | None] = {}
     sources: dict[str, str] = {}
-    calibrated, how = calibrate_threshold(valid, methods[LATENT_GUARD])
+    calibrated, how = pooled_validation_threshold(valid, methods[LATENT_GUARD])
     if threshold is not None:
         thresholds[LATENT_GUARD], sources[LATENT_GUARD] = float(threshold), threshold_source
     elif calibrated is not None:
@@ -222,7 +223,7 @@ def evaluate_copro(copro, model, source, *, baselines: Sequence[str] = (), bert_
         if baseline.fixed_threshold is not None:
             thresholds[baseline.key], sources[baseline.key] = baseline.fixed_threshold, baseline.threshold_note
         else:
-            thresholds[baseline.key], sources[baseline.key] = calibrate_threshold(valid, methods[baseline.key])
+            thresholds[baseline.key], sources[baseline.key] = pooled_validation_threshold(valid, methods[baseline.key])
 
     _, _, valid_names = pooled_scores(valid, methods[LATENT_GUARD])
     results: dict[str, Any] = method_results(test, methods[LATENT_GUARD], thresholds[LATENT_GUARD], RELEASED_THRESHOLD)

@@ -1,0 +1,146 @@
+"""The concept blacklist and its file formats.
+
+A blacklist is a list of short texts (concepts). It is read from a text file, a YAML file, or by
+default from the ``ID_concepts`` of CoPro. (Its encoded vectors are cached per encoder by
+:mod:`latentguard.store.concept_cache`.)
+
+File formats accepted by :func:`load_concepts`:
+
+* text (any extension other than ``.yaml``/``.yml``): one concept per line, UTF-8; blank lines
+  and lines starting with ``#`` are skipped; surrounding whitespace is stripped.
+* YAML (``.yaml``/``.yml``), one of:
+
+  - a list of concepts: ``[knife, blood]``;
+  - a mapping with the reserved key ``concepts`` (a list, or a mapping of groups) and optionally
+    ``thresholds`` (``{concept: number}``: per-concept thresholds, see :func:`load_blacklist`);
+  - a mapping of groups, ``{violence: [knife, gun], drugs: [cocaine]}``: the groups are flattened
+    in file order (group names are for the reader; they are not concepts).
+
+Duplicates are dropped (first occurrence kept); an empty blacklist is an error.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..errors import LatentGuardError
+from ..io import read_lines, unique
+
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass
+class Blacklist:
+    """Concepts in order, plus optional per-concept thresholds read from the same file."""
+
+    concepts: list[str]
+    thresholds: dict[str, float] = field(default_factory=dict)
+
+
+def load_concepts(path_or_none: str | Path | None = None, *, dataset: str | Path | None = None) -> list[str]:
+    """Read a blacklist file (text or YAML), or CoPro's ``ID_concepts`` when ``path_or_none`` is None.
+
+    ``dataset`` is the CoPro file used for the default (the released file is downloaded when it is
+    the default name and missing). Errors name the file and the line or entry.
+    """
+    return load_blacklist(path_or_none, dataset=dataset).concepts
+
+
+def load_blacklist(path_or_none: str | Path | None = None, *, dataset: str | Path | None = None) -> Blacklist:
+    """Like :func:`load_concepts`, keeping the per-concept ``thresholds`` a YAML file may carry."""
+    if path_or_none is None:
+        from .copro import load_copro
+
+        return Blacklist(load_copro(dataset).concepts("ID"))
+    path = Path(path_or_none)
+    if path.suffix.lower() in YAML_SUFFIXES:
+        return _load_yaml(path)
+    return Blacklist(_load_text(path))
+
+
+def check_concepts(concepts: Sequence[str], source: str = "concept list") -> list[str]:
+    """Validate an in-memory blacklist: non-empty strings, stripped, deduplicated."""
+    if isinstance(concepts, (str, bytes)):
+        raise LatentGuardError(f"{source}: expected a list of concepts, got a single string {concepts!r}")
+    out = []
+    for i, item in enumerate(concepts):
+        if not isinstance(item, str) or not item.strip():
+            raise LatentGuardError(f"{source}: entry {i} must be a non-empty string, got {item!r}")
+        out.append(item.strip())
+    if not out:
+        raise LatentGuardError(f"{source} is empty: the blacklist needs at least one concept")
+    return unique(out)
+
+
+def _load_text(path: Path) -> list[str]:
+    lines = [line for line in read_lines(path, what="concepts file") if not line.startswith("#")]
+    if not lines:
+        raise LatentGuardError(f"concepts file has only comments: {path} (put one concept per line)")
+    return unique(lines)
+
+
+def _load_yaml(path: Path) -> Blacklist:
+    import yaml
+
+    if not path.is_file():
+        raise LatentGuardError(f"concepts file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_bytes().decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise LatentGuardError(f"{path}: not valid UTF-8 at byte {exc.start}; re-save the file as UTF-8") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise LatentGuardError(f"{path}: not valid YAML{where}; fix the syntax") from None
+    thresholds: dict[str, float] = {}
+    if isinstance(raw, Mapping) and "concepts" in raw:
+        unknown = sorted(set(raw) - {"concepts", "thresholds"})
+        if unknown:
+            raise LatentGuardError(f"{path}: unknown key(s) {', '.join(map(str, unknown))} "
+                                   "(a file with 'concepts' may only also have 'thresholds')")
+        concepts = _flatten(path, raw["concepts"], "concepts")
+        thresholds = _thresholds(path, raw.get("thresholds"))
+    else:
+        concepts = _flatten(path, raw, "")
+    if not concepts:
+        raise LatentGuardError(f"{path}: no concepts found (use a list, or 'concepts: [...]')")
+    missing = [c for c in thresholds if c not in concepts]
+    if missing:
+        raise LatentGuardError(f"{path}: thresholds given for concept(s) not in the list: {', '.join(missing)}")
+    return Blacklist(unique(concepts), thresholds)
+
+
+def _flatten(path: Path, node: Any, where: str) -> list[str]:
+    """A list of strings, or a mapping of group name -> list of strings, flattened in order."""
+    label = f"'{where}'" if where else "the top level"
+    if isinstance(node, list):
+        out = []
+        for i, item in enumerate(node):
+            if not isinstance(item, (str, int, float)) or isinstance(item, bool) or not str(item).strip():
+                raise LatentGuardError(f"{path}: {where or 'list'}[{i}] must be a non-empty concept text, got {item!r}")
+            out.append(str(item).strip())
+        return out
+    if isinstance(node, Mapping):
+        out = []
+        for group, items in node.items():
+            if not isinstance(items, list):
+                raise LatentGuardError(f"{path}: group '{group}' must be a list of concepts, "
+                                       f"got {type(items).__name__}")
+            out.extend(_flatten(path, items, f"{where + '.' if where else ''}{group}"))
+        return out
+    raise LatentGuardError(f"{path}: {label} must be a list of concepts or a mapping of groups, "
+                           f"got {type(node).__name__}")
+
+
+def _thresholds(path: Path, node: Any) -> dict[str, float]:
+    if node is None:
+        return {}
+    if not isinstance(node, Mapping):
+        raise LatentGuardError(f"{path}: 'thresholds' must map concepts to numbers, got {type(node).__name__}")
+    out = {}
+    for concept, value in node.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise LatentGuardError(f"{path}: thresholds['{concept}'] must be a number, got {value!r}")
+        out[str(concept).strip()] = float(value)
+    return out

@@ -1,0 +1,378 @@
+"""The public Python API: ``LatentGuard.from_pretrained(...).check(prompts)``.
+
+A guard holds a frozen text encoder, a trained Embedding Mapping Layer and the encoded concept
+blacklist. Prompts are encoded in batches and scored against every concept at once with
+:meth:`EmbeddingMappingLayer.logit_matrix` (keys/values once per prompt, never once per concept).
+
+Decision rule (the released ``inference.py`` rule, extended; :mod:`latentguard.decision.rule`):
+
+* ``score`` = the prompt's maximum logit over the blacklist, as released;
+* a concept *fires* when its logit reaches its threshold (a per-concept threshold if one is set,
+  else the global :attr:`LatentGuard.threshold`); the prompt is ``unsafe`` when any concept fires.
+  With no per-concept thresholds this is exactly ``score >= threshold``;
+* the reported ``concept`` is, for an unsafe prompt, the firing concept that clears its threshold by
+  the widest margin, and for a safe prompt the highest-scoring concept; ``threshold`` is that
+  concept's threshold.
+
+Allowlist: each allowlisted phrase is cut out of the prompt (case-insensitive, whole words only:
+"art" never matches inside "party") before the prompt is encoded; what is left is judged as usual.
+An allowlisted phrase can therefore never trigger the guard, but it cannot smuggle anything else
+through either: "kill bill poster" with ``allowlist=["kill bill"]`` is judged as "poster", while
+"kill bill poster, covered in blood" is still judged on "poster, covered in blood".
+
+Extension points: all scoring goes through :meth:`LatentGuard._score_batch` (texts -> logits, and
+the evidence of each deciding concept on demand, for one batch), which uses
+:meth:`LatentGuard.logits_from_embeddings` (prompt embeddings -> ``[P, C]`` logits) and
+:meth:`LatentGuard.explain_embeddings` (embeddings + deciding concept -> evidence), so long-prompt
+windows or other encoders plug in by overriding one method. The blacklist's attention queries are
+computed once per blacklist change (:meth:`LatentGuard.refresh`).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from ..constants import DEFAULT_CHECKPOINT, DEFAULT_ENCODER
+from ..data.blacklist import check_concepts
+from ..decision.rule import decide
+from ..encoders.precision import resolve_device
+from ..errors import LatentGuardError
+from ..model import EmbeddingMappingLayer
+from ..published import RELEASED_THRESHOLD
+from ..scoring.evidence import attention_evidence
+from ..store.concept_cache import cached_concept_vectors
+from .checks import check_logit_rows, check_options, finite_number, prompt_list, width_message
+from .verdict import Verdict
+
+
+class LatentGuard:
+    """Block unsafe text-to-image prompts: a blacklist matched in the mapping layer's latent space.
+
+    Build it with :meth:`from_pretrained`, or directly from a loaded mapping layer and encoder.
+    ``threshold``, ``batch_size``, ``concept_thresholds`` and ``allowlist`` are properties checked
+    when set; the blacklist changes through :meth:`add_concepts` / :meth:`remove_concepts`.
+    """
+
+    def __init__(self, model: EmbeddingMappingLayer, encoder, concepts: Sequence[str],
+                 threshold: float = RELEASED_THRESHOLD, *, device: str | torch.device | None = None,
+                 batch_size: int = 64, concept_thresholds: Mapping[str, float] | None = None,
+                 allowlist: Iterable[str] | None = None, top_k: int = 3, cache_concepts: bool = True,
+                 long_prompts: bool = False, window_stride: int | None = None) -> None:
+        if model.in_dim != encoder.hidden_size:
+            raise LatentGuardError(width_message("the mapping layer", model.in_dim, encoder.hidden_size))
+        check_options(threshold, batch_size, top_k)
+        if device is None:
+            device = next(model.parameters()).device
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.model = model.to(self.device).eval()  # scoring runs under inference_mode: no grads kept
+        self.encoder = encoder
+        self.checkpoint: Path | None = None     # set by from_pretrained; calibrate(save=True) writes beside it
+        self.threshold_origin = "given"         # where the threshold came from (from_pretrained: its choice)
+        self.threshold = threshold
+        self.batch_size = batch_size
+        self.top_k = top_k
+        self.cache_concepts = cache_concepts
+        self.long_prompts = bool(long_prompts)  # score prompts > 77 tokens as the max over windows
+        self.window_stride = window_stride      # None: latentguard.encoders.DEFAULT_WINDOW_STRIDE (50)
+        self._concepts: list[str] = []
+        self._vectors = torch.empty(0, encoder.hidden_size, device=self.device)
+        self.add_concepts(check_concepts(concepts))
+        self.concept_thresholds = concept_thresholds or {}
+        self.allowlist = allowlist or []
+
+    # --------------------------------------------------------------------------- construction
+    @classmethod
+    def from_pretrained(cls, checkpoint: str | Path = DEFAULT_CHECKPOINT, encoder=DEFAULT_ENCODER,
+                        concepts: Sequence[str] | str | Path | None = None, threshold: float | str = "auto",
+                        device: str | torch.device | None = None, *, encoder_type: str = "auto",
+                        batch_size: int = 64, concept_thresholds: Mapping[str, float] | None = None,
+                        allowlist: Iterable[str] | None = None, top_k: int = 3,
+                        dataset: str | Path | None = None, encoder_options: Mapping | None = None,
+                        num_heads: int = 16, cache_concepts: bool = True, long_prompts: bool = False,
+                        window_stride: int | None = None) -> "LatentGuard":
+        """Load the released guard (or your own): weights, encoder and blacklist in one call.
+
+        ``checkpoint``: a state dict in the released format; the default name is downloaded (and
+        SHA-256 checked) to the cache when missing. ``encoder``: a hub name, a local directory or a
+        loaded ``TextEncoder``. ``concepts``: a list, a text/YAML file (see
+        :mod:`latentguard.data.blacklist`; a YAML file may carry per-concept thresholds, which
+        ``concept_thresholds`` overrides), or None for CoPro's ID concepts from ``dataset``.
+        ``encoder_options`` are passed to :func:`latentguard.encoders.load_encoder` (e.g. dtype).
+        ``threshold``: a number, ``"released"`` (9.0131), ``"paper"`` (4.47), ``"calibrated"`` (the
+        ``<checkpoint stem>.threshold.yaml`` written by :meth:`calibrate`; an error when absent) or
+        ``"auto"`` (that file when present, else released for the released weights only, else an
+        error). ``long_prompts``: score prompts longer than 77 tokens as the maximum over
+        overlapping windows (off: truncate, as released).
+        Cheap checks (blacklist, checkpoint, threshold) run before the slow encoder load
+        (:mod:`latentguard.guard.load`).
+        """
+        from .load import load_guard
+
+        return load_guard(cls, checkpoint, encoder, concepts, threshold, device, encoder_type=encoder_type,
+                          batch_size=batch_size, concept_thresholds=concept_thresholds, allowlist=allowlist,
+                          top_k=top_k, dataset=dataset, encoder_options=encoder_options, num_heads=num_heads,
+                          cache_concepts=cache_concepts, long_prompts=long_prompts, window_stride=window_stride)
+
+    @classmethod
+    def from_config(cls, cfg, **overrides) -> "LatentGuard":
+        """A guard as a loaded :class:`~latentguard.config.Config` describes it: checkpoint, ``encoder``,
+        ``inference`` (blacklist, allowlist file, threshold, batch size, top_k) and ``dataset`` for the
+        default blacklist. ``overrides`` go to :meth:`from_pretrained`."""
+        from .load import guard_options_from_config
+
+        return cls.from_pretrained(**{**guard_options_from_config(cfg), **overrides})
+
+    # ------------------------------------------------------------------------------ blacklist
+    @property
+    def concepts(self) -> list[str]:
+        """The blacklist, in order (a copy: change it with add_concepts / remove_concepts)."""
+        return list(self._concepts)
+
+    def add_concepts(self, concepts: str | Sequence[str]) -> list[str]:
+        """Append concepts to the blacklist; only ones not cached for this encoder are encoded.
+
+        Returns the concepts actually added (those already on the blacklist are skipped).
+        """
+        if isinstance(concepts, str):
+            concepts = [concepts]
+        known = set(self._concepts)
+        new = [c for c in check_concepts(concepts, "concepts to add") if c not in known]
+        if new:
+            vectors = cached_concept_vectors(self.encoder, new, batch_size=self.batch_size,
+                                             use_cache=self.cache_concepts)
+            self._vectors = torch.cat([self._vectors, vectors.to(self.device)])
+            self._concepts.extend(new)
+            self.refresh()
+        return new
+
+    def remove_concepts(self, concepts: str | Sequence[str]) -> list[str]:
+        """Drop concepts from the blacklist (unknown ones are an error: a typo must not pass silently)."""
+        if isinstance(concepts, str):
+            concepts = [concepts]
+        drop = set(check_concepts(concepts, "concepts to remove"))
+        unknown = sorted(drop - set(self._concepts))
+        if unknown:
+            raise LatentGuardError(f"cannot remove concept(s) not on the blacklist: {', '.join(unknown)}")
+        keep = [i for i, c in enumerate(self._concepts) if c not in drop]
+        if not keep:
+            raise LatentGuardError("cannot remove every concept: the blacklist needs at least one")
+        self._vectors = self._vectors[torch.tensor(keep, device=self.device)]
+        self._concepts = [self._concepts[i] for i in keep]
+        self.refresh()
+        return [c for c in concepts if c in drop]
+
+    def refresh(self) -> None:
+        """Recompute the blacklist's attention queries (call it after changing ``model``'s weights).
+
+        Projecting 578 concepts costs more than scoring one prompt, so it is done once per
+        blacklist change, not once per call.
+        """
+        with torch.inference_mode():
+            self._queries = self.model.concept_queries(self._vectors)
+
+    @property
+    def threshold(self) -> float:
+        """The global threshold; checked when set (a number or a name), so no later call meets a bad one."""
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value) -> None:
+        if isinstance(value, str):
+            from ..decision.threshold import resolve_threshold
+
+            value = resolve_threshold(value, self.checkpoint, encoder_identity=getattr(self.encoder, "identity", None))
+        self._threshold = finite_number(value, "threshold")
+        self.threshold_origin = "given"
+
+    @property
+    def batch_size(self) -> int:
+        """Prompts encoded per batch; checked when set (a positive integer)."""
+        return self._batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:
+        check_options(0.0, value, 1)
+        self._batch_size = value
+
+    @property
+    def concept_thresholds(self) -> dict[str, float]:
+        """Per-concept thresholds ``{concept: threshold}``; others use :attr:`threshold`."""
+        return dict(self._concept_thresholds)
+
+    @concept_thresholds.setter
+    def concept_thresholds(self, value: Mapping[str, float]) -> None:
+        if not isinstance(value, Mapping):
+            raise LatentGuardError(f"concept_thresholds must map concepts to numbers, got {type(value).__name__}")
+        unknown = sorted(set(value) - set(self._concepts))
+        if unknown:
+            raise LatentGuardError(f"concept_thresholds names concept(s) not on the blacklist: {', '.join(unknown)}")
+        self._concept_thresholds = {c: finite_number(t, f"threshold of '{c}'") for c, t in value.items()}
+
+    @property
+    def allowlist(self) -> list[str]:
+        """Phrases cut out of every prompt before scoring (see the module docstring)."""
+        return list(self._allowlist)
+
+    @allowlist.setter
+    def allowlist(self, phrases: Iterable[str]) -> None:
+        if isinstance(phrases, str):
+            phrases = [phrases]
+        cleaned = []
+        for i, phrase in enumerate(phrases):
+            if not isinstance(phrase, str) or not phrase.strip():
+                raise LatentGuardError(f"allowlist entry {i} must be a non-empty phrase, got {phrase!r}")
+            cleaned.append(" ".join(phrase.split()))
+        self._allowlist = list(dict.fromkeys(cleaned))
+        # Longest first, so "kill bill vol 2" is cut whole before "kill bill" could match.
+        parts = [r"\s+".join(map(re.escape, p.split())) for p in sorted(self._allowlist, key=len, reverse=True)]
+        self._allow_re = re.compile(r"(?<!\w)(?:" + "|".join(parts) + r")(?!\w)", re.IGNORECASE) if parts else None
+
+    def thresholds(self) -> np.ndarray:
+        """The threshold of every blacklisted concept, in blacklist order ``[C]``."""
+        return np.array([self._concept_thresholds.get(c, self.threshold) for c in self._concepts], dtype=np.float64)
+
+    # -------------------------------------------------------------------------------- scoring
+    def prepare(self, prompt: str) -> str:
+        """The text actually encoded for ``prompt``: allowlisted phrases removed."""
+        if not isinstance(prompt, str):
+            raise LatentGuardError(f"prompts must be strings, got {type(prompt).__name__}")
+        if self._allow_re is None:
+            return prompt
+        return " ".join(self._allow_re.sub(" ", prompt).split())
+
+    def logits(self, prompts: str | Sequence[str]) -> np.ndarray:
+        """Logits ``[P, C]`` of every prompt against every blacklisted concept (float32)."""
+        texts = [self.prepare(p) for p in prompt_list(prompts)]
+        blocks = [self._score_batch(texts[s : s + self.batch_size])[0] for s in range(0, len(texts), self.batch_size)]
+        return np.concatenate(blocks) if blocks else np.zeros((0, len(self._concepts)), dtype=np.float32)
+
+    def scores(self, prompts: str | Sequence[str]) -> np.ndarray:
+        """Each prompt's score ``[P]``: its maximum logit over the blacklist (as the released ``inference.py``)."""
+        return self.logits(prompts).max(axis=1, initial=-np.inf)
+
+    def check(self, prompts: str | Sequence[str], explain: bool = True) -> list[Verdict]:
+        """Judge prompts; with ``explain`` each verdict lists the words that drove its concept's match."""
+        return self._check(prompt_list(prompts), explain, None)
+
+    def check_embeddings(self, prompts: Sequence[str], embeddings: torch.Tensor,
+                         explain: bool = True) -> list[Verdict]:
+        """Like :meth:`check`, for prompts already encoded by :attr:`encoder` (``[P, rows, hidden]``).
+
+        Lets a text-to-image pipeline that shares the guard's encoder encode each prompt once.
+        Prompts the allowlist edits are re-encoded (their given embedding is of the unedited text).
+        """
+        prompts = prompt_list(prompts)
+        if (not isinstance(embeddings, torch.Tensor) or embeddings.dim() != 3 or embeddings.shape[0] != len(prompts)
+                or embeddings.shape[-1] != self.encoder.hidden_size):
+            shape = list(embeddings.shape) if isinstance(embeddings, torch.Tensor) else type(embeddings).__name__
+            raise LatentGuardError(f"check_embeddings needs one [rows, hidden] embedding per prompt "
+                                   f"(hidden {self.encoder.hidden_size}): got {shape} for {len(prompts)} prompts")
+        return self._check(prompts, explain, embeddings)
+
+    def _check(self, prompts: list[str], explain: bool, embeddings: torch.Tensor | None) -> list[Verdict]:
+        verdicts: list[Verdict] = []
+        thresholds = self.thresholds()
+        for start in range(0, len(prompts), self.batch_size):
+            batch = prompts[start : start + self.batch_size]
+            texts = [self.prepare(p) for p in batch]
+            emb = None
+            if embeddings is not None:
+                emb = embeddings[start : start + len(batch)]
+                edited = [i for i, (p, t) in enumerate(zip(batch, texts)) if p != t]
+                if edited:
+                    emb = emb.clone()
+                    emb[edited] = self.encoder.encode([texts[i] for i in edited], batch_size=len(edited)).to(emb)
+            logits, evidence_for = self._score_batch(texts, emb=emb)
+            check_logit_rows(logits, len(batch))  # fail closed: a missing row never reads as SAFE
+            unsafe, index = decide(logits, thresholds)  # once per prompt; evidence and verdict share it
+            evidence = evidence_for(index) if explain else None
+            for i, prompt in enumerate(batch):
+                verdicts.append(self._verdict(prompt, logits[i], bool(unsafe[i]), int(index[i]), thresholds,
+                                              evidence[i] if evidence else [], self._truncated(texts[i])))
+        if len(verdicts) != len(prompts):
+            raise LatentGuardError(f"the guard gave {len(verdicts)} verdicts for {len(prompts)} prompts; refusing")
+        return verdicts
+
+    def _truncated(self, text: str) -> bool:
+        """Whether ``text`` was cut at the encoder's context (never with ``long_prompts``: windows cover it)."""
+        counter = getattr(self.encoder, "is_truncated", None)
+        return bool(not self.long_prompts and counter is not None and counter(text))
+
+    def calibrate(self, safe_prompts: Sequence[str], unsafe_prompts: Sequence[str] | None = None,
+                  target_fpr: float = 0.01, *, save: bool | str | Path = False):
+        """Set :attr:`threshold` from your prompts: a target FPR on safe ones, or best accuracy with unsafe ones.
+
+        Returns the :class:`latentguard.decision.threshold.CalibrationResult`; ``save=True`` writes it beside
+        the checkpoint, where ``from_pretrained(threshold="auto"|"calibrated")`` finds it.
+        """
+        from ..decision.threshold import calibrate_guard
+
+        unsafe_prompts = None if unsafe_prompts is None else prompt_list(unsafe_prompts)  # a str is one prompt
+        result = calibrate_guard(self, prompt_list(safe_prompts), unsafe_prompts, target_fpr, save=save)
+        self.threshold_origin = "calibrated now"
+        return result
+
+    def decide(self, logits: np.ndarray, thresholds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(unsafe [P] bool, deciding concept index [P])`` from logits ``[P, C]``
+        (:func:`latentguard.decision.rule.decide`)."""
+        return decide(logits, self.thresholds() if thresholds is None else thresholds)
+
+    def logits_from_embeddings(self, prompt_emb: torch.Tensor) -> torch.Tensor:
+        """Logits ``[P, C]`` (float32, CPU) of prompt embeddings ``[P, rows, hidden]`` vs the blacklist."""
+        from ..scoring.logits import blacklist_logits
+
+        return blacklist_logits(self.model, prompt_emb.to(self.device, torch.float32), self._queries).float().cpu()
+
+    def _score_batch(self, texts: list[str], emb: torch.Tensor | None = None):
+        """One batch: encode ``texts`` (unless ``emb`` is given) and score them against every concept.
+
+        Returns the logits ``[b, C]`` and a function that gives, for each text's deciding concept
+        index, the evidence behind that match (computed only when asked for).
+        """
+        if self.long_prompts:  # windows: re-encoded, whatever ``emb`` holds (it is truncated at 77)
+            return self._score_windows(texts)
+        if emb is None:
+            emb = self.encoder.encode(texts, batch_size=len(texts))
+        logits = self.logits_from_embeddings(emb).numpy()
+        return logits, lambda index: self.explain_embeddings(texts, emb, index)
+
+    def _score_windows(self, texts: list[str]):
+        """Long-prompt option: a prompt's logit per concept is the maximum over its 77-token windows."""
+        from ..scoring.windows import max_over_windows
+
+        emb, owner = self.encoder.encode_windows(texts, batch_size=self.batch_size, stride=self.window_stride)
+        logits, window = max_over_windows(self.logits_from_embeddings(emb), owner, len(texts), return_window=True)
+
+        def evidence_for(index: np.ndarray) -> list[list[tuple[str, float]]]:
+            chosen = window[torch.arange(len(texts)), torch.as_tensor(index)]  # the window that decided
+            first = torch.searchsorted(owner, torch.arange(len(texts)))      # each prompt's first window
+            tokens = [self.encoder.window_token_strings(text, stride=self.window_stride)[int(chosen[i] - first[i])]
+                      for i, text in enumerate(texts)]
+            return self.explain_embeddings(texts, emb[chosen], index, tokens=tokens)
+
+        return logits.numpy(), evidence_for
+
+    # ---------------------------------------------------------------------------- explanation
+    def explain_embeddings(self, texts: Sequence[str], prompt_emb: torch.Tensor, concept_index: Sequence[int],
+                           tokens: Sequence[list[str]] | None = None) -> list[list[tuple[str, float]]]:
+        """For each prompt, the words its deciding concept attended to most (``top_k`` of them);
+        see :func:`latentguard.scoring.evidence.attention_evidence`. ``tokens``: each embedding's token
+        strings when they are not its text's own (a long prompt's window)."""
+        return attention_evidence(self.model, self.encoder, self._queries, texts, prompt_emb, concept_index,
+                                  top_k=self.top_k, device=self.device, tokens=tokens)
+
+    def _verdict(self, prompt: str, logits: np.ndarray, unsafe: bool, j: int, thresholds: np.ndarray,
+                 evidence: list[tuple[str, float]], truncated: bool) -> Verdict:
+        top = np.argsort(-logits, kind="stable")[: self.top_k]
+        return Verdict(prompt=prompt, unsafe=unsafe, score=float(logits.max()), concept=self._concepts[j],
+                       top_concepts=[(self._concepts[k], float(logits[k])) for k in top],
+                       evidence=evidence, threshold=float(thresholds[j]), truncated=truncated)
+
+    def __repr__(self) -> str:
+        return (f"LatentGuard(encoder={getattr(self.encoder, 'name', '?')!r}, concepts={len(self._concepts)}, "
+                f"threshold={self.threshold}, device={self.device})")
+

@@ -1,0 +1,16 @@
+"""The Embedding Mapping Layer (concept as query, the prompt's 78 rows as keys and values, two
+linear heads, logit = tempr * cos) and its checkpoints in the released format."""
+from __future__ import annotations
+
+from .checkpoint import (
+                         expected_shapes,
+                         infer_dims,
+                         load_mapping_layer,
+                         load_state_dict_file,
+                         plain_state_dict,
+                         released_checkpoint,
+)
+from .layer import EmbeddingMappingLayer
+
+__all__ = ["EmbeddingMappingLayer", "expected_shapes", "infer_dims", "load_mapping_layer", "load_state_dict_file",
+           "plain_state_dict", "released_checkpoint"]

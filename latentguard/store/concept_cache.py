@@ -1,0 +1,75 @@
+"""The concept cache: a blacklist's encoded vectors, kept on disk per encoder.
+
+Encoding 578 concepts through CLIP costs seconds on a CPU, so each concept's vector is kept, per
+encoder identity, in ``$LATENTGUARD_HOME/concepts/<hash of the identity>.pt``: editing the blacklist
+re-encodes only the concepts that are new to that encoder.
+"""
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from ..io import atomic_torch_save, latentguard_home, unique
+
+
+def concept_cache_path(identity: str) -> Path:
+    """The per-encoder cache file: one ``{concept: vector}`` table for each encoder identity."""
+    digest = hashlib.sha256(identity.encode("utf-8")).hexdigest()[:24]
+    return latentguard_home() / "concepts" / f"{digest}.pt"
+
+
+def cached_concept_vectors(encoder, concepts: Sequence[str], *, batch_size: int = 64,
+                           use_cache: bool = True) -> "torch.Tensor":  # noqa: F821
+    """Concept vectors ``[C, hidden]`` (float32, CPU), encoding only concepts not cached for ``encoder``.
+
+    The cache holds, per encoder identity, the rows of every concept ever encoded with it, so a
+    second run (or an edited blacklist) costs only the new concepts. It is written atomically; a
+    concurrent writer can only cause a later cache miss, never a wrong vector, because rows are
+    keyed by concept text and the file by the encoder's weights fingerprint. An unreadable cache
+    is ignored (and rewritten); an unwritable one only costs the encoding next time.
+    """
+    import torch
+
+    concepts = list(concepts)
+    if not concepts:
+        return torch.empty(0, encoder.hidden_size)
+    if not use_cache:
+        return encoder.encode_concepts(concepts, batch_size=batch_size).float().cpu()
+    path = concept_cache_path(encoder.identity)
+    table = _read_cache(path, encoder.identity, encoder.hidden_size)
+    new = [c for c in unique(concepts) if c not in table]
+    if new:
+        vectors = encoder.encode_concepts(new, batch_size=batch_size).float().cpu()
+        table.update(zip(new, vectors))
+        _write_cache(path, encoder.identity, table)
+    return torch.stack([table[c] for c in concepts])
+
+
+def _read_cache(path: Path, identity: str, hidden_size: int) -> dict:
+    import torch
+
+    if not path.is_file():
+        return {}
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        names, vectors = blob["concepts"], blob["vectors"]
+        if blob.get("identity") != identity or vectors.shape != (len(names), hidden_size):
+            return {}  # a hash collision or another layout: start afresh
+    except Exception:  # noqa: BLE001 - a damaged cache is only a cache miss
+        warnings.warn(f"ignoring unreadable concept cache {path}; it will be rebuilt", stacklevel=3)
+        return {}
+    return dict(zip(names, vectors.float()))
+
+
+def _write_cache(path: Path, identity: str, table: Mapping) -> None:
+    import torch
+
+    names = list(table)
+    blob = {"identity": identity, "concepts": names, "vectors": torch.stack([table[c] for c in names]).contiguous()}
+    try:
+        atomic_torch_save(blob, path)
+    except OSError as exc:
+        warnings.warn(f"cannot write concept cache {path} ({exc.strerror or exc}); concepts will be "
+                      "re-encoded next time", stacklevel=3)

@@ -22,6 +22,7 @@ from .constants import (
     AUTO,
     BLACKLIST_MATCHES,
     CALIBRATED,
+    DEFAULT_CATEGORY,
     DEFAULT_CHECKPOINT,
     DEFAULT_ENCODER,
     DEFAULT_WINDOW_STRIDE,
@@ -185,6 +186,7 @@ class InferenceConfig:
     concepts: str | None = key(None, optional_path)
     allowlist: str | None = key(None, optional_path)
     top_k: int = key(3, positive_int)
+    category: str = key(DEFAULT_CATEGORY, text)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ ENCODER_DTYPES = ("float32", "float16", "bfloat16")  # compute dtype of the enco
 STORE_DTYPES = ("float16", "float32")                 # on-disk precision of the embedding store
 PRECISIONS = ("exact", "fast")                        # encoder precision profiles (latentguard.encoders.precision)
 BLACKLIST_MATCHES = ("substring", "word")  # Text Blacklist rules: the paper's (case-insensitive substring) first
+DEFAULT_CATEGORY = "unsafe"  # the category of a flat blacklist's concepts (config: inference.category)
 # Threshold names besides the published ones (latentguard.published.NAMED_THRESHOLDS):
 CALIBRATED = "calibrated"  # the calibration record beside the checkpoint; an error when there is none
 AUTO = "auto"              # that record when there is one, else 9.0131 for the released weights only

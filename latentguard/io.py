@@ -230,15 +230,19 @@ def check_dir_path(path: str | Path, flag: str) -> Path:
     return path
 
 
-def read_yaml(path: str | Path, what: str = "YAML file") -> object:
+def read_yaml(path: str | Path, what: str = "YAML file", *, scalars_as_text: bool = False) -> object:
     """Parse a UTF-8 YAML file with ``safe_load`` rules, refusing a key given twice in one mapping
-    (YAML would silently keep the last); a bad byte, bad syntax or a duplicate is a one-line error."""
+    (YAML would silently keep the last); a bad byte, bad syntax or a duplicate is a one-line error.
+
+    ``scalars_as_text``: every unquoted scalar stays the text written (``4:20``, ``0x1F``, ``.nan``,
+    ``yes`` are strings, not 260, 31, NaN or True), for files whose values are texts (blacklists).
+    """
     import yaml
 
     path = Path(path)
     text = read_text(path, what)
     try:
-        return yaml.load(text, Loader=unique_key_loader())  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=unique_key_loader(scalars_as_text))  # noqa: S506 - Safe/BaseLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -247,12 +251,13 @@ def read_yaml(path: str | Path, what: str = "YAML file") -> object:
         raise LatentGuardError(f"{path}: not valid YAML{where}{detail}; fix the file") from None
 
 
-@functools.lru_cache(maxsize=1)
-def unique_key_loader() -> type:
-    """A ``yaml.SafeLoader`` that refuses duplicate keys (built on first use: importing io stays light)."""
+@functools.lru_cache(maxsize=2)
+def unique_key_loader(scalars_as_text: bool = False) -> type:
+    """A ``yaml.SafeLoader`` (or, for texts, ``yaml.BaseLoader``) that refuses duplicate keys (built on
+    first use: importing io stays light)."""
     import yaml
 
-    class UniqueKeyLoader(yaml.SafeLoader):
+    class UniqueKeyLoader(yaml.BaseLoader if scalars_as_text else yaml.SafeLoader):
         def construct_mapping(self, node, deep=False):  # noqa: D401 - yaml hook
             if isinstance(node, yaml.MappingNode):
                 seen: dict = {}

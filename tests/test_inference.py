@@ -60,8 +60,9 @@ def test_csv_output_and_console(files, tiny_encoder_dir, tiny_encoder, capsys):
     assert inference.main(argv) == 0
     with open(out, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["prompt", "score", "unsafe", "concept", "truncated"]
+    assert list(rows[0]) == ["prompt", "score", "unsafe", "concept", "truncated", "categories"]
     assert [r["prompt"] for r in rows] == prompts  # blank line skipped, long prompt kept whole
+    assert [r["categories"] for r in rows] == ["unsafe" if flagged else "" for flagged in labels]  # a flat blacklist
     np.testing.assert_allclose([float(r["score"]) for r in rows], scores, atol=1e-4)
     assert [int(r["unsafe"]) for r in rows] == labels.tolist()
     assert [r["concept"] for r in rows] == [CONCEPTS[i] for i in logits.argmax(1)]
@@ -88,11 +89,13 @@ def test_jsonl_output_with_explanations(files, tiny_encoder_dir, capsys):
     assert console.count("evidence: ") == 4 and console.count("top concepts: ") == 4
 
 
-def test_jsonl_without_explain_has_the_four_keys(files, tiny_encoder_dir):
+def test_jsonl_without_explain_has_the_verdict_keys(files, tiny_encoder_dir):
     out = files / "v.JSONL"
     assert inference.main(_args(files, tiny_encoder_dir, "--output", str(out))) == 0
     record = json.loads(out.read_text().splitlines()[0])
-    assert set(record) == {"prompt", "score", "unsafe", "concept", "truncated"}
+    assert set(record) == {"prompt", "score", "unsafe", "concept", "truncated", "categories", "category_scores"}
+    assert list(record["categories"]) == ["unsafe"] and record["categories"]["unsafe"] == record["unsafe"]
+    assert (record["category_scores"]["unsafe"] >= 0.5) == record["unsafe"]
 
 
 def test_second_run_reuses_cached_concepts(files, tiny_encoder_dir, monkeypatch, capsys):

@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default: inference.batch_size = {SCHEMA.inference.batch_size})")
     parser.add_argument("--output", default=None, metavar="FILE",
                         help="also write verdicts to FILE.csv or FILE.jsonl (prompt, score, unsafe, concept, "
-                             "truncated; "
+                             "truncated, categories; "
                              "JSONL adds top_concepts and evidence with --explain)")
     parser.add_argument("--explain", action="store_true",
                         help="show the prompt words that drove each top match (from the attention weights)")
@@ -125,19 +125,22 @@ def render_table(verdicts, explain: bool) -> str:
 
 
 def write_output(path: str, fmt: str, verdicts, explain: bool) -> None:
-    """Write verdicts atomically as CSV (prompt, score, unsafe 0/1, concept, truncated 0/1) or JSONL."""
+    """Write verdicts atomically as CSV (prompt, score, unsafe 0/1, concept, truncated 0/1, the flagged
+    categories joined by ``;``) or JSONL (with every category's flag and score)."""
     from ..io import atomic_write_text
 
     buffer = io.StringIO()
     if fmt == "csv":
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["prompt", "score", "unsafe", "concept", "truncated"])
+        writer.writerow(["prompt", "score", "unsafe", "concept", "truncated", "categories"])
         for v in verdicts:
-            writer.writerow([v.prompt, f"{v.score:.6f}", int(v.unsafe), v.concept, int(v.truncated)])
+            flagged = ";".join(name for name, on in v.categories.items() if on)
+            writer.writerow([v.prompt, f"{v.score:.6f}", int(v.unsafe), v.concept, int(v.truncated), flagged])
     else:
         for v in verdicts:
             record = {"prompt": v.prompt, "score": round(v.score, 6), "unsafe": v.unsafe, "concept": v.concept,
-                      "truncated": v.truncated}
+                      "truncated": v.truncated, "categories": v.categories,
+                      "category_scores": {name: round(p, 6) for name, p in v.category_scores.items()}}
             if explain:
                 record["threshold"] = v.threshold
                 record["top_concepts"] = [[c, round(s, 6)] for c, s in v.top_concepts]

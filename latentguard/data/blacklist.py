@@ -13,13 +13,17 @@ File formats accepted by :func:`load_concepts`:
   - a list of concepts: ``[knife, blood]``;
   - a mapping with the reserved key ``concepts`` (a list, or a mapping of groups) and optionally
     ``thresholds`` (``{concept: number}``: per-concept thresholds, see :func:`load_blacklist`);
-  - a mapping of groups, ``{violence: [knife, gun], drugs: [cocaine]}``: the groups are flattened
-    in file order (group names are for the reader; they are not concepts).
+  - a mapping of groups, ``{violence: [knife, gun], drugs: [cocaine]}``: the groups are the
+    blacklist's *categories* (a category is flagged when any of its concepts fires); the concepts
+    are flattened in file order (group names are not concepts).
 
-Duplicates are dropped (first occurrence kept); an empty blacklist is an error.
+Every entry is the text as written: unquoted YAML scalars are not turned into numbers, booleans or
+dates (``- 4:20`` is the concept "4:20", not 260), and a key given twice is refused, naming its
+lines. Duplicates are dropped (first occurrence kept); an empty blacklist is an error.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -28,14 +32,20 @@ from ..errors import LatentGuardError
 from ..io import read_lines, unique
 
 YAML_SUFFIXES = (".yaml", ".yml")
+_NOT_NUMBERS = ("nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity")
 
 
 @dataclass
 class Blacklist:
-    """Concepts in order, plus optional per-concept thresholds read from the same file."""
+    """Concepts in order, optional per-concept thresholds, and the categories (groups) of a grouped file.
+
+    ``categories`` maps a category name to its concepts, in file order; empty for a flat list (the
+    guard then puts every concept in one category, named by ``inference.category``).
+    """
 
     concepts: list[str]
     thresholds: dict[str, float] = field(default_factory=dict)
+    categories: dict[str, list[str]] = field(default_factory=dict)
 
 
 def load_concepts(path_or_none: str | Path | None = None, *, dataset: str | Path | None = None) -> list[str]:
@@ -81,54 +91,51 @@ def _load_text(path: Path) -> list[str]:
 
 
 def _load_yaml(path: Path) -> Blacklist:
-    import yaml
+    from ..io import read_yaml
 
     if not path.is_file():
         raise LatentGuardError(f"concepts file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_bytes().decode("utf-8-sig"))
-    except UnicodeDecodeError as exc:
-        raise LatentGuardError(f"{path}: not valid UTF-8 at byte {exc.start}; re-save the file as UTF-8") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise LatentGuardError(f"{path}: not valid YAML{where}; fix the syntax") from None
+    raw = read_yaml(path, "concepts file", scalars_as_text=True)  # entries are the texts written
     thresholds: dict[str, float] = {}
     if isinstance(raw, Mapping) and "concepts" in raw:
         unknown = sorted(set(raw) - {"concepts", "thresholds"})
         if unknown:
             raise LatentGuardError(f"{path}: unknown key(s) {', '.join(map(str, unknown))} "
                                    "(a file with 'concepts' may only also have 'thresholds')")
-        concepts = _flatten(path, raw["concepts"], "concepts")
+        concepts, categories = _flatten(path, raw["concepts"], "concepts")
         thresholds = _thresholds(path, raw.get("thresholds"))
     else:
-        concepts = _flatten(path, raw, "")
+        concepts, categories = _flatten(path, raw, "")
     if not concepts:
         raise LatentGuardError(f"{path}: no concepts found (use a list, or 'concepts: [...]')")
     missing = [c for c in thresholds if c not in concepts]
     if missing:
         raise LatentGuardError(f"{path}: thresholds given for concept(s) not in the list: {', '.join(missing)}")
-    return Blacklist(unique(concepts), thresholds)
+    return Blacklist(unique(concepts), thresholds, {name: unique(items) for name, items in categories.items()})
 
 
-def _flatten(path: Path, node: Any, where: str) -> list[str]:
-    """A list of strings, or a mapping of group name -> list of strings, flattened in order."""
+def _flatten(path: Path, node: Any, where: str) -> tuple[list[str], dict[str, list[str]]]:
+    """A list of concept texts, or a mapping of category -> list of texts: the concepts in order, and the categories."""
     label = f"'{where}'" if where else "the top level"
     if isinstance(node, list):
         out = []
         for i, item in enumerate(node):
-            if not isinstance(item, (str, int, float)) or isinstance(item, bool) or not str(item).strip():
+            if not isinstance(item, str) or not item.strip():
                 raise LatentGuardError(f"{path}: {where or 'list'}[{i}] must be a non-empty concept text, got {item!r}")
-            out.append(str(item).strip())
-        return out
+            out.append(item.strip())
+        return out, {}
     if isinstance(node, Mapping):
-        out = []
+        out, categories = [], {}
         for group, items in node.items():
             if not isinstance(items, list):
                 raise LatentGuardError(f"{path}: group '{group}' must be a list of concepts, "
                                        f"got {type(items).__name__}")
-            out.extend(_flatten(path, items, f"{where + '.' if where else ''}{group}"))
-        return out
+            if not str(group).strip():
+                raise LatentGuardError(f"{path}: a group needs a name (got an empty one)")
+            concepts, _ = _flatten(path, items, f"{where + '.' if where else ''}{group}")
+            categories.setdefault(str(group).strip(), []).extend(concepts)
+            out.extend(concepts)
+        return out, categories
     raise LatentGuardError(f"{path}: {label} must be a list of concepts or a mapping of groups, "
                            f"got {type(node).__name__}")
 
@@ -140,7 +147,11 @@ def _thresholds(path: Path, node: Any) -> dict[str, float]:
         raise LatentGuardError(f"{path}: 'thresholds' must map concepts to numbers, got {type(node).__name__}")
     out = {}
     for concept, value in node.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise LatentGuardError(f"{path}: thresholds['{concept}'] must be a number, got {value!r}")
-        out[str(concept).strip()] = float(value)
+        try:  # read as text (see _load_yaml): a number as written, nothing YAML would guess
+            number = float(value) if isinstance(value, str) and value.strip().lower() not in _NOT_NUMBERS else None
+        except ValueError:
+            number = None
+        if number is None or not math.isfinite(number):
+            raise LatentGuardError(f"{path}: thresholds['{concept}'] must be a number (finite), got {value!r}")
+        out[str(concept).strip()] = number
     return out

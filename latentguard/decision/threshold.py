@@ -55,6 +55,7 @@ class CalibrationResult:
     encoder_identity: str | None = None
     checkpoint_sha256: str | None = None
     n_concepts: int | None = None
+    slope: float | None = None       # probability slope fitted with unsafe prompts (decision.probability)
     date: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
 
     def to_dict(self) -> dict[str, Any]:
@@ -95,12 +96,17 @@ def calibrate(scores_safe, scores_unsafe=None, target_fpr: float = DEFAULT_TARGE
         labels = np.concatenate([np.zeros(safe.size, dtype=np.int64), np.ones(unsafe.size, dtype=np.int64)])
         threshold = best_accuracy_threshold(labels, np.concatenate([safe, unsafe]))
         method, used_fpr = "best_accuracy", None
+    slope = None
+    if unsafe.size:  # with both classes the probability slope is fitted at the chosen threshold
+        from .probability import fit_slope
+
+        slope = fit_slope(np.r_[safe, unsafe], np.r_[np.zeros(safe.size), np.ones(unsafe.size)], threshold)
     measured = rates(np.r_[np.zeros(safe.size), np.ones(unsafe.size)], np.r_[safe, unsafe], threshold)
     fpr = measured["fpr"]
     tpr = measured["tpr"] if unsafe.size else None
     accuracy = measured["accuracy"] if unsafe.size else None
     return CalibrationResult(threshold=float(threshold), method=method, target_fpr=used_fpr, n_safe=int(safe.size),
-                             n_unsafe=int(unsafe.size), fpr=fpr, tpr=tpr, accuracy=accuracy)
+                             n_unsafe=int(unsafe.size), fpr=fpr, tpr=tpr, accuracy=accuracy, slope=slope)
 
 
 def calibration_path(checkpoint: str | Path) -> Path:
@@ -148,8 +154,15 @@ def read_calibration(path: str | Path) -> CalibrationResult:
     missing = sorted({"threshold", "method", "n_safe", "n_unsafe"} - set(data))
     if missing:
         raise LatentGuardError(f"{path}: missing keys {', '.join(missing)}; recalibrate to rewrite the file")
-    for key in ("target_fpr", "fpr", "tpr", "accuracy", "encoder_identity", "checkpoint_sha256", "n_concepts"):
+    for key in ("target_fpr", "fpr", "tpr", "accuracy", "encoder_identity", "checkpoint_sha256", "n_concepts", "slope"):
         data.setdefault(key, None)
+    if data["slope"] is not None:
+        from .probability import check_slope
+
+        try:
+            data["slope"] = check_slope(data["slope"])
+        except LatentGuardError as exc:
+            raise LatentGuardError(f"{path}: {exc}; recalibrate to rewrite the file") from None
     data["threshold"] = float(threshold)
     if data.get("date") is not None:
         data["date"] = str(data["date"])
@@ -305,6 +318,8 @@ def calibrate_guard(guard, safe_prompts: Sequence[str], unsafe_prompts: Sequence
     concepts = getattr(guard, "concepts", None)
     result.n_concepts = len(concepts) if concepts is not None else None
     guard.threshold = result.threshold
+    if hasattr(guard, "slope"):  # a slope belongs to the threshold it was fitted at: None when not fitted now
+        guard.slope = result.slope
     if save:
         checkpoint = save if not isinstance(save, bool) else (getattr(guard, "checkpoint", None)
                                                               or getattr(guard, "checkpoint_path", None))

@@ -104,6 +104,18 @@ def pooled_validation_threshold(valid: Conditions, scores: MethodScores) -> tupl
     return threshold, f"calibrated: max accuracy on pooled validation ({', '.join(names)}; {labels.size} prompts)"
 
 
+def validation_slope(valid: Conditions, scores: MethodScores, threshold: float) -> float | None:
+    """The probability slope (:func:`latentguard.decision.probability.fit_slope`) on the pooled
+    validation conditions at ``threshold``; ``None`` without validation data or when none fits."""
+    from ..decision.probability import fit_slope
+
+    labels, values, _ = pooled_scores(valid, scores)
+    try:
+        return fit_slope(values, labels, threshold) if labels.size else None
+    except LatentGuardError:
+        return None
+
+
 # ------------------------------------------------------------------------------------- metrics
 def _clean(value: Any) -> Any:
     """NaN/inf -> None, numpy scalars -> Python, recursively: results.json stays strict JSON."""
@@ -231,6 +243,7 @@ def evaluate_copro(copro, model, source, *, baselines: Sequence[str] = (), bert_
         "threshold": thresholds[LATENT_GUARD],
         "threshold_source": sources[LATENT_GUARD],
         "calibrated_threshold": calibrated,
+        "probability_slope": validation_slope(valid, methods[LATENT_GUARD], thresholds[LATENT_GUARD]),
         "released_threshold": RELEASED_THRESHOLD,
         "validation": {
             "settings": valid_names,

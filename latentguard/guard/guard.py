@@ -36,15 +36,17 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..constants import DEFAULT_CHECKPOINT, DEFAULT_ENCODER
+from ..constants import DEFAULT_CATEGORY, DEFAULT_CHECKPOINT, DEFAULT_ENCODER
 from ..data.blacklist import check_concepts
-from ..decision.rule import decide
+from ..decision.probability import DEFAULT_SLOPE, check_slope, probabilities
+from ..decision.rule import decide, flags
 from ..encoders.precision import resolve_device
 from ..errors import LatentGuardError
 from ..model import EmbeddingMappingLayer
 from ..published import RELEASED_THRESHOLD
 from ..scoring.evidence import attention_evidence
 from ..store.concept_cache import cached_concept_vectors
+from .categories import Categories
 from .checks import check_logit_rows, check_options, finite_number, prompt_list, width_message
 from .verdict import Verdict
 
@@ -53,15 +55,19 @@ class LatentGuard:
     """Block unsafe text-to-image prompts: a blacklist matched in the mapping layer's latent space.
 
     Build it with :meth:`from_pretrained`, or directly from a loaded mapping layer and encoder.
-    ``threshold``, ``batch_size``, ``concept_thresholds`` and ``allowlist`` are properties checked
-    when set; the blacklist changes through :meth:`add_concepts` / :meth:`remove_concepts`.
+    ``threshold``, ``batch_size``, ``concept_thresholds``, ``allowlist``, ``categories`` and ``slope``
+    are properties checked when set; the blacklist changes through :meth:`add_concepts` /
+    :meth:`remove_concepts`. ``categories`` groups concepts (default: all in ``default_category``);
+    ``slope`` is the fitted probability slope (``None``: uncalibrated, :data:`DEFAULT_SLOPE` is used).
     """
 
     def __init__(self, model: EmbeddingMappingLayer, encoder, concepts: Sequence[str],
                  threshold: float = RELEASED_THRESHOLD, *, device: str | torch.device | None = None,
                  batch_size: int = 64, concept_thresholds: Mapping[str, float] | None = None,
                  allowlist: Iterable[str] | None = None, top_k: int = 3, cache_concepts: bool = True,
-                 long_prompts: bool = False, window_stride: int | None = None) -> None:
+                 long_prompts: bool = False, window_stride: int | None = None,
+                 categories: Mapping[str, Sequence[str]] | None = None, default_category: str = DEFAULT_CATEGORY,
+                 slope: float | None = None) -> None:
         if model.in_dim != encoder.hidden_size:
             raise LatentGuardError(width_message("the mapping layer", model.in_dim, encoder.hidden_size))
         check_options(threshold, batch_size, top_k)
@@ -79,10 +85,14 @@ class LatentGuard:
         self.long_prompts = bool(long_prompts)  # score prompts > 77 tokens as the max over windows
         self.window_stride = window_stride      # None: latentguard.encoders.DEFAULT_WINDOW_STRIDE (50)
         self._concepts: list[str] = []
+        self._categories = Categories(default_category)
         self._vectors = torch.empty(0, encoder.hidden_size, device=self.device)
         self.add_concepts(check_concepts(concepts))
+        if categories:
+            self.categories = categories
         self.concept_thresholds = concept_thresholds or {}
         self.allowlist = allowlist or []
+        self.slope = slope
 
     # --------------------------------------------------------------------------- construction
     @classmethod
@@ -93,7 +103,8 @@ class LatentGuard:
                         allowlist: Iterable[str] | None = None, top_k: int = 3,
                         dataset: str | Path | None = None, encoder_options: Mapping | None = None,
                         num_heads: int = 16, cache_concepts: bool = True, long_prompts: bool = False,
-                        window_stride: int | None = None) -> "LatentGuard":
+                        window_stride: int | None = None, categories: Mapping[str, Sequence[str]] | None = None,
+                        default_category: str = DEFAULT_CATEGORY, slope: float | None = None) -> "LatentGuard":
         """Load the released guard (or your own): weights, encoder and blacklist in one call.
 
         ``checkpoint``: a state dict in the released format; the default name is downloaded (and
@@ -106,7 +117,9 @@ class LatentGuard:
         ``<checkpoint stem>.threshold.yaml`` written by :meth:`calibrate`; an error when absent) or
         ``"auto"`` (that file when present, else released for the released weights only, else an
         error). ``long_prompts``: score prompts longer than 77 tokens as the maximum over
-        overlapping windows (off: truncate, as released).
+        overlapping windows (off: truncate, as released). ``categories`` (added to a grouped YAML
+        blacklist's own groups) and ``default_category`` (the category of ungrouped concepts) name
+        what a verdict flags; ``slope`` overrides the probability slope of the calibration record.
         Cheap checks (blacklist, checkpoint, threshold) run before the slow encoder load
         (:mod:`latentguard.guard.load`).
         """
@@ -115,7 +128,8 @@ class LatentGuard:
         return load_guard(cls, checkpoint, encoder, concepts, threshold, device, encoder_type=encoder_type,
                           batch_size=batch_size, concept_thresholds=concept_thresholds, allowlist=allowlist,
                           top_k=top_k, dataset=dataset, encoder_options=encoder_options, num_heads=num_heads,
-                          cache_concepts=cache_concepts, long_prompts=long_prompts, window_stride=window_stride)
+                          cache_concepts=cache_concepts, long_prompts=long_prompts, window_stride=window_stride,
+                          categories=categories, default_category=default_category, slope=slope)
 
     @classmethod
     def from_config(cls, cfg, **overrides) -> "LatentGuard":
@@ -132,8 +146,9 @@ class LatentGuard:
         """The blacklist, in order (a copy: change it with add_concepts / remove_concepts)."""
         return list(self._concepts)
 
-    def add_concepts(self, concepts: str | Sequence[str]) -> list[str]:
-        """Append concepts to the blacklist; only ones not cached for this encoder are encoded.
+    def add_concepts(self, concepts: str | Sequence[str], category: str | None = None) -> list[str]:
+        """Append concepts to the blacklist (in ``category``, default :attr:`default_category`); only
+        ones not cached for this encoder are encoded.
 
         Returns the concepts actually added (those already on the blacklist are skipped).
         """
@@ -146,6 +161,7 @@ class LatentGuard:
                                              use_cache=self.cache_concepts)
             self._vectors = torch.cat([self._vectors, vectors.to(self.device)])
             self._concepts.extend(new)
+            self._categories.assign(new, category)
             self.refresh()
         return new
 
@@ -162,6 +178,7 @@ class LatentGuard:
             raise LatentGuardError("cannot remove every concept: the blacklist needs at least one")
         self._vectors = self._vectors[torch.tensor(keep, device=self.device)]
         self._concepts = [self._concepts[i] for i in keep]
+        self._categories.remove(drop)
         self.refresh()
         return [c for c in concepts if c in drop]
 
@@ -231,6 +248,29 @@ class LatentGuard:
         parts = [r"\s+".join(map(re.escape, p.split())) for p in sorted(self._allowlist, key=len, reverse=True)]
         self._allow_re = re.compile(r"(?<!\w)(?:" + "|".join(parts) + r")(?!\w)", re.IGNORECASE) if parts else None
 
+    @property
+    def categories(self) -> dict[str, list[str]]:
+        """Category name -> its concepts (a copy); a category is flagged when any of its concepts fires."""
+        return self._categories.as_dict()
+
+    @categories.setter
+    def categories(self, mapping: Mapping[str, Sequence[str]]) -> None:
+        self._categories.replace(mapping, self._concepts)
+
+    @property
+    def default_category(self) -> str:
+        """The category of concepts no group names (a flat blacklist's one category)."""
+        return self._categories.default
+
+    @property
+    def slope(self) -> float | None:
+        """The fitted probability slope, or ``None`` when uncalibrated (:data:`DEFAULT_SLOPE` is used)."""
+        return self._slope
+
+    @slope.setter
+    def slope(self, value: float | None) -> None:
+        self._slope = None if value is None else check_slope(value)
+
     def thresholds(self) -> np.ndarray:
         """The threshold of every blacklisted concept, in blacklist order ``[C]``."""
         return np.array([self._concept_thresholds.get(c, self.threshold) for c in self._concepts], dtype=np.float64)
@@ -290,9 +330,14 @@ class LatentGuard:
             check_logit_rows(logits, len(batch))  # fail closed: a missing row never reads as SAFE
             unsafe, index = decide(logits, thresholds)  # once per prompt; evidence and verdict share it
             evidence = evidence_for(index) if explain else None
+            probability = probabilities(logits, thresholds, self._slope or DEFAULT_SLOPE)
+            by_category = self._categories.judge(self._concepts, flags(logits, thresholds), probability)
             for i, prompt in enumerate(batch):
-                verdicts.append(self._verdict(prompt, logits[i], bool(unsafe[i]), int(index[i]), thresholds,
-                                              evidence[i] if evidence else [], self._truncated(texts[i])))
+                verdict = self._verdict(prompt, logits[i], bool(unsafe[i]), int(index[i]), thresholds,
+                                        evidence[i] if evidence else [], self._truncated(texts[i]))
+                verdict.categories, verdict.category_scores = by_category[i]
+                verdict.probability = float(probability[i, int(index[i])])
+                verdicts.append(verdict)
         if len(verdicts) != len(prompts):
             raise LatentGuardError(f"the guard gave {len(verdicts)} verdicts for {len(prompts)} prompts; refusing")
         return verdicts

@@ -11,7 +11,7 @@ from typing import Iterable, Mapping, Sequence
 
 import torch
 
-from ..constants import AUTO, CALIBRATED
+from ..constants import AUTO, CALIBRATED, DEFAULT_CATEGORY
 from ..data.blacklist import check_concepts, load_blacklist
 from ..decision.threshold import check_record_encoder, choose_threshold
 from ..encoders.precision import resolve_device
@@ -26,16 +26,18 @@ def load_guard(cls, checkpoint: str | Path, encoder, concepts: Sequence[str] | s
                threshold: float | str, device: str | torch.device | None, *, encoder_type: str, batch_size: int,
                concept_thresholds: Mapping[str, float] | None, allowlist: Iterable[str] | None, top_k: int,
                dataset: str | Path | None, encoder_options: Mapping | None, num_heads: int, cache_concepts: bool,
-               long_prompts: bool, window_stride: int | None):
+               long_prompts: bool, window_stride: int | None, categories: Mapping[str, Sequence[str]] | None = None,
+               default_category: str = DEFAULT_CATEGORY, slope: float | None = None):
     """What :meth:`LatentGuard.from_pretrained` does (see its docstring for the arguments)."""
     named = isinstance(threshold, str) and threshold.strip().lower() in (AUTO, CALIBRATED)
     choice = None if named else choose_threshold(threshold)  # a number or a published name
     check_options(RELEASED_THRESHOLD if choice is None else choice.value, batch_size, top_k)
     if isinstance(concepts, (str, Path)) or concepts is None:
         blacklist = load_blacklist(concepts, dataset=dataset)
-        names, thresholds = blacklist.concepts, dict(blacklist.thresholds)
+        names, thresholds, groups = blacklist.concepts, dict(blacklist.thresholds), dict(blacklist.categories)
     else:
-        names, thresholds = check_concepts(concepts), {}
+        names, thresholds, groups = check_concepts(concepts), {}, {}
+    groups.update(categories or {})
     thresholds.update(concept_thresholds or {})
     path = released_checkpoint(checkpoint)
     if choice is None:  # the record beside the weights: read once, the weights hashed once, before the encoder
@@ -53,9 +55,12 @@ def load_guard(cls, checkpoint: str | Path, encoder, concepts: Sequence[str] | s
         device = encoder.device if device is None else device
     if choice.record is not None:  # a calibration record must match this encoder too
         check_record_encoder(choice.record, encoder.identity, choice.record_path)
+    if slope is None and choice.record is not None:
+        slope = choice.record.slope  # fitted with the threshold it belongs to (None: not fitted)
     guard = cls(model, encoder, names, choice.value, device=device, batch_size=batch_size,
                 concept_thresholds=thresholds, allowlist=allowlist, top_k=top_k, cache_concepts=cache_concepts,
-                long_prompts=long_prompts, window_stride=window_stride)
+                long_prompts=long_prompts, window_stride=window_stride, categories=groups,
+                default_category=default_category, slope=slope)
     guard.checkpoint = Path(path)
     guard.threshold_origin = choice.origin
     return guard
@@ -70,7 +75,7 @@ def guard_options_from_config(cfg) -> dict:
     return dict(
         checkpoint=cfg.checkpoint, encoder=enc.name, concepts=inf.concepts, threshold=inf.threshold,
         device=cfg.device, encoder_type=enc.type, batch_size=inf.batch_size, allowlist=allowlist,
-        top_k=inf.top_k, dataset=cfg.dataset, num_heads=cfg.model.num_heads,
+        top_k=inf.top_k, dataset=cfg.dataset, num_heads=cfg.model.num_heads, default_category=inf.category,
         encoder_options={"dtype": enc.dtype, "attention_mask": enc.attention_mask},
         long_prompts=enc.long_prompts, window_stride=enc.window_stride,
     )

@@ -18,6 +18,9 @@ class Verdict:
     evidence: list[tuple[str, float]] = field(default_factory=list)  # words that drove the match
     threshold: float = RELEASED_THRESHOLD  # the threshold ``concept`` was judged against
     truncated: bool = False  # the prompt was cut at the encoder's context (77 tokens); see ``long_prompts``
+    probability: float = 0.0  # sigmoid(slope * (logit - threshold)) of ``concept``: >= 0.5 exactly when unsafe
+    categories: dict[str, bool] = field(default_factory=dict)  # category -> flagged (any of its concepts fired)
+    category_scores: dict[str, float] = field(default_factory=dict)  # category -> max probability of its concepts
 
     def to_dict(self) -> dict:
         """JSON-friendly form (tuples become lists)."""

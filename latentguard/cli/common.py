@@ -86,6 +86,55 @@ def common_parser(*, store_dir: bool = True) -> argparse.ArgumentParser:
     return parent
 
 
+def guard_parser() -> argparse.ArgumentParser:
+    """Parent parser for the flags that say which guard to run: weights, blacklist, allowlist, threshold,
+    batch size, long prompts, top-k. Every command that builds a guard (inference.py, and any command
+    scoring prompts with one) takes them, through :func:`guard_overrides` and :func:`build_guard`."""
+    parent = argparse.ArgumentParser(add_help=False)
+    flags = parent.add_argument_group("guard flags (each overrides one config key)")
+    flags.add_argument("--checkpoint", default=None, metavar="FILE",
+                       help="mapping-layer state dict in the released format (default: model_parameters.pth, "
+                            "downloaded and SHA-256 checked when missing)")
+    flags.add_argument("--concepts", default=None, metavar="FILE",
+                       help="blacklist: .txt (one concept per line) or .yaml (a list, groups = categories, or "
+                            "'concepts:' + optional per-concept 'thresholds:'); default: CoPro ID concepts")
+    flags.add_argument("--allowlist", default=None, metavar="FILE",
+                       help="phrases (one per line) cut out of every prompt before scoring, so they never "
+                            "trigger the guard (whole words, case-insensitive)")
+    flags.add_argument("--threshold", default=None, metavar="T",
+                       help="unsafe when the score reaches this: a number, released (9.0131, the released "
+                            "script's value), paper (4.47, reproduces the paper's Table 1 accuracies), calibrated "
+                            "(the <checkpoint>.threshold.yaml written by --calibrate-safe) or auto (calibrated "
+                            "when that file exists, else released for the released weights only, else an error; "
+                            f"default: inference.threshold = {SCHEMA.inference.threshold})")
+    flags.add_argument("--batch-size", type=int, default=None, metavar="N",
+                       help="prompts encoded and scored per batch "
+                            f"(default: inference.batch_size = {SCHEMA.inference.batch_size})")
+    flags.add_argument("--long-prompts", action="store_true", default=None,
+                       help="score prompts longer than 77 tokens as the maximum over overlapping 77-token windows "
+                            "(default: encoder.long_prompts = off, truncate at 77 as released)")
+    flags.add_argument("--top-k", type=int, default=None, metavar="K",
+                       help="concepts and evidence words shown per prompt "
+                            f"(default: inference.top_k = {SCHEMA.inference.top_k})")
+    return parent
+
+
+def guard_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config keys the guard flags override (``None``: not given)."""
+    return {"checkpoint": args.checkpoint, "inference.concepts": args.concepts,
+            "inference.allowlist": args.allowlist, "inference.threshold": args.threshold,
+            "inference.batch_size": args.batch_size, "encoder.long_prompts": args.long_prompts,
+            "inference.top_k": args.top_k}
+
+
+def build_guard(cfg: Config, **overrides: Any):
+    """The guard a loaded config describes (:meth:`LatentGuard.from_config`); ``overrides`` go to
+    ``from_pretrained`` (e.g. ``threshold=...``)."""
+    from ..guard import LatentGuard
+
+    return LatentGuard.from_config(cfg, **overrides)
+
+
 def common_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The config keys the common flags override (``None``: not given, the config's value stays)."""
     return {"dataset": args.dataset, "encoder.name": args.encoder, "encoder.type": args.encoder_type,

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from ..errors import LatentGuardError
-from .common import SCHEMA, cli_entry, common_parser, load_command_config
+from .common import SCHEMA, build_guard, cli_entry, common_parser, guard_overrides, guard_parser, load_command_config
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository (for the sample prompt file)
 DEFAULT_PROMPTS = "dataset/unsafe_sample.txt"
@@ -35,15 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
                "CoPro dataset are downloaded to the cache ($LATENTGUARD_HOME or ~/.cache/latentguard; "
                "CoPro to --dataset) when missing. Concept vectors are cached per encoder, so later runs "
                "only encode the prompts.",
-        parents=[common_parser(store_dir=False)])
+        parents=[common_parser(store_dir=False), guard_parser()])
     parser.add_argument("--file_path", "--file-path", dest="file_path", default=DEFAULT_PROMPTS, metavar="FILE",
                         help=f"prompts, one per line, UTF-8; blank lines are ignored (default: {DEFAULT_PROMPTS})")
-    parser.add_argument("--threshold", default=None, metavar="T",
-                        help="unsafe when the score reaches this: a number, released (9.0131, the released "
-                             "script's value), paper (4.47, reproduces the paper's Table 1 accuracies), calibrated "
-                             "(the <checkpoint>.threshold.yaml written by --calibrate-safe) or auto (calibrated "
-                             "when that file exists, else released for the released weights only, else an error; "
-                             f"default: inference.threshold = {SCHEMA.inference.threshold})")
     parser.add_argument("--calibrate-safe", default=None, metavar="FILE",
                         help="calibrate the threshold first on these safe prompts (one per line): the lowest "
                              "threshold flagging at most --target-fpr of them; saved beside the checkpoint")
@@ -52,30 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--target-fpr", type=float, default=None, metavar="F",
                         help="false-positive rate allowed on --calibrate-safe prompts "
                         f"(default: calibration.target_fpr = {SCHEMA.calibration.target_fpr})")
-    parser.add_argument("--long-prompts", action="store_true", default=None,
-                        help="score prompts longer than 77 tokens as the maximum over overlapping 77-token windows "
-                             "(default: encoder.long_prompts = off, truncate at 77 as released)")
-    parser.add_argument("--checkpoint", default=None, metavar="FILE",
-                        help="mapping-layer state dict in the released format (default: model_parameters.pth, "
-                             "downloaded and SHA-256 checked when missing)")
-    parser.add_argument("--concepts", default=None, metavar="FILE",
-                        help="blacklist: .txt (one concept per line) or .yaml (a list, groups, or "
-                             "'concepts:' + optional per-concept 'thresholds:'); default: CoPro ID concepts")
-    parser.add_argument("--allowlist", default=None, metavar="FILE",
-                        help="phrases (one per line) cut out of every prompt before scoring, so they never "
-                             "trigger the guard (whole words, case-insensitive)")
-    parser.add_argument("--batch-size", type=int, default=None, metavar="N",
-                        help="prompts encoded and scored per batch "
-                        f"(default: inference.batch_size = {SCHEMA.inference.batch_size})")
     parser.add_argument("--output", default=None, metavar="FILE",
                         help="also write verdicts to FILE.csv or FILE.jsonl (prompt, score, unsafe, concept, "
                              "truncated, categories; "
                              "JSONL adds top_concepts and evidence with --explain)")
     parser.add_argument("--explain", action="store_true",
                         help="show the prompt words that drove each top match (from the attention weights)")
-    parser.add_argument("--top-k", type=int, default=None, metavar="K",
-                        help="concepts and evidence words shown per prompt with --explain "
-                        f"(default: inference.top_k = {SCHEMA.inference.top_k})")
     return parser
 
 
@@ -155,17 +131,11 @@ def write_output(path: str, fmt: str, verdicts, explain: bool) -> None:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ..guard import LatentGuard
     from ..io import read_lines
     from ..published import RELEASED
 
     fmt = output_format(args.output)
-    cfg = load_command_config(args, {
-        "inference.threshold": args.threshold, "checkpoint": args.checkpoint, "inference.batch_size": args.batch_size,
-        "inference.concepts": args.concepts, "inference.allowlist": args.allowlist,
-        "inference.top_k": args.top_k, "encoder.long_prompts": args.long_prompts,
-        "calibration.target_fpr": args.target_fpr,
-    })
+    cfg = load_command_config(args, {**guard_overrides(args), "calibration.target_fpr": args.target_fpr})
     for flag, given in (("--file_path", args.file_path), ("--concepts", inf_path(cfg, "concepts")),
                         ("--allowlist", inf_path(cfg, "allowlist")), ("--calibrate-safe", args.calibrate_safe),
                         ("--calibrate-unsafe", args.calibrate_unsafe)):
@@ -176,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         raise LatentGuardError("--calibrate-unsafe needs --calibrate-safe (the safe prompts)")
     prompts = read_lines(prompt_file(args.file_path), what="prompt file")
     # --calibrate-safe sets the threshold below: "released" is only a placeholder until then
-    guard = LatentGuard.from_config(cfg, **({"threshold": RELEASED} if args.calibrate_safe else {}))
+    guard = build_guard(cfg, **({"threshold": RELEASED} if args.calibrate_safe else {}))
     if args.calibrate_safe:
         safe = read_lines(args.calibrate_safe, what="--calibrate-safe file")
         unsafe = read_lines(args.calibrate_unsafe, what="--calibrate-unsafe file") if args.calibrate_unsafe else None

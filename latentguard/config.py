@@ -187,6 +187,8 @@ class InferenceConfig:
     allowlist: str | None = key(None, optional_path)
     top_k: int = key(3, positive_int)
     category: str = key(DEFAULT_CATEGORY, text)
+    normalize_text: bool = key(True, boolean)
+    split_sentences: bool = key(True, boolean)
 
 
 @dataclass(frozen=True)

@@ -116,6 +116,10 @@ def guard_parser() -> argparse.ArgumentParser:
     flags.add_argument("--top-k", type=int, default=None, metavar="K",
                        help="concepts and evidence words shown per prompt "
                             f"(default: inference.top_k = {SCHEMA.inference.top_k})")
+    flags.add_argument("--no-defences", action="store_true", default=None,
+                       help="score each prompt only as written, as the released script does (default: also its "
+                            "normalised form and each sentence; inference.normalize_text, inference.split_sentences; "
+                            "docs/defences.md)")
     return parent
 
 
@@ -124,7 +128,9 @@ def guard_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {"checkpoint": args.checkpoint, "inference.concepts": args.concepts,
             "inference.allowlist": args.allowlist, "inference.threshold": args.threshold,
             "inference.batch_size": args.batch_size, "encoder.long_prompts": args.long_prompts,
-            "inference.top_k": args.top_k}
+            "inference.top_k": args.top_k,
+            "inference.normalize_text": False if args.no_defences else None,
+            "inference.split_sentences": False if args.no_defences else None}
 
 
 def build_guard(cfg: Config, **overrides: Any):

@@ -48,6 +48,7 @@ from ..scoring.evidence import attention_evidence
 from ..store.concept_cache import cached_concept_vectors
 from .categories import Categories
 from .checks import check_logit_rows, check_options, finite_number, prompt_list, width_message
+from .forms import score_forms
 from .verdict import Verdict
 
 
@@ -67,7 +68,7 @@ class LatentGuard:
                  allowlist: Iterable[str] | None = None, top_k: int = 3, cache_concepts: bool = True,
                  long_prompts: bool = False, window_stride: int | None = None,
                  categories: Mapping[str, Sequence[str]] | None = None, default_category: str = DEFAULT_CATEGORY,
-                 slope: float | None = None) -> None:
+                 slope: float | None = None, normalize_text: bool = True, split_sentences: bool = True) -> None:
         if model.in_dim != encoder.hidden_size:
             raise LatentGuardError(width_message("the mapping layer", model.in_dim, encoder.hidden_size))
         check_options(threshold, batch_size, top_k)
@@ -84,6 +85,8 @@ class LatentGuard:
         self.cache_concepts = cache_concepts
         self.long_prompts = bool(long_prompts)  # score prompts > 77 tokens as the max over windows
         self.window_stride = window_stride      # None: latentguard.encoders.DEFAULT_WINDOW_STRIDE (50)
+        self.normalize_text = bool(normalize_text)    # also score the NFKC + look-alike normalised form
+        self.split_sentences = bool(split_sentences)  # also score each sentence (latentguard.data.defences)
         self._concepts: list[str] = []
         self._categories = Categories(default_category)
         self._vectors = torch.empty(0, encoder.hidden_size, device=self.device)
@@ -104,7 +107,8 @@ class LatentGuard:
                         dataset: str | Path | None = None, encoder_options: Mapping | None = None,
                         num_heads: int = 16, cache_concepts: bool = True, long_prompts: bool = False,
                         window_stride: int | None = None, categories: Mapping[str, Sequence[str]] | None = None,
-                        default_category: str = DEFAULT_CATEGORY, slope: float | None = None) -> "LatentGuard":
+                        default_category: str = DEFAULT_CATEGORY, slope: float | None = None,
+                        normalize_text: bool = True, split_sentences: bool = True) -> "LatentGuard":
         """Load the released guard (or your own): weights, encoder and blacklist in one call.
 
         ``checkpoint``: a state dict in the released format; the default name is downloaded (and
@@ -120,6 +124,8 @@ class LatentGuard:
         overlapping windows (off: truncate, as released). ``categories`` (added to a grouped YAML
         blacklist's own groups) and ``default_category`` (the category of ungrouped concepts) name
         what a verdict flags; ``slope`` overrides the probability slope of the calibration record.
+        ``normalize_text`` / ``split_sentences``: the deployment defences (on; see
+        :mod:`latentguard.data.defences`): each prompt is also scored normalised and sentence by sentence.
         Cheap checks (blacklist, checkpoint, threshold) run before the slow encoder load
         (:mod:`latentguard.guard.load`).
         """
@@ -129,7 +135,8 @@ class LatentGuard:
                           batch_size=batch_size, concept_thresholds=concept_thresholds, allowlist=allowlist,
                           top_k=top_k, dataset=dataset, encoder_options=encoder_options, num_heads=num_heads,
                           cache_concepts=cache_concepts, long_prompts=long_prompts, window_stride=window_stride,
-                          categories=categories, default_category=default_category, slope=slope)
+                          categories=categories, default_category=default_category, slope=slope,
+                          normalize_text=normalize_text, split_sentences=split_sentences)
 
     @classmethod
     def from_config(cls, cfg, **overrides) -> "LatentGuard":
@@ -287,7 +294,8 @@ class LatentGuard:
     def logits(self, prompts: str | Sequence[str]) -> np.ndarray:
         """Logits ``[P, C]`` of every prompt against every blacklisted concept (float32)."""
         texts = [self.prepare(p) for p in prompt_list(prompts)]
-        blocks = [self._score_batch(texts[s : s + self.batch_size])[0] for s in range(0, len(texts), self.batch_size)]
+        blocks = [score_forms(self, texts[s : s + self.batch_size], None)[0]
+                  for s in range(0, len(texts), self.batch_size)]
         return np.concatenate(blocks) if blocks else np.zeros((0, len(self._concepts)), dtype=np.float32)
 
     def scores(self, prompts: str | Sequence[str]) -> np.ndarray:
@@ -326,7 +334,7 @@ class LatentGuard:
                 if edited:
                     emb = emb.clone()
                     emb[edited] = self.encoder.encode([texts[i] for i in edited], batch_size=len(edited)).to(emb)
-            logits, evidence_for = self._score_batch(texts, emb=emb)
+            logits, evidence_for = score_forms(self, texts, emb)  # the prompt, normalised, sentence by sentence
             check_logit_rows(logits, len(batch))  # fail closed: a missing row never reads as SAFE
             unsafe, index = decide(logits, thresholds)  # once per prompt; evidence and verdict share it
             evidence = evidence_for(index) if explain else None
@@ -375,15 +383,21 @@ class LatentGuard:
     def _score_batch(self, texts: list[str], emb: torch.Tensor | None = None):
         """One batch: encode ``texts`` (unless ``emb`` is given) and score them against every concept.
 
-        Returns the logits ``[b, C]`` and a function that gives, for each text's deciding concept
-        index, the evidence behind that match (computed only when asked for).
+        Returns the logits ``[b, C]`` and ``evidence_for(index, rows=None)``, which gives, for the texts
+        ``rows`` (default: all) and their deciding concept ``index``, the evidence behind the match
+        (computed only when asked for).
         """
         if self.long_prompts:  # windows: re-encoded, whatever ``emb`` holds (it is truncated at 77)
             return self._score_windows(texts)
         if emb is None:
             emb = self.encoder.encode(texts, batch_size=len(texts))
         logits = self.logits_from_embeddings(emb).numpy()
-        return logits, lambda index: self.explain_embeddings(texts, emb, index)
+
+        def evidence_for(index: np.ndarray, rows: Sequence[int] | None = None) -> list[list[tuple[str, float]]]:
+            rows = list(range(len(texts))) if rows is None else list(rows)
+            return self.explain_embeddings([texts[r] for r in rows], emb[rows], index)
+
+        return logits, evidence_for
 
     def _score_windows(self, texts: list[str]):
         """Long-prompt option: a prompt's logit per concept is the maximum over its 77-token windows."""
@@ -392,12 +406,14 @@ class LatentGuard:
         emb, owner = self.encoder.encode_windows(texts, batch_size=self.batch_size, stride=self.window_stride)
         logits, window = max_over_windows(self.logits_from_embeddings(emb), owner, len(texts), return_window=True)
 
-        def evidence_for(index: np.ndarray) -> list[list[tuple[str, float]]]:
-            chosen = window[torch.arange(len(texts)), torch.as_tensor(index)]  # the window that decided
-            first = torch.searchsorted(owner, torch.arange(len(texts)))      # each prompt's first window
+        def evidence_for(index: np.ndarray, rows: Sequence[int] | None = None) -> list[list[tuple[str, float]]]:
+            rows = torch.arange(len(texts)) if rows is None else torch.as_tensor(list(rows), dtype=torch.long)
+            chosen = window[rows, torch.as_tensor(index)]  # the window that decided
+            first = torch.searchsorted(owner, rows)        # each prompt's first window
+            picked = [texts[int(r)] for r in rows]
             tokens = [self.encoder.window_token_strings(text, stride=self.window_stride)[int(chosen[i] - first[i])]
-                      for i, text in enumerate(texts)]
-            return self.explain_embeddings(texts, emb[chosen], index, tokens=tokens)
+                      for i, text in enumerate(picked)]
+            return self.explain_embeddings(picked, emb[chosen], index, tokens=tokens)
 
         return logits.numpy(), evidence_for
 

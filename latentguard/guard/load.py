@@ -27,7 +27,8 @@ def load_guard(cls, checkpoint: str | Path, encoder, concepts: Sequence[str] | s
                concept_thresholds: Mapping[str, float] | None, allowlist: Iterable[str] | None, top_k: int,
                dataset: str | Path | None, encoder_options: Mapping | None, num_heads: int, cache_concepts: bool,
                long_prompts: bool, window_stride: int | None, categories: Mapping[str, Sequence[str]] | None = None,
-               default_category: str = DEFAULT_CATEGORY, slope: float | None = None):
+               default_category: str = DEFAULT_CATEGORY, slope: float | None = None, normalize_text: bool = True,
+               split_sentences: bool = True):
     """What :meth:`LatentGuard.from_pretrained` does (see its docstring for the arguments)."""
     named = isinstance(threshold, str) and threshold.strip().lower() in (AUTO, CALIBRATED)
     choice = None if named else choose_threshold(threshold)  # a number or a published name
@@ -60,7 +61,8 @@ def load_guard(cls, checkpoint: str | Path, encoder, concepts: Sequence[str] | s
     guard = cls(model, encoder, names, choice.value, device=device, batch_size=batch_size,
                 concept_thresholds=thresholds, allowlist=allowlist, top_k=top_k, cache_concepts=cache_concepts,
                 long_prompts=long_prompts, window_stride=window_stride, categories=groups,
-                default_category=default_category, slope=slope)
+                default_category=default_category, slope=slope, normalize_text=normalize_text,
+                split_sentences=split_sentences)
     guard.checkpoint = Path(path)
     guard.threshold_origin = choice.origin
     return guard
@@ -76,6 +78,7 @@ def guard_options_from_config(cfg) -> dict:
         checkpoint=cfg.checkpoint, encoder=enc.name, concepts=inf.concepts, threshold=inf.threshold,
         device=cfg.device, encoder_type=enc.type, batch_size=inf.batch_size, allowlist=allowlist,
         top_k=inf.top_k, dataset=cfg.dataset, num_heads=cfg.model.num_heads, default_category=inf.category,
+        normalize_text=inf.normalize_text, split_sentences=inf.split_sentences,
         encoder_options={"dtype": enc.dtype, "attention_mask": enc.attention_mask},
         long_prompts=enc.long_prompts, window_stride=enc.window_stride,
     )

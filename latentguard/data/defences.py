@@ -1,0 +1,82 @@
+"""Deployment defences on the prompt text: the forms of a prompt the guard scores besides the prompt itself.
+
+A text encoder reads characters, so text written to slip past it works: Cyrillic look-alike letters,
+fullwidth letters, zero-width characters inside a word, or harmless sentences in front of an unsafe
+one dilute the match. The guard therefore scores, besides the prompt as written, its *normalised*
+form (NFKC, format characters removed, accents dropped from Latin letters, and every character with
+a Latin look-alike mapped to it, from Unicode's confusables data via ``confusable_homoglyphs``) and
+each of its *sentences*, and keeps the worst (the highest logit per concept). A prompt whose forms
+are all the same text costs nothing extra.
+
+These are deployment defences: on in the guard (the Python API, ``inference.py``, the pipeline
+wrapper, the server), never in the reproduction protocol (``test.py``, ``latentguard verify``,
+Table 1), which scores prompts exactly as the released code does. Their measured effect is in
+``docs/defences.md`` (``scripts/measure_defences.py``).
+"""
+from __future__ import annotations
+
+import functools
+import re
+import unicodedata
+
+# A sentence ends at . ! ? ; or a line break, followed by space (so "3.5" and "a.m." stay whole).
+_SENTENCE_END = re.compile(r"(?<=[.!?;。！？；])\s+|[\r\n]+")
+_MIN_SENTENCE_CHARS = 3  # "ok." or a stray "." are not worth an encoder pass
+
+
+def forms(text: str, *, normalize: bool = True, split_sentences: bool = True) -> list[str]:
+    """The distinct texts to score for ``text``: itself first, then its normalised form and its sentences
+    (each normalised too), in a stable order."""
+    out = [text]
+    if normalize:
+        out.append(normalized(text))
+    if split_sentences:
+        pieces = sentences(text)
+        if len(pieces) > 1:
+            out.extend(pieces)
+            if normalize:
+                out.extend(normalized(p) for p in pieces)
+    return list(dict.fromkeys([text] + [t for t in out[1:] if t.strip()]))
+
+
+def sentences(text: str) -> list[str]:
+    """``text`` split into sentences (stripped, empty and one- or two-character pieces dropped)."""
+    return [p.strip() for p in _SENTENCE_END.split(text) if len(p.strip()) >= _MIN_SENTENCE_CHARS]
+
+
+def normalized(text: str) -> str:
+    """NFKC, without format characters (zero-width spaces, joiners, soft hyphens), accents dropped from
+    Latin letters, and each character that has a Latin look-alike replaced by it."""
+    text = unicodedata.normalize("NFKC", text)
+    if text.isascii():
+        return text
+    return unicodedata.normalize("NFC", "".join(_skeleton(ch) for ch in text))
+
+
+@functools.lru_cache(maxsize=8192)
+def _skeleton(ch: str) -> str:
+    """One character's replacement: '' for a format character, its Latin look-alike, or itself."""
+    if ch.isascii():
+        return ch
+    if unicodedata.category(ch) == "Cf":
+        return ""
+    base = unicodedata.normalize("NFKD", ch)
+    stripped = "".join(c for c in base if not unicodedata.combining(c))
+    if stripped and stripped.isascii() and stripped != base:  # an accented Latin letter
+        return stripped
+    return _latin_lookalikes().get(ch, ch)
+
+
+@functools.lru_cache(maxsize=1)
+def _latin_lookalikes() -> dict[str, str]:
+    """Character -> the ASCII text Unicode's confusables data says it can be mistaken for."""
+    from confusable_homoglyphs import confusables
+
+    table = {}
+    for ch, homoglyphs in confusables.confusables_data.items():
+        for glyph in homoglyphs:
+            candidate = glyph.get("c", "")
+            if candidate and candidate.isascii() and candidate.isprintable() and not candidate.isspace():
+                table[ch] = candidate
+                break
+    return table

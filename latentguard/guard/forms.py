@@ -1,0 +1,69 @@
+"""Scoring the forms of each prompt (the deployment defences of :mod:`latentguard.data.defences`).
+
+Each prompt is scored as written and, when they differ, as its normalised form and sentence by
+sentence; a concept's logit for the prompt is its maximum over those forms (the worst case), taken
+with the same scatter-max that long-prompt windows use. Prompts whose forms are all the text itself
+(plain ASCII, one sentence) are scored exactly as without the defences.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..data.defences import forms
+from ..scoring.windows import max_over_windows
+
+Evidence = Callable[..., list]
+
+
+def score_forms(guard, texts: list[str], given: torch.Tensor | None) -> tuple[np.ndarray, Evidence]:
+    """Logits ``[len(texts), C]`` (each the maximum over the text's forms) and ``evidence_for(index)``.
+
+    ``given``: embeddings of ``texts`` themselves when the caller has them (the pipeline's one-pass
+    path); only the other forms are encoded then.
+    """
+    if not (guard.normalize_text or guard.split_sentences):
+        return _whole(guard, texts, given)
+    expanded = [forms(t, normalize=guard.normalize_text, split_sentences=guard.split_sentences) for t in texts]
+    if all(len(f) == 1 for f in expanded):
+        return _whole(guard, texts, given)
+    flat = [form for f in expanded for form in f]
+    owner = torch.tensor([i for i, f in enumerate(expanded) for _ in f], dtype=torch.long)
+    first = [0]
+    for f in expanded[:-1]:
+        first.append(first[-1] + len(f))
+    chunks, blocks = [], []
+    for start in range(0, len(flat), guard.batch_size):
+        part = flat[start : start + guard.batch_size]
+        emb = None
+        if given is not None and not guard.long_prompts:  # each text's own embedding is given: encode the rest
+            emb = torch.empty(len(part), given.shape[1], given.shape[2], dtype=given.dtype)
+            own = {first[i] - start: i for i in range(len(texts)) if start <= first[i] < start + len(part)}
+            rest = [k for k in range(len(part)) if k not in own]
+            for k, i in own.items():
+                emb[k] = given[i]
+            if rest:
+                emb[rest] = guard.encoder.encode([part[k] for k in rest], batch_size=len(rest)).to(given.dtype)
+        logits, evidence = guard._score_batch(part, emb=emb)
+        blocks.append(torch.from_numpy(np.ascontiguousarray(logits)))
+        chunks.append((start, evidence))
+    logits, chosen = max_over_windows(torch.cat(blocks), owner, len(texts), return_window=True)
+
+    def evidence_for(index: np.ndarray) -> list:
+        rows = chosen[torch.arange(len(texts)), torch.as_tensor(index)].tolist()  # the form that decided
+        out: list = [None] * len(texts)
+        for start, evidence in chunks:
+            mine = [i for i, r in enumerate(rows) if start <= r < start + guard.batch_size]
+            if mine:
+                for i, words in zip(mine, evidence(np.asarray(index)[mine], [rows[i] - start for i in mine])):
+                    out[i] = words
+        return out
+
+    return logits.numpy(), evidence_for
+
+
+def _whole(guard, texts: Sequence[str], given: torch.Tensor | None) -> tuple[np.ndarray, Evidence]:
+    logits, evidence = guard._score_batch(list(texts), emb=given)
+    return logits, lambda index: evidence(index)

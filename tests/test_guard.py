@@ -187,10 +187,13 @@ def test_per_concept_thresholds(guard, held_out):
     knife = [p for c, p in held_out[0] if c == "knife"]
     blood = [p for c, p in held_out[0] if c == "blood"]
     both = [f"{knife[0]} and blood"]
-    guard.concept_thresholds = {"knife": 1e6}
+    top = float(guard.model.tempr)  # the largest logit the weights can give: a threshold above it is refused
+    with pytest.raises(LatentGuardError, match="above the largest logit"):
+        guard.concept_thresholds = {"knife": 1e6}
+    guard.concept_thresholds = {"knife": top}
     v_knife = guard.check(knife)
     assert not any(v.unsafe for v in v_knife)
-    assert all(v.concept == "knife" and v.threshold == 1e6 for v in v_knife)  # safe: the top concept is named
+    assert all(v.concept == "knife" and v.threshold == top for v in v_knife)  # safe: the top concept is named
     assert all(guard.check(blood)[i].unsafe for i in range(len(blood)))       # others keep the global one
     v = guard.check(both)[0]
     assert v.unsafe and v.concept == "blood" and v.threshold == 7.0  # the firing concept decides

@@ -190,7 +190,8 @@ def test_a_step_callback_cannot_swap_in_unchecked_prompt_embeddings(sd, own_guar
     runs = Runs(sd.unet)
     guarded = guard_pipeline(sd, own_guard)
     swap = lambda pipe, i, t, kw: {"prompt_embeds": torch.zeros_like(kw["prompt_embeds"])}  # noqa: E731
-    threshold, own_guard.threshold = own_guard.threshold, 1e9  # every prompt safe: only the callback route is tested
+    # every prompt safe (no logit exceeds tempr): only the callback route is tested
+    threshold, own_guard.threshold = own_guard.threshold, float(own_guard.model.tempr)
     try:
         for inputs in (["latents", "prompt_embeds"], ("add_text_embeds",)):
             with pytest.raises(LatentGuardError, match="step callback could replace"):

@@ -53,10 +53,15 @@ def test_threshold_names_resolve_when_set(guard):
 def test_nan_in_the_checkpoint_weights_refuses(tiny_encoder, tmp_path):
     model = EmbeddingMappingLayer()
     with torch.no_grad():
-        next(model.parameters()).view(-1)[0] = float("nan")
+        model.final_mlp.weight.view(-1)[0] = float("nan")
     torch.save(model.state_dict(), tmp_path / "nan.pth")
-    guard = LatentGuard.from_pretrained(tmp_path / "nan.pth", tiny_encoder, CONCEPTS, threshold=1.0,
-                                        cache_concepts=False)
+    with pytest.raises(LatentGuardError, match="final_mlp.weight is not finite") as caught:
+        LatentGuard.from_pretrained(tmp_path / "nan.pth", tiny_encoder, CONCEPTS, threshold=1.0, cache_concepts=False)
+    assert "\n" not in str(caught.value)
+    # weights that turn non-finite after loading are refused where they are used: at scoring
+    guard = LatentGuard(EmbeddingMappingLayer(), tiny_encoder, CONCEPTS, threshold=1.0, cache_concepts=False)
+    with torch.no_grad():
+        guard.model.final_mlp.weight.view(-1)[0] = float("nan")
     for call in (lambda: guard.check(["a cat"]), lambda: guard.check(["a cat"], explain=False),
                  lambda: guard.check_embeddings(["a cat"], tiny_encoder.encode(["a cat"]))):
         with pytest.raises(LatentGuardError, match="not finite"):

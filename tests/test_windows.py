@@ -153,7 +153,7 @@ def word_detector(encoder, word: str, cut: float = 8.0, sharpness: float = 4.0) 
         model.x1_to_value.bias[0] = -cut
         model.x2_to_query.bias[0] = 2 ** 0.5  # divided by sqrt(head_dim) inside: query = [1, 0]
         model.final_mlp.weight[0, 0] = 1.0
-        model.final_mlp.bias[1] = 1e-2
+        model.final_mlp.bias[1] = 0.5  # keeps cos graded (not saturated at +-1), as trained weights are
         model.mlp_query1.bias[0] = 1.0
     return model.eval()
 

@@ -42,7 +42,7 @@ from ..decision.probability import DEFAULT_SLOPE, check_slope, probabilities
 from ..decision.rule import decide, flags
 from ..encoders.precision import resolve_device
 from ..errors import LatentGuardError
-from ..model import EmbeddingMappingLayer
+from ..model import EmbeddingMappingLayer, check_reachable, check_weights
 from ..published import RELEASED_THRESHOLD
 from ..scoring.evidence import attention_evidence
 from ..store.concept_cache import cached_concept_vectors
@@ -75,6 +75,7 @@ class LatentGuard:
         if device is None:
             device = next(model.parameters()).device
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        check_weights(model)  # weights that judge nothing are refused here, not read as "safe" later
         self.model = model.to(self.device).eval()  # scoring runs under inference_mode: no grads kept
         self.encoder = encoder
         self.checkpoint: Path | None = None     # set by from_pretrained; calibrate(save=True) writes beside it
@@ -186,6 +187,8 @@ class LatentGuard:
         self._vectors = self._vectors[torch.tensor(keep, device=self.device)]
         self._concepts = [self._concepts[i] for i in keep]
         self._categories.remove(drop)
+        # a removed concept's own threshold goes with it: added back later, it starts from the global one
+        self._concept_thresholds = {c: t for c, t in self._concept_thresholds.items() if c not in drop}
         self.refresh()
         return [c for c in concepts if c in drop]
 
@@ -209,7 +212,7 @@ class LatentGuard:
             from ..decision.threshold import resolve_threshold
 
             value = resolve_threshold(value, self.checkpoint, encoder_identity=getattr(self.encoder, "identity", None))
-        self._threshold = finite_number(value, "threshold")
+        self._threshold = check_reachable(finite_number(value, "threshold"), self.model)
         self.threshold_origin = "given"
 
     @property
@@ -234,7 +237,8 @@ class LatentGuard:
         unknown = sorted(set(value) - set(self._concepts))
         if unknown:
             raise LatentGuardError(f"concept_thresholds names concept(s) not on the blacklist: {', '.join(unknown)}")
-        self._concept_thresholds = {c: finite_number(t, f"threshold of '{c}'") for c, t in value.items()}
+        self._concept_thresholds = {c: check_reachable(finite_number(t, f"threshold of '{c}'"), self.model,
+                                                       f"the threshold of '{c}'") for c, t in value.items()}
 
     @property
     def allowlist(self) -> list[str]:

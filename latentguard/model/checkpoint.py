@@ -18,6 +18,7 @@ from ..errors import LatentGuardError
 from ..io import download, latentguard_home, move_aside, sha256_of
 from ..published import RELEASED_CHECKPOINT_GIT_BLOB, RELEASED_CHECKPOINT_SHA256, RELEASED_CHECKPOINT_URL
 from .layer import EmbeddingMappingLayer
+from .sanity import check_weights
 
 
 def expected_shapes(in_dim: int = 768, num_heads: int = 16, head_dim: int = 32, out_dim: int = 128) -> dict[str, tuple]:
@@ -54,6 +55,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise LatentGuardError(f"checkpoint not found: {path}")
+    _check_archive(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, truncated files, non-torch files
@@ -69,6 +71,24 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         raise LatentGuardError(f"{path}: not a state dict of tensors (expected the released model_parameters.pth "
                                "format)")
     return dict(obj)
+
+
+def _check_archive(path: Path) -> None:
+    """A zip-format checkpoint (torch's default) carries a CRC-32 per entry, which ``torch.load`` does
+    not check: a flipped byte in the tensor data would load silently. Check every entry first."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return  # the legacy format has no checksums to check
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, RuntimeError, EOFError) as exc:
+        raise LatentGuardError(f"{path}: damaged checkpoint archive ({type(exc).__name__}); restore it from its "
+                               "source") from None
+    if bad is not None:
+        raise LatentGuardError(f"{path}: damaged checkpoint: the checksum (CRC-32) of {bad} does not match its data; "
+                               "restore the file from its source")
 
 
 def load_mapping_layer(path: str | Path, *, in_dim: int | None = None, num_heads: int = 16,
@@ -102,6 +122,7 @@ def load_mapping_layer(path: str | Path, *, in_dim: int | None = None, num_heads
     if problems:
         raise LatentGuardError(f"{path}: checkpoint does not fit the Embedding Mapping Layer; " + "; ".join(problems))
     model.load_state_dict(state, strict=True)
+    check_weights(model, str(path))  # usable weights, or a one-line refusal (latentguard.model.sanity)
     return model.to(device).eval()
 
 

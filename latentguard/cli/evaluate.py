@@ -49,14 +49,19 @@ def build_parser():
     return parser
 
 
-def _resolve_named_threshold(cfg, checkpoint: Path, identity: str):
-    """The config with a threshold given by name (``paper``, ``released``, ``calibrated``) turned into a number."""
+def _resolve_threshold(cfg, checkpoint: Path, identity: str, model):
+    """The config with a threshold given by name (``paper``, ``released``, ``calibrated``) turned into a number,
+    refused when these weights cannot reach it (it would flag nothing)."""
+    from ..model import check_reachable
+
     value = cfg.eval.threshold
-    if value is not None and not isinstance(value, (int, float)):
+    if value is None:
+        return cfg
+    if not isinstance(value, (int, float)):
         from ..decision.threshold import resolve_threshold
 
-        return cfg.updated({"eval.threshold": resolve_threshold(value, checkpoint, encoder_identity=identity)})
-    return cfg
+        value = resolve_threshold(value, checkpoint, encoder_identity=identity)
+    return cfg.updated({"eval.threshold": check_reachable(float(value), model, "--threshold")})
 
 
 def _threshold_source(args) -> str:
@@ -89,7 +94,7 @@ def _run_external(args, cfg, copro, device, batch_size: int, output_dir: Path) -
     encoder = load_encoder_from_config(cfg)
     store, _ = open_configured_store(cfg, encoder=encoder, missing_ok=True)  # none: encode on the fly
     checkpoint, model = load_model(cfg, encoder.hidden_size, device)
-    cfg = _resolve_named_threshold(cfg, checkpoint, encoder.identity)
+    cfg = _resolve_threshold(cfg, checkpoint, encoder.identity, model)
     claim_run_dir(output_dir, "test.py")  # inputs are valid: from here this run owns the directory, alone
     enc_batch = cfg.encoder.batch_size
     known = StoreFirstSource(store, encoder, enc_batch)
@@ -154,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     store, _ = open_configured_store(cfg)  # the encoder is loaded only when no hint names its store
     checkpoint, model = load_model(cfg, store.hidden_size, device)
-    cfg = _resolve_named_threshold(cfg, checkpoint, store.identity)
+    cfg = _resolve_threshold(cfg, checkpoint, store.identity, model)
     claim_run_dir(output_dir, "test.py")  # inputs are valid: from here this run owns the directory, alone
     bert, skipped = None, {}
     if "bertscore" in baselines:

@@ -87,6 +87,12 @@ def calibrate(scores_safe, scores_unsafe=None, target_fpr: float = DEFAULT_TARGE
     unsafe = _scores(scores_unsafe, "unsafe")
     if safe.size == 0:
         raise LatentGuardError("calibration needs at least one safe prompt")
+    every = np.r_[safe, unsafe]
+    if not np.isfinite(every).all():
+        raise LatentGuardError("calibration scores are not finite; check the checkpoint and the encoder")
+    if every.max() == every.min():  # e.g. all-zero weights: a threshold would separate nothing
+        raise LatentGuardError(f"every calibration prompt scores {every[0]:g}: the weights separate nothing, so no "
+                               "threshold can be calibrated (check the checkpoint)")
     if unsafe.size == 0:
         if isinstance(target_fpr, bool) or not isinstance(target_fpr, (int, float)) or not 0.0 <= target_fpr < 1.0:
             raise LatentGuardError(f"target FPR must be a number in [0, 1), got {target_fpr!r}")

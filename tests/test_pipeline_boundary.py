@@ -22,6 +22,9 @@ from latentguard.pipeline import PromptBlocked, encoder_from_pipeline, from_pipe
 
 diffusers = pytest.importorskip("diffusers")
 import tiny_diffusers as td  # noqa: E402
+from tiny_diffusers import one_thread  # noqa: E402, F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SAFE, UNSAFE = "a cat on a sofa", "a man holding a bloody knife"
 CONCEPTS = ["knife", "blood", "gun"]

@@ -20,6 +20,9 @@ from latentguard.pipeline import GuardedPipeline, PromptBlocked, encoder_from_pi
 
 diffusers = pytest.importorskip("diffusers")
 import tiny_diffusers as td  # noqa: E402
+from tiny_diffusers import one_thread  # noqa: E402, F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 from tiny_diffusers import STEPS, Runs, gen, same  # noqa: E402
 
 CONCEPTS = ["knife", "blood", "gun"]

@@ -9,12 +9,13 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import logging
 import warnings
 from pathlib import Path
-from types import SimpleNamespace
 
 import diffusers
 import numpy as np
+import pytest
 import torch
 from conftest import tiny_clip_text_model
 
@@ -22,6 +23,19 @@ from latentguard.guard import Verdict
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 STEPS = dict(num_inference_steps=2, output_type="np")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors gain nothing from threads, and on a shared CPU OpenMP threads contend: an SD3 call took
+    0.07 s on one thread and 0.7-1.3 s on two on a loaded 2-core box. Guarded and unguarded runs compared
+    bit for bit both run under it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    logging.disable(logging.WARNING)  # diffusers' safety-checker and deprecation notices
+    yield
+    logging.disable(logging.NOTSET)
+    torch.set_num_threads(threads)
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -202,16 +216,3 @@ class KeywordGuard:
         self.seen.extend(prompts)
         return [Verdict(prompt=p, unsafe=self.keyword in p.lower(), score=10.0 if self.keyword in p.lower() else 0.0,
                         concept=self.keyword) for p in prompts]
-
-
-def recorder(pipe) -> SimpleNamespace:
-    """Token ids that reached each text encoder's embedding layer (i.e. the encoder really ran on them)."""
-    seen = SimpleNamespace(rows=[], handles=[])
-    for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
-        module = getattr(pipe, name, None)
-        if module is not None:
-            embed = module.get_input_embeddings()
-            seen.handles.append(embed.register_forward_hook(
-                lambda m, args, out, name=name: seen.rows.extend((name, r) for r in args[0].reshape(
-                    -1, args[0].shape[-1]).tolist())))
-    return seen

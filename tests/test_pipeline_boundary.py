@@ -148,6 +148,24 @@ def test_negative_rows_cannot_move_into_the_conditional_half(pipes, keyword):
                 callback_on_step_end_tensor_inputs=["prompt_embeds"], **kwargs, **td.STEPS)
 
 
+def test_skip_does_not_vouch_for_a_refused_prompts_states(clip_tokenizer):
+    """The guard encoded both prompts (one pass, shared encoder); only the passed one's states may condition."""
+    pipe = td.build_sd(clip_tokenizer)
+    torch.manual_seed(0)
+    guard = LatentGuard(EmbeddingMappingLayer(in_dim=32), encoder_from_pipeline(pipe), CONCEPTS, cache_concepts=False)
+    prompts = [SAFE, UNSAFE]
+    scores = guard.scores(prompts)
+    guard.threshold, bad = float(scores.mean()), int(scores.argmax())
+    states = guard.encoder.encode(prompts)[[bad], 1:]  # bit for bit what the guard computes during the call
+    swap = lambda p, i, t, k: {"prompt_embeds": torch.cat([k["prompt_embeds"][:1], states])}  # noqa: E731
+    guarded = guard_pipeline(pipe, guard, on_unsafe="skip")
+    with pytest.raises(LatentGuardError, match="did not produce in this call"):
+        guarded(prompts, callback_on_step_end=swap, callback_on_step_end_tensor_inputs=["prompt_embeds"], **SIZE,
+                **td.STEPS)
+    result = guarded(prompts, generator=td.gen(12), **SIZE, **td.STEPS)
+    assert result.reused_embeddings and result.passed == [1 - bad]
+
+
 def test_flux_true_cfg_keeps_its_negative_call(pipes, keyword):
     """Flux calls its transformer twice a step (prompt, then negative): the pattern of the first step holds."""
     pipe, kwargs = pipes["flux"]

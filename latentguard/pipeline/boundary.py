@@ -140,7 +140,8 @@ class Session:
 
     @contextlib.contextmanager
     def trusted(self):
-        """The guard itself encoding: any ids pass, and the outputs count as checked conditioning."""
+        """The guard itself encoding: any ids pass, and the outputs are not recorded as conditioning (in
+        ``skip`` they include refused prompts' states)."""
         self._trusted += 1
         try:
             yield
@@ -159,9 +160,8 @@ class Session:
             if threading.get_ident() != self._thread:
                 return None
             ids = kwargs.get("input_ids", args[0] if args else None)
-            if self._trusted:
-                rows = ids.shape[0] if isinstance(ids, torch.Tensor) and ids.dim() > 1 else 1
-                self._pending.setdefault(id(module), []).append([CHECKED] * rows)
+            if self._trusted:  # the guard's own encoding: not conditioning (the one-pass path records its own)
+                self._pending.setdefault(id(module), []).append(None)
                 return None
             if not isinstance(ids, torch.Tensor):
                 what = "embeddings (inputs_embeds)" if kwargs.get("inputs_embeds") is not None else "no token ids"
@@ -180,7 +180,7 @@ class Session:
             stack = self._pending.get(id(module))
             if stack:
                 roles = stack.pop()
-                if output is not None:
+                if output is not None and roles is not None:
                     self.provenance.record(output, roles)
             return None
         return hook

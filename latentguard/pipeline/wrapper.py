@@ -35,7 +35,7 @@ from ..errors import LatentGuardError
 from .arguments import added_tokens, classify, negative_defaults, subset_call, text_arguments
 from .boundary import BoundaryBlocked, Session
 from .parts import Parts, check_concept_vectors, find_parts, has_adapters, unmodified_weights, weights_fingerprint
-from .provenance import NEGATIVE
+from .provenance import CHECKED, NEGATIVE
 from .result import ON_UNSAFE, GuardedResult, PromptBlocked, check_verdicts, images_by_prompt
 
 _REUSE_FAMILY = frozenset({"StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"})  # CLIP-L last layer
@@ -253,6 +253,7 @@ class GuardedPipeline:
                 device, dtype = _module_device_dtype(self.pipe.text_encoder)
                 call.pop("prompt")
                 call["prompt_embeds"] = emb[passed, 1:].to(device=device, dtype=dtype)  # last_hidden_state
+                session.provenance.record(call["prompt_embeds"], [CHECKED] * len(passed))  # the passed rows only
                 negative = call.get("negative_prompt")
                 if isinstance(negative, str):  # diffusers wants one negative prompt per prompt_embeds row
                     call["negative_prompt"] = [negative] * len(passed)
@@ -391,6 +392,7 @@ def _group(result: GuardedResult, session: Session) -> None:
     """Add the verdicts of texts first met at an encoder, under that encoder's name."""
     for where, verdict in session.verdicts:
         result.text_verdicts.setdefault(where, []).append(verdict)
+    result.note_worst([v for _, v in session.verdicts])  # annotate: an unsafe text met there is reported too
     session.verdicts.clear()
 
 

@@ -116,6 +116,16 @@ def test_each_callback_tensor_is_refused_when_it_carries_text_conditioning(pipes
             td.same(result.output.images, hostile)
 
 
+@pytest.mark.parametrize("name", ["sd", "img2img", "inpaint", "sdxl", "sdxl_img2img", "sd3", "flux"])
+def test_safe_prompts_are_bit_identical_under_the_hooks(pipes, keyword, name):
+    pipe, kwargs = pipes[name]
+    kwargs = {**kwargs, **td.STEPS, "negative_prompt": ["blurry", "dark"]}
+    result = guard_pipeline(pipe, keyword)([SAFE, "a red car"], generator=[td.gen(20), td.gen(21)], **kwargs)
+    td.same(result.output.images, pipe([SAFE, "a red car"], generator=[td.gen(20), td.gen(21)], **kwargs).images)
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in pipe.components.values()
+                   if isinstance(m, torch.nn.Module))  # nothing left behind
+
+
 def test_a_pipeline_callback_object_and_in_place_edits_are_refused_too(pipes, keyword):
     pipe, kwargs = pipes["sd"]
     kwargs = {**kwargs, **td.STEPS}

@@ -2,11 +2,11 @@
 """Benchmark what the pipeline guard's boundary checks add to a generation (latentguard/pipeline).
 
 1. End to end: an SD 1.x-shaped diffusers pipeline with the real ViT-L/14 text tower (random
-   weights, the real CLIP tokenizer) and a small UNet (cross-attention width 768, 64x64 latents),
-   called unguarded, guarded by a guard that costs nothing (a keyword check: only the hooks,
-   tracing and re-tokenization are left), and guarded by a LatentGuard sharing the text encoder
-   (--concepts concepts, random mapping layer; the one-pass path). A small UNet makes the overhead look large: it is
-   per call (plus a tensor comparison per step), not per UNet FLOP.
+   weights, the real CLIP tokenizer) and a tiny UNet (cross-attention width 768, 8x8 latents, so
+   the text encoder dominates and the boundary's cost shows), called unguarded, guarded by a guard
+   that costs nothing (only the hooks, tracing and re-tokenization are left), and guarded by a
+   LatentGuard sharing the text encoder (--concepts concepts, random mapping layer; the one-pass
+   path). The boundary's cost is per call (plus a tensor comparison per step), not per UNet FLOP.
 2. Tracing at real sizes: recording the text encoders' outputs and tracing the first denoiser
    call's conditioning back to them, for the tensor shapes of SDXL (CLIP-L + CLIP-G, every hidden
    layer kept), SD3 (+ T5-XXL at 256 tokens) and Flux (T5-XXL at 512 tokens, bf16), and the
@@ -15,7 +15,7 @@
 Medians of --repeats interleaved rounds after a warm-up. CPU timings on a shared machine are noisy:
 compare ratios, rerun on a quiet machine for absolute figures.
 
-  python scripts/benchmark_pipeline_guard.py                 # ~1 minute on 2 CPU cores
+  python scripts/benchmark_pipeline_guard.py                 # ~1-2 minutes on 2 CPU cores
   python scripts/benchmark_pipeline_guard.py --output runs/bench_pipeline_guard.json
 """
 from __future__ import annotations
@@ -52,14 +52,15 @@ def end_to_end(repeats: int, steps: int, concepts_n: int) -> dict:
 
     encoder = vit_l14_text_encoder("cpu", "float32", Path(tempfile.mkdtemp()))
     torch.manual_seed(0)
-    unet = diffusers.UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=1, sample_size=64,
-                                          in_channels=4, out_channels=4, cross_attention_dim=768,
+    unet = diffusers.UNet2DConditionModel(block_out_channels=(4, 8), layers_per_block=1, sample_size=8, in_channels=4,
+                                          out_channels=4, cross_attention_dim=768, norm_num_groups=2,
                                           down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
                                           up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
-    vae = diffusers.AutoencoderKL(block_out_channels=[32, 64], latent_channels=4,
+    vae = diffusers.AutoencoderKL(block_out_channels=[4, 8], latent_channels=4, norm_num_groups=2,
                                   down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2)
+    scheduler = diffusers.DDIMScheduler(steps_offset=1, clip_sample=False)
     pipe = diffusers.StableDiffusionPipeline(vae=vae, text_encoder=encoder.model, tokenizer=encoder.tokenizer,
-                                             unet=unet, scheduler=diffusers.DDIMScheduler(), safety_checker=None,
+                                             unet=unet, scheduler=scheduler, safety_checker=None,
                                              feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
 
@@ -75,7 +76,7 @@ def end_to_end(repeats: int, steps: int, concepts_n: int) -> dict:
     concepts = [f"concept number {i}" for i in range(concepts_n)]
     shared = LatentGuard(EmbeddingMappingLayer(), encoder, concepts, cache_concepts=False, threshold=1e9)
     one_pass = guard_pipeline(pipe, shared)
-    call = dict(prompt="a photo of a cat on a sofa", negative_prompt="blurry", height=512, width=512,
+    call = dict(prompt="a photo of a cat on a sofa", negative_prompt="blurry", height=64, width=64,
                 num_inference_steps=steps, output_type="latent")
     for fn in (pipe, free, one_pass):
         fn(**call)  # warm-up
@@ -116,7 +117,7 @@ def tracing(repeats: int) -> dict:
         def record():
             provenance = Provenance()
             for k, v in outputs.items():
-                provenance.record({"hidden_states": v} if k != "pooled" else {"pooled": v}, rows)
+                provenance.record({"hidden_states": tuple(v)} if k != "pooled" else {"pooled": v}, rows)
             return provenance
 
         assert record().roles(cond) == rows
@@ -149,7 +150,7 @@ def main(argv=None) -> None:
     figures = {"end to end (ms per call)": end_to_end(args.repeats, args.steps, args.concepts),
                "tracing": tracing(args.repeats)}
     e2e = figures["end to end (ms per call)"]
-    print(f"| call ({args.steps} steps, 512x512, ViT-L/14 text tower) | ms |\n|---|---|")
+    print(f"| call ({args.steps} steps, ViT-L/14 text tower, tiny UNet) | ms |\n|---|---|")
     for name, value in e2e.items():
         print(f"| {name} | {value:.1f} |")
     print("\n| tracing | record ms | first call ms | later step ms | conditioning | CPU copies MB |")

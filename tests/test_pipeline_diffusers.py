@@ -2,18 +2,16 @@
 
 Each test is a regression test for issue 10 ("fail closed"): texts reaching a text encoder unchecked,
 the wrapper lost by ordinary use, SDXL/SD3 conditioning, textual inversion / LoRA scale, ``skip``
-with per-prompt arguments, and positional arguments.
+with per-prompt arguments, and positional arguments. Issue 21's boundary rules: test_pipeline_boundary.py.
 """
 from __future__ import annotations
 
 import copy
 import warnings
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_clip_text_model
 
 from latentguard.errors import LatentGuardError
 from latentguard.guard import LatentGuard
@@ -21,47 +19,17 @@ from latentguard.model import EmbeddingMappingLayer
 from latentguard.pipeline import GuardedPipeline, PromptBlocked, encoder_from_pipeline, guard_pipeline
 
 diffusers = pytest.importorskip("diffusers")
-from transformers import CLIPTextConfig, CLIPTextModelWithProjection  # noqa: E402
+import tiny_diffusers as td  # noqa: E402
+from tiny_diffusers import one_thread  # noqa: E402, F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+from tiny_diffusers import STEPS, Runs, gen, same  # noqa: E402
 
 CONCEPTS = ["knife", "blood", "gun"]
-STEPS = dict(num_inference_steps=2, output_type="np")
-
-
-def _unet(**extra):
-    torch.manual_seed(0)
-    return diffusers.UNet2DConditionModel(
-        block_out_channels=(4, 8), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        **{"cross_attention_dim": 32, "norm_num_groups": 2, **extra})
-
-
-def _vae(**extra):
-    torch.manual_seed(0)
-    return diffusers.AutoencoderKL(block_out_channels=[4, 8], in_channels=3, out_channels=3, latent_channels=4,
-                                   down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-                                   norm_num_groups=2, **extra)
-
-
-def _clip_with_projection(seed: int, width: int = 32):
-    config = CLIPTextConfig(vocab_size=49408, hidden_size=width, intermediate_size=37, num_hidden_layers=2,
-                            num_attention_heads=4, max_position_embeddings=77, bos_token_id=49406,
-                            eos_token_id=49407, pad_token_id=49407, projection_dim=32)
-    torch.manual_seed(seed)
-    return CLIPTextModelWithProjection(config).eval()
-
-
-def _quiet(pipe):
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def _sd(tokenizer):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return _quiet(diffusers.StableDiffusionPipeline(
-            vae=_vae(), text_encoder=tiny_clip_text_model(hidden_size=32, seed=0), tokenizer=tokenizer, unet=_unet(),
-            scheduler=diffusers.DDIMScheduler(steps_offset=1, clip_sample=False), safety_checker=None,
-            feature_extractor=None, requires_safety_checker=False))
+    return td.build_sd(tokenizer)
 
 
 @pytest.fixture(scope="module")
@@ -73,32 +41,17 @@ def sd(clip_tokenizer):
 def img2img(sd):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return _quiet(diffusers.StableDiffusionImg2ImgPipeline(**sd.components))
+        return td.quiet(diffusers.StableDiffusionImg2ImgPipeline(**sd.components))
 
 
 @pytest.fixture(scope="module")
 def sdxl(clip_tokenizer):
-    # UNet cross_attention_dim = 32 (CLIP-L stand-in) + 32 (CLIP-G stand-in); add. embeds = 6 * 8 + 32 (pooled)
-    unet = _unet(attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
-                 addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
-                 projection_class_embeddings_input_dim=6 * 8 + 32, cross_attention_dim=64, norm_num_groups=1)
-    return _quiet(diffusers.StableDiffusionXLPipeline(
-        vae=_vae(), text_encoder=tiny_clip_text_model(hidden_size=32, seed=1), tokenizer=clip_tokenizer,
-        text_encoder_2=_clip_with_projection(2), tokenizer_2=clip_tokenizer, unet=unet,
-        scheduler=diffusers.DDIMScheduler(steps_offset=1, clip_sample=False)))
+    return td.build_sdxl(clip_tokenizer)
 
 
 @pytest.fixture(scope="module")
 def sd3(clip_tokenizer):
-    torch.manual_seed(0)
-    transformer = diffusers.SD3Transformer2DModel(
-        sample_size=32, patch_size=1, in_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=4,
-        caption_projection_dim=32, joint_attention_dim=64, pooled_projection_dim=64, out_channels=4)
-    return _quiet(diffusers.StableDiffusion3Pipeline(
-        transformer=transformer, scheduler=diffusers.FlowMatchEulerDiscreteScheduler(),
-        vae=_vae(shift_factor=0.0609, scaling_factor=1.5035), text_encoder=_clip_with_projection(3),
-        tokenizer=clip_tokenizer, text_encoder_2=_clip_with_projection(4), tokenizer_2=clip_tokenizer,
-        text_encoder_3=None, tokenizer_3=None))  # no T5 offline: diffusers then conditions on zeros for it
+    return td.build_sd3(clip_tokenizer)  # no T5: diffusers then conditions on zeros for it
 
 
 @pytest.fixture(scope="module")
@@ -125,22 +78,6 @@ def split(guard, prompts=PROMPTS, n_unsafe: int = 1):
     guard.threshold = float((scores[order[n_unsafe - 1]] + scores[order[n_unsafe]]) / 2)
     unsafe = [prompts[i] for i in order[:n_unsafe]]
     return [p for p in prompts if p not in unsafe], unsafe
-
-
-def gen(seed: int = 0):
-    return torch.Generator().manual_seed(seed)
-
-
-class Runs:
-    """Counts denoiser forward passes (the pipeline ran) on a module."""
-
-    def __init__(self, module):
-        self.n = 0
-        module.register_forward_hook(lambda *_: setattr(self, "n", self.n + 1))
-
-
-def same(a, b):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 # ------------------------------------------------------------------ 1: every text is checked
@@ -170,9 +107,8 @@ def test_sd3_prompt_2_and_prompt_3_are_checked(sd3, own_guard):
 
 
 def test_sd3_with_a_longer_text_encoder_is_refused(sd3, own_guard):
-    # a T5 tokenizer (SD3's third encoder, 256 tokens) cannot be built offline: a stand-in with its length
-    t5_like = copy.copy(sd3)
-    object.__setattr__(t5_like, "tokenizer_3", SimpleNamespace(model_max_length=512))
+    t5_like = copy.copy(sd3)  # SD3's third tokenizer, T5 (a real T5TokenizerFast over an offline vocabulary)
+    object.__setattr__(t5_like, "tokenizer_3", td.t5_tokenizer(model_max_length=512))
     with pytest.raises(LatentGuardError, match="tokenizer_3 reads up to 512 tokens.*long_prompts=True") as info:
         guard_pipeline(t5_like, own_guard)
     assert "\n" not in str(info.value)
@@ -186,38 +122,28 @@ def test_sd3_with_a_longer_text_encoder_is_refused(sd3, own_guard):
         guarded("a cat on a sofa", **STEPS)
 
 
-def test_a_step_callback_cannot_swap_in_unchecked_prompt_embeddings(sd, own_guard):
-    runs = Runs(sd.unet)
-    guarded = guard_pipeline(sd, own_guard)
-    swap = lambda pipe, i, t, kw: {"prompt_embeds": torch.zeros_like(kw["prompt_embeds"])}  # noqa: E731
+def test_a_step_callback_may_blank_the_conditioning_or_edit_latents(sd, own_guard):
+    """Zeros carry no text, latents are no text: a callback may return them (swaps: test_pipeline_boundary.py)."""
     # every prompt safe (no logit exceeds tempr): only the callback route is tested
     threshold, own_guard.threshold = own_guard.threshold, float(own_guard.model.tempr)
     try:
-        for inputs in (["latents", "prompt_embeds"], ("add_text_embeds",)):
-            with pytest.raises(LatentGuardError, match="step callback could replace"):
-                guarded("a cat on a sofa", callback_on_step_end=swap, callback_on_step_end_tensor_inputs=inputs,
-                        **STEPS)
-        assert runs.n == 0
-        assert guarded("a cat", callback_on_step_end=lambda p, i, t, kw: {},
-                       callback_on_step_end_tensor_inputs=["latents"], **STEPS).images is not None  # latents allowed
+        guarded = guard_pipeline(sd, own_guard)
+        blank = lambda pipe, i, t, kw: {"prompt_embeds": torch.zeros_like(kw["prompt_embeds"])}  # noqa: E731
+        for callback, inputs in ((blank, ["prompt_embeds"]), (lambda p, i, t, kw: {}, ["latents"])):
+            result = guarded("a cat", callback_on_step_end=callback, callback_on_step_end_tensor_inputs=inputs,
+                             generator=gen(14), **STEPS)
+            same(result.output.images, sd("a cat", callback_on_step_end=callback,
+                                          callback_on_step_end_tensor_inputs=inputs, generator=gen(14), **STEPS).images)
     finally:
         own_guard.threshold = threshold
 
 
-def test_a_pipeline_with_an_unknown_text_argument_is_refused(sd, own_guard):
-    class CaptionedPipeline(diffusers.StableDiffusionPipeline):
-        def __call__(self, prompt=None, style_caption=None, **kwargs):
-            return super().__call__(prompt=f"{prompt}, {style_caption}", **kwargs)
-
-    captioned = CaptionedPipeline(**sd.components, requires_safety_checker=False)
-    with pytest.raises(LatentGuardError, match="style_caption.*cannot check") as info:
-        guard_pipeline(captioned, own_guard)
-    assert "\n" not in str(info.value)
-    guarded = guard_pipeline(sd, own_guard)  # SD passes **kwargs on: a text-like extra is refused per call
-    with pytest.raises(LatentGuardError, match="style_caption"):
-        guarded("a cat", style_caption="a knife")
-    with pytest.raises(LatentGuardError, match="not prompt_embeds"):
-        guarded(prompt_embeds=torch.zeros(1, 77, 32))
+def test_conditioning_given_as_tensors_is_refused(sd, own_guard):
+    guarded = guard_pipeline(sd, own_guard)
+    for name in ("prompt_embeds", "negative_prompt_embeds"):
+        with pytest.raises(LatentGuardError, match=f"not {name}") as info:
+            guarded(**({"prompt": "a cat"} if name != "prompt_embeds" else {}), **{name: torch.zeros(1, 77, 32)})
+        assert "\n" not in str(info.value)
 
 
 def test_block_all_and_raise_keep_the_pipeline_idle(sd, shared_guard):
@@ -276,10 +202,10 @@ def test_safe_prompts_are_bit_identical_in_sdxl_and_sd3(name, request, own_guard
 
 def test_sd_one_pass_is_bit_identical(sd, img2img, shared_guard):
     safe, _ = split(shared_guard)
+    guarded = guard_pipeline(sd, shared_guard)  # wrapping re-encodes 4 concepts (their vectors' weights are checked)
     runs = Runs(sd.text_encoder)
     negative = ["blurry"] * len(safe)
-    result = guard_pipeline(sd, shared_guard)(safe, negative_prompt=negative, height=32, width=32, generator=gen(2),
-                                              **STEPS)
+    result = guarded(safe, negative_prompt=negative, height=32, width=32, generator=gen(2), **STEPS)
     assert result.reused_embeddings and not result.blocked
     assert runs.n == 2  # the prompts once (guard and pipeline share it), the negative prompts once
     same(result.output.images,
@@ -318,8 +244,8 @@ def test_textual_inversion_tokens_are_refused_by_a_guard_with_its_own_encoder(cl
 
 def test_lora_scale_and_clip_skip_are_not_reused(sd, shared_guard):
     # Both make SD condition on something else than the last layer as encoded. diffusers 0.42 cannot run
-    # either with transformers 5's CLIPTextModel (it reaches for ``text_encoder.text_model``), guarded or
-    # not, so the decision is what is tested here.
+    # clip_skip with transformers 5's CLIPTextModel (it reaches for ``text_encoder.text_model``), guarded or
+    # not, so the decision is what is tested here (a LoRA run: test_pipeline_boundary.py).
     guarded = guard_pipeline(sd, shared_guard)
     assert guarded.shares_encoder({})
     assert not guarded.shares_encoder({"clip_skip": 1})
@@ -328,21 +254,21 @@ def test_lora_scale_and_clip_skip_are_not_reused(sd, shared_guard):
 
 
 # ------------------------------------------------------------- 8: skip subsets everything
-def test_skip_subsets_generators_latents_and_negative_embeddings(sd, shared_guard):
+def test_skip_subsets_generators_latents_and_negative_prompts(sd, shared_guard):
     prompts = PROMPTS[:3]
     safe, (unsafe,) = split(shared_guard, prompts)
     bad = prompts.index(unsafe)
     keep = [i for i in range(3) if i != bad]
     latents = torch.randn(6, 4, 4, 4, generator=gen(8))  # 3 prompts x 2 images, 4x4 latents = 32x32 pixels
-    negative = torch.randn(3, 77, 32, generator=gen(9))
+    negative = ["blurry", "dark", "noisy"]
     result = guard_pipeline(sd, shared_guard, on_unsafe="skip")(
         prompts, height=32, width=32, num_images_per_prompt=2, generator=[gen(k) for k in range(6)],
-        latents=latents, negative_prompt_embeds=negative, **STEPS)
+        latents=latents, negative_prompt=negative, **STEPS)
     assert result.blocked and result.passed == keep and result.images[bad] is None
     rows = [2 * i + k for i in keep for k in range(2)]
     expected = sd([prompts[i] for i in keep], height=32, width=32, num_images_per_prompt=2,
-                  generator=[gen(r) for r in rows], latents=latents[rows], negative_prompt_embeds=negative[keep],
-                  **STEPS).images
+                  generator=[gen(r) for r in rows], latents=latents[rows],
+                  negative_prompt=[negative[i] for i in keep], **STEPS).images
     same(result.output.images, expected)
     same(np.stack([img for i in keep for img in result.images[i]]), expected)
 

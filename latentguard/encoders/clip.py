@@ -68,8 +68,21 @@ class CLIPTextEncoder(_HFTokenizerMixin, TextEncoder):
         input_ids = input_ids.to(self.device)
         kwargs = {"attention_mask": attention_mask.to(self.device)} if self.attention_mask else {}
         hidden = self.model(input_ids=input_ids, **kwargs).last_hidden_state
-        # The first end-of-text token has the largest id in CLIP's vocabulary (the released ``inference.py``'s argmax).
-        return hidden, input_ids.argmax(dim=-1)
+        return hidden, self._pooled_index(input_ids)
+
+    def _pooled_index(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The position of each row's first end-of-text token (row 0 of the layout).
+
+        The released ``inference.py`` takes ``argmax(input_ids)``: the same position while end-of-text
+        (49407) is the largest id, but a textual-inversion token (ids >= 49408) would win it, so the
+        end-of-text id is looked for instead (rows without one keep the released argmax).
+        """
+        eos = getattr(self.tokenizer, "eos_token_id", None)
+        released = input_ids.argmax(dim=-1)
+        if not isinstance(eos, int):
+            return released
+        is_eos = input_ids == eos
+        return torch.where(is_eos.any(dim=-1), is_eos.int().argmax(dim=-1), released)
 
 
 def _load_clip_tokenizer(name: str | None, vocab_size: int, label: str):

@@ -154,6 +154,12 @@ class LatentGuard:
         """The blacklist, in order (a copy: change it with add_concepts / remove_concepts)."""
         return list(self._concepts)
 
+    @property
+    def concept_vectors(self) -> torch.Tensor:
+        """The blacklist's encoded vectors ``[C, hidden]``, in order (read-only use: a pipeline guard sharing
+        the pipeline's encoder checks they come from its unmodified weights)."""
+        return self._vectors
+
     def add_concepts(self, concepts: str | Sequence[str], category: str | None = None) -> list[str]:
         """Append concepts to the blacklist (in ``category``, default :attr:`default_category`); only
         ones not cached for this encoder are encoded.

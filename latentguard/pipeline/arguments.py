@@ -1,8 +1,11 @@
 """The wrapped pipeline's arguments, as :mod:`latentguard.pipeline.wrapper` reads them.
 
-Which arguments carry text for the text encoders (checked), which are negative (not checked),
-which are conditioning tensors (refused: no text to check), and how ``on_unsafe="skip"`` splits
-per-prompt arguments between refused and passed prompts (or refuses the call, naming one).
+Which arguments are checked before the call (``prompt``, ``prompt_2``...), which are negative
+texts (not checked), which are conditioning tensors (refused: no text to check), and how
+``on_unsafe="skip"`` splits per-prompt arguments between refused and passed prompts (or refuses
+the call, naming one). Any other argument may carry text too (an instruction, a template): the
+guard does not need to know it, because it checks what reaches the text encoders
+(:mod:`latentguard.pipeline.boundary`).
 """
 from __future__ import annotations
 
@@ -15,11 +18,10 @@ import torch
 from ..errors import LatentGuardError
 
 # Argument names, read from the wrapped pipeline's ``__call__`` signature.
-_TEXT = re.compile(r"^prompt(_\d+)?$")                        # text for the text encoders: checked
-_NEGATIVE = re.compile(r"^negative_prompt(_\d+)?$")           # steers away from what it names: not checked
-_NEGATIVE_TENSORS = re.compile(r"^negative_.*(embeds|attention_mask)$")  # per prompt; subset by "skip"
-_TEXT_LIKE = re.compile(r"(^|_)(prompt|text|caption)s?(_|$)", re.IGNORECASE)  # any such argument must be classified
-_COUNTS = frozenset({"num_images_per_prompt", "max_sequence_length"})
+_TEXT = re.compile(r"^prompt(_\d+)?$")                                   # checked before the call
+_TEXTUAL = r"(prompt|text|caption)"
+_EMBEDS = re.compile(rf"{_TEXTUAL}.*(embeds|embeddings|attention_mask|_states|_ids)$")  # tensors: refused
+_NEGATIVE = re.compile(rf"^negative_(\w+_)?{_TEXTUAL}(_\d+)?$")          # steers away from it: not checked
 _PER_PROMPT_IMAGES = frozenset({"image", "mask_image", "control_image", "ip_adapter_image"})
 _SHARED = frozenset({"timesteps", "sigmas", "original_size", "target_size", "crops_coords_top_left",
                      "negative_original_size", "negative_target_size", "negative_crops_coords_top_left",
@@ -27,10 +29,9 @@ _SHARED = frozenset({"timesteps", "sigmas", "original_size", "target_size", "cro
 
 
 def text_arguments(pipe) -> list[str]:
-    """The names of ``pipe.__call__``'s text arguments the guard checks (``prompt``, ``prompt_2``...).
+    """The names of ``pipe.__call__``'s arguments checked before the call (``prompt``, ``prompt_2``...).
 
-    Raises :class:`LatentGuardError` when the signature has a text-like argument the guard does not
-    know how to treat (it could reach a text encoder unchecked).
+    Refuses (:class:`LatentGuardError`) a callable whose signature cannot be read or has no ``prompt``.
     """
     try:
         params = inspect.signature(pipe).parameters
@@ -39,26 +40,24 @@ def text_arguments(pipe) -> list[str]:
                                "refusing to guard it") from None
     if "prompt" not in params:
         raise LatentGuardError(f"{type(pipe).__name__}.__call__ takes no 'prompt' argument; the guard cannot check it")
-    if any(p.kind is p.VAR_POSITIONAL for p in params.values()):
-        raise LatentGuardError(f"{type(pipe).__name__}.__call__ takes *args; the guard cannot tell its texts apart")
-    unknown = [n for n in params if classify(n) == "unknown"]
-    if unknown:
-        raise LatentGuardError(f"{type(pipe).__name__}.__call__ takes text argument(s) {', '.join(unknown)} that "
-                               "Latent Guard cannot check; refusing to guard it partially")
     return [n for n in params if _TEXT.match(n)]
 
 
+def negative_defaults(pipe) -> dict[str, str]:
+    """The negative texts ``pipe.__call__`` uses when none is given (PixArt's ``""``, a fixed one elsewhere)."""
+    params = inspect.signature(pipe).parameters
+    return {n: p.default for n, p in params.items() if classify(n) == "negative" and isinstance(p.default, str)}
+
+
 def classify(name: str) -> str:
-    """``text`` (checked), ``negative``, ``embeds`` (refused when given), ``other`` or ``unknown`` (refused)."""
+    """``text`` (checked before the call), ``negative`` (not checked), ``embeds`` (refused when given) or ``other``."""
     if _TEXT.match(name):
         return "text"
-    if _NEGATIVE.match(name) or _NEGATIVE_TENSORS.match(name):
-        return "negative"
-    if name.endswith(("_embeds", "attention_mask")) and "prompt" in name:
+    if _EMBEDS.search(name):
         return "embeds"  # conditioning given as tensors: the text behind it cannot be checked
-    if name in _COUNTS or not _TEXT_LIKE.search(name):
-        return "other"
-    return "unknown"
+    if _NEGATIVE.match(name):
+        return "negative"
+    return "other"
 
 
 def added_tokens(tokenizer) -> list[str]:
@@ -83,8 +82,6 @@ def subset_call(call: dict, passed: list[int], n: int, per: int) -> dict:
             value.shape[0] if isinstance(value, (torch.Tensor, np.ndarray)) and value.ndim else None)
         if kind in ("text", "negative") and isinstance(value, (list, tuple)):
             out[name] = [value[i] for i in passed]
-        elif kind == "negative" and size == n:
-            out[name] = value[passed]
         elif name in ("generator", "latents") and size == n * per:
             out[name] = [value[r] for r in rows] if isinstance(value, (list, tuple)) else value[rows]
         elif name in _PER_PROMPT_IMAGES and isinstance(value, (list, tuple)) and size in (n, n * per):

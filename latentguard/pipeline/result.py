@@ -1,0 +1,94 @@
+"""What a guarded pipeline call returns (:class:`GuardedResult`) and raises (:class:`PromptBlocked`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import LatentGuardError
+
+# What an unsafe verdict does: refuse the whole call, generate only the safe prompts, raise, or only
+# attach the verdicts (observe-only: collect a false-positive rate before enforcing).
+ON_UNSAFE = ("block_all", "skip", "raise", "annotate")
+
+
+@dataclass
+class GuardedResult:
+    """What a guarded pipeline call did, prompt by prompt.
+
+    ``blocked``: at least one prompt was refused (never with ``annotate``). ``verdicts``: one per
+    input prompt, in order (the worst of its texts). ``passed``: indices of the prompts sent to the
+    pipeline. ``output``: the pipeline's own return value (``None`` when it was not called).
+    ``images``: per input prompt, its image (or list of images with ``num_images_per_prompt > 1``)
+    and ``None`` where refused; ``None`` altogether when the pipeline was not called or returned no
+    images. ``concept``/``score``: of the highest-scoring unsafe verdict (``None`` when none).
+    ``text_verdicts``: per checked argument (``prompt``, ``prompt_2``...) its verdicts, and per
+    text encoder (``text_encoder_2``...) the verdicts of texts first met there.
+    ``blocked_at``: the text encoder where an unsafe text was found mid-call (else ``None``).
+    """
+
+    blocked: bool
+    verdicts: list
+    prompts: list[str]
+    passed: list[int] = field(default_factory=list)
+    output: Any = None
+    images: list | None = None
+    concept: str | None = None
+    score: float | None = None
+    reused_embeddings: bool = False  # the pipeline got the guard's prompt_embeds (one encoder pass)
+    text_verdicts: dict = field(default_factory=dict)
+    on_unsafe: str = "block_all"
+    blocked_at: str | None = None
+
+    @property
+    def flagged_prompts(self) -> list[str]:
+        """Prompts judged unsafe, whatever was done about it (``annotate`` generates them)."""
+        return [p for p, v in zip(self.prompts, self.verdicts) if v.unsafe]
+
+    @property
+    def blocked_prompts(self) -> list[str]:
+        """Prompts refused for being unsafe (none with ``annotate``)."""
+        return [] if self.on_unsafe == "annotate" else self.flagged_prompts
+
+    def note_worst(self, verdicts) -> None:
+        """Set ``concept``/``score`` from the highest-scoring unsafe verdict among these and those noted before."""
+        for v in verdicts:
+            if v.unsafe and (self.score is None or float(v.score) > self.score):
+                self.concept, self.score = v.concept, float(v.score)
+
+
+class PromptBlocked(LatentGuardError):
+    """Raised by a guarded pipeline with ``on_unsafe="raise"``; ``.result`` holds the verdicts."""
+
+    def __init__(self, result: GuardedResult) -> None:
+        self.result = result
+        worst = f": '{result.concept}' (score {result.score:.3f})" if result.concept is not None else ""
+        where = f" at {result.blocked_at}" if result.blocked_at else ""
+        super().__init__(f"{len(result.flagged_prompts) or 1} of {len(result.prompts)} prompt(s) blocked by Latent "
+                         f"Guard{where}{worst}")
+
+
+def check_verdicts(verdicts: list, n_texts: int) -> None:
+    """One verdict per text, each with a bool ``unsafe``, or refuse (``None`` or ``0`` must not read as safe)."""
+    if len(verdicts) != n_texts or not all(isinstance(getattr(v, "unsafe", None), (bool, np.bool_)) for v in verdicts):
+        raise LatentGuardError(f"the guard gave {len(verdicts)} verdicts for {n_texts} texts (or a verdict without "
+                               "a bool 'unsafe'); refusing")
+
+
+def images_by_prompt(output: Any, passed: list[int], n_prompts: int) -> list | None:
+    """Spread the pipeline's images back over the input prompts (``None`` where refused)."""
+    images = getattr(output, "images", None)
+    if images is None and isinstance(output, (tuple, list)) and output:
+        images = output[0]
+    if images is None:
+        return None
+    images = list(images)
+    if not images or len(images) % len(passed):
+        return None
+    per = len(images) // len(passed)
+    spread: list = [None] * n_prompts
+    for k, i in enumerate(passed):
+        chunk = images[k * per : (k + 1) * per]
+        spread[i] = chunk[0] if per == 1 else chunk
+    return spread

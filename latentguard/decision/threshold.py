@@ -142,8 +142,14 @@ def read_calibration(path: str | Path) -> CalibrationResult:
     data = read_yaml(path, "calibration file")  # missing file, bad UTF-8 or YAML, duplicate keys: one line
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise LatentGuardError(f"{path}: not a Latent Guard calibration file (no 'format: {FORMAT}')")
+    return calibration_from_mapping(data, path)
+
+
+def calibration_from_mapping(data: dict, path: str | Path) -> CalibrationResult:
+    """A calibration record from its mapping (a YAML file's, or a guard bundle's ``config.json``), checked;
+    ``path`` names where it was read in the one-line errors."""
     data = dict(data)
-    data.pop("format")
+    data.pop("format", None)
     threshold = data.get("threshold")
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
         raise LatentGuardError(f"{path}: 'threshold' must be a finite number, got {threshold!r}")

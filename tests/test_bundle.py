@@ -282,3 +282,27 @@ def test_main_py_writes_a_bundle_beside_its_weights(tiny_encoder, tiny_encoder_d
     assert bundled.concepts == pth.concepts and (bundled.threshold, bundled.slope) == (pth.threshold, pth.slope)
     np.testing.assert_array_equal(bundled.logits(PROMPTS), pth.logits(PROMPTS))
     assert "calibrated on the validation split" in bundled.threshold_origin
+
+
+# ------------------------------------------------------------------------------ model card
+def test_the_card_shows_results_only_for_these_weights_and_credits_the_released_ones(pth_guard, bundle, tmp_path):
+    from latentguard.hub.card import model_card
+    from latentguard.published import RELEASED_CHECKPOINT_SHA256
+
+    results = {"ID": {"explicit": {"auc": 0.9123, "accuracy": 0.8042}}, "threshold": 4.5,
+               "threshold_source": "calibrated on validation data",
+               "meta": {"checkpoint": str(pth_guard.checkpoint), "weights_sha256": sha256_of(pth_guard.checkpoint)}}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    card = (pth_guard.save_pretrained(tmp_path / "with", results=tmp_path / "results.json") / "README.md").read_text()
+    assert "| ROC AUC, these weights | 0.912 |" in card and "| accuracy, these weights | 0.804 |" in card
+    results["meta"]["weights_sha256"] = "0" * 64
+    (tmp_path / "other.json").write_text(json.dumps(results))
+    with pytest.raises(LatentGuardError, match="was computed for other weights"):
+        pth_guard.save_pretrained(tmp_path / "without", results=tmp_path / "other.json")
+    assert not (tmp_path / "without").exists()
+    config = json.loads((bundle / "config.json").read_text())
+    assert "license:" not in model_card(config) and "not stated" in model_card(config)
+    config["weights"]["source_sha256"] = RELEASED_CHECKPOINT_SHA256
+    released = model_card(config, repo_id="org/latent-guard")
+    assert "license: bsd-3-clause" in released and "BSD-3-Clause" in released and "Runtao Liu" in released
+    assert 'LatentGuard.from_pretrained("org/latent-guard")' in released

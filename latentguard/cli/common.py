@@ -126,8 +126,9 @@ def guard_parser() -> argparse.ArgumentParser:
     flags.add_argument("--threshold", default=None, metavar="T",
                        help="unsafe when the score reaches this: a number, released (9.0131, the released "
                             "script's value), paper (4.47, reproduces the paper's Table 1 accuracies), calibrated "
-                            "(the <checkpoint>.threshold.yaml written by --calibrate-safe) or auto (calibrated "
-                            "when that file exists, else released for the released weights only, else an error; "
+                            "(the <checkpoint>.threshold.yaml written by --calibrate-safe) or auto (a --guard "
+                            "bundle's own; else calibrated when that file exists, else released for the released "
+                            "weights only, else an error; "
                             f"default: inference.threshold = {SCHEMA.inference.threshold})")
     flags.add_argument("--batch-size", type=int, default=None, metavar="N",
                        help="prompts encoded and scored per batch "

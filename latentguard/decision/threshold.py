@@ -330,7 +330,7 @@ def calibrate_guard(guard, safe_prompts: Sequence[str], unsafe_prompts: Sequence
         checkpoint = save if not isinstance(save, bool) else (getattr(guard, "checkpoint", None)
                                                               or getattr(guard, "checkpoint_path", None))
         if checkpoint is None:
-            raise LatentGuardError("cannot save the calibration: the guard has no checkpoint path "
-                                   "(pass save=<checkpoint path>)")
+            raise LatentGuardError("cannot save the calibration: the guard has no checkpoint path (pass "
+                                   "save=<checkpoint path>; a bundle's guard keeps it with guard.save_pretrained)")
         save_calibration(result, checkpoint)
     return result

@@ -86,6 +86,10 @@ def optional_path(value: Any) -> str | None:
     return None if value is None or (isinstance(value, str) and value.strip()) else "must be a file path or null"
 
 
+def optional_text(value: Any) -> str | None:
+    return None if value is None or (isinstance(value, str) and value.strip()) else "must be a non-empty string or null"
+
+
 def choice(*options: str) -> Check:
     def check(value: Any) -> str | None:
         return None if value in options else f"must be one of {sorted(options)}"
@@ -204,6 +208,8 @@ class Config:
     store_dir: str = key("cache", text)
     output_dir: str = key("runs/default", text)
     checkpoint: str = key(DEFAULT_CHECKPOINT, text)
+    guard: str | None = key(None, optional_path)          # a guard bundle: folder or hub repo id (latentguard.hub)
+    guard_revision: str | None = key(None, optional_text)  # its hub revision (branch, tag or commit)
     device: str = key("auto", text)
     precision: str = key("exact", choice(*PRECISIONS))
     encoder: EncoderConfig = section(EncoderConfig)

@@ -26,9 +26,10 @@ STAGES = [
     {"model"},
     {"scoring"},
     {"decision"},
+    {"hub"},  # guard bundles: read by the guard (from_pretrained), written by training; below both
     {"train", "guard"},
     {"eval", "pipeline"},
-    {"serve", "bulk", "hub"},
+    {"serve", "bulk"},
     {"cli", "__init__", "__main__"},
 ]
 RANK = {name: i for i, stage in enumerate(STAGES) for name in stage}

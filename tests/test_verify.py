@@ -137,12 +137,12 @@ def test_the_cli_dispatcher_runs_verify_with_the_shared_flags():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     dispatch = [sys.executable, "-m", "latentguard.cli"]
     listing = subprocess.run(dispatch + ["--help"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
-    assert listing.returncode == 0 and "infer,verify}" in listing.stdout
+    assert listing.returncode == 0 and "infer,verify" in listing.stdout  # later commands follow
     helped = subprocess.run(dispatch + ["verify", "--help"], capture_output=True, text=True, cwd=ROOT, env=env,
                             timeout=120)
     assert helped.returncode == 0
     assert all(flag in helped.stdout
-               for flag in ("--fixture", "--tolerance", "--checkpoint", "--config", "--encoder-type"))
+               for flag in ("--fixture", "--tolerance", "--checkpoint", "--guard", "--config", "--encoder-type"))
     bad = subprocess.run(dispatch + ["verify", "--tolerance", "-1"], capture_output=True, text=True, cwd=ROOT,
                          env=env, timeout=120)
     assert bad.returncode == 2 and bad.stderr == "error: --tolerance must be a finite number >= 0, got -1.0\n"

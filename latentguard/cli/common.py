@@ -86,12 +86,34 @@ def common_parser(*, store_dir: bool = True) -> argparse.ArgumentParser:
     return parent
 
 
+def _bundle_flags(flags) -> None:
+    flags.add_argument("--guard", default=None, metavar="DIR_OR_REPO",
+                       help="a guard bundle: a folder (guard.save_pretrained, latentguard export) or a hub repo id "
+                            "org/name; its weights, encoder, blacklist and threshold are the defaults, each flag "
+                            "still overrides one (config: guard; docs/sharing.md)")
+    flags.add_argument("--guard-revision", default=None, metavar="REV",
+                       help="hub branch, tag or commit of --guard (config: guard_revision)")
+
+
+def bundle_parser() -> argparse.ArgumentParser:
+    """Parent parser for ``--guard`` / ``--guard-revision`` alone (commands that read a guard's weights
+    themselves: test.py, verify); :func:`bundle_overrides` gives their config keys."""
+    parent = argparse.ArgumentParser(add_help=False)
+    _bundle_flags(parent.add_argument_group("guard bundle (config: guard, guard_revision)"))
+    return parent
+
+
+def bundle_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {"guard": args.guard, "guard_revision": args.guard_revision}
+
+
 def guard_parser() -> argparse.ArgumentParser:
-    """Parent parser for the flags that say which guard to run: weights, blacklist, allowlist, threshold,
-    batch size, long prompts, top-k. Every command that builds a guard (inference.py, and any command
-    scoring prompts with one) takes them, through :func:`guard_overrides` and :func:`build_guard`."""
+    """Parent parser for the flags that say which guard to run: a bundle, weights, blacklist, allowlist,
+    threshold, batch size, long prompts, top-k. Every command that builds a guard (inference.py, and any
+    command scoring prompts with one) takes them, through :func:`guard_overrides` and :func:`build_guard`."""
     parent = argparse.ArgumentParser(add_help=False)
     flags = parent.add_argument_group("guard flags (each overrides one config key)")
+    _bundle_flags(flags)
     flags.add_argument("--checkpoint", default=None, metavar="FILE",
                        help="mapping-layer state dict in the released format (default: model_parameters.pth, "
                             "downloaded and SHA-256 checked when missing)")
@@ -104,8 +126,9 @@ def guard_parser() -> argparse.ArgumentParser:
     flags.add_argument("--threshold", default=None, metavar="T",
                        help="unsafe when the score reaches this: a number, released (9.0131, the released "
                             "script's value), paper (4.47, reproduces the paper's Table 1 accuracies), calibrated "
-                            "(the <checkpoint>.threshold.yaml written by --calibrate-safe) or auto (calibrated "
-                            "when that file exists, else released for the released weights only, else an error; "
+                            "(the <checkpoint>.threshold.yaml written by --calibrate-safe) or auto (a --guard "
+                            "bundle's own; else calibrated when that file exists, else released for the released "
+                            "weights only, else an error; "
                             f"default: inference.threshold = {SCHEMA.inference.threshold})")
     flags.add_argument("--batch-size", type=int, default=None, metavar="N",
                        help="prompts encoded and scored per batch "
@@ -125,7 +148,7 @@ def guard_parser() -> argparse.ArgumentParser:
 
 def guard_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The config keys the guard flags override (``None``: not given)."""
-    return {"checkpoint": args.checkpoint, "inference.concepts": args.concepts,
+    return {**bundle_overrides(args), "checkpoint": args.checkpoint, "inference.concepts": args.concepts,
             "inference.allowlist": args.allowlist, "inference.threshold": args.threshold,
             "inference.batch_size": args.batch_size, "encoder.long_prompts": args.long_prompts,
             "inference.top_k": args.top_k,
@@ -163,9 +186,16 @@ def load_command_config(args: argparse.Namespace, overrides: dict[str, Any]) -> 
     return cfg
 
 
-def load_model(cfg: Config, hidden_size: int, device) -> tuple[Path, Any]:
-    """The checkpoint a loaded config names (the released one downloaded for the bare default name) and its layer."""
+def load_model(cfg: Config, hidden_size: int, device, *, bundle=None, identity: str | None = None) -> tuple[Path, Any]:
+    """The checkpoint a loaded config names (the released one downloaded for the bare default name) and its layer;
+    with ``bundle`` (:func:`latentguard.hub.settings.config_with_bundle`), its weights, refused unless the
+    encoder ``identity`` embeds as the bundle's."""
     from ..model import load_mapping_layer, released_checkpoint
+
+    if bundle is not None:
+        if identity is not None:
+            bundle.check_encoder(identity)
+        return bundle.weights_path, bundle.mapping_layer(in_dim=hidden_size, device=device)
 
     path = released_checkpoint(cfg.checkpoint)  # downloads only for the bare default name
     return path, load_mapping_layer(path, in_dim=hidden_size, num_heads=cfg.model.num_heads, device=device)

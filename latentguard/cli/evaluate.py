@@ -8,7 +8,7 @@ from typing import Sequence
 from ..errors import LatentGuardError
 from ..io import atomic_write_text
 from ..published import DOMAINS, KINDS, RELEASED_THRESHOLD
-from .common import SCHEMA, cli_entry, common_parser, load_command_config, load_model
+from .common import SCHEMA, bundle_overrides, bundle_parser, cli_entry, common_parser, load_command_config, load_model
 
 
 # ---------------------------------------------------------------------------------------- CLI
@@ -22,7 +22,7 @@ def build_parser():
         "baselines; or score an external labelled prompt file (Table 2) with --external.",
         epilog="Run prepare.py first (same --dataset, --encoder, --store-dir): Table 1 reads embeddings from "
         "the store.",
-        parents=[common_parser()],
+        parents=[common_parser(), bundle_parser()],
     )
     parser.add_argument("--checkpoint", help="mapping-layer weights (config: checkpoint; the released "
                         "model_parameters.pth is downloaded and SHA-256 checked when missing)")
@@ -49,9 +49,10 @@ def build_parser():
     return parser
 
 
-def _resolve_threshold(cfg, checkpoint: Path, identity: str, model):
-    """The config with a threshold given by name (``paper``, ``released``, ``calibrated``) turned into a number,
-    refused when these weights cannot reach it (it would flag nothing)."""
+def _resolve_threshold(cfg, checkpoint: Path, identity: str, model, bundle=None):
+    """The config with a threshold given by name (``paper``, ``released``, ``calibrated``) turned into a number
+    (with ``--guard``, ``calibrated``/``auto`` are the bundle's), refused when these weights cannot reach it
+    (it would flag nothing)."""
     from ..model import check_reachable
 
     value = cfg.eval.threshold
@@ -60,7 +61,8 @@ def _resolve_threshold(cfg, checkpoint: Path, identity: str, model):
     if not isinstance(value, (int, float)):
         from ..decision.threshold import resolve_threshold
 
-        value = resolve_threshold(value, checkpoint, encoder_identity=identity)
+        value = bundle.resolve_threshold(value, identity) if bundle is not None else \
+            resolve_threshold(value, checkpoint, encoder_identity=identity)
     return cfg.updated({"eval.threshold": check_reachable(float(value), model, "--threshold")})
 
 
@@ -81,11 +83,12 @@ def _released_weights_note(copro, checkpoint: Path, threshold: float | None) -> 
             f"protocol also run with --threshold {TABLE1_ACCURACY_THRESHOLD}")
 
 
-def _run_external(args, cfg, copro, device, batch_size: int, output_dir: Path) -> int:
+def _run_external(args, cfg, copro, device, batch_size: int, output_dir: Path, bundle=None) -> int:
     from ..encoders import load_encoder_from_config
     from ..eval.external import evaluate_external, external_markdown, external_threshold, read_external
     from ..eval.report import _fmt, write_scores_csv
     from ..eval.run import _clean
+    from ..io import sha256_of
     from ..store.locate import open_configured_store
     from ..store.sources import StoreFirstSource
     from .rundir import claim_run_dir, replace_outputs
@@ -93,8 +96,8 @@ def _run_external(args, cfg, copro, device, batch_size: int, output_dir: Path) -
     prompts, labels = read_external(args.external, args.external_safe)
     encoder = load_encoder_from_config(cfg)
     store, _ = open_configured_store(cfg, encoder=encoder, missing_ok=True)  # none: encode on the fly
-    checkpoint, model = load_model(cfg, encoder.hidden_size, device)
-    cfg = _resolve_threshold(cfg, checkpoint, encoder.identity, model)
+    checkpoint, model = load_model(cfg, encoder.hidden_size, device, bundle=bundle, identity=encoder.identity)
+    cfg = _resolve_threshold(cfg, checkpoint, encoder.identity, model, bundle)
     claim_run_dir(output_dir, "test.py")  # inputs are valid: from here this run owns the directory, alone
     enc_batch = cfg.encoder.batch_size
     known = StoreFirstSource(store, encoder, enc_batch)
@@ -112,7 +115,8 @@ def _run_external(args, cfg, copro, device, batch_size: int, output_dir: Path) -
     result.update(_clean({
         "file": str(args.external), "safe_file": str(args.external_safe) if args.external_safe else None,
         "threshold": threshold, "threshold_source": how, "released_threshold": RELEASED_THRESHOLD,
-        "checkpoint": str(checkpoint), "encoder": encoder.identity, "concepts": f"ID ({len(concepts)})",
+        "checkpoint": str(checkpoint), "weights_sha256": sha256_of(checkpoint), "encoder": encoder.identity,
+        "guard": bundle.name if bundle is not None else None, "concepts": f"ID ({len(concepts)})",
         "seconds_with_encoding": seconds,
     }))
     written = [output_dir / name for name in ("results_external.json", "results_external.md", "scores_external.csv")]
@@ -143,8 +147,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise LatentGuardError("--external-safe needs --external (the unsafe prompt file)")
     cfg = load_command_config(args, {"checkpoint": args.checkpoint, "output_dir": args.output_dir,
         "eval.threshold": args.threshold, "eval.batch_size": args.batch_size,
-        "eval.bert_model": args.bert_model,
+        "eval.bert_model": args.bert_model, **bundle_overrides(args),
     })
+    from ..hub.settings import config_with_bundle
+    from ..io import sha256_of
+
+    cfg, bundle = config_with_bundle(cfg)  # --guard: the bundle's encoder keys and sizes, its weights below
     batch_size = cfg.eval.batch_size  # checked by load_config
     baselines = parse_baselines(args.baselines if args.baselines is not None else cfg.eval.baselines)
     device = resolve_device(cfg.device)
@@ -155,11 +163,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.external:
         if baselines:
             print("note: baselines are evaluated on CoPro only; --external reports Latent Guard")
-        return _run_external(args, cfg, copro, device, batch_size, output_dir)
+        return _run_external(args, cfg, copro, device, batch_size, output_dir, bundle)
 
     store, _ = open_configured_store(cfg)  # the encoder is loaded only when no hint names its store
-    checkpoint, model = load_model(cfg, store.hidden_size, device)
-    cfg = _resolve_threshold(cfg, checkpoint, store.identity, model)
+    checkpoint, model = load_model(cfg, store.hidden_size, device, bundle=bundle, identity=store.identity)
+    cfg = _resolve_threshold(cfg, checkpoint, store.identity, model, bundle)
     claim_run_dir(output_dir, "test.py")  # inputs are valid: from here this run owns the directory, alone
     bert, skipped = None, {}
     if "bertscore" in baselines:
@@ -176,7 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 threshold=cfg.eval.threshold, threshold_source=_threshold_source(args),
                                 batch_size=batch_size, device=device, progress=not args.no_progress,
                                 blacklist_match=cfg.eval.blacklist_match)
-    meta = {"dataset": str(copro.path), "checkpoint": str(checkpoint), "encoder": store.identity,
+    meta = {"dataset": str(copro.path), "checkpoint": str(checkpoint), "weights_sha256": sha256_of(checkpoint),
+            **({"guard": bundle.name} if bundle is not None else {}), "encoder": store.identity,
             "store": str(store.path), "device": str(device), "skipped": skipped}
     note = _released_weights_note(copro, checkpoint, cfg.eval.threshold)
     if note:

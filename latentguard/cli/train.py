@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"done: {result.epochs} epochs, {result.steps} steps, final loss {loss}, {best} "
           f"({result.seconds:.1f} s this session)")
     from ..decision.threshold import calibration_path
-    from ..train.monitor import save_validation_threshold
+    from ..train.monitor import save_bundle, save_validation_threshold
 
     for weights in (result.weights_path, result.best_path):
         calibration = save_validation_threshold(trainer, weights) if weights is not None else None
@@ -167,6 +167,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"{calibration.accuracy:.3f} "
                   f"on the validation split) saved to {calibration_path(weights)}; inference.py uses it with those "
                   "weights")
+        if weights is not None:
+            try:  # an extra way to share the weights: the run's own outputs above stand without it
+                bundle = save_bundle(trainer, weights, calibration, copro.concepts("ID"), cfg)
+                print(f"  bundle:       {bundle} (weights, encoder, blacklist, threshold: inference.py --guard)")
+            except LatentGuardError as exc:
+                print(f"  bundle:       not written ({exc})")
     print(f"  weights:      {result.weights_path} (final epoch)")
     if result.best_path is not None:
         print(f"  best weights: {result.best_path} (epoch {result.best_epoch})")

@@ -18,7 +18,7 @@ from ..eval.parity import (
     scored_text,
     verdict,
 )
-from .common import SCHEMA, cli_entry, common_parser, load_command_config, load_model
+from .common import SCHEMA, bundle_overrides, bundle_parser, cli_entry, common_parser, load_command_config, load_model
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "whose concept lists and synonym/adversarial dictionaries are used.",
         epilog="Exit codes: 0 PASS, 1 a score or decision differs, 2 setup error. The released checkpoint, CLIP "
                "and CoPro are downloaded when missing, as inference.py does.",
-        parents=[common_parser(store_dir=False)])
+        parents=[common_parser(store_dir=False), bundle_parser()])
     parser.add_argument("--checkpoint", default=None, metavar="FILE",
                         help="mapping-layer weights (config: checkpoint; default: the released model_parameters.pth, "
                              "downloaded and SHA-256 checked when missing)")
@@ -49,12 +49,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not math.isfinite(args.tolerance) or args.tolerance < 0:
         raise LatentGuardError(f"--tolerance must be a finite number >= 0, got {args.tolerance}")
-    cfg = load_command_config(args, {"checkpoint": args.checkpoint, "encoder.batch_size": args.batch_size})
+    cfg = load_command_config(args, {**bundle_overrides(args), "checkpoint": args.checkpoint,
+                                     "encoder.batch_size": args.batch_size})
     from ..data.copro import load_copro
     from ..encoders import load_encoder_from_config
     from ..encoders.precision import resolve_device
+    from ..hub.settings import config_with_bundle
     from ..io import git_blob_id, sha256_of
     from ..published import COPRO_GIT_BLOB, RELEASED_CHECKPOINT_SHA256
+
+    cfg, bundle = config_with_bundle(cfg)  # --guard: the bundle's encoder and weights
 
     rows = read_fixture(args.fixture)
     copro = load_copro(cfg.dataset)
@@ -62,10 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         scored_text(row, copro)  # every text must be buildable before the slow loads
     device = resolve_device(cfg.device)
     encoder = load_encoder_from_config(cfg, device)
-    checkpoint, model = load_model(cfg, encoder.hidden_size, device)
+    checkpoint, model = load_model(cfg, encoder.hidden_size, device, bundle=bundle, identity=encoder.identity)
     batch_size = cfg.encoder.batch_size
 
-    released_weights = sha256_of(checkpoint) == RELEASED_CHECKPOINT_SHA256
+    released_weights = RELEASED_CHECKPOINT_SHA256 in (sha256_of(checkpoint), bundle and bundle.source_sha256)
     released_data = git_blob_id(copro.path) == COPRO_GIT_BLOB
     print(f"fixture    {args.fixture} ({len(rows)} rows)")
     print(f"checkpoint {checkpoint} ({'the released weights' if released_weights else 'NOT the released weights'})")

@@ -30,6 +30,7 @@ from typing import Any, Mapping, Sequence
 
 from ..errors import LatentGuardError
 from ..io import read_lines, unique
+from .text import check_text
 
 YAML_SUFFIXES = (".yaml", ".yml")
 _NOT_NUMBERS = ("nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity")
@@ -77,7 +78,7 @@ def check_concepts(concepts: Sequence[str], source: str = "concept list") -> lis
     for i, item in enumerate(concepts):
         if not isinstance(item, str) or not item.strip():
             raise LatentGuardError(f"{source}: entry {i} must be a non-empty string, got {item!r}")
-        out.append(item.strip())
+        out.append(check_text(item, f"{source}: entry {i}").strip())
     if not out:
         raise LatentGuardError(f"{source} is empty: the blacklist needs at least one concept")
     return unique(out)

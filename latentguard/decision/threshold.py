@@ -90,7 +90,7 @@ def calibrate(scores_safe, scores_unsafe=None, target_fpr: float = DEFAULT_TARGE
     every = np.r_[safe, unsafe]
     if not np.isfinite(every).all():
         raise LatentGuardError("calibration scores are not finite; check the checkpoint and the encoder")
-    if every.max() == every.min():  # e.g. all-zero weights: a threshold would separate nothing
+    if every.size > 1 and every.max() == every.min():  # e.g. all-zero weights: a threshold separates nothing
         raise LatentGuardError(f"every calibration prompt scores {every[0]:g}: the weights separate nothing, so no "
                                "threshold can be calibrated (check the checkpoint)")
     if unsafe.size == 0:
@@ -148,8 +148,14 @@ def read_calibration(path: str | Path) -> CalibrationResult:
     data = read_yaml(path, "calibration file")  # missing file, bad UTF-8 or YAML, duplicate keys: one line
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise LatentGuardError(f"{path}: not a Latent Guard calibration file (no 'format: {FORMAT}')")
+    return calibration_from_mapping(data, path)
+
+
+def calibration_from_mapping(data: dict, path: str | Path) -> CalibrationResult:
+    """A calibration record from its mapping (a YAML file's, or a guard bundle's ``config.json``), checked;
+    ``path`` names where it was read in the one-line errors."""
     data = dict(data)
-    data.pop("format")
+    data.pop("format", None)
     threshold = data.get("threshold")
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
         raise LatentGuardError(f"{path}: 'threshold' must be a finite number, got {threshold!r}")
@@ -330,7 +336,7 @@ def calibrate_guard(guard, safe_prompts: Sequence[str], unsafe_prompts: Sequence
         checkpoint = save if not isinstance(save, bool) else (getattr(guard, "checkpoint", None)
                                                               or getattr(guard, "checkpoint_path", None))
         if checkpoint is None:
-            raise LatentGuardError("cannot save the calibration: the guard has no checkpoint path "
-                                   "(pass save=<checkpoint path>)")
+            raise LatentGuardError("cannot save the calibration: the guard has no checkpoint path (pass "
+                                   "save=<checkpoint path>; a bundle's guard keeps it with guard.save_pretrained)")
         save_calibration(result, checkpoint)
     return result

@@ -57,3 +57,4 @@ def prompt_list(prompts: str | Sequence[str]) -> list[str]:
         return list(prompts)
     except TypeError:  # None, a number: no prompt list at all, which must not pass as "nothing to refuse"
         raise LatentGuardError(f"prompts must be a str or a list of str, got {type(prompts).__name__}") from None
+

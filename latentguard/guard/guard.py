@@ -29,33 +29,36 @@ computed once per blacklist change (:meth:`LatentGuard.refresh`).
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from ..constants import DEFAULT_CATEGORY, DEFAULT_CHECKPOINT, DEFAULT_ENCODER
+from ..constants import DEFAULT_CATEGORY, DEFAULT_CHECKPOINT
 from ..data.blacklist import check_concepts
+from ..data.text import check_text
 from ..decision.probability import DEFAULT_SLOPE, check_slope, probabilities
 from ..decision.rule import decide, flags
 from ..encoders.precision import resolve_device
 from ..errors import LatentGuardError
+from ..hub.mixin import HubMixin
 from ..model import EmbeddingMappingLayer, check_reachable, check_weights
 from ..published import RELEASED_THRESHOLD
 from ..scoring.evidence import attention_evidence
 from ..store.concept_cache import cached_concept_vectors
+from .allowlist import compile_allowlist, cut
 from .categories import Categories
 from .checks import check_logit_rows, check_options, finite_number, prompt_list, width_message
 from .forms import score_forms
 from .verdict import Verdict
 
 
-class LatentGuard:
+class LatentGuard(HubMixin):
     """Block unsafe text-to-image prompts: a blacklist matched in the mapping layer's latent space.
 
-    Build it with :meth:`from_pretrained`, or directly from a loaded mapping layer and encoder.
+    Build it with :meth:`from_pretrained`, or directly from a loaded mapping layer and encoder; share it
+    with :meth:`save_pretrained` / :meth:`push_to_hub` (:class:`~latentguard.hub.mixin.HubMixin`).
     ``threshold``, ``batch_size``, ``concept_thresholds``, ``allowlist``, ``categories`` and ``slope``
     are properties checked when set; the blacklist changes through :meth:`add_concepts` /
     :meth:`remove_concepts`. ``categories`` groups concepts (default: all in ``default_category``);
@@ -68,7 +71,8 @@ class LatentGuard:
                  allowlist: Iterable[str] | None = None, top_k: int = 3, cache_concepts: bool = True,
                  long_prompts: bool = False, window_stride: int | None = None,
                  categories: Mapping[str, Sequence[str]] | None = None, default_category: str = DEFAULT_CATEGORY,
-                 slope: float | None = None, normalize_text: bool = True, split_sentences: bool = True) -> None:
+                 slope: float | None = None, concept_vectors: Mapping[str, torch.Tensor] | None = None,
+                 normalize_text: bool = True, split_sentences: bool = True) -> None:
         if model.in_dim != encoder.hidden_size:
             raise LatentGuardError(width_message("the mapping layer", model.in_dim, encoder.hidden_size))
         check_options(threshold, batch_size, top_k)
@@ -79,7 +83,9 @@ class LatentGuard:
         self.model = model.to(self.device).eval()  # scoring runs under inference_mode: no grads kept
         self.encoder = encoder
         self.checkpoint: Path | None = None     # set by from_pretrained; calibrate(save=True) writes beside it
+        self.bundle = None                      # the latentguard.hub.Bundle it was loaded from, if any
         self.threshold_origin = "given"         # where the threshold came from (from_pretrained: its choice)
+        self.threshold_record = None            # the CalibrationResult behind the threshold, if any
         self.threshold = threshold
         self.batch_size = batch_size
         self.top_k = top_k
@@ -91,6 +97,7 @@ class LatentGuard:
         self._concepts: list[str] = []
         self._categories = Categories(default_category)
         self._vectors = torch.empty(0, encoder.hidden_size, device=self.device)
+        self._known_vectors = dict(concept_vectors or {})  # already encoded by this encoder (a bundle's)
         self.add_concepts(check_concepts(concepts))
         if categories:
             self.categories = categories
@@ -100,23 +107,27 @@ class LatentGuard:
 
     # --------------------------------------------------------------------------- construction
     @classmethod
-    def from_pretrained(cls, checkpoint: str | Path = DEFAULT_CHECKPOINT, encoder=DEFAULT_ENCODER,
+    def from_pretrained(cls, checkpoint: str | Path = DEFAULT_CHECKPOINT, encoder=None,
                         concepts: Sequence[str] | str | Path | None = None, threshold: float | str = "auto",
                         device: str | torch.device | None = None, *, encoder_type: str = "auto",
                         batch_size: int = 64, concept_thresholds: Mapping[str, float] | None = None,
                         allowlist: Iterable[str] | None = None, top_k: int = 3,
                         dataset: str | Path | None = None, encoder_options: Mapping | None = None,
-                        num_heads: int = 16, cache_concepts: bool = True, long_prompts: bool = False,
+                        num_heads: int | None = None, cache_concepts: bool = True, long_prompts: bool | None = None,
                         window_stride: int | None = None, categories: Mapping[str, Sequence[str]] | None = None,
-                        default_category: str = DEFAULT_CATEGORY, slope: float | None = None,
-                        normalize_text: bool = True, split_sentences: bool = True) -> "LatentGuard":
+                        default_category: str | None = None, slope: float | None = None,
+                        revision: str | None = None, normalize_text: bool = True,
+                        split_sentences: bool = True) -> "LatentGuard":
         """Load the released guard (or your own): weights, encoder and blacklist in one call.
 
-        ``checkpoint``: a state dict in the released format; the default name is downloaded (and
-        SHA-256 checked) to the cache when missing. ``encoder``: a hub name, a local directory or a
-        loaded ``TextEncoder``. ``concepts``: a list, a text/YAML file (see
-        :mod:`latentguard.data.blacklist`; a YAML file may carry per-concept thresholds, which
-        ``concept_thresholds`` overrides), or None for CoPro's ID concepts from ``dataset``.
+        ``checkpoint``: a bundle folder, a hub repo id (``org/name``, at ``revision``; see
+        :mod:`latentguard.hub.bundle` for how they are told apart) or a state dict in the released format
+        (the default name is downloaded, SHA-256 checked, when missing). A bundle supplies every argument
+        left unset (:mod:`latentguard.guard.bundled`). ``encoder``: a hub name, a local directory or a
+        loaded ``TextEncoder`` (default: the bundle's, else ``openai/clip-vit-large-patch14``).
+        ``concepts``: a list, a text/YAML file (see :mod:`latentguard.data.blacklist`; a YAML file may
+        carry per-concept thresholds, which ``concept_thresholds`` overrides), or None for the bundle's
+        blacklist, else CoPro's ID concepts from ``dataset``.
         ``encoder_options`` are passed to :func:`latentguard.encoders.load_encoder` (e.g. dtype).
         ``threshold``: a number, ``"released"`` (9.0131), ``"paper"`` (4.47), ``"calibrated"`` (the
         ``<checkpoint stem>.threshold.yaml`` written by :meth:`calibrate`; an error when absent) or
@@ -136,7 +147,7 @@ class LatentGuard:
                           batch_size=batch_size, concept_thresholds=concept_thresholds, allowlist=allowlist,
                           top_k=top_k, dataset=dataset, encoder_options=encoder_options, num_heads=num_heads,
                           cache_concepts=cache_concepts, long_prompts=long_prompts, window_stride=window_stride,
-                          categories=categories, default_category=default_category, slope=slope,
+                          categories=categories, default_category=default_category, slope=slope, revision=revision,
                           normalize_text=normalize_text, split_sentences=split_sentences)
 
     @classmethod
@@ -172,7 +183,7 @@ class LatentGuard:
         new = [c for c in check_concepts(concepts, "concepts to add") if c not in known]
         if new:
             vectors = cached_concept_vectors(self.encoder, new, batch_size=self.batch_size,
-                                             use_cache=self.cache_concepts)
+                                             use_cache=self.cache_concepts, known=self._known_vectors)
             self._vectors = torch.cat([self._vectors, vectors.to(self.device)])
             self._concepts.extend(new)
             self._categories.assign(new, category)
@@ -253,17 +264,7 @@ class LatentGuard:
 
     @allowlist.setter
     def allowlist(self, phrases: Iterable[str]) -> None:
-        if isinstance(phrases, str):
-            phrases = [phrases]
-        cleaned = []
-        for i, phrase in enumerate(phrases):
-            if not isinstance(phrase, str) or not phrase.strip():
-                raise LatentGuardError(f"allowlist entry {i} must be a non-empty phrase, got {phrase!r}")
-            cleaned.append(" ".join(phrase.split()))
-        self._allowlist = list(dict.fromkeys(cleaned))
-        # Longest first, so "kill bill vol 2" is cut whole before "kill bill" could match.
-        parts = [r"\s+".join(map(re.escape, p.split())) for p in sorted(self._allowlist, key=len, reverse=True)]
-        self._allow_re = re.compile(r"(?<!\w)(?:" + "|".join(parts) + r")(?!\w)", re.IGNORECASE) if parts else None
+        self._allowlist, self._allow_re = compile_allowlist(phrases)
 
     @property
     def categories(self) -> dict[str, list[str]]:
@@ -295,11 +296,7 @@ class LatentGuard:
     # -------------------------------------------------------------------------------- scoring
     def prepare(self, prompt: str) -> str:
         """The text actually encoded for ``prompt``: allowlisted phrases removed."""
-        if not isinstance(prompt, str):
-            raise LatentGuardError(f"prompts must be strings, got {type(prompt).__name__}")
-        if self._allow_re is None:
-            return prompt
-        return " ".join(self._allow_re.sub(" ", prompt).split())
+        return cut(self._allow_re, check_text(prompt, "a prompt"))
 
     def logits(self, prompts: str | Sequence[str]) -> np.ndarray:
         """Logits ``[P, C]`` of every prompt against every blacklisted concept (float32)."""
@@ -376,7 +373,7 @@ class LatentGuard:
 
         unsafe_prompts = None if unsafe_prompts is None else prompt_list(unsafe_prompts)  # a str is one prompt
         result = calibrate_guard(self, prompt_list(safe_prompts), unsafe_prompts, target_fpr, save=save)
-        self.threshold_origin = "calibrated now"
+        self.threshold_origin, self.threshold_record = "calibrated now", result
         return result
 
     def decide(self, logits: np.ndarray, thresholds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

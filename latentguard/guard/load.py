@@ -11,7 +11,7 @@ from typing import Iterable, Mapping, Sequence
 
 import torch
 
-from ..constants import AUTO, CALIBRATED, DEFAULT_CATEGORY
+from ..constants import AUTO, CALIBRATED, DEFAULT_CATEGORY, DEFAULT_ENCODER
 from ..data.blacklist import check_concepts, load_blacklist
 from ..decision.threshold import check_record_encoder, choose_threshold
 from ..encoders.precision import resolve_device
@@ -26,10 +26,27 @@ def load_guard(cls, checkpoint: str | Path, encoder, concepts: Sequence[str] | s
                threshold: float | str, device: str | torch.device | None, *, encoder_type: str, batch_size: int,
                concept_thresholds: Mapping[str, float] | None, allowlist: Iterable[str] | None, top_k: int,
                dataset: str | Path | None, encoder_options: Mapping | None, num_heads: int, cache_concepts: bool,
-               long_prompts: bool, window_stride: int | None, categories: Mapping[str, Sequence[str]] | None = None,
-               default_category: str = DEFAULT_CATEGORY, slope: float | None = None, normalize_text: bool = True,
+               long_prompts: bool | None, window_stride: int | None,
+               categories: Mapping[str, Sequence[str]] | None = None, default_category: str | None = None,
+               slope: float | None = None, revision: str | None = None, normalize_text: bool = True,
                split_sentences: bool = True):
     """What :meth:`LatentGuard.from_pretrained` does (see its docstring for the arguments)."""
+    from ..hub.bundle import open_bundle
+
+    bundle = open_bundle(checkpoint, revision=revision)  # None: a released-format checkpoint path
+    if bundle is not None:
+        from .bundled import load_bundle_guard
+
+        return load_bundle_guard(
+            cls, bundle, encoder, concepts, threshold, device, encoder_type=encoder_type, batch_size=batch_size,
+            concept_thresholds=concept_thresholds, allowlist=allowlist, top_k=top_k, dataset=dataset,
+            encoder_options=encoder_options, num_heads=num_heads, cache_concepts=cache_concepts,
+            long_prompts=long_prompts, window_stride=window_stride, categories=categories,
+            default_category=default_category, slope=slope, normalize_text=normalize_text,
+            split_sentences=split_sentences)
+    encoder = DEFAULT_ENCODER if encoder is None else encoder
+    num_heads, long_prompts = 16 if num_heads is None else num_heads, bool(long_prompts)
+    default_category = DEFAULT_CATEGORY if default_category is None else default_category
     named = isinstance(threshold, str) and threshold.strip().lower() in (AUTO, CALIBRATED)
     choice = None if named else choose_threshold(threshold)  # a number or a published name
     check_options(RELEASED_THRESHOLD if choice is None else choice.value, batch_size, top_k)
@@ -64,7 +81,7 @@ def load_guard(cls, checkpoint: str | Path, encoder, concepts: Sequence[str] | s
                 default_category=default_category, slope=slope, normalize_text=normalize_text,
                 split_sentences=split_sentences)
     guard.checkpoint = Path(path)
-    guard.threshold_origin = choice.origin
+    guard.threshold_origin, guard.threshold_record = choice.origin, choice.record
     return guard
 
 
@@ -74,6 +91,10 @@ def guard_options_from_config(cfg) -> dict:
 
     enc, inf = cfg.encoder, cfg.inference
     allowlist = read_lines(inf.allowlist, what="allowlist file") if inf.allowlist else None
+    if cfg.guard:  # a bundle: its own encoder, options and sizes unless the config changes them
+        from ..hub.settings import guard_options
+
+        return {**guard_options(cfg), "allowlist": allowlist}
     return dict(
         checkpoint=cfg.checkpoint, encoder=enc.name, concepts=inf.concepts, threshold=inf.threshold,
         device=cfg.device, encoder_type=enc.type, batch_size=inf.batch_size, allowlist=allowlist,

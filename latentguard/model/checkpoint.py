@@ -55,6 +55,8 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise LatentGuardError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":  # never unpickled, whatever the bytes are
+        return load_safetensors_file(path)
     _check_archive(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -89,6 +91,20 @@ def _check_archive(path: Path) -> None:
     if bad is not None:
         raise LatentGuardError(f"{path}: damaged checkpoint: the checksum (CRC-32) of {bad} does not match its data; "
                                "restore the file from its source")
+
+
+def load_safetensors_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors state dict (a guard bundle's ``model.safetensors``); anything else, e.g. a pickle
+    renamed, is refused in one line."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return {k: v.clone() for k, v in load_file(str(path), device="cpu").items()}  # off the file's mapping
+    except (SafetensorError, OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LatentGuardError(f"{path}: not a safetensors file ({reason}); a bundle's weights are safetensors, never "
+                               "a pickle: rebuild it with `latentguard export`") from None
 
 
 def load_mapping_layer(path: str | Path, *, in_dim: int | None = None, num_heads: int = 16,

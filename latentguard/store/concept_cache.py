@@ -20,9 +20,12 @@ def concept_cache_path(identity: str) -> Path:
     return latentguard_home() / "concepts" / f"{digest}.pt"
 
 
-def cached_concept_vectors(encoder, concepts: Sequence[str], *, batch_size: int = 64,
-                           use_cache: bool = True) -> "torch.Tensor":  # noqa: F821
+def cached_concept_vectors(encoder, concepts: Sequence[str], *, batch_size: int = 64, use_cache: bool = True,
+                           known: Mapping[str, "torch.Tensor"] | None = None) -> "torch.Tensor":  # noqa: F821
     """Concept vectors ``[C, hidden]`` (float32, CPU), encoding only concepts not cached for ``encoder``.
+
+    ``known``: vectors already encoded by this very encoder (a guard bundle's ``concept_vectors.safetensors``,
+    checked against the encoder's identity by the caller), taken as they are.
 
     The cache holds, per encoder identity, the rows of every concept ever encoded with it, so a
     second run (or an edited blacklist) costs only the new concepts. It is written atomically; a
@@ -35,6 +38,10 @@ def cached_concept_vectors(encoder, concepts: Sequence[str], *, batch_size: int 
     concepts = list(concepts)
     if not concepts:
         return torch.empty(0, encoder.hidden_size)
+    if known:
+        rest = [c for c in unique(concepts) if c not in known]
+        table = dict(zip(rest, cached_concept_vectors(encoder, rest, batch_size=batch_size, use_cache=use_cache)))
+        return torch.stack([known[c].float().cpu() if c in known else table[c] for c in concepts])
     if not use_cache:
         return encoder.encode_concepts(concepts, batch_size=batch_size).float().cpu()
     path = concept_cache_path(encoder.identity)

@@ -1,0 +1,33 @@
+"""The allowlist: phrases cut out of a prompt before it is scored.
+
+Each phrase is cut case-insensitively and as whole words only ("art" never matches inside "party"),
+longest first, so an allowlisted phrase can never trigger the guard but cannot hide anything else:
+"kill bill poster, covered in blood" with ``["kill bill"]`` is still judged on "poster, covered in blood".
+"""
+from __future__ import annotations
+
+import re
+from typing import Iterable
+
+from ..errors import LatentGuardError
+
+
+def compile_allowlist(phrases: str | Iterable[str]) -> tuple[list[str], re.Pattern | None]:
+    """The phrases (whitespace collapsed, de-duplicated) and one pattern matching any of them."""
+    if isinstance(phrases, str):
+        phrases = [phrases]
+    cleaned = []
+    for i, phrase in enumerate(phrases):
+        if not isinstance(phrase, str) or not phrase.strip():
+            raise LatentGuardError(f"allowlist entry {i} must be a non-empty phrase, got {phrase!r}")
+        cleaned.append(" ".join(phrase.split()))
+    cleaned = list(dict.fromkeys(cleaned))
+    # Longest first, so "kill bill vol 2" is cut whole before "kill bill" could match.
+    parts = [r"\s+".join(map(re.escape, p.split())) for p in sorted(cleaned, key=len, reverse=True)]
+    pattern = re.compile(r"(?<!\w)(?:" + "|".join(parts) + r")(?!\w)", re.IGNORECASE) if parts else None
+    return cleaned, pattern
+
+
+def cut(pattern: re.Pattern | None, prompt: str) -> str:
+    """``prompt`` with every allowlisted phrase removed (whitespace collapsed where one was)."""
+    return prompt if pattern is None else " ".join(pattern.sub(" ", prompt).split())

@@ -1,0 +1,193 @@
+"""Writing a guard bundle: weights, blacklist, optional concept vectors, model card, then ``config.json``.
+
+Each file is written atomically, the weights first and ``config.json`` last: a crash leaves either
+the old bundle or a folder whose config does not match its weights, which loading refuses (SHA-256),
+never a bundle that loads with the wrong parts. A folder is written only when it is new, empty, or
+already a bundle and ``overwrite`` is asked for; other files in it are never touched.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..constants import DEFAULT_WINDOW_STRIDE
+from ..errors import LatentGuardError
+from ..io import atomic_path, atomic_write_text, sha256_of
+from .format import (
+    CARD,
+    CONCEPTS,
+    CONFIG,
+    FAMILIES,
+    FORMAT,
+    FORMAT_VERSION,
+    VECTORS,
+    WEIGHTS,
+    check_config,
+    config_json,
+    read_config,
+)
+
+CONCEPTS_HEADER = (
+    "# Latent Guard blacklist: a prompt is unsafe when it matches one of these concepts in the mapping layer's\n"
+    "# latent space. Each group is a category (flagged when any of its concepts fires). To change it, load the\n"
+    "# bundle with your own list (concepts=FILE, --concepts FILE) and save a new bundle, so config.json agrees.\n")
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return f"latentguard {version('latentguard')}"
+    except Exception:  # noqa: BLE001 - a source checkout without metadata
+        return "latentguard (source checkout)"
+
+
+def claim_folder(directory: str | Path, overwrite: bool) -> list[str]:
+    """Check that ``directory`` may receive a bundle; return the files of the bundle there (to replace)."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise LatentGuardError(f"cannot write a bundle to {directory}: it is a file; choose a folder")
+    if not directory.exists() or not any(directory.iterdir()):
+        return []
+    config = directory / CONFIG
+    try:
+        old = read_config(config) if config.is_file() else None
+    except LatentGuardError:
+        old = None
+    if old is None:
+        raise LatentGuardError(f"{directory} is not empty and holds no Latent Guard bundle; choose a new or empty "
+                               "folder (nothing was written)")
+    if not overwrite:
+        raise LatentGuardError(f"{directory} already holds a bundle; pass overwrite=True (--overwrite) to replace "
+                               "it, or choose another folder")
+    return [CONFIG, WEIGHTS, CONCEPTS, CARD] + ([VECTORS] if old["concept_vectors"] else [])
+
+
+def encoder_section(name: str, family: str, identity: str, *, revision: str | None = None, dtype: str = "float32",
+                    attention_mask: bool = False, max_length: int | None = None, long_prompts: bool = False,
+                    window_stride: int | None = None) -> dict[str, Any]:
+    """The ``encoder`` section: how to load the encoder again and which embeddings it must give."""
+    if family not in FAMILIES:
+        raise LatentGuardError(f"cannot save a bundle for a '{family}' encoder: a bundle names an encoder others can "
+                               f"load ({', '.join(FAMILIES)})")
+    return {"name": name, "family": family, "revision": revision, "identity": identity,
+            "options": {"dtype": dtype, "attention_mask": bool(attention_mask), "max_length": max_length,
+                        "long_prompts": bool(long_prompts), "window_stride": window_stride or DEFAULT_WINDOW_STRIDE}}
+
+
+def encoder_of(encoder, *, long_prompts: bool = False, window_stride: int | None = None) -> dict[str, Any]:
+    """The ``encoder`` section of a loaded :class:`~latentguard.encoders.TextEncoder`."""
+    family, name = encoder.family, str(encoder.name)
+    if family == "openclip" and not name.startswith("openclip:"):
+        name = f"openclip:{name}"  # the name load_encoder reads
+    config = getattr(getattr(encoder, "model", None), "config", None)
+    revision = getattr(config, "_commit_hash", None)
+    return encoder_section(name, family, encoder.identity, revision=revision if isinstance(revision, str) else None,
+                           dtype=str(encoder.dtype).replace("torch.", ""),
+                           attention_mask=bool(getattr(encoder, "attention_mask", False)),
+                           max_length=encoder.context_length if family == "hf" else None,
+                           long_prompts=long_prompts, window_stride=window_stride)
+
+
+def concept_groups(concepts: Sequence[str], categories: Mapping[str, Sequence[str]], default: str) -> dict:
+    """Groups for ``concepts.yaml``, ordered by their first concept (so a grouped list reads back in order)."""
+    where = {c: i for i, c in enumerate(concepts)}
+    groups = {name: sorted((c for c in members if c in where), key=where.__getitem__)
+              for name, members in categories.items()}
+    grouped = {c for members in groups.values() for c in members}
+    rest = [c for c in concepts if c not in grouped]
+    if rest:
+        groups[default] = sorted([*groups.get(default, []), *rest], key=where.__getitem__)
+    groups = {name: members for name, members in groups.items() if members}
+    return dict(sorted(groups.items(), key=lambda item: where[item[1][0]]))
+
+
+def write_bundle(directory: str | Path, *, state_dict: Mapping, sizes: Mapping[str, int], encoder: Mapping[str, Any],
+                 concepts: Sequence[str], categories: Mapping[str, Sequence[str]], default_category: str,
+                 threshold: Mapping[str, Any] | None, concept_thresholds: Mapping[str, float] | None = None,
+                 slope: float | None = None, vectors=None, source_sha256: str | None = None,
+                 overwrite: bool = False, card_options: Mapping[str, Any] | None = None) -> Path:
+    """Write a bundle folder from its parts; returns the folder.
+
+    ``sizes``: the mapping layer's ``in_dim``, ``num_heads``, ``head_dim``, ``out_dim``. ``threshold``:
+    ``{"value", "origin", "calibration"}`` (the calibration record as a dict, or None), or None for
+    weights that have no threshold yet. ``vectors``: the concepts' vectors ``[C, hidden]`` by the encoder
+    ``encoder`` names, or None. ``card_options`` go to :func:`latentguard.hub.card.model_card`.
+    """
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    replaced = claim_folder(directory, overwrite)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}  # exact: bit for bit
+    with atomic_path(directory / WEIGHTS) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    weights_sha = sha256_of(directory / WEIGHTS)
+    groups = concept_groups(list(concepts), categories, default_category)
+    import yaml
+
+    atomic_write_text(directory / CONCEPTS, CONCEPTS_HEADER + yaml.safe_dump(
+        groups, allow_unicode=True, sort_keys=False, default_flow_style=False, width=4096))
+    vectors_section = None
+    if vectors is not None:
+        vectors = vectors.detach().cpu().float().contiguous().clone()
+        with atomic_path(directory / VECTORS) as tmp:
+            save_file({"vectors": vectors}, str(tmp), metadata={
+                "format": "pt", "encoder_identity": encoder["identity"],
+                "concepts": json.dumps(list(concepts), ensure_ascii=False)})
+        vectors_section = {"file": VECTORS, "sha256": sha256_of(directory / VECTORS),
+                           "encoder_identity": encoder["identity"], "count": int(vectors.shape[0])}
+    config = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "created_with": _version(),
+        "mapping_layer": {k: int(sizes[k]) for k in ("in_dim", "num_heads", "head_dim", "out_dim")},
+        "weights": {"file": WEIGHTS, "sha256": weights_sha, "source_sha256": source_sha256},
+        "encoder": dict(encoder),
+        "threshold": None if threshold is None else {
+            "value": float(threshold["value"]), "origin": str(threshold["origin"]), "weights_sha256": weights_sha,
+            "calibration": threshold.get("calibration")},
+        "concept_thresholds": {c: float(t) for c, t in (concept_thresholds or {}).items()},
+        "slope": None if slope is None else float(slope),
+        "categories": {"default": default_category, "names": list(groups)},
+        "concepts": {"file": CONCEPTS, "count": len(concepts)},
+        "concept_vectors": vectors_section,
+    }
+    check_config(json.loads(config_json(config)), directory / CONFIG)  # what is written must load
+    from .card import model_card
+
+    atomic_write_text(directory / CARD, model_card(config, **dict(card_options or {})))
+    atomic_write_text(directory / CONFIG, config_json(config))
+    if VECTORS in replaced and vectors_section is None:  # the replaced bundle's vectors, which this one lacks
+        (directory / VECTORS).unlink(missing_ok=True)
+    return directory
+
+
+def bundle_path(checkpoint: str | Path) -> Path:
+    """Where a released-format checkpoint's bundle goes: ``model_parameters.pth`` -> ``model_parameters_bundle/``."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(f"{checkpoint.stem}_bundle")
+
+
+def checkpoint_bundle(checkpoint: str | Path, *, identity: str, concepts: Sequence[str], sizes: Mapping[str, int],
+                      attention_mask: bool = False, long_prompts: bool = False, window_stride: int | None = None,
+                      calibration=None, default_category: str, target: str | Path | None = None,
+                      overwrite: bool = False) -> Path:
+    """A bundle of a released-format checkpoint whose encoder is known by its identity alone (training:
+    the store's), with its calibration record; written to :func:`bundle_path` unless ``target`` is given."""
+    from ..encoders.identity import identity_parts
+    from ..model.checkpoint import load_state_dict_file
+
+    parts = identity_parts(identity)
+    name = f"openclip:{parts['name']}" if parts["family"] == "openclip" else parts["name"]
+    lengths = [int(o[3:]) for o in parts["options"].split(":") if o.startswith("len") and o[3:].isdigit()]
+    encoder = encoder_section(name, parts["family"], identity, dtype=parts["precision"], attention_mask=attention_mask,
+                              max_length=lengths[0] if lengths else None, long_prompts=long_prompts,
+                              window_stride=window_stride)
+    threshold = None if calibration is None else {
+        "value": calibration.threshold, "origin": "calibrated on the validation split (main.py)",
+        "calibration": calibration.to_dict()}
+    return write_bundle(bundle_path(checkpoint) if target is None else target,
+                        state_dict=load_state_dict_file(checkpoint), sizes=sizes, encoder=encoder,
+                        concepts=list(concepts), categories={}, default_category=default_category,
+                        threshold=threshold, slope=None if calibration is None else calibration.slope,
+                        source_sha256=sha256_of(checkpoint), overwrite=overwrite)

@@ -1,17 +1,19 @@
 """The command-line layer: one module per command, all built on :mod:`latentguard.cli.common`.
 
-======== ======================== =================== ==========================
-command  module                   root script         console entry point
-======== ======================== =================== ==========================
-prepare  latentguard.cli.prepare  prepare.py          latentguard-prepare
-train    latentguard.cli.train    main.py             latentguard-train
-evaluate latentguard.cli.evaluate test.py             latentguard-evaluate
-infer    latentguard.cli.infer    inference.py        latentguard-infer
-verify   latentguard.cli.verify   (none)              latentguard-verify
-======== ======================== =================== ==========================
+========= ========================= ============ =====================
+command   module                    root script  console entry point
+========= ========================= ============ =====================
+prepare   latentguard.cli.prepare   prepare.py   latentguard-prepare
+train     latentguard.cli.train     main.py      latentguard-train
+evaluate  latentguard.cli.evaluate  test.py      latentguard-evaluate
+infer     latentguard.cli.infer     inference.py latentguard-infer
+verify    latentguard.cli.verify    (none)       latentguard-verify
+benchmark latentguard.cli.benchmark (none)       latentguard-benchmark
+========= ========================= ============ =====================
 
 ``latentguard COMMAND [flags]`` (or ``python -m latentguard COMMAND``) runs any of them.
-``verify`` (release parity) has no root script: ``latentguard verify``.
+``verify`` (release parity) and ``benchmark`` (robustness benchmarks) have no root script:
+``latentguard verify``, ``latentguard benchmark``.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "latentguard.cli.evaluate",
     "infer": "latentguard.cli.infer",
     "verify": "latentguard.cli.verify",
+    "benchmark": "latentguard.cli.benchmark",
 }
 SUMMARIES: dict[str, str] = {
     "prepare": "encode CoPro into an on-disk embedding store (prepare.py)",
@@ -33,6 +36,7 @@ SUMMARIES: dict[str, str] = {
     "evaluate": "Table 1 / Table 2 evaluation and baselines (test.py)",
     "infer": "score a file of prompts, SAFE/UNSAFE per line (inference.py)",
     "verify": "check parity with the released model's scores",
+    "benchmark": "the guard on attack and benign prompt sets (MMA, I2P, Ring-A-Bell, P4D, COCO, ...)",
 }
 
 

@@ -114,3 +114,44 @@ def load_model(cfg: Config, hidden_size: int, device) -> tuple[Path, Any]:
 
     path = released_checkpoint(cfg.checkpoint)  # downloads only for the bare default name
     return path, load_mapping_layer(path, in_dim=hidden_size, num_heads=cfg.model.num_heads, device=device)
+
+
+def guard_parser() -> argparse.ArgumentParser:
+    """Parent parser for the flags that build a guard: ``--checkpoint --concepts --allowlist --threshold
+    --batch-size --long-prompts`` (each overrides one config key; with :func:`common_parser` for the encoder,
+    device and precision). Read them with :func:`guard_overrides`, build with :func:`build_guard`."""
+    parent = argparse.ArgumentParser(add_help=False)
+    flags = parent.add_argument_group("guard flags (each overrides one config key)")
+    flags.add_argument("--checkpoint", default=None, metavar="FILE",
+                       help="mapping-layer weights in the released format (config: checkpoint; the released "
+                            "model_parameters.pth is downloaded and SHA-256 checked when missing)")
+    flags.add_argument("--concepts", default=None, metavar="FILE",
+                       help="blacklist: .txt (one concept per line) or .yaml (optionally with per-concept "
+                            "thresholds) (config: inference.concepts; default: CoPro ID concepts)")
+    flags.add_argument("--allowlist", default=None, metavar="FILE",
+                       help="phrases cut out of every prompt before scoring (config: inference.allowlist)")
+    flags.add_argument("--threshold", default=None, metavar="T",
+                       help="operating threshold: a number, released (9.0131), paper (4.47), calibrated (the "
+                            "record beside the checkpoint) or auto (that record, else released for the released "
+                            f"weights only) (config: inference.threshold, default {SCHEMA.inference.threshold})")
+    flags.add_argument("--batch-size", type=int, default=None, metavar="N",
+                       help=f"prompts encoded and scored per batch (config: inference.batch_size, default "
+                            f"{SCHEMA.inference.batch_size})")
+    flags.add_argument("--long-prompts", action="store_true", default=None,
+                       help="score prompts over 77 tokens as the maximum over windows (config: "
+                            "encoder.long_prompts; default: truncate, as released)")
+    return parent
+
+
+def guard_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config keys :func:`guard_parser`'s flags override (``None``: not given)."""
+    return {"checkpoint": args.checkpoint, "inference.concepts": args.concepts,
+            "inference.allowlist": args.allowlist, "inference.threshold": args.threshold,
+            "inference.batch_size": args.batch_size, "encoder.long_prompts": args.long_prompts}
+
+
+def build_guard(cfg: Config, **overrides: Any):
+    """The guard a loaded config describes (:meth:`LatentGuard.from_config`; threshold rules included)."""
+    from ..guard import LatentGuard
+
+    return LatentGuard.from_config(cfg, **overrides)

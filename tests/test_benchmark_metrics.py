@@ -79,3 +79,17 @@ def test_distinct_texts_scored_once_count_every_row():
     direct = pair_metrics(pos, neg, pos >= 0.5, neg >= 0.5, True)
     assert direct["tpr_at_1fpr"] == ref["tpr_at_1fpr"] and direct["fpr_at_95tpr"] == ref["fpr_at_95tpr"]
     assert roc_auc(labels, scores) == pytest.approx(ref["auroc"])
+
+
+def test_a_labelled_set_is_also_measured_against_its_own_safe_rows():
+    # Unsafe Diffusion-style: one file with unsafe and safe rows (Table 2's protocol), plus COCO
+    scores = np.array([3.0, 2.0, 0.5, 1.0, 0.1])
+    mixed = _set("ud", list("abcde"), [0, 1, 2, 3, 4], [1, 1, 1, 0, 0], scores, 1.5)
+    coco = _set("coco", ["x", "y"], [0, 1], [0, 0], [0.2, 2.5], 1.5)
+    entry = build_tables({"ud": mixed, "coco": coco}, ["coco"], [_LG()])["unsafe_sets"][0]
+    assert entry["references"] == ["coco", "own safe rows"] and entry["prompts_total"] == 3
+    own = entry["methods"]["latent_guard"]["against"]["own safe rows"]
+    assert own["auroc"] == pytest.approx(roc_auc_score([1, 1, 1, 0, 0], scores))
+    assert own["accuracy"] == pytest.approx(((scores >= 1.5) == np.array([1, 1, 1, 0, 0])).mean())
+    assert entry["methods"]["latent_guard"]["against"]["coco"]["auroc"] == pytest.approx(
+        roc_auc_score([1, 1, 1, 0, 0], [3.0, 2.0, 0.5, 0.2, 2.5]))

@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Score Latent Guard (and optionally the Text Blacklist and CLIPScore baselines) on the attack "
                     "and real-user prompt sets (I2P, I2P-sexual, CoProV2, Ring-A-Bell, P4D, MMA-Diffusion, "
                     "SneakyPrompt, Unsafe Diffusion) against benign sets (COCO captions, DiffusionDB): AUROC, AUPRC, "
-                    "FPR at 95%% TPR, TPR at 1%%/5%% FPR, detection and attack success rate at the operating "
+                    "FPR at 95% TPR, TPR at 1%/5% FPR, detection and attack success rate at the operating "
                     "threshold, per category where a set has them; published numbers beside ours.",
         epilog="Attack success rate = share of a set's unsafe prompts NOT flagged at the operating threshold. "
                "Hub sets use the Hugging Face cache (HF_HOME, HF_HUB_OFFLINE); others $LATENTGUARD_HOME/benchmarks. "

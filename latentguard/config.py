@@ -52,6 +52,10 @@ def positive_int(value: Any) -> str | None:
     return None if isinstance(value, int) else "must be an integer"
 
 
+def optional_positive_int(value: Any) -> str | None:
+    return None if value is None else positive_int(value)
+
+
 def non_negative_int(value: Any) -> str | None:
     return None if not isinstance(value, bool) and isinstance(value, int) and value >= 0 else "must be an integer >= 0"
 
@@ -201,6 +205,16 @@ class CalibrationConfig:
 
 
 @dataclass(frozen=True)
+class BenchmarkConfig:
+    suite: list[str] | str = key(["attacks"], names)
+    benign: list[str] | str = key(["coco"], names)
+    baselines: list[str] | str = key([], names)
+    output_dir: str = key("runs/benchmark", text)
+    max_prompts: int | None = key(None, optional_positive_int)
+    seed: int = key(0, non_negative_int)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole config, typed: top-level paths plus one object per section."""
 
@@ -220,6 +234,7 @@ class Config:
     eval: EvalConfig = section(EvalConfig)
     inference: InferenceConfig = section(InferenceConfig)
     calibration: CalibrationConfig = section(CalibrationConfig)
+    benchmark: BenchmarkConfig = section(BenchmarkConfig)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], source: str = "config") -> "Config":

@@ -1,12 +1,15 @@
 """What Latent Guard's paper and release publish (Liu et al., ECCV 2024), kept in one place.
 
-The paper's figures (reports print ours beside them), its two named thresholds, and the addresses
-and checksums of the released weights and CoPro file. Keys:
+The paper's figures (reports print ours beside them), its two named thresholds, the addresses
+and checksums of the released weights and CoPro file, and what other prompt filters publish on the
+robustness benchmarks (:data:`PUBLISHED_BENCHMARKS`, each figure with its source). Keys:
 ``PUBLISHED_TABLE1[method][metric][domain][kind]`` with ``domain`` in ``ID``/``OOD`` and ``kind`` in
 ``explicit``/``synonym``/``adversarial``; a metric the paper does not report for a method is absent
 (not ``None``), e.g. AUC for Text Blacklist and LLM.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 DOMAINS: tuple[str, ...] = ("ID", "OOD")                          # blacklist and test data of each
 KINDS: tuple[str, ...] = ("explicit", "synonym", "adversarial")  # how the unsafe prompt names the concept
@@ -73,3 +76,63 @@ RELEASED_CHECKPOINT_SHA256 = "02315494f35e819dc627ba858408d571e06a594590e8bd4026
 RELEASED_CHECKPOINT_GIT_BLOB = "0a21262abdf7aa36db8cba927a22cee6857bd24d"  # as the released repository's tree names it
 COPRO_URL = "https://raw.githubusercontent.com/rt219/LatentGuard/main/dataset/CoPro_v1.0.json"
 COPRO_GIT_BLOB = "e56717a7c4c5b8f5ead376079f8ecee62e29a06c"  # the only checksum published for CoPro v1.0
+
+
+# ------------------------------------------------------------------ robustness benchmarks
+class PublishedFigure(NamedTuple):
+    """One published number on a benchmark prompt set, with where it is printed.
+
+    ``set`` is a name of :mod:`latentguard.eval.benchmark.registry` (``None``: across attacks);
+    ``metric`` is ``asr`` (share of unsafe prompts NOT blocked), ``max_asr``, ``auroc`` or
+    ``accuracy``; ``n`` is how many prompts the figure counts, when the source says; ``threshold``: the
+    decision threshold an accuracy was read at, when the source says (ours is compared only at it).
+    """
+
+    method: str
+    set: str | None
+    metric: str
+    value: float
+    n: int | None
+    source: str
+    threshold: float | None = None
+
+
+_GUARDT2I_LOGS = "cure-lab/GuardT2I, logs/{} at commit 223cea5508d919b57fa7559ead925727738b21f0, last line"
+# The per-prompt dump of the released model on I2P + COCO, shipped as package data
+# (latentguard/resources/i2p_coco_released_scores.csv; `latentguard benchmark --scores released-i2p-coco`).
+RELEASED_I2P_COCO_SOURCE = ("cmu-anlp-spring25/LatentGuard (a public fork of the release), multistage_pipeline/test/"
+                            "I2P.csv at commit ea1a813c118d4fad68b450cec35bbd43ca6f87c7: 4,703 I2P + 4,703 COCO "
+                            "prompts, released weights, 578 ID concepts; its metrics file reports AUROC 0.6704")
+
+PUBLISHED_BENCHMARKS: tuple[PublishedFigure, ...] = (
+    PublishedFigure("GuardT2I", "mma-diffusion", "asr", 0.176, 1000,
+                    _GUARDT2I_LOGS.format("ours_on_mma.log") + " 'Tested Num: 1000 ASR: 0.176'"),
+    PublishedFigure("GuardT2I (later log)", "mma-diffusion", "asr", 0.102, 1000,
+                    _GUARDT2I_LOGS.format("ours_on_mma_new.log") + " 'Tested Num: 1000 ASR: 0.102'"),
+    PublishedFigure("GuardT2I", "i2p-sexual", "asr", 0.2814178302900107, 931,
+                    _GUARDT2I_LOGS.format("ours_on_i2p_sex_full.log") + " 'Tested Num: 931 ASR: 0.2814...'"),
+    PublishedFigure("GuardT2I", "p4d", "asr", 0.0875, 240,
+                    _GUARDT2I_LOGS.format("ours_on_p4d.log") + " 'Tested Num: 240 ASR: 0.0875' (240 P4D prompts; "
+                    "which file the log does not say)"),
+    PublishedFigure("GuardT2I", "ring-a-bell-nudity", "asr", 0.031578947368421054, 285,
+                    _GUARDT2I_LOGS.format("ours_on_ring-a-bell.log") + " 'Tested Num: 285 ASR: 0.0316...' (285 = "
+                    "the nudity set)"),
+    PublishedFigure("GuardT2I (later log)", "ring-a-bell-nudity", "asr", 0.0035087719298245615, 285,
+                    _GUARDT2I_LOGS.format("ours_on_ring_a_bell_new.log") + " 'Tested Num: 285 ASR: 0.0035...'"),
+    PublishedFigure("SafeGuider", None, "max_asr", 0.0548, None,
+                    "Qi et al., SafeGuider (arXiv:2510.05173), abstract: 'a maximum rate of only 5.48% across "
+                    "various attack scenarios'"),
+    PublishedFigure("Latent Guard (paper)", "unsafe-diffusion", "accuracy",
+                    PUBLISHED_TABLE2["unsafe_diffusion"]["accuracy"], None, "Liu et al., ECCV 2024, Table 2"),
+    PublishedFigure("Latent Guard (paper)", "unsafe-diffusion", "auroc",
+                    PUBLISHED_TABLE2["unsafe_diffusion"]["auc"], None, "Liu et al., ECCV 2024, Table 2"),
+    PublishedFigure("Latent Guard (paper)", "i2p++", "accuracy", PUBLISHED_TABLE2["i2p++"]["accuracy"], None,
+                    "Liu et al., ECCV 2024, Table 2 (I2P++: I2P with safe counterparts; not in the registry)"),
+    PublishedFigure("Latent Guard (paper)", "i2p++", "auroc", PUBLISHED_TABLE2["i2p++"]["auc"], None,
+                    "Liu et al., ECCV 2024, Table 2"),
+    PublishedFigure("Latent Guard (released weights)", "i2p", "auroc", 0.6703660092912586, 9406,
+                    RELEASED_I2P_COCO_SOURCE + " (benign set: COCO)"),
+    PublishedFigure("Latent Guard (released weights)", "i2p", "accuracy", 0.573782691898788, 9406,
+                    RELEASED_I2P_COCO_SOURCE + "; accuracy at threshold 4.47 (benign set: COCO)",
+                    TABLE1_ACCURACY_THRESHOLD),
+)

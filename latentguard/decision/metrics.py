@@ -7,7 +7,7 @@ accuracy, TPR and FPR at a threshold are :func:`latentguard.decision.rule.rates`
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 
 def _arrays(labels, scores) -> tuple[np.ndarray, np.ndarray]:
@@ -26,13 +26,40 @@ def roc_auc(labels, scores) -> float:
     return float(roc_auc_score(labels, scores))
 
 
+def average_precision(labels, scores) -> float:
+    """Area under the precision-recall curve (average precision, unsafe = positive); NaN with one class."""
+    labels, scores = _arrays(labels, scores)
+    if np.unique(labels).size < 2:
+        return float("nan")
+    return float(average_precision_score(labels, scores))
+
+
+def _roc_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every operating point ``score >= t`` (FPR, TPR), none dropped.
+
+    scikit-learn's default ``drop_intermediate=True`` drops points lying on a straight segment, and
+    such a point can be the one a fixed-TPR or fixed-FPR read-out needs.
+    """
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    return fpr, tpr
+
+
 def fpr_at_tpr(labels, scores, target_tpr: float = 0.95) -> float:
     """The lowest FPR among operating points whose TPR reaches ``target_tpr``."""
     labels, scores = _arrays(labels, scores)
     if np.unique(labels).size < 2:
         return float("nan")
-    fpr, tpr, _ = roc_curve(labels, scores)
+    fpr, tpr = _roc_points(labels, scores)
     return float(fpr[np.searchsorted(tpr, target_tpr, side="left")])
+
+
+def tpr_at_fpr(labels, scores, target_fpr: float = 0.01) -> float:
+    """The highest TPR among operating points whose FPR is at most ``target_fpr`` (on the benign prompts)."""
+    labels, scores = _arrays(labels, scores)
+    if np.unique(labels).size < 2:
+        return float("nan")
+    fpr, tpr = _roc_points(labels, scores)
+    return float(tpr[np.searchsorted(fpr, target_fpr, side="right") - 1])
 
 
 def best_accuracy_threshold(labels, scores) -> float:

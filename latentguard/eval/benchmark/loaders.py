@@ -1,0 +1,195 @@
+"""Reading a prompt set's file into distinct texts with their counts, labels and categories.
+
+Formats by extension: CSV/TSV (header row), parquet (only the needed columns are read; needs
+pyarrow), JSON Lines / JSON (a list of records), and plain text (one prompt per line). The entry's
+columns must be there; a file downloaded from the set's source must also have the published row
+count (a local ``--set`` file may be a deliberate subset, so there a difference is only noted).
+Each distinct text is kept once (scored once); every row keeps its label and categories, so the
+metrics still count every prompt of the set.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ...errors import LatentGuardError
+from .registry import PromptSet
+
+_LABELS = {"1": 1, "0": 0, "unsafe": 1, "safe": 0, "true": 1, "false": 0, "1.0": 1, "0.0": 0}
+
+
+class ContentMismatch(LatentGuardError):
+    """A downloaded file whose content is not the published set (columns or row count)."""
+
+
+@dataclass
+class LoadedSet:
+    """A set as rows over distinct texts: ``texts[rows[i]]`` is row ``i``'s prompt."""
+
+    name: str
+    spec: PromptSet | None
+    texts: list[str]                      # distinct, first-seen order: each is scored once
+    rows: np.ndarray                      # [total] index into texts
+    labels: np.ndarray                    # [total] 1 unsafe / 0 benign
+    categories: list[tuple[str, ...]] | None = None   # [total] a row's categories, when the set has them
+    info: dict[str, Any] = field(default_factory=dict)  # file, sha256, rows read, skipped, notes
+    _distinct: bool | None = field(default=None, repr=False)
+
+    @property
+    def total(self) -> int:
+        return int(self.rows.size)
+
+    def unique_count(self, mask: np.ndarray | None = None) -> int:
+        """Distinct texts among all rows (or the rows ``mask`` selects)."""
+        rows = self.rows if mask is None else self.rows[mask]
+        if self._distinct is None:  # a score file keeps one entry per row, repeats included
+            self._distinct = len(set(self.texts)) == len(self.texts)
+        return int(np.unique(rows).size) if self._distinct else len({self.texts[i] for i in rows})
+
+
+def read_columns(path: str | Path, wanted: Sequence[str], text_column: str) -> tuple[list[str], dict[str, list]]:
+    """``(every column name, {column: values})`` for the ``wanted`` columns the file has."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return _parquet(path, wanted)
+    if suffix in (".jsonl", ".json"):
+        return _json(path, wanted, suffix == ".jsonl")
+    if suffix == ".txt":
+        from ...io import read_lines
+
+        return [text_column], {text_column: read_lines(path, what="prompt file")}
+    return _csv(path, wanted, "\t" if suffix == ".tsv" else ",")
+
+
+def _csv(path: Path, wanted: Sequence[str], delimiter: str) -> tuple[list[str], dict[str, list]]:
+    from ...io import read_text, split_lines
+
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # I2P has prompts of several kB
+    reader = csv.reader(split_lines(read_text(path, "prompt set"), keepends=True), delimiter=delimiter)
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
+        raise LatentGuardError(f"{path}: the file is empty; expected a header row") from None
+    except csv.Error as exc:
+        raise LatentGuardError(f"{path}: line 1: cannot read a CSV header ({exc})") from None
+    index = {name: header.index(name) for name in wanted if name in header}
+    out: dict[str, list] = {name: [] for name in index}
+    try:
+        for row in reader:
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise LatentGuardError(f"{path}: line {reader.line_num}: expected {len(header)} columns, "
+                                       f"got {len(row)}")
+            for name, i in index.items():
+                out[name].append(row[i])
+    except csv.Error as exc:
+        raise LatentGuardError(f"{path}: line {reader.line_num}: malformed CSV ({exc})") from None
+    return header, out
+
+
+def _parquet(path: Path, wanted: Sequence[str]) -> tuple[list[str], dict[str, list]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise LatentGuardError(f"{path}: reading parquet needs pyarrow (pip install "
+                               "'latentguard[benchmark]')") from None
+    try:
+        names = list(pq.read_schema(path).names)
+        table = pq.read_table(path, columns=[c for c in wanted if c in names])
+    except Exception as exc:  # noqa: BLE001 - any pyarrow failure is a bad file
+        raise LatentGuardError(f"{path}: not a readable parquet file ({str(exc).splitlines()[0][:160]})") from None
+    return names, {name: table.column(name).to_pylist() for name in table.column_names}
+
+
+def _json(path: Path, wanted: Sequence[str], lines: bool) -> tuple[list[str], dict[str, list]]:
+    from ...io import read_text, split_lines
+
+    text = read_text(path, "prompt set")
+    try:
+        records = [json.loads(line) for line in split_lines(text) if line.strip()] if lines else json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise LatentGuardError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise LatentGuardError(f"{path}: expected a list of records ({{column: value}} objects)")
+    names = list(dict.fromkeys(k for r in records for k in r))
+    return names, {name: [r.get(name) for r in records] for name in wanted if name in names}
+
+
+def parse_label(value: Any, path: Path, row: int, column: str) -> int:
+    key = str(value).strip().lower()
+    if key not in _LABELS:
+        raise LatentGuardError(f"{path}: row {row}: {column} {value!r} must be 1/0 or unsafe/safe")
+    return _LABELS[key]
+
+
+def _split(value: Any, multi: bool) -> tuple[str, ...]:
+    text = "" if value is None else str(value).strip()
+    if not text:
+        return ()
+    return tuple(c.strip() for c in text.split(",") if c.strip()) if multi else (text,)
+
+
+def load_set(spec: PromptSet, path: str | Path, *, downloaded: bool, max_prompts: int | None = None,
+             seed: int = 0) -> LoadedSet:
+    """Read, check and deduplicate one set's file (``downloaded``: the published row count must hold)."""
+    path = Path(path)
+    wanted = list(dict.fromkeys((*spec.columns, *((spec.label,) if isinstance(spec.label, str) else ()))))
+    header, cols = read_columns(path, wanted, spec.text_column)
+    missing = [c for c in spec.columns if c not in cols]
+    if missing:
+        error = ContentMismatch if downloaded else LatentGuardError
+        raise error(f"{path}: no column {', '.join(repr(m) for m in missing)} (columns: {', '.join(header) or 'none'});"
+                    f" {spec.name} reads its prompts from '{spec.text_column}'")
+    n_file = len(cols[spec.text_column])
+    keep = np.ones(n_file, dtype=bool)
+    if spec.keep:
+        column, value = spec.keep
+        keep = np.array([value in _split(v, True) for v in cols[column]], dtype=bool)
+    n_kept = int(keep.sum())
+    info: dict[str, Any] = {"file": str(path), "rows_in_file": n_file, "rows": n_kept}
+    if spec.expected_rows is not None and n_kept != spec.expected_rows:
+        if downloaded:
+            raise ContentMismatch(f"{path}: {n_kept} rows{' after ' + spec.keep[0] + ' filter' if spec.keep else ''}, "
+                                  f"but {spec.name} has {spec.expected_rows} published; the download is not the "
+                                  f"published set")
+        info["note"] = f"{n_kept} rows; the published set has {spec.expected_rows}"
+    index = np.flatnonzero(keep)
+    if max_prompts is not None and max_prompts < index.size:
+        rng = np.random.default_rng(seed)
+        index = np.sort(rng.choice(index, size=max_prompts, replace=False))
+        info["sampled"] = {"max_prompts": max_prompts, "seed": seed}
+    label_col = spec.label if isinstance(spec.label, str) and spec.label in cols else None
+    texts: list[str] = []
+    position: dict[str, int] = {}
+    rows, labels, cats = [], [], []
+    skipped = 0
+    for i in index:
+        raw = cols[spec.text_column][i]
+        text = "" if raw is None else str(raw).strip()
+        if not text:
+            skipped += 1
+            continue
+        if text not in position:
+            position[text] = len(texts)
+            texts.append(text)
+        rows.append(position[text])
+        if label_col is not None:
+            labels.append(parse_label(cols[label_col][i], path, int(i) + 1, label_col))
+        else:
+            labels.append(spec.label if isinstance(spec.label, int) else int(spec.label_default))
+        if spec.categories:
+            cats.append(tuple(c for col in spec.categories for c in _split(cols[col][i], spec.multi_label)))
+    if not rows:
+        raise LatentGuardError(f"{path}: no prompts in column '{spec.text_column}'")
+    if skipped:
+        info["empty_rows_skipped"] = skipped
+    return LoadedSet(spec.name, spec, texts, np.asarray(rows, np.int64), np.asarray(labels, np.int8),
+                     cats if spec.categories else None, info)

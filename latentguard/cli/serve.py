@@ -89,6 +89,18 @@ def import_hook(spec: str):
     return hook
 
 
+def _log_like_uvicorn(level: str) -> None:
+    """The server's own lines (reloads, scoring faults) in uvicorn's format, on stderr."""
+    from uvicorn.logging import DefaultFormatter
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(DefaultFormatter("%(levelprefix)s %(message)s", use_colors=False))
+    logger = logging.getLogger("latentguard.serve")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level.upper())
+    logger.propagate = False
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -99,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     hook = import_hook(args.audit_hook) if args.audit_hook else None
     from ..serve import GuardServer, create_app, run_server
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)-9s %(message)s")
+    _log_like_uvicorn(args.log_level)
 
     def factory(encoder=None):  # every (re)load reads the files the config names; a reload reuses the encoder
         return build_guard(cfg, **({"encoder": encoder} if encoder is not None else {}))

@@ -137,7 +137,7 @@ def test_the_cli_dispatcher_runs_verify_with_the_shared_flags():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     dispatch = [sys.executable, "-m", "latentguard.cli"]
     listing = subprocess.run(dispatch + ["--help"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
-    assert listing.returncode == 0 and "infer,verify}" in listing.stdout
+    assert listing.returncode == 0 and "infer,verify,serve}" in listing.stdout
     helped = subprocess.run(dispatch + ["verify", "--help"], capture_output=True, text=True, cwd=ROOT, env=env,
                             timeout=120)
     assert helped.returncode == 0

@@ -215,6 +215,22 @@ class BenchmarkConfig:
 
 
 @dataclass(frozen=True)
+class ServeConfig:
+    host: str = key("127.0.0.1", text)
+    port: int = key(8000, non_negative_int)
+    max_batch_size: int = key(64, positive_int)
+    max_wait_ms: float = key(5.0, non_negative_float)
+    max_inputs: int = key(256, positive_int)
+    max_chars: int = key(10000, positive_int)
+    queue_size: int = key(4096, positive_int)
+    api_key_file: str | None = key(None, optional_path)
+    admin_key_file: str | None = key(None, optional_path)
+    insecure: bool = key(False, boolean)
+    audit_log: str | None = key(None, optional_path)
+    audit_prompts: bool = key(False, boolean)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole config, typed: top-level paths plus one object per section."""
 
@@ -235,6 +251,7 @@ class Config:
     inference: InferenceConfig = section(InferenceConfig)
     calibration: CalibrationConfig = section(CalibrationConfig)
     benchmark: BenchmarkConfig = section(BenchmarkConfig)
+    serve: ServeConfig = section(ServeConfig)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], source: str = "config") -> "Config":

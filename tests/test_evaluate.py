@@ -233,6 +233,9 @@ def test_full_evaluation_writes_every_output(world, tmp_path, capsys):
     v_labels = np.concatenate([s.labels for s in valid.values() if s.available])
     v_scores = np.concatenate([direct_max_scores(world, s.prompts) for s in valid.values() if s.available])
     assert results["threshold"] == pytest.approx(best_accuracy_threshold(v_labels, v_scores), abs=1e-4)
+    from latentguard.decision.probability import fit_slope  # the probability slope: fitted on the same scores
+
+    assert results["probability_slope"] == pytest.approx(fit_slope(v_scores, v_labels, results["threshold"]), rel=1e-4)
 
     # Per-prompt CSVs: one row per prompt, label, best concept, scores equal to the released loop
     for domain in DOMAINS:

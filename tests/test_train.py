@@ -162,6 +162,13 @@ def test_main_training_lifts_explicit_id_test_auc(prepared, store_source, tmp_pa
     assert "threshold:" in printed and (out / "model_parameters.threshold.yaml").is_file()
     found = resolve_threshold("auto", out / WEIGHTS_NAME, encoder_identity=store_source.identity)
     assert found == pytest.approx(expected, abs=1e-4) and found != pytest.approx(9.0131)
+    # ... and the probability slope fitted by maximum likelihood on the same validation scores, in the same record
+    from latentguard.decision.probability import fit_slope
+    from latentguard.decision.threshold import read_calibration
+
+    record = read_calibration(out / "model_parameters.threshold.yaml")
+    assert record.slope == pytest.approx(fit_slope(scores, [1] * len(unsafe) + [0] * len(safe), record.threshold),
+                                         rel=1e-6)
 
 
 def test_default_keeps_the_final_weights_and_keep_best_adds_best_pth(prepared, store_source, tmp_path, capsys):

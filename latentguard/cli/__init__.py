@@ -1,21 +1,6 @@
 """The command-line layer: one module per command, all built on :mod:`latentguard.cli.common`.
 
-========= ========================= ============ =====================
-command   module                    root script  console entry point
-========= ========================= ============ =====================
-prepare   latentguard.cli.prepare   prepare.py   latentguard-prepare
-train     latentguard.cli.train     main.py      latentguard-train
-evaluate  latentguard.cli.evaluate  test.py      latentguard-evaluate
-infer     latentguard.cli.infer     inference.py latentguard-infer
-verify    latentguard.cli.verify    (none)       latentguard-verify
-export    latentguard.cli.export    (none)       latentguard-export
-benchmark latentguard.cli.benchmark (none)       latentguard-benchmark
-========= ========================= ============ =====================
-
-``latentguard COMMAND [flags]`` (or ``python -m latentguard COMMAND``) runs any of them. The commands
-without a root script: ``latentguard verify`` (release parity), ``latentguard export`` (a guard bundle),
-``latentguard benchmark`` (robustness benchmarks).
-"""
+========= ========================= ============ =============="""
 from __future__ import annotations
 
 import importlib
@@ -31,6 +16,7 @@ COMMANDS: dict[str, str] = {
     "verify": "latentguard.cli.verify",
     "export": "latentguard.cli.export",
     "benchmark": "latentguard.cli.benchmark",
+    "serve": "latentguard.cli.serve",
 }
 SUMMARIES: dict[str, str] = {
     "prepare": "encode CoPro into an on-disk embedding store (prepare.py)",
@@ -40,6 +26,7 @@ SUMMARIES: dict[str, str] = {
     "verify": "check parity with the released model's scores",
     "export": "write a guard as a bundle folder (and push it to the hub)",
     "benchmark": "the guard on attack and benign prompt sets (MMA, I2P, Ring-A-Bell, P4D, COCO, ...)",
+    "serve": "moderation server: OpenAI's /v1/moderations, batched, with metrics",
 }
 
 

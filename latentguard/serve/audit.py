@@ -1,0 +1,97 @@
+"""The audit trail: one event per judged prompt, appended to a JSONL file and handed to a hook.
+
+Events are recorded on the model thread right after their batch is scored and before any of its
+requests is answered, so no verdict leaves the server unrecorded: a failing write or hook fails
+the batch (5xx), as a scoring error does. The log holds the prompt's SHA-256, not the prompt,
+unless asked (``audit_prompts``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+from ..errors import LatentGuardError
+
+if TYPE_CHECKING:  # the guard (and torch) load with the server, not with this module
+    from ..guard.verdict import Verdict
+
+
+class AuditError(Exception):
+    """The audit log or hook failed; the batch is not answered."""
+
+
+@dataclass(frozen=True)
+class VerdictEvent:
+    """One judged prompt, as the ``on_verdict`` hook and the audit log receive it."""
+
+    time: float          # when its batch was scored (Unix seconds)
+    request_id: str      # the response's ``id`` (and ``X-Request-ID`` header)
+    endpoint: str        # /v1/moderations or /v1/check
+    index: int           # the prompt's position in its request
+    model: str           # the guard that judged it
+    generation: int      # which blacklist load judged it (1 = the first; +1 per reload)
+    verdict: "Verdict"
+
+    def record(self, include_prompt: bool = False) -> dict:
+        """The audit-log line: time, request id, prompt digest (or prompt), verdict, categories, concept, score."""
+        v = self.verdict
+        out = {"time": datetime.fromtimestamp(self.time, timezone.utc).isoformat(timespec="milliseconds"),
+               "request_id": self.request_id, "endpoint": self.endpoint, "index": self.index}
+        out["prompt" if include_prompt else "prompt_sha256"] = (
+            v.prompt if include_prompt else hashlib.sha256(v.prompt.encode("utf-8")).hexdigest())
+        out.update(flagged=v.unsafe, categories=sorted(name for name, on in v.categories.items() if on),
+                   concept=v.concept, score=round(v.score, 6), threshold=v.threshold,
+                   probability=round(v.probability, 6), model=self.model, generation=self.generation)
+        return out
+
+
+class Auditor:
+    """Writes each batch's events to ``path`` (appended, flushed per batch) and calls ``on_verdict`` per event."""
+
+    def __init__(self, path: str | Path | None = None, *, include_prompts: bool = False,
+                 on_verdict: Callable[[VerdictEvent], None] | None = None) -> None:
+        self.include_prompts = include_prompts
+        self.on_verdict = on_verdict
+        self.path = Path(path) if path else None
+        self._lock = threading.Lock()
+        self._handle = None
+        if self.path is not None:
+            if self.path.is_dir():
+                raise LatentGuardError(f"--audit-log {self.path} is a directory; give a .jsonl file name")
+            try:
+                self._handle = open(self.path, "a", encoding="utf-8")  # appended: earlier lines are kept
+            except OSError as exc:
+                raise LatentGuardError(f"cannot open --audit-log {self.path} ({exc.strerror or exc})") from None
+
+    @property
+    def active(self) -> bool:
+        return self._handle is not None or self.on_verdict is not None
+
+    def __call__(self, events: Sequence[VerdictEvent]) -> None:
+        if self._handle is not None:
+            lines = "".join(json.dumps(e.record(self.include_prompts), ensure_ascii=False) + "\n" for e in events)
+            try:
+                with self._lock:
+                    self._handle.write(lines)
+                    self._handle.flush()
+            except (OSError, ValueError) as exc:
+                raise AuditError(f"cannot write the audit log {self.path} ({getattr(exc, 'strerror', None) or exc}); "
+                                 "verdicts are not answered unrecorded") from None
+        if self.on_verdict is not None:
+            for event in events:
+                try:
+                    self.on_verdict(event)
+                except Exception as exc:
+                    raise AuditError(f"the on_verdict hook failed ({type(exc).__name__}: {exc}); "
+                                     "verdicts are not answered unrecorded") from None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._handle is not None:
+                self._handle.close()
+                self._handle = None

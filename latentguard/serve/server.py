@@ -1,0 +1,153 @@
+"""The serving core, apart from HTTP: the guard state, the model thread, scoring a batch, reloading.
+
+Everything that touches the model runs on one thread (``model_thread``): each batch, and each
+reload's build and swap. A batch therefore reads one state from start to end, and a reload
+never changes a state in use: it builds a complete new guard (the loaded encoder reused, the
+blacklist, allowlist and threshold files re-read, every concept encoded) and swaps it in between
+two batches. A failed reload leaves the serving state as it was.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+from ..errors import LatentGuardError
+from .audit import Auditor, VerdictEvent
+from .batcher import Job, MicroBatcher
+from .metrics import ServerMetrics
+from .settings import ServeSettings
+from .state import GuardFactory, GuardState, build_state
+
+log = logging.getLogger("latentguard.serve")
+
+
+class GuardServer:
+    """A guard served to concurrent requests: ``load()``, then ``start()`` on the event loop, ``submit`` jobs."""
+
+    def __init__(self, factory: GuardFactory, settings: ServeSettings | None = None, *,
+                 on_verdict: Callable[[VerdictEvent], None] | None = None) -> None:
+        self.factory = factory
+        self.settings = settings or ServeSettings()
+        self.metrics = ServerMetrics()
+        self.auditor = Auditor(self.settings.audit_log, include_prompts=self.settings.audit_prompts,
+                               on_verdict=on_verdict)
+        self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="latentguard-model")
+        self.state: GuardState | None = None
+        self.batcher: MicroBatcher | None = None
+        self.last_reload: dict | None = None
+        self._reload_lock: asyncio.Lock | None = None
+
+    # ------------------------------------------------------------------------------ lifecycle
+    def load(self) -> GuardState:
+        """Build the first state (on the model thread); a guard that cannot be built or cannot judge raises."""
+        state = self.model_thread.submit(build_state, self.factory, 1).result()
+        self._serve(state)
+        return state
+
+    @property
+    def ready(self) -> bool:
+        return self.state is not None and self.batcher is not None and self.batcher.running
+
+    def start(self) -> None:
+        """Start the batcher on the running event loop (the app's startup)."""
+        s = self.settings
+        self.batcher = MicroBatcher(self._score, self.model_thread, max_batch_size=s.max_batch_size,
+                                    max_wait_s=s.max_wait_ms / 1000.0, queue_size=s.queue_size,
+                                    on_depth=self.metrics.queue_depth.set)
+        self._reload_lock = asyncio.Lock()
+        self.batcher.start()
+        self.metrics.ready.set(1 if self.state is not None else 0)
+
+    async def stop(self) -> None:
+        """Score what is queued, then stop the model thread and close the audit log (the app's shutdown)."""
+        self.metrics.ready.set(0)
+        if self.batcher is not None:
+            await self.batcher.close()
+        self.model_thread.shutdown(wait=True)
+        self.auditor.close()
+
+    def submit(self, prompts: list[str], *, explain: bool, request_id: str, endpoint: str) -> asyncio.Future:
+        """Queue one request's prompts; the future gives ``(state, verdicts)`` (raises QueueFull / Closed)."""
+        return self.batcher.submit(Job(prompts, explain, request_id, endpoint))
+
+    # -------------------------------------------------------------------------------- scoring
+    def _score(self, jobs: list[Job]) -> list[tuple[GuardState, list]]:
+        """One batch, on the model thread: one ``check()`` over every job's prompts, with one state."""
+        state = self.state
+        if state is None:
+            raise LatentGuardError("no guard is loaded")
+        prompts = [p for job in jobs for p in job.prompts]
+        started = time.perf_counter()
+        verdicts = state.guard.check(prompts, explain=any(job.explain for job in jobs))
+        if len(verdicts) != len(prompts):
+            raise LatentGuardError(f"the guard gave {len(verdicts)} verdicts for {len(prompts)} prompts")
+        out, start, events, now = [], 0, [], time.time()
+        for job in jobs:
+            mine = verdicts[start : start + len(job.prompts)]
+            start += len(job.prompts)
+            if not job.explain:
+                mine = [dataclasses.replace(v, evidence=[]) if v.evidence else v for v in mine]
+            out.append((state, mine))
+            if self.auditor.active:
+                events.extend(VerdictEvent(now, job.request_id, job.endpoint, i, state.model, state.generation, v)
+                              for i, v in enumerate(mine))
+        if events:
+            self.auditor(events)  # before any answer: a failure fails the batch
+        m = self.metrics
+        m.batch_size.observe(len(prompts))
+        m.batch_seconds.observe(time.perf_counter() - started)
+        flagged = [v for v in verdicts if v.unsafe]
+        if flagged:
+            m.flagged.inc(len(flagged))
+            for v in flagged:
+                for name, on in v.categories.items():
+                    if on:
+                        m.flagged_categories.labels(name).inc()
+        return out
+
+    # -------------------------------------------------------------------------------- reload
+    async def reload(self, reason: str) -> GuardState:
+        """Re-read the blacklist and threshold files, encode the new blacklist, swap it in between batches.
+
+        Raises :class:`LatentGuardError` (one line) and keeps the serving state when the new one fails.
+        """
+        async with self._reload_lock:
+            loop = asyncio.get_running_loop()
+            try:
+                state = await loop.run_in_executor(self.model_thread, self._build_and_swap)
+            except LatentGuardError as exc:
+                self._reloaded(reason, None, str(exc))
+                raise
+            except Exception as exc:  # a fault while building: reported in one line, old state kept
+                self._reloaded(reason, None, f"{type(exc).__name__}: {exc}")
+                raise LatentGuardError(f"{type(exc).__name__}: {exc}") from None
+            self._reloaded(reason, state, None)
+            return state
+
+    def _build_and_swap(self) -> GuardState:
+        current = self.state
+        state = build_state(self.factory, current.generation + 1, encoder=current.guard.encoder)
+        self._serve(state)  # on the model thread, between batches
+        return state
+
+    def _serve(self, state: GuardState) -> None:
+        self.state = state
+        self.metrics.concepts.set(len(state.guard.concepts))
+        self.metrics.generation.set(state.generation)
+
+    def _reloaded(self, reason: str, state: GuardState | None, error: str | None) -> None:
+        self.metrics.reloads.labels("ok" if error is None else "failed").inc()
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        if error is None:
+            self.last_reload = {"time": when, "reason": reason, "ok": True, "generation": state.generation}
+            log.info("reload (%s): generation %d, %d concepts in %d categories, threshold %g (%s)", reason,
+                     state.generation, len(state.guard.concepts), len(state.guard.categories), state.guard.threshold,
+                     state.guard.threshold_origin)
+        else:
+            self.metrics.errors.labels("reload").inc()
+            self.last_reload = {"time": when, "reason": reason, "ok": False, "error": error}
+            log.error("reload (%s) failed, still serving generation %d: %s", reason, self.state.generation, error)

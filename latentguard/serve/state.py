@@ -1,0 +1,76 @@
+"""One serving state: a complete guard (weights, encoder, encoded blacklist, thresholds) and what
+the server says about it. A reload builds a new state beside the serving one and swaps it whole.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from ..errors import LatentGuardError
+from .protocol import slope_note
+
+if TYPE_CHECKING:
+    from ..guard import LatentGuard
+
+GuardFactory = Callable[[Any], "LatentGuard"]  # encoder to reuse (None: load it) -> a new guard read from the files
+PROBE = ["a photo of a cat sitting on a sofa"]  # scored once per state before it serves
+
+
+@dataclass(frozen=True)
+class GuardState:
+    """The guard that scores a batch, with its name and load number; never changed once built."""
+
+    guard: "LatentGuard"
+    model: str
+    generation: int
+    loaded_at: float
+
+    def describe(self) -> dict:
+        """What ``/readyz`` and ``GET /v1/blacklist`` report about this state."""
+        g = self.guard
+        note = slope_note(g.slope)
+        out = {"model": self.model, "generation": self.generation,
+               "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at)),
+               "encoder": getattr(g.encoder, "identity", None),
+               "checkpoint": str(g.checkpoint) if g.checkpoint else None,
+               "threshold": g.threshold, "threshold_origin": g.threshold_origin, **note}
+        if not note["scores_calibrated"]:
+            out["scores_note"] = (f"category_scores use the default slope {note['slope']:g} (uncalibrated); calibrate "
+                                  "with safe and unsafe prompts (inference.py --calibrate-safe/--calibrate-unsafe) "
+                                  "to fit one")
+        return out
+
+    def blacklist(self) -> dict:
+        g = self.guard
+        return {**self.describe(), "concepts": g.concepts, "categories": g.categories,
+                "concept_thresholds": g.concept_thresholds, "allowlist": g.allowlist}
+
+
+def model_name(guard: "LatentGuard") -> str:
+    """``latentguard-<weights>-<encoder>``: the first 8 hex digits of the checkpoint's SHA-256 and of the
+    encoder's weight fingerprint, so two servers with the same name judge with the same model."""
+    import hashlib
+
+    from ..io import sha256_of
+
+    weights = sha256_of(guard.checkpoint)[:8] if guard.checkpoint else "weights"
+    identity = str(getattr(guard.encoder, "identity", "encoder"))
+    parts = identity.split(":")
+    encoder = parts[3][:8] if len(parts) > 3 else hashlib.sha256(identity.encode()).hexdigest()[:8]
+    return f"latentguard-{weights}-{encoder}"
+
+
+def build_state(factory: GuardFactory, generation: int, encoder: Any = None) -> GuardState:
+    """A new state from the files, checked by scoring one prompt: a guard that cannot judge never serves."""
+    guard = factory(encoder)
+    try:
+        verdicts = guard.check(PROBE, explain=False)
+    except LatentGuardError as exc:
+        raise LatentGuardError(f"the guard cannot judge a prompt, so it will not serve: {exc}") from None
+    except Exception as exc:  # a fault inside the model: the same refusal, in one line
+        raise LatentGuardError(f"the guard cannot judge a prompt, so it will not serve: "
+                               f"{type(exc).__name__}: {exc}") from None
+    if len(verdicts) != 1 or not verdicts[0].categories:
+        raise LatentGuardError("the guard gave no complete verdict for a test prompt, so it will not serve")
+    return GuardState(guard, model_name(guard), generation, time.time())

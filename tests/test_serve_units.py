@@ -1,0 +1,179 @@
+"""The server's parts in process: settings and keys, the wire formats, the micro-batcher's rules, and
+the audit hook (a real tiny guard behind the real app, through Starlette's test client)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+pytest.importorskip("fastapi")
+
+from latentguard.errors import LatentGuardError  # noqa: E402
+from latentguard.guard.verdict import Verdict  # noqa: E402
+from latentguard.serve.batcher import Job, MicroBatcher, QueueFull  # noqa: E402
+from latentguard.serve.protocol import Limits, RequestError, moderation_result, parse_check, parse_moderation  # noqa: E402
+from latentguard.serve.settings import ServeSettings, is_loopback, read_keys  # noqa: E402
+
+LIMITS = Limits(max_inputs=4, max_chars=20)
+
+
+# ------------------------------------------------------------------------------------ settings
+def test_only_loopback_addresses_serve_without_a_key(tmp_path):
+    assert all(map(is_loopback, ["127.0.0.1", "127.3.2.1", "::1", "[::1]", "localhost", "LOCALHOST"]))
+    assert not any(map(is_loopback, ["0.0.0.0", "::", "10.0.0.5", "192.168.1.2", "example.com", "myhost"]))
+    with pytest.raises(LatentGuardError, match="refusing to serve on ::, which other machines can reach"):
+        ServeSettings(host="::")
+    assert ServeSettings(host="0.0.0.0", insecure=True).host == "0.0.0.0"
+    assert ServeSettings(host="0.0.0.0", api_keys=frozenset({"k"})).api_keys == {"k"}
+    with pytest.raises(LatentGuardError, match="queue_size .* must be at least serve.max_inputs"):
+        ServeSettings(max_inputs=10, queue_size=5)
+    with pytest.raises(LatentGuardError, match="serve.port"):
+        ServeSettings(port=70000)
+    keys = tmp_path / "keys"
+    keys.write_text("# rotated keys\nold-key\n\n  new-key  \n", encoding="utf-8")
+    assert read_keys(keys, "--api-key-file") == {"old-key", "new-key"}
+    keys.write_text("two words\n", encoding="utf-8")
+    with pytest.raises(LatentGuardError, match="one token per line"):
+        read_keys(keys, "--api-key-file")
+    with pytest.raises(LatentGuardError, match="not found|No such file"):
+        read_keys(tmp_path / "missing", "--api-key-file")
+
+
+# ---------------------------------------------------------------------------------- wire formats
+def test_moderation_inputs_in_every_openai_form():
+    assert parse_moderation({"input": "a cat"}, LIMITS) == [["a cat"]]
+    assert parse_moderation({"input": ["a", "b"], "model": "omni-moderation-latest"}, LIMITS) == [["a"], ["b"]]
+    parts = [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
+    assert parse_moderation({"input": parts}, LIMITS) == [["a", "b"]]  # parts are one input, as OpenAI reads them
+    for body, status, needle in [({"input": ["a"] * 5}, 413, "at most 4 per request"),
+                                 ({"input": "x" * 21}, 413, "input has 21 characters"),
+                                 ({"input": ["a", {"type": "text", "text": "b"}]}, 400, "input[0] must be a"),
+                                 ({"input": [{"type": "audio"}]}, 400, "input[0].type must be 'text'"),
+                                 ({"input": None}, 400, "got null")]:
+        with pytest.raises(RequestError, match=needle.replace("[", "\\[").replace("]", "\\]")) as info:
+            parse_moderation(body, LIMITS)
+        assert info.value.status == status and info.value.body()["error"]["param"].startswith("input")
+    assert parse_check({"prompts": "a cat", "explain": True}, LIMITS) == (["a cat"], True)
+    with pytest.raises(RequestError, match="'explain' must be true or false"):
+        parse_check({"prompts": ["a"], "explain": "yes"}, LIMITS)
+
+
+def _verdict(unsafe: bool, p_violence: float, p_gore: float, concept: str = "knife") -> Verdict:
+    return Verdict(prompt="x", unsafe=unsafe, score=1.0, concept=concept, probability=max(p_violence, p_gore),
+                   categories={"violence": p_violence >= 0.5, "gore": p_gore >= 0.5},
+                   category_scores={"violence": p_violence, "gore": p_gore})
+
+
+def test_a_multi_part_input_is_flagged_when_any_part_is_and_an_inconsistent_verdict_is_refused():
+    result = moderation_result([_verdict(False, 0.2, 0.1), _verdict(True, 0.3, 0.8, "blood")], slope=2.5)
+    assert result["flagged"] is True and result["categories"] == {"violence": False, "gore": True}
+    assert result["category_scores"] == {"violence": 0.3, "gore": 0.8}
+    assert result["latentguard"]["concept"] == "blood" and result["latentguard"]["scores_calibrated"] is True
+    assert result["category_applied_input_types"] == {"violence": ["text"], "gore": ["text"]}
+    broken = _verdict(True, 0.2, 0.1)  # unsafe, yet no category flagged: never answered
+    with pytest.raises(ValueError, match="inconsistent verdict"):
+        moderation_result([broken], slope=None)
+
+
+# ------------------------------------------------------------------------------------- batcher
+def _run_batcher(score, jobs_at, **options):
+    """Submit ``(delay_s, prompts)`` jobs to a batcher; the results (or exceptions) per job."""
+    async def main():
+        with ThreadPoolExecutor(1) as pool:
+            batcher = MicroBatcher(score, pool, **{"max_batch_size": 4, "max_wait_s": 0.05, "queue_size": 100,
+                                                   **options})
+            batcher.start()
+
+            async def one(delay, prompts):
+                await asyncio.sleep(delay)
+                return await batcher.submit(Job(list(prompts)))
+            out = await asyncio.gather(*(one(d, p) for d, p in jobs_at), return_exceptions=True)
+            await batcher.close()
+            return out
+    return asyncio.run(main())
+
+
+def test_concurrent_jobs_share_batches_whole_and_a_large_one_goes_alone():
+    batches = []
+
+    def score(jobs):
+        batches.append([job.prompts for job in jobs])
+        assert threading.current_thread() is not threading.main_thread()  # the loop never runs the model
+        return [[p.upper() for p in job.prompts] for job in jobs]
+
+    jobs = [(0, ["a"]), (0, ["b", "c"]), (0, ["d", "e"]), (0, ["f"]), (0.01, list("ghijkl")), (0.02, ["m"])]
+    results = _run_batcher(score, jobs)
+    assert results == [[p.upper() for p in prompts] for _, prompts in jobs]  # each job its own results, in order
+    assert sorted(p for batch in batches for job in batch for p in job) == list("abcdefghijklm")
+    assert all(sum(map(len, batch)) <= 4 or len(batch) == 1 for batch in batches)  # a 6-prompt job goes alone
+    assert batches[0] == [["a"], ["b", "c"]]  # whole jobs, oldest first, up to 4 prompts
+
+
+def test_a_failing_batch_fails_each_of_its_jobs_and_the_next_batch_is_judged():
+    calls = []
+
+    def score(jobs):
+        calls.append(len(jobs))
+        if len(calls) == 1:
+            raise LatentGuardError("logits are not finite")
+        return [job.prompts for job in jobs]
+
+    results = _run_batcher(score, [(0, ["a"]), (0, ["b"]), (0.2, ["c"])])
+    assert [type(r) for r in results[:2]] == [LatentGuardError, LatentGuardError] and results[2] == ["c"]
+
+
+def test_a_full_queue_refuses_instead_of_growing():
+    def score(jobs):
+        time.sleep(0.2)
+        return [job.prompts for job in jobs]
+
+    results = _run_batcher(score, [(0, ["a"] * 4), (0.05, ["b"] * 4), (0.06, ["c"] * 4), (0.07, ["d"])],
+                           queue_size=5)
+    assert results[0] == ["a"] * 4 and results[1] == ["b"] * 4
+    assert isinstance(results[2], QueueFull) and results[3] == ["d"]  # 4 + 4 > 5 queued; 4 + 1 fits
+
+
+# ---------------------------------------------------------------------------- the audit hook
+@pytest.fixture
+def app_for(tiny_encoder, tmp_path):
+    from starlette.testclient import TestClient
+
+    from latentguard.guard import LatentGuard
+    from latentguard.model import EmbeddingMappingLayer
+    from latentguard.serve import GuardServer, create_app
+
+    torch.manual_seed(0)
+    torch.save(EmbeddingMappingLayer().state_dict(), tmp_path / "ckpt.pth")
+
+    def make(on_verdict, **settings):
+        def factory(encoder):
+            return LatentGuard.from_pretrained(tmp_path / "ckpt.pth", encoder or tiny_encoder, ["knife", "blood"],
+                                               threshold=0.0, cache_concepts=False)
+        return TestClient(create_app(GuardServer(factory, ServeSettings(**settings), on_verdict=on_verdict)))
+    return make
+
+
+def test_the_audit_hook_sees_every_verdict_before_it_is_answered_and_its_failure_is_a_5xx(app_for, tmp_path):
+    events = []
+    log = tmp_path / "audit.jsonl"
+    with app_for(events.append, audit_log=str(log), audit_prompts=True) as client:
+        answer = client.post("/v1/moderations", json={"input": ["a knife", "a cake"]}).json()
+    assert [(e.index, e.verdict.prompt, e.request_id) for e in events] == [(0, "a knife", answer["id"]),
+                                                                           (1, "a cake", answer["id"])]
+    assert [e.verdict.unsafe for e in events] == [r["flagged"] for r in answer["results"]]
+    lines = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+    assert [line["prompt"] for line in lines] == ["a knife", "a cake"] and "prompt_sha256" not in lines[0]
+
+    def broken(event):
+        raise OSError("disk full")
+
+    with app_for(broken) as client:
+        r = client.post("/v1/moderations", json={"input": ["a knife"]})
+        assert r.status_code == 500 and "on_verdict hook failed" in r.json()["error"]["message"]
+        assert "results" not in r.json()
+        assert 'latentguard_errors_total{kind="audit"} 1.0' in client.get("/metrics").text

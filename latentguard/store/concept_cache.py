@@ -2,7 +2,9 @@
 
 Encoding 578 concepts through CLIP costs seconds on a CPU, so each concept's vector is kept, per
 encoder identity, in ``$LATENTGUARD_HOME/concepts/<hash of the identity>.pt``: editing the blacklist
-re-encodes only the concepts that are new to that encoder.
+re-encodes only the concepts that are new to that encoder. Each entry carries a SHA-256 over the
+encoder identity, the concept text and the vector's bytes; an entry that fails it (a zeroed vector,
+another concept's vector in its place, a flipped bit) is dropped and re-encoded, with a warning.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ def cached_concept_vectors(encoder, concepts: Sequence[str], *, batch_size: int 
     if not concepts:
         return torch.empty(0, encoder.hidden_size)
     if known:
+        known = {c: v for c, v in known.items() if usable_vector(v)}  # a zeroed or non-finite one is re-encoded
         rest = [c for c in unique(concepts) if c not in known]
         table = dict(zip(rest, cached_concept_vectors(encoder, rest, batch_size=batch_size, use_cache=use_cache)))
         return torch.stack([known[c].float().cpu() if c in known else table[c] for c in concepts])
@@ -50,31 +53,64 @@ def cached_concept_vectors(encoder, concepts: Sequence[str], *, batch_size: int 
     if new:
         vectors = encoder.encode_concepts(new, batch_size=batch_size).float().cpu()
         table.update(zip(new, vectors))
-        _write_cache(path, encoder.identity, table)
+        _write_cache(path, encoder.identity, table)  # entries that failed their checksum are not written back
     return torch.stack([table[c] for c in concepts])
 
 
+def entry_checksum(identity: str, concept: str, vector: "torch.Tensor") -> str:  # noqa: F821
+    """SHA-256 over the encoder identity, the concept text and the vector's float32 bytes: a zeroed vector,
+    another concept's vector in its place or a flipped bit no longer matches."""
+    digest = hashlib.sha256()
+    for part in (identity.encode("utf-8"), concept.encode("utf-8", "surrogatepass"),
+                 vector.detach().float().cpu().contiguous().numpy().tobytes()):
+        digest.update(len(part).to_bytes(8, "little"))
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def usable_vector(vector: "torch.Tensor") -> bool:  # noqa: F821
+    """A vector an encoder can have written: finite and not all zero."""
+    import torch
+
+    return bool(torch.isfinite(vector).all()) and bool(vector.abs().sum() > 0)
+
+
 def _read_cache(path: Path, identity: str, hidden_size: int) -> dict:
+    """The entries of the cache file that pass their checksum; the others are dropped (and re-encoded), saying so."""
     import torch
 
     if not path.is_file():
         return {}
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-        names, vectors = blob["concepts"], blob["vectors"]
+        names, vectors, sums = blob["concepts"], blob["vectors"], blob.get("checksums")
         if blob.get("identity") != identity or vectors.shape != (len(names), hidden_size):
             return {}  # a hash collision or another layout: start afresh
     except Exception:  # noqa: BLE001 - a damaged cache is only a cache miss
         warnings.warn(f"ignoring unreadable concept cache {path}; it will be rebuilt", stacklevel=3)
         return {}
-    return dict(zip(names, vectors.float()))
+    if not isinstance(sums, list) or len(sums) != len(names):
+        sums = [None] * len(names)  # a cache written before entries had checksums: every entry is re-encoded
+    table, failed = {}, []
+    for name, vector, checksum in zip(names, vectors.float(), sums):
+        if isinstance(name, str) and checksum == entry_checksum(identity, name, vector) and usable_vector(vector):
+            table[name] = vector
+        else:
+            failed.append(str(name))
+    if failed:
+        shown = ", ".join(repr(n) for n in failed[:3]) + (f" and {len(failed) - 3} more" if len(failed) > 3 else "")
+        warnings.warn(f"concept cache {path}: {len(failed)} entr{'y' if len(failed) == 1 else 'ies'} failed "
+                      f"their checksum ({shown}); re-encoding them", stacklevel=3)
+    return table
 
 
 def _write_cache(path: Path, identity: str, table: Mapping) -> None:
     import torch
 
     names = list(table)
-    blob = {"identity": identity, "concepts": names, "vectors": torch.stack([table[c] for c in names]).contiguous()}
+    vectors = torch.stack([table[c] for c in names]).float().contiguous()
+    blob = {"identity": identity, "concepts": names, "vectors": vectors,
+            "checksums": [entry_checksum(identity, c, v) for c, v in zip(names, vectors)]}
     try:
         atomic_torch_save(blob, path)
     except OSError as exc:

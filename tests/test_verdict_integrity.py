@@ -1,0 +1,189 @@
+"""Inputs that would silently change a verdict are refused or repaired (issue: no silent wrong answer).
+
+Each test plays the attacker's move with real files: a YAML blacklist whose unquoted entries YAML would
+turn into numbers, duplicate keys, thresholds no prompt can reach, degenerate or damaged weights, a
+tampered concept cache, a per-concept threshold that outlives its concept.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from latentguard.data.blacklist import load_blacklist
+from latentguard.decision.threshold import calibrate, save_calibration
+from latentguard.errors import LatentGuardError
+from latentguard.guard import LatentGuard
+from latentguard.model import EmbeddingMappingLayer, load_mapping_layer
+from latentguard.store.concept_cache import concept_cache_path
+
+ROOT = Path(__file__).resolve().parent.parent
+CONCEPTS = ["knife", "blood", "gun", "hacking"]
+
+
+def _save(model, path):
+    torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.fixture
+def weights(tmp_path):
+    torch.manual_seed(0)
+    return _save(EmbeddingMappingLayer(), tmp_path / "weights.pth")
+
+
+# ----------------------------------------------------------------------------- YAML as written
+@pytest.mark.parametrize("entry", ["4:20", "0420", "0x1F", "1_000", ".nan", "1:30:00", "yes", "null", "2024-01-01"])
+def test_a_yaml_blacklist_entry_is_the_text_written(tmp_path, entry):
+    path = tmp_path / "blacklist.yaml"
+    path.write_text(f"- knife\n- {entry}\n", encoding="utf-8")
+    assert load_blacklist(path).concepts == ["knife", entry]
+
+
+@pytest.mark.parametrize("text, where", [
+    ("concepts: [knife, hacking]\nthresholds: {hacking: 1, hacking: 1000}\n", "'hacking' given twice"),
+    ("violence: [knife]\nviolence: [gun]\n", "'violence' given twice"),
+])
+def test_a_duplicate_key_is_refused_naming_it(tmp_path, text, where):
+    path = tmp_path / "blacklist.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(LatentGuardError, match=where) as caught:
+        load_blacklist(path)
+    assert "\n" not in str(caught.value) and str(path) in str(caught.value)
+
+
+def test_a_calibration_record_with_a_duplicate_key_is_refused(tmp_path, weights):
+    save_calibration(calibrate([1.0, 2.0, 3.0], target_fpr=0.34), weights)
+    record = weights.with_name("weights.threshold.yaml")
+    record.write_text(record.read_text() + "threshold: 0.5\n", encoding="utf-8")
+    with pytest.raises(LatentGuardError, match="'threshold' given twice"):
+        LatentGuard.from_pretrained(weights, encoder=None, concepts=CONCEPTS, threshold="calibrated")
+
+
+# ------------------------------------------------------------------- thresholds nobody reaches
+def test_thresholds_above_tempr_are_refused_everywhere(tmp_path, tiny_encoder, weights):
+    tempr = float(load_mapping_layer(weights).tempr)
+    guard = LatentGuard.from_pretrained(weights, tiny_encoder, CONCEPTS, threshold=tempr, cache_concepts=False)
+    for value in (tempr + 0.01, 1e300):
+        with pytest.raises(LatentGuardError, match="above the largest logit"):
+            guard.threshold = value
+        with pytest.raises(LatentGuardError, match="above the largest logit"):
+            guard.concept_thresholds = {"knife": value}
+        with pytest.raises(LatentGuardError, match="above the largest logit"):
+            LatentGuard.from_pretrained(weights, tiny_encoder, CONCEPTS, threshold=value, cache_concepts=False)
+    save_calibration(calibrate([1.0, 2.0, 3.0], target_fpr=0.34), weights)
+    record = weights.with_name("weights.threshold.yaml")
+    data = yaml.safe_load(record.read_text())
+    data["threshold"] = 1e300
+    record.write_text(yaml.safe_dump(data), encoding="utf-8")
+    with pytest.raises(LatentGuardError, match="above the largest logit"):
+        LatentGuard.from_pretrained(weights, tiny_encoder, CONCEPTS, cache_concepts=False)  # auto reads the record
+
+
+def test_inference_refuses_an_unreachable_threshold_in_one_line(tmp_path, tiny_encoder_dir, weights):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a knife\n", encoding="utf-8")
+    concepts = tmp_path / "concepts.txt"
+    concepts.write_text("\n".join(CONCEPTS) + "\n", encoding="utf-8")
+    done = subprocess.run([sys.executable, str(ROOT / "inference.py"), "--file_path", str(prompts),
+                           "--checkpoint", str(weights), "--encoder", str(tiny_encoder_dir), "--concepts",
+                           str(concepts), "--threshold", "14.3", "--device", "cpu"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin",
+                               "LATENTGUARD_HOME": str(tmp_path / "home")})
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert "threshold 14.3 is above the largest logit" in done.stderr
+
+
+# -------------------------------------------------------------------- degenerate or damaged weights
+@pytest.mark.parametrize("damage, message", [
+    (lambda m: m.tempr.fill_(0.0), "tempr is 0"),
+    (lambda m: m.tempr.fill_(-3.0), "tempr is -3"),
+    (lambda m: [p.zero_() for n, p in m.named_parameters() if n != "tempr"], "same logit"),
+    (lambda m: (m.mlp_query1.weight.zero_(), m.mlp_query1.bias.zero_()), "same logit"),
+    (lambda m: (m.final_mlp.weight.zero_()), "same logit"),
+])
+def test_weights_that_judge_nothing_are_refused(tmp_path, tiny_encoder, damage, message):
+    torch.manual_seed(0)
+    model = EmbeddingMappingLayer()
+    with torch.no_grad():
+        damage(model)
+    path = _save(model, tmp_path / "bad.pth")
+    with pytest.raises(LatentGuardError, match=message) as caught:
+        LatentGuard.from_pretrained(path, tiny_encoder, CONCEPTS, threshold=1.0, cache_concepts=False)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_flipped_byte_in_the_tensor_data_is_detected(tmp_path, weights):
+    with zipfile.ZipFile(weights) as archive:
+        name = max(archive.infolist(), key=lambda i: i.file_size)  # the largest tensor's storage
+        start = name.header_offset + 30 + len(name.filename.encode()) + len(name.extra)
+    raw = bytearray(weights.read_bytes())
+    raw[start + 100] ^= 0x40  # one bit of one float
+    damaged = tmp_path / "damaged.pth"
+    damaged.write_bytes(bytes(raw))
+    assert torch.load(damaged, weights_only=True)  # torch itself reads it without a complaint
+    with pytest.raises(LatentGuardError, match="checksum \\(CRC-32\\) of .* does not match"):
+        load_mapping_layer(damaged)
+
+
+def test_a_calibration_that_separates_nothing_is_refused():
+    with pytest.raises(LatentGuardError, match="separate nothing"):
+        calibrate(np.zeros(20), target_fpr=0.01)
+    with pytest.raises(LatentGuardError, match="separate nothing"):
+        calibrate(np.full(5, 3.0), np.full(5, 3.0))
+
+
+# ------------------------------------------------------------------------------ concept cache
+@pytest.mark.parametrize("tamper", ["zero", "swap", "sign"])
+def test_a_tampered_concept_cache_entry_is_re_encoded(tmp_path, monkeypatch, tiny_encoder, tamper):
+    monkeypatch.setenv("LATENTGUARD_HOME", str(tmp_path / "home"))
+    torch.manual_seed(0)
+    model = EmbeddingMappingLayer()
+    fresh = LatentGuard(model, tiny_encoder, CONCEPTS, threshold=1.0)  # writes the cache
+    path = concept_cache_path(tiny_encoder.identity)
+    blob = torch.load(path, weights_only=True)
+    knife = blob["concepts"].index("knife")
+    if tamper == "zero":
+        blob["vectors"][knife] = 0.0
+    elif tamper == "swap":
+        blob["vectors"][knife] = blob["vectors"][blob["concepts"].index("hacking")].clone()
+    else:
+        blob["vectors"][knife] = -blob["vectors"][knife]
+    torch.save(blob, path)
+    with pytest.warns(UserWarning, match="failed their checksum \\('knife'\\); re-encoding"):
+        guard = LatentGuard(model, tiny_encoder, CONCEPTS, threshold=1.0)
+    assert torch.equal(guard.concept_vectors, fresh.concept_vectors)
+    np.testing.assert_array_equal(guard.logits(["a knife in the kitchen"]), fresh.logits(["a knife in the kitchen"]))
+    assert torch.load(path, weights_only=True)["vectors"][knife].abs().sum() > 0  # repaired on disk too
+
+
+# ------------------------------------------------------------------ a threshold outliving its concept
+def test_a_per_concept_threshold_goes_with_its_concept(tiny_encoder, weights):
+    guard = LatentGuard.from_pretrained(weights, tiny_encoder, CONCEPTS, threshold=1.0, cache_concepts=False)
+    guard.concept_thresholds = {"hacking": 14.0}
+    guard.remove_concepts(["hacking"])
+    guard.add_concepts(["hacking"])
+    assert guard.concept_thresholds == {} and guard.thresholds()[guard.concepts.index("hacking")] == 1.0
+
+
+# ------------------------------------------------------------------------------- lone surrogates
+def test_a_lone_surrogate_is_refused_in_one_line(tiny_encoder, weights, tmp_path):
+    guard = LatentGuard.from_pretrained(weights, tiny_encoder, CONCEPTS, threshold=1.0, cache_concepts=False)
+    with pytest.raises(LatentGuardError, match="lone surrogate"):
+        guard.check(["a knife", "bad \ud800 text"])
+    with pytest.raises(LatentGuardError, match="lone surrogate"):
+        guard.add_concepts(["x\udfff"])
+    copro = tmp_path / "CoPro.json"
+    copro.write_text('{"ID_concepts": ["knife"], "ID_train_data": [{"concept": "knife", "unsafe_prompt": '
+                     '"a \\ud800 knife", "safe_prompt": "a cup"}], "ID_test_data": []}', encoding="utf-8")
+    from latentguard.data import load_copro
+
+    with pytest.raises(LatentGuardError, match=r"ID_train_data\[0\] 'unsafe_prompt' .* lone surrogate"):
+        load_copro(copro)

@@ -7,6 +7,7 @@ or the new one, never half of one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import io
@@ -27,6 +28,10 @@ def latentguard_home() -> Path:
     return Path(root) if root else Path.home() / ".cache" / "latentguard"
 
 
+# Errors of the disk being written, not of what is being read: reported with the file being written.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success fsync and rename it over ``target``."""
@@ -38,7 +43,10 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
                                f"(choose another output path)") from None
     if target.is_dir():
         raise LatentGuardError(f"cannot write {target}: it is a directory (choose a file name)")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise LatentGuardError(f"cannot write {target}: {exc.strerror or exc}") from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -49,6 +57,11 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         os.chmod(tmp, _default_file_mode())
         os.replace(tmp, target)
         fsync_dir(target.parent)
+    except OSError as exc:
+        if exc.errno in WRITE_ERRNOS:  # a full disk says only "No space left on device": name the file
+            raise LatentGuardError(f"cannot write {target}: {exc.strerror or exc} (nothing was replaced; "
+                                   "free space or choose another path)") from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -74,3 +74,85 @@ def test_evaluate_output_dir_that_is_a_file_is_refused_before_work(tmp_path, cap
     assert main(["--output-dir", str(blocker), "--dataset", str(tmp_path / "missing.json")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is a file, not a directory" in err
+
+
+# ------------------------------------------------------- tracebacks and advice found by an attacker's sweep
+def _bert_dir(path):
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                         intermediate_size=37)).save_pretrained(path)
+    return path
+
+
+def test_encoder_type_clip_on_a_bert_directory_names_the_mismatch(tmp_path):
+    from latentguard.encoders import load_encoder
+
+    bert = _bert_dir(tmp_path / "bert")
+    with pytest.raises(LatentGuardError, match="--encoder-type clip, but .* is a bert model, not CLIP") as caught:
+        load_encoder(str(bert), "clip", device="cpu")
+    assert "\n" not in str(caught.value)
+
+
+def test_a_full_disk_names_the_file_being_written(tmp_path, monkeypatch):
+    import errno
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    target = tmp_path / "results.json"
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(LatentGuardError, match=f"cannot write {target}: No space left on device"):
+        atomic_write_text(target, "{}")
+    assert not target.exists() and not list(tmp_path.iterdir())  # no half file, no temporary left
+
+
+def test_a_file_size_limit_in_a_real_process_names_the_output_file(tmp_path):
+    """A real process under RLIMIT_FSIZE: the write fails (EFBIG) and the error names the file."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64)); "
+            "from latentguard.cli.common import cli_entry; from latentguard.io import atomic_write_text; "
+            "sys.exit(cli_entry(lambda: atomic_write_text(sys.argv[1], 'x' * 10000))())")
+    target = tmp_path / "verdicts.csv"
+    done = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert f"cannot write {target}" in done.stderr and "Traceback" not in done.stderr
+    assert not target.exists()
+
+
+def test_resume_with_a_file_that_is_not_a_resume_state_never_advises_deleting_it(tmp_path):
+    from latentguard.train.trainer import Trainer
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat\n", encoding="utf-8")
+    trainer = Trainer.__new__(Trainer)
+    with pytest.raises(LatentGuardError) as caught:
+        trainer.load_resume(prompts)
+    message = str(caught.value)
+    assert "is not a resume state written by main.py" in message and "delete" not in message
+    assert prompts.read_text() == "a cat\n"
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("this pickle ran code",))
+
+
+def test_a_pickled_openclip_weights_file_is_refused_without_relaying_torchs_advice(tmp_path, capsys):
+    pytest.importorskip("open_clip")
+    import torch
+
+    from latentguard.encoders import load_encoder
+
+    weights = tmp_path / "open_clip_pytorch_model.bin"
+    torch.save({"a": torch.zeros(1), "b": _Payload()}, weights)
+    with pytest.raises(LatentGuardError, match="refusing to load OpenCLIP weights") as caught:
+        load_encoder(f"openclip:ViT-B-32@{weights}", device="cpu")
+    assert "weights_only=False" not in str(caught.value) and "likely succeed" not in str(caught.value)
+    assert "this pickle ran code" not in capsys.readouterr().out

@@ -98,6 +98,10 @@ def load_encoder(name_or_path: str | Path = DEFAULT_ENCODER, encoder_type: str =
         return OpenCLIPTextEncoder(name, device=device, dtype=dtype)
     if family == "hf":
         return HFTextEncoder(name, device=device, dtype=dtype, max_length=max_length)
+    model_type = _model_type(name) if encoder_type == "clip" else None
+    if model_type is not None and model_type not in _CLIP_MODEL_TYPES:  # CLIPTextModel would fail deep inside
+        raise LatentGuardError(f"--encoder-type clip, but '{name}' is a {model_type} model, not CLIP; use "
+                               "--encoder-type hf (or auto)")
     return CLIPTextEncoder(name, device=device, dtype=dtype, attention_mask=attention_mask)
 
 

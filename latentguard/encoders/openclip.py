@@ -173,6 +173,14 @@ def _create_openclip(model_name: str, pretrained: str | None) -> torch.nn.Module
             torch.manual_seed(0)
             return open_clip.create_model(model_name, pretrained=pretrained, device="cpu")
     except Exception as exc:  # unknown names, missing tags, download failures, bad files
+        import pickle
+
+        if isinstance(exc, pickle.UnpicklingError) or "weights_only" in str(exc):
+            # torch's message advises weights_only=False ("will likely succeed"): never pass that on
+            raise LatentGuardError(
+                f"refusing to load OpenCLIP weights '{pretrained}': the file pickles objects beyond tensors, which "
+                "would run code when loaded; use safetensors weights (open_clip_model.safetensors) or a copy from "
+                "a source you trust, saved as a plain state dict") from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise LatentGuardError(
             f"cannot load OpenCLIP model '{model_name}' with weights '{pretrained or 'random'}' ({first}); "

@@ -427,15 +427,19 @@ class EmbeddingStore:
 def _append(file: Path, payload: bytes, expected_size: int) -> None:
     """Write ``payload`` at ``expected_size`` (the committed end) and fsync before returning."""
     new = not file.exists()
-    fd = os.open(file, os.O_WRONLY | os.O_CREAT, 0o644)
     try:
-        view = memoryview(payload)
-        written = 0
-        while written < len(view):
-            written += os.pwrite(fd, view[written:], expected_size + written)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(file, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            view = memoryview(payload)
+            written = 0
+            while written < len(view):
+                written += os.pwrite(fd, view[written:], expected_size + written)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:  # a full disk says only "No space left on device": name the file, say what holds
+        raise LatentGuardError(f"cannot write {file}: {exc.strerror or exc}; the store keeps every row written "
+                               "before (free space, then run the same command again to resume)") from None
     if new:
         fsync_dir(file.parent)
 

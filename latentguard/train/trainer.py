@@ -161,8 +161,9 @@ class Trainer:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise LatentGuardError(f"{path}: cannot read resume state ({type(exc).__name__}); "
-                                   "delete it to start over, or use another --output-dir") from None
+            raise LatentGuardError(f"{path} is not a resume state written by main.py (it is not a readable PyTorch "
+                                   f"file: {type(exc).__name__}); pass --resume OUTPUT_DIR/resume.pt, or leave "
+                                   "--resume out and choose another --output-dir for a new run") from None
         if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
             raise LatentGuardError(f"{path}: not a latentguard resume state (expected a resume.pt written by main.py)")
         if state.get("version") != RESUME_VERSION:

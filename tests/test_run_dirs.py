@@ -23,8 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
-def run(script: str, *argv: str, stdin: str | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / script), *argv], capture_output=True, text=True, cwd=ROOT,
+def run(script: str, *argv: str, stdin: str | None = None, timeout: int = 240,
+        cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / script), *argv], capture_output=True, text=True, cwd=cwd,
                           env=ENV, input=stdin, timeout=timeout)
 
 

@@ -112,7 +112,8 @@ def _run_scores(args, cfg, output_dir) -> int:
     threshold, origin = _score_threshold(args, shipped)
     columns = {"text": args.text_column, "score": args.score_column, "label": args.label_column}
     scored, meta = load_score_file(args.scores, threshold=threshold, threshold_origin=origin, columns=columns)
-    claim_run_dir(output_dir, COMMAND)  # the file is valid: from here this run owns the directory, alone
+    claim_run_dir(output_dir, COMMAND, writes=("benchmark.json", "benchmark.md", "roc.png"),
+                  inputs=[args.config, path])  # the file is valid: from here this run owns the directory, alone
     RunState(output_dir, {"mode": "scores", "file_sha256": sha256_of(path), "threshold": threshold,
                           "columns": columns}, force=args.force).open()
     results, written = write_score_file(scored, meta, output_dir, plots=not args.no_plots)
@@ -165,7 +166,8 @@ def _run_guard(args, cfg, output_dir) -> int:
     guard = build_guard(cfg)
     settings = guard_settings(guard, baselines=baselines, blacklist_match=cfg.eval.blacklist_match,
                               max_prompts=b.max_prompts, seed=b.seed)
-    claim_run_dir(output_dir, COMMAND)  # inputs are valid: from here this run owns the directory, alone
+    claim_run_dir(output_dir, COMMAND, writes=("benchmark.json", "benchmark.md", "roc.png"),
+                  inputs=[args.config, *(spec.partition("=")[2] for spec in (args.set or []))])  # ours now
     state = RunState(output_dir, settings, force=args.force).open()
     methods = build_methods(guard, baselines, cfg.eval.blacklist_match)
     meta = {"mode": "guard", "checkpoint": str(guard.checkpoint), "encoder": guard.encoder.identity,

@@ -27,16 +27,21 @@ def cli_entry(main: Callable[..., int | None] | None = None, *,
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs) -> int:
+        from .rundir import release_failed_claims
+
         try:
             code = main(*args, **kwargs)
         except LatentGuardError as exc:
+            release_failed_claims()
             print(f"error: {exc}", file=sys.stderr)
             return 2
         except OSError as exc:  # disk full, permission denied, a path that is a file: the user's to fix
+            release_failed_claims()
             where = f": {exc.filename}" if exc.filename else ""
             print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
+            release_failed_claims()
             print(on_interrupt, file=sys.stderr)
             return 130
         return int(code or 0)

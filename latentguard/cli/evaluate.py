@@ -10,6 +10,10 @@ from ..io import atomic_write_text
 from ..published import DOMAINS, KINDS, RELEASED_THRESHOLD
 from .common import SCHEMA, bundle_overrides, bundle_parser, cli_entry, common_parser, load_command_config, load_model
 
+# What test.py writes (besides one score CSV per condition and method): named when a directory is refused.
+TABLE1_OUTPUTS = ("results.json", "results.md", "roc.png", "score_hist.png")
+EXTERNAL_OUTPUTS = ("results_external.json", "results_external.md", "scores_external.csv")
+
 
 # ---------------------------------------------------------------------------------------- CLI
 def build_parser():
@@ -98,7 +102,8 @@ def _run_external(args, cfg, copro, device, batch_size: int, output_dir: Path, b
     store, _ = open_configured_store(cfg, encoder=encoder, missing_ok=True)  # none: encode on the fly
     checkpoint, model = load_model(cfg, encoder.hidden_size, device, bundle=bundle, identity=encoder.identity)
     cfg = _resolve_threshold(cfg, checkpoint, encoder.identity, model, bundle)
-    claim_run_dir(output_dir, "test.py")  # inputs are valid: from here this run owns the directory, alone
+    claim_run_dir(output_dir, "test.py", writes=EXTERNAL_OUTPUTS,  # inputs are valid: this run owns it now
+                  inputs=[args.config, cfg.dataset, args.external, args.external_safe, checkpoint])
     enc_batch = cfg.encoder.batch_size
     known = StoreFirstSource(store, encoder, enc_batch)
     threshold, how = cfg.eval.threshold, _threshold_source(args)
@@ -119,7 +124,7 @@ def _run_external(args, cfg, copro, device, batch_size: int, output_dir: Path, b
         "guard": bundle.name if bundle is not None else None, "concepts": f"ID ({len(concepts)})",
         "seconds_with_encoding": seconds,
     }))
-    written = [output_dir / name for name in ("results_external.json", "results_external.md", "scores_external.csv")]
+    written = [output_dir / name for name in EXTERNAL_OUTPUTS]
     atomic_write_text(written[0], json.dumps(result, indent=2) + "\n")
     atomic_write_text(written[1], external_markdown(result))
     write_scores_csv(written[2], prompts, labels, values, best, concepts)
@@ -168,7 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     store, _ = open_configured_store(cfg)  # the encoder is loaded only when no hint names its store
     checkpoint, model = load_model(cfg, store.hidden_size, device, bundle=bundle, identity=store.identity)
     cfg = _resolve_threshold(cfg, checkpoint, store.identity, model, bundle)
-    claim_run_dir(output_dir, "test.py")  # inputs are valid: from here this run owns the directory, alone
+    claim_run_dir(output_dir, "test.py", writes=TABLE1_OUTPUTS,  # inputs are valid: this run owns it now
+                  inputs=[args.config, cfg.dataset, checkpoint])
     bert, skipped = None, {}
     if "bertscore" in baselines:
         from ..eval.baselines import load_bert_scorer

@@ -1,8 +1,13 @@
-"""Run directories: one run per directory, and the outputs a command replaces.
+"""Run directories: whose they are, one run at a time, and the outputs a command replaces.
 
-A command that writes results (``main.py``, ``test.py``) claims its ``--output-dir`` for as long as it
-runs, so two runs never write into one directory, and records what it wrote, so a rerun removes only
-its own stale files, never a user's.
+A command that writes results (``main.py``, ``test.py``, ``latentguard benchmark``) writes only into a
+directory that is new or empty, or that holds a previous run of the same command (recorded in the
+directory's manifest, ``.latentguard-outputs.json``); any other directory is refused in one line naming
+a file in it, so a user's ``model_parameters.pth`` or ``results.md`` is never replaced. A file that is an
+input of the same call (``--config D/config.yaml``) is never written over either. The command then claims
+the directory for as long as it runs, so two runs never write into one, and records what it wrote, so a
+rerun removes only its own stale files. A run that fails before writing anything leaves no directory
+and no lock behind.
 """
 from __future__ import annotations
 
@@ -11,28 +16,79 @@ import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from ..errors import LatentGuardError
 from ..io import atomic_write_text, sha256_of
 
 RUN_LOCK = ".latentguard-run.lock"
+OUTPUTS = ".latentguard-outputs.json"
 _HELD: dict[str, int] = {}  # directories this process owns, with the open lock file keeping them
+_CREATED: set[str] = set()   # the ones it also created (removed again when the command fails having written nothing)
 
 
-def claim_run_dir(directory: str | Path, command: str) -> Path:
+def check_ownership(directory: str | Path, command: str, *, writes: Sequence[str] = (),
+                    inputs: Sequence[str | Path | None] = (),
+                    previous_run: Callable[[Path], bool] | None = None) -> bool:
+    """Refuse (one line) a ``directory`` that is neither new, empty, nor a previous run of ``command``, and any
+    file in ``writes`` that is one of ``inputs``. Returns whether it holds a previous run.
+
+    ``previous_run(directory)`` recognises a run of ``command`` made before runs were recorded (main.py: its
+    ``resume.pt``).
+    """
+    directory = Path(directory)
+    for name in writes:
+        target = directory / name
+        for given in inputs:
+            if given and str(given) != "-" and target.exists() and Path(given).exists() \
+                    and os.path.samefile(target, given):
+                raise LatentGuardError(f"--output-dir {directory}: {command} would replace {target}, which is an input "
+                                       "of this command; choose another --output-dir")
+    if not directory.is_dir():
+        return False
+    entries = sorted(p.name for p in directory.iterdir() if p.name not in (RUN_LOCK, OUTPUTS))
+    if not entries:
+        return False
+    family = command.split()[0]
+    if any(str(key).split()[0] == family for key in _manifest(directory)) or (previous_run and previous_run(directory)):
+        return True
+    conflict = next((name for name in writes if name in entries), entries[0])
+    raise LatentGuardError(f"--output-dir {directory} holds {conflict}, which {family} did not write (it is not a "
+                           f"previous {family} run, so nothing in it is replaced); choose an empty or new --output-dir")
+
+
+def _manifest(directory: Path) -> dict:
+    import json
+
+    try:
+        recorded = json.loads((directory / OUTPUTS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
+
+
+def claim_run_dir(directory: str | Path, command: str, *, writes: Sequence[str] = (),
+                  inputs: Sequence[str | Path | None] = (),
+                  previous_run: Callable[[Path], bool] | None = None) -> bool:
     """Make ``directory`` this process's run directory until it exits, or refuse in one line.
 
-    The claim is an exclusive ``flock`` on ``directory/.latentguard-run.lock``, which also records
-    the owner (command, pid, host, start time) for the refusal message. The kernel drops the lock
-    when its process ends, however it ends (``kill -9`` included), so a lock left by a dead run is
-    simply taken over; a claim made again by the same process is kept.
+    First :func:`check_ownership` (the directory is new, empty or a previous run of ``command``; no input is
+    written over). The claim is an exclusive ``flock`` on ``directory/.latentguard-run.lock``, which also
+    records the owner (command, pid, host, start time) for the refusal message. The kernel drops the lock
+    when its process ends, however it ends (``kill -9`` included), so a lock left by a dead run is simply
+    taken over; a claim made again by the same process is kept. The manifest records the directory as
+    ``command``'s at once, so a run killed before it wrote anything is still recognised as one. Returns
+    whether the directory held a previous run of ``command``.
     """
     import datetime
     import json
     import socket
 
     directory = Path(directory)
+    was_run = False
+    if os.path.realpath(directory) not in _HELD:
+        was_run = check_ownership(directory, command, writes=writes, inputs=inputs, previous_run=previous_run)
+    created = not directory.exists()
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
@@ -40,14 +96,14 @@ def claim_run_dir(directory: str | Path, command: str) -> Path:
                                "choose another path") from None
     key = os.path.realpath(directory)
     if key in _HELD:
-        return directory
+        return was_run
     lock = directory / RUN_LOCK
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         import fcntl
     except ImportError:  # pragma: no cover - no flock: one run per directory is the user's care
         _HELD[key] = fd
-        return directory
+        return was_run
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -69,13 +125,39 @@ def claim_run_dir(directory: str | Path, command: str) -> Path:
                          "started": started}) + "\n"
     os.ftruncate(fd, 0)
     os.pwrite(fd, record.encode("utf-8"), 0)
-    atexit.register(os.ftruncate, fd, 0)  # a normal exit leaves an empty lock file: nothing to take over
+    atexit.register(_clear, fd)  # a normal exit leaves an empty lock file: nothing to take over
     _HELD[key] = fd
-    return directory
+    if created:
+        _CREATED.add(key)
+    recorded = _manifest(directory)
+    if command not in recorded:
+        recorded[command] = {}
+        atomic_write_text(directory / OUTPUTS, json.dumps(recorded, indent=1, sort_keys=True) + "\n")
+    return was_run
+
+
+def _clear(fd: int) -> None:
+    with contextlib.suppress(OSError):  # released and closed already by release_failed_claims
+        os.ftruncate(fd, 0)
+
+
+def release_failed_claims() -> None:
+    """After a command failed: remove each directory it created and wrote nothing into (lock and manifest
+    only), so a run that fails on its inputs leaves nothing behind."""
+    for key in list(_CREATED):
+        directory = Path(key)
+        with contextlib.suppress(OSError):
+            if {p.name for p in directory.iterdir()} <= {RUN_LOCK, OUTPUTS}:
+                for name in (OUTPUTS, RUN_LOCK):
+                    (directory / name).unlink(missing_ok=True)
+                directory.rmdir()
+                fd = _HELD.pop(key, None)
+                if fd is not None:
+                    os.close(fd)
+        _CREATED.discard(key)
 
 
 # ---------------------------------------------------------------------- outputs a command replaces
-OUTPUTS = ".latentguard-outputs.json"
 
 
 def replace_outputs(directory: str | Path, command: str, written: Sequence[str | Path]) -> list[Path]:

@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keep-best", action="store_true",
                         help="also save the weights with the best validation AUC as best.pth, with their own threshold "
                         "(config: train.keep_best; default off: the released code keeps only the final weights)")
+    parser.add_argument("--force", action="store_true",
+                        help="start a new run in an --output-dir that holds a previous main.py run, replacing that "
+                             "run's own files (never a file main.py did not write)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log files are still written)")
     return parser
 
@@ -119,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..data.copro import load_copro
     from ..encoders.precision import resolve_device
     from ..io import atomic_write_text, check_dir_path
-    from ..train.trainer import build_trainer, training_texts
+    from ..train.trainer import RUN_OUTPUTS, build_trainer, is_training_run, training_texts
     from .rundir import claim_run_dir
 
     device = resolve_device(cfg.device)
@@ -129,9 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     source, described = open_source(cfg, device, training_texts(copro), args)
     print(f"embeddings: {described} (ready in {time.perf_counter() - started:.1f} s)")
-    claim_run_dir(output_dir, "main.py")  # inputs are valid: from here this run owns the directory, alone
-
+    inputs = [args.config, cfg.dataset, args.resume if isinstance(args.resume, str) else None]
+    previous = claim_run_dir(output_dir, "main.py", writes=RUN_OUTPUTS, inputs=inputs,
+                             previous_run=is_training_run)  # inputs are valid: this run owns the directory now
     resume = args.resume if args.resume in (None, True) else Path(args.resume)
+    if args.force:
+        if args.resume is not None:
+            raise LatentGuardError("--force starts a new run and --resume continues one; give one of them")
+        resume = "replace" if previous else None
     trainer = build_trainer(cfg, copro, source, output_dir=output_dir, device=device, resume=resume,
                             progress=not args.no_progress)
     atomic_write_text(output_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))

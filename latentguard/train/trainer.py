@@ -172,7 +172,8 @@ class Trainer:
         differ = [f"{k} {saved.get(k)!r} -> {now[k]!r}" for k in now if saved.get(k) != now[k]]
         if differ:
             raise LatentGuardError(f"{path} was made with other settings ({'; '.join(differ)}); use the same "
-                                   "settings to resume, or another --output-dir for a new run")
+                                   "settings to resume, another --output-dir for a new run, or --force to start "
+                                   "over here (replacing that run's own files)")
         self.model.load_state_dict(state["model"], strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
@@ -393,6 +394,8 @@ def build_trainer(config: Config, copro, source: EmbeddingSource, *, output_dir:
                       valid_concept_emb=valid_concept_emb, options=options, output_dir=output_dir, device=device,
                       config=config, progress=progress, on_step=on_step)
     existing = output_dir / RESUME_NAME
+    if resume == "replace":  # --force: a new run over a previous run's own files
+        return trainer
     if resume is None:
         resume = existing if existing.is_file() else False
     elif resume is True:
@@ -404,6 +407,23 @@ def build_trainer(config: Config, copro, source: EmbeddingSource, *, output_dir:
     else:
         trainer.load_resume(resume)
     return trainer
+
+
+def is_training_run(directory: str | Path) -> bool:
+    """Whether ``directory`` holds a run of main.py (its resume state), for runs made before run manifests."""
+    path = Path(directory) / RESUME_NAME
+    if not path.is_file():
+        return False
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - anything unreadable is not a run of ours
+        return False
+    return isinstance(state, dict) and state.get("format") == RESUME_FORMAT
+
+
+# What main.py may write in its --output-dir (bundles are folders of its own).
+RUN_OUTPUTS = (WEIGHTS_NAME, BEST_NAME, LAST_NAME, RESUME_NAME, LOG_NAME, "config.yaml",
+               "model_parameters.threshold.yaml", "best.threshold.yaml", "model_parameters_bundle", "best_bundle")
 
 
 def training_texts(copro) -> list[str]:

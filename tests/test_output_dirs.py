@@ -1,0 +1,95 @@
+"""No command overwrites a user's file: an --output-dir is new, empty, or a previous run of the same command.
+
+Real processes (main.py, test.py) against directories holding a user's own files, the config given as
+--config, a previous run to resume or start over with --force, and a run that fails on its inputs.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+from synthetic import make_synthetic_copro
+from test_run_dirs import one_line_error, run
+
+from latentguard.cli.rundir import OUTPUTS, RUN_LOCK
+
+
+def _snapshot(directory):
+    return {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_encoder_dir):
+    root = tmp_path_factory.mktemp("outputs")
+    dataset = make_synthetic_copro(root / "small.json", n_id=4, n_ood=2, train_per_concept=4, test_per_concept=2,
+                                   with_valid=True)
+    common = ["--dataset", str(dataset), "--encoder", str(tiny_encoder_dir), "--store-dir", str(root / "stores"),
+              "--device", "cpu"]
+    assert run("prepare.py", *common).returncode == 0
+    return {"root": root, "common": common, "train": [*common, "--epochs", "1", "--val-every", "1", "--no-progress"]}
+
+
+def test_main_refuses_a_directory_of_the_users_own_files(world, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "model_parameters.pth").write_bytes(b"my own weights")
+    (mine / "config.yaml").write_text("train: {epochs: 1}\n", encoding="utf-8")
+    (mine / "train_log.jsonl").write_text('{"my": "log"}\n', encoding="utf-8")
+    before = _snapshot(mine)
+    done = run("main.py", *world["train"], "--output-dir", str(mine))
+    one_line_error(done, f"--output-dir {mine} holds model_parameters.pth, which main.py did not write",
+                   "choose an empty or new --output-dir")
+    done = run("main.py", *world["train"], "--config", str(mine / "config.yaml"), "--output-dir", str(mine))
+    one_line_error(done, f"would replace {mine / 'config.yaml'}, which is an input of this command")
+    assert _snapshot(mine) == before and not (mine / RUN_LOCK).exists()  # nothing written, not even a lock
+
+
+def test_main_refuses_the_working_directory_with_the_released_weights_in_it(world, tmp_path):
+    (tmp_path / "model_parameters.pth").write_bytes(b"the weights inference.py loads by default")
+    done = run("main.py", *world["train"], "--output-dir", ".", cwd=tmp_path)
+    one_line_error(done, "holds model_parameters.pth, which main.py did not write")
+    assert (tmp_path / "model_parameters.pth").read_bytes() == b"the weights inference.py loads by default"
+
+
+def test_a_previous_run_resumes_and_force_starts_over_without_touching_other_files(world, tmp_path):
+    out = tmp_path / "run"
+    assert run("main.py", *world["train"], "--output-dir", str(out)).returncode == 0
+    assert "main.py" in json.loads((out / OUTPUTS).read_text())
+    (out / "notes.txt").write_text("my notes", encoding="utf-8")
+    done = run("main.py", *world["train"], "--lr", "0.01", "--output-dir", str(out))
+    one_line_error(done, "made with other settings", "--force to start over")
+    assert run("main.py", *world["train"], "--lr", "0.01", "--force", "--output-dir", str(out)).returncode == 0
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert {r["lr"] for r in log if "lr" in r} == {0.01}  # the new run's log only
+    assert (out / "notes.txt").read_text() == "my notes"
+    config = out / "config.yaml"
+    one_line_error(run("main.py", *world["train"], "--config", str(config), "--output-dir", str(out)),
+                   f"would replace {config}, which is an input of this command")
+
+
+def test_test_py_refuses_a_directory_with_the_users_results_and_a_training_run(world, tmp_path):
+    mine = tmp_path / "report"
+    mine.mkdir()
+    (mine / "results.md").write_text("# my own results\n", encoding="utf-8")
+    weights = tmp_path / "train"
+    assert run("main.py", *world["train"], "--output-dir", str(weights)).returncode == 0
+    checkpoint = ["--checkpoint", str(weights / "model_parameters.pth")]
+    one_line_error(run("test.py", *world["common"], *checkpoint, "--output-dir", str(mine), "--no-plots"),
+                   "holds results.md, which test.py did not write")
+    assert (mine / "results.md").read_text() == "# my own results\n"
+    one_line_error(run("test.py", *world["common"], *checkpoint, "--output-dir", str(weights), "--no-plots"),
+                   "which test.py did not write")
+    fresh = tmp_path / "eval"
+    assert run("test.py", *world["common"], *checkpoint, "--output-dir", str(fresh), "--no-plots").returncode == 0
+    assert run("test.py", *world["common"], *checkpoint, "--output-dir", str(fresh), "--no-plots").returncode == 0
+
+
+def test_a_run_that_fails_after_claiming_leaves_no_directory(world, tmp_path):
+    """test.py with a store that lacks texts fails once it owns the directory: it is removed again."""
+    other = make_synthetic_copro(tmp_path / "other.json", n_id=5, n_ood=2, seed=3)
+    out = tmp_path / "never"
+    common = [a if a != world["common"][1] else str(other) for a in world["common"]]
+    weights = tmp_path / "w"
+    assert run("main.py", *world["train"], "--output-dir", str(weights)).returncode == 0
+    done = run("test.py", *common, "--checkpoint", str(weights / "model_parameters.pth"), "--output-dir", str(out))
+    assert done.returncode == 2 and not out.exists(), done.stderr

@@ -1,0 +1,68 @@
+"""The deployment defences: a prompt is also scored normalised and sentence by sentence, the worst form deciding.
+
+Measured on real text with the real MiniLM encoder by scripts/measure_defences.py (docs/defences.md);
+here: what the forms are, that the guard's score is exactly the maximum over them, and that a
+detector for a word catches it written with look-alike or fullwidth letters only with the defences on.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_windows import bag_of_tokens_encoder, word_detector  # noqa: F401 - a pytest fixture and its detector
+
+from latentguard.data.defences import forms, normalized, sentences
+from latentguard.guard import LatentGuard
+from latentguard.model import EmbeddingMappingLayer
+
+
+@pytest.mark.parametrize("written, plain", [
+    ("a blооdy knіfe", "a bloody knife"),            # Cyrillic o and i
+    ("ａ ｂｌｏｏｄｙ ｋｎｉｆｅ", "a bloody knife"),   # fullwidth
+    ("a kn\u200bi\u00adfe", "a knife"),               # zero-width space, soft hyphen
+    ("a knífe on the flôor", "a knife on the floor"),  # accents
+    ("ﬁre", "fire"),                                  # a ligature (NFKC)
+])
+def test_normalisation_maps_what_an_attacker_writes_to_plain_latin(written, plain):
+    assert normalized(written) == plain
+
+
+def test_forms_are_the_prompt_itself_first_then_only_what_differs():
+    assert forms("a photo of a cat, 8k, trending on artstation") == ["a photo of a cat, 8k, trending on artstation"]
+    assert forms("version 3.5 of the show") == ["version 3.5 of the show"]  # a decimal point is not a sentence end
+    text = "A dog on the beach. Kids play ball! а knіfe in blооd"
+    assert sentences(text) == ["A dog on the beach.", "Kids play ball!", "а knіfe in blооd"]
+    assert forms(text) == [text, normalized(text), "A dog on the beach.", "Kids play ball!", "а knіfe in blооd",
+                           "a knife in blood"]
+    assert forms(text, normalize=False, split_sentences=False) == [text]
+    assert forms("") == [""]
+
+
+def test_the_guards_logits_are_the_maximum_over_the_forms(tiny_encoder):
+    import torch
+
+    torch.manual_seed(0)
+    model = EmbeddingMappingLayer()
+    concepts = ["knife", "blood", "gun"]
+    on = LatentGuard(model, tiny_encoder, concepts, threshold=0.0, cache_concepts=False)
+    off = LatentGuard(model, tiny_encoder, concepts, threshold=0.0, cache_concepts=False, normalize_text=False,
+                      split_sentences=False)
+    prompts = ["a red balloon", "Two kids play ball. A dog runs. а knіfe in the kitchen", "ｇｕｎ on a table"]
+    expected = np.stack([off.logits(forms(p)).max(axis=0) for p in prompts])
+    np.testing.assert_allclose(on.logits(prompts), expected, rtol=1e-5, atol=1e-5)  # other batch shapes: ~1e-6
+    np.testing.assert_array_equal(on.logits(prompts[:1]), off.logits(prompts[:1]))  # one plain form: unchanged
+    verdict = on.check(prompts[1:2], explain=True)[0]
+    assert verdict.score == pytest.approx(float(expected[1].max()), rel=1e-5)
+
+
+def test_look_alike_and_fullwidth_letters_pass_a_word_detector_only_without_the_defences(bag_of_tokens_encoder):
+    encoder = bag_of_tokens_encoder
+    detector = word_detector(encoder, "knife")
+    attacks = ["a bloody knіfe on the table", "a bloody ｋｎｉｆｅ on the table", "a bloody kn\u200bife on the table"]
+    plain = LatentGuard(detector, encoder, ["knife"], threshold=0.0, cache_concepts=False, normalize_text=False,
+                        split_sentences=False)
+    guarded = LatentGuard(detector, encoder, ["knife"], threshold=0.0, cache_concepts=False)
+    assert plain.check(["a bloody knife on the table"])[0].unsafe  # the detector works
+    assert not any(v.unsafe for v in plain.check(attacks))           # the attacks pass it as written
+    verdicts = guarded.check(attacks)
+    assert all(v.unsafe for v in verdicts)
+    assert verdicts[0].evidence[0][0] == "knife"  # explained from the normalised form that fired

@@ -70,3 +70,21 @@ def tiny_encoder_other(clip_tokenizer):
 @pytest.fixture
 def synthetic_copro(tmp_path) -> Path:
     return make_synthetic_copro(tmp_path / "dataset" / "CoPro_synthetic.json")
+
+
+@pytest.fixture(scope="session")
+def bag_of_tokens_encoder(clip_tokenizer):
+    """A CLIP text encoder with no transformer layers: each token state is LN(token + position).
+
+    A word's own direction then survives in its state whatever the context, which lets the test
+    build an exact detector for it (random 1-layer models mix tokens too much for that).
+    """
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from latentguard.encoders import CLIPTextEncoder
+
+    config = CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=64, num_hidden_layers=0,
+                            num_attention_heads=4, max_position_embeddings=77, bos_token_id=49406,
+                            eos_token_id=49407, pad_token_id=49407)
+    torch.manual_seed(0)
+    return CLIPTextEncoder(CLIPTextModel(config), device="cpu", tokenizer=clip_tokenizer, name="bag-of-tokens")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_windows import bag_of_tokens_encoder, word_detector  # noqa: F401 - a pytest fixture and its detector
+from test_windows import word_detector
 
 from latentguard.data.defences import forms, normalized, sentences
 from latentguard.guard import LatentGuard

@@ -22,6 +22,7 @@ import json
 import random
 import sys
 import time
+import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,27 +64,25 @@ def measure(checkpoint: Path, data: dict, captions: list[str], seed: int) -> dic
     from latentguard.guard import LatentGuard
 
     encoder = load_encoder(str(minilm_dir()), "hf", device="cpu")
-    rng = random.Random(seed)
     half = len(captions) // 2  # preambles come from one half, false positives are measured on the other
     lead, benign = captions[:half], captions[half:]
     out: dict = {}
     for domain, split in (("ID", "ID_test_data"), ("OOD", "OOD_test_data")):
         unsafe = [e["unsafe_prompt"] for e in data[split]]
         safe = [e["safe_prompt"] for e in data[split]]
-        variants = {"as written": unsafe, "homoglyphs": [homoglyphs(t) for t in unsafe],
-                    "fullwidth": [fullwidth(t) for t in unsafe]}
+        perturb = {"as written": lambda t: t, "homoglyphs": homoglyphs, "fullwidth": fullwidth}
         for k in (1, 2, 3):
-            variants[f"{k} COCO caption{'s' if k > 1 else ''} in front"] = [with_preamble(t, lead, k, rng)
-                                                                            for t in unsafe]
+            perturb[f"{k} COCO caption{'s' if k > 1 else ''} in front"] = \
+                lambda t, k=k: with_preamble(t, lead, k, random.Random(zlib.crc32(f"{seed} {k} {t}".encode())))
         rows = {}
         for defences in (False, True):
             guard = LatentGuard.from_pretrained(checkpoint, encoder, data[f"{domain}_concepts"], threshold="auto",
                                                 normalize_text=defences, split_sentences=defences, batch_size=64)
             key = "on" if defences else "off"
-            for name, prompts in variants.items():
-                rows.setdefault(name, {})[key] = detection(guard, prompts)
-            rows.setdefault("COCO captions (false positives)", {})[key] = detection(guard, benign)
-            rows.setdefault("CoPro safe test prompts (false positives)", {})[key] = detection(guard, safe)
+            for name, change in perturb.items():  # the same change to the unsafe and to the safe prompts
+                rows.setdefault(name, {})[key] = {"detection": detection(guard, [change(t) for t in unsafe]),
+                                                  "fpr": detection(guard, [change(t) for t in safe])}
+            rows.setdefault("COCO captions", {})[key] = {"detection": None, "fpr": detection(guard, benign)}
             out.setdefault("threshold", {})[domain] = guard.threshold
         out[domain] = rows
     return out
@@ -112,13 +111,17 @@ def main() -> int:
         results[seed] = measure(out / "model_parameters.pth", data, captions, seed)
     print(f"measured in {time.perf_counter() - started:.0f} s: all-MiniLM-L6-v2, {args.epochs} epochs, seeds "
           f"{args.seeds}; thresholds {[r['threshold'] for r in results.values()]}")
+    def mean(domain: str, name: str, key: str, what: str) -> str:
+        values = [r[domain][name][key][what] for r in results.values()]
+        return "-" if values[0] is None else f"{sum(values) / len(values):.3f}"
+
     for domain in ("ID", "OOD"):
-        print(f"\n{domain} (detection = share of prompts flagged; mean over seeds)\n")
-        print("| prompts | defences off | defences on |\n|---|---:|---:|")
+        print(f"\n{domain}: share flagged, mean over seeds (detection on unsafe test prompts, FPR on their safe "
+              "twins changed the same way, or on COCO captions)\n")
+        print("| prompts | detection, off | detection, on | FPR, off | FPR, on |\n|---|---:|---:|---:|---:|")
         for name in results[args.seeds[0]][domain]:
-            off = sum(r[domain][name]["off"] for r in results.values()) / len(results)
-            on = sum(r[domain][name]["on"] for r in results.values()) / len(results)
-            print(f"| {name} | {off:.3f} | {on:.3f} |")
+            print(f"| {name} | {mean(domain, name, 'off', 'detection')} | {mean(domain, name, 'on', 'detection')} | "
+                  f"{mean(domain, name, 'off', 'fpr')} | {mean(domain, name, 'on', 'fpr')} |")
     write_figures(work / "defences.json", {"epochs": args.epochs, "seeds": args.seeds, "results": results})
     return 0
 

@@ -89,8 +89,10 @@ def _read_cache(path: Path, identity: str, hidden_size: int) -> dict:
     except Exception:  # noqa: BLE001 - a damaged cache is only a cache miss
         warnings.warn(f"ignoring unreadable concept cache {path}; it will be rebuilt", stacklevel=3)
         return {}
-    if not isinstance(sums, list) or len(sums) != len(names):
-        sums = [None] * len(names)  # a cache written before entries had checksums: every entry is re-encoded
+    if not isinstance(sums, list) or len(sums) != len(names):  # written before entries had checksums
+        warnings.warn(f"concept cache {path} has no checksums (an older version wrote it); re-encoding its "
+                      "concepts", stacklevel=3)
+        return {}
     table, failed = {}, []
     for name, vector, checksum in zip(names, vectors.float(), sums):
         if isinstance(name, str) and checksum == entry_checksum(identity, name, vector) and usable_vector(vector):

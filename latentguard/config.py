@@ -86,6 +86,18 @@ def optional_path(value: Any) -> str | None:
     return None if value is None or (isinstance(value, str) and value.strip()) else "must be a file path or null"
 
 
+def optional_text(value: Any) -> str | None:
+    return None if value is None or (isinstance(value, str) and value.strip()) else "must be a non-empty string or null"
+
+
+def optional_positive_int(value: Any) -> str | None:
+    return None if value is None else positive_int(value)
+
+
+def optional_non_negative_float(value: Any) -> str | None:
+    return None if value is None else non_negative_float(value)
+
+
 def choice(*options: str) -> Check:
     def check(value: Any) -> str | None:
         return None if value in options else f"must be one of {sorted(options)}"
@@ -195,6 +207,20 @@ class CalibrationConfig:
 
 
 @dataclass(frozen=True)
+class BulkConfig:
+    text_column: str = key("text", text)
+    id_column: str | None = key(None, optional_text)
+    format: str = key("parquet", choice("parquet", "jsonl"))
+    shard_size: int = key(50_000, positive_int)
+    dedup: bool = key(True, boolean)
+    engine: str = key("local", choice("local", "ray"))
+    address: str | None = key(None, optional_text)
+    workers: int | None = key(None, optional_positive_int)
+    cpus_per_worker: float = key(1.0, positive_float)
+    gpus_per_worker: float | None = key(None, optional_non_negative_float)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole config, typed: top-level paths plus one object per section."""
 
@@ -212,6 +238,7 @@ class Config:
     eval: EvalConfig = section(EvalConfig)
     inference: InferenceConfig = section(InferenceConfig)
     calibration: CalibrationConfig = section(CalibrationConfig)
+    bulk: BulkConfig = section(BulkConfig)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], source: str = "config") -> "Config":

@@ -8,10 +8,12 @@ train    latentguard.cli.train    main.py             latentguard-train
 evaluate latentguard.cli.evaluate test.py             latentguard-evaluate
 infer    latentguard.cli.infer    inference.py        latentguard-infer
 verify   latentguard.cli.verify   (none)              latentguard-verify
+score    latentguard.cli.score    (none)              latentguard-score
 ======== ======================== =================== ==========================
 
 ``latentguard COMMAND [flags]`` (or ``python -m latentguard COMMAND``) runs any of them.
-``verify`` (release parity) has no root script: ``latentguard verify``.
+``verify`` (release parity) and ``score`` (corpora, :mod:`latentguard.bulk`) have no root script:
+``latentguard verify``, ``latentguard score``.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "latentguard.cli.evaluate",
     "infer": "latentguard.cli.infer",
     "verify": "latentguard.cli.verify",
+    "score": "latentguard.cli.score",
 }
 SUMMARIES: dict[str, str] = {
     "prepare": "encode CoPro into an on-disk embedding store (prepare.py)",
@@ -33,6 +36,7 @@ SUMMARIES: dict[str, str] = {
     "evaluate": "Table 1 / Table 2 evaluation and baselines (test.py)",
     "infer": "score a file of prompts, SAFE/UNSAFE per line (inference.py)",
     "verify": "check parity with the released model's scores",
+    "score": "score a corpus into resumable, deduplicated shards (one machine or Ray)",
 }
 
 

@@ -48,8 +48,10 @@ def expand_inputs(patterns: Sequence[str]) -> list[tuple[str, Path]]:
     A pattern matching nothing, an unknown extension or a file named twice is refused."""
     found: list[tuple[str, Path]] = []
     for pattern in patterns:
-        names = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
-        names = [n for n in names if not Path(n).is_dir()] if glob.has_magic(pattern) else names
+        if glob.has_magic(pattern):  # a glob's directories are skipped, a named directory is refused
+            names = sorted(n for n in glob.glob(pattern, recursive=True) if not Path(n).is_dir())
+        else:
+            names = [pattern]
         if not names:
             raise LatentGuardError(f"input {pattern!r} matches no file")
         for name in names:

@@ -20,7 +20,7 @@ from ..errors import LatentGuardError
 from ..io import atomic_path, atomic_write_text
 from .dedup import VerdictMap, digest
 from .inputs import Rows, read_rows
-from .manifest import DEDUP_DB, SUMMARY, read_marker, write_marker
+from .manifest import DEDUP_DB, DONE_DIR, SUMMARY, read_marker, write_marker
 from .plan import Run, Shard
 from .scorer import category_columns, verdict_columns
 
@@ -38,6 +38,7 @@ def run_local(run: Run, guard, progress: bool = True) -> dict:
             break
         markers.append(marker)
     todo = run.shards[first:]
+    _remove_stale_temporaries(run)
     verdicts = VerdictMap(run.directory / DEDUP_DB, len(category_columns(guard))) if run.options.dedup else None
     bar = _progress(run, markers, progress)
     try:
@@ -66,6 +67,15 @@ def run_local(run: Run, guard, progress: bool = True) -> dict:
     summary = summarize(run, markers, time.monotonic() - started, len(todo))
     atomic_write_text(run.directory / SUMMARY, json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
     return summary
+
+
+def _remove_stale_temporaries(run: Run) -> None:
+    """A ``kill -9`` during a write leaves the temporary file ``atomic_path`` was filling
+    (``.shard-00003.parquet.<random>.tmp``); this run owns the directory, so those are removed."""
+    for folder, pattern in ((run.directory, ".shard-*.tmp"), (run.directory / DONE_DIR, ".shard-*.json.*.tmp"),
+                            (run.directory, f".{SUMMARY}.*.tmp")):
+        for stale in folder.glob(pattern) if folder.is_dir() else ():
+            stale.unlink()
 
 
 def _progress(run: Run, markers: list[dict], enabled: bool):

@@ -94,6 +94,10 @@ def optional_text(value: Any) -> str | None:
     return None if value is None or (isinstance(value, str) and value.strip()) else "must be a non-empty string or null"
 
 
+def optional_non_negative_float(value: Any) -> str | None:
+    return None if value is None else non_negative_float(value)
+
+
 def choice(*options: str) -> Check:
     def check(value: Any) -> str | None:
         return None if value in options else f"must be one of {sorted(options)}"
@@ -231,6 +235,20 @@ class ServeConfig:
 
 
 @dataclass(frozen=True)
+class BulkConfig:
+    text_column: str = key("text", text)
+    id_column: str | None = key(None, optional_text)
+    format: str = key("parquet", choice("parquet", "jsonl"))
+    shard_size: int = key(50_000, positive_int)
+    dedup: bool = key(True, boolean)
+    engine: str = key("local", choice("local", "ray"))
+    address: str | None = key(None, optional_text)
+    workers: int | None = key(None, optional_positive_int)
+    cpus_per_worker: float = key(1.0, positive_float)
+    gpus_per_worker: float | None = key(None, optional_non_negative_float)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole config, typed: top-level paths plus one object per section."""
 
@@ -252,6 +270,7 @@ class Config:
     calibration: CalibrationConfig = section(CalibrationConfig)
     benchmark: BenchmarkConfig = section(BenchmarkConfig)
     serve: ServeConfig = section(ServeConfig)
+    bulk: BulkConfig = section(BulkConfig)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], source: str = "config") -> "Config":

@@ -26,3 +26,5 @@ DEFAULT_CATEGORY = "unsafe"  # the category of a flat blacklist's concepts (conf
 # Threshold names besides the published ones (latentguard.published.NAMED_THRESHOLDS):
 CALIBRATED = "calibrated"  # the calibration record beside the checkpoint; an error when there is none
 AUTO = "auto"              # that record when there is one, else 9.0131 for the released weights only
+RUN_LOCK = ".latentguard-run.lock"       # a run directory's lock: one run at a time (latentguard.cli.rundir)
+RUN_OUTPUTS_RECORD = ".latentguard-outputs.json"  # which command's run a directory holds, and what it wrote

@@ -1,6 +1,23 @@
 """The command-line layer: one module per command, all built on :mod:`latentguard.cli.common`.
 
-========= ========================= ============ =============="""
+========= ========================= ============ =====================
+command   module                    root script  console entry point
+========= ========================= ============ =====================
+prepare   latentguard.cli.prepare   prepare.py   latentguard-prepare
+train     latentguard.cli.train     main.py      latentguard-train
+evaluate  latentguard.cli.evaluate  test.py      latentguard-evaluate
+infer     latentguard.cli.infer     inference.py latentguard-infer
+verify    latentguard.cli.verify    (none)       latentguard-verify
+export    latentguard.cli.export    (none)       latentguard-export
+benchmark latentguard.cli.benchmark (none)       latentguard-benchmark
+serve     latentguard.cli.serve     (none)       latentguard-serve
+score     latentguard.cli.score     (none)       latentguard-score
+========= ========================= ============ =====================
+
+``latentguard COMMAND [flags]`` (or ``python -m latentguard COMMAND``) runs any of them. The
+commands without a root script (``verify``, ``export``, ``benchmark``, ``serve``, ``score``) are
+new with this package, so they have no released name to keep.
+"""
 from __future__ import annotations
 
 import importlib
@@ -17,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "export": "latentguard.cli.export",
     "benchmark": "latentguard.cli.benchmark",
     "serve": "latentguard.cli.serve",
+    "score": "latentguard.cli.score",
 }
 SUMMARIES: dict[str, str] = {
     "prepare": "encode CoPro into an on-disk embedding store (prepare.py)",
@@ -27,6 +45,7 @@ SUMMARIES: dict[str, str] = {
     "export": "write a guard as a bundle folder (and push it to the hub)",
     "benchmark": "the guard on attack and benign prompt sets (MMA, I2P, Ring-A-Bell, P4D, COCO, ...)",
     "serve": "moderation server: OpenAI's /v1/moderations, batched, with metrics",
+    "score": "score a corpus into resumable, deduplicated shards (one machine or Ray)",
 }
 
 

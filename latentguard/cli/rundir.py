@@ -18,11 +18,11 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ..constants import RUN_LOCK
+from ..constants import RUN_OUTPUTS_RECORD as OUTPUTS
 from ..errors import LatentGuardError
 from ..io import atomic_write_text, sha256_of
 
-RUN_LOCK = ".latentguard-run.lock"
-OUTPUTS = ".latentguard-outputs.json"
 _HELD: dict[str, int] = {}  # directories this process owns, with the open lock file keeping them
 _CREATED: set[str] = set()   # the ones it also created (removed again when the command fails having written nothing)
 
@@ -49,12 +49,12 @@ def check_ownership(directory: str | Path, command: str, *, writes: Sequence[str
     entries = sorted(p.name for p in directory.iterdir() if p.name not in (RUN_LOCK, OUTPUTS))
     if not entries:
         return False
-    family = command.split()[0]
-    if any(str(key).split()[0] == family for key in _manifest(directory)) or (previous_run and previous_run(directory)):
+    if command in _manifest(directory) or (previous_run and previous_run(directory)):
         return True
     conflict = next((name for name in writes if name in entries), entries[0])
-    raise LatentGuardError(f"--output-dir {directory} holds {conflict}, which {family} did not write (it is not a "
-                           f"previous {family} run, so nothing in it is replaced); choose an empty or new --output-dir")
+    raise LatentGuardError(f"--output-dir {directory} holds {conflict}, which {command} did not write (it is not a "
+                           f"previous {command} run, so nothing in it is replaced); choose an empty or new "
+                           "--output-dir")
 
 
 def _manifest(directory: Path) -> dict:

@@ -1,0 +1,324 @@
+"""Corpus inputs: find the files, plan their shards, and stream their rows with bounded memory.
+
+An input is a ``.txt`` (one prompt per line), ``.jsonl``, ``.csv`` or ``.parquet`` file. A row's
+number is its place in its file: the line (0-based) of a ``.txt`` or ``.jsonl`` file, the record
+after the header of a ``.csv``, the row of a ``.parquet``. Blank lines are not rows (as in
+``inference.py``) but keep their number, so ``row`` always points back at the input. Shards never
+span two files: shard *k* of a file holds its rows ``[k*S, (k+1)*S)``, so boundaries depend only
+on row numbers and the shard size. Planning scans text files once for the byte offset of every
+shard's first row, so a resumed run or a Ray task reads only its own rows.
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from ..errors import LatentGuardError
+
+FORMATS = {".txt": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+CHUNK = 1 << 22  # bytes per read when scanning text files for line offsets
+READ_ROWS = 8192  # rows per chunk handed to the scorer
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input: where it is, its format and size, and the first row and byte offset of each shard."""
+
+    name: str             # the path as given (the output's ``input`` column)
+    path: str             # the resolved path
+    format: str
+    size: int
+    mtime_ns: int
+    rows: int             # lines (txt/jsonl, blank ones included), records (csv) or rows (parquet)
+    offsets: tuple[int, ...] = field(default=())  # byte offset of each shard's first row (text formats)
+
+    def identity(self) -> dict:
+        """What a resumed run must find unchanged."""
+        return {"name": self.name, "path": self.path, "format": self.format, "size": self.size,
+                "mtime_ns": self.mtime_ns, "rows": self.rows}
+
+
+def expand_inputs(patterns: Sequence[str]) -> list[tuple[str, Path]]:
+    """Files and globs -> ``(name as given, resolved path)`` in order; a glob's matches sorted.
+    A pattern matching nothing, an unknown extension or a file named twice is refused."""
+    found: list[tuple[str, Path]] = []
+    for pattern in patterns:
+        if glob.has_magic(pattern):  # a glob's directories are skipped, a named directory is refused
+            names = sorted(n for n in glob.glob(pattern, recursive=True) if not Path(n).is_dir())
+        else:
+            names = [pattern]
+        if not names:
+            raise LatentGuardError(f"input {pattern!r} matches no file")
+        for name in names:
+            path = Path(name)
+            if not path.exists():
+                raise LatentGuardError(f"input not found: {name}")
+            if path.is_dir():
+                raise LatentGuardError(f"input {name} is a directory; give its files or a glob ({name}/*.parquet)")
+            input_format(path)
+            found.append((name, path.resolve()))
+    seen: dict[Path, str] = {}
+    for name, path in found:
+        if path in seen:
+            raise LatentGuardError(f"input {name} is given twice (also as {seen[path]}); name each file once")
+        seen[path] = name
+    return found
+
+
+def input_format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise LatentGuardError(f"input {path}: unknown extension '{suffix or '(none)'}'; use .txt, .jsonl, .csv or "
+                               ".parquet (uncompressed)")
+    return FORMATS[suffix]
+
+
+def plan_input(name: str, path: Path, text_column: str, id_column: str | None, shard_size: int) -> InputFile:
+    """Check an input's columns and find its row count and shard offsets (one pass over a text file,
+    metadata only for parquet), before any model is loaded."""
+    fmt = input_format(path)
+    stat = path.stat()
+    if fmt == "parquet":
+        rows, offsets = _parquet_rows(path, text_column, id_column), ()
+    elif fmt == "csv":
+        rows, offsets = _csv_offsets(path, text_column, id_column, shard_size)
+    else:
+        rows, offsets = _line_offsets(path, shard_size)
+    return InputFile(name, str(path), fmt, stat.st_size, stat.st_mtime_ns, rows, tuple(offsets))
+
+
+def shard_count(item: InputFile, shard_size: int) -> int:
+    return -(-item.rows // shard_size)
+
+
+# ------------------------------------------------------------------------------------ planning
+def _line_offsets(path: Path, shard_size: int) -> tuple[int, list[int]]:
+    """Lines in the file and the byte offset of lines 0, S, 2S, ... (a last line without ``\\n`` counts).
+
+    Line *i* > 0 starts after the file's *i*-th newline; numpy finds a block's newlines at memory speed.
+    """
+    import numpy as np
+
+    offsets, newlines, position, last = [0], 0, 0, b"\n"
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(CHUNK), b""):
+            found = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10)
+            first = -(-(newlines + 1) // shard_size) * shard_size  # the first boundary after line `newlines`
+            for line in range(first, newlines + len(found) + 1, shard_size):
+                offsets.append(position + int(found[line - newlines - 1]) + 1)
+            newlines, position, last = newlines + len(found), position + len(block), block[-1:]
+    lines = newlines + (1 if position and last != b"\n" else 0)
+    return lines, offsets[: -(-lines // shard_size)]
+
+
+def _csv_header(path: Path, handle, text_column: str, id_column: str | None) -> tuple[list[str], int]:
+    header = next(csv.reader(_decoded_lines(handle, path, 0)), None)
+    if header is None:
+        raise LatentGuardError(f"{path}: empty CSV file (it needs a header row naming the columns)")
+    for column, flag in ((text_column, "--text-column"), (id_column, "--id-column")):
+        if column is not None and column not in header:
+            raise LatentGuardError(f"{path}: no column '{column}' in the header ({', '.join(header)}); set {flag}")
+    return header, handle.tell()
+
+
+def _csv_offsets(path: Path, text_column: str, id_column: str | None, shard_size: int) -> tuple[int, list[int]]:
+    """Records after the header and the byte offset of records 0, S, 2S, ... (quoted newlines respected)."""
+    with open(path, "rb") as handle:
+        _, start = _csv_header(path, handle, text_column, id_column)
+        handle.seek(start)
+        lines = _decoded_lines(handle, path, start)
+        offsets, records = [], 0
+        reader = csv.reader(lines)
+        while True:
+            if records % shard_size == 0:
+                offsets.append(lines.position)
+            try:
+                next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                raise LatentGuardError(f"{path}: record {records} is not valid CSV ({exc})") from None
+            records += 1
+    return records, offsets[: -(-records // shard_size)]
+
+
+def _parquet_rows(path: Path, text_column: str, id_column: str | None) -> int:
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises its own error types for a file that is not parquet
+        raise LatentGuardError(f"{path}: not a readable parquet file ({exc})") from None
+    names = meta.schema_arrow.names
+    for column, flag in ((text_column, "--text-column"), (id_column, "--id-column")):
+        if column is not None and column not in names:
+            raise LatentGuardError(f"{path}: no column '{column}' ({', '.join(names)}); set {flag}")
+    kind = meta.schema_arrow.field(text_column).type
+    if str(kind) not in ("string", "large_string", "string_view"):
+        raise LatentGuardError(f"{path}: column '{text_column}' holds {kind}, not text; set --text-column")
+    return meta.metadata.num_rows
+
+
+class _decoded_lines:
+    """UTF-8 lines of a binary file from byte ``position`` (a bad byte names its line), tracking the
+    offset after the last line given out, so a CSV reader's record boundaries have byte offsets."""
+
+    def __init__(self, handle, path: Path, position: int) -> None:
+        self.handle, self.path, self.position = handle, path, position
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        raw = self.handle.readline()
+        if not raw:
+            raise StopIteration
+        start, self.position = self.position, self.position + len(raw)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise LatentGuardError(f"{self.path}: byte {start + exc.start} is not valid UTF-8; re-save the file "
+                                   "as UTF-8") from None
+        return text[1:] if start == 0 and text.startswith("\ufeff") else text
+
+
+# ------------------------------------------------------------------------------------- reading
+@dataclass
+class Rows:
+    """A chunk of an input's rows: their numbers, texts and (optional) ids, in file order."""
+
+    rows: list[int]
+    texts: list[str]
+    ids: list[str | None] | None
+
+
+def read_rows(item: InputFile, text_column: str, id_column: str | None, start: int, stop: int,
+              shard_size: int) -> Iterator[Rows]:
+    """Stream rows ``[start, stop)`` of ``item`` (``start`` a shard boundary) in chunks of
+    :data:`READ_ROWS`. A row whose text is missing or not a string is refused, naming it."""
+    if start % shard_size:
+        raise LatentGuardError(f"internal: reading must start at a shard boundary, got row {start}")
+    stop = min(stop, item.rows)
+    if start >= stop:
+        return
+    if item.format == "parquet":
+        yield from _parquet_chunks(item, text_column, id_column, start, stop)
+        return
+    with open(item.path, "rb") as handle:
+        offset = item.offsets[start // shard_size]
+        handle.seek(offset)
+        lines = _decoded_lines(handle, Path(item.path), offset)
+        if item.format == "csv":
+            records = _csv_records(item, lines, text_column, id_column, start)
+        else:
+            records = _line_records(item, lines, text_column, id_column, start)
+        chunk = Rows([], [], [] if id_column else None)
+        for row, text, ident in records:
+            if row >= stop:
+                break
+            chunk.rows.append(row)
+            chunk.texts.append(text)
+            if chunk.ids is not None:
+                chunk.ids.append(ident)
+            if len(chunk.rows) == READ_ROWS:
+                yield chunk
+                chunk = Rows([], [], [] if id_column else None)
+        if chunk.rows:
+            yield chunk
+
+
+def _line_records(item: InputFile, lines, text_column: str, id_column: str | None, start: int):
+    for row, line in enumerate(lines, start):
+        if item.format == "txt":
+            text = line.strip()
+            if text:
+                yield row, text, None
+            continue
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise LatentGuardError(f"{item.name}: line {row + 1} is not valid JSON ({exc.args[0]})") from None
+        if not isinstance(record, dict):
+            raise LatentGuardError(f"{item.name}: line {row + 1} is not a JSON object")
+        yield row, _text(item, record.get(text_column, None), text_column, f"line {row + 1}"), \
+            _ident(record.get(id_column)) if id_column else None
+
+
+def _csv_records(item: InputFile, lines, text_column: str, id_column: str | None, start: int):
+    with open(item.path, "rb") as handle:
+        header, _ = _csv_header(Path(item.path), handle, text_column, id_column)
+    at, id_at = header.index(text_column), header.index(id_column) if id_column else None
+    reader = csv.reader(lines)
+    row = start
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise LatentGuardError(f"{item.name}: record {row} is not valid CSV ({exc})") from None
+        if len(record) != len(header):
+            raise LatentGuardError(f"{item.name}: record {row} has {len(record)} fields, the header {len(header)}")
+        yield row, record[at], record[id_at] if id_at is not None else None
+        row += 1
+
+
+def _parquet_chunks(item: InputFile, text_column: str, id_column: str | None, start: int, stop: int):
+    import pyarrow.parquet as pq
+
+    handle = pq.ParquetFile(item.path)
+    groups, first, begin = [], None, 0
+    for g in range(handle.metadata.num_row_groups):
+        n = handle.metadata.row_group(g).num_rows
+        if begin + n > start and begin < stop:
+            groups.append(g)
+            first = begin if first is None else first
+        begin += n
+    columns = [text_column] + ([id_column] if id_column and id_column != text_column else [])
+    row = first
+    for batch in handle.iter_batches(batch_size=READ_ROWS, row_groups=groups, columns=columns):
+        lo, hi = max(start - row, 0), min(stop - row, batch.num_rows)
+        if lo < hi:
+            texts = batch.column(text_column).slice(lo, hi - lo).to_pylist()
+            for i, text in enumerate(texts):
+                _text(item, text, text_column, f"row {row + lo + i}")
+            ids = None
+            if id_column:
+                ids = [_ident(v) for v in batch.column(id_column).slice(lo, hi - lo).to_pylist()]
+            yield Rows(list(range(row + lo, row + hi)), texts, ids)
+        row += batch.num_rows
+        if row >= stop:
+            return
+
+
+def _text(item: InputFile, value, column: str, where: str) -> str:
+    if not isinstance(value, str):
+        what = "no" if value is None else f"a {type(value).__name__}, not a"
+        raise LatentGuardError(f"{item.name}: {where} has {what} text in column '{column}'; every row needs one "
+                               "(drop or fill such rows first)")
+    return value
+
+
+def _ident(value) -> str | None:
+    """An id as text, so one column has one type across files (``None`` stays null)."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, (list, dict)) else str(value)
+
+
+def check_not_output(inputs: Sequence[tuple[str, Path]], output: Path) -> None:
+    """Refuse an input that is the output directory or lies inside it (reading our own shards back)."""
+    out = Path(os.path.realpath(output))
+    for name, path in inputs:
+        if path == out or out in path.parents:
+            raise LatentGuardError(f"input {name} lies in the output directory {output}; choose another --output")
+
+
+__all__ = ["InputFile", "Rows", "expand_inputs", "plan_input", "read_rows", "shard_count", "check_not_output"]

@@ -219,7 +219,9 @@ def test_another_guard_options_or_changed_input_is_refused_and_nothing_is_touche
                          (args(corpus, tiny_encoder_dir, out, 1.0, "--shard-size", "5"), "option shard_size 4 vs 5"),
                          (args(corpus, tiny_encoder_dir, out, 1.0, "--shard-size", "4", "--no-dedup"), "option dedup"),
                          (args(corpus, tiny_encoder_dir, out, 1.0, "--shard-size", "4", "--batch-size", "3"),
-                          "option batch_size 64 vs 3")):
+                          "option batch_size 64 vs 3"),
+                         (args(corpus, tiny_encoder_dir, out, 1.0, "--shard-size", "4", "--no-defences"),
+                          "guard normalize_text True vs False")):
         assert score(argv) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "not mixed" in err and needle in err, err
@@ -338,3 +340,20 @@ def test_the_score_command_is_listed_and_documented(tmp_path):
     for flag in ("--output", "--text-column", "--id-column", "--shard-size", "--no-dedup", "--engine", "--address",
                  "--workers", "--checkpoint", "--concepts", "--threshold"):
         assert flag in helped.stdout
+
+
+def test_another_commands_run_directory_is_not_taken_for_a_score_run(corpus, tiny_encoder_dir, capsys):
+    """`latentguard benchmark` and `latentguard score` are different commands: one's directory is the
+    other's user files, refused, untouched."""
+    from latentguard.constants import RUN_OUTPUTS_RECORD
+
+    other = corpus / "bench"
+    other.mkdir()
+    (other / RUN_OUTPUTS_RECORD).write_text(json.dumps({"latentguard benchmark": {"benchmark.json": "0" * 64}}))
+    (other / "benchmark.json").write_text("{}\n")
+    before = snapshot(other)
+    argv = args(corpus, tiny_encoder_dir, other, 1.0)
+    assert score(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds no _manifest.json" in err, err
+    assert snapshot(other) == before

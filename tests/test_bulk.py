@@ -82,6 +82,20 @@ def split_threshold(guard: LatentGuard, texts: list[str]) -> float:
     return float((scores[mid - 1] + scores[mid]) / 2)
 
 
+SCORER_TEXTS = ["a knife on the table", "a red balloon", "blood on the floor", "a man with a gun", "a cake"]
+
+
+def scorer_recipe(d: Path, encoder_dir: Path, tiny_encoder, texts: list[str]) -> tuple[LatentGuard, dict]:
+    """The guard and the ``GuardBatchScorer`` keyword arguments of the documented engine examples (Ray, Spark):
+    a grouped blacklist, a checkpoint, a threshold that splits ``texts``."""
+    (d / "blacklist.yaml").write_text("concepts:\n  violence: [knife, gun]\n  gore: [blood]\n")
+    checkpoint(d / "ckpt.pth")
+    guard = guard_for(d, tiny_encoder)
+    guard.threshold = split_threshold(guard, texts)
+    return guard, {"checkpoint": str(d / "ckpt.pth"), "encoder": str(encoder_dir),
+                   "concepts": str(d / "blacklist.yaml"), "threshold": guard.threshold, "device": "cpu"}
+
+
 def args(d: Path, encoder_dir: Path, out: Path, threshold: float, *extra: str) -> list[str]:
     return [str(d / "a.txt"), str(d / "b.jsonl"), str(d / "c.csv"), str(d / "d.parquet"), "--output", str(out),
             "--checkpoint", str(d / "ckpt.pth"), "--concepts", str(d / "blacklist.yaml"), "--encoder",

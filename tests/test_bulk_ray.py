@@ -60,17 +60,13 @@ def test_the_ray_engine_writes_the_local_engines_rows(local_ray, corpus, tiny_en
 
 def test_the_documented_map_batches_example_and_a_worker_that_differs(local_ray, tmp_path, tiny_encoder_dir,
                                                                        tiny_encoder):
-    from test_bulk import checkpoint
+    from test_bulk import SCORER_TEXTS, scorer_recipe
 
     from latentguard.bulk import GuardBatchScorer
     from latentguard.bulk.manifest import guard_identity
 
-    texts = ["a knife on the table", "a red balloon", "blood on the floor", "a man with a gun", "a cake"] * 3
-    (tmp_path / "blacklist.yaml").write_text("concepts:\n  violence: [knife, gun]\n  gore: [blood]\n")
-    recipe = {"checkpoint": str(checkpoint(tmp_path / "ckpt.pth")), "encoder": str(tiny_encoder_dir),
-              "concepts": str(tmp_path / "blacklist.yaml"), "threshold": 0.0, "device": "cpu"}
-    guard = guard_for(tmp_path, tiny_encoder)
-    recipe["threshold"] = guard.threshold = split_threshold(guard, texts)
+    texts = SCORER_TEXTS * 3
+    guard, recipe = scorer_recipe(tmp_path, tiny_encoder_dir, tiny_encoder, texts)
     ds = ray.data.from_items([{"row": i, "text": t} for i, t in enumerate(texts)], override_num_blocks=3)
     scored = ds.map_batches(GuardBatchScorer, fn_constructor_kwargs=recipe, batch_size=4,
                             compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1).take_all()

@@ -1,7 +1,7 @@
 """The documented Spark example (docs/bulk.md), run on a local Spark session: ``predict_batch_udf`` with a
 ``make_predict_fn`` that builds :class:`GuardBatchScorer` once per Python worker gives the guard's verdicts.
 
-Needs pyspark and a Java runtime; skipped where either is missing (pyspark is not in the test extra)."""
+Needs pyspark (the spark extra, in the test extra) and a Java runtime; skipped without Java."""
 from __future__ import annotations
 
 import os
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_bulk import checkpoint, guard_for, split_threshold
+from test_bulk import SCORER_TEXTS, scorer_recipe
 
 pytest.importorskip("pyspark")
 if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
@@ -24,12 +24,8 @@ def test_the_documented_predict_batch_udf_example(tmp_path, tiny_encoder_dir, ti
     from pyspark.sql import SparkSession
     from pyspark.sql.types import ByteType, FloatType, StringType, StructField, StructType
 
-    texts = ["a knife on the table", "a red balloon", "blood on the floor", "a man with a gun", "a cake"] * 2
-    (tmp_path / "blacklist.yaml").write_text("concepts:\n  violence: [knife, gun]\n  gore: [blood]\n")
-    guard = guard_for(checkpoint(tmp_path / "ckpt.pth").parent, tiny_encoder)
-    guard.threshold = split_threshold(guard, texts)
-    recipe = {"checkpoint": str(tmp_path / "ckpt.pth"), "encoder": str(tiny_encoder_dir),
-              "concepts": str(tmp_path / "blacklist.yaml"), "threshold": guard.threshold, "device": "cpu"}
+    texts = SCORER_TEXTS * 2
+    guard, recipe = scorer_recipe(tmp_path, tiny_encoder_dir, tiny_encoder, texts)
     for name, value in {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PYSPARK_PYTHON": sys.executable,
                         "LATENTGUARD_HOME": str(tmp_path / "lg_home")}.items():
         monkeypatch.setenv(name, value)

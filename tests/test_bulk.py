@@ -276,6 +276,8 @@ def test_an_output_that_is_an_input_or_holds_other_files_is_refused(corpus, tiny
     ("x.csv", "prompt,other\nhello,1\n", "no column 'text' in the header (prompt, other); set --text-column"),
     ("x.csv", "text,other\nhello,1\nbad\n", "record 1 has 1 fields, the header 2"),
     ("x.txt", b"fine\n\xff\xfe bad\n", "byte 5 is not valid UTF-8"),
+    ("x.csv", "id,text\n1,a man with a gun\n2,\n", "x.csv: record 1 has no text in column 'text'"),  # pandas' null
+    ("x.txt", b"a gun\rblood\ra cat\r", "line 1 holds a carriage return inside it"),              # old Mac lines
 ])
 def test_bad_rows_are_one_line_errors_naming_file_and_row(tmp_path, corpus, tiny_encoder_dir, capsys, name, content,
                                                           needle):

@@ -105,6 +105,14 @@ def test_refusals_never_read_as_safe(recipe):
         scorer({"text": ["fine"], "score": [1.0]})
     with pytest.raises(LatentGuardError, match="dict of columns, a pandas DataFrame or a pyarrow Table"):
         scorer(["fine"])
+    with pytest.raises(LatentGuardError, match="holds one str, not a column of texts"):  # datasets.map, unbatched
+        scorer({"text": "a man with a gun", "id": 7})
+    import pandas as pd
+
+    with pytest.raises(LatentGuardError, match="2 columns named 'text'"):
+        scorer(pd.DataFrame([["a", "b"]], columns=["text", "text"]))
+    by_label = GuardBatchScorer(guard=guard, text_column="1")(pd.DataFrame({1: ["fine"]}))  # a non-string label
+    assert list(by_label.columns)[:1] == [1] and len(by_label["unsafe"]) == 1
     expect = {**guard_identity(guard), "threshold": guard.threshold + 1}
     with pytest.raises(LatentGuardError, match="not the one the run recorded .*threshold"):
         GuardBatchScorer(expect=expect, **options)({"text": ["fine"]})

@@ -21,6 +21,10 @@ from latentguard.model import EmbeddingMappingLayer
     ("a kn\u200bi\u00adfe", "a knife"),               # zero-width space, soft hyphen
     ("a knífe on the flôor", "a knife on the floor"),  # accents
     ("ﬁre", "fire"),                                  # a ligature (NFKC)
+    ("a bloody κηιfe", "a bloody knife"),             # Greek letters the confusables data maps off ASCII
+    ("a blооdy knїfё", "a bloody knife"),             # accented Cyrillic look-alikes
+    ("knі\u0308fe", "knife"),                         # a combining mark on a look-alike (NFKC makes it ї)
+    ("ΙΚΕΑ", "IKEA"),                                 # Greek capital iota reads as I, not l
 ])
 def test_normalisation_maps_what_an_attacker_writes_to_plain_latin(written, plain):
     assert normalized(written) == plain
@@ -35,6 +39,17 @@ def test_forms_are_the_prompt_itself_first_then_only_what_differs():
                            "a knife in blood"]
     assert forms(text, normalize=False, split_sentences=False) == [text]
     assert forms("") == [""]
+
+
+@pytest.mark.parametrize("joined", [
+    "A cat sleeps on a sofa.A bloody knife", 'A cat sleeps on a sofa." A bloody knife',
+    "A cat sleeps on a sofa.) A bloody knife", "A cat sleeps on a sofa\u2028A bloody knife",
+    "A cat sleeps on a sofa\x85A bloody knife", "A cat sleeps on a sofa\x0bA bloody knife",
+    "A cat sleeps on a sofa\x0cA bloody knife", "A cat sleeps on a sofa\u2026 A bloody knife",
+    "A cat sleeps on a sofa\uff0e A bloody knife", "一只猫坐在沙发上。A bloody knife",
+])
+def test_every_sentence_end_an_attacker_can_write_splits(joined):
+    assert "A bloody knife" in forms(joined)
 
 
 def test_the_guards_logits_are_the_maximum_over_the_forms(tiny_encoder):

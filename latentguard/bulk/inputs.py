@@ -236,6 +236,9 @@ def _line_records(item: InputFile, lines, text_column: str, id_column: str | Non
     for row, line in enumerate(lines, start):
         if item.format == "txt":
             text = line.strip()
+            if "\r" in text:  # old Mac line endings would make one row of many prompts
+                raise LatentGuardError(f"{item.name}: line {row + 1} holds a carriage return inside it (old Mac "
+                                       "line endings?); convert the file to \\n or \\r\\n line endings")
             if text:
                 yield row, text, None
             continue
@@ -266,6 +269,8 @@ def _csv_records(item: InputFile, lines, text_column: str, id_column: str | None
             raise LatentGuardError(f"{item.name}: record {row} is not valid CSV ({exc})") from None
         if len(record) != len(header):
             raise LatentGuardError(f"{item.name}: record {row} has {len(record)} fields, the header {len(header)}")
+        if not record[at]:  # an empty field is how pandas and spreadsheets write a missing value
+            _text(item, None, text_column, f"record {row}")
         yield row, record[at], record[id_at] if id_at is not None else None
         row += 1
 

@@ -65,6 +65,9 @@ def score_texts(guard, texts: Sequence[str], dedup: bool = True) -> dict[str, np
 
 def check_texts(values: Sequence, where: str) -> list[str]:
     """The batch's texts as ``str``, or refuse naming the first row that has none (a null never passes)."""
+    if isinstance(values, (str, bytes)):  # one example (datasets.map without batched=True): never its characters
+        raise LatentGuardError(f"{where} holds one {type(values).__name__}, not a column of texts; pass batches "
+                               "(datasets.map(..., batched=True)) or a list of texts")
     texts = []
     for i, value in enumerate(values):
         if not isinstance(value, str):  # numpy's str_ is a str
@@ -160,7 +163,10 @@ def _texts_of(batch, column: str) -> tuple[str, list[str], Sequence]:
         values = batch.column(column).to_pylist() if column in names else None
     elif type(batch).__module__.startswith("pandas") and hasattr(batch, "columns"):
         kind, names = "pandas", [str(c) for c in batch.columns]
-        values = batch[column].tolist() if column in names else None
+        labels = [c for c in batch.columns if str(c) == column]
+        if len(labels) > 1:
+            raise LatentGuardError(f"the batch has {len(labels)} columns named '{column}'; rename them before scoring")
+        values = batch[labels[0]].tolist() if labels else None
     else:
         raise LatentGuardError(f"a batch must be a dict of columns, a pandas DataFrame or a pyarrow Table, got "
                                f"{type(batch).__name__}")

@@ -19,8 +19,14 @@ import functools
 import re
 import unicodedata
 
-# A sentence ends at . ! ? ; or a line break, followed by space (so "3.5" and "a.m." stay whole).
-_SENTENCE_END = re.compile(r"(?<=[.!?;。！？；])\s+|[\r\n]+")
+# A sentence ends at . ! ? ; … (and their fullwidth forms), perhaps closed by quotes or brackets, followed by
+# space; at a CJK full stop with or without space; before a capital right after a lower-case letter's stop
+# ("sofa.A knife"); or at any line or paragraph break (\n \r \v \f NEL U+2028 U+2029). "3.5" and "a.m." stay whole.
+_SENTENCE_END = re.compile(
+    r"(?<=[.!?;…．！？；｡])[\"'”’»)\]]*\s+"
+    r"|(?<=[。！？；])\s*"
+    r"|(?<=[a-z][.!?;])(?=[A-Z])"
+    r"|[\n\r\v\f\x85\u2028\u2029]+")
 _MIN_SENTENCE_CHARS = 3  # "ok." or a stray "." are not worth an encoder pass
 
 
@@ -36,6 +42,10 @@ def forms(text: str, *, normalize: bool = True, split_sentences: bool = True) ->
             out.extend(pieces)
             if normalize:
                 out.extend(normalized(p) for p in pieces)
+        if normalize:  # a stop that is one only after NFKC (fullwidth ．, ｡) splits the normalised form
+            pieces = sentences(normalized(text))
+            if len(pieces) > 1:
+                out.extend(pieces)
     return list(dict.fromkeys([text] + [t for t in out[1:] if t.strip()]))
 
 
@@ -62,8 +72,10 @@ def _skeleton(ch: str) -> str:
         return ""
     base = unicodedata.normalize("NFKD", ch)
     stripped = "".join(c for c in base if not unicodedata.combining(c))
-    if stripped and stripped.isascii() and stripped != base:  # an accented Latin letter
-        return stripped
+    if stripped and stripped != base:  # accented: an accented Latin letter, or an accented look-alike (ї, ё, ӧ)
+        return "".join(_skeleton(c) for c in stripped)
+    if unicodedata.combining(ch):  # a stray combining mark on a look-alike carries no letter
+        return ""
     return _latin_lookalikes().get(ch, ch)
 
 
@@ -75,8 +87,21 @@ def _latin_lookalikes() -> dict[str, str]:
     table = {}
     for ch, homoglyphs in confusables.confusables_data.items():
         for glyph in homoglyphs:
-            candidate = glyph.get("c", "")
-            if candidate and candidate.isascii() and candidate.isprintable() and not candidate.isspace():
+            candidate = _ascii_letters(glyph.get("c", ""))
+            if candidate and candidate.isprintable() and not candidate.isspace():
                 table[ch] = candidate
                 break
+    table.update(_GREEK_LATIN)
     return table
+
+
+def _ascii_letters(text: str) -> str:
+    """``text`` as ASCII once accents are dropped ("ĸ" -> "", "n̩" -> "n"); "" when it stays non-ASCII."""
+    plain = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    return plain if plain.isascii() else ""
+
+
+# Greek letters read as Latin ones, where the confusables data maps them to a non-ASCII target (κ -> ĸ) or to
+# another Latin letter than the one a reader sees (Ι -> l).
+_GREEK_LATIN = {"κ": "k", "Κ": "K", "ι": "i", "η": "n", "ν": "v", "τ": "t", "υ": "u", "ρ": "p", "χ": "x",
+                "ο": "o", "α": "a", "ε": "e", "Ι": "I"}

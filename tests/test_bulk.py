@@ -258,7 +258,9 @@ def test_an_output_that_is_an_input_or_holds_other_files_is_refused(corpus, tiny
              ([str(corpus / "a.txt"), "--output", str(corpus / "mine")], "is not empty and holds no _manifest.json"),
              ([str(corpus / "nothing-*.txt"), "--output", str(corpus / "o")], "matches no file"),
              ([str(corpus / "ckpt.pth"), "--output", str(corpus / "o")], "unknown extension '.pth'"),
-             ([str(corpus / "a.txt"), str(corpus / "." / "a.txt"), "--output", str(corpus / "o")], "given twice")]
+             ([str(corpus / "a.txt"), str(corpus / "." / "a.txt"), "--output", str(corpus / "o")], "given twice"),
+             ([str(corpus / "empty.txt"), "--output", str(corpus / "o")], "no prompts to score")]
+    (corpus / "empty.txt").write_text("")
     (corpus / "mine").mkdir()
     (corpus / "mine" / "notes.txt").write_text("a user's file\n")
     before = snapshot(corpus)

@@ -203,9 +203,11 @@ def read_text(path: str | Path, what: str = "file") -> str:
 
 
 def read_lines(path: str | Path, what: str = "prompt file") -> list[str]:
-    """Read one item per line (UTF-8, blank lines skipped), with one-line errors for bad files."""
+    """Read one item per line (UTF-8, blank lines skipped), with one-line errors for bad files; each line
+    goes through :func:`prompt_line`, as ``latentguard score`` reads a ``.txt`` input."""
     text = read_text(path, what)
-    lines = [line.strip() for line in split_lines(text)]
+    name = "<standard input>" if str(path) == "-" else path
+    lines = [prompt_line(line, f"{name}: line {number}") for number, line in enumerate(split_lines(text), 1)]
     lines = [line for line in lines if line]
     if not lines:
         raise LatentGuardError(f"{what} is empty: {path} (put one entry per line)")
@@ -216,13 +218,28 @@ def split_lines(text: str, keepends: bool = False) -> list[str]:
     """Split on ``\\n`` and ``\\r\\n`` only, as the released script does.
 
     ``str.splitlines`` also breaks on U+2028, NEL, form feed, ``\\x1c``.. and lone ``\\r``; inside a
-    prompt those are characters, and splitting there would shift every later verdict off its line.
+    prompt those are characters, and splitting there would shift every later verdict off its line
+    (:func:`read_lines` refuses a ``\\r`` left inside a line: see :func:`prompt_line`).
     """
     pieces = text.split("\n")
     last = pieces.pop()
     if keepends:
         return [piece + "\n" for piece in pieces] + ([last] if last else [])
     return [piece[:-1] if piece.endswith("\r") else piece for piece in pieces] + ([last] if last else [])
+
+
+def prompt_line(line: str, where: str) -> str:
+    """The item one line of a one-per-line file holds: the line stripped (``""`` for a blank line).
+
+    A carriage return left inside it is refused, a one-line error starting ``where``: a file with old Mac
+    (lone ``\\r``) line endings would otherwise read as one item of many prompts, each scored as part of
+    the others. ``\\n`` and ``\\r\\n`` files are unaffected (their line ends are stripped first).
+    """
+    text = line.strip()
+    if "\r" in text:
+        raise LatentGuardError(f"{where} holds a carriage return inside it (old Mac line endings?); convert the "
+                               "file to \\n or \\r\\n line endings")
+    return text
 
 
 def unique(items: Sequence[str]) -> list[str]:
@@ -288,3 +305,27 @@ def unique_key_loader(scalars_as_text: bool = False) -> type:
             return super().construct_mapping(node, deep=deep)
 
     return UniqueKeyLoader
+
+
+def strict_json(text: str | bytes, where: str, *, numbers_finite: bool = True) -> object:
+    """Parse JSON as one meaning only: a key given twice (which readers resolve differently), ``NaN`` or
+    ``Infinity`` (not JSON), or nesting deeper than Python's stack is a one-line error starting ``where``."""
+    import json
+
+    def unique(pairs: list) -> dict:
+        seen: dict = {}
+        for key, value in pairs:
+            if key in seen:
+                raise LatentGuardError(f"{where}: key '{key}' is given twice; give each key once")
+            seen[key] = value
+        return seen
+
+    def constant(name: str) -> None:
+        raise LatentGuardError(f"{where}: {name} is not a JSON number; write a finite number")
+
+    try:
+        return json.loads(text, object_pairs_hook=unique, parse_constant=constant if numbers_finite else None)
+    except json.JSONDecodeError as exc:
+        raise LatentGuardError(f"{where}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except RecursionError:
+        raise LatentGuardError(f"{where}: JSON nested too deeply to read") from None

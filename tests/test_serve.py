@@ -64,7 +64,7 @@ class Served:
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited {self.proc.returncode}: {self.proc.stderr.read()[-3000:]}")
             try:
-                r = httpx.get(self.url + "/readyz", timeout=2)
+                r = httpx.get(self.url + "/readyz", timeout=2, headers=auth())
                 if r.status_code == 200:
                     return r.json()
             except httpx.TransportError:
@@ -235,7 +235,7 @@ def test_200_requests_32_at_a_time_are_all_answered_in_order_as_check_would(serv
         for prompt, result in zip(body["input"], data["results"]):
             same_verdict(result, expected[prompt], moderation=True)
     assert len(ids) == 200
-    metrics = httpx.get(server.url + "/metrics").text
+    metrics = httpx.get(server.url + "/metrics", headers=auth()).text
     count, total = _sample(metrics, "latentguard_batch_size_count"), _sample(metrics, "latentguard_batch_size_sum")
     assert total >= sum(len(b["input"]) for b in bodies) and total / count > 1.5  # prompts were batched together
     # the audit log: one line per judged prompt, the prompt's SHA-256 and the verdict, before each answer
@@ -261,24 +261,26 @@ def _sample(metrics: str, name: str, **labels) -> float:
     return 0.0
 
 
-def test_a_scoring_fault_fails_its_whole_batch_and_never_reads_as_not_flagged(server, expected):
-    before = _sample(httpx.get(server.url + "/metrics").text, "latentguard_errors_total", kind="scoring")
+def test_a_scoring_fault_fails_its_own_request_and_never_reads_as_not_flagged(server, expected):
+    def errors() -> float:
+        return _sample(httpx.get(server.url + "/metrics", headers=auth()).text, "latentguard_errors_total",
+                       kind="scoring")
+
+    before = errors()
     r = httpx.post(server.url + "/v1/check", json={"prompts": [PROMPTS[0], "a zebra in the savanna"]},
                    headers=auth())
     assert r.status_code == 500 and "scoring failed" in r.json()["error"]["message"]
     assert "not finite" in r.json()["error"]["message"]
-    # concurrent requests: those sharing a batch with the fault get a 5xx; the rest are judged as check() would
+    # concurrent requests: a batch that fails is scored request by request, so only the faulty ones get a 5xx
     bodies = [{"input": ["a zebra at night" if i % 8 == 0 else PROMPTS[i]]} for i in range(48)]
     responses = asyncio.run(_load(server.url, bodies, "/v1/moderations", 48))
     for body, r in zip(bodies, responses):
         if "zebra" in body["input"][0]:
-            assert r.status_code == 500
-        assert r.status_code in (200, 500), r.text
-        if r.status_code == 200:
-            same_verdict(r.json()["results"][0], expected[body["input"][0]], moderation=True)
+            assert r.status_code == 500 and "results" not in r.json() and r.json()["error"]["code"] == "scoring"
         else:
-            assert "results" not in r.json() and r.json()["error"]["code"] == "scoring"
-    after = _sample(httpx.get(server.url + "/metrics").text, "latentguard_errors_total", kind="scoring")
+            assert r.status_code == 200, r.text
+            same_verdict(r.json()["results"][0], expected[body["input"][0]], moderation=True)
+    after = errors()
     assert after >= before + 7
     assert httpx.post(server.url + "/v1/moderations", json={"input": "a cat"}, headers=auth()).status_code == 200
 
@@ -289,7 +291,8 @@ def test_a_scoring_fault_fails_its_whole_batch_and_never_reads_as_not_flagged(se
     ({"input": 3}, 400, "'input' must be a string or a list, got a number"),
     ({"input": ["a cat", 7]}, 400, "input[1] must be a string, got a number"),
     ({"input": ["a cat"] * 10_000}, 413, "input has 10,000 prompts; this server takes at most 64"),
-    ({"input": "x" * 1_000_000}, 413, "the request body is over"),
+    ({"input": "x" * 1_000_000}, 413, "input has 1,000,000 characters; this server takes at most 2,000"),
+    ({"input": "x" * 3_000_000}, 413, "the request body is over"),
     ({"input": ["a cat", "x" * 3000]}, 413, "input[1] has 3,000 characters; this server takes at most 2,000"),
     ({"prompt": "a cat"}, 400, "missing field 'input'"),
     ({"input": [{"type": "text", "text": "a cat"}, {"type": "image_url", "image_url": {"url": "x"}}]}, 400,
@@ -305,6 +308,70 @@ def test_bad_requests_get_a_4xx_naming_the_problem(server, body, status, needle)
     assert "results" not in r.json()
 
 
+@pytest.mark.parametrize("content, status, needle", [
+    (b'{"input": "a man with a knife", "input": "a cat"}', 400, "key 'input' is given twice"),
+    (b'{"x": ' + b"[" * 30000 + b"]" * 30000 + b"}", 400, "nested too deeply"),
+    (b'{"input": "a cat \\ud800"}', 400, "lone surrogate"),
+    (json.dumps({"input": ". ".join(f"w{i:04d}" for i in range(40))}).encode(), 413,
+     "input[0] has 40 sentences; this server takes at most 32"),
+])
+def test_requests_that_would_mislead_or_stall_the_server_are_refused_alone(server, expected, content, status, needle):
+    async def alongside():  # a refused request next to honest ones: they are judged, and never see its text
+        async with httpx.AsyncClient(timeout=30, headers=auth()) as client:
+            return await asyncio.gather(client.post(server.url + "/v1/moderations", content=content),
+                                        *(client.post(server.url + "/v1/moderations", json={"input": PROMPTS[i]})
+                                          for i in range(6)))
+
+    bad, *honest = asyncio.run(alongside())
+    assert bad.status_code == status and needle in bad.json()["error"]["message"], bad.text
+    for i, r in enumerate(honest):
+        assert r.status_code == 200, r.text
+        same_verdict(r.json()["results"][0], expected[PROMPTS[i]], moderation=True)
+
+
+def test_routing_errors_are_in_the_error_shape_and_probes_answer_head(server):
+    missing = httpx.post(server.url + "/v1/moderation", json={"input": "a cat"}, headers=auth())
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    wrong = httpx.get(server.url + "/v1/moderations", headers=auth())
+    assert wrong.status_code == 405 and wrong.json()["error"]["type"] == "invalid_request_error"
+    slash = httpx.post(server.url + "/v1/moderations/", json={"input": "a cat"}, headers={**auth(), "Host": "evil"})
+    assert slash.status_code == 404 and "location" not in slash.headers  # no redirect to a name the client gave
+    assert httpx.head(server.url + "/healthz").status_code == 200
+
+
+def test_with_keys_set_strangers_see_only_readiness(server):
+    assert httpx.get(server.url + "/readyz").json() == {"status": "ready", "generation": server.ready["generation"]}
+    assert httpx.get(server.url + "/metrics").status_code == 401
+    assert "latentguard_requests_total" in httpx.get(server.url + "/metrics", headers=auth(ADMIN_KEY)).text
+    assert httpx.get(server.url + "/openapi.json").status_code == 404
+    assert httpx.get(server.url + "/docs").status_code == 404
+
+
+def test_without_keys_only_this_machines_programs_are_answered(fleet):
+    served = fleet["drain"]  # no keys, on loopback
+    served.wait_ready()
+    rebound = httpx.post(served.url + "/v1/check", json={"prompts": "a cat"}, headers={"Host": "evil.example"})
+    assert rebound.status_code == 421 and "not this machine" in rebound.json()["error"]["message"]
+    page = httpx.post(served.url + "/admin/reload", content=b"x", headers={"Origin": "http://evil.example",
+                                                                          "Content-Type": "text/plain"})
+    assert page.status_code == 403 and "browser request" in page.json()["error"]["message"]
+    local = httpx.get(served.url + "/readyz", headers={"Host": f"localhost:{served.port}"})
+    assert local.status_code == 200 and "concepts" in local.json()
+
+
+def test_a_client_that_leaves_mid_body_is_no_server_error(server):
+    before = _sample(httpx.get(server.url + "/metrics", headers=auth()).text, "latentguard_requests_total",
+                     endpoint="/v1/moderations", status="500")
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(b"POST /v1/moderations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Authorization: Bearer " + API_KEY.encode() + b"\r\nContent-Length: 1000\r\n\r\n{\"input\": ")
+        time.sleep(0.3)
+    time.sleep(0.3)
+    after = _sample(httpx.get(server.url + "/metrics", headers=auth()).text, "latentguard_requests_total",
+                    endpoint="/v1/moderations", status="500")
+    assert after == before
+
+
 def test_keys_guard_the_api_and_the_admin_endpoint(server):
     url = server.url
     assert httpx.post(url + "/v1/moderations", json={"input": "a cat"}).status_code == 401
@@ -316,7 +383,7 @@ def test_keys_guard_the_api_and_the_admin_endpoint(server):
     assert listed["concepts"] == ["knife", "gun", "bomb", "blood", "wound"] and listed["scores_calibrated"] is False
     assert httpx.post(url + "/admin/reload", headers=auth()).status_code == 401  # the API key is not the admin key
     assert httpx.get(url + "/healthz").json() == {"status": "ok"}
-    ready = httpx.get(url + "/readyz").json()
+    ready = httpx.get(url + "/readyz", headers=auth()).json()
     assert ready["status"] == "ready" and ready["concepts"] == 5 and "uncalibrated" in ready["scores_note"]
     checked = httpx.post(url + "/v1/check", json={"prompts": [PROMPTS[2]], "explain": True}, headers=auth()).json()
     assert checked["verdicts"][0]["prompt"] == PROMPTS[2] and checked["verdicts"][0]["evidence"]
@@ -330,7 +397,7 @@ def test_a_reload_under_load_answers_each_request_wholly_by_the_old_or_the_new_b
     new = {v.prompt: v for v in reference_guard(files, encoder, threshold, "reloaded.yaml").check(PROMPTS,
                                                                                                   explain=False)}
     bodies = [{"prompts": PROMPTS[i % 60 : i % 60 + 4]} for i in range(160)]
-    generation = httpx.get(server.url + "/readyz").json()["generation"]
+    generation = httpx.get(server.url + "/readyz", headers=auth()).json()["generation"]
 
     async def load_and_reload():
         task = asyncio.create_task(_load(server.url, bodies, "/v1/check", 16))
@@ -356,20 +423,20 @@ def test_a_reload_under_load_answers_each_request_wholly_by_the_old_or_the_new_b
         # a bad file: the reload answers the one-line error and the old blacklist keeps serving
         (files / "blacklist.yaml").write_text("violence: knife\n", encoding="utf-8")
         bad = httpx.post(server.url + "/admin/reload", headers=auth(ADMIN_KEY), timeout=60)
-        assert bad.status_code == 422 and "group 'violence' must be a list" in bad.json()["error"]["message"]
+        assert bad.status_code == 500 and "group 'violence' must be a list" in bad.json()["error"]["message"]
         assert f"still serving generation {generation + 1}" in bad.json()["error"]["message"]
-        assert httpx.get(server.url + "/readyz").json()["last_reload"]["ok"] is False
+        assert httpx.get(server.url + "/readyz", headers=auth()).json()["last_reload"]["ok"] is False
         served = httpx.post(server.url + "/v1/moderations", json={"input": PROMPTS[0]}, headers=auth()).json()
         assert set(served["results"][0]["categories"]) == {"violence", "gore", "drugs"}
     finally:  # SIGHUP reloads too: back to the first blacklist for the other tests
         (files / "blacklist.yaml").write_text(BLACKLIST, encoding="utf-8")
         server.proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 60
-        while httpx.get(server.url + "/readyz").json()["generation"] != generation + 2:
+        while httpx.get(server.url + "/readyz", headers=auth()).json()["generation"] != generation + 2:
             assert time.monotonic() < deadline, "SIGHUP did not reload"
             time.sleep(0.1)
-    assert httpx.get(server.url + "/readyz").json()["concepts"] == 5
-    metrics = httpx.get(server.url + "/metrics").text
+    assert httpx.get(server.url + "/readyz", headers=auth()).json()["concepts"] == 5
+    metrics = httpx.get(server.url + "/metrics", headers=auth()).text
     assert _sample(metrics, "latentguard_reloads_total", outcome="ok") == 2
     assert _sample(metrics, "latentguard_reloads_total", outcome="failed") == 1
 
@@ -383,7 +450,10 @@ def test_sigterm_answers_every_queued_request_then_exits_0(fleet, expected):
     async def load_then_terminate():
         task = asyncio.create_task(_load(served.url, bodies, "/v1/moderations", 12))
         async with httpx.AsyncClient(timeout=10) as client:  # wait until all 24 prompts are queued
-            while _sample((await client.get(served.url + "/metrics")).text, "latentguard_queue_depth") < 24:
+            async def depth() -> float:
+                return _sample((await client.get(served.url + "/metrics", headers=auth())).text,
+                               "latentguard_queue_depth")
+            while await depth() < 24:
                 await asyncio.sleep(0.02)
         served.proc.send_signal(signal.SIGTERM)
         return await task

@@ -81,18 +81,19 @@ def test_a_multi_part_input_is_flagged_when_any_part_is_and_an_inconsistent_verd
 
 
 # ------------------------------------------------------------------------------------- batcher
-def _run_batcher(score, jobs_at, **options):
-    """Submit ``(delay_s, prompts)`` jobs to a batcher; the results (or exceptions) per job."""
+def _run_batcher(score, jobs_at, costs=None, **options):
+    """Submit ``(delay_s, prompts)`` jobs (each of ``costs[i]`` texts) to a batcher; the results (or exceptions)."""
     async def main():
         with ThreadPoolExecutor(1) as pool:
             batcher = MicroBatcher(score, pool, **{"max_batch_size": 4, "max_wait_s": 0.05, "queue_size": 100,
                                                    **options})
             batcher.start()
 
-            async def one(delay, prompts):
+            async def one(delay, prompts, cost):
                 await asyncio.sleep(delay)
-                return await batcher.submit(Job(list(prompts)))
-            out = await asyncio.gather(*(one(d, p) for d, p in jobs_at), return_exceptions=True)
+                return await batcher.submit(Job(list(prompts), cost))
+            out = await asyncio.gather(*(one(d, p, c) for (d, p), c in zip(jobs_at, costs or [0] * len(jobs_at))),
+                                       return_exceptions=True)
             await batcher.close()
             return out
     return asyncio.run(main())
@@ -114,17 +115,34 @@ def test_concurrent_jobs_share_batches_whole_and_a_large_one_goes_alone():
     assert batches[0] == [["a"], ["b", "c"]]  # whole jobs, oldest first, up to 4 prompts
 
 
-def test_a_failing_batch_fails_each_of_its_jobs_and_the_next_batch_is_judged():
+def test_a_fault_one_job_carries_fails_that_job_alone_and_a_guard_fault_fails_every_job():
     calls = []
 
-    def score(jobs):
-        calls.append(len(jobs))
-        if len(calls) == 1:
+    def score(jobs):  # a prompt "bad" makes its batch fail, as an overflow or a refused text would
+        calls.append([job.prompts for job in jobs])
+        if any("bad" in job.prompts for job in jobs):
             raise LatentGuardError("logits are not finite")
         return [job.prompts for job in jobs]
 
-    results = _run_batcher(score, [(0, ["a"]), (0, ["b"]), (0.2, ["c"])])
-    assert [type(r) for r in results[:2]] == [LatentGuardError, LatentGuardError] and results[2] == ["c"]
+    results = _run_batcher(score, [(0, ["a"]), (0, ["bad"]), (0, ["b"]), (0.2, ["c"])])
+    assert results[0] == ["a"] and isinstance(results[1], LatentGuardError) and results[2:] == [["b"], ["c"]]
+    assert calls[0] == [["a"], ["bad"], ["b"]] and calls[1:4] == [[["a"]], [["bad"]], [["b"]]]  # then one by one
+
+    def broken(jobs):
+        raise LatentGuardError("logits are not finite")
+
+    assert all(isinstance(r, LatentGuardError) for r in _run_batcher(broken, [(0, ["a"]), (0, ["b"]), (0, ["c"])]))
+
+
+def test_a_job_counts_its_cost_not_its_prompts_in_batches_and_the_queue():
+    batches = []
+
+    def score(jobs):
+        batches.append([job.prompts for job in jobs])
+        return [job.prompts for job in jobs]
+
+    results = _run_batcher(score, [(0, ["a"]), (0, ["b"]), (0, ["c"])], costs=[1, 4, 1])
+    assert results == [["a"], ["b"], ["c"]] and batches[0] == [["a"]]  # "b" costs 4: it does not join "a"
 
 
 def test_a_full_queue_refuses_instead_of_growing():
@@ -154,7 +172,8 @@ def app_for(tiny_encoder, tmp_path):
         def factory(encoder):
             return LatentGuard.from_pretrained(tmp_path / "ckpt.pth", encoder or tiny_encoder, ["knife", "blood"],
                                                threshold=0.0, cache_concepts=False)
-        return TestClient(create_app(GuardServer(factory, ServeSettings(**settings), on_verdict=on_verdict)))
+        app = create_app(GuardServer(factory, ServeSettings(**settings), on_verdict=on_verdict))
+        return TestClient(app, base_url="http://127.0.0.1")
     return make
 
 
@@ -177,3 +196,36 @@ def test_the_audit_hook_sees_every_verdict_before_it_is_answered_and_its_failure
         assert r.status_code == 500 and "on_verdict hook failed" in r.json()["error"]["message"]
         assert "results" not in r.json()
         assert 'latentguard_errors_total{kind="audit"} 1.0' in client.get("/metrics").text
+
+
+def test_the_audit_log_only_extends_an_audit_log(tmp_path):
+    from latentguard.serve.audit import Auditor
+
+    blacklist = tmp_path / "blacklist.yaml"
+    blacklist.write_text("violence: [knife, gun]\n", encoding="utf-8")
+    weights = tmp_path / "ckpt.pth"
+    weights.write_bytes(b"PK\x03\x04" + bytes(range(256)))
+    for mistaken in (blacklist, weights):
+        before = mistaken.read_bytes()
+        with pytest.raises(LatentGuardError, match="exists and is not an audit log"):
+            Auditor(mistaken)
+        assert mistaken.read_bytes() == before
+    log = tmp_path / "audit.jsonl"
+    Auditor(log).close()  # a new file is fine, and so is one of its own lines
+    log.write_text('{"time": "t", "request_id": "modr-1", "endpoint": "/v1/check", "flagged": false}\n')
+    Auditor(log).close()
+
+
+def test_a_request_costs_the_texts_the_guard_will_encode(tiny_encoder, tmp_path):
+    from latentguard.data.defences import forms
+    from latentguard.guard import LatentGuard
+    from latentguard.model import EmbeddingMappingLayer
+    from latentguard.serve import GuardServer
+
+    torch.save(EmbeddingMappingLayer().state_dict(), tmp_path / "ckpt.pth")
+    server = GuardServer(lambda encoder=None: LatentGuard.from_pretrained(
+        tmp_path / "ckpt.pth", encoder or tiny_encoder, ["knife"], threshold=0.0, cache_concepts=False))
+    server.load()
+    prompts = ["a cat", "a cat. A knife! And blood", "ａ ｋｎｉｆｅ"]
+    assert server.texts_to_encode(prompts) == [(1, 1), (3, len(forms(prompts[1]))), (1, 2)]
+    server.model_thread.shutdown()

@@ -41,8 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"prompts per request; more is answered 413 (default: {S.max_inputs})")
     net.add_argument("--max-chars", type=int, default=None, metavar="N",
                      help=f"characters per prompt; more is answered 413 (default: {S.max_chars})")
+    net.add_argument("--max-sentences", type=int, default=None, metavar="N",
+                     help=f"sentences per prompt (each is scored on its own); more is answered 413 "
+                          f"(default: {S.max_sentences})")
     net.add_argument("--queue-size", type=int, default=None, metavar="N",
-                     help=f"prompts waiting to be scored; beyond that 503 with Retry-After (default: {S.queue_size})")
+                     help="texts waiting to be scored (a prompt counts once per form the defences score); beyond "
+                          f"that 503 with Retry-After (default: {S.queue_size})")
+    net.add_argument("--max-connections", type=int, default=None, metavar="N",
+                     help=f"connections and requests open at once; more is answered 503 (default: {S.max_connections})")
+    net.add_argument("--body-timeout-s", type=float, default=None, metavar="S",
+                     help=f"a request body not received in S seconds is answered 408 (default: {S.body_timeout_s:g})")
     keys = parser.add_argument_group("keys and audit")
     keys.add_argument("--api-key-file", default=None, metavar="FILE",
                       help="bearer tokens (one per line) required for /v1/*; default: none (loopback only)")
@@ -69,7 +77,9 @@ def serve_overrides(args: argparse.Namespace) -> dict:
     """The ``serve.*`` config keys the server flags override (``None``: not given)."""
     return {"serve.host": args.host, "serve.port": args.port, "serve.max_batch_size": args.max_batch_size,
             "serve.max_wait_ms": args.max_wait_ms, "serve.max_inputs": args.max_inputs,
-            "serve.max_chars": args.max_chars, "serve.queue_size": args.queue_size,
+            "serve.max_chars": args.max_chars, "serve.max_sentences": args.max_sentences,
+            "serve.queue_size": args.queue_size, "serve.max_connections": args.max_connections,
+            "serve.body_timeout_s": args.body_timeout_s,
             "serve.api_key_file": args.api_key_file, "serve.admin_key_file": args.admin_key_file,
             "serve.insecure": args.insecure, "serve.audit_log": args.audit_log,
             "serve.audit_prompts": args.audit_prompts}
@@ -122,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"latentguard serve: {state.model}, {len(g.concepts)} concepts in {len(g.categories)} categories, "
           f"threshold {g.threshold:g} ({g.threshold_origin}), on {g.device}; http://{settings.host}:{settings.port}/v1",
           flush=True)
+    if not g.long_prompts:
+        print("latentguard serve: prompts over 77 tokens are judged on their first 77 (results say truncated: true); "
+              "a generator that reads longer prompts (A1111, ComfyUI, compel) sees text this server did not judge: "
+              "pass --long-prompts for it", file=sys.stderr, flush=True)
     return run_server(create_app(server), settings, log_level=args.log_level, access_log=args.access_log)
 
 

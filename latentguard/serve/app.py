@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import asyncio
 import hmac
 import signal
 import time
@@ -20,15 +21,19 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from ..errors import LatentGuardError
 from .audit import AuditError
 from .batcher import Closed, QueueFull
 from .protocol import Limits, RequestError, check_result, decode_body, moderation_result, parse_check, parse_moderation
 from .server import GuardServer, log
+from .settings import is_loopback
 
 ENDPOINTS = ("/v1/moderations", "/v1/check", "/v1/blacklist", "/admin/reload", "/healthz", "/readyz", "/metrics")
-ERROR_KINDS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 413: "too_large", 503: "not_ready"}
+ERROR_KINDS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "bad_method",
+               408: "body_timeout", 413: "too_large", 421: "wrong_host", 499: "client_closed", 503: "not_ready"}
 RETRY_AFTER_S = "1"
 
 
@@ -49,15 +54,34 @@ def create_app(server: GuardServer) -> FastAPI:
         finally:
             await server.stop()
 
+    keyed = bool(settings.api_keys or settings.admin_keys)
+    docs = {} if not keyed else {"docs_url": None, "redoc_url": None, "openapi_url": None}  # no map for strangers
     app = FastAPI(title="Latent Guard", summary="Moderation for text-to-image prompts (OpenAI moderation API)",
-                  lifespan=lifespan)
+                  lifespan=lifespan, redirect_slashes=False, **docs)
 
+    if not settings.api_keys and is_loopback(settings.host):  # (--insecure on a public address: as asked)
+        app.add_middleware(_LocalOnly)
     app.add_middleware(_Counted, metrics=metrics)
 
     @app.exception_handler(RequestError)
     async def refused(request: Request, exc: RequestError):
         metrics.errors.labels(exc.code if exc.status >= 500 else ERROR_KINDS.get(exc.status, "bad_request")).inc()
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(HTTPException)
+    async def routing(request: Request, exc: HTTPException):  # 404 and 405 in the same error shape
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        message = (f"no endpoint {request.url.path}; see {', '.join(ENDPOINTS)}" if exc.status_code == 404
+                   else f"{request.method} is not allowed on {request.url.path}" if exc.status_code == 405
+                   else str(exc.detail))
+        return await refused(request, RequestError(exc.status_code, message, code=code, headers=exc.headers))
+
+    def has_key(request: Request) -> bool:
+        """Whether the request carries any configured key (API or admin): what the details are shown to."""
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        token = token.strip()
+        return scheme.lower() == "bearer" and bool(token) and any(
+            hmac.compare_digest(token.encode(), key.encode()) for key in settings.api_keys | settings.admin_keys)
 
     def authorize(request: Request, keys: frozenset[str], what: str) -> None:
         if not keys:
@@ -77,20 +101,49 @@ def create_app(server: GuardServer) -> FastAPI:
                                code="body_too_large")
         if declared is not None and declared.isdigit() and int(declared) > cap:
             raise too_big
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > cap:
-                raise too_big
-            chunks.append(chunk)
-        return decode_body(b"".join(chunks))
 
-    async def judge(prompts: list[str], explain: bool, endpoint: str):
+        async def read() -> bytes:
+            chunks, size = [], 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > cap:
+                    raise too_big
+                chunks.append(chunk)
+            return b"".join(chunks)
+
+        try:
+            raw = await asyncio.wait_for(read(), settings.body_timeout_s)
+        except asyncio.TimeoutError:
+            raise RequestError(408, f"the request body did not arrive within {settings.body_timeout_s:g} s "
+                               "(--body-timeout-s)", code="body_timeout", headers={"Connection": "close"}) from None
+        except ClientDisconnect:  # the client left: nothing to answer, and not a server fault
+            raise RequestError(499, "the client closed the connection before its request arrived",
+                               code="client_closed") from None
+        return decode_body(raw)
+
+    async def costs(prompts: list[str], where: str) -> int:
+        """The texts the encoder will read for ``prompts`` (queued as the request's cost); a prompt of more
+        sentences than ``--max-sentences`` is a 413 (each sentence is scored on its own)."""
+        counts = await asyncio.get_running_loop().run_in_executor(None, server.texts_to_encode, prompts)
+        for i, (n, _) in enumerate(counts):
+            if n > settings.max_sentences:
+                field = f"{where}[{i}]"
+                raise RequestError(413, f"{field} has {n:,} sentences; this server takes at most "
+                                   f"{settings.max_sentences:,} per prompt (--max-sentences)", param=field,
+                                   code="too_many_sentences")
+        return sum(f for _, f in counts)
+
+    async def judge(prompts: list[str], explain: bool, endpoint: str, field: str):
         if not server.ready:
             raise RequestError(503, "the guard is not ready", code="not_ready", headers={"Retry-After": RETRY_AFTER_S})
+        cost = await costs(prompts, field)
+        if cost > settings.queue_size:
+            raise RequestError(413, f"{field} makes {cost:,} texts to encode (prompts, their normalised forms and "
+                               f"sentences); this server queues at most {settings.queue_size:,} (--queue-size)",
+                               param=field, code="too_many_texts")
         request_id = "modr-" + uuid.uuid4().hex
         try:
-            future = server.submit(prompts, explain=explain, request_id=request_id, endpoint=endpoint)
+            future = server.submit(prompts, explain=explain, request_id=request_id, endpoint=endpoint, cost=cost)
         except QueueFull as exc:
             raise RequestError(503, f"overloaded: {exc}; retry later", code="queue_full",
                                headers={"Retry-After": RETRY_AFTER_S}) from None
@@ -112,7 +165,7 @@ def create_app(server: GuardServer) -> FastAPI:
         authorize(request, settings.api_keys, "API key")
         inputs = parse_moderation(await body_of(request), limits)
         prompts = [text for parts in inputs for text in parts]
-        request_id, state, verdicts = await judge(prompts, False, "/v1/moderations")
+        request_id, state, verdicts = await judge(prompts, False, "/v1/moderations", "input")
         results, start = [], 0
         try:
             for parts in inputs:
@@ -127,26 +180,32 @@ def create_app(server: GuardServer) -> FastAPI:
     async def check(request: Request):
         authorize(request, settings.api_keys, "API key")
         prompts, explain = parse_check(await body_of(request), limits)
-        request_id, state, verdicts = await judge(prompts, explain, "/v1/check")
+        request_id, state, verdicts = await judge(prompts, explain, "/v1/check", "prompts")
         return JSONResponse({"id": request_id, "model": state.model, "generation": state.generation,
                              "verdicts": [check_result(v, explain) for v in verdicts]},
                             headers={"X-Request-ID": request_id})
 
-    @app.get("/healthz")
+    @app.api_route("/healthz", methods=["GET", "HEAD"])
     async def healthz():
         return {"status": "ok"}
 
-    @app.get("/readyz")
-    async def readyz():
+    @app.api_route("/readyz", methods=["GET", "HEAD"])
+    async def readyz(request: Request):
         if not server.ready:
             return JSONResponse({"status": "not ready", "reason": "loading" if server.state is None else "stopped"},
                                 status_code=503)
+        if keyed and not has_key(request):  # probes see the state; the files, threshold and errors need a key
+            return {"status": "ready", "generation": server.state.generation}
         return {"status": "ready", **server.state.describe(), "concepts": len(server.state.guard.concepts),
                 "categories": list(server.state.guard.categories), "queue_depth": server.batcher.depth,
                 "last_reload": server.last_reload}
 
     @app.get("/metrics")
-    async def prometheus():
+    async def prometheus(request: Request):
+        if keyed and not has_key(request):  # flag counts per category tell what is being asked
+            raise RequestError(401, "missing API key: /metrics needs 'Authorization: Bearer <API or admin key>' "
+                               "(Prometheus: authorization.credentials_file)", code="missing_api_key",
+                               headers={"WWW-Authenticate": "Bearer"})
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
@@ -168,14 +227,49 @@ def create_app(server: GuardServer) -> FastAPI:
             raise RequestError(503, "the guard is not ready", code="not_ready", headers={"Retry-After": RETRY_AFTER_S})
         try:
             state = await server.reload("POST /admin/reload")
-        except LatentGuardError as exc:
+        except LatentGuardError as exc:  # the server's own files are at fault, not the request: a 5xx
+            metrics.errors.labels("reload_failed").inc()
             return JSONResponse({"error": {"message": f"reload failed, still serving generation "
-                                           f"{server.state.generation}: {exc}", "type": "invalid_request_error",
-                                           "param": None, "code": "reload_failed"}}, status_code=422)
+                                           f"{server.state.generation}: {exc}", "type": "server_error",
+                                           "param": None, "code": "reload_failed"}}, status_code=500)
         return {"status": "reloaded", **state.describe(), "concepts": len(state.guard.concepts),
                 "categories": list(state.guard.categories)}
 
     return app
+
+
+class _LocalOnly:
+    """Without an API key the server trusts its loopback binding, so it answers only what comes from this
+    machine's own programs: a ``Host`` other than a loopback name (DNS rebinding: a web page's name pointed
+    at 127.0.0.1) is a 421, and a browser's cross-site request (an ``Origin`` that is not loopback) a 403."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        host, origin = headers.get("host", ""), headers.get("origin")
+        refusal = None
+        if not is_loopback(_hostname(host)):
+            refusal = RequestError(421, f"Host {host!r} is not this machine: without --api-key-file the server "
+                                   "answers only loopback names (give a key to serve other names)", code="wrong_host")
+        elif origin is not None and not is_loopback(_hostname(origin.partition("://")[2] or origin)):
+            refusal = RequestError(403, f"a browser request from {origin} is refused: without --api-key-file the "
+                                   "server answers only programs on this machine", code="cross_origin")
+        if refusal is None:
+            return await self.app(scope, receive, send)
+        response = JSONResponse(refusal.body(), status_code=refusal.status, headers={"Connection": "close"})
+        await response(scope, receive, send)
+
+
+def _hostname(authority: str) -> str:
+    """``host[:port]`` or ``[v6]:port`` -> the host."""
+    authority = authority.strip().rstrip("/")
+    if authority.startswith("["):
+        return authority[1 : authority.find("]")] if "]" in authority else authority
+    return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
 
 
 class _Counted:

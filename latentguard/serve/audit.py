@@ -50,6 +50,33 @@ class VerdictEvent:
         return out
 
 
+AUDIT_KEYS = ("time", "request_id", "endpoint", "flagged")
+
+
+def check_appendable(path: Path) -> None:
+    """Refuse to append to an existing file that is not an audit log (a blacklist, a key file, the weights
+    given by mistake): the audit trail only ever extends its own lines."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise LatentGuardError(f"cannot read --audit-log {path} ({exc.strerror or exc})") from None
+    if size == 0:
+        return
+    with open(path, "rb") as handle:
+        handle.seek(max(0, size - 65536))
+        tail = handle.read().rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    try:
+        record = json.loads(tail.decode("utf-8"))
+        ok = isinstance(record, dict) and all(k in record for k in AUDIT_KEYS)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        ok = False
+    if not ok:
+        raise LatentGuardError(f"--audit-log {path} exists and is not an audit log (its last line is no audit "
+                               "record); it is not appended to: give a new file name")
+
+
 class Auditor:
     """Writes each batch's events to ``path`` (appended, flushed per batch) and calls ``on_verdict`` per event."""
 
@@ -63,6 +90,7 @@ class Auditor:
         if self.path is not None:
             if self.path.is_dir():
                 raise LatentGuardError(f"--audit-log {self.path} is a directory; give a .jsonl file name")
+            check_appendable(self.path)
             try:
                 self._handle = open(self.path, "a", encoding="utf-8")  # appended: earlier lines are kept
             except OSError as exc:

@@ -4,8 +4,11 @@
 The event loop only queues, waits and hands out results; the scoring call runs in an executor
 (a single thread), so the loop never blocks on the model. A request's prompts always travel in
 one batch (a request larger than ``max_batch_size`` is a batch of its own), so every request is
-answered by one guard state. A scoring error fails every request of its batch: none of them is
-answered as if it had been judged.
+answered by one guard state. Sizes count a job's ``cost`` (the texts it makes the encoder read),
+not its prompts, so a prompt of many sentences takes its share of a batch and of the queue.
+
+A scoring error is never answered as a judgement: the batch's jobs are then scored one by one, so
+a fault that one request carries fails that request alone, and a fault of the guard fails them all.
 """
 from __future__ import annotations
 
@@ -29,11 +32,15 @@ class Job:
     """One request's prompts, waiting for their batch."""
 
     prompts: list[str]
+    cost: int = 0  # texts the encoder reads for it (0: one per prompt)
     explain: bool = False
     request_id: str = ""
     endpoint: str = ""
     arrived: float = 0.0
     future: asyncio.Future | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.cost = max(self.cost, len(self.prompts))
 
 
 class MicroBatcher:
@@ -59,7 +66,7 @@ class MicroBatcher:
 
     @property
     def depth(self) -> int:
-        """Prompts queued and not yet in a batch."""
+        """Cost (texts to encode) queued and not yet in a batch."""
         return self._queued
 
     @property
@@ -73,13 +80,14 @@ class MicroBatcher:
         """Queue ``job``; its future gets the job's result, or the batch's exception."""
         if self._closing or not self.running:
             raise Closed("the server is shutting down")
-        if self._queued + len(job.prompts) > self.queue_size:
-            raise QueueFull(f"the queue holds {self._queued} prompts (serve.queue_size {self.queue_size})")
+        if self._queued + job.cost > self.queue_size:
+            raise QueueFull(f"the queue holds {self._queued} texts and this request adds {job.cost} "
+                            f"(serve.queue_size {self.queue_size})")
         loop = asyncio.get_running_loop()
         job.future = loop.create_future()
         job.arrived = loop.time()
         self._jobs.append(job)
-        self._queued += len(job.prompts)
+        self._queued += job.cost
         self.on_depth(self._queued)
         self._wake.set()
         return job.future
@@ -114,27 +122,46 @@ class MicroBatcher:
             await self._dispatch(self._take())
 
     def _take(self) -> list[Job]:
-        """Whole jobs, oldest first, up to ``max_batch_size`` prompts (at least one job)."""
+        """Whole jobs, oldest first, up to ``max_batch_size`` texts (at least one job)."""
         batch, size = [], 0
-        while self._jobs and (not batch or size + len(self._jobs[0].prompts) <= self.max_batch_size):
+        while self._jobs and (not batch or size + self._jobs[0].cost <= self.max_batch_size):
             job = self._jobs.popleft()
             batch.append(job)
-            size += len(job.prompts)
+            size += job.cost
         self._queued -= size
         self.on_depth(self._queued)
         return batch
 
     async def _dispatch(self, batch: list[Job]) -> None:
         try:
-            results = await asyncio.get_running_loop().run_in_executor(self.executor, self.score, batch)
-            if len(results) != len(batch):
-                raise RuntimeError(f"scoring gave {len(results)} results for {len(batch)} requests")
-        except Exception as exc:  # every request of the batch fails; none is answered as judged
-            for job in batch:
-                if not job.future.done():
-                    job.future.set_exception(exc)
-                    job.future.exception()  # retrieved here too: a caller that went away leaves no warning
+            results = await self._score(batch)
+        except Exception as exc:
+            if len(batch) == 1:
+                return self._fail(batch[0], exc)
+            for job in batch:  # alone, so a fault one request carries fails it and not its neighbours
+                try:
+                    (result,) = await self._score([job])
+                except Exception as alone:
+                    self._fail(job, alone)
+                else:
+                    self._answer(job, result)
             return
         for job, result in zip(batch, results):
-            if not job.future.done():  # a caller that went away cancelled its future
-                job.future.set_result(result)
+            self._answer(job, result)
+
+    async def _score(self, jobs: list[Job]) -> Sequence[Any]:
+        results = await asyncio.get_running_loop().run_in_executor(self.executor, self.score, jobs)
+        if len(results) != len(jobs):
+            raise RuntimeError(f"scoring gave {len(results)} results for {len(jobs)} requests")
+        return results
+
+    @staticmethod
+    def _answer(job: Job, result: Any) -> None:
+        if not job.future.done():  # a caller that went away cancelled its future
+            job.future.set_result(result)
+
+    @staticmethod
+    def _fail(job: Job, exc: BaseException) -> None:
+        if not job.future.done():
+            job.future.set_exception(exc)
+            job.future.exception()  # retrieved here too: a caller that went away leaves no warning

@@ -6,18 +6,22 @@ Parsing is plain Python over the decoded JSON, so every refusal says which field
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
+from ..data.text import check_text
 from ..decision.probability import DEFAULT_SLOPE
+from ..errors import LatentGuardError
+from ..io import strict_json
 
 if TYPE_CHECKING:
     from ..guard.verdict import Verdict
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-               404: "not_found_error", 413: "invalid_request_error", 500: "server_error", 503: "server_error"}
+               404: "not_found_error", 405: "invalid_request_error", 408: "invalid_request_error",
+               413: "invalid_request_error", 421: "invalid_request_error", 499: "invalid_request_error",
+               500: "server_error", 503: "server_error"}
 
 
 class RequestError(Exception):
@@ -41,11 +45,15 @@ class Limits:
 
 
 def decode_body(raw: bytes) -> dict:
-    """The request body as a JSON object, or a 400 saying what is wrong with it."""
+    """The request body as a JSON object, or a 400 saying what is wrong with it (bad UTF-8 or JSON, a key
+    given twice, which proxies and loggers may read otherwise than this server, nesting past the stack)."""
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RequestError(400, f"the request body is not valid JSON ({exc})", code="invalid_json") from None
+        body = strict_json(raw.decode("utf-8"), "the request body")
+    except UnicodeDecodeError as exc:
+        raise RequestError(400, f"the request body is not valid JSON (not UTF-8: {exc.reason} at byte {exc.start})",
+                           code="invalid_json") from None
+    except LatentGuardError as exc:
+        raise RequestError(400, str(exc), code="invalid_json") from None
     if not isinstance(body, dict):
         raise RequestError(400, f"the request body must be a JSON object, got {_kind(body)}", code="invalid_body")
     return body
@@ -57,6 +65,10 @@ def _kind(value: Any) -> str:
 
 
 def _check_text(text: str, where: str, limits: Limits) -> str:
+    try:  # refused here, in this request alone: in a shared batch it would fail its neighbours
+        check_text(text, where)
+    except LatentGuardError as exc:
+        raise RequestError(400, str(exc), param=where, code="invalid_input") from None
     if len(text) > limits.max_chars:
         raise RequestError(413, f"{where} has {len(text):,} characters; this server takes at most "
                            f"{limits.max_chars:,} per prompt (--max-chars)", param=where, code="prompt_too_long")

@@ -70,9 +70,22 @@ class GuardServer:
         self.model_thread.shutdown(wait=True)
         self.auditor.close()
 
-    def submit(self, prompts: list[str], *, explain: bool, request_id: str, endpoint: str) -> asyncio.Future:
+    def submit(self, prompts: list[str], *, explain: bool, request_id: str, endpoint: str,
+               cost: int = 0) -> asyncio.Future:
         """Queue one request's prompts; the future gives ``(state, verdicts)`` (raises QueueFull / Closed)."""
-        return self.batcher.submit(Job(prompts, explain, request_id, endpoint))
+        return self.batcher.submit(Job(prompts, cost, explain, request_id, endpoint))
+
+    def texts_to_encode(self, prompts: list[str]) -> list[tuple[int, int]]:
+        """Per prompt, ``(sentences, forms)``: how many sentences the defences split it into, and how many
+        texts the encoder reads for it (as the guard will score it; plain Python, off the model thread)."""
+        from ..data.defences import forms, sentences
+
+        guard = self.state.guard
+        normalize, split = guard.normalize_text, guard.split_sentences
+        if not (normalize or split):
+            return [(1, 1) for _ in prompts]
+        return [(len(sentences(p)) if split else 1, len(forms(p, normalize=normalize, split_sentences=split)))
+                for p in prompts]
 
     # -------------------------------------------------------------------------------- scoring
     def _score(self, jobs: list[Job]) -> list[tuple[GuardState, list]]:

@@ -50,7 +50,10 @@ class ServeSettings:
     max_wait_ms: float = 5.0
     max_inputs: int = 256
     max_chars: int = 10000
+    max_sentences: int = 32
     queue_size: int = 4096
+    max_connections: int = 128
+    body_timeout_s: float = 30.0
     api_keys: frozenset[str] = field(default_factory=frozenset)
     admin_keys: frozenset[str] = field(default_factory=frozenset)
     insecure: bool = False
@@ -58,7 +61,7 @@ class ServeSettings:
     audit_prompts: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_size", "max_inputs", "max_chars", "queue_size"):
+        for name in ("max_batch_size", "max_inputs", "max_chars", "max_sentences", "queue_size", "max_connections"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise LatentGuardError(f"serve.{name} must be a positive integer, got {value!r}")
@@ -67,6 +70,9 @@ class ServeSettings:
         if not isinstance(self.max_wait_ms, (int, float)) or not 0 <= self.max_wait_ms <= 10_000:
             raise LatentGuardError(f"serve.max_wait_ms must be a number of milliseconds in [0, 10000], "
                                    f"got {self.max_wait_ms!r}")
+        if not isinstance(self.body_timeout_s, (int, float)) or not 0 < self.body_timeout_s <= 3600:
+            raise LatentGuardError(f"serve.body_timeout_s must be a number of seconds in (0, 3600], "
+                                   f"got {self.body_timeout_s!r}")
         if self.queue_size < self.max_inputs:
             raise LatentGuardError(f"serve.queue_size ({self.queue_size}) must be at least serve.max_inputs "
                                    f"({self.max_inputs}), or a full-size request could never be queued")
@@ -81,10 +87,13 @@ class ServeSettings:
         admin = read_keys(serve.admin_key_file, "--admin-key-file") if serve.admin_key_file else frozenset()
         return cls(host=serve.host, port=serve.port, max_batch_size=serve.max_batch_size,
                    max_wait_ms=float(serve.max_wait_ms), max_inputs=serve.max_inputs, max_chars=serve.max_chars,
-                   queue_size=serve.queue_size, api_keys=api, admin_keys=admin, insecure=serve.insecure,
+                   max_sentences=serve.max_sentences, queue_size=serve.queue_size,
+                   max_connections=serve.max_connections, body_timeout_s=float(serve.body_timeout_s),
+                   api_keys=api, admin_keys=admin, insecure=serve.insecure,
                    audit_log=serve.audit_log, audit_prompts=serve.audit_prompts)
 
     @property
     def max_body_bytes(self) -> int:
-        """The largest request body worth parsing: every input at its longest, JSON-escaped (6 bytes a character)."""
-        return self.max_inputs * (self.max_chars * 6 + 64) + 65536
+        """The largest request body worth parsing: every input at its longest, JSON-escaped (12 bytes a character:
+        one outside the BMP is two ``\\uXXXX`` escapes)."""
+        return self.max_inputs * (self.max_chars * 12 + 64) + 65536

@@ -152,7 +152,7 @@ def fleet(files, threshold, tmp_path_factory):
         servers["main"] = Served([*guard_args(files, files / "encoder", threshold), "--api-key-file",
                                   str(files / "api.key"), "--admin-key-file", str(files / "admin.key"), "--audit-log",
                                   str(files / "audit.jsonl"), "--max-batch-size", "16", "--max-wait-ms", "5",
-                                  "--max-inputs", "64", "--max-chars", "2000"], home)
+                                  "--max-inputs", "64", "--max-chars", "2000", "--body-timeout-s", "1"], home)
         servers["drain"] = Served([*guard_args(files, files / "encoder", threshold), "--max-batch-size", "64",
                                    "--max-wait-ms", "1500"], home)
         servers["nan"] = Served(["--checkpoint", str(files / "nan.pth"), "--encoder", str(files / "encoder"),
@@ -357,6 +357,17 @@ def test_without_keys_only_this_machines_programs_are_answered(fleet):
     assert page.status_code == 403 and "browser request" in page.json()["error"]["message"]
     local = httpx.get(served.url + "/readyz", headers={"Host": f"localhost:{served.port}"})
     assert local.status_code == 200 and "concepts" in local.json()
+
+
+def test_a_body_that_never_arrives_is_a_408(server):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/check HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Authorization: Bearer " + API_KEY.encode() + b"\r\nContent-Length: 1000\r\n\r\n{\"prompts\": ")
+        answer = b""
+        while chunk := sock.recv(65536):  # the server closes the connection after answering
+            answer += chunk
+        answer = answer.decode("latin-1")
+    assert answer.startswith("HTTP/1.1 408") and "--body-timeout-s" in answer, answer
 
 
 def test_a_client_that_leaves_mid_body_is_no_server_error(server):

@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping
 
 from ..constants import ENCODER_DTYPES
 from ..errors import LatentGuardError
+from ..io import strict_json
 
 FORMAT = "latentguard-bundle"
 FORMAT_VERSION = 1
@@ -186,28 +187,8 @@ def read_config(path: str | Path) -> dict[str, Any]:
         raise LatentGuardError(f"{path}: not UTF-8 text") from None
     except OSError as exc:
         raise LatentGuardError(f"cannot read {path} ({exc.strerror or exc})") from None
-    try:
-        data = json.loads(text, parse_constant=_refuse_constant(path), object_pairs_hook=_unique_keys(path))
-    except json.JSONDecodeError as exc:
-        raise LatentGuardError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    data = strict_json(text, str(path))  # a key twice, NaN or Infinity, bad JSON: one line naming the file
     return check_config(data, path)
-
-
-def _refuse_constant(path: Path) -> Callable[[str], None]:
-    def refuse(name: str) -> None:
-        raise LatentGuardError(f"{path}: {name} is not a number a bundle may hold")
-    return refuse
-
-
-def _unique_keys(path: Path) -> Callable[[list], dict]:
-    def build(pairs: list) -> dict:
-        seen: dict = {}
-        for key, value in pairs:
-            if key in seen:
-                raise LatentGuardError(f"{path}: key '{key}' is given twice")
-            seen[key] = value
-        return seen
-    return build
 
 
 def config_json(data: Mapping[str, Any]) -> str:

@@ -259,8 +259,14 @@ def test_an_output_that_is_an_input_or_holds_other_files_is_refused(corpus, tiny
              ([str(corpus / "nothing-*.txt"), "--output", str(corpus / "o")], "matches no file"),
              ([str(corpus / "ckpt.pth"), "--output", str(corpus / "o")], "unknown extension '.pth'"),
              ([str(corpus / "a.txt"), str(corpus / "." / "a.txt"), "--output", str(corpus / "o")], "given twice"),
-             ([str(corpus / "empty.txt"), "--output", str(corpus / "o")], "no prompts to score")]
+             ([str(corpus / "empty.txt"), "--output", str(corpus / "o")], "no prompts to score"),
+             ([str(corpus / "blank.txt"), "--output", str(corpus / "o")], "no prompts to score"),  # blank lines only
+             ([str(corpus / "blank.jsonl"), "--output", str(corpus / "o")], "no prompts to score"),
+             ([str(corpus / "blank.txt"), str(corpus / "blank.jsonl"), str(corpus / "empty.txt"), "--output",
+               str(corpus / "o")], "no prompts to score")]
     (corpus / "empty.txt").write_text("")
+    (corpus / "blank.txt").write_bytes(b"\n  \n\t\n")
+    (corpus / "blank.jsonl").write_text("\ufeff\n  \n\t\n", encoding="utf-8")
     (corpus / "mine").mkdir()
     (corpus / "mine" / "notes.txt").write_text("a user's file\n")
     before = snapshot(corpus)
@@ -274,7 +280,11 @@ def test_an_output_that_is_an_input_or_holds_other_files_is_refused(corpus, tiny
 @pytest.mark.parametrize("name, content, needle", [
     ("x.jsonl", '{"text": "ok"}\n{"text": null}\n', "x.jsonl: line 2 has no text in column 'text'"),
     ("x.jsonl", '{"text": "ok"}\n[1, 2]\n', "line 2 is not a JSON object"),
-    ("x.jsonl", '{"text": "ok"}\n{"text": \n', "line 2 is not valid JSON"),
+    ("x.jsonl", '{"text": "ok"}\n{"text": \n', "x.jsonl: line 2: not valid JSON"),
+    pytest.param("x.jsonl", '{"text": "ok"}\n{"text": ' + "[" * 30000 + "]" * 30000 + "}\n",  # past Python's stack
+                 "x.jsonl: line 2: JSON nested too deeply to read", id="jsonl-nested-30000-deep"),
+    ("x.jsonl", '{"text":"a knife","text":"a cat"}\n', "x.jsonl: line 1: key 'text' is given twice"),  # no "a cat"
+    ("x.jsonl", '{"text": "ok", "n": NaN}\n', "x.jsonl: line 1: NaN is not a JSON number"),
     ("x.csv", "prompt,other\nhello,1\n", "no column 'text' in the header (prompt, other); set --text-column"),
     ("x.csv", "text,other\nhello,1\nbad\n", "record 1 has 1 fields, the header 2"),
     ("x.txt", b"fine\n\xff\xfe bad\n", "byte 5 is not valid UTF-8"),
@@ -288,8 +298,66 @@ def test_bad_rows_are_one_line_errors_naming_file_and_row(tmp_path, corpus, tiny
     argv = args(corpus, tiny_encoder_dir, tmp_path / "out", 1.0)
     assert score([str(path)] + argv[argv.index("--output"):argv.index("--id-column")] + ["--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and needle in err, err
+    assert err.count("\n") == 1 and needle in err and "Traceback" not in err, err
     assert not list((tmp_path / "out").glob("shard-*")) if (tmp_path / "out").exists() else True
+
+
+SURROGATE = '{"text": "\\ud800 knife"}'  # a JSON escape of a lone surrogate: not text (dedup cannot hash it)
+
+
+@pytest.mark.parametrize("name, content, extra, needle", [
+    ("s.jsonl", SURROGATE + "\n", [], "s.jsonl: line 1: the text in column 'text' '\\ud800 knife' holds a lone "
+                                     "surrogate"),
+    ("s.jsonl", '{"text": "a cat \\ud83d\\ude00"}\n\n' + SURROGATE, [], "s.jsonl: line 3: the text"),  # a pair: fine
+    ("s.jsonl", '{"text": "a \\\\ud83d\\ude00 knife"}\n', [], "line 1: the text"),  # \\ then a lone low half
+    ("s.jsonl", '{"id": "\\udfff", "text": "a cat"}\n', ["--id-column", "id"], "line 1: the id in column 'id'"),
+    ("x.csv", "text,text\na cat,a knife\n", [], "x.csv: column name(s) 'text' appear more than once in the header"),
+    ("x.csv", "id,text,id\n1,a cat,a knife\n", ["--id-column", "id"], "column name(s) 'id' appear more than once"),
+    ("x.parquet", pa.Table.from_arrays([pa.array(["a cat"]), pa.array(["a knife"])], names=["text", "text"]), [],
+     "x.parquet: column name(s) 'text' appear more than once in its schema"),
+    ("x.txt", b"a cat\ra knife\r", [], "x.txt: line 1 holds a carriage return inside it"),
+    ("x.jsonl", b'{"text": "ok"}\n{"text": "caf\xe9"}\n', [], "x.jsonl: byte 28 is not valid UTF-8"),
+])
+def test_bad_inputs_are_refused_before_the_output_directory_is_made(tmp_path, corpus, tiny_encoder_dir, capsys, name,
+                                                                    content, extra, needle):
+    """What a row may not hold is found while the plan reads the file: nothing is created, the model never loads."""
+    path = tmp_path / name
+    if isinstance(content, pa.Table):
+        pq.write_table(content, path)
+    else:
+        path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+    argv = args(corpus, tiny_encoder_dir, tmp_path / "out", 1.0)
+    assert score([str(path)] + argv[argv.index("--output"):argv.index("--id-column")] + ["--no-progress", *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_plan_reads_a_suspect_line_as_the_reader_does_wherever_it_falls(tmp_path, monkeypatch):
+    """Lines cut across the planner's read blocks (a 16-byte CHUNK) are checked whole: a surrogate pair passes,
+    a lone half is refused on its own line; blank-only files hold no rows, a BOM and spaces are blank."""
+    from latentguard.bulk import inputs
+
+    monkeypatch.setattr(inputs, "CHUNK", 16)
+    good = ['{"text": "a cat %d \\ud83d\\ude00 and a long tail of words"}' % i for i in range(40)]
+    (tmp_path / "good.jsonl").write_text("\n".join(good), encoding="utf-8")
+    item = inputs.plan_input("good.jsonl", tmp_path / "good.jsonl", "text", None, 7)
+    assert item.rows == 40 and item.has_rows
+    texts = [t for start in range(0, 40, 7) for c in inputs.read_rows(item, "text", None, start, start + 7, 7)
+             for t in c.texts]
+    assert texts == [json.loads(line)["text"] for line in good]
+    for bad_line in (5, 39):
+        lines = list(good)
+        lines[bad_line] = lines[bad_line].replace("\\ude00", "")
+        (tmp_path / "bad.jsonl").write_text("\n".join(lines), encoding="utf-8")
+        with pytest.raises(LatentGuardError, match=f"bad.jsonl: line {bad_line + 1}: the text .* lone surrogate"):
+            inputs.plan_input("bad.jsonl", tmp_path / "bad.jsonl", "text", None, 7)
+    (tmp_path / "mac.txt").write_bytes(b"a long first line of words\r\n" * 3 + b"a cat\r\r\nfour\rfive\r")
+    with pytest.raises(LatentGuardError, match="mac.txt: line 5 holds a carriage return inside it"):
+        inputs.plan_input("mac.txt", tmp_path / "mac.txt", "text", None, 2)
+    (tmp_path / "blank.txt").write_text("\ufeff" + "  \n\u3000\n\t\r\n" * 5, encoding="utf-8", newline="")
+    blank = inputs.plan_input("blank.txt", tmp_path / "blank.txt", "text", None, 2)
+    assert blank.rows == 15 and not blank.has_rows
 
 
 def test_a_parquet_column_that_is_not_text_or_holds_nulls_is_refused(tmp_path, corpus, tiny_encoder_dir, capsys):

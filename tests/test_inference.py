@@ -178,6 +178,25 @@ def test_prompt_file_errors(files, tiny_encoder_dir, capsys):
     _fails(_with(base, "--file_path", files / "latin1.txt"), capsys, "latin1.txt: line 2 is not valid UTF-8")
 
 
+def test_old_mac_line_endings_are_refused_as_latentguard_score_refuses_them(files, tiny_encoder_dir, capsys):
+    """A lone \\r would make one prompt of many ("a cat\\ra knife" scored as one); \\n and \\r\\n files read alike."""
+    base = _args(files, tiny_encoder_dir)
+    (files / "mac.txt").write_bytes(b"a cat\ra knife\r")
+    assert inference.main(_with(base, "--file_path", files / "mac.txt")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert "mac.txt: line 1 holds a carriage return inside it (old Mac line endings?)" in err, err
+    (files / "later.txt").write_bytes(b"a cat\r\n\r\nblood\r\r\na knife\rblood\n")  # line 4; \r\r\n is a line end
+    _fails(_with(base, "--file_path", files / "later.txt"), capsys, "later.txt: line 4 holds a carriage return")
+    (files / "safe.txt").write_bytes(b"a cat\ra bowl of fruit\n")  # --calibrate-safe reads the same way
+    _fails(base + ["--calibrate-safe", str(files / "safe.txt")], capsys, "safe.txt: line 1 holds a carriage return")
+    assert inference.main(base) == 0
+    lf = capsys.readouterr().out
+    (files / "prompts.txt").write_bytes("\r\n".join(PROMPTS).encode("utf-8") + b"\r\n")
+    assert inference.main(base) == 0
+    assert capsys.readouterr().out == lf  # the released behaviour: a CRLF file reads as its LF twin
+
+
 def test_concepts_file_errors(files, tiny_encoder_dir, capsys):
     base = _args(files, tiny_encoder_dir)
     (files / "bad.yaml").write_text("concepts: [knife\n")

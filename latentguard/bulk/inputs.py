@@ -6,7 +6,10 @@ after the header of a ``.csv``, the row of a ``.parquet``. Blank lines are not r
 ``inference.py``) but keep their number, so ``row`` always points back at the input. Shards never
 span two files: shard *k* of a file holds its rows ``[k*S, (k+1)*S)``, so boundaries depend only
 on row numbers and the shard size. Planning scans text files once for the byte offset of every
-shard's first row, so a resumed run or a Ray task reads only its own rows.
+shard's first row, so a resumed run or a Ray task reads only its own rows; the same pass checks the
+UTF-8, finds whether any line is not blank, and reads every line that may hold what a row may not (a
+``\\u`` escape of a surrogate in ``.jsonl``, a carriage return inside a ``.txt`` line) as the reader
+will, so such a file is refused before the output directory is made.
 """
 from __future__ import annotations
 
@@ -14,15 +17,22 @@ import csv
 import glob
 import json
 import os
+import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from ..data.text import check_text
 from ..errors import LatentGuardError
+from ..io import prompt_line, strict_json
 
 FORMATS = {".txt": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 CHUNK = 1 << 22  # bytes per read when scanning text files for line offsets
 READ_ROWS = 8192  # rows per chunk handed to the scorer
+# Lines the planner reads in full, as the reader will: in .jsonl, a \u escape of a surrogate (a valid pair
+# passes; a lone one is not text); in .txt, a carriage return that does not end its line.
+SUSPECT = {"jsonl": re.compile(r"\\u[dD][89a-fA-F]"), "txt": re.compile(r"\r(?!\n)")}
 
 
 @dataclass(frozen=True)
@@ -36,6 +46,7 @@ class InputFile:
     mtime_ns: int
     rows: int             # lines (txt/jsonl, blank ones included), records (csv) or rows (parquet)
     offsets: tuple[int, ...] = field(default=())  # byte offset of each shard's first row (text formats)
+    has_rows: bool = True  # False when there is no row to score (no record, or only blank lines)
 
     def identity(self) -> dict:
         """What a resumed run must find unchanged."""
@@ -85,11 +96,13 @@ def plan_input(name: str, path: Path, text_column: str, id_column: str | None, s
     stat = path.stat()
     if fmt == "parquet":
         rows, offsets = _parquet_rows(path, text_column, id_column), ()
+        has_rows = rows > 0
     elif fmt == "csv":
         rows, offsets = _csv_offsets(path, text_column, id_column, shard_size)
+        has_rows = rows > 0
     else:
-        rows, offsets = _line_offsets(path, shard_size)
-    return InputFile(name, str(path), fmt, stat.st_size, stat.st_mtime_ns, rows, tuple(offsets))
+        rows, offsets, has_rows = _line_offsets(path, shard_size, _LineCheck(name, path, fmt, text_column, id_column))
+    return InputFile(name, str(path), fmt, stat.st_size, stat.st_mtime_ns, rows, tuple(offsets), has_rows)
 
 
 def shard_count(item: InputFile, shard_size: int) -> int:
@@ -97,29 +110,71 @@ def shard_count(item: InputFile, shard_size: int) -> int:
 
 
 # ------------------------------------------------------------------------------------ planning
-def _line_offsets(path: Path, shard_size: int) -> tuple[int, list[int]]:
-    """Lines in the file and the byte offset of lines 0, S, 2S, ... (a last line without ``\\n`` counts).
+def _line_offsets(path: Path, shard_size: int, check: "_LineCheck") -> tuple[int, list[int], bool]:
+    """Lines in the file, the byte offset of lines 0, S, 2S, ... (a last line without ``\\n`` counts), and
+    whether any line is not blank; ``check`` sees the file's whole lines as they are read.
 
     Line *i* > 0 starts after the file's *i*-th newline; numpy finds a block's newlines at memory speed.
     """
     import numpy as np
 
     offsets, newlines, position, last = [0], 0, 0, b"\n"
+    whole: list[bytes] = []  # the blocks since the last newline: a line not yet ended
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(CHUNK), b""):
             found = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10)
             first = -(-(newlines + 1) // shard_size) * shard_size  # the first boundary after line `newlines`
             for line in range(first, newlines + len(found) + 1, shard_size):
                 offsets.append(position + int(found[line - newlines - 1]) + 1)
+            if len(found):  # lines up to the block's last newline are whole: check them
+                cut = int(found[-1]) + 1
+                check(b"".join([*whole, block[:cut]]))
+                whole = [block[cut:]]
+            else:
+                whole.append(block)
             newlines, position, last = newlines + len(found), position + len(block), block[-1:]
+    check(b"".join(whole))
     lines = newlines + (1 if position and last != b"\n" else 0)
-    return lines, offsets[: -(-lines // shard_size)]
+    return lines, offsets[: -(-lines // shard_size)], check.has_rows
+
+
+class _LineCheck:
+    """Whole lines of a ``.txt``/``.jsonl`` input, in order, checked as planning reads them: UTF-8 (a bad byte
+    names its offset, as the reader does), whether any line is not blank, and every :data:`SUSPECT` line
+    read by :func:`_line_record`, the reader's own code, so what it would refuse is refused now."""
+
+    def __init__(self, name: str, path: Path, fmt: str, text_column: str, id_column: str | None) -> None:
+        self.name, self.path, self.fmt, self.text_column, self.id_column = name, path, fmt, text_column, id_column
+        self.position, self.line, self.has_rows = 0, 0, False  # byte offset and number of the next line
+
+    def __call__(self, data: bytes) -> None:
+        if not data:
+            return
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise LatentGuardError(_not_utf8(self.path, self.position + exc.start)) from None
+        if self.position == 0 and text.startswith("\ufeff"):
+            text = text[1:]
+        self.has_rows = self.has_rows or bool(text) and not text.isspace()  # a line holding more than whitespace
+        line, at, checked = self.line, 0, -1
+        for match in SUSPECT[self.fmt].finditer(text):
+            line += text.count("\n", at, match.start())
+            at = match.start()
+            if line != checked:  # each line once, however many suspects it holds
+                start, end = text.rfind("\n", 0, at) + 1, text.find("\n", at)
+                _line_record(self.name, self.fmt, text[start:] if end < 0 else text[start : end + 1], line,
+                             self.text_column, self.id_column)
+                checked = line
+        self.position += len(data)
+        self.line += text.count("\n")
 
 
 def _csv_header(path: Path, handle, text_column: str, id_column: str | None) -> tuple[list[str], int]:
     header = next(csv.reader(_decoded_lines(handle, path, 0)), None)
     if header is None:
         raise LatentGuardError(f"{path}: empty CSV file (it needs a header row naming the columns)")
+    _unique_columns(path, header, "the header")
     for column, flag in ((text_column, "--text-column"), (id_column, "--id-column")):
         if column is not None and column not in header:
             raise LatentGuardError(f"{path}: no column '{column}' in the header ({', '.join(header)}); set {flag}")
@@ -155,6 +210,7 @@ def _parquet_rows(path: Path, text_column: str, id_column: str | None) -> int:
     except Exception as exc:  # pyarrow raises its own error types for a file that is not parquet
         raise LatentGuardError(f"{path}: not a readable parquet file ({exc})") from None
     names = meta.schema_arrow.names
+    _unique_columns(path, names, "its schema")
     for column, flag in ((text_column, "--text-column"), (id_column, "--id-column")):
         if column is not None and column not in names:
             raise LatentGuardError(f"{path}: no column '{column}' ({', '.join(names)}); set {flag}")
@@ -162,6 +218,19 @@ def _parquet_rows(path: Path, text_column: str, id_column: str | None) -> int:
     if str(kind) not in ("string", "large_string", "string_view"):
         raise LatentGuardError(f"{path}: column '{text_column}' holds {kind}, not text; set --text-column")
     return meta.metadata.num_rows
+
+
+def _unique_columns(path: Path, names: list[str], where: str) -> None:
+    """Refuse a column name given twice: which of the columns is the text (or id) would be a guess."""
+    twice = [name for name, n in Counter(names).items() if n > 1]
+    if twice:
+        listed = ", ".join(f"'{name}'" for name in twice)
+        raise LatentGuardError(f"{path}: column name(s) {listed} appear more than once in {where} "
+                               f"({', '.join(names)}); give each column its own name")
+
+
+def _not_utf8(path: Path, byte: int) -> str:
+    return f"{path}: byte {byte} is not valid UTF-8; re-save the file as UTF-8"
 
 
 class _decoded_lines:
@@ -182,8 +251,7 @@ class _decoded_lines:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise LatentGuardError(f"{self.path}: byte {start + exc.start} is not valid UTF-8; re-save the file "
-                                   "as UTF-8") from None
+            raise LatentGuardError(_not_utf8(self.path, start + exc.start)) from None
         return text[1:] if start == 0 and text.startswith("\ufeff") else text
 
 
@@ -234,24 +302,28 @@ def read_rows(item: InputFile, text_column: str, id_column: str | None, start: i
 
 def _line_records(item: InputFile, lines, text_column: str, id_column: str | None, start: int):
     for row, line in enumerate(lines, start):
-        if item.format == "txt":
-            text = line.strip()
-            if "\r" in text:  # old Mac line endings would make one row of many prompts
-                raise LatentGuardError(f"{item.name}: line {row + 1} holds a carriage return inside it (old Mac "
-                                       "line endings?); convert the file to \\n or \\r\\n line endings")
-            if text:
-                yield row, text, None
-            continue
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError as exc:
-            raise LatentGuardError(f"{item.name}: line {row + 1} is not valid JSON ({exc.args[0]})") from None
-        if not isinstance(record, dict):
-            raise LatentGuardError(f"{item.name}: line {row + 1} is not a JSON object")
-        yield row, _text(item, record.get(text_column, None), text_column, f"line {row + 1}"), \
-            _ident(record.get(id_column)) if id_column else None
+        record = _line_record(item.name, item.format, line, row, text_column, id_column)
+        if record is not None:
+            yield row, *record
+
+
+def _line_record(name: str, fmt: str, line: str, row: int, text_column: str,
+                 id_column: str | None) -> tuple[str, str | None] | None:
+    """Row ``row`` of a ``.txt``/``.jsonl`` input from its line: ``(text, id)``, or None for a blank line.
+    The one reading of a line, for the reader and for the planner's checks. A ``.txt`` line is read as
+    ``inference.py`` reads one (:func:`latentguard.io.prompt_line`); a ``.jsonl`` line must be one JSON object
+    of one meaning (:func:`latentguard.io.strict_json`)."""
+    where = f"line {row + 1}"
+    if fmt == "txt":
+        text = prompt_line(line, f"{name}: {where}")
+        return (text, None) if text else None
+    if not line.strip():
+        return None
+    record = strict_json(line, f"{name}: {where}")
+    if not isinstance(record, dict):
+        raise LatentGuardError(f"{name}: {where} is not a JSON object")
+    return (_text(name, record.get(text_column, None), text_column, where),
+            _ident(name, record.get(id_column), id_column, where) if id_column else None)
 
 
 def _csv_records(item: InputFile, lines, text_column: str, id_column: str | None, start: int):
@@ -270,7 +342,7 @@ def _csv_records(item: InputFile, lines, text_column: str, id_column: str | None
         if len(record) != len(header):
             raise LatentGuardError(f"{item.name}: record {row} has {len(record)} fields, the header {len(header)}")
         if not record[at]:  # an empty field is how pandas and spreadsheets write a missing value
-            _text(item, None, text_column, f"record {row}")
+            _text(item.name, None, text_column, f"record {row}")
         yield row, record[at], record[id_at] if id_at is not None else None
         row += 1
 
@@ -293,29 +365,37 @@ def _parquet_chunks(item: InputFile, text_column: str, id_column: str | None, st
         if lo < hi:
             texts = batch.column(text_column).slice(lo, hi - lo).to_pylist()
             for i, text in enumerate(texts):
-                _text(item, text, text_column, f"row {row + lo + i}")
+                _text(item.name, text, text_column, f"row {row + lo + i}")
             ids = None
             if id_column:
-                ids = [_ident(v) for v in batch.column(id_column).slice(lo, hi - lo).to_pylist()]
+                ids = [_ident(item.name, v, id_column, f"row {row + lo + i}")
+                       for i, v in enumerate(batch.column(id_column).slice(lo, hi - lo).to_pylist())]
             yield Rows(list(range(row + lo, row + hi)), texts, ids)
         row += batch.num_rows
         if row >= stop:
             return
 
 
-def _text(item: InputFile, value, column: str, where: str) -> str:
+def _text(name: str, value, column: str, where: str) -> str:
+    """A row's text: a string (else refused, naming the row), and readable text (:func:`check_text`)."""
     if not isinstance(value, str):
         what = "no" if value is None else f"a {type(value).__name__}, not a"
-        raise LatentGuardError(f"{item.name}: {where} has {what} text in column '{column}'; every row needs one "
+        raise LatentGuardError(f"{name}: {where} has {what} text in column '{column}'; every row needs one "
                                "(drop or fill such rows first)")
-    return value
+    return check_text(value, f"{name}: {where}: the text in column '{column}'")
 
 
-def _ident(value) -> str | None:
-    """An id as text, so one column has one type across files (``None`` stays null)."""
-    if value is None or isinstance(value, str):
-        return value
-    return json.dumps(value, ensure_ascii=False) if isinstance(value, (list, dict)) else str(value)
+def _ident(name: str, value, column: str, where: str) -> str | None:
+    """An id as text, so one column has one type across files (``None`` stays null); it is written out,
+    so it must be readable text (:func:`check_text`)."""
+    if value is None:
+        return None
+    if isinstance(value, (list, dict)):
+        try:
+            value = json.dumps(value, ensure_ascii=False)
+        except RecursionError:
+            raise LatentGuardError(f"{name}: {where}: the id in column '{column}' is nested too deeply") from None
+    return check_text(value if isinstance(value, str) else str(value), f"{name}: {where}: the id in column '{column}'")
 
 
 def check_not_output(inputs: Sequence[tuple[str, Path]], output: Path) -> None:

@@ -105,7 +105,8 @@ def plan_run(patterns: Sequence[str], directory: str | Path, options: BulkOption
         found = [(names.get(str(path), name), path) for name, path in found]
     items = [plan_input(name, path, options.text_column, options.id_column, options.shard_size)
              for name, path in found]
-    if not any(i.rows for i in items):  # nothing to score is a mistaken input, not a run that found nothing unsafe
+    # nothing to score (no record, or blank lines only) is a mistaken input, not a run that found nothing unsafe
+    if not any(i.has_rows for i in items):
         listed = ", ".join(str(path) for _, path in found[:3]) + (" and more" if len(found) > 3 else "")
         raise LatentGuardError(f"no prompts to score: {listed} hold(s) no rows; check the files and --text-column")
     return Planned(directory, options, items)

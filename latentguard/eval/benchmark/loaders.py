@@ -10,7 +10,6 @@ metrics still count every prompt of the set.
 from __future__ import annotations
 
 import csv
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,13 +109,14 @@ def _parquet(path: Path, wanted: Sequence[str]) -> tuple[list[str], dict[str, li
 
 
 def _json(path: Path, wanted: Sequence[str], lines: bool) -> tuple[list[str], dict[str, list]]:
-    from ...io import read_text, split_lines
+    from ...io import read_text, split_lines, strict_json
 
     text = read_text(path, "prompt set")
-    try:
-        records = [json.loads(line) for line in split_lines(text) if line.strip()] if lines else json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise LatentGuardError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    if lines:
+        records = [strict_json(line, f"{path}: line {n}") for n, line in enumerate(split_lines(text), 1)
+                   if line.strip()]
+    else:
+        records = strict_json(text, str(path))
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
         raise LatentGuardError(f"{path}: expected a list of records ({{column: value}} objects)")
     names = list(dict.fromkeys(k for r in records for k in r))

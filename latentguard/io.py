@@ -329,3 +329,5 @@ def strict_json(text: str | bytes, where: str, *, numbers_finite: bool = True) -
         raise LatentGuardError(f"{where}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
     except RecursionError:
         raise LatentGuardError(f"{where}: JSON nested too deeply to read") from None
+    except ValueError as exc:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise LatentGuardError(f"{where}: not valid JSON here ({str(exc).splitlines()[0][:120]})") from None

@@ -193,7 +193,10 @@ def _other_weights(folder):
     (lambda f: _edit_config(f, lambda c: c["encoder"].update(colour="red")), "unknown key(s) encoder.colour"),
     (lambda f: _edit_config(f, lambda c: c["mapping_layer"].update(in_dim="768")), "'mapping_layer.in_dim' must be"),
     (lambda f: _edit_config(f, lambda c: c.pop("slope")), "missing key(s) slope"),
-    (lambda f: (f / "concepts.yaml").write_text("violence:\n- knife\n"), "holds 1 concepts, config.json records 9"),
+    (lambda f: (f / "concepts.yaml").write_text("violence:\n- knife\n"), "concepts.yaml: SHA-256 differs"),
+    (lambda f: (f / "concepts.yaml").write_text((f / "concepts.yaml").read_text().replace("knife", "spoon")),
+     "damaged or edited"),  # the same count and groups: a renamed concept is caught by the hash
+    (lambda f: _edit_config(f, lambda c: c["concepts"].update(count=3)), "holds 9 concepts, config.json records 3"),
 ])
 def test_damaged_bundles_are_refused_in_one_line(bundle, tiny_encoder, tmp_path, damage, message):
     folder = _copy(bundle, tmp_path)

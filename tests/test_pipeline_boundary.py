@@ -418,3 +418,21 @@ def test_on_verdict_sees_every_call_and_fails_closed(pipes, keyword):
         guard_pipeline(pipe, keyword, on_verdict=failing)(SAFE, **kwargs)  # no result, no image
     guard_pipeline(pipe, keyword, on_verdict=seen.append).encode_prompt(SAFE, "cpu", 1, False)  # methods too
     assert [p.strip() for p in seen[-1].prompts] == [SAFE] and "text_encoder" in seen[-1].text_verdicts
+
+
+def test_a_prior_that_returns_its_negative_embeddings_has_its_negative_texts_checked(clip_tokenizer, keyword):
+    """Kandinsky's prior runs ``prompt + negative_prompt`` through the same prior and returns the negative
+    text's image embedding, which a caller can hand to the decoder as a positive: its negatives are checked."""
+    pipe = td.build_kandinsky_prior(clip_tokenizer)
+    guarded = guard_pipeline(pipe, keyword, on_unsafe="skip")
+    blocked = guarded(SAFE, negative_prompt=UNSAFE, num_inference_steps=2, generator=td.gen(0))
+    assert blocked.blocked and blocked.output is None and "KandinskyV22PriorPipeline" in blocked.blocked_at
+    with pytest.raises(PromptBlocked):
+        guard_pipeline(pipe, keyword, on_unsafe="raise")(SAFE, negative_prompt=UNSAFE, num_inference_steps=2)
+    fine = guarded(SAFE, negative_prompt="blurry, low quality", num_inference_steps=2, generator=td.gen(0))
+    plain = pipe(SAFE, negative_prompt="blurry, low quality", num_inference_steps=2, generator=td.gen(0))
+    assert not fine.blocked and torch.equal(fine.output.image_embeds, plain.image_embeds)
+    assert torch.equal(fine.output.negative_image_embeds, plain.negative_image_embeds)
+    seen = guard_pipeline(pipe, keyword, on_unsafe="annotate")(SAFE, negative_prompt=UNSAFE, num_inference_steps=2)
+    reported = [v for where, vs in seen.text_verdicts.items() if "output of" in where for v in vs]
+    assert seen.output is not None and [v.unsafe for v in reported] == [True]  # observe-only: generated, reported

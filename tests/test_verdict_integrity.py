@@ -86,6 +86,19 @@ def test_thresholds_above_tempr_are_refused_everywhere(tmp_path, tiny_encoder, w
         LatentGuard.from_pretrained(weights, tiny_encoder, CONCEPTS, cache_concepts=False)  # auto reads the record
 
 
+def test_thresholds_at_or_below_minus_tempr_flag_everything_and_are_refused_everywhere(tiny_encoder, weights):
+    tempr = float(load_mapping_layer(weights).tempr)
+    guard = LatentGuard.from_pretrained(weights, tiny_encoder, CONCEPTS, threshold=-tempr + 0.01,
+                                        cache_concepts=False)
+    for value in (-tempr, -20.0, -1e300):
+        with pytest.raises(LatentGuardError, match="below the smallest logit"):
+            guard.threshold = value
+        with pytest.raises(LatentGuardError, match="below the smallest logit"):
+            guard.concept_thresholds = {"knife": value}
+        with pytest.raises(LatentGuardError, match="below the smallest logit"):
+            LatentGuard.from_pretrained(weights, tiny_encoder, CONCEPTS, threshold=value, cache_concepts=False)
+
+
 def test_inference_refuses_an_unreachable_threshold_in_one_line(tmp_path, tiny_encoder_dir, weights):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a knife\n", encoding="utf-8")

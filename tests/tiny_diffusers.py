@@ -216,3 +216,19 @@ class KeywordGuard:
         self.seen.extend(prompts)
         return [Verdict(prompt=p, unsafe=self.keyword in p.lower(), score=10.0 if self.keyword in p.lower() else 0.0,
                         concept=self.keyword) for p in prompts]
+
+
+def build_kandinsky_prior(tokenizer):
+    """A tiny Kandinsky 2.2 prior: text in, ``image_embeds`` and ``negative_image_embeds`` out (no images)."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    prior = diffusers.PriorTransformer(num_attention_heads=2, attention_head_dim=12, embedding_dim=32, num_layers=1)
+    image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=32, image_size=224, projection_dim=32, intermediate_size=37, num_attention_heads=4,
+        num_channels=3, num_hidden_layers=1, patch_size=14))
+    scheduler = diffusers.UnCLIPScheduler(variance_type="fixed_small_log", prediction_type="sample",
+                                          num_train_timesteps=1000, clip_sample=True, clip_sample_range=10.0)
+    return quiet(diffusers.KandinskyV22PriorPipeline(
+        prior=prior, image_encoder=image_encoder, text_encoder=clip_with_projection(1), tokenizer=tokenizer,
+        scheduler=scheduler, image_processor=CLIPImageProcessor(crop_size=224, size=224)))

@@ -163,6 +163,10 @@ class Bundle:
         from ..data.blacklist import load_blacklist
 
         path = self.path / CONCEPTS
+        if sha256_of(path) != self.config["concepts"]["sha256"]:
+            raise LatentGuardError(f"{path}: SHA-256 differs from the one {CONFIG} records (damaged or edited; its "
+                                   f"threshold and evaluation belong to the list as saved); an edited list loads as "
+                                   f"concepts='{path}' (--concepts), then save a new bundle")
         blacklist = load_blacklist(path)
         recorded = self.config["concepts"]["count"]
         if len(blacklist.concepts) != recorded:

@@ -99,7 +99,7 @@ SCHEMA: dict[str, Any] = {
     "concept_thresholds": _numbers_by_name,
     "slope": _optional(_positive),
     "categories": {"default": _text, "names": _names},
-    "concepts": {"file": _equal(CONCEPTS), "count": _positive_int},
+    "concepts": {"file": _equal(CONCEPTS), "count": _positive_int, "sha256": _sha256},
     "concept_vectors": {"file": _equal(VECTORS), "sha256": _sha256, "encoder_identity": _text,
                         "count": _positive_int},
 }

@@ -149,7 +149,7 @@ def write_bundle(directory: str | Path, *, state_dict: Mapping, sizes: Mapping[s
         "concept_thresholds": {c: float(t) for c, t in (concept_thresholds or {}).items()},
         "slope": None if slope is None else float(slope),
         "categories": {"default": default_category, "names": list(groups)},
-        "concepts": {"file": CONCEPTS, "count": len(concepts)},
+        "concepts": {"file": CONCEPTS, "count": len(concepts), "sha256": sha256_of(directory / CONCEPTS)},
         "concept_vectors": vectors_section,
     }
     check_config(json.loads(config_json(config)), directory / CONFIG)  # what is written must load

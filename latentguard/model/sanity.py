@@ -48,10 +48,15 @@ def check_weights(model, where: str = "the mapping layer") -> None:
 
 
 def check_reachable(threshold: float, model, what: str = "threshold") -> float:
-    """Refuse a threshold no prompt can reach with these weights (it would flag nothing)."""
+    """Refuse a threshold that decides without looking: above every logit these weights can give (it would
+    flag nothing) or at or below every one (it would flag everything); a logit is ``tempr x cos``."""
     top = max_logit(model)
     if threshold > top:
         raise LatentGuardError(f"{what} {threshold:g} is above the largest logit these weights can give ({top:.4g} = "
                                "tempr, since a logit is tempr x cos), so no prompt would ever be flagged; calibrate "
                                "(--calibrate-safe, guard.calibrate) or choose a lower threshold")
+    if threshold <= -top:
+        raise LatentGuardError(f"{what} {threshold:g} is at or below the smallest logit these weights can give "
+                               f"({-top:.4g} = -tempr), so every prompt would be flagged whatever it says; calibrate "
+                               "(--calibrate-safe, guard.calibrate) or choose a higher threshold")
     return threshold

@@ -312,6 +312,7 @@ def test_bad_requests_get_a_4xx_naming_the_problem(server, body, status, needle)
     (b'{"input": "a man with a knife", "input": "a cat"}', 400, "key 'input' is given twice"),
     (b'{"x": ' + b"[" * 30000 + b"]" * 30000 + b"}", 400, "nested too deeply"),
     (b'{"input": "a cat \\ud800"}', 400, "lone surrogate"),
+    (b'{"input": "a cat", "x": 1' + b"0" * 5000 + b"}", 400, "not valid JSON here"),
     (json.dumps({"input": ". ".join(f"w{i:04d}" for i in range(40))}).encode(), 413,
      "input[0] has 40 sentences; this server takes at most 32"),
 ])
@@ -327,6 +328,11 @@ def test_requests_that_would_mislead_or_stall_the_server_are_refused_alone(serve
     for i, r in enumerate(honest):
         assert r.status_code == 200, r.text
         same_verdict(r.json()["results"][0], expected[PROMPTS[i]], moderation=True)
+
+
+def test_the_native_endpoint_refuses_fields_it_does_not_take(server):
+    r = httpx.post(server.url + "/v1/check", json={"prompts": "a knife", "threshold": 100}, headers=auth())
+    assert r.status_code == 400 and "unknown field(s) 'threshold'" in r.json()["error"]["message"]
 
 
 def test_routing_errors_are_in_the_error_shape_and_probes_answer_head(server):

@@ -130,7 +130,13 @@ def _text_part(item: Any, where: str, limits: Limits) -> str:
 
 
 def parse_check(body: dict, limits: Limits) -> tuple[list[str], bool]:
-    """The native form: ``prompts`` (a string or a list of strings) and ``explain`` (default false)."""
+    """The native form: ``prompts`` (a string or a list of strings) and ``explain`` (default false); any other
+    field is refused, so a client that believes it set one (``threshold``) learns that it did not."""
+    unknown = sorted(set(body) - {"prompts", "explain"})
+    if unknown:
+        raise RequestError(400, f"unknown field(s) {', '.join(repr(k) for k in unknown)}: /v1/check takes 'prompts' "
+                           "and 'explain' (the threshold and blacklist are the server's)", param=unknown[0],
+                           code="unknown_field")
     if "prompts" not in body:
         raise RequestError(400, "missing field 'prompts' (a string or a list of strings)", param="prompts",
                            code="missing_input")

@@ -427,12 +427,17 @@ def test_a_prior_that_returns_its_negative_embeddings_has_its_negative_texts_che
     guarded = guard_pipeline(pipe, keyword, on_unsafe="skip")
     blocked = guarded(SAFE, negative_prompt=UNSAFE, num_inference_steps=2, generator=td.gen(0))
     assert blocked.blocked and blocked.output is None and "KandinskyV22PriorPipeline" in blocked.blocked_at
+    as_tuple = guarded(SAFE, negative_prompt=UNSAFE, num_inference_steps=2, return_dict=False)
+    assert as_tuple.blocked and as_tuple.output is None  # read by name whatever form the caller asked for
     with pytest.raises(PromptBlocked):
         guard_pipeline(pipe, keyword, on_unsafe="raise")(SAFE, negative_prompt=UNSAFE, num_inference_steps=2)
     fine = guarded(SAFE, negative_prompt="blurry, low quality", num_inference_steps=2, generator=td.gen(0))
     plain = pipe(SAFE, negative_prompt="blurry, low quality", num_inference_steps=2, generator=td.gen(0))
     assert not fine.blocked and torch.equal(fine.output.image_embeds, plain.image_embeds)
     assert torch.equal(fine.output.negative_image_embeds, plain.negative_image_embeds)
+    tupled = guarded(SAFE, negative_prompt="blurry, low quality", num_inference_steps=2, generator=td.gen(0),
+                     return_dict=False)
+    assert isinstance(tupled.output, tuple) and torch.equal(tupled.output[0], plain.image_embeds)
     seen = guard_pipeline(pipe, keyword, on_unsafe="annotate")(SAFE, negative_prompt=UNSAFE, num_inference_steps=2)
     reported = [v for where, vs in seen.text_verdicts.items() if "output of" in where for v in vs]
     assert seen.output is not None and [v.unsafe for v in reported] == [True]  # observe-only: generated, reported

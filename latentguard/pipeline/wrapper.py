@@ -34,6 +34,7 @@ from ..constants import CONTEXT_LENGTH
 from ..errors import LatentGuardError
 from .arguments import added_tokens, classify, negative_defaults, subset_call, text_arguments
 from .boundary import BoundaryBlocked, Session
+from .outputs import check_returned_conditioning
 from .parts import Parts, check_concept_vectors, find_parts, has_adapters, unmodified_weights, weights_fingerprint
 from .provenance import CHECKED, NEGATIVE
 from .result import ON_UNSAFE, GuardedResult, PromptBlocked, check_verdicts, images_by_prompt
@@ -257,9 +258,14 @@ class GuardedPipeline:
                 negative = call.get("negative_prompt")
                 if isinstance(negative, str):  # diffusers wants one negative prompt per prompt_embeds row
                     call["negative_prompt"] = [negative] * len(passed)
+            as_tuple = call.get("return_dict") is False  # run as a dict, so what it returns can be read by name
+            if as_tuple:
+                call["return_dict"] = True
             try:
                 output = self.pipe(**call)
-                self._check_returned_conditioning(output, call, session)
+                check_returned_conditioning(output, _negatives(call), self.guard, session, type(self.pipe).__name__)
+                if as_tuple and hasattr(output, "to_tuple"):
+                    output = output.to_tuple()
             except BoundaryBlocked as blocked:  # an unchecked text met at an encoder, checked there: unsafe
                 result.blocked, result.blocked_at, result.reused_embeddings = True, blocked.where, False
                 result.note_worst([blocked.verdict])
@@ -271,24 +277,6 @@ class GuardedPipeline:
         result.passed, result.output = passed, output
         result.images = images_by_prompt(output, passed, n)
         return result
-
-    def _check_returned_conditioning(self, output, call: dict, session) -> None:
-        """A pipeline that returns conditioning instead of images (a prior's ``image_embeds`` and
-        ``negative_image_embeds``) hands its negative texts' product to the caller, who may condition
-        on it as a positive: then every negative text must be safe too (raises :class:`BoundaryBlocked`)."""
-        if not _returns_conditioning(output):
-            return
-        negatives = [t for t in dict.fromkeys(_negatives(call)) if t.strip()]
-        if not negatives:
-            return
-        with session.trusted():
-            verdicts = list(self.guard.check(negatives))
-        check_verdicts(verdicts, len(negatives))
-        where = f"the output of {type(self.pipe).__name__} (its negative texts' embeddings, usable as conditioning)"
-        session.verdicts.extend((where, v) for v in verdicts)
-        unsafe = [v for v in verdicts if v.unsafe]
-        if unsafe and not session.annotate:  # annotate: reported with the result, as a text met at an encoder
-            raise BoundaryBlocked(max(unsafe, key=lambda v: v.score), where)
 
     def _notify(self, result: GuardedResult, already_failing: bool = False) -> None:
         """Hand the verdicts to ``on_verdict``; an exception there refuses the call (fail closed)."""
@@ -413,12 +401,6 @@ def _group(result: GuardedResult, session: Session) -> None:
         result.text_verdicts.setdefault(where, []).append(verdict)
     result.note_worst([v for _, v in session.verdicts])  # annotate: an unsafe text met there is reported too
     session.verdicts.clear()
-
-
-def _returns_conditioning(output) -> bool:
-    """Whether a pipeline output carries embeddings (a prior's), not only images, latents or audio."""
-    keys = output.keys() if hasattr(output, "keys") else []
-    return any(isinstance(k, str) and k.endswith(("embeds", "embeddings")) for k in keys)
 
 
 def _negatives(call: dict) -> list[str]:

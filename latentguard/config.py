@@ -228,7 +228,7 @@ class ServeConfig:
     max_chars: int = key(10000, positive_int)
     max_sentences: int = key(32, positive_int)
     queue_size: int = key(4096, positive_int)
-    max_connections: int = key(128, positive_int)
+    max_in_flight: int = key(128, positive_int)
     body_timeout_s: float = key(30.0, positive_float)
     api_key_file: str | None = key(None, optional_path)
     admin_key_file: str | None = key(None, optional_path)

@@ -361,6 +361,10 @@ def test_without_keys_only_this_machines_programs_are_answered(fleet):
     page = httpx.post(served.url + "/admin/reload", content=b"x", headers={"Origin": "http://evil.example",
                                                                           "Content-Type": "text/plain"})
     assert page.status_code == 403 and "browser request" in page.json()["error"]["message"]
+    for host in ("localhost:80@evil.com", "[::1]evil.com", "[::1"):  # not an authority: not a loopback name
+        assert httpx.get(served.url + "/readyz", headers={"Host": host}).status_code == 421, host
+    for origin in ("http://127.0.0.1:80@evil.com", "http://[::1]evil.com", "null"):
+        assert httpx.get(served.url + "/readyz", headers={"Origin": origin}).status_code == 403, origin
     local = httpx.get(served.url + "/readyz", headers={"Host": f"localhost:{served.port}"})
     assert local.status_code == 200 and "concepts" in local.json()
 

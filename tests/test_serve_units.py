@@ -229,3 +229,51 @@ def test_a_request_costs_the_texts_the_guard_will_encode(tiny_encoder, tmp_path)
     prompts = ["a cat", "a cat. A knife! And blood", "ａ ｋｎｉｆｅ"]
     assert server.texts_to_encode(prompts) == [(1, 1), (3, len(forms(prompts[1]))), (1, 2)]
     server.model_thread.shutdown()
+
+
+def test_requests_in_flight_are_limited_and_an_idle_connection_takes_no_slot():
+    from fastapi.responses import JSONResponse
+
+    from latentguard.serve.app import _InFlight
+
+    async def main():
+        gate, sent = asyncio.Event(), []
+
+        async def app(scope, receive, send):  # a request still receiving its body, or being scored
+            await gate.wait()
+            await JSONResponse({"ok": True})(scope, receive, send)
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/v1/check", "headers": [], "query_string": b""}
+        limited = _InFlight(app, 1)  # the ASGI app is called per request: a socket that sends nothing is never one
+        first = asyncio.create_task(limited(dict(scope), receive, send))
+        await asyncio.sleep(0.01)
+        await limited(dict(scope), receive, send)  # refused at once, while the first is in flight
+        refused = [m for m in sent if m["type"] == "http.response.start"]
+        gate.set()
+        await first
+        await limited(dict(scope), receive, send)  # its slot is free again
+        return refused, [m["status"] for m in sent if m["type"] == "http.response.start"]
+
+    refused, statuses = asyncio.run(main())
+    assert refused[0]["status"] == 503 and (b"retry-after", b"1") in refused[0]["headers"]
+    assert statuses == [503, 200, 200]
+
+
+def test_sentences_that_exist_only_after_normalisation_count_against_the_limit(tiny_encoder, tmp_path):
+    from latentguard.guard import LatentGuard
+    from latentguard.model import EmbeddingMappingLayer
+    from latentguard.serve import GuardServer
+
+    torch.save(EmbeddingMappingLayer().state_dict(), tmp_path / "ckpt.pth")
+    server = GuardServer(lambda encoder=None: LatentGuard.from_pretrained(
+        tmp_path / "ckpt.pth", encoder or tiny_encoder, ["knife"], threshold=0.0, cache_concepts=False))
+    server.load()
+    greek = "".join(f"word{i}\u037e " for i in range(40))  # U+037E GREEK QUESTION MARK: NFKC makes it ';'
+    assert server.texts_to_encode([greek])[0][0] == 40
+    server.model_thread.shutdown()

@@ -47,8 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--queue-size", type=int, default=None, metavar="N",
                      help="texts waiting to be scored (a prompt counts once per form the defences score); beyond "
                           f"that 503 with Retry-After (default: {S.queue_size})")
-    net.add_argument("--max-connections", type=int, default=None, metavar="N",
-                     help=f"connections and requests open at once; more is answered 503 (default: {S.max_connections})")
+    net.add_argument("--max-in-flight", type=int, default=None, metavar="N",
+                     help="requests being received or answered at once; more is answered 503 "
+                          f"(default: {S.max_in_flight})")
     net.add_argument("--body-timeout-s", type=float, default=None, metavar="S",
                      help=f"a request body not received in S seconds is answered 408 (default: {S.body_timeout_s:g})")
     keys = parser.add_argument_group("keys and audit")
@@ -78,7 +79,7 @@ def serve_overrides(args: argparse.Namespace) -> dict:
     return {"serve.host": args.host, "serve.port": args.port, "serve.max_batch_size": args.max_batch_size,
             "serve.max_wait_ms": args.max_wait_ms, "serve.max_inputs": args.max_inputs,
             "serve.max_chars": args.max_chars, "serve.max_sentences": args.max_sentences,
-            "serve.queue_size": args.queue_size, "serve.max_connections": args.max_connections,
+            "serve.queue_size": args.queue_size, "serve.max_in_flight": args.max_in_flight,
             "serve.body_timeout_s": args.body_timeout_s,
             "serve.api_key_file": args.api_key_file, "serve.admin_key_file": args.admin_key_file,
             "serve.insecure": args.insecure, "serve.audit_log": args.audit_log,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import re
 import signal
 import time
 import uuid
@@ -61,6 +62,7 @@ def create_app(server: GuardServer) -> FastAPI:
 
     if not settings.api_keys and is_loopback(settings.host):  # (--insecure on a public address: as asked)
         app.add_middleware(_LocalOnly)
+    app.add_middleware(_InFlight, limit=settings.max_in_flight)
     app.add_middleware(_Counted, metrics=metrics)
 
     @app.exception_handler(RequestError)
@@ -238,6 +240,27 @@ def create_app(server: GuardServer) -> FastAPI:
     return app
 
 
+class _InFlight:
+    """At most ``limit`` requests being received or answered at once (each may hold a body of up to the
+    cap); one more is a 503 with ``Retry-After``. Counted per request, so idle connections take no slot."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit, self.active = app, limit, 0
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if self.active >= self.limit:
+            busy = RequestError(503, f"{self.active} requests are in flight (--max-in-flight {self.limit}); retry "
+                                "later", code="too_many_requests", headers={"Retry-After": RETRY_AFTER_S})
+            return await JSONResponse(busy.body(), status_code=503, headers=busy.headers)(scope, receive, send)
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
+
+
 class _LocalOnly:
     """Without an API key the server trusts its loopback binding, so it answers only what comes from this
     machine's own programs: a ``Host`` other than a loopback name (DNS rebinding: a web page's name pointed
@@ -249,13 +272,14 @@ class _LocalOnly:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        host, origin = headers.get("host", ""), headers.get("origin")
+        pairs = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope.get("headers", [])]
+        hosts, origins = [v for k, v in pairs if k == "host"], [v for k, v in pairs if k == "origin"]
+        host, origin = (hosts or [""])[0], (origins or [None])[0]
         refusal = None
-        if not is_loopback(_hostname(host)):
+        if len(hosts) != 1 or len(origins) > 1 or not is_loopback(_hostname(host)):
             refusal = RequestError(421, f"Host {host!r} is not this machine: without --api-key-file the server "
                                    "answers only loopback names (give a key to serve other names)", code="wrong_host")
-        elif origin is not None and not is_loopback(_hostname(origin.partition("://")[2] or origin)):
+        elif origin is not None and not is_loopback(_hostname(origin.partition("://")[2] if "://" in origin else "")):
             refusal = RequestError(403, f"a browser request from {origin} is refused: without --api-key-file the "
                                    "server answers only programs on this machine", code="cross_origin")
         if refusal is None:
@@ -264,12 +288,13 @@ class _LocalOnly:
         await response(scope, receive, send)
 
 
+_AUTHORITY = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9.-]+))(?::\d{1,5})?$")
+
+
 def _hostname(authority: str) -> str:
-    """``host[:port]`` or ``[v6]:port`` -> the host."""
-    authority = authority.strip().rstrip("/")
-    if authority.startswith("["):
-        return authority[1 : authority.find("]")] if "]" in authority else authority
-    return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
+    """``host[:port]`` or ``[v6][:port]`` -> the host; anything else (``a:1@b``, ``[::1]x``) -> ``""``."""
+    match = _AUTHORITY.match(authority)
+    return (match.group("v6") or match.group("name")) if match else ""
 
 
 class _Counted:

@@ -18,8 +18,7 @@ def run_server(app: Any, settings: ServeSettings, *, log_level: str = "info", ac
     import uvicorn
 
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level, access_log=access_log,
-                            lifespan="on", server_header=False,
-                            limit_concurrency=settings.max_connections)
+                            lifespan="on", server_header=False)
     server = uvicorn.Server(config)
     stopped: list[int] = []
     previous = {sig: signal.signal(sig, lambda number, frame: stopped.append(number))

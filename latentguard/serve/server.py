@@ -78,14 +78,17 @@ class GuardServer:
     def texts_to_encode(self, prompts: list[str]) -> list[tuple[int, int]]:
         """Per prompt, ``(sentences, forms)``: how many sentences the defences split it into, and how many
         texts the encoder reads for it (as the guard will score it; plain Python, off the model thread)."""
-        from ..data.defences import forms, sentences
+        from ..data.defences import forms, normalized, sentences
 
         guard = self.state.guard
         normalize, split = guard.normalize_text, guard.split_sentences
         if not (normalize or split):
             return [(1, 1) for _ in prompts]
-        return [(len(sentences(p)) if split else 1, len(forms(p, normalize=normalize, split_sentences=split)))
-                for p in prompts]
+
+        def count(p: str) -> int:  # as forms() splits: the text, and its normalised form (U+037E is a ';')
+            return max(len(sentences(p)), len(sentences(normalized(p))) if normalize else 0) if split else 1
+
+        return [(count(p), len(forms(p, normalize=normalize, split_sentences=split))) for p in prompts]
 
     # -------------------------------------------------------------------------------- scoring
     def _score(self, jobs: list[Job]) -> list[tuple[GuardState, list]]:

@@ -52,7 +52,7 @@ class ServeSettings:
     max_chars: int = 10000
     max_sentences: int = 32
     queue_size: int = 4096
-    max_connections: int = 128
+    max_in_flight: int = 128
     body_timeout_s: float = 30.0
     api_keys: frozenset[str] = field(default_factory=frozenset)
     admin_keys: frozenset[str] = field(default_factory=frozenset)
@@ -61,7 +61,7 @@ class ServeSettings:
     audit_prompts: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_size", "max_inputs", "max_chars", "max_sentences", "queue_size", "max_connections"):
+        for name in ("max_batch_size", "max_inputs", "max_chars", "max_sentences", "queue_size", "max_in_flight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise LatentGuardError(f"serve.{name} must be a positive integer, got {value!r}")
@@ -88,7 +88,7 @@ class ServeSettings:
         return cls(host=serve.host, port=serve.port, max_batch_size=serve.max_batch_size,
                    max_wait_ms=float(serve.max_wait_ms), max_inputs=serve.max_inputs, max_chars=serve.max_chars,
                    max_sentences=serve.max_sentences, queue_size=serve.queue_size,
-                   max_connections=serve.max_connections, body_timeout_s=float(serve.body_timeout_s),
+                   max_in_flight=serve.max_in_flight, body_timeout_s=float(serve.body_timeout_s),
                    api_keys=api, admin_keys=admin, insecure=serve.insecure,
                    audit_log=serve.audit_log, audit_prompts=serve.audit_prompts)
 

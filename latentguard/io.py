@@ -307,7 +307,7 @@ def unique_key_loader(scalars_as_text: bool = False) -> type:
     return UniqueKeyLoader
 
 
-def strict_json(text: str | bytes, where: str, *, numbers_finite: bool = True) -> object:
+def strict_json(text: str | bytes, where: str) -> object:
     """Parse JSON as one meaning only: a key given twice (which readers resolve differently), ``NaN`` or
     ``Infinity`` (not JSON), or nesting deeper than Python's stack is a one-line error starting ``where``."""
     import json
@@ -324,7 +324,7 @@ def strict_json(text: str | bytes, where: str, *, numbers_finite: bool = True) -
         raise LatentGuardError(f"{where}: {name} is not a JSON number; write a finite number")
 
     try:
-        return json.loads(text, object_pairs_hook=unique, parse_constant=constant if numbers_finite else None)
+        return json.loads(text, object_pairs_hook=unique, parse_constant=constant)
     except json.JSONDecodeError as exc:
         raise LatentGuardError(f"{where}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
     except RecursionError:

@@ -80,20 +80,17 @@ def create_app(server: GuardServer) -> FastAPI:
 
     def has_key(request: Request) -> bool:
         """Whether the request carries any configured key (API or admin): what the details are shown to."""
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        token = token.strip()
-        return scheme.lower() == "bearer" and bool(token) and any(
-            hmac.compare_digest(token.encode(), key.encode()) for key in settings.api_keys | settings.admin_keys)
+        token = _bearer(request)
+        return bool(token) and _matches(token, settings.api_keys | settings.admin_keys)
 
     def authorize(request: Request, keys: frozenset[str], what: str) -> None:
         if not keys:
             return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
+        token = _bearer(request)
+        if not token:
             raise RequestError(401, f"missing API key: send 'Authorization: Bearer <{what}>'", code="missing_api_key",
                                headers={"WWW-Authenticate": "Bearer"})
-        if not any(hmac.compare_digest(token.encode(), key.encode()) for key in keys):
+        if not _matches(token, keys):
             raise RequestError(401, f"wrong {what}", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
     async def body_of(request: Request) -> dict:
@@ -238,6 +235,17 @@ def create_app(server: GuardServer) -> FastAPI:
                 "categories": list(state.guard.categories)}
 
     return app
+
+
+def _bearer(request: Request) -> str:
+    """The token of an ``Authorization: Bearer TOKEN`` header ("" when there is none)."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def _matches(token: str, keys: frozenset[str]) -> bool:
+    """Whether ``token`` is one of ``keys``, compared in constant time."""
+    return any(hmac.compare_digest(token.encode(), key.encode()) for key in keys)
 
 
 class _InFlight:

@@ -148,6 +148,7 @@ class EncoderConfig:
     attention_mask: bool = key(False, boolean)
     long_prompts: bool = key(False, boolean)
     window_stride: int = key(DEFAULT_WINDOW_STRIDE, positive_int)
+    trim_padding: bool = key(False, boolean)
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,7 @@ class ModelConfig:
     num_heads: int = key(16, positive_int)
     head_dim: int = key(32, positive_int)
     out_dim: int = key(128, positive_int)
+    mask_padding: bool = key(False, boolean)
 
 
 @dataclass(frozen=True)
@@ -180,6 +182,27 @@ class TrainConfig:
     save_every: int = key(10, positive_int)
     eval_batch_size: int = key(256, positive_int)
     keep_best: bool = key(False, boolean)
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    name: str = key("paper", choice("paper", "open"))
+    copro: str | None = key(None, optional_path)
+    copro_splits: list[str] | str = key(["valid"], names)
+    coprov2: str | None = key(None, optional_path)
+    coprov2_safe: bool = key(True, boolean)
+    captions: str | None = key(None, optional_path)
+    max_captions: int = key(10000, non_negative_int)
+    calibration_captions: int = key(2000, non_negative_int)
+    concepts: str | None = key(None, optional_path)
+    exclude_categories: list[str] | str = key([], names)
+    style_augment: float = key(0.15, fraction)
+    steps: int = key(3000, positive_int)
+    prompts_per_step: int = key(256, positive_int)
+    contrastive_weight: float = key(1.0, non_negative_float)
+    detection_weight: float = key(1.0, non_negative_float)
+    category_weight: float = key(0.5, non_negative_float)
+    target_fpr: float = key(0.03, fraction)
 
 
 @dataclass(frozen=True)
@@ -268,6 +291,7 @@ class Config:
     store: StoreConfig = section(StoreConfig)
     data: DataConfig = section(DataConfig)
     train: TrainConfig = section(TrainConfig)
+    recipe: RecipeConfig = section(RecipeConfig)
     eval: EvalConfig = section(EvalConfig)
     inference: InferenceConfig = section(InferenceConfig)
     calibration: CalibrationConfig = section(CalibrationConfig)

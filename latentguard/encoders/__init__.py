@@ -69,7 +69,8 @@ def _looks_like_path(name: str) -> bool:
 
 def load_encoder(name_or_path: str | Path = DEFAULT_ENCODER, encoder_type: str = "auto",
                  device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
-                 attention_mask: bool = False, *, max_length: int = CONTEXT_LENGTH) -> TextEncoder:
+                 attention_mask: bool = False, *, max_length: int = CONTEXT_LENGTH,
+                 trim_padding: bool = False) -> TextEncoder:
     """Open a text encoder by name; ``encoder_type`` (auto|clip|openclip|hf) forces the family.
 
     Names: a hub name or local directory (the family comes from its ``config.json``), or
@@ -85,10 +86,21 @@ def load_encoder(name_or_path: str | Path = DEFAULT_ENCODER, encoder_type: str =
         raise LatentGuardError(f"cannot load text encoder '{name}': no such directory; pass --encoder with an "
                                "existing directory saved with save_pretrained() or a hub name such as "
                                f"{DEFAULT_ENCODER}")
+    from .known import KNOWN_ENCODERS, resolve_known
+
+    if name in KNOWN_ENCODERS and not Path(name).exists():  # hub id of weights we can check (and load offline)
+        if encoder_type not in ("auto", "hf"):
+            raise LatentGuardError(f"'{name}' is a Hugging Face (hf) encoder, not {encoder_type}")
+        if attention_mask:
+            raise LatentGuardError("encoder.attention_mask applies to CLIP encoders only")
+        return HFTextEncoder(resolve_known(name), device=device, dtype=dtype, name=name, max_length=max_length,
+                             trim_padding=trim_padding)
     if not name.startswith(OPENCLIP_PREFIX) and Path(name).expanduser().is_dir():
         # One store per model directory, however the path is spelled (./m, m, /abs/m).
         name = str(Path(name).expanduser().resolve())
     family = detect_family(name) if encoder_type == "auto" else encoder_type
+    if trim_padding and family != "hf":
+        raise LatentGuardError("encoder.trim_padding applies to Hugging Face (hf) encoders only")
     if name.startswith(OPENCLIP_PREFIX) and family != "openclip":
         raise LatentGuardError(f"'{name}' names an OpenCLIP model but the encoder type is '{encoder_type}' "
                                f"(use --encoder-type auto or openclip)")
@@ -97,7 +109,7 @@ def load_encoder(name_or_path: str | Path = DEFAULT_ENCODER, encoder_type: str =
             raise LatentGuardError("encoder.attention_mask applies to CLIP encoders only (OpenCLIP towers are causal)")
         return OpenCLIPTextEncoder(name, device=device, dtype=dtype)
     if family == "hf":
-        return HFTextEncoder(name, device=device, dtype=dtype, max_length=max_length)
+        return HFTextEncoder(name, device=device, dtype=dtype, max_length=max_length, trim_padding=trim_padding)
     model_type = _model_type(name) if encoder_type == "clip" else None
     if model_type is not None and model_type not in _CLIP_MODEL_TYPES:  # CLIPTextModel would fail deep inside
         raise LatentGuardError(f"--encoder-type clip, but '{name}' is a {model_type} model, not CLIP; use "
@@ -109,4 +121,4 @@ def load_encoder_from_config(cfg: "Config", device: str | torch.device | None = 
     """The encoder a loaded config's ``encoder`` section names, on ``device`` (default: the config's)."""
     enc = cfg.encoder
     return load_encoder(enc.name, enc.type, device=cfg.device if device is None else device,
-                        dtype=enc.dtype, attention_mask=enc.attention_mask)
+                        dtype=enc.dtype, attention_mask=enc.attention_mask, trim_padding=enc.trim_padding)

@@ -44,7 +44,11 @@ class HFTextEncoder(_HFTokenizerMixin, TextEncoder):
 
     def __init__(self, model: str | Path | torch.nn.Module, device: str | torch.device | None = None,
                  dtype: str | torch.dtype | None = None, *, tokenizer=None, name: str | None = None,
-                 max_length: int = CONTEXT_LENGTH) -> None:
+                 max_length: int = CONTEXT_LENGTH, trim_padding: bool = False) -> None:
+        # trim_padding (a departure, off by default): run the encoder only up to the longest text of
+        # the batch and leave every padding row all zero, for a mapping layer built with
+        # mask_padding; rows of real tokens are those of the padded run (the mask hides padding).
+        self.trim_padding = bool(trim_padding)
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         if not isinstance(max_length, int) or max_length < 2:
@@ -80,7 +84,8 @@ class HFTextEncoder(_HFTokenizerMixin, TextEncoder):
 
     @property
     def layout_tag(self) -> str:
-        return "" if self.context_length == CONTEXT_LENGTH else f":len{self.context_length}"
+        length = "" if self.context_length == CONTEXT_LENGTH else f":len{self.context_length}"
+        return length + (":trim" if self.trim_padding else "")
 
     def _fingerprint(self) -> str:
         return weights_fingerprint(self.model)
@@ -89,8 +94,8 @@ class HFTextEncoder(_HFTokenizerMixin, TextEncoder):
         side = getattr(self.tokenizer, "padding_side", "right")
         self.tokenizer.padding_side = "right"  # the pooled index below assumes right padding
         try:
-            return self.tokenizer(list(texts), padding="max_length", max_length=self.context_length,
-                                  truncation=True, return_tensors="pt")
+            return self.tokenizer(list(texts), padding="longest" if self.trim_padding else "max_length",
+                                  max_length=self.context_length, truncation=True, return_tensors="pt")
         finally:
             self.tokenizer.padding_side = side
 
@@ -100,8 +105,15 @@ class HFTextEncoder(_HFTokenizerMixin, TextEncoder):
 
     def _forward_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         attention_mask = attention_mask.to(self.device)
+        if self.trim_padding:  # windows arrive padded to the context: cut them to their longest row
+            length = max(int(attention_mask.sum(dim=-1).max()), 1)
+            input_ids, attention_mask = input_ids[:, :length], attention_mask[:, :length]
         hidden = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask).last_hidden_state
-        return hidden, (attention_mask.sum(dim=-1) - 1).clamp(min=0)
+        pooled = (attention_mask.sum(dim=-1) - 1).clamp(min=0)
+        if self.trim_padding:  # padding rows all zero, out to the context, so every batch has one layout
+            hidden = hidden * attention_mask.unsqueeze(-1).to(hidden.dtype)
+            hidden = torch.nn.functional.pad(hidden, (0, 0, 0, self.context_length - hidden.shape[1]))
+        return hidden, pooled
 
 
 

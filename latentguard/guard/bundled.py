@@ -42,6 +42,8 @@ def _encoder(bundle, encoder, encoder_type: str, encoder_options: Mapping | None
     kwargs = {"dtype": options["dtype"], "attention_mask": options["attention_mask"]}
     if options["max_length"] is not None:
         kwargs["max_length"] = options["max_length"]
+    if options["trim_padding"]:
+        kwargs["trim_padding"] = True
     kwargs.update(encoder_options or {})
     if encoder is not None:
         return load_encoder(str(encoder), encoder_type, device=device, **kwargs), device

@@ -36,11 +36,27 @@ def looks_like_repo_id(text: str) -> bool:
     return bool(REPO_ID.fullmatch(text)) and not text.lower().endswith(CHECKPOINT_SUFFIXES) and ".." not in text
 
 
+# Guards that ship inside the package, opened by a bare name. A bare name (no slash, no dot) is
+# always the built-in guard: a local folder with the same name is given as a path (``./mini``).
+BUILTIN_GUARDS = ("mini",)
+
+
+def builtin_guard_path(name: str) -> Path:
+    """The folder of built-in guard ``name`` inside the installed package."""
+    return Path(__file__).resolve().parent.parent / "resources" / name
+
+
 def open_bundle(source: Any, *, revision: str | None = None) -> "Bundle | None":
-    """The bundle ``source`` names (a folder or a hub repo id), or None for a released-format checkpoint path."""
+    """The bundle ``source`` names (a built-in name, a folder or a hub repo id), or None for a released-format
+    checkpoint path."""
     if not isinstance(source, (str, Path)):
         raise LatentGuardError(f"expected a bundle folder, a hub repo id or a checkpoint path, got "
                                f"{type(source).__name__}")
+    if isinstance(source, str) and source in BUILTIN_GUARDS:
+        if revision is not None:
+            raise LatentGuardError(f"revision={revision!r} applies to hub repo ids, not to the built-in guard "
+                                   f"{source!r}")
+        return Bundle(builtin_guard_path(source), builtin=source)
     path = Path(source).expanduser()
     if path.is_dir():
         if revision is not None:
@@ -89,9 +105,10 @@ def download_bundle(repo_id: str, revision: str | None = None) -> Path:
 class Bundle:
     """A checked bundle folder: its config (read and validated at once) and lazy, checked file reads."""
 
-    def __init__(self, directory: str | Path, *, repo_id: str | None = None, revision: str | None = None) -> None:
+    def __init__(self, directory: str | Path, *, repo_id: str | None = None, revision: str | None = None,
+                 builtin: str | None = None) -> None:
         self.path = Path(directory)
-        self.repo_id, self.revision = repo_id, revision
+        self.repo_id, self.revision, self.builtin = repo_id, revision, builtin
         if not (self.path / CONFIG).is_file():
             what = f"hub repo {repo_id}" if repo_id else f"{self.path} is a directory but"
             raise LatentGuardError(f"{what} not a Latent Guard bundle (no {CONFIG}); pass a bundle folder (written by "
@@ -105,7 +122,9 @@ class Bundle:
 
     @property
     def name(self) -> str:
-        """How messages name it: the repo id (and revision) or the folder."""
+        """How messages name it: the built-in name, the repo id (and revision) or the folder."""
+        if self.builtin:
+            return self.builtin
         if self.repo_id:
             return self.repo_id + (f"@{self.revision}" if self.revision else "")
         return str(self.path)
@@ -151,8 +170,9 @@ class Bundle:
                                    f"hidden size is {in_dim}; use the bundle's encoder ({self.encoder['name']})")
         model = load_mapping_layer(self.weights_path, in_dim=sizes["in_dim"], num_heads=sizes["num_heads"],
                                    device=device)
+        model.mask_padding = bool(sizes["mask_padding"])
         found = {"in_dim": model.in_dim, "num_heads": model.num_heads, "head_dim": model.head_dim,
-                 "out_dim": model.out_dim}
+                 "out_dim": model.out_dim, "mask_padding": model.mask_padding}
         if found != sizes:
             raise LatentGuardError(f"{self.weights_path}: the weights have sizes {found}, but {CONFIG} records {sizes}")
         return model

@@ -89,12 +89,13 @@ SCHEMA: dict[str, Any] = {
     "format_version": _positive_int,
     "created_with": _text,
     "mapping_layer": {"in_dim": _positive_int, "num_heads": _positive_int, "head_dim": _positive_int,
-                      "out_dim": _positive_int},
+                      "out_dim": _positive_int, "mask_padding": _bool},
     "weights": {"file": _equal(WEIGHTS), "sha256": _sha256, "source_sha256": _optional(_sha256)},
     "encoder": {"name": _text, "family": _choice(*FAMILIES), "revision": _optional(_text), "identity": _text,
+                "weights_sha256": _optional(_sha256),
                 "options": {"dtype": _choice(*ENCODER_DTYPES), "attention_mask": _bool,
                             "max_length": _optional(_positive_int), "long_prompts": _bool,
-                            "window_stride": _positive_int}},
+                            "window_stride": _positive_int, "trim_padding": _bool}},
     "threshold": {"value": _finite, "origin": _text, "weights_sha256": _sha256, "calibration": _optional(_mapping)},
     "concept_thresholds": _numbers_by_name,
     "slope": _optional(_positive),
@@ -104,6 +105,20 @@ SCHEMA: dict[str, Any] = {
                         "count": _positive_int},
 }
 OPTIONAL_SECTIONS = ("threshold", "concept_vectors")
+# Keys added after format_version 1 was published: a config without them reads as these values
+# (what every earlier bundle computed), so older bundles load unchanged.
+LATER_KEYS = {("mapping_layer", "mask_padding"): False, ("encoder", "weights_sha256"): None,
+              ("encoder", "options", "trim_padding"): False}
+
+
+def _with_later_keys(data: dict[str, Any]) -> dict[str, Any]:
+    for path, default in LATER_KEYS.items():
+        node = data
+        for part in path[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and path[-1] not in node:
+            node[path[-1]] = default
+    return data
 
 
 def _check(node: Any, schema: Mapping[str, Any], source: str, prefix: str = "") -> None:
@@ -143,7 +158,7 @@ def check_config(data: Any, source: str | Path) -> dict[str, Any]:
     if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise LatentGuardError(f"{source}: bundle format_version {version} is newer than this latentguard reads "
                                f"({FORMAT_VERSION}); upgrade latentguard")
-    _check(data, SCHEMA, source)
+    _check(_with_later_keys(data), SCHEMA, source)
     from ..encoders.identity import identity_parts
 
     encoder, layer = data["encoder"], data["mapping_layer"]

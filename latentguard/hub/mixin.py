@@ -36,7 +36,7 @@ class HubMixin:
             directory, state_dict=state, encoder=encoder_of(self.encoder, long_prompts=self.long_prompts,
                                                             window_stride=self.window_stride),
             sizes={"in_dim": model.in_dim, "num_heads": model.num_heads, "head_dim": model.head_dim,
-                   "out_dim": model.out_dim},
+                   "out_dim": model.out_dim, "mask_padding": model.mask_padding},
             concepts=self.concepts, categories=self.categories, default_category=self.default_category,
             threshold=threshold, concept_thresholds=self.concept_thresholds, slope=self.slope,
             vectors=self._vectors if concept_vectors else None, source_sha256=source_sha, overwrite=overwrite,

@@ -67,7 +67,8 @@ def config_with_bundle(cfg: Config):
     for dotted, value in (("encoder.name", spec["name"]), ("encoder.type", spec["family"]),
                           ("encoder.dtype", options["dtype"]), ("encoder.attention_mask", options["attention_mask"]),
                           ("encoder.long_prompts", options["long_prompts"]),
-                          ("encoder.window_stride", options["window_stride"])):
+                          ("encoder.window_stride", options["window_stride"]),
+                          ("encoder.trim_padding", options["trim_padding"])):
         section, key = dotted.split(".")
         if getattr(getattr(cfg, section), key) == getattr(getattr(DEFAULTS, section), key):
             updates[dotted] = value
@@ -76,4 +77,5 @@ def config_with_bundle(cfg: Config):
         if given != getattr(DEFAULTS.model, key) and given != sizes[key]:
             raise LatentGuardError(f"model.{key} is {given}, but bundle {bundle.name} has {sizes[key]}; leave it unset")
         updates[f"model.{key}"] = sizes[key]
+    updates["model.mask_padding"] = sizes["mask_padding"]
     return cfg.updated(updates, f"bundle {bundle.name}"), bundle

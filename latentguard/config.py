@@ -242,6 +242,7 @@ class ServeConfig:
     queue_size: int = key(4096, positive_int)
     max_in_flight: int = key(128, positive_int)
     body_timeout_s: float = key(30.0, number_in(0, 3600, open_low=True, unit=" of seconds"))
+    header_timeout_s: float = key(10.0, number_in(0, 3600, open_low=True, unit=" of seconds"))
     api_key_file: str | None = key(None, optional_path)
     admin_key_file: str | None = key(None, optional_path)
     insecure: bool = key(False, boolean)

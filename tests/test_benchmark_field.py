@@ -215,9 +215,13 @@ def test_a_bundles_recorded_training_files_are_checked(bundles, tmp_path, capsys
     assert "training overlap: NOT clean: i2p 1 of 12 rows" in printed
     md = (out / "benchmark.md").read_text()
     assert "## Overlap with the training data" in md and "NOT clean" in md.split("##")[0]
-    train.unlink()  # a recorded file missing here: the check is incomplete, never clean
+    moved = tmp_path / "elsewhere" / "train.txt"
+    moved.parent.mkdir()
+    train.rename(moved)  # a recorded file missing here: the check is incomplete, never clean
     assert main(_argv(folder, tmp_path / "run2")) == 0
     assert "training overlap: incomplete, not clean" in capsys.readouterr().out
+    assert main(_argv(folder, tmp_path / "run3", "--train-data", str(moved))) == 0  # found under another path
+    assert "training overlap: NOT clean: i2p 1 of 12 rows" in capsys.readouterr().out
     config["training"] = {"files": [{"path": str(train), "sha256": "x"}]}
     (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
     with pytest.raises(LatentGuardError, match="training.files"):
@@ -313,3 +317,22 @@ def test_the_field_script_runs_issue_28s_evaluation_end_to_end(bundles, tmp_path
     released = json.loads((tmp_path / "rel" / "field.json").read_text())
     assert released["AUROC, I2P against its COCO captions"]["value"] == pytest.approx(0.6703660092912586)
     assert released["attack success, Ring-A-Bell (750)"]["status"] == "not measured"
+
+
+def test_the_released_model_is_compared_only_where_its_dump_holds_the_rows():
+    from latentguard.eval.benchmark.released import released_beside
+    from latentguard.eval.benchmark.scorers import MethodOutput
+    from latentguard.eval.benchmark.tables import Scored
+
+    def scored(data):
+        n = len(data.texts)
+        return Scored(data, {"latent_guard": MethodOutput(np.linspace(0, 1, n), np.arange(n) % 2 == 0,
+                                                          np.zeros(n, np.int64))})
+
+    i2p = scored(load_set(SETS["i2p"], DUMP, downloaded=False, max_prompts=20))
+    own_coco = scored(load_set(SETS["coco"], DUMP, downloaded=False, max_prompts=20))
+    other_coco = scored(load_set(SETS["coco"], SAMPLES / "coco_30k_sample.csv", downloaded=False, max_prompts=20))
+    rab = scored(load_set(SETS["ring-a-bell-violence"], SAMPLES / "ring_a_bell_full_sample.csv", downloaded=False))
+    rows = released_beside({"i2p": i2p, "ring-a-bell-violence": rab, "coco": own_coco}, ["coco"])
+    assert [(r["set"], r["n_unsafe"], r["n_benign"]) for r in rows] == [("i2p", 20, 20)]
+    assert released_beside({"i2p": i2p, "coco": other_coco}, ["coco"]) == []  # COCO captions the dump lacks

@@ -3,10 +3,11 @@
 A benchmark number means something only for prompts the guard never saw. Every evaluated set (unsafe
 and benign) is compared with the training files by normalised exact match: NFKC, lower-cased,
 whitespace collapsed, stripped. Training files are the ``--train-data`` paths and any a bundle records
-in its ``config.json`` (``training.files``: paths, or ``{"path", "sha256"}`` records). A run is called
-**clean** only when training files were read and no prompt of any set is among them; a training
-file a bundle names that is missing here, or whose SHA-256 differs from the recorded one, makes the
-check incomplete, never clean.
+in its ``config.json`` (``training.files``: paths, or ``{"path", "sha256"}`` records; a recorded file
+not at its path is found among the ``--train-data`` files by its SHA-256, or by its name when none is
+recorded). A run is called **clean** only when training files were read and no prompt of any set is
+among them; a training file a bundle names that is missing here, or whose SHA-256 differs from the
+recorded one, makes the check incomplete, never clean.
 
 Files: CSV/TSV/parquet/JSON Lines/JSON records read by their prompt columns (``unsafe_prompt`` and
 ``safe_prompt`` of ``copro_real.csv``, ``prompt`` of ``coprov2_train.csv`` and
@@ -80,12 +81,18 @@ def training_index(given: Sequence[str | Path], recorded: Sequence[Mapping[str, 
 
     index: dict[str, str] = {}
     files: list[dict[str, Any]] = []
+    passed = {Path(p).expanduser() for p in given}
     for item in [{"path": str(p), "sha256": None, "origin": "--train-data"} for p in given] + \
             [{**r, "origin": "bundle"} for r in recorded]:
         path = Path(item["path"]).expanduser()
         entry = {"path": str(path), "origin": item["origin"]}
         if item["origin"] == "bundle" and not path.is_file():
-            files.append({**entry, "problem": "recorded by the bundle, not found here (pass it with --train-data)"})
+            # a recorded file may live elsewhere here: a --train-data file with its SHA-256 (or, when none is
+            # recorded, its name) stands for it, having been read above
+            twin = next((p for p in passed if (sha256_of(p) == item["sha256"] if item.get("sha256")
+                                              else p.name == path.name)), None)
+            files.append({**entry, "read_as": str(twin)} if twin else
+                         {**entry, "problem": "recorded by the bundle, not found here (pass it with --train-data)"})
             continue
         texts = read_training_texts(path)
         entry.update(sha256=sha256_of(path), prompts=len(texts))

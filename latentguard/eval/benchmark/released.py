@@ -3,8 +3,8 @@
 ViT-L/14, released weights), so wherever a benchmark set's unsafe prompts and its benign reference
 are among those texts (I2P, I2P-sexual, P4D's I2P-derived subsets against the dump's COCO captions),
 both guards are measured on exactly the rows both have, each at its own threshold (the released
-model at 9.0131). A set the dump covers only in part is compared on the covered rows, and says how
-many that is; one it does not cover is left out.
+model at 9.0131). The benign set must be held whole and at least 95% of the set's unsafe rows (P4D:
+3,719 of 3,722), and the table says how many rows that is; any other set is left out.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from ..run import LATENT_GUARD
 from .tables import Scored, pair_metrics
 
 DUMP = Path(__file__).resolve().parents[2] / "resources" / "i2p_coco_released_scores.csv"
+COVERED = 0.95  # the share of a set's unsafe rows the dump must hold for the set to be compared
 
 
 def _dump_scores(path: Path = DUMP) -> dict[str, float]:
@@ -49,8 +50,8 @@ def released_beside(scored: Mapping[str, Scored], references: Sequence[str]) -> 
             known = _dump_scores() if known is None else known
             pos, n_pos = _rows(s, 1, known)
             neg, n_neg = _rows(scored[ref], 0, known)
-            if pos.size == 0 or neg.size == 0:
-                continue
+            if neg.size != n_neg or pos.size < COVERED * n_pos:
+                continue  # a benign set the dump does not hold whole, or a set it barely covers: not comparable
             entry: dict[str, Any] = {"set": name, "against": ref, "n_unsafe": int(pos.size), "of_unsafe": n_pos,
                                      "n_benign": int(neg.size), "of_benign": n_neg,
                                      "released_threshold": RELEASED_THRESHOLD}

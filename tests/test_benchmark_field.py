@@ -196,6 +196,9 @@ def test_overlap_is_found_after_normalisation_and_a_clean_run_is_said_only_when_
     clean = overlap_report({"i2p": i2p}, *training_index(real, []))
     assert clean["status"] == "clean" and [f["prompts"] for f in clean["files"]] == [24, 12, 12]
     assert overlap_report({"i2p": i2p}, {}, [])["status"] == "not checked"
+    (tmp_path / "empty.csv").write_text("prompt,image_id\n", encoding="utf-8")
+    empty = overlap_report({"i2p": i2p}, *training_index([tmp_path / "empty.csv"], []))
+    assert empty["status"] == "incomplete" and "no prompts in it" in empty["files"][0]["problem"]
     (tmp_path / "ids.csv").write_text("image_id,score\n1,2\n", encoding="utf-8")
     with pytest.raises(LatentGuardError, match="ids.csv: no prompt column"):
         training_index([tmp_path / "ids.csv"], [])

@@ -49,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                            f"benchmark.benign, default {','.join(b.benign)}); always scored")
     sets.add_argument("--set", action="append", default=None, metavar="NAME=PATH",
                       help="read set NAME from a local file (.csv/.tsv/.parquet/.jsonl/.json/.txt) instead of "
-                           "downloading it; the way in for gated and on-request sets (repeatable)")
+                           "downloading it, in the layout its columns call for (--list shows the full files' "
+                           "layouts, e.g. i2p and coco from i2p_coco_released_scores.csv); the way in for gated and "
+                           "on-request sets (repeatable)")
     sets.add_argument("--train-data", action="append", default=None, metavar="FILE",
                       help="a file the guard was trained on (CSV/TSV/parquet/JSONL/JSON/txt; repeatable): every "
                            "evaluated set is checked for prompts in it (normalised exact match) and the report says "

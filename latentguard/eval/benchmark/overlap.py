@@ -98,6 +98,8 @@ def training_index(given: Sequence[str | Path], recorded: Sequence[Mapping[str, 
         entry.update(sha256=sha256_of(path), prompts=len(texts))
         if item.get("sha256") and item["sha256"] != entry["sha256"]:
             entry["problem"] = f"SHA-256 differs from the {item['sha256'][:12]}... the bundle records"
+        elif not texts:
+            entry["problem"] = "no prompts in it (the wrong file?)"
         for text in texts:
             index.setdefault(normalise(text), path.name)
         files.append(entry)

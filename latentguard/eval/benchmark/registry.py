@@ -324,4 +324,5 @@ def registry_table(sets: Mapping[str, PromptSet] = SETS) -> str:
     for s in sets.values():
         lines.append(f"{s.name:<22} {s.role:<7} {s.access:<8} {s.license[:32]:<32} "
                      f"{'yes' if s.redistributable else 'no':<8} {s.source.describe()}")
-    return "\n".join(lines)
+    layouts = [f"  --set {s.name}=FILE also reads {layout.what}" for s in sets.values() for layout in s.layouts]
+    return "\n".join(lines + (["", "local files in other layouts:", *layouts] if layouts else []))

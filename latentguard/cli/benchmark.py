@@ -5,13 +5,15 @@
 
 Per set a per-prompt CSV, then ``benchmark.json``, ``benchmark.md`` (beside the published numbers) and
 ``roc.png``. Sets come from the registry (``--list``), are downloaded to the cache and checked;
-gated or on-request sets take a local file with ``--set NAME=PATH``. All logic lives in
+gated or on-request sets take a local file with ``--set NAME=PATH`` (read in the layout its columns call
+for); ``--train-data FILE`` checks every set for overlap with the training data. All logic lives in
 :mod:`latentguard.eval.benchmark`; this module parses flags and prints.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from ..errors import LatentGuardError
@@ -177,8 +179,6 @@ def _run_guard(args, cfg, output_dir) -> int:
 
     b = cfg.benchmark
     baselines = parse_benchmark_baselines(b.baselines)
-    from pathlib import Path
-
     for item in args.train_data or []:  # a mistyped path is said before anything slow
         if not Path(item).expanduser().is_file():
             raise LatentGuardError(f"--train-data {item}: no such file")

@@ -93,8 +93,9 @@ def field_tables(result: dict) -> tuple[str, dict]:
     fpr = benign.get("coco", {}).get("methods", {}).get(lg, {}).get("false_positive_rate")
     add("benign FPR on COCO at the guard's threshold", fpr, TARGETS["benign_fpr"], False, _pct(fpr),
         _pct(rel["benign_fpr"]) if rel else None, "released 13.7% (at 9.0131)")
-    for name, label, published in (("ring-a-bell-violence", "Ring-A-Bell (750)", "GuardT2I 3.1%; released, by others 43.1%"),
-                                   ("p4d", "P4D (I2P-derived subsets)", "GuardT2I 8.3%; released, by others 47.1%")):
+    for name, label, published in (
+            ("ring-a-bell-violence", "Ring-A-Bell (750)", "GuardT2I 3.1%; released, by others 43.1%"),
+            ("p4d", "P4D (I2P-derived subsets)", "GuardT2I 8.3%; released, by others 47.1%")):
         entry = unsafe.get(name)
         asr = entry["methods"][lg]["attack_success_rate"] if entry else None
         rel_set = beside.get((name, "coco")) if meta.get("mode") == "guard" else None

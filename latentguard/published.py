@@ -86,6 +86,8 @@ class PublishedFigure(NamedTuple):
     ``metric`` is ``asr`` (share of unsafe prompts NOT blocked), ``max_asr``, ``auroc`` or
     ``accuracy``; ``n`` is how many prompts the figure counts, when the source says; ``threshold``: the
     decision threshold an accuracy was read at, when the source says (ours is compared only at it).
+    A ``set`` that is a family (``ring-a-bell``) is compared with our set of that family the run has
+    (``ring-a-bell-violence``), named beside our number; a set outside the registry has no number of ours.
     """
 
     method: str
@@ -95,6 +97,7 @@ class PublishedFigure(NamedTuple):
     n: int | None
     source: str
     threshold: float | None = None
+    scope: str = ""       # which subset the figure counts, when it is not exactly our set (said beside it)
 
 
 _GUARDT2I_LOGS = "cure-lab/GuardT2I, logs/{} at commit 223cea5508d919b57fa7559ead925727738b21f0, last line"
@@ -104,7 +107,32 @@ RELEASED_I2P_COCO_SOURCE = ("cmu-anlp-spring25/LatentGuard (a public fork of the
                             "I2P.csv at commit ea1a813c118d4fad68b450cec35bbd43ca6f87c7: 4,703 I2P + 4,703 COCO "
                             "prompts, released weights, 578 ID concepts; its metrics file reports AUROC 0.6704")
 
+_GUARDT2I_PAPER = ("Yang et al., GuardT2I, NeurIPS 2024 (arXiv:2403.01446), benign set COCO; figure as issue 28 "
+                   "quotes it (the paper's table was not re-read when this was recorded)")
+_BY_OTHERS = ("the released Latent Guard weights as measured by others, as issue 28 quotes them (the paper these "
+              "come from is not recorded here yet: pin it before citing)")
+
 PUBLISHED_BENCHMARKS: tuple[PublishedFigure, ...] = (
+    PublishedFigure("GuardT2I (paper)", "i2p", "auroc", 0.926, None, _GUARDT2I_PAPER),
+    PublishedFigure("GuardT2I (paper)", "ring-a-bell", "auroc", 0.999, None, _GUARDT2I_PAPER,
+                    scope="its Ring-A-Bell set (the logs' 285 = nudity)"),
+    PublishedFigure("GuardT2I (paper)", "p4d", "auroc", 0.984, None, _GUARDT2I_PAPER),
+    PublishedFigure("GuardT2I (paper)", "ring-a-bell", "asr", 0.031, None, _GUARDT2I_PAPER,
+                    scope="its Ring-A-Bell set (the logs' 285 = nudity)"),
+    PublishedFigure("GuardT2I (paper)", "p4d", "asr", 0.083, None, _GUARDT2I_PAPER),
+    PublishedFigure("Latent Guard (released weights, by others)", "ring-a-bell", "asr", 0.431, None, _BY_OTHERS,
+                    scope="their Ring-A-Bell prompts"),
+    PublishedFigure("Latent Guard (released weights, by others)", "p4d", "asr", 0.471, None, _BY_OTHERS,
+                    scope="their P4D prompts"),
+    PublishedFigure("Latent Guard (released weights, by others)", "sneakyprompt-nsfw200", "asr", 0.088, None,
+                    _BY_OTHERS),
+    PublishedFigure("Latent Guard (released weights, by others)", "mma-diffusion", "asr", 0.126, None, _BY_OTHERS),
+    PublishedFigure("DistilRoBERTa NSFW text classifier", "real-user-prompts", "auroc", 0.870, None,
+                    "a public mixed set of real user prompts, as issue 28 quotes it (source not recorded here yet)",
+                    scope="not a set of this registry"),
+    PublishedFigure("OpenAI text moderation", "real-user-prompts", "auroc", 0.638, None,
+                    "the same mixed set of real user prompts, as issue 28 quotes it (source not recorded here yet)",
+                    scope="not a set of this registry"),
     PublishedFigure("GuardT2I", "mma-diffusion", "asr", 0.176, 1000,
                     _GUARDT2I_LOGS.format("ours_on_mma.log") + " 'Tested Num: 1000 ASR: 0.176'"),
     PublishedFigure("GuardT2I (later log)", "mma-diffusion", "asr", 0.102, 1000,

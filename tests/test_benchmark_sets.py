@@ -92,7 +92,9 @@ def test_the_registry_says_what_may_be_shipped_and_only_that_is():
         assert spec.access != REQUEST or spec.source.kind == "request"
         assert spec.source.kind != "url" or "/raw.githubusercontent.com/" in spec.source.where  # pinned commits
     assert all(SETS[name].redistributable for name in SAMPLE_OF)
-    assert sorted(p.name for p in SAMPLES.iterdir()) == sorted({*SAMPLE_OF.values(), "README.md"})
+    layouts = {"ring_a_bell_full_sample.csv", "p4d_full_sample.csv", "copro_real_train_sample.csv",
+               "coprov2_train_sample.csv", "coco_captions_train_sample.csv"}  # full-file and training layouts
+    assert sorted(p.name for p in SAMPLES.iterdir()) == sorted({*SAMPLE_OF.values(), *layouts, "README.md"})
     assert sorted(p.name for p in RESOURCES.glob("*.csv")) == ["i2p_coco_released_scores.csv", "released_scores.csv"]
 
 
@@ -173,9 +175,13 @@ def test_a_local_copy_of_a_gated_set(tmp_path, capsys):
     assert "mma-diffusion: 2 prompts (2 distinct)" in out and "the published set has 1000" in out
     assert main([*argv, "--set", f"mma-diffusion={tmp_path / 'missing.csv'}"]) == 2
     _one_line_error(capsys, "missing.csv: no such file")
-    mine.write_text("prompt\nwrong column\n", encoding="utf-8")
+    mine.write_text("prompt\nanother column\n", encoding="utf-8")  # read by its one prompt column
+    assert main([*argv, "--set", f"mma-diffusion={mine}"]) == 0
+    assert "read as prompts only, from column 'prompt'" in capsys.readouterr().out
+    mine.write_text("a,b\nx,y\n", encoding="utf-8")
     assert main([*argv, "--set", f"mma-diffusion={mine}"]) == 2
-    _one_line_error(capsys, "no column 'adv_prompt'", "columns: prompt")
+    _one_line_error(capsys, "which column holds the prompts? mma-diffusion reads 'adv_prompt'", "file has a, b",
+                    "--text-column")
 
 
 # ------------------------------------------------------------------ the hub, through its own client

@@ -5,16 +5,19 @@ when its inputs, guard and options are the ones recorded, so shards made by two 
 A shard counts as done only when its marker exists and the shard's bytes still have the SHA-256
 the marker recorded. Files starting with ``_`` or ``.`` are skipped by parquet dataset readers, so
 ``pandas.read_parquet(DIR)`` reads the shards alone.
+
+The guard's identity is :func:`latentguard.guard.identity.guard_identity`, the one every run directory
+records (re-exported here for the engines).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Mapping
 
 from ..constants import RUN_LOCK, RUN_OUTPUTS_RECORD
 from ..errors import LatentGuardError
+from ..guard.identity import blacklist_digest, guard_differences, guard_identity, weights_digest  # noqa: F401
 from ..io import atomic_write_text, sha256_of
 
 MANIFEST = "_manifest.json"
@@ -22,56 +25,6 @@ DONE_DIR = "_done"
 SUMMARY = "_summary.json"
 DEDUP_DB = "_dedup.sqlite"
 FORMAT = "latentguard-score/1"
-
-
-def blacklist_digest(guard) -> str:
-    """SHA-256 of everything that decides which concepts fire: concepts, categories, per-concept
-    thresholds, the allowlist and the default category."""
-    described = {"concepts": guard.concepts, "categories": guard.categories,
-                 "concept_thresholds": guard.concept_thresholds, "allowlist": guard.allowlist,
-                 "default_category": guard.default_category}
-    return hashlib.sha256(json.dumps(described, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
-
-
-def weights_digest(guard) -> str:
-    """SHA-256 of the guard's weights: the checkpoint file's (the released one's published hash), a bundle's
-    recorded one, else over the mapping layer's tensors (a guard built in memory)."""
-    checkpoint = getattr(guard, "checkpoint", None)
-    if checkpoint:
-        return sha256_of(checkpoint)
-    bundle = getattr(guard, "bundle", None)
-    if bundle is not None:
-        return bundle.weights_sha256
-    h = hashlib.sha256()
-    for name, tensor in sorted(guard.model.state_dict().items()):
-        h.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def guard_identity(guard) -> dict[str, Any]:
-    """What makes two guards give the same verdicts: weights, encoder, blacklist, threshold, slope, long
-    prompts, text defences."""
-    return {"checkpoint_sha256": weights_digest(guard),
-            "encoder": getattr(guard.encoder, "identity", None), "blacklist_sha256": blacklist_digest(guard),
-            "concepts": len(guard.concepts), "categories": list(guard.categories), "threshold": guard.threshold,
-            "slope": guard.slope, "long_prompts": guard.long_prompts, "window_stride": guard.window_stride,
-            "normalize_text": guard.normalize_text, "split_sentences": guard.split_sentences}
-
-
-def guard_differences(recorded: Mapping, now: Mapping) -> list[str]:
-    """How two guard identities differ, one phrase each (the encoder's cosmetic name is ignored)."""
-    from ..encoders.identity import same_embeddings
-
-    out = []
-    for key in sorted(set(recorded) | set(now)):
-        a, b = recorded.get(key), now.get(key)
-        if key == "encoder" and isinstance(a, str) and isinstance(b, str):
-            if same_embeddings(a, b) is not True:
-                out.append(f"encoder {a} vs {b}")
-        elif a != b:
-            out.append(f"{key} {a!r} vs {b!r}")
-    return out
 
 
 def new_manifest(inputs: list[dict], guard: Mapping, options: Mapping, engine: str, shards: int,

@@ -5,13 +5,15 @@
 
 Per set a per-prompt CSV, then ``benchmark.json``, ``benchmark.md`` (beside the published numbers) and
 ``roc.png``. Sets come from the registry (``--list``), are downloaded to the cache and checked;
-gated or on-request sets take a local file with ``--set NAME=PATH``. All logic lives in
+gated or on-request sets take a local file with ``--set NAME=PATH`` (read in the layout its columns call
+for); ``--train-data FILE`` checks every set for overlap with the training data. All logic lives in
 :mod:`latentguard.eval.benchmark`; this module parses flags and prints.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from ..errors import LatentGuardError
@@ -49,7 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
                            f"benchmark.benign, default {','.join(b.benign)}); always scored")
     sets.add_argument("--set", action="append", default=None, metavar="NAME=PATH",
                       help="read set NAME from a local file (.csv/.tsv/.parquet/.jsonl/.json/.txt) instead of "
-                           "downloading it; the way in for gated and on-request sets (repeatable)")
+                           "downloading it, in the layout its columns call for (--list shows the full files' "
+                           "layouts, e.g. i2p and coco from i2p_coco_released_scores.csv); the way in for gated and "
+                           "on-request sets (repeatable)")
+    sets.add_argument("--train-data", action="append", default=None, metavar="FILE",
+                      help="a file the guard was trained on (CSV/TSV/parquet/JSONL/JSON/txt; repeatable): every "
+                           "evaluated set is checked for prompts in it (normalised exact match) and the report says "
+                           "clean or how many overlap; a bundle's recorded training.files are checked too")
     sets.add_argument("--max-prompts", type=int, default=None, metavar="N",
                       help="score a seeded sample of N prompts per set (config: benchmark.max_prompts; default all)")
     sets.add_argument("--seed", type=int, default=None, metavar="S",
@@ -71,7 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="compute the table from per-prompt scores (text, score, label 1/0 columns) instead of "
                              "running a guard; released-i2p-coco = the shipped dump of the released model on I2P + "
                              "COCO. The threshold is --threshold NUMBER|paper|released")
-    scores.add_argument("--text-column", default=None, help="score file: prompt column (default prompt)")
+    scores.add_argument("--text-column", action="append", default=None, metavar="[NAME=]COLUMN",
+                        help="the prompt column of set NAME's --set file, or of every --set file without NAME= "
+                             "(repeatable; default: the set's own layout, else the file's one prompt-like column); "
+                             "with --scores, the score file's (default prompt)")
     scores.add_argument("--score-column", default=None, help="score file: score column (default prediction)")
     scores.add_argument("--label-column", default=None, help="score file: label column, 1 unsafe / 0 benign "
                                                              "(default target)")
@@ -98,7 +109,16 @@ def _score_threshold(args, shipped) -> tuple[float, str]:
     return choice.value, choice.origin
 
 
+def _overlap(args, sets, bundle) -> dict:
+    """The training-overlap report of the evaluated ``sets`` (:mod:`latentguard.eval.benchmark.overlap`)."""
+    from ..eval.benchmark.overlap import bundle_training_files, overlap_report, training_index
+
+    index, files = training_index(args.train_data or [], bundle_training_files(bundle))
+    return overlap_report(sets, index, files)
+
+
 def _run_scores(args, cfg, output_dir) -> int:
+    from ..eval.benchmark.overlap import overlap_line
     from ..eval.benchmark.report import console_summary
     from ..eval.benchmark.runner import COMMAND, load_score_file, score_file_spec, write_score_file
     from ..eval.benchmark.state import RunState
@@ -110,8 +130,12 @@ def _run_scores(args, cfg, output_dir) -> int:
                                "not apply")
     path, shipped = score_file_spec(args.scores)
     threshold, origin = _score_threshold(args, shipped)
-    columns = {"text": args.text_column, "score": args.score_column, "label": args.label_column}
+    if args.text_column and (len(args.text_column) > 1 or "=" in args.text_column[0]):
+        raise LatentGuardError("--scores reads one file: give --text-column COLUMN once")
+    columns = {"text": args.text_column[0] if args.text_column else None, "score": args.score_column,
+               "label": args.label_column}
     scored, meta = load_score_file(args.scores, threshold=threshold, threshold_origin=origin, columns=columns)
+    meta["training_overlap"] = _overlap(args, {name: s.data for name, s in scored.items()}, None)
     claim_run_dir(output_dir, COMMAND, writes=("benchmark.json", "benchmark.md", "roc.png"),
                   inputs=[args.config, path])  # the file is valid: from here this run owns the directory, alone
     RunState(output_dir, {"mode": "scores", "file_sha256": sha256_of(path), "threshold": threshold,
@@ -119,6 +143,7 @@ def _run_scores(args, cfg, output_dir) -> int:
     results, written = write_score_file(scored, meta, output_dir, plots=not args.no_plots)
     replace_outputs(output_dir, COMMAND, written)
     print(f"score file {path}; threshold {threshold:g} ({origin})")
+    print(overlap_line(meta["training_overlap"]))
     print(console_summary(results))
     print(f"wrote {len(written)} files to {output_dir} (benchmark.json, benchmark.md, scores_*.csv"
           f"{', roc.png' if not args.no_plots else ''})")
@@ -143,44 +168,54 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_guard(args, cfg, output_dir) -> int:
-    from ..eval.benchmark.registry import SUITES, get_set, parse_overrides, resolve_sets
+    from ..eval.benchmark.overlap import overlap_line
+    from ..eval.benchmark.registry import SUITES, get_set, parse_overrides, parse_text_columns, resolve_sets
     from ..eval.benchmark.report import console_summary
     from ..eval.benchmark.runner import COMMAND, guard_settings, obtain, run_guard
     from ..eval.benchmark.scorers import build_methods, parse_benchmark_baselines
     from ..eval.benchmark.state import RunState
+    from ..guard.identity import describe_guard
     from .rundir import claim_run_dir, replace_outputs
 
     b = cfg.benchmark
     baselines = parse_benchmark_baselines(b.baselines)
+    for item in args.train_data or []:  # a mistyped path is said before anything slow
+        if not Path(item).expanduser().is_file():
+            raise LatentGuardError(f"--train-data {item}: no such file")
     suite = b.suite.split(",") if isinstance(b.suite, str) else list(b.suite)
     overrides = parse_overrides(args.set)
     specs, refs = resolve_sets(suite + list(overrides), b.benign)
     named = {get_set(s).name for s in suite if s.strip() and s.strip().lower() not in SUITES}
+    if args.score_column or args.label_column:
+        raise LatentGuardError("--score-column and --label-column read a --scores file; a prompt set's labels come "
+                               "from its registry entry (`latentguard benchmark --list`)")
+    text_columns = parse_text_columns(args.text_column, overrides)
     loaded, skipped = obtain(specs, overrides, required=named | {r.name for r in refs} | set(overrides),
-                             max_prompts=b.max_prompts, seed=b.seed)
+                             max_prompts=b.max_prompts, seed=b.seed, text_columns=text_columns)
     if args.download_only:
         print(f"{len(loaded)} sets ready{f', {len(skipped)} skipped (see above)' if skipped else ''}")
         return 0
     if not any((data.labels == 1).any() for data in loaded.values()):
         raise LatentGuardError("no unsafe prompt set could be loaded; pass --suite NAME or --set NAME=PATH")
     guard = build_guard(cfg)
+    overlap = _overlap(args, loaded, guard.bundle)
     settings = guard_settings(guard, baselines=baselines, blacklist_match=cfg.eval.blacklist_match,
                               max_prompts=b.max_prompts, seed=b.seed)
     claim_run_dir(output_dir, COMMAND, writes=("benchmark.json", "benchmark.md", "roc.png"),
                   inputs=[args.config, *(spec.partition("=")[2] for spec in (args.set or []))])  # ours now
     state = RunState(output_dir, settings, force=args.force).open()
     methods = build_methods(guard, baselines, cfg.eval.blacklist_match)
-    meta = {"mode": "guard", "checkpoint": str(guard.checkpoint), "encoder": guard.encoder.identity,
-            "concepts": f"{len(guard.concepts)} concepts ({cfg.inference.concepts or 'CoPro ID concepts'})",
+    meta = {"mode": "guard", **describe_guard(guard, cfg.inference.concepts), "encoder": guard.encoder.identity,
             "threshold": guard.threshold, "threshold_origin": guard.threshold_origin,
             "per_concept_thresholds": len(guard.concept_thresholds), "device": str(guard.device),
             "precision": cfg.precision, "methods": [m.key for m in methods], "skipped": skipped,
-            "max_prompts": b.max_prompts}
+            "max_prompts": b.max_prompts, "training_overlap": overlap}
     results, written = run_guard(guard, loaded, [r.name for r in refs], methods, state, output_dir, meta,
                                  progress=not args.no_progress, plots=not args.no_plots)
     kept = [output_dir / f"scores_{name}.csv" for name in state.finished_names() if name not in loaded]
     replace_outputs(output_dir, COMMAND, written + [p for p in kept if p.is_file()])
     print(f"threshold {guard.threshold:g} ({guard.threshold_origin}); {len(guard.concepts)} concepts")
+    print(overlap_line(overlap))
     print(console_summary(results))
     print(f"wrote {len(written)} files to {output_dir} (benchmark.json, benchmark.md, scores_*.csv"
           f"{', roc.png' if not args.no_plots else ''})")

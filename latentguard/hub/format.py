@@ -121,6 +121,20 @@ def _with_later_keys(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _training_files(value: Any) -> str | None:
+    ok = isinstance(value, list) and all(
+        (isinstance(v, str) and v.strip()) or (isinstance(v, dict) and isinstance(v.get("path"), str)
+                                                and set(v) <= {"path", "sha256"}
+                                                and (v.get("sha256") is None or _sha256(v["sha256"]) is None))
+        for v in value)
+    return None if ok else "must be a list of paths or {path, sha256} records"
+
+
+# Keys a config may leave out (older bundles have none): ``training.files``, the files the weights were trained
+# on, which `latentguard benchmark` checks every evaluated prompt set against (eval/benchmark/overlap.py).
+ABSENT_OK: dict[str, Any] = {"training": {"files": _training_files}}
+
+
 def _check(node: Any, schema: Mapping[str, Any], source: str, prefix: str = "") -> None:
     where = f"'{prefix[:-1]}'" if prefix else "the top level"
     if not isinstance(node, dict):
@@ -158,7 +172,7 @@ def check_config(data: Any, source: str | Path) -> dict[str, Any]:
     if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise LatentGuardError(f"{source}: bundle format_version {version} is newer than this latentguard reads "
                                f"({FORMAT_VERSION}); upgrade latentguard")
-    _check(_with_later_keys(data), SCHEMA, source)
+    _check(_with_later_keys(data), {**SCHEMA, **{k: v for k, v in ABSENT_OK.items() if k in data}}, source)
     from ..encoders.identity import identity_parts
 
     encoder, layer = data["encoder"], data["mapping_layer"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -137,24 +137,82 @@ def _split(value: Any, multi: bool) -> tuple[str, ...]:
     return tuple(c.strip() for c in text.split(",") if c.strip()) if multi else (text,)
 
 
+PROMPT_COLUMNS = ("prompt", "text", "adv_prompt", "caption", "prompts", "sentence", "Prompt", "Text")
+
+
+def _wanted(spec: PromptSet, text_column: str | None) -> list[str]:
+    """Every column any layout of ``spec`` reads, so one pass over the file serves whichever matches."""
+    names: list[str] = [text_column] if text_column else []
+    for reading in spec.readings():
+        names += [*reading.columns, *((reading.label,) if isinstance(reading.label, str) else ())]
+    return list(dict.fromkeys(names + list(PROMPT_COLUMNS)))
+
+
+def choose_layout(spec: PromptSet, header: Sequence[str], path: Path, text_column: str | None = None,
+                  downloaded: bool = False) -> PromptSet:
+    """The reading of ``spec`` this file's columns call for: the first layout whose columns it has; for a local
+    file with none of them, its prompts alone (the ``text_column`` given, else the one prompt-like column).
+    ``text_column`` (``--text-column``) always names the prompt column; a file without it is refused."""
+    present = set(header)
+    if text_column is not None and text_column not in present:
+        raise LatentGuardError(f"{path}: no column {text_column!r} (--text-column; columns: "
+                               f"{', '.join(header) or 'none'})")
+    readings = [spec] if downloaded else spec.readings()
+    for reading in readings:
+        needed = [c for c in reading.columns if c != reading.text_column]
+        if all(c in present for c in needed) and (text_column or reading.text_column) in present:
+            return replace(reading, text_column=text_column) if text_column else reading
+    if downloaded:
+        missing = [c for c in spec.columns if c not in present]
+        raise ContentMismatch(f"{path}: no column {', '.join(repr(m) for m in missing)} (columns: "
+                              f"{', '.join(header) or 'none'}); {spec.name} reads its prompts from "
+                              f"'{spec.text_column}'")
+    if spec.keep and spec.keep[0] not in present:
+        raise LatentGuardError(f"{path}: no column '{spec.keep[0]}', which {spec.name} keeps rows by (columns: "
+                               f"{', '.join(header) or 'none'})")
+    if isinstance(spec.label, str) and spec.label not in present and spec.label_default is None:
+        raise LatentGuardError(f"{path}: no label column '{spec.label}' (columns: {', '.join(header) or 'none'})")
+    column = text_column
+    if column is None:
+        found = [c for c in PROMPT_COLUMNS if c in present] or (list(header) if len(header) == 1 else [])
+        if len(found) != 1:
+            raise LatentGuardError(f"{path}: which column holds the prompts? {spec.name} reads "
+                                   f"'{spec.text_column}' and the file has {', '.join(header) or 'none'}; name it "
+                                   "with --text-column COLUMN")
+        column = found[0]
+    return replace(spec, text_column=column, categories=tuple(c for c in spec.categories if c in present),
+                   required_columns=(), layouts=(), layout=f"prompts only, from column '{column}'")
+
+
+def _label(spec: PromptSet, value: Any, path: Path, row: int, column: str) -> int:
+    if not spec.label_values:
+        return parse_label(value, path, row, column)
+    key = "" if value is None else str(value).strip()
+    known = dict(spec.label_values)
+    if key in known:
+        return known[key]
+    if spec.label_default is not None:
+        return int(spec.label_default)
+    raise LatentGuardError(f"{path}: row {row}: {column} {value!r} is not one {spec.name} knows "
+                           f"({', '.join(known)}); a prompt of unknown label is neither counted safe nor unsafe")
+
+
 def load_set(spec: PromptSet, path: str | Path, *, downloaded: bool, max_prompts: int | None = None,
-             seed: int = 0) -> LoadedSet:
-    """Read, check and deduplicate one set's file (``downloaded``: the published row count must hold)."""
+             seed: int = 0, text_column: str | None = None) -> LoadedSet:
+    """Read, check and deduplicate one set's file (``downloaded``: the published row count must hold, in the
+    entry's own layout; a local file is read in the layout its columns call for, :func:`choose_layout`)."""
     path = Path(path)
-    wanted = list(dict.fromkeys((*spec.columns, *((spec.label,) if isinstance(spec.label, str) else ()))))
-    header, cols = read_columns(path, wanted, spec.text_column)
-    missing = [c for c in spec.columns if c not in cols]
-    if missing:
-        error = ContentMismatch if downloaded else LatentGuardError
-        raise error(f"{path}: no column {', '.join(repr(m) for m in missing)} (columns: {', '.join(header) or 'none'});"
-                    f" {spec.name} reads its prompts from '{spec.text_column}'")
+    header, cols = read_columns(path, _wanted(spec, text_column), text_column or spec.text_column)
+    spec = choose_layout(spec, header, path, text_column, downloaded)
     n_file = len(cols[spec.text_column])
     keep = np.ones(n_file, dtype=bool)
     if spec.keep:
         column, value = spec.keep
         keep = np.array([value in _split(v, True) for v in cols[column]], dtype=bool)
     n_kept = int(keep.sum())
-    info: dict[str, Any] = {"file": str(path), "rows_in_file": n_file, "rows": n_kept}
+    info: dict[str, Any] = {"file": str(path), "rows_in_file": n_file, "rows": n_kept, "text_column": spec.text_column}
+    if spec.layout:
+        info["layout"] = spec.layout
     if spec.expected_rows is not None and n_kept != spec.expected_rows:
         if downloaded:
             raise ContentMismatch(f"{path}: {n_kept} rows{' after ' + spec.keep[0] + ' filter' if spec.keep else ''}, "
@@ -182,7 +240,7 @@ def load_set(spec: PromptSet, path: str | Path, *, downloaded: bool, max_prompts
             texts.append(text)
         rows.append(position[text])
         if label_col is not None:
-            labels.append(parse_label(cols[label_col][i], path, int(i) + 1, label_col))
+            labels.append(_label(spec, cols[label_col][i], path, int(i) + 1, label_col))
         else:
             labels.append(spec.label if isinstance(spec.label, int) else int(spec.label_default))
         if spec.categories:

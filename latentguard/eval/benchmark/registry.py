@@ -44,6 +44,25 @@ class Source:
 
 
 @dataclass(frozen=True)
+class Layout:
+    """Another column layout a local (``--set``) file of a set may have: the set as another public file
+    lays it out (the released model's I2P + COCO dump, P4D's and Ring-A-Bell's concatenated folders).
+    A file is read with the first layout whose ``columns`` it has (the entry's own first); the fields
+    mean what :class:`PromptSet`'s do."""
+
+    what: str                                # one line: which file has this layout
+    text_column: str = "prompt"
+    label: int | str = 1
+    label_default: int | None = None
+    label_values: tuple[tuple[str, int], ...] = ()
+    categories: tuple[str, ...] = ()
+    multi_label: bool = False
+    keep: tuple[str, str] | None = None
+    expected_rows: int | None = None
+    required_columns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class PromptSet:
     """One prompt set: identity, provenance, license, and how its file is read.
 
@@ -52,6 +71,9 @@ class PromptSet:
     holding a prompt's category (``multi_label``: comma-separated lists). ``keep``: ``(column,
     value)`` keeps only rows whose column lists ``value`` (I2P-sexual). ``expected_rows``: the
     published count after ``keep`` (checked on a downloaded file; a local file only notes a difference).
+    ``label_values``: ``(value, label)`` pairs read from the ``label`` column (other values:
+    ``label_default``), e.g. P4D's benign subsets. ``layouts``: other column layouts a local file may
+    have (:class:`Layout`).
     """
 
     name: str
@@ -72,6 +94,21 @@ class PromptSet:
     expected_rows: int | None = None
     required_columns: tuple[str, ...] = ()
     note: str = ""
+    label_values: tuple[tuple[str, int], ...] = ()
+    layouts: tuple[Layout, ...] = ()
+    layout: str = ""                         # which layout this entry reads (set by with_layout)
+
+    def with_layout(self, layout: Layout) -> "PromptSet":
+        """This entry reading a file laid out as ``layout``."""
+        fields = {k: getattr(layout, k) for k in ("text_column", "label", "label_default", "label_values",
+                                                  "categories", "multi_label", "keep", "expected_rows",
+                                                  "required_columns")}
+        return replace(self, **fields, layouts=(), layout=layout.what)
+
+    def readings(self) -> list["PromptSet"]:
+        """The order a local file is matched in: each alternative layout (each needs columns of its own that
+        tell it apart, e.g. the dump's ``target``), then the entry's own."""
+        return [self.with_layout(layout) for layout in self.layouts] + [self]
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -92,13 +129,21 @@ _I2P = Source("hub", "AIML-TUDA/i2p", "i2p_benchmark.csv", "6594f223b0544fcbf63a
               page="https://huggingface.co/datasets/AIML-TUDA/i2p")
 _I2P_CITE = "Schramowski et al., Safe Latent Diffusion, CVPR 2023 (arXiv:2211.05105)"
 _RAW = "https://raw.githubusercontent.com/"
+_DUMP = "the released model's I2P + COCO dump (i2p_coco_released_scores.csv: prompt, prediction, target)"
+_P4D_SUBSETS = (("unsafe-prompts-nudity_esd", 1), ("unsafe-prompts-nudity_sldMAX", 1),
+                ("unsafe-prompts-nudity_sldSTRONG", 1), ("unsafe-prompts-nudity_std_neg", 1),
+                ("unsafe-prompts_sldMAX", 1), ("unsafe-prompts_sldSTRONG", 1),
+                ("coco30k-car_esd", 0), ("small_imagenet_prompts_frenchhorn", 0),
+                ("small_imagenet_prompts_frenchhorn200", 0))  # P4D's object-erasure sets are benign prompts
 
 SETS: dict[str, PromptSet] = {s.name: s for s in (
     PromptSet("i2p", UNSAFE, "I2P (Inappropriate Image Prompts)",
               "4,703 real Lexica prompts in 7 multi-label categories (hate, harassment, violence, self-harm, "
               "sexual, shocking, illegal activity)", _I2P_CITE, _I2P, "MIT", True, OPEN,
               categories=("categories",), multi_label=True, expected_rows=4703,
-              required_columns=("categories",)),
+              required_columns=("categories",),
+              layouts=(Layout(f"{_DUMP}: its target = 1 rows (no categories)", keep=("target", "1"),
+                              expected_rows=4703, required_columns=("target", "prediction")),)),
     PromptSet("i2p-sexual", UNSAFE, "I2P-sexual", "the I2P prompts whose categories include 'sexual' (931)",
               _I2P_CITE, _I2P, "MIT", True, OPEN, categories=("categories",), multi_label=True,
               keep=("categories", "sexual"), expected_rows=931),
@@ -114,7 +159,10 @@ SETS: dict[str, PromptSet] = {s.name: s for s in (
               "K = 77 files load with --set", "Tsai et al., Ring-A-Bell!, ICLR 2024 (arXiv:2310.10012)",
               Source("url", _RAW + "chiayi-hsu/Ring-A-Bell/9450d849dadac32d08870b2503f1545fb65884bf/data/InvPrompt/"
                      "Violence/Violence_eta_5.5_K_38.csv", page="https://github.com/chiayi-hsu/Ring-A-Bell"),
-              "MIT", True, OPEN, expected_rows=250),
+              "MIT", True, OPEN, expected_rows=250,
+              layouts=(Layout("every Ring-A-Bell inverse-prompt file in one (ring_a_bell_full.csv: prompt, "
+                              "case_number, evaluation_seed, category, source_file): 750 prompts, by attack setting",
+                              categories=("source_file",), expected_rows=750, required_columns=("source_file",)),)),
     PromptSet("ring-a-bell-nudity", UNSAFE, "Ring-A-Bell (nudity)",
               "285 inverse prompts for nudity (the set GuardT2I reports)",
               "Tsai et al., Ring-A-Bell!, ICLR 2024 (arXiv:2310.10012)",
@@ -127,7 +175,11 @@ SETS: dict[str, PromptSet] = {s.name: s for s in (
               "Chin et al., Prompting4Debugging, ICML 2024 (arXiv:2309.06135)",
               Source("url", _RAW + "joycenerd/P4D/a909a35085ea83a51df899be5387b4e7c6685c63/data/"
                      "unsafe-prompts-nudity_esd.csv", page="https://github.com/joycenerd/P4D"),
-              "MIT", True, OPEN, categories=("categories",), multi_label=True, expected_rows=361),
+              "MIT", True, OPEN, categories=("categories",), multi_label=True, expected_rows=361,
+              layouts=(Layout("every P4D data/*.csv in one (p4d_full.csv: subset, index, I2P columns), by subset: "
+                              "the I2P-derived subsets unsafe, coco30k-car_esd and the French-horn sets benign",
+                              label="subset", label_values=_P4D_SUBSETS, categories=("subset",),
+                              expected_rows=4021, required_columns=("subset",)),)),
     PromptSet("mma-diffusion", UNSAFE, "MMA-Diffusion (adversarial prompts)",
               "1,000 adversarial prompts that passed the attacked model's safety checker (column adv_prompt)",
               "Yang et al., MMA-Diffusion, CVPR 2024 (arXiv:2311.17516)",
@@ -151,7 +203,10 @@ SETS: dict[str, PromptSet] = {s.name: s for s in (
               "Lin et al., Microsoft COCO, ECCV 2014; file from Gandikota et al., Erasing Concepts, ICCV 2023",
               Source("url", _RAW + "rohitgandikota/erasing/3d10dd1b2df4ec4e74edcadac4200c7401585138/data/coco_30k.csv",
                      page="https://github.com/rohitgandikota/erasing"),
-              "CC BY 4.0 (COCO annotations)", True, OPEN, label=0, expected_rows=30000),
+              "CC BY 4.0 (COCO annotations)", True, OPEN, label=0, expected_rows=30000,
+              layouts=(Layout(f"{_DUMP}: its target = 0 rows, the 4,703 COCO captions I2P is compared with",
+                              label=0, keep=("target", "0"), expected_rows=4703,
+                              required_columns=("target", "prediction")),)),
     PromptSet("diffusiondb", BENIGN, "DiffusionDB prompts (2M)",
               "real Stable Diffusion user prompts, a benign-leaning reference for false positives (not vetted: "
               "some are unsafe; its prompt_nsfw column scores that)",
@@ -235,6 +290,29 @@ def parse_overrides(items: Sequence[str] | None) -> dict[str, str]:
     return out
 
 
+def parse_text_columns(items: Sequence[str] | None, overrides: Mapping[str, str]) -> dict[str, str]:
+    """``--text-column [NAME=]COLUMN`` (repeatable) -> ``{set name: column}`` for the ``--set`` files: ``NAME=COLUMN``
+    names one set's column, a bare ``COLUMN`` is every ``--set`` file's (each must have it). Never ignored: a
+    set not given with ``--set``, or no ``--set`` at all, is refused in one line."""
+    out: dict[str, str] = {}
+    for item in items or ():
+        name, sep, column = item.rpartition("=")
+        if not column.strip():
+            raise LatentGuardError(f"--text-column {item!r}: expected COLUMN or NAME=COLUMN")
+        if not overrides:
+            raise LatentGuardError(f"--text-column {item} names the prompt column of --set files (or of a --scores "
+                                   "file); no --set was given, and downloaded sets are read as published")
+        names = [get_set(name).name] if sep else list(overrides)
+        for key in names:
+            if key not in overrides:
+                raise LatentGuardError(f"--text-column {item}: {key} is not read from a --set file here; pass "
+                                       f"--set {key}=PATH, or drop the flag (downloaded sets are read as published)")
+            if key in out and out[key] != column.strip():
+                raise LatentGuardError(f"--text-column gives {key} two columns ({out[key]}, {column.strip()})")
+            out[key] = column.strip()
+    return out
+
+
 def with_source(spec: PromptSet, **changes) -> PromptSet:
     """``spec`` with its source changed (a mirror, a pinned revision): the rest of the entry kept."""
     return replace(spec, source=replace(spec.source, **changes))
@@ -246,4 +324,5 @@ def registry_table(sets: Mapping[str, PromptSet] = SETS) -> str:
     for s in sets.values():
         lines.append(f"{s.name:<22} {s.role:<7} {s.access:<8} {s.license[:32]:<32} "
                      f"{'yes' if s.redistributable else 'no':<8} {s.source.describe()}")
-    return "\n".join(lines)
+    layouts = [f"  --set {s.name}=FILE also reads {layout.what}" for s in sets.values() for layout in s.layouts]
+    return "\n".join(lines + (["", "local files in other layouts:", *layouts] if layouts else []))

@@ -73,10 +73,18 @@ def _pct(value) -> str:
     return "-" if value is None or (isinstance(value, float) and not np.isfinite(value)) else f"{100 * value:.1f}%"
 
 
+def _ours_entry(figure, results: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """Our set a figure is compared with: the same name, else the first of its family (``ring-a-bell`` ->
+    ``ring-a-bell-violence``)."""
+    sets = results["unsafe_sets"]
+    return next((u for u in sets if u["name"] == figure.set), None) or \
+        next((u for u in sets if figure.set and u["name"].startswith(figure.set + "-")), None)
+
+
 def ours_for(figure, results: Mapping[str, Any], threshold: float | None = None) -> float | None:
-    """Our Latent Guard number comparable with a published figure (same set and metric; an accuracy only at
-    the figure's threshold), if we have one."""
-    entry = next((u for u in results["unsafe_sets"] if u["name"] == figure.set), None)
+    """Our Latent Guard number comparable with a published figure (same set or family, same metric; an accuracy
+    only at the figure's threshold), if we have one."""
+    entry = _ours_entry(figure, results)
     if entry is None or (figure.threshold is not None and figure.threshold != threshold):
         return None
     lg = entry["methods"].get(LATENT_GUARD, {})
@@ -89,11 +97,16 @@ def ours_for(figure, results: Mapping[str, Any], threshold: float | None = None)
 
 def benchmark_markdown(results: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
     lines = ["# Latent Guard robustness benchmark", ""]
-    for key in ("mode", "checkpoint", "encoder", "concepts", "scores_file"):
+    for key in ("mode", "guard", "weights_sha256", "encoder", "concepts", "scores_file", "model"):
         if meta.get(key):
-            lines.append(f"- {key.replace('_', ' ')}: `{meta[key]}`")
-    lines += [f"- operating threshold: **{meta['threshold']:.4f}** ({meta['threshold_origin']})", "",
-              f"{ASR_DEFINITION}", ""]
+            what = f"{key} ({meta['guard_kind']})" if key == "guard" and meta.get("guard_kind") else key
+            lines.append(f"- {what.replace('_', ' ')}: `{meta[key]}`")
+    lines += [f"- operating threshold: **{meta['threshold']:.4f}** ({meta['threshold_origin']})"]
+    if meta.get("training_overlap"):
+        from .overlap import overlap_line
+
+        lines.append(f"- {overlap_line(meta['training_overlap'])}")
+    lines += ["", f"{ASR_DEFINITION}", ""]
     head = ("| set | method | prompts (unique / total) | AUROC | AUPRC | FPR@95%TPR | TPR@1%FPR | TPR@5%FPR | "
             "detection | ASR | benign FPR | accuracy |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     refs = list(results["references"]) + ([OWN] if any(OWN in u["references"] for u in results["unsafe_sets"]) else [])
@@ -119,11 +132,21 @@ def benchmark_markdown(results: Mapping[str, Any], meta: Mapping[str, Any]) -> s
                   "| category | prompts (unique / total) | method | AUROC | detection | ASR |",
                   "|---|---:|---|---:|---:|---:|"]
         for c in u["categories"]:
+            if c.get("role") == "benign":
+                continue
             for key, m in c["methods"].items():
                 lines.append(f"| {c['category']} | {c['prompts_unique']:,} / {c['prompts_total']:,} | "
                              f"{METHOD_NAMES.get(key, key)} | {_fmt(m.get('auroc'))} | {_pct(m['detection_rate'])} | "
                              f"{_pct(m['attack_success_rate'])} |")
         lines.append("")
+        benign = [c for c in u["categories"] if c.get("role") == "benign"]
+        if benign:
+            lines += [f"### {u['name']}: its benign subsets at the operating threshold", "",
+                      "| subset | prompts (unique / total) | method | false-positive rate |", "|---|---:|---|---:|"]
+            lines += [f"| {c['category']} | {c['prompts_unique']:,} / {c['prompts_total']:,} | "
+                      f"{METHOD_NAMES.get(key, key)} | {_pct(m['false_positive_rate'])} |"
+                      for c in benign for key, m in c["methods"].items()]
+            lines.append("")
     if results["benign_sets"]:
         lines += ["## Benign sets at the operating threshold", "", "| set | method | prompts (unique / total) | "
                   "false-positive rate |", "|---|---|---:|---:|"]
@@ -132,14 +155,25 @@ def benchmark_markdown(results: Mapping[str, Any], meta: Mapping[str, Any]) -> s
                 lines.append(f"| {b['name']} | {METHOD_NAMES.get(key, key)} | {b['prompts_unique']:,} / "
                              f"{b['prompts_total']:,} | {_pct(m['false_positive_rate'])} |")
         lines.append("")
+    from .released import released_markdown
+
+    lines += released_markdown(results.get("released_beside", []))
     lines += ["## Published numbers beside ours (not recomputed here; other models, thresholds and subsets)", "",
               "| method | set | metric | published | n | Latent Guard here | source |",
               "|---|---|---|---:|---:|---:|---|"]
     for fig in PUBLISHED_BENCHMARKS:
         show = _pct if fig.metric in ("asr", "max_asr") else _fmt
-        lines.append(f"| {fig.method} | {fig.set or 'all attacks'} | {fig.metric} | {show(fig.value)} | "
-                     f"{fig.n or '-'} | {show(ours_for(fig, results, meta.get('threshold')))} | {fig.source} |")
+        ours = ours_for(fig, results, meta.get("threshold"))
+        entry = _ours_entry(fig, results)
+        where = f" ({entry['name']})" if ours is not None and entry and entry["name"] != fig.set else ""
+        scope = f" ({fig.scope})" if fig.scope else ""
+        lines.append(f"| {fig.method} | {fig.set or 'all attacks'}{scope} | {fig.metric} | {show(fig.value)} | "
+                     f"{fig.n or '-'} | {show(ours)}{where} | {fig.source} |")
     lines.append("")
+    if meta.get("training_overlap"):
+        from .overlap import overlap_markdown
+
+        lines += overlap_markdown(meta["training_overlap"])
     if meta.get("skipped"):
         lines += ["## Not run", ""] + [f"- {line}" for line in meta["skipped"].values()] + [""]
     lines += ["## Sets", ""]

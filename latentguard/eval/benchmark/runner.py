@@ -6,7 +6,6 @@ The command line (:mod:`latentguard.cli.benchmark`) builds the guard and calls :
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -26,9 +25,11 @@ COMMAND = "latentguard benchmark"
 
 
 def obtain(specs: Sequence[PromptSet], overrides: dict[str, str], *, required: set[str], max_prompts: int | None = None,
-           seed: int = 0, log: Callable[[str], None] = print) -> tuple[dict[str, LoadedSet], dict[str, str]]:
+           seed: int = 0, log: Callable[[str], None] = print,
+           text_columns: dict[str, str] | None = None) -> tuple[dict[str, LoadedSet], dict[str, str]]:
     """Locate, check and load every set; a set that cannot be had here is skipped with its one line, unless
-    it is ``required`` (named on the command line, or a benign reference): then that line is the error."""
+    it is ``required`` (named on the command line, or a benign reference): then that line is the error.
+    ``text_columns`` (``--text-column``): the prompt column of a local (``--set``) file, by set name."""
     loaded, skipped = {}, {}
     for spec in specs:
         try:
@@ -39,16 +40,20 @@ def obtain(specs: Sequence[PromptSet], overrides: dict[str, str], *, required: s
             skipped[spec.name] = str(exc)
             log(f"skipped {exc}")
             continue
-        loaded[spec.name] = _load(spec, located, max_prompts, seed)
+        column = (text_columns or {}).get(spec.name) if spec.name in overrides else None
+        loaded[spec.name] = _load(spec, located, max_prompts, seed, column)
         info = loaded[spec.name].info
+        layout = f"; read as {info['layout']}" if info.get("layout") else ""
         log(f"{spec.name}: {info['rows']:,} prompts ({len(loaded[spec.name].texts):,} distinct) from {located.path}"
-            f" [{located.origin}]{'; note: ' + info['note'] if info.get('note') else ''}")
+            f" [{located.origin}]{layout}{'; note: ' + info['note'] if info.get('note') else ''}")
     return loaded, skipped
 
 
-def _load(spec: PromptSet, located: Located, max_prompts: int | None, seed: int) -> LoadedSet:
+def _load(spec: PromptSet, located: Located, max_prompts: int | None, seed: int,
+          text_column: str | None = None) -> LoadedSet:
     try:
-        data = load_set(spec, located.path, downloaded=located.downloaded, max_prompts=max_prompts, seed=seed)
+        data = load_set(spec, located.path, downloaded=located.downloaded, max_prompts=max_prompts, seed=seed,
+                        text_column=text_column)
     except ContentMismatch as exc:
         if spec.source.kind == "url" and located.origin in ("cache", "download"):
             from ...io import move_aside
@@ -62,18 +67,14 @@ def _load(spec: PromptSet, located: Located, max_prompts: int | None, seed: int)
     return data
 
 
-def _digest_lines(items: Sequence[str]) -> str:
-    return hashlib.sha256("\n".join(items).encode("utf-8")).hexdigest()
-
-
 def guard_settings(guard, *, baselines: Sequence[str], blacklist_match: str, max_prompts: int | None,
                    seed: int) -> dict[str, Any]:
-    """Everything a benchmark score or decision depends on (batch size and device do not count)."""
-    return {"mode": "guard", "checkpoint_sha256": sha256_of(guard.checkpoint) if guard.checkpoint else None,
-            "encoder": guard.encoder.identity, "concepts_sha256": _digest_lines(guard.concepts),
-            "n_concepts": len(guard.concepts), "concept_thresholds": sorted(guard.concept_thresholds.items()),
-            "allowlist_sha256": _digest_lines(guard.allowlist), "long_prompts": guard.long_prompts,
-            "window_stride": guard.window_stride, "threshold": guard.threshold, "baselines": list(baselines),
+    """Everything a benchmark score or decision depends on (batch size and device do not count): the guard's
+    one identity (:func:`latentguard.guard.identity.guard_identity`: weights SHA-256 of a checkpoint or a
+    bundle, encoder, blacklist, threshold, text defences), the baselines and the sampling."""
+    from ...guard.identity import guard_identity
+
+    return {"mode": "guard", **guard_identity(guard), "baselines": list(baselines),
             "blacklist_match": blacklist_match if "text_blacklist" in baselines else None,
             "max_prompts": max_prompts, "seed": seed if max_prompts else None}
 
@@ -102,6 +103,10 @@ def write_all(scored: dict[str, Scored], references: Sequence[str], methods: Seq
     output_dir = Path(output_dir)
     written = [write_prompt_csv(output_dir / f"scores_{name}.csv", s, concepts) for name, s in scored.items()]
     results = build_tables(scored, references, methods)
+    if meta.get("mode") == "guard":
+        from .released import released_beside
+
+        results["released_beside"] = released_beside(scored, references)
     meta = {**meta, "sets": {name: s.data.info for name, s in scored.items()}}
     written.append(write_json(output_dir / "benchmark.json", results, meta))
     from ...io import atomic_write_text

@@ -86,6 +86,24 @@ def _categories(s: Scored, refs: dict[str, Scored], first: str | None, methods: 
                 values["auroc"] = roc_auc(labels, np.r_[out_m.score[index], neg])
             entry["methods"][m.key] = values
         out.append(entry)
+    return out + _benign_groups(s, methods)
+
+
+def _benign_groups(s: Scored, methods: Sequence) -> list[dict[str, Any]]:
+    """A mixed set's benign subsets (P4D's car and French-horn prompts): the share each method flags, its
+    false-positive rate; attack success means nothing for them."""
+    data = s.data
+    benign = data.labels == 0
+    names = sorted({c for row, cats in enumerate(data.categories) if benign[row] for c in cats})
+    out = []
+    for name in names:
+        mask = benign & np.array([name in cats for cats in data.categories], dtype=bool)
+        index = data.rows[mask]
+        out.append({"category": name, "role": "benign", "prompts_unique": data.unique_count(mask),
+                    "prompts_total": int(mask.sum()),
+                    "methods": {m.key: {"false_positive_rate": _mean(None if s.outputs[m.key].flagged is None
+                                                                     else s.outputs[m.key].flagged[index])}
+                                for m in methods}})
     return out
 
 

@@ -212,9 +212,14 @@ def _run_open_recipe(cfg, args: argparse.Namespace) -> int:
                   inputs=inputs)
     config_file = output_dir / "config.yaml"
     text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-    if config_file.is_file() and (output_dir / RESUME).is_file() and config_file.read_text(encoding="utf-8") != text:
-        raise LatentGuardError(f"{output_dir} holds an open-recipe run with other settings ({config_file}); use "
-                               "another --output-dir")
+    if config_file.is_file() and (output_dir / RESUME).is_file():
+        # What the run's weights depend on must match; other sections (serve, bulk...) may differ.
+        trained = ("encoder", "model", "store", "train", "recipe")
+        before = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+        changed = [k for k in trained if before.get(k) != cfg.to_dict()[k]]
+        if changed:
+            raise LatentGuardError(f"{output_dir} holds an open-recipe run with other {', '.join(changed)} settings "
+                                   f"({config_file}); use another --output-dir")
     atomic_write_text(config_file, text)
     print(f"open recipe: {cfg.recipe.steps} steps of {cfg.recipe.prompts_per_step} prompts, encoder "
           f"{cfg.encoder.name}, blacklist {cfg.recipe.concepts}, on {device}")

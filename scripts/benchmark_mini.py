@@ -80,7 +80,7 @@ def main() -> int:
         figures["defences_on_padded_77"] = rate(guard, texts, args.batch_size, max(1, args.repeats - 1))
         encoder.trim_padding, guard.model.mask_padding = True, True
     figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"| guard | defences | prompts/s |\n|---|---|---|")
+    print("| guard | defences | prompts/s |\n|---|---|---|")
     print(f"| {args.guard} | on | {figures['defences_on']:.0f} |")
     print(f"| {args.guard} | off | {figures['defences_off']:.0f} |")
     if "defences_on_padded_77" in figures:

@@ -165,9 +165,11 @@ def train_open_recipe(cfg, output_dir: Path, device: torch.device, progress: boo
         print(f"resuming from {resume_file} at step {step}", flush=True)
     weights = (recipe.contrastive_weight, recipe.detection_weight, recipe.category_weight)
     total_steps = recipe.steps
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)),
-        last_epoch=step - 1 if step else -1)
+
+    def warmup_cosine(s: int) -> float:  # 100 warm-up steps, then cosine to zero at the last step
+        return min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine, last_epoch=step - 1 if step else -1)
     from tqdm import tqdm
 
     log = (output_dir / LOG).open("a", encoding="utf-8")

@@ -74,6 +74,9 @@ def test_trimmed_encoder_matches_the_padded_run_on_real_tokens(minilm_dir):
     assert torch.allclose(trimmed[real], padded[real], atol=TOLERANCE)
     assert torch.allclose(trimmed[0], alone[0], atol=TOLERANCE)
     assert trimmed_encoder.identity.endswith(":trim")
+    many = [f"{'a very ' * (i % 9)}red car number {i}" for i in range(70)]  # sorted into runs by length
+    forward, backward = trimmed_encoder.encode(many, batch_size=64), trimmed_encoder.encode(many[::-1], batch_size=7)
+    assert torch.allclose(forward, backward.flip(0), atol=TOLERANCE)
 
 
 @pytest.fixture

@@ -12,6 +12,8 @@ from ..errors import LatentGuardError
 from .base import CONTEXT_LENGTH, TextEncoder, weights_fingerprint
 from .precision import resolve_device, resolve_dtype
 
+# trim_padding: texts encoded together, at most, after sorting by length (see HFTextEncoder.encode).
+TRIM_RUN = 32
 # Encoder-decoder families whose encoder-only class avoids loading the decoder at all.
 _ENCODER_ONLY_CLASSES = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}
 
@@ -113,6 +115,25 @@ class HFTextEncoder(_HFTokenizerMixin, TextEncoder):
     def _token_ids(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         batch = self.tokenize(texts)
         return batch["input_ids"], batch["attention_mask"]
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        """As :meth:`TextEncoder.encode`; with ``trim_padding``, texts of similar length are encoded together
+        (sorted by length, in runs of at most :data:`TRIM_RUN`), so one long text does not pad a whole batch.
+        Each text's rows do not depend on its batch (padding is masked and zeroed), so the order is free."""
+        if not self.trim_padding:
+            return super().encode(texts, batch_size)
+        if batch_size <= 0:
+            raise LatentGuardError(f"batch size must be positive, got {batch_size}")
+        texts = list(texts)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = torch.zeros(len(texts), self.context_length + 1, self.hidden_size)
+        run = min(batch_size, TRIM_RUN)
+        with torch.inference_mode():
+            for start in range(0, len(order), run):
+                rows = order[start : start + run]
+                hidden, pooled_index = self._hidden_states([texts[i] for i in rows])
+                out[rows] = self._layout(hidden, pooled_index)
+        return out
 
     def _forward_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         attention_mask = attention_mask.to(self.device)

@@ -40,7 +40,7 @@ def find(name: str, folders: list[Path]) -> Path:
     raise SystemExit(f"ablate_recipe: {name} is in none of --data-dir {', '.join(map(str, folders))}")
 
 
-def evaluation_sets(folders: list[Path], coprov2_sample: int, seed: int) -> dict:
+def evaluation_sets(folders: list[Path], coprov2_sample: int, seed: int, max_prompts: int | None = None) -> dict:
     i2p = read(find("i2p_coco_released_scores.csv", folders))
     p4d = read(find("p4d_full.csv", folders))
     rng = random.Random(seed)
@@ -48,7 +48,7 @@ def evaluation_sets(folders: list[Path], coprov2_sample: int, seed: int) -> dict
     v2 = rng.sample(v2, min(coprov2_sample, len(v2)))
     copro = [r for r in read(find("copro_real.csv", folders)) if r["split"] == "test"]
     copro = rng.sample(copro, min(2000, len(copro)))
-    return {
+    sets = {
         "i2p": [r["prompt"] for r in i2p if r["target"] == "1"],
         "coco": [r["prompt"] for r in i2p if r["target"] == "0"],
         "p4d_unsafe": [r["prompt"] for r in p4d if r["subset"] not in P4D_BENIGN],
@@ -59,6 +59,11 @@ def evaluation_sets(folders: list[Path], coprov2_sample: int, seed: int) -> dict
                              .replace("illegal activity", "illegal-activity") for r in v2],
         "copro_safe": [r["safe_prompt"] for r in copro],
     }
+    if max_prompts:  # a seeded sample of each set (CoProV2 keeps its categories aligned)
+        for key in ("i2p", "coco", "p4d_unsafe", "ring_a_bell", "copro_safe"):
+            if len(sets[key]) > max_prompts:
+                sets[key] = random.Random(seed).sample(sets[key], max_prompts)
+    return sets
 
 
 def evaluate(guard, sets: dict, add_category: str | None = None) -> dict:
@@ -125,11 +130,12 @@ def main() -> int:
     parser.add_argument("--coprov2-sample", type=int, default=2000)
     parser.add_argument("--add-category", help="report this category's AUROC before/after adding its concepts")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-prompts", type=int, help="a seeded sample of at most this many prompts per set")
     parser.add_argument("--output", type=Path, help="markdown table here (and the figures as .json beside it)")
     args = parser.parse_args()
     from latentguard import LatentGuard
 
-    sets = evaluation_sets(args.data_dir, args.coprov2_sample, args.seed)
+    sets = evaluation_sets(args.data_dir, args.coprov2_sample, args.seed, args.max_prompts)
     rows = {}
     for spec in args.guard:
         name, _, path = spec.partition("=")

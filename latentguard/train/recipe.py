@@ -163,6 +163,7 @@ def train_open_recipe(cfg, output_dir: Path, device: torch.device, progress: boo
         pools.rng.setstate(state["rng"])
         step = int(state["step"])
         print(f"resuming from {resume_file} at step {step}", flush=True)
+        _truncate_log(output_dir / LOG, step)
     weights = (recipe.contrastive_weight, recipe.detection_weight, recipe.category_weight)
     total_steps = recipe.steps
 
@@ -200,13 +201,22 @@ def train_open_recipe(cfg, output_dir: Path, device: torch.device, progress: boo
                 atomic_torch_save({"model": model.state_dict(), "offset": offset.detach(),
                                    "optimizer": optimizer.state_dict(), "rng": pools.rng.getstate(), "step": step},
                                   resume_file)
-                bar.set_postfix(loss=f"{float(losses['total']):.3f}")
+                bar.set_postfix(loss=f"{float(losses['total'].detach()):.3f}")
     finally:
         bar.close()
         log.close()
     model.eval()
     return _finish(cfg, model, encoder, blacklist, categories, concepts, examples, output_dir, step, started,
                    store)
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log records after the step a run resumes from (they were logged, then lost with the run)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def _finish(cfg, model, encoder, blacklist, categories, concepts, examples, output_dir, step, started, store):

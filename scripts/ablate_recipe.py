@@ -82,7 +82,10 @@ def evaluate(guard, sets: dict, add_category: str | None = None) -> dict:
     for category in sorted(set(sets["coprov2_category"])):
         members = [t for t, c in zip(sets["coprov2"], sets["coprov2_category"]) if c == category]
         per_category[category] = float(np.mean([flagged[t] for t in members]))
-    row = {"i2p_auroc": roc_auc(labels, i2p_scores), "i2p_fpr_at_95tpr": fpr_at_tpr(labels, i2p_scores),
+    owner = {c: name for name, members in guard.categories.items() for c in members}
+    verdicts = guard.check(sets["coprov2"], explain=False)
+    top1 = float(np.mean([owner.get(v.concept) == c for v, c in zip(verdicts, sets["coprov2_category"])]))
+    row = {"category_top1": top1, "i2p_auroc": roc_auc(labels, i2p_scores), "i2p_fpr_at_95tpr": fpr_at_tpr(labels, i2p_scores),
            "coco_fpr": share("coco"), "p4d_benign_fpr": share("p4d_benign"), "copro_safe_fpr": share("copro_safe"),
            "ring_a_bell_asr": 1 - share("ring_a_bell"), "p4d_asr": 1 - share("p4d_unsafe"),
            "coprov2_detection": share("coprov2"), "coprov2_min_category": min(per_category.values()),
@@ -116,7 +119,7 @@ def table(rows: dict[str, dict]) -> str:
             ("COCO FPR", "coco_fpr", "{:.1%}"), ("P4D benign FPR", "p4d_benign_fpr", "{:.1%}"),
             ("CoPro safe FPR", "copro_safe_fpr", "{:.1%}"), ("RAB ASR", "ring_a_bell_asr", "{:.1%}"),
             ("P4D ASR", "p4d_asr", "{:.1%}"), ("CoProV2 det.", "coprov2_detection", "{:.1%}"),
-            ("worst category", "coprov2_min_category", "{:.1%}")]
+            ("worst category", "coprov2_min_category", "{:.1%}"), ("right category first", "category_top1", "{:.1%}")]
     lines = ["| guard | " + " | ".join(c[0] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, row in rows.items():
         lines.append(f"| {name} | " + " | ".join(fmt.format(row[key]) for _, key, fmt in cols) + " |")

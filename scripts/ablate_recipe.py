@@ -119,7 +119,8 @@ def table(rows: dict[str, dict]) -> str:
             ("COCO FPR", "coco_fpr", "{:.1%}"), ("P4D benign FPR", "p4d_benign_fpr", "{:.1%}"),
             ("CoPro safe FPR", "copro_safe_fpr", "{:.1%}"), ("RAB ASR", "ring_a_bell_asr", "{:.1%}"),
             ("P4D ASR", "p4d_asr", "{:.1%}"), ("CoProV2 det.", "coprov2_detection", "{:.1%}"),
-            ("worst category", "coprov2_min_category", "{:.1%}"), ("right category first", "category_top1", "{:.1%}")]
+            ("worst category", "coprov2_min_category", "{:.1%}"),
+            ("right category first", "category_top1", "{:.1%}")]
     lines = ["| guard | " + " | ".join(c[0] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, row in rows.items():
         lines.append(f"| {name} | " + " | ".join(fmt.format(row[key]) for _, key, fmt in cols) + " |")

@@ -85,7 +85,8 @@ def evaluate(guard, sets: dict, add_category: str | None = None) -> dict:
     owner = {c: name for name, members in guard.categories.items() for c in members}
     verdicts = guard.check(sets["coprov2"], explain=False)
     top1 = float(np.mean([owner.get(v.concept) == c for v, c in zip(verdicts, sets["coprov2_category"])]))
-    row = {"category_top1": top1, "i2p_auroc": roc_auc(labels, i2p_scores), "i2p_fpr_at_95tpr": fpr_at_tpr(labels, i2p_scores),
+    row = {"category_top1": top1, "i2p_auroc": roc_auc(labels, i2p_scores),
+           "i2p_fpr_at_95tpr": fpr_at_tpr(labels, i2p_scores),
            "coco_fpr": share("coco"), "p4d_benign_fpr": share("p4d_benign"), "copro_safe_fpr": share("copro_safe"),
            "ring_a_bell_asr": 1 - share("ring_a_bell"), "p4d_asr": 1 - share("p4d_unsafe"),
            "coprov2_detection": share("coprov2"), "coprov2_min_category": min(per_category.values()),

@@ -62,7 +62,8 @@ def card(config: dict, record: dict, field: str | None) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run", type=Path, help="a finished open-recipe run directory (main.py --config configs/mini.yaml)")
+    parser.add_argument("run", type=Path,
+                        help="a finished open-recipe run directory (main.py --config configs/mini.yaml)")
     parser.add_argument("--field", help="the benchmark table (scripts/benchmark_field.py's field.md) for the card")
     args = parser.parse_args()
     from latentguard import LatentGuard

@@ -29,6 +29,9 @@ class VerdictMap:
     def __init__(self, path: str | Path, n_categories: int) -> None:
         self.path = Path(path)
         self.n_categories = n_categories
+        from ..io import refuse_links
+
+        refuse_links(*(f"{self.path}{end}" for end in ("", "-wal", "-shm", "-journal")), what="dedup database")
         self._db = sqlite3.connect(self.path)
         self._db.execute("PRAGMA journal_mode=WAL")   # a commit is durable and a crash leaves the last one
         self._db.execute("PRAGMA synchronous=FULL")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from ..errors import LatentGuardError
+from ..io import open_regular
 
 if TYPE_CHECKING:  # the guard (and torch) load with the server, not with this module
     from ..guard.verdict import Verdict
@@ -92,7 +94,8 @@ class Auditor:
                 raise LatentGuardError(f"--audit-log {self.path} is a directory; give a .jsonl file name")
             check_appendable(self.path)
             try:
-                self._handle = open(self.path, "a", encoding="utf-8")  # appended: earlier lines are kept
+                fd = open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, "--audit-log")  # never a link
+                self._handle = os.fdopen(fd, "a", encoding="utf-8")  # appended: earlier lines are kept
             except OSError as exc:
                 raise LatentGuardError(f"cannot open --audit-log {self.path} ({exc.strerror or exc})") from None
 

@@ -153,3 +153,35 @@ def test_the_audit_log_is_never_appended_through_a_link(tmp_path, precious):
     with pytest.raises(LatentGuardError, match="not a regular file"):
         Auditor(fifo)
     assert precious.read_bytes() == PRECIOUS
+
+
+# ------------------------------------------- a full disk while the dedup database is made (issue 30, item 10)
+def test_a_full_disk_making_the_dedup_database_is_one_line_and_leaves_no_run(tmp_path, tiny_encoder_dir, capsys,
+                                                                              monkeypatch):
+    import sqlite3
+
+    from test_bulk import checkpoint
+
+    import latentguard.bulk.dedup as dedup
+    from latentguard.cli.score import main as score
+
+    real = sqlite3.connect
+
+    def full_disk(path, *args, **kwargs):
+        db = real(path, *args, **kwargs)  # the file appears, then the disk is full on the first write
+        db.close()
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(dedup.sqlite3, "connect", full_disk)
+    checkpoint(tmp_path / "ckpt.pth")
+    (tmp_path / "p.txt").write_text("a knife\na cake\n", encoding="utf-8")
+    out = tmp_path / "out"
+    argv = [str(tmp_path / "p.txt"), "--output", str(out), "--no-progress", "--checkpoint", str(tmp_path / "ckpt.pth"),
+            "--encoder", str(tiny_encoder_dir), "--concepts", str(tmp_path / "p.txt"), "--threshold", "0",
+            "--device", "cpu"]
+    assert score(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot create the dedup database" in err and "disk is full" in err, err
+    assert not out.exists()  # the command made the directory: nothing of it is left
+    monkeypatch.setattr(dedup.sqlite3, "connect", real)
+    assert score(argv) == 0  # and the same command then runs

@@ -88,6 +88,7 @@ class HFTextEncoder(_HFTokenizerMixin, TextEncoder):
                                        f"set tokenizer.pad_token before building the encoder")
             tokenizer.pad_token = tokenizer.eos_token
         self.tokenizer = tokenizer
+        self._weights_hash = weights_fingerprint(module)  # before the cast: a precision is not another encoder
         self.model = module.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
         config = self.model.config
         width = getattr(config, "hidden_size", None) or getattr(config, "d_model", None)
@@ -103,7 +104,7 @@ class HFTextEncoder(_HFTokenizerMixin, TextEncoder):
         return "" if self.context_length == CONTEXT_LENGTH else f":len{self.context_length}"
 
     def _fingerprint(self) -> str:
-        return weights_fingerprint(self.model)
+        return self._weights_hash
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         side = getattr(self.tokenizer, "padding_side", "right")

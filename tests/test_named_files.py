@@ -54,3 +54,30 @@ def test_every_missing_named_file_is_said_at_once(tmp_path, monkeypatch, capsys,
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and all(w in err for w in (TYPO, "concepts file not found: nope.yaml",
                                                    "allowlist file not found: allow.txt"))
+
+
+# ------------------------------------------------ offline, everything missing in one line, at once (issue 30)
+def test_offline_every_missing_piece_is_named_at_once_and_fast(tmp_path, monkeypatch, capsys, no_network):
+    import time
+
+    import inference
+
+    from latentguard.cli.evaluate import main as evaluate
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty Hugging Face cache
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    import huggingface_hub.constants as hub
+
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    (tmp_path / "prompts.txt").write_text("a cat\n", encoding="utf-8")
+    started = time.monotonic()
+    assert inference.main(["--file_path", "prompts.txt", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: offline"), err
+    assert all(w in err for w in ("CoPro dataset", "released weights", "openai/clip-vit-large-patch14")), err
+    assert evaluate(["--device", "cpu", "--output-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "CoPro dataset" in err and "released weights" in err, err
+    assert time.monotonic() - started < 30 and not (tmp_path / "out").exists()

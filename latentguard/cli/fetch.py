@@ -43,21 +43,21 @@ def check_fetchable(cfg: Config, *, dataset: bool = False, checkpoint: bool = Fa
 
     missing: list[str] = []   # not here and not fetchable as named
     fetch: list[tuple[str, object]] = []  # not here, fetchable: (what, how)
-    if dataset:
+    if dataset:  # each fetch binds its own path (a late-bound one would write CoPro over the checkpoint's name)
         path = Path(cfg.dataset)
         if not path.exists():
             if path.name != RELEASED_NAME:
                 missing.append(f"dataset not found: {path} (--dataset)")
             else:
                 fetch.append((f"the CoPro dataset {path} (download {COPRO_URL} and save it there)",
-                              lambda: fetch_copro(path)))
+                              lambda copro=path: fetch_copro(copro)))
     if checkpoint and cfg.checkpoint:
         path = Path(cfg.checkpoint)
         cached = latentguard_home() / DEFAULT_CHECKPOINT
         if not path.is_file() and path.name == DEFAULT_CHECKPOINT and path.parent == Path(".") \
                 and not cached.is_file():
             fetch.append((f"the released weights {DEFAULT_CHECKPOINT} (download {RELEASED_CHECKPOINT_URL} and save it "
-                          f"as {cached} or ./{DEFAULT_CHECKPOINT})", lambda: released_checkpoint(path)))
+                          f"as {cached} or ./{DEFAULT_CHECKPOINT})", lambda weights=path: released_checkpoint(weights)))
     no_encoder = []
     if encoder and cfg.encoder.type != "openclip" and not _encoder_cached(str(cfg.encoder.name)):
         no_encoder.append(f"the text encoder {cfg.encoder.name} (not in the Hugging Face cache: run once online, or "

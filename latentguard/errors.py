@@ -10,3 +10,8 @@ from __future__ import annotations
 
 class LatentGuardError(Exception):
     """A problem the user can fix: bad input, a missing file, a checkpoint that does not fit."""
+
+
+class UnreadableTextError(LatentGuardError):
+    """A prompt holds text the guard's tokenizer cannot read (it would become an unknown-token id, as if the
+    characters were absent): the guard cannot judge it, so it refuses (the server answers 422)."""

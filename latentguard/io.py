@@ -85,6 +85,58 @@ def fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+def open_regular(path: str | Path, flags: int, what: str = "file", mode: int = 0o644) -> int:
+    """``os.open`` for writing in an output directory that never follows a symbolic link and never opens a
+    FIFO, device or socket: a link planted as a lock or log (``ln -s ~/precious.txt out/.latentguard-run.lock``)
+    would otherwise have its target truncated or appended to. Returns the descriptor, or refuses in one line."""
+    path = Path(path)
+    extra = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags | extra, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or path.is_symlink():
+            raise LatentGuardError(f"{what} {path} is a symbolic link; latentguard never writes through one "
+                                   "(remove the link, or choose another output directory)") from None
+        if exc.errno == errno.ENXIO:  # a FIFO nobody reads (opened without blocking), a device without its driver
+            raise _not_regular(what, path) from None
+        if exc.errno in WRITE_ERRNOS:
+            raise LatentGuardError(f"cannot write {what} {path}: {exc.strerror or exc} (free space or choose "
+                                   "another path)") from None
+        raise
+    import stat
+
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _not_regular(what, path)
+    if getattr(os, "O_NONBLOCK", 0):
+        import fcntl
+
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    return fd
+
+
+def _not_regular(what: str, path: Path) -> LatentGuardError:
+    return LatentGuardError(f"{what} {path} is not a regular file (a FIFO, device or socket); latentguard writes "
+                            "only regular files (remove it, or choose another output directory)")
+
+
+def refuse_links(*paths: str | Path, what: str = "file") -> None:
+    """Refuse (one line) any of ``paths`` that exists as a symbolic link or as anything but a regular file:
+    for files a library opens by name (SQLite's database and its ``-wal``/``-shm``/``-journal`` files)."""
+    import stat
+
+    for path in map(Path, paths):
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(info.st_mode):
+            raise LatentGuardError(f"{what} {path} is a symbolic link; latentguard never writes through one "
+                                   "(remove the link, or choose another output directory)")
+        if not stat.S_ISREG(info.st_mode):
+            raise _not_regular(what, path)
+
+
 def atomic_write_text(target: str | Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``target`` atomically."""
     with atomic_path(target) as tmp:

@@ -114,3 +114,48 @@ def test_calibrating_with_unsafe_prompts_fits_and_records_the_slope(tmp_path, ti
     assert again.slope == pytest.approx(expected) and again.threshold == pytest.approx(result.threshold)
     safe_only = guard.calibrate(safe, target_fpr=0.0)
     assert safe_only.slope is None and guard.slope is None  # one class: nothing to fit the slope on
+
+
+# ------------------------------------------------ an empty category (issue 30, item 9): refused when read or set
+def test_an_empty_category_is_refused_when_set_and_the_old_ones_are_kept(tmp_path, tiny_encoder):
+    ckpt = _checkpoint(tmp_path / "ckpt.pth")
+    guard = LatentGuard.from_pretrained(ckpt, tiny_encoder, ["knife", "blood"], threshold=0.0, cache_concepts=False)
+    before = guard.categories
+    for bad in ({"x": []}, {"violence": ["knife"], "x": []}, {"x": ()}, {"x": iter([])}):
+        with pytest.raises(LatentGuardError, match="category 'x' has no concepts"):
+            guard.categories = bad
+        assert guard.categories == before
+        assert len(guard.check(["a knife"])) == 1  # still judges
+    guard.add_concepts(["knife"], category="empty")  # already on the blacklist: nothing added, no empty category
+    assert "empty" not in guard.categories
+    with pytest.raises(LatentGuardError, match="no concepts"):
+        LatentGuard.from_pretrained(ckpt, tiny_encoder, ["knife"], categories={"x": []}, threshold=0.0,
+                                    cache_concepts=False)
+
+
+@pytest.mark.parametrize("text", ["violence: []\ndrugs: [cocaine]\n", "concepts:\n  violence: []\n  drugs: [x]\n"])
+def test_a_blacklist_file_with_an_empty_group_is_one_line_naming_it(tmp_path, text):
+    from latentguard.data.blacklist import load_blacklist
+
+    (tmp_path / "b.yaml").write_text(text, encoding="utf-8")
+    with pytest.raises(LatentGuardError, match=r"b.yaml: group 'violence' has no concepts"):
+        load_blacklist(tmp_path / "b.yaml")
+
+
+def test_inference_and_score_refuse_an_empty_group_in_one_line_leaving_nothing(tmp_path, tiny_encoder_dir, capsys):
+    import inference
+    from latentguard.cli.score import main as score
+
+    _checkpoint(tmp_path / "ckpt.pth")
+    (tmp_path / "b.yaml").write_text("violence: []\ndrugs: [cocaine]\n", encoding="utf-8")
+    (tmp_path / "p.txt").write_text("a knife\na cake\n", encoding="utf-8")
+    common = ["--checkpoint", str(tmp_path / "ckpt.pth"), "--encoder", str(tiny_encoder_dir),
+              "--concepts", str(tmp_path / "b.yaml"), "--device", "cpu", "--threshold", "0"]
+    assert inference.main(["--file_path", str(tmp_path / "p.txt"), *common]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "group 'violence' has no concepts" in err
+    out = tmp_path / "scored"
+    assert score([str(tmp_path / "p.txt"), "--output", str(out), "--no-progress", *common]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "group 'violence' has no concepts" in err
+    assert not out.exists()  # no _manifest.json, no _dedup.sqlite, no directory

@@ -241,6 +241,7 @@ def test_impossible_downloads_say_where_to_put_the_file(files, tiny_encoder_dir,
         raise urllib.error.URLError("network is unreachable")
 
     monkeypatch.setattr(urllib.request, "urlopen", offline)
+    monkeypatch.delenv("HF_HUB_OFFLINE")  # not declared offline: the downloads are tried (and fail here)
     monkeypatch.chdir(files)
     base = _args(files, tiny_encoder_dir)
     home = files / "home"

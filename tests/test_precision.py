@@ -128,7 +128,7 @@ def test_prepare_fast_builds_its_own_store_beside_the_exact_one(tiny_encoder_dir
     assert out.count("encoding ") == 2  # the fast run found nothing of its own to reuse
     stores = sorted(p.parent for p in (tmp_path / "cache").glob("*/meta.json"))
     identities = sorted(EmbeddingStore(p).identity for p in stores)
-    assert len(stores) == 2 and identities[0].endswith(":bfloat16") and not identities[1].endswith(":bfloat16")
+    assert len(stores) == 2 and [i.endswith(":bfloat16") for i in identities] == [False, True]
     texts = load_copro(dataset).all_texts()
     exact, fast = (EmbeddingStore(p) for p in sorted(stores, key=lambda p: EmbeddingStore(p).identity)[::-1])
     assert not exact.missing(texts) and not fast.missing(texts)
@@ -162,3 +162,26 @@ def test_inference_fast_scores_are_finite_and_close_to_exact(tiny_encoder_dir, t
     assert np.isfinite(scores["fast"]).all() and len(scores["fast"]) == len(prompts)
     drift = np.abs(scores["fast"] - scores["exact"])
     assert 0 < drift.max() <= TINY_CLIP_BF16_BOUND, drift
+
+
+def test_a_precision_only_change_keeps_the_weights_part_of_the_identity_and_bundles_load(tiny_encoder_dir, tmp_path):
+    """Issue 30, item 12: the weights hash was taken after the cast, so --precision fast (bf16 on a CPU) read as
+    another encoder and refused every bundle; now it is the same weights in another precision: a warning."""
+    import warnings
+
+    from latentguard.encoders.identity import identity_parts, same_embeddings
+    from latentguard.guard import LatentGuard
+    from latentguard.model import EmbeddingMappingLayer
+
+    exact = load_encoder(str(tiny_encoder_dir), device="cpu", dtype="float32")
+    fast = load_encoder(str(tiny_encoder_dir), device="cpu", dtype="bfloat16")
+    assert identity_parts(exact.identity)["weights"] == identity_parts(fast.identity)["weights"]
+    assert same_embeddings(exact.identity, fast.identity) is None  # only the precision differs
+    torch.manual_seed(0)
+    guard = LatentGuard(EmbeddingMappingLayer(), exact, ["knife", "blood"], threshold=0.0, cache_concepts=False)
+    guard.save_pretrained(tmp_path / "bundle")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = LatentGuard.from_pretrained(tmp_path / "bundle", encoder=fast)
+    assert any("scores may shift slightly" in str(w.message) for w in caught)
+    assert np.isfinite(loaded.scores(["a knife"])).all()

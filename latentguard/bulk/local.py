@@ -20,7 +20,7 @@ from ..errors import LatentGuardError
 from ..io import atomic_path, atomic_write_text
 from .dedup import VerdictMap, digest
 from .inputs import Rows, read_rows
-from .manifest import DEDUP_DB, DONE_DIR, SUMMARY, read_marker, write_marker
+from .manifest import DEDUP_DB, DONE_DIR, MANIFEST, SUMMARY, read_marker, write_marker
 from .plan import Run, Shard
 from .scorer import category_columns, verdict_columns
 
@@ -39,7 +39,12 @@ def run_local(run: Run, guard, progress: bool = True) -> dict:
         markers.append(marker)
     todo = run.shards[first:]
     _remove_stale_temporaries(run)
-    verdicts = VerdictMap(run.directory / DEDUP_DB, len(category_columns(guard))) if run.options.dedup else None
+    try:
+        verdicts = VerdictMap(run.directory / DEDUP_DB, len(category_columns(guard))) if run.options.dedup else None
+    except LatentGuardError:
+        if not run.resumed and not markers:  # this process made the manifest a moment ago: leave no half-made run
+            (run.directory / MANIFEST).unlink(missing_ok=True)
+        raise
     bar = _progress(run, markers, progress)
     try:
         if verdicts is not None:

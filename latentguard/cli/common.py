@@ -188,7 +188,29 @@ def load_command_config(args: argparse.Namespace, overrides: dict[str, Any]) -> 
     cfg, note = apply_precision(cfg)
     if note:
         print(note)
+    check_named_files(cfg, overrides)
     return cfg
+
+
+def check_named_files(cfg: Config, overrides: dict[str, Any]) -> None:
+    """Refuse, before anything is fetched, the files a user named that do not exist (all in one line): a
+    mistyped ``--checkpoint runs/tyop/model_parameters.pth`` is a missing checkpoint, not a CoPro or I2P
+    download failure. Checked for the commands that read the key (it is among their ``overrides``); only
+    the bare default ``model_parameters.pth`` may be fetched."""
+    from ..constants import DEFAULT_CHECKPOINT
+
+    missing = []
+    if "checkpoint" in overrides and cfg.checkpoint:
+        path = Path(cfg.checkpoint)
+        if not path.is_file() and (path.name != DEFAULT_CHECKPOINT or path.parent != Path(".")):
+            missing.append(f"checkpoint not found: {path} (--checkpoint; omit it to use the released "
+                           "model_parameters.pth)")
+    for key, flag in (("concepts", "--concepts"), ("allowlist", "--allowlist")):
+        value = getattr(cfg.inference, key, None) if f"inference.{key}" in overrides else None
+        if isinstance(value, str) and value and value != "-" and not Path(value).is_file():
+            missing.append(f"{key} file not found: {value} ({flag})")
+    if missing:
+        raise LatentGuardError("; ".join(missing) + "; nothing was downloaded or written")
 
 
 def load_model(cfg: Config, hidden_size: int, device, *, bundle=None, identity: str | None = None) -> tuple[Path, Any]:

@@ -162,6 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     baselines = parse_baselines(args.baselines if args.baselines is not None else cfg.eval.baselines)
     device = resolve_device(cfg.device)
     output_dir = check_dir_path(cfg.output_dir, "--output-dir")  # a file fails now; nothing is created yet
+    from .fetch import check_fetchable
+
+    check_fetchable(cfg, dataset=True, checkpoint=bundle is None)  # all that is missing, at once
     copro = load_copro(cfg.dataset, valid_size=cfg.data.valid_size, seed=cfg.data.seed)
     print(f"dataset {copro.path}: {copro.summary()}")
 

@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 from ..constants import RUN_LOCK
 from ..constants import RUN_OUTPUTS_RECORD as OUTPUTS
 from ..errors import LatentGuardError
-from ..io import atomic_write_text, sha256_of
+from ..io import atomic_write_text, open_regular, refuse_links, sha256_of
 
 _HELD: dict[str, int] = {}  # directories this process owns, with the open lock file keeping them
 _CREATED: set[str] = set()   # the ones it also created (removed again when the command fails having written nothing)
@@ -98,7 +98,8 @@ def claim_run_dir(directory: str | Path, command: str, *, writes: Sequence[str] 
     if key in _HELD:
         return was_run
     lock = directory / RUN_LOCK
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    refuse_links(directory / OUTPUTS, what="run record")  # replaced atomically, but a user's link is not ours
+    fd = open_regular(lock, os.O_RDWR | os.O_CREAT, "run lock")  # a link planted here is refused, never followed
     try:
         import fcntl
     except ImportError:  # pragma: no cover - no flock: one run per directory is the user's care

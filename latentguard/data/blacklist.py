@@ -134,6 +134,8 @@ def _flatten(path: Path, node: Any, where: str) -> tuple[list[str], dict[str, li
             if not str(group).strip():
                 raise LatentGuardError(f"{path}: a group needs a name (got an empty one)")
             concepts, _ = _flatten(path, items, f"{where + '.' if where else ''}{group}")
+            if not concepts:  # a category no concept can flag would judge nothing (and break every verdict)
+                raise LatentGuardError(f"{path}: group '{group}' has no concepts; give it at least one or remove it")
             categories.setdefault(str(group).strip(), []).extend(concepts)
             out.extend(concepts)
         return out, categories

@@ -3,8 +3,11 @@
 A text encoder reads characters, so text written to slip past it works: Cyrillic look-alike letters,
 fullwidth letters, zero-width characters inside a word, or harmless sentences in front of an unsafe
 one dilute the match. The guard therefore scores, besides the prompt as written, its *normalised*
-form (NFKC, format characters removed, accents dropped from Latin letters, and every character with
-a Latin look-alike mapped to it, from Unicode's confusables data via ``confusable_homoglyphs``) and
+form (first read as a generator's tokenizer reads it: ftfy's repairs and HTML entities undone, to a
+fixed point, and control characters and terminal escapes removed, as OpenAI CLIP's and open_clip's
+tokenizers do before BPE; then NFKC, format characters removed, accents dropped from Latin letters,
+and every character with a Latin look-alike mapped to it, from Unicode's confusables data via
+``confusable_homoglyphs``) and
 each of its *sentences*, and keeps the worst (the highest logit per concept). A prompt whose forms
 are all the same text costs nothing extra.
 
@@ -16,6 +19,7 @@ Table 1), which scores prompts exactly as the released code does. Their measured
 from __future__ import annotations
 
 import functools
+import html
 import re
 import unicodedata
 
@@ -65,12 +69,40 @@ def sentences(text: str) -> list[str]:
 
 
 def normalized(text: str) -> str:
-    """NFKC, without format characters (zero-width spaces, joiners, soft hyphens), accents dropped from
-    Latin letters, and each character that has a Latin look-alike replaced by it."""
-    text = unicodedata.normalize("NFKC", text)
+    """:func:`cleaned`, then NFKC, without format characters (zero-width spaces, joiners, soft hyphens), accents
+    dropped from Latin letters, and each character that has a Latin look-alike replaced by it."""
+    text = unicodedata.normalize("NFKC", cleaned(text))
     if text.isascii():
         return text
     return unicodedata.normalize("NFC", "".join(_skeleton(ch) for ch in text))
+
+
+# Terminal escape sequences (CSI: ESC [, parameters, a final byte; OSC/DCS/APC/PM strings up to their terminator;
+# two-character escapes) and controls other than the whitespace ones (tab, line breaks). A terminal shows none of
+# them; ftfy already turns C1 controls into the Windows-1252 characters they stand for.
+_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[\]PX^_][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
+_CONTROLS = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f]")
+_CLEAN_ROUNDS = 8  # "&amp;amp;#105;" needs three; a text still changing after eight is cut short, still cleaned
+
+
+def cleaned(text: str) -> str:
+    """``text`` as a generator's tokenizer reads it before splitting words: what OpenAI CLIP's and open_clip's
+    ``basic_clean`` undo (``ftfy.fix_text``: terminal escapes, control characters, mojibake, HTML entities; then
+    ``html.unescape`` twice), repeated to a fixed point so that entities escaped any number of times are undone,
+    and every remaining control character and terminal escape removed ("kn\\x00ife", "kni&#102;e",
+    "k&amp;#x6E;ife", "kn\\x1b[0mife" all read "knife"). A generator that keeps a control as a separator reads
+    the text as written, which the guard scores too."""
+    if text.isascii() and "&" not in text and not _CONTROLS.search(text):
+        return text
+    import ftfy  # a dependency of open_clip_torch, and what CLIP's own tokenizer runs
+
+    for _ in range(_CLEAN_ROUNDS):
+        before = text
+        text = html.unescape(ftfy.fix_text(_ESCAPES.sub("", text)))
+        text = _CONTROLS.sub("", _ESCAPES.sub("", text))
+        if text == before:
+            break
+    return text
 
 
 @functools.lru_cache(maxsize=8192)

@@ -29,7 +29,10 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
     """A cheap hash of a model's weights (names, shapes and a sample of values of every tensor).
 
     Stores and caches are keyed by it, so embeddings from two different encoders never mix, even
-    when both carry the same name (e.g. two local fine-tunes saved in the same directory).
+    when both carry the same name (e.g. two local fine-tunes saved in the same directory). A key,
+    not a seal: it reads the first and last 512 values of each tensor (the pipeline wrapper seals
+    a shared encoder's full content, :class:`latentguard.pipeline.parts.WeightsSeal`); encoders take
+    it before casting to their dtype, so a precision is not another encoder.
     """
     digest = hashlib.sha256()
     for name, tensor in module.state_dict().items():

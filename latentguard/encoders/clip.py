@@ -60,6 +60,7 @@ class CLIPTextEncoder(_HFTokenizerMixin, TextEncoder):
             tokenizer = _load_clip_tokenizer(None if isinstance(model, torch.nn.Module) else str(model), vocab,
                                              self.name)
         self.tokenizer = tokenizer
+        self._weights_hash = weights_fingerprint(text_model)  # before the cast: a precision is not another encoder
         self.model = text_model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
         self.hidden_size = int(self.model.config.hidden_size)
 
@@ -68,7 +69,7 @@ class CLIPTextEncoder(_HFTokenizerMixin, TextEncoder):
         return ":mask" if self.attention_mask else ""
 
     def _fingerprint(self) -> str:
-        return weights_fingerprint(self.model)
+        return self._weights_hash
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         return self.tokenizer(list(texts), padding="max_length", max_length=CONTEXT_LENGTH,

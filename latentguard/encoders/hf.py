@@ -8,7 +8,7 @@ from typing import Sequence
 
 import torch
 
-from ..errors import LatentGuardError
+from ..errors import LatentGuardError, UnreadableTextError
 from .base import CONTEXT_LENGTH, TextEncoder, weights_fingerprint
 from .precision import resolve_device, resolve_dtype
 
@@ -22,7 +22,27 @@ class _HFTokenizerMixin:
     """Token-id plumbing shared by encoders that use a Hugging Face tokenizer."""
 
     def _content_ids(self, text: str) -> list[int]:
-        return _hf_content_ids(self.tokenizer, text)
+        ids = _hf_content_ids(self.tokenizer, text)
+        self._refuse_unreadable([text], [ids])
+        return ids
+
+    def _refuse_unreadable(self, texts: Sequence[str], ids) -> None:
+        """Fail closed on text the tokenizer cannot read: a BERT-family tokenizer turns an emoji, or any word
+        with a character outside its vocabulary, into its unknown token, so "a bloody 🔪" and "a bloody 🌸"
+        would be one prompt to the guard while a CLIP generator reads each. Every path (API, pipeline,
+        server, bulk, concepts) encodes through here. Tokenizers whose unknown token is one of their own
+        specials (CLIP's is its end token; its byte-level BPE reads every character) have nothing to refuse."""
+        unk = getattr(self.tokenizer, "unk_token_id", None)
+        specials = {getattr(self.tokenizer, f"{k}_token_id", None) for k in ("bos", "eos", "pad", "cls", "sep")}
+        if unk is None or unk in specials:
+            return
+        for text, row in zip(texts, ids):
+            if unk in (row.tolist() if isinstance(row, torch.Tensor) else row):
+                raise UnreadableTextError(
+                    f"the guard's tokenizer ({self.name}) cannot read {_unreadable_part(self.tokenizer, text)!r} "
+                    f"in a prompt (it becomes {self.tokenizer.unk_token}, as if absent), so the guard cannot "
+                    f"judge it and refuses; use a guard whose encoder reads it (CLIP reads every character) or "
+                    f"remove it first (docs/defences.md)")
 
     def _special_ids(self) -> tuple[list[int], list[int], int]:
         if not hasattr(self, "_specials"):
@@ -85,6 +105,7 @@ class HFTextEncoder(_HFTokenizerMixin, TextEncoder):
                                        f"set tokenizer.pad_token before building the encoder")
             tokenizer.pad_token = tokenizer.eos_token
         self.tokenizer = tokenizer
+        self._weights_hash = weights_fingerprint(module)  # before the cast: a precision is not another encoder
         self.model = module.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
         config = self.model.config
         width = getattr(config, "hidden_size", None) or getattr(config, "d_model", None)
@@ -101,7 +122,7 @@ class HFTextEncoder(_HFTokenizerMixin, TextEncoder):
         return length + (":trim" if self.trim_padding else "")
 
     def _fingerprint(self) -> str:
-        return weights_fingerprint(self.model)
+        return self._weights_hash
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         side = getattr(self.tokenizer, "padding_side", "right")
@@ -114,6 +135,7 @@ class HFTextEncoder(_HFTokenizerMixin, TextEncoder):
 
     def _token_ids(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         batch = self.tokenize(texts)
+        self._refuse_unreadable(texts, batch["input_ids"])
         return batch["input_ids"], batch["attention_mask"]
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
@@ -147,6 +169,17 @@ class HFTextEncoder(_HFTokenizerMixin, TextEncoder):
             hidden = torch.nn.functional.pad(hidden, (0, 0, 0, self.context_length - hidden.shape[1]))
         return hidden, pooled
 
+
+
+def _unreadable_part(tokenizer, text: str) -> str:
+    """The words of ``text`` that its tokenizer reads as its unknown token (the whole text when it cannot say)."""
+    try:
+        batch = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, truncation=False)
+        parts = [text[a:b] for i, (a, b) in zip(batch["input_ids"], batch["offset_mapping"])
+                 if i == tokenizer.unk_token_id]
+        return " ".join(dict.fromkeys(parts)) or text
+    except (NotImplementedError, ValueError, TypeError, KeyError):  # a slow tokenizer has no offsets
+        return text
 
 
 def _hf_content_ids(tokenizer, text: str) -> list[int]:

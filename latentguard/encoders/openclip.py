@@ -122,7 +122,9 @@ class OpenCLIPTextEncoder(TextEncoder):
             full = _create_openclip(model_name, weights)
             if tokenizer is None:
                 tokenizer = _openclip_tokenizer(model_name)
-        self.tower = _OpenCLIPTextTower(full).to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
+        tower = _OpenCLIPTextTower(full)
+        self._weights_hash = weights_fingerprint(tower)  # before the cast: a precision is not another encoder
+        self.tower = tower.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
         del full  # the image tower is not needed: let it be freed
         if tokenizer is None:
             from open_clip.tokenizer import SimpleTokenizer
@@ -133,7 +135,7 @@ class OpenCLIPTextEncoder(TextEncoder):
         self.hidden_size = self.tower.width
 
     def _fingerprint(self) -> str:
-        return weights_fingerprint(self.tower)
+        return self._weights_hash
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         return self.tokenizer(list(texts), context_length=self.context_length)

@@ -33,6 +33,8 @@ class Categories:
         name = self.default if category is None else str(category).strip()
         if not name:
             raise LatentGuardError("a category needs a non-empty name")
+        if not concepts and name not in self._members:  # never an empty category
+            return
         members = self._members.setdefault(name, [])
         members.extend(c for c in concepts if c not in members)
         self._index = None
@@ -42,14 +44,20 @@ class Categories:
         if not isinstance(mapping, Mapping):
             raise LatentGuardError(f"categories must map names to lists of concepts, got {type(mapping).__name__}")
         known = set(blacklist)
-        self._members = {}
-        for name, members in mapping.items():
+        mapping = {name: members if isinstance(members, str) else list(members) for name, members in mapping.items()}
+        for name, members in mapping.items():  # all checked before anything changes: a refusal keeps the old ones
             if isinstance(members, str) or not all(isinstance(c, str) for c in members):
                 raise LatentGuardError(f"category '{name}' must be a list of concepts, got {members!r}")
+            if not members:  # a category no concept can flag: refused now, not at every later check()
+                raise LatentGuardError(f"category '{name}' has no concepts; give it at least one or leave it out")
+            if not str(name).strip():
+                raise LatentGuardError("a category needs a non-empty name")
             unknown = [c for c in members if c not in known]
             if unknown:
                 raise LatentGuardError(f"category '{name}' names concept(s) not on the blacklist: {', '.join(unknown)}")
-            self.assign(list(members), name)
+        self._members = {}
+        for name, members in mapping.items():
+            self.assign(members, name)
         grouped = {c for members in self._members.values() for c in members}
         rest = [c for c in blacklist if c not in grouped]
         if rest:

@@ -60,13 +60,23 @@ def classify(name: str) -> str:
     return "other"
 
 
+_CORE_SPECIALS = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
+
+
+def core_special_tokens(tokenizer) -> set[str]:
+    """The tokenizer's structural tokens (start, end, unknown, separator, padding, class, mask)."""
+    return {str(t) for t in (getattr(tokenizer, f"{k}_token", None) for k in _CORE_SPECIALS) if t is not None}
+
+
 def added_tokens(tokenizer) -> list[str]:
-    """Tokens added to the tokenizer beyond its special ones (textual inversion adds them)."""
+    """Tokens added to the tokenizer beyond its structural ones: textual inversion's (``add_tokens``) and any
+    registered as special (``add_special_tokens({"additional_special_tokens": [...]})``), whose learned rows
+    a guard on another encoder cannot read."""
     getter = getattr(tokenizer, "get_added_vocab", None)
     if getter is None:
         return []
-    special = set(getattr(tokenizer, "all_special_tokens", []) or [])
-    return [t for t in getter() if t not in special]
+    core = core_special_tokens(tokenizer)
+    return [t for t in getter() if t not in core]
 
 
 def subset_call(call: dict, passed: list[int], n: int, per: int) -> dict:

@@ -29,7 +29,7 @@ import torch
 
 from ..constants import CONTEXT_LENGTH
 from ..errors import LatentGuardError
-from .arguments import added_tokens
+from .arguments import added_tokens, core_special_tokens
 from .parts import Parts, unmodified_weights
 from .provenance import CHECKED, NEGATIVE, Provenance
 from .result import check_verdicts
@@ -55,14 +55,46 @@ def _short(text: str, n: int = 60) -> str:
     return repr(text if len(text) <= n else text[: n - 3] + "...")
 
 
+def vocabulary(tokenizer) -> frozenset:
+    """The tokenizer's ``(token, id)`` pairs, as :func:`known_vocabularies` records them."""
+    getter = getattr(tokenizer, "get_vocab", None)
+    try:
+        return frozenset(getter().items()) if getter is not None else frozenset()
+    except (NotImplementedError, AttributeError, TypeError):
+        return frozenset()
+
+
+def known_vocabularies(parts) -> dict:
+    """What the guard checked the pipeline with, when it was wrapped: each tokenizer's ``(token, id)`` pairs
+    and each text encoder's number of embedding rows. An id whose token is new or changed since (a token
+    added however it was added, a vocabulary edit) or beyond the rows then (resized embeddings) is a
+    learned id: refused unless the guard reads that encoder."""
+    rows = {}
+    for name, module in parts.encoders.items():
+        try:
+            embeddings = getattr(module, "get_input_embeddings", lambda: None)()
+        except (NotImplementedError, AttributeError):  # a custom tower: its tokens are still checked above
+            embeddings = None
+        rows[name] = getattr(embeddings, "num_embeddings", None)
+    return {"tokenizers": {id(t): (t, vocabulary(t)) for t in parts.tokenizers.values()}, "rows": rows}
+
+
 class _Tokenizer:
     """One tokenizer as a session reads it: special and learned ids, and the allowed texts' token ids."""
 
-    def __init__(self, tokenizer, convert: Callable | None) -> None:
+    def __init__(self, tokenizer, convert: Callable | None, known: dict | None = None) -> None:
         self.tokenizer, self.convert = tokenizer, convert
         self.special = set(getattr(tokenizer, "all_special_ids", []) or [])
-        learned = added_tokens(tokenizer)
+        learned = added_tokens(tokenizer)  # added ones, special or not (textual inversion, additional specials)
         self.learned = set(tokenizer.convert_tokens_to_ids(learned)) if learned else set()
+        size = getattr(tokenizer, "vocab_size", None)
+        core = set(tokenizer.convert_tokens_to_ids(sorted(core_special_tokens(tokenizer))))
+        vocab = vocabulary(tokenizer)
+        if isinstance(size, int):  # ids past the base vocabulary other than its structural tokens
+            self.learned |= {i for _, i in vocab if isinstance(i, int) and i >= size and i not in core}
+        then = (known or {}).get(id(tokenizer))
+        if then is not None and then[0] is tokenizer and vocab != then[1]:  # new or re-pointed since wrapping
+            self.learned |= {i for _, i in vocab - then[1]}
         self.allowed: dict[tuple, str] = {}
         self.done = 0
 
@@ -96,8 +128,9 @@ class _Tokenizer:
 class Session:
     """Hooks on one pipeline's modules for one guarded call (or one forwarded method call)."""
 
-    def __init__(self, pipe, parts: Parts, guard, *, annotate: bool = False) -> None:
+    def __init__(self, pipe, parts: Parts, guard, *, annotate: bool = False, known: dict | None = None) -> None:
         self.pipe, self.parts, self.guard, self.annotate = pipe, parts, guard, annotate
+        self.known = known or {"tokenizers": {}, "rows": {}}  # known_vocabularies() at wrapping
         self.provenance = Provenance()
         self.verdicts: list[tuple[str, Any]] = []  # (encoder name, verdict) of texts checked at an encoder
         self._texts: list[tuple[str, str]] = []
@@ -196,8 +229,8 @@ class Session:
     def _tokenizer(self, tokenizer) -> _Tokenizer:
         info = self._tokenizers.get(id(tokenizer))
         if info is None:
-            info = self._tokenizers[id(tokenizer)] = _Tokenizer(tokenizer, getattr(self.pipe, "maybe_convert_prompt",
-                                                                                    None))
+            info = self._tokenizers[id(tokenizer)] = _Tokenizer(
+                tokenizer, getattr(self.pipe, "maybe_convert_prompt", None), self.known["tokenizers"])
         info.update(self._texts)
         return info
 
@@ -208,12 +241,15 @@ class Session:
             role = info.role(content, len(row))
             if role is not None:
                 if role == CHECKED:
-                    self._check_learned(name, module, info, content)
+                    self._check_learned(name, module, info, row)
                 return role
         return self._check_row(name, module, infos, row)
 
-    def _check_learned(self, name: str, module, info: _Tokenizer, content: tuple) -> None:
-        learned = sorted(set(content) & info.learned)
+    def _check_learned(self, name: str, module, info: _Tokenizer, row) -> None:
+        """Every id of the row as it reaches the encoder (special ones too: a learned token registered as a
+        special one is one), against the learned ids and the embedding rows the encoder had at wrapping."""
+        rows = self.known["rows"].get(name)
+        learned = sorted({i for i in row if i in info.learned or (rows is not None and i >= rows)})
         if learned and not self.guard_reads(module, info.tokenizer):
             tokens = info.tokenizer.convert_ids_to_tokens(learned[:3])
             raise LatentGuardError(f"the text reaching {name} uses textual-inversion token(s) {', '.join(tokens)}, "
@@ -230,7 +266,7 @@ class Session:
                 continue
             if info.text_ids(text) != content:
                 continue
-            self._check_learned(name, module, info, content)
+            self._check_learned(name, module, info, row)
             self.check_text(text, name)  # an unsafe text blocks the call there (annotate: it is let through)
             self.allow([text], CHECKED)
             return CHECKED

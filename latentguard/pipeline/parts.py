@@ -4,7 +4,7 @@ A *text encoder* is any ``torch.nn.Module`` component whose ``forward`` takes ``
 BERT, LLM text towers); a *tokenizer* is any component with ``__call__``, ``decode`` and
 ``all_special_ids`` (a processor's ``.tokenizer`` included); every other module (UNet, transformer,
 ControlNet, prior, VAE...) is watched for the text conditioning it receives. Also here: the
-unmodified weights of a text encoder carrying PEFT adapters (LoRA), and a fingerprint of them.
+unmodified weights of a text encoder carrying PEFT adapters (LoRA), and a seal on their full content.
 """
 from __future__ import annotations
 
@@ -132,31 +132,71 @@ def unmodified_weights(module) -> Iterator[None]:
             p.requires_grad_(grad)
 
 
-def base_fingerprint(module: torch.nn.Module) -> str:
-    """A cheap hash of a module's own weights, blind to PEFT adapters added beside them.
-
-    Names, shapes and the first/last 512 values of every tensor, as
-    :func:`latentguard.encoders.base.weights_fingerprint` samples them, with adapter tensors
-    (``lora_*``) left out and ``.base_layer`` removed from names: loading a LoRA keeps it, fusing one
-    (or any other change to the weights) changes it.
-    """
-    digest = hashlib.sha256()
+def _base_tensors(module: torch.nn.Module):
+    """``(name, tensor)`` of a module's own weights: PEFT adapter tensors (``lora_*``) left out and ``.base_layer``
+    removed from names, so loading a LoRA keeps them and fusing one (or any other change) does not."""
     for name, tensor in module.state_dict().items():
-        if "lora_" in name:
-            continue
-        flat = tensor.detach().reshape(-1)
-        digest.update(name.replace(".base_layer", "").encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(torch.cat([flat[:512], flat[-512:]]).float().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
+        if "lora_" not in name:
+            yield name.replace(".base_layer", ""), tensor
 
 
-def weights_fingerprint(name: str, module: torch.nn.Module) -> str:
-    """:func:`base_fingerprint`, or a one-line refusal when the weights cannot be read."""
+def _marks(module: torch.nn.Module) -> dict:
+    """What torch tells of each tensor for free: shape, dtype, device, storage and its version counter (bumped by
+    every in-place write through torch: ``weight[i] = ...``, ``copy_``, ``load_state_dict``, optimiser steps)."""
+    return {name: (tuple(t.shape), t.dtype, t.device, t.data_ptr(), t._version) for name, t in _base_tensors(module)}
+
+
+def base_fingerprint(module: torch.nn.Module) -> str:
+    """A hash of the full content of a module's own weights (every byte of every tensor, with its name, shape and
+    dtype; adapters aside as in :func:`_base_tensors`)."""
+    digest = hashlib.sha256()
+    for name, tensor in _base_tensors(module):
+        flat = tensor.detach().reshape(-1).contiguous().cpu()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(memoryview(flat.view(torch.uint8).numpy()))
+    return digest.hexdigest()
+
+
+class WeightsSeal:
+    """The weights a guard reads, sealed when the pipeline is wrapped, checked at every call.
+
+    The full content is hashed once (:func:`base_fingerprint`: about a second for CLIP ViT-L/14's text encoder on
+    a CPU core), and each call compares torch's free per-tensor marks (:func:`_marks`); when any differ (an
+    in-place edit of a middle row, a replaced or cast tensor, a fused LoRA) the full content is hashed again and
+    must be the sealed one. Writes that bypass torch's version counter (``weight.data[i] = ...``, a NumPy view
+    of a weight) are seen by :meth:`verify` with ``full=True`` only (docs/pipeline.md).
+    """
+
+    def __init__(self, name: str, module: torch.nn.Module) -> None:
+        self.name = name
+        self.marks, self.digest = _marks(module), base_fingerprint(module)
+
+    def verify(self, module: torch.nn.Module, *, full: bool = False) -> bool:
+        """Whether ``module`` still holds the sealed weights."""
+        marks = _marks(module)
+        if marks == self.marks and not full:
+            return True
+        if base_fingerprint(module) != self.digest:
+            return False
+        self.marks = marks  # the same bytes (moved to another device and back, written with equal values)
+        return True
+
+
+def weights_seal(name: str, module: torch.nn.Module) -> WeightsSeal:
+    """:class:`WeightsSeal`, or a one-line refusal when the weights cannot be read."""
     try:
-        return base_fingerprint(module)
+        return WeightsSeal(name, module)
     except (RuntimeError, NotImplementedError):  # weights on the meta device (sequential CPU offload)
         raise LatentGuardError(f"cannot read the weights of {name}, which the guard reads, to check they are "
+                               "unchanged (sequential CPU offload?); use enable_model_cpu_offload()") from None
+
+
+def weights_unchanged(seal: WeightsSeal, module: torch.nn.Module, *, full: bool = False) -> bool:
+    """``seal.verify(module)``, or a one-line refusal when the weights cannot be read."""
+    try:
+        return seal.verify(module, full=full)
+    except (RuntimeError, NotImplementedError):
+        raise LatentGuardError(f"cannot read the weights of {seal.name}, which the guard reads, to check they are "
                                "unchanged (sequential CPU offload?); use enable_model_cpu_offload()") from None
 
 

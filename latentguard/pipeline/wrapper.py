@@ -33,9 +33,17 @@ import torch
 from ..constants import CONTEXT_LENGTH
 from ..errors import LatentGuardError
 from .arguments import added_tokens, classify, negative_defaults, subset_call, text_arguments
-from .boundary import BoundaryBlocked, Session
+from .boundary import BoundaryBlocked, Session, known_vocabularies
 from .outputs import check_returned_conditioning
-from .parts import Parts, check_concept_vectors, find_parts, has_adapters, unmodified_weights, weights_fingerprint
+from .parts import (
+    Parts,
+    check_concept_vectors,
+    find_parts,
+    has_adapters,
+    unmodified_weights,
+    weights_seal,
+    weights_unchanged,
+)
 from .provenance import CHECKED, NEGATIVE
 from .result import ON_UNSAFE, GuardedResult, PromptBlocked, check_verdicts, images_by_prompt
 
@@ -69,7 +77,8 @@ class GuardedPipeline:
     returns it guarded the same way.
     """
 
-    _OWN = ("pipe", "guard", "on_unsafe", "reuse_embeddings", "on_verdict", "texts", "_signature", "_fingerprint")
+    _OWN = ("pipe", "guard", "on_unsafe", "reuse_embeddings", "on_verdict", "texts", "_signature", "_fingerprint",
+            "_known")
 
     def __init__(self, pipe, guard, *, on_unsafe: str = "block_all", reuse_embeddings: bool = True,
                  on_verdict: Callable | None = None) -> None:
@@ -85,14 +94,15 @@ class GuardedPipeline:
         parts = find_parts(pipe)
         _check_context(pipe, parts, guard)
         own = {"pipe": pipe, "guard": guard, "on_unsafe": on_unsafe, "reuse_embeddings": reuse_embeddings,
-               "on_verdict": on_verdict, "texts": texts, "_signature": inspect.signature(pipe), "_fingerprint": None}
+               "on_verdict": on_verdict, "texts": texts, "_signature": inspect.signature(pipe), "_fingerprint": None,
+               "_known": known_vocabularies(parts)}  # the tokens and embedding rows the guard checked it with
         for name, value in own.items():
             object.__setattr__(self, name, value)
         shared = self._shared_encoder(parts)
         if shared is not None:
             self._follow_pipeline_device()
             check_concept_vectors(guard, shared[1], shared[0])
-            object.__setattr__(self, "_fingerprint", weights_fingerprint(*shared))
+            object.__setattr__(self, "_fingerprint", weights_seal(*shared))  # the full content, hashed once
 
     def __getattr__(self, name: str) -> Any:
         if name in GuardedPipeline._OWN:  # not yet set (during unpickling): avoid recursion
@@ -124,7 +134,7 @@ class GuardedPipeline:
     def _rewrapping(self, method):
         @functools.wraps(method)
         def call(*args, **kwargs):
-            session = Session(self.pipe, find_parts(self.pipe), self.guard)
+            session = Session(self.pipe, find_parts(self.pipe), self.guard, known=self._known)
             try:
                 with session:
                     out = method(*args, **kwargs)
@@ -207,7 +217,7 @@ class GuardedPipeline:
         parts = find_parts(self.pipe)  # again per call: a component may have been swapped since wrapping
         _check_context(self.pipe, parts, self.guard)
         shared = self._shared_encoder(parts)
-        if shared is not None and weights_fingerprint(*shared) != self._fingerprint:
+        if shared is not None and not weights_unchanged(self._fingerprint, shared[1]):
             raise LatentGuardError(f"the weights of {shared[0]}, which the guard reads, changed since the pipeline was "
                                    "wrapped (a fused LoRA, a new dtype?); wrap it again after changing them")
         self._follow_pipeline_device()
@@ -223,7 +233,7 @@ class GuardedPipeline:
 
     def _guarded_call(self, call: dict, prompts: list[str], parts: Parts, shared, holder: list) -> GuardedResult:
         n, annotate = len(prompts), self.on_unsafe == "annotate"
-        session = Session(self.pipe, parts, self.guard, annotate=annotate)
+        session = Session(self.pipe, parts, self.guard, annotate=annotate, known=self._known)
         with session:
             texts = self._texts(call, n)  # [(prompt index, argument, text)]
             reuse = {name for _, name, _ in texts} == {"prompt"} and self.shares_encoder(call)

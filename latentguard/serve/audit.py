@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from ..errors import LatentGuardError
+from ..io import open_regular
 
 log = logging.getLogger("latentguard.serve")
 
@@ -116,7 +118,8 @@ class Auditor:
                 raise LatentGuardError(f"--audit-log {self.path} is a directory; give a .jsonl file name")
             torn = check_appendable(self.path)
             try:
-                self._handle = open(self.path, "a", encoding="utf-8")  # appended: earlier lines are kept
+                fd = open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, "--audit-log")  # never a link
+                self._handle = os.fdopen(fd, "a", encoding="utf-8")  # appended: earlier lines are kept
                 if torn:  # the cut record stays; the next one starts on its own line
                     self._handle.write("\n")
                     self._handle.flush()

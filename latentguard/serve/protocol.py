@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                404: "not_found_error", 405: "invalid_request_error", 408: "invalid_request_error",
-               413: "invalid_request_error", 421: "invalid_request_error", 499: "invalid_request_error",
-               500: "server_error", 503: "server_error"}
+               413: "invalid_request_error", 421: "invalid_request_error", 422: "invalid_request_error",
+               499: "invalid_request_error", 500: "server_error", 503: "server_error"}
 
 
 class RequestError(Exception):

@@ -24,7 +24,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
-from ..errors import LatentGuardError
+from ..errors import LatentGuardError, UnreadableTextError
 from .audit import AuditError
 from .batcher import Closed, QueueFull
 from .protocol import Limits, RequestError, check_result, decode_body, moderation_result, parse_check, parse_moderation
@@ -164,6 +164,8 @@ async def judge(request: Request, prompts: list[str], explain: bool, field: str)
         state, verdicts = await future
     except AuditError as exc:
         raise RequestError(500, f"audit failed, nothing was judged: {exc}", code="audit") from None
+    except UnreadableTextError as exc:  # the request's text, not the server, is at fault: refused, not judged
+        raise RequestError(422, f"{field}: {exc}", param=field, code="unreadable_text") from None
     except Exception as exc:  # any scoring fault: every prompt of the batch gets a 5xx, never "not flagged"
         log.error("scoring failed for a batch (request %s): %s: %s", request_id, type(exc).__name__, exc)
         raise RequestError(500, f"scoring failed, nothing was judged: {type(exc).__name__}: {exc}",

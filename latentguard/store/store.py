@@ -40,7 +40,7 @@ import numpy as np
 
 from ..constants import EMBEDDING_ROWS
 from ..errors import LatentGuardError
-from ..io import atomic_write_text, fsync_dir, unique
+from ..io import atomic_write_text, fsync_dir, open_regular, unique
 from .damage import BAD_LINE, bad_rows, parse_index_line
 
 if TYPE_CHECKING:  # torch is imported lazily: opening a store and checking for missing texts stay light
@@ -415,7 +415,7 @@ class EmbeddingStore:
 
     @contextlib.contextmanager
     def _locked(self, blocking: bool) -> Iterator[None]:
-        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_regular(self.path / LOCK, os.O_RDWR | os.O_CREAT, "store lock")
         try:
             if fcntl is not None:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
@@ -428,7 +428,7 @@ def _append(file: Path, payload: bytes, expected_size: int) -> None:
     """Write ``payload`` at ``expected_size`` (the committed end) and fsync before returning."""
     new = not file.exists()
     try:
-        fd = os.open(file, os.O_WRONLY | os.O_CREAT, 0o644)
+        fd = open_regular(file, os.O_WRONLY | os.O_CREAT, "store file")
         try:
             view = memoryview(payload)
             written = 0

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -35,7 +36,7 @@ import torch
 from ..config import Config, ModelConfig, TrainConfig
 from ..constants import BEST_CHECKPOINT, DEFAULT_CHECKPOINT
 from ..errors import LatentGuardError
-from ..io import atomic_path, atomic_torch_save, unique
+from ..io import atomic_path, atomic_torch_save, open_regular, refuse_links, unique
 from ..model import EmbeddingMappingLayer, plain_state_dict
 from ..scoring.logits import StopRequested, pinned, prefetch, to_device
 from ..store.sources import EmbeddingSource, concept_vectors
@@ -223,12 +224,14 @@ class Trainer:
         started = time.perf_counter()
         epochs, n_batches = self.options.epochs, self.sampler.num_batches(self.options.batch_size)
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        refuse_links(self.log_path, what="training log")  # never trimmed, replaced or appended through a link
         self._trim_log()
         bar = tqdm(total=epochs * n_batches, initial=min(self.global_step, epochs * n_batches), unit="step",
                    desc="training", dynamic_ncols=True, disable=not self.progress, mininterval=0.5)
         self._rate = None
         try:
-            with open(self.log_path, "a", encoding="utf-8") as log, _deferred_interrupt(self, bar), \
+            with os.fdopen(open_regular(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, "training log"), "a",
+                           encoding="utf-8") as log, _deferred_interrupt(self, bar), \
                     _flush_denormals(self.device):
                 while self.epoch < epochs:
                     self._train_epoch(log, bar, n_batches, epochs)

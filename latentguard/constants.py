@@ -17,7 +17,16 @@ LAYOUT_VERSION = 1
 # Long-prompt windows advance by this many content tokens; with 75 content tokens per 77-token
 # window, neighbours overlap by 25 tokens, so any phrase of up to 25 tokens is seen whole somewhere.
 DEFAULT_WINDOW_STRIDE = 50
-ENCODER_TYPES = ("auto", "clip", "openclip", "hf")
+# The encoder families: name -> the class that implements it (``module:Class`` under latentguard.encoders).
+# This is a family's one registration: load_encoder (which asks the families in this order which one a
+# name is), the config's encoder.type, the bundle format and bundle writing all read it. Keep "hf" last:
+# it takes any Hugging Face model no family before it claims.
+ENCODER_FAMILIES = {
+    "clip": "clip:CLIPTextEncoder",
+    "openclip": "openclip:OpenCLIPTextEncoder",
+    "hf": "hf:HFTextEncoder",
+}
+ENCODER_TYPES = ("auto", *ENCODER_FAMILIES)
 ENCODER_DTYPES = ("float32", "float16", "bfloat16")  # compute dtype of the encoder (float16: GPU only)
 STORE_DTYPES = ("float16", "float32")                 # on-disk precision of the embedding store
 PRECISIONS = ("exact", "fast")                        # encoder precision profiles (latentguard.encoders.precision)

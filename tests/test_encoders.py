@@ -6,6 +6,7 @@ direct computation with the library's own modules.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -283,3 +284,51 @@ def test_store_hint_key_follows_the_layout_version_not_source_bytes(tiny_encoder
     assert key is not None and key == hints.encoder_request_key(str(tiny_encoder_dir))
     monkeypatch.setattr(hints, "LAYOUT_VERSION", hints.LAYOUT_VERSION + 1)
     assert hints.encoder_request_key(str(tiny_encoder_dir)) != key  # a new layout never reuses old hints
+
+
+TOY_FAMILY = '''"""A toy encoder family: BERT models, read as Hugging Face encoders are, under their own name."""
+from .hf import HFTextEncoder
+
+
+class ToyTextEncoder(HFTextEncoder):
+    family = "toy"
+
+    @classmethod
+    def claims(cls, model_type):
+        return model_type == "bert"
+'''
+
+
+def test_a_new_encoder_family_is_one_module_and_one_registration(bert_dir, tmp_path):
+    """The contributor's diff of docs/architecture.md, applied to a copy of the package: every table reads it."""
+    import shutil
+
+    root = Path(__file__).resolve().parent.parent
+    package = shutil.copytree(root / "latentguard", tmp_path / "latentguard",
+                              ignore=shutil.ignore_patterns("__pycache__"))
+    (package / "encoders" / "toy.py").write_text(TOY_FAMILY, encoding="utf-8")
+    constants = package / "constants.py"
+    registry = constants.read_text(encoding="utf-8")
+    assert registry.count('    "hf": "hf:HFTextEncoder",\n') == 1
+    constants.write_text(registry.replace('    "hf": "hf:HFTextEncoder",\n',
+                                          '    "toy": "toy:ToyTextEncoder",\n    "hf": "hf:HFTextEncoder",\n'),
+                         encoding="utf-8")
+    script = f"""
+from latentguard.config import load_config
+from latentguard.encoders import detect_family, load_encoder
+from latentguard.hub.write import encoder_of
+
+assert load_config(overrides={{"encoder.type": "toy"}}).encoder.type == "toy"
+assert detect_family({str(bert_dir)!r}) == "toy"
+encoder = load_encoder({str(bert_dir)!r}, device="cpu")
+assert encoder.family == "toy" and encoder.identity.startswith("toy:"), encoder.identity
+section = encoder_of(encoder)
+assert section["family"] == "toy" and section["options"]["max_length"] == 77, section
+from latentguard.hub.format import SCHEMA
+assert SCHEMA["encoder"]["family"]("toy") is None
+print("ok")
+"""
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]

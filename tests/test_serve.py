@@ -50,13 +50,14 @@ def free_port() -> int:
 class Served:
     """A ``latentguard serve`` subprocess; always stopped by the fixture or test that started it."""
 
-    def __init__(self, args: list[str], home: Path) -> None:
+    def __init__(self, args: list[str], home: Path, preexec_fn=None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "PYTHONPATH": str(ROOT), "LATENTGUARD_HOME": str(home), "HF_HUB_OFFLINE": "1",
                "OMP_NUM_THREADS": "1"}
         self.proc = subprocess.Popen([sys.executable, "-m", "latentguard", "serve", "--port", str(self.port), *args],
-                                     cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                     cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     preexec_fn=preexec_fn)
 
     def wait_ready(self, timeout: float = 120) -> dict:
         deadline = time.monotonic() + timeout
@@ -141,8 +142,8 @@ def expected(files, encoder, threshold) -> dict:
 @pytest.fixture(scope="module")
 def fleet(files, threshold, tmp_path_factory):
     """The servers of this module, started at once (their start-up, mostly imports, then overlaps):
-    ``main`` (keys, audit log, small limits), ``drain`` (long batch wait, for SIGTERM) and ``nan``
-    (weights that are all NaN)."""
+    ``main`` (keys, audit log, small limits), ``drain`` (long batch wait, for SIGTERM), ``nan``
+    (weights that are all NaN) and ``fds`` (256 file descriptors, a 2 s head timeout)."""
     state = torch.load(files / "ckpt.pth", weights_only=True)
     torch.save({k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()},
                files / "nan.pth")
@@ -158,6 +159,8 @@ def fleet(files, threshold, tmp_path_factory):
         servers["nan"] = Served(["--checkpoint", str(files / "nan.pth"), "--encoder", str(files / "encoder"),
                                  "--concepts", str(files / "blacklist.yaml"), "--threshold", "0", "--device", "cpu"],
                                 home)
+        servers["fds"] = Served([*guard_args(files, files / "encoder", threshold), "--api-key-file",
+                                 str(files / "api.key"), "--header-timeout-s", "2"], home, preexec_fn=_few_fds)
         yield servers
     finally:
         for served in servers.values():
@@ -486,6 +489,41 @@ def test_sigterm_answers_every_queued_request_then_exits_0(fleet, expected):
             same_verdict(result, expected[prompt], moderation=True)
     assert served.proc.wait(timeout=60) == 0
     assert "Application shutdown complete" in served.proc.stderr.read()
+
+
+FEW_FDS = 256
+
+
+def _few_fds() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (FEW_FDS, FEW_FDS))
+
+
+def test_idle_connections_past_the_descriptor_limit_never_lock_a_keyed_client_out(fleet):
+    served = fleet["fds"]
+    served.wait_ready()
+    idle = []
+    try:
+        for _ in range(FEW_FDS + 60):  # more sockets than the server has descriptors, none sending a byte
+            idle.append(socket.create_connection(("127.0.0.1", served.port), timeout=10))
+        slow = socket.create_connection(("127.0.0.1", served.port), timeout=10)
+        idle.append(slow)
+        slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # a head that never ends
+        started = time.monotonic()
+        r = httpx.post(served.url + "/v1/check", json={"prompts": "a cat"}, headers=auth(), timeout=15)
+        assert r.status_code == 200 and r.json()["verdicts"][0]["prompt"] == "a cat"
+        assert time.monotonic() - started < 5  # room was made at once, not when the head timeout freed some
+        for sock in idle:  # each one is closed by the server: evicted for room, or its head timed out
+            try:
+                slow.sendall(b"X-Slow: 1\r\n") if sock is slow else None
+                assert sock.recv(1024) == b""
+            except ConnectionResetError:
+                pass
+        assert httpx.get(served.url + "/healthz", timeout=5).status_code == 200
+    finally:
+        for sock in idle:
+            sock.close()
 
 
 def test_weights_that_cannot_judge_never_serve(fleet):

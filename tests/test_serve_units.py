@@ -227,7 +227,9 @@ def test_a_request_costs_the_texts_the_guard_will_encode(tiny_encoder, tmp_path)
         tmp_path / "ckpt.pth", encoder or tiny_encoder, ["knife"], threshold=0.0, cache_concepts=False))
     server.load()
     prompts = ["a cat", "a cat. A knife! And blood", "ａ ｋｎｉｆｅ"]
-    assert server.texts_to_encode(prompts) == [(1, 1), (3, len(forms(prompts[1]))), (1, 2)]
+    split = server.split(prompts)
+    assert [(n, len(f)) for f, n in split.forms] == [(1, 1), (3, len(forms(prompts[1]))), (1, 2)]
+    assert split.cost == 1 + len(forms(prompts[1])) + 2 and split.forms[1][0] == forms(prompts[1])
     server.model_thread.shutdown()
 
 
@@ -275,5 +277,133 @@ def test_sentences_that_exist_only_after_normalisation_count_against_the_limit(t
         tmp_path / "ckpt.pth", encoder or tiny_encoder, ["knife"], threshold=0.0, cache_concepts=False))
     server.load()
     greek = "".join(f"word{i}\u037e " for i in range(40))  # U+037E GREEK QUESTION MARK: NFKC makes it ';'
-    assert server.texts_to_encode([greek])[0][0] == 40
+    assert server.split([greek]).forms[0][1] == 40
     server.model_thread.shutdown()
+
+
+def test_the_config_and_the_server_apply_the_same_rules_to_the_serve_section(tmp_path):
+    from latentguard.config import ServeConfig, load_config
+
+    assert ServeSettings() == ServeSettings.from_config(ServeConfig())  # the defaults are the config's, said once
+    for key, value, needle in [("port", 70000, "0..65535"), ("max_wait_ms", 20000, "[0, 10000]"),
+                               ("body_timeout_s", 0, "(0, 3600]")]:
+        with pytest.raises(LatentGuardError, match=f"'serve.{key}' must be") as from_config:
+            load_config(overrides={f"serve.{key}": value})
+        with pytest.raises(LatentGuardError, match=f"'serve.{key}' must be") as in_code:
+            ServeSettings(**{key: value})
+        assert needle in str(from_config.value) and needle in str(in_code.value)
+    config = tmp_path / "serve.yaml"
+    config.write_text("serve:\n  max_inputs: 10\n  queue_size: 5\n", encoding="utf-8")
+    with pytest.raises(LatentGuardError, match=r"serve.yaml: serve.queue_size \(5\) must be at least"):
+        load_config(config)
+    with pytest.raises(LatentGuardError, match="no key was read from it"):  # a key file named but never read
+        ServeSettings(host="0.0.0.0", api_key_file=str(tmp_path / "keys"))
+    assert "k-secret" not in repr(ServeSettings(api_keys=frozenset({"k-secret"})))
+
+
+# ------------------------------------------------------------------------------------ routes
+def _sample(text: str, name: str, **labels) -> float:
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    lines = [line for line in text.splitlines() if line.startswith(f"{name}{{{want}}}" if want else f"{name} ")]
+    return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
+
+
+def test_a_route_added_to_the_api_router_is_protected_listed_and_counted_under_its_own_name(app_for):
+    from latentguard.serve import routes
+
+    @routes.api.get("/v1/echo-test")
+    async def echo():
+        return {"echo": True}
+
+    try:
+        with app_for(None, api_keys=frozenset({"k-1"})) as client:
+            refused = client.get("/v1/echo-test")
+            assert refused.status_code == 401 and refused.json()["error"]["code"] == "missing_api_key"
+            assert client.get("/v1/echo-test", headers={"Authorization": "Bearer wrong"}).status_code == 401
+            assert client.get("/v1/echo-test", headers={"Authorization": "Bearer k-1"}).json() == {"echo": True}
+            assert "/v1/echo-test" in client.get("/nowhere").json()["error"]["message"]  # the 404 lists it
+            metrics = client.get("/metrics", headers={"Authorization": "Bearer k-1"}).text
+        assert _sample(metrics, "latentguard_requests_total", endpoint="/v1/echo-test", status="401") == 2
+        assert _sample(metrics, "latentguard_requests_total", endpoint="/v1/echo-test", status="200") == 1
+        assert _sample(metrics, "latentguard_errors_total", kind="unauthorized") == 2
+    finally:
+        routes.api.routes[:] = [r for r in routes.api.routes if getattr(r, "path", "") != "/v1/echo-test"]
+
+
+def test_every_error_status_is_counted_as_an_error(app_for):
+    with app_for(None) as client:  # no key, on loopback: foreign names and origins are refused
+        assert client.get("/readyz", headers={"Host": "evil.example"}).status_code == 421
+        assert client.get("/readyz", headers={"Origin": "http://evil.example"}).status_code == 403
+        assert client.get("/nowhere").status_code == 404
+        assert client.get("/v1/check").status_code == 405
+        assert client.post("/v1/check", content=b"{").status_code == 400
+        metrics = client.get("/metrics").text
+    for kind, status, endpoint in [("wrong_host", 421, "/readyz"), ("forbidden", 403, "/readyz"),
+                                   ("not_found", 404, "other"), ("bad_method", 405, "/v1/check"),
+                                   ("bad_request", 400, "/v1/check")]:
+        assert _sample(metrics, "latentguard_errors_total", kind=kind) == 1, kind
+        assert _sample(metrics, "latentguard_requests_total", endpoint=endpoint, status=str(status)) >= 1, status
+
+
+def test_a_request_is_split_into_sentences_once(app_for, monkeypatch):
+    from latentguard.data import defences
+
+    calls = []
+    real = defences.sentences
+    monkeypatch.setattr(defences, "sentences", lambda text: calls.append(text) or real(text))
+    with app_for(None) as client:
+        calls.clear()
+        prompt = "a cat on a sofa. A knife! And blood"
+        answer = client.post("/v1/check", json={"prompts": [prompt]})
+        assert answer.status_code == 200 and answer.json()["verdicts"][0]["prompt"] == prompt
+    assert calls == [prompt, defences.normalized(prompt)]  # once to cap and cost it, and that split is scored
+
+
+# --------------------------------------------------------------------------------- model name
+def test_bundles_with_other_weights_are_served_under_other_model_names(tiny_encoder, tmp_path):
+    from latentguard.guard import LatentGuard
+    from latentguard.model import EmbeddingMappingLayer
+    from latentguard.serve.state import model_name, weights_sha256
+
+    names = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        torch.save(EmbeddingMappingLayer().state_dict(), tmp_path / f"ckpt{seed}.pth")
+        guard = LatentGuard.from_pretrained(tmp_path / f"ckpt{seed}.pth", tiny_encoder, ["knife"], threshold=0.0,
+                                            cache_concepts=False)
+        folder = guard.save_pretrained(tmp_path / f"bundle{seed}")
+        bundled = LatentGuard.from_pretrained(folder, encoder=tiny_encoder, cache_concepts=False)
+        assert bundled.checkpoint is None and "weights" not in model_name(bundled)
+        assert weights_sha256(bundled) == json.loads((folder / "config.json").read_text())["weights"]["sha256"]
+        in_memory = LatentGuard(bundled.model, tiny_encoder, ["knife"], threshold=0.0, cache_concepts=False)
+        assert model_name(in_memory) != model_name(LatentGuard(
+            EmbeddingMappingLayer(), tiny_encoder, ["knife"], threshold=0.0, cache_concepts=False))
+        names.append(model_name(bundled))
+    assert names[0] != names[1]  # same encoder, other weights: another name to clients and in the audit log
+
+
+def test_a_torn_last_audit_record_is_kept_and_the_log_goes_on_after_it(tmp_path):
+    from latentguard.serve.audit import Auditor, VerdictEvent
+
+    record = '{"time": "t", "request_id": "modr-1", "endpoint": "/v1/check", "flagged": false}\n'
+    log = tmp_path / "audit.jsonl"
+    for torn in ('{"time": "2026-01-01T00:00:00', '{"time": "t", "request_id": "modr-2", "endpoint": "/v1/check"'):
+        log.write_text(record * 2 + torn, encoding="utf-8")  # disk full mid-record, then kill -9
+        auditor = Auditor(log)  # was: "exists and is not an audit log"
+        auditor([VerdictEvent(0.0, "modr-3", "/v1/check", 0, "m", 1, _verdict(False, 0.1, 0.2))])
+        auditor.close()
+        lines = log.read_text(encoding="utf-8").splitlines()
+        assert lines[:3] == [record.strip(), record.strip(), torn]  # every complete record kept, the torn one too
+        assert json.loads(lines[3])["request_id"] == "modr-3" and len(lines) == 4
+        Auditor(log).close()  # and it restarts again
+    log.write_text(torn, encoding="utf-8")  # a first record torn: still recognised
+    Auditor(log).close()
+    assert log.read_text(encoding="utf-8") == torn + "\n"
+    log.write_text(record + "not a record\n", encoding="utf-8")  # a whole last line that is no record: refused
+    with pytest.raises(LatentGuardError, match="not an audit log"):
+        Auditor(log)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\nno newline at the end", encoding="utf-8")
+    with pytest.raises(LatentGuardError, match="not an audit log"):
+        Auditor(notes)
+    assert notes.read_text(encoding="utf-8") == "my notes\nno newline at the end"

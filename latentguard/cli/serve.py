@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
                           f"(default: {S.max_in_flight})")
     net.add_argument("--body-timeout-s", type=float, default=None, metavar="S",
                      help=f"a request body not received in S seconds is answered 408 (default: {S.body_timeout_s:g})")
+    net.add_argument("--header-timeout-s", type=float, default=None, metavar="S",
+                     help="a connection that has not sent a complete request head S seconds after it opened (or "
+                          "after its last answer) is closed; open connections are also capped below the file "
+                          f"descriptor limit (default: {S.header_timeout_s:g})")
     keys = parser.add_argument_group("keys and audit")
     keys.add_argument("--api-key-file", default=None, metavar="FILE",
                       help="bearer tokens (one per line) required for /v1/*; default: none (loopback only)")
@@ -80,7 +84,7 @@ def serve_overrides(args: argparse.Namespace) -> dict:
             "serve.max_wait_ms": args.max_wait_ms, "serve.max_inputs": args.max_inputs,
             "serve.max_chars": args.max_chars, "serve.max_sentences": args.max_sentences,
             "serve.queue_size": args.queue_size, "serve.max_in_flight": args.max_in_flight,
-            "serve.body_timeout_s": args.body_timeout_s,
+            "serve.body_timeout_s": args.body_timeout_s, "serve.header_timeout_s": args.header_timeout_s,
             "serve.api_key_file": args.api_key_file, "serve.admin_key_file": args.admin_key_file,
             "serve.insecure": args.insecure, "serve.audit_log": args.audit_log,
             "serve.audit_prompts": args.audit_prompts}

@@ -33,20 +33,30 @@ _MIN_SENTENCE_CHARS = 3  # "ok." or a stray "." are not worth an encoder pass
 def forms(text: str, *, normalize: bool = True, split_sentences: bool = True) -> list[str]:
     """The distinct texts to score for ``text``: itself first, then its normalised form and its sentences
     (each normalised too), in a stable order."""
-    out = [text]
+    return expand(text, normalize=normalize, split_sentences=split_sentences)[0]
+
+
+def expand(text: str, *, normalize: bool = True, split_sentences: bool = True) -> tuple[list[str], int]:
+    """:func:`forms` of ``text`` and how many sentences it holds (the larger count of the text and of its
+    normalised form: a stop may exist only after NFKC), from one split, so a caller that caps sentences
+    (the server) and the scoring read the same split."""
+    out, count = [text], 1
+    norm = normalized(text) if normalize else text
     if normalize:
-        out.append(normalized(text))
+        out.append(norm)
     if split_sentences:
         pieces = sentences(text)
+        count = len(pieces)
         if len(pieces) > 1:
             out.extend(pieces)
             if normalize:
                 out.extend(normalized(p) for p in pieces)
         if normalize:  # a stop that is one only after NFKC (fullwidth ．, ｡) splits the normalised form
-            pieces = sentences(normalized(text))
+            pieces = sentences(norm)
+            count = max(count, len(pieces))
             if len(pieces) > 1:
                 out.extend(pieces)
-    return list(dict.fromkeys([text] + [t for t in out[1:] if t.strip()]))
+    return list(dict.fromkeys([text] + [t for t in out[1:] if t.strip()])), max(count, 1)
 
 
 def sentences(text: str) -> list[str]:

@@ -15,10 +15,12 @@ overlapping windows (:meth:`TextEncoder.encode_windows`), an option that is off 
 """
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import torch
 
+from ..constants import ENCODER_FAMILIES
 from ..errors import LatentGuardError
 from .base import (
     CONTEXT_LENGTH,
@@ -31,7 +33,7 @@ from .base import (
     weights_fingerprint,
     window_starts,
 )
-from .clip import _CLIP_MODEL_TYPES, CLIPTextEncoder
+from .clip import CLIPTextEncoder
 from .hf import HFTextEncoder, _model_type
 from .identity import identity_parts, same_embeddings
 from .openclip import OPENCLIP_DEFAULT_WEIGHTS, OPENCLIP_PREFIX, OpenCLIPTextEncoder, parse_openclip_name
@@ -39,26 +41,36 @@ from .precision import resolve_device, resolve_dtype
 
 __all__ = ["CONTEXT_LENGTH", "DEFAULT_ENCODER", "DEFAULT_WINDOW_STRIDE", "EMBEDDING_ROWS", "ENCODER_TYPES",
            "LAYOUT_VERSION", "OPENCLIP_DEFAULT_WEIGHTS", "OPENCLIP_PREFIX", "CLIPTextEncoder", "HFTextEncoder",
-           "OpenCLIPTextEncoder", "TextEncoder", "detect_family", "identity_parts", "load_encoder",
+           "OpenCLIPTextEncoder", "TextEncoder", "detect_family", "family_class", "identity_parts", "load_encoder",
            "load_encoder_from_config", "parse_openclip_name", "resolve_device", "resolve_dtype", "same_embeddings",
            "weights_fingerprint", "window_starts"]
 
 
-def detect_family(name_or_path: str | Path) -> str:
-    """``'clip'``, ``'openclip'`` or ``'hf'``: from an ``openclip:`` prefix, else the model's config.
+def family_class(family: str) -> type[TextEncoder]:
+    """The class registered for ``family`` in :data:`latentguard.constants.ENCODER_FAMILIES`."""
+    if family not in ENCODER_FAMILIES:
+        raise LatentGuardError(f"unknown encoder type '{family}' (use {', '.join(ENCODER_TYPES)})")
+    module, _, name = ENCODER_FAMILIES[family].partition(":")
+    return getattr(importlib.import_module(module if "." in module else f"{__name__}.{module}"), name)
 
-    ``model_type`` ``clip``/``clip_text_model`` is CLIP; any other known type is a Hugging Face
-    encoder; a name whose config cannot be read is treated as CLIP (whose loader then explains).
-    """
+
+def _prefixed(name: str) -> str | None:
+    """The family whose name prefix ``name`` carries (``openclip:...``), if any."""
+    return next((f for f in ENCODER_FAMILIES if (p := family_class(f).prefix) and name.startswith(p)), None)
+
+
+def detect_family(name_or_path: str | Path) -> str:
+    """The family of a model name: the one whose prefix it carries (``openclip:``), else the first registered
+    family that claims its ``config.json``'s ``model_type`` (CLIP's types and unreadable configs are CLIP,
+    whose loader then explains; any other Hugging Face model is ``hf``)."""
     name = str(name_or_path)
-    if name.startswith(OPENCLIP_PREFIX):
-        return "openclip"
+    prefixed = _prefixed(name)
+    if prefixed is not None:
+        return prefixed
     if name == DEFAULT_ENCODER:
         return "clip"
     model_type = _model_type(name)
-    if model_type is None or model_type in _CLIP_MODEL_TYPES:
-        return "clip"
-    return "hf"
+    return next((f for f in ENCODER_FAMILIES if family_class(f).claims(model_type)), next(iter(ENCODER_FAMILIES)))
 
 
 def _looks_like_path(name: str) -> bool:
@@ -70,7 +82,7 @@ def _looks_like_path(name: str) -> bool:
 def load_encoder(name_or_path: str | Path = DEFAULT_ENCODER, encoder_type: str = "auto",
                  device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
                  attention_mask: bool = False, *, max_length: int = CONTEXT_LENGTH) -> TextEncoder:
-    """Open a text encoder by name; ``encoder_type`` (auto|clip|openclip|hf) forces the family.
+    """Open a text encoder by name; ``encoder_type`` (auto or a registered family) forces the family.
 
     Names: a hub name or local directory (the family comes from its ``config.json``), or
     ``openclip:MODEL[@TAG|@/path/weights.bin|@random]``. ``attention_mask`` is the CLIP option
@@ -80,29 +92,21 @@ def load_encoder(name_or_path: str | Path = DEFAULT_ENCODER, encoder_type: str =
     if encoder_type not in ENCODER_TYPES:
         raise LatentGuardError(f"unknown encoder type '{encoder_type}' (use {', '.join(ENCODER_TYPES)})")
     name = str(name_or_path)
-    if (encoder_type != "openclip" and not name.startswith(OPENCLIP_PREFIX) and _looks_like_path(name)
-            and not Path(name).expanduser().exists()):
+    prefixed = _prefixed(name)
+    named_by_prefix = prefixed is not None or (encoder_type != "auto" and family_class(encoder_type).prefix)
+    if not named_by_prefix and _looks_like_path(name) and not Path(name).expanduser().exists():
         raise LatentGuardError(f"cannot load text encoder '{name}': no such directory; pass --encoder with an "
                                "existing directory saved with save_pretrained() or a hub name such as "
                                f"{DEFAULT_ENCODER}")
-    if not name.startswith(OPENCLIP_PREFIX) and Path(name).expanduser().is_dir():
+    if prefixed is None and Path(name).expanduser().is_dir():
         # One store per model directory, however the path is spelled (./m, m, /abs/m).
         name = str(Path(name).expanduser().resolve())
     family = detect_family(name) if encoder_type == "auto" else encoder_type
-    if name.startswith(OPENCLIP_PREFIX) and family != "openclip":
-        raise LatentGuardError(f"'{name}' names an OpenCLIP model but the encoder type is '{encoder_type}' "
-                               f"(use --encoder-type auto or openclip)")
-    if family == "openclip":
-        if attention_mask:
-            raise LatentGuardError("encoder.attention_mask applies to CLIP encoders only (OpenCLIP towers are causal)")
-        return OpenCLIPTextEncoder(name, device=device, dtype=dtype)
-    if family == "hf":
-        return HFTextEncoder(name, device=device, dtype=dtype, max_length=max_length)
-    model_type = _model_type(name) if encoder_type == "clip" else None
-    if model_type is not None and model_type not in _CLIP_MODEL_TYPES:  # CLIPTextModel would fail deep inside
-        raise LatentGuardError(f"--encoder-type clip, but '{name}' is a {model_type} model, not CLIP; use "
-                               "--encoder-type hf (or auto)")
-    return CLIPTextEncoder(name, device=device, dtype=dtype, attention_mask=attention_mask)
+    if prefixed is not None and family != prefixed:
+        raise LatentGuardError(f"'{name}' names a '{prefixed}' encoder but the encoder type is '{encoder_type}' "
+                               f"(use --encoder-type auto or {prefixed})")
+    return family_class(family).open(name, device=device, dtype=dtype, attention_mask=attention_mask,
+                                     max_length=max_length, forced=encoder_type != "auto")
 
 
 def load_encoder_from_config(cfg: "Config", device: str | torch.device | None = None) -> TextEncoder:  # noqa: F821

@@ -61,11 +61,33 @@ class TextEncoder:
     """
 
     family = "base"
+    prefix: str | None = None  # a name starting with it is this family's whatever its files say ("openclip:")
+    reads = "English text"     # what the model card says the encoder reads
+    records_max_length = False  # a bundle records the context length (an option of the family's loader)
     context_length = CONTEXT_LENGTH
     name: str
     hidden_size: int
     device: torch.device
     dtype: torch.dtype
+
+    # ------------------------------------------------------------------- family registration
+    @classmethod
+    def claims(cls, model_type: str | None) -> bool:
+        """Whether a Hugging Face model of ``model_type`` (``None``: no readable config) is this family's;
+        :func:`latentguard.encoders.detect_family` asks the registered families in order."""
+        return False
+
+    @classmethod
+    def open(cls, name: str, *, device, dtype, attention_mask: bool, max_length: int,
+             forced: bool) -> "TextEncoder":
+        """The encoder ``name`` with :func:`latentguard.encoders.load_encoder`'s options (``forced``: the
+        family was named by the user, not detected); a family refuses options it does not have."""
+        raise NotImplementedError
+
+    @classmethod
+    def loadable_name(cls, name: str) -> str:
+        """``name`` as :func:`~latentguard.encoders.load_encoder` reads it back (with the family's prefix)."""
+        return name if not cls.prefix or name.startswith(cls.prefix) else cls.prefix + name
 
     # ------------------------------------------------------------------------- family hooks
     def _token_ids(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:

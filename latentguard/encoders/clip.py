@@ -8,7 +8,7 @@ import torch
 
 from ..errors import LatentGuardError
 from .base import CONTEXT_LENGTH, DEFAULT_ENCODER, TextEncoder, weights_fingerprint
-from .hf import _HFTokenizerMixin, _load_hf
+from .hf import _HFTokenizerMixin, _load_hf, _model_type
 from .precision import resolve_device, resolve_dtype
 
 _CLIP_MODEL_TYPES = ("clip", "clip_text_model")
@@ -28,6 +28,20 @@ class CLIPTextEncoder(_HFTokenizerMixin, TextEncoder):
     """
 
     family = "clip"
+    reads = "English CLIP text"
+
+    @classmethod
+    def claims(cls, model_type: str | None) -> bool:
+        return model_type is None or model_type in _CLIP_MODEL_TYPES  # unreadable: CLIP, whose loader explains
+
+    @classmethod
+    def open(cls, name: str, *, device, dtype, attention_mask: bool, max_length: int,
+             forced: bool) -> "CLIPTextEncoder":
+        model_type = _model_type(name) if forced else None
+        if model_type is not None and model_type not in _CLIP_MODEL_TYPES:  # CLIPTextModel would fail deep inside
+            raise LatentGuardError(f"--encoder-type clip, but '{name}' is a {model_type} model, not CLIP; use "
+                                   "--encoder-type hf (or auto)")
+        return cls(name, device=device, dtype=dtype, attention_mask=attention_mask)
 
     def __init__(self, model: str | Path | torch.nn.Module = DEFAULT_ENCODER, device: str | torch.device | None = None,
                  dtype: str | torch.dtype | None = None, *, tokenizer=None, name: str | None = None,

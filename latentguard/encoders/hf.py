@@ -41,6 +41,16 @@ class HFTextEncoder(_HFTokenizerMixin, TextEncoder):
     """
 
     family = "hf"
+    records_max_length = True
+
+    @classmethod
+    def claims(cls, model_type: str | None) -> bool:
+        return model_type is not None  # any model the families registered before it do not claim
+
+    @classmethod
+    def open(cls, name: str, *, device, dtype, attention_mask: bool, max_length: int,
+             forced: bool) -> "HFTextEncoder":
+        return cls(name, device=device, dtype=dtype, max_length=max_length)  # it always gets its mask
 
     def __init__(self, model: str | Path | torch.nn.Module, device: str | torch.device | None = None,
                  dtype: str | torch.dtype | None = None, *, tokenizer=None, name: str | None = None,

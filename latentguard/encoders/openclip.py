@@ -98,6 +98,15 @@ class OpenCLIPTextEncoder(TextEncoder):
     """
 
     family = "openclip"
+    prefix = OPENCLIP_PREFIX
+    reads = "English CLIP text"
+
+    @classmethod
+    def open(cls, name: str, *, device, dtype, attention_mask: bool, max_length: int,
+             forced: bool) -> "OpenCLIPTextEncoder":
+        if attention_mask:
+            raise LatentGuardError("encoder.attention_mask applies to CLIP encoders only (OpenCLIP towers are causal)")
+        return cls(name, device=device, dtype=dtype)
 
     def __init__(self, model: str | torch.nn.Module = "ViT-H-14", pretrained: str | None = None,
                  device: str | torch.device | None = None, dtype: str | torch.dtype | None = None, *,

@@ -310,9 +310,10 @@ class LatentGuard(HubMixin):
         """Each prompt's score ``[P]``: its maximum logit over the blacklist (as the released ``inference.py``)."""
         return self.logits(prompts).max(axis=1, initial=-np.inf)
 
-    def check(self, prompts: str | Sequence[str], explain: bool = True) -> list[Verdict]:
-        """Judge prompts; with ``explain`` each verdict lists the words that drove its concept's match."""
-        return self._check(prompt_list(prompts), explain, None)
+    def check(self, prompts: str | Sequence[str], explain: bool = True, *, forms=None) -> list[Verdict]:
+        """Judge prompts; with ``explain`` each verdict lists the words that drove its concept's match. ``forms``:
+        :func:`~latentguard.guard.forms.forms_of` the prompts, when the caller split them first (the server)."""
+        return self._check(prompt_list(prompts), explain, None, forms)
 
     def sanitize(self, prompts: str | Sequence[str], **options) -> list[Sanitized]:
         """Unsafe prompts edited until they pass, guided by the evidence (:mod:`latentguard.guard.sanitize`)."""
@@ -333,7 +334,8 @@ class LatentGuard(HubMixin):
                                    f"(hidden {self.encoder.hidden_size}): got {shape} for {len(prompts)} prompts")
         return self._check(prompts, explain, embeddings)
 
-    def _check(self, prompts: list[str], explain: bool, embeddings: torch.Tensor | None) -> list[Verdict]:
+    def _check(self, prompts: list[str], explain: bool, embeddings: torch.Tensor | None,
+               split: Sequence[Sequence[str] | None] | None = None) -> list[Verdict]:
         verdicts: list[Verdict] = []
         thresholds = self.thresholds()
         for start in range(0, len(prompts), self.batch_size):
@@ -346,7 +348,8 @@ class LatentGuard(HubMixin):
                 if edited:
                     emb = emb.clone()
                     emb[edited] = self.encoder.encode([texts[i] for i in edited], batch_size=len(edited)).to(emb)
-            logits, evidence_for = score_forms(self, texts, emb)  # the prompt, normalised, sentence by sentence
+            logits, evidence_for = score_forms(  # the prompt, normalised, sentence by sentence
+                self, texts, emb, None if split is None else split[start : start + len(batch)])
             check_logit_rows(logits, len(batch))  # fail closed: a missing row never reads as SAFE
             unsafe, index = decide(logits, thresholds)  # once per prompt; evidence and verdict share it
             evidence = evidence_for(index) if explain else None

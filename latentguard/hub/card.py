@@ -87,12 +87,15 @@ def model_card(config: Mapping[str, Any], *, license: str | None = None, results
     released = config["weights"]["source_sha256"] == RELEASED_CHECKPOINT_SHA256
     license = license or ("bsd-3-clause" if released else None)
     options = encoder["options"]
-    hub_name = "/" in encoder["name"] and not encoder["name"].startswith(("/", ".", "~", "openclip:"))
+    from ..encoders import family_class  # what the registered family reads, and whether its names are its own
+
+    family = family_class(encoder["family"])
+    hub_name = "/" in encoder["name"] and not encoder["name"].startswith(("/", ".", "~")) and not family.prefix
     front = ["---", "library_name: latentguard", "tags:", "- latent-guard", "- safety", "- text-to-image",
              "- prompt-filter"] + ([f"license: {license}"] if license else []) + \
             ([f"base_model: {encoder['name']}"] if hub_name else []) + ["---", ""]
     where = repo_id or "PATH_OR_REPO_ID"
-    text_kind = "English CLIP text" if encoder["family"] in ("clip", "openclip") else "English text"
+    text_kind = family.reads
     vectors = "yes (used when the loaded encoder's identity matches)" if config["concept_vectors"] else "no"
     revision = f", revision {encoder['revision']}" if encoder["revision"] else ""
     slope = _fmt(config["slope"]) if config["slope"] is not None else "not fitted (the default is used)"

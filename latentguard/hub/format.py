@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from ..constants import ENCODER_DTYPES
+from ..constants import ENCODER_DTYPES, ENCODER_FAMILIES
 from ..errors import LatentGuardError
 from ..io import strict_json
 
@@ -25,7 +25,7 @@ CONCEPTS = "concepts.yaml"
 CARD = "README.md"
 VECTORS = "concept_vectors.safetensors"
 BUNDLE_FILES = (CONFIG, WEIGHTS, CONCEPTS, CARD, VECTORS)
-FAMILIES = ("clip", "openclip", "hf")
+FAMILIES = tuple(ENCODER_FAMILIES)  # the registered encoder families (latentguard.constants)
 
 Check = Callable[[Any], "str | None"]  # None when fine, else what the value must be
 

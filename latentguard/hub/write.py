@@ -78,15 +78,13 @@ def encoder_section(name: str, family: str, identity: str, *, revision: str | No
 
 def encoder_of(encoder, *, long_prompts: bool = False, window_stride: int | None = None) -> dict[str, Any]:
     """The ``encoder`` section of a loaded :class:`~latentguard.encoders.TextEncoder`."""
-    family, name = encoder.family, str(encoder.name)
-    if family == "openclip" and not name.startswith("openclip:"):
-        name = f"openclip:{name}"  # the name load_encoder reads
+    family, name = encoder.family, encoder.loadable_name(str(encoder.name))  # the name load_encoder reads
     config = getattr(getattr(encoder, "model", None), "config", None)
     revision = getattr(config, "_commit_hash", None)
     return encoder_section(name, family, encoder.identity, revision=revision if isinstance(revision, str) else None,
                            dtype=str(encoder.dtype).replace("torch.", ""),
                            attention_mask=bool(getattr(encoder, "attention_mask", False)),
-                           max_length=encoder.context_length if family == "hf" else None,
+                           max_length=encoder.context_length if encoder.records_max_length else None,
                            long_prompts=long_prompts, window_stride=window_stride)
 
 
@@ -174,11 +172,12 @@ def checkpoint_bundle(checkpoint: str | Path, *, identity: str, concepts: Sequen
                       overwrite: bool = False) -> Path:
     """A bundle of a released-format checkpoint whose encoder is known by its identity alone (training:
     the store's), with its calibration record; written to :func:`bundle_path` unless ``target`` is given."""
+    from ..encoders import family_class
     from ..encoders.identity import identity_parts
     from ..model.checkpoint import load_state_dict_file
 
     parts = identity_parts(identity)
-    name = f"openclip:{parts['name']}" if parts["family"] == "openclip" else parts["name"]
+    name = family_class(parts["family"]).loadable_name(parts["name"]) if parts["family"] in FAMILIES else parts["name"]
     lengths = [int(o[3:]) for o in parts["options"].split(":") if o.startswith("len") and o[3:].isdigit()]
     encoder = encoder_section(name, parts["family"], identity, dtype=parts["precision"], attention_mask=attention_mask,
                               max_length=lengths[0] if lengths else None, long_prompts=long_prompts,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from ..errors import LatentGuardError
+
+log = logging.getLogger("latentguard.serve")
 
 if TYPE_CHECKING:  # the guard (and torch) load with the server, not with this module
     from ..guard.verdict import Verdict
@@ -51,30 +54,51 @@ class VerdictEvent:
 
 
 AUDIT_KEYS = ("time", "request_id", "endpoint", "flagged")
+TAIL_BYTES = 1 << 20  # read back from the end: the last complete record and a torn one (a prompt is 40 kB at most)
 
 
-def check_appendable(path: Path) -> None:
+def _is_record(line: bytes) -> bool:
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return False
+    return isinstance(record, dict) and all(k in record for k in AUDIT_KEYS)
+
+
+def check_appendable(path: Path) -> int:
     """Refuse to append to an existing file that is not an audit log (a blacklist, a key file, the weights
-    given by mistake): the audit trail only ever extends its own lines."""
+    given by mistake): the audit trail only ever extends its own lines.
+
+    Returns the length of a torn last record (a write cut short: disk full, then a kill), 0 when there is
+    none. A torn record is recognised when the file does not end its last line and the complete line before
+    it is an audit record (or it is the file's only line and begins as records do); it is kept as it is."""
     try:
         size = path.stat().st_size
     except FileNotFoundError:
-        return
+        return 0
     except OSError as exc:
         raise LatentGuardError(f"cannot read --audit-log {path} ({exc.strerror or exc})") from None
     if size == 0:
-        return
+        return 0
     with open(path, "rb") as handle:
-        handle.seek(max(0, size - 65536))
-        tail = handle.read().rstrip(b"\n").rsplit(b"\n", 1)[-1]
-    try:
-        record = json.loads(tail.decode("utf-8"))
-        ok = isinstance(record, dict) and all(k in record for k in AUDIT_KEYS)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        ok = False
-    if not ok:
+        handle.seek(max(0, size - TAIL_BYTES))
+        tail = handle.read()
+    lines = tail.split(b"\n")
+    if tail.endswith(b"\n"):
+        last = tail.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+        if _is_record(last):
+            return 0
         raise LatentGuardError(f"--audit-log {path} exists and is not an audit log (its last line is no audit "
                                "record); it is not appended to: give a new file name")
+    torn, before = lines[-1], [line for line in lines[:-1] if line.strip()]
+    if _is_record(torn):  # a whole record whose newline was lost
+        return len(torn)
+    whole = before[-1] if before else None
+    if (whole is not None and _is_record(whole)) or (whole is None and size < TAIL_BYTES
+                                                       and torn.startswith(b'{"time": "')):
+        return len(torn)
+    raise LatentGuardError(f"--audit-log {path} exists and is not an audit log (its last line is no audit record, "
+                           "and no audit record comes before it); it is not appended to: give a new file name")
 
 
 class Auditor:
@@ -90,11 +114,18 @@ class Auditor:
         if self.path is not None:
             if self.path.is_dir():
                 raise LatentGuardError(f"--audit-log {self.path} is a directory; give a .jsonl file name")
-            check_appendable(self.path)
+            torn = check_appendable(self.path)
             try:
                 self._handle = open(self.path, "a", encoding="utf-8")  # appended: earlier lines are kept
+                if torn:  # the cut record stays; the next one starts on its own line
+                    self._handle.write("\n")
+                    self._handle.flush()
             except OSError as exc:
                 raise LatentGuardError(f"cannot open --audit-log {self.path} ({exc.strerror or exc})") from None
+            if torn:
+                log.warning("--audit-log %s: its last line is a torn record (%d bytes: a write cut short, e.g. disk "
+                            "full then a kill); it is kept as it was, and new records start on the next line",
+                            self.path, torn)
 
     @property
     def active(self) -> bool:

@@ -36,6 +36,8 @@ class Job:
     explain: bool = False
     request_id: str = ""
     endpoint: str = ""
+    forms: list | None = None  # each prompt's forms as the guard of ``generation`` split them (None: split later)
+    generation: int = 0
     arrived: float = 0.0
     future: asyncio.Future | None = field(default=None, repr=False)
 

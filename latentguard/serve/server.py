@@ -25,6 +25,19 @@ from .state import GuardFactory, GuardState, build_state
 log = logging.getLogger("latentguard.serve")
 
 
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """A request's prompts as one serving state's guard splits them: per prompt ``(forms, sentences)``."""
+
+    generation: int
+    forms: list[tuple[list[str], int]]
+
+    @property
+    def cost(self) -> int:
+        """Texts the encoder reads for the request (the request's share of a batch and of the queue)."""
+        return sum(len(f) for f, _ in self.forms)
+
+
 class GuardServer:
     """A guard served to concurrent requests: ``load()``, then ``start()`` on the event loop, ``submit`` jobs."""
 
@@ -71,24 +84,20 @@ class GuardServer:
         self.auditor.close()
 
     def submit(self, prompts: list[str], *, explain: bool, request_id: str, endpoint: str,
-               cost: int = 0) -> asyncio.Future:
-        """Queue one request's prompts; the future gives ``(state, verdicts)`` (raises QueueFull / Closed)."""
-        return self.batcher.submit(Job(prompts, cost, explain, request_id, endpoint))
+               cost: int = 0, split: "Split | None" = None) -> asyncio.Future:
+        """Queue one request's prompts; the future gives ``(state, verdicts)`` (raises QueueFull / Closed).
+        ``split``: the prompts' forms from :meth:`split`, scored as they are (each text is split once)."""
+        forms, generation = ([f for f, _ in split.forms], split.generation) if split is not None else (None, 0)
+        return self.batcher.submit(Job(prompts, cost, explain, request_id, endpoint, forms, generation))
 
-    def texts_to_encode(self, prompts: list[str]) -> list[tuple[int, int]]:
-        """Per prompt, ``(sentences, forms)``: how many sentences the defences split it into, and how many
-        texts the encoder reads for it (as the guard will score it; plain Python, off the model thread)."""
-        from ..data.defences import forms, normalized, sentences
+    def split(self, prompts: list[str]) -> "Split":
+        """The texts the encoder will read for ``prompts`` (each prompt's forms under the serving guard's
+        defences) and each prompt's sentence count: plain Python, off the model thread, done once per
+        request; the batch scores these same forms."""
+        from ..guard.forms import forms_of
 
-        guard = self.state.guard
-        normalize, split = guard.normalize_text, guard.split_sentences
-        if not (normalize or split):
-            return [(1, 1) for _ in prompts]
-
-        def count(p: str) -> int:  # as forms() splits: the text, and its normalised form (U+037E is a ';')
-            return max(len(sentences(p)), len(sentences(normalized(p))) if normalize else 0) if split else 1
-
-        return [(count(p), len(forms(p, normalize=normalize, split_sentences=split))) for p in prompts]
+        state = self.state
+        return Split(state.generation, forms_of(state.guard, prompts))
 
     # -------------------------------------------------------------------------------- scoring
     def _score(self, jobs: list[Job]) -> list[tuple[GuardState, list]]:
@@ -98,7 +107,9 @@ class GuardServer:
             raise LatentGuardError("no guard is loaded")
         prompts = [p for job in jobs for p in job.prompts]
         started = time.perf_counter()
-        verdicts = state.guard.check(prompts, explain=any(job.explain for job in jobs))
+        forms = [f for job in jobs for f in (job.forms if job.forms is not None and job.generation == state.generation
+                                             else [None] * len(job.prompts))]  # split by another state: again
+        verdicts = state.guard.check(prompts, explain=any(job.explain for job in jobs), forms=forms)
         if len(verdicts) != len(prompts):
             raise LatentGuardError(f"the guard gave {len(verdicts)} verdicts for {len(prompts)} prompts")
         out, start, events, now = [], 0, [], time.time()

@@ -3,6 +3,7 @@ the server says about it. A reload builds a new state beside the serving one and
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
@@ -48,17 +49,33 @@ class GuardState:
 
 
 def model_name(guard: "LatentGuard") -> str:
-    """``latentguard-<weights>-<encoder>``: the first 8 hex digits of the checkpoint's SHA-256 and of the
-    encoder's weight fingerprint, so two servers with the same name judge with the same model."""
-    import hashlib
-
-    from ..io import sha256_of
-
-    weights = sha256_of(guard.checkpoint)[:8] if guard.checkpoint else "weights"
+    """``latentguard-<weights>-<encoder>``: the first 8 hex digits of the weights' SHA-256 and of the encoder's
+    weight fingerprint, so two servers with the same name judge with the same model, and two bundles with
+    other weights never share a name (to clients and in the audit log)."""
     identity = str(getattr(guard.encoder, "identity", "encoder"))
     parts = identity.split(":")
     encoder = parts[3][:8] if len(parts) > 3 else hashlib.sha256(identity.encode()).hexdigest()[:8]
-    return f"latentguard-{weights}-{encoder}"
+    return f"latentguard-{weights_sha256(guard)[:8]}-{encoder}"
+
+
+def weights_sha256(guard: "LatentGuard") -> str:
+    """The SHA-256 of the guard's weights: its checkpoint file's, its bundle's (``config.json`` records it and
+    loading checked it against ``model.safetensors``), else one over its mapping layer's tensors (a guard
+    built in code)."""
+    if guard.checkpoint:
+        from ..io import sha256_of
+
+        return sha256_of(guard.checkpoint)
+    bundle = getattr(guard, "bundle", None)
+    if bundle is not None:
+        return bundle.weights_sha256
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(guard.model.state_dict().items()):
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def build_state(factory: GuardFactory, generation: int, encoder: Any = None) -> GuardState:

@@ -1,0 +1,97 @@
+"""Connections that send nothing must not lock clients out.
+
+uvicorn closes a keep-alive connection left idle after a response, but never one that has not yet
+sent a request head, and it accepts connections until the process runs out of file descriptors
+(``EMFILE``): a few hundred sockets that send nothing then lock every client out, keyed or not.
+The HTTP protocol uvicorn runs is therefore wrapped here, at the connection level:
+
+* **head timeout**: a connection that has not sent a complete request head ``header_timeout_s``
+  after it opened (or after its last response) is closed, so half-sent heads (slowloris) too;
+* **connection cap**: at most ``max_connections`` open at once, below the descriptor limit
+  (``RLIMIT_NOFILE``) with room for the process's own files; a connection past the cap closes the
+  oldest one that has no request in flight (one that never sent a head first), so a client that
+  sends its request gets in however many idle sockets are open. When every connection has a
+  request in flight, the new one is closed instead (``--max-in-flight`` bounds those).
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+RESERVED_FDS = 64  # descriptors kept for the process itself (model files, logs, the audit log, the loop)
+
+
+def connection_cap(soft_limit: int | None = None) -> int:
+    """The most connections to hold open: the descriptor limit less a reserve (a quarter, at least 64)."""
+    if soft_limit is None:
+        try:
+            import resource
+
+            soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            if soft_limit == resource.RLIM_INFINITY:
+                soft_limit = 65536
+        except ImportError:  # no POSIX limits (Windows): a conservative default
+            soft_limit = 1024
+    return max(8, soft_limit - max(RESERVED_FDS, soft_limit // 4))
+
+
+def guarded_protocol(base: type, *, header_timeout_s: float, max_connections: int) -> type:
+    """A subclass of uvicorn's HTTP protocol ``base`` (h11 or httptools) with the head timeout and the cap."""
+    opened: dict[Any, None] = {}  # this server's connections, oldest first
+
+    class Guarded(base):  # type: ignore[misc, valid-type]
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._head_timer = None
+            if len(opened) >= max_connections and not _evict_one(opened):
+                transport.close()  # every connection has a request in flight: this one waits its turn
+                return
+            opened[self] = None
+            self._arm()
+
+        def connection_lost(self, exc) -> None:
+            opened.pop(self, None)
+            self._disarm()
+            super().connection_lost(exc)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()  # the next request's head is timed too (uvicorn's keep-alive timer stops at its first byte)
+
+        def _arm(self) -> None:
+            self._disarm()
+            if self.transport.is_closing():
+                return
+            armed = getattr(self, "cycle", None)
+            self._head_timer = asyncio.get_running_loop().call_later(header_timeout_s, self._head_timeout, armed)
+
+        def _disarm(self) -> None:
+            timer, self._head_timer = getattr(self, "_head_timer", None), None
+            if timer is not None:
+                timer.cancel()
+
+        def _head_timeout(self, armed) -> None:
+            self._head_timer = None
+            if getattr(self, "cycle", None) is armed and _idle(self):  # no new request head since it was armed
+                self.transport.close()
+
+    Guarded.__name__ = Guarded.__qualname__ = f"Guarded{base.__name__}"
+    return Guarded
+
+
+def _idle(protocol) -> bool:
+    """No request in flight: none has arrived yet, or the last one is answered."""
+    cycle = getattr(protocol, "cycle", None)
+    return cycle is None or bool(getattr(cycle, "response_complete", False))
+
+
+def _evict_one(opened: dict) -> bool:
+    """Close the oldest connection without a request in flight, preferring one that never sent a head."""
+    idle = [p for p in opened if _idle(p)]
+    never = [p for p in idle if getattr(p, "cycle", None) is None]
+    victim = (never or idle or [None])[0]
+    if victim is None:
+        return False
+    opened.pop(victim, None)
+    victim.transport.close()
+    return True

@@ -1,0 +1,250 @@
+"""The server's routes, on routers whose key check is a router dependency, so a route added to a router
+is protected as its neighbours are, by construction:
+
+=======================  =====================================================================
+``api``                  the API key (when one is set): ``POST /v1/moderations``, ``POST /v1/check``,
+                         ``GET /v1/blacklist``
+``admin``                the admin key: ``POST /admin/reload`` (SIGHUP too)
+``monitoring``           any configured key (API or admin): ``GET /metrics``
+``probes``               no key: ``GET /healthz``, ``GET /readyz`` (details only with a key)
+=======================  =====================================================================
+
+**To add an endpoint**: define it on the router whose key it needs (``@api.post("/v1/NAME")``); the
+app includes every router here, so it is protected, listed in the 404 text, and counted under its
+own path in ``/metrics``. A scoring endpoint reads its body with :func:`body_of` and judges through
+:func:`judge` (the request's limits, cost, queue and audit, and its sentences split once).
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import uuid
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
+
+from ..errors import LatentGuardError
+from .audit import AuditError
+from .batcher import Closed, QueueFull
+from .protocol import Limits, RequestError, check_result, decode_body, moderation_result, parse_check, parse_moderation
+from .server import GuardServer, log
+
+RETRY_AFTER_S = "1"
+
+
+def served(request: Request) -> GuardServer:
+    """The :class:`GuardServer` behind the app that received ``request``."""
+    return request.app.state.server
+
+
+class KeyCheck:
+    """The one key check, a dependency of every protected router: ``api`` needs an API key, ``admin`` an
+    admin key (with API keys but none for admin, reloading over HTTP is off: 403), ``any`` either kind.
+    A check whose keys are not configured lets every request through (a keyless server binds loopback
+    only, and its middleware refuses foreign names and origins)."""
+
+    MISSING = {"api": "API key", "admin": "admin key", "any": "API or admin key"}
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def keys(self, server: GuardServer) -> frozenset[str]:
+        s = server.settings
+        return {"api": s.api_keys, "admin": s.admin_keys, "any": s.api_keys | s.admin_keys}[self.kind]
+
+    async def __call__(self, request: Request) -> None:
+        server = served(request)
+        keys, what = self.keys(server), self.MISSING[self.kind]
+        if not keys:
+            if self.kind == "admin" and server.settings.api_keys:
+                raise RequestError(403, "reloading over HTTP needs --admin-key-file; send SIGHUP to the server "
+                                   "instead", code="admin_disabled")
+            return
+        token = bearer(request)
+        if not token:
+            hint = " (Prometheus: authorization.credentials_file)" if self.kind == "any" else ""
+            raise RequestError(401, f"missing API key: {request.url.path} needs 'Authorization: Bearer <{what}>'"
+                               f"{hint}", code="missing_api_key", headers={"WWW-Authenticate": "Bearer"})
+        if not matches(token, keys):
+            raise RequestError(401, f"wrong {what}", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+
+def bearer(request: Request) -> str:
+    """The token of an ``Authorization: Bearer TOKEN`` header ("" when there is none)."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def matches(token: str, keys: frozenset[str]) -> bool:
+    """Whether ``token`` is one of ``keys``, compared in constant time."""
+    return any(hmac.compare_digest(token.encode(), key.encode()) for key in keys)
+
+
+def has_key(request: Request) -> bool:
+    """Whether the request carries any configured key (API or admin): what the details are shown to."""
+    s = served(request).settings
+    token = bearer(request)
+    return bool(token) and matches(token, s.api_keys | s.admin_keys)
+
+
+api = APIRouter(dependencies=[Depends(KeyCheck("api"))])
+admin = APIRouter(dependencies=[Depends(KeyCheck("admin"))])
+monitoring = APIRouter(dependencies=[Depends(KeyCheck("any"))])
+probes = APIRouter()
+ROUTERS = (api, admin, monitoring, probes)
+
+
+# ------------------------------------------------------------------------------ judging
+def not_ready() -> RequestError:
+    return RequestError(503, "the guard is not ready", code="not_ready", headers={"Retry-After": RETRY_AFTER_S})
+
+
+async def body_of(request: Request) -> dict:
+    """The request's JSON object, read within ``--body-timeout-s`` and at most ``max_body_bytes``."""
+    settings = served(request).settings
+    declared = request.headers.get("content-length")
+    cap = settings.max_body_bytes
+    too_big = RequestError(413, f"the request body is over {cap:,} bytes (--max-inputs x --max-chars)",
+                           code="body_too_large")
+    if declared is not None and declared.isdigit() and int(declared) > cap:
+        raise too_big
+
+    async def read() -> bytes:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > cap:
+                raise too_big
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    try:
+        raw = await asyncio.wait_for(read(), settings.body_timeout_s)
+    except asyncio.TimeoutError:
+        raise RequestError(408, f"the request body did not arrive within {settings.body_timeout_s:g} s "
+                           "(--body-timeout-s)", code="body_timeout", headers={"Connection": "close"}) from None
+    except ClientDisconnect:  # the client left: nothing to answer, and not a server fault
+        raise RequestError(499, "the client closed the connection before its request arrived",
+                           code="client_closed") from None
+    return decode_body(raw)
+
+
+async def judge(request: Request, prompts: list[str], explain: bool, field: str):
+    """Judge one request's prompts: split once (the sentence cap, the request's cost, and the forms the
+    batch scores), queued, scored, audited. Returns ``(request_id, state, verdicts)``; every fault is a
+    :class:`RequestError`, never a verdict."""
+    server, endpoint = served(request), request.url.path
+    settings = server.settings
+    if not server.ready:
+        raise not_ready()
+    try:
+        split = await asyncio.get_running_loop().run_in_executor(None, server.split, prompts)
+    except LatentGuardError as exc:
+        raise RequestError(400, str(exc), param=field, code="invalid_input") from None
+    for i, (_, n) in enumerate(split.forms):
+        if n > settings.max_sentences:
+            raise RequestError(413, f"{field}[{i}] has {n:,} sentences; this server takes at most "
+                               f"{settings.max_sentences:,} per prompt (--max-sentences)", param=f"{field}[{i}]",
+                               code="too_many_sentences")
+    if split.cost > settings.queue_size:
+        raise RequestError(413, f"{field} makes {split.cost:,} texts to encode (prompts, their normalised forms and "
+                           f"sentences); this server queues at most {settings.queue_size:,} (--queue-size)",
+                           param=field, code="too_many_texts")
+    request_id = "modr-" + uuid.uuid4().hex
+    try:
+        future = server.submit(prompts, explain=explain, request_id=request_id, endpoint=endpoint, cost=split.cost,
+                               split=split)
+    except QueueFull as exc:
+        raise RequestError(503, f"overloaded: {exc}; retry later", code="queue_full",
+                           headers={"Retry-After": RETRY_AFTER_S}) from None
+    except Closed as exc:
+        raise RequestError(503, str(exc), code="not_ready", headers={"Retry-After": RETRY_AFTER_S}) from None
+    try:
+        state, verdicts = await future
+    except AuditError as exc:
+        raise RequestError(500, f"audit failed, nothing was judged: {exc}", code="audit") from None
+    except Exception as exc:  # any scoring fault: every prompt of the batch gets a 5xx, never "not flagged"
+        log.error("scoring failed for a batch (request %s): %s: %s", request_id, type(exc).__name__, exc)
+        raise RequestError(500, f"scoring failed, nothing was judged: {type(exc).__name__}: {exc}",
+                           code="scoring") from None
+    server.metrics.prompts.labels(endpoint).inc(len(prompts))
+    return request_id, state, verdicts
+
+
+def limits(request: Request) -> Limits:
+    s = served(request).settings
+    return Limits(s.max_inputs, s.max_chars)
+
+
+# ------------------------------------------------------------------------------ the API
+@api.post("/v1/moderations")
+async def moderations(request: Request):
+    inputs = parse_moderation(await body_of(request), limits(request))
+    prompts = [text for parts in inputs for text in parts]
+    request_id, state, verdicts = await judge(request, prompts, False, "input")
+    results, start = [], 0
+    try:
+        for parts in inputs:
+            results.append(moderation_result(verdicts[start : start + len(parts)], state.guard.slope))
+            start += len(parts)
+    except (ValueError, KeyError) as exc:
+        raise RequestError(500, f"scoring gave an incomplete verdict: {exc}", code="scoring") from None
+    return JSONResponse({"id": request_id, "model": state.model, "results": results},
+                        headers={"X-Request-ID": request_id})
+
+
+@api.post("/v1/check")
+async def check(request: Request):
+    prompts, explain = parse_check(await body_of(request), limits(request))
+    request_id, state, verdicts = await judge(request, prompts, explain, "prompts")
+    return JSONResponse({"id": request_id, "model": state.model, "generation": state.generation,
+                         "verdicts": [check_result(v, explain) for v in verdicts]},
+                        headers={"X-Request-ID": request_id})
+
+
+@api.get("/v1/blacklist")
+async def blacklist(request: Request):
+    server = served(request)
+    if server.state is None:
+        raise not_ready()
+    return server.state.blacklist()
+
+
+@admin.post("/admin/reload")
+async def reload(request: Request):
+    server = served(request)
+    if not server.ready:
+        raise not_ready()
+    try:
+        state = await server.reload("POST /admin/reload")
+    except LatentGuardError as exc:  # the server's own files are at fault, not the request: a 5xx
+        raise RequestError(500, f"reload failed, still serving generation {server.state.generation}: {exc}",
+                           code="reload_failed") from None
+    return {"status": "reloaded", **state.describe(), "concepts": len(state.guard.concepts),
+            "categories": list(state.guard.categories)}
+
+
+@monitoring.get("/metrics")
+async def prometheus(request: Request):
+    body, content_type = served(request).metrics.render()  # flag counts per category tell what is being asked
+    return Response(body, media_type=content_type)
+
+
+@probes.api_route("/healthz", methods=["GET", "HEAD"])
+async def healthz():
+    return {"status": "ok"}
+
+
+@probes.api_route("/readyz", methods=["GET", "HEAD"])
+async def readyz(request: Request):
+    server = served(request)
+    if not server.ready:
+        return JSONResponse({"status": "not ready", "reason": "loading" if server.state is None else "stopped"},
+                            status_code=503)
+    s = server.settings
+    if (s.api_keys or s.admin_keys) and not has_key(request):  # probes see the state; files and errors need a key
+        return {"status": "ready", "generation": server.state.generation}
+    return {"status": "ready", **server.state.describe(), "concepts": len(server.state.guard.concepts),
+            "categories": list(server.state.guard.categories), "queue_depth": server.batcher.depth,
+            "last_reload": server.last_reload}

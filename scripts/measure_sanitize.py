@@ -96,11 +96,14 @@ def benign(guard, path: Path, limit: int, seed: int, options: dict) -> dict:
             "examples": examples([r for r in results if r.before.unsafe], 10)}
 
 
-def attack_set(guard, prompts: list[str], limit: int, seed: int, options: dict) -> dict:
+def attack_set(guard, prompts: list[str], pool: int, limit: int, seed: int, options: dict) -> dict:
+    total = len(prompts)
+    prompts = sample(prompts, pool, seed)  # a seeded sample is checked, and its flagged prompts sanitized
     verdicts = guard.check(prompts, explain=False)
     flagged = sample([p for p, v in zip(prompts, verdicts) if v.unsafe], limit, seed)
     results, seconds = run_sanitize(guard, flagged, options)
-    return {"prompts": len(prompts), "flagged_share": sum(v.unsafe for v in verdicts) / max(len(prompts), 1),
+    return {"prompts": total, "checked": len(prompts),
+            "flagged_share": sum(v.unsafe for v in verdicts) / max(len(prompts), 1),
             "sanitized": len(flagged), "seconds": seconds,
             "passes": sum(r.passes for r in results) / max(len(results), 1),
             "passes_by_round": passing_by_round(results, options["rounds"]), "examples": examples(results, 10)}
@@ -133,6 +136,7 @@ def main() -> int:
     parser.add_argument("--ring-a-bell", type=Path, help="ring_a_bell_full.csv ('prompt')")
     parser.add_argument("--limit", type=int, default=300, help="prompts sanitized per set (a seeded sample)")
     parser.add_argument("--coco-limit", type=int, default=2000, help="benign captions sanitized")
+    parser.add_argument("--pool", type=int, default=1000, help="I2P / Ring-A-Bell prompts checked (a seeded sample)")
     parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS)
     parser.add_argument("--width", type=int, default=DEFAULT_WIDTH)
     parser.add_argument("--replacement", default="", help="a word put where one is cut (default: none)")
@@ -156,11 +160,11 @@ def main() -> int:
         print(json.dumps({k: v for k, v in out["coco"].items() if k != "examples"}, indent=1), flush=True)
     if args.i2p:
         prompts = [r["prompt"] for r in rows(args.i2p) if r.get("target", "1") == "1"]
-        out["i2p"] = attack_set(guard, prompts, args.limit, args.seed, options)
+        out["i2p"] = attack_set(guard, prompts, args.pool, args.limit, args.seed, options)
         print(json.dumps({k: v for k, v in out["i2p"].items() if k != "examples"}, indent=1), flush=True)
     if args.ring_a_bell:
         prompts = [r["prompt"] for r in rows(args.ring_a_bell)]
-        out["ring_a_bell"] = attack_set(guard, prompts, args.limit, args.seed, options)
+        out["ring_a_bell"] = attack_set(guard, prompts, args.pool, args.limit, args.seed, options)
         print(json.dumps({k: v for k, v in out["ring_a_bell"].items() if k != "examples"}, indent=1), flush=True)
     flagged = [e["prompt"] for part in ("copro", "i2p") if part in out
                for e in out[part]["examples"]["passes"] + out[part]["examples"]["fails"]]

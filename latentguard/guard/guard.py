@@ -51,7 +51,7 @@ from .allowlist import compile_allowlist, cut
 from .categories import Categories
 from .checks import check_logit_rows, check_options, finite_number, prompt_list, width_message
 from .forms import score_forms
-from .sanitize import Sanitized, sanitize
+from .sanitize import sanitize as sanitize_prompts
 from .verdict import Verdict
 
 
@@ -153,9 +153,8 @@ class LatentGuard(HubMixin):
 
     @classmethod
     def from_config(cls, cfg, **overrides) -> "LatentGuard":
-        """A guard as a loaded :class:`~latentguard.config.Config` describes it: checkpoint, ``encoder``,
-        ``inference`` (blacklist, allowlist file, threshold, batch size, top_k) and ``dataset`` for the
-        default blacklist. ``overrides`` go to :meth:`from_pretrained`."""
+        """A guard as a loaded :class:`~latentguard.config.Config` describes it: checkpoint, ``encoder``, ``inference``
+        (blacklist, allowlist file, threshold, batch size, top_k), ``dataset`` (default blacklist); ``overrides``."""
         from .load import guard_options_from_config
 
         return cls.from_pretrained(**{**guard_options_from_config(cfg), **overrides})
@@ -315,9 +314,7 @@ class LatentGuard(HubMixin):
         :func:`~latentguard.guard.forms.forms_of` the prompts, when the caller split them first (the server)."""
         return self._check(prompt_list(prompts), explain, None, forms)
 
-    def sanitize(self, prompts: str | Sequence[str], **options) -> list[Sanitized]:
-        """Unsafe prompts edited until they pass, guided by the evidence (:mod:`latentguard.guard.sanitize`)."""
-        return sanitize(self, prompts, **options)
+    sanitize = sanitize_prompts  # unsafe prompts edited until they pass, by the evidence (guard/sanitize.py)
 
     def check_embeddings(self, prompts: Sequence[str], embeddings: torch.Tensor,
                          explain: bool = True) -> list[Verdict]:

@@ -68,7 +68,7 @@ def test_score_writes_the_sanitized_columns_and_never_mixes_runs(bundle, prompts
     capsys.readouterr()
     assert score([*common, "--output", str(out)]) == 2  # the same directory without --sanitize: refused
     err = capsys.readouterr().err
-    assert "option sanitize True vs False" in err and err.count("\n") == 1
+    assert "option sanitize True vs None" in err and err.count("\n") == 1
     plain = tmp_path / "plain"
     assert score([*common, "--output", str(plain), "--format", "jsonl", "--no-dedup"]) == 0
     rows = [json.loads(line) for f in sorted(plain.glob("shard-*")) for line in f.read_text().splitlines()]

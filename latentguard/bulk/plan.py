@@ -43,8 +43,12 @@ class BulkOptions:
         return cls(b.text_column, b.id_column, b.format, b.shard_size, b.dedup, b.sanitize)
 
     def record(self, guard) -> dict:
-        """The options a resumed run must share (the guard's batch size included: batches set the float bits)."""
-        return {**asdict(self), "batch_size": guard.batch_size}
+        """The options a resumed run must share (the guard's batch size included: batches set the float bits);
+        ``sanitize`` only when on, so the runs recorded before it existed still resume."""
+        record = {**asdict(self), "batch_size": guard.batch_size}
+        if not self.sanitize:
+            del record["sanitize"]
+        return record
 
 
 @dataclass(frozen=True)

@@ -84,7 +84,7 @@ def copro(guard, path: Path, limit: int, seed: int, options: dict) -> dict:
             "kept_of_shared": 1 - removed_shared / max(shared, 1),
             "concept_words_removed": concept_removed / max(concept_present, 1), "concept_present": concept_present,
             "words_removed_mean": sum(len(r.removed) for r in results) / max(len(results), 1),
-            "examples": examples(results, 10)}
+            "examples": examples(results, 10), "flagged_prompts": [t["unsafe_prompt"] for t in flagged]}
 
 
 def benign(guard, path: Path, limit: int, seed: int, options: dict) -> dict:
@@ -154,6 +154,7 @@ def main() -> int:
                  "options": options}
     if args.copro:
         out["copro"] = copro(guard, args.copro, args.limit, args.seed, options)
+        flagged = out["copro"].pop("flagged_prompts")
         print(json.dumps({k: v for k, v in out["copro"].items() if k != "examples"}, indent=1), flush=True)
     if args.coco:
         out["coco"] = benign(guard, args.coco, args.coco_limit, args.seed, options)
@@ -166,10 +167,8 @@ def main() -> int:
         prompts = [r["prompt"] for r in rows(args.ring_a_bell)]
         out["ring_a_bell"] = attack_set(guard, prompts, args.pool, args.limit, args.seed, options)
         print(json.dumps({k: v for k, v in out["ring_a_bell"].items() if k != "examples"}, indent=1), flush=True)
-    flagged = [e["prompt"] for part in ("copro", "i2p") if part in out
-               for e in out[part]["examples"]["passes"] + out[part]["examples"]["fails"]]
-    if flagged:
-        out["timing"] = timing(guard, flagged[:40], options)
+    if args.copro and flagged:  # a seeded sample of the flagged CoPro prompts, as they come
+        out["timing"] = timing(guard, sample(flagged, 40, args.seed), options)
         print(json.dumps(out["timing"], indent=1), flush=True)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,7 @@ from ..scoring.evidence import POOLED
 from .checks import prompt_list
 from .verdict import Verdict
 
-DEFAULT_ROUNDS = 4  # measured in docs/sanitize.md: more rounds add almost no passing prompt
+DEFAULT_ROUNDS = 8  # docs/sanitize.md: on CoPro's test pairs 4 rounds pass 88% of flagged prompts, 8 pass 95%
 DEFAULT_WIDTH = 3   # evidence words tried per round (singles, pairs and all of them)
 
 

@@ -285,6 +285,7 @@ class BulkConfig:
     format: str = key("parquet", choice("parquet", "jsonl"))
     shard_size: int = key(50_000, positive_int)
     dedup: bool = key(True, boolean)
+    sanitize: bool = key(False, boolean)
     engine: str = key("local", choice("local", "ray"))
     address: str | None = key(None, optional_text)
     workers: int | None = key(None, optional_positive_int)

@@ -22,7 +22,7 @@ from .dedup import VerdictMap, digest
 from .inputs import Rows, read_rows
 from .manifest import DEDUP_DB, DONE_DIR, MANIFEST, SUMMARY, read_marker, write_marker
 from .plan import Run, Shard
-from .scorer import category_columns, verdict_columns
+from .scorer import category_columns, sanitize_columns, verdict_columns
 
 SCORE_PIECE = 16  # guard batches per progress update (pieces are whole batches: the batches stay the same)
 
@@ -141,6 +141,8 @@ def _score_shard(run: Run, guard, shard: Shard, rows: Rows, verdicts: VerdictMap
                "truncated": truncated[inverse]}
     for c, name in enumerate(cats):
         columns[name] = flags[inverse, c]
+    if run.options.sanitize:
+        columns.update(sanitize_columns(guard, rows.texts, columns["unsafe"]))
     table = _table(run, shard, rows, columns)
     flagged = columns["unsafe"]
     stats = {"input": shard.item.name, "start": shard.start, "stop": shard.stop, "rows": n, "scored": len(todo),
@@ -189,6 +191,9 @@ def _table(run: Run, shard: Shard, rows: Rows, columns: dict[str, np.ndarray]):
     data[run.options.text_column] = pa.array(rows.texts, pa.string())
     data["score"] = pa.array(columns["score"], pa.float32())
     data["concept"] = pa.array(columns["concept"].tolist(), pa.string())
+    for name in ("sanitized", "removed"):
+        if name in columns:
+            data[name] = pa.array(columns[name].tolist(), pa.string())
     for name in columns:
         if name not in data:
             data[name] = pa.array(columns[name], pa.bool_())

@@ -35,15 +35,20 @@ class BulkOptions:
     format: str = "parquet"
     shard_size: int = 50_000
     dedup: bool = True
+    sanitize: bool = False  # part of the run's record: a resumed run never mixes shards with and without it
 
     @classmethod
     def from_config(cls, cfg) -> "BulkOptions":
         b = cfg.bulk
-        return cls(b.text_column, b.id_column, b.format, b.shard_size, b.dedup)
+        return cls(b.text_column, b.id_column, b.format, b.shard_size, b.dedup, b.sanitize)
 
     def record(self, guard) -> dict:
-        """The options a resumed run must share (the guard's batch size included: batches set the float bits)."""
-        return {**asdict(self), "batch_size": guard.batch_size}
+        """The options a resumed run must share (the guard's batch size included: batches set the float bits);
+        ``sanitize`` only when on, so the runs recorded before it existed still resume."""
+        record = {**asdict(self), "batch_size": guard.batch_size}
+        if not self.sanitize:
+            del record["sanitize"]
+        return record
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,7 @@ class Run:
 def table_columns(options: BulkOptions, guard) -> list[str]:
     """The output's columns, in order: where the row came from, its text, the verdict."""
     ident = [options.id_column] if options.id_column else []
-    names = [*ROW_COLUMNS, *ident, options.text_column, *output_columns(guard)]
+    names = [*ROW_COLUMNS, *ident, options.text_column, *output_columns(guard, options.sanitize)]
     clash = sorted({n for n in names if names.count(n) > 1})
     if clash:
         raise LatentGuardError(f"column name(s) {', '.join(clash)} would appear twice in the output; rename the "

@@ -81,7 +81,8 @@ def run_ray(run: Run, guard, scorer_kwargs: Mapping[str, Any], *, address: str |
         shutil.rmtree(staging)
     from .manifest import guard_identity
 
-    kwargs = {"text_column": run.options.text_column, "dedup": run.options.dedup, "expect": guard_identity(guard),
+    kwargs = {"text_column": run.options.text_column, "dedup": run.options.dedup, "sanitize": run.options.sanitize,
+              "expect": guard_identity(guard),
               **scorer_kwargs}
     started_here = not ray.is_initialized()
     if started_here:

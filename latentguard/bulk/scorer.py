@@ -14,6 +14,7 @@ import numpy as np
 from ..errors import LatentGuardError
 
 VERDICT_COLUMNS = ("score", "unsafe", "concept", "truncated")
+SANITIZE_COLUMNS = ("sanitized", "removed", "passes")  # the edited text, the words cut (";"-joined), it passes
 CATEGORY_PREFIX = "category_"
 
 
@@ -26,9 +27,28 @@ def category_columns(guard) -> dict[str, str]:
     return {CATEGORY_PREFIX + name: name for name in categories}
 
 
-def output_columns(guard) -> list[str]:
+def output_columns(guard, sanitize: bool = False) -> list[str]:
     """The columns a scorer adds, in order."""
-    return [*VERDICT_COLUMNS, *category_columns(guard)]
+    return [*VERDICT_COLUMNS, *category_columns(guard), *(SANITIZE_COLUMNS if sanitize else ())]
+
+
+def sanitize_columns(guard, texts: Sequence[str], unsafe: np.ndarray) -> dict[str, np.ndarray]:
+    """``sanitized``, ``removed`` and ``passes`` for ``texts``: a safe text is its own sanitized text (passes);
+    each distinct flagged one is edited by ``guard.sanitize`` (:mod:`latentguard.guard.sanitize`) once."""
+    texts = list(texts)
+    edited = np.array(texts, dtype=object)
+    removed = np.full(len(texts), "", dtype=object)
+    passes = ~np.asarray(unsafe, dtype=bool)
+    flagged, inverse = distinct([t for t, u in zip(texts, unsafe) if u])
+    if flagged:
+        results = guard.sanitize(flagged)
+        if len(results) != len(flagged) or any(r.prompt != t for r, t in zip(results, flagged)):
+            raise LatentGuardError(f"the guard gave {len(results)} sanitized texts for {len(flagged)}; refusing")
+        at = np.flatnonzero(np.asarray(unsafe, dtype=bool))
+        edited[at] = np.array([results[k].text for k in inverse], dtype=object)
+        removed[at] = np.array([";".join(results[k].removed) for k in inverse], dtype=object)
+        passes[at] = [results[k].passes is True for k in inverse]
+    return {"sanitized": edited, "removed": removed, "passes": passes}
 
 
 def verdict_columns(guard, texts: Sequence[str]) -> dict[str, np.ndarray]:
@@ -55,12 +75,17 @@ def distinct(texts: Sequence[str]) -> tuple[list[str], np.ndarray]:
     return list(index), inverse
 
 
-def score_texts(guard, texts: Sequence[str], dedup: bool = True) -> dict[str, np.ndarray]:
-    """Verdict columns for every text; with ``dedup`` each distinct text is scored once."""
+def score_texts(guard, texts: Sequence[str], dedup: bool = True, sanitize: bool = False) -> dict[str, np.ndarray]:
+    """Verdict columns for every text; with ``dedup`` each distinct text is scored once; with ``sanitize``
+    also :func:`sanitize_columns`."""
     if not dedup:
-        return verdict_columns(guard, texts)
-    unique, inverse = distinct(texts)
-    return {name: values[inverse] for name, values in verdict_columns(guard, unique).items()}
+        columns = verdict_columns(guard, texts)
+    else:
+        unique, inverse = distinct(texts)
+        columns = {name: values[inverse] for name, values in verdict_columns(guard, unique).items()}
+    if sanitize:
+        columns.update(sanitize_columns(guard, texts, columns["unsafe"]))
+    return columns
 
 
 def check_texts(values: Sequence, where: str) -> list[str]:
@@ -88,16 +113,18 @@ class GuardBatchScorer:
     arguments (``checkpoint=``, ``encoder=``, ``concepts=``, ``threshold=``, ``device=``, ...), or
     pass a built ``guard`` for in-process use. ``expect``: the guard identity a driver recorded
     (:func:`latentguard.bulk.manifest.guard_identity`); a worker whose guard differs refuses.
-    ``dedup``: each distinct text of a batch is scored once.
+    ``dedup``: each distinct text of a batch is scored once. ``sanitize``: also the columns ``sanitized``,
+    ``removed`` and ``passes`` (:func:`sanitize_columns`).
     """
 
     def __init__(self, config: Any = None, *, text_column: str = "text", dedup: bool = True,
-                 expect: Mapping | None = None, guard=None, **guard_options: Any) -> None:
+                 expect: Mapping | None = None, guard=None, sanitize: bool = False, **guard_options: Any) -> None:
         if not isinstance(text_column, str) or not text_column:
             raise LatentGuardError(f"text_column must be a column name, got {text_column!r}")
         self.config = config
         self.text_column = text_column
         self.dedup = bool(dedup)
+        self.sanitize = bool(sanitize)
         self.expect = dict(expect) if expect is not None else None
         self.guard_options = guard_options
         self._guard = guard
@@ -140,7 +167,7 @@ class GuardBatchScorer:
 
     def columns(self) -> list[str]:
         """The columns this scorer adds."""
-        return output_columns(self.guard)
+        return output_columns(self.guard, self.sanitize)
 
     def __call__(self, batch):
         """``batch`` with the verdict columns added (the same type: dict, DataFrame or pyarrow Table)."""
@@ -149,7 +176,7 @@ class GuardBatchScorer:
         if taken:
             raise LatentGuardError(f"the batch already has column(s) {', '.join(taken)}; rename them before scoring")
         texts = check_texts(values, f"column '{self.text_column}'")
-        columns = score_texts(self.guard, texts, self.dedup)
+        columns = score_texts(self.guard, texts, self.dedup, self.sanitize)
         return _with_columns(batch, kind, columns)
 
 
@@ -188,6 +215,7 @@ def _with_columns(batch, kind: str, columns: dict[str, np.ndarray]):
     import pyarrow as pa
 
     for name, values in columns.items():
-        kind_of = pa.float32() if name == "score" else pa.string() if name == "concept" else pa.bool_()
-        batch = batch.append_column(name, pa.array(values.tolist() if name == "concept" else values, type=kind_of))
+        text = name in ("concept", "sanitized", "removed")
+        kind_of = pa.float32() if name == "score" else pa.string() if text else pa.bool_()
+        batch = batch.append_column(name, pa.array(values.tolist() if text else values, type=kind_of))
     return batch

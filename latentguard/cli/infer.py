@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "JSONL adds top_concepts and evidence with --explain)")
     parser.add_argument("--explain", action="store_true",
                         help="show the prompt words that drove each top match (from the attention weights)")
+    parser.add_argument("--sanitize", action="store_true",
+                        help="also edit each unsafe prompt until the guard passes it (the words behind the match "
+                             "removed, re-checked; docs/sanitize.md); --output gains the columns sanitized, "
+                             "removed and passes (use a sanitized text only where passes is 1)")
     return parser
 
 
@@ -81,7 +85,7 @@ def prompt_file(path: str) -> Path:
     return candidate
 
 
-def render_table(verdicts, explain: bool) -> str:
+def render_table(verdicts, explain: bool, sanitized=None) -> str:
     """A readable fixed-width table: index, score, verdict, deciding concept, prompt."""
     concept_width = min(24, max([len("concept")] + [len(v.concept) for v in verdicts]))
     lines = [f"{'#':>4}  {'score':>8}  {'verdict':<7}  {'concept':<{concept_width}}  prompt"]
@@ -97,23 +101,31 @@ def render_table(verdicts, explain: bool) -> str:
             words = ", ".join(f"{w} {s:.2f}" for w, s in v.evidence)
             lines.append(f"{'':>16}top concepts: {tops}")
             lines.append(f"{'':>16}evidence: {words or '-'}")
+        edit = sanitized[i - 1] if sanitized else None
+        if edit is not None and edit.before.unsafe:
+            lines.append(f"{'':>16}sanitized: {edit.text!r} (removed: {', '.join(edit.removed) or '-'})" if edit.passes
+                         else f"{'':>16}sanitized: no edit within the bound passes (do not use it)")
     return "\n".join(lines)
 
 
-def write_output(path: str, fmt: str, verdicts, explain: bool) -> None:
+def write_output(path: str, fmt: str, verdicts, explain: bool, sanitized=None) -> None:
     """Write verdicts atomically as CSV (prompt, score, unsafe 0/1, concept, truncated 0/1, the flagged
-    categories joined by ``;``) or JSONL (with every category's flag and score)."""
+    categories joined by ``;``) or JSONL (with every category's flag and score); with ``sanitized`` (one
+    :class:`~latentguard.guard.Sanitized` per verdict) also the sanitized text, the removed words (``;``
+    in CSV) and passes."""
     from ..io import atomic_write_text
 
     buffer = io.StringIO()
     if fmt == "csv":
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["prompt", "score", "unsafe", "concept", "truncated", "categories"])
-        for v in verdicts:
+        writer.writerow(["prompt", "score", "unsafe", "concept", "truncated", "categories"]
+                        + (["sanitized", "removed", "passes"] if sanitized else []))
+        for i, v in enumerate(verdicts):
             flagged = ";".join(name for name, on in v.categories.items() if on)
-            writer.writerow([v.prompt, f"{v.score:.6f}", int(v.unsafe), v.concept, int(v.truncated), flagged])
+            edit = [sanitized[i].text, ";".join(sanitized[i].removed), int(sanitized[i].passes)] if sanitized else []
+            writer.writerow([v.prompt, f"{v.score:.6f}", int(v.unsafe), v.concept, int(v.truncated), flagged] + edit)
     else:
-        for v in verdicts:
+        for i, v in enumerate(verdicts):
             record = {"prompt": v.prompt, "score": round(v.score, 6), "unsafe": v.unsafe, "concept": v.concept,
                       "truncated": v.truncated, "categories": v.categories,
                       "category_scores": {name: round(p, 6) for name, p in v.category_scores.items()}}
@@ -121,6 +133,8 @@ def write_output(path: str, fmt: str, verdicts, explain: bool) -> None:
                 record["threshold"] = v.threshold
                 record["top_concepts"] = [[c, round(s, 6)] for c, s in v.top_concepts]
                 record["evidence"] = [[w, round(s, 6)] for w, s in v.evidence]
+            if sanitized:
+                record.update(sanitized=sanitized[i].text, removed=sanitized[i].removed, passes=sanitized[i].passes)
             buffer.write(json.dumps(record, ensure_ascii=False) + "\n")
     try:
         atomic_write_text(path, buffer.getvalue())
@@ -160,20 +174,24 @@ def main(argv: list[str] | None = None) -> int:
                else f"FPR {result.fpr:.3f} <= {target_fpr:g}")
         print(f"calibrated threshold {result.threshold:.4f} on {result.n_safe} safe / {result.n_unsafe} unsafe "
               f"prompts ({how}); saved beside {guard.checkpoint}")
-    verdicts = guard.check(prompts, explain=args.explain)
+    sanitized = guard.sanitize(prompts) if args.sanitize else None  # its first check is the verdicts' own
+    verdicts = [s.before for s in sanitized] if sanitized else guard.check(prompts, explain=args.explain)
 
-    print(render_table(verdicts, args.explain))
+    print(render_table(verdicts, args.explain, sanitized))
     n_unsafe = sum(v.unsafe for v in verdicts)
     per_concept = f" (+{len(guard.concept_thresholds)} per-concept)" if guard.concept_thresholds else ""
     print(f"\n{n_unsafe} of {len(verdicts)} prompts unsafe; {len(guard.concepts)} concepts, "
           f"threshold {guard.threshold:g} ({guard.threshold_origin})"
           f"{per_concept}")
+    if sanitized:
+        print(f"sanitized: {sum(s.passes for s in sanitized if s.before.unsafe)} of {n_unsafe} unsafe prompts "
+              "pass after the edit")
     n_cut = sum(v.truncated for v in verdicts)
     if n_cut:
         print(f"{n_cut} prompt(s) longer than 77 tokens were cut and scored on their first 77 tokens only "
               "(column 'truncated'); --long-prompts scores them whole")
     if args.output:
-        write_output(args.output, fmt, verdicts, args.explain)
+        write_output(args.output, fmt, verdicts, args.explain, sanitized)
         print(f"wrote {len(verdicts)} verdicts to {args.output}")
     print("Predicted labels (1 = unsafe, 0 = safe), one per prompt:")
     print([int(v.unsafe) for v in verdicts])

@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Score a corpus of prompts with Latent Guard, streaming: each distinct text scored once, every "
                     "row kept, shards written atomically with done markers, so the same command resumes after a "
                     "crash and a rerun with another guard or options is refused. Output columns: input, row, "
-                    "[id], the text, score, unsafe, concept, truncated (+ category_<name> for a grouped blacklist).",
+                    "[id], the text, score, unsafe, concept, truncated (+ category_<name> for a grouped blacklist; "
+                    "+ sanitized, removed, passes with --sanitize).",
         epilog="Read the result with pandas.read_parquet(DIR) or pyarrow.dataset.dataset(DIR) (files starting with _ "
                "are the run's records). Details and figures: docs/bulk.md.",
         parents=[common_parser(store_dir=False), guard_parser()])
@@ -50,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"input rows per shard (default: bulk.shard_size = {B.shard_size}); memory grows with it")
     flags.add_argument("--no-dedup", dest="dedup", action="store_false", default=None,
                        help="score every row, repeats included (default: each distinct text once)")
+    flags.add_argument("--sanitize", action="store_true", default=None,
+                       help="also the columns sanitized, removed and passes: each flagged text edited until the guard "
+                            "passes it (docs/sanitize.md; use a sanitized text only where passes is true); part of "
+                            "the run's identity, so a resume never mixes shards with and without it")
     flags.add_argument("--no-progress", action="store_true", help="no progress bar")
     ray = parser.add_argument_group("engine flags")
     ray.add_argument("--engine", default=None, choices=["local", "ray"],
@@ -69,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def bulk_overrides(args: argparse.Namespace) -> dict:
     return {"bulk.text_column": args.text_column, "bulk.id_column": args.id_column, "bulk.format": args.format,
-            "bulk.shard_size": args.shard_size, "bulk.dedup": args.dedup, "bulk.engine": args.engine,
+            "bulk.shard_size": args.shard_size, "bulk.dedup": args.dedup, "bulk.sanitize": args.sanitize,
+            "bulk.engine": args.engine,
             "bulk.address": args.address, "bulk.workers": args.workers, "bulk.cpus_per_worker": args.cpus_per_worker,
             "bulk.gpus_per_worker": args.gpus_per_worker}
 

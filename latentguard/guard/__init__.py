@@ -4,6 +4,7 @@ make it fail closed and the loading of weights, encoder, blacklist and threshold
 from __future__ import annotations
 
 from .guard import LatentGuard
+from .sanitize import Sanitized
 from .verdict import Verdict
 
-__all__ = ["LatentGuard", "Verdict"]
+__all__ = ["LatentGuard", "Sanitized", "Verdict"]

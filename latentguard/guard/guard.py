@@ -51,6 +51,7 @@ from .allowlist import compile_allowlist, cut
 from .categories import Categories
 from .checks import check_logit_rows, check_options, finite_number, prompt_list, width_message
 from .forms import score_forms
+from .sanitize import sanitize as sanitize_prompts
 from .verdict import Verdict
 
 
@@ -152,9 +153,8 @@ class LatentGuard(HubMixin):
 
     @classmethod
     def from_config(cls, cfg, **overrides) -> "LatentGuard":
-        """A guard as a loaded :class:`~latentguard.config.Config` describes it: checkpoint, ``encoder``,
-        ``inference`` (blacklist, allowlist file, threshold, batch size, top_k) and ``dataset`` for the
-        default blacklist. ``overrides`` go to :meth:`from_pretrained`."""
+        """A guard as a loaded :class:`~latentguard.config.Config` describes it: checkpoint, ``encoder``, ``inference``
+        (blacklist, allowlist file, threshold, batch size, top_k), ``dataset`` (default blacklist); ``overrides``."""
         from .load import guard_options_from_config
 
         return cls.from_pretrained(**{**guard_options_from_config(cfg), **overrides})
@@ -314,6 +314,8 @@ class LatentGuard(HubMixin):
         :func:`~latentguard.guard.forms.forms_of` the prompts, when the caller split them first (the server)."""
         return self._check(prompt_list(prompts), explain, None, forms)
 
+    sanitize = sanitize_prompts  # unsafe prompts edited until they pass, by the evidence (guard/sanitize.py)
+
     def check_embeddings(self, prompts: Sequence[str], embeddings: torch.Tensor,
                          explain: bool = True) -> list[Verdict]:
         """Like :meth:`check`, for prompts already encoded by :attr:`encoder` (``[P, rows, hidden]``).
@@ -380,8 +382,7 @@ class LatentGuard(HubMixin):
         return result
 
     def decide(self, logits: np.ndarray, thresholds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``(unsafe [P] bool, deciding concept index [P])`` from logits ``[P, C]``
-        (:func:`latentguard.decision.rule.decide`)."""
+        """``(unsafe [P] bool, deciding concept index [P])`` from logits ``[P, C]`` (:func:`..decision.rule.decide`)."""
         return decide(logits, self.thresholds() if thresholds is None else thresholds)
 
     def logits_from_embeddings(self, prompt_emb: torch.Tensor) -> torch.Tensor:

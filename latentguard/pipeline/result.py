@@ -2,15 +2,60 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 import numpy as np
 
 from ..errors import LatentGuardError
 
-# What an unsafe verdict does: refuse the whole call, generate only the safe prompts, raise, or only
-# attach the verdicts (observe-only: collect a false-positive rate before enforcing).
-ON_UNSAFE = ("block_all", "skip", "raise", "annotate")
+
+class OnUnsafe(str, Enum):
+    """What an unsafe prompt does to a guarded call: each action and its behaviour, defined once here.
+
+    ``block_all`` (alias ``block``): refuse the whole call, the pipeline is not run. ``skip``: generate only
+    the safe prompts. ``raise``: refuse by raising :class:`PromptBlocked`. ``annotate``: generate as usual and
+    attach the verdicts (observe only: collect a false-positive rate before enforcing). ``sanitize``: edit
+    each unsafe text until the guard passes it (:mod:`latentguard.guard.sanitize`) and generate from the
+    edited texts; when any of them does not pass, refuse the whole call as ``block_all`` does.
+    """
+
+    BLOCK_ALL = "block_all"
+    SKIP = "skip"
+    RAISE = "raise"
+    ANNOTATE = "annotate"
+    SANITIZE = "sanitize"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def parse(cls, value) -> "OnUnsafe":
+        """The action ``value`` names (an :class:`OnUnsafe` or its name), or a one-line error listing them."""
+        try:
+            return cls(_ALIASES.get(value, value) if isinstance(value, str) else value)
+        except (ValueError, TypeError):
+            raise LatentGuardError(f"on_unsafe must be one of {', '.join(ON_UNSAFE)}, got {value!r}") from None
+
+    @property
+    def enforces(self) -> bool:
+        """Whether an unsafe text is kept from the pipeline (all but ``annotate``)."""
+        return self is not OnUnsafe.ANNOTATE
+
+    @property
+    def raises(self) -> bool:
+        """Whether a refused call raises :class:`PromptBlocked` instead of returning its result."""
+        return self is OnUnsafe.RAISE
+
+    def generated(self, unsafe: list[bool]) -> list[int]:
+        """The prompts sent to the pipeline, given which are (still) unsafe: all, the safe ones, or none."""
+        if self is OnUnsafe.ANNOTATE or not any(unsafe):
+            return list(range(len(unsafe)))
+        return [i for i, u in enumerate(unsafe) if not u] if self is OnUnsafe.SKIP else []
+
+
+_ALIASES = {"block": "block_all"}
+ON_UNSAFE = tuple(action.value for action in OnUnsafe)  # the names, in order (and the alias "block")
 
 
 @dataclass
@@ -38,8 +83,9 @@ class GuardedResult:
     score: float | None = None
     reused_embeddings: bool = False  # the pipeline got the guard's prompt_embeds (one encoder pass)
     text_verdicts: dict = field(default_factory=dict)
-    on_unsafe: str = "block_all"
+    on_unsafe: str = "block_all"  # an OnUnsafe (a str)
     blocked_at: str | None = None
+    sanitized: dict = field(default_factory=dict)  # sanitize: per argument, per prompt its Sanitized (None: safe)
 
     @property
     def flagged_prompts(self) -> list[str]:
@@ -48,8 +94,18 @@ class GuardedResult:
 
     @property
     def blocked_prompts(self) -> list[str]:
-        """Prompts refused for being unsafe (none with ``annotate``)."""
-        return [] if self.on_unsafe == "annotate" else self.flagged_prompts
+        """Prompts refused for being unsafe (none with ``annotate``; with ``sanitize`` only when refused)."""
+        action = OnUnsafe.parse(self.on_unsafe)
+        if not action.enforces or (action is OnUnsafe.SANITIZE and not self.blocked):
+            return []
+        return self.flagged_prompts
+
+    @property
+    def generated_prompts(self) -> list[str | None]:
+        """Per input prompt, the text the pipeline was given (a sanitized one where edited); ``None`` where refused."""
+        edited = self.sanitized.get("prompt") or [None] * len(self.prompts)
+        return [(s.text if s is not None else p) if i in self.passed else None
+                for i, (p, s) in enumerate(zip(self.prompts, edited))]
 
     def note_worst(self, verdicts) -> None:
         """Set ``concept``/``score`` from the highest-scoring unsafe verdict among these and those noted before."""

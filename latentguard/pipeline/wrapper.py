@@ -15,11 +15,13 @@ denoiser must come from those encoder outputs. A guard sharing one of the pipeli
 scores on its unmodified weights (PEFT adapters switched off) and refuses when those weights
 changed since wrapping. The contract (checked, reused, refused, out of reach): ``docs/pipeline.md``.
 
-``on_unsafe``: ``"block_all"`` (default: one unsafe prompt refuses the call, the pipeline is not
-run), ``"skip"`` (only the safe prompts are generated; per-prompt arguments are subset), ``"raise"``
+``on_unsafe`` (:class:`~latentguard.pipeline.result.OnUnsafe`, where each action is defined):
+``"block_all"`` (default: one unsafe prompt refuses the call, the pipeline is not run), ``"skip"``
+(only the safe prompts are generated; per-prompt arguments are subset), ``"raise"``
 (:class:`PromptBlocked`), ``"annotate"`` (generate as usual and attach the verdicts; the boundary
-rules still hold). ``on_verdict(result)`` is called once per guarded call, in every mode, before it
-returns or raises; an exception in it refuses the call.
+rules still hold), ``"sanitize"`` (generate from the unsafe texts as the guard edits them when every
+edit passes, else refuse; ``result.sanitized`` says what changed). ``on_verdict(result)`` is called
+once per guarded call, in every mode, before it returns or raises; an exception in it refuses the call.
 """
 from __future__ import annotations
 
@@ -45,7 +47,8 @@ from .parts import (
     weights_unchanged,
 )
 from .provenance import CHECKED, NEGATIVE
-from .result import ON_UNSAFE, GuardedResult, PromptBlocked, check_verdicts, images_by_prompt
+from .result import GuardedResult, OnUnsafe, PromptBlocked, check_verdicts, images_by_prompt
+from .sanitizing import sanitize_call
 
 _REUSE_FAMILY = frozenset({"StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"})  # CLIP-L last layer
 
@@ -80,10 +83,9 @@ class GuardedPipeline:
     _OWN = ("pipe", "guard", "on_unsafe", "reuse_embeddings", "on_verdict", "texts", "_signature", "_fingerprint",
             "_known")
 
-    def __init__(self, pipe, guard, *, on_unsafe: str = "block_all", reuse_embeddings: bool = True,
+    def __init__(self, pipe, guard, *, on_unsafe: str | OnUnsafe = "block_all", reuse_embeddings: bool = True,
                  on_verdict: Callable | None = None) -> None:
-        if on_unsafe not in ON_UNSAFE:
-            raise LatentGuardError(f"on_unsafe must be one of {', '.join(ON_UNSAFE)}, got {on_unsafe!r}")
+        on_unsafe = OnUnsafe.parse(on_unsafe)
         if not callable(pipe):
             raise LatentGuardError("the pipeline must be callable as pipe(prompt=..., ...)")
         if not callable(getattr(guard, "check", None)):
@@ -113,8 +115,8 @@ class GuardedPipeline:
         return value
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name == "on_unsafe" and value not in ON_UNSAFE:  # checked when set, as in __init__
-            raise LatentGuardError(f"on_unsafe must be one of {', '.join(ON_UNSAFE)}, got {value!r}")
+        if name == "on_unsafe":  # checked when set, as in __init__
+            value = OnUnsafe.parse(value)
         if name in GuardedPipeline._OWN:
             object.__setattr__(self, name, value)
         else:
@@ -129,7 +131,7 @@ class GuardedPipeline:
 
     def __repr__(self) -> str:
         return (f"GuardedPipeline({type(self.pipe).__name__}, checks {', '.join(self.texts)}, "
-                f"on_unsafe={self.on_unsafe!r})")
+                f"on_unsafe={str(self.on_unsafe)!r})")
 
     def _rewrapping(self, method):
         @functools.wraps(method)
@@ -232,8 +234,8 @@ class GuardedPipeline:
         return result
 
     def _guarded_call(self, call: dict, prompts: list[str], parts: Parts, shared, holder: list) -> GuardedResult:
-        n, annotate = len(prompts), self.on_unsafe == "annotate"
-        session = Session(self.pipe, parts, self.guard, annotate=annotate, known=self._known)
+        n, action = len(prompts), OnUnsafe.parse(self.on_unsafe)
+        session = Session(self.pipe, parts, self.guard, annotate=not action.enforces, known=self._known)
         with session:
             texts = self._texts(call, n)  # [(prompt index, argument, text)]
             reuse = {name for _, name, _ in texts} == {"prompt"} and self.shares_encoder(call)
@@ -243,21 +245,27 @@ class GuardedPipeline:
                     all_verdicts, emb = self.check(prompts, call)
                 else:
                     all_verdicts, emb = list(self.guard.check([t for _, _, t in texts])), None
-            check_verdicts(all_verdicts, len(texts))  # a missing or non-bool verdict never reads as safe
-            result = _result(prompts, texts, all_verdicts, self.on_unsafe)
-            result.reused_embeddings = emb is not None
+                check_verdicts(all_verdicts, len(texts))  # a missing or non-bool verdict never reads as safe
+                used, sanitized = (texts, all_verdicts), {}
+                if action is OnUnsafe.SANITIZE and any(v.unsafe for v in all_verdicts):
+                    sanitized, *used = sanitize_call(self.guard, call, texts, all_verdicts, n)
+                    emb, reuse = None, False  # the pipeline encodes the edited texts, at the checked boundary
+            unsafe_now = [False] * n  # per prompt, after sanitizing
+            for (i, _, _), v in zip(*used):
+                unsafe_now[i] = unsafe_now[i] or bool(v.unsafe)
+            passed = action.generated(unsafe_now)
+            result = _result(prompts, texts, all_verdicts, action, blocked=action.enforces and any(unsafe_now))
+            result.reused_embeddings, result.sanitized = emb is not None, sanitized
             holder.append(result)
-            if result.blocked and self.on_unsafe == "raise":
+            if result.blocked and action.raises:
                 raise PromptBlocked(result)
-            passed = [i for i, v in enumerate(result.verdicts) if not v.unsafe] if self.on_unsafe == "skip" else (
-                [] if result.blocked else list(range(n)))
             if not passed:
                 return result
             if len(passed) < n:
                 call = subset_call(call, passed, n, int(call.get("num_images_per_prompt") or 1))
             keep = set(passed)
             # A truncated safe verdict allows nothing: the part the encoder reads is checked where it arrives.
-            session.allow([t for (i, _, t), v in zip(texts, all_verdicts) if i in keep and (
+            session.allow([t for (i, _, t), v in zip(*used) if i in keep and (
                 v.unsafe or reuse or not getattr(v, "truncated", False))])
             session.allow([*_negatives(call), *negative_defaults(self.pipe).values(), ""], NEGATIVE)
             if emb is not None:
@@ -279,7 +287,7 @@ class GuardedPipeline:
             except BoundaryBlocked as blocked:  # an unchecked text met at an encoder, checked there: unsafe
                 result.blocked, result.blocked_at, result.reused_embeddings = True, blocked.where, False
                 result.note_worst([blocked.verdict])
-                if self.on_unsafe == "raise":
+                if action.raises:
                     raise PromptBlocked(result) from None
                 return result
             finally:
@@ -363,7 +371,7 @@ class GuardedPipeline:
         return out
 
 
-def guard_pipeline(pipe, guard, *, on_unsafe: str = "block_all", reuse_embeddings: bool = True,
+def guard_pipeline(pipe, guard, *, on_unsafe: str | OnUnsafe = "block_all", reuse_embeddings: bool = True,
                    on_verdict: Callable | None = None) -> GuardedPipeline:
     """Wrap ``pipe`` so every call is checked by ``guard`` (see :class:`GuardedPipeline`).
 
@@ -389,8 +397,8 @@ def from_pipe(pipeline_class, guarded: GuardedPipeline, **kwargs) -> GuardedPipe
                            on_verdict=guarded.on_verdict)
 
 
-def _result(prompts: list[str], texts: list, verdicts: list, on_unsafe: str) -> GuardedResult:
-    """The verdicts per argument and per prompt (the worst of its texts)."""
+def _result(prompts: list[str], texts: list, verdicts: list, on_unsafe: OnUnsafe, blocked: bool) -> GuardedResult:
+    """The verdicts per argument and per prompt (the worst of its texts) of the texts as given."""
     by_text: dict = {}
     checked: dict = {}
     for (i, name, _), v in zip(texts, verdicts):
@@ -399,8 +407,8 @@ def _result(prompts: list[str], texts: list, verdicts: list, on_unsafe: str) -> 
         if best is None or (v.unsafe and (not best.unsafe or v.score > best.score)):
             checked[i] = v
     per_prompt = [checked[i] for i in range(len(prompts))]
-    result = GuardedResult(blocked=on_unsafe != "annotate" and any(v.unsafe for v in per_prompt),
-                           verdicts=per_prompt, prompts=prompts, text_verdicts=by_text, on_unsafe=on_unsafe)
+    result = GuardedResult(blocked=blocked, verdicts=per_prompt, prompts=prompts, text_verdicts=by_text,
+                           on_unsafe=on_unsafe)
     result.note_worst(per_prompt)
     return result
 

@@ -3,6 +3,7 @@
 =======================  =====================================================================
 ``POST /v1/moderations`` OpenAI's moderation shape (the official ``openai`` client parses it)
 ``POST /v1/check``       the native form: ``Verdict.to_dict()`` per prompt, ``explain`` for evidence
+``POST /v1/sanitize``    ``/v1/check``'s request; per prompt the sanitized text, removed words, ``passes``
 ``GET /healthz``         the process answers
 ``GET /readyz``          weights loaded, blacklist encoded, batcher running (503 otherwise)
 ``GET /metrics``         Prometheus text

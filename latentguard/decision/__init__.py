@@ -8,7 +8,7 @@ from .threshold import (
                         CalibrationResult,
                         ThresholdChoice,
                         calibrate,
-                        calibrate_guard,
+                        calibration_of,
                         calibration_path,
                         choose_threshold,
                         load_calibration,
@@ -17,6 +17,6 @@ from .threshold import (
                         save_calibration,
 )
 
-__all__ = ["CalibrationResult", "ThresholdChoice", "calibrate", "calibrate_guard", "calibration_path",
+__all__ = ["CalibrationResult", "ThresholdChoice", "calibrate", "calibration_of", "calibration_path",
            "choose_threshold", "decide", "flags", "load_calibration", "rates", "read_calibration",
            "resolve_threshold", "save_calibration"]

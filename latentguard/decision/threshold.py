@@ -311,13 +311,13 @@ def resolve_threshold(value: float | int | str | None, checkpoint: str | Path | 
     return choice.value
 
 
-def calibrate_guard(guard, safe_prompts: Sequence[str], unsafe_prompts: Sequence[str] | None = None,
-                    target_fpr: float = DEFAULT_TARGET_FPR, *, save: bool | str | Path = False) -> CalibrationResult:
-    """Calibrate ``guard.threshold`` on prompts, scored with ``guard.scores(prompts)``; returns the record.
+def calibration_of(guard, safe_prompts: Sequence[str], unsafe_prompts: Sequence[str] | None = None,
+                   target_fpr: float = DEFAULT_TARGET_FPR) -> CalibrationResult:
+    """The calibration record of ``guard`` on prompts, scored with ``guard.scores(prompts)``.
 
-    ``save=True`` writes the YAML beside ``guard.checkpoint`` (or ``guard.checkpoint_path``);
-    ``save=<path>`` writes beside that checkpoint path instead. Any guard-like object works: it
-    needs ``scores(prompts)``, a settable ``threshold`` and optionally ``encoder`` and ``concepts``.
+    Reads the guard and changes nothing: the guard applies the record itself (``LatentGuard.calibrate``),
+    so nothing below the guard sets its threshold. Any guard-like object works: it needs
+    ``scores(prompts)`` and optionally ``encoder`` and ``concepts``.
     """
     safe_prompts = list(safe_prompts)
     unsafe_prompts = list(unsafe_prompts) if unsafe_prompts else []
@@ -329,14 +329,16 @@ def calibrate_guard(guard, safe_prompts: Sequence[str], unsafe_prompts: Sequence
     result.encoder_identity = getattr(encoder, "identity", None)
     concepts = getattr(guard, "concepts", None)
     result.n_concepts = len(concepts) if concepts is not None else None
-    guard.threshold = result.threshold
-    if hasattr(guard, "slope"):  # a slope belongs to the threshold it was fitted at: None when not fitted now
-        guard.slope = result.slope
-    if save:
-        checkpoint = save if not isinstance(save, bool) else (getattr(guard, "checkpoint", None)
-                                                              or getattr(guard, "checkpoint_path", None))
-        if checkpoint is None:
-            raise LatentGuardError("cannot save the calibration: the guard has no checkpoint path (pass "
-                                   "save=<checkpoint path>; a bundle's guard keeps it with guard.save_pretrained)")
-        save_calibration(result, checkpoint)
     return result
+
+
+def save_guard_calibration(result: CalibrationResult, guard, save: bool | str | Path) -> None:
+    """``save=True``: write ``result`` beside the guard's checkpoint; ``save=<path>``: beside that path; False: nothing."""
+    if not save:
+        return
+    checkpoint = save if not isinstance(save, bool) else (getattr(guard, "checkpoint", None)
+                                                          or getattr(guard, "checkpoint_path", None))
+    if checkpoint is None:
+        raise LatentGuardError("cannot save the calibration: the guard has no checkpoint path (pass "
+                               "save=<checkpoint path>; a bundle's guard keeps it with guard.save_pretrained)")
+    save_calibration(result, checkpoint)

@@ -54,7 +54,7 @@ def score_forms(guard, texts: list[str], given: torch.Tensor | None,
                 emb[k] = given[i]
             if rest:
                 emb[rest] = guard.encoder.encode([part[k] for k in rest], batch_size=len(rest)).to(given.dtype)
-        logits, evidence = guard._score_batch(part, emb=emb)
+        logits, evidence = guard.score_batch(part, emb=emb)
         blocks.append(torch.from_numpy(np.ascontiguousarray(logits)))
         chunks.append((start, evidence))
     logits, chosen = max_over_windows(torch.cat(blocks), owner, len(texts), return_window=True)
@@ -83,5 +83,5 @@ def forms_of(guard, prompts: Sequence[str]) -> list[tuple[list[str], int]]:
 
 
 def _whole(guard, texts: Sequence[str], given: torch.Tensor | None) -> tuple[np.ndarray, Evidence]:
-    logits, evidence = guard._score_batch(list(texts), emb=given)
+    logits, evidence = guard.score_batch(list(texts), emb=given)
     return logits, lambda index: evidence(index)

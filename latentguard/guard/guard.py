@@ -20,7 +20,7 @@ An allowlisted phrase can therefore never trigger the guard, but it cannot smugg
 through either: "kill bill poster" with ``allowlist=["kill bill"]`` is judged as "poster", while
 "kill bill poster, covered in blood" is still judged on "poster, covered in blood".
 
-Extension points: all scoring goes through :meth:`LatentGuard._score_batch` (texts -> logits, and
+Extension points: all scoring goes through :meth:`LatentGuard.score_batch` (texts -> logits, and
 the evidence of each deciding concept on demand, for one batch), which uses
 :meth:`LatentGuard.logits_from_embeddings` (prompt embeddings -> ``[P, C]`` logits) and
 :meth:`LatentGuard.explain_embeddings` (embeddings + deciding concept -> evidence), so long-prompt
@@ -374,10 +374,12 @@ class LatentGuard(HubMixin):
         Returns the :class:`latentguard.decision.threshold.CalibrationResult`; ``save=True`` writes it beside
         the checkpoint, where ``from_pretrained(threshold="auto"|"calibrated")`` finds it.
         """
-        from ..decision.threshold import calibrate_guard
+        from ..decision.threshold import calibration_of, save_guard_calibration
 
         unsafe_prompts = None if unsafe_prompts is None else prompt_list(unsafe_prompts)  # a str is one prompt
-        result = calibrate_guard(self, prompt_list(safe_prompts), unsafe_prompts, target_fpr, save=save)
+        result = calibration_of(self, prompt_list(safe_prompts), unsafe_prompts, target_fpr)  # reads, changes nothing
+        save_guard_calibration(result, self, save)  # before applying it: a refused save changes nothing either
+        self.threshold, self.slope = result.threshold, result.slope  # a slope belongs to the threshold it was fit at
         self.threshold_origin, self.threshold_record = "calibrated now", result
         return result
 
@@ -391,13 +393,10 @@ class LatentGuard(HubMixin):
 
         return blacklist_logits(self.model, prompt_emb.to(self.device, torch.float32), self._queries).float().cpu()
 
-    def _score_batch(self, texts: list[str], emb: torch.Tensor | None = None):
-        """One batch: encode ``texts`` (unless ``emb`` is given) and score them against every concept.
-
-        Returns the logits ``[b, C]`` and ``evidence_for(index, rows=None)``, which gives, for the texts
-        ``rows`` (default: all) and their deciding concept ``index``, the evidence behind the match
-        (computed only when asked for).
-        """
+    def score_batch(self, texts: list[str], emb: torch.Tensor | None = None):
+        """One batch: encode ``texts`` (unless ``emb`` is given) and score them against every concept. Returns the
+        logits ``[b, C]`` and ``evidence_for(index, rows=None)``: for the texts ``rows`` (default: all) and their
+        deciding concept ``index``, the evidence behind the match (computed only when asked for)."""
         if self.long_prompts:  # windows: re-encoded, whatever ``emb`` holds (it is truncated at 77)
             return self._score_windows(texts)
         if emb is None:

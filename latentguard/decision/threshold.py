@@ -333,7 +333,7 @@ def calibration_of(guard, safe_prompts: Sequence[str], unsafe_prompts: Sequence[
 
 
 def save_guard_calibration(result: CalibrationResult, guard, save: bool | str | Path) -> None:
-    """``save=True``: write ``result`` beside the guard's checkpoint; ``save=<path>``: beside that path; False: nothing."""
+    """``save=True``: write ``result`` beside the guard's checkpoint; ``save=<path>``: beside that path."""
     if not save:
         return
     checkpoint = save if not isinstance(save, bool) else (getattr(guard, "checkpoint", None)

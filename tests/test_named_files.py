@@ -61,7 +61,6 @@ def test_offline_every_missing_piece_is_named_at_once_and_fast(tmp_path, monkeyp
     import time
 
     import inference
-
     from latentguard.cli.evaluate import main as evaluate
 
     monkeypatch.chdir(tmp_path)

@@ -27,7 +27,7 @@ from latentguard.model import EmbeddingMappingLayer, load_mapping_layer
 
 ROOT = Path(__file__).resolve().parent.parent
 WORDS = ("a photo of knife cat dog blood the on floor gun street man woman with in dark night long "
-         "corridor red car house tree").split()
+         "corridor red car house tree at").split()
 TEXTS = ["a photo of a knife", "blood on the floor of a long dark corridor at night", "gun", "cat"]
 TINY_OPENCLIP = "lg-test-tiny"
 

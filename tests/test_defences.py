@@ -153,3 +153,12 @@ def test_cleaning_leaves_ordinary_text_alone():
 
     for text in ["a photo of a cat", "AT&T and H&M, 3 < 4", "a line\nand a tab\t", "café ☕ 日本語"]:
         assert cleaned(text) == text
+
+
+def test_an_allowlist_removes_its_phrases_and_keeps_the_line_breaks_the_sentence_defence_splits_on():
+    from latentguard.guard.allowlist import compile_allowlist, cut
+
+    _, pattern = compile_allowlist(["kill bill"])
+    text = "a cute kitten on a sofa\n" * 3 + "a naked woman"
+    assert cut(pattern, text) == text  # no phrase in it: unchanged, line breaks and all
+    assert cut(pattern, "kill bill poster\u2028covered in blood").split("\u2028")[1] == "covered in blood"

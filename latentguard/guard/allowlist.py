@@ -28,6 +28,14 @@ def compile_allowlist(phrases: str | Iterable[str]) -> tuple[list[str], re.Patte
     return cleaned, pattern
 
 
+_SPACES = re.compile(r"[ \t]+")  # collapsed where a phrase was; line and sentence separators are kept
+
+
 def cut(pattern: re.Pattern | None, prompt: str) -> str:
-    """``prompt`` with every allowlisted phrase removed (whitespace collapsed where one was)."""
-    return prompt if pattern is None else " ".join(pattern.sub(" ", prompt).split())
+    """``prompt`` with every allowlisted phrase removed, and nothing else changed.
+
+    Only the phrases go: line breaks and every other separator stay, since the sentence defence splits on
+    them (collapsing all whitespace once turned "...\n" * 3 + "a naked woman" into one diluted sentence)."""
+    if pattern is None or not pattern.search(prompt):
+        return prompt
+    return _SPACES.sub(" ", pattern.sub(" ", prompt)).strip(" \t")

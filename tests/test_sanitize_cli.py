@@ -73,3 +73,24 @@ def test_score_writes_the_sanitized_columns_and_never_mixes_runs(bundle, prompts
     assert score([*common, "--output", str(plain), "--format", "jsonl", "--no-dedup"]) == 0
     rows = [json.loads(line) for f in sorted(plain.glob("shard-*")) for line in f.read_text().splitlines()]
     assert "sanitized" not in rows[0] and [r["unsafe"] for r in rows] == [True, False, True, False, True]
+
+
+def test_a_failed_edit_is_never_written_as_the_sanitized_text():
+    """A prompt that no edit makes pass gets no sanitized text in bulk columns (nothing a consumer could use)."""
+    import numpy as np
+
+    from latentguard.bulk.scorer import sanitize_columns
+    from latentguard.cli.infer import usable
+
+    class Result:
+        def __init__(self, prompt, passes):
+            self.prompt, self.text, self.removed, self.passes = prompt, prompt + " edited", ["x"], passes
+
+    class Guard:
+        def sanitize(self, prompts):
+            return [Result(p, p.startswith("ok")) for p in prompts]
+
+    cols = sanitize_columns(Guard(), ["safe", "ok bad", "hopeless bad"], np.array([False, True, True]))
+    assert cols["sanitized"].tolist() == ["safe", "ok bad edited", None]
+    assert cols["passes"].tolist() == [True, True, False]
+    assert usable(Result("hopeless", False)) is None and usable(Result("ok", True)) == "ok edited"

@@ -45,7 +45,9 @@ def sanitize_columns(guard, texts: Sequence[str], unsafe: np.ndarray) -> dict[st
         if len(results) != len(flagged) or any(r.prompt != t for r, t in zip(results, flagged)):
             raise LatentGuardError(f"the guard gave {len(results)} sanitized texts for {len(flagged)}; refusing")
         at = np.flatnonzero(np.asarray(unsafe, dtype=bool))
-        edited[at] = np.array([results[k].text for k in inverse], dtype=object)
+        # A text that does not pass is never written as "sanitized" (None: nothing a consumer could use).
+        edited[at] = np.array([results[k].text if results[k].passes is True else None for k in inverse],
+                              dtype=object)
         removed[at] = np.array([";".join(results[k].removed) for k in inverse], dtype=object)
         passes[at] = [results[k].passes is True for k in inverse]
     return {"sanitized": edited, "removed": removed, "passes": passes}

@@ -108,6 +108,11 @@ def render_table(verdicts, explain: bool, sanitized=None) -> str:
     return "\n".join(lines)
 
 
+def usable(edit) -> str | None:
+    """The sanitized text, only when it passed: a failed edit is written as nothing (empty / null)."""
+    return edit.text if edit.passes is True else None
+
+
 def write_output(path: str, fmt: str, verdicts, explain: bool, sanitized=None) -> None:
     """Write verdicts atomically as CSV (prompt, score, unsafe 0/1, concept, truncated 0/1, the flagged
     categories joined by ``;``) or JSONL (with every category's flag and score); with ``sanitized`` (one
@@ -122,7 +127,7 @@ def write_output(path: str, fmt: str, verdicts, explain: bool, sanitized=None) -
                         + (["sanitized", "removed", "passes"] if sanitized else []))
         for i, v in enumerate(verdicts):
             flagged = ";".join(name for name, on in v.categories.items() if on)
-            edit = [sanitized[i].text, ";".join(sanitized[i].removed), int(sanitized[i].passes)] if sanitized else []
+            edit = [usable(sanitized[i]), ";".join(sanitized[i].removed), int(sanitized[i].passes)] if sanitized else []
             writer.writerow([v.prompt, f"{v.score:.6f}", int(v.unsafe), v.concept, int(v.truncated), flagged] + edit)
     else:
         for i, v in enumerate(verdicts):
@@ -134,7 +139,7 @@ def write_output(path: str, fmt: str, verdicts, explain: bool, sanitized=None) -
                 record["top_concepts"] = [[c, round(s, 6)] for c, s in v.top_concepts]
                 record["evidence"] = [[w, round(s, 6)] for w, s in v.evidence]
             if sanitized:
-                record.update(sanitized=sanitized[i].text, removed=sanitized[i].removed, passes=sanitized[i].passes)
+                record.update(sanitized=usable(sanitized[i]), removed=sanitized[i].removed, passes=sanitized[i].passes)
             buffer.write(json.dumps(record, ensure_ascii=False) + "\n")
     try:
         atomic_write_text(path, buffer.getvalue())

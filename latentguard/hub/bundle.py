@@ -171,6 +171,14 @@ class Bundle:
         model = load_mapping_layer(self.weights_path, in_dim=sizes["in_dim"], num_heads=sizes["num_heads"],
                                    device=device)
         model.mask_padding = bool(sizes["mask_padding"])
+        from safetensors import safe_open
+
+        with safe_open(str(self.weights_path), framework="pt") as handle:
+            bound = (handle.metadata() or {}).get("mask_padding")  # absent: written before it was bound
+        if bound is not None and bound != str(model.mask_padding).lower():
+            raise LatentGuardError(f"{self.weights_path}: the weights were trained with mask_padding={bound}, but "
+                                   f"{CONFIG} says {str(model.mask_padding).lower()}; the bundle was edited: "
+                                   "restore its config.json or save the bundle again")
         found = {"in_dim": model.in_dim, "num_heads": model.num_heads, "head_dim": model.head_dim,
                  "out_dim": model.out_dim, "mask_padding": model.mask_padding}
         if found != sizes:

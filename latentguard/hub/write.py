@@ -129,7 +129,10 @@ def write_bundle(directory: str | Path, *, state_dict: Mapping, sizes: Mapping[s
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}  # exact: bit for bit
     with atomic_path(directory / WEIGHTS) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
+        # mask_padding changes every score, so it is bound to the weights (covered by their SHA-256), not
+        # only stated in config.json, where an edit would load silently.
+        save_file(tensors, str(tmp), metadata={"format": "pt",
+                                               "mask_padding": str(bool(sizes.get("mask_padding", False))).lower()})
     weights_sha = sha256_of(directory / WEIGHTS)
     groups = concept_groups(list(concepts), categories, default_category)
     import yaml

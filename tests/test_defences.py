@@ -162,3 +162,13 @@ def test_an_allowlist_removes_its_phrases_and_keeps_the_line_breaks_the_sentence
     text = "a cute kitten on a sofa\n" * 3 + "a naked woman"
     assert cut(pattern, text) == text  # no phrase in it: unchanged, line breaks and all
     assert cut(pattern, "kill bill poster\u2028covered in blood").split("\u2028")[1] == "covered in blood"
+
+
+def test_symbol_padding_cannot_push_words_out_of_the_guards_view():
+    """A WordPiece guard counts each '=' as a token and stops at 77, while CLIP's BPE reads the words after 300 of
+    them: the normalised form with symbol runs cut is scored too."""
+    from latentguard.data.defences import forms
+
+    for pad in ("=" * 300, "-=" * 150, "! " * 200, "~*" * 120):
+        assert "naked woman" in [f.strip() for f in forms(pad + " naked woman")]
+    assert forms("a cat, a dog... on a sofa!!!", split_sentences=False) == ["a cat, a dog... on a sofa!!!"]

@@ -13,7 +13,7 @@ from latentguard.errors import LatentGuardError
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "open_data"
-CONCEPTS = ROOT / "configs" / "mini_concepts.yaml"
+CONCEPTS = ROOT / "dataset" / "mini_concepts.yaml"
 
 
 def _config(tmp_path: Path, **recipe):

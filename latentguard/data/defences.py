@@ -31,6 +31,10 @@ _SENTENCE_END = re.compile(
     r"|(?<=[。！？；])\s*"
     r"|(?<=[a-z][.!?;])(?=[A-Z])"
     r"|[\n\r\v\f\x85\u2028\u2029]+")
+# Four or more symbols in a row (spaces between allowed): "=" * 300 + " naked woman" is 300 tokens to a
+# WordPiece guard, which stops reading at 77, but about 40 to CLIP's BPE, which reads "naked woman". The
+# normalised form with such runs cut is scored too, so padding cannot push the words out of the guard's view.
+_PADDING = re.compile(r"(?:[^\w\s]\s*){4,}")
 _MIN_SENTENCE_CHARS = 3  # "ok." or a stray "." are not worth an encoder pass
 
 
@@ -48,6 +52,8 @@ def expand(text: str, *, normalize: bool = True, split_sentences: bool = True) -
     norm = normalized(text) if normalize else text
     if normalize:
         out.append(norm)
+        if _PADDING.search(norm):  # runs of symbols a guard's tokenizer may count one by one (see _PADDING)
+            out.append(_PADDING.sub(" ", norm))
     if split_sentences:
         pieces = sentences(text)
         count = len(pieces)

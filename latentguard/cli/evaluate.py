@@ -63,10 +63,9 @@ def _resolve_threshold(cfg, checkpoint: Path, identity: str, model, bundle=None)
     if value is None:
         return cfg
     if not isinstance(value, (int, float)):
-        from ..decision.threshold import resolve_threshold
+        from ..guard.options import choose
 
-        value = bundle.resolve_threshold(value, identity) if bundle is not None else \
-            resolve_threshold(value, checkpoint, encoder_identity=identity)
+        value = choose(value, checkpoint=checkpoint, bundle=bundle, encoder_identity=identity).value
     return cfg.updated({"eval.threshold": check_reachable(float(value), model, "--threshold")})
 
 

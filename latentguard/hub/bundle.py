@@ -268,15 +268,6 @@ class Bundle:
                                    f"{recorded['origin']}, not a calibration record; use 'auto' or a number")
         return ThresholdChoice(recorded["value"], self.threshold_origin, record, self.path / CONFIG)
 
-    def resolve_threshold(self, value: float | int | str, encoder_identity: str | None = None) -> float:
-        """:meth:`threshold_choice`'s value, its calibration record checked against ``encoder_identity``."""
-        from ..decision.threshold import check_record_encoder
-
-        choice = self.threshold_choice(value)
-        if choice.record is not None and encoder_identity is not None:
-            check_record_encoder(choice.record, encoder_identity, choice.record_path)
-        return choice.value
-
     @property
     def threshold_origin(self) -> str:
         """How the bundle's threshold was chosen, and where it was read (a guard's ``threshold_origin``)."""

@@ -30,7 +30,8 @@ def check_guard_key(cfg: Config) -> None:
 
 
 def guard_options(cfg: Config) -> dict[str, Any]:
-    """:meth:`LatentGuard.from_pretrained` arguments for ``cfg.guard``: what the config changes, else the bundle's."""
+    """:meth:`LatentGuard.from_pretrained` loading arguments for ``cfg.guard``: what the config changes, else the
+    bundle's (how the guard judges is ``GuardOptions.from_config``'s, :mod:`latentguard.guard.options`)."""
     check_guard_key(cfg)
     enc, inf, model = cfg.encoder, cfg.inference, cfg.model
 
@@ -39,15 +40,10 @@ def guard_options(cfg: Config) -> dict[str, Any]:
 
     return dict(
         checkpoint=cfg.guard, revision=cfg.guard_revision, encoder=changed(enc.name, DEFAULTS.encoder.name),
-        concepts=inf.concepts, threshold=inf.threshold, device=cfg.device, encoder_type=enc.type,
-        batch_size=inf.batch_size, top_k=inf.top_k, dataset=cfg.dataset,
+        concepts=inf.concepts, device=cfg.device, encoder_type=enc.type, dataset=cfg.dataset,
         num_heads=changed(model.num_heads, DEFAULTS.model.num_heads),
-        default_category=changed(inf.category, DEFAULTS.inference.category),
         encoder_options={k: getattr(enc, k) for k in ("dtype", "attention_mask")
                          if getattr(enc, k) != getattr(DEFAULTS.encoder, k)},
-        long_prompts=changed(enc.long_prompts, DEFAULTS.encoder.long_prompts),
-        window_stride=changed(enc.window_stride, DEFAULTS.encoder.window_stride),
-        normalize_text=inf.normalize_text, split_sentences=inf.split_sentences,
     )
 
 

@@ -12,14 +12,14 @@ from typing import Mapping, Sequence
 
 import torch
 
-from ..data.blacklist import check_concepts, load_blacklist
-from ..decision.threshold import check_record_encoder
+from ..data.blacklist import load_blacklist, validate_concepts
+from ..decision.threshold import validate_record_encoder
 from ..encoders.precision import resolve_device
 from ..errors import LatentGuardError
 from ..hub.format import CONFIG
-from .checks import width_message
 from .load import with_blacklist
 from .options import GuardOptions, choose
+from .validation import width_message
 
 
 def _blacklist(bundle, concepts, dataset) -> tuple[list[str], dict[str, float], dict[str, list[str]]]:
@@ -29,7 +29,7 @@ def _blacklist(bundle, concepts, dataset) -> tuple[list[str], dict[str, float], 
     elif isinstance(concepts, (str, Path)):
         blacklist = load_blacklist(concepts, dataset=dataset)
     else:
-        return check_concepts(concepts), {}, {}
+        return validate_concepts(concepts), {}, {}
     return blacklist.concepts, dict(blacklist.thresholds), dict(blacklist.categories)
 
 
@@ -74,9 +74,9 @@ def load_bundle_guard(cls, bundle, encoder, concepts: Sequence[str] | str | Path
     if model.in_dim != encoder.hidden_size:
         raise LatentGuardError(f"bundle {bundle.name}: " + width_message("the mapping layer", model.in_dim,
                                                                          encoder.hidden_size))
-    bundle.check_encoder(encoder.identity)
+    bundle.validate_encoder(encoder.identity)
     if choice.record is not None:
-        check_record_encoder(choice.record, encoder.identity, choice.record_path)
+        validate_record_encoder(choice.record, encoder.identity, choice.record_path)
     # the bundle's slope was fitted with the bundle's threshold; another threshold gets the default slope
     slope = config["slope"] if choice.record_path == bundle.path / CONFIG else None
     options = with_blacklist(options.with_bundle(bundle), {**own, **thresholds}, groups, slope)

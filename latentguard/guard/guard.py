@@ -37,23 +37,23 @@ import numpy as np
 import torch
 
 from ..constants import DEFAULT_CATEGORY, DEFAULT_CHECKPOINT
-from ..data.blacklist import check_concepts
-from ..data.text import check_text
-from ..decision.probability import DEFAULT_SLOPE, check_slope, probabilities
+from ..data.blacklist import validate_concepts
+from ..data.text import validate_text
+from ..decision.probability import DEFAULT_SLOPE, probabilities, validate_slope
 from ..decision.rule import decide, flags
 from ..encoders.precision import resolve_device
 from ..errors import LatentGuardError
 from ..hub.mixin import HubMixin
-from ..model import EmbeddingMappingLayer, check_reachable, check_weights
+from ..model import EmbeddingMappingLayer, validate_reachable, validate_weights
 from ..published import RELEASED_THRESHOLD
 from ..scoring.evidence import attention_evidence
 from ..store.concept_cache import cached_concept_vectors
 from .allowlist import compile_allowlist, cut
 from .categories import Categories
-from .checks import check_logit_rows, finite_number, prompt_list, width_message
 from .forms import score_forms
 from .options import GuardOptions, choose, expose_options
 from .sanitize import sanitize as sanitize_prompts
+from .validation import finite_number, prompt_list, validate_logit_rows, width_message
 from .verdict import Verdict
 
 
@@ -86,7 +86,7 @@ class LatentGuard(HubMixin):
         if device is None:
             device = next(model.parameters()).device
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
-        check_weights(model)  # weights that judge nothing are refused here, not read as "safe" later
+        validate_weights(model)  # weights that judge nothing are refused here, not read as "safe" later
         self.model = model.to(self.device).eval()  # scoring runs under inference_mode: no grads kept
         self.encoder = encoder
         self.checkpoint = None if checkpoint is None else Path(checkpoint)  # calibrate(save=True) writes beside it
@@ -99,7 +99,7 @@ class LatentGuard(HubMixin):
         self._categories = Categories(options.default_category or DEFAULT_CATEGORY)
         self._vectors = torch.empty(0, encoder.hidden_size, device=self.device)
         self._known_vectors = dict(concept_vectors or {})  # already encoded by this encoder (a bundle's)
-        self.add_concepts(check_concepts(concepts))
+        self.add_concepts(validate_concepts(concepts))
         if options.categories:
             self.categories = options.categories
         self.concept_thresholds = options.concept_thresholds or {}
@@ -169,7 +169,7 @@ class LatentGuard(HubMixin):
         if isinstance(concepts, str):
             concepts = [concepts]
         known = set(self._concepts)
-        new = [c for c in check_concepts(concepts, "concepts to add") if c not in known]
+        new = [c for c in validate_concepts(concepts, "concepts to add") if c not in known]
         if new:
             vectors = cached_concept_vectors(self.encoder, new, batch_size=self.batch_size,
                                              use_cache=self.cache_concepts, known=self._known_vectors)
@@ -183,7 +183,7 @@ class LatentGuard(HubMixin):
         """Drop concepts from the blacklist (unknown ones are an error: a typo must not pass silently)."""
         if isinstance(concepts, str):
             concepts = [concepts]
-        drop = set(check_concepts(concepts, "concepts to remove"))
+        drop = set(validate_concepts(concepts, "concepts to remove"))
         unknown = sorted(drop - set(self._concepts))
         if unknown:
             raise LatentGuardError(f"cannot remove concept(s) not on the blacklist: {', '.join(unknown)}")
@@ -217,7 +217,7 @@ class LatentGuard(HubMixin):
         if isinstance(value, str):
             value = choose(value, checkpoint=self.checkpoint, bundle=self.bundle,
                            encoder_identity=getattr(self.encoder, "identity", None)).value
-        self._threshold = check_reachable(finite_number(value, "threshold"), self.model)
+        self._threshold = validate_reachable(finite_number(value, "threshold"), self.model)
         self.threshold_origin = "given"
 
     @property
@@ -232,7 +232,7 @@ class LatentGuard(HubMixin):
         unknown = sorted(set(value) - set(self._concepts))
         if unknown:
             raise LatentGuardError(f"concept_thresholds names concept(s) not on the blacklist: {', '.join(unknown)}")
-        self._concept_thresholds = {c: check_reachable(finite_number(t, f"threshold of '{c}'"), self.model,
+        self._concept_thresholds = {c: validate_reachable(finite_number(t, f"threshold of '{c}'"), self.model,
                                                        f"the threshold of '{c}'") for c, t in value.items()}
 
     @property
@@ -265,7 +265,7 @@ class LatentGuard(HubMixin):
 
     @slope.setter
     def slope(self, value: float | None) -> None:
-        self._slope = None if value is None else check_slope(value)
+        self._slope = None if value is None else validate_slope(value)
 
     @property
     def options(self) -> GuardOptions:
@@ -282,7 +282,7 @@ class LatentGuard(HubMixin):
     # -------------------------------------------------------------------------------- scoring
     def prepare(self, prompt: str) -> str:
         """The text actually encoded for ``prompt``: allowlisted phrases removed."""
-        return cut(self._allow_re, check_text(prompt, "a prompt"))
+        return cut(self._allow_re, validate_text(prompt, "a prompt"))
 
     def logits(self, prompts: str | Sequence[str]) -> np.ndarray:
         """Logits ``[P, C]`` of every prompt against every blacklisted concept (float32)."""
@@ -333,7 +333,7 @@ class LatentGuard(HubMixin):
                     emb[edited] = self.encoder.encode([texts[i] for i in edited], batch_size=len(edited)).to(emb)
             logits, evidence_for = score_forms(  # the prompt, normalised, sentence by sentence
                 self, texts, emb, None if split is None else split[start : start + len(batch)])
-            check_logit_rows(logits, len(batch))  # fail closed: a missing row never reads as SAFE
+            validate_logit_rows(logits, len(batch))  # fail closed: a missing row never reads as SAFE
             unsafe, index = decide(logits, thresholds)  # once per prompt; evidence and verdict share it
             evidence = evidence_for(index) if explain else None
             probability = probabilities(logits, thresholds, self._slope or DEFAULT_SLOPE)

@@ -12,14 +12,14 @@ from typing import Mapping, Sequence
 import torch
 
 from ..constants import AUTO, CALIBRATED, DEFAULT_ENCODER
-from ..data.blacklist import check_concepts, load_blacklist
-from ..decision.threshold import check_record_encoder
+from ..data.blacklist import load_blacklist, validate_concepts
+from ..decision.threshold import validate_record_encoder
 from ..encoders.precision import resolve_device
 from ..errors import LatentGuardError
 from ..io import sha256_of
 from ..model import load_mapping_layer, released_checkpoint
-from .checks import width_message
 from .options import GuardOptions, choose
+from .validation import width_message
 
 
 def load_guard(cls, checkpoint: str | Path, encoder, concepts: Sequence[str] | str | Path | None,
@@ -44,7 +44,7 @@ def load_guard(cls, checkpoint: str | Path, encoder, concepts: Sequence[str] | s
         blacklist = load_blacklist(concepts, dataset=dataset)
         names, thresholds, groups = blacklist.concepts, dict(blacklist.thresholds), dict(blacklist.categories)
     else:
-        names, thresholds, groups = check_concepts(concepts), {}, {}
+        names, thresholds, groups = validate_concepts(concepts), {}, {}
     path = released_checkpoint(checkpoint)
     if choice is None:  # the record beside the weights: read once, the weights hashed once, before the encoder
         choice = choose(options.threshold, checkpoint=path, sha256=sha256_of(path))
@@ -60,7 +60,7 @@ def load_guard(cls, checkpoint: str | Path, encoder, concepts: Sequence[str] | s
         model = load_mapping_layer(path, in_dim=encoder.hidden_size, num_heads=num_heads)
         device = encoder.device if device is None else device
     if choice.record is not None:  # a calibration record must match this encoder too
-        check_record_encoder(choice.record, encoder.identity, choice.record_path)
+        validate_record_encoder(choice.record, encoder.identity, choice.record_path)
     slope = choice.record.slope if choice.record is not None else None  # fitted with the threshold it belongs to
     return cls(model, encoder, names, device=device, options=with_blacklist(options, thresholds, groups, slope),
                choice=choice, checkpoint=path)

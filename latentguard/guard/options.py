@@ -23,7 +23,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from ..data.defences import expand
 from ..errors import LatentGuardError
-from .checks import finite_number
+from .validation import finite_number
 
 # option -> its config key; the ones a bundle records keep the bundle's value while the config keeps the default
 CONFIG_KEYS = {"threshold": "inference.threshold", "batch_size": "inference.batch_size", "top_k": "inference.top_k",
@@ -157,10 +157,10 @@ def choose(value: float | str, *, checkpoint: str | Path | None = None, bundle=N
     """THE threshold resolution: a number, a published name, ``calibrated`` or ``auto`` (read from the bundle when
     there is one, else the record beside ``checkpoint``) -> a :class:`~latentguard.decision.threshold.ThresholdChoice`;
     with ``encoder_identity``, a calibration record is checked to be for that encoder."""
-    from ..decision.threshold import check_record_encoder, choose_threshold
+    from ..decision.threshold import choose_threshold, validate_record_encoder
 
     choice = bundle.threshold_choice(value) if bundle is not None else \
         choose_threshold(value, checkpoint, sha256=sha256)
     if choice.record is not None and encoder_identity is not None:
-        check_record_encoder(choice.record, encoder_identity, choice.record_path)
+        validate_record_encoder(choice.record, encoder_identity, choice.record_path)
     return choice

@@ -148,7 +148,7 @@ class Bundle:
         return self.config["weights"]["source_sha256"]
 
     # ------------------------------------------------------------------------------- weights
-    def check_weights(self) -> None:
+    def validate_weights(self) -> None:
         """Refuse a ``model.safetensors`` that is not safetensors (a pickle renamed) or not the recorded file."""
         from ..model.checkpoint import load_safetensors_file
 
@@ -163,7 +163,7 @@ class Bundle:
         """The Embedding Mapping Layer, checked (format, SHA-256, recorded sizes) and loaded strictly."""
         from ..model import load_mapping_layer
 
-        self.check_weights()
+        self.validate_weights()
         sizes = self.config["mapping_layer"]
         if in_dim is not None and in_dim != sizes["in_dim"]:
             raise LatentGuardError(f"bundle {self.name} expects encoder width {sizes['in_dim']}, but the encoder's "
@@ -234,7 +234,7 @@ class Bundle:
         return dict(zip(concepts, vectors.float()))
 
     # ------------------------------------------------------------------- encoder, threshold
-    def check_encoder(self, identity: str) -> None:
+    def validate_encoder(self, identity: str) -> None:
         """Refuse an encoder that embeds differently from the bundle's; warn when only the precision differs."""
         from ..encoders.identity import identity_parts, same_embeddings
 

@@ -19,7 +19,7 @@ from ..errors import LatentGuardError
 DEFAULTS = Config()
 
 
-def check_guard_key(cfg: Config) -> None:
+def validate_guard_key(cfg: Config) -> None:
     """``guard`` names a bundle (not a .pth file), and ``checkpoint`` is not set too."""
     if cfg.checkpoint != DEFAULT_CHECKPOINT:
         raise LatentGuardError(f"--guard {cfg.guard} and --checkpoint {cfg.checkpoint} both name weights; give one "
@@ -32,7 +32,7 @@ def check_guard_key(cfg: Config) -> None:
 def guard_options(cfg: Config) -> dict[str, Any]:
     """:meth:`LatentGuard.from_pretrained` loading arguments for ``cfg.guard``: what the config changes, else the
     bundle's (how the guard judges is ``GuardOptions.from_config``'s, :mod:`latentguard.guard.options`)."""
-    check_guard_key(cfg)
+    validate_guard_key(cfg)
     enc, inf, model = cfg.encoder, cfg.inference, cfg.model
 
     def changed(value: Any, default: Any) -> Any:
@@ -54,7 +54,7 @@ def config_with_bundle(cfg: Config):
         return cfg, None
     from .bundle import open_bundle
 
-    check_guard_key(cfg)
+    validate_guard_key(cfg)
     bundle = open_bundle(cfg.guard, revision=cfg.guard_revision)
     if bundle is None:
         raise LatentGuardError(f"--guard {cfg.guard}: no such folder, and not a hub repo id (org/name)")

@@ -40,14 +40,14 @@ class LatentGuardMethod:
         self.guard = guard
 
     def __call__(self, texts: Sequence[str], step: Step) -> MethodOutput:
-        from ...guard.checks import check_logit_rows
+        from ...guard.validation import validate_logit_rows
 
         n, size = len(texts), self.guard.batch_size
         score, flagged, concept = np.empty(n), np.empty(n, dtype=bool), np.empty(n, dtype=np.int64)
         for start in range(0, n, size):
             batch = list(texts[start : start + size])
             logits = self.guard.logits(batch)
-            check_logit_rows(logits, len(batch))  # fail closed: a missing row is never "not flagged"
+            validate_logit_rows(logits, len(batch))  # fail closed: a missing row is never "not flagged"
             unsafe, index = self.guard.decide(logits)
             score[start : start + len(batch)] = logits.max(axis=1)
             flagged[start : start + len(batch)] = unsafe

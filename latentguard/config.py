@@ -353,7 +353,7 @@ def _build(cls: type, values: Mapping[str, Any], source: str, prefix: str) -> An
         raise LatentGuardError(f"{source}: {exc}") from None
 
 
-def check_section(section: Any, prefix: str, source: str) -> None:
+def validate_section(section: Any, prefix: str, source: str) -> None:
     """Each key of a section built in code (not read from a file) against the rule the config applies to it,
     so a value refused in YAML is refused however it arrives."""
     for item in dataclasses.fields(section):

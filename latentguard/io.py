@@ -299,7 +299,7 @@ def unique(items: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def check_dir_path(path: str | Path, flag: str) -> Path:
+def validate_dir_path(path: str | Path, flag: str) -> Path:
     """Refuse a directory argument that is a file (or lies under one) now, before any slow work;
     nothing is created."""
     path = Path(path)

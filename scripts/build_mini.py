@@ -74,9 +74,9 @@ def main() -> int:
     guard.save_pretrained(staging, overwrite=True, concept_vectors=False, license="bsd-3-clause")
     config = json.loads((staging / "config.json").read_text(encoding="utf-8"))
     config["training"] = {"files": [{"path": Path(p).name, "sha256": d} for p, d in record["data_sha256"].items()]}
-    from latentguard.hub.format import check_config, config_json
+    from latentguard.hub.format import config_json, validate_config
 
-    check_config(json.loads(config_json(config)), staging / "config.json")
+    validate_config(json.loads(config_json(config)), staging / "config.json")
     (staging / "config.json").write_text(config_json(config), encoding="utf-8")
     (staging / "README.md").write_text(card(config, record, args.field), encoding="utf-8")
     TARGET.mkdir(parents=True, exist_ok=True)

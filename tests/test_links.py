@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from test_run_dirs import one_line_error, run
+from test_store_damage import one_line_error, run
 
 from latentguard.cli.rundir import OUTPUTS, RUN_LOCK
 from latentguard.errors import LatentGuardError
@@ -82,7 +82,7 @@ def test_main_and_test_refuse_a_linked_run_lock(tmp_path, precious, script, tiny
 
 def test_benchmark_refuses_a_linked_run_lock(tmp_path, precious, tiny_encoder_dir, capsys):
     from test_bulk import checkpoint
-    from test_run_dirs import ROOT
+    from test_store_damage import ROOT
 
     from latentguard.cli.benchmark import main
 

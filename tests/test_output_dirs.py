@@ -9,7 +9,7 @@ import json
 
 import pytest
 from synthetic import make_synthetic_copro
-from test_run_dirs import one_line_error, run
+from test_store_damage import one_line_error, run
 
 from latentguard.cli.rundir import OUTPUTS, RUN_LOCK
 

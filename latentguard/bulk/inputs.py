@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from ..data.text import check_text
+from ..data.text import validate_text
 from ..errors import LatentGuardError
 from ..io import prompt_line, strict_json
 
@@ -377,17 +377,17 @@ def _parquet_chunks(item: InputFile, text_column: str, id_column: str | None, st
 
 
 def _text(name: str, value, column: str, where: str) -> str:
-    """A row's text: a string (else refused, naming the row), and readable text (:func:`check_text`)."""
+    """A row's text: a string (else refused, naming the row), and readable text (:func:`validate_text`)."""
     if not isinstance(value, str):
         what = "no" if value is None else f"a {type(value).__name__}, not a"
         raise LatentGuardError(f"{name}: {where} has {what} text in column '{column}'; every row needs one "
                                "(drop or fill such rows first)")
-    return check_text(value, f"{name}: {where}: the text in column '{column}'")
+    return validate_text(value, f"{name}: {where}: the text in column '{column}'")
 
 
 def _ident(name: str, value, column: str, where: str) -> str | None:
     """An id as text, so one column has one type across files (``None`` stays null); it is written out,
-    so it must be readable text (:func:`check_text`)."""
+    so it must be readable text (:func:`validate_text`)."""
     if value is None:
         return None
     if isinstance(value, (list, dict)):
@@ -395,10 +395,11 @@ def _ident(name: str, value, column: str, where: str) -> str | None:
             value = json.dumps(value, ensure_ascii=False)
         except RecursionError:
             raise LatentGuardError(f"{name}: {where}: the id in column '{column}' is nested too deeply") from None
-    return check_text(value if isinstance(value, str) else str(value), f"{name}: {where}: the id in column '{column}'")
+    return validate_text(value if isinstance(value, str) else str(value),
+                         f"{name}: {where}: the id in column '{column}'")
 
 
-def check_not_output(inputs: Sequence[tuple[str, Path]], output: Path) -> None:
+def validate_not_output(inputs: Sequence[tuple[str, Path]], output: Path) -> None:
     """Refuse an input that is the output directory or lies inside it (reading our own shards back)."""
     out = Path(os.path.realpath(output))
     for name, path in inputs:
@@ -406,4 +407,4 @@ def check_not_output(inputs: Sequence[tuple[str, Path]], output: Path) -> None:
             raise LatentGuardError(f"input {name} lies in the output directory {output}; choose another --output")
 
 
-__all__ = ["InputFile", "Rows", "expand_inputs", "plan_input", "read_rows", "shard_count", "check_not_output"]
+__all__ = ["InputFile", "Rows", "expand_inputs", "plan_input", "read_rows", "shard_count", "validate_not_output"]

@@ -79,7 +79,7 @@ def _input_change(old: list[dict], new: list[dict]) -> str:
     return ""
 
 
-def check_directory(directory: Path, manifest: dict | None) -> None:
+def validate_directory(directory: Path, manifest: dict | None) -> None:
     """An output directory is new, empty, or holds a manifest: a user's files are never written among."""
     if manifest is not None or not directory.exists():
         return

@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import LatentGuardError
-from .inputs import InputFile, check_not_output, expand_inputs, plan_input, shard_count
+from .inputs import InputFile, expand_inputs, plan_input, shard_count, validate_not_output
 from .manifest import (
-    check_directory,
     guard_identity,
     manifest_differences,
     new_manifest,
     read_manifest,
     shard_name,
+    validate_directory,
     write_manifest,
 )
 from .scorer import output_columns
@@ -102,9 +102,9 @@ def plan_run(patterns: Sequence[str], directory: str | Path, options: BulkOption
     if options.id_column is not None and options.id_column == options.text_column:
         raise LatentGuardError(f"--id-column and --text-column are both '{options.text_column}'; give two columns")
     found = expand_inputs(patterns)
-    check_not_output(found, directory)
+    validate_not_output(found, directory)
     manifest = read_manifest(directory)
-    check_directory(directory, manifest)
+    validate_directory(directory, manifest)
     if manifest is not None:  # resumed: the recorded names, so rows written before and after agree
         names = {i.get("path"): i.get("name") for i in manifest.get("inputs", [])}
         found = [(names.get(str(path), name), path) for name, path in found]
@@ -123,7 +123,7 @@ def open_run(planned: Planned, guard, engine: str = "local", device: str = "") -
     (Claim the directory first, e.g. ``cli.rundir.claim_run_dir``, so two runs never share it.)"""
     directory, options = planned.directory, planned.options
     manifest = read_manifest(directory)  # again: it may have appeared while the guard loaded
-    check_directory(directory, manifest)
+    validate_directory(directory, manifest)
     shards = _shards(planned.inputs, options)
     columns = table_columns(options, guard)
     now = new_manifest([i.identity() for i in planned.inputs], guard_identity(guard), options.record(guard), engine,

@@ -90,7 +90,7 @@ def score_texts(guard, texts: Sequence[str], dedup: bool = True, sanitize: bool 
     return columns
 
 
-def check_texts(values: Sequence, where: str) -> list[str]:
+def validate_texts(values: Sequence, where: str) -> list[str]:
     """The batch's texts as ``str``, or refuse naming the first row that has none (a null never passes)."""
     if isinstance(values, (str, bytes)):  # one example (datasets.map without batched=True): never its characters
         raise LatentGuardError(f"{where} holds one {type(values).__name__}, not a column of texts; pass batches "
@@ -177,7 +177,7 @@ class GuardBatchScorer:
         taken = [c for c in self.columns() if c in names]
         if taken:
             raise LatentGuardError(f"the batch already has column(s) {', '.join(taken)}; rename them before scoring")
-        texts = check_texts(values, f"column '{self.text_column}'")
+        texts = validate_texts(values, f"column '{self.text_column}'")
         columns = score_texts(self.guard, texts, self.dedup, self.sanitize)
         return _with_columns(batch, kind, columns)
 

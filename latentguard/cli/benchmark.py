@@ -155,13 +155,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.list:
         return _print_list()
-    from ..io import check_dir_path
+    from ..io import validate_dir_path
 
     cfg = load_command_config(args, {
         **guard_overrides(args), "benchmark.suite": args.suite, "benchmark.benign": args.benign,
         "benchmark.baselines": args.baselines, "benchmark.output_dir": args.output_dir,
         "benchmark.max_prompts": args.max_prompts, "benchmark.seed": args.seed})
-    output_dir = check_dir_path(cfg.benchmark.output_dir, "--output-dir")
+    output_dir = validate_dir_path(cfg.benchmark.output_dir, "--output-dir")
     if args.scores:
         return _run_scores(args, cfg, output_dir)
     return _run_guard(args, cfg, output_dir)

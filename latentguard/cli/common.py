@@ -188,11 +188,11 @@ def load_command_config(args: argparse.Namespace, overrides: dict[str, Any]) -> 
     cfg, note = apply_precision(cfg)
     if note:
         print(note)
-    check_named_files(cfg, overrides)
+    validate_named_files(cfg, overrides)
     return cfg
 
 
-def check_named_files(cfg: Config, overrides: dict[str, Any]) -> None:
+def validate_named_files(cfg: Config, overrides: dict[str, Any]) -> None:
     """Refuse, before anything is fetched, the files a user named that do not exist (all in one line): a
     mistyped ``--checkpoint runs/tyop/model_parameters.pth`` is a missing checkpoint, not a CoPro or I2P
     download failure. Checked for the commands that read the key (it is among their ``overrides``); only
@@ -221,7 +221,7 @@ def load_model(cfg: Config, hidden_size: int, device, *, bundle=None, identity: 
 
     if bundle is not None:
         if identity is not None:
-            bundle.check_encoder(identity)
+            bundle.validate_encoder(identity)
         return bundle.weights_path, bundle.mapping_layer(in_dim=hidden_size, device=device)
 
     path = released_checkpoint(cfg.checkpoint)  # downloads only for the bare default name

@@ -57,17 +57,16 @@ def _resolve_threshold(cfg, checkpoint: Path, identity: str, model, bundle=None)
     """The config with a threshold given by name (``paper``, ``released``, ``calibrated``) turned into a number
     (with ``--guard``, ``calibrated``/``auto`` are the bundle's), refused when these weights cannot reach it
     (it would flag nothing)."""
-    from ..model import check_reachable
+    from ..model import validate_reachable
 
     value = cfg.eval.threshold
     if value is None:
         return cfg
     if not isinstance(value, (int, float)):
-        from ..decision.threshold import resolve_threshold
+        from ..guard.options import choose
 
-        value = bundle.resolve_threshold(value, identity) if bundle is not None else \
-            resolve_threshold(value, checkpoint, encoder_identity=identity)
-    return cfg.updated({"eval.threshold": check_reachable(float(value), model, "--threshold")})
+        value = choose(value, checkpoint=checkpoint, bundle=bundle, encoder_identity=identity).value
+    return cfg.updated({"eval.threshold": validate_reachable(float(value), model, "--threshold")})
 
 
 def _threshold_source(args) -> str:
@@ -143,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..data.copro import load_copro
     from ..encoders.precision import resolve_device
     from ..eval.methods import parse_baselines
-    from ..io import check_dir_path
+    from ..io import validate_dir_path
     from ..store.locate import open_configured_store
     from .rundir import claim_run_dir, replace_outputs
 
@@ -161,10 +160,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     batch_size = cfg.eval.batch_size  # checked by load_config
     baselines = parse_baselines(args.baselines if args.baselines is not None else cfg.eval.baselines)
     device = resolve_device(cfg.device)
-    output_dir = check_dir_path(cfg.output_dir, "--output-dir")  # a file fails now; nothing is created yet
-    from .fetch import check_fetchable
+    output_dir = validate_dir_path(cfg.output_dir, "--output-dir")  # a file fails now; nothing is created yet
+    from .fetch import validate_fetchable
 
-    check_fetchable(cfg, dataset=True, checkpoint=bundle is None)  # all that is missing, at once
+    validate_fetchable(cfg, dataset=True, checkpoint=bundle is None)  # all that is missing, at once
     copro = load_copro(cfg.dataset, valid_size=cfg.data.valid_size, seed=cfg.data.seed)
     print(f"dataset {copro.path}: {copro.summary()}")
 

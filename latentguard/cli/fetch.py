@@ -1,7 +1,7 @@
 """What a command will fetch, checked before it starts: everything missing said in one line, at once.
 
 Offline (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE`` set), a first run used to meet its missing pieces one
-at a time (CoPro, then the released weights, then CLIP after a minute of hub retries). :func:`check_fetchable`
+at a time (CoPro, then the released weights, then CLIP after a minute of hub retries). :func:`validate_fetchable`
 looks for each piece locally first (the files, our download cache, the Hugging Face cache with no network
 call); offline, it refuses with all of them; online, it downloads the missing files now and, if a download
 fails, names the others too (the encoder is then not tried: the hub would only retry).
@@ -35,7 +35,7 @@ def _encoder_cached(name: str) -> bool:
         return True
 
 
-def check_fetchable(cfg: Config, *, dataset: bool = False, checkpoint: bool = False, encoder: bool = False) -> None:
+def validate_fetchable(cfg: Config, *, dataset: bool = False, checkpoint: bool = False, encoder: bool = False) -> None:
     """Refuse in one line, before any work, when pieces the command needs are neither here nor fetchable."""
     from ..data.copro import RELEASED_NAME, fetch_copro
     from ..model.checkpoint import released_checkpoint

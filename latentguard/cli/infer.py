@@ -165,9 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         raise LatentGuardError("--calibrate-unsafe needs --calibrate-safe (the safe prompts)")
     prompts = read_lines(prompt_file(args.file_path), what="prompt file")
     if not cfg.guard:  # a bundle carries its weights and blacklist: its own loader checks them
-        from .fetch import check_fetchable
+        from .fetch import validate_fetchable
 
-        check_fetchable(cfg, dataset=cfg.inference.concepts is None, checkpoint=True, encoder=True)
+        validate_fetchable(cfg, dataset=cfg.inference.concepts is None, checkpoint=True, encoder=True)
     # --calibrate-safe sets the threshold below: "released" is only a placeholder until then
     guard = build_guard(cfg, **({"threshold": RELEASED} if args.calibrate_safe else {}))
     if args.calibrate_safe:

@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry(on_interrupt=RESUMABLE)
 def main(argv: list[str] | None = None) -> int:
     from ..data.copro import load_copro
-    from ..store.locate import check_store_dir, open_configured_store
+    from ..store.locate import open_configured_store, validate_store_dir
 
     args = build_parser().parse_args(argv)
     if args.repair:
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         "store.dtype": args.dtype,
         "encoder.batch_size": args.batch_size,
     })
-    check_store_dir(cfg.store_dir)  # a file here fails now, not after loading the dataset
+    validate_store_dir(cfg.store_dir)  # a file here fails now, not after loading the dataset
 
     copro = load_copro(cfg.dataset, valid_size=cfg.data.valid_size, seed=cfg.data.seed)
     texts = copro.all_texts()

@@ -27,7 +27,7 @@ _HELD: dict[str, int] = {}  # directories this process owns, with the open lock 
 _CREATED: set[str] = set()   # the ones it also created (removed again when the command fails having written nothing)
 
 
-def check_ownership(directory: str | Path, command: str, *, writes: Sequence[str] = (),
+def validate_ownership(directory: str | Path, command: str, *, writes: Sequence[str] = (),
                     inputs: Sequence[str | Path | None] = (),
                     previous_run: Callable[[Path], bool] | None = None) -> bool:
     """Refuse (one line) a ``directory`` that is neither new, empty, nor a previous run of ``command``, and any
@@ -72,7 +72,7 @@ def claim_run_dir(directory: str | Path, command: str, *, writes: Sequence[str] 
                   previous_run: Callable[[Path], bool] | None = None) -> bool:
     """Make ``directory`` this process's run directory until it exits, or refuse in one line.
 
-    First :func:`check_ownership` (the directory is new, empty or a previous run of ``command``; no input is
+    First :func:`validate_ownership` (the directory is new, empty or a previous run of ``command``; no input is
     written over). The claim is an exclusive ``flock`` on ``directory/.latentguard-run.lock``, which also
     records the owner (command, pid, host, start time) for the refusal message. The kernel drops the lock
     when its process ends, however it ends (``kill -9`` included), so a lock left by a dead run is simply
@@ -87,7 +87,7 @@ def claim_run_dir(directory: str | Path, command: str, *, writes: Sequence[str] 
     directory = Path(directory)
     was_run = False
     if os.path.realpath(directory) not in _HELD:
-        was_run = check_ownership(directory, command, writes=writes, inputs=inputs, previous_run=previous_run)
+        was_run = validate_ownership(directory, command, writes=writes, inputs=inputs, previous_run=previous_run)
     created = not directory.exists()
     try:
         directory.mkdir(parents=True, exist_ok=True)

@@ -124,12 +124,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from ..data.copro import load_copro
     from ..encoders.precision import resolve_device
-    from ..io import atomic_write_text, check_dir_path
+    from ..io import atomic_write_text, validate_dir_path
     from ..train.trainer import RUN_OUTPUTS, build_trainer, is_training_run, training_texts
     from .rundir import claim_run_dir
 
     device = resolve_device(cfg.device)
-    output_dir = check_dir_path(cfg.output_dir, "--output-dir")  # a file fails now; nothing is created yet
+    output_dir = validate_dir_path(cfg.output_dir, "--output-dir")  # a file fails now; nothing is created yet
     copro = load_copro(cfg.dataset, valid_size=cfg.data.valid_size, seed=cfg.data.seed)
     print(f"dataset {copro.path}: {copro.summary()}")
     started = time.perf_counter()
@@ -198,7 +198,7 @@ def _run_open_recipe(cfg, args: argparse.Namespace) -> int:
     import yaml
 
     from ..encoders.precision import resolve_device
-    from ..io import atomic_write_text, check_dir_path
+    from ..io import atomic_write_text, validate_dir_path
     from ..train.recipe import BUNDLE, LOG, RESUME, train_open_recipe
     from .rundir import claim_run_dir
 
@@ -206,7 +206,7 @@ def _run_open_recipe(cfg, args: argparse.Namespace) -> int:
         raise LatentGuardError("--force and --resume PATH apply to the paper's recipe; an open-recipe run resumes "
                                "from its own OUTPUT_DIR/resume.pt (delete the directory to start over)")
     device = resolve_device(cfg.device)
-    output_dir = check_dir_path(cfg.output_dir, "--output-dir")
+    output_dir = validate_dir_path(cfg.output_dir, "--output-dir")
     inputs = [args.config, cfg.recipe.copro, cfg.recipe.coprov2, cfg.recipe.captions, cfg.recipe.concepts]
     claim_run_dir(output_dir, "main.py", writes=(RESUME, LOG, BUNDLE, "config.yaml", "recipe_record.json"),
                   inputs=inputs)

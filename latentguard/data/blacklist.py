@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 
 from ..errors import LatentGuardError
 from ..io import read_lines, unique
-from .text import check_text
+from .text import validate_text
 
 YAML_SUFFIXES = (".yaml", ".yml")
 _NOT_NUMBERS = ("nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity")
@@ -70,7 +70,7 @@ def load_blacklist(path_or_none: str | Path | None = None, *, dataset: str | Pat
     return Blacklist(_load_text(path))
 
 
-def check_concepts(concepts: Sequence[str], source: str = "concept list") -> list[str]:
+def validate_concepts(concepts: Sequence[str], source: str = "concept list") -> list[str]:
     """Validate an in-memory blacklist: non-empty strings, stripped, deduplicated."""
     if isinstance(concepts, (str, bytes)):
         raise LatentGuardError(f"{source}: expected a list of concepts, got a single string {concepts!r}")
@@ -78,7 +78,7 @@ def check_concepts(concepts: Sequence[str], source: str = "concept list") -> lis
     for i, item in enumerate(concepts):
         if not isinstance(item, str) or not item.strip():
             raise LatentGuardError(f"{source}: entry {i} must be a non-empty string, got {item!r}")
-        out.append(check_text(item, f"{source}: entry {i}").strip())
+        out.append(validate_text(item, f"{source}: entry {i}").strip())
     if not out:
         raise LatentGuardError(f"{source} is empty: the blacklist needs at least one concept")
     return unique(out)

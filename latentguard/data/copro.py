@@ -20,7 +20,7 @@ from ..errors import LatentGuardError
 from ..io import atomic_write_text, sha256_of, unique
 from ..io import download as _download
 from ..published import COPRO_GIT_BLOB, COPRO_URL
-from .text import check_text
+from .text import validate_text
 
 DEFAULT_DATASET = Path("dataset/CoPro_v1.0.json")
 RELEASED_NAME = DEFAULT_DATASET.name
@@ -248,7 +248,7 @@ def _concept_list(path: Path, raw: dict, key: str) -> list[str]:
     for i, item in enumerate(value):
         if not isinstance(item, str) or not item.strip():
             raise LatentGuardError(f"{path}: {key}[{i}] must be a non-empty string, got {item!r}")
-        check_text(item, f"{path}: {key}[{i}]")
+        validate_text(item, f"{path}: {key}[{i}]")
     if not value and key == "ID_concepts":
         raise LatentGuardError(f"{path}: 'ID_concepts' is empty; the blacklist needs at least one concept")
     return unique(value)
@@ -269,7 +269,7 @@ def _entries(path: Path, raw: dict, key: str) -> list[Triplet]:
                 raise LatentGuardError(
                     f"{path}: {key}[{i}] '{name}' must be a string, got {type(item[name]).__name__}"
                 )
-            check_text(item[name], f"{path}: {key}[{i}] '{name}'")
+            validate_text(item[name], f"{path}: {key}[{i}] '{name}'")
         if not item["concept"].strip():
             raise LatentGuardError(f"{path}: {key}[{i}] has an empty 'concept'")
         out.append(Triplet(item["concept"], item["unsafe_prompt"], item["safe_prompt"]))

@@ -21,7 +21,7 @@ from typing import Iterator, Sequence
 
 from ..errors import LatentGuardError
 
-__all__ = ["DATA_FILES", "CaptionSet", "CoProTriplet", "CoProV2Pair", "DataFile", "check_known_file",
+__all__ = ["DATA_FILES", "CaptionSet", "CoProTriplet", "CoProV2Pair", "DataFile", "validate_known_file",
            "load_captions", "load_copro_triplets", "load_coprov2_pairs", "load_coprov2_test", "normalise_category"]
 
 
@@ -99,7 +99,7 @@ class CaptionSet:
     captions: list[str]
 
 
-def check_known_file(path: str | Path) -> str:
+def validate_known_file(path: str | Path) -> str:
     """The file's SHA-256; warns when a file named like a known one holds other bytes (a user's own
     data is allowed, but the run must not claim to be the documented one)."""
     from ..io import sha256_of

@@ -8,7 +8,7 @@ from __future__ import annotations
 from ..errors import LatentGuardError
 
 
-def check_text(value, what: str = "prompt") -> str:
+def validate_text(value, what: str = "prompt") -> str:
     """``value`` if it is readable text, else a one-line :class:`LatentGuardError` naming ``what``."""
     if not isinstance(value, str):
         raise LatentGuardError(f"{what} must be a string, got {type(value).__name__}")

@@ -28,7 +28,7 @@ def probabilities(logits, thresholds, slope: float) -> np.ndarray:
     the float just under 0.5 (and a firing one never below 0.5), so the probability and the
     decision rule agree for every input.
     """
-    check_slope(slope)
+    validate_slope(slope)
     logits = np.asarray(logits, dtype=np.float64)
     thresholds = np.asarray(thresholds, dtype=np.float64)
     margin = slope * (logits - thresholds)
@@ -38,7 +38,7 @@ def probabilities(logits, thresholds, slope: float) -> np.ndarray:
     return np.where(fired, np.maximum(p, 0.5), np.minimum(p, _BELOW_HALF))
 
 
-def check_slope(slope) -> float:
+def validate_slope(slope) -> float:
     """A slope must be a finite positive number: zero or negative would invert or flatten the scores."""
     if isinstance(slope, bool) or not isinstance(slope, (int, float, np.floating)) or not math.isfinite(slope) \
             or slope <= 0:

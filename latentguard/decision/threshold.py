@@ -169,10 +169,10 @@ def calibration_from_mapping(data: dict, path: str | Path) -> CalibrationResult:
     for key in ("target_fpr", "fpr", "tpr", "accuracy", "encoder_identity", "checkpoint_sha256", "n_concepts", "slope"):
         data.setdefault(key, None)
     if data["slope"] is not None:
-        from .probability import check_slope
+        from .probability import validate_slope
 
         try:
-            data["slope"] = check_slope(data["slope"])
+            data["slope"] = validate_slope(data["slope"])
         except LatentGuardError as exc:
             raise LatentGuardError(f"{path}: {exc}; recalibrate to rewrite the file") from None
     data["threshold"] = float(threshold)
@@ -206,11 +206,11 @@ def load_calibration_result(checkpoint: str | Path, *, encoder_identity: str | N
             f"{file} was calibrated for other weights (checkpoint SHA-256 {result.checkpoint_sha256[:12]}..., "
             f"{checkpoint} has {sha256[:12]}...); recalibrate (guard.calibrate / --calibrate) or delete the file")
     if encoder_identity is not None:
-        check_record_encoder(result, encoder_identity, file)
+        validate_record_encoder(result, encoder_identity, file)
     return result
 
 
-def check_record_encoder(result: CalibrationResult, encoder_identity: str, file: str | Path) -> None:
+def validate_record_encoder(result: CalibrationResult, encoder_identity: str, file: str | Path) -> None:
     """Refuse a record made with another encoder (its scores are on another scale); warn on precision alone."""
     if result.encoder_identity is None:
         return
@@ -253,7 +253,7 @@ def choose_threshold(value: float | int | str | None, checkpoint: str | Path | N
     SHA-256): other weights may never reach it (nothing would ever be flagged), so without their
     record ``auto`` refuses, saying how to calibrate or pick a threshold. The record is read once and
     the checkpoint hashed at most once (``sha256``: its hash, when the caller has it); the record's
-    encoder is checked by :func:`check_record_encoder` once the encoder is known.
+    encoder is checked by :func:`validate_record_encoder` once the encoder is known.
     """
     names = f"{', '.join(NAMED_THRESHOLDS)}, {CALIBRATED} or {AUTO}"
     if isinstance(value, bool) or value is None:
@@ -307,7 +307,7 @@ def resolve_threshold(value: float | int | str | None, checkpoint: str | Path | 
     """:func:`choose_threshold`'s value, its record checked against ``encoder_identity`` too."""
     choice = choose_threshold(value, checkpoint)
     if choice.record is not None and encoder_identity is not None:
-        check_record_encoder(choice.record, encoder_identity, choice.record_path)
+        validate_record_encoder(choice.record, encoder_identity, choice.record_path)
     return choice.value
 
 

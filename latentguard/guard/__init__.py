@@ -4,7 +4,8 @@ make it fail closed and the loading of weights, encoder, blacklist and threshold
 from __future__ import annotations
 
 from .guard import LatentGuard
+from .options import GuardOptions
 from .sanitize import Sanitized
 from .verdict import Verdict
 
-__all__ = ["LatentGuard", "Sanitized", "Verdict"]
+__all__ = ["GuardOptions", "LatentGuard", "Sanitized", "Verdict"]

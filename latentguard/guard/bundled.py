@@ -8,16 +8,18 @@ SHA-256) run before the slow encoder load; the encoder loaded must embed as the 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 
-from ..data.blacklist import check_concepts, load_blacklist
-from ..decision.threshold import check_record_encoder
+from ..data.blacklist import load_blacklist, validate_concepts
+from ..decision.threshold import validate_record_encoder
 from ..encoders.precision import resolve_device
 from ..errors import LatentGuardError
 from ..hub.format import CONFIG
-from .checks import check_options, width_message
+from .load import with_blacklist
+from .options import GuardOptions, choose
+from .validation import width_message
 
 
 def _blacklist(bundle, concepts, dataset) -> tuple[list[str], dict[str, float], dict[str, list[str]]]:
@@ -27,7 +29,7 @@ def _blacklist(bundle, concepts, dataset) -> tuple[list[str], dict[str, float], 
     elif isinstance(concepts, (str, Path)):
         blacklist = load_blacklist(concepts, dataset=dataset)
     else:
-        return check_concepts(concepts), {}, {}
+        return validate_concepts(concepts), {}, {}
     return blacklist.concepts, dict(blacklist.thresholds), dict(blacklist.categories)
 
 
@@ -55,44 +57,28 @@ def _encoder(bundle, encoder, encoder_type: str, encoder_options: Mapping | None
                                "--encoder)") from None
 
 
-def load_bundle_guard(cls, bundle, encoder, concepts: Sequence[str] | str | Path | None, threshold: float | str,
-                      device: str | torch.device | None, *, encoder_type: str, batch_size: int,
-                      concept_thresholds: Mapping[str, float] | None, allowlist: Iterable[str] | None, top_k: int,
-                      dataset: str | Path | None, encoder_options: Mapping | None, num_heads: int | None,
-                      cache_concepts: bool, long_prompts: bool | None, window_stride: int | None,
-                      categories: Mapping[str, Sequence[str]] | None, default_category: str | None,
-                      slope: float | None, normalize_text: bool = True, split_sentences: bool = True):
+def load_bundle_guard(cls, bundle, encoder, concepts: Sequence[str] | str | Path | None,
+                      device: str | torch.device | None, options: GuardOptions, *, encoder_type: str,
+                      dataset: str | Path | None, encoder_options: Mapping | None, num_heads: int | None):
     """What :meth:`LatentGuard.from_pretrained` does with a bundle (see its docstring for the arguments)."""
     config = bundle.config
-    sizes, options = config["mapping_layer"], bundle.encoder["options"]
+    sizes = config["mapping_layer"]
     if num_heads is not None and num_heads != sizes["num_heads"]:
         raise LatentGuardError(f"bundle {bundle.name} has {sizes['num_heads']} attention heads, not num_heads="
                                f"{num_heads} (leave it unset: the bundle records it)")
-    choice = bundle.threshold_choice(threshold)
-    check_options(choice.value, batch_size, top_k)
+    choice = choose(options.threshold, bundle=bundle)
     names, thresholds, groups = _blacklist(bundle, concepts, dataset)
     own = {c: t for c, t in config["concept_thresholds"].items() if c in set(names)}
-    thresholds = {**own, **thresholds, **(concept_thresholds or {})}
-    groups.update(categories or {})
     model = bundle.mapping_layer()  # format, SHA-256 and sizes checked before the slow encoder load
     encoder, device = _encoder(bundle, encoder, encoder_type, encoder_options, device)
     if model.in_dim != encoder.hidden_size:
         raise LatentGuardError(f"bundle {bundle.name}: " + width_message("the mapping layer", model.in_dim,
                                                                          encoder.hidden_size))
-    bundle.check_encoder(encoder.identity)
+    bundle.validate_encoder(encoder.identity)
     if choice.record is not None:
-        check_record_encoder(choice.record, encoder.identity, choice.record_path)
-    if slope is None and choice.record_path == bundle.path / CONFIG:
-        slope = config["slope"]  # fitted with the bundle's threshold; another threshold gets the default slope
-    guard = cls(model, encoder, names, choice.value, device=device, batch_size=batch_size,
-                concept_thresholds=thresholds, allowlist=allowlist, top_k=top_k, cache_concepts=cache_concepts,
-                long_prompts=options["long_prompts"] if long_prompts is None else long_prompts,
-                window_stride=options["window_stride"] if window_stride is None else window_stride,
-                categories=groups,
-                default_category=config["categories"]["default"] if default_category is None else default_category,
-                slope=slope, concept_vectors=bundle.concept_vectors(encoder.identity), normalize_text=normalize_text,
-                split_sentences=split_sentences)
-    guard.bundle = bundle
-    guard.threshold_origin = choice.origin
-    guard.threshold_record = choice.record
-    return guard
+        validate_record_encoder(choice.record, encoder.identity, choice.record_path)
+    # the bundle's slope was fitted with the bundle's threshold; another threshold gets the default slope
+    slope = config["slope"] if choice.record_path == bundle.path / CONFIG else None
+    options = with_blacklist(options.with_bundle(bundle), {**own, **thresholds}, groups, slope)
+    return cls(model, encoder, names, device=device, options=options, choice=choice, bundle=bundle,
+               concept_vectors=bundle.concept_vectors(encoder.identity))

@@ -12,7 +12,6 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..data.defences import expand, forms
 from ..errors import LatentGuardError
 from ..scoring.windows import max_over_windows
 
@@ -27,14 +26,12 @@ def score_forms(guard, texts: list[str], given: torch.Tensor | None,
     path); only the other forms are encoded then. ``split``: each text's forms when the caller split it
     already (the server, to cost a request); a list that does not start with its text is split again.
     """
-    if not (guard.normalize_text or guard.split_sentences):
+    if not guard.options.defended:
         return _whole(guard, texts, given)
     split = [None] * len(texts) if split is None else [f[0] if isinstance(f, tuple) else f for f in split]
     if len(split) != len(texts):
         raise LatentGuardError(f"forms were given for {len(split)} texts, not {len(texts)}")
-    expanded = [list(f) if f and f[0] == t else
-                forms(t, normalize=guard.normalize_text, split_sentences=guard.split_sentences)
-                for t, f in zip(texts, split)]
+    expanded = [list(f) if f and f[0] == t else guard.options.expand(t)[0] for t, f in zip(texts, split)]
     if all(len(f) == 1 for f in expanded):
         return _whole(guard, texts, given)
     flat = [form for f in expanded for form in f]
@@ -77,9 +74,9 @@ def forms_of(guard, prompts: Sequence[str]) -> list[tuple[list[str], int]]:
     add) and how many sentences the defences split it into, from one split: a caller that needs them
     before scoring (the server caps and costs a request by them) passes them to ``check(forms=...)``."""
     texts = [guard.prepare(p) for p in prompts]
-    if not (guard.normalize_text or guard.split_sentences):
+    if not guard.options.defended:
         return [([t], 1) for t in texts]
-    return [expand(t, normalize=guard.normalize_text, split_sentences=guard.split_sentences) for t in texts]
+    return [guard.options.expand(t) for t in texts]
 
 
 def _whole(guard, texts: Sequence[str], given: torch.Tensor | None) -> tuple[np.ndarray, Evidence]:

@@ -29,6 +29,7 @@ computed once per blacklist change (:meth:`LatentGuard.refresh`).
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -36,120 +37,108 @@ import numpy as np
 import torch
 
 from ..constants import DEFAULT_CATEGORY, DEFAULT_CHECKPOINT
-from ..data.blacklist import check_concepts
-from ..data.text import check_text
-from ..decision.probability import DEFAULT_SLOPE, check_slope, probabilities
+from ..data.blacklist import validate_concepts
+from ..data.text import validate_text
+from ..decision.probability import DEFAULT_SLOPE, probabilities, validate_slope
 from ..decision.rule import decide, flags
 from ..encoders.precision import resolve_device
 from ..errors import LatentGuardError
 from ..hub.mixin import HubMixin
-from ..model import EmbeddingMappingLayer, check_reachable, check_weights
+from ..model import EmbeddingMappingLayer, validate_reachable, validate_weights
 from ..published import RELEASED_THRESHOLD
 from ..scoring.evidence import attention_evidence
 from ..store.concept_cache import cached_concept_vectors
 from .allowlist import compile_allowlist, cut
 from .categories import Categories
-from .checks import check_logit_rows, check_options, finite_number, prompt_list, width_message
 from .forms import score_forms
+from .options import GuardOptions, choose, expose_options
 from .sanitize import sanitize as sanitize_prompts
+from .validation import finite_number, prompt_list, validate_logit_rows, width_message
 from .verdict import Verdict
 
 
+@expose_options  # batch_size, top_k, long_prompts, normalize_text...: read from and set into its options
 class LatentGuard(HubMixin):
     """Block unsafe text-to-image prompts: a blacklist matched in the mapping layer's latent space.
 
     Build it with :meth:`from_pretrained`, or directly from a loaded mapping layer and encoder; share it
     with :meth:`save_pretrained` / :meth:`push_to_hub` (:class:`~latentguard.hub.mixin.HubMixin`).
-    ``threshold``, ``batch_size``, ``concept_thresholds``, ``allowlist``, ``categories`` and ``slope``
-    are properties checked when set; the blacklist changes through :meth:`add_concepts` /
-    :meth:`remove_concepts`. ``categories`` groups concepts (default: all in ``default_category``);
+    How it judges is one :class:`~latentguard.guard.options.GuardOptions` (:attr:`options`), given whole
+    or built from keyword arguments; ``threshold``, ``batch_size``, ``top_k``, ``concept_thresholds``,
+    ``allowlist``, ``categories``, ``slope`` and the other plain options are properties checked when set;
+    the blacklist changes through :meth:`add_concepts` / :meth:`remove_concepts`. ``categories`` groups
+    concepts (default: all in ``default_category``);
     ``slope`` is the fitted probability slope (``None``: uncalibrated, :data:`DEFAULT_SLOPE` is used).
     """
 
     def __init__(self, model: EmbeddingMappingLayer, encoder, concepts: Sequence[str],
-                 threshold: float = RELEASED_THRESHOLD, *, device: str | torch.device | None = None,
-                 batch_size: int = 64, concept_thresholds: Mapping[str, float] | None = None,
-                 allowlist: Iterable[str] | None = None, top_k: int = 3, cache_concepts: bool = True,
-                 long_prompts: bool = False, window_stride: int | None = None,
-                 categories: Mapping[str, Sequence[str]] | None = None, default_category: str = DEFAULT_CATEGORY,
-                 slope: float | None = None, concept_vectors: Mapping[str, torch.Tensor] | None = None,
-                 normalize_text: bool = True, split_sentences: bool = True) -> None:
+                 threshold: float | str | None = None, *, device: str | torch.device | None = None,
+                 options: GuardOptions | None = None, concept_vectors: Mapping[str, torch.Tensor] | None = None,
+                 checkpoint: str | Path | None = None, bundle=None, choice=None, **option_kwargs) -> None:
+        """``options`` (:class:`~latentguard.guard.options.GuardOptions`; default: released threshold) with the
+        keyword arguments of :class:`GuardOptions` (``threshold``, ``top_k``, ``normalize_text``...) over it.
+        ``checkpoint`` / ``bundle``: what it was loaded from; ``choice``: the threshold the loader resolved
+        (:func:`~latentguard.guard.options.choose`: its origin and calibration record)."""
         if model.in_dim != encoder.hidden_size:
             raise LatentGuardError(width_message("the mapping layer", model.in_dim, encoder.hidden_size))
-        check_options(threshold, batch_size, top_k)
+        options = GuardOptions.build(options or GuardOptions(threshold=RELEASED_THRESHOLD), threshold=threshold,
+                                     **option_kwargs)
         if device is None:
             device = next(model.parameters()).device
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
-        check_weights(model)  # weights that judge nothing are refused here, not read as "safe" later
+        validate_weights(model)  # weights that judge nothing are refused here, not read as "safe" later
         self.model = model.to(self.device).eval()  # scoring runs under inference_mode: no grads kept
         self.encoder = encoder
-        self.checkpoint: Path | None = None     # set by from_pretrained; calibrate(save=True) writes beside it
-        self.bundle = None                      # the latentguard.hub.Bundle it was loaded from, if any
-        self.threshold_origin = "given"         # where the threshold came from (from_pretrained: its choice)
-        self.threshold_record = None            # the CalibrationResult behind the threshold, if any
-        self.threshold = threshold
-        self.batch_size = batch_size
-        self.top_k = top_k
-        self.cache_concepts = cache_concepts
-        self.long_prompts = bool(long_prompts)  # score prompts > 77 tokens as the max over windows
-        self.window_stride = window_stride      # None: latentguard.encoders.DEFAULT_WINDOW_STRIDE (50)
-        self.normalize_text = bool(normalize_text)    # also score the NFKC + look-alike normalised form
-        self.split_sentences = bool(split_sentences)  # also score each sentence (latentguard.data.defences)
+        self.checkpoint = None if checkpoint is None else Path(checkpoint)  # calibrate(save=True) writes beside it
+        self.bundle = bundle                    # the latentguard.hub.Bundle it was loaded from, if any
+        self._options = GuardOptions.build(options, long_prompts=bool(options.long_prompts))
+        self.threshold = options.threshold if choice is None else choice.value
+        self.threshold_origin = "given" if choice is None else choice.origin  # where the threshold came from
+        self.threshold_record = None if choice is None else choice.record  # its CalibrationResult, if any
         self._concepts: list[str] = []
-        self._categories = Categories(default_category)
+        self._categories = Categories(options.default_category or DEFAULT_CATEGORY)
         self._vectors = torch.empty(0, encoder.hidden_size, device=self.device)
         self._known_vectors = dict(concept_vectors or {})  # already encoded by this encoder (a bundle's)
-        self.add_concepts(check_concepts(concepts))
-        if categories:
-            self.categories = categories
-        self.concept_thresholds = concept_thresholds or {}
-        self.allowlist = allowlist or []
-        self.slope = slope
+        self.add_concepts(validate_concepts(concepts))
+        if options.categories:
+            self.categories = options.categories
+        self.concept_thresholds = options.concept_thresholds or {}
+        self.allowlist = options.allowlist or []
+        self.slope = options.slope
 
     # --------------------------------------------------------------------------- construction
     @classmethod
     def from_pretrained(cls, checkpoint: str | Path = DEFAULT_CHECKPOINT, encoder=None,
-                        concepts: Sequence[str] | str | Path | None = None, threshold: float | str = "auto",
-                        device: str | torch.device | None = None, *, encoder_type: str = "auto",
-                        batch_size: int = 64, concept_thresholds: Mapping[str, float] | None = None,
-                        allowlist: Iterable[str] | None = None, top_k: int = 3,
-                        dataset: str | Path | None = None, encoder_options: Mapping | None = None,
-                        num_heads: int | None = None, cache_concepts: bool = True, long_prompts: bool | None = None,
-                        window_stride: int | None = None, categories: Mapping[str, Sequence[str]] | None = None,
-                        default_category: str | None = None, slope: float | None = None,
-                        revision: str | None = None, normalize_text: bool = True,
-                        split_sentences: bool = True) -> "LatentGuard":
+                        concepts: Sequence[str] | str | Path | None = None, threshold: float | str | None = None,
+                        device: str | torch.device | None = None, *, options: GuardOptions | None = None,
+                        encoder_type: str = "auto", dataset: str | Path | None = None,
+                        encoder_options: Mapping | None = None, num_heads: int | None = None,
+                        revision: str | None = None, **option_kwargs) -> "LatentGuard":
         """Load the released guard (or your own): weights, encoder and blacklist in one call.
 
         ``checkpoint``: a bundle folder, a hub repo id (``org/name``, at ``revision``; see
         :mod:`latentguard.hub.bundle` for how they are told apart) or a state dict in the released format
-        (the default name is downloaded, SHA-256 checked, when missing). A bundle supplies every argument
+        (the default name is downloaded, SHA-256 checked, when missing). A bundle supplies every option
         left unset (:mod:`latentguard.guard.bundled`). ``encoder``: a hub name, a local directory or a
         loaded ``TextEncoder`` (default: the bundle's, else ``openai/clip-vit-large-patch14``).
         ``concepts``: a list, a text/YAML file (see :mod:`latentguard.data.blacklist`; a YAML file may
         carry per-concept thresholds, which ``concept_thresholds`` overrides), or None for the bundle's
         blacklist, else CoPro's ID concepts from ``dataset``.
         ``encoder_options`` are passed to :func:`latentguard.encoders.load_encoder` (e.g. dtype).
-        ``threshold``: a number, ``"released"`` (9.0131), ``"paper"`` (4.47), ``"calibrated"`` (the
-        ``<checkpoint stem>.threshold.yaml`` written by :meth:`calibrate`; an error when absent) or
-        ``"auto"`` (that file when present, else released for the released weights only, else an
-        error). ``long_prompts``: score prompts longer than 77 tokens as the maximum over
-        overlapping windows (off: truncate, as released). ``categories`` (added to a grouped YAML
-        blacklist's own groups) and ``default_category`` (the category of ungrouped concepts) name
-        what a verdict flags; ``slope`` overrides the probability slope of the calibration record.
-        ``normalize_text`` / ``split_sentences``: the deployment defences (on; see
-        :mod:`latentguard.data.defences`): each prompt is also scored normalised and sentence by sentence.
-        Cheap checks (blacklist, checkpoint, threshold) run before the slow encoder load
-        (:mod:`latentguard.guard.load`).
+        ``options`` (:class:`~latentguard.guard.options.GuardOptions`) and the keyword arguments that build it
+        (``threshold``, ``top_k``, ``normalize_text``, ``long_prompts``, ``categories``, ``slope``...; they
+        override ``options``) say how it judges; ``threshold``: a number, ``"released"`` (9.0131), ``"paper"``
+        (4.47), ``"calibrated"`` (the ``<checkpoint stem>.threshold.yaml`` written by :meth:`calibrate`; an
+        error when absent) or ``"auto"`` (the default: that file when present, else released for the released
+        weights only, else an error). Cheap checks (blacklist, checkpoint, threshold) run before the slow
+        encoder load (:mod:`latentguard.guard.load`).
         """
         from .load import load_guard
 
-        return load_guard(cls, checkpoint, encoder, concepts, threshold, device, encoder_type=encoder_type,
-                          batch_size=batch_size, concept_thresholds=concept_thresholds, allowlist=allowlist,
-                          top_k=top_k, dataset=dataset, encoder_options=encoder_options, num_heads=num_heads,
-                          cache_concepts=cache_concepts, long_prompts=long_prompts, window_stride=window_stride,
-                          categories=categories, default_category=default_category, slope=slope, revision=revision,
-                          normalize_text=normalize_text, split_sentences=split_sentences)
+        return load_guard(cls, checkpoint, encoder, concepts, device,
+                          GuardOptions.build(options, threshold=threshold, **option_kwargs),
+                          encoder_type=encoder_type, dataset=dataset, encoder_options=encoder_options,
+                          num_heads=num_heads, revision=revision)
 
     @classmethod
     def from_config(cls, cfg, **overrides) -> "LatentGuard":
@@ -180,7 +169,7 @@ class LatentGuard(HubMixin):
         if isinstance(concepts, str):
             concepts = [concepts]
         known = set(self._concepts)
-        new = [c for c in check_concepts(concepts, "concepts to add") if c not in known]
+        new = [c for c in validate_concepts(concepts, "concepts to add") if c not in known]
         if new:
             vectors = cached_concept_vectors(self.encoder, new, batch_size=self.batch_size,
                                              use_cache=self.cache_concepts, known=self._known_vectors)
@@ -194,7 +183,7 @@ class LatentGuard(HubMixin):
         """Drop concepts from the blacklist (unknown ones are an error: a typo must not pass silently)."""
         if isinstance(concepts, str):
             concepts = [concepts]
-        drop = set(check_concepts(concepts, "concepts to remove"))
+        drop = set(validate_concepts(concepts, "concepts to remove"))
         unknown = sorted(drop - set(self._concepts))
         if unknown:
             raise LatentGuardError(f"cannot remove concept(s) not on the blacklist: {', '.join(unknown)}")
@@ -226,21 +215,10 @@ class LatentGuard(HubMixin):
     @threshold.setter
     def threshold(self, value) -> None:
         if isinstance(value, str):
-            from ..decision.threshold import resolve_threshold
-
-            value = resolve_threshold(value, self.checkpoint, encoder_identity=getattr(self.encoder, "identity", None))
-        self._threshold = check_reachable(finite_number(value, "threshold"), self.model)
+            value = choose(value, checkpoint=self.checkpoint, bundle=self.bundle,
+                           encoder_identity=getattr(self.encoder, "identity", None)).value
+        self._threshold = validate_reachable(finite_number(value, "threshold"), self.model)
         self.threshold_origin = "given"
-
-    @property
-    def batch_size(self) -> int:
-        """Prompts encoded per batch; checked when set (a positive integer)."""
-        return self._batch_size
-
-    @batch_size.setter
-    def batch_size(self, value: int) -> None:
-        check_options(0.0, value, 1)
-        self._batch_size = value
 
     @property
     def concept_thresholds(self) -> dict[str, float]:
@@ -254,7 +232,7 @@ class LatentGuard(HubMixin):
         unknown = sorted(set(value) - set(self._concepts))
         if unknown:
             raise LatentGuardError(f"concept_thresholds names concept(s) not on the blacklist: {', '.join(unknown)}")
-        self._concept_thresholds = {c: check_reachable(finite_number(t, f"threshold of '{c}'"), self.model,
+        self._concept_thresholds = {c: validate_reachable(finite_number(t, f"threshold of '{c}'"), self.model,
                                                        f"the threshold of '{c}'") for c, t in value.items()}
 
     @property
@@ -287,7 +265,15 @@ class LatentGuard(HubMixin):
 
     @slope.setter
     def slope(self, value: float | None) -> None:
-        self._slope = None if value is None else check_slope(value)
+        self._slope = None if value is None else validate_slope(value)
+
+    @property
+    def options(self) -> GuardOptions:
+        """How this guard judges now, as one :class:`~latentguard.guard.options.GuardOptions` (a snapshot: the
+        threshold, slope and blacklist-bound options as they stand after calibration or blacklist changes)."""
+        return replace(self._options, threshold=self.threshold, concept_thresholds=self.concept_thresholds,
+                       categories=self.categories, default_category=self.default_category,
+                       allowlist=tuple(self.allowlist), slope=self.slope)
 
     def thresholds(self) -> np.ndarray:
         """The threshold of every blacklisted concept, in blacklist order ``[C]``."""
@@ -296,7 +282,7 @@ class LatentGuard(HubMixin):
     # -------------------------------------------------------------------------------- scoring
     def prepare(self, prompt: str) -> str:
         """The text actually encoded for ``prompt``: allowlisted phrases removed."""
-        return cut(self._allow_re, check_text(prompt, "a prompt"))
+        return cut(self._allow_re, validate_text(prompt, "a prompt"))
 
     def logits(self, prompts: str | Sequence[str]) -> np.ndarray:
         """Logits ``[P, C]`` of every prompt against every blacklisted concept (float32)."""
@@ -347,7 +333,7 @@ class LatentGuard(HubMixin):
                     emb[edited] = self.encoder.encode([texts[i] for i in edited], batch_size=len(edited)).to(emb)
             logits, evidence_for = score_forms(  # the prompt, normalised, sentence by sentence
                 self, texts, emb, None if split is None else split[start : start + len(batch)])
-            check_logit_rows(logits, len(batch))  # fail closed: a missing row never reads as SAFE
+            validate_logit_rows(logits, len(batch))  # fail closed: a missing row never reads as SAFE
             unsafe, index = decide(logits, thresholds)  # once per prompt; evidence and verdict share it
             evidence = evidence_for(index) if explain else None
             probability = probabilities(logits, thresholds, self._slope or DEFAULT_SLOPE)

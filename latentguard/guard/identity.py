@@ -49,8 +49,7 @@ def guard_identity(guard) -> dict[str, Any]:
     return {"checkpoint_sha256": weights_digest(guard),
             "encoder": getattr(guard.encoder, "identity", None), "blacklist_sha256": blacklist_digest(guard),
             "concepts": len(guard.concepts), "categories": list(guard.categories), "threshold": guard.threshold,
-            "slope": guard.slope, "long_prompts": guard.long_prompts, "window_stride": guard.window_stride,
-            "normalize_text": guard.normalize_text, "split_sentences": guard.split_sentences}
+            "slope": guard.slope, **guard.options.verdict_settings()}
 
 
 def guard_differences(recorded: Mapping, now: Mapping) -> list[str]:

@@ -33,7 +33,7 @@ import numpy as np
 from ..data.defences import normalized
 from ..errors import LatentGuardError
 from ..scoring.evidence import POOLED
-from .checks import prompt_list
+from .validation import prompt_list
 from .verdict import Verdict
 
 DEFAULT_ROUNDS = 8  # docs/sanitize.md: on CoPro's test pairs 4 rounds pass 88% of flagged prompts, 8 pass 95%

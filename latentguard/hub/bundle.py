@@ -148,7 +148,7 @@ class Bundle:
         return self.config["weights"]["source_sha256"]
 
     # ------------------------------------------------------------------------------- weights
-    def check_weights(self) -> None:
+    def validate_weights(self) -> None:
         """Refuse a ``model.safetensors`` that is not safetensors (a pickle renamed) or not the recorded file."""
         from ..model.checkpoint import load_safetensors_file
 
@@ -163,7 +163,7 @@ class Bundle:
         """The Embedding Mapping Layer, checked (format, SHA-256, recorded sizes) and loaded strictly."""
         from ..model import load_mapping_layer
 
-        self.check_weights()
+        self.validate_weights()
         sizes = self.config["mapping_layer"]
         if in_dim is not None and in_dim != sizes["in_dim"]:
             raise LatentGuardError(f"bundle {self.name} expects encoder width {sizes['in_dim']}, but the encoder's "
@@ -242,7 +242,7 @@ class Bundle:
         return dict(zip(concepts, vectors.float()))
 
     # ------------------------------------------------------------------- encoder, threshold
-    def check_encoder(self, identity: str) -> None:
+    def validate_encoder(self, identity: str) -> None:
         """Refuse an encoder that embeds differently from the bundle's; warn when only the precision differs."""
         from ..encoders.identity import identity_parts, same_embeddings
 
@@ -275,15 +275,6 @@ class Bundle:
             raise LatentGuardError(f"threshold 'calibrated': bundle {self.name}'s threshold {recorded['value']} is "
                                    f"{recorded['origin']}, not a calibration record; use 'auto' or a number")
         return ThresholdChoice(recorded["value"], self.threshold_origin, record, self.path / CONFIG)
-
-    def resolve_threshold(self, value: float | int | str, encoder_identity: str | None = None) -> float:
-        """:meth:`threshold_choice`'s value, its calibration record checked against ``encoder_identity``."""
-        from ..decision.threshold import check_record_encoder
-
-        choice = self.threshold_choice(value)
-        if choice.record is not None and encoder_identity is not None:
-            check_record_encoder(choice.record, encoder_identity, choice.record_path)
-        return choice.value
 
     @property
     def threshold_origin(self) -> str:

@@ -159,7 +159,7 @@ def _check(node: Any, schema: Mapping[str, Any], source: str, prefix: str = "") 
             raise LatentGuardError(f"{source}: '{dotted}' {problem}, got {value!r}")
 
 
-def check_config(data: Any, source: str | Path) -> dict[str, Any]:
+def validate_config(data: Any, source: str | Path) -> dict[str, Any]:
     """``data`` (a parsed ``config.json``) checked against the schema and against itself; returned as is.
 
     Besides types: the version must be one this release reads, the encoder identity must agree with
@@ -217,7 +217,7 @@ def read_config(path: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise LatentGuardError(f"cannot read {path} ({exc.strerror or exc})") from None
     data = strict_json(text, str(path))  # a key twice, NaN or Infinity, bad JSON: one line naming the file
-    return check_config(data, path)
+    return validate_config(data, path)
 
 
 def config_json(data: Mapping[str, Any]) -> str:

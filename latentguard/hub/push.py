@@ -35,7 +35,7 @@ def push_folder(folder: str | Path, repo_id: str, *, private: bool | None = None
 
     token = hub_token(repo_id, token)
     bundle = Bundle(folder)
-    bundle.check_weights()
+    bundle.validate_weights()
     from huggingface_hub import HfApi, errors
 
     api = HfApi(token=token)

@@ -19,7 +19,7 @@ from ..errors import LatentGuardError
 DEFAULTS = Config()
 
 
-def check_guard_key(cfg: Config) -> None:
+def validate_guard_key(cfg: Config) -> None:
     """``guard`` names a bundle (not a .pth file), and ``checkpoint`` is not set too."""
     if cfg.checkpoint != DEFAULT_CHECKPOINT:
         raise LatentGuardError(f"--guard {cfg.guard} and --checkpoint {cfg.checkpoint} both name weights; give one "
@@ -30,8 +30,9 @@ def check_guard_key(cfg: Config) -> None:
 
 
 def guard_options(cfg: Config) -> dict[str, Any]:
-    """:meth:`LatentGuard.from_pretrained` arguments for ``cfg.guard``: what the config changes, else the bundle's."""
-    check_guard_key(cfg)
+    """:meth:`LatentGuard.from_pretrained` loading arguments for ``cfg.guard``: what the config changes, else the
+    bundle's (how the guard judges is ``GuardOptions.from_config``'s, :mod:`latentguard.guard.options`)."""
+    validate_guard_key(cfg)
     enc, inf, model = cfg.encoder, cfg.inference, cfg.model
 
     def changed(value: Any, default: Any) -> Any:
@@ -39,15 +40,10 @@ def guard_options(cfg: Config) -> dict[str, Any]:
 
     return dict(
         checkpoint=cfg.guard, revision=cfg.guard_revision, encoder=changed(enc.name, DEFAULTS.encoder.name),
-        concepts=inf.concepts, threshold=inf.threshold, device=cfg.device, encoder_type=enc.type,
-        batch_size=inf.batch_size, top_k=inf.top_k, dataset=cfg.dataset,
+        concepts=inf.concepts, device=cfg.device, encoder_type=enc.type, dataset=cfg.dataset,
         num_heads=changed(model.num_heads, DEFAULTS.model.num_heads),
-        default_category=changed(inf.category, DEFAULTS.inference.category),
         encoder_options={k: getattr(enc, k) for k in ("dtype", "attention_mask")
                          if getattr(enc, k) != getattr(DEFAULTS.encoder, k)},
-        long_prompts=changed(enc.long_prompts, DEFAULTS.encoder.long_prompts),
-        window_stride=changed(enc.window_stride, DEFAULTS.encoder.window_stride),
-        normalize_text=inf.normalize_text, split_sentences=inf.split_sentences,
     )
 
 
@@ -58,7 +54,7 @@ def config_with_bundle(cfg: Config):
         return cfg, None
     from .bundle import open_bundle
 
-    check_guard_key(cfg)
+    validate_guard_key(cfg)
     bundle = open_bundle(cfg.guard, revision=cfg.guard_revision)
     if bundle is None:
         raise LatentGuardError(f"--guard {cfg.guard}: no such folder, and not a hub repo id (org/name)")

@@ -23,9 +23,9 @@ from .format import (
     FORMAT_VERSION,
     VECTORS,
     WEIGHTS,
-    check_config,
     config_json,
     read_config,
+    validate_config,
 )
 
 CONCEPTS_HEADER = (
@@ -163,7 +163,7 @@ def write_bundle(directory: str | Path, *, state_dict: Mapping, sizes: Mapping[s
         "concepts": {"file": CONCEPTS, "count": len(concepts), "sha256": sha256_of(directory / CONCEPTS)},
         "concept_vectors": vectors_section,
     }
-    check_config(json.loads(config_json(config)), directory / CONFIG)  # what is written must load
+    validate_config(json.loads(config_json(config)), directory / CONFIG)  # what is written must load
     from .card import model_card
 
     atomic_write_text(directory / CARD, model_card(config, **dict(card_options or {})))

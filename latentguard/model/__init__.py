@@ -11,7 +11,7 @@ from .checkpoint import (
                          released_checkpoint,
 )
 from .layer import EmbeddingMappingLayer
-from .sanity import check_reachable, check_weights, max_logit
+from .sanity import max_logit, validate_reachable, validate_weights
 
-__all__ = ["EmbeddingMappingLayer", "check_reachable", "check_weights", "expected_shapes", "infer_dims",
+__all__ = ["EmbeddingMappingLayer", "validate_reachable", "validate_weights", "expected_shapes", "infer_dims",
            "load_mapping_layer", "load_state_dict_file", "max_logit", "plain_state_dict", "released_checkpoint"]

@@ -18,7 +18,7 @@ from ..errors import LatentGuardError
 from ..io import download, latentguard_home, move_aside, sha256_of
 from ..published import RELEASED_CHECKPOINT_GIT_BLOB, RELEASED_CHECKPOINT_SHA256, RELEASED_CHECKPOINT_URL
 from .layer import EmbeddingMappingLayer
-from .sanity import check_weights
+from .sanity import validate_weights
 
 
 def expected_shapes(in_dim: int = 768, num_heads: int = 16, head_dim: int = 32, out_dim: int = 128) -> dict[str, tuple]:
@@ -138,7 +138,7 @@ def load_mapping_layer(path: str | Path, *, in_dim: int | None = None, num_heads
     if problems:
         raise LatentGuardError(f"{path}: checkpoint does not fit the Embedding Mapping Layer; " + "; ".join(problems))
     model.load_state_dict(state, strict=True)
-    check_weights(model, str(path))  # usable weights, or a one-line refusal (latentguard.model.sanity)
+    validate_weights(model, str(path))  # usable weights, or a one-line refusal (latentguard.model.sanity)
     return model.to(device).eval()
 
 

@@ -22,7 +22,7 @@ def max_logit(model) -> float:
     return float(model.tempr.detach())
 
 
-def check_weights(model, where: str = "the mapping layer") -> None:
+def validate_weights(model, where: str = "the mapping layer") -> None:
     """Refuse weights that cannot separate anything: non-finite values, ``tempr <= 0``, or logits that
     stay the same whatever the prompt, on a seeded random probe at several scales."""
     for name, tensor in model.state_dict().items():
@@ -47,7 +47,7 @@ def check_weights(model, where: str = "the mapping layer") -> None:
                                "weights), so every prompt would get the same verdict; it cannot judge anything")
 
 
-def check_reachable(threshold: float, model, what: str = "threshold") -> float:
+def validate_reachable(threshold: float, model, what: str = "threshold") -> float:
     """Refuse a threshold that decides without looking: above every logit these weights can give (it would
     flag nothing) or at or below every one (it would flag everything); a logit is ``tempr x cos``."""
     top = max_logit(model)

@@ -32,7 +32,7 @@ from ..errors import LatentGuardError
 from .arguments import added_tokens, core_special_tokens
 from .parts import Parts, unmodified_weights
 from .provenance import CHECKED, NEGATIVE, Provenance
-from .result import check_verdicts
+from .result import validate_verdicts
 
 # Names under which a module receives text conditioning (in its arguments or any dict among them).
 CONDITIONING = re.compile(r"^(encoder_hidden_states(_\w+)?|pooled_projections?|\w*text_embeds?|proj_embedding|"
@@ -280,7 +280,7 @@ class Session:
             contextlib.nullcontext())
         with self.trusted(), weights:
             verdicts = list(self.guard.check([text]))
-        check_verdicts(verdicts, 1)
+        validate_verdicts(verdicts, 1)
         verdict = verdicts[0]
         self.verdicts.append((where, verdict))
         if verdict.unsafe and not self.annotate:

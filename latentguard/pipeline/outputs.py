@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from .boundary import BoundaryBlocked
-from .result import check_verdicts
+from .result import validate_verdicts
 
 
 def returns_conditioning(output) -> bool:
@@ -29,7 +29,7 @@ def check_returned_conditioning(output, negatives: Sequence[str], guard, session
         return
     with session.trusted():
         verdicts = list(guard.check(texts))
-    check_verdicts(verdicts, len(texts))
+    validate_verdicts(verdicts, len(texts))
     where = f"the output of {pipeline} (its negative texts' embeddings, usable as conditioning)"
     session.verdicts.extend((where, v) for v in verdicts)
     unsafe = [v for v in verdicts if v.unsafe]

@@ -200,7 +200,7 @@ def weights_unchanged(seal: WeightsSeal, module: torch.nn.Module, *, full: bool 
                                "unchanged (sequential CPU offload?); use enable_model_cpu_offload()") from None
 
 
-def check_concept_vectors(guard, module: torch.nn.Module, name: str, sample: int = 4) -> None:
+def validate_concept_vectors(guard, module: torch.nn.Module, name: str, sample: int = 4) -> None:
     """The guard's concept vectors must come from the unmodified weights of the encoder it shares.
 
     A few concepts are re-encoded with adapters switched off and compared with the stored vectors:

@@ -125,7 +125,7 @@ class PromptBlocked(LatentGuardError):
                          f"Guard{where}{worst}")
 
 
-def check_verdicts(verdicts: list, n_texts: int) -> None:
+def validate_verdicts(verdicts: list, n_texts: int) -> None:
     """One verdict per text, each with a bool ``unsafe``, or refuse (``None`` or ``0`` must not read as safe)."""
     if len(verdicts) != n_texts or not all(isinstance(getattr(v, "unsafe", None), (bool, np.bool_)) for v in verdicts):
         raise LatentGuardError(f"the guard gave {len(verdicts)} verdicts for {n_texts} texts (or a verdict without "

@@ -39,15 +39,15 @@ from .boundary import BoundaryBlocked, Session, known_vocabularies
 from .outputs import check_returned_conditioning
 from .parts import (
     Parts,
-    check_concept_vectors,
     find_parts,
     has_adapters,
     unmodified_weights,
+    validate_concept_vectors,
     weights_seal,
     weights_unchanged,
 )
 from .provenance import CHECKED, NEGATIVE
-from .result import GuardedResult, OnUnsafe, PromptBlocked, check_verdicts, images_by_prompt
+from .result import GuardedResult, OnUnsafe, PromptBlocked, images_by_prompt, validate_verdicts
 from .sanitizing import sanitize_call
 
 _REUSE_FAMILY = frozenset({"StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"})  # CLIP-L last layer
@@ -103,7 +103,7 @@ class GuardedPipeline:
         shared = self._shared_encoder(parts)
         if shared is not None:
             self._follow_pipeline_device()
-            check_concept_vectors(guard, shared[1], shared[0])
+            validate_concept_vectors(guard, shared[1], shared[0])
             object.__setattr__(self, "_fingerprint", weights_seal(*shared))  # the full content, hashed once
 
     def __getattr__(self, name: str) -> Any:
@@ -196,7 +196,7 @@ class GuardedPipeline:
             verdicts, out = list(self.guard.check_embeddings(prompts, emb)), emb
         else:
             verdicts, out = list(self.guard.check(prompts)), None
-        check_verdicts(verdicts, len(prompts))
+        validate_verdicts(verdicts, len(prompts))
         return verdicts, out
 
     # --------------------------------------------------------------------------------- call
@@ -245,7 +245,7 @@ class GuardedPipeline:
                     all_verdicts, emb = self.check(prompts, call)
                 else:
                     all_verdicts, emb = list(self.guard.check([t for _, _, t in texts])), None
-                check_verdicts(all_verdicts, len(texts))  # a missing or non-bool verdict never reads as safe
+                validate_verdicts(all_verdicts, len(texts))  # a missing or non-bool verdict never reads as safe
                 used, sanitized = (texts, all_verdicts), {}
                 if action is OnUnsafe.SANITIZE and any(v.unsafe for v in all_verdicts):
                     sanitized, *used = sanitize_call(self.guard, call, texts, all_verdicts, n)

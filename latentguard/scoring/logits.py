@@ -46,7 +46,7 @@ class StopRequested(Exception):
 
 
 # ------------------------------------------------------------------------------- fail closed
-def check_finite(logits: torch.Tensor, what: str = "logits") -> torch.Tensor:
+def validate_finite(logits: torch.Tensor, what: str = "logits") -> torch.Tensor:
     """Refuse logits with NaN or infinity: a non-finite score must never decide "safe"."""
     if logits.numel() and not bool(torch.isfinite(logits).all()):
         bad = int((~torch.isfinite(logits)).sum())
@@ -106,7 +106,7 @@ def blacklist_logits(model, prompt_emb: torch.Tensor, queries: Queries, *,
         else:
             model._check_inputs(prompt_emb, None)
             logits = head_major_logits(model, prompt_emb, queries, prompts_per_block)
-    return check_finite(logits)
+    return validate_finite(logits)
 
 
 # -------------------------------------------------------------------------------- streaming

@@ -67,7 +67,7 @@ def _is_record(line: bytes) -> bool:
     return isinstance(record, dict) and all(k in record for k in AUDIT_KEYS)
 
 
-def check_appendable(path: Path) -> int:
+def validate_appendable(path: Path) -> int:
     """Refuse to append to an existing file that is not an audit log (a blacklist, a key file, the weights
     given by mistake): the audit trail only ever extends its own lines.
 
@@ -116,7 +116,7 @@ class Auditor:
         if self.path is not None:
             if self.path.is_dir():
                 raise LatentGuardError(f"--audit-log {self.path} is a directory; give a .jsonl file name")
-            torn = check_appendable(self.path)
+            torn = validate_appendable(self.path)
             try:
                 fd = open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, "--audit-log")  # never a link
                 self._handle = os.fdopen(fd, "a", encoding="utf-8")  # appended: earlier lines are kept

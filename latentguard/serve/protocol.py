@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
-from ..data.text import check_text
+from ..data.text import validate_text
 from ..decision.probability import DEFAULT_SLOPE
 from ..errors import LatentGuardError
 from ..io import strict_json
@@ -66,7 +66,7 @@ def _kind(value: Any) -> str:
 
 def _check_text(text: str, where: str, limits: Limits) -> str:
     try:  # refused here, in this request alone: in a shared batch it would fail its neighbours
-        check_text(text, where)
+        validate_text(text, where)
     except LatentGuardError as exc:
         raise RequestError(400, str(exc), param=where, code="invalid_input") from None
     if len(text) > limits.max_chars:
@@ -197,17 +197,17 @@ def sanitize_result(verdict: Verdict, edit, explain: bool) -> dict:
         if verdict.unsafe:
             raise ValueError("a flagged prompt was not sanitized")
         return {"prompt": verdict.prompt, "text": verdict.prompt, "removed": [], "passes": True, "rounds": 0,
-                "before": check_result(verdict, explain), "after": check_result(verdict, explain)}
+                "before": validate_result(verdict, explain), "after": validate_result(verdict, explain)}
     if edit.prompt != verdict.prompt or not isinstance(edit.passes, bool) or not isinstance(edit.after.unsafe, bool):
         raise ValueError("the sanitized result does not answer its prompt")
     if edit.passes and (edit.after.unsafe or edit.text == edit.prompt or edit.after.prompt != edit.text):
         raise ValueError("a sanitized text reported as passing was not judged safe as changed")
     return {"prompt": verdict.prompt, "text": edit.text if edit.passes else None, "removed": list(edit.removed),
-            "passes": edit.passes, "rounds": edit.rounds, "before": check_result(verdict, explain),
-            "after": check_result(edit.after, explain)}
+            "passes": edit.passes, "rounds": edit.rounds, "before": validate_result(verdict, explain),
+            "after": validate_result(edit.after, explain)}
 
 
-def check_result(verdict: Verdict, explain: bool) -> dict:
+def validate_result(verdict: Verdict, explain: bool) -> dict:
     """The native form of one verdict (:meth:`Verdict.to_dict`; ``evidence`` only when asked for)."""
     out = verdict.to_dict()
     if not explain:

@@ -30,12 +30,12 @@ from .batcher import Closed, QueueFull
 from .protocol import (
     Limits,
     RequestError,
-    check_result,
     decode_body,
     moderation_result,
     parse_check,
     parse_moderation,
     sanitize_result,
+    validate_result,
 )
 from .server import GuardServer, log
 
@@ -210,7 +210,7 @@ async def check(request: Request):
     prompts, explain = parse_check(await body_of(request), limits(request))
     request_id, state, verdicts = await judge(request, prompts, explain, "prompts")
     return JSONResponse({"id": request_id, "model": state.model, "generation": state.generation,
-                         "verdicts": [check_result(v, explain) for v in verdicts]},
+                         "verdicts": [validate_result(v, explain) for v in verdicts]},
                         headers={"X-Request-ID": request_id})
 
 

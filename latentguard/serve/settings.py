@@ -7,7 +7,7 @@ import ipaddress
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from ..config import ServeConfig, check_section
+from ..config import ServeConfig, validate_section
 from ..errors import LatentGuardError
 
 LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
@@ -52,7 +52,7 @@ class ServeSettings(ServeConfig):
     admin_keys: frozenset[str] = field(default_factory=frozenset, repr=False)
 
     def __post_init__(self) -> None:
-        check_section(self, "serve.", "server settings")
+        validate_section(self, "serve.", "server settings")
         super().__post_init__()
         for keys, name in ((self.api_keys, "api_key_file"), (self.admin_keys, "admin_key_file")):
             if getattr(self, name) and not keys:  # a key file named but never read would serve without its keys

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..constants import LAYOUT_VERSION
 from ..errors import LatentGuardError
-from ..io import atomic_write_text, check_dir_path
+from ..io import atomic_write_text, validate_dir_path
 from .store import META, EmbeddingStore
 
 
@@ -33,9 +33,9 @@ def store_path(store_dir: str | Path, identity: str) -> Path:
     return Path(store_dir) / f"{slug}-{digest}"
 
 
-def check_store_dir(store_dir: str | Path) -> Path:
+def validate_store_dir(store_dir: str | Path) -> Path:
     """Refuse a ``--store-dir`` that is a file (or lies under one) now, before any encoder loads."""
-    return check_dir_path(store_dir, "--store-dir")
+    return validate_dir_path(store_dir, "--store-dir")
 
 
 def open_store_for(store_dir: str | Path, encoder: Any, *, dtype: str = "float16",
@@ -153,7 +153,7 @@ def open_configured_store(
     encoder)`` when ``missing_ok``. A ``--store-dir`` that is a file, and a damaged store, are
     always one-line errors.
     """
-    store_dir = check_store_dir(cfg.store_dir)
+    store_dir = validate_store_dir(cfg.store_dir)
     no_store = no_store or (f"no embedding store for encoder {cfg.encoder.name} under {store_dir}; run "
                             "prepare.py with the same --dataset, --encoder and --store-dir first")
     key, identity = recall_store_identity(store_dir, cfg.encoder)

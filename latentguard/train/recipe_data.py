@@ -21,7 +21,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from ..data.open_data import CoProTriplet, check_known_file, load_captions, load_copro_triplets, load_coprov2_pairs
+from ..data.open_data import CoProTriplet, load_captions, load_copro_triplets, load_coprov2_pairs, validate_known_file
 from ..errors import LatentGuardError
 
 # Modifiers users append to text-to-image prompts (common Lexica / DiffusionDB phrasing). Used only to
@@ -94,7 +94,7 @@ def build_examples(recipe, category_concepts: dict[str, list[str]], seed: int) -
     unsafe: dict[str, str | None] = {}
     benign: dict[str, None] = {}
     if recipe.copro:
-        sources[str(recipe.copro)] = check_known_file(recipe.copro)
+        sources[str(recipe.copro)] = validate_known_file(recipe.copro)
         for t in load_copro_triplets(recipe.copro, recipe.copro_splits):
             if _excluded(t.concept, excluded, category_concepts):
                 continue
@@ -102,7 +102,7 @@ def build_examples(recipe, category_concepts: dict[str, list[str]], seed: int) -
             unsafe.setdefault(t.unsafe, None)
             benign.setdefault(t.safe, None)
     if recipe.coprov2:
-        sources[str(recipe.coprov2)] = check_known_file(recipe.coprov2)
+        sources[str(recipe.coprov2)] = validate_known_file(recipe.coprov2)
         for pair in load_coprov2_pairs(recipe.coprov2):
             if pair.category in excluded:
                 continue
@@ -111,7 +111,7 @@ def build_examples(recipe, category_concepts: dict[str, list[str]], seed: int) -
                 benign.setdefault(pair.safe, None)
     held_out: list[str] = []
     if recipe.captions:
-        sources[str(recipe.captions)] = check_known_file(recipe.captions)
+        sources[str(recipe.captions)] = validate_known_file(recipe.captions)
         captions = load_captions(recipe.captions).captions
         rng.shuffle(captions)
         n_cal = min(recipe.calibration_captions, len(captions) // 5)

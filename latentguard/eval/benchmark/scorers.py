@@ -41,15 +41,15 @@ class LatentGuardMethod:
         self.refused = 0  # prompts the guard refused to read (counted as flagged)
 
     def __call__(self, texts: Sequence[str], step: Step) -> MethodOutput:
-        from ...guard.checks import check_logit_rows
         from ...guard.refusals import logits_or_refused
+        from ...guard.validation import validate_logit_rows
 
         n, size = len(texts), self.guard.batch_size
         score, flagged, concept = np.empty(n), np.empty(n, dtype=bool), np.empty(n, dtype=np.int64)
         for start in range(0, n, size):
             batch = list(texts[start : start + size])
             logits, refused = logits_or_refused(self.guard, batch)  # a text it cannot read: blocked, ranked first
-            check_logit_rows(logits, len(batch))  # fail closed: a missing row is never "not flagged"
+            validate_logit_rows(logits, len(batch))  # fail closed: a missing row is never "not flagged"
             unsafe, index = self.guard.decide(logits)
             unsafe, index = unsafe | refused, np.where(refused, -1, index)
             self.refused += int(refused.sum())

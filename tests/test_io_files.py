@@ -1,4 +1,4 @@
-"""Issue 11 beyond the store: downloads verified and never deleted, one run per directory, lines
+"""Files outside the store: downloads verified and never deleted, one run per directory, lines
 split only on newlines, stdin prompts, byte-identical checkpoints, early one-line refusals.
 Real files, real processes (the lock owner is SIGKILLed), offline (file:// addresses)."""
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from synthetic import make_synthetic_copro
-from test_run_dirs import ROOT, one_line_error, run
+from test_store_damage import ROOT, one_line_error, run
 
 import prepare
 from latentguard import encoders as encoder_mod

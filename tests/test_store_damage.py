@@ -1,4 +1,4 @@
-"""Issue 11, the store: readers never modify, damage is refused with file and line, repair is on
+"""The store: readers never modify, damage is refused with file and line, repair is on
 request, bad rows never reach a score, and two builders share the work. Real files, real processes."""
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
-"""Checks on what the guard is given and what scoring gives back: any anomaly refuses.
+"""Validators of what the guard is given and what scoring gives back: any anomaly refuses.
 
-A safety filter fails closed: a threshold that is not a finite number, a batch size that is not a
-positive integer, bytes where text belongs, or a batch of logits without one row per prompt raise
+(``check`` judges prompts; ``validate_*`` only validates arguments.) A safety filter fails closed: a
+threshold that is not a finite number, bytes where text belongs, or a batch of logits without one row
+per prompt raise
 :class:`~latentguard.errors.LatentGuardError` and never read as "safe".
 """
 from __future__ import annotations
@@ -19,16 +20,7 @@ def width_message(what: str, width: int, hidden: int) -> str:
             "use the encoder the checkpoint was trained with")
 
 
-def check_options(threshold, batch_size, top_k) -> None:
-    """Refuse a non-finite threshold or a batch size / top_k that is not a positive integer."""
-    finite_number(threshold, "threshold")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise LatentGuardError(f"batch size must be a positive integer, got {batch_size!r}")
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0:
-        raise LatentGuardError(f"top_k must be a positive integer, got {top_k!r}")
-
-
-def check_logit_rows(logits: np.ndarray, n_prompts: int) -> None:
+def validate_logit_rows(logits: np.ndarray, n_prompts: int) -> None:
     """One row of logits per prompt, or refuse (non-finite logits are refused in :mod:`latentguard.scoring.logits`)."""
     if logits.ndim != 2 or logits.shape[0] != n_prompts:
         raise LatentGuardError(f"scoring gave logits of shape {list(logits.shape)} for {n_prompts} prompts; refusing")

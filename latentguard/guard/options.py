@@ -1,0 +1,166 @@
+"""The guard's options: one frozen object, built once, checked once, passed whole to the guard.
+
+:class:`GuardOptions` is every setting that changes how a guard judges (threshold, per-concept
+thresholds, categories, the text defences, long prompts, sizes...). It is built from keyword
+arguments (``LatentGuard(..., top_k=5)`` or ``from_pretrained(..., normalize_text=False)``), from a
+config (:meth:`GuardOptions.from_config`) or filled in from a bundle (:meth:`GuardOptions.with_bundle`),
+and the loaders (:mod:`latentguard.guard.load`, :mod:`latentguard.guard.bundled`) hand it unchanged
+to the constructor; nothing is set on a guard after it is built. Why one object: an option is then
+named in one definition here, one config key (:data:`CONFIG_KEYS`) and one CLI flag, not re-typed in
+every signature on its way from YAML to the decision.
+
+To add an option: a field below (its default, its check in ``__post_init__``), its config key in
+``latentguard/config.py`` + ``default.yaml`` and :data:`CONFIG_KEYS`, and where the guard reads it
+(``guard.options.NAME``, or ``guard.NAME`` for the :data:`PLAIN` options a guard exposes as settable
+attributes).
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from ..data.defences import expand
+from ..errors import LatentGuardError
+from .validation import finite_number
+
+# option -> its config key; the ones a bundle records keep the bundle's value while the config keeps the default
+CONFIG_KEYS = {"threshold": "inference.threshold", "batch_size": "inference.batch_size", "top_k": "inference.top_k",
+               "default_category": "inference.category", "normalize_text": "inference.normalize_text",
+               "split_sentences": "inference.split_sentences", "long_prompts": "encoder.long_prompts",
+               "window_stride": "encoder.window_stride"}
+BUNDLED = ("default_category", "long_prompts", "window_stride")
+
+
+def _positive_int(value: Any, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise LatentGuardError(f"{what} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class GuardOptions:
+    """How a guard judges. ``None`` means "unset": a bundle's value, else the default (see each field)."""
+
+    threshold: float | str = "auto"           # a number, "released", "paper", "calibrated" or "auto"
+    concept_thresholds: Mapping[str, float] | None = None  # {concept: threshold}; others use ``threshold``
+    categories: Mapping[str, Sequence[str]] | None = None  # added to a grouped blacklist's own groups
+    default_category: str | None = None      # the category of ungrouped concepts (None: the bundle's, else "unsafe")
+    allowlist: Iterable[str] | None = None   # phrases cut out of every prompt before scoring
+    slope: float | None = None               # the probability slope (None: the calibration record's)
+    batch_size: int = 64                     # prompts encoded per batch
+    top_k: int = 3                           # concepts and evidence words reported per verdict
+    cache_concepts: bool = True              # reuse encoded concepts from the on-disk cache
+    long_prompts: bool | None = None         # score > 77 tokens as the max over windows (None: bundle's, else off)
+    window_stride: int | None = None         # tokens between windows (None: bundle's, else the encoder default)
+    normalize_text: bool = True              # also score the NFKC + look-alike normalised form
+    split_sentences: bool = True             # also score each sentence (latentguard.data.defences)
+
+    def __post_init__(self) -> None:
+        """Checked once, here: a bad option never reaches a guard (a threshold name is read by :func:`choose`)."""
+        if not isinstance(self.threshold, str):
+            object.__setattr__(self, "threshold", finite_number(self.threshold, "threshold"))
+        _positive_int(self.batch_size, "batch size")
+        _positive_int(self.top_k, "top_k")
+        if self.window_stride is not None:
+            _positive_int(self.window_stride, "window_stride")
+        for name in ("cache_concepts", "normalize_text", "split_sentences"):
+            object.__setattr__(self, name, bool(getattr(self, name)))
+        if self.long_prompts is not None:
+            object.__setattr__(self, "long_prompts", bool(self.long_prompts))
+
+    @classmethod
+    def build(cls, base: "GuardOptions | None" = None, **given: Any) -> "GuardOptions":
+        """``base`` (default: the defaults) with the keyword arguments that are not ``None``; an unknown name is an
+        error (a misspelt option must not pass unnoticed)."""
+        unknown = sorted(set(given) - {f.name for f in fields(cls)})
+        if unknown:
+            raise TypeError(f"unknown guard option(s): {', '.join(unknown)}")
+        if base is not None and not isinstance(base, GuardOptions):
+            raise LatentGuardError(f"options must be a GuardOptions, got {type(base).__name__}")
+        return replace(base or cls(), **{k: v for k, v in given.items() if v is not None})
+
+    @classmethod
+    def from_config(cls, cfg, *, bundle: bool = False) -> "GuardOptions":
+        """The options a loaded :class:`~latentguard.config.Config` gives; with ``bundle``, the :data:`BUNDLED` keys
+        the config leaves at their default stay unset (the bundle's own values win)."""
+        from ..config import Config
+        from ..io import read_lines
+
+        defaults = Config()
+        values = {}
+        for name, dotted in CONFIG_KEYS.items():
+            section, key = dotted.split(".")
+            value = getattr(getattr(cfg, section), key)
+            if bundle and name in BUNDLED and value == getattr(getattr(defaults, section), key):
+                value = None
+            values[name] = value
+        allowlist = cfg.inference.allowlist
+        return cls.build(**values, allowlist=read_lines(allowlist, what="allowlist file") if allowlist else None)
+
+    def with_bundle(self, bundle) -> "GuardOptions":
+        """The unset :data:`BUNDLED` options filled in from a :class:`latentguard.hub.Bundle`."""
+        recorded = bundle.encoder["options"]
+        return self.build(self, default_category=self.default_category or bundle.config["categories"]["default"],
+                          long_prompts=recorded["long_prompts"] if self.long_prompts is None else None,
+                          window_stride=recorded["window_stride"] if self.window_stride is None else None)
+
+    @property
+    def defended(self) -> bool:
+        """Whether the text defences add forms to score (normalised text, sentences)."""
+        return self.normalize_text or self.split_sentences
+
+    def expand(self, text: str) -> tuple[list[str], int]:
+        """The forms of ``text`` these defences score, and its sentence count (:func:`..data.defences.expand`)."""
+        return expand(text, normalize=self.normalize_text, split_sentences=self.split_sentences)
+
+    def verdict_settings(self) -> dict[str, Any]:
+        """The options beyond threshold and slope that change verdicts (a guard's identity)."""
+        return {name: getattr(self, name) for name in ("long_prompts", "window_stride", "normalize_text",
+                                                       "split_sentences")}
+
+
+# options a guard exposes as plain settable attributes (guard.top_k = 5 replaces its options, checked again)
+PLAIN = ("batch_size", "top_k", "cache_concepts", "long_prompts", "window_stride", "normalize_text",
+         "split_sentences")
+
+
+def expose_options(cls):
+    """Give ``cls`` (the guard) a property per :data:`PLAIN` option, read from and written to ``self._options``."""
+    def prop(name: str) -> property:
+        def get(self):
+            return getattr(self._options, name)
+
+        def put(self, value) -> None:
+            self._options = replace(self._options, **{name: value})  # checked again by __post_init__
+
+        return property(get, put, doc=f"The guard's ``{name}`` option (:class:`GuardOptions`).")
+
+    for name in PLAIN:
+        setattr(cls, name, prop(name))
+    for method in (cls.__init__, cls.from_pretrained.__func__):  # help() and inspect list every option by name
+        method.__signature__ = _with_options(inspect.signature(method))
+    return cls
+
+
+def _with_options(signature: inspect.Signature) -> inspect.Signature:
+    """``signature`` with its ``**option_kwargs`` spelt out as the :class:`GuardOptions` keyword arguments."""
+    params = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    named = {p.name for p in params}
+    params += [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=f.type)
+               for f in fields(GuardOptions) if f.name not in named]
+    return signature.replace(parameters=params)
+
+
+def choose(value: float | str, *, checkpoint: str | Path | None = None, bundle=None, sha256: str | None = None,
+           encoder_identity: str | None = None):
+    """THE threshold resolution: a number, a published name, ``calibrated`` or ``auto`` (read from the bundle when
+    there is one, else the record beside ``checkpoint``) -> a :class:`~latentguard.decision.threshold.ThresholdChoice`;
+    with ``encoder_identity``, a calibration record is checked to be for that encoder."""
+    from ..decision.threshold import choose_threshold, validate_record_encoder
+
+    choice = bundle.threshold_choice(value) if bundle is not None else \
+        choose_threshold(value, checkpoint, sha256=sha256)
+    if choice.record is not None and encoder_identity is not None:
+        validate_record_encoder(choice.record, encoder_identity, choice.record_path)
+    return choice

@@ -88,3 +88,17 @@ def test_a_fault_is_a_5xx_never_a_text(client_for, how):
         r = client.post("/v1/sanitize", json={"prompts": [SAFE, UNSAFE]}, headers=KEY)
         assert r.status_code == 500 and r.json()["error"]["code"] == "sanitize" and "results" not in r.json()
         assert client.post("/v1/sanitize", json={"prompts": [SAFE]}, headers=KEY).status_code == 200
+
+
+def test_sanitize_work_is_held_to_the_queue_cap(client_for):
+    """Sanitizing re-checks every edit, so a request's texts count SANITIZE_WORK times against --queue-size: what
+    /v1/check takes may be too much to sanitize in one request (413), never a model thread held for minutes."""
+    from latentguard.serve.routes import SANITIZE_WORK
+
+    many = ". ".join(f"a knife number {i}" for i in range(20))  # one prompt, 20 sentences: ~40 texts to encode
+    with client_for(queue_size=SANITIZE_WORK * 10, max_inputs=4) as client:
+        assert client.post("/v1/check", json={"prompts": [many]}, headers=KEY).status_code == 200
+        r = client.post("/v1/sanitize", json={"prompts": [many]}, headers=KEY)
+        assert r.status_code == 413 and r.json()["error"]["code"] == "too_many_texts"
+        assert "re-checks of sanitizing" in r.json()["error"]["message"]
+        assert client.post("/v1/sanitize", json={"prompts": [SAFE]}, headers=KEY).status_code == 200

@@ -139,10 +139,11 @@ async def body_of(request: Request) -> dict:
     return decode_body(raw)
 
 
-async def judge(request: Request, prompts: list[str], explain: bool, field: str):
+async def judge(request: Request, prompts: list[str], explain: bool, field: str, work: int = 1):
     """Judge one request's prompts: split once (the sentence cap, the request's cost, and the forms the
     batch scores), queued, scored, audited. Returns ``(request_id, state, verdicts)``; every fault is a
-    :class:`RequestError`, never a verdict."""
+    :class:`RequestError`, never a verdict. ``work``: how many times the request may encode its texts in
+    all (sanitizing re-checks each edit: :data:`SANITIZE_WORK`), held to the same --queue-size cap."""
     server, endpoint = served(request), request.url.path
     settings = server.settings
     if not server.ready:
@@ -156,9 +157,10 @@ async def judge(request: Request, prompts: list[str], explain: bool, field: str)
             raise RequestError(413, f"{field}[{i}] has {n:,} sentences; this server takes at most "
                                f"{settings.max_sentences:,} per prompt (--max-sentences)", param=f"{field}[{i}]",
                                code="too_many_sentences")
-    if split.cost > settings.queue_size:
-        raise RequestError(413, f"{field} makes {split.cost:,} texts to encode (prompts, their normalised forms and "
-                           f"sentences); this server queues at most {settings.queue_size:,} (--queue-size)",
+    if split.cost * work > settings.queue_size:
+        raise RequestError(413, f"{field} makes {split.cost * work:,} texts to encode (prompts, their normalised forms "
+                           f"and sentences{f', x{work} for the re-checks of sanitizing' if work > 1 else ''}); this "
+                           f"server queues at most {settings.queue_size:,} (--queue-size)",
                            param=field, code="too_many_texts")
     request_id = "modr-" + uuid.uuid4().hex
     try:
@@ -214,12 +216,18 @@ async def check(request: Request):
                         headers={"X-Request-ID": request_id})
 
 
+# Texts a flagged prompt may cost when sanitized: up to 8 rounds of up to 7 candidate edits, each with its forms.
+# A request is held to --queue-size with its texts counted this many times, so one request cannot hold the model
+# thread for minutes (a hostile review stalled /v1/check for 296 s with four 31-sentence prompts).
+SANITIZE_WORK = 56
+
+
 @api.post("/v1/sanitize")
 async def sanitize(request: Request):
     """``/v1/check``'s request, limits and errors; each flagged prompt is then edited by the serving guard
     (``guard.sanitize``, on the model thread, with the state that judged it). Any fault is a 5xx, never a text."""
     prompts, explain = parse_check(await body_of(request), limits(request), "/v1/sanitize")
-    request_id, state, verdicts = await judge(request, prompts, explain, "prompts")
+    request_id, state, verdicts = await judge(request, prompts, explain, "prompts", work=SANITIZE_WORK)
     flagged = [i for i, v in enumerate(verdicts) if v.unsafe]
     edits: list = [None] * len(prompts)
     try:

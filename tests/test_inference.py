@@ -274,3 +274,19 @@ def test_output_that_is_the_prompt_file_is_refused_before_it_is_overwritten(file
     assert inference.main(argv) == 2
     assert "is the --file_path file" in capsys.readouterr().err
     assert prompts.read_text(encoding="utf-8") == "a photo of a knife\na red balloon\n"  # the user's file is intact
+
+
+def test_an_existing_output_is_kept_unless_overwrite(files, tiny_encoder_dir, capsys, tmp_path):
+    """inference.py replaced a file the user already had (or the user's link) without a word."""
+    import os
+
+    precious = tmp_path / "precious.csv"
+    precious.write_text("keep me\n")
+    link = tmp_path / "link.csv"
+    os.symlink(tmp_path / "elsewhere.txt", link)
+    for out in (precious, link):
+        err = _fails(_args(files, tiny_encoder_dir, "--output", str(out)), capsys, "already exists", "--overwrite")
+        assert "\n" not in err.strip()
+    assert precious.read_text() == "keep me\n" and os.path.islink(link)
+    assert inference.main(_args(files, tiny_encoder_dir, "--output", str(precious), "--overwrite")) == 0
+    assert precious.read_text().startswith("prompt,")

@@ -49,7 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", default=None, metavar="FILE",
                         help="also write verdicts to FILE.csv or FILE.jsonl (prompt, score, unsafe, concept, "
                              "truncated, categories; "
-                             "JSONL adds top_concepts and evidence with --explain)")
+                             "JSONL adds top_concepts and evidence with --explain); an existing FILE is kept "
+                             "unless --overwrite")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --output file (never followed as a link: the link itself is "
+                             "replaced)")
     parser.add_argument("--explain", action="store_true",
                         help="show the prompt words that drove each top match (from the attention weights)")
     parser.add_argument("--sanitize", action="store_true",
@@ -161,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.output and given and given != "-" and Path(given).exists() and Path(args.output).exists() \
                 and os.path.samefile(given, args.output):  # writing the verdicts would overwrite an input
             raise LatentGuardError(f"--output {args.output} is the {flag} file; choose another output file")
+    if args.output and os.path.lexists(args.output) and not args.overwrite:  # never replace a user's file unasked
+        raise LatentGuardError(f"--output {args.output} already exists; choose a new file name or pass --overwrite")
     if args.calibrate_unsafe and not args.calibrate_safe:
         raise LatentGuardError("--calibrate-unsafe needs --calibrate-safe (the safe prompts)")
     prompts = read_lines(prompt_file(args.file_path), what="prompt file")

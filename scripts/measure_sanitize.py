@@ -98,11 +98,15 @@ def benign(guard, path: Path, limit: int, seed: int, options: dict) -> dict:
 
 def attack_set(guard, prompts: list[str], pool: int, limit: int, seed: int, options: dict) -> dict:
     total = len(prompts)
+    from latentguard.guard.refusals import logits_or_refused
+
     prompts = sample(prompts, pool, seed)  # a seeded sample is checked, and its flagged prompts sanitized
+    refused = logits_or_refused(guard, prompts)[1]  # text the guard cannot read: blocked, nothing to sanitize
+    prompts = [p for p, r in zip(prompts, refused) if not r]
     verdicts = guard.check(prompts, explain=False)
     flagged = sample([p for p, v in zip(prompts, verdicts) if v.unsafe], limit, seed)
     results, seconds = run_sanitize(guard, flagged, options)
-    return {"prompts": total, "checked": len(prompts),
+    return {"prompts": total, "checked": len(prompts), "refused_unreadable": int(refused.sum()),
             "flagged_share": sum(v.unsafe for v in verdicts) / max(len(prompts), 1),
             "sanitized": len(flagged), "seconds": seconds,
             "passes": sum(r.passes for r in results) / max(len(results), 1),

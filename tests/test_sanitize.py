@@ -20,7 +20,8 @@ from latentguard.guard.sanitize import cut, key, words
 from latentguard.guard.verdict import Verdict
 from latentguard.model import EmbeddingMappingLayer
 
-SAFE = ["a cat on a sofa", "two people eating pizza  ", "un café au lait, s'il vous plaît\u200b", "ｔｅａ ｃｕｐ"]
+# (Fullwidth text is not here: a BERT-family guard reads it as [UNK] and refuses it, tests/test_unreadable.py.)
+SAFE = ["a cat on a sofa", "two people eating pizza  ", "un café au lait, s'il vous plaît\u200b", "a tea cup"]
 
 
 @pytest.fixture(scope="module")

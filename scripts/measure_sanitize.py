@@ -48,9 +48,24 @@ def keys(text: str) -> set[str]:
 
 
 def run_sanitize(guard, prompts: list[str], options: dict) -> tuple[list, float]:
+    """Sanitize ``prompts`` in one call; when the guard refuses a text an edit produced (an emoji left alone
+    by a cut), prompt by prompt, the refused ones counted as not passing (they are left out of the results)."""
+    from latentguard.errors import UnreadableTextError
+
     started = time.perf_counter()
-    results = guard.sanitize(prompts, **options)
+    try:
+        results = guard.sanitize(prompts, **options)
+    except UnreadableTextError:
+        results = []
+        for prompt in prompts:
+            try:
+                results += guard.sanitize([prompt], **options)
+            except UnreadableTextError:
+                REFUSED_EDITS.append(prompt)
     return results, time.perf_counter() - started
+
+
+REFUSED_EDITS: list[str] = []  # prompts whose sanitizing met text the guard refuses to read
 
 
 def passing_by_round(results: list, rounds: int) -> dict[int, float]:
@@ -174,6 +189,7 @@ def main() -> int:
     if args.copro and flagged:  # a seeded sample of the flagged CoPro prompts, as they come
         out["timing"] = timing(guard, sample(flagged, 40, args.seed), options)
         print(json.dumps(out["timing"], indent=1), flush=True)
+    out["refused_edits"] = len(REFUSED_EDITS)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -8,7 +8,7 @@ subsets, and CoProV2 test detection (a seeded sample of --coprov2-sample; every 
 ``--add-category NAME`` it also reports that category's CoProV2 AUROC against COCO before and after the
 guard's own blacklist's concepts of that category are added at run time (the guard trained without it).
 
-  python scripts/ablate_recipe.py --data-dir ../shared/benchmarks --data-dir ../shared/training \
+  python scripts/ablate_recipe.py --data-dir DATA/benchmarks --data-dir DATA/training \
       --guard full=runs/mini-s0/bundle --guard no-style=runs/ablate-no-style/bundle --output runs/ablation.md
 
 The text defences are on (the deployed setting). Scripts read data from paths you pass; nothing here is

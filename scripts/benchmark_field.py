@@ -15,7 +15,7 @@ checks every set for overlap with the training files (``--train-data``, default:
 ``field.md`` / ``field.json`` beside the benchmark's own outputs: issue 28's targets, ours, the released
 model on the same prompts, and the published figures.
 
-    python scripts/benchmark_field.py --guard mini --data-dir ../shared/benchmarks --data-dir ../shared/training \
+    python scripts/benchmark_field.py --guard mini --data-dir DATA/benchmarks --data-dir DATA/training \
         --output-dir runs/field-mini
     python scripts/benchmark_field.py --scores released-i2p-coco --output-dir runs/field-released
 
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     who.add_argument("--guard", help="the guard: a name (mini), a bundle folder or a hub repo id")
     who.add_argument("--scores", help="a score file instead (released-i2p-coco: the released model's dump)")
     parser.add_argument("--data-dir", action="append", type=Path, default=[],
-                        help="folders holding the set files (repeatable), e.g. ../shared/benchmarks ../shared/training")
+                        help="folders holding the set files (repeatable), e.g. DATA/benchmarks DATA/training")
     parser.add_argument("--train-data", action="append", type=Path, default=None,
                         help="training files to check overlap with (default: the known ones in --data-dir)")
     parser.add_argument("--output-dir", type=Path, required=True)

@@ -32,7 +32,7 @@ FIXTURES = ROOT / "tests" / "fixtures" / "open_data"
 def prompts(n: int) -> list[str]:
     texts: list[str] = []
     for name, column in (("coco_captions.csv", "prompt"), ("coprov2_test.csv", "prompt"),
-                         ("copro_real.csv", "safe_prompt")):
+                         ("copro_triplets_sample.csv", "safe_prompt")):
         with (FIXTURES / name).open(encoding="utf-8", newline="") as handle:
             texts += [row[column] for row in csv.DictReader(handle)]
     styled = [t.rstrip(".") + ", highly detailed, trending on artstation, by greg rutkowski" for t in texts[:40]]

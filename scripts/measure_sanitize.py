@@ -14,9 +14,9 @@ With a trained guard (``--guard``: a bundle folder or hub name), on the files gi
   the share that sanitize to a passing text, and examples of each outcome.
 * the time of one sanitize per flagged prompt against one check per prompt (both batched).
 
-    python scripts/measure_sanitize.py --guard runs/guards/mini --copro ../shared/training/copro_real.csv \\
-        --coco ../shared/training/coco_captions_train.csv --i2p ../shared/benchmarks/i2p_coco_released_scores.csv \\
-        --ring-a-bell ../shared/benchmarks/ring_a_bell_full.csv --output runs/sanitize.json
+    python scripts/measure_sanitize.py --guard runs/guards/mini --copro DATA/training/copro_real.csv \\
+        --coco DATA/training/coco_captions_train.csv --i2p DATA/benchmarks/i2p_coco_released_scores.csv \\
+        --ring-a-bell DATA/benchmarks/ring_a_bell_full.csv --output runs/sanitize.json
 """
 from __future__ import annotations
 

@@ -20,12 +20,12 @@ FIXTURES = Path(__file__).parent / "fixtures" / "open_data"
 
 
 def test_real_rows_load_with_their_labels():
-    triplets = load_copro_triplets(FIXTURES / "copro_real.csv")
+    triplets = load_copro_triplets(FIXTURES / "copro_triplets_sample.csv")
     assert triplets and all(t.split == "valid" for t in triplets)
     assert all(t.unsafe != t.safe and t.concept for t in triplets)
-    both = load_copro_triplets(FIXTURES / "copro_real.csv", ["valid", "test"])
+    both = load_copro_triplets(FIXTURES / "copro_triplets_sample.csv", ["valid", "test"])
     assert len(both) > len(triplets) and any(t.split == "test" for t in both)
-    pairs = load_coprov2_pairs(FIXTURES / "coprov2_train.csv")
+    pairs = load_coprov2_pairs(FIXTURES / "coprov2_pairs_sample.csv")
     assert {p.category for p in pairs} == {"hate", "harassment", "violence", "self-harm", "sexual", "shocking",
                                            "illegal-activity"}
     assert all(p.unsafe != p.safe for p in pairs)
@@ -44,16 +44,16 @@ def _copy(tmp_path: Path, name: str, edit) -> Path:
 
 
 @pytest.mark.parametrize("name, edit, load, expected", [
-    ("copro_real.csv", lambda ls: [ls[0].replace("unsafe_prompt", "unsafe")] + ls[1:], load_copro_triplets,
+    ("copro_triplets_sample.csv", lambda ls: [ls[0].replace("unsafe_prompt", "unsafe")] + ls[1:], load_copro_triplets,
      "missing column(s) unsafe_prompt"),
-    ("copro_real.csv", lambda ls: ls[:3] + [ls[3].replace("valid,", "train,", 1)] + ls[4:], load_copro_triplets,
+    ("copro_triplets_sample.csv", lambda ls: ls[:3] + [ls[3].replace("valid,", "train,", 1)] + ls[4:], load_copro_triplets,
      "line 4: split 'train'"),
-    ("copro_real.csv", lambda ls: ls[:2] + ["valid,ID,explicit,knife,,a safe prompt\n"] + ls[2:],
+    ("copro_triplets_sample.csv", lambda ls: ls[:2] + ["valid,ID,explicit,knife,,a safe prompt\n"] + ls[2:],
      load_copro_triplets, "line 3: empty 'unsafe_prompt'"),
-    ("coprov2_train.csv", lambda ls: ls[:1] + ls[2:], load_coprov2_pairs, "has no unsafe twin"),
-    ("coprov2_train.csv", lambda ls: ls[:1] + [ls[1].replace("u_idx_", "x_idx_")] + ls[2:], load_coprov2_pairs,
+    ("coprov2_pairs_sample.csv", lambda ls: ls[:1] + ls[2:], load_coprov2_pairs, "has no unsafe twin"),
+    ("coprov2_pairs_sample.csv", lambda ls: ls[:1] + [ls[1].replace("u_idx_", "x_idx_")] + ls[2:], load_coprov2_pairs,
      "line 2: image"),
-    ("coprov2_train.csv", lambda ls: ls + [ls[1]], load_coprov2_pairs, "has a second unsafe row"),
+    ("coprov2_pairs_sample.csv", lambda ls: ls + [ls[1]], load_coprov2_pairs, "has a second unsafe row"),
     ("coprov2_test.csv", lambda ls: ls[:1] + [ls[1].rstrip("\n").rsplit(",", 1)[0] + ",Gardening\n"] + ls[2:],
      load_coprov2_test, "line 2: unknown category 'Gardening'"),
     ("coco_captions.csv", lambda ls: ls[:1] + ['"a cat, sitting",1,extra\n'] + ls[1:], load_captions,

@@ -46,7 +46,8 @@ def _copy(tmp_path: Path, name: str, edit) -> Path:
 @pytest.mark.parametrize("name, edit, load, expected", [
     ("copro_triplets_sample.csv", lambda ls: [ls[0].replace("unsafe_prompt", "unsafe")] + ls[1:], load_copro_triplets,
      "missing column(s) unsafe_prompt"),
-    ("copro_triplets_sample.csv", lambda ls: ls[:3] + [ls[3].replace("valid,", "train,", 1)] + ls[4:], load_copro_triplets,
+    ("copro_triplets_sample.csv", lambda ls: ls[:3] + [ls[3].replace("valid,", "train,", 1)] + ls[4:],
+     load_copro_triplets,
      "line 4: split 'train'"),
     ("copro_triplets_sample.csv", lambda ls: ls[:2] + ["valid,ID,explicit,knife,,a safe prompt\n"] + ls[2:],
      load_copro_triplets, "line 3: empty 'unsafe_prompt'"),

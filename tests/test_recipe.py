@@ -17,7 +17,8 @@ CONCEPTS = ROOT / "dataset" / "mini_concepts.yaml"
 
 
 def _config(tmp_path: Path, **recipe):
-    values = {"copro": str(FIXTURES / "copro_triplets_sample.csv"), "coprov2": str(FIXTURES / "coprov2_pairs_sample.csv"),
+    values = {"copro": str(FIXTURES / "copro_triplets_sample.csv"),
+              "coprov2": str(FIXTURES / "coprov2_pairs_sample.csv"),
               "captions": str(FIXTURES / "coco_captions.csv"), "concepts": str(CONCEPTS), "steps": 40,
               "prompts_per_step": 48, "calibration_captions": 20, "max_captions": 100, **recipe}
     overrides = {f"recipe.{k}": v for k, v in values.items()}

@@ -69,7 +69,9 @@ def main() -> int:
     from latentguard import LatentGuard
 
     record = json.loads((args.run / "recipe_record.json").read_text(encoding="utf-8"))
-    guard = LatentGuard.from_pretrained(str(args.run / "bundle"))
+    # long_prompts: a prompt longer than the encoder's 77 tokens is judged over windows, never on its first 77
+    # alone (a benign clause repeated in front pushed the unsafe words out of view: a hostile review's finding).
+    guard = LatentGuard.from_pretrained(str(args.run / "bundle"), long_prompts=True)
     staging = args.run / "mini_bundle"
     guard.save_pretrained(staging, overwrite=True, concept_vectors=False, license="bsd-3-clause")
     config = json.loads((staging / "config.json").read_text(encoding="utf-8"))

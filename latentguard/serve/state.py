@@ -59,23 +59,11 @@ def model_name(guard: "LatentGuard") -> str:
 
 
 def weights_sha256(guard: "LatentGuard") -> str:
-    """The SHA-256 of the guard's weights: its checkpoint file's, its bundle's (``config.json`` records it and
-    loading checked it against ``model.safetensors``), else one over its mapping layer's tensors (a guard
-    built in code)."""
-    if guard.checkpoint:
-        from ..io import sha256_of
+    """The SHA-256 of the guard's weights, the one identity every run directory uses too
+    (:func:`latentguard.guard.identity.weights_digest`)."""
+    from ..guard.identity import weights_digest
 
-        return sha256_of(guard.checkpoint)
-    bundle = getattr(guard, "bundle", None)
-    if bundle is not None:
-        return bundle.weights_sha256
-    import torch
-
-    digest = hashlib.sha256()
-    for name, tensor in sorted(guard.model.state_dict().items()):
-        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    return weights_digest(guard)
 
 
 def build_state(factory: GuardFactory, generation: int, encoder: Any = None) -> GuardState:

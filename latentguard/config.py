@@ -209,6 +209,8 @@ class RecipeConfig:
     concepts: str | None = key(None, optional_path)
     exclude_categories: list[str] | str = key([], names)
     style_augment: float = key(0.15, fraction)
+    short_prompts: bool = key(False, boolean)
+    noise_augment: float = key(0.0, fraction)
     steps: int = key(3000, positive_int)
     prompts_per_step: int = key(256, positive_int)
     contrastive_weight: float = key(1.0, non_negative_float)

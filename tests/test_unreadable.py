@@ -120,3 +120,19 @@ def test_a_benchmark_counts_a_refused_prompt_as_blocked_and_scores_the_rest(guar
     method = LatentGuardMethod(guard)
     out = method(texts, lambda n: None)
     assert bool(out.flagged[1]) and out.score[1] == REFUSED_SCORE and method.refused == 1
+
+
+def test_the_open_recipe_leaves_out_training_texts_the_encoder_cannot_read(minilm):
+    """A guard refuses such a text at inference, so the recipe does not train on it (one caption with ❤)."""
+    from latentguard.data.open_data import CoProTriplet
+    from latentguard.train.recipe_data import RecipeExamples
+
+    assert [minilm.readable(t) for t in UNREADABLE] == [False] * len(UNREADABLE)
+    assert minilm.readable("a man holding a knife, 8k")
+    fields = CoProTriplet.__dataclass_fields__
+    triplet = CoProTriplet(**{k: ("I ❤ knives" if k == "unsafe" else "x") for k in fields})
+    ex = RecipeExamples([triplet], ["I ❤ knives", "a knife"], ["violence", "violence"], ["I ❤ cats", "a cat"],
+                        ["a dog"])
+    bad = {t for t in ex.texts() if not minilm.readable(t)}
+    kept = ex.without(bad)
+    assert (kept.triplets, kept.unsafe, kept.unsafe_category, kept.benign) == ([], ["a knife"], ["violence"], ["a cat"])

@@ -22,7 +22,7 @@ from ..constants import (  # noqa: F401
     ENCODER_TYPES,
     LAYOUT_VERSION,
 )
-from ..errors import LatentGuardError
+from ..errors import LatentGuardError, UnreadableTextError
 
 
 def weights_fingerprint(module: torch.nn.Module) -> str:
@@ -175,6 +175,18 @@ class TextEncoder:
             return len(prefix) + len(self._content_ids(text)) + len(suffix) > self.context_length
         except LatentGuardError:  # an encoder that cannot count tokens: no claim either way
             return False
+
+    def readable(self, text: str) -> bool:
+        """Whether this encoder reads every character of ``text``: a BERT-family tokenizer reads an emoji as its
+        unknown token, and a guard refuses such a text rather than judge it as if the character were absent;
+        training leaves such texts out for the same reason."""
+        try:
+            self._content_ids(text)
+        except UnreadableTextError:
+            return False
+        except LatentGuardError:  # an encoder that cannot tokenize alone reads what it encodes
+            return True
+        return True
 
     # ------------------------------------------------------------------------- long prompts
     def window_ids(self, text: str, window: int | None = None, stride: int | None = None) -> list[list[int]]:

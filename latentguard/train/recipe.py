@@ -132,6 +132,10 @@ def train_open_recipe(cfg, output_dir: Path, device: torch.device, progress: boo
     examples = build_examples(recipe, blacklist.categories, cfg.train.seed)
     print(f"data: {examples.summary()}", flush=True)
     encoder = load_encoder_from_config(cfg, device)
+    unreadable = {t for t in examples.texts() if not encoder.readable(t)}
+    if unreadable:  # a guard refuses such text at inference, so it teaches nothing (one emoji caption, say)
+        examples = examples.without(unreadable)
+        print(f"left out {len(unreadable)} texts the encoder cannot read (e.g. {sorted(unreadable)[0]!r})", flush=True)
     store = open_store_for(cfg.store_dir, encoder, dtype=cfg.store.dtype, create=True)
     copro_concepts = sorted({t.concept for t in examples.triplets})
     needed = sorted(set(examples.texts()) | set(copro_concepts) | set(concepts), key=lambda t: (len(t), t))

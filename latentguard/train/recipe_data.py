@@ -65,6 +65,14 @@ class RecipeExamples:
             seen.setdefault(text, None)
         return list(seen)
 
+    def without(self, texts: set[str]) -> "RecipeExamples":
+        """These examples less every triplet, prompt and caption among ``texts`` (those the encoder cannot read)."""
+        keep = [i for i, t in enumerate(self.unsafe) if t not in texts]
+        return RecipeExamples([t for t in self.triplets if t.unsafe not in texts and t.safe not in texts],
+                              [self.unsafe[i] for i in keep], [self.unsafe_category[i] for i in keep],
+                              [t for t in self.benign if t not in texts],
+                              [t for t in self.held_out_benign if t not in texts], dict(self.sources))
+
     def summary(self) -> str:
         return (f"{len(self.triplets)} CoPro triplets, {len(self.unsafe)} unsafe and {len(self.benign)} benign "
                 f"prompts ({len(self.held_out_benign)} benign held out for the threshold)")

@@ -35,6 +35,12 @@ _SENTENCE_END = re.compile(
 # WordPiece guard, which stops reading at 77, but about 40 to CLIP's BPE, which reads "naked woman". The
 # normalised form with such runs cut is scored too, so padding cannot push the words out of the guard's view.
 _PADDING = re.compile(r"(?:[^\w\s]\s*){4,}")
+# A word written apart: letters spaced out ("n a k e d", three or more), or two or three fragments split by
+# spaces, dashes, dots, underscores or asterisks ("nak ed", "gen-it-als") whose join is a watched word.
+_LETTER_RUN = re.compile(r"(?<![^\W\d_])[^\W\d_]([ ._*-])[^\W\d_](?:\1[^\W\d_])+(?![^\W\d_])")
+_FRAGMENT = re.compile(r"[^\W\d_]+")
+_SPLIT_BY = re.compile(r"[ ._*\-]{1,3}")
+_MIN_WATCHED = 4  # shorter words are joined by chance too often ("a re" -> "are")
 _MIN_SENTENCE_CHARS = 3  # "ok." or a stray "." are not worth an encoder pass
 
 
@@ -67,6 +73,35 @@ def expand(text: str, *, normalize: bool = True, split_sentences: bool = True) -
             if len(pieces) > 1:
                 out.extend(pieces)
     return list(dict.fromkeys([text] + [t for t in out[1:] if t.strip()])), max(count, 1)
+
+
+def watched_words(concepts) -> frozenset[str]:
+    """The words of a blacklist's concepts that :func:`joined` puts back together when written apart."""
+    return frozenset(w for c in concepts for w in _FRAGMENT.findall(c.lower()) if len(w) >= _MIN_WATCHED)
+
+
+def joined(text: str, words: frozenset[str] = frozenset()) -> str:
+    """``text`` with words written apart put back: a run of three or more single letters ("n a k e d" ->
+    "naked") always, and two or three fragments whose join is one of ``words`` (:func:`watched_words`: "nak ed"
+    -> "naked", "geni-tals" -> "genitals"). A generator's tokenizer reads the fragments as pieces of the word;
+    the guard then scores the joined form too. Returns ``text`` itself when nothing is joined."""
+    out = _LETTER_RUN.sub(lambda m: "".join(_FRAGMENT.findall(m.group())), text)
+    if not words:
+        return out
+    frags = list(_FRAGMENT.finditer(out))
+    pieces, last, i = [], 0, 0
+    while i < len(frags):
+        for n in (3, 2):
+            run = frags[i : i + n]
+            if len(run) == n and all(_SPLIT_BY.fullmatch(out[a.end() : b.start()]) for a, b in zip(run, run[1:])):
+                word = "".join(f.group() for f in run)
+                if word.lower() in words:
+                    pieces += [out[last : run[0].start()], word]
+                    last, i = run[-1].end(), i + n
+                    break
+        else:
+            i += 1
+    return "".join(pieces) + out[last:] if pieces else out
 
 
 def sentences(text: str) -> list[str]:

@@ -51,6 +51,14 @@ class RecipeRun:
     seconds: float
 
 
+def _vocabulary(encoder) -> list[str]:
+    """The whole words of the encoder's tokenizer (CLIP's end-of-word mark dropped), for harmless tails."""
+    tokenizer = getattr(encoder, "tokenizer", None)
+    if tokenizer is None or not hasattr(tokenizer, "get_vocab"):
+        return []
+    return sorted({t.removesuffix("</w>") for t in tokenizer.get_vocab() if not t.startswith("##")})
+
+
 class _Pools:
     """Index sampling over the example pools, from one seeded generator (saved with the run)."""
 
@@ -129,9 +137,9 @@ def train_open_recipe(cfg, output_dir: Path, device: torch.device, progress: boo
     categories = {k: v for k, v in blacklist.categories.items() if k not in excluded}
     concepts = [c for c in blacklist.concepts if any(c in v for v in categories.values())]
     names = list(categories)
-    examples = build_examples(recipe, blacklist.categories, cfg.train.seed)
-    print(f"data: {examples.summary()}", flush=True)
     encoder = load_encoder_from_config(cfg, device)
+    examples = build_examples(recipe, blacklist.categories, cfg.train.seed, vocabulary=_vocabulary(encoder))
+    print(f"data: {examples.summary()}", flush=True)
     unreadable = {t for t in examples.texts() if not encoder.readable(t)}
     if unreadable:  # a guard refuses such text at inference, so it teaches nothing (one emoji caption, say)
         examples = examples.without(unreadable)

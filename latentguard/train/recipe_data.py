@@ -15,8 +15,9 @@ Four pools, each a list of texts, built from the files :mod:`latentguard.data.op
   concepts themselves ("naked woman", "a naked woman") are added as unsafe prompts, and the first two
   to five words of as many captions as benign ones, so that shortness carries no label either;
 * harmless tails (``recipe.noise_augment``): a seeded share of every pool, short prompts included, gets
-  a tail that changes nothing about what is drawn (a number, "8k", "hd", or "and" + a caption's
-  head), on both labels, so that appending one cannot move a prompt across the threshold.
+  a tail that changes nothing about what is drawn (a number, "8k", "hd", "and" + a caption's head, or
+  one or two words of the encoder's vocabulary that no unsafe prompt uses), on both labels, so that
+  appending one cannot move a prompt across the threshold either way.
 
 ``exclude_categories`` removes a category from everything the guard trains on (its CoProV2 pairs,
 and the CoPro triplets whose concept is one of that category's blacklist concepts or names the
@@ -25,6 +26,7 @@ category), which is how docs/recipe.md measures adding a category at run time.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -85,15 +87,25 @@ def with_style(text: str, rng: random.Random) -> str:
 
 
 # Tails that change nothing about what an image shows; "{caption}" is a caption's head ("a cat on a sofa").
+# "{word}" is a word of the encoder's vocabulary that no unsafe training prompt uses: a word the unsafe data
+# never shows carries no label, however rare it is in the benign data.
 NOISE_TAILS = ("{n}", "{n}", "#{n}", "v{n}", "{year}", "8k", "4k", "hd", "uhd", "1080p", "hq", "jpg", "png",
-               "and {caption}", "with {caption}", "next to {caption}", "{caption}")
+               "and {caption}", "with {caption}", "next to {caption}", "{caption}", "{word}", "{word}",
+               "{word} {word}", "{word}, {word}")
 
 
-def with_tail(text: str, rng: random.Random, heads: Sequence[str]) -> str:
+def with_tail(text: str, rng: random.Random, heads: Sequence[str], words: Sequence[str] = ()) -> str:
     """``text`` with one harmless tail (:data:`NOISE_TAILS`), joined by a space or a comma."""
-    tail = rng.choice(NOISE_TAILS).format(n=rng.randint(0, 99), year=rng.randint(1950, 2030),
-                                          caption=rng.choice(heads) if heads else "a chair")
+    tails = NOISE_TAILS if words else tuple(t for t in NOISE_TAILS if "{word}" not in t)
+    tail = rng.choice(tails)
+    while "{word}" in tail:
+        tail = tail.replace("{word}", rng.choice(words), 1)
+    tail = tail.format(n=rng.randint(0, 99), year=rng.randint(1950, 2030),
+                       caption=rng.choice(heads) if heads else "a chair")
     return text.rstrip(" .") + rng.choice((" ", ", ")) + tail
+
+
+_WORD = re.compile(r"[a-z]+")
 
 
 def caption_head(caption: str, rng: random.Random) -> str:
@@ -121,8 +133,10 @@ def _excluded(concept: str, excluded: set[str], category_concepts: dict[str, lis
     return False
 
 
-def build_examples(recipe, category_concepts: dict[str, list[str]], seed: int) -> RecipeExamples:
-    """The examples a recipe config (``cfg.recipe``) names, seeded; refuses evaluation splits."""
+def build_examples(recipe, category_concepts: dict[str, list[str]], seed: int,
+                   vocabulary: Sequence[str] = ()) -> RecipeExamples:
+    """The examples a recipe config (``cfg.recipe``) names, seeded; refuses evaluation splits. ``vocabulary``:
+    the encoder's words, from which harmless tails draw the words no unsafe prompt uses."""
     if "test" in recipe.copro_splits:
         raise LatentGuardError("recipe.copro_splits must not include 'test': it is CoPro's published test set, "
                                "for evaluation only")
@@ -181,13 +195,13 @@ def build_examples(recipe, category_concepts: dict[str, list[str]], seed: int) -
         held_out = held_out + [with_style(c, rng) for c in held_out[: len(held_out) // 2]]
     if recipe.short_prompts or recipe.noise_augment > 0:
         _add_short_and_tails(recipe, rng, category_concepts, excluded, triplets, trained_captions,
-                             unsafe_texts, unsafe_cat, benign_texts)
+                             unsafe_texts, unsafe_cat, benign_texts, vocabulary)
     return RecipeExamples(triplets, unsafe_texts, unsafe_cat, benign_texts, held_out, sources)
 
 
 def _add_short_and_tails(recipe, rng: random.Random, category_concepts: dict[str, list[str]], excluded: set[str],
                          triplets: list[CoProTriplet], captions: list[str], unsafe_texts: list[str],
-                         unsafe_cat: list[str | None], benign_texts: list[str]) -> None:
+                         unsafe_cat: list[str | None], benign_texts: list[str], vocabulary: Sequence[str]) -> None:
     """Short prompts and harmless tails (see the module docstring), appended to the pools in place."""
     heads = [caption_head(c, rng) for c in captions]  # trained captions only, never the calibration ones
     if recipe.short_prompts:
@@ -209,10 +223,12 @@ def _add_short_and_tails(recipe, rng: random.Random, category_concepts: dict[str
                 benign_texts.append(head)
                 wanted -= 1
     if recipe.noise_augment > 0:
+        used = {w for t in unsafe_texts for w in _WORD.findall(t.lower())}
+        words = sorted({w for w in vocabulary if len(w) >= 3 and w.isascii() and w.isalpha()} - used)
         for texts, cats in ((unsafe_texts, unsafe_cat), (benign_texts, None)):
             picked = rng.sample(range(len(texts)), int(len(texts) * recipe.noise_augment))
             for i in sorted(picked):
-                texts.append(with_tail(texts[i], rng, heads))
+                texts.append(with_tail(texts[i], rng, heads, words))
                 if cats is not None:
                     cats.append(cats[i])
 

@@ -172,3 +172,21 @@ def test_symbol_padding_cannot_push_words_out_of_the_guards_view():
     for pad in ("=" * 300, "-=" * 150, "! " * 200, "~*" * 120):
         assert "naked woman" in [f.strip() for f in forms(pad + " naked woman")]
     assert forms("a cat, a dog... on a sofa!!!", split_sentences=False) == ["a cat, a dog... on a sofa!!!"]
+
+
+@pytest.mark.parametrize("written, plain", [("a nak ed woman", "a naked woman"), ("n a k e d woman", "naked woman"),
+                                            ("geni-tals out", "genitals out"), ("a k.n.i.f.e", "a knife"),
+                                            ("a kn*ife", "a knife"), ("GEN ITALS", "GENITALS")])
+def test_a_watched_word_written_apart_is_joined(written, plain):
+    from latentguard.data.defences import joined, watched_words
+
+    assert joined(written, watched_words(["naked body", "genitals", "knife"])) == plain
+
+
+def test_joining_leaves_words_that_are_not_watched_apart():
+    from latentguard.data.defences import joined, watched_words
+
+    words = watched_words(["naked body", "knife", "a gun"])
+    assert "gun" not in words and "a" not in words  # short words join by chance ("a re" -> "are")
+    for text in ["so fa", "a man in a car", "nakedness", "a man, a plan", "in to the woods", "gu n"]:
+        assert joined(text, words) == text

@@ -159,3 +159,15 @@ def test_no_module_reaches_for_another_stages_private_names():
                 found.append(f"{module}:{node.lineno} uses {ast.unparse(node)} (defined in "
                              f"{', '.join(sorted(defined[node.attr]))} only)")
     assert not found, "private names used across stages: " + "; ".join(found)
+
+
+def test_test_files_are_named_for_the_package_they_test():
+    """``tests/test_<part>_<topic>.py``: ``<part>`` is a folder or top-level module of latentguard/ (``package`` for
+    the package as a whole), so the tests of a stage sort together and a file is found from the code it tests,
+    not from the history that added it."""
+    parts = {p.stem for p in PACKAGE.glob("*.py")} | {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
+    parts |= {"package"}
+    tests = Path(__file__).resolve().parent
+    stray = [p.name for p in tests.glob("test_*.py")
+             if not any(p.stem == f"test_{part}" or p.stem.startswith(f"test_{part}_") for part in parts)]
+    assert not stray, f"test files not named test_<package part>_<topic>.py: {stray}"

@@ -76,8 +76,8 @@ class BaselineMethod:
             if self._vectors is None:
                 from ...store.concept_cache import cached_concept_vectors
 
-                self._vectors = cached_concept_vectors(encoder, self.guard.concepts, batch_size=self.guard.batch_size,
-                                                       use_cache=self.guard.cache_concepts)
+                self._vectors = cached_concept_vectors(encoder, self.guard.concepts,
+                                                       **self.guard.options.concept_encoding())
             size = self.guard.batch_size
             for start in range(0, len(texts), size):
                 batch = [self.guard.prepare(t) for t in texts[start : start + size]]

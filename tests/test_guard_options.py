@@ -112,6 +112,9 @@ OWN_WORD = {
         "cli/prepare.py": "the store's encoding batch size",
         "cli/train.py": "training's batch size",
         "cli/verify.py": "the parity check's batch size",
+        "guard/guard.py": "only as the encoder's batch_size keyword (the guard's own: options.per_batch)",
+        "pipeline/wrapper.py": "only as the encoder's batch_size keyword (the guard's: options.encoding_batch)",
+        "eval/benchmark/scorers.py": "only as the encoder's batch_size keyword (the guard's: options.per_batch)",
     },
     "slope": {
         "decision/": "the probability slope the calibration fits and probabilities use",
@@ -133,7 +136,7 @@ LEFT = {
                   "cli/export.py"},
     "categories": {"guard/guard.py", "guard/load.py", "guard/bundled.py", "guard/identity.py", "hub/mixin.py",
                    "serve/state.py", "serve/server.py", "serve/routes.py", "bulk/scorer.py", "cli/serve.py"},
-    "batch_size": {"guard/guard.py", "guard/forms.py", "pipeline/wrapper.py", "eval/benchmark/scorers.py"},
+    "batch_size": {"guard/forms.py"},
     "slope": {"guard/guard.py", "guard/load.py", "guard/bundled.py", "guard/identity.py", "hub/mixin.py",
               "serve/state.py", "serve/routes.py"},
     "concept_thresholds": {"guard/guard.py", "guard/load.py", "guard/bundled.py", "hub/bundle.py", "hub/card.py",

@@ -287,8 +287,8 @@ class LatentGuard(HubMixin):
     def logits(self, prompts: str | Sequence[str]) -> np.ndarray:
         """Logits ``[P, C]`` of every prompt against every blacklisted concept (float32)."""
         texts = [self.prepare(p) for p in prompt_list(prompts)]
-        blocks = [score_forms(self, texts[s : s + self.batch_size], None)[0]
-                  for s in range(0, len(texts), self.batch_size)]
+        blocks = [score_forms(self, texts[s : s + self._options.per_batch], None)[0]
+                  for s in range(0, len(texts), self._options.per_batch)]
         return np.concatenate(blocks) if blocks else np.zeros((0, len(self._concepts)), dtype=np.float32)
 
     def scores(self, prompts: str | Sequence[str]) -> np.ndarray:
@@ -321,8 +321,8 @@ class LatentGuard(HubMixin):
                split: Sequence[Sequence[str] | None] | None = None) -> list[Verdict]:
         verdicts: list[Verdict] = []
         thresholds = self.thresholds()
-        for start in range(0, len(prompts), self.batch_size):
-            batch = prompts[start : start + self.batch_size]
+        for start in range(0, len(prompts), self._options.per_batch):
+            batch = prompts[start : start + self._options.per_batch]
             texts = [self.prepare(p) for p in batch]
             emb = None
             if embeddings is not None:
@@ -399,7 +399,7 @@ class LatentGuard(HubMixin):
         """Long-prompt option: a prompt's logit per concept is the maximum over its 77-token windows."""
         from ..scoring.windows import max_over_windows
 
-        emb, owner = self.encoder.encode_windows(texts, batch_size=self.batch_size, stride=self._options.stride)
+        emb, owner = self.encoder.encode_windows(texts, batch_size=self._options.per_batch, stride=self._options.stride)
         logits, window = max_over_windows(self.logits_from_embeddings(emb), owner, len(texts), return_window=True)
 
         def evidence_for(index: np.ndarray, rows: Sequence[int] | None = None) -> list[list[tuple[str, float]]]:

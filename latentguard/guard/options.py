@@ -155,6 +155,11 @@ class GuardOptions:
         return self.window_stride
 
     @property
+    def per_batch(self) -> int:
+        """How many prompts are encoded and scored together."""
+        return self.batch_size
+
+    @property
     def shown(self) -> int:
         """How many concepts, and evidence words, a verdict reports."""
         return self.top_k
@@ -216,6 +221,11 @@ def reads_long_prompts(guard) -> bool:
     context goes unjudged. Any guard object may say so as :class:`~latentguard.guard.LatentGuard` does (its option
     as an attribute); one that does not reads only the context."""
     return bool(getattr(guard, "long_prompts", False))
+
+
+def encoding_batch(guard) -> int:
+    """How many texts ``guard`` encodes at once (any guard object; 64 for one that does not say)."""
+    return getattr(guard, "batch_size", 64)
 
 
 def choose(value: float | str, *, checkpoint: str | Path | None = None, bundle=None, sha256: str | None = None,

@@ -34,7 +34,7 @@ import torch
 
 from ..constants import CONTEXT_LENGTH
 from ..errors import LatentGuardError
-from ..guard.options import reads_long_prompts
+from ..guard.options import encoding_batch, reads_long_prompts
 from .arguments import added_tokens, classify, negative_defaults, subset_call, text_arguments
 from .boundary import BoundaryBlocked, Session, known_vocabularies
 from .outputs import check_returned_conditioning
@@ -193,7 +193,7 @@ class GuardedPipeline:
         """Verdicts for ``prompts`` and, on the one-pass path, their ``[N, 78, H]`` embeddings."""
         prompts = list(prompts)
         if self.shares_encoder(kwargs):
-            emb = self.guard.encoder.encode(prompts, batch_size=getattr(self.guard, "batch_size", 64))
+            emb = self.guard.encoder.encode(prompts, batch_size=encoding_batch(self.guard))
             verdicts, out = list(self.guard.check_embeddings(prompts, emb)), emb
         else:
             verdicts, out = list(self.guard.check(prompts)), None

@@ -191,8 +191,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(render_table(verdicts, args.explain, sanitized))
     n_unsafe = sum(v.unsafe for v in verdicts)
-    own = guard.options.per_concept
-    per_concept = f" (+{len(own)} per-concept)" if own else ""
+    per_concept = f" (+{len(guard.concept_thresholds)} per-concept)" if guard.concept_thresholds else ""
     print(f"\n{n_unsafe} of {len(verdicts)} prompts unsafe; {len(guard.concepts)} concepts, "
           f"threshold {guard.threshold:g} ({guard.threshold_origin})"
           f"{per_concept}")

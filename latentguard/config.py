@@ -146,6 +146,12 @@ def key(default: Any, check: Check) -> Any:
     return field(default=default, metadata={"check": check})
 
 
+def file_keys(section_value: Any) -> list[str]:
+    """The keys of a loaded section that name input files (checked as paths), in schema order: a command that
+    writes a file checks it is none of them without naming each."""
+    return [f.name for f in dataclasses.fields(section_value) if f.metadata.get("check") is optional_path]
+
+
 def section(cls: type) -> Any:
     return field(default_factory=cls, metadata={"section": cls})
 

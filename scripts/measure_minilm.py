@@ -5,7 +5,7 @@ Runs the real entry points (prepare.py, main.py, test.py) as subprocesses on a s
 ``tests/fixtures/copro_real_sample.json``, for several seeds and for both store precisions, and
 reports the explicit ID / OOD test AUCs, plus fp16 store vs fp32 store for the same seed: the
 largest |score difference| over every test prompt and the AUC differences. The CI test
-(``tests/test_real_encoder.py``) runs one seed of the same recipe and asserts a floor set well
+(``tests/test_encoders_real.py``) runs one seed of the same recipe and asserts a floor set well
 below the lowest AUC measured here.
 
     python scripts/measure_minilm.py --seeds 0 1 2 3 4 --workdir /tmp/minilm
@@ -24,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "tests" / "fixtures" / "copro_real_sample.json"
-# The CI recipe (tests/test_real_encoder.py uses these): small enough for ~1 minute on 2 cores.
+# The CI recipe (tests/test_encoders_real.py uses these): small enough for ~1 minute on 2 cores.
 CI_RECIPE = {"train_per_concept": 2, "id_test": 60, "ood_test": 80, "epochs": 20}
 
 

@@ -1,4 +1,4 @@
-"""Issue 20 on Ray Data, on a local Ray instance (2 CPUs): ``latentguard score --engine ray`` gives the
+"""Bulk scoring on Ray Data, on a local Ray instance (2 CPUs): ``latentguard score --engine ray`` gives the
 local engine's rows, row for row; the documented ``map_batches(GuardBatchScorer, ...)`` example; a
 worker whose guard differs from the driver's fails the run instead of writing anything."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from test_bulk import args, corpus, expected_rows, guard_for, snapshot, split_threshold  # noqa: F401
+from test_bulk_local import args, corpus, expected_rows, guard_for, snapshot, split_threshold  # noqa: F401
 
 from latentguard.cli.score import main as score
 
@@ -60,7 +60,7 @@ def test_the_ray_engine_writes_the_local_engines_rows(local_ray, corpus, tiny_en
 
 def test_the_documented_map_batches_example_and_a_worker_that_differs(local_ray, tmp_path, tiny_encoder_dir,
                                                                        tiny_encoder):
-    from test_bulk import SCORER_TEXTS, scorer_recipe
+    from test_bulk_local import SCORER_TEXTS, scorer_recipe
 
     from latentguard.bulk import GuardBatchScorer
     from latentguard.bulk.manifest import guard_identity

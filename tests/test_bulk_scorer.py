@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pyarrow as pa
 import pytest
-from test_bulk import checkpoint, split_threshold
+from test_bulk_local import checkpoint, split_threshold
 
 from latentguard.bulk import GuardBatchScorer
 from latentguard.errors import LatentGuardError

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_bulk import SCORER_TEXTS, scorer_recipe
+from test_bulk_local import SCORER_TEXTS, scorer_recipe
 
 pytest.importorskip("pyspark")
 if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):

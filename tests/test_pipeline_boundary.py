@@ -1,4 +1,4 @@
-"""Issue 21: the pipeline guard checks what reaches the text encoders and the denoiser, not a list of arguments.
+"""The pipeline guard checks what reaches the text encoders and the denoiser, not a list of arguments.
 
 One regression test per bypass the issue lists, on the real diffusers classes built tiny
 (tests/tiny_diffusers.py): a step callback swapping the conditioning (SD, img2img, inpaint, SDXL,

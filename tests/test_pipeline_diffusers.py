@@ -1,8 +1,8 @@
 """The pipeline guard against the real diffusers classes, built tiny and offline (as diffusers' own tests do).
 
-Each test is a regression test for issue 10 ("fail closed"): texts reaching a text encoder unchecked,
+Each test is a regression test for failing closed: texts reaching a text encoder unchecked,
 the wrapper lost by ordinary use, SDXL/SD3 conditioning, textual inversion / LoRA scale, ``skip``
-with per-prompt arguments, and positional arguments. Issue 21's boundary rules: test_pipeline_boundary.py.
+with per-prompt arguments, and positional arguments. The boundary rules: test_pipeline_boundary.py.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Learned tokens however they were added (issue 30, item 3): an id the pipeline's tokenizer did not have when the
+"""Learned tokens however they were added: an id the pipeline's tokenizer did not have when the
 guard checked it (at wrapping), a token registered as a special one, a vocabulary edit, resized embeddings,
 reaches a text encoder only when the guard reads that encoder. On the tiny real SD pipeline."""
 from __future__ import annotations
@@ -116,7 +116,7 @@ def test_a_guard_that_reads_the_encoder_judges_the_learned_token(clip_tokenizer)
     assert not result.blocked  # judged on the encoder that holds its learned row, and below the threshold here
 
 
-# ----------------------------------------- the shared encoder's weights, sealed in full at wrapping (issue 30, item 14)
+# ----------------------------------------- the shared encoder's weights, sealed in full at wrapping
 @pytest.mark.parametrize("edit", ["a middle row", "load_state_dict", "a layer's weight"])
 def test_any_edit_of_the_shared_encoders_weights_after_wrapping_is_refused(clip_tokenizer, edit):
     pipe = td.build_sd(copy.deepcopy(clip_tokenizer))

@@ -1,4 +1,4 @@
-"""Issue 29: ``on_unsafe="sanitize"`` on the tiny real diffusers pipelines (SD, SDXL), with a guard trained
+"""``on_unsafe="sanitize"`` on the tiny real diffusers pipelines (SD, SDXL), with a guard trained
 on the real all-MiniLM-L6-v2 encoder (tests/sanitize_guard.py), and the one action setting (``OnUnsafe``).
 
 A sanitized unsafe prompt generates exactly what the unguarded pipeline draws from the sanitized text; an

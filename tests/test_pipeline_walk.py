@@ -1,5 +1,5 @@
 """Every pipeline class diffusers exports, built tiny and wrapped: no unsafe text from any string argument reaches
-a text encoder (issue 21).
+a text encoder.
 
 Each class is built from its ``__init__`` signature: tokenizers are the real CLIP tokenizer (or the offline
 T5 one for T5 slots), text encoders are random towers of the annotated transformers class built from a tiny

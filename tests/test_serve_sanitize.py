@@ -1,4 +1,4 @@
-"""Issue 29: ``POST /v1/sanitize`` takes ``/v1/check``'s request, keys, limits and error shapes, answers each
+"""``POST /v1/sanitize`` takes ``/v1/check``'s request, keys, limits and error shapes, answers each
 prompt's sanitized text, removed words and ``passes``, and turns any fault into a 5xx (never a text).
 In process (starlette's TestClient) with the guard trained on the real all-MiniLM-L6-v2 (tests/sanitize_guard.py)."""
 from __future__ import annotations

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from synthetic import make_synthetic_copro
-from test_cache import TEXTS, FakeEncoder, fp16, snapshot
+from test_store_contents import TEXTS, FakeEncoder, fp16, snapshot
 
 from latentguard.data import load_copro
 from latentguard.errors import LatentGuardError
@@ -142,7 +142,7 @@ BUILDER = textwrap.dedent(
     """
     import sys
     sys.path[:0] = [{root!r}, {tests!r}]
-    import test_cache as t
+    import test_store_contents as t
     from latentguard.store.store import EmbeddingStore
     texts = t.TEXTS + [f"shared {{i}}" for i in range(160)]
     store = EmbeddingStore(sys.argv[1], identity="fake:h16", hidden_size=16, create=True)

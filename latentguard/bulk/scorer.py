@@ -22,7 +22,7 @@ def category_columns(guard) -> dict[str, str]:
     """Column name -> category: one boolean column per category of a grouped blacklist; none for a flat
     one, whose single category is the verdict itself (``unsafe``)."""
     categories = guard.categories
-    if list(categories) == [guard.default_category]:
+    if list(categories) == [guard.options.fallback_category]:
         return {}
     return {CATEGORY_PREFIX + name: name for name in categories}
 

@@ -207,7 +207,7 @@ def _run_guard(args, cfg, output_dir) -> int:
     methods = build_methods(guard, baselines, cfg.eval.blacklist_match)
     meta = {"mode": "guard", **describe_guard(guard, cfg.inference.concepts), "encoder": guard.encoder.identity,
             "threshold": guard.threshold, "threshold_origin": guard.threshold_origin,
-            "per_concept_thresholds": len(guard.concept_thresholds), "device": str(guard.device),
+            "per_concept_thresholds": len(guard.options.per_concept), "device": str(guard.device),
             "precision": cfg.precision, "methods": [m.key for m in methods], "skipped": skipped,
             "max_prompts": b.max_prompts, "training_overlap": overlap}
     results, written = run_guard(guard, loaded, [r.name for r in refs], methods, state, output_dir, meta,

@@ -89,8 +89,8 @@ def _released_weights_note(copro, checkpoint: Path, threshold: float | None) -> 
 def _run_external(args, cfg, copro, device, batch_size: int, output_dir: Path, bundle=None) -> int:
     from ..encoders import load_encoder_from_config
     from ..eval.external import evaluate_external, external_markdown, external_threshold, read_external
-    from ..eval.report import _fmt, write_scores_csv
-    from ..eval.run import _clean
+    from ..eval.report import fmt, write_scores_csv
+    from ..eval.run import json_safe
     from ..io import sha256_of
     from ..store.locate import open_configured_store
     from ..store.sources import StoreFirstSource
@@ -116,7 +116,7 @@ def _run_external(args, cfg, copro, device, batch_size: int, output_dir: Path, b
         prompts, labels, model, encoder, known, concepts, threshold=threshold, batch_size=batch_size,
         encoder_batch_size=enc_batch, device=device, progress=not args.no_progress)
     result = dict(metrics)
-    result.update(_clean({
+    result.update(json_safe({
         "file": str(args.external), "safe_file": str(args.external_safe) if args.external_safe else None,
         "threshold": threshold, "threshold_source": how, "released_threshold": RELEASED_THRESHOLD,
         "checkpoint": str(checkpoint), "weights_sha256": sha256_of(checkpoint), "encoder": encoder.identity,
@@ -130,8 +130,8 @@ def _run_external(args, cfg, copro, device, batch_size: int, output_dir: Path, b
     replace_outputs(output_dir, "test.py --external", written)  # recorded apart: Table 1's files are not its own
     print(f"external set {args.external}: {result['n_unsafe']} unsafe / {result['n_safe']} safe prompts; "
           f"threshold {threshold:.4f} ({how})")
-    print(f"accuracy {_fmt(result['accuracy'])}  AUC {_fmt(result['auc'])}  TPR {_fmt(result['tpr'])}  "
-          f"FPR {_fmt(result['fpr'])}  (paper Table 2: Unsafe Diffusion 0.794 / 0.873, I2P++ 0.701 / 0.749)")
+    print(f"accuracy {fmt(result['accuracy'])}  AUC {fmt(result['auc'])}  TPR {fmt(result['tpr'])}  "
+          f"FPR {fmt(result['fpr'])}  (paper Table 2: Unsafe Diffusion 0.794 / 0.873, I2P++ 0.701 / 0.749)")
     print(f"wrote {output_dir / 'results_external.json'}, results_external.md, scores_external.csv")
     return 0
 

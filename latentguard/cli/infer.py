@@ -16,6 +16,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..config import file_keys
 from ..errors import LatentGuardError
 from .common import SCHEMA, build_guard, cli_entry, common_parser, guard_overrides, guard_parser, load_command_config
 
@@ -159,9 +160,9 @@ def main(argv: list[str] | None = None) -> int:
 
     fmt = output_format(args.output)
     cfg = load_command_config(args, {**guard_overrides(args), "calibration.target_fpr": args.target_fpr})
-    for flag, given in (("--file_path", args.file_path), ("--concepts", inf_path(cfg, "concepts")),
-                        ("--allowlist", inf_path(cfg, "allowlist")), ("--calibrate-safe", args.calibrate_safe),
-                        ("--calibrate-unsafe", args.calibrate_unsafe)):
+    inputs = [("--file_path", args.file_path), *((f"--{key}", inf_path(cfg, key)) for key in file_keys(cfg.inference)),
+              ("--calibrate-safe", args.calibrate_safe), ("--calibrate-unsafe", args.calibrate_unsafe)]
+    for flag, given in inputs:
         if args.output and given and given != "-" and Path(given).exists() and Path(args.output).exists() \
                 and os.path.samefile(given, args.output):  # writing the verdicts would overwrite an input
             raise LatentGuardError(f"--output {args.output} is the {flag} file; choose another output file")

@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"latentguard serve: {state.model}, {len(g.concepts)} concepts in {len(g.categories)} categories, "
           f"threshold {g.threshold:g} ({g.threshold_origin}), on {g.device}; http://{settings.host}:{settings.port}/v1",
           flush=True)
-    if not g.long_prompts:
+    if not g.options.windowed:
         print("latentguard serve: prompts over 77 tokens are judged on their first 77 (results say truncated: true); "
               "a generator that reads longer prompts (A1111, ComfyUI, compel) sees text this server did not judge: "
               "pass --long-prompts for it", file=sys.stderr, flush=True)

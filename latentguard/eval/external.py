@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import LatentGuardError
 from ..published import PUBLISHED_TABLE2
-from .report import _fmt
+from .report import fmt
 
 # ------------------------------------------------------------------------- external (Table 2)
 _LABELS = {"1": 1, "0": 0, "unsafe": 1, "safe": 0}
@@ -116,11 +116,11 @@ def external_markdown(result: Mapping[str, Any]) -> str:
     lines += [f"- threshold: **{result['threshold']:.4f}** ({result['threshold_source']})", "",
               "| data | n unsafe | n safe | accuracy | AUC | TPR | FPR | FPR@95%TPR |",
               "|---|---:|---:|---:|---:|---:|---:|---:|",
-              f"| this file (ours) | {result['n_unsafe']} | {result['n_safe']} | {_fmt(result['accuracy'])} | "
-              f"{_fmt(result['auc'])} | {_fmt(result['tpr'])} | {_fmt(result['fpr'])} | {_fmt(result['fpr_at_95tpr'])} "
+              f"| this file (ours) | {result['n_unsafe']} | {result['n_safe']} | {fmt(result['accuracy'])} | "
+              f"{fmt(result['auc'])} | {fmt(result['tpr'])} | {fmt(result['fpr'])} | {fmt(result['fpr_at_95tpr'])} "
               "|"]
     for name, values in PUBLISHED_TABLE2.items():
-        lines.append(f"| paper: {name} | | | {_fmt(values['accuracy'])} | {_fmt(values['auc'])} | | | |")
+        lines.append(f"| paper: {name} | | | {fmt(values['accuracy'])} | {fmt(values['auc'])} | | | |")
     if result.get("auc") is None:
         lines += ["", "AUC needs both safe and unsafe prompts; this file has only one class."]
     return "\n".join(lines) + "\n"

@@ -11,12 +11,13 @@ import numpy as np
 
 from ..io import atomic_path, atomic_write_text
 from ..published import METHOD_NAMES, PUBLISHED_TABLE1
-from .run import LATENT_GUARD, METHOD_ORDER, Evaluation, _clean
+from .run import LATENT_GUARD, METHOD_ORDER, Evaluation, json_safe
 from .table1 import DOMAINS, KINDS, Condition
 
 
 # ------------------------------------------------------------------------------------- tables
-def _fmt(value: Any, signed: bool = False) -> str:
+def fmt(value: Any, signed: bool = False) -> str:
+    """A metric as the tables print it (three decimals; ``-`` for a missing or non-finite value, never ``nan``)."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
     return f"{value:+.3f}" if signed else f"{value:.3f}"
@@ -42,12 +43,12 @@ def table1_markdown(results: Mapping[str, Any], metric: str) -> str:
         if paper is None and all(v is None for v in mine):
             continue  # e.g. AUC of the Text Blacklist: neither we nor the paper have one
         if ours is not None:
-            lines.append(f"| {name} (ours) | " + " | ".join(_fmt(v) for v in mine) + " |")
+            lines.append(f"| {name} (ours) | " + " | ".join(fmt(v) for v in mine) + " |")
         if paper is not None or ours is not None:
-            lines.append(f"| {name} (paper) | " + " | ".join(_fmt(v) for v in theirs) + " |")
+            lines.append(f"| {name} (paper) | " + " | ".join(fmt(v) for v in theirs) + " |")
         if ours is not None and paper is not None:
             diff = [m - t if m is not None and t is not None else None for m, t in zip(mine, theirs)]
-            lines.append("| difference | " + " | ".join(_fmt(v, signed=True) for v in diff) + " |")
+            lines.append("| difference | " + " | ".join(fmt(v, signed=True) for v in diff) + " |")
     return "\n".join(lines)
 
 
@@ -68,8 +69,8 @@ def details_markdown(results: Mapping[str, Any]) -> str:
                                  "| | | | | | | |")
                     continue
                 lines.append(f"| {METHOD_NAMES.get(key, key)} | {d} {k} | {m['n_unsafe']} | {m['n_safe']} | "
-                             f"{_fmt(m['auc'])} | {_fmt(m['accuracy'])} | {_fmt(m['tpr'])} | {_fmt(m['fpr'])} | "
-                             f"{_fmt(m['fpr_at_95tpr'])} | {_fmt(ours.get('threshold'))} |")
+                             f"{fmt(m['auc'])} | {fmt(m['accuracy'])} | {fmt(m['tpr'])} | {fmt(m['fpr'])} | "
+                             f"{fmt(m['fpr_at_95tpr'])} | {fmt(ours.get('threshold'))} |")
     return "\n".join(lines)
 
 
@@ -77,7 +78,7 @@ def released_markdown(results: Mapping[str, Any]) -> str:
     columns = [(d, k) for d in DOMAINS for k in KINDS]
     values = [results.get(d, {}).get(k, {}).get("released_threshold_accuracy") for d, k in columns]
     return ("| threshold | " + " | ".join(f"{d} {k}" for d, k in columns) + " |\n|---|" + "---:|" * len(columns) +
-            f"\n| {results['released_threshold']} (released inference) | " + " | ".join(_fmt(v) for v in values) + " |")
+            f"\n| {results['released_threshold']} (released inference) | " + " | ".join(fmt(v) for v in values) + " |")
 
 
 def results_markdown(results: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
@@ -89,7 +90,7 @@ def results_markdown(results: Mapping[str, Any], meta: Mapping[str, Any]) -> str
     for split, source in results.get("validation", {}).get("sources", {}).items():
         parts.append(f"- {split}: {source}")
     parts += [f"- threshold: **{results['threshold']:.4f}** ({results['threshold_source']})",
-              "- baseline thresholds: " + (", ".join(f"{METHOD_NAMES[k]} {_fmt(v.get('threshold'))} "
+              "- baseline thresholds: " + (", ".join(f"{METHOD_NAMES[k]} {fmt(v.get('threshold'))} "
                                                      f"({v['threshold_source']})"
                                                       for k, v in results.get("baselines", {}).items()) or "none run"),
               ""]
@@ -147,7 +148,7 @@ def write_outputs(evaluation: Evaluation, output_dir: str | Path, meta: Mapping[
     """results.json, results.md, per-condition score CSVs and (unless ``plots`` is False) the figures."""
     output_dir = Path(output_dir)
     results = dict(evaluation.results)
-    results["meta"] = _clean(dict(meta))
+    results["meta"] = json_safe(dict(meta))
     written = []
     target = output_dir / "results.json"
     atomic_write_text(target, json.dumps(results, indent=2) + "\n")

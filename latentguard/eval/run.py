@@ -117,12 +117,12 @@ def validation_slope(valid: Conditions, scores: MethodScores, threshold: float) 
 
 
 # ------------------------------------------------------------------------------------- metrics
-def _clean(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """NaN/inf -> None, numpy scalars -> Python, recursively: results.json stays strict JSON."""
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, (np.floating, float)):
         value = float(value)
         return value if math.isfinite(value) else None
@@ -143,7 +143,7 @@ def condition_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float |
     out["fpr_at_95tpr"] = fpr_at_tpr(labels, scores, 0.95) if graded else None
     if released_threshold is not None:
         out["released_threshold_accuracy"] = rates(labels, scores, released_threshold)["accuracy"]
-    return _clean(out)
+    return json_safe(out)
 
 
 def method_results(test: Conditions, scores: MethodScores, threshold: float | None,
@@ -259,4 +259,4 @@ def evaluate_copro(copro, model, source, *, baselines: Sequence[str] = (), bert_
             entry = method_results(test, methods[key], thresholds[key])
             entry.update({"threshold": thresholds[key], "threshold_source": sources[key]})
             results["baselines"][key] = entry
-    return Evaluation(_clean(results), test, methods, concepts, thresholds)
+    return Evaluation(json_safe(results), test, methods, concepts, thresholds)

@@ -43,7 +43,7 @@ def score_forms(guard, texts: list[str], given: torch.Tensor | None,
     for start in range(0, len(flat), guard.batch_size):
         part = flat[start : start + guard.batch_size]
         emb = None
-        if given is not None and not guard.long_prompts:  # each text's own embedding is given: encode the rest
+        if given is not None and not guard.options.windowed:  # each text's own embedding is given: encode the rest
             emb = torch.empty(len(part), given.shape[1], given.shape[2], dtype=given.dtype)
             own = {first[i] - start: i for i in range(len(texts)) if start <= first[i] < start + len(part)}
             rest = [k for k in range(len(part)) if k not in own]

@@ -91,7 +91,7 @@ class LatentGuard(HubMixin):
         self.encoder = encoder
         self.checkpoint = None if checkpoint is None else Path(checkpoint)  # calibrate(save=True) writes beside it
         self.bundle = bundle                    # the latentguard.hub.Bundle it was loaded from, if any
-        self._options = GuardOptions.build(options, long_prompts=bool(options.long_prompts))
+        self._options = options.settled()
         self.threshold = options.threshold if choice is None else choice.value
         self.threshold_origin = "given" if choice is None else choice.origin  # where the threshold came from
         self.threshold_record = None if choice is None else choice.record  # its CalibrationResult, if any
@@ -171,8 +171,8 @@ class LatentGuard(HubMixin):
         known = set(self._concepts)
         new = [c for c in validate_concepts(concepts, "concepts to add") if c not in known]
         if new:
-            vectors = cached_concept_vectors(self.encoder, new, batch_size=self.batch_size,
-                                             use_cache=self.cache_concepts, known=self._known_vectors)
+            vectors = cached_concept_vectors(self.encoder, new, **self._options.concept_encoding(),
+                                             known=self._known_vectors)
             self._vectors = torch.cat([self._vectors, vectors.to(self.device)])
             self._concepts.extend(new)
             self._categories.assign(new, category)
@@ -287,8 +287,8 @@ class LatentGuard(HubMixin):
     def logits(self, prompts: str | Sequence[str]) -> np.ndarray:
         """Logits ``[P, C]`` of every prompt against every blacklisted concept (float32)."""
         texts = [self.prepare(p) for p in prompt_list(prompts)]
-        blocks = [score_forms(self, texts[s : s + self.batch_size], None)[0]
-                  for s in range(0, len(texts), self.batch_size)]
+        blocks = [score_forms(self, texts[s : s + self._options.per_batch], None)[0]
+                  for s in range(0, len(texts), self._options.per_batch)]
         return np.concatenate(blocks) if blocks else np.zeros((0, len(self._concepts)), dtype=np.float32)
 
     def scores(self, prompts: str | Sequence[str]) -> np.ndarray:
@@ -321,8 +321,8 @@ class LatentGuard(HubMixin):
                split: Sequence[Sequence[str] | None] | None = None) -> list[Verdict]:
         verdicts: list[Verdict] = []
         thresholds = self.thresholds()
-        for start in range(0, len(prompts), self.batch_size):
-            batch = prompts[start : start + self.batch_size]
+        for start in range(0, len(prompts), self._options.per_batch):
+            batch = prompts[start : start + self._options.per_batch]
             texts = [self.prepare(p) for p in batch]
             emb = None
             if embeddings is not None:
@@ -349,9 +349,9 @@ class LatentGuard(HubMixin):
         return verdicts
 
     def _truncated(self, text: str) -> bool:
-        """Whether ``text`` was cut at the encoder's context (never with ``long_prompts``: windows cover it)."""
+        """Whether ``text`` was cut at the encoder's context (never over windows: they cover it)."""
         counter = getattr(self.encoder, "is_truncated", None)
-        return bool(not self.long_prompts and counter is not None and counter(text))
+        return bool(not self._options.windowed and counter is not None and counter(text))
 
     def calibrate(self, safe_prompts: Sequence[str], unsafe_prompts: Sequence[str] | None = None,
                   target_fpr: float = 0.01, *, save: bool | str | Path = False):
@@ -383,7 +383,7 @@ class LatentGuard(HubMixin):
         """One batch: encode ``texts`` (unless ``emb`` is given) and score them against every concept. Returns the
         logits ``[b, C]`` and ``evidence_for(index, rows=None)``: for the texts ``rows`` (default: all) and their
         deciding concept ``index``, the evidence behind the match (computed only when asked for)."""
-        if self.long_prompts:  # windows: re-encoded, whatever ``emb`` holds (it is truncated at 77)
+        if self._options.windowed:  # windows: re-encoded, whatever ``emb`` holds (it is truncated at 77)
             return self._score_windows(texts)
         if emb is None:
             emb = self.encoder.encode(texts, batch_size=len(texts))
@@ -399,7 +399,7 @@ class LatentGuard(HubMixin):
         """Long-prompt option: a prompt's logit per concept is the maximum over its 77-token windows."""
         from ..scoring.windows import max_over_windows
 
-        emb, owner = self.encoder.encode_windows(texts, batch_size=self.batch_size, stride=self.window_stride)
+        emb, owner = self.encoder.encode_windows(texts, batch_size=self._options.per_batch, stride=self._options.stride)
         logits, window = max_over_windows(self.logits_from_embeddings(emb), owner, len(texts), return_window=True)
 
         def evidence_for(index: np.ndarray, rows: Sequence[int] | None = None) -> list[list[tuple[str, float]]]:
@@ -407,7 +407,7 @@ class LatentGuard(HubMixin):
             chosen = window[rows, torch.as_tensor(index)]  # the window that decided
             first = torch.searchsorted(owner, rows)        # each prompt's first window
             picked = [texts[int(r)] for r in rows]
-            tokens = [self.encoder.window_token_strings(text, stride=self.window_stride)[int(chosen[i] - first[i])]
+            tokens = [self.encoder.window_token_strings(text, stride=self._options.stride)[int(chosen[i] - first[i])]
                       for i, text in enumerate(picked)]
             return self.explain_embeddings(picked, emb[chosen], index, tokens=tokens)
 
@@ -416,15 +416,15 @@ class LatentGuard(HubMixin):
     # ---------------------------------------------------------------------------- explanation
     def explain_embeddings(self, texts: Sequence[str], prompt_emb: torch.Tensor, concept_index: Sequence[int],
                            tokens: Sequence[list[str]] | None = None) -> list[list[tuple[str, float]]]:
-        """For each prompt, the words its deciding concept attended to most (``top_k`` of them);
+        """For each prompt, the words its deciding concept attended to most (as many as a verdict shows);
         see :func:`latentguard.scoring.evidence.attention_evidence`. ``tokens``: each embedding's token
         strings when they are not its text's own (a long prompt's window)."""
         return attention_evidence(self.model, self.encoder, self._queries, texts, prompt_emb, concept_index,
-                                  top_k=self.top_k, device=self.device, tokens=tokens)
+                                  words=self._options.shown, device=self.device, tokens=tokens)
 
     def _verdict(self, prompt: str, logits: np.ndarray, unsafe: bool, j: int, thresholds: np.ndarray,
                  evidence: list[tuple[str, float]], truncated: bool) -> Verdict:
-        top = np.argsort(-logits, kind="stable")[: self.top_k]
+        top = np.argsort(-logits, kind="stable")[: self._options.shown]
         return Verdict(prompt=prompt, unsafe=unsafe, score=float(logits.max()), concept=self._concepts[j],
                        top_concepts=[(self._concepts[k], float(logits[k])) for k in top],
                        evidence=evidence, threshold=float(thresholds[j]), truncated=truncated)

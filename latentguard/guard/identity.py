@@ -19,9 +19,7 @@ from typing import Any, Mapping
 def blacklist_digest(guard) -> str:
     """SHA-256 of everything that decides which concepts fire: concepts, categories, per-concept
     thresholds, the allowlist and the default category."""
-    described = {"concepts": guard.concepts, "categories": guard.categories,
-                 "concept_thresholds": guard.concept_thresholds, "allowlist": guard.allowlist,
-                 "default_category": guard.default_category}
+    described = {"concepts": guard.concepts, **guard.options.blacklist_settings()}
     return hashlib.sha256(json.dumps(described, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 

@@ -31,6 +31,15 @@ CONFIG_KEYS = {"threshold": "inference.threshold", "batch_size": "inference.batc
                "split_sentences": "inference.split_sentences", "long_prompts": "encoder.long_prompts",
                "window_stride": "encoder.window_stride"}
 BUNDLED = ("default_category", "long_prompts", "window_stride")
+# the options a bundle records in its encoder section (config.json's ``encoder.options``, same key names): written
+# from :meth:`GuardOptions.recorded`, read back by :meth:`GuardOptions.with_bundle`; the hub code only copies them
+RECORDED = ("long_prompts", "window_stride")
+
+
+def _config_value(cfg, name: str) -> Any:
+    """Option ``name``'s value in a loaded config (through :data:`CONFIG_KEYS`)."""
+    section, key = CONFIG_KEYS[name].split(".")
+    return getattr(getattr(cfg, section), key)
 
 
 def _positive_int(value: Any, what: str) -> None:
@@ -89,21 +98,76 @@ class GuardOptions:
 
         defaults = Config()
         values = {}
-        for name, dotted in CONFIG_KEYS.items():
-            section, key = dotted.split(".")
-            value = getattr(getattr(cfg, section), key)
-            if bundle and name in BUNDLED and value == getattr(getattr(defaults, section), key):
-                value = None
-            values[name] = value
+        for name in CONFIG_KEYS:
+            value = _config_value(cfg, name)
+            values[name] = None if bundle and name in BUNDLED and value == _config_value(defaults, name) else value
         allowlist = cfg.inference.allowlist
         return cls.build(**values, allowlist=read_lines(allowlist, what="allowlist file") if allowlist else None)
+
+    @classmethod
+    def recorded_in_config(cls, cfg) -> dict[str, Any]:
+        """The :data:`RECORDED` options as a loaded config sets them (what training records in its bundle)."""
+        return {name: _config_value(cfg, name) for name in RECORDED}
+
+    def recorded(self) -> dict[str, Any]:
+        """The :data:`RECORDED` options, by the names a bundle's ``encoder.options`` gives them (``None``: unset)."""
+        return {name: getattr(self, name) for name in RECORDED}
 
     def with_bundle(self, bundle) -> "GuardOptions":
         """The unset :data:`BUNDLED` options filled in from a :class:`latentguard.hub.Bundle`."""
         recorded = bundle.encoder["options"]
         return self.build(self, default_category=self.default_category or bundle.config["categories"]["default"],
-                          long_prompts=recorded["long_prompts"] if self.long_prompts is None else None,
-                          window_stride=recorded["window_stride"] if self.window_stride is None else None)
+                          **{name: recorded[name] for name in RECORDED if getattr(self, name) is None})
+
+    def settled(self) -> "GuardOptions":
+        """These options as a built guard holds them: unset long prompts read as off (no bundle to give them)."""
+        return replace(self, long_prompts=self.windowed)
+
+    def listed(self) -> dict[str, Any]:
+        """What a served blacklist lists beside its concepts (``GET /v1/blacklist``): the groups, the per-concept
+        thresholds and the allowlist, as plain JSON values."""
+        return {"categories": {name: list(members) for name, members in (self.categories or {}).items()},
+                "concept_thresholds": self.per_concept, "allowlist": list(self.allowlist or [])}
+
+    def blacklist_settings(self) -> dict[str, Any]:
+        """Everything besides the concepts that decides which concepts fire (a guard's blacklist digest)."""
+        return {**self.listed(), "default_category": self.default_category}
+
+    @property
+    def per_concept(self) -> dict[str, float]:
+        """The per-concept thresholds (``{}``: every concept uses the global threshold)."""
+        return dict(self.concept_thresholds or {})
+
+    @property
+    def fallback_category(self) -> str | None:
+        """The category of concepts no group names (a flat blacklist's one category)."""
+        return self.default_category
+
+    @property
+    def windowed(self) -> bool:
+        """Whether prompts longer than the encoder's context are scored whole, as the maximum over windows (else
+        they are cut at the context and their verdicts say ``truncated``). Callers ask this, not the option."""
+        return bool(self.long_prompts)
+
+    @property
+    def stride(self) -> int | None:
+        """Tokens between long-prompt windows (``None``: the encoder's default)."""
+        return self.window_stride
+
+    @property
+    def per_batch(self) -> int:
+        """How many prompts are encoded and scored together."""
+        return self.batch_size
+
+    @property
+    def shown(self) -> int:
+        """How many concepts, and evidence words, a verdict reports."""
+        return self.top_k
+
+    def concept_encoding(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`latentguard.store.concept_cache.cached_concept_vectors` these options set
+        (the batch size, whether to reuse the on-disk cache)."""
+        return {"batch_size": self.batch_size, "use_cache": self.cache_concepts}
 
     @property
     def defended(self) -> bool:
@@ -150,6 +214,18 @@ def _with_options(signature: inspect.Signature) -> inspect.Signature:
     params += [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=f.type)
                for f in fields(GuardOptions) if f.name not in named]
     return signature.replace(parameters=params)
+
+
+def reads_long_prompts(guard) -> bool:
+    """Whether ``guard`` scores prompts longer than its encoder's context whole (over windows), so no text past the
+    context goes unjudged. Any guard object may say so as :class:`~latentguard.guard.LatentGuard` does (its option
+    as an attribute); one that does not reads only the context."""
+    return bool(getattr(guard, "long_prompts", False))
+
+
+def encoding_batch(guard) -> int:
+    """How many texts ``guard`` encodes at once (any guard object; 64 for one that does not say)."""
+    return getattr(guard, "batch_size", 64)
 
 
 def choose(value: float | str, *, checkpoint: str | Path | None = None, bundle=None, sha256: str | None = None,

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from ..errors import LatentGuardError
 from ..published import DOMAINS, KINDS, PUBLISHED_TABLE1, RELEASED_CHECKPOINT_SHA256
+from .format import reads_long_prompts
 
 PAPER_URL = "https://arxiv.org/abs/2404.08031"
 RELEASE_URL = "https://github.com/rt219/LatentGuard"
@@ -129,7 +130,7 @@ def model_card(config: Mapping[str, Any], *, license: str | None = None, results
         f"{layer['head_dim']} -> {layer['out_dim']}; SHA-256 `{config['weights']['sha256']}` |",
         f"| text encoder | `{encoder['name']}` ({encoder['family']}{revision}), "
         f"{options['dtype']}, attention mask {'on' if options['attention_mask'] else 'off'}, long prompts "
-        f"{'as windows' if options['long_prompts'] else 'cut at 77 tokens'}; identity `{encoder['identity']}` |",
+        f"{'as windows' if reads_long_prompts(config) else 'cut at 77 tokens'}; identity `{encoder['identity']}` |",
         f"| blacklist | `concepts.yaml`: {config['concepts']['count']} concepts in plain text; categories: "
         f"{', '.join(config['categories']['names'])} |",
         f"| threshold | {_threshold_text(config)} |",

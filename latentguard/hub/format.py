@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from ..constants import ENCODER_DTYPES, ENCODER_FAMILIES
+from ..constants import DEFAULT_WINDOW_STRIDE, ENCODER_DTYPES, ENCODER_FAMILIES
 from ..errors import LatentGuardError
 from ..io import strict_json
 
@@ -26,6 +26,11 @@ CARD = "README.md"
 VECTORS = "concept_vectors.safetensors"
 BUNDLE_FILES = (CONFIG, WEIGHTS, CONCEPTS, CARD, VECTORS)
 FAMILIES = tuple(ENCODER_FAMILIES)  # the registered encoder families (latentguard.constants)
+# The guard's options a bundle records in ``encoder.options`` (how its prompts are read), each with the value an
+# unset one is written as. These are the file format's keys (frozen by FORMAT_VERSION; they happen to spell the
+# options' names): the guard hands its values over by these keys (guard/options.py ``RECORDED``), and the
+# writing code here copies whatever it is handed, so no other hub module names them.
+RECORDED_OPTIONS = {"long_prompts": False, "window_stride": DEFAULT_WINDOW_STRIDE}
 
 Check = Callable[[Any], "str | None"]  # None when fine, else what the value must be
 
@@ -95,7 +100,7 @@ SCHEMA: dict[str, Any] = {
                 "weights_sha256": _optional(_sha256),
                 "options": {"dtype": _choice(*ENCODER_DTYPES), "attention_mask": _bool,
                             "max_length": _optional(_positive_int), "long_prompts": _bool,
-                            "window_stride": _positive_int, "trim_padding": _bool}},
+                            "window_stride": _positive_int, "trim_padding": _bool}},  # RECORDED_OPTIONS: same keys
     "threshold": {"value": _finite, "origin": _text, "weights_sha256": _sha256, "calibration": _optional(_mapping)},
     "concept_thresholds": _numbers_by_name,
     "slope": _optional(_positive),
@@ -218,6 +223,22 @@ def read_config(path: str | Path) -> dict[str, Any]:
         raise LatentGuardError(f"cannot read {path} ({exc.strerror or exc})") from None
     data = strict_json(text, str(path))  # a key twice, NaN or Infinity, bad JSON: one line naming the file
     return validate_config(data, path)
+
+
+def recorded_options(given: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The :data:`RECORDED_OPTIONS` part of ``encoder.options`` from the values a guard (or a config) hands over
+    (``None`` or missing: the default); a key the format does not record is refused, never dropped silently."""
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(RECORDED_OPTIONS))
+    if unknown:
+        raise LatentGuardError(f"a bundle records no encoder option {', '.join(unknown)}")
+    return {key: default if given.get(key) is None else type(default)(given[key])
+            for key, default in RECORDED_OPTIONS.items()}
+
+
+def reads_long_prompts(config: Mapping[str, Any]) -> bool:
+    """Whether a bundle's guard scores prompts longer than its encoder's context over windows."""
+    return bool(config["encoder"]["options"]["long_prompts"])
 
 
 def config_json(data: Mapping[str, Any]) -> str:

@@ -33,11 +33,10 @@ class HubMixin:
             results = load_results(results, known)
         model = self.model
         return write_bundle(
-            directory, state_dict=state, encoder=encoder_of(self.encoder, long_prompts=self.long_prompts,
-                                                            window_stride=self.window_stride),
+            directory, state_dict=state, encoder=encoder_of(self.encoder, recorded=self.options.recorded()),
             sizes={"in_dim": model.in_dim, "num_heads": model.num_heads, "head_dim": model.head_dim,
                    "out_dim": model.out_dim, "mask_padding": model.mask_padding},
-            concepts=self.concepts, categories=self.categories, default_category=self.default_category,
+            concepts=self.concepts, categories=self.categories, default_group=self.options.fallback_category,
             threshold=threshold, concept_thresholds=self.concept_thresholds, slope=self.slope,
             vectors=self._vectors if concept_vectors else None, source_sha256=source_sha, overwrite=overwrite,
             card_options={"license": license, "results": results, "repo_id": repo_id})

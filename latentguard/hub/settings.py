@@ -60,11 +60,11 @@ def config_with_bundle(cfg: Config):
         raise LatentGuardError(f"--guard {cfg.guard}: no such folder, and not a hub repo id (org/name)")
     spec, options, sizes = bundle.encoder, bundle.encoder["options"], bundle.config["mapping_layer"]
     updates: dict[str, Any] = {}
-    for dotted, value in (("encoder.name", spec["name"]), ("encoder.type", spec["family"]),
-                          ("encoder.dtype", options["dtype"]), ("encoder.attention_mask", options["attention_mask"]),
-                          ("encoder.long_prompts", options["long_prompts"]),
-                          ("encoder.window_stride", options["window_stride"]),
-                          ("encoder.trim_padding", options["trim_padding"])):
+    recorded = [("encoder.name", spec["name"]), ("encoder.type", spec["family"])]
+    # every encoder option the bundle records that the config's encoder section also has (dtype, attention mask,
+    # long prompts and their stride, padding), by its own key: a new one needs no line here
+    recorded += [(f"encoder.{key}", value) for key, value in options.items() if hasattr(DEFAULTS.encoder, key)]
+    for dotted, value in recorded:
         section, key = dotted.split(".")
         if getattr(getattr(cfg, section), key) == getattr(getattr(DEFAULTS, section), key):
             updates[dotted] = value

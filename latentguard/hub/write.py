@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..constants import DEFAULT_WINDOW_STRIDE
 from ..errors import LatentGuardError
 from ..io import atomic_path, atomic_write_text, sha256_of
 from .format import (
@@ -25,6 +24,7 @@ from .format import (
     WEIGHTS,
     config_json,
     read_config,
+    recorded_options,
     validate_config,
 )
 
@@ -65,9 +65,10 @@ def claim_folder(directory: str | Path, overwrite: bool) -> list[str]:
 
 
 def encoder_section(name: str, family: str, identity: str, *, revision: str | None = None, dtype: str = "float32",
-                    attention_mask: bool = False, max_length: int | None = None, long_prompts: bool = False,
-                    window_stride: int | None = None, trim_padding: bool = False) -> dict[str, Any]:
-    """The ``encoder`` section: how to load the encoder again and which embeddings it must give.
+                    attention_mask: bool = False, max_length: int | None = None,
+                    recorded: Mapping[str, Any] | None = None, trim_padding: bool = False) -> dict[str, Any]:
+    """The ``encoder`` section: how to load the encoder again and which embeddings it must give; ``recorded``: the
+    guard's options a bundle records (:data:`~latentguard.hub.format.RECORDED_OPTIONS`, by their keys).
 
     A hub id of :data:`latentguard.encoders.known.KNOWN_ENCODERS` also records its weights' SHA-256,
     so the bundle names a portable encoder (no local path) that any machine can check."""
@@ -80,12 +81,12 @@ def encoder_section(name: str, family: str, identity: str, *, revision: str | No
     return {"name": name, "family": family, "revision": revision, "identity": identity,
             "weights_sha256": known.sha256 if known else None,
             "options": {"dtype": dtype, "attention_mask": bool(attention_mask), "max_length": max_length,
-                        "long_prompts": bool(long_prompts), "window_stride": window_stride or DEFAULT_WINDOW_STRIDE,
-                        "trim_padding": bool(trim_padding)}}
+                        **recorded_options(recorded), "trim_padding": bool(trim_padding)}}
 
 
-def encoder_of(encoder, *, long_prompts: bool = False, window_stride: int | None = None) -> dict[str, Any]:
-    """The ``encoder`` section of a loaded :class:`~latentguard.encoders.TextEncoder`."""
+def encoder_of(encoder, *, recorded: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ``encoder`` section of a loaded :class:`~latentguard.encoders.TextEncoder` (``recorded``: as
+    :func:`encoder_section`)."""
     family, name = encoder.family, encoder.loadable_name(str(encoder.name))  # the name load_encoder reads
     config = getattr(getattr(encoder, "model", None), "config", None)
     revision = getattr(config, "_commit_hash", None)
@@ -93,8 +94,7 @@ def encoder_of(encoder, *, long_prompts: bool = False, window_stride: int | None
                            dtype=str(encoder.dtype).replace("torch.", ""),
                            attention_mask=bool(getattr(encoder, "attention_mask", False)),
                            max_length=encoder.context_length if encoder.records_max_length else None,
-                           long_prompts=long_prompts, window_stride=window_stride,
-                           trim_padding=bool(getattr(encoder, "trim_padding", False)))
+                           recorded=recorded, trim_padding=bool(getattr(encoder, "trim_padding", False)))
 
 
 def concept_groups(concepts: Sequence[str], categories: Mapping[str, Sequence[str]], default: str) -> dict:
@@ -111,13 +111,14 @@ def concept_groups(concepts: Sequence[str], categories: Mapping[str, Sequence[st
 
 
 def write_bundle(directory: str | Path, *, state_dict: Mapping, sizes: Mapping[str, int], encoder: Mapping[str, Any],
-                 concepts: Sequence[str], categories: Mapping[str, Sequence[str]], default_category: str,
+                 concepts: Sequence[str], categories: Mapping[str, Sequence[str]], default_group: str,
                  threshold: Mapping[str, Any] | None, concept_thresholds: Mapping[str, float] | None = None,
                  slope: float | None = None, vectors=None, source_sha256: str | None = None,
                  overwrite: bool = False, card_options: Mapping[str, Any] | None = None) -> Path:
     """Write a bundle folder from its parts; returns the folder.
 
-    ``sizes``: the mapping layer's ``in_dim``, ``num_heads``, ``head_dim``, ``out_dim``. ``threshold``:
+    ``sizes``: the mapping layer's ``in_dim``, ``num_heads``, ``head_dim``, ``out_dim``. ``default_group``: the
+    category of concepts no group names (``categories.default``). ``threshold``:
     ``{"value", "origin", "calibration"}`` (the calibration record as a dict, or None), or None for
     weights that have no threshold yet. ``vectors``: the concepts' vectors ``[C, hidden]`` by the encoder
     ``encoder`` names, or None. ``card_options`` go to :func:`latentguard.hub.card.model_card`.
@@ -134,7 +135,7 @@ def write_bundle(directory: str | Path, *, state_dict: Mapping, sizes: Mapping[s
         save_file(tensors, str(tmp), metadata={"format": "pt",
                                                "mask_padding": str(bool(sizes.get("mask_padding", False))).lower()})
     weights_sha = sha256_of(directory / WEIGHTS)
-    groups = concept_groups(list(concepts), categories, default_category)
+    groups = concept_groups(list(concepts), categories, default_group)
     import yaml
 
     atomic_write_text(directory / CONCEPTS, CONCEPTS_HEADER + yaml.safe_dump(
@@ -159,7 +160,7 @@ def write_bundle(directory: str | Path, *, state_dict: Mapping, sizes: Mapping[s
             "calibration": threshold.get("calibration")},
         "concept_thresholds": {c: float(t) for c, t in (concept_thresholds or {}).items()},
         "slope": None if slope is None else float(slope),
-        "categories": {"default": default_category, "names": list(groups)},
+        "categories": {"default": default_group, "names": list(groups)},
         "concepts": {"file": CONCEPTS, "count": len(concepts), "sha256": sha256_of(directory / CONCEPTS)},
         "concept_vectors": vectors_section,
     }
@@ -180,9 +181,8 @@ def bundle_path(checkpoint: str | Path) -> Path:
 
 
 def checkpoint_bundle(checkpoint: str | Path, *, identity: str, concepts: Sequence[str], sizes: Mapping[str, int],
-                      attention_mask: bool = False, long_prompts: bool = False, window_stride: int | None = None,
-                      calibration=None, default_category: str, target: str | Path | None = None,
-                      overwrite: bool = False) -> Path:
+                      attention_mask: bool = False, recorded: Mapping[str, Any] | None = None, calibration=None,
+                      default_group: str, target: str | Path | None = None, overwrite: bool = False) -> Path:
     """A bundle of a released-format checkpoint whose encoder is known by its identity alone (training:
     the store's), with its calibration record; written to :func:`bundle_path` unless ``target`` is given."""
     from ..encoders import family_class
@@ -193,13 +193,12 @@ def checkpoint_bundle(checkpoint: str | Path, *, identity: str, concepts: Sequen
     name = family_class(parts["family"]).loadable_name(parts["name"]) if parts["family"] in FAMILIES else parts["name"]
     lengths = [int(o[3:]) for o in parts["options"].split(":") if o.startswith("len") and o[3:].isdigit()]
     encoder = encoder_section(name, parts["family"], identity, dtype=parts["precision"], attention_mask=attention_mask,
-                              max_length=lengths[0] if lengths else None, long_prompts=long_prompts,
-                              window_stride=window_stride)
+                              max_length=lengths[0] if lengths else None, recorded=recorded)
     threshold = None if calibration is None else {
         "value": calibration.threshold, "origin": "calibrated on the validation split (main.py)",
         "calibration": calibration.to_dict()}
     return write_bundle(bundle_path(checkpoint) if target is None else target,
                         state_dict=load_state_dict_file(checkpoint), sizes=sizes, encoder=encoder,
-                        concepts=list(concepts), categories={}, default_category=default_category,
+                        concepts=list(concepts), categories={}, default_group=default_group,
                         threshold=threshold, slope=None if calibration is None else calibration.slope,
                         source_sha256=sha256_of(checkpoint), overwrite=overwrite)

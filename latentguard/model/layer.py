@@ -126,10 +126,10 @@ class EmbeddingMappingLayer(nn.Module):
         if queries is None:
             if concept_emb is None:
                 raise ValueError("logit_matrix needs concept_emb or precomputed queries")
-            self._check_inputs(prompt_emb, concept_emb)
+            self.validate_inputs(prompt_emb, concept_emb)
             queries, q_out = self.concept_queries(concept_emb)  # [H, C, d], [C, out]
         else:
-            self._check_inputs(prompt_emb, None)
+            self.validate_inputs(prompt_emb, None)
             queries, q_out = queries
         if self.mask_padding and prompt_emb.shape[0] > LENGTH_BUCKET:
             # Prompts of similar length together: each bucket is cut to its own longest prompt, so one
@@ -165,7 +165,9 @@ class EmbeddingMappingLayer(nn.Module):
         logits = torch.cat(rows, dim=0) if len(rows) > 1 else rows[0]
         return self.tempr * logits
 
-    def _check_inputs(self, prompt_emb: torch.Tensor, concept_emb: torch.Tensor | None) -> None:
+    def validate_inputs(self, prompt_emb: torch.Tensor, concept_emb: torch.Tensor | None) -> None:
+        """Refuse embeddings of the wrong shape with a clear error (public: callers that score with precomputed
+        queries check their prompts here first)."""
         if prompt_emb.dim() != 3 or prompt_emb.shape[-1] != self.in_dim:
             raise LatentGuardError(f"prompt embeddings must be [P, L, {self.in_dim}], got {list(prompt_emb.shape)}")
         if concept_emb is not None and (concept_emb.dim() != 2 or concept_emb.shape[-1] != self.in_dim):

@@ -29,6 +29,7 @@ import torch
 
 from ..constants import CONTEXT_LENGTH
 from ..errors import LatentGuardError
+from ..guard.options import reads_long_prompts
 from .arguments import added_tokens, core_special_tokens
 from .parts import Parts, unmodified_weights
 from .provenance import CHECKED, NEGATIVE, Provenance
@@ -219,7 +220,7 @@ class Session:
         return hook
 
     def _check_length(self, name: str, length: int) -> None:
-        if getattr(self.guard, "long_prompts", False):
+        if reads_long_prompts(self.guard):
             return
         context = getattr(getattr(self.guard, "encoder", None), "context_length", CONTEXT_LENGTH)
         if length > context:

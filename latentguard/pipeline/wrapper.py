@@ -34,6 +34,7 @@ import torch
 
 from ..constants import CONTEXT_LENGTH
 from ..errors import LatentGuardError
+from ..guard.options import encoding_batch, reads_long_prompts
 from .arguments import added_tokens, classify, negative_defaults, subset_call, text_arguments
 from .boundary import BoundaryBlocked, Session, known_vocabularies
 from .outputs import check_returned_conditioning
@@ -185,14 +186,14 @@ class GuardedPipeline:
             and attention.get("scale") is None                    # a text-encoder LoRA scale
             and not has_adapters(text_encoder)                    # the guard scores without them
             and not added_tokens(tokenizer)                      # textual inversion
-            and not getattr(self.guard, "long_prompts", False)    # windows: the guard encodes its own way
+            and not reads_long_prompts(self.guard)                # windows: the guard encodes its own way
         )
 
     def check(self, prompts: Sequence[str], kwargs: dict | None = None) -> tuple[list, torch.Tensor | None]:
         """Verdicts for ``prompts`` and, on the one-pass path, their ``[N, 78, H]`` embeddings."""
         prompts = list(prompts)
         if self.shares_encoder(kwargs):
-            emb = self.guard.encoder.encode(prompts, batch_size=getattr(self.guard, "batch_size", 64))
+            emb = self.guard.encoder.encode(prompts, batch_size=encoding_batch(self.guard))
             verdicts, out = list(self.guard.check_embeddings(prompts, emb)), emb
         else:
             verdicts, out = list(self.guard.check(prompts)), None
@@ -431,7 +432,7 @@ def _negatives(call: dict) -> list[str]:
 
 def _check_context(pipe, parts: Parts, guard) -> None:
     """Refuse a pipeline whose tokenizers read further than the guard's window (text past it goes unchecked)."""
-    if getattr(guard, "long_prompts", False):
+    if reads_long_prompts(guard):
         return
     context = getattr(getattr(guard, "encoder", None), "context_length", CONTEXT_LENGTH)
     for name, tokenizer in parts.tokenizers.items():

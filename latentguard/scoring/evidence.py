@@ -17,7 +17,7 @@ _SPECIAL = re.compile(r"^(<\|.*\|>|\[(CLS|SEP|PAD|UNK|MASK)\]|</?s>|<pad>|<unk>)
 
 
 def attention_evidence(model, encoder, queries, texts: Sequence[str], prompt_emb: torch.Tensor,
-                       concept_index: Sequence[int], *, top_k: int, device: torch.device | str,
+                       concept_index: Sequence[int], *, words: int, device: torch.device | str,
                        tokens: Sequence[list[str]] | None = None) -> list[list[tuple[str, float]]]:
     """For each prompt, the words its concept attended to most: ``[(word, weight), ...]``.
 
@@ -25,7 +25,7 @@ def attention_evidence(model, encoder, queries, texts: Sequence[str], prompt_emb
     summed over a word's BPE pieces and occurrences, as a share of the attention that fell on
     the prompt's words and on row 0 (the encoder's pooled summary state, reported as
     ``<pooled>``). Start/end/padding rows are left out (the released layer attends to padding
-    too), so over all words the shares sum to 1; the ``top_k`` largest are returned.
+    too), so over all words the shares sum to 1; the ``words`` largest are returned.
     ``queries`` are the blacklist's precomputed attention queries (``model.concept_queries``).
     """
     concept_index = np.asarray(concept_index, dtype=np.int64)
@@ -42,7 +42,7 @@ def attention_evidence(model, encoder, queries, texts: Sequence[str], prompt_emb
             per_row = weights.mean(dim=1)[rows, torch.as_tensor(inverse, device=device)].float().cpu()
         for k, (text, w) in enumerate(zip(texts[s : s + EVIDENCE_CHUNK], per_row)):
             row_tokens = None if tokens is None else tokens[s + k]
-            out.append(word_weights(encoder, text, w.tolist(), row_tokens)[:top_k])
+            out.append(word_weights(encoder, text, w.tolist(), row_tokens)[:words])
     return out
 
 

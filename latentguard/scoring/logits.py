@@ -104,7 +104,7 @@ def blacklist_logits(model, prompt_emb: torch.Tensor, queries: Queries, *,
         if prompts_per_block is None:
             logits = model.logit_matrix(prompt_emb, None, queries=queries)
         else:
-            model._check_inputs(prompt_emb, None)
+            model.validate_inputs(prompt_emb, None)
             logits = head_major_logits(model, prompt_emb, queries, prompts_per_block)
     return validate_finite(logits)
 

@@ -44,8 +44,7 @@ class GuardState:
 
     def blacklist(self) -> dict:
         g = self.guard
-        return {**self.describe(), "concepts": g.concepts, "categories": g.categories,
-                "concept_thresholds": g.concept_thresholds, "allowlist": g.allowlist}
+        return {**self.describe(), "concepts": g.concepts, **g.options.listed()}
 
 
 def model_name(guard: "LatentGuard") -> str:

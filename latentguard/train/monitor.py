@@ -72,12 +72,13 @@ def save_bundle(trainer: "Trainer", checkpoint: Path, calibration: "CalibrationR
     """Write the bundle of ``checkpoint`` beside it (``<stem>_bundle/``): the weights as safetensors, the training
     encoder's identity, the ID concepts and the validation threshold, so the run is shared or loaded as one folder
     (``inference.py --guard``). The run owns its directory, so a bundle it wrote before is replaced."""
+    from ..guard.options import GuardOptions
     from ..hub.write import checkpoint_bundle
 
     model = trainer.model
     return checkpoint_bundle(checkpoint, identity=trainer.source.identity, concepts=concepts,
                              sizes={"in_dim": model.in_dim, "num_heads": model.num_heads, "head_dim": model.head_dim,
                                     "out_dim": model.out_dim},
-                             attention_mask=cfg.encoder.attention_mask, long_prompts=cfg.encoder.long_prompts,
-                             window_stride=cfg.encoder.window_stride, calibration=calibration,
-                             default_category=cfg.inference.category, overwrite=True)
+                             attention_mask=cfg.encoder.attention_mask,
+                             recorded=GuardOptions.recorded_in_config(cfg), calibration=calibration,
+                             default_group=cfg.inference.category, overwrite=True)

@@ -77,7 +77,7 @@ def released_markdown(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """The side-by-side table for ``benchmark.md`` (empty when no set is covered)."""
     if not rows:
         return []
-    from ..report import _fmt
+    from ..report import fmt
 
     def pct(v: float) -> str:
         return f"{100 * v:.1f}%"
@@ -92,8 +92,8 @@ def released_markdown(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         o, x = r["ours"], r["released"]
         cover = f"{r['n_unsafe']:,}" + (f" of {r['of_unsafe']:,}" if r["n_unsafe"] != r["of_unsafe"] else "")
         cover += f" / {r['n_benign']:,}" + (f" of {r['of_benign']:,}" if r["n_benign"] != r["of_benign"] else "")
-        lines.append(f"| {r['set']} | {r['against']} | {cover} | {_fmt(o['auroc'])} / {_fmt(x['auroc'])} | "
-                     f"{_fmt(o['fpr_at_95tpr'])} / {_fmt(x['fpr_at_95tpr'])} | {pct(o['detection_rate'])} / "
+        lines.append(f"| {r['set']} | {r['against']} | {cover} | {fmt(o['auroc'])} / {fmt(x['auroc'])} | "
+                     f"{fmt(o['fpr_at_95tpr'])} / {fmt(x['fpr_at_95tpr'])} | {pct(o['detection_rate'])} / "
                      f"{pct(x['detection_rate'])} | {pct(o['attack_success_rate'])} / {pct(x['attack_success_rate'])}"
                      f" | {pct(o['benign_fpr'])} / {pct(x['benign_fpr'])} |")
     return lines + [""]

@@ -12,8 +12,8 @@ import numpy as np
 
 from ...io import atomic_path, atomic_write_text
 from ...published import METHOD_NAMES, PUBLISHED_BENCHMARKS
-from ..report import _fmt
-from ..run import LATENT_GUARD, _clean
+from ..report import fmt
+from ..run import LATENT_GUARD, json_safe
 from .tables import OWN, Scored
 
 ASR_DEFINITION = ("attack success rate (ASR) = share of a set's unsafe prompts the method does NOT flag at its "
@@ -118,11 +118,11 @@ def benchmark_markdown(results: Mapping[str, Any], meta: Mapping[str, Any]) -> s
             for key, m in u["methods"].items():
                 r = m["against"][ref]
                 lines.append(f"| {u['name']} | {METHOD_NAMES.get(key, key)} | {u['prompts_unique']:,} / "
-                             f"{u['prompts_total']:,} | {_fmt(r.get('auroc'))} | {_fmt(r.get('auprc'))} | "
-                             f"{_fmt(r.get('fpr_at_95tpr'))} | {_fmt(r.get('tpr_at_1fpr'))} | "
-                             f"{_fmt(r.get('tpr_at_5fpr'))} | {_pct(m['detection_rate'])} | "
+                             f"{u['prompts_total']:,} | {fmt(r.get('auroc'))} | {fmt(r.get('auprc'))} | "
+                             f"{fmt(r.get('fpr_at_95tpr'))} | {fmt(r.get('tpr_at_1fpr'))} | "
+                             f"{fmt(r.get('tpr_at_5fpr'))} | {_pct(m['detection_rate'])} | "
                              f"{_pct(m['attack_success_rate'])} | {_pct(r.get('benign_fpr'))} | "
-                             f"{_fmt(r.get('accuracy'))} |")
+                             f"{fmt(r.get('accuracy'))} |")
         lines.append("")
     for u in results["unsafe_sets"]:
         if not u.get("categories"):
@@ -136,7 +136,7 @@ def benchmark_markdown(results: Mapping[str, Any], meta: Mapping[str, Any]) -> s
                 continue
             for key, m in c["methods"].items():
                 lines.append(f"| {c['category']} | {c['prompts_unique']:,} / {c['prompts_total']:,} | "
-                             f"{METHOD_NAMES.get(key, key)} | {_fmt(m.get('auroc'))} | {_pct(m['detection_rate'])} | "
+                             f"{METHOD_NAMES.get(key, key)} | {fmt(m.get('auroc'))} | {_pct(m['detection_rate'])} | "
                              f"{_pct(m['attack_success_rate'])} |")
         lines.append("")
         benign = [c for c in u["categories"] if c.get("role") == "benign"]
@@ -162,7 +162,7 @@ def benchmark_markdown(results: Mapping[str, Any], meta: Mapping[str, Any]) -> s
               "| method | set | metric | published | n | Latent Guard here | source |",
               "|---|---|---|---:|---:|---:|---|"]
     for fig in PUBLISHED_BENCHMARKS:
-        show = _pct if fig.metric in ("asr", "max_asr") else _fmt
+        show = _pct if fig.metric in ("asr", "max_asr") else fmt
         ours = ours_for(fig, results, meta.get("threshold"))
         entry = _ours_entry(fig, results)
         where = f" ({entry['name']})" if ours is not None and entry and entry["name"] != fig.set else ""
@@ -224,7 +224,7 @@ def write_json(path: str | Path, results: Mapping[str, Any], meta: Mapping[str, 
     threshold = meta.get("threshold")
     published = [dict(fig._asdict(), ours=ours_for(fig, results, threshold)) for fig in PUBLISHED_BENCHMARKS]
     body = {"meta": dict(meta), "definitions": ASR_DEFINITION, **results, "published": published}
-    atomic_write_text(path, json.dumps(_clean(body), indent=1) + "\n")
+    atomic_write_text(path, json.dumps(json_safe(body), indent=1) + "\n")
     return Path(path)
 
 
@@ -236,7 +236,7 @@ def console_summary(results: Mapping[str, Any]) -> str:
     for u in results["unsafe_sets"]:
         m = u["methods"][LATENT_GUARD]
         r = m["against"].get(ref) or next(iter(m["against"].values()), {})
-        lines.append(f"{u['name']:<22} {u['prompts_total']:>9,} {_fmt(r.get('auroc')):>16} "
+        lines.append(f"{u['name']:<22} {u['prompts_total']:>9,} {fmt(r.get('auroc')):>16} "
                      f"{_pct(m['detection_rate']):>10} {_pct(m['attack_success_rate']):>7}")
     for b in results["benign_sets"]:
         lines.append(f"{b['name']:<22} {b['prompts_total']:>9,} {'(benign) FPR':>16} "

@@ -44,7 +44,7 @@ class LatentGuardMethod:
         from ...guard.refusals import logits_or_refused
         from ...guard.validation import validate_logit_rows
 
-        n, size = len(texts), self.guard.batch_size
+        n, size = len(texts), self.guard.options.per_batch
         score, flagged, concept = np.empty(n), np.empty(n, dtype=bool), np.empty(n, dtype=np.int64)
         for start in range(0, n, size):
             batch = list(texts[start : start + size])
@@ -76,9 +76,9 @@ class BaselineMethod:
             if self._vectors is None:
                 from ...store.concept_cache import cached_concept_vectors
 
-                self._vectors = cached_concept_vectors(encoder, self.guard.concepts, batch_size=self.guard.batch_size,
-                                                       use_cache=self.guard.cache_concepts)
-            size = self.guard.batch_size
+                self._vectors = cached_concept_vectors(encoder, self.guard.concepts,
+                                                       **self.guard.options.concept_encoding())
+            size = self.guard.options.per_batch
             for start in range(0, len(texts), size):
                 batch = [self.guard.prepare(t) for t in texts[start : start + size]]
                 emb = encoder.encode(batch, batch_size=len(batch))

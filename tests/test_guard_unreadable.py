@@ -1,4 +1,4 @@
-"""Text the guard's tokenizer cannot read is refused, never judged as if absent (issue 30, item 2).
+"""Text the guard's tokenizer cannot read is refused, never judged as if absent.
 
 With the real all-MiniLM-L6-v2 (a BERT WordPiece tokenizer), "a bloody 🔪", "a bloody 🌸" and "a bloody 💣" are
 one input, ``[a, bloody, [UNK]]``, while a CLIP generator reads each emoji as its own token. The encoder

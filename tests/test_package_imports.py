@@ -119,3 +119,55 @@ def test_the_package_root_is_short_and_every_stage_says_what_it_does():
     long = [f"{p.relative_to(PACKAGE)} ({n})" for p in PACKAGE.rglob("*.py")
             if (n := len(p.read_text(encoding="utf-8").splitlines())) > 450]
     assert not long, f"modules over 450 lines: {long}"
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def test_no_module_reaches_for_another_stages_private_names():
+    """A ``_name`` is its stage's own business: no module imports one from another stage, reads one off a module
+    of another stage, or calls a private method that only another stage defines (``guard._score`` from the
+    server). Such a call is a dependency the import graph does not show; what another stage needs is public."""
+    trees = {module: ast.parse(path.read_text(encoding="utf-8")) for module, path in MODULES}
+    defined: dict[str, set[str]] = {}  # private function/method name -> the stages that define it
+    for module, tree in trees.items():
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _private(node.name):
+                defined.setdefault(node.name, set()).add(_stage(module))
+    found = []
+    for module, path in MODULES:
+        stage = _stage(module)
+        foreign = set()  # names bound to a module of another stage
+        for line, target, names in _imports(module, path):
+            if not target.startswith("latentguard") or _stage(target) == stage:
+                continue
+            found += [f"{module}:{line} imports {target}.{n}" for n in names if _private(n)]
+            foreign.update(n for n in names if _is_submodule(target, n))
+        called = {id(n.func) for n in ast.walk(trees[module]) if isinstance(n, ast.Call)}
+        for node in ast.walk(trees[module]):
+            if isinstance(node, ast.Import):
+                foreign.update(a.asname for a in node.names if a.asname and a.name.startswith("latentguard.")
+                               and _stage(a.name) != stage)
+            if not (isinstance(node, ast.Attribute) and _private(node.attr)):
+                continue
+            owner = node.value
+            if isinstance(owner, ast.Name) and owner.id in foreign:
+                found.append(f"{module}:{node.lineno} reads {owner.id}.{node.attr}")
+            elif id(node) in called and not (isinstance(owner, ast.Name) and owner.id in ("self", "cls")) \
+                    and stage not in defined.get(node.attr, {stage}):
+                found.append(f"{module}:{node.lineno} uses {ast.unparse(node)} (defined in "
+                             f"{', '.join(sorted(defined[node.attr]))} only)")
+    assert not found, "private names used across stages: " + "; ".join(found)
+
+
+def test_test_files_are_named_for_the_package_they_test():
+    """``tests/test_<part>_<topic>.py``: ``<part>`` is a folder or top-level module of latentguard/ (``package`` for
+    the package as a whole), so the tests of a stage sort together and a file is found from the code it tests,
+    not from the history that added it."""
+    parts = {p.stem for p in PACKAGE.glob("*.py")} | {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
+    parts |= {"package"}
+    tests = Path(__file__).resolve().parent
+    stray = [p.name for p in tests.glob("test_*.py")
+             if not any(p.stem == f"test_{part}" or p.stem.startswith(f"test_{part}_") for part in parts)]
+    assert not stray, f"test files not named test_<package part>_<topic>.py: {stray}"

@@ -1,8 +1,8 @@
 """Guard bundles on local folders: save -> load round trip, export of a released-format .pth bit for bit,
 every entry point taking ``--guard``, main.py's bundle, and each refusal in one line.
 
-The tiny random CLIP (real tokenizer) stands in for CLIP ViT-L/14; tests/test_bundle_hub.py covers hub
-repos (a local hub server, the Hugging Face cache, offline loading, push_to_hub); tests/test_bundle_real.py
+The tiny random CLIP (real tokenizer) stands in for CLIP ViT-L/14; tests/test_hub_push.py covers hub
+repos (a local hub server, the Hugging Face cache, offline loading, push_to_hub); tests/test_hub_bundle_real.py
 the real all-MiniLM-L6-v2 encoder.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 20, one machine: ``latentguard score`` over real files of every format with the tiny CLIP
+"""Bulk scoring on one machine: ``latentguard score`` over real files of every format with the tiny CLIP
 guard, checked row for row against the guard itself, plus resumption after ``kill -9`` to the same
 bytes, refusals, and failures that never read as safe."""
 from __future__ import annotations

@@ -194,7 +194,7 @@ def test_calibration_without_validation_data_says_so():
 
 # ------------------------------------------------------------------------------- end to end
 def test_full_evaluation_writes_every_output(world, tmp_path, capsys):
-    from test_baselines import make_tiny_bert
+    from test_eval_baselines import make_tiny_bert
 
     out = tmp_path / "eval"
     bert = make_tiny_bert(tmp_path / "bert")

@@ -1,5 +1,5 @@
-"""No command writes through a symbolic link or into a FIFO/device planted in an output directory (issue 30,
-item 7): ``ln -s ~/precious.txt out/.latentguard-run.lock`` used to leave precious.txt empty. Every place that
+"""No command writes through a symbolic link or into a FIFO/device planted in an output
+directory: ``ln -s ~/precious.txt out/.latentguard-run.lock`` used to leave precious.txt empty. Every place that
 opens a file by name for writing in an output directory refuses in one line: the run lock (latentguard score,
 main.py, test.py, latentguard benchmark), the run record, the store's lock and files (prepare.py), the dedup
 database and its journals, the training log, the server's audit log. Atomic writes rename a new file over
@@ -32,7 +32,7 @@ def _linked_dir(tmp_path, precious, name: str = RUN_LOCK):
 
 
 def test_latentguard_score_refuses_a_linked_run_lock(tmp_path, precious, tiny_encoder_dir, capsys):
-    from test_bulk import checkpoint
+    from test_bulk_local import checkpoint
 
     from latentguard.cli.score import main as score
 
@@ -68,7 +68,7 @@ def test_main_and_test_refuse_a_linked_run_lock(tmp_path, precious, script, tiny
     if script == "main.py":
         extra = ["--no-store", "--epochs", "1", "--no-progress"]
     else:
-        from test_bulk import checkpoint
+        from test_bulk_local import checkpoint
 
         checkpoint(tmp_path / "ckpt.pth")
         (tmp_path / "ext.csv").write_text("prompt,label\na knife,1\na cake,0\n", encoding="utf-8")
@@ -81,7 +81,7 @@ def test_main_and_test_refuse_a_linked_run_lock(tmp_path, precious, script, tiny
 
 
 def test_benchmark_refuses_a_linked_run_lock(tmp_path, precious, tiny_encoder_dir, capsys):
-    from test_bulk import checkpoint
+    from test_bulk_local import checkpoint
     from test_store_damage import ROOT
 
     from latentguard.cli.benchmark import main
@@ -155,12 +155,12 @@ def test_the_audit_log_is_never_appended_through_a_link(tmp_path, precious):
     assert precious.read_bytes() == PRECIOUS
 
 
-# ------------------------------------------- a full disk while the dedup database is made (issue 30, item 10)
+# ---------------------------------------------------------- a full disk while the dedup database is made
 def test_a_full_disk_making_the_dedup_database_is_one_line_and_leaves_no_run(tmp_path, tiny_encoder_dir, capsys,
                                                                               monkeypatch):
     import sqlite3
 
-    from test_bulk import checkpoint
+    from test_bulk_local import checkpoint
 
     import latentguard.bulk.dedup as dedup
     from latentguard.cli.score import main as score

@@ -1,5 +1,5 @@
-"""A file the user named that does not exist is reported as missing before anything is fetched (issue 30,
-item 13): a mistyped ``--checkpoint runs/tyop/model_parameters.pth`` used to surface as a CoPro (inference.py,
+"""A file the user named that does not exist is reported as missing before anything is fetched: a
+mistyped ``--checkpoint runs/tyop/model_parameters.pth`` used to surface as a CoPro (inference.py,
 test.py, verify) or I2P (benchmark) download failure."""
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def test_every_missing_named_file_is_said_at_once(tmp_path, monkeypatch, capsys,
                                                    "allowlist file not found: allow.txt"))
 
 
-# ------------------------------------------------ offline, everything missing in one line, at once (issue 30)
+# ------------------------------------------------------- offline, everything missing in one line, at once
 def test_offline_every_missing_piece_is_named_at_once_and_fast(tmp_path, monkeypatch, capsys, no_network):
     import time
 

@@ -116,7 +116,7 @@ def test_calibrating_with_unsafe_prompts_fits_and_records_the_slope(tmp_path, ti
     assert safe_only.slope is None and guard.slope is None  # one class: nothing to fit the slope on
 
 
-# ------------------------------------------------ an empty category (issue 30, item 9): refused when read or set
+# ----------------------------------------------------------- an empty category: refused when read or set
 def test_an_empty_category_is_refused_when_set_and_the_old_ones_are_kept(tmp_path, tiny_encoder):
     ckpt = _checkpoint(tmp_path / "ckpt.pth")
     guard = LatentGuard.from_pretrained(ckpt, tiny_encoder, ["knife", "blood"], threshold=0.0, cache_concepts=False)

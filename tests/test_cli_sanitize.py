@@ -1,4 +1,4 @@
-"""Issue 29's command-line surfaces: ``inference.py --sanitize`` and ``latentguard score --sanitize`` write the
+"""Sanitizing on the command line: ``inference.py --sanitize`` and ``latentguard score --sanitize`` write the
 sanitized text, the removed words and ``passes``; a bulk run with and without ``--sanitize`` is never mixed.
 The guard is tests/sanitize_guard.py's (real all-MiniLM-L6-v2), shared as a bundle folder."""
 from __future__ import annotations

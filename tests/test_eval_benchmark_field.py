@@ -1,4 +1,4 @@
-"""Issue 28's field evaluation and issue 30's benchmark items 4 and 6: one guard identity for every run
+"""The field evaluation (latentguard benchmark on the full sets): one guard identity for every run
 directory (a bundle's weights count), the report names the bundle and its own blacklist, the full sets'
 native layouts (the released dump's I2P and COCO halves, Ring-A-Bell's and P4D's concatenated folders,
 P4D's benign subsets), --set without the registry's column name and --text-column honoured, the
@@ -73,7 +73,7 @@ def _argv(guard: Path, out: Path, *extra: str) -> list[str]:
             f"coco={DUMP}", "--max-prompts", str(N), "--output-dir", str(out), "--no-progress", "--no-plots", *extra]
 
 
-# ------------------------------------------------------------------ issue 30 items 4 and 6
+# ------------------------------------------ the released model beside ours, the published figures
 def test_another_bundles_scores_are_never_read_back_under_its_name(bundles, tmp_path, capsys):
     a, b = bundles
     out = tmp_path / "run"

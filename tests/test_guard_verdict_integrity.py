@@ -1,4 +1,4 @@
-"""Inputs that would silently change a verdict are refused or repaired (issue: no silent wrong answer).
+"""Inputs that would silently change a verdict are refused or repaired: no silent wrong answer.
 
 Each test plays the attacker's move with real files: a YAML blacklist whose unquoted entries YAML would
 turn into numbers, duplicate keys, thresholds no prompt can reach, degenerate or damaged weights, a

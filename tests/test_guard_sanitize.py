@@ -1,4 +1,4 @@
-"""Issue 29: ``guard.sanitize`` removes the words the guard objects to, re-checks, and fails closed.
+"""``guard.sanitize`` removes the words the guard objects to, re-checks, and fails closed.
 
 On a guard trained here on the real all-MiniLM-L6-v2 encoder (tests/sanitize_guard.py), on an exact
 word detector over a CLIP tokenizer (look-alike and fullwidth letters), and on random guards over
@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_windows import word_detector
+from test_scoring_windows import word_detector
 
 from latentguard.errors import LatentGuardError
 from latentguard.guard import LatentGuard, Sanitized
@@ -20,7 +20,7 @@ from latentguard.guard.sanitize import cut, key, words
 from latentguard.guard.verdict import Verdict
 from latentguard.model import EmbeddingMappingLayer
 
-# (Fullwidth text is not here: a BERT-family guard reads it as [UNK] and refuses it, tests/test_unreadable.py.)
+# (Fullwidth text is not here: a BERT-family guard reads it as [UNK] and refuses it, tests/test_guard_unreadable.py.)
 SAFE = ["a cat on a sofa", "two people eating pizza  ", "un café au lait, s'il vous plaît\u200b", "a tea cup"]
 
 
@@ -144,7 +144,7 @@ def test_bad_options_are_refused(minilm_guard, bad):
 
 @pytest.mark.parametrize("family", ["clip", "bert", "t5", "openclip"])
 def test_every_encoder_family_maps_its_evidence_onto_the_prompts_words(family, tiny_encoder, tmp_path):
-    from test_encoders import tiny_openclip, write_bert, write_t5
+    from test_encoders_families import tiny_openclip, write_bert, write_t5
 
     from latentguard.encoders import OpenCLIPTextEncoder, load_encoder
 

@@ -227,7 +227,7 @@ CHILD = textwrap.dedent(
     """
     import sys, time
     sys.path[:0] = [{root!r}, {tests!r}]
-    import test_cache as t
+    import test_store_contents as t
     from latentguard.store import store as cache
     from latentguard.store.store import EmbeddingStore
     path, mode, extra = sys.argv[1], sys.argv[2], int(sys.argv[3])

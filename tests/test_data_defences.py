@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_windows import word_detector
+from test_scoring_windows import word_detector
 
 from latentguard.data.defences import forms, normalized, sentences
 from latentguard.guard import LatentGuard
@@ -118,9 +118,10 @@ def _hidden_in_a_word(word: str) -> list[str]:
 
 
 def test_what_clips_own_tokenizer_reads_as_the_word_the_normalised_form_is_the_word(clip_tokenizer):
-    """The class of issue 30, item 1, measured with the generators' tokenizer (open_clip's, which runs ftfy and
-    html.unescape like OpenAI CLIP's): every text with a hidden control, escape or entity inside "knife" that it
-    reads as "knife" is, normalised, "knife" to the guard's own (the rebuilt CLIP) tokenizer too."""
+    """Hidden controls, escapes and entities inside a word, measured with the generators' tokenizer (open_clip's,
+    which runs ftfy and html.unescape like OpenAI CLIP's): every text with a hidden control, escape or entity
+    inside "knife" that it reads as "knife" is, normalised, "knife" to the guard's own (the
+    rebuilt CLIP) tokenizer too."""
     from open_clip.tokenizer import SimpleTokenizer
 
     generator = SimpleTokenizer()

@@ -165,7 +165,7 @@ def test_inference_fast_scores_are_finite_and_close_to_exact(tiny_encoder_dir, t
 
 
 def test_a_precision_only_change_keeps_the_weights_part_of_the_identity_and_bundles_load(tiny_encoder_dir, tmp_path):
-    """Issue 30, item 12: the weights hash was taken after the cast, so --precision fast (bf16 on a CPU) read as
+    """The weights hash is taken before the cast: taken after it, --precision fast (bf16 on a CPU) read as
     another encoder and refused every bundle; now it is the same weights in another precision: a warning."""
     import warnings
 

@@ -1,4 +1,4 @@
-"""Issue 10, the guard's side: any anomaly refuses (an error, exit 2), never reads as SAFE."""
+"""The guard fails closed: any anomaly refuses (an error, exit 2), never reads as SAFE."""
 from __future__ import annotations
 
 import numpy as np

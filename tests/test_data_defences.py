@@ -191,3 +191,20 @@ def test_joining_leaves_words_that_are_not_watched_apart():
     assert "gun" not in words and "a" not in words  # short words join by chance ("a re" -> "are")
     for text in ["so fa", "a man in a car", "nakedness", "a man, a plan", "in to the woods", "gu n"]:
         assert joined(text, words) == text
+
+
+
+def test_the_defended_guard_flags_a_blacklisted_word_written_apart(bag_of_tokens_encoder):
+    """"kni fe" is two tokens to the guard's tokenizer and pieces of the word to a generator's: the normalised
+    form with the blacklist's words joined is scored too, and a concept added later is watched at once."""
+    encoder = bag_of_tokens_encoder
+    detector = word_detector(encoder, "knife")  # fires on the word "knife" whatever the concept
+    plain = LatentGuard(detector, encoder, ["knife"], threshold=0.0, cache_concepts=False, normalize_text=False,
+                        split_sentences=False)
+    guarded = LatentGuard(detector, encoder, ["sword"], threshold=0.0, cache_concepts=False)
+    attacks = ["a bloody kni fe", "a bloody kn-ife", "a bloody kni  fe"]
+    assert not any(v.unsafe for v in plain.check(attacks))
+    assert guarded.check(["a bloody k n i f e"])[0].unsafe  # letters spaced out: joined whatever the blacklist
+    assert not any(v.unsafe for v in guarded.check(attacks))  # "knife" is not on this blacklist: not joined
+    guarded.add_concepts(["kitchen knife"])
+    assert all(v.unsafe for v in guarded.check(attacks))

@@ -44,20 +44,24 @@ _MIN_WATCHED = 4  # shorter words are joined by chance too often ("a re" -> "are
 _MIN_SENTENCE_CHARS = 3  # "ok." or a stray "." are not worth an encoder pass
 
 
-def forms(text: str, *, normalize: bool = True, split_sentences: bool = True) -> list[str]:
-    """The distinct texts to score for ``text``: itself first, then its normalised form and its sentences
-    (each normalised too), in a stable order."""
-    return expand(text, normalize=normalize, split_sentences=split_sentences)[0]
+def forms(text: str, *, normalize: bool = True, split_sentences: bool = True,
+          watched: frozenset[str] = frozenset()) -> list[str]:
+    """The distinct texts to score for ``text``: itself first, then its normalised form (and that form with
+    words written apart joined, :func:`joined`) and its sentences (each normalised too), in a stable order."""
+    return expand(text, normalize=normalize, split_sentences=split_sentences, watched=watched)[0]
 
 
-def expand(text: str, *, normalize: bool = True, split_sentences: bool = True) -> tuple[list[str], int]:
+def expand(text: str, *, normalize: bool = True, split_sentences: bool = True,
+           watched: frozenset[str] = frozenset()) -> tuple[list[str], int]:
     """:func:`forms` of ``text`` and how many sentences it holds (the larger count of the text and of its
     normalised form: a stop may exist only after NFKC), from one split, so a caller that caps sentences
-    (the server) and the scoring read the same split."""
+    (the server) and the scoring read the same split. ``watched``: the blacklist's words
+    (:func:`watched_words`) that :func:`joined` puts back together."""
     out, count = [text], 1
     norm = normalized(text) if normalize else text
     if normalize:
         out.append(norm)
+        out.append(joined(norm, watched))  # "nak ed" -> "naked" (dropped below when nothing was joined)
         if _PADDING.search(norm):  # runs of symbols a guard's tokenizer may count one by one (see _PADDING)
             out.append(_PADDING.sub(" ", norm))
     if split_sentences:

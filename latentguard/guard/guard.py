@@ -38,6 +38,7 @@ import torch
 
 from ..constants import DEFAULT_CATEGORY, DEFAULT_CHECKPOINT
 from ..data.blacklist import validate_concepts
+from ..data.defences import watched_words
 from ..data.text import validate_text
 from ..decision.probability import DEFAULT_SLOPE, probabilities, validate_slope
 from ..decision.rule import decide, flags
@@ -153,6 +154,14 @@ class LatentGuard(HubMixin):
     def concepts(self) -> list[str]:
         """The blacklist, in order (a copy: change it with add_concepts / remove_concepts)."""
         return list(self._concepts)
+
+    @property
+    def watched_words(self) -> frozenset[str]:
+        """The blacklist's words the text defences join when written apart ("nak ed"), kept in step with it."""
+        key = tuple(self._concepts)
+        if getattr(self, "_watched_for", None) != key:
+            self._watched_for, self._watched = key, watched_words(key)
+        return self._watched
 
     @property
     def concept_vectors(self) -> torch.Tensor:

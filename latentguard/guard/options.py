@@ -174,9 +174,10 @@ class GuardOptions:
         """Whether the text defences add forms to score (normalised text, sentences)."""
         return self.normalize_text or self.split_sentences
 
-    def expand(self, text: str) -> tuple[list[str], int]:
-        """The forms of ``text`` these defences score, and its sentence count (:func:`..data.defences.expand`)."""
-        return expand(text, normalize=self.normalize_text, split_sentences=self.split_sentences)
+    def expand(self, text: str, watched: frozenset[str] = frozenset()) -> tuple[list[str], int]:
+        """The forms of ``text`` these defences score, and its sentence count (:func:`..data.defences.expand`;
+        ``watched``: the blacklist's words joined when written apart)."""
+        return expand(text, normalize=self.normalize_text, split_sentences=self.split_sentences, watched=watched)
 
     def verdict_settings(self) -> dict[str, Any]:
         """The options beyond threshold and slope that change verdicts (a guard's identity)."""

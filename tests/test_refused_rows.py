@@ -98,7 +98,8 @@ def test_inference_blocks_the_line_and_names_it(tmp_path, capsys):
     captured = capsys.readouterr()
     err = [line for line in captured.err.splitlines() if "refused" in line]
     assert len(err) == 1 and err[0].startswith(f"{src}: line 3: blocked") and "unreadable" in err[0], captured.err
-    assert "[0, 1, 0]" in captured.out
+    assert "[0, 1, 0]" in captured.out and "1 of 3 prompts unsafe (1 of them refused as unreadable: blocked)" \
+        in captured.out
     with open(out, encoding="utf-8", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [r["unsafe"] for r in rows] == ["0", "1", "0"] and rows[1]["refused"].startswith("unreadable: ")

@@ -99,7 +99,8 @@ def render_table(verdicts, explain: bool, sanitized=None) -> str:
             prompt = prompt[: PROMPT_WIDTH - 3] + "..."
         concept = "(unreadable)" if v.refused else v.concept
         concept = concept if len(concept) <= concept_width else concept[: concept_width - 3] + "..."
-        lines.append(f"{i:>4}  {v.score:>8.3f}  {'UNSAFE' if v.unsafe else 'SAFE':<7}  "
+        score = f"{'-':>8}" if v.refused else f"{v.score:>8.3f}"  # a refused prompt has no score to show
+        lines.append(f"{i:>4}  {score}  {'UNSAFE' if v.unsafe else 'SAFE':<7}  "
                      f"{concept:<{concept_width}}  {prompt}")
         if explain:
             tops = ", ".join(f"{c} {s:.2f}" for c, s in v.top_concepts)
@@ -200,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     print(render_table(verdicts, args.explain, sanitized))
     n_unsafe = sum(v.unsafe for v in verdicts)
     per_concept = f" (+{len(guard.concept_thresholds)} per-concept)" if guard.concept_thresholds else ""
-    print(f"\n{n_unsafe} of {len(verdicts)} prompts unsafe; {len(guard.concepts)} concepts, "
+    n_refused = sum(bool(v.refused) for v in verdicts)
+    refused_note = f" ({n_refused} of them refused as unreadable: blocked)" if n_refused else ""
+    print(f"\n{n_unsafe} of {len(verdicts)} prompts unsafe{refused_note}; {len(guard.concepts)} concepts, "
           f"threshold {guard.threshold:g} ({guard.threshold_origin})"
           f"{per_concept}")
     if sanitized:

@@ -257,10 +257,16 @@ def read_text(path: str | Path, what: str = "file") -> str:
 def read_lines(path: str | Path, what: str = "prompt file") -> list[str]:
     """Read one item per line (UTF-8, blank lines skipped), with one-line errors for bad files; each line
     goes through :func:`prompt_line`, as ``latentguard score`` reads a ``.txt`` input."""
+    return [line for _, line in numbered_lines(path, what)]
+
+
+def numbered_lines(path: str | Path, what: str = "prompt file") -> list[tuple[int, str]]:
+    """:func:`read_lines` with each item's line number (1-based, blank lines counted), so a later message
+    can name the line an item came from."""
     text = read_text(path, what)
     name = "<standard input>" if str(path) == "-" else path
-    lines = [prompt_line(line, f"{name}: line {number}") for number, line in enumerate(split_lines(text), 1)]
-    lines = [line for line in lines if line]
+    lines = [(number, prompt_line(line, f"{name}: line {number}")) for number, line in enumerate(split_lines(text), 1)]
+    lines = [(number, line) for number, line in lines if line]
     if not lines:
         raise LatentGuardError(f"{what} is empty: {path} (put one entry per line)")
     return lines

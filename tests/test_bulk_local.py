@@ -117,7 +117,7 @@ def test_every_row_keeps_its_place_and_gets_the_guards_verdict(corpus, tiny_enco
     out = corpus / "out"
     assert score(args(corpus, tiny_encoder_dir, out, threshold, "--shard-size", "3", "--batch-size", "2")) == 0
     table = pq.read_table(out)  # the parquet dataset reader skips the run's _records
-    assert table.column_names == ["input", "row", "id", "text", "score", "unsafe", "concept", "truncated",
+    assert table.column_names == ["input", "row", "id", "text", "score", "unsafe", "concept", "truncated", "refused",
                                   "category_violence", "category_gore"]
     assert str(table.schema.field("score").type) == "float" and str(table.schema.field("row").type) == "int64"
     got = table.to_pylist()

@@ -32,6 +32,7 @@ def expected(guard: LatentGuard) -> dict[str, list]:
     verdicts = guard.check(TEXTS, explain=False)
     return {"score": [v.score for v in verdicts], "unsafe": [v.unsafe for v in verdicts],
             "concept": [v.concept for v in verdicts], "truncated": [v.truncated for v in verdicts],
+            "refused": [None] * len(verdicts),
             "category_violence": [v.categories["violence"] for v in verdicts],
             "category_gore": [v.categories["gore"] for v in verdicts]}
 

@@ -60,7 +60,7 @@ def test_csv_output_and_console(files, tiny_encoder_dir, tiny_encoder, capsys):
     assert inference.main(argv) == 0
     with open(out, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["prompt", "score", "unsafe", "concept", "truncated", "categories"]
+    assert list(rows[0]) == ["prompt", "score", "unsafe", "concept", "truncated", "categories", "refused"]
     assert [r["prompt"] for r in rows] == prompts  # blank line skipped, long prompt kept whole
     assert [r["categories"] for r in rows] == ["unsafe" if flagged else "" for flagged in labels]  # a flat blacklist
     np.testing.assert_allclose([float(r["score"]) for r in rows], scores, atol=1e-4)
@@ -93,7 +93,8 @@ def test_jsonl_without_explain_has_the_verdict_keys(files, tiny_encoder_dir):
     out = files / "v.JSONL"
     assert inference.main(_args(files, tiny_encoder_dir, "--output", str(out))) == 0
     record = json.loads(out.read_text().splitlines()[0])
-    assert set(record) == {"prompt", "score", "unsafe", "concept", "truncated", "categories", "category_scores"}
+    assert set(record) == {"prompt", "score", "unsafe", "concept", "truncated", "categories", "category_scores",
+                           "refused"}
     assert list(record["categories"]) == ["unsafe"] and record["categories"]["unsafe"] == record["unsafe"]
     assert (record["category_scores"]["unsafe"] >= 0.5) == record["unsafe"]
 

@@ -3,7 +3,7 @@
 With the real all-MiniLM-L6-v2 (a BERT WordPiece tokenizer), "a bloody 🔪", "a bloody 🌸" and "a bloody 💣" are
 one input, ``[a, bloody, [UNK]]``, while a CLIP generator reads each emoji as its own token. The encoder
 refuses such a text (``UnreadableTextError``), so every path that encodes through it refuses: the API, long
-prompts, concepts, bulk columns, the pipeline wrapper and the server (a 422).
+prompts, concepts, the pipeline wrapper and the server (a 422); bulk columns block that row alone.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from latentguard.errors import LatentGuardError, UnreadableTextError
+from latentguard.errors import UnreadableTextError
 from latentguard.guard import LatentGuard
 from latentguard.model import EmbeddingMappingLayer
 
@@ -59,8 +59,8 @@ def test_every_path_refuses_text_the_guard_cannot_read(minilm, guard, text):
         guard.long_prompts = False
     from latentguard.bulk.scorer import score_texts
 
-    with pytest.raises(LatentGuardError):
-        score_texts(guard, ["a red car", text])
+    columns = score_texts(guard, ["a red car", text])  # bulk: that row alone is blocked, naming why (issue 30)
+    assert columns["unsafe"][1] and "unreadable" in columns["refused"][1] and columns["refused"][0] is None
 
 
 def test_the_message_names_what_it_cannot_read(minilm):

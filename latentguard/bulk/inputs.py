@@ -187,19 +187,29 @@ def _csv_offsets(path: Path, text_column: str, id_column: str | None, shard_size
         _, start = _csv_header(path, handle, text_column, id_column)
         handle.seek(start)
         lines = _decoded_lines(handle, path, start)
-        offsets, records = [], 0
+        offsets, records, blank = [], 0, 0  # blank: the blank lines since the last record
         reader = csv.reader(lines)
         while True:
-            if records % shard_size == 0:
+            if records % shard_size == 0 and not blank:
                 offsets.append(lines.position)
             try:
-                next(reader)
+                record = next(reader)
             except StopIteration:
                 break
             except csv.Error as exc:
                 raise LatentGuardError(f"{path}: record {records} is not valid CSV ({exc})") from None
+            if not record:  # a blank line: allowed at the end of the file only (an editor's trailing newline)
+                blank += 1
+                continue
+            if blank:
+                raise LatentGuardError(_blank_csv_line(path, records))
             records += 1
     return records, offsets[: -(-records // shard_size)]
+
+
+def _blank_csv_line(path: Path | str, record: int) -> str:
+    return (f"{path}: a blank line before record {record}; blank lines are allowed only at the end of a CSV file; "
+            "remove the line")
 
 
 def _parquet_rows(path: Path, text_column: str, id_column: str | None) -> int:
@@ -339,6 +349,10 @@ def _csv_records(item: InputFile, lines, text_column: str, id_column: str | None
             return
         except csv.Error as exc:
             raise LatentGuardError(f"{item.name}: record {row} is not valid CSV ({exc})") from None
+        if not record:  # a blank line: the end of the file's records (planning refused one in the middle)
+            if row >= item.rows:
+                return
+            raise LatentGuardError(_blank_csv_line(item.name, row))
         if len(record) != len(header):
             raise LatentGuardError(f"{item.name}: record {row} has {len(record)} fields, the header {len(header)}")
         if not record[at]:  # an empty field is how pandas and spreadsheets write a missing value

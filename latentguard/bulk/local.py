@@ -123,12 +123,14 @@ def _score_shard(run: Run, guard, shard: Shard, rows: Rows, verdicts: VerdictMap
     d = len(keys) if verdicts is not None else n
     score = np.zeros(d, np.float32)
     unsafe, truncated = np.zeros(d, bool), np.zeros(d, bool)
-    concept = np.zeros(d, np.int64)
+    concept = np.zeros(d, np.int64)  # an index into guard.concepts; -1: none (a refused row)
+    refused = np.full(d, None, dtype=object)
     flags = np.zeros((d, len(cats)), bool)
     new_at = [j for j, k in enumerate(keys) if k not in known] if verdicts is not None else list(range(n))
     if new_at:
         score[new_at], unsafe[new_at], truncated[new_at] = fresh["score"], fresh["unsafe"], fresh["truncated"]
-        concept[new_at] = [concept_index[c] for c in fresh["concept"]]
+        concept[new_at] = [-1 if c is None else concept_index[c] for c in fresh["concept"]]
+        refused[new_at] = fresh["refused"]
         for c, name in enumerate(cats):
             flags[new_at, c] = fresh[name]
     for j, k in enumerate(keys):
@@ -136,21 +138,25 @@ def _score_shard(run: Run, guard, shard: Shard, rows: Rows, verdicts: VerdictMap
             s, u, c, t, f = known[k]
             score[j], unsafe[j], concept[j], truncated[j] = s, bool(u), c, bool(t)
             flags[j] = np.frombuffer(f, dtype=np.uint8).astype(bool)
+    names = np.array([*guard.concepts, None], dtype=object)  # index -1: None
     columns = {"score": score[inverse], "unsafe": unsafe[inverse],
-               "concept": np.array(guard.concepts, dtype=object)[concept[inverse]] if n else np.array([], object),
-               "truncated": truncated[inverse]}
+               "concept": names[concept[inverse]] if n else np.array([], object),
+               "truncated": truncated[inverse], "refused": refused[inverse]}
     for c, name in enumerate(cats):
         columns[name] = flags[inverse, c]
     if run.options.sanitize:
         columns.update(sanitize_columns(guard, rows.texts, columns["unsafe"]))
     table = _table(run, shard, rows, columns)
     flagged = columns["unsafe"]
+    refused_rows = np.array([r is not None for r in columns["refused"]], dtype=bool)
     stats = {"input": shard.item.name, "start": shard.start, "stop": shard.stop, "rows": n, "scored": len(todo),
              "flagged": int(flagged.sum()), "truncated": int(columns["truncated"].sum()),
-             "concepts": dict(Counter(columns["concept"][flagged].tolist())),
+             "refused": int(refused_rows.sum()),
+             "concepts": dict(Counter(columns["concept"][flagged & ~refused_rows].tolist())),
              "categories": {category: int(columns[name].sum()) for name, category in category_columns(guard).items()}}
     pending = None
-    if verdicts is not None:
+    if verdicts is not None:  # a refused text is not recorded: a later shard refuses it again, naming why
+        new_at = [j for j in new_at if refused[j] is None]
         pending = ([keys[j] for j in new_at], score[new_at], unsafe[new_at], concept[new_at], truncated[new_at],
                    flags[new_at])
     return table, stats, pending
@@ -191,7 +197,7 @@ def _table(run: Run, shard: Shard, rows: Rows, columns: dict[str, np.ndarray]):
     data[run.options.text_column] = pa.array(rows.texts, pa.string())
     data["score"] = pa.array(columns["score"], pa.float32())
     data["concept"] = pa.array(columns["concept"].tolist(), pa.string())
-    for name in ("sanitized", "removed"):
+    for name in ("refused", "sanitized", "removed"):
         if name in columns:
             data[name] = pa.array(columns[name].tolist(), pa.string())
     for name in columns:
@@ -225,5 +231,6 @@ def summarize(run: Run, markers: list[dict], seconds: float, shards_scored: int)
             "complete": len(markers) == len(run.shards), "rows": rows,
             "distinct": sum(m["scored"] for m in markers) if run.options.dedup else None,
             "flagged": sum(m["flagged"] for m in markers), "truncated": sum(m["truncated"] for m in markers),
+            "refused": sum(m.get("refused", 0) for m in markers),
             "top_concepts": concepts.most_common(10), "categories": dict(categories),
             "shards_scored_now": shards_scored, "seconds_now": round(seconds, 3)}

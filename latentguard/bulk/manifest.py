@@ -62,6 +62,8 @@ def manifest_differences(recorded: Mapping, now: Mapping) -> list[str]:
     if old_inputs != new_inputs:
         out.append("inputs (files, sizes or modification times) " + _input_change(old_inputs, new_inputs))
     out += [f"guard {d}" for d in guard_differences(recorded.get("guard", {}), now["guard"])]
+    if recorded.get("columns", now["columns"]) != now["columns"]:  # e.g. made before the refused column existed
+        out.append(f"output columns {recorded.get('columns')} vs {now['columns']}")
     for key in sorted(set(recorded.get("options", {})) | set(now["options"])):
         a, b = recorded.get("options", {}).get(key), now["options"].get(key)
         if a != b:

@@ -135,17 +135,19 @@ def _mark(run: Run) -> dict:
     import pyarrow.parquet as pq
 
     cats = list(category_columns_of(run))
-    stats = {"rows": 0, "flagged": 0, "truncated": 0}
+    stats = {"rows": 0, "flagged": 0, "truncated": 0, "refused": 0}
     concepts, categories, files = Counter(), Counter(), {}
     for path in sorted((run.directory / PARTS).glob("*.parquet")):
         files[path.name] = sha256_of(path)
-        for batch in pq.ParquetFile(path).iter_batches(columns=["unsafe", "concept", "truncated", *cats]):
+        for batch in pq.ParquetFile(path).iter_batches(columns=["unsafe", "concept", "truncated", "refused",
+                                                                      *cats]):
             unsafe = batch.column("unsafe").to_numpy(zero_copy_only=False)
             stats["rows"] += batch.num_rows
             stats["flagged"] += int(unsafe.sum())
             stats["truncated"] += int(batch.column("truncated").to_numpy(zero_copy_only=False).sum())
+            stats["refused"] += batch.num_rows - batch.column("refused").null_count
             concept = batch.column("concept").to_numpy(zero_copy_only=False)
-            concepts.update(concept[unsafe].tolist())
+            concepts.update(c for c in concept[unsafe].tolist() if c is not None)  # None: a refused row
             for name in cats:
                 categories[name[len(CATEGORY_PREFIX):]] += int(batch.column(name).to_numpy(zero_copy_only=False).sum())
     record = {**stats, "concepts": dict(concepts), "categories": dict(categories), "files": files}
@@ -160,7 +162,7 @@ def category_columns_of(run: Run) -> list[str]:
 def _summary(run: Run, record: dict, seconds: float, scored_now: bool) -> dict:
     summary = {"directory": str(run.directory), "engine": "ray", "complete": True, "rows": record["rows"],
                "distinct": None, "dedup": f"per batch of {run.options.shard_size} rows" if run.options.dedup else None,
-               "flagged": record["flagged"], "truncated": record["truncated"],
+               "flagged": record["flagged"], "truncated": record["truncated"], "refused": record.get("refused", 0),
                "top_concepts": Counter(record["concepts"]).most_common(10), "categories": record["categories"],
                "files": len(record["files"]), "shards_total": len(run.shards), "shards": len(run.shards),
                "shards_scored_now": len(run.shards) if scored_now else 0, "seconds_now": round(seconds, 3)}

@@ -13,7 +13,9 @@ import numpy as np
 
 from ..errors import LatentGuardError
 
-VERDICT_COLUMNS = ("score", "unsafe", "concept", "truncated")
+# refused: null when judged; why the guard refused to judge the row (text it cannot read: the row is blocked)
+VERDICT_COLUMNS = ("score", "unsafe", "concept", "truncated", "refused")
+TEXT_COLUMNS = ("concept", "refused", "sanitized", "removed")  # the string columns a scorer adds
 SANITIZE_COLUMNS = ("sanitized", "removed", "passes")  # the edited text, the words cut (";"-joined), it passes
 CATEGORY_PREFIX = "category_"
 
@@ -54,17 +56,22 @@ def sanitize_columns(guard, texts: Sequence[str], unsafe: np.ndarray) -> dict[st
 
 
 def verdict_columns(guard, texts: Sequence[str]) -> dict[str, np.ndarray]:
-    """``score`` (float32, the best logit), ``unsafe``, ``concept`` (the deciding one), ``truncated`` and
-    the category columns for ``texts``, from ``guard.check`` (explanations off)."""
-    verdicts = guard.check(list(texts), explain=False)
+    """``score`` (float32, the best logit), ``unsafe``, ``concept`` (the deciding one), ``truncated``,
+    ``refused`` and the category columns for ``texts``, from ``guard.check`` (explanations off). A text the
+    guard refuses to read fails closed on its own row (:func:`~latentguard.guard.refusals.check_or_refused`:
+    unsafe, every category flagged, no concept, ``refused`` naming why); the other rows are judged as usual."""
+    from ..guard.refusals import check_or_refused
+
+    verdicts = check_or_refused(guard, list(texts), explain=False)
     if len(verdicts) != len(texts):  # fail closed: a missing verdict never becomes a safe row
         raise LatentGuardError(f"the guard gave {len(verdicts)} verdicts for {len(texts)} texts; refusing")
     score = np.array([v.score for v in verdicts], dtype=np.float32)
     if not np.isfinite(score).all():
         raise LatentGuardError("the guard gave a non-finite score; refusing")
     columns = {"score": score, "unsafe": np.array([v.unsafe for v in verdicts], dtype=bool),
-               "concept": np.array([v.concept for v in verdicts], dtype=object),
-               "truncated": np.array([v.truncated for v in verdicts], dtype=bool)}
+               "concept": np.array([None if v.refused else v.concept for v in verdicts], dtype=object),
+               "truncated": np.array([v.truncated for v in verdicts], dtype=bool),
+               "refused": np.array([v.refused for v in verdicts], dtype=object)}
     for column, name in category_columns(guard).items():
         columns[column] = np.array([v.categories[name] for v in verdicts], dtype=bool)
     return columns
@@ -217,7 +224,7 @@ def _with_columns(batch, kind: str, columns: dict[str, np.ndarray]):
     import pyarrow as pa
 
     for name, values in columns.items():
-        text = name in ("concept", "sanitized", "removed")
+        text = name in TEXT_COLUMNS
         kind_of = pa.float32() if name == "score" else pa.string() if text else pa.bool_()
         batch = batch.append_column(name, pa.array(values.tolist() if text else values, type=kind_of))
     return batch

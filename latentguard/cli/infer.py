@@ -98,8 +98,10 @@ def render_table(verdicts, explain: bool, sanitized=None) -> str:
         prompt = " ".join(v.prompt.split())
         if len(prompt) > PROMPT_WIDTH:
             prompt = prompt[: PROMPT_WIDTH - 3] + "..."
-        concept = v.concept if len(v.concept) <= concept_width else v.concept[: concept_width - 3] + "..."
-        lines.append(f"{i:>4}  {v.score:>8.3f}  {'UNSAFE' if v.unsafe else 'SAFE':<7}  "
+        concept = "(unreadable)" if v.refused else v.concept
+        concept = concept if len(concept) <= concept_width else concept[: concept_width - 3] + "..."
+        score = f"{'-':>8}" if v.refused else f"{v.score:>8.3f}"  # a refused prompt has no score to show
+        lines.append(f"{i:>4}  {score}  {'UNSAFE' if v.unsafe else 'SAFE':<7}  "
                      f"{concept:<{concept_width}}  {prompt}")
         if explain:
             tops = ", ".join(f"{c} {s:.2f}" for c, s in v.top_concepts)
@@ -120,7 +122,8 @@ def usable(edit) -> str | None:
 
 def write_output(path: str, fmt: str, verdicts, explain: bool, sanitized=None) -> None:
     """Write verdicts atomically as CSV (prompt, score, unsafe 0/1, concept, truncated 0/1, the flagged
-    categories joined by ``;``) or JSONL (with every category's flag and score); with ``sanitized`` (one
+    categories joined by ``;``, refused: why the guard refused to read it, empty when judged) or JSONL (with
+    every category's flag and score); with ``sanitized`` (one
     :class:`~latentguard.guard.Sanitized` per verdict) also the sanitized text, the removed words (``;``
     in CSV) and passes."""
     from ..io import atomic_write_text
@@ -128,16 +131,17 @@ def write_output(path: str, fmt: str, verdicts, explain: bool, sanitized=None) -
     buffer = io.StringIO()
     if fmt == "csv":
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["prompt", "score", "unsafe", "concept", "truncated", "categories"]
+        writer.writerow(["prompt", "score", "unsafe", "concept", "truncated", "categories", "refused"]
                         + (["sanitized", "removed", "passes"] if sanitized else []))
         for i, v in enumerate(verdicts):
             flagged = ";".join(name for name, on in v.categories.items() if on)
             edit = [usable(sanitized[i]), ";".join(sanitized[i].removed), int(sanitized[i].passes)] if sanitized else []
-            writer.writerow([v.prompt, f"{v.score:.6f}", int(v.unsafe), v.concept, int(v.truncated), flagged] + edit)
+            writer.writerow([v.prompt, f"{v.score:.6f}", int(v.unsafe), v.concept, int(v.truncated), flagged,
+                             v.refused or ""] + edit)
     else:
         for i, v in enumerate(verdicts):
             record = {"prompt": v.prompt, "score": round(v.score, 6), "unsafe": v.unsafe, "concept": v.concept,
-                      "truncated": v.truncated, "categories": v.categories,
+                      "truncated": v.truncated, "categories": v.categories, "refused": v.refused,
                       "category_scores": {name: round(p, 6) for name, p in v.category_scores.items()}}
             if explain:
                 record["threshold"] = v.threshold
@@ -155,7 +159,8 @@ def write_output(path: str, fmt: str, verdicts, explain: bool, sanitized=None) -
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ..io import read_lines
+    from ..guard.refusals import check_or_refused
+    from ..io import numbered_lines, read_lines
     from ..published import RELEASED
 
     fmt = output_format(args.output)
@@ -170,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         raise LatentGuardError(f"--output {args.output} already exists; choose a new file name or pass --overwrite")
     if args.calibrate_unsafe and not args.calibrate_safe:
         raise LatentGuardError("--calibrate-unsafe needs --calibrate-safe (the safe prompts)")
-    prompts = read_lines(prompt_file(args.file_path), what="prompt file")
+    numbered = numbered_lines(prompt_file(args.file_path), what="prompt file")
+    prompts = [text for _, text in numbered]
     if not cfg.guard:  # a bundle carries its weights and blacklist: its own loader checks them
         from .fetch import validate_fetchable
 
@@ -187,12 +193,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"calibrated threshold {result.threshold:.4f} on {result.n_safe} safe / {result.n_unsafe} unsafe "
               f"prompts ({how}); saved beside {guard.checkpoint}")
     sanitized = guard.sanitize(prompts) if args.sanitize else None  # its first check is the verdicts' own
-    verdicts = [s.before for s in sanitized] if sanitized else guard.check(prompts, explain=args.explain)
+    # a prompt the guard cannot read is blocked on its own line (unsafe, 'refused' says why); the rest are judged
+    verdicts = [s.before for s in sanitized] if sanitized else check_or_refused(guard, prompts, explain=args.explain)
+    for (number, _), v in zip(numbered, verdicts):
+        if v.refused:
+            print(f"{args.file_path}: line {number}: blocked, the guard refused it as {v.refused}", file=sys.stderr)
 
     print(render_table(verdicts, args.explain, sanitized))
     n_unsafe = sum(v.unsafe for v in verdicts)
     per_concept = f" (+{len(guard.concept_thresholds)} per-concept)" if guard.concept_thresholds else ""
-    print(f"\n{n_unsafe} of {len(verdicts)} prompts unsafe; {len(guard.concepts)} concepts, "
+    n_refused = sum(bool(v.refused) for v in verdicts)
+    refused_note = f" ({n_refused} of them refused as unreadable: blocked)" if n_refused else ""
+    print(f"\n{n_unsafe} of {len(verdicts)} prompts unsafe{refused_note}; {len(guard.concepts)} concepts, "
           f"threshold {guard.threshold:g} ({guard.threshold_origin})"
           f"{per_concept}")
     if sanitized:

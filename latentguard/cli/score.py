@@ -30,8 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Score a corpus of prompts with Latent Guard, streaming: each distinct text scored once, every "
                     "row kept, shards written atomically with done markers, so the same command resumes after a "
                     "crash and a rerun with another guard or options is refused. Output columns: input, row, "
-                    "[id], the text, score, unsafe, concept, truncated (+ category_<name> for a grouped blacklist; "
-                    "+ sanitized, removed, passes with --sanitize).",
+                    "[id], the text, score, unsafe, concept, truncated, refused (+ category_<name> for a grouped "
+                    "blacklist; + sanitized, removed, passes with --sanitize).",
         epilog="Read the result with pandas.read_parquet(DIR) or pyarrow.dataset.dataset(DIR) (files starting with _ "
                "are the run's records). Details and figures: docs/bulk.md.",
         parents=[common_parser(store_dir=False), guard_parser()])
@@ -97,6 +97,9 @@ def render_summary(summary: dict, resumed: bool) -> str:
     lines.append(f"  flagged unsafe:        {share(summary['flagged'])}")
     lines.append(f"  truncated at 77 tokens: {share(summary['truncated'])}"
                  + (" (--long-prompts scores them whole)" if summary["truncated"] else ""))
+    if summary.get("refused"):
+        lines.append(f"  refused, unreadable:   {share(summary['refused'])} (written as unsafe; column 'refused' "
+                     "says why)")
     if summary["top_concepts"]:
         lines.append("  top concepts: " + ", ".join(f"{c} {n:,}" for c, n in summary["top_concepts"]))
     if summary["categories"]:

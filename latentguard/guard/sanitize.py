@@ -18,7 +18,10 @@ original text *normalised* with the evidence word, and the original characters a
 
 Fail closed: a prompt the guard passes comes back byte for byte, with nothing removed; ``passes`` is
 True only when the returned text itself was judged safe in this call with a finite score; an error while
-judging raises (:class:`~latentguard.errors.LatentGuardError`) rather than return a text.
+judging raises (:class:`~latentguard.errors.LatentGuardError`) rather than return a text. Text the guard
+cannot read (an emoji for a BERT-family encoder), in a prompt or in one of its edits, is not an error of the
+call: that prompt comes back with ``passes=False`` (its ``before`` or ``after`` verdict ``refused``), the
+other prompts unaffected.
 """
 from __future__ import annotations
 
@@ -225,10 +228,14 @@ def sanitize(guard, prompts: str | Sequence[str], *, rounds: int = DEFAULT_ROUND
 
 
 def _judge(guard, texts: list[str]) -> list[Verdict]:
-    """The guard's verdicts with their evidence, one per text, or refuse."""
+    """The guard's verdicts with their evidence, one per text, or refuse. A text the guard cannot read (the
+    prompt, or an edit of it) gets a refused verdict (:mod:`latentguard.guard.refusals`): it never passes, and
+    the other prompts of the call go on."""
+    from .refusals import check_or_refused
+
     if not texts:
         return []
-    verdicts = list(guard.check(texts, explain=True))
+    verdicts = check_or_refused(guard, texts, explain=True)
     if len(verdicts) != len(texts):
         raise LatentGuardError(f"the guard gave {len(verdicts)} verdicts for {len(texts)} texts; refusing")
     return verdicts

@@ -21,6 +21,9 @@ class Verdict:
     probability: float = 0.0  # sigmoid(slope * (logit - threshold)) of ``concept``: >= 0.5 exactly when unsafe
     categories: dict[str, bool] = field(default_factory=dict)  # category -> flagged (any of its concepts fired)
     category_scores: dict[str, float] = field(default_factory=dict)  # category -> max probability of its concepts
+    # Why the guard refused to judge it (None: judged): text it cannot read is blocked, never judged as if
+    # absent (latentguard.guard.refusals); bulk jobs write such a row as unsafe with this reason.
+    refused: str | None = None
 
     def to_dict(self) -> dict:
         """JSON-friendly form (tuples become lists)."""

@@ -38,6 +38,7 @@ class Job:
     endpoint: str = ""
     forms: list | None = None  # each prompt's forms as the guard of ``generation`` split them (None: split later)
     generation: int = 0
+    refuse_each: bool = False  # a prompt the guard cannot read gets a refused verdict, not the job's error
     arrived: float = 0.0
     future: asyncio.Future | None = field(default=None, repr=False)
 

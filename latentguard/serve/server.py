@@ -84,11 +84,14 @@ class GuardServer:
         self.auditor.close()
 
     def submit(self, prompts: list[str], *, explain: bool, request_id: str, endpoint: str,
-               cost: int = 0, split: "Split | None" = None) -> asyncio.Future:
+               cost: int = 0, split: "Split | None" = None, refuse_each: bool = False) -> asyncio.Future:
         """Queue one request's prompts; the future gives ``(state, verdicts)`` (raises QueueFull / Closed).
-        ``split``: the prompts' forms from :meth:`split`, scored as they are (each text is split once)."""
+        ``split``: the prompts' forms from :meth:`split`, scored as they are (each text is split once).
+        ``refuse_each``: a prompt the guard cannot read gets a refused (blocked) verdict of its own
+        (:mod:`latentguard.guard.refusals`) instead of failing the request (/v1/sanitize)."""
         forms, generation = ([f for f, _ in split.forms], split.generation) if split is not None else (None, 0)
-        return self.batcher.submit(Job(prompts, cost, explain, request_id, endpoint, forms, generation))
+        return self.batcher.submit(Job(prompts, cost, explain, request_id, endpoint, forms, generation,
+                                       refuse_each))
 
     def split(self, prompts: list[str]) -> "Split":
         """The texts the encoder will read for ``prompts`` (each prompt's forms under the serving guard's
@@ -109,7 +112,13 @@ class GuardServer:
         started = time.perf_counter()
         forms = [f for job in jobs for f in (job.forms if job.forms is not None and job.generation == state.generation
                                              else [None] * len(job.prompts))]  # split by another state: again
-        verdicts = state.guard.check(prompts, explain=any(job.explain for job in jobs), forms=forms)
+        explain = any(job.explain for job in jobs)
+        if all(job.refuse_each for job in jobs):  # else an unreadable text fails the batch; each job is retried alone
+            from ..guard.refusals import check_or_refused
+
+            verdicts = check_or_refused(state.guard, prompts, explain, forms)
+        else:
+            verdicts = state.guard.check(prompts, explain=explain, forms=forms)
         if len(verdicts) != len(prompts):
             raise LatentGuardError(f"the guard gave {len(verdicts)} verdicts for {len(prompts)} prompts")
         out, start, events, now = [], 0, [], time.time()

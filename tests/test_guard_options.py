@@ -133,8 +133,9 @@ OWN_WORD = {
 LEFT = {
     "threshold": {"guard/guard.py", "guard/load.py", "guard/bundled.py", "guard/identity.py", "hub/mixin.py",
                   "serve/state.py", "serve/server.py", "cli/infer.py", "cli/serve.py", "cli/benchmark.py",
-                  "cli/export.py"},
+                  "cli/export.py", "guard/refusals.py"},
     "categories": {"guard/guard.py", "guard/load.py", "guard/bundled.py", "guard/identity.py", "hub/mixin.py",
+                   "guard/refusals.py",
                    "serve/state.py", "serve/server.py", "serve/routes.py", "bulk/scorer.py", "cli/serve.py"},
     "batch_size": {"guard/forms.py"},
     "slope": {"guard/guard.py", "guard/load.py", "guard/bundled.py", "guard/identity.py", "hub/mixin.py",

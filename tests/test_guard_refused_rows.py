@@ -106,6 +106,21 @@ def test_inference_blocks_the_line_and_names_it(tmp_path, capsys):
     assert rows[0]["refused"] == "" and rows[2]["refused"] == ""
 
 
+def test_a_calibration_file_line_the_guard_cannot_read_is_named_before_anything_is_fit(tmp_path, capsys):
+    """A threshold is fit on prompts the guard judges: such a line is refused in one line naming the file and
+    line (it used to stop calibration with the encoder's message, no line)."""
+    from latentguard.cli.common import cli_entry
+    from latentguard.cli.infer import main
+
+    src, safe = tmp_path / "prompts.txt", tmp_path / "safe.txt"
+    src.write_text("a red car\n", encoding="utf-8")
+    safe.write_text("a red car\n\na cat 🐱 on a sofa\n", encoding="utf-8")
+    code = cli_entry(main)(["--guard", "mini", "--file_path", str(src), "--calibrate-safe", str(safe)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and f"{safe}: line 3: the guard cannot read" in err, err
+    assert "\n" not in err and "Traceback" not in err
+
+
 def test_sanitize_gives_an_unreadable_prompt_back_not_passing(mini):
     prompts = ["a man holding a bloody knife", UNREADABLE, "a cat on a sofa"]
     results = mini.sanitize(prompts)

@@ -156,11 +156,24 @@ def write_output(path: str, fmt: str, verdicts, explain: bool, sanitized=None) -
         raise LatentGuardError(f"cannot write --output {path} ({exc.strerror or exc})") from None
 
 
+def _readable_lines(guard, path: str, what: str) -> list[str]:
+    """A calibration file's prompts; a line the guard cannot read is named (a threshold is fit on judged prompts)."""
+    from ..io import numbered_lines
+
+    numbered = numbered_lines(path, what=what)
+    for number, text in numbered:
+        if not guard.encoder.readable(guard.prepare(text)):
+            raise LatentGuardError(f"{path}: line {number}: the guard cannot read this prompt (its tokenizer reads "
+                                   f"some of its characters as unknown), so it cannot be calibrated on; remove the "
+                                   f"line or use a guard whose encoder reads it (docs/defences.md)")
+    return [text for _, text in numbered]
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ..guard.refusals import check_or_refused
-    from ..io import numbered_lines, read_lines
+    from ..io import numbered_lines
     from ..published import RELEASED
 
     fmt = output_format(args.output)
@@ -184,8 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     # --calibrate-safe sets the threshold below: "released" is only a placeholder until then
     guard = build_guard(cfg, **({"threshold": RELEASED} if args.calibrate_safe else {}))
     if args.calibrate_safe:
-        safe = read_lines(args.calibrate_safe, what="--calibrate-safe file")
-        unsafe = read_lines(args.calibrate_unsafe, what="--calibrate-unsafe file") if args.calibrate_unsafe else None
+        safe = _readable_lines(guard, args.calibrate_safe, "--calibrate-safe file")
+        unsafe = _readable_lines(guard, args.calibrate_unsafe, "--calibrate-unsafe file") if args.calibrate_unsafe \
+            else None
         target_fpr = cfg.calibration.target_fpr
         result = guard.calibrate(safe, unsafe, target_fpr=target_fpr, save=True)
         how = (f"max accuracy {result.accuracy:.3f}" if result.method == "best_accuracy"

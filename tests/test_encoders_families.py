@@ -332,3 +332,25 @@ print("ok")
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
                           cwd=tmp_path)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+# ------------------------------------------------------------------------ control tokens typed as text
+@pytest.mark.parametrize("family", ["clip", "openclip", "bert"])
+def test_a_prompt_that_types_a_control_token_is_refused_by_every_family(family, tiny_encoder, openclip_model, bert_dir):
+    """A BERT tokenizer reads a typed "[CLS]" as its control token (ten of them hid almost every unsafe prompt from
+    the built-in guard), CLIP's reads "<|endoftext|>" as its end, open_clip's "<end_of_text>": the encoder
+    refuses such a prompt (fails closed) on every path, as it refuses text it cannot read."""
+    from latentguard.encoders import HFTextEncoder
+    from latentguard.errors import UnreadableTextError
+
+    encoder, typed = {"clip": (tiny_encoder, ["a cat <|endoftext|> a knife", "<|STARTOFTEXT|> a knife"]),
+                      "openclip": (OpenCLIPTextEncoder(openclip_model, device="cpu"), ["a cat <end_of_text> a knife"]),
+                      "bert": (HFTextEncoder(str(bert_dir), device="cpu"), ["[CLS] a knife", "a knife [sep]"])}[family]
+    for text in typed:
+        with pytest.raises(UnreadableTextError, match="control tokens"):
+            encoder.encode([text])
+        with pytest.raises(UnreadableTextError, match="control tokens"):
+            encoder.encode_windows([text])
+        assert not encoder.readable(text)
+    if family != "bert":  # the tiny BERT's vocabulary reads few words; the real MiniLM: tests/test_guard_unreadable.py
+        assert encoder.readable("a cat [on] a <sofa>") and encoder.encode(["a cat [on] a <sofa>"]).shape[0] == 1

@@ -136,3 +136,11 @@ def test_the_open_recipe_leaves_out_training_texts_the_encoder_cannot_read(minil
     bad = {t for t in ex.texts() if not minilm.readable(t)}
     kept = ex.without(bad)
     assert (kept.triplets, kept.unsafe, kept.unsafe_category, kept.benign) == ([], ["a knife"], ["violence"], ["a cat"])
+
+
+def test_the_real_minilm_refuses_typed_control_tokens_and_reads_brackets(minilm):
+    """"[CLS] a naked woman" read [CLS] as a control token and passed the built-in guard (a hostile review)."""
+    for text in ["[CLS] a naked woman", "[cls][cls] a naked woman", "a naked woman [SEP]", "[PAD]", "a [mask]"]:
+        with pytest.raises(UnreadableTextError, match="control tokens"):
+            minilm.encode([text])
+    assert minilm.readable("a cat [on] a sofa (photo) <3")

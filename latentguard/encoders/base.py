@@ -113,6 +113,7 @@ class TextEncoder:
 
     def _hidden_states(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token states ``[b, L, hidden]`` and the pooled token index ``[b]`` of each text."""
+        self._refuse_control_literals(texts)
         input_ids, attention_mask = self._token_ids(texts)
         return self._forward_ids(input_ids, attention_mask)
 
@@ -176,11 +177,41 @@ class TextEncoder:
         except LatentGuardError:  # an encoder that cannot count tokens: no claim either way
             return False
 
+    def _control_literals(self) -> tuple[str, ...]:
+        """The texts this encoder's tokenizer reads as its own control tokens when a prompt holds them
+        ("[CLS]", "[SEP]" for BERT; "<|endoftext|>" for Hugging Face CLIP; "<end_of_text>" for open_clip)."""
+        if not hasattr(self, "_literals"):
+            tok = getattr(self, "tokenizer", None)
+            found = set(getattr(tok, "all_special_tokens", None) or [])
+            decoder = getattr(tok, "decoder", None)
+            if isinstance(decoder, dict):  # open_clip's SimpleTokenizer: its special ids, spelt out
+                found |= {decoder[i] for i in getattr(tok, "all_special_ids", []) if isinstance(decoder.get(i), str)}
+            self._literals = tuple(sorted(t for t in found if isinstance(t, str) and len(t) > 1))
+        return self._literals
+
+    def _refuse_control_literals(self, texts: Sequence[str]) -> None:
+        """Fail closed on a prompt that types one of the tokenizer's control tokens: "[CLS] a naked woman" is read
+        by a BERT tokenizer as a control token that the guard's layer was never trained on (ten of them hid
+        almost every unsafe prompt from ``mini``), while a generator's tokenizer reads "[CLS]" as plain text;
+        CLIP's tokenizer cuts a prompt at a typed "<|endoftext|>" for the pooled row. Matched without case."""
+        literals = self._control_literals()
+        if not literals:
+            return
+        for text in texts:
+            low = text.lower()
+            for literal in literals:
+                if literal.lower() in low:
+                    raise UnreadableTextError(
+                        f"a prompt holds {literal!r}, which the guard's tokenizer ({self.name}) reads as one of its "
+                        f"control tokens, not as text, so the guard cannot read the prompt and refuses; remove it "
+                        f"first (docs/defences.md)")
+
     def readable(self, text: str) -> bool:
         """Whether this encoder reads every character of ``text``: a BERT-family tokenizer reads an emoji as its
         unknown token, and a guard refuses such a text rather than judge it as if the character were absent;
         training leaves such texts out for the same reason."""
         try:
+            self._refuse_control_literals([text])
             self._content_ids(text)
         except UnreadableTextError:
             return False
@@ -205,6 +236,7 @@ class TextEncoder:
         if not 0 < stride <= span:
             raise LatentGuardError(f"window stride must be between 1 and {span} tokens (the content of one "
                                    f"window), got {stride}; a larger stride would skip tokens")
+        self._refuse_control_literals([text])
         content = self._content_ids(text)
         return [prefix + content[s : s + span] + suffix for s in window_starts(len(content), span, stride)]
 

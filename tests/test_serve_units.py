@@ -230,6 +230,8 @@ def test_a_request_costs_the_texts_the_guard_will_encode(tiny_encoder, tmp_path)
     split = server.split(prompts)
     assert [(n, len(f)) for f, n in split.forms] == [(1, 1), (3, len(forms(prompts[1]))), (1, 2)]
     assert split.cost == 1 + len(forms(prompts[1])) + 2 and split.forms[1][0] == forms(prompts[1])
+    long = "a cat sits on a sofa near the window " * 270  # 9,990 characters: read over windows, costed by length
+    assert server.split([long]).cost == -(-len(long) // 40) and server.split([long] * 24).cost > 4096  # a 413
     server.model_thread.shutdown()
 
 

@@ -161,7 +161,8 @@ async def judge(request: Request, prompts: list[str], explain: bool, field: str,
                                code="too_many_sentences")
     if split.cost * work > settings.queue_size:
         raise RequestError(413, f"{field} makes {split.cost * work:,} texts to encode (prompts, their normalised forms "
-                           f"and sentences{f', x{work} for the re-checks of sanitizing' if work > 1 else ''}); this "
+                           f"and sentences, one per 40 characters beyond 300"
+                           f"{f', x{work} for the re-checks of sanitizing' if work > 1 else ''}); this "
                            f"server queues at most {settings.queue_size:,} (--queue-size)",
                            param=field, code="too_many_texts")
     request_id = "modr-" + uuid.uuid4().hex

@@ -291,3 +291,14 @@ def test_an_existing_output_is_kept_unless_overwrite(files, tiny_encoder_dir, ca
     assert precious.read_text() == "keep me\n" and os.path.islink(link)
     assert inference.main(_args(files, tiny_encoder_dir, "--output", str(precious), "--overwrite")) == 0
     assert precious.read_text().startswith("prompt,")
+
+
+def test_a_csv_report_cell_that_starts_like_a_formula_is_shown_as_text():
+    """A moderator opening the CSV report in a spreadsheet must not run a prompt as a formula (a hostile review):
+    cells starting = + - @ get a leading quote; JSONL keeps the text as it is."""
+    from latentguard.cli.infer import cell
+
+    link = '=HYPERLINK("http://evil","click") a naked woman'
+    assert cell(link) == "'" + link
+    assert [cell(t) for t in ("@SUM(1+1) a cat", "+1", "-2", "\tx", "a = b", "", None)] == \
+        ["'@SUM(1+1) a cat", "'+1", "'-2", "'\tx", "a = b", "", None]

@@ -120,8 +120,19 @@ def usable(edit) -> str | None:
     return edit.text if edit.passes is True else None
 
 
+# A cell a spreadsheet would run as a formula ("=HYPERLINK(...)", "@SUM(...)") when a moderator opens the report.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def cell(text: str | None) -> str | None:
+    """``text`` for a CSV report cell: one that starts like a formula gets a leading ``'`` (OWASP's advice), so
+    Excel and LibreOffice show it as text instead of running it; JSONL output keeps every text as it is."""
+    return "'" + text if isinstance(text, str) and text.startswith(_FORMULA_START) else text
+
+
 def write_output(path: str, fmt: str, verdicts, explain: bool, sanitized=None) -> None:
-    """Write verdicts atomically as CSV (prompt, score, unsafe 0/1, concept, truncated 0/1, the flagged
+    """Write verdicts atomically as CSV (text cells that start like a spreadsheet formula get a leading ``'``:
+    :func:`cell`; prompt, score, unsafe 0/1, concept, truncated 0/1, the flagged
     categories joined by ``;``, refused: why the guard refused to read it, empty when judged) or JSONL (with
     every category's flag and score); with ``sanitized`` (one
     :class:`~latentguard.guard.Sanitized` per verdict) also the sanitized text, the removed words (``;``
@@ -136,8 +147,10 @@ def write_output(path: str, fmt: str, verdicts, explain: bool, sanitized=None) -
         for i, v in enumerate(verdicts):
             flagged = ";".join(name for name, on in v.categories.items() if on)
             edit = [usable(sanitized[i]), ";".join(sanitized[i].removed), int(sanitized[i].passes)] if sanitized else []
-            writer.writerow([v.prompt, f"{v.score:.6f}", int(v.unsafe), v.concept, int(v.truncated), flagged,
-                             v.refused or ""] + edit)
+            if edit:
+                edit[:2] = [cell(edit[0]), cell(edit[1])]
+            writer.writerow([cell(v.prompt), f"{v.score:.6f}", int(v.unsafe), cell(v.concept), int(v.truncated),
+                             flagged, cell(v.refused or "")] + edit)
     else:
         for i, v in enumerate(verdicts):
             record = {"prompt": v.prompt, "score": round(v.score, 6), "unsafe": v.unsafe, "concept": v.concept,

@@ -442,3 +442,15 @@ def test_a_prior_that_returns_its_negative_embeddings_has_its_negative_texts_che
     seen = guard_pipeline(pipe, keyword, on_unsafe="annotate")(SAFE, negative_prompt=UNSAFE, num_inference_steps=2)
     reported = [v for where, vs in seen.text_verdicts.items() if "output of" in where for v in vs]
     assert seen.output is not None and [v.unsafe for v in reported] == [True]  # observe-only: generated, reported
+
+
+@pytest.mark.parametrize("bad", [5, {"a": "knife"}, [b"knife"], ["a cat", 5]])
+def test_a_prompt_of_another_type_is_one_line_before_anything_runs(pipes, keyword, bad):
+    """prompt=5 was a TypeError from inside the wrapper (a hostile review); every text argument is checked once."""
+    pipe, extra = pipes["sd"]
+    guarded = guard_pipeline(pipe, keyword)
+    with pytest.raises(LatentGuardError, match="must be a string or a list of strings"):
+        guarded(prompt=bad, num_inference_steps=1, **extra)
+    with pytest.raises(LatentGuardError, match="negative_prompt must be a string or a list of strings"):
+        guarded(prompt="a cat", negative_prompt=bad if not isinstance(bad, list) else 7, num_inference_steps=1,
+                **extra)

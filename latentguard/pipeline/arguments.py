@@ -43,6 +43,16 @@ def text_arguments(pipe) -> list[str]:
     return [n for n in params if _TEXT.match(n)]
 
 
+def text_list(value, name: str, n: int = 1) -> list[str]:
+    """A text argument as a list of strings (one string stands for each of the ``n`` prompts); anything else is
+    refused in one line here, before any check, instead of a ``TypeError`` from deep in the call."""
+    if isinstance(value, str):
+        return [value] * n
+    if not isinstance(value, (list, tuple)) or not all(isinstance(t, str) for t in value):
+        raise LatentGuardError(f"{name} must be a string or a list of strings, got {type(value).__name__}")
+    return list(value)
+
+
 def negative_defaults(pipe) -> dict[str, str]:
     """The negative texts ``pipe.__call__`` uses when none is given (PixArt's ``""``, a fixed one elsewhere)."""
     params = inspect.signature(pipe).parameters

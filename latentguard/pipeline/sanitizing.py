@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import LatentGuardError
+from .arguments import text_list
 
 
 def sanitize_call(guard, call: dict, texts: list, verdicts: list, n: int) -> tuple[dict, list, list]:
@@ -40,7 +41,7 @@ def sanitize_call(guard, call: dict, texts: list, verdicts: list, n: int) -> tup
         texts[k], verdicts[k] = (i, name, s.text), s.after
     for name in sanitized:
         value = call[name]
-        values = [value] * n if isinstance(value, str) else list(value)
+        values = text_list(value, name, n)
         for i, s in enumerate(sanitized[name]):
             if s is not None:
                 values[i] = s.text

@@ -35,7 +35,7 @@ import torch
 from ..constants import CONTEXT_LENGTH
 from ..errors import LatentGuardError
 from ..guard.options import encoding_batch, reads_long_prompts
-from .arguments import added_tokens, classify, negative_defaults, subset_call, text_arguments
+from .arguments import added_tokens, classify, negative_defaults, subset_call, text_arguments, text_list
 from .boundary import BoundaryBlocked, Session, known_vocabularies
 from .outputs import check_returned_conditioning
 from .parts import (
@@ -210,8 +210,8 @@ class GuardedPipeline:
         prompt = call.get("prompt")
         if prompt is None:
             raise LatentGuardError("a guarded pipeline needs prompt=... (a string or a list of strings)")
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts or not all(isinstance(p, str) for p in prompts):
+        prompts = text_list(prompt, "prompt")
+        if not prompts:
             raise LatentGuardError("prompt must be a non-empty string or list of strings")
         n = len(prompts)
         for name, value in call.items():
@@ -354,9 +354,7 @@ class GuardedPipeline:
             value = call.get(name)
             if value is None:
                 continue
-            values = [value] * n if isinstance(value, str) else list(value)
-            if not all(isinstance(t, str) for t in values):
-                raise LatentGuardError(f"{name} must be a string or a list of strings")
+            values = text_list(value, name, n)
             tokenizer = getattr(self.pipe, "tokenizer" + name[len("prompt"):], None)
             convert = getattr(self.pipe, "maybe_convert_prompt", None)
             if (convert is not None and tokenizer is not None
@@ -426,7 +424,7 @@ def _negatives(call: dict) -> list[str]:
     out = []
     for name, value in call.items():
         if classify(name) == "negative" and value is not None:
-            out.extend([value] if isinstance(value, str) else list(value))
+            out.extend(text_list(value, name))
     return out
 
 

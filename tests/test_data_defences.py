@@ -177,7 +177,10 @@ def test_symbol_padding_cannot_push_words_out_of_the_guards_view():
 
 @pytest.mark.parametrize("written, plain", [("a nak ed woman", "a naked woman"), ("n a k e d woman", "naked woman"),
                                             ("geni-tals out", "genitals out"), ("a k.n.i.f.e", "a knife"),
-                                            ("a kn*ife", "a knife"), ("GEN ITALS", "GENITALS")])
+                                            ("a kn*ife", "a knife"), ("GEN ITALS", "GENITALS"),
+                                            ("nak/ed, nak+ed, nak|ed, nak,ed, na\\ked",
+                                             "naked, naked, naked, naked, naked"),
+                                            ("k/n/i/f/e", "knife")])
 def test_a_watched_word_written_apart_is_joined(written, plain):
     from latentguard.data.defences import joined, watched_words
 

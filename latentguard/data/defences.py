@@ -36,10 +36,11 @@ _SENTENCE_END = re.compile(
 # normalised form with such runs cut is scored too, so padding cannot push the words out of the guard's view.
 _PADDING = re.compile(r"(?:[^\w\s]\s*){4,}")
 # A word written apart: letters spaced out ("n a k e d", three or more), or two or three fragments split by
-# spaces, dashes, dots, underscores or asterisks ("nak ed", "gen-it-als") whose join is a watched word.
-_LETTER_RUN = re.compile(r"(?<![^\W\d_])[^\W\d_]([ ._*-])[^\W\d_](?:\1[^\W\d_])+(?![^\W\d_])")
+# spaces, dashes, dots, underscores, asterisks, slashes, plus signs, pipes, commas or backslashes ("nak ed",
+# "gen-it-als", "nak/ed") whose join is a watched word.
+_LETTER_RUN = re.compile(r"(?<![^\W\d_])[^\W\d_]([ ._*/+|,\\-])[^\W\d_](?:\1[^\W\d_])+(?![^\W\d_])")
 _FRAGMENT = re.compile(r"[^\W\d_]+")
-_SPLIT_BY = re.compile(r"[ ._*\-]{1,3}")
+_SPLIT_BY = re.compile(r"[ ._*/+|,\\-]{1,3}")
 _MIN_WATCHED = 4  # shorter words are joined by chance too often ("a re" -> "are")
 _MIN_SENTENCE_CHARS = 3  # "ok." or a stray "." are not worth an encoder pass
 

@@ -80,3 +80,20 @@ def test_offline_every_missing_piece_is_named_at_once_and_fast(tmp_path, monkeyp
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "CoPro dataset" in err and "released weights" in err, err
     assert time.monotonic() - started < 30 and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["MINI", " mini", "./no-such-bundle"])
+def test_a_mistyped_guard_is_named_before_anything_is_fetched(name, capsys, monkeypatch):
+    """--guard MINI used to fall through to the released recipe and report a CoPro download failure."""
+    from latentguard.cli.common import cli_entry
+    from latentguard.cli.infer import main
+    from latentguard.errors import LatentGuardError
+    from latentguard.guard import LatentGuard
+
+    monkeypatch.setattr("urllib.request.urlopen", lambda *a, **k: pytest.fail("fetched something"))
+    assert cli_entry(main)(["--guard", name, "--file_path", "dataset/unsafe_sample.txt"]) == 2
+    err = capsys.readouterr().err
+    assert f"--guard {name!r}: no such folder" in err and "built-in: mini" in err and "download" not in err
+    if name.strip().lower() == "mini":
+        with pytest.raises(LatentGuardError, match="the built-in guard is named 'mini'"):
+            LatentGuard.from_pretrained(name)

@@ -66,6 +66,9 @@ def open_bundle(source: Any, *, revision: str | None = None) -> "Bundle | None":
         return Bundle(download_bundle(source, revision), repo_id=source, revision=revision)
     if revision is not None:
         raise LatentGuardError(f"revision={revision!r} applies to hub repo ids (org/name), not to {source}")
+    near = [name for name in BUILTIN_GUARDS if isinstance(source, str) and source.strip().lower() == name]
+    if near and not path.exists():  # "MINI", " mini": a built-in name mistyped, not a checkpoint to fetch
+        raise LatentGuardError(f"{source!r} is not a folder; the built-in guard is named {near[0]!r}")
     return None
 
 

@@ -27,6 +27,12 @@ def validate_guard_key(cfg: Config) -> None:
     if Path(cfg.guard).expanduser().is_file():
         raise LatentGuardError(f"--guard {cfg.guard} is a file; --guard takes a bundle folder or a hub repo id "
                                "(org/name), --checkpoint a released-format .pth")
+    from .bundle import BUILTIN_GUARDS, looks_like_repo_id
+
+    if cfg.guard not in BUILTIN_GUARDS and not Path(cfg.guard).expanduser().is_dir() \
+            and not looks_like_repo_id(cfg.guard):  # checked before anything is fetched
+        raise LatentGuardError(f"--guard {cfg.guard!r}: no such folder, not a hub repo id (org/name) and not a "
+                               f"built-in guard (built-in: {', '.join(BUILTIN_GUARDS)})")
 
 
 def guard_options(cfg: Config) -> dict[str, Any]:

@@ -54,6 +54,7 @@ def test_mini_flags_clear_unsafe_prompts_of_every_category_and_passes_benign_one
     missed = [v.prompt for v in verdicts[: len(prompts)] if not v.unsafe]
     assert not missed, missed
     flagged = [v.prompt for v in verdicts[len(prompts):] if v.unsafe]
+    assert mini.check(["a bloody knife on the kitchen floor"])[0].categories["violence"]  # docs/recipe.md's example
     # The threshold is calibrated to flag 3% of held-out captions, and art prompts are flagged more often (the
     # castle prompt scores 0.4609 against 0.4603: docs/recipe.md, known weaknesses): one of six may fire.
     assert len(flagged) <= 1, flagged

@@ -86,3 +86,15 @@ def test_every_documented_source_is_pinned():
     for name, source in DATA_FILES.items():
         assert len(source.commit) == 40 and len(source.sha256) == 64, name
         assert source.url.startswith("https://raw.githubusercontent.com/") and source.commit in source.url
+
+
+def test_a_csv_saved_with_a_byte_order_mark_loads_as_without(tmp_path):
+    """Excel's "CSV UTF-8" starts with a byte-order mark; it was read as part of the first column's name."""
+    from latentguard.data.open_data import load_captions
+
+    plain = tmp_path / "plain.csv"
+    plain.write_text("prompt\nA cat on a sofa.\nTwo dogs in a park.\n", encoding="utf-8")
+    marked = tmp_path / "marked.csv"
+    marked.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    expected = ["A cat on a sofa.", "Two dogs in a park."]
+    assert load_captions(marked).captions == load_captions(plain).captions == expected

@@ -120,7 +120,7 @@ def _rows(path: str | Path, columns: Sequence[str]) -> Iterator[tuple[int, dict[
         raise LatentGuardError(f"{path}: no such file; pass the path of the data file (docs/recipe.md lists "
                                "where each one comes from)")
     try:
-        handle = path.open(encoding="utf-8", newline="")
+        handle = path.open(encoding="utf-8-sig", newline="")
     except OSError as exc:
         raise LatentGuardError(f"cannot read {path} ({exc.strerror or exc})") from None
     with handle:

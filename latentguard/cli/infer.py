@@ -159,6 +159,7 @@ def write_output(path: str, fmt: str, verdicts, explain: bool, sanitized=None) -
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from ..guard.options import threshold_line
     from ..guard.refusals import check_or_refused
     from ..io import numbered_lines, read_lines
     from ..published import RELEASED
@@ -201,12 +202,10 @@ def main(argv: list[str] | None = None) -> int:
 
     print(render_table(verdicts, args.explain, sanitized))
     n_unsafe = sum(v.unsafe for v in verdicts)
-    per_concept = f" (+{len(guard.concept_thresholds)} per-concept)" if guard.concept_thresholds else ""
     n_refused = sum(bool(v.refused) for v in verdicts)
     refused_note = f" ({n_refused} of them refused as unreadable: blocked)" if n_refused else ""
     print(f"\n{n_unsafe} of {len(verdicts)} prompts unsafe{refused_note}; {len(guard.concepts)} concepts, "
-          f"threshold {guard.threshold:g} ({guard.threshold_origin})"
-          f"{per_concept}")
+          f"{threshold_line(guard, per_concept=True)}")
     if sanitized:
         print(f"sanitized: {sum(s.passes for s in sanitized if s.before.unsafe)} of {n_unsafe} unsafe prompts "
               "pass after the edit")

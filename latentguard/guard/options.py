@@ -179,6 +179,21 @@ class GuardOptions:
         ``watched``: the blacklist's words joined when written apart)."""
         return expand(text, normalize=self.normalize_text, split_sentences=self.split_sentences, watched=watched)
 
+    def groups(self, filled: bool = False) -> list[str]:
+        """The category names, in order (``filled``: only those with concepts). Callers count or list the groups
+        through this, not through the option."""
+        return [name for name, members in (self.categories or {}).items() if members or not filled]
+
+    def group_listing(self) -> dict[str, list[str]]:
+        """The category names as ``/readyz`` and ``POST /admin/reload`` list them (JSON key)."""
+        return {"categories": self.groups()}
+
+    def decision_identity(self) -> dict[str, Any]:
+        """The options in a guard's identity (:func:`latentguard.guard.identity.guard_identity`): its groups,
+        threshold, slope and :meth:`verdict_settings`, under the keys run directories record (do not rename)."""
+        return {"categories": self.groups(), "threshold": self.threshold, "slope": self.slope,
+                **self.verdict_settings()}
+
     def verdict_settings(self) -> dict[str, Any]:
         """The options beyond threshold and slope that change verdicts (a guard's identity)."""
         return {name: getattr(self, name) for name in ("long_prompts", "window_stride", "normalize_text",
@@ -227,6 +242,23 @@ def reads_long_prompts(guard) -> bool:
 def encoding_batch(guard) -> int:
     """How many texts ``guard`` encodes at once (any guard object; 64 for one that does not say)."""
     return getattr(guard, "batch_size", 64)
+
+
+def threshold_report(guard) -> dict[str, Any]:
+    """The guard's threshold and where it came from, as reports and ``/readyz`` give them (JSON keys)."""
+    return {"threshold": guard.threshold, "threshold_origin": guard.threshold_origin}
+
+
+def threshold_line(guard, per_concept: bool = False) -> str:
+    """The guard's threshold for a status line: ``threshold 9.01 (released)``; with ``per_concept``, how many
+    concepts have their own (when any)."""
+    own = len(guard.options.per_concept) if per_concept else 0
+    return f"threshold {guard.threshold:g} ({guard.threshold_origin})" + (f" (+{own} per-concept)" if own else "")
+
+
+def scoring_slope(guard) -> float | None:
+    """The probability slope the guard's scores use (``None``: uncalibrated, the default one)."""
+    return guard.slope
 
 
 def choose(value: float | str, *, checkpoint: str | Path | None = None, bundle=None, sha256: str | None = None,

@@ -21,6 +21,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from ..constants import AUTO, CALIBRATED
 from ..data.defences import expand
 from ..errors import LatentGuardError
 from .validation import finite_number
@@ -118,6 +119,25 @@ class GuardOptions:
         recorded = bundle.encoder["options"]
         return self.build(self, default_category=self.default_category or bundle.config["categories"]["default"],
                           **{name: recorded[name] for name in RECORDED if getattr(self, name) is None})
+
+    @property
+    def reads_record(self) -> bool:
+        """Whether the threshold is read from a calibration record (``auto`` or ``calibrated``), so a loader hashes
+        the weights and reads the record beside them before it can resolve it."""
+        return isinstance(self.threshold, str) and self.threshold.strip().lower() in (AUTO, CALIBRATED)
+
+    def choice(self, **where: Any):
+        """The threshold these options name, resolved by :func:`choose` (``where``: its ``checkpoint`` and
+        ``sha256``, or its ``bundle``)."""
+        return choose(self.threshold, **where)
+
+    def with_blacklist(self, thresholds: Mapping[str, float], groups: Mapping[str, Sequence[str]],
+                       fitted: float | None) -> "GuardOptions":
+        """These options over what the blacklist file holds (per-concept ``thresholds``, ``groups``) and the slope
+        ``fitted`` with the chosen threshold: what the options give wins."""
+        return self.build(self, concept_thresholds={**thresholds, **(self.concept_thresholds or {})},
+                          categories={**groups, **(self.categories or {})},
+                          slope=fitted if self.slope is None else None)
 
     def settled(self) -> "GuardOptions":
         """These options as a built guard holds them: unset long prompts read as off (no bundle to give them)."""

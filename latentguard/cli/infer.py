@@ -165,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     from ..published import RELEASED
 
     fmt = output_format(args.output)
-    cfg = load_command_config(args, {**guard_overrides(args), "calibration.target_fpr": args.target_fpr})
+    # --calibrate-safe sets the threshold below: "released" is only a placeholder until then
+    placeholder = {"inference.threshold": RELEASED} if args.calibrate_safe else {}
+    cfg = load_command_config(args, {**guard_overrides(args), **placeholder, "calibration.target_fpr": args.target_fpr})
     inputs = [("--file_path", args.file_path), *((f"--{key}", inf_path(cfg, key)) for key in file_keys(cfg.inference)),
               ("--calibrate-safe", args.calibrate_safe), ("--calibrate-unsafe", args.calibrate_unsafe)]
     for flag, given in inputs:
@@ -182,8 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         from .fetch import validate_fetchable
 
         validate_fetchable(cfg, dataset=cfg.inference.concepts is None, checkpoint=True, encoder=True)
-    # --calibrate-safe sets the threshold below: "released" is only a placeholder until then
-    guard = build_guard(cfg, **({"threshold": RELEASED} if args.calibrate_safe else {}))
+    guard = build_guard(cfg)
     if args.calibrate_safe:
         safe = read_lines(args.calibrate_safe, what="--calibrate-safe file")
         unsafe = read_lines(args.calibrate_unsafe, what="--calibrate-unsafe file") if args.calibrate_unsafe else None

@@ -199,6 +199,14 @@ class GuardOptions:
         ``watched``: the blacklist's words joined when written apart)."""
         return expand(text, normalize=self.normalize_text, split_sentences=self.split_sentences, watched=watched)
 
+    def bundled_settings(self, guard, weights_unchanged: bool) -> dict[str, Any]:
+        """What a bundle records of these options (a guard's :attr:`~latentguard.guard.LatentGuard.options`) at its
+        top level, as :func:`latentguard.hub.write.write_bundle`'s keyword arguments: the groups and the default
+        one, the threshold section (:func:`threshold_section`), the per-concept thresholds and the slope."""
+        return {"categories": dict(self.categories or {}), "default_group": self.fallback_category,
+                "threshold": threshold_section(guard, self.threshold, weights_unchanged),
+                "concept_thresholds": self.per_concept, "slope": self.slope}
+
     def groups(self, filled: bool = False) -> list[str]:
         """The category names, in order (``filled``: only those with concepts). Callers count or list the groups
         through this, not through the option."""
@@ -262,6 +270,27 @@ def reads_long_prompts(guard) -> bool:
 def encoding_batch(guard) -> int:
     """How many texts ``guard`` encodes at once (any guard object; 64 for one that does not say)."""
     return getattr(guard, "batch_size", 64)
+
+
+def threshold_section(guard, value: float, weights_unchanged: bool) -> dict[str, Any]:
+    """A bundle's ``threshold`` section for ``guard`` at threshold ``value``: the value, how it was chosen, its
+    calibration record when it has one. A threshold chosen for the weights the guard was loaded with is refused
+    once they changed (it is not theirs)."""
+    bundle, record = getattr(guard, "bundle", None), getattr(guard, "threshold_record", None)
+    recorded = bundle.config["threshold"] if bundle is not None else None
+    if recorded and guard.threshold_origin == bundle.threshold_origin and value == recorded["value"]:
+        origin, calibration = recorded["origin"], recorded["calibration"]
+    else:
+        origin = guard.threshold_origin
+        calibration = record.to_dict() if record is not None and record.threshold == value else None
+    loaded = origin not in ("given", "calibrated now")  # chosen for the weights the guard was loaded with
+    from_file = bundle is not None or getattr(guard, "checkpoint", None) is not None
+    if loaded and from_file and not weights_unchanged:
+        raise LatentGuardError(f"the guard's weights differ from those it was loaded with, so its threshold "
+                               f"({origin}) is not theirs; calibrate (guard.calibrate) or set guard.threshold "
+                               "before saving")
+    return {"value": value, "origin": "calibrated" if origin == "calibrated now" else origin,
+            "calibration": calibration}
 
 
 def threshold_report(guard) -> dict[str, Any]:

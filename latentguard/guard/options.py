@@ -322,3 +322,124 @@ def choose(value: float | str, *, checkpoint: str | Path | None = None, bundle=N
     if choice.record is not None and encoder_identity is not None:
         validate_record_encoder(choice.record, encoder_identity, choice.record_path)
     return choice
+
+
+class BoundOptions:
+    """The options a guard checks against its blacklist and model, as its settable properties: ``threshold``,
+    ``concept_thresholds``, ``categories``, ``default_category`` (read-only), ``allowlist``, ``slope``. Each is
+    checked here when set, so no later call meets a bad one; :attr:`options` is the snapshot of all of them.
+    Mixed into :class:`~latentguard.guard.LatentGuard` (which holds ``model``, ``encoder``, ``checkpoint``,
+    ``bundle``, ``_concepts``, ``_categories`` and ``_options``), so its module names none of them."""
+
+    def _bind_threshold(self, options: GuardOptions, choice) -> None:
+        """The threshold of a guard being built: the loader's ``choice`` (:func:`choose`), else the options'."""
+        self.threshold = options.threshold if choice is None else choice.value
+        self.threshold_origin = "given" if choice is None else choice.origin  # where the threshold came from
+        self.threshold_record = None if choice is None else choice.record  # its CalibrationResult, if any
+
+    def _bind_blacklist(self, options: GuardOptions) -> None:
+        """The options of a guard being built that name its concepts, set once its blacklist is encoded."""
+        if options.categories:
+            self.categories = options.categories
+        self.concept_thresholds = options.concept_thresholds or {}
+        self.allowlist = options.allowlist or []
+        self.slope = options.slope
+
+    def _forget(self, dropped: set[str]) -> None:
+        """Concepts left the blacklist: their own thresholds go with them (added back, they start from the global)."""
+        self._concept_thresholds = {c: t for c, t in self._concept_thresholds.items() if c not in dropped}
+
+    def _calibrated(self, result) -> None:
+        """Apply a :class:`~latentguard.decision.threshold.CalibrationResult`: its threshold with the slope fitted
+        at it (a slope belongs to the threshold it was fit at)."""
+        self.threshold, self.slope = result.threshold, result.slope
+        self.threshold_origin, self.threshold_record = "calibrated now", result
+
+    @property
+    def threshold(self) -> float:
+        """The global threshold; checked when set (a number or a name), so no later call meets a bad one."""
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value) -> None:
+        from ..model import validate_reachable
+
+        if isinstance(value, str):
+            value = choose(value, checkpoint=self.checkpoint, bundle=self.bundle,
+                           encoder_identity=getattr(self.encoder, "identity", None)).value
+        self._threshold = validate_reachable(finite_number(value, "threshold"), self.model)
+        self.threshold_origin = "given"
+
+    @property
+    def concept_thresholds(self) -> dict[str, float]:
+        """Per-concept thresholds ``{concept: threshold}``; others use :attr:`threshold`."""
+        return dict(self._concept_thresholds)
+
+    @concept_thresholds.setter
+    def concept_thresholds(self, value: Mapping[str, float]) -> None:
+        from ..model import validate_reachable
+
+        if not isinstance(value, Mapping):
+            raise LatentGuardError(f"concept_thresholds must map concepts to numbers, got {type(value).__name__}")
+        unknown = sorted(set(value) - set(self._concepts))
+        if unknown:
+            raise LatentGuardError(f"concept_thresholds names concept(s) not on the blacklist: {', '.join(unknown)}")
+        self._concept_thresholds = {c: validate_reachable(finite_number(t, f"threshold of '{c}'"), self.model,
+                                                       f"the threshold of '{c}'") for c, t in value.items()}
+
+    @property
+    def allowlist(self) -> list[str]:
+        """Phrases cut out of every prompt before scoring (see :mod:`latentguard.guard.guard`)."""
+        return list(self._allowlist)
+
+    @allowlist.setter
+    def allowlist(self, phrases: Iterable[str]) -> None:
+        from .allowlist import compile_allowlist
+
+        self._allowlist, self._allow_re = compile_allowlist(phrases)
+
+    @property
+    def categories(self) -> dict[str, list[str]]:
+        """Category name -> its concepts (a copy); a category is flagged when any of its concepts fires."""
+        return self._categories.as_dict()
+
+    @categories.setter
+    def categories(self, mapping: Mapping[str, Sequence[str]]) -> None:
+        self._categories.replace(mapping, self._concepts)
+
+    @property
+    def default_category(self) -> str:
+        """The category of concepts no group names (a flat blacklist's one category)."""
+        return self._categories.default
+
+    @property
+    def slope(self) -> float | None:
+        """The fitted probability slope, or ``None`` when uncalibrated (the default slope is used)."""
+        return self._slope
+
+    @slope.setter
+    def slope(self, value: float | None) -> None:
+        from ..decision.probability import validate_slope
+
+        self._slope = None if value is None else validate_slope(value)
+
+    @property
+    def _slope_used(self) -> float:
+        """The slope probabilities are computed with: the fitted one, else the default."""
+        from ..decision.probability import DEFAULT_SLOPE
+
+        return self._slope or DEFAULT_SLOPE
+
+    @property
+    def options(self) -> GuardOptions:
+        """How this guard judges now, as one :class:`GuardOptions` (a snapshot: the threshold, slope and
+        blacklist-bound options as they stand after calibration or blacklist changes)."""
+        return replace(self._options, threshold=self.threshold, concept_thresholds=self.concept_thresholds,
+                       categories=self.categories, default_category=self.default_category,
+                       allowlist=tuple(self.allowlist), slope=self.slope)
+
+    def thresholds(self):
+        """The threshold of every blacklisted concept, in blacklist order ``[C]`` (float64)."""
+        import numpy as np
+
+        return np.array([self._concept_thresholds.get(c, self.threshold) for c in self._concepts], dtype=np.float64)

@@ -94,7 +94,6 @@ OWN_WORD = {
         "serve/state.py": "a verdict's categories (the single-verdict check)",
         "bulk/scorer.py": "a verdict's category flags, written as columns",
         "guard/guard.py": "a verdict's categories (set from the guard's Categories judgement)",
-        "guard/refusals.py": "a refused verdict's categories (every group flagged; the groups from options.groups)",
         "bulk/dedup.py": "a stored verdict's category flags",
         "bulk/local.py": "a run summary's category counts",
         "bulk/ray_engine.py": "a run summary's category counts",
@@ -147,9 +146,8 @@ OWN_WORD = {
 # Modules that still read the guard's option by name: not done yet, listed so that the list only shrinks (a new
 # module naming an option fails this test, and so does a module that no longer names it but is still listed).
 LEFT = {
-    # guard.py: the public positional parameter (LatentGuard(model, encoder, concepts, 5.0), from_pretrained's too);
-    # refusals.py: a refused verdict reports the guard's global threshold
-    "threshold": {"guard/guard.py", "guard/refusals.py"},
+    # the public positional parameter: LatentGuard(model, encoder, concepts, 5.0), from_pretrained's too
+    "threshold": {"guard/guard.py"},
 }
 
 

@@ -358,6 +358,14 @@ class LatentGuard(BoundOptions, HubMixin):
                        top_concepts=[(self._concepts[k], float(logits[k])) for k in top],
                        evidence=evidence, threshold=float(thresholds[j]), truncated=truncated)
 
+    def refusal_verdict(self, prompt: str, score: float, reason: str) -> Verdict:
+        """The verdict of a prompt this guard refused to read (:mod:`latentguard.guard.refusals`): blocked, every
+        category flagged, probability 1, no concept, at the global threshold; ``refused`` says why."""
+        groups = self._categories.as_dict()
+        return Verdict(prompt=prompt, unsafe=True, score=score, concept="", threshold=float(self.threshold),
+                       probability=1.0, categories=dict.fromkeys(groups, True),
+                       category_scores=dict.fromkeys(groups, 1.0), refused=reason)
+
     def __repr__(self) -> str:
         return (f"LatentGuard(encoder={getattr(self.encoder, 'name', '?')!r}, concepts={len(self._concepts)}, "
                 f"threshold={self.threshold}, device={self.device})")

@@ -49,11 +49,7 @@ def refusal_reason(exc: UnreadableTextError) -> str:
 def refused_verdict(guard, text: str, exc: UnreadableTextError) -> Verdict:
     """The verdict of a text the guard refused: blocked (unsafe, every category flagged, probability 1),
     ranked with :data:`REFUSED_SCORE`, no concept, ``refused`` naming why."""
-    options = guard.options
-    groups = options.groups()
-    return Verdict(prompt=text, unsafe=True, score=REFUSED_SCORE, concept="", threshold=float(options.threshold),
-                   probability=1.0, categories=dict.fromkeys(groups, True),
-                   category_scores=dict.fromkeys(groups, 1.0), refused=refusal_reason(exc))
+    return guard.refusal_verdict(text, REFUSED_SCORE, refusal_reason(exc))
 
 
 def check_or_refused(guard, texts: Sequence[str], explain: bool = True, forms: Sequence | None = None) -> list[Verdict]:

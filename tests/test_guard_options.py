@@ -73,6 +73,8 @@ OWN_WORD = {
         "serve/protocol.py": "a verdict's threshold on the wire",
         "serve/audit.py": "a verdict's threshold in the audit line",
         "cli/evaluate.py": "evaluation's --threshold (eval.threshold), not the guard's",
+        "cli/benchmark.py": "a score file's operating threshold (--scores mode: the flag or the published one)",
+        "cli/infer.py": "a calibration result's threshold (printed) and a verdict's (the output file's field)",
         "cli/train.py": "training's calibrated threshold",
         "hub/format.py": "the bundle file's threshold section (frozen format key)",
         "hub/write.py": "the bundle file's threshold section (frozen format key)",
@@ -81,11 +83,17 @@ OWN_WORD = {
     },
     "categories": {
         "data/blacklist.py": "a grouped blacklist file's groups",
+        "guard/load.py": "a loaded blacklist file's groups (Blacklist.categories), handed to options.with_blacklist",
+        "guard/bundled.py": "a loaded blacklist file's groups (Blacklist.categories), handed to options.with_blacklist",
         "eval/benchmark/": "a benchmark set's prompt categories",
         "train/": "the open recipe's data categories",
         "guard/verdict.py": "a verdict's flagged categories",
         "serve/protocol.py": "a verdict's categories on the wire",
         "serve/audit.py": "a verdict's categories in the audit line",
+        "serve/server.py": "a verdict's flagged categories, counted in the metrics",
+        "serve/state.py": "a verdict's categories (the single-verdict check)",
+        "bulk/scorer.py": "a verdict's category flags, written as columns",
+        "guard/guard.py": "a verdict's categories (set from the guard's Categories judgement)",
         "bulk/dedup.py": "a stored verdict's category flags",
         "bulk/local.py": "a run summary's category counts",
         "bulk/ray_engine.py": "a run summary's category counts",
@@ -113,6 +121,7 @@ OWN_WORD = {
         "cli/train.py": "training's batch size",
         "cli/verify.py": "the parity check's batch size",
         "guard/guard.py": "only as the encoder's batch_size keyword (the guard's own: options.per_batch)",
+        "guard/forms.py": "only as the encoder's batch_size keyword (the guard's own: options.encoding_batch)",
         "pipeline/wrapper.py": "only as the encoder's batch_size keyword (the guard's: options.encoding_batch)",
         "eval/benchmark/scorers.py": "only as the encoder's batch_size keyword (the guard's: options.per_batch)",
     },
@@ -121,29 +130,24 @@ OWN_WORD = {
         "serve/protocol.py": "which slope a response's probabilities used, on the wire",
         "hub/format.py": "the bundle file's slope (frozen format key)",
         "hub/write.py": "the bundle file's slope (frozen format key)",
+        "hub/bundle.py": "the bundle file's slope (frozen format key), read by Bundle.fitted_slope",
         "hub/card.py": "the bundle file's slope, shown on the card",
     },
     "split_sentences": {"data/defences.py": "the text defence's own parameter (the code that splits)"},
     "long_prompts": {"hub/format.py": "the bundle file's encoder.options key (frozen format; RECORDED_OPTIONS)"},
     "window_stride": {"hub/format.py": "the bundle file's encoder.options key (frozen format; RECORDED_OPTIONS)"},
-    "concept_thresholds": {"hub/format.py": "the bundle file's per-concept thresholds (frozen format key)"},
+    "concept_thresholds": {
+        "hub/format.py": "the bundle file's per-concept thresholds (frozen format key)",
+        "hub/write.py": "the bundle file's per-concept thresholds (frozen format key), as write_bundle writes them",
+        "hub/bundle.py": "the bundle file's per-concept thresholds (frozen format key), read by Bundle.own_thresholds",
+        "hub/card.py": "the bundle file's per-concept thresholds, counted on the card",
+    },
 }
 # Modules that still read the guard's option by name: not done yet, listed so that the list only shrinks (a new
 # module naming an option fails this test, and so does a module that no longer names it but is still listed).
 LEFT = {
-    "threshold": {"guard/guard.py", "guard/load.py", "guard/bundled.py", "guard/identity.py", "hub/mixin.py",
-                  "serve/state.py", "serve/server.py", "cli/infer.py", "cli/serve.py", "cli/benchmark.py",
-                  "cli/export.py", "guard/refusals.py"},
-    "categories": {"guard/guard.py", "guard/load.py", "guard/bundled.py", "guard/identity.py", "hub/mixin.py",
-                   "guard/refusals.py",
-                   "serve/state.py", "serve/server.py", "serve/routes.py", "bulk/scorer.py", "cli/serve.py"},
-    "batch_size": {"guard/forms.py"},
-    "slope": {"guard/guard.py", "guard/load.py", "guard/bundled.py", "guard/identity.py", "hub/mixin.py",
-              "serve/state.py", "serve/routes.py"},
-    "concept_thresholds": {"guard/guard.py", "guard/load.py", "guard/bundled.py", "hub/bundle.py", "hub/card.py",
-                           "hub/mixin.py", "hub/write.py", "cli/infer.py"},  # cli/infer.py: after fix30's edit there
-    "allowlist": {"guard/guard.py"},
-    "default_category": {"guard/guard.py"},
+    # the public positional parameter: LatentGuard(model, encoder, concepts, 5.0), from_pretrained's too
+    "threshold": {"guard/guard.py"},
 }
 
 

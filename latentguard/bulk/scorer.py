@@ -23,10 +23,11 @@ CATEGORY_PREFIX = "category_"
 def category_columns(guard) -> dict[str, str]:
     """Column name -> category: one boolean column per category of a grouped blacklist; none for a flat
     one, whose single category is the verdict itself (``unsafe``)."""
-    categories = guard.categories
-    if list(categories) == [guard.options.fallback_category]:
+    options = guard.options
+    groups = options.groups()
+    if groups == [options.fallback_category]:
         return {}
-    return {CATEGORY_PREFIX + name: name for name in categories}
+    return {CATEGORY_PREFIX + name: name for name in groups}
 
 
 def output_columns(guard, sanitize: bool = False) -> list[str]:

@@ -175,6 +175,7 @@ def _run_guard(args, cfg, output_dir) -> int:
     from ..eval.benchmark.scorers import build_methods, parse_benchmark_baselines
     from ..eval.benchmark.state import RunState
     from ..guard.identity import describe_guard
+    from ..guard.options import threshold_line, threshold_report
     from .rundir import claim_run_dir, replace_outputs
 
     b = cfg.benchmark
@@ -206,15 +207,15 @@ def _run_guard(args, cfg, output_dir) -> int:
     state = RunState(output_dir, settings, force=args.force).open()
     methods = build_methods(guard, baselines, cfg.eval.blacklist_match)
     meta = {"mode": "guard", **describe_guard(guard, cfg.inference.concepts), "encoder": guard.encoder.identity,
-            "threshold": guard.threshold, "threshold_origin": guard.threshold_origin,
-            "per_concept_thresholds": len(guard.options.per_concept), "device": str(guard.device),
+            **threshold_report(guard), "per_concept_thresholds": len(guard.options.per_concept),
+            "device": str(guard.device),
             "precision": cfg.precision, "methods": [m.key for m in methods], "skipped": skipped,
             "max_prompts": b.max_prompts, "training_overlap": overlap}
     results, written = run_guard(guard, loaded, [r.name for r in refs], methods, state, output_dir, meta,
                                  progress=not args.no_progress, plots=not args.no_plots)
     kept = [output_dir / f"scores_{name}.csv" for name in state.finished_names() if name not in loaded]
     replace_outputs(output_dir, COMMAND, written + [p for p in kept if p.is_file()])
-    print(f"threshold {guard.threshold:g} ({guard.threshold_origin}); {len(guard.concepts)} concepts")
+    print(f"{threshold_line(guard)}; {len(guard.concepts)} concepts")
     print(overlap_line(overlap))
     print(console_summary(results))
     print(f"wrote {len(written)} files to {output_dir} (benchmark.json, benchmark.md, scores_*.csv"

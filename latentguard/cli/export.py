@@ -57,12 +57,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     guard = build_guard(cfg)
     folder = guard.save_pretrained(args.out, overwrite=args.overwrite, concept_vectors=not args.no_concept_vectors,
                                    license=args.license, results=args.results, repo_id=repo_id)
+    from ..guard.options import threshold_line
     from ..hub.bundle import Bundle
 
     bundle = Bundle(folder)
     weights = bundle.config["weights"]
-    print(f"wrote bundle {folder}: {len(guard.concepts)} concepts, threshold {guard.threshold:g} "
-          f"({guard.threshold_origin}), encoder {guard.encoder.identity}")
+    print(f"wrote bundle {folder}: {len(guard.concepts)} concepts, {threshold_line(guard)}, "
+          f"encoder {guard.encoder.identity}")
     print(f"  model.safetensors SHA-256 {weights['sha256']}"
           + (f" (from released-format weights {weights['source_sha256']})" if weights["source_sha256"] else ""))
     print(f"  load it: LatentGuard.from_pretrained({str(folder)!r}) or python inference.py --guard {folder}")

@@ -185,12 +185,15 @@ def _readable_lines(guard, path: str, what: str) -> list[str]:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from ..guard.options import threshold_line
     from ..guard.refusals import check_or_refused
     from ..io import numbered_lines
     from ..published import RELEASED
 
     fmt = output_format(args.output)
-    cfg = load_command_config(args, {**guard_overrides(args), "calibration.target_fpr": args.target_fpr})
+    # --calibrate-safe sets the threshold below: "released" is only a placeholder until then
+    placeholder = {"inference.threshold": RELEASED} if args.calibrate_safe else {}
+    cfg = load_command_config(args, {**guard_overrides(args), **placeholder, "calibration.target_fpr": args.target_fpr})
     inputs = [("--file_path", args.file_path), *((f"--{key}", inf_path(cfg, key)) for key in file_keys(cfg.inference)),
               ("--calibrate-safe", args.calibrate_safe), ("--calibrate-unsafe", args.calibrate_unsafe)]
     for flag, given in inputs:
@@ -207,8 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         from .fetch import validate_fetchable
 
         validate_fetchable(cfg, dataset=cfg.inference.concepts is None, checkpoint=True, encoder=True)
-    # --calibrate-safe sets the threshold below: "released" is only a placeholder until then
-    guard = build_guard(cfg, **({"threshold": RELEASED} if args.calibrate_safe else {}))
+    guard = build_guard(cfg)
     if args.calibrate_safe:
         safe = _readable_lines(guard, args.calibrate_safe, "--calibrate-safe file")
         unsafe = _readable_lines(guard, args.calibrate_unsafe, "--calibrate-unsafe file") if args.calibrate_unsafe \
@@ -228,12 +230,10 @@ def main(argv: list[str] | None = None) -> int:
 
     print(render_table(verdicts, args.explain, sanitized))
     n_unsafe = sum(v.unsafe for v in verdicts)
-    per_concept = f" (+{len(guard.concept_thresholds)} per-concept)" if guard.concept_thresholds else ""
     n_refused = sum(bool(v.refused) for v in verdicts)
     refused_note = f" ({n_refused} of them refused as unreadable: blocked)" if n_refused else ""
     print(f"\n{n_unsafe} of {len(verdicts)} prompts unsafe{refused_note}; {len(guard.concepts)} concepts, "
-          f"threshold {guard.threshold:g} ({guard.threshold_origin})"
-          f"{per_concept}")
+          f"{threshold_line(guard, per_concept=True)}")
     if sanitized:
         print(f"sanitized: {sum(s.passes for s in sanitized if s.before.unsafe)} of {n_unsafe} unsafe prompts "
               "pass after the edit")

@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_command_config(args, {**guard_overrides(args), **serve_overrides(args)})
     settings = ServeSettings.from_config(cfg.serve)  # keys read and the binding checked before the slow load
     hook = import_hook(args.audit_hook) if args.audit_hook else None
+    from ..guard.options import threshold_line
     from ..serve import GuardServer, create_app, run_server
 
     _log_like_uvicorn(args.log_level)
@@ -134,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     server = GuardServer(factory, settings, on_verdict=hook)
     state = server.load()
     g = state.guard
-    print(f"latentguard serve: {state.model}, {len(g.concepts)} concepts in {len(g.categories)} categories, "
-          f"threshold {g.threshold:g} ({g.threshold_origin}), on {g.device}; http://{settings.host}:{settings.port}/v1",
+    print(f"latentguard serve: {state.model}, {len(g.concepts)} concepts in {len(g.options.groups())} categories, "
+          f"{threshold_line(g)}, on {g.device}; http://{settings.host}:{settings.port}/v1",
           flush=True)
     if not g.options.windowed:
         print("latentguard serve: prompts over 77 tokens are judged on their first 77 (results say truncated: true); "

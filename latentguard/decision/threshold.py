@@ -243,6 +243,11 @@ class ThresholdChoice:
     record: CalibrationResult | None = None
     record_path: Path | None = None
 
+    @property
+    def fitted_slope(self) -> float | None:
+        """The probability slope fitted with this threshold (its record's), or ``None``."""
+        return None if self.record is None else self.record.slope
+
 
 def choose_threshold(value: float | int | str | None, checkpoint: str | Path | None = None, *,
                      sha256: str | None = None) -> ThresholdChoice:

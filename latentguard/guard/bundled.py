@@ -16,9 +16,7 @@ from ..data.blacklist import load_blacklist, validate_concepts
 from ..decision.threshold import validate_record_encoder
 from ..encoders.precision import resolve_device
 from ..errors import LatentGuardError
-from ..hub.format import CONFIG
-from .load import with_blacklist
-from .options import GuardOptions, choose
+from .options import GuardOptions
 from .validation import width_message
 
 
@@ -66,10 +64,9 @@ def load_bundle_guard(cls, bundle, encoder, concepts: Sequence[str] | str | Path
     if num_heads is not None and num_heads != sizes["num_heads"]:
         raise LatentGuardError(f"bundle {bundle.name} has {sizes['num_heads']} attention heads, not num_heads="
                                f"{num_heads} (leave it unset: the bundle records it)")
-    choice = choose(options.threshold, bundle=bundle)
+    choice = options.choice(bundle=bundle)
     names, thresholds, groups = _blacklist(bundle, concepts, dataset)
-    own = {c: t for c, t in config["concept_thresholds"].items() if c in set(names)}
-    warn_raised_thresholds(bundle, own)
+    own = bundle.own_thresholds(names)  # warns when one is raised above the calibration
     model = bundle.mapping_layer()  # format, SHA-256 and sizes checked before the slow encoder load
     encoder, device = _encoder(bundle, encoder, encoder_type, encoder_options, device)
     if model.in_dim != encoder.hidden_size:
@@ -78,41 +75,7 @@ def load_bundle_guard(cls, bundle, encoder, concepts: Sequence[str] | str | Path
     bundle.validate_encoder(encoder.identity)
     if choice.record is not None:
         validate_record_encoder(choice.record, encoder.identity, choice.record_path)
-    # the bundle's slope was fitted with the bundle's threshold; another threshold gets the default slope
-    slope = config["slope"] if choice.record_path == bundle.path / CONFIG else None
-    options = with_blacklist(options.with_bundle(bundle), {**own, **thresholds}, groups, slope)
+    options = options.with_bundle(bundle).with_blacklist({**own, **thresholds}, groups, bundle.fitted_slope(choice))
     return cls(model, encoder, names, device=device, options=options, choice=choice, bundle=bundle,
                concept_vectors=bundle.concept_vectors(encoder.identity))
 
-
-def raised_thresholds(bundle, concept_thresholds: Mapping[str, float]) -> str | None:
-    """Why a bundle's ``config.json`` flags fewer prompts than its calibration record says, or None.
-
-    The record (``threshold.calibration``) measured its FPR/TPR at one threshold; ``threshold.value`` must equal
-    it (:func:`latentguard.hub.format.validate_config` refuses another), but a per-concept threshold raised by
-    hand above it makes that concept fire less often than calibrated, silently. Lower ones are stricter: fine."""
-    from ..hub.format import calibration_record
-
-    record = calibration_record(bundle.config, bundle.path / CONFIG)
-    if record is None:
-        return None
-    given = {"threshold.value": float(bundle.config["threshold"]["value"]),
-             **{f"concept_thresholds['{c}']": float(t) for c, t in concept_thresholds.items()}}
-    above = {where: t for where, t in given.items() if t > record.threshold}
-    if not above:
-        return None
-    measured = ", ".join(f"{name} {value:.3f}" for name, value in (("FPR", record.fpr), ("TPR", record.tpr))
-                         if value is not None) or "no rates"
-    listed = ", ".join(f"{where} {t:g}" for where, t in above.items())
-    return (f"{bundle.path / CONFIG}: {listed} above the calibrated threshold {record.threshold:g} (its record: "
-            f"{measured} on {record.n_safe} safe / {record.n_unsafe} unsafe prompts, {record.method}); this guard "
-            f"flags fewer prompts than calibrated: restore the calibrated value or recalibrate and save the bundle")
-
-
-def warn_raised_thresholds(bundle, concept_thresholds: Mapping[str, float]) -> None:
-    """Warn once at load when :func:`raised_thresholds` finds a threshold above the calibration."""
-    import warnings
-
-    reason = raised_thresholds(bundle, concept_thresholds)
-    if reason is not None:
-        warnings.warn(reason, stacklevel=5)  # from_pretrained's caller

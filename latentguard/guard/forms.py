@@ -14,6 +14,7 @@ import torch
 
 from ..errors import LatentGuardError
 from ..scoring.windows import max_over_windows
+from .options import encoding_batch
 
 Evidence = Callable[..., list]
 
@@ -41,8 +42,9 @@ def score_forms(guard, texts: list[str], given: torch.Tensor | None,
     for f in expanded[:-1]:
         first.append(first[-1] + len(f))
     chunks, blocks = [], []
-    for start in range(0, len(flat), guard.batch_size):
-        part = flat[start : start + guard.batch_size]
+    per_batch = encoding_batch(guard)
+    for start in range(0, len(flat), per_batch):
+        part = flat[start : start + per_batch]
         emb = None
         if given is not None and not guard.options.windowed:  # each text's own embedding is given: encode the rest
             emb = torch.empty(len(part), given.shape[1], given.shape[2], dtype=given.dtype)
@@ -61,7 +63,7 @@ def score_forms(guard, texts: list[str], given: torch.Tensor | None,
         rows = chosen[torch.arange(len(texts)), torch.as_tensor(index)].tolist()  # the form that decided
         out: list = [None] * len(texts)
         for start, evidence in chunks:
-            mine = [i for i, r in enumerate(rows) if start <= r < start + guard.batch_size]
+            mine = [i for i, r in enumerate(rows) if start <= r < start + per_batch]
             if mine:
                 for i, words in zip(mine, evidence(np.asarray(index)[mine], [rows[i] - start for i in mine])):
                     out[i] = words

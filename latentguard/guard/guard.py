@@ -29,9 +29,8 @@ computed once per blacklist change (:meth:`LatentGuard.refresh`).
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -40,26 +39,26 @@ from ..constants import DEFAULT_CATEGORY, DEFAULT_CHECKPOINT
 from ..data.blacklist import validate_concepts
 from ..data.defences import watched_words
 from ..data.text import validate_text
-from ..decision.probability import DEFAULT_SLOPE, probabilities, validate_slope
+from ..decision.probability import probabilities
 from ..decision.rule import decide, flags
 from ..encoders.precision import resolve_device
 from ..errors import LatentGuardError
 from ..hub.mixin import HubMixin
-from ..model import EmbeddingMappingLayer, validate_reachable, validate_weights
+from ..model import EmbeddingMappingLayer, validate_weights
 from ..published import RELEASED_THRESHOLD
 from ..scoring.evidence import attention_evidence
 from ..store.concept_cache import cached_concept_vectors
-from .allowlist import compile_allowlist, cut
+from .allowlist import cut
 from .categories import Categories
 from .forms import score_forms
-from .options import GuardOptions, choose, expose_options
+from .options import BoundOptions, GuardOptions, expose_options
 from .sanitize import sanitize as sanitize_prompts
-from .validation import finite_number, prompt_list, validate_logit_rows, width_message
+from .validation import prompt_list, validate_logit_rows, width_message
 from .verdict import Verdict
 
 
 @expose_options  # batch_size, top_k, long_prompts, normalize_text...: read from and set into its options
-class LatentGuard(HubMixin):
+class LatentGuard(BoundOptions, HubMixin):
     """Block unsafe text-to-image prompts: a blacklist matched in the mapping layer's latent space.
 
     Build it with :meth:`from_pretrained`, or directly from a loaded mapping layer and encoder; share it
@@ -69,7 +68,8 @@ class LatentGuard(HubMixin):
     ``allowlist``, ``categories``, ``slope`` and the other plain options are properties checked when set;
     the blacklist changes through :meth:`add_concepts` / :meth:`remove_concepts`. ``categories`` groups
     concepts (default: all in ``default_category``);
-    ``slope`` is the fitted probability slope (``None``: uncalibrated, :data:`DEFAULT_SLOPE` is used).
+    ``slope`` is the fitted probability slope (``None``: uncalibrated, the default slope is used); the
+    blacklist-bound options are checked where they are defined (:class:`~latentguard.guard.options.BoundOptions`).
     """
 
     def __init__(self, model: EmbeddingMappingLayer, encoder, concepts: Sequence[str],
@@ -93,19 +93,13 @@ class LatentGuard(HubMixin):
         self.checkpoint = None if checkpoint is None else Path(checkpoint)  # calibrate(save=True) writes beside it
         self.bundle = bundle                    # the latentguard.hub.Bundle it was loaded from, if any
         self._options = options.settled()
-        self.threshold = options.threshold if choice is None else choice.value
-        self.threshold_origin = "given" if choice is None else choice.origin  # where the threshold came from
-        self.threshold_record = None if choice is None else choice.record  # its CalibrationResult, if any
+        self._bind_threshold(options, choice)  # checked against the model before the slow concept encoding
         self._concepts: list[str] = []
-        self._categories = Categories(options.default_category or DEFAULT_CATEGORY)
+        self._categories = Categories(options.fallback_category or DEFAULT_CATEGORY)
         self._vectors = torch.empty(0, encoder.hidden_size, device=self.device)
         self._known_vectors = dict(concept_vectors or {})  # already encoded by this encoder (a bundle's)
         self.add_concepts(validate_concepts(concepts))
-        if options.categories:
-            self.categories = options.categories
-        self.concept_thresholds = options.concept_thresholds or {}
-        self.allowlist = options.allowlist or []
-        self.slope = options.slope
+        self._bind_blacklist(options)  # groups, per-concept thresholds, allowlist, slope: checked against it
 
     # --------------------------------------------------------------------------- construction
     @classmethod
@@ -202,8 +196,7 @@ class LatentGuard(HubMixin):
         self._vectors = self._vectors[torch.tensor(keep, device=self.device)]
         self._concepts = [self._concepts[i] for i in keep]
         self._categories.remove(drop)
-        # a removed concept's own threshold goes with it: added back later, it starts from the global one
-        self._concept_thresholds = {c: t for c, t in self._concept_thresholds.items() if c not in drop}
+        self._forget(drop)  # a removed concept's own threshold goes with it
         self.refresh()
         return [c for c in concepts if c in drop]
 
@@ -215,78 +208,6 @@ class LatentGuard(HubMixin):
         """
         with torch.inference_mode():
             self._queries = self.model.concept_queries(self._vectors)
-
-    @property
-    def threshold(self) -> float:
-        """The global threshold; checked when set (a number or a name), so no later call meets a bad one."""
-        return self._threshold
-
-    @threshold.setter
-    def threshold(self, value) -> None:
-        if isinstance(value, str):
-            value = choose(value, checkpoint=self.checkpoint, bundle=self.bundle,
-                           encoder_identity=getattr(self.encoder, "identity", None)).value
-        self._threshold = validate_reachable(finite_number(value, "threshold"), self.model)
-        self.threshold_origin = "given"
-
-    @property
-    def concept_thresholds(self) -> dict[str, float]:
-        """Per-concept thresholds ``{concept: threshold}``; others use :attr:`threshold`."""
-        return dict(self._concept_thresholds)
-
-    @concept_thresholds.setter
-    def concept_thresholds(self, value: Mapping[str, float]) -> None:
-        if not isinstance(value, Mapping):
-            raise LatentGuardError(f"concept_thresholds must map concepts to numbers, got {type(value).__name__}")
-        unknown = sorted(set(value) - set(self._concepts))
-        if unknown:
-            raise LatentGuardError(f"concept_thresholds names concept(s) not on the blacklist: {', '.join(unknown)}")
-        self._concept_thresholds = {c: validate_reachable(finite_number(t, f"threshold of '{c}'"), self.model,
-                                                       f"the threshold of '{c}'") for c, t in value.items()}
-
-    @property
-    def allowlist(self) -> list[str]:
-        """Phrases cut out of every prompt before scoring (see the module docstring)."""
-        return list(self._allowlist)
-
-    @allowlist.setter
-    def allowlist(self, phrases: Iterable[str]) -> None:
-        self._allowlist, self._allow_re = compile_allowlist(phrases)
-
-    @property
-    def categories(self) -> dict[str, list[str]]:
-        """Category name -> its concepts (a copy); a category is flagged when any of its concepts fires."""
-        return self._categories.as_dict()
-
-    @categories.setter
-    def categories(self, mapping: Mapping[str, Sequence[str]]) -> None:
-        self._categories.replace(mapping, self._concepts)
-
-    @property
-    def default_category(self) -> str:
-        """The category of concepts no group names (a flat blacklist's one category)."""
-        return self._categories.default
-
-    @property
-    def slope(self) -> float | None:
-        """The fitted probability slope, or ``None`` when uncalibrated (:data:`DEFAULT_SLOPE` is used)."""
-        return self._slope
-
-    @slope.setter
-    def slope(self, value: float | None) -> None:
-        self._slope = None if value is None else validate_slope(value)
-
-    @property
-    def options(self) -> GuardOptions:
-        """How this guard judges now, as one :class:`~latentguard.guard.options.GuardOptions` (a snapshot: the
-        threshold, slope and blacklist-bound options as they stand after calibration or blacklist changes)."""
-        return replace(self._options, threshold=self.threshold, concept_thresholds=self.concept_thresholds,
-                       categories=self.categories, default_category=self.default_category,
-                       allowlist=tuple(self.allowlist), slope=self.slope)
-
-    def thresholds(self) -> np.ndarray:
-        """The threshold of every blacklisted concept, in blacklist order ``[C]``."""
-        return np.array([self._concept_thresholds.get(c, self.threshold) for c in self._concepts], dtype=np.float64)
 
     # -------------------------------------------------------------------------------- scoring
     def prepare(self, prompt: str) -> str:
@@ -345,7 +266,7 @@ class LatentGuard(HubMixin):
             validate_logit_rows(logits, len(batch))  # fail closed: a missing row never reads as SAFE
             unsafe, index = decide(logits, thresholds)  # once per prompt; evidence and verdict share it
             evidence = evidence_for(index) if explain else None
-            probability = probabilities(logits, thresholds, self._slope or DEFAULT_SLOPE)
+            probability = probabilities(logits, thresholds, self._slope_used)
             by_category = self._categories.judge(self._concepts, flags(logits, thresholds), probability)
             for i, prompt in enumerate(batch):
                 verdict = self._verdict(prompt, logits[i], bool(unsafe[i]), int(index[i]), thresholds,
@@ -374,8 +295,7 @@ class LatentGuard(HubMixin):
         unsafe_prompts = None if unsafe_prompts is None else prompt_list(unsafe_prompts)  # a str is one prompt
         result = calibration_of(self, prompt_list(safe_prompts), unsafe_prompts, target_fpr)  # reads, changes nothing
         save_guard_calibration(result, self, save)  # before applying it: a refused save changes nothing either
-        self.threshold, self.slope = result.threshold, result.slope  # a slope belongs to the threshold it was fit at
-        self.threshold_origin, self.threshold_record = "calibrated now", result
+        self._calibrated(result)  # its threshold with the slope fitted at it
         return result
 
     def decide(self, logits: np.ndarray, thresholds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -437,6 +357,14 @@ class LatentGuard(HubMixin):
         return Verdict(prompt=prompt, unsafe=unsafe, score=float(logits.max()), concept=self._concepts[j],
                        top_concepts=[(self._concepts[k], float(logits[k])) for k in top],
                        evidence=evidence, threshold=float(thresholds[j]), truncated=truncated)
+
+    def refusal_verdict(self, prompt: str, score: float, reason: str) -> Verdict:
+        """The verdict of a prompt this guard refused to read (:mod:`latentguard.guard.refusals`): blocked, every
+        category flagged, probability 1, no concept, at the global threshold; ``refused`` says why."""
+        groups = self._categories.as_dict()
+        return Verdict(prompt=prompt, unsafe=True, score=score, concept="", threshold=float(self.threshold),
+                       probability=1.0, categories=dict.fromkeys(groups, True),
+                       category_scores=dict.fromkeys(groups, 1.0), refused=reason)
 
     def __repr__(self) -> str:
         return (f"LatentGuard(encoder={getattr(self.encoder, 'name', '?')!r}, concepts={len(self._concepts)}, "

@@ -46,8 +46,7 @@ def guard_identity(guard) -> dict[str, Any]:
     prompts, text defences."""
     return {"checkpoint_sha256": weights_digest(guard),
             "encoder": getattr(guard.encoder, "identity", None), "blacklist_sha256": blacklist_digest(guard),
-            "concepts": len(guard.concepts), "categories": list(guard.categories), "threshold": guard.threshold,
-            "slope": guard.slope, **guard.options.verdict_settings()}
+            "concepts": len(guard.concepts), **guard.options.decision_identity()}
 
 
 def guard_differences(recorded: Mapping, now: Mapping) -> list[str]:
@@ -76,8 +75,8 @@ def describe_guard(guard, concepts_file: str | None = None) -> dict[str, Any]:
         kind, name = "checkpoint", str(checkpoint)
     else:
         kind, name = "in memory", None
-    categories = [c for c, members in guard.categories.items() if members]
-    grouped = f" in {len(categories)} categories ({', '.join(categories)})" if len(categories) > 1 else ""
+    groups = guard.options.groups(filled=True)
+    grouped = f" in {len(groups)} categories ({', '.join(groups)})" if len(groups) > 1 else ""
     if concepts_file:
         origin = str(concepts_file)
     elif bundle is not None:

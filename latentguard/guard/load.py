@@ -11,14 +11,14 @@ from typing import Mapping, Sequence
 
 import torch
 
-from ..constants import AUTO, CALIBRATED, DEFAULT_ENCODER
+from ..constants import DEFAULT_ENCODER
 from ..data.blacklist import load_blacklist, validate_concepts
 from ..decision.threshold import validate_record_encoder
 from ..encoders.precision import resolve_device
 from ..errors import LatentGuardError
 from ..io import sha256_of
 from ..model import load_mapping_layer, released_checkpoint
-from .options import GuardOptions, choose
+from .options import GuardOptions
 from .validation import width_message
 
 
@@ -38,8 +38,7 @@ def load_guard(cls, checkpoint: str | Path, encoder, concepts: Sequence[str] | s
                                  dataset=dataset, encoder_options=encoder_options, num_heads=num_heads)
     encoder = DEFAULT_ENCODER if encoder is None else encoder
     num_heads = 16 if num_heads is None else num_heads
-    named = isinstance(options.threshold, str) and options.threshold.strip().lower() in (AUTO, CALIBRATED)
-    choice = None if named else choose(options.threshold)  # a number or a published name
+    choice = None if options.reads_record else options.choice()  # a number or a published name
     if isinstance(concepts, (str, Path)) or concepts is None:
         blacklist = load_blacklist(concepts, dataset=dataset)
         names, thresholds, groups = blacklist.concepts, dict(blacklist.thresholds), dict(blacklist.categories)
@@ -47,7 +46,7 @@ def load_guard(cls, checkpoint: str | Path, encoder, concepts: Sequence[str] | s
         names, thresholds, groups = validate_concepts(concepts), {}, {}
     path = released_checkpoint(checkpoint)
     if choice is None:  # the record beside the weights: read once, the weights hashed once, before the encoder
-        choice = choose(options.threshold, checkpoint=path, sha256=sha256_of(path))
+        choice = options.choice(checkpoint=path, sha256=sha256_of(path))
     if isinstance(encoder, (str, Path)):
         model = load_mapping_layer(path, num_heads=num_heads)
         from ..encoders import load_encoder
@@ -61,18 +60,9 @@ def load_guard(cls, checkpoint: str | Path, encoder, concepts: Sequence[str] | s
         device = encoder.device if device is None else device
     if choice.record is not None:  # a calibration record must match this encoder too
         validate_record_encoder(choice.record, encoder.identity, choice.record_path)
-    slope = choice.record.slope if choice.record is not None else None  # fitted with the threshold it belongs to
-    return cls(model, encoder, names, device=device, options=with_blacklist(options, thresholds, groups, slope),
-               choice=choice, checkpoint=path)
-
-
-def with_blacklist(options: GuardOptions, thresholds: Mapping[str, float], groups: Mapping[str, Sequence[str]],
-                   slope: float | None) -> GuardOptions:
-    """``options`` over what the blacklist file (per-concept thresholds, groups) and the threshold's record (its
-    slope) hold: what the options give wins."""
-    return GuardOptions.build(options, concept_thresholds={**thresholds, **(options.concept_thresholds or {})},
-                              categories={**groups, **(options.categories or {})},
-                              slope=slope if options.slope is None else None)
+    # the record's slope was fitted with the threshold it belongs to
+    return cls(model, encoder, names, device=device, choice=choice, checkpoint=path,
+               options=options.with_blacklist(thresholds, groups, choice.fitted_slope))
 
 
 def guard_options_from_config(cfg) -> dict:

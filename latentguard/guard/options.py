@@ -21,6 +21,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from ..constants import AUTO, CALIBRATED
 from ..data.defences import expand
 from ..errors import LatentGuardError
 from .validation import finite_number
@@ -119,6 +120,25 @@ class GuardOptions:
         return self.build(self, default_category=self.default_category or bundle.config["categories"]["default"],
                           **{name: recorded[name] for name in RECORDED if getattr(self, name) is None})
 
+    @property
+    def reads_record(self) -> bool:
+        """Whether the threshold is read from a calibration record (``auto`` or ``calibrated``), so a loader hashes
+        the weights and reads the record beside them before it can resolve it."""
+        return isinstance(self.threshold, str) and self.threshold.strip().lower() in (AUTO, CALIBRATED)
+
+    def choice(self, **where: Any):
+        """The threshold these options name, resolved by :func:`choose` (``where``: its ``checkpoint`` and
+        ``sha256``, or its ``bundle``)."""
+        return choose(self.threshold, **where)
+
+    def with_blacklist(self, thresholds: Mapping[str, float], groups: Mapping[str, Sequence[str]],
+                       fitted: float | None) -> "GuardOptions":
+        """These options over what the blacklist file holds (per-concept ``thresholds``, ``groups``) and the slope
+        ``fitted`` with the chosen threshold: what the options give wins."""
+        return self.build(self, concept_thresholds={**thresholds, **(self.concept_thresholds or {})},
+                          categories={**groups, **(self.categories or {})},
+                          slope=fitted if self.slope is None else None)
+
     def settled(self) -> "GuardOptions":
         """These options as a built guard holds them: unset long prompts read as off (no bundle to give them)."""
         return replace(self, long_prompts=self.windowed)
@@ -179,6 +199,29 @@ class GuardOptions:
         ``watched``: the blacklist's words joined when written apart)."""
         return expand(text, normalize=self.normalize_text, split_sentences=self.split_sentences, watched=watched)
 
+    def bundled_settings(self, guard, weights_unchanged: bool) -> dict[str, Any]:
+        """What a bundle records of these options (a guard's :attr:`~latentguard.guard.LatentGuard.options`) at its
+        top level, as :func:`latentguard.hub.write.write_bundle`'s keyword arguments: the groups and the default
+        one, the threshold section (:func:`threshold_section`), the per-concept thresholds and the slope."""
+        return {"categories": dict(self.categories or {}), "default_group": self.fallback_category,
+                "threshold": threshold_section(guard, self.threshold, weights_unchanged),
+                "concept_thresholds": self.per_concept, "slope": self.slope}
+
+    def groups(self, filled: bool = False) -> list[str]:
+        """The category names, in order (``filled``: only those with concepts). Callers count or list the groups
+        through this, not through the option."""
+        return [name for name, members in (self.categories or {}).items() if members or not filled]
+
+    def group_listing(self) -> dict[str, list[str]]:
+        """The category names as ``/readyz`` and ``POST /admin/reload`` list them (JSON key)."""
+        return {"categories": self.groups()}
+
+    def decision_identity(self) -> dict[str, Any]:
+        """The options in a guard's identity (:func:`latentguard.guard.identity.guard_identity`): its groups,
+        threshold, slope and :meth:`verdict_settings`, under the keys run directories record (do not rename)."""
+        return {"categories": self.groups(), "threshold": self.threshold, "slope": self.slope,
+                **self.verdict_settings()}
+
     def verdict_settings(self) -> dict[str, Any]:
         """The options beyond threshold and slope that change verdicts (a guard's identity)."""
         return {name: getattr(self, name) for name in ("long_prompts", "window_stride", "normalize_text",
@@ -229,6 +272,44 @@ def encoding_batch(guard) -> int:
     return getattr(guard, "batch_size", 64)
 
 
+def threshold_section(guard, value: float, weights_unchanged: bool) -> dict[str, Any]:
+    """A bundle's ``threshold`` section for ``guard`` at threshold ``value``: the value, how it was chosen, its
+    calibration record when it has one. A threshold chosen for the weights the guard was loaded with is refused
+    once they changed (it is not theirs)."""
+    bundle, record = getattr(guard, "bundle", None), getattr(guard, "threshold_record", None)
+    recorded = bundle.config["threshold"] if bundle is not None else None
+    if recorded and guard.threshold_origin == bundle.threshold_origin and value == recorded["value"]:
+        origin, calibration = recorded["origin"], recorded["calibration"]
+    else:
+        origin = guard.threshold_origin
+        calibration = record.to_dict() if record is not None and record.threshold == value else None
+    loaded = origin not in ("given", "calibrated now")  # chosen for the weights the guard was loaded with
+    from_file = bundle is not None or getattr(guard, "checkpoint", None) is not None
+    if loaded and from_file and not weights_unchanged:
+        raise LatentGuardError(f"the guard's weights differ from those it was loaded with, so its threshold "
+                               f"({origin}) is not theirs; calibrate (guard.calibrate) or set guard.threshold "
+                               "before saving")
+    return {"value": value, "origin": "calibrated" if origin == "calibrated now" else origin,
+            "calibration": calibration}
+
+
+def threshold_report(guard) -> dict[str, Any]:
+    """The guard's threshold and where it came from, as reports and ``/readyz`` give them (JSON keys)."""
+    return {"threshold": guard.threshold, "threshold_origin": guard.threshold_origin}
+
+
+def threshold_line(guard, per_concept: bool = False) -> str:
+    """The guard's threshold for a status line: ``threshold 9.01 (released)``; with ``per_concept``, how many
+    concepts have their own (when any)."""
+    own = len(guard.options.per_concept) if per_concept else 0
+    return f"threshold {guard.threshold:g} ({guard.threshold_origin})" + (f" (+{own} per-concept)" if own else "")
+
+
+def scoring_slope(guard) -> float | None:
+    """The probability slope the guard's scores use (``None``: uncalibrated, the default one)."""
+    return guard.slope
+
+
 def choose(value: float | str, *, checkpoint: str | Path | None = None, bundle=None, sha256: str | None = None,
            encoder_identity: str | None = None):
     """THE threshold resolution: a number, a published name, ``calibrated`` or ``auto`` (read from the bundle when
@@ -241,3 +322,124 @@ def choose(value: float | str, *, checkpoint: str | Path | None = None, bundle=N
     if choice.record is not None and encoder_identity is not None:
         validate_record_encoder(choice.record, encoder_identity, choice.record_path)
     return choice
+
+
+class BoundOptions:
+    """The options a guard checks against its blacklist and model, as its settable properties: ``threshold``,
+    ``concept_thresholds``, ``categories``, ``default_category`` (read-only), ``allowlist``, ``slope``. Each is
+    checked here when set, so no later call meets a bad one; :attr:`options` is the snapshot of all of them.
+    Mixed into :class:`~latentguard.guard.LatentGuard` (which holds ``model``, ``encoder``, ``checkpoint``,
+    ``bundle``, ``_concepts``, ``_categories`` and ``_options``), so its module names none of them."""
+
+    def _bind_threshold(self, options: GuardOptions, choice) -> None:
+        """The threshold of a guard being built: the loader's ``choice`` (:func:`choose`), else the options'."""
+        self.threshold = options.threshold if choice is None else choice.value
+        self.threshold_origin = "given" if choice is None else choice.origin  # where the threshold came from
+        self.threshold_record = None if choice is None else choice.record  # its CalibrationResult, if any
+
+    def _bind_blacklist(self, options: GuardOptions) -> None:
+        """The options of a guard being built that name its concepts, set once its blacklist is encoded."""
+        if options.categories:
+            self.categories = options.categories
+        self.concept_thresholds = options.concept_thresholds or {}
+        self.allowlist = options.allowlist or []
+        self.slope = options.slope
+
+    def _forget(self, dropped: set[str]) -> None:
+        """Concepts left the blacklist: their own thresholds go with them (added back, they start from the global)."""
+        self._concept_thresholds = {c: t for c, t in self._concept_thresholds.items() if c not in dropped}
+
+    def _calibrated(self, result) -> None:
+        """Apply a :class:`~latentguard.decision.threshold.CalibrationResult`: its threshold with the slope fitted
+        at it (a slope belongs to the threshold it was fit at)."""
+        self.threshold, self.slope = result.threshold, result.slope
+        self.threshold_origin, self.threshold_record = "calibrated now", result
+
+    @property
+    def threshold(self) -> float:
+        """The global threshold; checked when set (a number or a name), so no later call meets a bad one."""
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value) -> None:
+        from ..model import validate_reachable
+
+        if isinstance(value, str):
+            value = choose(value, checkpoint=self.checkpoint, bundle=self.bundle,
+                           encoder_identity=getattr(self.encoder, "identity", None)).value
+        self._threshold = validate_reachable(finite_number(value, "threshold"), self.model)
+        self.threshold_origin = "given"
+
+    @property
+    def concept_thresholds(self) -> dict[str, float]:
+        """Per-concept thresholds ``{concept: threshold}``; others use :attr:`threshold`."""
+        return dict(self._concept_thresholds)
+
+    @concept_thresholds.setter
+    def concept_thresholds(self, value: Mapping[str, float]) -> None:
+        from ..model import validate_reachable
+
+        if not isinstance(value, Mapping):
+            raise LatentGuardError(f"concept_thresholds must map concepts to numbers, got {type(value).__name__}")
+        unknown = sorted(set(value) - set(self._concepts))
+        if unknown:
+            raise LatentGuardError(f"concept_thresholds names concept(s) not on the blacklist: {', '.join(unknown)}")
+        self._concept_thresholds = {c: validate_reachable(finite_number(t, f"threshold of '{c}'"), self.model,
+                                                       f"the threshold of '{c}'") for c, t in value.items()}
+
+    @property
+    def allowlist(self) -> list[str]:
+        """Phrases cut out of every prompt before scoring (see :mod:`latentguard.guard.guard`)."""
+        return list(self._allowlist)
+
+    @allowlist.setter
+    def allowlist(self, phrases: Iterable[str]) -> None:
+        from .allowlist import compile_allowlist
+
+        self._allowlist, self._allow_re = compile_allowlist(phrases)
+
+    @property
+    def categories(self) -> dict[str, list[str]]:
+        """Category name -> its concepts (a copy); a category is flagged when any of its concepts fires."""
+        return self._categories.as_dict()
+
+    @categories.setter
+    def categories(self, mapping: Mapping[str, Sequence[str]]) -> None:
+        self._categories.replace(mapping, self._concepts)
+
+    @property
+    def default_category(self) -> str:
+        """The category of concepts no group names (a flat blacklist's one category)."""
+        return self._categories.default
+
+    @property
+    def slope(self) -> float | None:
+        """The fitted probability slope, or ``None`` when uncalibrated (the default slope is used)."""
+        return self._slope
+
+    @slope.setter
+    def slope(self, value: float | None) -> None:
+        from ..decision.probability import validate_slope
+
+        self._slope = None if value is None else validate_slope(value)
+
+    @property
+    def _slope_used(self) -> float:
+        """The slope probabilities are computed with: the fitted one, else the default."""
+        from ..decision.probability import DEFAULT_SLOPE
+
+        return self._slope or DEFAULT_SLOPE
+
+    @property
+    def options(self) -> GuardOptions:
+        """How this guard judges now, as one :class:`GuardOptions` (a snapshot: the threshold, slope and
+        blacklist-bound options as they stand after calibration or blacklist changes)."""
+        return replace(self._options, threshold=self.threshold, concept_thresholds=self.concept_thresholds,
+                       categories=self.categories, default_category=self.default_category,
+                       allowlist=tuple(self.allowlist), slope=self.slope)
+
+    def thresholds(self):
+        """The threshold of every blacklisted concept, in blacklist order ``[C]`` (float64)."""
+        import numpy as np
+
+        return np.array([self._concept_thresholds.get(c, self.threshold) for c in self._concepts], dtype=np.float64)

@@ -49,10 +49,7 @@ def refusal_reason(exc: UnreadableTextError) -> str:
 def refused_verdict(guard, text: str, exc: UnreadableTextError) -> Verdict:
     """The verdict of a text the guard refused: blocked (unsafe, every category flagged, probability 1),
     ranked with :data:`REFUSED_SCORE`, no concept, ``refused`` naming why."""
-    categories = list(guard.categories)
-    return Verdict(prompt=text, unsafe=True, score=REFUSED_SCORE, concept="", threshold=float(guard.threshold),
-                   probability=1.0, categories=dict.fromkeys(categories, True),
-                   category_scores=dict.fromkeys(categories, 1.0), refused=refusal_reason(exc))
+    return guard.refusal_verdict(text, REFUSED_SCORE, refusal_reason(exc))
 
 
 def check_or_refused(guard, texts: Sequence[str], explain: bool = True, forms: Sequence | None = None) -> list[Verdict]:

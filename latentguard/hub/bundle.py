@@ -214,6 +214,43 @@ class Bundle:
                                    f"{', '.join(unknown)}")
         return blacklist
 
+    def own_thresholds(self, names) -> dict[str, float]:
+        """The per-concept thresholds ``config.json`` records for the concepts ``names``; warns once when one is
+        above the calibrated threshold (:meth:`raised_thresholds`)."""
+        keep = set(names)
+        own = {c: t for c, t in self.config["concept_thresholds"].items() if c in keep}
+        reason = self.raised_thresholds(own)
+        if reason is not None:
+            warnings.warn(reason, stacklevel=5)  # from_pretrained's caller
+        return own
+
+    def raised_thresholds(self, own: dict[str, float]) -> str | None:
+        """Why this bundle flags fewer prompts than its calibration record says, or None.
+
+        The record (``threshold.calibration``) measured its FPR/TPR at one threshold; ``threshold.value`` must equal
+        it (:func:`latentguard.hub.format.validate_config` refuses another), but a per-concept threshold (``own``)
+        raised by hand above it makes that concept fire less often than calibrated, silently. Lower ones are
+        stricter: fine."""
+        record = calibration_record(self.config, self.path / CONFIG)
+        if record is None:
+            return None
+        given = {"threshold.value": float(self.config["threshold"]["value"]),
+                 **{f"concept_thresholds['{c}']": float(t) for c, t in own.items()}}
+        above = {where: t for where, t in given.items() if t > record.threshold}
+        if not above:
+            return None
+        measured = ", ".join(f"{name} {value:.3f}" for name, value in (("FPR", record.fpr), ("TPR", record.tpr))
+                             if value is not None) or "no rates"
+        listed = ", ".join(f"{where} {t:g}" for where, t in above.items())
+        return (f"{self.path / CONFIG}: {listed} above the calibrated threshold {record.threshold:g} (its record: "
+                f"{measured} on {record.n_safe} safe / {record.n_unsafe} unsafe prompts, {record.method}); this guard "
+                f"flags fewer prompts than calibrated: restore the calibrated value or recalibrate and save the bundle")
+
+    def fitted_slope(self, choice) -> float | None:
+        """The probability slope for a guard whose threshold is ``choice``: the bundle's, fitted with the bundle's own
+        threshold; another threshold gets the default (``None``)."""
+        return self.config["slope"] if choice.record_path == self.path / CONFIG else None
+
     def concept_vectors(self, encoder_identity: str) -> dict | None:
         """``{concept: vector}`` pre-encoded by the bundle's encoder, when ``encoder_identity`` embeds exactly
         alike (the name may differ, not the weights, options or precision); None otherwise or when absent."""

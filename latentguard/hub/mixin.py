@@ -6,8 +6,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..errors import LatentGuardError
-
 
 class HubMixin:
     """Share a guard as one folder or hub repo: weights, encoder identity, blacklist, threshold, card."""
@@ -28,17 +26,17 @@ class HubMixin:
 
         state = plain_state_dict(self.model)
         source_sha, unchanged, known = self._bundle_source(state)
-        threshold = self._recorded_threshold(unchanged)
+        options = self.options
+        settings = options.bundled_settings(self, unchanged)  # groups, threshold section, per-concept, slope
         if isinstance(results, (str, Path)):
             results = load_results(results, known)
         model = self.model
         return write_bundle(
-            directory, state_dict=state, encoder=encoder_of(self.encoder, recorded=self.options.recorded()),
+            directory, state_dict=state, encoder=encoder_of(self.encoder, recorded=options.recorded()),
             sizes={"in_dim": model.in_dim, "num_heads": model.num_heads, "head_dim": model.head_dim,
                    "out_dim": model.out_dim, "mask_padding": model.mask_padding},
-            concepts=self.concepts, categories=self.categories, default_group=self.options.fallback_category,
-            threshold=threshold, concept_thresholds=self.concept_thresholds, slope=self.slope,
-            vectors=self._vectors if concept_vectors else None, source_sha256=source_sha, overwrite=overwrite,
+            concepts=self.concepts, **settings, vectors=self._vectors if concept_vectors else None,
+            source_sha256=source_sha, overwrite=overwrite,
             card_options={"license": license, "results": results, "repo_id": repo_id})
 
     def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | None = None,
@@ -74,21 +72,3 @@ class HubMixin:
         unchanged = set(original) == set(state) and all(
             torch.equal(original[k].reshape(-1).to(state[k].dtype), state[k].reshape(-1)) for k in state)
         return (source, True, known - {None}) if unchanged else (None, False, set())
-
-    def _recorded_threshold(self, weights_unchanged: bool) -> dict[str, Any]:
-        """The ``threshold`` section: the value, how it was chosen, its calibration record when it has one."""
-        bundle, record = getattr(self, "bundle", None), getattr(self, "threshold_record", None)
-        recorded = bundle.config["threshold"] if bundle is not None else None
-        if recorded and self.threshold_origin == bundle.threshold_origin and self.threshold == recorded["value"]:
-            origin, calibration = recorded["origin"], recorded["calibration"]
-        else:
-            origin = self.threshold_origin
-            calibration = record.to_dict() if record is not None and record.threshold == self.threshold else None
-        loaded = origin not in ("given", "calibrated now")  # chosen for the weights the guard was loaded with
-        from_file = bundle is not None or getattr(self, "checkpoint", None) is not None
-        if loaded and from_file and not weights_unchanged:
-            raise LatentGuardError(f"the guard's weights differ from those it was loaded with, so its threshold "
-                                   f"({origin}) is not theirs; calibrate (guard.calibrate) or set guard.threshold "
-                                   "before saving")
-        return {"value": self.threshold, "origin": "calibrated" if origin == "calibrated now" else origin,
-                "calibration": calibration}

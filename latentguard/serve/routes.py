@@ -199,10 +199,12 @@ async def moderations(request: Request):
     inputs = parse_moderation(await body_of(request), limits(request))
     prompts = [text for parts in inputs for text in parts]
     request_id, state, verdicts = await judge(request, prompts, False, "input")
+    from ..guard.options import scoring_slope
+
     results, start = [], 0
     try:
         for parts in inputs:
-            results.append(moderation_result(verdicts[start : start + len(parts)], state.guard.slope))
+            results.append(moderation_result(verdicts[start : start + len(parts)], scoring_slope(state.guard)))
             start += len(parts)
     except (ValueError, KeyError) as exc:
         raise RequestError(500, f"scoring gave an incomplete verdict: {exc}", code="scoring") from None
@@ -278,7 +280,7 @@ async def reload(request: Request):
         raise RequestError(500, f"reload failed, still serving generation {server.state.generation}: {exc}",
                            code="reload_failed") from None
     return {"status": "reloaded", **state.describe(), "concepts": len(state.guard.concepts),
-            "categories": list(state.guard.categories)}
+            **state.guard.options.group_listing()}
 
 
 @monitoring.get("/metrics")
@@ -302,5 +304,5 @@ async def readyz(request: Request):
     if (s.api_keys or s.admin_keys) and not has_key(request):  # probes see the state; files and errors need a key
         return {"status": "ready", "generation": server.state.generation}
     return {"status": "ready", **server.state.describe(), "concepts": len(server.state.guard.concepts),
-            "categories": list(server.state.guard.categories), "queue_depth": server.batcher.depth,
+            **server.state.guard.options.group_listing(), "queue_depth": server.batcher.depth,
             "last_reload": server.last_reload}

@@ -190,10 +190,11 @@ class GuardServer:
         self.metrics.reloads.labels("ok" if error is None else "failed").inc()
         when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         if error is None:
+            from ..guard.options import threshold_line
+
             self.last_reload = {"time": when, "reason": reason, "ok": True, "generation": state.generation}
-            log.info("reload (%s): generation %d, %d concepts in %d categories, threshold %g (%s)", reason,
-                     state.generation, len(state.guard.concepts), len(state.guard.categories), state.guard.threshold,
-                     state.guard.threshold_origin)
+            log.info("reload (%s): generation %d, %d concepts in %d categories, %s", reason, state.generation,
+                     len(state.guard.concepts), len(state.guard.options.groups()), threshold_line(state.guard))
         else:
             self.metrics.errors.labels("reload").inc()
             self.last_reload = {"time": when, "reason": reason, "ok": False, "error": error}

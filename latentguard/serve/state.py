@@ -29,15 +29,18 @@ class GuardState:
 
     def describe(self) -> dict:
         """What ``/readyz`` and ``GET /v1/blacklist`` report about this state."""
+        from ..decision.probability import DEFAULT_SLOPE
+        from ..guard.options import scoring_slope, threshold_report
+
         g = self.guard
-        note = slope_note(g.slope)
+        note = slope_note(scoring_slope(g))
         out = {"model": self.model, "generation": self.generation,
                "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at)),
                "encoder": getattr(g.encoder, "identity", None),
                "checkpoint": str(g.checkpoint) if g.checkpoint else None,
-               "threshold": g.threshold, "threshold_origin": g.threshold_origin, **note}
+               **threshold_report(g), **note}
         if not note["scores_calibrated"]:
-            out["scores_note"] = (f"category_scores use the default slope {note['slope']:g} (uncalibrated); calibrate "
+            out["scores_note"] = (f"category_scores use the default slope {DEFAULT_SLOPE:g} (uncalibrated); calibrate "
                                   "with safe and unsafe prompts (inference.py --calibrate-safe/--calibrate-unsafe) "
                                   "to fit one")
         return out

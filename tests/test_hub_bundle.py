@@ -8,6 +8,7 @@ the real all-MiniLM-L6-v2 encoder.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import shutil
 from types import SimpleNamespace
@@ -309,3 +310,22 @@ def test_the_card_shows_results_only_for_these_weights_and_credits_the_released_
     released = model_card(config, repo_id="org/latent-guard")
     assert "license: bsd-3-clause" in released and "BSD-3-Clause" in released and "Runtao Liu" in released
     assert 'LatentGuard.from_pretrained("org/latent-guard")' in released
+
+
+def test_the_same_weights_saved_in_two_processes_have_one_sha256(tmp_path):
+    """safetensors writes its metadata keys in a per-process random order; the header is rewritten sorted, so a
+    bundle's recorded SHA-256 (and a hub push of the same weights) no longer changes from run to run."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from safetensors.torch import save_file, load_file; "
+            "from latentguard.hub.write import canonical_header; p = sys.argv[1]; "
+            "t = {'w': torch.arange(6.).reshape(2, 3), 'b': torch.ones(3, dtype=torch.float16)}; "
+            "save_file(t, p, metadata={'format': 'pt', 'mask_padding': 'true', 'x': 'y'}); canonical_header(p); "
+            "back = load_file(p); assert all(torch.equal(back[k], t[k]) for k in t)")
+    digests = set()
+    for i in range(3):
+        path = tmp_path / f"{i}.safetensors"
+        subprocess.run([sys.executable, "-c", code, str(path)], check=True)
+        digests.add(hashlib.sha256(path.read_bytes()).hexdigest())
+    assert len(digests) == 1

@@ -43,6 +43,22 @@ def _version() -> str:
         return "latentguard (source checkout)"
 
 
+def canonical_header(path: str | Path) -> None:
+    """Rewrite a safetensors file's JSON header with sorted keys, in place (the file is a fresh temporary one).
+
+    The safetensors library writes metadata keys in a per-process random order, so the same weights saved
+    twice gave two SHA-256s (a bundle's recorded hash, and a hub test, changed from run to run). The format
+    is an 8-byte little-endian header length, the JSON header padded with spaces to 8 bytes, then the data,
+    whose offsets are relative to the data's start: only the header's bytes change."""
+    path = Path(path)
+    raw = path.read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + size])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + size :])
+
+
 def claim_folder(directory: str | Path, overwrite: bool) -> list[str]:
     """Check that ``directory`` may receive a bundle; return the files of the bundle there (to replace)."""
     directory = Path(directory)
@@ -134,6 +150,7 @@ def write_bundle(directory: str | Path, *, state_dict: Mapping, sizes: Mapping[s
         # only stated in config.json, where an edit would load silently.
         save_file(tensors, str(tmp), metadata={"format": "pt",
                                                "mask_padding": str(bool(sizes.get("mask_padding", False))).lower()})
+        canonical_header(tmp)
     weights_sha = sha256_of(directory / WEIGHTS)
     groups = concept_groups(list(concepts), categories, default_group)
     import yaml
@@ -147,6 +164,7 @@ def write_bundle(directory: str | Path, *, state_dict: Mapping, sizes: Mapping[s
             save_file({"vectors": vectors}, str(tmp), metadata={
                 "format": "pt", "encoder_identity": encoder["identity"],
                 "concepts": json.dumps(list(concepts), ensure_ascii=False)})
+            canonical_header(tmp)
         vectors_section = {"file": VECTORS, "sha256": sha256_of(directory / VECTORS),
                            "encoder_identity": encoder["identity"], "count": int(vectors.shape[0])}
     config = {

@@ -131,3 +131,19 @@ def test_mask_padding_is_bound_to_the_weights(tmp_path):
         (folder / "config.json").write_text(json.dumps(config))
         with pytest.raises(LatentGuardError, match="mask_padding=true"):
             LatentGuard.from_pretrained(str(folder))
+
+
+def test_a_published_threshold_on_other_weights_is_warned_about(mini, recwarn):
+    """--threshold released on mini (9.0131 against its calibrated 0.46) flagged 0 of 8 unsafe samples without a word
+    (a hostile review): loading or setting a published name on weights that are not the released ones warns."""
+    guard = LatentGuard.from_pretrained("mini", threshold="released")
+    assert guard.threshold == pytest.approx(9.0131)
+    assert any("not the released ones" in str(w.message) for w in recwarn.list)
+    recwarn.clear()
+    guard.threshold = "paper"
+    assert [str(w.message) for w in recwarn.list if "not the released ones" in str(w.message)]
+    recwarn.clear()
+    guard.threshold = "auto"
+    assert not [w for w in recwarn.list if "not the released ones" in str(w.message)]
+    with pytest.raises(LatentGuardError, match="must map concept names to numbers"):
+        guard.concept_thresholds = {5: 1.0}

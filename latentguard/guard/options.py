@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from ..constants import AUTO, CALIBRATED
 from ..data.defences import expand
 from ..errors import LatentGuardError
-from .validation import finite_number
+from .validation import finite_number, warn_published_for_other_weights
 
 # option -> its config key; the ones a bundle records keep the bundle's value while the config keeps the default
 CONFIG_KEYS = {"threshold": "inference.threshold", "batch_size": "inference.batch_size", "top_k": "inference.top_k",
@@ -335,6 +335,7 @@ class BoundOptions:
         """The threshold of a guard being built: the loader's ``choice`` (:func:`choose`), else the options'."""
         self.threshold = options.threshold if choice is None else choice.value
         self.threshold_origin = "given" if choice is None else choice.origin  # where the threshold came from
+        warn_published_for_other_weights(self, self.threshold_origin, self.threshold)
         self.threshold_record = None if choice is None else choice.record  # its CalibrationResult, if any
 
     def _bind_blacklist(self, options: GuardOptions) -> None:
@@ -364,11 +365,15 @@ class BoundOptions:
     def threshold(self, value) -> None:
         from ..model import validate_reachable
 
+        named = None
         if isinstance(value, str):
-            value = choose(value, checkpoint=self.checkpoint, bundle=self.bundle,
-                           encoder_identity=getattr(self.encoder, "identity", None)).value
+            choice = choose(value, checkpoint=self.checkpoint, bundle=self.bundle,
+                            encoder_identity=getattr(self.encoder, "identity", None))
+            value, named = choice.value, choice.origin
         self._threshold = validate_reachable(finite_number(value, "threshold"), self.model)
         self.threshold_origin = "given"
+        if named:
+            warn_published_for_other_weights(self, named, self._threshold)
 
     @property
     def concept_thresholds(self) -> dict[str, float]:
@@ -379,8 +384,8 @@ class BoundOptions:
     def concept_thresholds(self, value: Mapping[str, float]) -> None:
         from ..model import validate_reachable
 
-        if not isinstance(value, Mapping):
-            raise LatentGuardError(f"concept_thresholds must map concepts to numbers, got {type(value).__name__}")
+        if not isinstance(value, Mapping) or not all(isinstance(c, str) for c in value):
+            raise LatentGuardError(f"concept_thresholds must map concept names to numbers, got {value!r:.80}")
         unknown = sorted(set(value) - set(self._concepts))
         if unknown:
             raise LatentGuardError(f"concept_thresholds names concept(s) not on the blacklist: {', '.join(unknown)}")

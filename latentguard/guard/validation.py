@@ -50,3 +50,32 @@ def prompt_list(prompts: str | Sequence[str]) -> list[str]:
     except TypeError:  # None, a number: no prompt list at all, which must not pass as "nothing to refuse"
         raise LatentGuardError(f"prompts must be a str or a list of str, got {type(prompts).__name__}") from None
 
+
+
+def warn_published_for_other_weights(guard, origin: str, value: float) -> None:
+    """Warn when a published threshold (``released``, ``paper``) is put on weights that are not the released ones.
+
+    9.0131 and 4.47 are the released CLIP model's operating points; on other weights they mean nothing (on the
+    built-in ``mini``, whose calibrated threshold is 0.46, ``released`` flagged 0 of 8 unsafe samples: a hostile
+    review). Reachable, so not refused; said once, naming what to use instead."""
+    import warnings
+
+    from ..io import sha256_of
+    from ..published import NAMED_THRESHOLDS, RELEASED_CHECKPOINT_SHA256
+
+    if origin not in NAMED_THRESHOLDS:
+        return
+    bundle = getattr(guard, "bundle", None)
+    if bundle is not None:
+        source = bundle.source_sha256
+    else:
+        path = getattr(guard, "checkpoint", None)
+        try:
+            source = sha256_of(path) if path is not None else None
+        except (OSError, LatentGuardError):
+            source = None
+    if source == RELEASED_CHECKPOINT_SHA256:
+        return
+    warnings.warn(f"threshold {origin!r} ({value:g}) is the released model's operating point, but these weights are "
+                  "not the released ones, so it may flag almost nothing; use 'auto' (the weights' calibration) or "
+                  "calibrate (guard.calibrate / --calibrate-safe)", UserWarning, stacklevel=4)

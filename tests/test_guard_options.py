@@ -75,6 +75,7 @@ OWN_WORD = {
         "cli/evaluate.py": "evaluation's --threshold (eval.threshold), not the guard's",
         "cli/benchmark.py": "a score file's operating threshold (--scores mode: the flag or the published one)",
         "cli/infer.py": "a calibration result's threshold (printed) and a verdict's (the output file's field)",
+        "guard/validation.py": "a calibration record's threshold (named in a warning)",
         "cli/train.py": "training's calibrated threshold",
         "hub/format.py": "the bundle file's threshold section (frozen format key)",
         "hub/write.py": "the bundle file's threshold section (frozen format key)",

@@ -49,3 +49,21 @@ def test_the_global_threshold_cannot_drift_from_its_record(tmp_path):
     bundle = _bundle(tmp_path, lambda c: c["threshold"].update(value=2.0))
     with pytest.raises(LatentGuardError, match="differs from its calibration record's threshold"):
         LatentGuard.from_pretrained(bundle)
+
+
+def test_a_threshold_without_its_calibration_record_is_warned_about(tmp_path):
+    """threshold.value raised to 13 with the record removed loaded silently and passed "a naked woman"."""
+    def edit(config):
+        config["threshold"].update(value=13.0, calibration=None)
+
+    with pytest.warns(UserWarning, match="has no calibration record"):
+        guard = LatentGuard.from_pretrained(_bundle(tmp_path, edit))
+    assert guard.threshold == 13.0
+
+
+def test_a_blacklist_other_than_the_calibrated_one_is_warned_about(recwarn):
+    """mini's threshold was calibrated over its 85 concepts; with three of the user's it caught little, silently."""
+    LatentGuard.from_pretrained(MINI)
+    assert not [w for w in recwarn.list if "was calibrated with a blacklist" in str(w.message)]
+    with pytest.warns(UserWarning, match="calibrated with a blacklist of 85 concepts, this guard has 3"):
+        LatentGuard.from_pretrained(MINI, concepts=["nudity", "gore", "violence"])

@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from ..constants import AUTO, CALIBRATED
 from ..data.defences import expand
 from ..errors import LatentGuardError
-from .validation import finite_number, warn_published_for_other_weights
+from .validation import finite_number, warn_blacklist_differs, warn_published_for_other_weights
 
 # option -> its config key; the ones a bundle records keep the bundle's value while the config keeps the default
 CONFIG_KEYS = {"threshold": "inference.threshold", "batch_size": "inference.batch_size", "top_k": "inference.top_k",
@@ -345,6 +345,7 @@ class BoundOptions:
         self.concept_thresholds = options.concept_thresholds or {}
         self.allowlist = options.allowlist or []
         self.slope = options.slope
+        warn_blacklist_differs(self)
 
     def _forget(self, dropped: set[str]) -> None:
         """Concepts left the blacklist: their own thresholds go with them (added back, they start from the global)."""
@@ -372,8 +373,7 @@ class BoundOptions:
             value, named = choice.value, choice.origin
         self._threshold = validate_reachable(finite_number(value, "threshold"), self.model)
         self.threshold_origin = "given"
-        if named:
-            warn_published_for_other_weights(self, named, self._threshold)
+        warn_published_for_other_weights(self, named or "", self._threshold)  # a published name only
 
     @property
     def concept_thresholds(self) -> dict[str, float]:

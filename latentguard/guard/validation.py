@@ -79,3 +79,19 @@ def warn_published_for_other_weights(guard, origin: str, value: float) -> None:
     warnings.warn(f"threshold {origin!r} ({value:g}) is the released model's operating point, but these weights are "
                   "not the released ones, so it may flag almost nothing; use 'auto' (the weights' calibration) or "
                   "calibrate (guard.calibrate / --calibrate-safe)", UserWarning, stacklevel=4)
+
+
+def warn_blacklist_differs(guard) -> None:
+    """Warn when a guard's threshold was calibrated with another blacklist size than the guard now has.
+
+    A threshold is calibrated on the best match over one blacklist: ``mini``'s 0.46 over its 85 concepts, many of
+    which fire on prompts of other categories. Loaded with a user's three concepts it kept that threshold and
+    caught little ("a naked woman" passed with [nudity, gore, violence]: a hostile review)."""
+    import warnings
+
+    record = getattr(guard, "threshold_record", None)
+    calibrated = getattr(record, "n_concepts", None)
+    if calibrated and calibrated != len(guard.concepts):
+        warnings.warn(f"the threshold {record.threshold:g} was calibrated with a blacklist of {calibrated} concepts, "
+                      f"this guard has {len(guard.concepts)}: its rates no longer hold; recalibrate on your own "
+                      "prompts (guard.calibrate / --calibrate-safe)", UserWarning, stacklevel=5)

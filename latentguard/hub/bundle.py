@@ -314,6 +314,10 @@ class Bundle:
         if key == CALIBRATED and record is None:
             raise LatentGuardError(f"threshold 'calibrated': bundle {self.name}'s threshold {recorded['value']} is "
                                    f"{recorded['origin']}, not a calibration record; use 'auto' or a number")
+        if record is None:  # a hand-set value, or a record removed with the value raised: say so (a hostile review)
+            warnings.warn(f"{self.path / CONFIG}: threshold {recorded['value']:g} ({recorded['origin']}) has no "
+                          "calibration record, so what it flags is unmeasured; calibrate (guard.calibrate) and save "
+                          "the bundle, or pass a threshold", UserWarning, stacklevel=4)
         return ThresholdChoice(recorded["value"], self.threshold_origin, record, self.path / CONFIG)
 
     @property

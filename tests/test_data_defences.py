@@ -180,7 +180,9 @@ def test_symbol_padding_cannot_push_words_out_of_the_guards_view():
                                             ("a kn*ife", "a knife"), ("GEN ITALS", "GENITALS"),
                                             ("nak/ed, nak+ed, nak|ed, nak,ed, na\\ked",
                                              "naked, naked, naked, naked, naked"),
-                                            ("k/n/i/f/e", "knife")])
+                                            ("k/n/i/f/e", "knife"),
+                                            ("nak\ted, nak\r\ned, nak\u2028ed, nak\u1680ed",
+                                             "naked, naked, naked, naked")])
 def test_a_watched_word_written_apart_is_joined(written, plain):
     from latentguard.data.defences import joined, watched_words
 
@@ -211,3 +213,7 @@ def test_the_defended_guard_flags_a_blacklisted_word_written_apart(bag_of_tokens
     assert not any(v.unsafe for v in guarded.check(attacks))  # "knife" is not on this blacklist: not joined
     guarded.add_concepts(["kitchen knife"])
     assert all(v.unsafe for v in guarded.check(attacks))
+    # the join composes with the sentence defence: a harmless sentence before or after does not hide it
+    lead = "Two kids play ball in a sunny park with their dog and a red kite. "
+    assert all(v.unsafe for v in guarded.check([lead + "A bloody kni fe.", "A bloody kni\tfe. " + lead,
+                                                "Two kids play ball.\nA bloody k n i f e"]))

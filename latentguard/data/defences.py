@@ -36,11 +36,12 @@ _SENTENCE_END = re.compile(
 # normalised form with such runs cut is scored too, so padding cannot push the words out of the guard's view.
 _PADDING = re.compile(r"(?:[^\w\s]\s*){4,}")
 # A word written apart: letters spaced out ("n a k e d", three or more), or two or three fragments split by
-# spaces, dashes, dots, underscores, asterisks, slashes, plus signs, pipes, commas or backslashes ("nak ed",
-# "gen-it-als", "nak/ed") whose join is a watched word.
-_LETTER_RUN = re.compile(r"(?<![^\W\d_])[^\W\d_]([ ._*/+|,\\-])[^\W\d_](?:\1[^\W\d_])+(?![^\W\d_])")
+# any whitespace (a tab or a line break too: CLIP's tokenizer reads every whitespace run as one space), dashes,
+# dots, underscores, asterisks, slashes, plus signs, pipes, commas or backslashes ("nak ed", "gen-it-als",
+# "nak/ed", "nak\ted") whose join is a watched word.
+_LETTER_RUN = re.compile(r"(?<![^\W\d_])[^\W\d_]([\s._*/+|,\\-])[^\W\d_](?:\1[^\W\d_])+(?![^\W\d_])")
 _FRAGMENT = re.compile(r"[^\W\d_]+")
-_SPLIT_BY = re.compile(r"[ ._*/+|,\\-]{1,3}")
+_SPLIT_BY = re.compile(r"[\s._*/+|,\\-]{1,3}")
 _MIN_WATCHED = 4  # shorter words are joined by chance too often ("a re" -> "are")
 _MIN_SENTENCE_CHARS = 3  # "ok." or a stray "." are not worth an encoder pass
 
@@ -70,13 +71,14 @@ def expand(text: str, *, normalize: bool = True, split_sentences: bool = True,
         count = len(pieces)
         if len(pieces) > 1:
             out.extend(pieces)
-            if normalize:
-                out.extend(normalized(p) for p in pieces)
+            if normalize:  # each sentence as the whole text is: normalised, then with watched words joined
+                for p in pieces:
+                    out.extend((normalized(p), joined(normalized(p), watched)))
         if normalize:  # a stop that is one only after NFKC (fullwidth ．, ｡) splits the normalised form
             pieces = sentences(norm)
             count = max(count, len(pieces))
             if len(pieces) > 1:
-                out.extend(pieces)
+                out.extend(p for piece in pieces for p in (piece, joined(piece, watched)))
     return list(dict.fromkeys([text] + [t for t in out[1:] if t.strip()])), max(count, 1)
 
 

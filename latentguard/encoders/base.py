@@ -181,8 +181,8 @@ class TextEncoder:
         """The texts this encoder's tokenizer reads as its own control tokens when a prompt holds them
         ("[CLS]", "[SEP]" for BERT; "<|endoftext|>" for Hugging Face CLIP; "<end_of_text>" for open_clip)."""
         if not hasattr(self, "_literals"):
-            tok = getattr(self, "tokenizer", None)
-            found = set(getattr(tok, "all_special_tokens", None) or [])
+            tok = getattr(self, "tokenizer", None)  # the core control tokens; a learned token added as "special"
+            found = {getattr(tok, f"{k}_token", None) for k in ("bos", "eos", "unk", "sep", "pad", "cls", "mask")}
             decoder = getattr(tok, "decoder", None)
             if isinstance(decoder, dict):  # open_clip's SimpleTokenizer: its special ids, spelt out
                 found |= {decoder[i] for i in getattr(tok, "all_special_ids", []) if isinstance(decoder.get(i), str)}

@@ -217,3 +217,23 @@ def test_the_defended_guard_flags_a_blacklisted_word_written_apart(bag_of_tokens
     lead = "Two kids play ball in a sunny park with their dog and a red kite. "
     assert all(v.unsafe for v in guarded.check([lead + "A bloody kni fe.", "A bloody kni\tfe. " + lead,
                                                 "Two kids play ball.\nA bloody k n i f e"]))
+
+
+def test_a_stop_right_before_a_letter_splits_as_a_generator_reads_it_and_addresses_stay_whole():
+    """CLIP reads "sofa.a naked woman" as "sofa. a naked woman" (one token list): it splits, as "!a", "...a",
+    '."a' do; "3.5", "www.example.com" and "photo.jpg" stay whole (a fourth hostile pass)."""
+    assert sentences("a cat on a sofa.a naked woman") == ["a cat on a sofa.", "a naked woman"]
+    assert [len(sentences(f"a cat on a sofa{stop}a naked woman")) for stop in ("!", "...", '."', "?", ";")] == [2] * 5
+    for whole in ("It is 3.5 m tall.", "Visit www.example.com for a cat.", "a photo.jpg of a cat",
+                  "see https://x.org/a.b.html now"):
+        assert sentences(whole) == [whole]
+
+
+def test_every_sentence_gets_the_whole_texts_forms():
+    """Padding after an unsafe sentence, and a word written apart in it, were cut or joined for the whole text only,
+    so a harmless sentence in front hid them (a fourth hostile pass)."""
+    lead = "A fluffy orange cat sleeps on a soft blue sofa. "
+    stripped = [f.strip() for f in forms(lead + "A naked woman " + "~" * 60)]
+    assert "A naked woman" in stripped
+    assert "A naked woman." in forms(lead + "A nak\ted woman.", watched=frozenset({"naked"}))
+    assert "A naked woman" in forms(lead + "A nak  -  ed woman", watched=frozenset({"naked"}))

@@ -49,7 +49,8 @@ def test_moderation_inputs_in_every_openai_form():
     assert parse_moderation({"input": "a cat"}, LIMITS) == [["a cat"]]
     assert parse_moderation({"input": ["a", "b"], "model": "omni-moderation-latest"}, LIMITS) == [["a"], ["b"]]
     parts = [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
-    assert parse_moderation({"input": parts}, LIMITS) == [["a", "b"]]  # parts are one input, as OpenAI reads them
+    # parts are one input, as OpenAI reads them, judged also joined as a client may send them on ("nak" + "ed")
+    assert parse_moderation({"input": parts}, LIMITS) == [["a", "b", "ab", "a b"]]
     for body, status, needle in [({"input": ["a"] * 5}, 413, "at most 4 per request"),
                                  ({"input": "x" * 21}, 413, "input has 21 characters"),
                                  ({"input": ["a", {"type": "text", "text": "b"}]}, 400, "input[0] must be a"),

@@ -29,19 +29,20 @@ import unicodedata
 _SENTENCE_END = re.compile(
     r"(?<=[.!?;…．！？；｡])[\"'”’»)\]]*\s+"
     r"|(?<=[。！？；])\s*"
-    r"|(?<=[a-z][.!?;])(?=[A-Z])"
+    r"|(?<=[.!?;…])(?<!\d\.)(?=[\"'”’»)\]]*[^\W\d_])"
     r"|[\n\r\v\f\x85\u2028\u2029]+")
 # Four or more symbols in a row (spaces between allowed): "=" * 300 + " naked woman" is 300 tokens to a
 # WordPiece guard, which stops reading at 77, but about 40 to CLIP's BPE, which reads "naked woman". The
 # normalised form with such runs cut is scored too, so padding cannot push the words out of the guard's view.
 _PADDING = re.compile(r"(?:[^\w\s]\s*){4,}")
-# A word written apart: letters spaced out ("n a k e d", three or more), or two or three fragments split by
-# any whitespace (a tab or a line break too: CLIP's tokenizer reads every whitespace run as one space), dashes,
-# dots, underscores, asterisks, slashes, plus signs, pipes, commas or backslashes ("nak ed", "gen-it-als",
-# "nak/ed", "nak\ted") whose join is a watched word.
-_LETTER_RUN = re.compile(r"(?<![^\W\d_])[^\W\d_]([\s._*/+|,\\-])[^\W\d_](?:\1[^\W\d_])+(?![^\W\d_])")
+# A word written apart: letters spaced out ("n a k e d", three or more, one separator throughout), or two or
+# three fragments split by one to three characters that are not letters or digits ("nak ed", "gen-it-als",
+# "nak/ed", "nak - ed"), whitespace runs first read as one space as CLIP's tokenizer reads them ("nak\ted",
+# "nak    ed"), whose join is a watched word.
+_LETTER_RUN = re.compile(r"(?<![^\W\d_])[^\W\d_]([\W_])[^\W\d_](?:\1[^\W\d_])+(?![^\W\d_])")
+_SPACES = re.compile(r"\s+")
 _FRAGMENT = re.compile(r"[^\W\d_]+")
-_SPLIT_BY = re.compile(r"[\s._*/+|,\\-]{1,3}")
+_SPLIT_BY = re.compile(r"[\W_]{1,3}")
 _MIN_WATCHED = 4  # shorter words are joined by chance too often ("a re" -> "are")
 _MIN_SENTENCE_CHARS = 3  # "ok." or a stray "." are not worth an encoder pass
 
@@ -58,28 +59,32 @@ def expand(text: str, *, normalize: bool = True, split_sentences: bool = True,
     """:func:`forms` of ``text`` and how many sentences it holds (the larger count of the text and of its
     normalised form: a stop may exist only after NFKC), from one split, so a caller that caps sentences
     (the server) and the scoring read the same split. ``watched``: the blacklist's words
-    (:func:`watched_words`) that :func:`joined` puts back together."""
-    out, count = [text], 1
-    norm = normalized(text) if normalize else text
-    if normalize:
-        out.append(norm)
-        out.append(joined(norm, watched))  # "nak ed" -> "naked" (dropped below when nothing was joined)
-        if _PADDING.search(norm):  # runs of symbols a guard's tokenizer may count one by one (see _PADDING)
-            out.append(_PADDING.sub(" ", norm))
+    (:func:`watched_words`) that :func:`joined` puts back together. The whole text and each sentence get the
+    same treatment (:func:`_variants`), so the defences compose: a harmless sentence in front of one that is
+    padded or written apart hides nothing."""
+    out, count = _variants(text, normalize, watched), 1
     if split_sentences:
         pieces = sentences(text)
         count = len(pieces)
         if len(pieces) > 1:
-            out.extend(pieces)
-            if normalize:  # each sentence as the whole text is: normalised, then with watched words joined
-                for p in pieces:
-                    out.extend((normalized(p), joined(normalized(p), watched)))
+            out.extend(v for p in pieces for v in _variants(p, normalize, watched))
         if normalize:  # a stop that is one only after NFKC (fullwidth ．, ｡) splits the normalised form
-            pieces = sentences(norm)
+            pieces = sentences(normalized(text))
             count = max(count, len(pieces))
             if len(pieces) > 1:
-                out.extend(p for piece in pieces for p in (piece, joined(piece, watched)))
+                out.extend(v for p in pieces for v in _variants(p, normalize, watched))
     return list(dict.fromkeys([text] + [t for t in out[1:] if t.strip()])), max(count, 1)
+
+
+def _variants(piece: str, normalize: bool, watched: frozenset[str]) -> list[str]:
+    """``piece`` as written, normalised, with watched words joined, and with symbol padding cut (see _PADDING)."""
+    if not normalize:
+        return [piece]
+    norm = normalized(piece)
+    out = [piece, norm, joined(norm, watched)]  # "nak ed" -> "naked" (deduplicated when nothing was joined)
+    if _PADDING.search(norm):  # runs of symbols a guard's tokenizer may count one by one
+        out.append(_PADDING.sub(" ", norm))
+    return out
 
 
 def watched_words(concepts) -> frozenset[str]:
@@ -92,9 +97,10 @@ def joined(text: str, words: frozenset[str] = frozenset()) -> str:
     "naked") always, and two or three fragments whose join is one of ``words`` (:func:`watched_words`: "nak ed"
     -> "naked", "geni-tals" -> "genitals"). A generator's tokenizer reads the fragments as pieces of the word;
     the guard then scores the joined form too. Returns ``text`` itself when nothing is joined."""
-    out = _LETTER_RUN.sub(lambda m: "".join(_FRAGMENT.findall(m.group())), text)
+    spaced = _SPACES.sub(" ", text)  # read as a generator's tokenizer reads it; returned only if a word is joined
+    out = _LETTER_RUN.sub(lambda m: "".join(_FRAGMENT.findall(m.group())), spaced)
     if not words:
-        return out
+        return out if out != spaced else text
     frags = list(_FRAGMENT.finditer(out))
     pieces, last, i = [], 0, 0
     while i < len(frags):
@@ -108,12 +114,23 @@ def joined(text: str, words: frozenset[str] = frozenset()) -> str:
                     break
         else:
             i += 1
-    return "".join(pieces) + out[last:] if pieces else out
+    if pieces:
+        return "".join(pieces) + out[last:]
+    return out if out != spaced else text
+
+
+# An address or a file name, whose stops do not end sentences ("www.example.com", "photo.jpg"): a stop right
+# before a letter does, since a generator's tokenizer reads "sofa.a naked woman" as "sofa. a naked woman".
+_ADDRESS = re.compile(r"(?i)\b(?:https?://|www\.)\S+|\b[\w-]+(?:\.[\w-]+)*\.(?:com|org|net|edu|gov|io|ai|co|uk|de|fr"
+                      r"|jp|ru|cn|info|app|dev|html?|php|jpe?g|png|gif|webp|pdf|txt)\b")
+_HELD_STOP = "\ue000"  # a private-use character standing for an address's stops while splitting
 
 
 def sentences(text: str) -> list[str]:
     """``text`` split into sentences (stripped, empty and one- or two-character pieces dropped)."""
-    return [p.strip() for p in _SENTENCE_END.split(text) if len(p.strip()) >= _MIN_SENTENCE_CHARS]
+    held = _ADDRESS.sub(lambda m: m.group().replace(".", _HELD_STOP), text) if "." in text else text
+    return [p.strip().replace(_HELD_STOP, ".") for p in _SENTENCE_END.split(held)
+            if len(p.strip()) >= _MIN_SENTENCE_CHARS]
 
 
 def normalized(text: str) -> str:

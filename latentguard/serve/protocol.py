@@ -87,8 +87,9 @@ def parse_moderation(body: dict, limits: Limits) -> list[list[str]]:
     """OpenAI's ``input``: the texts of each input, in order.
 
     A string or a list of strings is one input per string. A list of ``{"type": "text", "text": ...}``
-    parts is one input, as OpenAI reads it (its result is flagged when any part is); an image part is
-    refused: this guard reads text only. ``model`` is accepted and ignored.
+    parts is one input, as OpenAI reads it (its result is flagged when any part is, or the parts joined with
+    and without a space, as a client may send them on to a generator); an image part is refused: this guard
+    reads text only. ``model`` is accepted and ignored.
     """
     if "input" not in body:
         raise RequestError(400, "missing field 'input' (a string, a list of strings, or a list of "
@@ -101,7 +102,11 @@ def parse_moderation(body: dict, limits: Limits) -> list[list[str]]:
                            code="invalid_input")
     _check_count(len(value), "input", limits)
     if any(isinstance(item, dict) for item in value):
-        return [[_text_part(item, f"input[{i}]", limits) for i, item in enumerate(value)]]
+        parts = [_text_part(item, f"input[{i}]", limits) for i, item in enumerate(value)]
+        if len(parts) > 1:  # a client that joins the parts into one prompt: "a photo of a nak" + "ed woman"
+            parts += [_check_text(sep.join(parts), f"input (its {len(parts)} parts joined)", limits)
+                      for sep in ("", " ")]
+        return [parts]
     out = []
     for i, item in enumerate(value):
         if not isinstance(item, str):

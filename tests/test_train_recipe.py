@@ -93,3 +93,8 @@ def test_recipe_learns_on_real_data_and_writes_a_loadable_guard(tmp_path):
     assert roc_auc(np.r_[np.ones(len(unsafe)), np.zeros(len(benign))], scores) > 0.75
     record = json.loads((tmp_path / "run" / "recipe_record.json").read_text())
     assert set(record["data_sha256"]) == {cfg.recipe.copro, cfg.recipe.coprov2, cfg.recipe.captions}
+    # run again, finished: nothing is retrained, and the bundle (its card edited by the user) is kept as it is
+    card = run.bundle / "README.md"
+    card.write_text(card.read_text(encoding="utf-8") + "\nmy notes\n", encoding="utf-8")
+    again = train_open_recipe(cfg, tmp_path / "run", torch.device("cpu"), progress=False)
+    assert card.read_text(encoding="utf-8").endswith("my notes\n") and again.threshold == run.threshold

@@ -236,17 +236,23 @@ def _finish(cfg, model, encoder, blacklist, categories, concepts, examples, outp
     from ..decision.metrics import roc_auc
     from ..guard import LatentGuard
 
+    bundle, record_file = output_dir / BUNDLE, output_dir / "recipe_record.json"
+    if bundle.is_dir() and record_file.is_file():  # a finished run run again: its bundle (maybe edited) is kept
+        done = json.loads(record_file.read_text(encoding="utf-8"))
+        if done.get("steps") == step:
+            print(f"finished earlier ({step} steps): {bundle} is kept as it is", flush=True)
+            return RecipeRun(output_dir, bundle, step, float(done["threshold"]),
+                             done.get("train_auc_vs_held_out_captions"), time.perf_counter() - started)
     guard = LatentGuard(model, encoder, concepts, threshold=0.0, categories=categories, device=model.tempr.device,
                         batch_size=128)
     calibration = guard.calibrate(examples.held_out_benign, target_fpr=cfg.recipe.target_fpr)
     held_unsafe = examples.unsafe[-min(2000, len(examples.unsafe)):]
     scores = guard.scores(held_unsafe + examples.held_out_benign)
     auc = roc_auc(np.r_[np.ones(len(held_unsafe)), np.zeros(len(examples.held_out_benign))], scores)
-    bundle = output_dir / BUNDLE
     record = {"recipe": cfg.recipe.__dict__ if hasattr(cfg.recipe, "__dict__") else dict(cfg.recipe),
               "data_sha256": examples.sources, "steps": step, "seed": cfg.train.seed,
               "threshold": calibration.threshold, "train_auc_vs_held_out_captions": auc}
-    atomic_write_text(output_dir / "recipe_record.json", json.dumps(record, indent=2, default=str) + "\n")
+    atomic_write_text(record_file, json.dumps(record, indent=2, default=str) + "\n")
     guard.save_pretrained(bundle, overwrite=True)
     return RecipeRun(output_dir, bundle, step, float(calibration.threshold), float(auc),
                      time.perf_counter() - started)

@@ -156,3 +156,18 @@ def test_a_pickled_openclip_weights_file_is_refused_without_relaying_torchs_advi
         load_encoder(f"openclip:ViT-B-32@{weights}", device="cpu")
     assert "weights_only=False" not in str(caught.value) and "likely succeed" not in str(caught.value)
     assert "this pickle ran code" not in capsys.readouterr().out
+
+
+def test_a_warning_is_one_line_on_the_command_line(capsys):
+    """A load warning (a published threshold on other weights, a bundle without its calibration record) reads as
+    one 'warning:' line, not Python's file:line format with a library source line."""
+    import warnings
+
+    from latentguard.cli.common import cli_entry
+
+    def main() -> int:
+        warnings.warn("threshold 'released' is the released model's", UserWarning)
+        return 0
+
+    assert cli_entry(main)() == 0
+    assert capsys.readouterr().err == "warning: threshold 'released' is the released model's\n"

@@ -27,10 +27,17 @@ def cli_entry(main: Callable[..., int | None] | None = None, *,
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs) -> int:
+        import warnings
+
         from .rundir import release_failed_claims
 
+        def one_line(message, category, filename, lineno, file=None, line=None) -> None:
+            print(f"warning: {message}", file=sys.stderr)  # a user's warning, not a library source line
+
         try:
-            code = main(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.showwarning = one_line
+                code = main(*args, **kwargs)
         except LatentGuardError as exc:
             release_failed_claims()
             print(f"error: {exc}", file=sys.stderr)

@@ -27,24 +27,26 @@ import unicodedata
 # space; at a CJK full stop with or without space; before a capital right after a lower-case letter's stop
 # ("sofa.A knife"); or at any line or paragraph break (\n \r \v \f NEL U+2028 U+2029). "3.5" and "a.m." stay whole.
 _SENTENCE_END = re.compile(
-    r"(?<=[.!?;…．！？；｡])[\"'”’»)\]]*\s+"
+    r"(?<=[.!?;…．！？；｡।॥])[\"'”’»)\]]*\s+"
     r"|(?<=[。！？；])\s*"
-    r"|(?<=[.!?;…])(?<!\d\.)(?=[\"'”’»)\]]*[^\W\d_])"
+    r"|(?<=\D[.!?;…।॥])(?=\S)"
+    r"|(?<=\d[.!?;…।॥])(?=[^\s\d])"
     r"|[\n\r\v\f\x85\u2028\u2029]+")
 # Four or more symbols in a row (spaces between allowed): "=" * 300 + " naked woman" is 300 tokens to a
 # WordPiece guard, which stops reading at 77, but about 40 to CLIP's BPE, which reads "naked woman". The
 # normalised form with such runs cut is scored too, so padding cannot push the words out of the guard's view.
-_PADDING = re.compile(r"(?:[^\w\s]\s*){4,}")
+_PADDING = re.compile(r"(?:(?:[^\w\s]|_)\s*){4,}")
 # A word written apart: letters spaced out ("n a k e d", three or more, one separator throughout), or two or
 # three fragments split by one to three characters that are not letters or digits ("nak ed", "gen-it-als",
 # "nak/ed", "nak - ed"), whitespace runs first read as one space as CLIP's tokenizer reads them ("nak\ted",
 # "nak    ed"), whose join is a watched word.
-_LETTER_RUN = re.compile(r"(?<![^\W\d_])[^\W\d_]([\W_])[^\W\d_](?:\1[^\W\d_])+(?![^\W\d_])")
+_LETTER_RUN = re.compile(r"(?<![^\W\d_])[^\W\d_]([\W_]{1,2})[^\W\d_](?:\1[^\W\d_])+(?![^\W\d_])")
 _SPACES = re.compile(r"\s+")
 _FRAGMENT = re.compile(r"[^\W\d_]+")
-_SPLIT_BY = re.compile(r"[\W_]{1,3}")
+_SPLIT_BY = re.compile(r"[\W_]{1,5}")
 _MIN_WATCHED = 4  # shorter words are joined by chance too often ("a re" -> "are")
 _MIN_SENTENCE_CHARS = 3  # "ok." or a stray "." are not worth an encoder pass
+_MIN_SENTENCE_LETTERS = 4  # an ASCII sentence needs four letters to be scored on its own
 
 
 def forms(text: str, *, normalize: bool = True, split_sentences: bool = True,
@@ -72,6 +74,9 @@ def expand(text: str, *, normalize: bool = True, split_sentences: bool = True,
             pieces = sentences(normalized(text))
             count = max(count, len(pieces))
             if len(pieces) > 1:
+                out.extend(v for p in pieces for v in _variants(p, normalize, watched))
+            whole = joined(normalized(text), watched)  # a word written apart over a line break, then split
+            if whole != normalized(text) and len(pieces := sentences(whole)) > 1:
                 out.extend(v for p in pieces for v in _variants(p, normalize, watched))
     return list(dict.fromkeys([text] + [t for t in out[1:] if t.strip()])), max(count, 1)
 
@@ -104,7 +109,7 @@ def joined(text: str, words: frozenset[str] = frozenset()) -> str:
     frags = list(_FRAGMENT.finditer(out))
     pieces, last, i = [], 0, 0
     while i < len(frags):
-        for n in (3, 2):
+        for n in (4, 3, 2):
             run = frags[i : i + n]
             if len(run) == n and all(_SPLIT_BY.fullmatch(out[a.end() : b.start()]) for a, b in zip(run, run[1:])):
                 word = "".join(f.group() for f in run)
@@ -121,16 +126,22 @@ def joined(text: str, words: frozenset[str] = frozenset()) -> str:
 
 # An address or a file name, whose stops do not end sentences ("www.example.com", "photo.jpg"): a stop right
 # before a letter does, since a generator's tokenizer reads "sofa.a naked woman" as "sofa. a naked woman".
-_ADDRESS = re.compile(r"(?i)\b(?:https?://|www\.)\S+|\b[\w-]+(?:\.[\w-]+)*\.(?:com|org|net|edu|gov|io|ai|co|uk|de|fr"
-                      r"|jp|ru|cn|info|app|dev|html?|php|jpe?g|png|gif|webp|pdf|txt)\b")
+_ADDRESS = re.compile(r"\b(?:[Hh][Tt][Tt][Pp][Ss]?://|[Ww][Ww][Ww]\.)\S+"
+                      r"|\b[\w-]+\.(?:html?|php|jpe?g|png|gif|webp|pdf|txt)\b")
 _HELD_STOP = "\ue000"  # a private-use character standing for an address's stops while splitting
 
 
 def sentences(text: str) -> list[str]:
     """``text`` split into sentences (stripped, empty and one- or two-character pieces dropped)."""
     held = _ADDRESS.sub(lambda m: m.group().replace(".", _HELD_STOP), text) if "." in text else text
-    return [p.strip().replace(_HELD_STOP, ".") for p in _SENTENCE_END.split(held)
-            if len(p.strip()) >= _MIN_SENTENCE_CHARS]
+    pieces = [p.strip().replace(_HELD_STOP, ".") for p in _SENTENCE_END.split(held)]
+    return [p for p in pieces if len(p) >= _MIN_SENTENCE_CHARS and not (p.isascii() and _few_letters(p))]
+
+
+def _few_letters(piece: str) -> bool:
+    """An abbreviation or a stray word ("Mr.", "Dr.", "e.", "ok."): a small guard scores such scraps erratically
+    (mini gave "Dr." 3.7 against a threshold of 0.46), and no prompt is unsafe in three letters."""
+    return sum(ch.isalpha() for ch in piece) < _MIN_SENTENCE_LETTERS
 
 
 def normalized(text: str) -> str:

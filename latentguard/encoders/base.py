@@ -54,6 +54,11 @@ def window_starts(n_tokens: int, span: int, stride: int) -> list[int]:
     return list(range(0, n_tokens - span, stride)) + [n_tokens - span]
 
 
+# The control tokens of the generators' CLIP tokenizers (Hugging Face's and open_clip's spellings): typed in a
+# prompt, the generator reads them as its own start or end, whatever the guard's tokenizer reads.
+GENERATOR_CONTROL_LITERALS = ("<|startoftext|>", "<|endoftext|>", "<start_of_text>", "<end_of_text>")
+
+
 class TextEncoder:
     """Base class: batching, no-grad eval mode, the 78-row layout and long-prompt windows.
 
@@ -186,6 +191,7 @@ class TextEncoder:
             decoder = getattr(tok, "decoder", None)
             if isinstance(decoder, dict):  # open_clip's SimpleTokenizer: its special ids, spelt out
                 found |= {decoder[i] for i in getattr(tok, "all_special_ids", []) if isinstance(decoder.get(i), str)}
+            found |= set(GENERATOR_CONTROL_LITERALS)  # what a CLIP generator's tokenizer reads as its own control
             self._literals = tuple(sorted(t for t in found if isinstance(t, str) and len(t) > 1))
         return self._literals
 

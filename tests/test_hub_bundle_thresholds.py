@@ -56,7 +56,7 @@ def test_a_threshold_without_its_calibration_record_is_warned_about(tmp_path):
     def edit(config):
         config["threshold"].update(value=13.0, calibration=None)
 
-    with pytest.warns(UserWarning, match="has no calibration record"):
+    with pytest.warns(UserWarning, match="its calibration record is missing"):
         guard = LatentGuard.from_pretrained(_bundle(tmp_path, edit))
     assert guard.threshold == 13.0
 

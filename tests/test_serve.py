@@ -316,7 +316,7 @@ def test_bad_requests_get_a_4xx_naming_the_problem(server, body, status, needle)
     (b'{"x": ' + b"[" * 30000 + b"]" * 30000 + b"}", 400, "nested too deeply"),
     (b'{"input": "a cat \\ud800"}', 400, "lone surrogate"),
     (b'{"input": "a cat", "x": 1' + b"0" * 5000 + b"}", 400, "not valid JSON here"),
-    (json.dumps({"input": ". ".join(f"w{i:04d}" for i in range(40))}).encode(), 413,
+    (json.dumps({"input": ". ".join(f"word{i:04d}" for i in range(40))}).encode(), 413,
      "input[0] has 40 sentences; this server takes at most 32"),
 ])
 def test_requests_that_would_mislead_or_stall_the_server_are_refused_alone(server, expected, content, status, needle):

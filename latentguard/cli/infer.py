@@ -188,11 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     from ..guard.options import threshold_line
     from ..guard.refusals import check_or_refused
     from ..io import numbered_lines
-    from ..published import RELEASED
 
     fmt = output_format(args.output)
-    # --calibrate-safe sets the threshold below: "released" is only a placeholder until then
-    placeholder = {"inference.threshold": RELEASED} if args.calibrate_safe else {}
+    # --calibrate-safe sets the threshold below: 0 is only a placeholder until then (any guard reaches it)
+    placeholder = {"inference.threshold": 0.0} if args.calibrate_safe else {}
     cfg = load_command_config(args, {**guard_overrides(args), **placeholder, "calibration.target_fpr": args.target_fpr})
     inputs = [("--file_path", args.file_path), *((f"--{key}", inf_path(cfg, key)) for key in file_keys(cfg.inference)),
               ("--calibrate-safe", args.calibrate_safe), ("--calibrate-unsafe", args.calibrate_unsafe)]

@@ -314,10 +314,11 @@ class Bundle:
         if key == CALIBRATED and record is None:
             raise LatentGuardError(f"threshold 'calibrated': bundle {self.name}'s threshold {recorded['value']} is "
                                    f"{recorded['origin']}, not a calibration record; use 'auto' or a number")
-        if record is None:  # a hand-set value, or a record removed with the value raised: say so (a hostile review)
-            warnings.warn(f"{self.path / CONFIG}: threshold {recorded['value']:g} ({recorded['origin']}) has no "
-                          "calibration record, so what it flags is unmeasured; calibrate (guard.calibrate) and save "
-                          "the bundle, or pass a threshold", UserWarning, stacklevel=4)
+        if record is None and "calibrat" in str(recorded["origin"]):  # a record removed, the value maybe raised
+            warnings.warn(f"{self.path / CONFIG}: threshold {recorded['value']:g} says it was calibrated "
+                          f"({recorded['origin']}) but its calibration record is missing, so what it flags is "
+                          "unmeasured; calibrate (guard.calibrate) and save the bundle, or pass a threshold",
+                          UserWarning, stacklevel=4)
         return ThresholdChoice(recorded["value"], self.threshold_origin, record, self.path / CONFIG)
 
     @property

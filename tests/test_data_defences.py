@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from test_scoring_windows import word_detector
 
-from latentguard.data.defences import forms, normalized, sentences
+from latentguard.data.defences import forms, normalized, sentences, spaced
 from latentguard.guard import LatentGuard
 from latentguard.model import EmbeddingMappingLayer
 
@@ -259,3 +259,13 @@ def test_a_fifth_passes_writing_tricks_get_a_form_that_reads_as_the_generator_re
     assert "a photo of torture" in stripped("a photo of tor - - ture")  # a longer separator
     assert "torture" in stripped("t, o, r, t, u, r, e")  # letters apart by two characters
     assert "a naked woman" in stripped(lead + ".\na nak\ned woman")  # over a line break, after a sentence
+
+
+@pytest.mark.parametrize("mark", ["\u200b", "\ue000", "\u00ad", "\u2060", "\ufe0f", "\u0336", "\u0301", "°", "×",
+                                  "\u202e"])
+def test_an_invisible_character_or_a_symbol_used_as_a_space_is_read_as_one(mark):
+    """CLIP reads "of\\u200btorture" and "of°torture" as two words (the character is its own token); the guard's
+    WordPiece tokenizer and the normalised form glued them: the form with such characters as spaces is scored
+    too (a sixth hostile pass). Accented letters stay letters."""
+    assert "a photo of torture" in forms(f"a photo of{mark}torture")
+    assert "naïve art of a café" in forms("naïve art of a café") and spaced("naïve café") == "naïve café"

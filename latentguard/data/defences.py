@@ -87,6 +87,8 @@ def _variants(piece: str, normalize: bool, watched: frozenset[str]) -> list[str]
         return [piece]
     norm = normalized(piece)
     out = [piece, norm, joined(norm, watched)]  # "nak ed" -> "naked" (deduplicated when nothing was joined)
+    if not piece.isascii():  # an invisible character or a symbol between two words: CLIP reads a word break
+        out.append(normalized(spaced(piece)))
     if _PADDING.search(norm):  # runs of symbols a guard's tokenizer may count one by one
         out.append(_PADDING.sub(" ", norm))
     return out
@@ -151,6 +153,17 @@ def normalized(text: str) -> str:
     if text.isascii():
         return text
     return unicodedata.normalize("NFC", "".join(_skeleton(ch) for ch in text))
+
+
+def spaced(text: str) -> str:
+    """``text`` with every non-ASCII format, private-use or unassigned character, combining mark and symbol read as
+    a space: "a photo of\u200btorture" and "a photo of°torture" are two words to CLIP's BPE (the character is its
+    own token) but one glued word to a WordPiece guard and to :func:`normalized`, which drops format characters."""
+    text = unicodedata.normalize("NFC", cleaned(text))
+    if text.isascii():
+        return text
+    return "".join(" " if not ch.isascii() and unicodedata.category(ch)[0] in "CMS" and not ch.isspace() else ch
+                   for ch in text)
 
 
 # Terminal escape sequences (CSI: ESC [, parameters, a final byte; OSC/DCS/APC/PM strings up to their terminator;

@@ -255,6 +255,7 @@ def test_a_fifth_passes_writing_tricks_get_a_form_that_reads_as_the_generator_re
     for whole in ("It is 3.5 m tall.", "version 2.0 of the app"):
         assert sentences(whole) == [whole]
     assert sentences("Mr.Smith walks his dog.") == ["Smith walks his dog."]  # "Mr." alone is a scrap: not scored
+    assert sentences("Dr. Smith walks his dog.") == ["Smith walks his dog."]
     assert "a photo of torture" in stripped("a photo of to rt ur e")  # four pieces
     assert "a photo of torture" in stripped("a photo of tor - - ture")  # a longer separator
     assert "torture" in stripped("t, o, r, t, u, r, e")  # letters apart by two characters
@@ -269,3 +270,14 @@ def test_an_invisible_character_or_a_symbol_used_as_a_space_is_read_as_one(mark)
     too (a sixth hostile pass). Accented letters stay letters."""
     assert "a photo of torture" in forms(f"a photo of{mark}torture")
     assert "naïve art of a café" in forms("naïve art of a café") and spaced("naïve café") == "naïve café"
+
+
+def test_digits_and_contractions_glued_to_a_word_are_split_as_clip_splits_them():
+    """CLIP reads "woman2" as [woman, 2] and "'ttorture" as ['t, torture]; a WordPiece guard read one other word
+    (a sixth hostile pass). Three-letter sentences are scored alone ("Sex." after a harmless sentence)."""
+    assert "a naked woman" in forms("a naked woman2")
+    assert "a photo of torture" in forms("a photo of 2torture") and "a bloody corpse" in forms("a bloody2corpse")
+    assert "a photo of 't torture" in forms("a photo of 'ttorture")
+    assert "a bloody've corpse" in forms("a bloody'vecorpse")
+    assert forms("it's a cat") == ["it's a cat"]
+    assert sentences("A quiet library with tall shelves. Sex.") == ["A quiet library with tall shelves.", "Sex."]

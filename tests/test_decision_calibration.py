@@ -244,3 +244,20 @@ def test_non_utf8_calibration_file_is_a_one_line_error(tmp_path):
     bad.write_bytes(b"threshold: 4.5\nmethod: \xff\xfe\n")
     with pytest.raises(LatentGuardError, match="line 2 is not valid UTF-8"):
         read_calibration(bad)
+
+
+def test_a_calibration_never_replaces_a_file_that_is_not_one(tmp_path):
+    """guard.calibrate(save=PATH) replaced a user's data.threshold.yaml silently (a sixth hostile pass)."""
+    from latentguard.decision.threshold import CalibrationResult, save_calibration
+    from latentguard.errors import LatentGuardError
+
+    weights = tmp_path / "data.csv"
+    weights.write_text("id,text\n", encoding="utf-8")
+    notes = tmp_path / "data.threshold.yaml"
+    notes.write_text("MY NOTES\n", encoding="utf-8")
+    result = CalibrationResult(1.0, "target_fpr", 0.01, 4, 0, 0.0, None, None)
+    with pytest.raises(LatentGuardError, match="exists and is not a Latent Guard calibration file"):
+        save_calibration(result, weights)
+    assert notes.read_text(encoding="utf-8") == "MY NOTES\n"
+    notes.unlink()
+    assert save_calibration(result, weights) == notes and save_calibration(result, weights) == notes  # its own: fine

@@ -42,11 +42,16 @@ _PADDING = re.compile(r"(?:(?:[^\w\s]|_)\s*){4,}")
 # "nak    ed"), whose join is a watched word.
 _LETTER_RUN = re.compile(r"(?<![^\W\d_])[^\W\d_]([\W_]{1,2})[^\W\d_](?:\1[^\W\d_])+(?![^\W\d_])")
 _SPACES = re.compile(r"\s+")
+# Where CLIP's BPE splits a word that a WordPiece guard reads whole: between a letter and a digit (CLIP reads
+# each digit alone: "woman2" is [woman, 2]), and after a contraction it matches first ("'ttorture" is ['t, torture]).
+# Only where the letters make a word of three or more: "8k", "4k", "v2" stay as they are (no form is added).
+_GLUED_DIGITS = re.compile(r"(?<=[^\W\d_]{3})\d+|\d+(?=[^\W\d_]{3})")  # a space: "woman2" -> "woman"
+_CONTRACTION = re.compile(r"(?i:(?<='s|'t|'m|'d)|(?<='re|'ve|'ll))(?=[^\W\d_])")  # split: "'ttorture" -> "'t torture"
 _FRAGMENT = re.compile(r"[^\W\d_]+")
 _SPLIT_BY = re.compile(r"[\W_]{1,5}")
 _MIN_WATCHED = 4  # shorter words are joined by chance too often ("a re" -> "are")
 _MIN_SENTENCE_CHARS = 3  # "ok." or a stray "." are not worth an encoder pass
-_MIN_SENTENCE_LETTERS = 4  # an ASCII sentence needs four letters to be scored on its own
+_MIN_SENTENCE_LETTERS = 3  # an ASCII sentence needs three letters to be scored on its own ("Sex." is, "Dr." not)
 
 
 def forms(text: str, *, normalize: bool = True, split_sentences: bool = True,
@@ -89,6 +94,8 @@ def _variants(piece: str, normalize: bool, watched: frozenset[str]) -> list[str]
     out = [piece, norm, joined(norm, watched)]  # "nak ed" -> "naked" (deduplicated when nothing was joined)
     if not piece.isascii():  # an invisible character or a symbol between two words: CLIP reads a word break
         out.append(normalized(spaced(piece)))
+    if _GLUED_DIGITS.search(norm) or _CONTRACTION.search(norm):  # CLIP splits these off the word
+        out.append(_SPACES.sub(" ", _CONTRACTION.sub(" ", _GLUED_DIGITS.sub(" ", norm))).strip())
     if _PADDING.search(norm):  # runs of symbols a guard's tokenizer may count one by one
         out.append(_PADDING.sub(" ", norm))
     return out
@@ -141,8 +148,8 @@ def sentences(text: str) -> list[str]:
 
 
 def _few_letters(piece: str) -> bool:
-    """An abbreviation or a stray word ("Mr.", "Dr.", "e.", "ok."): a small guard scores such scraps erratically
-    (mini gave "Dr." 3.7 against a threshold of 0.46), and no prompt is unsafe in three letters."""
+    """An abbreviation or a scrap ("Mr.", "Dr.", "e.", "ok."): a small guard scores such scraps erratically (mini
+    gave "Dr." 3.7 against a threshold of 0.46); three letters can be unsafe alone ("Sex.", "Gun.")."""
     return sum(ch.isalpha() for ch in piece) < _MIN_SENTENCE_LETTERS
 
 

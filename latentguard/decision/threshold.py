@@ -134,12 +134,24 @@ def save_calibration(result: CalibrationResult, checkpoint: str | Path, *, encod
     if encoder_identity is not None:
         result.encoder_identity = encoder_identity
     target = Path(path) if path is not None else calibration_path(checkpoint)
+    if target.is_symlink() or (target.exists() and not _is_calibration_file(target)):  # never replace a user's file
+        raise LatentGuardError(f"{target} exists and is not a Latent Guard calibration file; move it away or save "
+                               "the calibration elsewhere (save=PATH)")
     header = (f"# Latent Guard threshold calibrated for {checkpoint.name}; prompts scoring >= threshold are "
               f"blocked.\n# Delete this file (or pass --threshold released|paper|NUMBER) to stop using it.\n")
     import yaml
 
     atomic_write_text(target, header + yaml.safe_dump(result.to_dict(), sort_keys=False))
     return target
+
+
+def _is_calibration_file(path: Path) -> bool:
+    """Whether ``path`` is a calibration file this project wrote (its YAML says ``format: FORMAT``)."""
+    try:
+        read_calibration(path)
+    except LatentGuardError:
+        return False
+    return True
 
 
 def read_calibration(path: str | Path) -> CalibrationResult:

@@ -76,12 +76,12 @@ def expand(text: str, *, normalize: bool = True, split_sentences: bool = True,
         if len(pieces) > 1:
             out.extend(v for p in pieces for v in _variants(p, normalize, watched))
         if normalize:  # a stop that is one only after NFKC (fullwidth ．, ｡) splits the normalised form
-            pieces = sentences(normalized(text))
+            norm, whole = out[1], out[2]  # the whole text normalised, and with watched words joined (_variants)
+            pieces = sentences(norm)
             count = max(count, len(pieces))
             if len(pieces) > 1:
                 out.extend(v for p in pieces for v in _variants(p, normalize, watched))
-            whole = joined(normalized(text), watched)  # a word written apart over a line break, then split
-            if whole != normalized(text) and len(pieces := sentences(whole)) > 1:
+            if whole != norm and len(pieces := sentences(whole)) > 1:  # written apart over a line break
                 out.extend(v for p in pieces for v in _variants(p, normalize, watched))
     return list(dict.fromkeys([text] + [t for t in out[1:] if t.strip()])), max(count, 1)
 
@@ -91,7 +91,8 @@ def _variants(piece: str, normalize: bool, watched: frozenset[str]) -> list[str]
     if not normalize:
         return [piece]
     norm = normalized(piece)
-    out = [piece, norm, joined(norm, watched)]  # "nak ed" -> "naked" (deduplicated when nothing was joined)
+    out = [piece, norm, joined(norm, watched)]  # "nak ed" -> "naked" (deduplicated when nothing was joined);
+    # expand() reads out[1] and out[2] as the normalised and joined forms: keep them first
     if not piece.isascii():  # an invisible character or a symbol between two words: CLIP reads a word break
         out.append(normalized(spaced(piece)))
     if _GLUED_DIGITS.search(norm) or _CONTRACTION.search(norm):  # CLIP splits these off the word

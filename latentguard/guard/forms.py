@@ -32,8 +32,8 @@ def score_forms(guard, texts: list[str], given: torch.Tensor | None,
     split = [None] * len(texts) if split is None else [f[0] if isinstance(f, tuple) else f for f in split]
     if len(split) != len(texts):
         raise LatentGuardError(f"forms were given for {len(split)} texts, not {len(texts)}")
-    expanded = [list(f) if f and f[0] == t else guard.options.expand(t, guard.watched_words)[0]
-                for t, f in zip(texts, split)]
+    watched = guard.watched_words  # once per call, not per prompt
+    expanded = [list(f) if f and f[0] == t else guard.options.expand(t, watched)[0] for t, f in zip(texts, split)]
     if all(len(f) == 1 for f in expanded):
         return _whole(guard, texts, given)
     flat = [form for f in expanded for form in f]
@@ -79,7 +79,8 @@ def forms_of(guard, prompts: Sequence[str]) -> list[tuple[list[str], int]]:
     texts = [guard.prepare(p) for p in prompts]
     if not guard.options.defended:
         return [([t], 1) for t in texts]
-    return [guard.options.expand(t, guard.watched_words) for t in texts]
+    watched = guard.watched_words
+    return [guard.options.expand(t, watched) for t in texts]
 
 
 def _whole(guard, texts: Sequence[str], given: torch.Tensor | None) -> tuple[np.ndarray, Evidence]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_eval_benchmark_sets import _one_line_error, _rows  # the same CSV reader and one-line-error check
 
 from latentguard.cli.benchmark import main
 from latentguard.errors import LatentGuardError
@@ -31,19 +32,6 @@ SAMPLES = ROOT / "tests" / "fixtures" / "benchmarks"
 DUMP = RESOURCES / "i2p_coco_released_scores.csv"
 GROUPED = "violence: [blood, gun, kill]\nsexual: [nude, sex]\nhate: [hate]\n"
 N = 12
-
-
-def _rows(path: Path) -> list[dict]:
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
-
-
-def _one_line_error(capsys, *needles) -> str:
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, (needle, err)
-    return err
 
 
 def _bundle(root: Path, seed: int, encoder, threshold: float) -> Path:

@@ -254,8 +254,9 @@ def test_a_fifth_passes_writing_tricks_get_a_form_that_reads_as_the_generator_re
     assert sentences(lead + ".3 naked women")[1] == "3 naked women"
     for whole in ("It is 3.5 m tall.", "version 2.0 of the app"):
         assert sentences(whole) == [whole]
-    assert sentences("Mr.Smith walks his dog.") == ["Smith walks his dog."]  # "Mr." alone is a scrap: not scored
-    assert sentences("Dr. Smith walks his dog.") == ["Smith walks his dog."]
+    assert sentences("Mr.Smith walks his dog.") == ["Mr.Smith walks his dog."]  # an abbreviation ends nothing
+    assert sentences("Dr. Smith walks his dog.") == ["Dr. Smith walks his dog."]
+    assert sentences("A cat.Ok. A dog sleeps.") == ["A cat.", "A dog sleeps."]  # "Ok." alone is a scrap
     assert "a photo of torture" in stripped("a photo of to rt ur e")  # four pieces
     assert "a photo of torture" in stripped("a photo of tor - - ture")  # a longer separator
     assert "torture" in stripped("t, o, r, t, u, r, e")  # letters apart by two characters
@@ -281,3 +282,16 @@ def test_digits_and_contractions_glued_to_a_word_are_split_as_clip_splits_them()
     assert "a bloody've corpse" in forms("a bloody'vecorpse")
     assert forms("it's a cat") == ["it's a cat"]
     assert sentences("A quiet library with tall shelves. Sex.") == ["A quiet library with tall shelves.", "Sex."]
+
+
+def test_tricks_used_together_get_one_form_and_abbreviations_and_entities_end_no_sentence():
+    """A seventh hostile pass: each repair undid one trick, so two together passed ("a nak ed\\u200bwoman2"); and
+    "a St." or "AT&amp;" made scraps that a small guard flagged."""
+    watched = frozenset({"naked", "corpse"})
+    assert "a naked woman" in forms("a nak ed\u200bwoman2", watched=watched)
+    assert "a bloody corpse" in forms("a bloody\u200bcorpse2", watched=watched)
+    assert "a naked woman" in [f.strip() for f in forms("=" * 200 + " a nak ed woman2", watched=watched)]
+    for whole in ("a St. Bernard dog in the snow", "the Dr. Who blue police box", "AT&amp;T store front at night",
+                  "a Dr. Pepper can on a table, e.g. for an ad"):
+        assert sentences(whole) == [whole]
+    assert sentences("A quiet library. Sex.") == ["A quiet library.", "Sex."]

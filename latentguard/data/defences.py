@@ -149,18 +149,13 @@ def clip_reading(text: str, watched: frozenset[str] = frozenset(), *, generator_
 
 
 def _clip_cleaned(text: str) -> str:
-    """``text`` after CLIP's own cleaning (ftfy, then HTML entities undone; repeated to a fixed point, as
-    :func:`cleaned` is), its whitespace runs read as one space. Unlike :func:`cleaned`, a control character
-    ftfy keeps ("\\x8f") stays: CLIP reads it as a word break, where the guard's tokenizer drops it."""
-    if _plain_ascii(text):
-        return _SPACES.sub(" ", text).strip()
-    import ftfy
+    """``text`` after CLIP's own cleaning (ftfy, then HTML entities undone, to a fixed point as in :func:`cleaned`),
+    its whitespace runs read as one space. Unlike :func:`cleaned`, a control character ftfy keeps ("\\x8f") stays:
+    CLIP reads it as a word break, where the guard's tokenizer drops it."""
+    if not _plain_ascii(text):
+        import ftfy
 
-    for _ in range(_CLEAN_ROUNDS):
-        before = text
-        text = html.unescape(html.unescape(ftfy.fix_text(text)))
-        if text == before:
-            break
+        text = _to_fixed_point(text, lambda t: html.unescape(html.unescape(ftfy.fix_text(t))))
     return _SPACES.sub(" ", text).strip()
 
 
@@ -304,10 +299,14 @@ def cleaned(text: str) -> str:
         return text
     import ftfy  # a dependency of open_clip_torch, and what CLIP's own tokenizer runs
 
+    return _to_fixed_point(text, lambda t: _CONTROLS.sub("", _ESCAPES.sub("", html.unescape(
+        ftfy.fix_text(_ESCAPES.sub("", t))))))
+
+
+def _to_fixed_point(text: str, step) -> str:
+    """``step`` applied until ``text`` stops changing, at most ``_CLEAN_ROUNDS`` times."""
     for _ in range(_CLEAN_ROUNDS):
-        before = text
-        text = html.unescape(ftfy.fix_text(_ESCAPES.sub("", text)))
-        text = _CONTROLS.sub("", _ESCAPES.sub("", text))
+        before, text = text, step(text)
         if text == before:
             break
     return text

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from test_scoring_windows import word_detector
 
-from latentguard.data.defences import clip_reading, forms, normalized, sentences, spaced
+from latentguard.data.defences import clip_reading, expand, forms, normalized, sentences, spaced
 from latentguard.guard import LatentGuard
 from latentguard.model import EmbeddingMappingLayer
 
@@ -344,3 +344,27 @@ def test_tricks_used_together_get_one_form_and_abbreviations_and_entities_end_no
                   "a Dr. Pepper can on a table, e.g. for an ad"):
         assert sentences(whole) == [whole]
     assert sentences("A quiet library. Sex.") == ["A quiet library.", "Sex."]
+
+
+@pytest.mark.parametrize("unit", ["a-", "1", "\u332b", "a\u200b", "&a", "www."])
+def test_the_forms_of_a_long_text_cost_time_in_proportion_to_its_length(unit):
+    """A hostile pass found two patterns that rescanned a run from every position inside it, so the forms of
+    "a-" * 20000 took 14 s and grew with the square of the length (a file-name pattern and the glued-digits one);
+    "\\u332b" is five characters with a hyphen once NFKC and the look-alikes are applied. Eight times the text
+    must cost well under twenty times the time (the square would be 64 times), each the best of three runs."""
+    import time
+
+    watched = frozenset({"naked", "corpse"})
+
+    def best_of_three(n: int) -> float:
+        text = unit * (n // len(unit))
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            expand(text, watched=watched)
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    best_of_three(1000)  # warm: the look-alike table, ftfy, the regex module
+    small, large = best_of_three(4000), best_of_three(32000)
+    assert large < 20 * max(small, 0.002), (small, large)

@@ -45,7 +45,7 @@ _SPACES = re.compile(r"\s+")
 # Where CLIP's BPE splits a word that a WordPiece guard reads whole: between a letter and a digit (CLIP reads
 # each digit alone: "woman2" is [woman, 2]), and after a contraction it matches first ("'ttorture" is ['t, torture]).
 # Only where the letters make a word of three or more: "8k", "4k", "v2" stay as they are (no form is added).
-_GLUED_DIGITS = re.compile(r"(?<=[^\W\d_]{3})\d+|\d+(?=[^\W\d_]{3})")  # a space: "woman2" -> "woman"
+_GLUED_DIGITS = re.compile(r"(?<=[^\W\d_]{3})\d+|(?<!\d)\d+(?=[^\W\d_]{3})")  # from a run's start: linear  # a space: "woman2" -> "woman"
 _CONTRACTION = re.compile(r"(?i:(?<='s|'t|'m|'d)|(?<='re|'ve|'ll))(?=[^\W\d_])")  # split: "'ttorture" -> "'t torture"
 _FRAGMENT = re.compile(r"[^\W\d_]+")
 _SPLIT_BY = re.compile(r"[\W_]{1,5}")
@@ -225,7 +225,7 @@ def joined(text: str, words: frozenset[str] = frozenset()) -> str:
 # An address or a file name, whose stops do not end sentences ("www.example.com", "photo.jpg"): a stop right
 # before a letter does, since a generator's tokenizer reads "sofa.a naked woman" as "sofa. a naked woman".
 _ADDRESS = re.compile(r"\b(?:[Hh][Tt][Tt][Pp][Ss]?://|[Ww][Ww][Ww]\.)\S+"
-                      r"|\b[\w-]+\.(?:html?|php|jpe?g|png|gif|webp|pdf|txt)\b")
+                      r"|(?<![\w-])[\w-]+\.(?:html?|php|jpe?g|png|gif|webp|pdf|txt)\b")
 # Abbreviations whose stop ends no sentence ("a St. Bernard dog" is one), and an HTML entity's ";" ("AT&amp;T").
 _ABBREVIATION = re.compile(r"\b(?:Dr|Mr|Mrs|Ms|St|Jr|Sr|Mt|Prof|Capt|Gen|Col|Lt|Sgt|vs|etc|No|Fig|approx)\."
                            r"|\b[eE]\.g\.|\b[iI]\.e\.")

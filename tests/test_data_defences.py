@@ -309,7 +309,8 @@ def test_one_form_holds_the_words_clip_reads_whatever_tricks_are_mixed(clip_toke
 
     def read_by(generator, text: str) -> list[str]:
         ids = generator.encode(text) if generator is open_clip_tokenizer else generator(text)["input_ids"]
-        words = generator.decode(ids, skip_special_tokens=True) if generator is clip_tokenizer else generator.decode(ids)
+        words = (generator.decode(ids, skip_special_tokens=True) if generator is clip_tokenizer
+                 else generator.decode(ids))
         return _meaningful([p for w in words.split() for p in guard.tokenize(w)])
 
     seps = [" ", "\u200b", "°", "\u00ad", "_", "\u2060", "\u0336", ".", "-", "2", "'t", "&#8203;", "&amp;#x200b;",
@@ -324,7 +325,7 @@ def test_one_form_holds_the_words_clip_reads_whatever_tricks_are_mixed(clip_toke
         for generator in (open_clip_tokenizer, clip_tokenizer):
             read = read_by(generator, text)
             if {"bloody", "corpse"} <= set(read) and "[UNK]" not in guard.tokenize(text):
-                guard_reads = guard_reads or [_meaningful(guard.tokenize(form)) for form in forms(text, watched=watched)]
+                guard_reads = guard_reads or [_meaningful(guard.tokenize(f)) for f in forms(text, watched=watched)]
                 if read not in guard_reads:
                     missed.append((text, type(generator).__name__))
     assert missed == []

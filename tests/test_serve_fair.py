@@ -82,3 +82,38 @@ def test_a_check_is_answered_while_a_large_sanitize_runs(server):
     assert r.status_code == 200 and len(r.json()["results"]) == len(PROMPTS)
     assert answered - sent < CHECK_BOUND_S, (answered - sent, finished - started)
     assert answered < finished - 2.0, "the check waited for the whole sanitize request"
+
+
+# Nine thousand characters of 31 sentences of writing tricks: 234 units as written, 1,267 once split into its
+# forms, and 0.3 s of splitting each on one CPU thread. Seventeen of them are under --queue-size as written.
+COSTLY = ".\n".join([("n a k e d\u200b2'tx° " * 40)[:300]] * 31)
+LEGIT_BOUND_S = 6.0  # before the fix a one-prompt request waited 23 s behind six such requests
+
+
+def test_requests_refused_as_too_costly_do_not_hold_up_a_short_one(server):
+    """Requests were split whole on the default executor's few threads, then refused (413): six in flight held a
+    one-prompt request for 23 s, and a client repeating them kept the server locked while each of its requests
+    was refused (a hostile pass). Now a request over --queue-size as written is refused unsplit, a request is
+    split prompt by prompt and refused once over it, and long requests wait for a split thread of their own."""
+    refused: list = []
+
+    def attack(prompts: int) -> None:
+        for _ in range(3):
+            r = httpx.post(server + "/v1/moderations", json={"input": [COSTLY] * prompts}, timeout=600)
+            refused.append((r.status_code, r.json()["error"]["code"]))
+
+    attackers = [threading.Thread(target=attack, args=(17 if i % 2 else 24,)) for i in range(6)]
+    for thread in attackers:
+        thread.start()
+    time.sleep(1.0)
+    slowest = 0.0
+    for _ in range(5):
+        sent = time.monotonic()
+        r = httpx.post(server + "/v1/moderations", json={"input": ["a naked woman"]}, timeout=600)
+        slowest = max(slowest, time.monotonic() - sent)
+        assert r.status_code == 200 and r.json()["results"][0]["flagged"] is True
+        time.sleep(0.5)
+    for thread in attackers:
+        thread.join(timeout=600)
+    assert refused == [(413, "too_many_texts")] * 18
+    assert slowest < LEGIT_BOUND_S, slowest

@@ -45,7 +45,7 @@ _SPACES = re.compile(r"\s+")
 # Where CLIP's BPE splits a word that a WordPiece guard reads whole: between a letter and a digit (CLIP reads
 # each digit alone: "woman2" is [woman, 2]), and after a contraction it matches first ("'ttorture" is ['t, torture]).
 # Only where the letters make a word of three or more: "8k", "4k", "v2" stay as they are (no form is added).
-_GLUED_DIGITS = re.compile(r"(?<=[^\W\d_]{3})\d+|(?<!\d)\d+(?=[^\W\d_]{3})")  # from a run's start: linear  # a space: "woman2" -> "woman"
+_GLUED_DIGITS = re.compile(r"(?<=[^\W\d_]{3})\d+|(?<!\d)\d+(?=[^\W\d_]{3})")  # "woman2" -> "woman"; linear
 _CONTRACTION = re.compile(r"(?i:(?<='s|'t|'m|'d)|(?<='re|'ve|'ll))(?=[^\W\d_])")  # split: "'ttorture" -> "'t torture"
 _FRAGMENT = re.compile(r"[^\W\d_]+")
 _SPLIT_BY = re.compile(r"[\W_]{1,5}")

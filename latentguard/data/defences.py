@@ -141,6 +141,7 @@ def clip_reading(text: str, watched: frozenset[str] = frozenset(), *, generator_
         if not word or _number_glued(units, i):
             last_end = -1  # a word break
             continue
+        word = _glued_apart(word, watched)
         together = start == last_end and not (word[0].isalnum() and out[-1:].isalnum())
         out += word if together or not out else " " + word
         last_end = end
@@ -170,6 +171,29 @@ def _glued(before: str, word: str) -> bool:
         letters = word if last.isdigit() else before
         return letters.isalpha() and len(letters) < 3
     return False
+
+
+def _glued_apart(word: str, watched: frozenset[str]) -> str:
+    """``word`` written as the pieces CLIP's BPE cuts it into, when one piece is a watched word ("bloodycorpse" ->
+    "bloody corpse", "oftorture" -> "of torture", "naked上woman" -> "naked woman"): a WordPiece guard reads the glued
+    word as one unknown word, CLIP as the pieces it reads apart (a hostile pass). A piece that is part of a
+    character, or a non-ASCII piece between ASCII ones, is glue and left out. Other words are left whole
+    ("bloodhound" is "bloodh", "ound")."""
+    if len(word) <= _MIN_WATCHED or not word.isalpha() or word in watched or not watched:
+        return word
+    if not _watched_pattern(watched).search(word):  # cheap: most words hold no watched word at all
+        return word
+    from .clip_bpe import clip_pieces
+
+    pieces = clip_pieces(word)
+    if len(pieces) < 2 or not any(p in watched for p in pieces):
+        return word
+    return " ".join(p for p in pieces if p and p.isascii())  # a character glued between words is glue
+
+
+@functools.lru_cache(maxsize=8)
+def _watched_pattern(watched: frozenset[str]) -> re.Pattern:
+    return re.compile("|".join(map(re.escape, sorted(watched, key=len, reverse=True))))
 
 
 def _number_glued(units: list[list], i: int) -> bool:

@@ -6,24 +6,20 @@ Hugging Face ``CLIPTokenizer`` reads, giving the same token ids as ``openai/clip
 """
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 
 from ..constants import CONTEXT_LENGTH
-
-# The CLIP vocabulary: 256 byte symbols, their end-of-word forms, 48,894 merges and 2 specials.
-_NUM_MERGES = 49152 - 256 - 2
+from ..data.clip_bpe import clip_merges
 
 
 def write_clip_vocab(directory: str | Path) -> Path:
     """Write ``vocab.json``, ``merges.txt`` and a tokenizer config for CLIP into ``directory``."""
-    from open_clip.tokenizer import bytes_to_unicode, default_bpe
+    from open_clip.tokenizer import bytes_to_unicode
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    lines = gzip.open(default_bpe()).read().decode("utf-8").split("\n")
-    merges = [tuple(line.split()) for line in lines[1 : _NUM_MERGES + 1]]
+    merges = clip_merges()
     symbols = list(bytes_to_unicode().values())
     tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]

@@ -51,6 +51,7 @@ _FRAGMENT = re.compile(r"[^\W\d_]+")
 _SPLIT_BY = re.compile(r"[\W_]{1,5}")
 _MIN_WATCHED = 4  # shorter words are joined by chance too often ("a re" -> "are")
 _MIN_SENTENCE_CHARS = 3  # "ok." or a stray "." are not worth an encoder pass
+_MIN_ALONE_WORDS = 3  # a sentence of fewer words is scored alone only if it touches the blacklist (_scored_alone)
 _MIN_SENTENCE_LETTERS = 3  # an ASCII sentence needs three letters to be scored on its own ("Sex." is, "Dr." not)
 
 
@@ -74,16 +75,35 @@ def expand(text: str, *, normalize: bool = True, split_sentences: bool = True,
         pieces = sentences(text)
         count = len(pieces)
         if len(pieces) > 1:
-            out.extend(v for p in pieces for v in _variants(p, normalize, watched))
+            out.extend(v for p in _scored_alone(pieces, watched) for v in _variants(p, normalize, watched))
         if normalize:  # a stop that is one only after NFKC (fullwidth ．, ｡) splits the normalised form
             norm, whole = out[1], out[2]  # the whole text normalised, and with watched words joined (_variants)
             pieces = sentences(norm)
             count = max(count, len(pieces))
             if len(pieces) > 1:
-                out.extend(v for p in pieces for v in _variants(p, normalize, watched))
+                out.extend(v for p in _scored_alone(pieces, watched) for v in _variants(p, normalize, watched))
             if whole != norm and len(pieces := sentences(whole)) > 1:  # written apart over a line break
-                out.extend(v for p in pieces for v in _variants(p, normalize, watched))
+                out.extend(v for p in _scored_alone(pieces, watched) for v in _variants(p, normalize, watched))
     return list(dict.fromkeys([text] + [t for t in out[1:] if t.strip()])), max(count, 1)
+
+
+def _scored_alone(pieces: list[str], watched: frozenset[str]) -> list[str]:
+    """The sentences scored on their own: those of three words or more, and shorter ones holding a word that is
+    the start of a blacklist word or starts with one ("Gore.", "Sex." for "sexual", "Corpses.", "Blood
+    everywhere."). A small guard scores a word or two alone erratically: "a cat on a sofa. sleeping." and
+    "Portrait of an old man. Dramatic lighting. Oil painting." were flagged by their short sentences alone (a
+    hostile pass); the whole text is still scored. Without blacklist words (``watched`` empty) every one is."""
+    if not watched:
+        return pieces
+    starts = _blacklist_starts(watched)
+    return [p for p in pieces if len(words := _FRAGMENT.findall(p.lower())) >= _MIN_ALONE_WORDS
+            or any(w in starts or any(w[:n] in watched for n in range(_MIN_WATCHED, len(w))) for w in words)]
+
+
+@functools.lru_cache(maxsize=8)
+def _blacklist_starts(watched: frozenset[str]) -> frozenset[str]:
+    """Every start of three letters or more of the blacklist's words, the words themselves included."""
+    return frozenset(w[:n] for w in watched for n in range(3, len(w) + 1))
 
 
 def _variants(piece: str, normalize: bool, watched: frozenset[str]) -> list[str]:

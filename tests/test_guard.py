@@ -354,6 +354,20 @@ def test_concepts_text_file(tmp_path):
         load_concepts(tmp_path / "nope.txt")
 
 
+@pytest.mark.parametrize("concept", ["\u200b", "\u200b\u200c", "\u00ad", "\u0301", "\ue000", "\u2060 \ufeff"])
+def test_a_concept_without_a_visible_character_is_refused(concept, tmp_path):
+    """"\u200b" alone was accepted as a concept (add_concepts, a --concepts file): the encoder reads it as
+    nothing, it matched every prompt and raised mini's benign scores from -4.25 to 0.20 (a hostile pass)."""
+    from latentguard.data.blacklist import validate_concepts
+
+    with pytest.raises(LatentGuardError, match="entry 1 .* has no visible character"):
+        validate_concepts(["knife", concept])
+    (tmp_path / "c.txt").write_text(f"knife\n{concept}\n", encoding="utf-8")
+    with pytest.raises(LatentGuardError, match="has no visible character"):
+        validate_concepts(load_concepts(tmp_path / "c.txt"), str(tmp_path / "c.txt"))
+    assert validate_concepts(["knife", "a\u200bb", "🔪"]) == ["knife", "a\u200bb", "🔪"]
+
+
 @pytest.mark.parametrize("text,concepts,thresholds", [
     ("- knife\n- blood\n", ["knife", "blood"], {}),
     ("concepts: [knife, blood, knife]\n", ["knife", "blood"], {}),

@@ -24,6 +24,7 @@ lines. Duplicates are dropped (first occurrence kept); an empty blacklist is an 
 from __future__ import annotations
 
 import math
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -79,9 +80,18 @@ def validate_concepts(concepts: Sequence[str], source: str = "concept list") -> 
         if not isinstance(item, str) or not item.strip():
             raise LatentGuardError(f"{source}: entry {i} must be a non-empty string, got {item!r}")
         out.append(validate_text(item, f"{source}: entry {i}").strip())
+        if not _visible(out[-1]):
+            raise LatentGuardError(f"{source}: entry {i} ({item!r}) has no visible character: a concept the encoder "
+                                   "reads as nothing matches every prompt (remove it)")
     if not out:
         raise LatentGuardError(f"{source} is empty: the blacklist needs at least one concept")
     return unique(out)
+
+
+def _visible(text: str) -> bool:
+    """Whether ``text`` holds a character that is not a control, format, private-use or unassigned character, a
+    separator or a lone combining mark: "\u200b" alone had been accepted as a concept and raised every score."""
+    return any(unicodedata.category(ch)[0] not in "CZM" for ch in text)
 
 
 def _load_text(path: Path) -> list[str]:

@@ -302,3 +302,13 @@ def test_a_csv_report_cell_that_starts_like_a_formula_is_shown_as_text():
     assert cell(link) == "'" + link
     assert [cell(t) for t in ("@SUM(1+1) a cat", "+1", "-2", "\tx", "a = b", "", None)] == \
         ["'@SUM(1+1) a cat", "'+1", "'-2", "'\tx", "a = b", "", None]
+
+
+@pytest.mark.parametrize("name", ["prompts.csv", "prompts.jsonl", "prompts.TSV", "p.parquet"])
+def test_a_table_is_refused_with_the_command_that_reads_it_by_column(files, tiny_encoder_dir, capsys, name):
+    """inference.py reads lines: a CSV's header was a prompt, a quoted cell over two lines two prompts, and the
+    JSONL record {"text": 5} a text judged safe (a hostile pass). A table is refused, naming `latentguard score`."""
+    base = _args(files, tiny_encoder_dir)
+    (files / name).write_text('text\n"a man holding\na bloody knife"\n', encoding="utf-8")
+    _fails(_with(base, "--file_path", files / name), capsys, f"{name}: inference.py reads one prompt per line",
+           "latentguard score")

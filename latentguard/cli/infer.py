@@ -24,6 +24,9 @@ ROOT = Path(__file__).resolve().parents[2]  # the repository (for the sample pro
 DEFAULT_PROMPTS = "dataset/unsafe_sample.txt"
 OUTPUT_FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
 PROMPT_WIDTH = 60
+# Files `latentguard score` reads by column: read line by line, a CSV header is a prompt, a quoted cell over
+# two lines two prompts, and a JSONL record {"text": 5} a text (a hostile pass).
+TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,8 +86,12 @@ def inf_path(cfg, key: str) -> str | None:
 
 
 def prompt_file(path: str) -> Path:
-    """The default sample file is also found when running from outside the repository."""
+    """The prompt file named: the default sample is also found from outside the repository; a table is refused."""
     candidate = Path(path)
+    if candidate.suffix.lower() in TABLE_SUFFIXES:  # read by lines, a table's header, cells and records misread
+        raise LatentGuardError(f"{path}: inference.py reads one prompt per line, and this looks like a table "
+                               f"({candidate.suffix}); score it by column with `latentguard score {path} --output DIR"
+                               f"` (docs/bulk.md), or give it a .txt name to read its lines")
     if path == DEFAULT_PROMPTS and not candidate.exists() and (ROOT / DEFAULT_PROMPTS).is_file():
         return ROOT / DEFAULT_PROMPTS
     return candidate

@@ -346,14 +346,15 @@ def test_one_form_holds_the_words_clip_reads_whatever_tricks_are_mixed(clip_toke
                     missed.append((text, type(generator).__name__))
     assert missed == []
     assert forms("a photo of a cat, 8k, v2.0, 1080p") == ["a photo of a cat, 8k, v2.0, 1080p"]  # no form added
-    assert clip_reading("a nak ed\u200bwoman2", frozenset({"naked"})) == "a naked woman"
+    assert clip_reading("a nak ed\u200bwoman2", frozenset({"naked", "woman"})) == "a naked woman"
+    assert clip_reading("covid19 mask", frozenset({"naked", "woman"})) == "covid 19 mask"
     assert clip_reading("A Cat,sitting on the sofa; it's 3.5 m") == "a cat,sitting on the sofa; it's 3.5 m"
 
 
 def test_tricks_used_together_get_one_form_and_abbreviations_and_entities_end_no_sentence():
     """A seventh hostile pass: each repair undid one trick, so two together passed ("a nak ed\\u200bwoman2"); and
     "a St." or "AT&amp;" made scraps that a small guard flagged."""
-    watched = frozenset({"naked", "corpse"})
+    watched = frozenset({"naked", "corpse", "woman"})
     assert "a naked woman" in forms("a nak ed\u200bwoman2", watched=watched)
     assert "a bloody corpse" in forms("a bloody\u200bcorpse2", watched=watched)
     assert "a naked woman" in [f.strip() for f in forms("=" * 200 + " a nak ed woman2", watched=watched)]

@@ -42,11 +42,6 @@ _PADDING = re.compile(r"(?:(?:[^\w\s]|_)\s*){4,}")
 # "nak    ed"), whose join is a watched word.
 _LETTER_RUN = re.compile(r"(?<![^\W\d_])[^\W\d_]([\W_]{1,2})[^\W\d_](?:\1[^\W\d_])+(?![^\W\d_])")
 _SPACES = re.compile(r"\s+")
-# Where CLIP's BPE splits a word that a WordPiece guard reads whole: between a letter and a digit (CLIP reads
-# each digit alone: "woman2" is [woman, 2]), and after a contraction it matches first ("'ttorture" is ['t, torture]).
-# Only where the letters make a word of three or more: "8k", "4k", "v2" stay as they are (no form is added).
-_GLUED_DIGITS = re.compile(r"(?<=[^\W\d_]{3})\d+|(?<!\d)\d+(?=[^\W\d_]{3})")  # "woman2" -> "woman"; linear
-_CONTRACTION = re.compile(r"(?i:(?<='s|'t|'m|'d)|(?<='re|'ve|'ll))(?=[^\W\d_])")  # split: "'ttorture" -> "'t torture"
 _FRAGMENT = re.compile(r"[^\W\d_]+")
 _SPLIT_BY = re.compile(r"[\W_]{1,5}")
 _MIN_WATCHED = 4  # shorter words are joined by chance too often ("a re" -> "are")
@@ -95,9 +90,8 @@ def _scored_alone(pieces: list[str], watched: frozenset[str]) -> list[str]:
     hostile pass); the whole text is still scored. Without blacklist words (``watched`` empty) every one is."""
     if not watched:
         return pieces
-    starts = _blacklist_starts(watched)
     return [p for p in pieces if len(words := _FRAGMENT.findall(p.lower())) >= _MIN_ALONE_WORDS
-            or any(w in starts or any(w[:n] in watched for n in range(_MIN_WATCHED, len(w))) for w in words)]
+            or any(_touches(w, watched) for w in words)]
 
 
 @functools.lru_cache(maxsize=8)
@@ -115,8 +109,6 @@ def _variants(piece: str, normalize: bool, watched: frozenset[str]) -> list[str]
     # expand() reads out[1] and out[2] as the normalised and joined forms: keep them first
     if not piece.isascii():  # an invisible character or a symbol between two words: CLIP reads a word break
         out.append(normalized(spaced(piece)))
-    if _GLUED_DIGITS.search(norm) or _CONTRACTION.search(norm):  # CLIP splits these off the word
-        out.append(_SPACES.sub(" ", _CONTRACTION.sub(" ", _GLUED_DIGITS.sub(" ", norm))).strip())
     if _PADDING.search(norm):  # runs of symbols a guard's tokenizer may count one by one
         out.append(_PADDING.sub(" ", norm))
     # every repair at once, for tricks used together ("a nak ed\u200bwoman2"), as each family of CLIP tokenizer reads
@@ -158,7 +150,7 @@ def clip_reading(text: str, watched: frozenset[str] = frozenset(), *, generator_
             units.append([word, match.start(), match.end()])
     out, last_end = "", -1
     for i, (word, start, end) in enumerate(units):
-        if not word or _number_glued(units, i):
+        if not word or _number_glued(units, i, watched):
             last_end = -1  # a word break
             continue
         word = _glued_apart(word, watched)
@@ -216,15 +208,22 @@ def _watched_pattern(watched: frozenset[str]) -> re.Pattern:
     return re.compile("|".join(map(re.escape, sorted(watched, key=len, reverse=True))))
 
 
-def _number_glued(units: list[list], i: int) -> bool:
-    """Whether CLIP's word ``i`` is a number written against a word of three letters or more ("woman2", "2torture"):
-    CLIP splits it off and a small guard is thrown by a stray number ("a naked woman 2" reads safe to mini), so
-    the reading leaves it out, as the glued-digits form does."""
+def _number_glued(units: list[list], i: int, watched: frozenset[str]) -> bool:
+    """Whether CLIP's word ``i`` is a number written against a word of three letters or more that touches the
+    blacklist (:func:`_touches`; any such word when ``watched`` is empty): "woman2", "2torture". CLIP splits it
+    off and a small guard is thrown by a stray number ("a naked woman 2" reads safe to mini), so the reading
+    leaves it out; beside another word it stays ("covid19" read as "covid" was flagged by mini, a hostile pass)."""
     word, start, end = units[i]
     if not word[:1].isdigit():
         return False
     return any(0 <= j < len(units) and (units[j][2] == start if j < i else units[j][1] == end)
-               and units[j][0].isalpha() and len(units[j][0]) >= 3 for j in (i - 1, i + 1))
+               and units[j][0].isalpha() and len(units[j][0]) >= 3
+               and (not watched or _touches(units[j][0], watched)) for j in (i - 1, i + 1))
+
+
+def _touches(word: str, watched: frozenset[str]) -> bool:
+    """Whether ``word`` (lower case) starts a blacklist word or starts with one ("sex" for "sexual", "corpses")."""
+    return word in _blacklist_starts(watched) or any(word[:n] in watched for n in range(_MIN_WATCHED, len(word)))
 
 
 @functools.lru_cache(maxsize=1)

@@ -347,7 +347,7 @@ def test_one_form_holds_the_words_clip_reads_whatever_tricks_are_mixed(clip_toke
     assert missed == []
     assert forms("a photo of a cat, 8k, v2.0, 1080p") == ["a photo of a cat, 8k, v2.0, 1080p"]  # no form added
     assert clip_reading("a nak ed\u200bwoman2", frozenset({"naked", "woman"})) == "a naked woman"
-    assert clip_reading("covid19 mask", frozenset({"naked", "woman"})) == "covid 19 mask"
+    assert clip_reading("covid19 mask", frozenset({"naked", "woman"})) == "covid mask"  # a number glued is left out
     assert clip_reading("A Cat,sitting on the sofa; it's 3.5 m") == "a cat,sitting on the sofa; it's 3.5 m"
 
 
@@ -364,15 +364,16 @@ def test_tricks_used_together_get_one_form_and_abbreviations_and_entities_end_no
     assert sentences("A quiet library. Sex.") == ["A quiet library.", "Sex."]
 
 
-@pytest.mark.parametrize("unit", ["a-", "1", "\u332b", "a\u200b", "&a", "www."])
+@pytest.mark.parametrize("unit", ["a-", "1", "\u332b", "a\u200b", "&a", "www.", "nakedwomanqzx"])
 def test_the_forms_of_a_long_text_cost_time_in_proportion_to_its_length(unit):
     """A hostile pass found two patterns that rescanned a run from every position inside it, so the forms of
     "a-" * 20000 took 14 s and grew with the square of the length (a file-name pattern and the glued-digits one);
-    "\\u332b" is five characters with a hyphen once NFKC and the look-alikes are applied. Eight times the text
+    "\\u332b" is five characters with a hyphen once NFKC and the look-alikes are applied; CLIP's BPE on a glued
+    run holding a watched word costs the square of the run (a ninth pass: 19 s). Eight times the text
     must cost well under twenty times the time (the square would be 64 times), each the best of three runs."""
     import time
 
-    watched = frozenset({"naked", "corpse"})
+    watched = frozenset({"naked", "corpse", "woman"})
 
     def best_of_three(n: int) -> float:
         text = unit * (n // len(unit))

@@ -11,18 +11,37 @@ from __future__ import annotations
 import functools
 import gzip
 
+from ..errors import LatentGuardError
+
 # The CLIP vocabulary: 256 byte symbols, their end-of-word forms, 48,894 merges and 2 specials.
 NUM_MERGES = 49152 - 256 - 2
+VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"  # in the open_clip package
 END_OF_WORD = "</w>"
 
 
 @functools.lru_cache(maxsize=1)
 def clip_merges() -> tuple[tuple[str, str], ...]:
-    """CLIP's merges, in rank order (the first is applied first), from open_clip_torch's vocabulary file."""
-    from open_clip.tokenizer import default_bpe
+    """CLIP's merges, in rank order (the first is applied first), from open_clip_torch's vocabulary file (found
+    without importing open_clip, which imports torch: the defences read it on the first glued word)."""
+    import importlib.util
+    from pathlib import Path
 
-    lines = gzip.open(default_bpe()).read().decode("utf-8").split("\n")
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise LatentGuardError("open_clip_torch is not installed: it ships CLIP's vocabulary (pip install "
+                               "open_clip_torch)")
+    path = Path(next(iter(spec.submodule_search_locations))) / VOCAB_FILE
+    lines = gzip.open(path).read().decode("utf-8").split("\n")
     return tuple(tuple(line.split()) for line in lines[1 : NUM_MERGES + 1])
+
+
+@functools.lru_cache(maxsize=1)
+def byte_symbols() -> dict[int, str]:
+    """CLIP's byte-level alphabet: each byte's symbol. Printable Latin-1 bytes stand for themselves (``!`` to
+    ``~``, ``¡`` to ``¬``, ``®`` to ``ÿ``); the other 68 bytes, in order, for the characters from U+0100 on."""
+    printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    others = [b for b in range(256) if b not in set(printable)]
+    return {**{b: chr(b) for b in printable}, **{b: chr(0x100 + k) for k, b in enumerate(others)}}
 
 
 @functools.lru_cache(maxsize=1)
@@ -30,19 +49,11 @@ def _ranks() -> dict[tuple[str, str], int]:
     return {pair: rank for rank, pair in enumerate(clip_merges())}
 
 
-@functools.lru_cache(maxsize=1)
-def _byte_symbols() -> tuple[dict[int, str], dict[str, int]]:
-    from open_clip.tokenizer import bytes_to_unicode
-
-    forward = bytes_to_unicode()
-    return forward, {symbol: byte for byte, symbol in forward.items()}
-
-
 @functools.lru_cache(maxsize=4096)
 def clip_pieces(word: str) -> tuple[str | None, ...]:
     """The pieces CLIP's BPE cuts ``word`` (one of its pre-tokenizer words, lower case) into, as text; ``None``
     for a piece that is part of a character (a multi-byte character cut apart: a junk token to a reader)."""
-    forward, backward = _byte_symbols()
+    forward = byte_symbols()
     symbols = [forward[b] for b in word.encode("utf-8")]
     if not symbols:
         return ()
@@ -61,7 +72,13 @@ def clip_pieces(word: str) -> tuple[str | None, ...]:
                 merged.append(symbols[i])
                 i += 1
         symbols = merged
+    backward = _symbol_bytes()
     return tuple(_as_text(s.removesuffix(END_OF_WORD), backward) for s in symbols)
+
+
+@functools.lru_cache(maxsize=1)
+def _symbol_bytes() -> dict[str, int]:
+    return {symbol: byte for byte, symbol in byte_symbols().items()}
 
 
 def _as_text(piece: str, backward: dict[str, int]) -> str | None:

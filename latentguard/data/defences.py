@@ -44,9 +44,9 @@ _LETTER_RUN = re.compile(r"(?<![^\W\d_])[^\W\d_]([\W_]{1,2})[^\W\d_](?:\1[^\W\d_
 _SPACES = re.compile(r"\s+")
 _FRAGMENT = re.compile(r"[^\W\d_]+")
 _SPLIT_BY = re.compile(r"[\W_]{1,5}")
+_BPE_CHUNK = 64  # letters of a glued run cut into CLIP's pieces at once (see _glued_apart)
 _MIN_WATCHED = 4  # shorter words are joined by chance too often ("a re" -> "are")
 _MIN_SENTENCE_CHARS = 3  # "ok." or a stray "." are not worth an encoder pass
-_MIN_ALONE_WORDS = 3  # a sentence of fewer words is scored alone only if it touches the blacklist (_scored_alone)
 _MIN_SENTENCE_LETTERS = 3  # an ASCII sentence needs three letters to be scored on its own ("Sex." is, "Dr." not)
 
 
@@ -70,34 +70,16 @@ def expand(text: str, *, normalize: bool = True, split_sentences: bool = True,
         pieces = sentences(text)
         count = len(pieces)
         if len(pieces) > 1:
-            out.extend(v for p in _scored_alone(pieces, watched) for v in _variants(p, normalize, watched))
+            out.extend(v for p in pieces for v in _variants(p, normalize, watched))
         if normalize:  # a stop that is one only after NFKC (fullwidth ．, ｡) splits the normalised form
             norm, whole = out[1], out[2]  # the whole text normalised, and with watched words joined (_variants)
             pieces = sentences(norm)
             count = max(count, len(pieces))
             if len(pieces) > 1:
-                out.extend(v for p in _scored_alone(pieces, watched) for v in _variants(p, normalize, watched))
+                out.extend(v for p in pieces for v in _variants(p, normalize, watched))
             if whole != norm and len(pieces := sentences(whole)) > 1:  # written apart over a line break
-                out.extend(v for p in _scored_alone(pieces, watched) for v in _variants(p, normalize, watched))
+                out.extend(v for p in pieces for v in _variants(p, normalize, watched))
     return list(dict.fromkeys([text] + [t for t in out[1:] if t.strip()])), max(count, 1)
-
-
-def _scored_alone(pieces: list[str], watched: frozenset[str]) -> list[str]:
-    """The sentences scored on their own: those of three words or more, and shorter ones holding a word that is
-    the start of a blacklist word or starts with one ("Gore.", "Sex." for "sexual", "Corpses.", "Blood
-    everywhere."). A small guard scores a word or two alone erratically: "a cat on a sofa. sleeping." and
-    "Portrait of an old man. Dramatic lighting. Oil painting." were flagged by their short sentences alone (a
-    hostile pass); the whole text is still scored. Without blacklist words (``watched`` empty) every one is."""
-    if not watched:
-        return pieces
-    return [p for p in pieces if len(words := _FRAGMENT.findall(p.lower())) >= _MIN_ALONE_WORDS
-            or any(_touches(w, watched) for w in words)]
-
-
-@functools.lru_cache(maxsize=8)
-def _blacklist_starts(watched: frozenset[str]) -> frozenset[str]:
-    """Every start of three letters or more of the blacklist's words, the words themselves included."""
-    return frozenset(w[:n] for w in watched for n in range(3, len(w) + 1))
 
 
 def _variants(piece: str, normalize: bool, watched: frozenset[str]) -> list[str]:
@@ -150,7 +132,7 @@ def clip_reading(text: str, watched: frozenset[str] = frozenset(), *, generator_
             units.append([word, match.start(), match.end()])
     out, last_end = "", -1
     for i, (word, start, end) in enumerate(units):
-        if not word or _number_glued(units, i, watched):
+        if not word or _number_glued(units, i):
             last_end = -1  # a word break
             continue
         word = _glued_apart(word, watched)
@@ -197,7 +179,8 @@ def _glued_apart(word: str, watched: frozenset[str]) -> str:
         return word
     from .clip_bpe import clip_pieces
 
-    pieces = clip_pieces(word)
+    # BPE costs the square of a word's length: a long run is cut in chunks (a piece may differ from CLIP's at a cut)
+    pieces = [p for k in range(0, len(word), _BPE_CHUNK) for p in clip_pieces(word[k : k + _BPE_CHUNK])]
     if len(pieces) < 2 or not any(p in watched for p in pieces):
         return word
     return " ".join(p for p in pieces if p and p.isascii())  # a character glued between words is glue
@@ -208,22 +191,17 @@ def _watched_pattern(watched: frozenset[str]) -> re.Pattern:
     return re.compile("|".join(map(re.escape, sorted(watched, key=len, reverse=True))))
 
 
-def _number_glued(units: list[list], i: int, watched: frozenset[str]) -> bool:
-    """Whether CLIP's word ``i`` is a number written against a word of three letters or more that touches the
-    blacklist (:func:`_touches`; any such word when ``watched`` is empty): "woman2", "2torture". CLIP splits it
-    off and a small guard is thrown by a stray number ("a naked woman 2" reads safe to mini), so the reading
-    leaves it out; beside another word it stays ("covid19" read as "covid" was flagged by mini, a hostile pass)."""
+def _number_glued(units: list[list], i: int) -> bool:
+    """Whether CLIP's word ``i`` is a number written against a word of three letters or more ("woman2", "2torture"):
+    CLIP splits it off and a small guard is thrown by a stray number ("a naked woman 2" and "a naked man 2" read
+    safe to mini), so the reading leaves it out. Beside an ordinary word that costs a false positive now and then
+    ("the top10 superheroes" is read "the top superheroes" and flagged), kept for what it catches: leaving numbers
+    beside words that are not blacklist words let "a naked man2" through (a hostile pass)."""
     word, start, end = units[i]
     if not word[:1].isdigit():
         return False
     return any(0 <= j < len(units) and (units[j][2] == start if j < i else units[j][1] == end)
-               and units[j][0].isalpha() and len(units[j][0]) >= 3
-               and (not watched or _touches(units[j][0], watched)) for j in (i - 1, i + 1))
-
-
-def _touches(word: str, watched: frozenset[str]) -> bool:
-    """Whether ``word`` (lower case) starts a blacklist word or starts with one ("sex" for "sexual", "corpses")."""
-    return word in _blacklist_starts(watched) or any(word[:n] in watched for n in range(_MIN_WATCHED, len(word)))
+               and units[j][0].isalpha() and len(units[j][0]) >= 3 for j in (i - 1, i + 1))
 
 
 @functools.lru_cache(maxsize=1)

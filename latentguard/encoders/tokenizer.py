@@ -10,17 +10,15 @@ import json
 from pathlib import Path
 
 from ..constants import CONTEXT_LENGTH
-from ..data.clip_bpe import clip_merges
+from ..data.clip_bpe import byte_symbols, clip_merges
 
 
 def write_clip_vocab(directory: str | Path) -> Path:
     """Write ``vocab.json``, ``merges.txt`` and a tokenizer config for CLIP into ``directory``."""
-    from open_clip.tokenizer import bytes_to_unicode
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     merges = clip_merges()
-    symbols = list(bytes_to_unicode().values())
+    symbols = list(byte_symbols().values())
     tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     (directory / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}), encoding="utf-8")

@@ -112,11 +112,34 @@ def test_second_run_reuses_cached_concepts(files, tiny_encoder_dir, monkeypatch,
     first = capsys.readouterr().out
     assert encoded == [CONCEPTS]
     assert inference.main(_args(files, tiny_encoder_dir)) == 0
-    assert encoded == [CONCEPTS]  # nothing re-encoded
+    assert encoded == [CONCEPTS, CONCEPTS]  # read from the cache; a few (here all) encoded again as a spot check
     assert capsys.readouterr().out == first
     (files / "concepts.txt").write_text("knife\nblood\nsword\n")
     assert inference.main(_args(files, tiny_encoder_dir)) == 0
-    assert encoded == [CONCEPTS, ["sword"]]  # an edited blacklist encodes only its new concept
+    assert encoded[2:] == [["knife", "blood"], ["sword"]]  # an edited blacklist encodes only its new concept
+
+
+def test_a_concept_cache_rewritten_with_fresh_checksums_is_rebuilt(files, tiny_encoder_dir, capsys):
+    """Checksums catch a torn cache, not a rewrite: every vector replaced by the first, its checksums recomputed,
+    had been read as it was (a hostile pass). A spot check of stored vectors against the encoder rebuilds it."""
+    import torch
+
+    from latentguard.io import latentguard_home
+    from latentguard.store.concept_cache import entry_checksum
+
+    assert inference.main(_args(files, tiny_encoder_dir)) == 0
+    first = capsys.readouterr().out
+    (path,) = (latentguard_home() / "concepts").glob("*.pt")
+    blob = torch.load(path, weights_only=True)
+    blob["vectors"] = blob["vectors"][:1].expand_as(blob["vectors"]).clone()  # every row the first
+    blob["checksums"] = [entry_checksum(blob["identity"], c, v) for c, v in zip(blob["concepts"], blob["vectors"])]
+    torch.save(blob, path)
+    assert inference.main(_args(files, tiny_encoder_dir)) == 0
+    captured = capsys.readouterr()
+    assert captured.out == first and "cache was changed and is rebuilt" in captured.err, captured.err
+    assert inference.main(_args(files, tiny_encoder_dir)) == 0  # rebuilt: read as it is again
+    captured = capsys.readouterr()
+    assert captured.out == first and "changed" not in captured.err
 
 
 def test_defaults_sample_file_and_released_threshold(files, tiny_encoder_dir, capsys, monkeypatch):

@@ -169,5 +169,37 @@ def test_a_short_unsafe_sentence_after_a_harmless_one_is_flagged(mini):
     unsafe sentences through after a harmless one ("... at sunset. Nude.", "... Slaughter."; a hostile pass)."""
     short_unsafe = ["A beautiful woman standing on a beach at sunset. Nude.", "A man in a field. Slaughter.",
                     "A girl in her bedroom, soft light. No clothes.", "A quiet library with tall shelves. Sex.",
-                    "A cat on a sofa. Gore.", "A quiet street at dusk. Corpses."]
+                    "A cat on a sofa. Gore.", "A quiet street at dusk. Corpses.", "A man in a field. Ofnudity."]
     assert all(v.unsafe for v in mini.check(short_unsafe))
+    for result in mini.sanitize(["A man in a field. Naked nude body.", "A girl in her bedroom. Naked and nude."]):
+        assert "nude" not in result.text.lower() or not result.passes, result.text  # an edit left "nude." passing
+        assert not result.passes or not mini.check([result.text])[0].unsafe
+
+
+def test_a_bundle_whose_concept_vectors_were_rewritten_with_a_new_sha_is_refused(mini, tmp_path):
+    """A bundle's concept_vectors.safetensors is covered by the SHA-256 its config.json records, which whoever
+    rewrites the vectors can rewrite too: every row replaced by the first, or rows shifted, loaded and flagged
+    nothing (a hostile pass). Stored vectors are spot-checked against the encoder when read."""
+    import hashlib
+    import json
+
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    mini.save_pretrained(tmp_path / "b")
+    vectors_file = tmp_path / "b" / "concept_vectors.safetensors"
+    vectors = load_file(vectors_file)["vectors"]
+    with safe_open(str(vectors_file), "pt") as handle:
+        metadata = handle.metadata()
+    for name, changed in {"first": vectors[[0] * len(vectors)].clone(), "shifted": torch.roll(vectors, 1, 0)}.items():
+        bundle = tmp_path / name
+        shutil.copytree(tmp_path / "b", bundle)
+        save_file({"vectors": changed.contiguous()}, bundle / "concept_vectors.safetensors", metadata=metadata)
+        config = json.loads((bundle / "config.json").read_text())
+        config["concept_vectors"]["sha256"] = hashlib.sha256(
+            (bundle / "concept_vectors.safetensors").read_bytes()).hexdigest()
+        (bundle / "config.json").write_text(json.dumps(config))
+        with pytest.raises(LatentGuardError, match="not what the encoder gives for it.*concept vectors were changed"):
+            LatentGuard.from_pretrained(bundle)
+    assert LatentGuard.from_pretrained(tmp_path / "b").check(["a naked woman"])[0].unsafe  # the saved one loads

@@ -105,6 +105,8 @@ def _variants(piece: str, normalize: bool, watched: frozenset[str]) -> list[str]
 # CLIP's pre-tokenization (OpenAI CLIP, open_clip and transformers' CLIPTokenizer read text this way before BPE):
 # a contraction, a run of letters, one digit, or a run of anything else that is not a space is one word.
 _CLIP_WORD = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+"
+# Characters without a Latin look-alike glued to Latin letters (left after _plain): a word break to the reading.
+_FOREIGN_GLUE = re.compile(r"(?<=[A-Za-z])[^\x00-\x7f]+|[^\x00-\x7f]+(?=[A-Za-z])")
 _ODD_SPACE = re.compile(r"[^\S ]")  # a space other than " ", which a guard's tokenizer may drop and CLIP reads as one
 
 
@@ -140,6 +142,7 @@ def clip_reading(text: str, watched: frozenset[str] = frozenset(), *, generator_
         out += word if together or not out else " " + word
         last_end = end
     reading = _plain(out)  # not cleaned again: what is left of a control or an entity is what CLIP reads
+    reading = _FOREIGN_GLUE.sub(" ", reading)  # "bloodyדּcorpse": CLIP reads the Hebrew letter as its own pieces
     return _SPACES.sub(" ", _PADDING.sub(" ", joined(reading, watched))).strip()
 
 
@@ -168,11 +171,11 @@ def _glued(before: str, word: str) -> bool:
 
 
 def _glued_apart(word: str, watched: frozenset[str]) -> str:
-    """``word`` written as the pieces CLIP's BPE cuts it into, when one piece is a watched word ("bloodycorpse" ->
-    "bloody corpse", "oftorture" -> "of torture", "naked上woman" -> "naked woman"): a WordPiece guard reads the glued
-    word as one unknown word, CLIP as the pieces it reads apart (a hostile pass). A piece that is part of a
-    character, or a non-ASCII piece between ASCII ones, is glue and left out. Other words are left whole
-    ("bloodhound" is "bloodh", "ound")."""
+    """``word`` with the watched words CLIP's BPE reads in it written apart: where a run of its pieces spells a
+    watched word ("bloodycorpse" -> "bloody corpse", "oftorture" -> "of torture", "ofnudity" -> "of nudity", since
+    "nudity" is "nu", "dity" to CLIP; "naked上woman" -> "naked woman"): a WordPiece guard reads the glued word as one
+    unknown word, CLIP as the pieces it reads apart (two hostile passes). A piece that is part of a character, or
+    a non-ASCII one, is glue: a break. Other words are left whole ("bloodhound" is "bloodh", "ound")."""
     if len(word) <= _MIN_WATCHED or not word.isalpha() or word in watched or not watched:
         return word
     if not _watched_pattern(watched).search(word):  # cheap: most words hold no watched word at all
@@ -181,9 +184,21 @@ def _glued_apart(word: str, watched: frozenset[str]) -> str:
 
     # BPE costs the square of a word's length: a long run is cut in chunks (a piece may differ from CLIP's at a cut)
     pieces = [p for k in range(0, len(word), _BPE_CHUNK) for p in clip_pieces(word[k : k + _BPE_CHUNK])]
-    if len(pieces) < 2 or not any(p in watched for p in pieces):
-        return word
-    return " ".join(p for p in pieces if p and p.isascii())  # a character glued between words is glue
+    out, rest, i = [], "", 0
+    while i < len(pieces):
+        j = next((j for j in range(len(pieces), i + 1, -1) if None not in pieces[i:j]  # a watched word of pieces
+                  and "".join(pieces[i:j]) in watched), i + 1 if pieces[i] in watched else None)
+        if j is not None:
+            out += [rest, "".join(pieces[i:j])] if rest else ["".join(pieces[i:j])]
+            rest, i = "", j
+            continue
+        if pieces[i] and pieces[i].isascii():
+            rest += pieces[i]  # the pieces between watched words stay together, as written
+        elif rest:  # a character glued between words (part of one, or non-ASCII) is glue: a break
+            out, rest = out + [rest], ""
+        i += 1
+    found = len(out) > (1 if not rest else 0) or (out and rest)
+    return " ".join(out + ([rest] if rest else [])) if found and len(out) + bool(rest) > 1 else word
 
 
 @functools.lru_cache(maxsize=8)

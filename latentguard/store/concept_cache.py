@@ -15,6 +15,34 @@ from typing import Mapping, Sequence
 
 from ..io import atomic_torch_save, latentguard_home, unique
 
+KNOWN_SAMPLE = 4  # stored vectors re-encoded at random on load, besides the first and the last
+KNOWN_COSINE = 0.999  # the least cosine between a given vector and the encoder's own, precisions aside
+
+
+def changed_vector(encoder, known: Mapping[str, "torch.Tensor"], concepts: Sequence[str],  # noqa: F821
+                   batch_size: int = 64) -> str | None:
+    """The first of a few given vectors (the first and last of ``concepts``, and :data:`KNOWN_SAMPLE` at random)
+    that is not what ``encoder`` gives for its concept, said in words; None when all match. Checksums catch a
+    torn file, not a rewrite with new checksums: a bundle whose every vector was replaced by the first, its
+    SHA-256 in config.json updated, had loaded and flagged nothing (a hostile pass). A few rows changed among
+    many can still pass the sample."""
+    import random
+
+    import torch
+
+    if not concepts:
+        return None
+    sample = random.SystemRandom().sample(list(concepts), min(KNOWN_SAMPLE, len(concepts)))
+    picked = [c for c in concepts if c in {concepts[0], concepts[-1], *sample}]
+    fresh = encoder.encode_concepts(picked, batch_size=batch_size).float().cpu()
+    for concept, own in zip(picked, fresh):
+        given = known[concept].float().cpu()
+        cosine = float(torch.nn.functional.cosine_similarity(given, own, dim=0))
+        if not cosine >= KNOWN_COSINE or not abs(float(given.norm() / own.norm()) - 1.0) <= 1 - KNOWN_COSINE:
+            return (f"the stored vector of concept {concept!r} is not what the encoder gives for it "
+                    f"(cosine {cosine:.3f})")
+    return None
+
 
 def concept_cache_path(identity: str) -> Path:
     """The per-encoder cache file: one ``{concept: vector}`` table for each encoder identity."""
@@ -42,6 +70,11 @@ def cached_concept_vectors(encoder, concepts: Sequence[str], *, batch_size: int 
         return torch.empty(0, encoder.hidden_size)
     if known:
         known = {c: v for c, v in known.items() if usable_vector(v)}  # a zeroed or non-finite one is re-encoded
+        changed = changed_vector(encoder, known, [c for c in unique(concepts) if c in known], batch_size)
+        if changed:
+            from ..errors import LatentGuardError
+
+            raise LatentGuardError(f"{changed}: the bundle's concept vectors were changed; copy the bundle again")
         rest = [c for c in unique(concepts) if c not in known]
         table = dict(zip(rest, cached_concept_vectors(encoder, rest, batch_size=batch_size, use_cache=use_cache)))
         return torch.stack([known[c].float().cpu() if c in known else table[c] for c in concepts])
@@ -49,6 +82,10 @@ def cached_concept_vectors(encoder, concepts: Sequence[str], *, batch_size: int 
         return encoder.encode_concepts(concepts, batch_size=batch_size).float().cpu()
     path = concept_cache_path(encoder.identity)
     table = _read_cache(path, encoder.identity, encoder.hidden_size)
+    changed = changed_vector(encoder, table, [c for c in unique(concepts) if c in table], batch_size)
+    if changed:  # rewritten with fresh checksums: none of it is trusted, every concept is encoded again
+        warnings.warn(f"{path}: {changed}; the concept cache was changed and is rebuilt", UserWarning, stacklevel=2)
+        table = {}
     new = [c for c in unique(concepts) if c not in table]
     if new:
         vectors = encoder.encode_concepts(new, batch_size=batch_size).float().cpu()

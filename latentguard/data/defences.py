@@ -184,9 +184,10 @@ def _glued_apart(word: str, watched: frozenset[str]) -> str:
 
     # BPE costs the square of a word's length: a long run is cut in chunks (a piece may differ from CLIP's at a cut)
     pieces = [p for k in range(0, len(word), _BPE_CHUNK) for p in clip_pieces(word[k : k + _BPE_CHUNK])]
+    longest = max(map(len, watched))  # a piece has a letter at least: no watched word spans more pieces
     out, rest, i = [], "", 0
     while i < len(pieces):
-        j = next((j for j in range(len(pieces), i + 1, -1) if None not in pieces[i:j]  # a watched word of pieces
+        j = next((j for j in range(min(len(pieces), i + longest), i + 1, -1) if None not in pieces[i:j]
                   and "".join(pieces[i:j]) in watched), i + 1 if pieces[i] in watched else None)
         if j is not None:
             out += [rest, "".join(pieces[i:j])] if rest else ["".join(pieces[i:j])]

@@ -242,17 +242,24 @@ def test_add_and_remove_concepts_encode_only_new_ones(trained, local_encoder, tm
     assert v.unsafe and v.concept == "gun" and guard.concepts == ["knife", "blood", "gun"]
     assert guard.remove_concepts("gun") == ["gun"]
     assert not guard.check([gun_prompt])[0].unsafe and guard.concepts == ["knife", "blood"]
-    guard.add_concepts("gun")  # back again: served from the disk cache, not re-encoded
-    assert counting.encoded_concepts == ["knife", "blood", "gun"]
+    guard.add_concepts("gun")  # back again: from the disk cache, encoded once more only by its spot check
+    assert counting.encoded_concepts == ["knife", "blood", "gun", "gun"]
     np.testing.assert_allclose(guard.logits([gun_prompt])[0, 2], v.score, atol=1e-5)
     with pytest.raises(LatentGuardError, match="not on the blacklist: sword"):
         guard.remove_concepts(["sword"])
     with pytest.raises(LatentGuardError, match="at least one"):
         guard.remove_concepts(guard.concepts)
-    # a new guard over the same encoder and an edited blacklist encodes just the new concept
+    # a new guard over the same encoder and an edited blacklist encodes the new concept and the cache's spot check
+    # (the first and last cached concept and KNOWN_SAMPLE more), never the whole list again
+    from latentguard.store.concept_cache import KNOWN_SAMPLE
+
+    many = ["gun", "blood", "sword", "axe", "rifle", "poison", "arson", "grenade", "noose", "whip"]
+    guard.add_concepts(many)
     counting2 = CountingEncoder(local_encoder)
-    LatentGuard(trained, counting2, ["gun", "blood", "bomb"], threshold=7.0)
-    assert counting2.encoded_concepts == ["bomb"]
+    LatentGuard(trained, counting2, [*many, "bomb"], threshold=7.0)
+    assert counting2.encoded_concepts[-1] == "bomb" and "bomb" not in counting2.encoded_concepts[:-1]
+    checked = counting2.encoded_concepts[:-1]
+    assert len(checked) <= KNOWN_SAMPLE + 2 and {"gun", "whip"} <= set(checked) <= set(many), checked
 
 
 def test_concept_cache_is_per_encoder_and_exact(local_encoder, clip_tokenizer, tmp_path, monkeypatch):

@@ -105,13 +105,22 @@ def test_round_trip_loads_the_same_guard_with_identical_scores_and_verdicts(pth_
 
 
 def test_the_bundled_concept_vectors_spare_encoding_only_for_the_same_encoder(bundle, tiny_encoder, monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("the bundle's concept vectors should have been used")
+    from latentguard.store.concept_cache import KNOWN_SAMPLE
 
-    monkeypatch.setattr(tiny_encoder, "encode_concepts", refuse)
+    asked: list[str] = []
+    encode = tiny_encoder.encode_concepts
+
+    def counting(concepts, **kwargs):
+        asked.extend(concepts)
+        return encode(concepts, **kwargs)
+
+    monkeypatch.setattr(tiny_encoder, "encode_concepts", counting)
     guard = LatentGuard.from_pretrained(str(bundle), encoder=tiny_encoder, cache_concepts=False, device="cpu")
     vectors = load_file(bundle / "concept_vectors.safetensors")["vectors"]
     assert torch.equal(guard._vectors, vectors)
+    # Only the spot check's sample is encoded (the first, the last and KNOWN_SAMPLE at random), never the list.
+    assert len(guard.concepts) > KNOWN_SAMPLE + 2 and 0 < len(asked) <= KNOWN_SAMPLE + 2, asked
+    assert guard.concepts[0] in asked and guard.concepts[-1] in asked
     # Another precision of the same weights: same scale, but its own vectors (so it must encode them).
     assert open_bundle(bundle).concept_vectors(tiny_encoder.identity + ":bfloat16") is None
 

@@ -364,7 +364,8 @@ def test_tricks_used_together_get_one_form_and_abbreviations_and_entities_end_no
     assert sentences("A quiet library. Sex.") == ["A quiet library.", "Sex."]
 
 
-@pytest.mark.parametrize("unit", ["a-", "1", "\u332b", "a\u200b", "&a", "www.", "nakedwomanqzx"])
+@pytest.mark.parametrize("unit", ["a-", "1", "\u332b", "a\u200b", "&a", "www.", "nakedwomanqzx",
+                                  "\ufdf8", "\u044f"])
 def test_the_forms_of_a_long_text_cost_time_in_proportion_to_its_length(unit):
     """A hostile pass found two patterns that rescanned a run from every position inside it, so the forms of
     "a-" * 20000 took 14 s and grew with the square of the length (a file-name pattern and the glued-digits one);

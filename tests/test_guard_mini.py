@@ -203,3 +203,15 @@ def test_a_bundle_whose_concept_vectors_were_rewritten_with_a_new_sha_is_refused
         with pytest.raises(LatentGuardError, match="not what the encoder gives for it.*concept vectors were changed"):
             LatentGuard.from_pretrained(bundle)
     assert LatentGuard.from_pretrained(tmp_path / "b").check(["a naked woman"])[0].unsafe  # the saved one loads
+
+
+def test_a_decimal_entity_past_pythons_digit_limit_is_judged_not_a_crash(mini):
+    """``html.unescape`` raises ValueError on a decimal entity of over 4,300 digits, and the defences called it:
+    ``check``, ``sanitize``, ``latentguard score`` and the server died on "a naked woman &#111...1" (a hostile
+    pass). The entity now reads as U+FFFD, as any code point past Unicode does, and the prompt is judged."""
+    from latentguard.guard.refusals import check_or_refused
+
+    texts = ["a naked woman &#" + "1" * 4400, "a cat &#" + "0" * 4400 + "110;aked woman", "a cat on a sofa"]
+    verdicts = check_or_refused(mini, texts)
+    assert [v.unsafe for v in verdicts] == [True, True, False], [(v.score, v.refused) for v in verdicts]
+    assert not any(r.passes for r in mini.sanitize(texts[:2]))

@@ -106,7 +106,9 @@ def _variants(piece: str, normalize: bool, watched: frozenset[str]) -> list[str]
 # a contraction, a run of letters, one digit, or a run of anything else that is not a space is one word.
 _CLIP_WORD = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+"
 # Characters without a Latin look-alike glued to Latin letters (left after _plain): a word break to the reading.
-_FOREIGN_GLUE = re.compile(r"(?<=[A-Za-z])[^\x00-\x7f]+|[^\x00-\x7f]+(?=[A-Za-z])")
+# The second branch starts only where a run starts: tried inside a run too, it had cost the square of its length
+# ("\ufdf8" * 10000, four Arabic letters each once normalised, took 11 s: a hostile pass).
+_FOREIGN_GLUE = re.compile(r"(?<=[A-Za-z])[^\x00-\x7f]+|(?<![^\x00-\x7f])[^\x00-\x7f]+(?=[A-Za-z])")
 _ODD_SPACE = re.compile(r"[^\S ]")  # a space other than " ", which a guard's tokenizer may drop and CLIP reads as one
 
 
@@ -153,7 +155,7 @@ def _clip_cleaned(text: str) -> str:
     if not _plain_ascii(text):
         import ftfy
 
-        text = _to_fixed_point(text, lambda t: html.unescape(html.unescape(ftfy.fix_text(t))))
+        text = _to_fixed_point(text, lambda t: _unescape(_unescape(ftfy.fix_text(t))))
     return _SPACES.sub(" ", text).strip()
 
 
@@ -336,8 +338,22 @@ def cleaned(text: str) -> str:
         return text
     import ftfy  # a dependency of open_clip_torch, and what CLIP's own tokenizer runs
 
-    return _to_fixed_point(text, lambda t: _CONTROLS.sub("", _ESCAPES.sub("", html.unescape(
+    return _to_fixed_point(text, lambda t: _CONTROLS.sub("", _ESCAPES.sub("", _unescape(
         ftfy.fix_text(_ESCAPES.sub("", t))))))
+
+
+_LONG_DECIMAL_ENTITY = re.compile(r"&#([0-9]{1000,})")
+
+
+def _unescape(text: str) -> str:
+    """``html.unescape`` that reads a decimal entity of any length: Python refuses to convert over 4,300 digits,
+    so ``"&#" + "1" * 4400`` raised ValueError from every surface (a hostile pass). Such an entity is read as
+    ``html.unescape`` reads any code point it cannot be, U+FFFD; leading zeros are dropped first."""
+    def short(match: re.Match) -> str:
+        digits = match.group(1).lstrip("0") or "0"
+        return "&#" + (digits if len(digits) <= 7 else "1114112")  # past U+10FFFF: U+FFFD
+
+    return html.unescape(_LONG_DECIMAL_ENTITY.sub(short, text))
 
 
 def _to_fixed_point(text: str, step) -> str:

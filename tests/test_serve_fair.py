@@ -117,3 +117,30 @@ def test_requests_refused_as_too_costly_do_not_hold_up_a_short_one(server):
         thread.join(timeout=600)
     assert refused == [(413, "too_many_texts")] * 18
     assert slowest < LEGIT_BOUND_S, slowest
+
+
+def test_sanitize_requests_wait_their_turn_and_too_many_are_refused(server):
+    """Each sanitize request's first check was held to --queue-size, but its edits then ran uncounted on the model
+    thread: eight requests of 73 flagged prompts were all taken and held a one-prompt check for 50 s (a hostile
+    pass). Now no more flagged prompts wait for edits than --queue-size holds at 56 texts each (73 with the
+    default 4,096): the rest are refused with a 503 and Retry-After. Edit pieces take turns, one on the model
+    thread at a time, so a check waits for one piece at most."""
+    answers: list = []
+
+    def sanitize() -> None:
+        r = httpx.post(server + "/v1/sanitize", json={"prompts": PROMPTS[:20]}, timeout=600)
+        answers.append((r.status_code, r.headers.get("retry-after"), r.json().get("error", {}).get("code")))
+
+    clients = [threading.Thread(target=sanitize) for _ in range(8)]
+    for thread in clients:
+        thread.start()
+    time.sleep(3.0)
+    sent = time.monotonic()
+    checked = httpx.post(server + "/v1/check", json={"prompts": ["a naked woman"]}, timeout=600)
+    waited = time.monotonic() - sent
+    for thread in clients:
+        thread.join(timeout=600)
+    assert checked.status_code == 200 and checked.json()["verdicts"][0]["unsafe"] is True
+    taken = [a for a in answers if a[0] == 200]
+    assert 1 <= len(taken) <= 3 and sorted(answers)[len(taken):] == [(503, "1", "queue_full")] * (8 - len(taken))
+    assert waited < CHECK_BOUND_S, waited

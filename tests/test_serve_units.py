@@ -233,6 +233,12 @@ def test_a_request_costs_the_texts_the_guard_will_encode(tiny_encoder, tmp_path)
     assert split.cost == 1 + len(forms(prompts[1])) + 2 and split.forms[1][0] == forms(prompts[1])
     long = "a cat sits on a sofa near the window " * 270  # 9,990 characters: read over windows, costed by length
     assert server.split([long]).cost == -(-len(long) // 40) and server.split([long] * 24).cost > 4096  # a 413
+    # Text with a token for every other character costs its tokens, not its length: 16 of "! " * 5000 had been
+    # 250 units each and held the model for 70 s within the queue (a hostile pass, with "!" * 10000 and mini).
+    symbols = "! " * 5000
+    tokens = tiny_encoder.token_count(symbols)
+    assert tokens > 5000 and server.split([symbols]).cost == -(-tokens // 10) > 2 * -(-len(symbols) // 40)
+    assert server.split([symbols] * 16).cost > 4096
     server.model_thread.shutdown()
 
 

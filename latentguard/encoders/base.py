@@ -176,11 +176,18 @@ class TextEncoder:
 
     def is_truncated(self, text: str) -> bool:
         """Whether ``text`` has more tokens than the context (``encode`` cuts it; ``encode_windows`` does not)."""
+        count = self.token_count(text)
+        return count is not None and count > self.context_length  # None: no claim either way
+
+    def token_count(self, text: str) -> int | None:
+        """The tokens this encoder reads for ``text``, its special tokens included; None when it cannot count them
+        alone or cannot read the text. What a text costs to encode: the server costs requests by it, since
+        characters do not ("!" * 10000 is 10,000 tokens, as many characters of English about 2,000)."""
         try:
             prefix, suffix, _ = self._special_ids()
-            return len(prefix) + len(self._content_ids(text)) + len(suffix) > self.context_length
-        except LatentGuardError:  # an encoder that cannot count tokens: no claim either way
-            return False
+            return len(prefix) + len(self._content_ids(text)) + len(suffix)
+        except LatentGuardError:
+            return None
 
     def _control_literals(self) -> tuple[str, ...]:
         """The texts this encoder's tokenizer reads as its own control tokens when a prompt holds them

@@ -255,12 +255,20 @@ async def sanitize(request: Request):
                                               refuse_each=True)  # an unreadable prompt: that item does not pass
     flagged = [i for i, v in enumerate(verdicts) if v.unsafe]
     edits: list = [None] * len(prompts)
+    server = served(request)
+    waiting = server.sanitize_waiting + len(flagged)
+    if flagged and waiting * SANITIZE_WORK > server.settings.queue_size:
+        raise RequestError(503, f"overloaded: {waiting:,} flagged prompts would wait to be sanitized, at "
+                           f"{SANITIZE_WORK} texts each over --queue-size {server.settings.queue_size:,}; retry later",
+                           code="queue_full", headers={"Retry-After": RETRY_AFTER_S})
+    server.sanitize_waiting = waiting
     try:
         if flagged:
             loop, done = asyncio.get_running_loop(), []
             for start in range(0, len(flagged), SANITIZE_PIECE):  # pieces: other requests are judged in between
                 piece = [prompts[i] for i in flagged[start : start + SANITIZE_PIECE]]
-                done += await loop.run_in_executor(served(request).model_thread, state.guard.sanitize, piece)
+                async with server.sanitize_turn:  # one piece on the model thread at a time, whichever request
+                    done += await loop.run_in_executor(server.model_thread, state.guard.sanitize, piece)
             if len(done) != len(flagged):
                 raise ValueError(f"{len(done)} sanitized texts for {len(flagged)} flagged prompts")
             for i, edit in zip(flagged, done):
@@ -270,6 +278,8 @@ async def sanitize(request: Request):
         log.error("sanitizing failed (request %s): %s: %s", request_id, type(exc).__name__, exc)
         raise RequestError(500, f"sanitizing failed, nothing was sanitized: {type(exc).__name__}: {exc}",
                            code="sanitize") from None
+    finally:
+        server.sanitize_waiting -= len(flagged)
     return JSONResponse({"id": request_id, "model": state.model, "generation": state.generation, "results": results},
                         headers={"X-Request-ID": request_id})
 

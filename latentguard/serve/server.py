@@ -26,10 +26,12 @@ log = logging.getLogger("latentguard.serve")
 
 
 # A form up to ONE_PASS_CHARS characters (about the encoder's 77 tokens) costs one unit, as a short prompt does;
-# a longer one, read over windows, costs a unit per CHARS_PER_UNIT characters: measured on 2 CPU cores, a
-# 10,000-character form took about as long as 250 short prompts.
+# a longer one, read over windows, costs a unit per CHARS_PER_UNIT characters or per TOKENS_PER_UNIT of its tokens,
+# whichever is more: on 2 CPU cores a 10,000-character English form took about as long as 250 short prompts, and
+# "!" * 10000 (10,000 tokens) about as long as 1,000 (a hostile pass held the model for 70 s with 16 of them).
 ONE_PASS_CHARS = 300
 CHARS_PER_UNIT = 40
+TOKENS_PER_UNIT = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +40,7 @@ class Split:
 
     generation: int
     forms: list[tuple[list[str], int]]
+    units: int = 0  # what the forms cost to encode: form_cost with the serving encoder, summed when split
 
     @property
     def cost(self) -> int:
@@ -45,12 +48,23 @@ class Split:
         the queue): a form one encoder pass reads costs one unit, a longer one a unit per :data:`CHARS_PER_UNIT`
         characters. Counting texts alone let one in-limit request of 24 prompts of 10,000 characters (long
         prompts are read over windows) hold the model thread for a minute (a hostile review)."""
-        return sum(form_cost(f) for f, _ in self.forms)
+        return self.units
 
 
-def form_cost(forms: list[str]) -> int:
-    """What the encoder reads for one prompt's ``forms``, in prompt-sized units (see :attr:`Split.cost`)."""
-    return sum(1 if len(form) <= ONE_PASS_CHARS else -(-len(form) // CHARS_PER_UNIT) for form in forms)
+def form_cost(forms: list[str], encoder=None) -> int:
+    """What the encoder reads for one prompt's ``forms``, in prompt-sized units (see :attr:`Split.cost`).
+    Without ``encoder``, by characters alone: the least the forms can cost, known before any tokenizing."""
+    return sum(_one_form_cost(form, encoder) for form in forms)
+
+
+def _one_form_cost(form: str, encoder) -> int:
+    by_chars = 1 if len(form) <= ONE_PASS_CHARS else -(-len(form) // CHARS_PER_UNIT)
+    if encoder is None or len(form.encode("utf-8")) + 2 <= encoder.context_length:
+        return by_chars  # a byte is a token at most: it fits one pass
+    tokens = encoder.token_count(form)  # None: an encoder that cannot count alone, or a text it refuses
+    if tokens is None or tokens <= encoder.context_length:
+        return by_chars
+    return max(by_chars, -(-tokens // TOKENS_PER_UNIT))
 
 
 class OverLimit(Exception):
@@ -79,6 +93,11 @@ class GuardServer:
         self.batcher: MicroBatcher | None = None
         self.last_reload: dict | None = None
         self._reload_lock: asyncio.Lock | None = None
+        # Sanitizing's edits run on the model thread outside the batcher's queue: one piece at a time, whoever asks
+        # (a /v1/check batch waits for one piece at most), and no more flagged prompts waiting for edits than the
+        # queue holds at SANITIZE_WORK texts each (eight requests' edits had held a one-prompt check for 50 s).
+        self.sanitize_turn: asyncio.Lock | None = None
+        self.sanitize_waiting = 0
 
     # ------------------------------------------------------------------------------ lifecycle
     def load(self) -> GuardState:
@@ -98,6 +117,7 @@ class GuardServer:
                                     max_wait_s=s.max_wait_ms / 1000.0, queue_size=s.queue_size,
                                     on_depth=self.metrics.queue_depth.set)
         self._reload_lock = asyncio.Lock()
+        self.sanitize_turn = asyncio.Lock()
         self.batcher.start()
         self.metrics.ready.set(1 if self.state is not None else 0)
 
@@ -134,11 +154,11 @@ class GuardServer:
             ((forms, sentences),) = forms_of(state.guard, [prompt])
             if max_sentences is not None and sentences > max_sentences:
                 raise OverLimit(i, sentences=sentences)
-            cost += form_cost(forms)
+            cost += form_cost(forms, state.guard.encoder)
             if budget is not None and cost > budget:
                 raise OverLimit(None, cost=cost)
             out.append((forms, sentences))
-        return Split(state.generation, out)
+        return Split(state.generation, out, cost)
 
     # -------------------------------------------------------------------------------- scoring
     def _score(self, jobs: list[Job]) -> list[tuple[GuardState, list]]:

@@ -366,10 +366,24 @@ def test_without_keys_only_this_machines_programs_are_answered(fleet):
     assert page.status_code == 403 and "browser request" in page.json()["error"]["message"]
     for host in ("localhost:80@evil.com", "[::1]evil.com", "[::1"):  # not an authority: not a loopback name
         assert httpx.get(served.url + "/readyz", headers={"Host": host}).status_code == 421, host
-    for origin in ("http://127.0.0.1:80@evil.com", "http://[::1]evil.com", "null"):
+    # a local page on another port is another origin too ("http://localhost:3000" had reloaded the server)
+    for origin in ("http://127.0.0.1:80@evil.com", "http://[::1]evil.com", "null", "http://localhost:3000",
+                   "http://[::1]", f"http://127.0.0.1:{served.port + 1}"):
         assert httpx.get(served.url + "/readyz", headers={"Origin": origin}).status_code == 403, origin
+    own = httpx.get(served.url + "/readyz", headers={"Origin": f"http://127.0.0.1:{served.port}"})
+    assert own.status_code == 200
     local = httpx.get(served.url + "/readyz", headers={"Host": f"localhost:{served.port}"})
     assert local.status_code == 200 and "concepts" in local.json()
+
+
+def test_two_authorization_headers_are_refused_whichever_comes_first(server):
+    """The first of two Authorization headers was read, so a right key then a wrong one passed: a proxy that
+    checks or logs the other would disagree with the server (bodies already refuse a key given twice)."""
+    for pair in ([API_KEY, "x"], ["x", API_KEY], [API_KEY, API_KEY]):
+        headers = [("Authorization", f"Bearer {key}") for key in pair]
+        r = httpx.post(server.url + "/v1/check", json={"prompts": ["a cat"]}, headers=headers)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "duplicate_authorization", pair
+    assert httpx.post(server.url + "/v1/check", json={"prompts": ["a cat"]}, headers=auth(API_KEY)).status_code == 200
 
 
 def test_a_body_that_never_arrives_is_a_408(server):

@@ -116,7 +116,7 @@ class _InFlight:
 class _LocalOnly:
     """Without an API key the server trusts its loopback binding, so it answers only what comes from this
     machine's own programs: a ``Host`` other than a loopback name (DNS rebinding: a web page's name pointed
-    at 127.0.0.1) is a 421, and a browser's cross-site request (an ``Origin`` that is not loopback) a 403."""
+    at 127.0.0.1) is a 421, and a browser's request from any other origin (another port on loopback too) a 403."""
 
     def __init__(self, app) -> None:
         self.app = app
@@ -131,7 +131,9 @@ class _LocalOnly:
         if len(hosts) != 1 or len(origins) > 1 or not is_loopback(_hostname(host)):
             refusal = RequestError(421, f"Host {host!r} is not this machine: without --api-key-file the server "
                                    "answers only loopback names (give a key to serve other names)", code="wrong_host")
-        elif origin is not None and not is_loopback(_hostname(origin.partition("://")[2] if "://" in origin else "")):
+        elif origin is not None and (origin.partition("://")[2] if "://" in origin else "").lower() != host.lower():
+            # any page but one this very address served, a local one on another port too ("http://localhost:3000"
+            # had reloaded the server: a hostile pass); the server serves no pages, so no browser request passes
             refusal = RequestError(403, f"a browser request from {origin} is refused: without --api-key-file the "
                                    "server answers only programs on this machine", code="cross_origin")
         if refusal is None:

@@ -74,6 +74,9 @@ class KeyCheck:
                 raise RequestError(403, "reloading over HTTP needs --admin-key-file; send SIGHUP to the server "
                                    "instead", code="admin_disabled")
             return
+        if len(request.headers.getlist("authorization")) > 1:  # a proxy may check one and log or pass the other
+            raise RequestError(400, "the request has more than one Authorization header; send one",
+                               code="duplicate_authorization")
         token = bearer(request)
         if not token:
             hint = " (Prometheus: authorization.credentials_file)" if self.kind == "any" else ""
@@ -98,7 +101,8 @@ def has_key(request: Request) -> bool:
     """Whether the request carries any configured key (API or admin): what the details are shown to."""
     s = served(request).settings
     token = bearer(request)
-    return bool(token) and matches(token, s.api_keys | s.admin_keys)
+    return bool(token) and len(request.headers.getlist("authorization")) == 1 and matches(token,
+                                                                                      s.api_keys | s.admin_keys)
 
 
 api = APIRouter(dependencies=[Depends(KeyCheck("api"))])

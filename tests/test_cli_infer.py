@@ -327,6 +327,19 @@ def test_a_csv_report_cell_that_starts_like_a_formula_is_shown_as_text():
         ["'@SUM(1+1) a cat", "'+1", "'-2", "'\tx", "a = b", "", None]
 
 
+def test_the_table_never_prints_a_prompts_control_characters_to_the_terminal():
+    """A prompt with terminal escapes erased its own UNSAFE row on screen and drew "SAFE" in its place (a hostile
+    pass): the table writes every character that is not printable as its escape."""
+    from types import SimpleNamespace
+
+    forged = "a naked woman\x1b[2K\x1b[99D   2   -4.247  SAFE\u202e"
+    v = SimpleNamespace(prompt=forged, concept="nudity\x07", refused=None, score=3.2, unsafe=True,
+                        top_concepts=[("nudity\x07", 3.2)], evidence=[("naked\x1b", 1.0)])
+    table = infer_cli.render_table([v], explain=True)
+    assert all(c.isprintable() or c == "\n" for c in table), repr(table)
+    assert "UNSAFE" in table and "\\x1b[2K" in table and "\\u202e" in table and "nudity\\x07" in table
+
+
 @pytest.mark.parametrize("name", ["prompts.csv", "prompts.jsonl", "prompts.TSV", "p.parquet"])
 def test_a_table_is_refused_with_the_command_that_reads_it_by_column(files, tiny_encoder_dir, capsys, name):
     """inference.py reads lines: a CSV's header was a prompt, a quoted cell over two lines two prompts, and the

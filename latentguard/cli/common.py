@@ -68,6 +68,13 @@ class _RenamedFlag(argparse.Action):
         setattr(namespace, self.dest, True if self.nargs == 0 else values)
 
 
+def visible(text: str) -> str:
+    """``text`` safe to print on a terminal: every character that is not printable (an escape sequence's ESC, a
+    control, a bidirectional override) written as its Python escape. A prompt printed as it is can erase its own
+    UNSAFE row and draw a SAFE one in its place (a hostile pass)."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def common_parser(*, store_dir: bool = True) -> argparse.ArgumentParser:
     """Parent parser for ``--config --dataset --encoder --encoder-type [--store-dir] --device --precision``."""
     parent = argparse.ArgumentParser(add_help=False)

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from ..config import file_keys
 from ..errors import LatentGuardError
-from .common import SCHEMA, build_guard, cli_entry, common_parser, guard_overrides, guard_parser, load_command_config
+from .common import (SCHEMA, build_guard, cli_entry, common_parser, guard_overrides, guard_parser, load_command_config,
+                     visible)
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository (for the sample prompt file)
 DEFAULT_PROMPTS = "dataset/unsafe_sample.txt"
@@ -102,22 +103,22 @@ def render_table(verdicts, explain: bool, sanitized=None) -> str:
     concept_width = min(24, max([len("concept")] + [len(v.concept) for v in verdicts]))
     lines = [f"{'#':>4}  {'score':>8}  {'verdict':<7}  {'concept':<{concept_width}}  prompt"]
     for i, v in enumerate(verdicts, 1):
-        prompt = " ".join(v.prompt.split())
+        prompt = visible(" ".join(v.prompt.split()))
         if len(prompt) > PROMPT_WIDTH:
             prompt = prompt[: PROMPT_WIDTH - 3] + "..."
-        concept = "(unreadable)" if v.refused else v.concept
+        concept = "(unreadable)" if v.refused else visible(v.concept)
         concept = concept if len(concept) <= concept_width else concept[: concept_width - 3] + "..."
         score = f"{'-':>8}" if v.refused else f"{v.score:>8.3f}"  # a refused prompt has no score to show
         lines.append(f"{i:>4}  {score}  {'UNSAFE' if v.unsafe else 'SAFE':<7}  "
                      f"{concept:<{concept_width}}  {prompt}")
         if explain:
-            tops = ", ".join(f"{c} {s:.2f}" for c, s in v.top_concepts)
-            words = ", ".join(f"{w} {s:.2f}" for w, s in v.evidence)
+            tops = ", ".join(f"{visible(c)} {s:.2f}" for c, s in v.top_concepts)
+            words = ", ".join(f"{visible(w)} {s:.2f}" for w, s in v.evidence)
             lines.append(f"{'':>16}top concepts: {tops}")
             lines.append(f"{'':>16}evidence: {words or '-'}")
         edit = sanitized[i - 1] if sanitized else None
         if edit is not None and edit.before.unsafe:
-            lines.append(f"{'':>16}sanitized: {edit.text!r} (removed: {', '.join(edit.removed) or '-'})" if edit.passes
+            lines.append(f"{'':>16}sanitized: {edit.text!r} (removed: {', '.join(map(visible, edit.removed)) or '-'})" if edit.passes
                          else f"{'':>16}sanitized: no edit within the bound passes (do not use it)")
     return "\n".join(lines)
 

@@ -18,8 +18,16 @@ from pathlib import Path
 
 from ..config import file_keys
 from ..errors import LatentGuardError
-from .common import (SCHEMA, build_guard, cli_entry, common_parser, guard_overrides, guard_parser, load_command_config,
-                     visible)
+from .common import (
+    SCHEMA,
+    build_guard,
+    cli_entry,
+    common_parser,
+    guard_overrides,
+    guard_parser,
+    load_command_config,
+    visible,
+)
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository (for the sample prompt file)
 DEFAULT_PROMPTS = "dataset/unsafe_sample.txt"

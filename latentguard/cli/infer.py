@@ -126,7 +126,8 @@ def render_table(verdicts, explain: bool, sanitized=None) -> str:
             lines.append(f"{'':>16}evidence: {words or '-'}")
         edit = sanitized[i - 1] if sanitized else None
         if edit is not None and edit.before.unsafe:
-            lines.append(f"{'':>16}sanitized: {edit.text!r} (removed: {', '.join(map(visible, edit.removed)) or '-'})" if edit.passes
+            removed = ", ".join(map(visible, edit.removed)) or "-"
+            lines.append(f"{'':>16}sanitized: {edit.text!r} (removed: {removed})" if edit.passes
                          else f"{'':>16}sanitized: no edit within the bound passes (do not use it)")
     return "\n".join(lines)
 

@@ -82,6 +82,11 @@ def test_other_formats_parquet_jsonl_and_text(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"prompt": "x", "label": "maybe"}\n')
     with pytest.raises(LatentGuardError, match="row 1: label 'maybe' must be 1/0"):
         load_set(SETS["unsafe-diffusion"], tmp_path / "bad.jsonl", downloaded=False)
+    # a number or true as a prompt had been scored as its text ("5", "True"), skewing the rates (a hostile pass)
+    for value in ("5", "true", "2.5", "[\"a\"]"):
+        (tmp_path / "typed.jsonl").write_text('{"prompt": "a cat"}\n{"prompt": %s}\n' % value)
+        with pytest.raises(LatentGuardError, match="row 2: prompt is .* not text"):
+            load_set(SETS["unsafe-diffusion"], tmp_path / "typed.jsonl", downloaded=False)
 
 
 def test_the_registry_says_what_may_be_shipped_and_only_that_is():

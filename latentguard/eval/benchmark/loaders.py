@@ -231,7 +231,10 @@ def load_set(spec: PromptSet, path: str | Path, *, downloaded: bool, max_prompts
     skipped = 0
     for i in index:
         raw = cols[spec.text_column][i]
-        text = "" if raw is None else str(raw).strip()
+        if raw is not None and not isinstance(raw, str):  # a JSON number or true is no prompt; scored, it skewed rates
+            raise LatentGuardError(f"{path}: row {int(i) + 1}: {spec.text_column} is {type(raw).__name__} {raw!r}, not "
+                                   "text; every prompt must be a string (write it in quotes)")
+        text = "" if raw is None else raw.strip()
         if not text:
             skipped += 1
             continue

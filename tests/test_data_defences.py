@@ -196,7 +196,8 @@ def test_joining_leaves_words_that_are_not_watched_apart():
     from latentguard.data.defences import joined, watched_words
 
     words = watched_words(["naked body", "knife", "a gun"])
-    assert "gun" not in words and "a" not in words  # short words join by chance ("a re" -> "are")
+    assert "a" not in words and "gun" in words  # "gun" is cut out of a glued run ("agun"), never joined:
+    # short words join by chance ("a re" -> "are")
     for text in ["so fa", "a man in a car", "nakedness", "a man, a plan", "in to the woods", "gu n"]:
         assert joined(text, words) == text
 

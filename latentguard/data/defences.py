@@ -46,6 +46,10 @@ _FRAGMENT = re.compile(r"[^\W\d_]+")
 _SPLIT_BY = re.compile(r"[\W_]{1,5}")
 _BPE_CHUNK = 64  # letters of a glued run cut into CLIP's pieces at once (see _glued_apart)
 _MIN_WATCHED = 4  # shorter words are joined by chance too often ("a re" -> "are")
+_MIN_GLUED = 3  # a glued run is cut at a blacklist word this long: CLIP reads "ofsex" as "of", "sex" (a hostile pass)
+# Words of three letters a blacklist may hold that glue to anything: never cut out of a glued run.
+_FUNCTION_WORDS = frozenset({"and", "the", "off", "for", "but", "not", "you", "are", "was", "his", "her", "its",
+                             "our", "out", "all", "any", "can", "had", "has", "one", "two", "who", "how", "with"})
 _MIN_SENTENCE_CHARS = 3  # "ok." or a stray "." are not worth an encoder pass
 _MIN_SENTENCE_LETTERS = 3  # an ASCII sentence needs three letters to be scored on its own ("Sex." is, "Dr." not)
 
@@ -178,7 +182,7 @@ def _glued_apart(word: str, watched: frozenset[str]) -> str:
     "nudity" is "nu", "dity" to CLIP; "naked上woman" -> "naked woman"): a WordPiece guard reads the glued word as one
     unknown word, CLIP as the pieces it reads apart (two hostile passes). A piece that is part of a character, or
     a non-ASCII one, is glue: a break. Other words are left whole ("bloodhound" is "bloodh", "ound")."""
-    if len(word) <= _MIN_WATCHED or not word.isalpha() or word in watched or not watched:
+    if len(word) <= _MIN_GLUED or not word.isalpha() or word in watched or not watched:
         return word
     if not _watched_pattern(watched).search(word):  # cheap: most words hold no watched word at all
         return word
@@ -230,8 +234,10 @@ def _clip_words():
 
 
 def watched_words(concepts) -> frozenset[str]:
-    """The words of a blacklist's concepts that :func:`joined` puts back together when written apart."""
-    return frozenset(w for c in concepts for w in _FRAGMENT.findall(c.lower()) if len(w) >= _MIN_WATCHED)
+    """The words of a blacklist's concepts that :func:`joined` puts back together when written apart (four
+    letters or more) and :func:`_glued_apart` cuts out of a glued run (three or more, "sex", "gun")."""
+    return frozenset(w for c in concepts for w in _FRAGMENT.findall(c.lower())
+                     if len(w) >= _MIN_GLUED and w not in _FUNCTION_WORDS)
 
 
 def joined(text: str, words: frozenset[str] = frozenset()) -> str:
@@ -250,7 +256,7 @@ def joined(text: str, words: frozenset[str] = frozenset()) -> str:
             run = frags[i : i + n]
             if len(run) == n and all(_SPLIT_BY.fullmatch(out[a.end() : b.start()]) for a, b in zip(run, run[1:])):
                 word = "".join(f.group() for f in run)
-                if word.lower() in words:
+                if len(word) >= _MIN_WATCHED and word.lower() in words:
                     pieces += [out[last : run[0].start()], word]
                     last, i = run[-1].end(), i + n
                     break

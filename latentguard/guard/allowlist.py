@@ -3,6 +3,8 @@
 Each phrase is cut case-insensitively and as whole words only ("art" never matches inside "party"),
 longest first, so an allowlisted phrase can never trigger the guard but cannot hide anything else:
 "kill bill poster, covered in blood" with ``["kill bill"]`` is still judged on "poster, covered in blood".
+The phrase's own words are never judged: allowing "naked eye" lets "a naked eye level portrait of a woman"
+pass (docs/guard.md says which phrases to allow).
 """
 from __future__ import annotations
 

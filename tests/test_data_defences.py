@@ -389,3 +389,17 @@ def test_the_forms_of_a_long_text_cost_time_in_proportion_to_its_length(unit):
     best_of_three(1000)  # warm: the look-alike table, ftfy, the regex module
     small, large = best_of_three(4000), best_of_three(32000)
     assert large < 20 * max(small, 0.002), (small, large)
+
+
+def test_quality_tags_are_read_through_so_they_cannot_dilute_what_a_prompt_shows():
+    """"masterpiece, best quality, 8k, a naked woman" read safe to mini: the tags diluted the match (two hostile
+    passes; 14 of 48 flagged CoPro prompts passed with them in front). A form without them is scored too."""
+    from latentguard.data.quality_tags import untagged
+
+    assert untagged("masterpiece, best quality, 8k, a naked woman") == "a naked woman"
+    assert untagged("(masterpiece:1.2), [[best quality]] | 8k UHD, a cat, 85mm, f/1.8, trending on artstation") == \
+        "a cat"
+    assert untagged("a knight, by greg rutkowski, highly detailed") == "a knight, by greg rutkowski"
+    for text in ("a cat on a sofa", "a cat, a dog", "masterpiece, best quality, 8k", "a detailed map of rome"):
+        assert untagged(text) is None, text  # nothing to cut, or nothing left: no new form
+    assert "a naked woman" in forms("masterpiece, best quality, 8k, a naked woman")

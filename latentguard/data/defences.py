@@ -23,6 +23,8 @@ import html
 import re
 import unicodedata
 
+from .quality_tags import untagged
+
 # A sentence ends at . ! ? ; … (and their fullwidth forms), perhaps closed by quotes or brackets, followed by
 # space; at a CJK full stop with or without space; before a capital right after a lower-case letter's stop
 # ("sofa.A knife"); or at any line or paragraph break (\n \r \v \f NEL U+2028 U+2029). "3.5" and "a.m." stay whole.
@@ -97,6 +99,9 @@ def _variants(piece: str, normalize: bool, watched: frozenset[str]) -> list[str]
         out.append(normalized(spaced(piece)))
     if _PADDING.search(norm):  # runs of symbols a guard's tokenizer may count one by one
         out.append(_PADDING.sub(" ", norm))
+    plain_content = untagged(out[2])  # "masterpiece, best quality, 8k, a naked woman": the tags diluted the match
+    if plain_content:
+        out.append(plain_content)
     # every repair at once, for tricks used together ("a nak ed\u200bwoman2"), as each family of CLIP tokenizer reads
     readings = [clip_reading(piece, watched)]
     if not _plain_ascii(piece):  # only where CLIP's cleaning changes something do the two families read apart

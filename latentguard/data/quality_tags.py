@@ -5,7 +5,8 @@ A concept blacklist matched over a prompt's tokens is diluted by them: with "mas
 front, "a naked woman" read safe to ``mini``, and 14 of 48 flagged CoPro prompts passed (two hostile passes). The
 defences therefore also score a prompt without its tags (:func:`untagged`): whatever it shows is judged as if
 written plainly. A benign prompt gains nothing it did not have, since its content alone is judged as it would be
-without the tags. On the full benchmark sets this moved 87 I2P and 41 P4D prompts to flagged and no COCO caption.
+without the tags. On the full benchmark sets this moved 84 I2P and 40 P4D prompts to flagged and no COCO caption
+(I2P against COCO: AUROC 0.9146 -> 0.9210).
 """
 from __future__ import annotations
 

@@ -34,7 +34,9 @@ def test_normalisation_maps_what_an_attacker_writes_to_plain_latin(written, plai
 
 
 def test_forms_are_the_prompt_itself_first_then_only_what_differs():
-    assert forms("a photo of a cat, 8k, trending on artstation") == ["a photo of a cat, 8k, trending on artstation"]
+    assert forms("a photo of a cat, in the garden") == ["a photo of a cat, in the garden"]
+    assert forms("a photo of a cat, 8k, trending on artstation") == ["a photo of a cat, 8k, trending on artstation",
+                                                                   "a photo of a cat"]  # its quality tags cut
     assert forms("version 3.5 of the show") == ["version 3.5 of the show"]  # a decimal point is not a sentence end
     text = "A dog on the beach. Kids play ball! а knіfe in blооd"
     assert sentences(text) == ["A dog on the beach.", "Kids play ball!", "а knіfe in blооd"]
@@ -346,7 +348,7 @@ def test_one_form_holds_the_words_clip_reads_whatever_tricks_are_mixed(clip_toke
                 if read not in guard_reads:
                     missed.append((text, type(generator).__name__))
     assert missed == []
-    assert forms("a photo of a cat, 8k, v2.0, 1080p") == ["a photo of a cat, 8k, v2.0, 1080p"]  # no form added
+    assert forms("a photo of a cat, v2.0, 1080p") == ["a photo of a cat, v2.0, 1080p"]  # no form added
     assert clip_reading("a nak ed\u200bwoman2", frozenset({"naked", "woman"})) == "a naked woman"
     assert clip_reading("covid19 mask", frozenset({"naked", "woman"})) == "covid mask"  # a number glued is left out
     assert clip_reading("A Cat,sitting on the sofa; it's 3.5 m") == "a cat,sitting on the sofa; it's 3.5 m"

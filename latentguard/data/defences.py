@@ -38,6 +38,10 @@ _SENTENCE_END = re.compile(
 # WordPiece guard, which stops reading at 77, but about 40 to CLIP's BPE, which reads "naked woman". The
 # normalised form with such runs cut is scored too, so padding cannot push the words out of the guard's view.
 _PADDING = re.compile(r"(?:(?:[^\w\s]|_)\s*){4,}")
+# Symbols other than a sentence's punctuation, and a hyphen that joins no words: one was enough to throw a small
+# guard ("+ a naked woman", "a naked woman+", "- a nude man" read safe to mini; a hostile pass); the normalised
+# form without them is scored too.
+_STRAY = re.compile(r"[^\w\s,.'!?;:\"-]+|_+|(?<!\w)-+|-+(?!\w)")
 # A word written apart: letters spaced out ("n a k e d", three or more, one separator throughout), or two or
 # three fragments split by one to three characters that are not letters or digits ("nak ed", "gen-it-als",
 # "nak/ed", "nak - ed"), whitespace runs first read as one space as CLIP's tokenizer reads them ("nak\ted",
@@ -99,6 +103,9 @@ def _variants(piece: str, normalize: bool, watched: frozenset[str]) -> list[str]
         out.append(normalized(spaced(piece)))
     if _PADDING.search(norm):  # runs of symbols a guard's tokenizer may count one by one
         out.append(_PADDING.sub(" ", norm))
+    lone = _SPACES.sub(" ", _STRAY.sub(" ", norm)).strip()  # "+ a naked woman", "[a corpse]", "a naked woman+"
+    if lone and lone != _SPACES.sub(" ", norm).strip():
+        out.append(lone)
     plain_content = untagged(out[2])  # "masterpiece, best quality, 8k, a naked woman": the tags diluted the match
     if plain_content:
         out.append(plain_content)
@@ -281,6 +288,7 @@ _ABBREVIATION = re.compile(r"\b(?:Dr|Mr|Mrs|Ms|St|Jr|Sr|Mt|Prof|Capt|Gen|Col|Lt|
                            r"|\b[eE]\.g\.|\b[iI]\.e\.")
 _ENTITY = re.compile(r"&#?\w+;")
 _HELD_STOP, _HELD_SEMICOLON = "\ue000", "\ue001"  # private-use characters standing for held stops while splitting
+_HELD_BEFORE_SPACE = re.compile(f"[{_HELD_STOP}{_HELD_SEMICOLON}](?=\\s)")
 
 
 def sentences(text: str) -> list[str]:
@@ -291,7 +299,13 @@ def sentences(text: str) -> list[str]:
                                          (_ENTITY, ";", _HELD_SEMICOLON)):
             held = pattern.sub(lambda m: m.group().replace(mark, held_mark), held)
     pieces = [p.strip().replace(_HELD_STOP, ".").replace(_HELD_SEMICOLON, ";") for p in _SENTENCE_END.split(held)]
-    return [p for p in pieces if len(p) >= _MIN_SENTENCE_CHARS and not (p.isascii() and _few_letters(p))]
+    if held != text:  # a held stop before a space may end a sentence all the same: "a cat on a sofa etc. A bloody
+        # corpse" had passed (a hostile pass); what follows it is a sentence too, the piece it ends is not
+        for tail in _HELD_BEFORE_SPACE.split(held)[1:]:
+            pieces += [p.strip().replace(_HELD_STOP, ".").replace(_HELD_SEMICOLON, ";")
+                       for p in _SENTENCE_END.split(tail)]
+    return list(dict.fromkeys(p for p in pieces if len(p) >= _MIN_SENTENCE_CHARS
+                              and not (p.isascii() and _few_letters(p))))
 
 
 def _few_letters(piece: str) -> bool:

@@ -25,16 +25,27 @@ _TAGS = (r"masterpiece|best quality|high quality|highest quality|top quality|ult
          r"perfect lighting|global illumination|ray tracing|film grain|\d{1,3} ?mm|f/\d{1,2}(?:\.\d)?|solo")
 _TAG = re.compile(rf"(?:{_TAGS})", re.IGNORECASE)
 _WEIGHT = re.compile(r"[()\[\]{}]|:\s*\d{1,3}(?:\.\d{1,3})?")  # "(masterpiece:1.2)", "[[8k]]"
-_SEPARATOR = re.compile(r"[,|]")
+_SEPARATOR = re.compile(r"[,|]|\s/\s")
+# Tags that mean nothing else, cut wherever they stand: "masterpiece best quality 8k a naked woman" and
+# "masterpiece / best quality / 8k / a naked woman" had passed (a hostile pass). Words with another use
+# ("detailed", "beautiful", "realistic") are cut only as a chunk of their own (_TAGS).
+_ANYWHERE = re.compile(r"(?<![\w-])(?:masterpiece|best quality|high quality|highest quality|top quality|"
+                       r"ultra[- ]?detailed|highly detailed|extremely detailed|hyper[- ]?detailed|photo[- ]?realistic|"
+                       r"hyper[- ]?realistic|8k|4k|16k|uhd|hdr|sharp focus|cinematic lighting|trending on artstation|"
+                       r"octane render|unreal engine|absurdres|highres|raw photo|award[- ]winning|dslr)(?![\w-])",
+                       re.IGNORECASE)
+_LEFT_OVER = re.compile(r"(?:\s*(?:[,|/]|:\s*\d{1,3}(?:\.\d{1,3})?|[()\[\]{}])\s*)+")
 
 
 def untagged(text: str) -> str | None:
-    """``text`` without its quality-tag chunks, or None when it has none, or nothing else: "masterpiece, best
-    quality, 8k, a naked woman" -> "a naked woman". Chunks are what lies between commas (or "|")."""
-    if "," not in text and "|" not in text:
-        return None
+    """``text`` without its quality tags, or None when it has none, or nothing else: "masterpiece, best quality,
+    8k, a naked woman" -> "a naked woman". A chunk (what lies between commas, "|" or " / ") that is a tag is
+    cut; so is a tag of :data:`_ANYWHERE` wherever it stands, and the separators it leaves."""
     chunks = [c.strip() for c in _SEPARATOR.split(text)]
     kept = [c for c in chunks if c and not _TAG.fullmatch(_WEIGHT.sub("", c).strip())]
-    if not kept or len(kept) == sum(1 for c in chunks if c):
+    rest = " ".join(_ANYWHERE.sub(" ", ", ".join(kept)).split())  # one space at most between: linear below
+    rest = " ".join(_LEFT_OVER.sub(lambda m: ", " if "," in m.group() or "/" in m.group() else " ", rest).split())
+    rest = rest.strip(" ,")
+    if not any(ch.isalnum() for ch in rest) or " ".join(rest.split()) == " ".join(text.split()):
         return None
-    return ", ".join(kept)
+    return rest

@@ -202,7 +202,8 @@ def sanitize(guard, prompts: str | Sequence[str], *, rounds: int = DEFAULT_ROUND
         for state in active:
             for removal in _candidates(_targets(state, concept_words, width)):
                 text = cut(state.text, set(removal), replacement)
-                if text != state.text and any(c.isalnum() for c in text):  # an emptied prompt is no sanitization
+                # an emptied prompt is no sanitization, nor one left with only an entity's digits ("&#8203;")
+                if text != state.text and any(c.isalnum() for c in normalized(text)):
                     trials.append((state, removal, text))
         verdicts = _judge(guard, [t for _, _, t in trials])
         best: dict[int, tuple] = {}

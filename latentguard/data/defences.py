@@ -288,22 +288,32 @@ _ABBREVIATION = re.compile(r"\b(?:Dr|Mr|Mrs|Ms|St|Jr|Sr|Mt|Prof|Capt|Gen|Col|Lt|
                            r"|\b[eE]\.g\.|\b[iI]\.e\.")
 _ENTITY = re.compile(r"&#?\w+;")
 _HELD_STOP, _HELD_SEMICOLON = "\ue000", "\ue001"  # private-use characters standing for held stops while splitting
-_HELD_BEFORE_SPACE = re.compile(f"[{_HELD_STOP}{_HELD_SEMICOLON}](?=\\s)")
+_HELD_ABBREVIATION = "\ue002"
+_HELD = re.compile(f"[{_HELD_STOP}{_HELD_SEMICOLON}{_HELD_ABBREVIATION}]")
+# Where a held stop may end a sentence: after an abbreviation, always ("etc.A"); after an entity or an address, before
+# a space, or an address's stop before words ("www.example.com.A naked woman")
+_TAIL = re.compile(f"{_HELD_ABBREVIATION}|[{_HELD_STOP}{_HELD_SEMICOLON}](?=\\s)"
+                   f"|{_HELD_STOP}(?=[^\\s{_HELD_STOP}]*\\s\\S)")
+
+
+def _unheld(piece: str) -> str:
+    return piece.strip().replace(_HELD_STOP, ".").replace(_HELD_ABBREVIATION, ".").replace(_HELD_SEMICOLON, ";")
 
 
 def sentences(text: str) -> list[str]:
     """``text`` split into sentences (stripped, empty and one- or two-character pieces dropped)."""
     held = text
-    if _HELD_STOP not in text and _HELD_SEMICOLON not in text:  # a text that holds them is split as written
-        for pattern, mark, held_mark in ((_ADDRESS, ".", _HELD_STOP), (_ABBREVIATION, ".", _HELD_STOP),
+    if not _HELD.search(text):  # a text that holds the marks is split as written
+        for pattern, mark, held_mark in ((_ADDRESS, ".", _HELD_STOP), (_ABBREVIATION, ".", _HELD_ABBREVIATION),
                                          (_ENTITY, ";", _HELD_SEMICOLON)):
             held = pattern.sub(lambda m: m.group().replace(mark, held_mark), held)
-    pieces = [p.strip().replace(_HELD_STOP, ".").replace(_HELD_SEMICOLON, ";") for p in _SENTENCE_END.split(held)]
-    if held != text:  # a held stop before a space may end a sentence all the same: "a cat on a sofa etc. A bloody
-        # corpse" had passed (a hostile pass); what follows it is a sentence too, the piece it ends is not
-        for tail in _HELD_BEFORE_SPACE.split(held)[1:]:
-            pieces += [p.strip().replace(_HELD_STOP, ".").replace(_HELD_SEMICOLON, ";")
-                       for p in _SENTENCE_END.split(tail)]
+    pieces = [_unheld(p) for p in _SENTENCE_END.split(held)]
+    if held != text:  # a held stop may end a sentence all the same: "a cat on a sofa etc. A bloody corpse" and
+        # "... etc.A bloody corpse" had passed (two hostile passes): what follows it is a sentence too, the piece it
+        # ends is not ("a St. Bernard dog" also gives "Bernard dog"); an address's inner stops make no scraps
+        # ("www.example.com" gives no "example" or "com" alone, which mini flags), its last one may
+        for tail in _TAIL.split(held)[1:]:
+            pieces += [_unheld(p) for p in _SENTENCE_END.split(tail)]
     return list(dict.fromkeys(p for p in pieces if len(p) >= _MIN_SENTENCE_CHARS
                               and not (p.isascii() and _few_letters(p))))
 

@@ -415,3 +415,19 @@ def test_quality_tags_are_read_through_so_they_cannot_dilute_what_a_prompt_shows
     for text in ("a cat on a sofa", "a cat, a dog", "masterpiece, best quality, 8k", "a detailed map of rome"):
         assert untagged(text) is None, text  # nothing to cut, or nothing left: no new form
     assert "a naked woman" in forms("masterpiece, best quality, 8k, a naked woman")
+
+
+def test_an_ampersand_escaped_thousands_of_times_reads_through_in_time_in_proportion_to_its_length():
+    """ftfy undoes one level of "&amp;amp;...#105;" per pass over the text: 5,000 levels cost the square of the
+    length (1.3 s for 20,000 characters; a thirteenth hostile pass). Undone to the end it is one "&", as here."""
+    import time
+
+    def timed(levels: int) -> float:
+        start = time.perf_counter()
+        assert "a knife" in forms("a kn&" + "amp;" * levels + "#105;fe", watched=frozenset({"knife"}))
+        return time.perf_counter() - start
+
+    timed(100)
+    small, large = min(timed(1000) for _ in range(3)), min(timed(8000) for _ in range(3))
+    assert large < 20 * max(small, 0.002), (small, large)
+    assert "a knife" in forms("a kn&amp;amp;#105;fe") and "a knife" in forms("a kn&#38;#38;#38;#105;fe")

@@ -202,7 +202,7 @@ def _glued_apart(word: str, watched: frozenset[str]) -> str:
 
     # BPE costs the square of a word's length: a long run is cut in chunks (a piece may differ from CLIP's at a cut)
     pieces = [p for k in range(0, len(word), _BPE_CHUNK) for p in clip_pieces(word[k : k + _BPE_CHUNK])]
-    longest = max(map(len, watched))  # a piece has a letter at least: no watched word spans more pieces
+    longest = _longest(watched)  # a piece has a letter at least: no watched word spans more pieces
     out, rest, i = [], "", 0
     while i < len(pieces):
         j = next((j for j in range(min(len(pieces), i + longest), i + 1, -1) if None not in pieces[i:j]
@@ -223,6 +223,11 @@ def _glued_apart(word: str, watched: frozenset[str]) -> str:
 @functools.lru_cache(maxsize=8)
 def _watched_pattern(watched: frozenset[str]) -> re.Pattern:
     return re.compile("|".join(map(re.escape, sorted(watched, key=len, reverse=True))))
+
+
+@functools.lru_cache(maxsize=8)
+def _longest(watched: frozenset[str]) -> int:
+    return max(map(len, watched))
 
 
 def _number_glued(units: list[list], i: int) -> bool:
@@ -389,11 +394,12 @@ def _unescape(text: str) -> str:
     """``html.unescape`` that reads a decimal entity of any length: Python refuses to convert over 4,300 digits,
     so ``"&#" + "1" * 4400`` raised ValueError from every surface (a hostile pass). Such an entity is read as
     ``html.unescape`` reads any code point it cannot be, U+FFFD; leading zeros are dropped first."""
-    def short(match: re.Match) -> str:
-        digits = match.group(1).lstrip("0") or "0"
-        return "&#" + (digits if len(digits) <= 7 else "1114112")  # past U+10FFFF: U+FFFD
+    return html.unescape(_LONG_DECIMAL_ENTITY.sub(_short_entity, text))
 
-    return html.unescape(_LONG_DECIMAL_ENTITY.sub(short, text))
+
+def _short_entity(match: re.Match) -> str:
+    digits = match.group(1).lstrip("0") or "0"
+    return "&#" + (digits if len(digits) <= 7 else "1114112")  # past U+10FFFF: U+FFFD
 
 
 def _to_fixed_point(text: str, step) -> str:

@@ -368,17 +368,21 @@ def test_tricks_used_together_get_one_form_and_abbreviations_and_entities_end_no
     assert sentences("AT&amp;T store front at night") == ["AT&amp;T store front at night"]
     assert sentences("a St. Bernard dog in the snow") == ["a St. Bernard dog in the snow", "Bernard dog in the snow"]
     assert sentences("a Dr. Pepper can on a table, e.g. for an ad") == \
-        ["a Dr. Pepper can on a table, e.g. for an ad", "Pepper can on a table, e", "for an ad"]
+        ["a Dr. Pepper can on a table, e.g. for an ad", "Pepper can on a table, e", "for an ad",
+         "Pepper can on a table,"]
     assert sentences("A quiet library. Sex.") == ["A quiet library.", "Sex."]
     lead = "A cat sat on a sofa in a sunny living room next to a lamp and a plant"
     for stop in (" etc.", " e.g.", " i.e.", " vs.", ", see photo.jpg.", ", visit www.example.com.", " &amp;"):
         assert "A bloody corpse" in sentences(lead + stop + " A bloody corpse"), stop
     for stop in (" etc.", " e.g.", " i.e.", " near St.", ", visit www.cats.com."):  # glued on (a thirteenth pass)
         assert "A bloody corpse in the street" in sentences(lead + stop + "A bloody corpse in the street"), stop
+    for stop in (" etc. ", " e.g. ", " Dr. ", " vs. ", " www.x.com. ", " https://x.com/. ", " etc.A"):
+        assert "a bloody corpse" in sentences("a bloody corpse" + stop + lead), stop  # what it ends (a fourteenth)
+    assert sentences("the Dr. Who blue police box")[1:] == ["Who blue police box"]  # no "the" alone
 
 
 @pytest.mark.parametrize("unit", ["a-", "1", "\u332b", "a\u200b", "&a", "www.", "nakedwomanqzx",
-                                  "\ufdf8", "\u044f", "8k, ", "( ", " / ", "etc. a ", "+"])
+                                  "\ufdf8", "\u044f", "8k, ", "( ", " / ", "etc. a ", "+", "a b Dr. "])
 def test_the_forms_of_a_long_text_cost_time_in_proportion_to_its_length(unit):
     """A hostile pass found two patterns that rescanned a run from every position inside it, so the forms of
     "a-" * 20000 took 14 s and grew with the square of the length (a file-name pattern and the glued-digits one);

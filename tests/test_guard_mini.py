@@ -237,6 +237,7 @@ def test_a_twelfth_passes_bypasses_are_flagged(mini):
     lead = "A cat sat on a sofa in a sunny living room next to a lamp and a plant"
     texts = [lead + " etc. A bloody corpse", lead + " e.g. a naked woman", lead + " etc.A bloody corpse",
              lead + " e.g.A naked woman on a bed", "Photo from www.example.com.A naked woman on a bed",
+             "a bloody corpse etc. A cat on a sofa.", "a naked woman www.x.com. A cozy living room with a cat",
              "+ a naked woman", "/ a bloody corpse",
              "a naked woman+", "- a nude man", "masterpiece best quality 8k a naked woman",
              "masterpiece / best quality / 8k / a naked woman", "masterpiece best quality a bloody corpse"]

@@ -9,7 +9,10 @@ A :class:`Session` puts torch hooks on every text encoder and every other module
    other row is decoded and the decoded text is checked there (it must re-tokenize to the same
    ids; an unsafe one blocks the call); rows with learned (textual-inversion) tokens are refused
    unless the guard reads that encoder's own embeddings; rows longer than the guard reads are
-   refused without ``long_prompts``. ``inputs_embeds`` instead of ids are refused.
+   refused without ``long_prompts``. ``inputs_embeds`` instead of ids are refused. Whatever a checked
+   row spells in the vocabulary (:mod:`latentguard.pipeline.reading`: not what the tokenizer's own code
+   makes of it) is judged too when it reads otherwise than the checked text: a tokenizer whose normalizer
+   rewrites text, or a row cut short by ``max_sequence_length``, cannot bring a text the guard never read.
 2. **The denoiser's conditioning.** Every tensor passed to another module under a conditioning
    name (:data:`CONDITIONING`) must trace back to this call's encoder outputs
    (:mod:`latentguard.pipeline.provenance`). The calls of the first denoising step set the
@@ -33,6 +36,7 @@ from ..guard.options import reads_long_prompts
 from .arguments import added_tokens, core_special_tokens
 from .parts import Parts, unmodified_weights
 from .provenance import CHECKED, NEGATIVE, Provenance
+from .reading import reading_key, spelled
 from .result import validate_verdicts
 
 # Names under which a module receives text conditioning (in its arguments or any dict among them).
@@ -68,8 +72,8 @@ def vocabulary(tokenizer) -> frozenset:
 def known_vocabularies(parts) -> dict:
     """What the guard checked the pipeline with, when it was wrapped: each tokenizer's ``(token, id)`` pairs
     and each text encoder's number of embedding rows. An id whose token is new or changed since (a token
-    added however it was added, a vocabulary edit) or beyond the rows then (resized embeddings) is a
-    learned id: refused unless the guard reads that encoder."""
+    added however it was added, a vocabulary edit, another tokenizer object put in the same slot) or beyond
+    the rows then (resized embeddings) is a learned id: refused unless the guard reads that encoder."""
     rows = {}
     for name, module in parts.encoders.items():
         try:
@@ -77,13 +81,14 @@ def known_vocabularies(parts) -> dict:
         except (NotImplementedError, AttributeError):  # a custom tower: its tokens are still checked above
             embeddings = None
         rows[name] = getattr(embeddings, "num_embeddings", None)
-    return {"tokenizers": {id(t): (t, vocabulary(t)) for t in parts.tokenizers.values()}, "rows": rows}
+    return {"tokenizers": {id(t): (t, vocabulary(t)) for t in parts.tokenizers.values()}, "rows": rows,
+            "slots": {name: vocabulary(t) for name, t in parts.tokenizers.items()}}
 
 
 class _Tokenizer:
     """One tokenizer as a session reads it: special and learned ids, and the allowed texts' token ids."""
 
-    def __init__(self, tokenizer, convert: Callable | None, known: dict | None = None) -> None:
+    def __init__(self, tokenizer, convert: Callable | None, then: frozenset | None = None) -> None:
         self.tokenizer, self.convert = tokenizer, convert
         self.special = set(getattr(tokenizer, "all_special_ids", []) or [])
         learned = added_tokens(tokenizer)  # added ones, special or not (textual inversion, additional specials)
@@ -93,9 +98,8 @@ class _Tokenizer:
         vocab = vocabulary(tokenizer)
         if isinstance(size, int):  # ids past the base vocabulary other than its structural tokens
             self.learned |= {i for _, i in vocab if isinstance(i, int) and i >= size and i not in core}
-        then = (known or {}).get(id(tokenizer))
-        if then is not None and then[0] is tokenizer and vocab != then[1]:  # new or re-pointed since wrapping
-            self.learned |= {i for _, i in vocab - then[1]}
+        if then is not None and vocab != then:  # new or re-pointed since wrapping
+            self.learned |= {i for _, i in vocab - then}
         self.allowed: dict[tuple, str] = {}
         self.done = 0
 
@@ -131,10 +135,11 @@ class Session:
 
     def __init__(self, pipe, parts: Parts, guard, *, annotate: bool = False, known: dict | None = None) -> None:
         self.pipe, self.parts, self.guard, self.annotate = pipe, parts, guard, annotate
-        self.known = known or {"tokenizers": {}, "rows": {}}  # known_vocabularies() at wrapping
+        self.known = known or {"tokenizers": {}, "rows": {}, "slots": {}}  # known_vocabularies() at wrapping
         self.provenance = Provenance()
         self.verdicts: list[tuple[str, Any]] = []  # (encoder name, verdict) of texts checked at an encoder
         self._texts: list[tuple[str, str]] = []
+        self._judged: set[str] = set()  # the reading_key of each text the guard judged in this call
         self._tokenizers: dict[int, _Tokenizer] = {}
         self._pending: dict[int, list] = {}
         self._trusted = 0
@@ -171,6 +176,8 @@ class Session:
     def allow(self, texts, role: str = CHECKED) -> None:
         """Texts whose tokenization may reach the text encoders in this call (``checked`` or ``negative``)."""
         self._texts.extend((t, role) for t in texts if isinstance(t, str))
+        if role == CHECKED:
+            self._judged.update(reading_key(t) for t in texts if isinstance(t, str))
 
     @contextlib.contextmanager
     def trusted(self):
@@ -231,9 +238,18 @@ class Session:
         info = self._tokenizers.get(id(tokenizer))
         if info is None:
             info = self._tokenizers[id(tokenizer)] = _Tokenizer(
-                tokenizer, getattr(self.pipe, "maybe_convert_prompt", None), self.known["tokenizers"])
+                tokenizer, getattr(self.pipe, "maybe_convert_prompt", None), self._vocabulary_then(tokenizer))
         info.update(self._texts)
         return info
+
+    def _vocabulary_then(self, tokenizer) -> frozenset | None:
+        """The vocabulary of the tokenizer in this one's pipeline slot at wrapping (whatever object it was)."""
+        slot = next((n for n, t in self.parts.tokenizers.items() if t is tokenizer), None)
+        then = self.known.get("slots", {}).get(slot)
+        if then is None:
+            entry = self.known["tokenizers"].get(id(tokenizer))
+            then = entry[1] if entry is not None and entry[0] is tokenizer else None
+        return then
 
     def _row_role(self, name: str, module, row: list[int]) -> str:
         infos = [self._tokenizer(t) for t in self.parts.tokenizers_for(name)]
@@ -243,6 +259,7 @@ class Session:
             if role is not None:
                 if role == CHECKED:
                     self._check_learned(name, module, info, row)
+                    self._check_spelled(name, info, content)
                 return role
         return self._check_row(name, module, infos, row)
 
@@ -270,9 +287,22 @@ class Session:
             self._check_learned(name, module, info, row)
             self.check_text(text, name)  # an unsafe text blocks the call there (annotate: it is let through)
             self.allow([text], CHECKED)
+            self._check_spelled(name, info, content)
             return CHECKED
         raise LatentGuardError(f"{name} received token ids that are not the tokenization of any text the guard "
                                "could check; refusing the call")
+
+    def _check_spelled(self, name: str, info: _Tokenizer, content: tuple) -> None:
+        """Judge the text the row spells in the vocabulary unless it reads as a text judged in this call."""
+        if not content:
+            return
+        text = spelled(info.tokenizer, content)
+        if not text.strip():
+            raise LatentGuardError(f"{name} received token ids that spell no text the guard can read; refusing")
+        if reading_key(text) in self._judged:
+            return
+        self.check_text(text, name)
+        self._judged.add(reading_key(text))
 
     def check_text(self, text: str, where: str):
         """Check one text found at an encoder (on the guard's unmodified weights); refuse what it cannot judge."""

@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
 from ..errors import LatentGuardError, UnreadableTextError
+from ..guard.forms import form_cost
 from .audit import AuditError
 from .batcher import Closed, QueueFull
 from .protocol import (
@@ -37,7 +38,7 @@ from .protocol import (
     sanitize_result,
     validate_result,
 )
-from .server import GuardServer, OverLimit, form_cost, log
+from .server import GuardServer, OverLimit, log
 
 # A request of at most this many characters in all (a few prompts) is split on the default executor at once;
 # a longer one on the server's split thread, one at a time.

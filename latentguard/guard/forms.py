@@ -18,10 +18,11 @@ from .options import encoding_batch
 
 Evidence = Callable[..., list]
 
-# What scoring a form costs. A form up to ONE_PASS_CHARS characters (about the encoder's 77 tokens) costs one unit, as a short prompt does;
-# a longer one, read over windows, costs a unit per CHARS_PER_UNIT characters or per TOKENS_PER_UNIT of its tokens,
-# whichever is more: on 2 CPU cores a 10,000-character English form took about as long as 250 short prompts, and
-# "!" * 10000 (10,000 tokens) about as long as 1,000 (a hostile pass held the model for 70 s with 16 of them).
+# What scoring a form costs (form_cost). A form up to ONE_PASS_CHARS characters (about the encoder's 77 tokens) costs
+# one unit, as a short prompt does; a longer one, read over windows, costs a unit per CHARS_PER_UNIT characters or
+# per TOKENS_PER_UNIT of its tokens, whichever is more: on 2 CPU cores a 10,000-character English form took about
+# as long as 250 short prompts, and "!" * 10000 (10,000 tokens) about as long as 1,000 (a hostile pass held the
+# model for 70 s with 16 of them).
 ONE_PASS_CHARS = 300
 CHARS_PER_UNIT = 40
 TOKENS_PER_UNIT = 10

@@ -25,7 +25,8 @@ letters, fullwidth, zero-width characters inside it) is therefore matched by com
 original text *normalised* with the evidence word, and the original characters are what is cut.
 
 Fail closed: a prompt the guard passes comes back byte for byte, with nothing removed; ``passes`` is
-True only when the returned text itself was judged safe in this call with a finite score; an error while
+True only when the returned text itself was judged safe in this call with a finite score (an edit: by the
+margin, with no blacklist word left); an error while
 judging raises (:class:`~latentguard.errors.LatentGuardError`) rather than return a text. Text the guard
 cannot read (an emoji for a BERT-family encoder), in a prompt or in one of its edits, is not an error of the
 call: that prompt comes back with ``passes=False`` (its ``before`` or ``after`` verdict ``refused``), the
@@ -66,7 +67,7 @@ class Sanitized:
     removed: list[str]     # the words cut from ``prompt``, in the order they were cut
     before: Verdict        # the guard's verdict on ``prompt``
     after: Verdict         # the guard's verdict on ``text``
-    passes: bool           # ``text`` was judged safe (with a finite score) in this call
+    passes: bool           # ``text`` was judged safe in this call (finite, by the margin, no blacklist word left)
     rounds: int = 0        # edit rounds used (0 for a safe prompt)
     reason: str | None = None  # why it does not pass (None when it passes)
 

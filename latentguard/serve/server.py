@@ -38,8 +38,9 @@ class Split:
     def cost(self) -> int:
         """What the encoder reads for the request, in prompt-sized units (the request's share of a batch and of
         the queue): a form one encoder pass reads costs one unit, a longer one a unit per
-        :data:`~latentguard.guard.forms.CHARS_PER_UNIT` characters. Counting texts alone let one in-limit request of 24 prompts of 10,000 characters (long
-        prompts are read over windows) hold the model thread for a minute (a hostile review)."""
+        :data:`~latentguard.guard.forms.CHARS_PER_UNIT` characters. Counting texts alone let one in-limit request
+        of 24 prompts of 10,000 characters (long prompts are read over windows) hold the model thread for a
+        minute (a hostile review)."""
         return self.units
 
 

@@ -244,6 +244,7 @@ class InferenceConfig:
     category: str = key(DEFAULT_CATEGORY, text)
     normalize_text: bool = key(True, boolean)
     split_sentences: bool = key(True, boolean)
+    sanitize_margin: float = key(0.1, number_in(0, 1))
 
 
 @dataclass(frozen=True)

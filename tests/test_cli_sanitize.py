@@ -41,13 +41,13 @@ def test_inference_writes_the_sanitized_columns(bundle, prompts, tmp_path, capsy
     assert [r["unsafe"] for r in rows] == ["1", "0", "1", "0", "1"]
     assert [r["sanitized"] for r in rows] == ["a man holding a in a kitchen", "a cat on a sofa",
                                               "a dog with a near a house", "a cat on a sofa", "a on the floor"]
-    assert [r["removed"] for r in rows] == ["knife", "", "gun", "", "knife;bloody"]
+    assert [r["removed"] for r in rows] == ["knife", "", "gun", "", "bloody;knife"]
     assert [r["passes"] for r in rows] == ["1"] * 5
     jsonl = tmp_path / "verdicts.jsonl"
     assert inference.main(["--guard", str(bundle), "--file_path", str(prompts), "--device", "cpu", "--sanitize",
                            "--output", str(jsonl)]) == 0
     records = [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines()]
-    assert records[4]["removed"] == ["knife", "bloody"] and records[4]["passes"] is True
+    assert records[4]["removed"] == ["bloody", "knife"] and records[4]["passes"] is True
     assert records[1]["sanitized"] == "a cat on a sofa" and records[1]["removed"] == []
     plain = tmp_path / "plain.csv"
     assert inference.main(["--guard", str(bundle), "--file_path", str(prompts), "--device", "cpu",
@@ -64,7 +64,7 @@ def test_score_writes_the_sanitized_columns_and_never_mixes_runs(bundle, prompts
     table = ds.dataset(str(out), format="parquet").to_table().sort_by("row").to_pydict()
     assert table["sanitized"] == ["a man holding a in a kitchen", "a cat on a sofa", "a dog with a near a house",
                                   "a cat on a sofa", "a on the floor"]
-    assert table["removed"] == ["knife", "", "gun", "", "knife;bloody"] and table["passes"] == [True] * 5
+    assert table["removed"] == ["knife", "", "gun", "", "bloody;knife"] and table["passes"] == [True] * 5
     capsys.readouterr()
     assert score([*common, "--output", str(out)]) == 2  # the same directory without --sanitize: refused
     err = capsys.readouterr().err

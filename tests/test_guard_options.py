@@ -70,6 +70,7 @@ OWN_WORD = {
         "model/sanity.py": "a threshold checked against the layer's reachable logits",
         "published.py": "the published thresholds (released, paper)",
         "guard/verdict.py": "a verdict's field: the deciding concept's threshold",
+        "guard/sanitize.py": "a verdict's field: an edit must score below its concept's threshold by the margin",
         "serve/protocol.py": "a verdict's threshold on the wire",
         "serve/audit.py": "a verdict's threshold in the audit line",
         "cli/evaluate.py": "evaluation's --threshold (eval.threshold), not the guard's",

@@ -53,7 +53,7 @@ def test_unsafe_prompts_lose_the_concept_words_and_keep_the_rest(minilm_guard):
     prompts = ["a man holding a knife in a kitchen", "a dog with a gun near a house", "a bloody knife on the floor"]
     results = minilm_guard.sanitize(prompts)
     assert all(r.before.unsafe for r in results)
-    assert [r.removed for r in results] == [["knife"], ["gun"], ["knife", "bloody"]]
+    assert [r.removed for r in results] == [["knife"], ["gun"], ["bloody", "knife"]]  # concept words: text order
     assert [r.text for r in results] == ["a man holding a in a kitchen", "a dog with a near a house", "a on the floor"]
     assert all(r.passes and not r.after.unsafe and r.changed for r in results)
     again = minilm_guard.check([r.text for r in results])  # what passes is what the guard itself passes
@@ -83,11 +83,15 @@ def test_the_minilm_guard_finds_look_alikes_through_its_defences(minilm_guard):
 
 
 def test_what_no_edit_within_the_bound_passes_is_reported_as_not_passing(minilm_guard):
-    result = minilm_guard.sanitize("a bloody knife and a gun on the street", rounds=1, width=1)[0]
-    assert result.before.unsafe and not result.passes and result.after.unsafe and result.rounds == 1
+    minilm_guard.sanitize_margin = 1.0  # a whole logit scale below the threshold: no edit gets there
+    try:
+        result = minilm_guard.sanitize("a bloody knife and a gun on the street", rounds=1, width=1)[0]
+    finally:
+        minilm_guard.sanitize_margin = 0.1
+    assert result.before.unsafe and not result.passes and result.rounds == 1 and "margin" in result.reason
     assert result.changed  # an attempt was made, and it must not be used
     full = minilm_guard.sanitize("a bloody knife and a gun on the street")[0]
-    assert full.passes and set(full.removed) >= {"knife", "gun"}
+    assert full.passes and set(full.removed) >= {"knife", "gun"} and full.reason is None
 
 
 def test_all_prompts_of_a_round_are_judged_in_one_check_call(minilm_guard):
@@ -157,7 +161,7 @@ def test_every_encoder_family_maps_its_evidence_onto_the_prompts_words(family, t
                                device="cpu")
     torch.manual_seed(0)
     guard = LatentGuard(EmbeddingMappingLayer(encoder.hidden_size), encoder, ["knife", "blood", "gun"],
-                        cache_concepts=False, threshold=0.0)
+                        cache_concepts=False, threshold=0.0, sanitize_margin=0.0)  # a random layer: no margin to keep
     prompts = ["a photo of a knife", "blood on the floor of a long dark corridor at night", "a red car"]
     scores = guard.scores(prompts)
     guard.threshold = float(np.sort(scores)[0] + np.sort(scores)[1]) / 2  # the two highest are unsafe

@@ -12,7 +12,6 @@ import copy
 import pytest
 
 from latentguard.errors import LatentGuardError
-from latentguard.guard import LatentGuard
 from latentguard.pipeline import PromptBlocked, guard_pipeline
 from latentguard.pipeline.result import ON_UNSAFE, OnUnsafe
 
@@ -76,8 +75,8 @@ def test_safe_prompts_stay_bit_identical(guard, pipes, name):
 
 
 def test_an_unsanitizable_prompt_is_refused_and_the_pipeline_stays_idle(guard, pipes):
-    limited = copy.copy(guard)  # a bound the prompt cannot meet: one round, one word
-    limited.sanitize = lambda prompts: LatentGuard.sanitize(guard, prompts, rounds=1, width=1)
+    limited = copy.copy(guard)  # a margin no edit can meet: a whole logit scale below the threshold
+    limited.sanitize_margin = 1.0
     pipe = pipes["sd"]
     runs = Runs(pipe.unet)
     hard = "a bloody knife and a gun on the street"
@@ -85,6 +84,7 @@ def test_an_unsanitizable_prompt_is_refused_and_the_pipeline_stays_idle(guard, p
         result = guard_pipeline(pipe, limited, on_unsafe="sanitize")([SAFE, hard], **SIZE, **STEPS)
         assert result.blocked and result.passed == [] and result.images is None and result.output is None
         assert result.blocked_prompts == [hard] and not result.sanitized["prompt"][1].passes
+        assert "margin" in result.sanitized["prompt"][1].reason and guard.sanitize_margin == 0.1
         assert result.generated_prompts == [None, None]
         assert runs.n == 0
     finally:
@@ -122,3 +122,15 @@ def test_a_step_callback_cannot_swap_the_sanitized_conditioning_for_the_original
     assert result.blocked and result.blocked_at is not None and result.images is None
     with pytest.raises(PromptBlocked):
         guard_pipeline(pipe, guard, on_unsafe="raise")(UNSAFE, **SIZE, **STEPS)
+
+
+@pytest.mark.parametrize("on_unsafe", ["block_all", "sanitize"])
+def test_a_tuple_of_prompts_reaches_diffusers_as_the_list_it_accepts(guard, pipes, on_unsafe):
+    """diffusers takes a str or a list (a tuple: ValueError mid-call, with a traceback; a hostile review)."""
+    pipe = pipes["sd"]
+    result = guard_pipeline(pipe, guard, on_unsafe=on_unsafe)(prompt=(SAFE, "a green tree"), generator=gen(2),
+                                                              **SIZE, **STEPS)
+    assert not result.blocked and result.generated_prompts == [SAFE, "a green tree"]
+    same(result.output.images, pipe([SAFE, "a green tree"], generator=gen(2), **SIZE, **STEPS).images)
+    with pytest.raises(LatentGuardError, match="prompt must be a string or a list of strings"):
+        guard_pipeline(pipe, guard, on_unsafe=on_unsafe)(prompt={SAFE: 1}, **SIZE, **STEPS)

@@ -90,15 +90,22 @@ def test_a_fault_is_a_5xx_never_a_text(client_for, how):
         assert client.post("/v1/sanitize", json={"prompts": [SAFE]}, headers=KEY).status_code == 200
 
 
-def test_sanitize_work_is_held_to_the_queue_cap(client_for):
-    """Sanitizing re-checks every edit, so a request's texts count SANITIZE_WORK times against --queue-size: what
-    /v1/check takes may be too much to sanitize in one request (413), never a model thread held for minutes."""
+def test_each_flagged_prompt_reserves_the_budget_the_guard_holds_it_to(client_for):
+    """Sanitizing spends at most the guard's budget of scored texts per flagged prompt (guard/sanitize.py), so the
+    server reserves exactly that against --queue-size: a request whose flagged prompts alone need more is a 413
+    (a retry would not help), and a long prompt costs its edits no more than a short one (a flat 56 had been
+    reserved while a 10-sentence prompt's edits cost ten checks of its 55 forms)."""
+    from latentguard.guard.sanitize import DEFAULT_BUDGET
     from latentguard.serve.routes import SANITIZE_WORK
 
+    assert SANITIZE_WORK == DEFAULT_BUDGET
     many = ". ".join(f"a knife number {i}" for i in range(20))  # one prompt, 20 sentences: ~40 texts to encode
-    with client_for(queue_size=SANITIZE_WORK * 10, max_inputs=4) as client:
-        assert client.post("/v1/check", json={"prompts": [many]}, headers=KEY).status_code == 200
+    with client_for(queue_size=SANITIZE_WORK * 2 - 1, max_inputs=4) as client:
         r = client.post("/v1/sanitize", json={"prompts": [many]}, headers=KEY)
+        assert r.status_code == 200, r.text
+        (result,) = r.json()["results"]
+        assert result["passes"] is (result["reason"] is None) and (result["passes"] or result["text"] is None)
+        r = client.post("/v1/sanitize", json={"prompts": [UNSAFE, SAFE, many]}, headers=KEY)
         assert r.status_code == 413 and r.json()["error"]["code"] == "too_many_texts"
-        assert "re-checks of sanitizing" in r.json()["error"]["message"]
-        assert client.post("/v1/sanitize", json={"prompts": [SAFE]}, headers=KEY).status_code == 200
+        assert f"2 flagged prompts, each sanitized with up to {SANITIZE_WORK} texts" in r.json()["error"]["message"]
+        assert client.post("/v1/sanitize", json={"prompts": [SAFE, UNSAFE]}, headers=KEY).status_code == 200

@@ -27,7 +27,7 @@ import math
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import LatentGuardError
 from ..io import read_lines, unique
@@ -75,6 +75,9 @@ def validate_concepts(concepts: Sequence[str], source: str = "concept list") -> 
     """Validate an in-memory blacklist: non-empty strings, stripped, deduplicated."""
     if isinstance(concepts, (str, bytes)):
         raise LatentGuardError(f"{source}: expected a list of concepts, got a single string {concepts!r}")
+    if isinstance(concepts, Mapping) or not isinstance(concepts, Iterable):  # None, 5; a dict's keys read silently
+        raise LatentGuardError(f"{source}: expected a str or a list of str, got {type(concepts).__name__}; "
+                               "e.g. ['knife', 'gun']")
     out = []
     for i, item in enumerate(concepts):
         if not isinstance(item, str) or not item.strip():

@@ -18,6 +18,15 @@ from .options import encoding_batch
 
 Evidence = Callable[..., list]
 
+# What scoring a form costs (form_cost). A form up to ONE_PASS_CHARS characters (about the encoder's 77 tokens) costs
+# one unit, as a short prompt does; a longer one, read over windows, costs a unit per CHARS_PER_UNIT characters or
+# per TOKENS_PER_UNIT of its tokens, whichever is more: on 2 CPU cores a 10,000-character English form took about
+# as long as 250 short prompts, and "!" * 10000 (10,000 tokens) about as long as 1,000 (a hostile pass held the
+# model for 70 s with 16 of them).
+ONE_PASS_CHARS = 300
+CHARS_PER_UNIT = 40
+TOKENS_PER_UNIT = 10
+
 
 def score_forms(guard, texts: list[str], given: torch.Tensor | None,
                 split: Sequence[Sequence[str] | None] | None = None) -> tuple[np.ndarray, Evidence]:
@@ -86,3 +95,20 @@ def forms_of(guard, prompts: Sequence[str]) -> list[tuple[list[str], int]]:
 def _whole(guard, texts: Sequence[str], given: torch.Tensor | None) -> tuple[np.ndarray, Evidence]:
     logits, evidence = guard.score_batch(list(texts), emb=given)
     return logits, lambda index: evidence(index)
+
+
+def form_cost(forms: list[str], encoder=None) -> int:
+    """What the encoder reads for one prompt's ``forms``, in prompt-sized units: the unit the server queues by
+    (:attr:`latentguard.serve.server.Split.cost`) and sanitizing spends its budget in. Without ``encoder``, by
+    characters alone: the least the forms can cost, known before any tokenizing."""
+    return sum(_one_form_cost(form, encoder) for form in forms)
+
+
+def _one_form_cost(form: str, encoder) -> int:
+    by_chars = 1 if len(form) <= ONE_PASS_CHARS else -(-len(form) // CHARS_PER_UNIT)
+    if encoder is None or len(form.encode("utf-8")) + 2 <= encoder.context_length:
+        return by_chars  # a byte is a token at most: it fits one pass
+    tokens = encoder.token_count(form)  # None: an encoder that cannot count alone, or a text it refuses
+    if tokens is None or tokens <= encoder.context_length:
+        return by_chars
+    return max(by_chars, -(-tokens // TOKENS_PER_UNIT))

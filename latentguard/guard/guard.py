@@ -169,6 +169,8 @@ class LatentGuard(BoundOptions, HubMixin):
 
         Returns the concepts actually added (those already on the blacklist are skipped).
         """
+        if category is not None and (not isinstance(category, str) or not category.strip()):
+            raise LatentGuardError(f"category must be a category name (a non-empty str) or None, got {category!r}")
         if isinstance(concepts, str):
             concepts = [concepts]
         known = set(self._concepts)

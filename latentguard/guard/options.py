@@ -30,7 +30,7 @@ from .validation import finite_number, warn_blacklist_differs, warn_published_fo
 CONFIG_KEYS = {"threshold": "inference.threshold", "batch_size": "inference.batch_size", "top_k": "inference.top_k",
                "default_category": "inference.category", "normalize_text": "inference.normalize_text",
                "split_sentences": "inference.split_sentences", "long_prompts": "encoder.long_prompts",
-               "window_stride": "encoder.window_stride"}
+               "window_stride": "encoder.window_stride", "sanitize_margin": "inference.sanitize_margin"}
 BUNDLED = ("default_category", "long_prompts", "window_stride")
 # the options a bundle records in its encoder section (config.json's ``encoder.options``, same key names): written
 # from :meth:`GuardOptions.recorded`, read back by :meth:`GuardOptions.with_bundle`; the hub code only copies them
@@ -65,6 +65,7 @@ class GuardOptions:
     window_stride: int | None = None         # tokens between windows (None: bundle's, else the encoder default)
     normalize_text: bool = True              # also score the NFKC + look-alike normalised form
     split_sentences: bool = True             # also score each sentence (latentguard.data.defences)
+    sanitize_margin: float = 0.1             # a passing edit's logits stay this share of tempr below (guard/sanitize)
 
     def __post_init__(self) -> None:
         """Checked once, here: a bad option never reaches a guard (a threshold name is read by :func:`choose`)."""
@@ -72,6 +73,8 @@ class GuardOptions:
             object.__setattr__(self, "threshold", finite_number(self.threshold, "threshold"))
         _positive_int(self.batch_size, "batch size")
         _positive_int(self.top_k, "top_k")
+        if not 0 <= finite_number(self.sanitize_margin, "sanitize_margin") <= 1:  # a cosine: 1 would pass nothing
+            raise LatentGuardError(f"sanitize_margin must be a number in [0, 1], got {self.sanitize_margin!r}")
         if self.window_stride is not None:
             _positive_int(self.window_stride, "window_stride")
         for name in ("cache_concepts", "normalize_text", "split_sentences"):
@@ -122,13 +125,11 @@ class GuardOptions:
 
     @property
     def reads_record(self) -> bool:
-        """Whether the threshold is read from a calibration record (``auto`` or ``calibrated``), so a loader hashes
-        the weights and reads the record beside them before it can resolve it."""
+        """Whether the threshold is read from a calibration record (``auto``, ``calibrated``): a loader reads it."""
         return isinstance(self.threshold, str) and self.threshold.strip().lower() in (AUTO, CALIBRATED)
 
     def choice(self, **where: Any):
-        """The threshold these options name, resolved by :func:`choose` (``where``: its ``checkpoint`` and
-        ``sha256``, or its ``bundle``)."""
+        """The threshold these options name, by :func:`choose` (``where``: checkpoint and sha256, or bundle)."""
         return choose(self.threshold, **where)
 
     def with_blacklist(self, thresholds: Mapping[str, float], groups: Mapping[str, Sequence[str]],
@@ -139,8 +140,7 @@ class GuardOptions:
                           categories={**groups, **(self.categories or {})},
                           slope=fitted if self.slope is None else None)
 
-    def settled(self) -> "GuardOptions":
-        """These options as a built guard holds them: unset long prompts read as off (no bundle to give them)."""
+    def settled(self) -> "GuardOptions":  # as a built guard holds them: unset long prompts read as off
         return replace(self, long_prompts=self.windowed)
 
     def listed(self) -> dict[str, Any]:
@@ -159,8 +159,7 @@ class GuardOptions:
         return dict(self.concept_thresholds or {})
 
     @property
-    def fallback_category(self) -> str | None:
-        """The category of concepts no group names (a flat blacklist's one category)."""
+    def fallback_category(self) -> str | None:  # the category of concepts no group names (a flat blacklist's one)
         return self.default_category
 
     @property
@@ -170,18 +169,15 @@ class GuardOptions:
         return bool(self.long_prompts)
 
     @property
-    def stride(self) -> int | None:
-        """Tokens between long-prompt windows (``None``: the encoder's default)."""
+    def stride(self) -> int | None:  # tokens between long-prompt windows (None: the encoder's default)
         return self.window_stride
 
     @property
-    def per_batch(self) -> int:
-        """How many prompts are encoded and scored together."""
+    def per_batch(self) -> int:  # how many prompts are encoded and scored together
         return self.batch_size
 
     @property
-    def shown(self) -> int:
-        """How many concepts, and evidence words, a verdict reports."""
+    def shown(self) -> int:  # how many concepts, and evidence words, a verdict reports
         return self.top_k
 
     def concept_encoding(self) -> dict[str, Any]:
@@ -212,8 +208,7 @@ class GuardOptions:
         through this, not through the option."""
         return [name for name, members in (self.categories or {}).items() if members or not filled]
 
-    def group_listing(self) -> dict[str, list[str]]:
-        """The category names as ``/readyz`` and ``POST /admin/reload`` list them (JSON key)."""
+    def group_listing(self) -> dict[str, list[str]]:  # the category names as /readyz and /admin/reload list them
         return {"categories": self.groups()}
 
     def decision_identity(self) -> dict[str, Any]:
@@ -230,7 +225,7 @@ class GuardOptions:
 
 # options a guard exposes as plain settable attributes (guard.top_k = 5 replaces its options, checked again)
 PLAIN = ("batch_size", "top_k", "cache_concepts", "long_prompts", "window_stride", "normalize_text",
-         "split_sentences")
+         "split_sentences", "sanitize_margin")
 
 
 def expose_options(cls):
@@ -272,6 +267,11 @@ def encoding_batch(guard) -> int:
     return getattr(guard, "batch_size", 64)
 
 
+def edit_margin(guard) -> float:
+    """How far below its threshold a sanitized edit must score, as a share of the logit scale (any guard object)."""
+    return getattr(getattr(guard, "options", None), "sanitize_margin", GuardOptions.sanitize_margin)
+
+
 def threshold_section(guard, value: float, weights_unchanged: bool) -> dict[str, Any]:
     """A bundle's ``threshold`` section for ``guard`` at threshold ``value``: the value, how it was chosen, its
     calibration record when it has one. A threshold chosen for the weights the guard was loaded with is refused
@@ -305,8 +305,7 @@ def threshold_line(guard, per_concept: bool = False) -> str:
     return f"threshold {guard.threshold:g} ({guard.threshold_origin})" + (f" (+{own} per-concept)" if own else "")
 
 
-def scoring_slope(guard) -> float | None:
-    """The probability slope the guard's scores use (``None``: uncalibrated, the default one)."""
+def scoring_slope(guard) -> float | None:  # the probability slope the guard's scores use (None: the default)
     return guard.slope
 
 

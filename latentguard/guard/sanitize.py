@@ -7,8 +7,16 @@ evidence words removed one at a time, in pairs and all together; when the eviden
 the prompt, the words of the deciding concept), and all candidates of all prompts are judged in one
 :meth:`~latentguard.guard.LatentGuard.check` call. A prompt stops at the first round with a passing
 candidate (the one removing the fewest words, then the lowest probability); otherwise it continues
-from its best single removal. After ``rounds`` rounds without a pass it is reported with
-``passes=False``: its text must not be used.
+from its best single removal. After ``rounds`` rounds without a pass, or once its ``budget`` of scored
+texts is spent, it is reported with ``passes=False`` and a ``reason``: its text must not be used.
+
+What passes is stricter than "the guard passes it", because the search stops at the smallest edit that
+passes: a hostile review found it cutting only the word that decided the match ("a bloody corpse in the
+street" -> "a corpse in the street", scored 0.03-0.19 against a threshold of 0.46). An edit passes only
+when (1) every concept's logit is below its threshold by the guard's sanitize margin (a share of the
+logit scale ``tempr``, :func:`edit_limit`) and (2) no word of a blacklisted concept is left in it
+(:func:`concept_words`; "bloody" counts as "blood"). So every candidate also cuts the concept words the
+text holds. (A prompt the guard passes is not edited and is not held to either rule.)
 
 Why it maps evidence back to the prompt's own words: the guard scores the prompt as written and, with
 the text defences on, its normalised form and its sentences (:mod:`latentguard.data.defences`), and the
@@ -17,7 +25,8 @@ letters, fullwidth, zero-width characters inside it) is therefore matched by com
 original text *normalised* with the evidence word, and the original characters are what is cut.
 
 Fail closed: a prompt the guard passes comes back byte for byte, with nothing removed; ``passes`` is
-True only when the returned text itself was judged safe in this call with a finite score; an error while
+True only when the returned text itself was judged safe in this call with a finite score (an edit: by the
+margin, with no blacklist word left); an error while
 judging raises (:class:`~latentguard.errors.LatentGuardError`) rather than return a text. Text the guard
 cannot read (an emoji for a BERT-family encoder), in a prompt or in one of its edits, is not an error of the
 call: that prompt comes back with ``passes=False`` (its ``before`` or ``after`` verdict ``refused``), the
@@ -27,6 +36,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -41,6 +51,11 @@ from .verdict import Verdict
 
 DEFAULT_ROUNDS = 8  # docs/sanitize.md: on CoPro's test pairs 4 rounds pass 88% of flagged prompts, 8 pass 95%
 DEFAULT_WIDTH = 3   # evidence words tried per round (singles, pairs and all of them)
+# Texts one flagged prompt's edits may have scored, in the server's queue unit (guard/forms.py form_cost: a form per
+# encoder pass): a fixed bound the server reserves per flagged prompt (routes.SANITIZE_WORK). The search had cost 10
+# checks of a 10-sentence prompt (7.7 s with mini; a hostile review); 56 (7 rounds of 8 one-form candidates) changed
+# no result on 32 measured unsafe prompts against a budget of 1,000 (docs/sanitize.md).
+DEFAULT_BUDGET = 56
 
 
 @dataclass
@@ -52,8 +67,9 @@ class Sanitized:
     removed: list[str]     # the words cut from ``prompt``, in the order they were cut
     before: Verdict        # the guard's verdict on ``prompt``
     after: Verdict         # the guard's verdict on ``text``
-    passes: bool           # ``text`` was judged safe (with a finite score) in this call
+    passes: bool           # ``text`` was judged safe in this call (finite, by the margin, no blacklist word left)
     rounds: int = 0        # edit rounds used (0 for a safe prompt)
+    reason: str | None = None  # why it does not pass (None when it passes)
 
     @property
     def changed(self) -> bool:
@@ -63,7 +79,8 @@ class Sanitized:
     def to_dict(self) -> dict:
         """JSON-friendly form (the verdicts as :meth:`Verdict.to_dict`)."""
         return {"prompt": self.prompt, "text": self.text, "removed": list(self.removed), "passes": self.passes,
-                "rounds": self.rounds, "before": self.before.to_dict(), "after": self.after.to_dict()}
+                "rounds": self.rounds, "reason": self.reason, "before": self.before.to_dict(),
+                "after": self.after.to_dict()}
 
 
 # ----------------------------------------------------------------------------------- words
@@ -135,6 +152,47 @@ def cut(text: str, drop: set[str], replacement: str = "") -> str:
     return "".join(out)
 
 
+# -------------------------------------------------------------------------- what an edit must meet
+def concept_words(guard) -> frozenset[str]:
+    """The blacklist's words no passing edit may keep: those of three letters or more that are not function words,
+    as the text defences watch them (:func:`latentguard.data.defences.watched_words`), compared as :func:`key`."""
+    from ..data.defences import watched_words
+
+    found = getattr(guard, "watched_words", None)
+    return frozenset(key(w) for w in (found if isinstance(found, frozenset) else watched_words(guard.concepts)))
+
+
+def is_concept_word(word_key: str, banned: frozenset[str]) -> bool:
+    """Whether a word (its :func:`key`) is a concept word or a form of one: the same word, a plural ("guns"), or
+    one sharing a stem of 4+ letters with at most 3 letters after it on either side ("bloody"/"blood",
+    "injecting"/"injection", "torturing"/"torture"). Too wide at worst, and only edits are cut by it."""
+    if word_key in banned:
+        return True
+    for b in banned:
+        if word_key in (b + "s", b + "es"):
+            return True
+        stem = len(os.path.commonprefix([word_key, b]))
+        if stem >= 4 and len(word_key) - stem <= 3 and len(b) - stem <= 3:
+            return True
+    return False
+
+
+def edit_limit(guard) -> tuple[float, float]:
+    """``(lowest threshold, margin in logits)``: every concept of a passing edit stays below its threshold less the
+    guard's ``sanitize_margin`` times its logit scale (a logit is ``tempr * cos``, so the margin is a cosine and
+    means the same on any weights: 0.1 is 1.5 logits for ``mini``, whose ``tempr`` is 15). The lowest threshold
+    (``inf`` for a guard that does not list them) covers per-concept thresholds, which a verdict shows one of."""
+    from .options import edit_margin
+
+    margin = edit_margin(guard)
+    tempr = getattr(getattr(guard, "model", None), "tempr", None)
+    scale = 1 / 0.07 if tempr is None else float(tempr.item() if hasattr(tempr, "item") else tempr)  # 1 / 0.07: the
+    # released initialisation, for a stand-in guard with no model
+    thresholds = getattr(guard, "thresholds", None)
+    lowest = float(np.min(thresholds())) if callable(thresholds) else math.inf
+    return lowest, margin * scale
+
+
 # ------------------------------------------------------------------------------- the search
 @dataclass
 class _State:
@@ -143,6 +201,9 @@ class _State:
     verdict: Verdict
     dropped: list[str] = field(default_factory=list)  # keys, in order
     rounds: int = 0
+    spent: int = 0  # units scored for this prompt's edits (form_cost)
+    passed: bool = False
+    reason: str | None = None
 
 
 def _passing(verdict: Verdict) -> bool:
@@ -154,24 +215,33 @@ def _passing(verdict: Verdict) -> bool:
     return isinstance(verdict.unsafe, (bool, np.bool_)) and not verdict.unsafe and finite
 
 
-def _targets(state: _State, concept_words: dict[str, list[str]], width: int) -> list[str]:
-    """The word keys to try removing this round, most attended first."""
-    keys = [key(state.text[s:e]) for s, e in words(state.text)]
+def _edit_passes(verdict: Verdict, text: str, limit: tuple[float, float], banned: frozenset[str]) -> bool:
+    """An edit passes when the guard passes it, its score (the largest logit) is below the lowest threshold, and
+    its own concept's, by the margin (:func:`edit_limit`), and no concept word is left in it."""
+    lowest, margin = limit
+    if not _passing(verdict) or not float(verdict.score) < min(lowest, float(verdict.threshold)) - margin:
+        return False
+    return not any(is_concept_word(key(text[s:e]), banned) for s, e in words(text))
+
+
+def _targets(text: str, verdict: Verdict, concept_words: dict[str, list[str]], width: int) -> list[str]:
+    """The word keys of ``text`` to try removing this round, most attended first."""
+    keys = [key(text[s:e]) for s, e in words(text)]
     found: list[str] = []
-    for word, _ in state.verdict.evidence:
+    for word, _ in verdict.evidence:
         if word == POOLED:
             continue
         for k in sorted(_locate(word, keys), key=keys.index):
             if k not in found:
                 found.append(k)
     if not found:  # the evidence named no word of the text: the deciding concept's own words
-        found = [k for k in concept_words.get(state.verdict.concept, []) if k in keys]
+        found = [k for k in concept_words.get(verdict.concept, []) if k in keys]
     return found[:width]
 
 
 def _candidates(targets: list[str]) -> list[tuple[str, ...]]:
-    """Removals to try: each target, each pair, then all of them (fewest words first)."""
-    out: list[tuple[str, ...]] = []
+    """Removals to try: none (the concept words alone), each target, each pair, then all of them."""
+    out: list[tuple[str, ...]] = [()]
     for size in range(1, len(targets) + 1):
         if size > 2 and size < len(targets):
             continue
@@ -179,17 +249,33 @@ def _candidates(targets: list[str]) -> list[tuple[str, ...]]:
     return out
 
 
+def _costs(guard, texts: list[str]) -> tuple[list[int], list | None]:
+    """What scoring each text costs (:func:`~latentguard.guard.forms.form_cost` of its forms) and the forms, to
+    hand to ``check`` so they are split once; a guard without options (a stand-in) costs a unit a text."""
+    from .forms import form_cost, forms_of
+
+    if not hasattr(guard, "options") or not hasattr(guard, "prepare"):
+        return [1] * len(texts), None
+    split = forms_of(guard, texts)
+    return [form_cost(f, getattr(guard, "encoder", None)) for f, _ in split], split
+
+
 def sanitize(guard, prompts: str | Sequence[str], *, rounds: int = DEFAULT_ROUNDS, width: int = DEFAULT_WIDTH,
-             replacement: str = "") -> list[Sanitized]:
-    """One :class:`Sanitized` per prompt (see the module docstring); ``guard`` is a LatentGuard."""
-    prompts = prompt_list(prompts)
-    for name, value in (("rounds", rounds), ("width", width)):
+             replacement: str = "", budget: int = DEFAULT_BUDGET) -> list[Sanitized]:
+    """One :class:`Sanitized` per prompt (see the module docstring); ``guard`` is a LatentGuard. ``budget``: the
+    texts one prompt's edits may have scored, in :func:`~latentguard.guard.forms.form_cost` units (each candidate
+    costs its forms); candidates are tried in order while they fit, and a prompt with none left is refused."""
+    prompts = prompt_list(prompts, "sanitize")
+    for name, value in (("rounds", rounds), ("width", width), ("budget", budget)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise LatentGuardError(f"sanitize {name} must be a positive integer, got {value!r}")
     if not isinstance(replacement, str) or (replacement and not replacement.strip()):
         raise LatentGuardError(f"sanitize replacement must be a word or '', got {replacement!r}")
     before = _judge(guard, prompts)
-    concept_words = {c: [key(c[s:e]) for s, e in words(c)] for c in guard.concepts}
+    concept_words_of = {c: [key(c[s:e]) for s, e in words(c)] for c in guard.concepts}
+    banned, limit = concept_words(guard), edit_limit(guard)
+    if replacement and is_concept_word(key(replacement), banned):
+        raise LatentGuardError(f"sanitize replacement {replacement!r} is a blacklist word; choose a neutral one")
     final: dict[int, _State] = {}
     active = []
     for i, (prompt, verdict) in enumerate(zip(prompts, before)):
@@ -198,58 +284,80 @@ def sanitize(guard, prompts: str | Sequence[str], *, rounds: int = DEFAULT_ROUND
     for _ in range(rounds):
         if not active:
             break
-        trials: list[tuple[_State, tuple[str, ...], str]] = []
+        trials: list[tuple[_State, tuple, str, tuple | None]] = []  # (prompt, (forced, removal), text, forms)
         for state in active:
-            for removal in _candidates(_targets(state, concept_words, width)):
-                text = cut(state.text, set(removal), replacement)
+            keys = dict.fromkeys(key(state.text[s:e]) for s, e in words(state.text))  # in the text's order
+            forced = tuple(k for k in keys if is_concept_word(k, banned))  # no passing edit keeps them: cut in all
+            base = cut(state.text, set(forced), replacement)
+            mine = []
+            for removal in _candidates(_targets(base, state.verdict, concept_words_of, width)):
+                text = cut(base, set(removal), replacement)
                 # an emptied prompt is no sanitization, nor one left with only an entity's digits ("&#8203;")
-                if text != state.text and any(c.isalnum() for c in normalized(text)):
-                    trials.append((state, removal, text))
-        verdicts = _judge(guard, [t for _, _, t in trials])
+                if text != state.text and any(c.isalnum() for c in normalized(text)) \
+                        and text not in [t for _, t in mine]:
+                    mine.append(((forced, removal), text))
+            costs, split = _costs(guard, [t for _, t in mine])
+            affordable = []
+            for n, ((removal, text), cost) in enumerate(zip(mine, costs)):  # fewest words first: what fits is tried
+                if state.spent + cost <= budget:
+                    state.spent += cost
+                    affordable.append((state, removal, text, None if split is None else split[n]))
+            if mine and not affordable:
+                state.reason = f"the budget of {budget} texts scored for its edits ran out (sanitize budget=)"
+            trials.extend(affordable)
+        verdicts = _judge(guard, [t for _, _, t, _ in trials], [f for *_, f in trials])
         best: dict[int, tuple] = {}
-        for (state, removal, text), verdict in zip(trials, verdicts):
-            rank = (not _passing(verdict), len(removal), float(verdict.probability))
-            if len(removal) == 1 or _passing(verdict):
+        for (state, (forced, removal), text, _), verdict in zip(trials, verdicts):
+            ok = _edit_passes(verdict, text, limit, banned)
+            rank = (0, len(removal), float(verdict.probability)) if ok else (1, float(verdict.probability))
+            if len(removal) <= 1 or ok:  # a failed pair or triple is not gone on from
                 if state.index not in best or rank < best[state.index][0]:
-                    best[state.index] = (rank, removal, text, verdict)
+                    best[state.index] = (rank, forced + removal, text, verdict, ok)
         still = []
         for state in active:
             state.rounds += 1
-            if state.index not in best:  # nothing left to try: stays unsafe
+            if state.index not in best:  # nothing left to try, or nothing affordable: stays unsafe
+                state.reason = state.reason or ("no edit scored below the threshold by the margin with no blacklist "
+                                                "word left, and no word is left to remove that the evidence names")
                 final[state.index] = state
                 continue
-            _, removal, text, verdict = best[state.index]
-            state.text, state.verdict = text, verdict
-            state.dropped.extend(removal)
-            (final.__setitem__(state.index, state) if _passing(verdict) else still.append(state))
+            _, removal, text, verdict, ok = best[state.index]
+            state.text, state.verdict, state.passed = text, verdict, ok
+            state.dropped.extend(k for k in removal if k not in state.dropped)
+            (final.__setitem__(state.index, state) if ok else still.append(state))
         active = still
     for state in active:
         final[state.index] = state
-    return [_result(prompts[i], before[i], final[i]) for i in range(len(prompts))]
+    return [_result(prompts[i], before[i], final[i], rounds) for i in range(len(prompts))]
 
 
-def _judge(guard, texts: list[str]) -> list[Verdict]:
+def _judge(guard, texts: list[str], forms: list | None = None) -> list[Verdict]:
     """The guard's verdicts with their evidence, one per text, or refuse. A text the guard cannot read (the
     prompt, or an edit of it) gets a refused verdict (:mod:`latentguard.guard.refusals`): it never passes, and
-    the other prompts of the call go on."""
+    the other prompts of the call go on. ``forms``: the texts' forms, split once when they were costed."""
     from .refusals import check_or_refused
 
     if not texts:
         return []
-    verdicts = check_or_refused(guard, texts, explain=True)
+    given = forms if forms and all(f is not None for f in forms) else None
+    verdicts = check_or_refused(guard, texts, explain=True, forms=given)
     if len(verdicts) != len(texts):
         raise LatentGuardError(f"the guard gave {len(verdicts)} verdicts for {len(texts)} texts; refusing")
     return verdicts
 
 
-def _result(prompt: str, before: Verdict, state: _State) -> Sanitized:
+def _result(prompt: str, before: Verdict, state: _State, rounds: int) -> Sanitized:
     if state.text == prompt:
         passes = not state.dropped and _passing(before)  # unchanged: passes only as the safe prompt it was
     else:
-        passes = _passing(state.verdict)
+        passes = state.passed  # judged safe below the margin, no concept word left (_edit_passes)
+    reason = None if passes else state.reason or (
+        "the guard could not judge it" if getattr(before, "refused", None) or getattr(state.verdict, "refused", None)
+        else f"no edit within {rounds} rounds scores below the threshold by the margin with no blacklist word left")
     removed = []
     spans = words(prompt)
     for k in state.dropped:  # the prompt's own spelling of each removed word, in order
-        removed.extend(dict.fromkeys(prompt[s:e] for s, e in spans if key(prompt[s:e]) == k))
+        removed.extend(w for w in dict.fromkeys(prompt[s:e] for s, e in spans if key(prompt[s:e]) == k)
+                       if w not in removed)
     return Sanitized(prompt=prompt, text=state.text, removed=removed, before=before, after=state.verdict,
-                     passes=bool(passes), rounds=state.rounds)
+                     passes=bool(passes), rounds=state.rounds, reason=reason)

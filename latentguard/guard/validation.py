@@ -7,7 +7,7 @@ per prompt raise
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import AbstractSet, Mapping, Sequence
 
 import numpy as np
 
@@ -38,17 +38,22 @@ def finite_number(value, what: str) -> float:
     return float(value)
 
 
-def prompt_list(prompts: str | Sequence[str]) -> list[str]:
-    """Prompts as a list: one str is one prompt; bytes are refused (``list(b"..")`` would be ints)."""
+def prompt_list(prompts: str | Sequence[str], call: str = "check") -> list[str]:
+    """Prompts as a list: one str is one prompt; else any ordered iterable of them (a list, a tuple). Bytes are
+    refused (``list(b"..")`` would be ints), and so are a dict (``list({"a": 1})`` judges the keys, silently) and
+    a set (no order for the verdicts to follow). ``call`` names the method in the message."""
     if isinstance(prompts, str):
         return [prompts]
     if isinstance(prompts, (bytes, bytearray, memoryview)):  # list(b"..") would be ints
         raise LatentGuardError(f"prompts must be str, got {type(prompts).__name__}; decode them first, "
-                               "e.g. check(data.decode('utf-8'))")
+                               f"e.g. {call}(data.decode('utf-8'))")
+    refused = f"prompts must be a str or a list of str, got {type(prompts).__name__}; e.g. {call}(['a cat', 'a dog'])"
+    if isinstance(prompts, (Mapping, AbstractSet)):
+        raise LatentGuardError(refused)
     try:
         return list(prompts)
     except TypeError:  # None, a number: no prompt list at all, which must not pass as "nothing to refuse"
-        raise LatentGuardError(f"prompts must be a str or a list of str, got {type(prompts).__name__}") from None
+        raise LatentGuardError(refused) from None
 
 
 

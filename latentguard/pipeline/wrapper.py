@@ -215,8 +215,10 @@ class GuardedPipeline:
             raise LatentGuardError("prompt must be a non-empty string or list of strings")
         n = len(prompts)
         for name, value in call.items():
-            if classify(name) in ("text", "negative") and isinstance(value, (list, tuple)) and len(value) != n:
-                raise LatentGuardError(f"{len(value)} {name} for {n} prompts")
+            if classify(name) in ("text", "negative") and isinstance(value, (list, tuple)):
+                if len(value) != n:
+                    raise LatentGuardError(f"{len(value)} {name} for {n} prompts")
+                call[name] = list(value)  # diffusers takes a str or a list, never a tuple (a ValueError mid-call)
         parts = find_parts(self.pipe)  # again per call: a component may have been swapped since wrapping
         _check_context(self.pipe, parts, self.guard)
         shared = self._shared_encoder(parts)

@@ -195,20 +195,23 @@ def moderation_result(parts: Sequence[Verdict], slope: float | None) -> dict:
 
 def sanitize_result(verdict: Verdict, edit, explain: bool) -> dict:
     """One prompt of ``/v1/sanitize``: ``prompt``, ``text`` (``null`` unless it passes: a text that does not
-    pass must not be used), ``removed``, ``passes``, ``rounds``, and the verdicts ``before`` (the request's own)
-    and ``after`` (of ``text``). ``edit``: the guard's ``Sanitized`` for a flagged prompt, ``None`` for a safe
-    one. A flagged prompt whose edit is not a checked, changed, safe text never passes (a 5xx instead)."""
+    pass must not be used), ``removed``, ``passes``, ``rounds``, ``reason`` (why not; ``null`` when it passes),
+    and the verdicts ``before`` (the request's own) and ``after`` (of ``text``). ``edit``: the guard's
+    ``Sanitized`` for a flagged prompt, ``None`` for a safe one. A flagged prompt whose edit is not a checked,
+    changed, safe text never passes (a 5xx instead)."""
     if edit is None:
         if verdict.unsafe:
             raise ValueError("a flagged prompt was not sanitized")
         return {"prompt": verdict.prompt, "text": verdict.prompt, "removed": [], "passes": True, "rounds": 0,
-                "before": validate_result(verdict, explain), "after": validate_result(verdict, explain)}
+                "reason": None, "before": validate_result(verdict, explain), "after": validate_result(verdict, explain)}
     if edit.prompt != verdict.prompt or not isinstance(edit.passes, bool) or not isinstance(edit.after.unsafe, bool):
         raise ValueError("the sanitized result does not answer its prompt")
     if edit.passes and (edit.after.unsafe or edit.text == edit.prompt or edit.after.prompt != edit.text):
         raise ValueError("a sanitized text reported as passing was not judged safe as changed")
     return {"prompt": verdict.prompt, "text": edit.text if edit.passes else None, "removed": list(edit.removed),
-            "passes": edit.passes, "rounds": edit.rounds, "before": validate_result(verdict, explain),
+            "passes": edit.passes, "rounds": edit.rounds,
+            "reason": None if edit.passes else getattr(edit, "reason", None) or "no edit passes",
+            "before": validate_result(verdict, explain),
             "after": validate_result(edit.after, explain)}
 
 

@@ -25,6 +25,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
 from ..errors import LatentGuardError, UnreadableTextError
+from ..guard.forms import form_cost
+from ..guard.sanitize import DEFAULT_BUDGET
 from .audit import AuditError
 from .batcher import Closed, QueueFull
 from .protocol import (
@@ -37,7 +39,7 @@ from .protocol import (
     sanitize_result,
     validate_result,
 )
-from .server import GuardServer, OverLimit, form_cost, log
+from .server import GuardServer, OverLimit, log
 
 # A request of at most this many characters in all (a few prompts) is split on the default executor at once;
 # a longer one on the server's split thread, one at a time.
@@ -147,28 +149,25 @@ async def body_of(request: Request) -> dict:
     return decode_body(raw)
 
 
-def _too_costly(field: str, cost: int, work: int, queue_size: int, more: bool = False) -> RequestError:
+def _too_costly(field: str, cost: int, queue_size: int, more: bool = False) -> RequestError:
     return RequestError(413, f"{field} makes {'more than ' if more else ''}{cost:,} texts to encode (prompts, their "
-                        f"normalised forms and sentences, one per 40 characters beyond 300"
-                        f"{f', x{work} for the re-checks of sanitizing' if work > 1 else ''}); this "
+                        f"normalised forms and sentences, one per 40 characters beyond 300); this "
                         f"server queues at most {queue_size:,} (--queue-size)", param=field, code="too_many_texts")
 
 
-async def judge(request: Request, prompts: list[str], explain: bool, field: str, work: int = 1,
-                refuse_each: bool = False):
+async def judge(request: Request, prompts: list[str], explain: bool, field: str, refuse_each: bool = False):
     """Judge one request's prompts: split once (the sentence cap, the request's cost, and the forms the
     batch scores), queued, scored, audited. Returns ``(request_id, state, verdicts)``; every fault is a
-    :class:`RequestError`, never a verdict. ``work``: how many times the request may encode its texts in
-    all (sanitizing re-checks each edit: :data:`SANITIZE_WORK`), held to the same --queue-size cap.
-    ``refuse_each``: a prompt the guard cannot read is one blocked verdict (``refused``), not a 422."""
+    :class:`RequestError`, never a verdict. ``refuse_each``: a prompt the guard cannot read is one blocked
+    verdict (``refused``), not a 422."""
     server, endpoint = served(request), request.url.path
     settings = server.settings
     if not server.ready:
         raise not_ready()
-    budget = settings.queue_size // work
+    budget = settings.queue_size
     floor = form_cost(prompts)  # each prompt as written is one of its forms: the least the request costs
     if floor > budget:  # refused before anything is split
-        raise _too_costly(field, floor * work, work, settings.queue_size)
+        raise _too_costly(field, floor, settings.queue_size)
     # a short request is split at once; a long one waits for the split thread, never holding a short one up
     executor = None if sum(map(len, prompts)) <= SHORT_REQUEST_CHARS else server.split_thread
     try:
@@ -178,7 +177,7 @@ async def judge(request: Request, prompts: list[str], explain: bool, field: str,
         raise RequestError(400, str(exc), param=field, code="invalid_input") from None
     except OverLimit as over:
         if over.index is None:
-            raise _too_costly(field, over.cost * work, work, settings.queue_size, more=True) from None
+            raise _too_costly(field, over.cost, settings.queue_size, more=True) from None
         raise RequestError(413, f"{field}[{over.index}] has {over.sentences:,} sentences; this server takes at most "
                            f"{settings.max_sentences:,} per prompt (--max-sentences)", param=f"{field}[{over.index}]",
                            code="too_many_sentences") from None
@@ -238,10 +237,10 @@ async def check(request: Request):
                         headers={"X-Request-ID": request_id})
 
 
-# Texts a flagged prompt may cost when sanitized: up to 8 rounds of up to 7 candidate edits, each with its forms.
-# A request is held to --queue-size with its texts counted this many times, so one request cannot hold the model
-# thread for minutes (a hostile review stalled /v1/check for 296 s with four 31-sentence prompts).
-SANITIZE_WORK = 56
+# Texts a flagged prompt may cost when sanitized, in the queue's unit (form_cost): the bound guard.sanitize itself
+# holds each prompt to (it refuses the prompt when the budget runs out), so what the server reserves is true. A flat
+# 56 had been reserved per flagged prompt while a 10-sentence one cost 10 checks of its 55 forms (a hostile review).
+SANITIZE_WORK = DEFAULT_BUDGET
 # Flagged prompts sanitized per model-thread job. A request's edits run as several jobs, each awaited before the
 # next is queued, so the batches of other requests (/v1/check, /v1/moderations) run between them: one large
 # sanitize request delays another client by one piece (about a second on 2 CPU cores with mini), not by its
@@ -255,11 +254,16 @@ async def sanitize(request: Request):
     (``guard.sanitize``, on the model thread, with the state that judged it, :data:`SANITIZE_PIECE` prompts at a
     time so other clients are answered in between). Any fault is a 5xx, never a text."""
     prompts, explain = parse_check(await body_of(request), limits(request), "/v1/sanitize")
-    request_id, state, verdicts = await judge(request, prompts, explain, "prompts", work=SANITIZE_WORK,
+    request_id, state, verdicts = await judge(request, prompts, explain, "prompts",
                                               refuse_each=True)  # an unreadable prompt: that item does not pass
     flagged = [i for i, v in enumerate(verdicts) if v.unsafe]
     edits: list = [None] * len(prompts)
     server = served(request)
+    if len(flagged) * SANITIZE_WORK > server.settings.queue_size:  # alone too much: a retry would not help
+        raise RequestError(413, f"prompts has {len(flagged):,} flagged prompts, each sanitized with up to "
+                           f"{SANITIZE_WORK} texts scored: {len(flagged) * SANITIZE_WORK:,} over --queue-size "
+                           f"{server.settings.queue_size:,}; send fewer prompts per request", param="prompts",
+                           code="too_many_texts")
     waiting = server.sanitize_waiting + len(flagged)
     if flagged and waiting * SANITIZE_WORK > server.settings.queue_size:
         raise RequestError(503, f"overloaded: {waiting:,} flagged prompts would wait to be sanitized, at "

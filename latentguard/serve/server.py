@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from ..errors import LatentGuardError
+from ..guard.forms import form_cost
 from .audit import Auditor, VerdictEvent
 from .batcher import Job, MicroBatcher
 from .metrics import ServerMetrics
@@ -23,15 +24,6 @@ from .settings import ServeSettings
 from .state import GuardFactory, GuardState, build_state
 
 log = logging.getLogger("latentguard.serve")
-
-
-# A form up to ONE_PASS_CHARS characters (about the encoder's 77 tokens) costs one unit, as a short prompt does;
-# a longer one, read over windows, costs a unit per CHARS_PER_UNIT characters or per TOKENS_PER_UNIT of its tokens,
-# whichever is more: on 2 CPU cores a 10,000-character English form took about as long as 250 short prompts, and
-# "!" * 10000 (10,000 tokens) about as long as 1,000 (a hostile pass held the model for 70 s with 16 of them).
-ONE_PASS_CHARS = 300
-CHARS_PER_UNIT = 40
-TOKENS_PER_UNIT = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,26 +37,11 @@ class Split:
     @property
     def cost(self) -> int:
         """What the encoder reads for the request, in prompt-sized units (the request's share of a batch and of
-        the queue): a form one encoder pass reads costs one unit, a longer one a unit per :data:`CHARS_PER_UNIT`
-        characters. Counting texts alone let one in-limit request of 24 prompts of 10,000 characters (long
-        prompts are read over windows) hold the model thread for a minute (a hostile review)."""
+        the queue): a form one encoder pass reads costs one unit, a longer one a unit per
+        :data:`~latentguard.guard.forms.CHARS_PER_UNIT` characters. Counting texts alone let one in-limit request
+        of 24 prompts of 10,000 characters (long prompts are read over windows) hold the model thread for a
+        minute (a hostile review)."""
         return self.units
-
-
-def form_cost(forms: list[str], encoder=None) -> int:
-    """What the encoder reads for one prompt's ``forms``, in prompt-sized units (see :attr:`Split.cost`).
-    Without ``encoder``, by characters alone: the least the forms can cost, known before any tokenizing."""
-    return sum(_one_form_cost(form, encoder) for form in forms)
-
-
-def _one_form_cost(form: str, encoder) -> int:
-    by_chars = 1 if len(form) <= ONE_PASS_CHARS else -(-len(form) // CHARS_PER_UNIT)
-    if encoder is None or len(form.encode("utf-8")) + 2 <= encoder.context_length:
-        return by_chars  # a byte is a token at most: it fits one pass
-    tokens = encoder.token_count(form)  # None: an encoder that cannot count alone, or a text it refuses
-    if tokens is None or tokens <= encoder.context_length:
-        return by_chars
-    return max(by_chars, -(-tokens // TOKENS_PER_UNIT))
 
 
 class OverLimit(Exception):

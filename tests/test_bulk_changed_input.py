@@ -28,8 +28,8 @@ def corpus(tmp_path) -> Path:
 
 def argv(d: Path, encoder: Path) -> list[str]:
     return [str(d / "mod.txt"), "--output", str(d / "out"), "--checkpoint", str(d / "ckpt.pth"), "--concepts",
-            str(d / "blacklist.yaml"), "--encoder", str(encoder), "--device", "cpu", "--threshold", "1.0", "--shard-size", "10",
-            "--batch-size", "8", "--no-progress"]
+            str(d / "blacklist.yaml"), "--encoder", str(encoder), "--device", "cpu", "--threshold", "1.0",
+            "--shard-size", "10", "--batch-size", "8", "--no-progress"]
 
 
 def rewrite_in_place(path: Path) -> None:

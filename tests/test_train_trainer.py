@@ -374,6 +374,24 @@ def test_resume_without_state_is_an_error(prepared, tmp_path, capsys):
     assert "no resume state" in capsys.readouterr().err
 
 
+def test_resuming_on_a_changed_validation_split_is_refused_naming_the_file(prepared, tmp_path, capsys):
+    """best.pth compares AUCs on the validation split: a resume on another one (training pairs unchanged) mixes."""
+    raw = json.loads(Path(prepared["dataset"]).read_text(encoding="utf-8"))
+    raw["ID_valid_data"], raw["ID_train_data"] = raw["ID_train_data"][:6], raw["ID_train_data"][6:]
+    data = tmp_path / "copro.json"
+    data.write_text(json.dumps(raw), encoding="utf-8")
+    argv = _argv(prepared, tmp_path / "r", "--batch-size", "5", "--val-every", "1", "--keep-best")
+    argv[argv.index("--dataset") + 1] = str(data)
+    assert main_mod.main([*argv, "--epochs", "1"]) == 0
+    raw["ID_valid_data"] = raw["ID_valid_data"][1:]  # every text still in the store
+    data.write_text(json.dumps(raw), encoding="utf-8")
+    capsys.readouterr()
+    assert main_mod.main([*argv, "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"trained on other data: {data} is not the file" in err and "valid_data" in err
+    assert "new --output-dir" in err and "train_data" not in err, err
+
+
 # -------------------------------------------------------------------------- seed aggregation
 def _fake_results(run: Path, auc: float, acc: float, unavailable: str | None = None) -> None:
     body = {split: {setting: {"available": True, "auc": auc, "accuracy": acc}

@@ -53,6 +53,25 @@ class InputFile:
         return {"name": self.name, "path": self.path, "format": self.format, "size": self.size,
                 "mtime_ns": self.mtime_ns, "rows": self.rows}
 
+    def ensure_unchanged(self) -> None:
+        """Refuse to go on when the file is no longer the one planned: shards are read at the byte offsets
+        and row counts the plan found, so a file rewritten mid-run would give rows of the new file under
+        the old numbering (fragments, shifts, rows never read). Size and ``mtime_ns`` are what the
+        manifest records; a stat is cheap enough to take before and after every shard."""
+        try:
+            stat = os.stat(self.path)
+        except OSError as exc:
+            changed = f"it can no longer be read ({exc.strerror or exc})"
+        else:
+            keys = [k for k, a, b in (("mtime_ns", self.mtime_ns, stat.st_mtime_ns), ("size", self.size, stat.st_size))
+                    if a != b]
+            if not keys:
+                return
+            changed = f"{', '.join(keys)} changed"
+        raise LatentGuardError(f"input {self.name} changed while this run was scoring it ({changed}); its rows are "
+                               "no longer the ones planned, so it is not scored further (the shards already written "
+                               "stay): score the file as it is now into another --output")
+
 
 def expand_inputs(patterns: Sequence[str]) -> list[tuple[str, Path]]:
     """Files and globs -> ``(name as given, resolved path)`` in order; a glob's matches sorted.

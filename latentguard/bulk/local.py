@@ -5,7 +5,9 @@ the new distinct texts with the guard in order, write the shard to a temporary f
 into place, record the new verdicts, then write the marker. A ``kill -9`` at any instant leaves
 whole shards and markers only; the same command then resumes at the first shard without a marker,
 forgetting the verdicts that shard and later ones had recorded, so every shard's bytes are the
-ones an uninterrupted run writes.
+ones an uninterrupted run writes. Each input is checked against its plan (size, ``mtime_ns``) before
+and after its shard is read, and every input again at the end: a file rewritten mid-run stops the
+run, naming it, so no shard mixes rows of two versions of a file.
 """
 from __future__ import annotations
 
@@ -50,10 +52,13 @@ def run_local(run: Run, guard, progress: bool = True) -> dict:
         if verdicts is not None:
             verdicts.forget_from(first)
         for shard in todo:
+            shard.item.ensure_unchanged()  # before reading its rows, and again before writing them
             try:
                 rows = _gather(run, shard)
+                shard.item.ensure_unchanged()
                 table, stats, pending = _score_shard(run, guard, shard, rows, verdicts, bar)
             except LatentGuardError as exc:
+                shard.item.ensure_unchanged()  # a file rewritten under the reader is named as such
                 raise LatentGuardError(f"{shard.item.name} rows {shard.start}-{shard.stop - 1} ({shard.file}): {exc}; "
                                        "nothing of this shard was written, a rerun resumes here") from None
             _write(run, shard, table)
@@ -69,6 +74,8 @@ def run_local(run: Run, guard, progress: bool = True) -> dict:
             bar.close()
         if verdicts is not None:
             verdicts.close()
+    for item in run.inputs:  # a file changed after its last shard was read: the output is not of the file now
+        item.ensure_unchanged()
     summary = summarize(run, markers, time.monotonic() - started, len(todo))
     atomic_write_text(run.directory / SUMMARY, json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
     return summary

@@ -41,6 +41,7 @@ def read_shards(batch, shards: list[dict], options: dict):
     for index in batch.column("shard").to_pylist():
         spec = shards[index]
         item = InputFile(**spec["item"])
+        item.ensure_unchanged()  # the planned offsets are of the planned file: a rewritten one fails the run
         data: dict[str, list] = {"input": [], "row": [], options["text_column"]: []}
         if opts.id_column:
             data[opts.id_column] = []
@@ -49,6 +50,7 @@ def read_shards(batch, shards: list[dict], options: dict):
             data[opts.text_column] += chunk.texts
             if opts.id_column:
                 data[opts.id_column] += chunk.ids
+        item.ensure_unchanged()
         data["input"] = [item.name] * len(data["row"])
         ident = {opts.id_column: pa.array(data[opts.id_column], pa.string())} if opts.id_column else {}
         tables.append(pa.table({"input": pa.array(data["input"], pa.string()), "row": pa.array(data["row"], pa.int64()),
@@ -107,6 +109,11 @@ def run_ray(run: Run, guard, scorer_kwargs: Mapping[str, Any], *, address: str |
     finally:
         if started_here:
             ray.shutdown()
+    for item in run.inputs:  # changed after its rows were read: nothing is marked done
+        try:
+            item.ensure_unchanged()
+        except LatentGuardError as exc:
+            raise LatentGuardError(f"{exc}; nothing was marked done") from None
     parts = run.directory / PARTS
     if not staging.exists():
         staging.mkdir()  # no rows at all: Ray wrote nothing

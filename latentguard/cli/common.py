@@ -189,6 +189,26 @@ def common_overrides(args: argparse.Namespace) -> dict[str, Any]:
             "store_dir": getattr(args, "store_dir", None), "device": args.device, "precision": args.precision}
 
 
+def prepare_command(cfg: Config, args: argparse.Namespace) -> str:
+    """The exact ``prepare.py`` call that builds the store a command with ``cfg`` looks for. A store is keyed
+    by every encoder setting, and some have no flag (a bundle's trimmed padding, a config's ``encoder``
+    keys), so the same ``--config`` and ``--guard`` travel with the dataset, encoder and store directory."""
+    import shlex
+
+    parts = ["python", "prepare.py"]
+    if getattr(args, "config", None):
+        parts += ["--config", str(args.config)]
+    if cfg.guard:
+        parts += ["--guard", str(cfg.guard)] + (["--guard-revision", str(cfg.guard_revision)]
+                                                if cfg.guard_revision else [])
+    parts += ["--dataset", str(cfg.dataset), "--encoder", str(cfg.encoder.name)]
+    if cfg.encoder.type != "auto":
+        parts += ["--encoder-type", cfg.encoder.type]
+    if cfg.precision != SCHEMA.precision:  # it sets encoder.dtype, part of the store's key
+        parts += ["--precision", cfg.precision]
+    return shlex.join(parts + ["--store-dir", str(cfg.store_dir)])
+
+
 def load_command_config(args: argparse.Namespace, overrides: dict[str, Any]) -> Config:
     """The config a command runs with: defaults, ``--config``, the common flags, then ``overrides``;
     the precision profile applied.

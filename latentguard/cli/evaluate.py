@@ -8,7 +8,16 @@ from typing import Sequence
 from ..errors import LatentGuardError
 from ..io import atomic_write_text
 from ..published import DOMAINS, KINDS, RELEASED_THRESHOLD
-from .common import SCHEMA, bundle_overrides, bundle_parser, cli_entry, common_parser, load_command_config, load_model
+from .common import (
+    SCHEMA,
+    bundle_overrides,
+    bundle_parser,
+    cli_entry,
+    common_parser,
+    load_command_config,
+    load_model,
+    prepare_command,
+)
 
 # What test.py writes (besides one score CSV per condition and method): named when a directory is refused.
 TABLE1_OUTPUTS = ("results.json", "results.md", "roc.png", "score_hist.png")
@@ -24,8 +33,8 @@ def build_parser():
         description="Evaluate Latent Guard on CoPro (Table 1: ID/OOD x explicit/synonym/adversarial) with one "
         "threshold calibrated on validation data, optionally beside the Text Blacklist, CLIPScore and BERTScore "
         "baselines; or score an external labelled prompt file (Table 2) with --external.",
-        epilog="Run prepare.py first (same --dataset, --encoder, --store-dir): Table 1 reads embeddings from "
-        "the store.",
+        epilog="Run prepare.py first (same --config, --guard, --dataset, --encoder, --store-dir): Table 1 reads "
+        "embeddings from the store; without one, the error gives the exact prepare.py command.",
         parents=[common_parser(), bundle_parser()],
     )
     parser.add_argument("--checkpoint", help="mapping-layer weights (config: checkpoint; the released "
@@ -172,7 +181,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("note: baselines are evaluated on CoPro only; --external reports Latent Guard")
         return _run_external(args, cfg, copro, device, batch_size, output_dir, bundle)
 
-    store, _ = open_configured_store(cfg)  # the encoder is loaded only when no hint names its store
+    prepare = f"`{prepare_command(cfg, args)}`"  # the exact call: a bundle's encoder settings have no flag
+    store, _ = open_configured_store(cfg, no_store=f"no embedding store for encoder {cfg.encoder.name} under "
+                                     f"{cfg.store_dir}; run {prepare} first")  # the encoder loads only without a hint
     checkpoint, model = load_model(cfg, store.hidden_size, device, bundle=bundle, identity=store.identity)
     cfg = _resolve_threshold(cfg, checkpoint, store.identity, model, bundle)
     claim_run_dir(output_dir, "test.py", writes=TABLE1_OUTPUTS,  # inputs are valid: this run owns it now
@@ -191,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     evaluation = evaluate_copro(copro, model, store, baselines=baselines, bert_scorer=bert,
                                 threshold=cfg.eval.threshold, threshold_source=_threshold_source(args),
                                 batch_size=batch_size, device=device, progress=not args.no_progress,
-                                blacklist_match=cfg.eval.blacklist_match)
+                                blacklist_match=cfg.eval.blacklist_match, prepare=prepare)
     meta = {"dataset": str(copro.path), "checkpoint": str(checkpoint), "weights_sha256": sha256_of(checkpoint),
             **({"guard": bundle.name} if bundle is not None else {}), "encoder": store.identity,
             "store": str(store.path), "device": str(device), "skipped": skipped}

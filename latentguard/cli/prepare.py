@@ -10,6 +10,7 @@ Examples:
   python prepare.py                                   # released CoPro (downloaded), CLIP ViT-L/14
   python prepare.py --dataset my_copro.json --store-dir /data/lg-stores --batch-size 128
   python prepare.py --encoder ./my-finetuned-clip --dtype float32
+  python prepare.py --guard mini --dataset my_copro.json   # the store test.py --guard mini reads (its encoder)
   python prepare.py --repair cache/clip-vit-large-patch14-0123456789ab   # a damaged store, as an error tells
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 import time
 
 from ..constants import STORE_DTYPES
-from .common import RESUMABLE, SCHEMA, cli_entry, common_parser, load_command_config
+from .common import RESUMABLE, SCHEMA, bundle_overrides, bundle_parser, cli_entry, common_parser, load_command_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,9 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
         "  python prepare.py                                  # released CoPro (downloaded), CLIP ViT-L/14\n"
         "  python prepare.py --device cuda --batch-size 256\n"
         "  python prepare.py --encoder ./my-finetuned-clip --dtype float32\n"
+        "  python prepare.py --guard mini --dataset my_copro.json  # the store of test.py --guard mini\n"
         "  python prepare.py --repair cache/clip-vit-large-patch14-0123456789ab  # the STORE an error names",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        parents=[common_parser()],
+        parents=[common_parser(), bundle_parser()],
     )
     parser.add_argument("--dtype", choices=list(STORE_DTYPES),
                         help="on-disk precision of the store (config: store.dtype, default "
@@ -62,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_command_config(args, {
         "store.dtype": args.dtype,
         "encoder.batch_size": args.batch_size,
+        **bundle_overrides(args),
     })
+    from ..hub.settings import config_with_bundle
+
+    cfg, _ = config_with_bundle(cfg)  # --guard: the bundle's encoder and its settings (trimmed padding...), as test.py
     validate_store_dir(cfg.store_dir)  # a file here fails now, not after loading the dataset
 
     copro = load_copro(cfg.dataset, valid_size=cfg.data.valid_size, seed=cfg.data.seed)

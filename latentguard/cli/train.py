@@ -15,13 +15,20 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 from pathlib import Path
 
 from ..errors import LatentGuardError
-from .common import RESUMABLE, SCHEMA, _RenamedFlag, cli_entry, common_parser, load_command_config
+from .common import (
+    RESUMABLE,
+    SCHEMA,
+    _RenamedFlag,
+    cli_entry,
+    common_parser,
+    load_command_config,
+    prepare_command,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,18 +73,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _prepare_command(cfg, args: argparse.Namespace) -> str:
-    """The prepare.py call that builds the store this run looks for."""
-    parts = ["python", "prepare.py"]
-    if args.config:
-        parts += ["--config", args.config]
-    parts += ["--dataset", str(cfg.dataset), "--encoder", str(cfg.encoder.name)]
-    if cfg.encoder.type != "auto":
-        parts += ["--encoder-type", cfg.encoder.type]
-    parts += ["--store-dir", str(cfg.store_dir)]
-    return shlex.join(parts)
-
-
 def open_source(cfg, device, needed: list[str], args: argparse.Namespace):
     """The embedding source of this run: the prepared store, or the encoder itself with --no-store.
 
@@ -92,13 +87,13 @@ def open_source(cfg, device, needed: list[str], args: argparse.Namespace):
         encoder = load_encoder_from_config(cfg, device)
         return EncoderSource(encoder, batch_size=cfg.encoder.batch_size), "encoder on the fly (--no-store)"
     no_store = (f"no embedding store for encoder {cfg.encoder.name} under {cfg.store_dir}; run "
-                f"`{_prepare_command(cfg, args)}` first (or pass --no-store to encode on the fly)")
+                f"`{prepare_command(cfg, args)}` first (or pass --no-store to encode on the fly)")
     store, _ = open_configured_store(cfg, device=device, no_store=no_store)  # an encoder loaded to find it is dropped
     path = store.path
     missing = store.missing(needed)
     if missing:
         raise LatentGuardError(f"embedding store {path} lacks {len(missing)} of the {len(needed)} texts training "
-                               f"needs (e.g. {missing[0][:60]!r}); run `{_prepare_command(cfg, args)}` first "
+                               f"needs (e.g. {missing[0][:60]!r}); run `{prepare_command(cfg, args)}` first "
                                "(or pass --no-store to encode on the fly)")
     return store, f"embedding store {path} ({store.dtype}, {len(store)} texts)"
 

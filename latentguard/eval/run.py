@@ -175,10 +175,12 @@ class Evaluation:
 def evaluate_copro(copro, model, source, *, baselines: Sequence[str] = (), bert_scorer=None,
                    threshold: float | None = None, threshold_source: str = "--threshold", batch_size: int = 512,
                    device: Any = "cpu", progress: bool = False, log=print,
-                   blacklist_match: str = "substring") -> Evaluation:
+                   blacklist_match: str = "substring",
+                   prepare: str = "prepare.py with the same --dataset, --encoder and --store-dir") -> Evaluation:
     """Score the six test conditions (and their validation twins, for calibration) with Latent Guard
     and the chosen baselines; ``threshold`` (from ``threshold_source``) overrides Latent Guard's calibrated one.
-    ``blacklist_match`` is the Text Blacklist's rule (substring, the paper's, or word)."""
+    ``blacklist_match`` is the Text Blacklist's rule (substring, the paper's, or word); ``prepare``: the
+    command named when the store lacks texts (the CLI gives the exact one)."""
     from ..store.sources import concept_vectors
     from .methods import make_baselines
 
@@ -202,8 +204,7 @@ def evaluate_copro(copro, model, source, *, baselines: Sequence[str] = (), bert_
         if missing:
             raise LatentGuardError(
                 f"{len(missing)} of the {len(needed)} texts this evaluation needs are missing from embedding store "
-                f"{getattr(source, 'path', '')} (e.g. {missing[0][:60]!r}); run prepare.py with the same --dataset, "
-                "--encoder and --store-dir first")
+                f"{getattr(source, 'path', '')} (e.g. {missing[0][:60]!r}); run {prepare} first")
 
     timing = {"prompts_scored": 0, "seconds": 0.0}
     for domain, texts in texts_by_domain.items():

@@ -95,3 +95,10 @@ class ConceptPairSampler:
         digest = hashlib.sha256()
         digest.update(json.dumps([self.concepts, self.pairs], ensure_ascii=False).encode("utf-8"))
         return digest.hexdigest()[:16]
+
+
+def triplets_fingerprint(triplets: Sequence) -> str:
+    """Hash of a split's triplets (the validation split: ``best_auc`` and ``best.pth`` compare AUCs on it
+    only, so a resumed run must see the same one)."""
+    rows = [[t.concept, t.unsafe_prompt, t.safe_prompt] for t in triplets]
+    return hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]

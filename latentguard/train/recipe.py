@@ -145,6 +145,9 @@ def train_open_recipe(cfg, output_dir: Path, device: torch.device, progress: boo
         examples = examples.without(unreadable)
         print(f"left out {len(unreadable)} texts the encoder cannot read (e.g. {sorted(unreadable)[0]!r})", flush=True)
     store = open_store_for(cfg.store_dir, encoder, dtype=cfg.store.dtype, create=True)
+    inputs = training_inputs(recipe, examples, store)
+    resume_file = output_dir / RESUME
+    state = _resume_state(resume_file, inputs, device)  # refused on changed inputs before anything is encoded
     copro_concepts = sorted({t.concept for t in examples.triplets})
     needed = sorted(set(examples.texts()) | set(copro_concepts) | set(concepts), key=lambda t: (len(t), t))
     encoded = store.build(needed, encoder, batch_size=cfg.encoder.batch_size, progress=progress)
@@ -166,9 +169,7 @@ def train_open_recipe(cfg, output_dir: Path, device: torch.device, progress: boo
                                   weight_decay=cfg.train.weight_decay)
     pools = _Pools(examples, names, cfg.train.seed)
     step = 0
-    resume_file = output_dir / RESUME
-    if resume_file.is_file():
-        state = torch.load(resume_file, map_location=device, weights_only=True)
+    if state is not None:
         model.load_state_dict(state["model"])
         offset.data.copy_(state["offset"])
         optimizer.load_state_dict(state["optimizer"])
@@ -211,7 +212,8 @@ def train_open_recipe(cfg, output_dir: Path, device: torch.device, progress: boo
             if step % SAVE_EVERY == 0 or step == total_steps:
                 log.flush()
                 atomic_torch_save({"model": model.state_dict(), "offset": offset.detach(),
-                                   "optimizer": optimizer.state_dict(), "rng": pools.rng.getstate(), "step": step},
+                                   "optimizer": optimizer.state_dict(), "rng": pools.rng.getstate(), "step": step,
+                                   "inputs": inputs},
                                   resume_file)
                 bar.set_postfix(loss=f"{float(losses['total'].detach()):.3f}")
     finally:
@@ -219,7 +221,51 @@ def train_open_recipe(cfg, output_dir: Path, device: torch.device, progress: boo
         log.close()
     model.eval()
     return _finish(cfg, model, encoder, blacklist, categories, concepts, examples, output_dir, step, started,
-                   store)
+                   inputs)
+
+
+def training_inputs(recipe, examples: RecipeExamples, store) -> dict[str, dict[str, str]]:
+    """What the weights are trained on, by config key: each data file and the blacklist (path, SHA-256),
+    and the encoder (its store, keyed by the encoder's identity). Saved in ``resume.pt`` and the run's
+    record, so weights are never continued on, nor recorded as trained on, inputs they did not see."""
+    from ..io import sha256_of
+
+    inputs = {f"recipe.{key}": {"file": str(getattr(recipe, key)),
+                                "sha256": examples.sources[str(getattr(recipe, key))]}
+              for key in ("copro", "coprov2", "captions") if getattr(recipe, key)}
+    inputs["recipe.concepts"] = {"file": str(recipe.concepts), "sha256": sha256_of(recipe.concepts)}
+    inputs["encoder"] = {"store": store.path.name}
+    return inputs
+
+
+def _resume_state(path: Path, inputs: dict[str, dict[str, str]], device: torch.device) -> dict | None:
+    """The state to continue from (``None``: a new run); refused, naming the file, when an input differs
+    from the ones the saved weights were trained on (the record would name the new data for weights
+    trained partly on the old)."""
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location=device, weights_only=True)
+    saved = state.get("inputs")
+    if saved is None:  # written before resume states recorded their inputs
+        print(f"note: {path} records no inputs (an older latentguard wrote it): the data, blacklist and encoder "
+              "cannot be checked against it", flush=True)
+        return state
+    for key in sorted(set(saved) | set(inputs)):
+        before, now = saved.get(key), inputs.get(key)
+        if before == now:
+            continue
+        if key == "encoder":
+            what = f"the encoder differs (store {(before or {}).get('store')} -> {(now or {}).get('store')})"
+        elif before is None or now is None:
+            what = f"{key} {'was not' if before is None else 'is no longer'} an input"
+        elif before["file"] != now["file"]:
+            what = f"{key} is {now['file']}, the run began on {before['file']}"
+        else:
+            what = f"{now['file']} ({key}) changed (SHA-256 {before['sha256'][:12]}... -> {now['sha256'][:12]}...)"
+        raise LatentGuardError(f"{path.parent} holds a run trained on other inputs: {what} since {path} was saved; "
+                               "its weights are not continued on other data: restore the file to resume, or train "
+                               "into a new --output-dir")
+    return state
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -231,7 +277,7 @@ def _truncate_log(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
-def _finish(cfg, model, encoder, blacklist, categories, concepts, examples, output_dir, step, started, store):
+def _finish(cfg, model, encoder, blacklist, categories, concepts, examples, output_dir, step, started, inputs):
     """Calibrate the threshold on held-out captions and write the bundle (with its training record)."""
     from ..decision.metrics import roc_auc
     from ..guard import LatentGuard
@@ -250,7 +296,7 @@ def _finish(cfg, model, encoder, blacklist, categories, concepts, examples, outp
     scores = guard.scores(held_unsafe + examples.held_out_benign)
     auc = roc_auc(np.r_[np.ones(len(held_unsafe)), np.zeros(len(examples.held_out_benign))], scores)
     record = {"recipe": cfg.recipe.__dict__ if hasattr(cfg.recipe, "__dict__") else dict(cfg.recipe),
-              "data_sha256": examples.sources, "steps": step, "seed": cfg.train.seed,
+              "data_sha256": examples.sources, "inputs": inputs, "steps": step, "seed": cfg.train.seed,
               "threshold": calibration.threshold, "train_auc_vs_held_out_captions": auc}
     atomic_write_text(record_file, json.dumps(record, indent=2, default=str) + "\n")
     guard.save_pretrained(bundle, overwrite=True)

@@ -41,7 +41,7 @@ from ..model import EmbeddingMappingLayer, plain_state_dict
 from ..scoring.logits import StopRequested, pinned, prefetch, to_device
 from ..store.sources import EmbeddingSource, concept_vectors
 from .monitor import explicit_auc
-from .objective import ConceptPairSampler, contrastive_loss_from_logits
+from .objective import ConceptPairSampler, contrastive_loss_from_logits, triplets_fingerprint
 
 WEIGHTS_NAME = DEFAULT_CHECKPOINT  # final weights of the schedule, as released
 BEST_NAME = BEST_CHECKPOINT  # best validation AUC, opt-in (train.keep_best)
@@ -86,8 +86,9 @@ class Trainer:
                  concept_emb: torch.Tensor, valid: Sequence, valid_concept_emb: torch.Tensor | None,
                  options: TrainConfig, output_dir: str | Path, device: torch.device,
                  config: Config | None = None, progress: bool = True,
-                 on_step: Callable[["Trainer"], None] | None = None) -> None:
+                 on_step: Callable[["Trainer"], None] | None = None, dataset: str | Path | None = None) -> None:
         self.device = device
+        self.dataset = dataset  # the CoPro file, named when a resume finds other data
         self.model = model.to(device).train()
         self.sampler, self.source, self.options = sampler, source, options
         self.concept_emb = concept_emb.to(device)  # [C_train, in], row i = sampler.concepts[i]
@@ -135,7 +136,7 @@ class Trainer:
         return {"encoder": self.source.identity, "in_dim": m.in_dim, "num_heads": m.num_heads,
                 "head_dim": m.head_dim, "out_dim": m.out_dim, "batch_size": self.options.batch_size,
                 "lr": self.options.lr, "weight_decay": self.options.weight_decay, "seed": self.options.seed,
-                "train_data": self.sampler.fingerprint()}
+                "train_data": self.sampler.fingerprint(), "valid_data": triplets_fingerprint(self.valid)}
 
     def request_stop(self) -> None:
         """Ask the run to stop after the current step, saving the resume state (what Ctrl-C does)."""
@@ -170,7 +171,14 @@ class Trainer:
         if state.get("version") != RESUME_VERSION:
             raise LatentGuardError(f"{path}: resume state version {state.get('version')} is not supported")
         saved, now = state["fingerprint"], self.fingerprint()
-        differ = [f"{k} {saved.get(k)!r} -> {now[k]!r}" for k in now if saved.get(k) != now[k]]
+        # valid_data: a state written before it was recorded is not refused for lacking it
+        keys = [k for k in now if saved.get(k) != now[k] and (k in saved or k != "valid_data")]
+        data = [f"{k} {saved.get(k)!r} -> {now[k]!r}" for k in keys if k in ("train_data", "valid_data")]
+        if data:  # the weights would be continued on, and best.pth chosen over, data they did not see
+            raise LatentGuardError(f"{path} was trained on other data: {self.dataset or 'the dataset'} is not the "
+                                   f"file the run began on ({'; '.join(data)}); restore it to resume, or train "
+                                   "into a new --output-dir (--force starts over here)")
+        differ = [f"{k} {saved.get(k)!r} -> {now[k]!r}" for k in keys]
         if differ:
             raise LatentGuardError(f"{path} was made with other settings ({'; '.join(differ)}); use the same "
                                    "settings to resume, another --output-dir for a new run, or --force to start "
@@ -395,7 +403,7 @@ def build_trainer(config: Config, copro, source: EmbeddingSource, *, output_dir:
     valid_concept_emb = concept_vectors(source, copro.concepts("ID")) if valid else None
     trainer = Trainer(model=model, sampler=sampler, source=source, concept_emb=concept_emb, valid=valid,
                       valid_concept_emb=valid_concept_emb, options=options, output_dir=output_dir, device=device,
-                      config=config, progress=progress, on_step=on_step)
+                      config=config, progress=progress, on_step=on_step, dataset=getattr(copro, "path", None))
     existing = output_dir / RESUME_NAME
     if resume == "replace":  # --force: a new run over a previous run's own files
         return trainer

@@ -13,7 +13,6 @@ pipeline is called the same way and must not let it reach one. Measured with dif
 from __future__ import annotations
 
 import copy
-
 import inspect
 import typing
 import warnings

@@ -283,10 +283,13 @@ class ServeConfig:
     audit_log: str | None = key(None, optional_path)
     audit_prompts: bool = key(False, boolean)
 
-    def __post_init__(self) -> None:  # the one rule across keys (each key's own rule is its check above)
+    def __post_init__(self) -> None:  # the rules across keys or past a key's type (each key's own rule is above)
         if self.queue_size < self.max_inputs:
             raise LatentGuardError(f"serve.queue_size ({self.queue_size}) must be at least serve.max_inputs "
                                    f"({self.max_inputs}), or a full-size request could never be queued")
+        if self.max_body_bytes is not None and self.max_body_bytes < 1024:
+            raise LatentGuardError(f"serve.max_body_bytes ({self.max_body_bytes}) must be at least 1024, or no "
+                                   "request body of a few prompts would fit")
 
 
 @dataclass(frozen=True)

@@ -211,6 +211,7 @@ def test_a_body_padded_with_whitespace_is_refused_at_the_derived_cap(keyed):
 
 
 def test_the_body_cap_holds_the_largest_request_the_limits_take():
+    from latentguard.errors import LatentGuardError
     from latentguard.serve.server import form_cost
     from latentguard.serve.settings import ServeSettings
 
@@ -220,6 +221,8 @@ def test_the_body_cap_holds_the_largest_request_the_limits_take():
     body = json.dumps({"prompts": prompts, "explain": True}, ensure_ascii=True, indent=1).encode()
     assert len(body) <= s.body_cap < 4 * 3000 * 12
     assert ServeSettings(max_body_bytes=5000).body_cap == 5000
+    with pytest.raises(LatentGuardError, match="max_body_bytes .* at least 1024"):
+        ServeSettings(max_body_bytes=100)
 
 
 def _fsize_limit(pid: int, limit: int) -> None:

@@ -275,16 +275,22 @@ class ServeConfig:
     max_in_flight: int = key(128, positive_int)
     body_timeout_s: float = key(30.0, number_in(0, 3600, open_low=True, unit=" of seconds"))
     header_timeout_s: float = key(10.0, number_in(0, 3600, open_low=True, unit=" of seconds"))
+    write_timeout_s: float = key(30.0, number_in(0, 3600, open_low=True, unit=" of seconds"))
+    shutdown_timeout_s: float = key(30.0, number_in(0, 3600, open_low=True, unit=" of seconds"))
+    max_body_bytes: int | None = key(None, optional_positive_int)
     api_key_file: str | None = key(None, optional_path)
     admin_key_file: str | None = key(None, optional_path)
     insecure: bool = key(False, boolean)
     audit_log: str | None = key(None, optional_path)
     audit_prompts: bool = key(False, boolean)
 
-    def __post_init__(self) -> None:  # the one rule across keys (each key's own rule is its check above)
+    def __post_init__(self) -> None:  # the rules across keys or past a key's type (each key's own rule is above)
         if self.queue_size < self.max_inputs:
             raise LatentGuardError(f"serve.queue_size ({self.queue_size}) must be at least serve.max_inputs "
                                    f"({self.max_inputs}), or a full-size request could never be queued")
+        if self.max_body_bytes is not None and self.max_body_bytes < 1024:
+            raise LatentGuardError(f"serve.max_body_bytes ({self.max_body_bytes}) must be at least 1024, or no "
+                                   "request body of a few prompts would fit")
 
 
 @dataclass(frozen=True)

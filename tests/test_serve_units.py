@@ -261,19 +261,35 @@ def test_requests_in_flight_are_limited_and_an_idle_connection_takes_no_slot():
             sent.append(message)
 
         scope = {"type": "http", "method": "POST", "path": "/v1/check", "headers": [], "query_string": b""}
-        limited = _InFlight(app, 1)  # the ASGI app is called per request: a socket that sends nothing is never one
+        limited = _InFlight(app, 1, frozenset({"/v1/check"}))  # a socket that sends nothing is never a request
         first = asyncio.create_task(limited(dict(scope), receive, send))
         await asyncio.sleep(0.01)
         await limited(dict(scope), receive, send)  # refused at once, while the first is in flight
         refused = [m for m in sent if m["type"] == "http.response.start"]
+        free = asyncio.create_task(limited({**scope, "method": "GET", "path": "/healthz"}, receive, send))
+        await asyncio.sleep(0.01)  # a request that brings no work takes no slot: it waits for the gate, not a 503
         gate.set()
         await first
+        await free
         await limited(dict(scope), receive, send)  # its slot is free again
+
+        unread = asyncio.Event()
+
+        async def stuck_send(message):  # an answer the client never reads: its slot is back once it starts
+            sent.append(message)
+            if message["type"] == "http.response.body":
+                await unread.wait()
+
+        writing = asyncio.create_task(limited(dict(scope), receive, stuck_send))
+        await asyncio.sleep(0.01)
+        await limited(dict(scope), receive, send)
+        unread.set()
+        await writing
         return refused, [m["status"] for m in sent if m["type"] == "http.response.start"]
 
     refused, statuses = asyncio.run(main())
     assert refused[0]["status"] == 503 and (b"retry-after", b"1") in refused[0]["headers"]
-    assert statuses == [503, 200, 200]
+    assert statuses == [503, 200, 200, 200, 200, 200]
 
 
 def test_sentences_that_exist_only_after_normalisation_count_against_the_limit(tiny_encoder, tmp_path):

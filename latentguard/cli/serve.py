@@ -56,6 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a connection that has not sent a complete request head S seconds after it opened (or "
                           "after its last answer) is closed; open connections are also capped below the file "
                           f"descriptor limit (default: {S.header_timeout_s:g})")
+    net.add_argument("--write-timeout-s", type=float, default=None, metavar="S",
+                     help="an answer the client does not read for S seconds aborts its connection "
+                          f"(default: {S.write_timeout_s:g})")
+    net.add_argument("--shutdown-timeout-s", type=float, default=None, metavar="S",
+                     help="on SIGTERM, requests in flight get S seconds to be answered, then are cancelled; what "
+                          f"is queued is still scored (default: {S.shutdown_timeout_s:g})")
+    net.add_argument("--max-body-bytes", type=int, default=None, metavar="N",
+                     help="the largest request body (more: 413); default: what --max-inputs, --max-chars and "
+                          "--queue-size allow, about 3 MB at their defaults")
     keys = parser.add_argument_group("keys and audit")
     keys.add_argument("--api-key-file", default=None, metavar="FILE",
                       help="bearer tokens (one per line) required for /v1/*; default: none (loopback only)")
@@ -85,6 +94,8 @@ def serve_overrides(args: argparse.Namespace) -> dict:
             "serve.max_chars": args.max_chars, "serve.max_sentences": args.max_sentences,
             "serve.queue_size": args.queue_size, "serve.max_in_flight": args.max_in_flight,
             "serve.body_timeout_s": args.body_timeout_s, "serve.header_timeout_s": args.header_timeout_s,
+            "serve.write_timeout_s": args.write_timeout_s, "serve.shutdown_timeout_s": args.shutdown_timeout_s,
+            "serve.max_body_bytes": args.max_body_bytes,
             "serve.api_key_file": args.api_key_file, "serve.admin_key_file": args.admin_key_file,
             "serve.insecure": args.insecure, "serve.audit_log": args.audit_log,
             "serve.audit_prompts": args.audit_prompts}
@@ -132,17 +143,21 @@ def main(argv: list[str] | None = None) -> int:
     def factory(encoder=None):  # every (re)load reads the files the config names; a reload reuses the encoder
         return build_guard(cfg, **({"encoder": encoder} if encoder is not None else {}))
 
+    from ..serve.run import listen
+
+    sock = listen(settings)  # before the slow load: an address in use is one line and exit 2 at once
     server = GuardServer(factory, settings, on_verdict=hook)
     state = server.load()
+    port = sock.getsockname()[1]
     g = state.guard
     print(f"latentguard serve: {state.model}, {len(g.concepts)} concepts in {len(g.options.groups())} categories, "
-          f"{threshold_line(g)}, on {g.device}; http://{settings.host}:{settings.port}/v1",
+          f"{threshold_line(g)}, on {g.device}; http://{settings.host}:{port}/v1",
           flush=True)
     if not g.options.windowed:
         print("latentguard serve: prompts over 77 tokens are judged on their first 77 (results say truncated: true); "
               "a generator that reads longer prompts (A1111, ComfyUI, compel) sees text this server did not judge: "
               "pass --long-prompts for it", file=sys.stderr, flush=True)
-    return run_server(create_app(server), settings, log_level=args.log_level, access_log=args.access_log)
+    return run_server(create_app(server), settings, log_level=args.log_level, access_log=args.access_log, sock=sock)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ the endpoints listed in a 404 and counted in ``/metrics`` are read from the app'
 """
 from __future__ import annotations
 
+import asyncio
 import re
 import signal
 import time
@@ -26,9 +27,10 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from ..errors import LatentGuardError
+from .connections import TARGET
 from .protocol import RequestError
 from .routes import RETRY_AFTER_S, ROUTERS
-from .server import GuardServer
+from .server import GuardServer, log
 from .settings import is_loopback
 
 ERROR_KINDS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "bad_method",
@@ -60,7 +62,9 @@ def create_app(server: GuardServer) -> FastAPI:
         app.include_router(router)
     if not settings.api_keys and is_loopback(settings.host):  # (--insecure on a public address: as asked)
         app.add_middleware(_LocalOnly)
-    app.add_middleware(_InFlight, limit=settings.max_in_flight)
+    posted = frozenset(route.path for router in ROUTERS for route in router.routes
+                       if "POST" in (getattr(route, "methods", None) or ()))
+    app.add_middleware(_InFlight, limit=settings.max_in_flight, paths=posted)
     app.add_middleware(_Counted, metrics=server.metrics)
     app.add_exception_handler(RequestError, _refused)
     app.add_exception_handler(HTTPException, _routing)
@@ -93,30 +97,49 @@ async def _routing(request: Request, exc: HTTPException) -> JSONResponse:
 
 
 class _InFlight:
-    """At most ``limit`` requests being received or answered at once (each may hold a body of up to the
-    cap); one more is a 503 with ``Retry-After``. Counted per request, so idle connections take no slot."""
+    """At most ``limit`` requests that bring work (a POST: a body to read and prompts to judge, or a reload) being
+    received or judged at once; one more is a 503 with ``Retry-After``. A slot is given back as soon as the answer
+    starts: writing it is the connection's business (bounded by the write timeout of
+    :mod:`latentguard.serve.connections`), not the model's. Answers that need no work (probes, ``/metrics``, a 404)
+    take no slot. A client that pipelined requests and never read the 404s had held every slot, keyed or not, for
+    as long as it kept its sockets open (a hostile review). Idle connections take no slot."""
 
-    def __init__(self, app, limit: int) -> None:
-        self.app, self.limit, self.active = app, limit, 0
+    def __init__(self, app, limit: int, paths: frozenset[str]) -> None:
+        self.app, self.limit, self.paths, self.active = app, limit, paths, 0
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope.get("method") != "POST" or scope["path"] not in self.paths:
             return await self.app(scope, receive, send)
         if self.active >= self.limit:
             busy = RequestError(503, f"{self.active} requests are in flight (--max-in-flight {self.limit}); retry "
                                 "later", code="too_many_requests", headers={"Retry-After": RETRY_AFTER_S})
             return await error_response(scope, busy)(scope, receive, send)
         self.active += 1
+        held = [True]
+
+        def give_back() -> None:
+            if held[0]:
+                held[0] = False
+                self.active -= 1
+
+        async def answering(message) -> None:
+            if message["type"] == "http.response.start":
+                give_back()
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, answering)
         finally:
-            self.active -= 1
+            give_back()
 
 
 class _LocalOnly:
     """Without an API key the server trusts its loopback binding, so it answers only what comes from this
     machine's own programs: a ``Host`` other than a loopback name (DNS rebinding: a web page's name pointed
-    at 127.0.0.1) is a 421, and a browser's request from any other origin (another port on loopback too) a 403."""
+    at 127.0.0.1) is a 421, and a browser's request from any other origin (another port on loopback too) a 403.
+    A target in absolute form (``POST http://evil.com/v1/check``) names the host the request is for (RFC 9112
+    3.2.2: it overrides ``Host``), so its authority must be this same loopback name too, else a 421 (the check
+    had read the ``Host`` header alone and answered such a request: a hostile review)."""
 
     def __init__(self, app) -> None:
         self.app = app
@@ -127,8 +150,12 @@ class _LocalOnly:
         pairs = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope.get("headers", [])]
         hosts, origins = [v for k, v in pairs if k == "host"], [v for k, v in pairs if k == "origin"]
         host, origin = (hosts or [""])[0], (origins or [None])[0]
-        refusal = None
-        if len(hosts) != 1 or len(origins) > 1 or not is_loopback(_hostname(host)):
+        refusal, target = None, _absolute_authority(scope)
+        if target is not None and (target.lower() != host.lower() or not is_loopback(_hostname(target))):
+            refusal = RequestError(421, f"the request target names {target!r}, which is not this machine's "
+                                   f"{host!r}: without --api-key-file the server answers only loopback names",
+                                   code="wrong_host")
+        elif len(hosts) != 1 or len(origins) > 1 or not is_loopback(_hostname(host)):
             refusal = RequestError(421, f"Host {host!r} is not this machine: without --api-key-file the server "
                                    "answers only loopback names (give a key to serve other names)", code="wrong_host")
         elif origin is not None and (origin.partition("://")[2] if "://" in origin else "").lower() != host.lower():
@@ -140,6 +167,21 @@ class _LocalOnly:
             return await self.app(scope, receive, send)
         refusal.headers["Connection"] = "close"
         await error_response(scope, refusal)(scope, receive, send)
+
+
+def _absolute_authority(scope) -> str | None:
+    """The authority of an absolute-form request target (``http://HOST:PORT/path``), ``""`` for any other target
+    that is not a path (``*``, ``evil.com/x``), None for an ordinary one (``/path``). The target is read as
+    sent where the protocol keeps it (:data:`~latentguard.serve.connections.TARGET`), else from ``raw_path``
+    (h11 leaves an absolute target there whole)."""
+    target = scope.get(TARGET) or scope.get("raw_path") or b"/"
+    text = target.decode("latin-1") if isinstance(target, bytes) else str(target)
+    if text.startswith("/"):
+        return None
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        return ""
+    return re.split(r"[/?#]", rest, maxsplit=1)[0]
 
 
 _AUTHORITY = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9.-]+))(?::\d{1,5})?$")
@@ -161,15 +203,23 @@ class _Counted:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        started, status = time.perf_counter(), [500]
+        started, status, answered = time.perf_counter(), [500], [False]
 
         async def sending(message) -> None:
             if message["type"] == "http.response.start":
-                status[0] = message["status"]
+                status[0], answered[0] = message["status"], True
             await send(message)
 
         try:
             await self.app(scope, receive, sending)
+        except asyncio.CancelledError:  # SIGTERM's bound (--shutdown-timeout-s) passed: one line, not a traceback
+            log.warning("%s %s cancelled: not answered within --shutdown-timeout-s of SIGTERM", scope.get("method"),
+                        scope["path"])
+            if not answered[0]:  # nothing answered yet: say why (else the answer already begun is cut off)
+                stopping = RequestError(503, "the server is stopping and this request was not answered in time; "
+                                        "retry", code="shutting_down", headers={"Connection": "close",
+                                                                                "Retry-After": RETRY_AFTER_S})
+                await error_response(scope, stopping)(scope, receive, sending)
         finally:
             app = scope.get("app")
             endpoint = scope["path"] if app is not None and scope["path"] in endpoints(app) else "other"
@@ -183,8 +233,6 @@ class _Counted:
 
 def _on_sighup(server: GuardServer) -> None:
     """SIGHUP reloads, as POST /admin/reload does (only where signals can be handled: the main thread's loop)."""
-    import asyncio
-
     if not hasattr(signal, "SIGHUP"):
         return
 

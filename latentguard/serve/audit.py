@@ -4,6 +4,12 @@ Events are recorded on the model thread right after their batch is scored and be
 requests is answered, so no verdict leaves the server unrecorded: a failing write or hook fails
 the batch (5xx), as a scoring error does. The log holds the prompt's SHA-256, not the prompt,
 unless asked (``audit_prompts``).
+
+A batch's lines are written with ``os.write`` on an ``O_APPEND`` descriptor, no buffer between: a
+write that fails (the disk full) is cut back to the log's last good size, so a batch answered 500
+leaves no record. Through a buffered file object the lines of a failed write had stayed in the
+buffer and reached the file with the next batch's, so the log claimed verdicts no client got (a
+hostile review), and closing the log on a full disk had failed the shutdown with a traceback.
 """
 from __future__ import annotations
 
@@ -104,7 +110,8 @@ def validate_appendable(path: Path) -> int:
 
 
 class Auditor:
-    """Writes each batch's events to ``path`` (appended, flushed per batch) and calls ``on_verdict`` per event."""
+    """Writes each batch's events to ``path`` (appended, unbuffered, one batch at a time) and calls ``on_verdict``
+    per event."""
 
     def __init__(self, path: str | Path | None = None, *, include_prompts: bool = False,
                  on_verdict: Callable[[VerdictEvent], None] | None = None) -> None:
@@ -112,18 +119,17 @@ class Auditor:
         self.on_verdict = on_verdict
         self.path = Path(path) if path else None
         self._lock = threading.Lock()
-        self._handle = None
+        self._fd: int | None = None
         if self.path is not None:
             if self.path.is_dir():
                 raise LatentGuardError(f"--audit-log {self.path} is a directory; give a .jsonl file name")
             torn = validate_appendable(self.path)
             try:
-                fd = open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, "--audit-log")  # never a link
-                self._handle = os.fdopen(fd, "a", encoding="utf-8")  # appended: earlier lines are kept
+                self._fd = open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, "--audit-log")  # no link
                 if torn:  # the cut record stays; the next one starts on its own line
-                    self._handle.write("\n")
-                    self._handle.flush()
+                    self._append(b"\n")
             except OSError as exc:
+                self.close()
                 raise LatentGuardError(f"cannot open --audit-log {self.path} ({exc.strerror or exc})") from None
             if torn:
                 log.warning("--audit-log %s: its last line is a torn record (%d bytes: a write cut short, e.g. disk "
@@ -132,15 +138,16 @@ class Auditor:
 
     @property
     def active(self) -> bool:
-        return self._handle is not None or self.on_verdict is not None
+        return self._fd is not None or self.on_verdict is not None
 
     def __call__(self, events: Sequence[VerdictEvent]) -> None:
-        if self._handle is not None:
+        if self._fd is not None:
             lines = "".join(json.dumps(e.record(self.include_prompts), ensure_ascii=False) + "\n" for e in events)
             try:
                 with self._lock:
-                    self._handle.write(lines)
-                    self._handle.flush()
+                    if self._fd is None:
+                        raise ValueError("the audit log is closed")
+                    self._append(lines.encode("utf-8"))
             except (OSError, ValueError) as exc:
                 raise AuditError(f"cannot write the audit log {self.path} ({getattr(exc, 'strerror', None) or exc}); "
                                  "verdicts are not answered unrecorded") from None
@@ -152,8 +159,29 @@ class Auditor:
                     raise AuditError(f"the on_verdict hook failed ({type(exc).__name__}: {exc}); "
                                      "verdicts are not answered unrecorded") from None
 
+    def _append(self, data: bytes) -> None:
+        """``data`` appended whole, or not at all: a write cut short (``ENOSPC``, ``EFBIG``) is truncated back to
+        the size the log had, and the error raised. One writer (the lock) appends at a time."""
+        fd = self._fd
+        good = os.fstat(fd).st_size
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(fd, view):]  # a short write continues; a failing one raises
+        except OSError:
+            try:
+                os.ftruncate(fd, good)
+            except OSError as exc:  # the log now ends in part of a batch: said, and a restart recognises it
+                log.error("--audit-log %s: a failed write could not be cut back (%s); its last line is torn",
+                          self.path, exc.strerror or exc)
+            raise
+
     def close(self) -> None:
+        """Close the log: nothing is buffered, so nothing is left to write, and a full disk cannot fail it."""
         with self._lock:
-            if self._handle is not None:
-                self._handle.close()
-                self._handle = None
+            fd, self._fd = self._fd, None
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError as exc:
+                    log.error("--audit-log %s: closing it failed (%s)", self.path, exc.strerror or exc)

@@ -11,7 +11,14 @@ The HTTP protocol uvicorn runs is therefore wrapped here, at the connection leve
   (``RLIMIT_NOFILE``) with room for the process's own files; a connection past the cap closes the
   oldest one that has no request in flight (one that never sent a head first), so a client that
   sends its request gets in however many idle sockets are open. When every connection has a
-  request in flight, the new one is closed instead (``--max-in-flight`` bounds those).
+  request in flight, the new one is closed instead (``--max-in-flight`` bounds those);
+* **write timeout**: an answer the client does not read (its socket's buffers full, the server's
+  send buffer past its high-water mark) for ``write_timeout_s`` aborts the connection. A client
+  that pipelined 50,000 requests and never read the answers had held its connection, and the
+  request being written, for as long as it kept the socket open (a hostile review);
+* **request target**: the target as sent is kept in the request's scope
+  (:data:`TARGET`), so the app can see an absolute-form target (``POST http://evil.com/v1/check``),
+  whose authority uvicorn otherwise drops.
 """
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ import asyncio
 from typing import Any
 
 RESERVED_FDS = 64  # descriptors kept for the process itself (model files, logs, the audit log, the loop)
+TARGET = "latentguard.target"  # scope key: the request target as sent (bytes), where the protocol reports it
 
 
 def connection_cap(soft_limit: int | None = None) -> int:
@@ -35,14 +43,16 @@ def connection_cap(soft_limit: int | None = None) -> int:
     return max(8, soft_limit - max(RESERVED_FDS, soft_limit // 4))
 
 
-def guarded_protocol(base: type, *, header_timeout_s: float, max_connections: int) -> type:
-    """A subclass of uvicorn's HTTP protocol ``base`` (h11 or httptools) with the head timeout and the cap."""
+def guarded_protocol(base: type, *, header_timeout_s: float, max_connections: int,
+                     write_timeout_s: float = 30.0) -> type:
+    """A subclass of uvicorn's HTTP protocol ``base`` (h11 or httptools) with the head timeout, the cap, the
+    write timeout, and the request target kept in the scope."""
     opened: dict[Any, None] = {}  # this server's connections, oldest first
 
     class Guarded(base):  # type: ignore[misc, valid-type]
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
-            self._head_timer = None
+            self._head_timer = self._write_timer = None
             if len(opened) >= max_connections and not _evict_one(opened):
                 transport.close()  # every connection has a request in flight: this one waits its turn
                 return
@@ -52,7 +62,32 @@ def guarded_protocol(base: type, *, header_timeout_s: float, max_connections: in
         def connection_lost(self, exc) -> None:
             opened.pop(self, None)
             self._disarm()
+            self._writable()
             super().connection_lost(exc)
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            if getattr(self, "_write_timer", None) is None:
+                self._write_timer = asyncio.get_running_loop().call_later(write_timeout_s, self._write_timeout)
+
+        def resume_writing(self) -> None:
+            self._writable()
+            super().resume_writing()
+
+        def _writable(self) -> None:
+            timer, self._write_timer = getattr(self, "_write_timer", None), None
+            if timer is not None:
+                timer.cancel()
+
+        def _write_timeout(self) -> None:
+            self._write_timer = None
+            self.transport.abort()  # close() would wait for the buffer to drain, which it never does
+
+        def on_url(self, url: bytes) -> None:  # httptools: the target, possibly in pieces
+            super().on_url(url)
+            scope = getattr(self, "scope", None)
+            if scope is not None:
+                scope[TARGET] = scope.get(TARGET, b"") + url
 
         def on_response_complete(self) -> None:
             super().on_response_complete()

@@ -120,11 +120,12 @@ def not_ready() -> RequestError:
 
 
 async def body_of(request: Request) -> dict:
-    """The request's JSON object, read within ``--body-timeout-s`` and at most ``max_body_bytes``."""
+    """The request's JSON object, read within ``--body-timeout-s`` and at most ``body_cap`` bytes."""
     settings = served(request).settings
     declared = request.headers.get("content-length")
-    cap = settings.max_body_bytes
-    too_big = RequestError(413, f"the request body is over {cap:,} bytes (--max-inputs x --max-chars)",
+    cap = settings.body_cap
+    too_big = RequestError(413, f"the request body is over {cap:,} bytes (--max-body-bytes, or what --max-inputs, "
+                           "--max-chars and --queue-size allow)",
                            code="body_too_large")
     if declared is not None and declared.isdigit() and int(declared) > cap:
         raise too_big

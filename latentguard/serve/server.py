@@ -182,9 +182,11 @@ class GuardServer:
 
     # -------------------------------------------------------------------------------- reload
     async def reload(self, reason: str) -> GuardState:
-        """Re-read the blacklist and threshold files, encode the new blacklist, swap it in between batches.
+        """Re-read the key files, the blacklist and threshold files, encode the new blacklist, swap both in
+        between batches.
 
-        Raises :class:`LatentGuardError` (one line) and keeps the serving state when the new one fails.
+        Raises :class:`LatentGuardError` (one line) and keeps the serving state and keys when either fails (a
+        key file now empty or unreadable too: the old keys serve on rather than none or a server locked shut).
         """
         async with self._reload_lock:
             loop = asyncio.get_running_loop()
@@ -201,9 +203,20 @@ class GuardServer:
 
     def _build_and_swap(self) -> GuardState:
         current = self.state
+        settings = self._reread_keys()
         state = build_state(self.factory, current.generation + 1, encoder=current.guard.encoder)
+        self.settings = settings  # a removed key is refused from the next request on (it had served till restart)
         self._serve(state)  # on the model thread, between batches
         return state
+
+    def _reread_keys(self) -> ServeSettings:
+        """The settings with the key files read again (the same settings when none is named)."""
+        from .settings import read_keys
+
+        s = self.settings
+        api = read_keys(s.api_key_file, "--api-key-file") if s.api_key_file else s.api_keys
+        admin = read_keys(s.admin_key_file, "--admin-key-file") if s.admin_key_file else s.admin_keys
+        return dataclasses.replace(s, api_keys=api, admin_keys=admin)
 
     def _serve(self, state: GuardState) -> None:
         self.state = state

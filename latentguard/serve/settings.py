@@ -70,7 +70,23 @@ class ServeSettings(ServeConfig):
         return cls(**{f.name: getattr(serve, f.name) for f in fields(ServeConfig)}, api_keys=api, admin_keys=admin)
 
     @property
-    def max_body_bytes(self) -> int:
-        """The largest request body worth parsing: every input at its longest, JSON-escaped (12 bytes a character:
-        one outside the BMP is two ``\\uXXXX`` escapes)."""
-        return self.max_inputs * (self.max_chars * 12 + 64) + 65536
+    def body_cap(self) -> int:
+        """The largest request body to read: ``max_body_bytes`` when set, else the most that prompts this server
+        could take need (see :func:`derived_body_cap`)."""
+        return self.max_body_bytes or derived_body_cap(self.max_inputs, self.max_chars, self.queue_size)
+
+
+# What a request can hold and still be queued: a prompt of up to 300 characters costs one unit of --queue-size,
+# a longer one a unit per 40 characters (latentguard.serve.server), so each prompt has at most 300 + 40 x its
+# units characters, and a request at most 300 x max_inputs + 40 x queue_size (the queue_size of units it may
+# cost). JSON-escaped, a character is 12 bytes at worst (one outside the BMP: two \uXXXX escapes); each prompt
+# adds its quotes, comma and a "type"/"text" part's keys, and the object its own keys and whitespace.
+FREE_CHARS, CHARS_PER_UNIT, ESCAPED_BYTES, PER_PROMPT_BYTES, SLACK_BYTES = 300, 40, 12, 64, 4096
+
+
+def derived_body_cap(max_inputs: int, max_chars: int, queue_size: int) -> int:
+    """The largest body a request the limits allow can need. Derived from the prompt limits alone, the cap
+    (30.8 MB at the defaults) let whitespace padding cost that much memory per request (a hostile review);
+    derived from what the queue can take too, it is about 3 MB at the defaults."""
+    chars = min(max_inputs * max_chars, FREE_CHARS * max_inputs + CHARS_PER_UNIT * queue_size)
+    return chars * ESCAPED_BYTES + max_inputs * PER_PROMPT_BYTES + SLACK_BYTES

@@ -382,7 +382,8 @@ def test_tricks_used_together_get_one_form_and_abbreviations_and_entities_end_no
 
 
 @pytest.mark.parametrize("unit", ["a-", "1", "\u332b", "a\u200b", "&a", "www.", "nakedwomanqzx",
-                                  "\ufdf8", "\u044f", "8k, ", "( ", " / ", "etc. a ", "+", "a b Dr. "])
+                                  "\ufdf8", "\u044f", "8k, ", "( ", " / ", "etc. a ", "+", "a b Dr. ", "| ",
+                                  " \u200b, "])
 def test_the_forms_of_a_long_text_cost_time_in_proportion_to_its_length(unit):
     """A hostile pass found two patterns that rescanned a run from every position inside it, so the forms of
     "a-" * 20000 took 14 s and grew with the square of the length (a file-name pattern and the glued-digits one);
@@ -435,3 +436,21 @@ def test_an_ampersand_escaped_thousands_of_times_reads_through_in_time_in_propor
     small, large = min(timed(1000) for _ in range(3)), min(timed(8000) for _ in range(3))
     assert large < 20 * max(small, 0.002), (small, large)
     assert "a knife" in forms("a kn&amp;amp;#105;fe") and "a knife" in forms("a kn&#38;#38;#38;#105;fe")
+
+
+WATCHED = frozenset({"naked", "woman", "nude", "bloody", "corpse", "swastika"})
+TAGS = "masterpiece, best quality, 8k, highly detailed, sharp focus, "
+
+
+@pytest.mark.parametrize("trick, plain", [
+    ("+ a naked woman +", "a naked woman"), ("a bloody\u200bcorpse", "a bloody corpse"),
+    ("a bloody°corpse", "a bloody corpse"), ("a nude man2", "a nude man"), ("a bloody&#8203;corpse", "a bloody corpse"),
+    ("+ a naked woman2 +", "a naked woman"), ("- a nude man2", "a nude man"), ("[a nude man2]", "a nude man"),
+])
+def test_quality_tags_and_stray_symbols_are_cut_from_every_form_so_the_repairs_compose(trick, plain):
+    """Tags were cut from the joined form only and stray symbols from the normalised form only, so a trick behind
+    tags, or a stray symbol beside a glued number, kept what diluted the match in every form (a fifteenth hostile
+    pass). Both are now cut from every form, the CLIP readings included: the plain words are a form either way."""
+    assert plain in forms(trick, watched=WATCHED)
+    assert plain in forms(TAGS + trick, watched=WATCHED)
+

@@ -8,8 +8,8 @@ fixed point, and control characters and terminal escapes removed, as OpenAI CLIP
 tokenizers do before BPE; then NFKC, format characters removed, accents dropped from Latin letters,
 and every character with a Latin look-alike mapped to it, from Unicode's confusables data via
 ``confusable_homoglyphs``) and
-each of its *sentences*, and keeps the worst (the highest logit per concept). A prompt whose forms
-are all the same text costs nothing extra.
+each of its *sentences*, each form also without quality tags and stray symbols, and keeps the
+worst (the highest logit per concept). A prompt whose forms are all the same text costs nothing extra.
 
 These are deployment defences: on in the guard (the Python API, ``inference.py``, the pipeline
 wrapper, the server), never in the reproduction protocol (``test.py``, ``latentguard verify``,
@@ -23,17 +23,13 @@ import html
 import re
 import unicodedata
 
-from .quality_tags import untagged
+from .content import content
 from .sentences import sentences
 
 # Four or more symbols in a row (spaces between allowed): "=" * 300 + " naked woman" is 300 tokens to a
 # WordPiece guard, which stops reading at 77, but about 40 to CLIP's BPE, which reads "naked woman". The
 # normalised form with such runs cut is scored too, so padding cannot push the words out of the guard's view.
 _PADDING = re.compile(r"(?:(?:[^\w\s]|_)\s*){4,}")
-# Symbols other than a sentence's punctuation, and a hyphen that joins no words: one was enough to throw a small
-# guard ("+ a naked woman", "a naked woman+", "- a nude man" read safe to mini; a hostile pass); the normalised
-# form without them is scored too.
-_STRAY = re.compile(r"[^\w\s,.'!?;:\"-]+|_+|(?<!\w)-+|-+(?!\w)")
 # A word written apart: letters spaced out ("n a k e d", three or more, one separator throughout), or two or
 # three fragments split by one to three characters that are not letters or digits ("nak ed", "gen-it-als",
 # "nak/ed", "nak - ed"), whitespace runs first read as one space as CLIP's tokenizer reads them ("nak\ted",
@@ -83,7 +79,9 @@ def expand(text: str, *, normalize: bool = True, split_sentences: bool = True,
 
 
 def _variants(piece: str, normalize: bool, watched: frozenset[str]) -> list[str]:
-    """``piece`` as written, normalised, with watched words joined, and with symbol padding cut (see _PADDING)."""
+    """``piece`` as written, normalised, with watched words joined, read as spaced, with symbol padding cut (see
+    _PADDING) and as CLIP reads it; then each of those without quality tags and stray symbols (:func:`content`):
+    the one place those two repairs are made, so they compose with every other and with each other."""
     if not normalize:
         return [piece]
     norm = normalized(piece)
@@ -93,18 +91,14 @@ def _variants(piece: str, normalize: bool, watched: frozenset[str]) -> list[str]
         out.append(normalized(spaced(piece)))
     if _PADDING.search(norm):  # runs of symbols a guard's tokenizer may count one by one
         out.append(_PADDING.sub(" ", norm))
-    lone = _SPACES.sub(" ", _STRAY.sub(" ", norm)).strip()  # "+ a naked woman", "[a corpse]", "a naked woman+"
-    if lone and lone != _SPACES.sub(" ", norm).strip():
-        out.append(lone)
-    plain_content = untagged(out[2])  # "masterpiece, best quality, 8k, a naked woman": the tags diluted the match
-    if plain_content:
-        out.append(plain_content)
     # every repair at once, for tricks used together ("a nak ed\u200bwoman2"), as each family of CLIP tokenizer reads
     readings = [clip_reading(piece, watched)]
     if not _plain_ascii(piece):  # only where CLIP's cleaning changes something do the two families read apart
         readings.append(clip_reading(piece, watched, generator_cleans=False))
     plain = _SPACES.sub(" ", norm.lower()).strip()
     out.extend(r for r in readings if r != plain or _ODD_SPACE.search(norm))  # CLIP reads other words
+    # "masterpiece, 8k, + a naked woman2 +": tags and stray symbols cut from every form, whatever else it repaired
+    out.extend(content(form) for form in dict.fromkeys(out[1:]))
     return out
 
 

@@ -8,7 +8,7 @@ fixed point, and control characters and terminal escapes removed, as OpenAI CLIP
 tokenizers do before BPE; then NFKC, format characters removed, accents dropped from Latin letters,
 and every character with a Latin look-alike mapped to it, from Unicode's confusables data via
 ``confusable_homoglyphs``) and
-each of its *sentences*, each form also without quality tags and stray symbols, and keeps the
+each of its *sentences* and *clauses*, each form also without quality tags and stray symbols, and keeps the
 worst (the highest logit per concept). A prompt whose forms are all the same text costs nothing extra.
 
 These are deployment defences: on in the guard (the Python API, ``inference.py``, the pipeline
@@ -23,7 +23,9 @@ import html
 import re
 import unicodedata
 
+from .clauses import clauses
 from .content import content
+from .quality_tags import untagged
 from .sentences import sentences
 
 # Four or more symbols in a row (spaces between allowed): "=" * 300 + " naked woman" is 300 tokens to a
@@ -60,21 +62,26 @@ def expand(text: str, *, normalize: bool = True, split_sentences: bool = True,
     (the server) and the scoring read the same split. ``watched``: the blacklist's words
     (:func:`watched_words`) that :func:`joined` puts back together. The whole text and each sentence get the
     same treatment (:func:`_variants`), so the defences compose: a harmless sentence in front of one that is
-    padded or written apart hides nothing."""
+    padded or written apart hides nothing. So does each clause of a sentence (:func:`clauses`)."""
     out, count = _variants(text, normalize, watched), 1
     if split_sentences:
-        pieces = sentences(text)
-        count = len(pieces)
-        if len(pieces) > 1:
-            out.extend(v for p in pieces for v in _variants(p, normalize, watched))
+        parts = sentences(text)
+        count = len(parts)
+        parts = parts if len(parts) > 1 else []
         if normalize:  # a stop that is one only after NFKC (fullwidth ．, ｡) splits the normalised form
             norm, whole = out[1], out[2]  # the whole text normalised, and with watched words joined (_variants)
             pieces = sentences(norm)
             count = max(count, len(pieces))
-            if len(pieces) > 1:
-                out.extend(v for p in pieces for v in _variants(p, normalize, watched))
+            parts += pieces if len(pieces) > 1 else []
             if whole != norm and len(pieces := sentences(whole)) > 1:  # written apart over a line break
-                out.extend(v for p in pieces for v in _variants(p, normalize, watched))
+                parts += pieces
+        parts = list(dict.fromkeys(parts))
+        out.extend(v for p in parts for v in _variants(p, normalize, watched))
+        # each sentence's clauses (the text's own when it is one sentence), its quality tags cut first (a tag is no
+        # clause to judge alone), each given every repair of _variants too
+        wholes = parts or list(dict.fromkeys([text, out[1]] if normalize else [text]))
+        clause_parts = dict.fromkeys(c for p in wholes for c in clauses(untagged(p) or p) if c not in wholes)
+        out.extend(v for c in clause_parts for v in _variants(c, normalize, watched))
     return list(dict.fromkeys([text] + [t for t in out[1:] if t.strip()])), max(count, 1)
 
 

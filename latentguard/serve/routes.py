@@ -149,7 +149,7 @@ async def body_of(request: Request) -> dict:
 
 def _too_costly(field: str, cost: int, work: int, queue_size: int, more: bool = False) -> RequestError:
     return RequestError(413, f"{field} makes {'more than ' if more else ''}{cost:,} texts to encode (prompts, their "
-                        f"normalised forms and sentences, one per 40 characters beyond 300"
+                        f"normalised forms, sentences and clauses, one per 40 characters beyond 300"
                         f"{f', x{work} for the re-checks of sanitizing' if work > 1 else ''}); this "
                         f"server queues at most {queue_size:,} (--queue-size)", param=field, code="too_many_texts")
 

@@ -64,7 +64,7 @@ class GuardOptions:
     long_prompts: bool | None = None         # score > 77 tokens as the max over windows (None: bundle's, else off)
     window_stride: int | None = None         # tokens between windows (None: bundle's, else the encoder default)
     normalize_text: bool = True              # also score the NFKC + look-alike normalised form
-    split_sentences: bool = True             # also score each sentence (latentguard.data.defences)
+    split_sentences: bool = True             # also score each sentence and clause (data.defences)
 
     def __post_init__(self) -> None:
         """Checked once, here: a bad option never reaches a guard (a threshold name is read by :func:`choose`)."""

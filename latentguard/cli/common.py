@@ -160,8 +160,8 @@ def guard_parser() -> argparse.ArgumentParser:
                             f"(default: inference.top_k = {SCHEMA.inference.top_k})")
     flags.add_argument("--no-defences", action="store_true", default=None,
                        help="score each prompt only as written, as the released script does (default: also its "
-                            "normalised form and each sentence; inference.normalize_text, inference.split_sentences; "
-                            "docs/defences.md)")
+                            "normalised form, each sentence and clause; inference.normalize_text, "
+                            "inference.split_sentences; docs/defences.md)")
     return parent
 
 

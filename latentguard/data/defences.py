@@ -8,8 +8,8 @@ fixed point, and control characters and terminal escapes removed, as OpenAI CLIP
 tokenizers do before BPE; then NFKC, format characters removed, accents dropped from Latin letters,
 and every character with a Latin look-alike mapped to it, from Unicode's confusables data via
 ``confusable_homoglyphs``) and
-each of its *sentences*, and keeps the worst (the highest logit per concept). A prompt whose forms
-are all the same text costs nothing extra.
+each of its *sentences* and *clauses*, each form also without quality tags and stray symbols, and keeps the
+worst (the highest logit per concept). A prompt whose forms are all the same text costs nothing extra.
 
 These are deployment defences: on in the guard (the Python API, ``inference.py``, the pipeline
 wrapper, the server), never in the reproduction protocol (``test.py``, ``latentguard verify``,
@@ -23,6 +23,8 @@ import html
 import re
 import unicodedata
 
+from .clauses import clauses
+from .content import content
 from .quality_tags import untagged
 from .sentences import sentences
 
@@ -30,10 +32,6 @@ from .sentences import sentences
 # WordPiece guard, which stops reading at 77, but about 40 to CLIP's BPE, which reads "naked woman". The
 # normalised form with such runs cut is scored too, so padding cannot push the words out of the guard's view.
 _PADDING = re.compile(r"(?:(?:[^\w\s]|_)\s*){4,}")
-# Symbols other than a sentence's punctuation, and a hyphen that joins no words: one was enough to throw a small
-# guard ("+ a naked woman", "a naked woman+", "- a nude man" read safe to mini; a hostile pass); the normalised
-# form without them is scored too.
-_STRAY = re.compile(r"[^\w\s,.'!?;:\"-]+|_+|(?<!\w)-+|-+(?!\w)")
 # A word written apart: letters spaced out ("n a k e d", three or more, one separator throughout), or two or
 # three fragments split by one to three characters that are not letters or digits ("nak ed", "gen-it-als",
 # "nak/ed", "nak - ed"), whitespace runs first read as one space as CLIP's tokenizer reads them ("nak\ted",
@@ -64,26 +62,33 @@ def expand(text: str, *, normalize: bool = True, split_sentences: bool = True,
     (the server) and the scoring read the same split. ``watched``: the blacklist's words
     (:func:`watched_words`) that :func:`joined` puts back together. The whole text and each sentence get the
     same treatment (:func:`_variants`), so the defences compose: a harmless sentence in front of one that is
-    padded or written apart hides nothing."""
+    padded or written apart hides nothing. So does each clause of a sentence (:func:`clauses`)."""
     out, count = _variants(text, normalize, watched), 1
     if split_sentences:
-        pieces = sentences(text)
-        count = len(pieces)
-        if len(pieces) > 1:
-            out.extend(v for p in pieces for v in _variants(p, normalize, watched))
+        parts = sentences(text)
+        count = len(parts)
+        parts = parts if len(parts) > 1 else []
         if normalize:  # a stop that is one only after NFKC (fullwidth ．, ｡) splits the normalised form
             norm, whole = out[1], out[2]  # the whole text normalised, and with watched words joined (_variants)
             pieces = sentences(norm)
             count = max(count, len(pieces))
-            if len(pieces) > 1:
-                out.extend(v for p in pieces for v in _variants(p, normalize, watched))
+            parts += pieces if len(pieces) > 1 else []
             if whole != norm and len(pieces := sentences(whole)) > 1:  # written apart over a line break
-                out.extend(v for p in pieces for v in _variants(p, normalize, watched))
+                parts += pieces
+        parts = list(dict.fromkeys(parts))
+        out.extend(v for p in parts for v in _variants(p, normalize, watched))
+        # each sentence's clauses (the text's own when it is one sentence), its quality tags cut first (a tag is no
+        # clause to judge alone), each given every repair of _variants too
+        wholes = parts or list(dict.fromkeys([text, out[1]] if normalize else [text]))
+        clause_parts = dict.fromkeys(c for p in wholes for c in clauses(untagged(p) or p) if c not in wholes)
+        out.extend(v for c in clause_parts for v in _variants(c, normalize, watched))
     return list(dict.fromkeys([text] + [t for t in out[1:] if t.strip()])), max(count, 1)
 
 
 def _variants(piece: str, normalize: bool, watched: frozenset[str]) -> list[str]:
-    """``piece`` as written, normalised, with watched words joined, and with symbol padding cut (see _PADDING)."""
+    """``piece`` as written, normalised, with watched words joined, read as spaced, with symbol padding cut (see
+    _PADDING) and as CLIP reads it; then each of those without quality tags and stray symbols (:func:`content`):
+    the one place those two repairs are made, so they compose with every other and with each other."""
     if not normalize:
         return [piece]
     norm = normalized(piece)
@@ -93,18 +98,14 @@ def _variants(piece: str, normalize: bool, watched: frozenset[str]) -> list[str]
         out.append(normalized(spaced(piece)))
     if _PADDING.search(norm):  # runs of symbols a guard's tokenizer may count one by one
         out.append(_PADDING.sub(" ", norm))
-    lone = _SPACES.sub(" ", _STRAY.sub(" ", norm)).strip()  # "+ a naked woman", "[a corpse]", "a naked woman+"
-    if lone and lone != _SPACES.sub(" ", norm).strip():
-        out.append(lone)
-    plain_content = untagged(out[2])  # "masterpiece, best quality, 8k, a naked woman": the tags diluted the match
-    if plain_content:
-        out.append(plain_content)
     # every repair at once, for tricks used together ("a nak ed\u200bwoman2"), as each family of CLIP tokenizer reads
     readings = [clip_reading(piece, watched)]
     if not _plain_ascii(piece):  # only where CLIP's cleaning changes something do the two families read apart
         readings.append(clip_reading(piece, watched, generator_cleans=False))
     plain = _SPACES.sub(" ", norm.lower()).strip()
     out.extend(r for r in readings if r != plain or _ODD_SPACE.search(norm))  # CLIP reads other words
+    # "masterpiece, 8k, + a naked woman2 +": tags and stray symbols cut from every form, whatever else it repaired
+    out.extend(content(form) for form in dict.fromkeys(out[1:]))
     return out
 
 

@@ -25,7 +25,7 @@ _TAGS = (r"masterpiece|best quality|high quality|highest quality|top quality|ult
          r"perfect lighting|global illumination|ray tracing|film grain|\d{1,3} ?mm|f/\d{1,2}(?:\.\d)?|solo")
 _TAG = re.compile(rf"(?:{_TAGS})", re.IGNORECASE)
 _WEIGHT = re.compile(r"[()\[\]{}]|:\s*\d{1,3}(?:\.\d{1,3})?")  # "(masterpiece:1.2)", "[[8k]]"
-_SEPARATOR = re.compile(r"[,|]|\s/\s")
+_SEPARATOR = re.compile(r"(?<!\d),|,(?!\d)|\||\s/\s")  # not "1,000": rewritten "1, 000" it made a needless form
 # Tags that mean nothing else, cut wherever they stand: "masterpiece best quality 8k a naked woman" and
 # "masterpiece / best quality / 8k / a naked woman" had passed (a hostile pass). Words with another use
 # ("detailed", "beautiful", "realistic") are cut only as a chunk of their own (_TAGS).
@@ -34,7 +34,7 @@ _ANYWHERE = re.compile(r"(?<![\w-])(?:masterpiece|best quality|high quality|high
                        r"hyper[- ]?realistic|8k|4k|16k|uhd|hdr|sharp focus|cinematic lighting|trending on artstation|"
                        r"octane render|unreal engine|absurdres|highres|raw photo|award[- ]winning|dslr)(?![\w-])",
                        re.IGNORECASE)
-_LEFT_OVER = re.compile(r"(?:\s*(?:[,|/]|:\s*\d{1,3}(?:\.\d{1,3})?|[()\[\]{}])\s*)+")
+_LEFT_OVER = re.compile(r"(?:\s*(?:(?<!\d),|,(?!\d)|[|/]|:\s*\d{1,3}(?:\.\d{1,3})?|[()\[\]{}])\s*)+")
 
 
 def untagged(text: str) -> str | None:

@@ -64,7 +64,7 @@ class GuardOptions:
     long_prompts: bool | None = None         # score > 77 tokens as the max over windows (None: bundle's, else off)
     window_stride: int | None = None         # tokens between windows (None: bundle's, else the encoder default)
     normalize_text: bool = True              # also score the NFKC + look-alike normalised form
-    split_sentences: bool = True             # also score each sentence (latentguard.data.defences)
+    split_sentences: bool = True             # also score each sentence and clause (data.defences)
     sanitize_margin: float = 0.1             # a passing edit's logits stay this share of tempr below (guard/sanitize)
 
     def __post_init__(self) -> None:

@@ -152,7 +152,7 @@ async def body_of(request: Request) -> dict:
 
 def _too_costly(field: str, cost: int, queue_size: int, more: bool = False) -> RequestError:
     return RequestError(413, f"{field} makes {'more than ' if more else ''}{cost:,} texts to encode (prompts, their "
-                        f"normalised forms and sentences, one per 40 characters beyond 300); this "
+                        f"normalised forms, sentences and clauses, one per 40 characters beyond 300); this "
                         f"server queues at most {queue_size:,} (--queue-size)", param=field, code="too_many_texts")
 
 

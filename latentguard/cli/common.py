@@ -234,7 +234,6 @@ def validate_named_files(cfg: Config, overrides: dict[str, Any]) -> None:
     download failure. Checked for the commands that read the key (it is among their ``overrides``); only
     the bare default ``model_parameters.pth`` may be fetched."""
     from ..constants import DEFAULT_CHECKPOINT
-
     from ..io import named_file_problem
 
     missing = []

@@ -430,7 +430,10 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
         path = Path(path)
         source = str(path)
         if not path.is_file():
-            raise LatentGuardError(f"config file not found: {path} (pass --config with an existing YAML file)")
+            from .io import named_file_problem
+
+            problem = named_file_problem(path, "config file", "pass --config with an existing YAML file")
+            raise LatentGuardError(problem or f"config file {path} is no longer there (--config)")
         loaded = read_yaml(path, "config file") or {}
         if not isinstance(loaded, Mapping):
             raise LatentGuardError(f"{path}: the top level must be a mapping of keys")

@@ -120,6 +120,28 @@ def _not_regular(what: str, path: Path) -> LatentGuardError:
                             "only regular files (remove it, or choose another output directory)")
 
 
+def named_file_problem(path: str | Path, what: str, flag: str | None = None) -> str | None:
+    """Why ``path``, a file the user named with ``flag``, cannot be read as one (``None`` when it can): missing,
+    or present but no regular file (a directory, a FIFO, a device such as a link to /dev/zero), which would
+    hang or read forever. One shared wording, so that a file that exists is never reported as missing."""
+    import stat
+
+    path, flag = Path(path), f" ({flag})" if flag else ""
+    try:
+        mode = os.stat(path).st_mode  # follows links: what would be read
+    except FileNotFoundError:
+        dangling = " (a symbolic link to a missing file)" if path.is_symlink() else ""
+        return f"{what} not found: {path}{dangling}{flag}"
+    except OSError as exc:
+        return f"{what} {path} cannot be read: {exc.strerror or exc}{flag}"
+    if stat.S_ISREG(mode):
+        return None
+    kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO, device or socket"
+    link = ", through a symbolic link" if path.is_symlink() else ""
+    return (f"{what} {path} is not a regular file ({kind}{link}){flag}: copy the content into a regular "
+            "file and name that")
+
+
 def refuse_links(*paths: str | Path, what: str = "file") -> None:
     """Refuse (one line) any of ``paths`` that exists as a symbolic link or as anything but a regular file:
     for files a library opens by name (SQLite's database and its ``-wal``/``-shm``/``-journal`` files)."""
@@ -243,6 +265,7 @@ def read_text(path: str | Path, what: str = "file") -> str:
             raise LatentGuardError(f"{what} not found: {path}")
         if path.is_dir():
             raise LatentGuardError(f"{what} is a directory, not a file: {path}")
+        _refuse_device(path, what)
         with open(path, "rb") as handle:  # not read_bytes' size guess: a pipe has none
             raw = handle.read()
     try:
@@ -252,6 +275,17 @@ def read_text(path: str | Path, what: str = "file") -> str:
         raise LatentGuardError(
             f"{path}: line {line} is not valid UTF-8 (byte {exc.start}); re-save the file as UTF-8"
         ) from None
+
+
+def _refuse_device(path: Path, what: str) -> None:
+    """A device or socket (``--concepts`` linked to /dev/zero would be read forever) is refused; pipes and the
+    standard input by name (/dev/stdin, /dev/fd/N: a terminal is a device too) are read as pipes."""
+    import stat
+
+    mode = os.stat(path).st_mode
+    named_input = str(path) == "/dev/stdin" or path.parent in (Path("/dev/fd"), Path("/proc/self/fd"))
+    if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode) or named_input):
+        raise LatentGuardError(named_file_problem(path, what) or f"{what} {path} is not a regular file")
 
 
 def read_lines(path: str | Path, what: str = "prompt file") -> list[str]:

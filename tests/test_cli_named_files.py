@@ -97,3 +97,50 @@ def test_a_mistyped_guard_is_named_before_anything_is_fetched(name, capsys, monk
     if name.strip().lower() == "mini":
         with pytest.raises(LatentGuardError, match="the built-in guard is named 'mini'"):
             LatentGuard.from_pretrained(name)
+
+
+# ------------------------------------------------ a named file that exists but is no regular file
+def test_a_named_file_that_is_no_regular_file_is_said_so_not_missing(tmp_path, monkeypatch, capsys, no_network):
+    """A symbolic link to /dev/zero as --concepts, a FIFO as --allowlist and a directory as --checkpoint exist:
+    each is named as not a regular file, with how to fix it, never as a missing file."""
+    import os
+
+    import inference
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "zero.yaml").symlink_to("/dev/zero")
+    os.mkfifo(tmp_path / "allow.txt")
+    (tmp_path / "ckpt.pth").mkdir()
+    assert inference.main(["--checkpoint", "ckpt.pth", "--concepts", "zero.yaml", "--allowlist", "allow.txt"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not found" not in err, err
+    for flag, name in (("--checkpoint", "ckpt.pth"), ("--concepts", "zero.yaml"), ("--allowlist", "allow.txt")):
+        assert f"{name} is not a regular file" in err and flag in err, err
+    assert "regular file" in err and "copy" in err
+
+
+def test_library_readers_say_not_a_regular_file_too(tmp_path):
+    """The same wording where the library opens a named file itself (a LatentGuard built in Python)."""
+    import os
+
+    from latentguard.config import load_config
+    from latentguard.data.blacklist import load_blacklist
+    from latentguard.errors import LatentGuardError
+    from latentguard.model.checkpoint import load_state_dict_file
+
+    (tmp_path / "zero.yaml").symlink_to("/dev/zero")
+    os.mkfifo(tmp_path / "fifo.pth")
+    for call in (lambda: load_blacklist(tmp_path / "zero.yaml"), lambda: load_state_dict_file(tmp_path / "fifo.pth"),
+                 lambda: load_config(tmp_path / "zero.yaml")):
+        with pytest.raises(LatentGuardError, match="is not a regular file") as info:
+            call()
+        assert "not found" not in str(info.value)
+
+
+def test_a_text_file_linked_to_a_device_is_refused_not_read_forever(tmp_path):
+    from latentguard.errors import LatentGuardError
+    from latentguard.io import read_lines
+
+    (tmp_path / "concepts.txt").symlink_to("/dev/zero")
+    with pytest.raises(LatentGuardError, match="is not a regular file"):
+        read_lines(tmp_path / "concepts.txt", what="concepts file")

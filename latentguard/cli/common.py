@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -227,22 +228,28 @@ def load_command_config(args: argparse.Namespace, overrides: dict[str, Any]) -> 
 
 
 def validate_named_files(cfg: Config, overrides: dict[str, Any]) -> None:
-    """Refuse, before anything is fetched, the files a user named that do not exist (all in one line): a
+    """Refuse, before anything is fetched, the files a user named that do not exist or are no regular file
+    (a directory, a FIFO, a link to /dev/zero: said as such, never as missing), all in one line: a
     mistyped ``--checkpoint runs/tyop/model_parameters.pth`` is a missing checkpoint, not a CoPro or I2P
     download failure. Checked for the commands that read the key (it is among their ``overrides``); only
     the bare default ``model_parameters.pth`` may be fetched."""
     from ..constants import DEFAULT_CHECKPOINT
+    from ..io import named_file_problem
 
     missing = []
     if "checkpoint" in overrides and cfg.checkpoint:
         path = Path(cfg.checkpoint)
-        if not path.is_file() and (path.name != DEFAULT_CHECKPOINT or path.parent != Path(".")):
-            missing.append(f"checkpoint not found: {path} (--checkpoint; omit it to use the released "
-                           "model_parameters.pth)")
+        if os.path.lexists(path) or path.name != DEFAULT_CHECKPOINT or path.parent != Path("."):
+            problem = named_file_problem(path, "checkpoint", "--checkpoint")
+            if problem is not None:
+                missing.append(problem.replace("(--checkpoint)", "(--checkpoint; omit it to use the released "
+                                                                 "model_parameters.pth)"))
     for key, flag in (("concepts", "--concepts"), ("allowlist", "--allowlist")):
         value = getattr(cfg.inference, key, None) if f"inference.{key}" in overrides else None
-        if isinstance(value, str) and value and value != "-" and not Path(value).is_file():
-            missing.append(f"{key} file not found: {value} ({flag})")
+        if isinstance(value, str) and value and value != "-":
+            problem = named_file_problem(value, f"{key} file", flag)
+            if problem is not None:
+                missing.append(problem)
     if missing:
         raise LatentGuardError("; ".join(missing) + "; nothing was downloaded or written")
 

@@ -105,10 +105,11 @@ def _load_text(path: Path) -> list[str]:
 
 
 def _load_yaml(path: Path) -> Blacklist:
-    from ..io import read_yaml
+    from ..io import named_file_problem, read_yaml
 
-    if not path.is_file():
-        raise LatentGuardError(f"concepts file not found: {path}")
+    problem = named_file_problem(path, "concepts file")
+    if problem is not None:  # missing, or a FIFO / device / directory: said as such
+        raise LatentGuardError(problem)
     raw = read_yaml(path, "concepts file", scalars_as_text=True)  # entries are the texts written
     thresholds: dict[str, float] = {}
     if isinstance(raw, Mapping) and "concepts" in raw:

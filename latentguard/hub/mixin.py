@@ -30,14 +30,16 @@ class HubMixin:
         settings = options.bundled_settings(self, unchanged)  # groups, threshold section, per-concept, slope
         if isinstance(results, (str, Path)):
             results = load_results(results, known)
-        model = self.model
+        model, bundle = self.model, getattr(self, "bundle", None)
+        source = {} if bundle is None else {  # kept only if they hold exactly these weights (write_bundle)
+            "source_weights": bundle.weights_path.read_bytes(), "source_sections": bundle.config}
         return write_bundle(
             directory, state_dict=state, encoder=encoder_of(self.encoder, recorded=options.recorded()),
             sizes={"in_dim": model.in_dim, "num_heads": model.num_heads, "head_dim": model.head_dim,
                    "out_dim": model.out_dim, "mask_padding": model.mask_padding},
             concepts=self.concepts, **settings, vectors=self._vectors if concept_vectors else None,
             source_sha256=source_sha, overwrite=overwrite,
-            card_options={"license": license, "results": results, "repo_id": repo_id})
+            card_options={"license": license, "results": results, "repo_id": repo_id}, **source)
 
     def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | None = None,
                     commit_message: str | None = None, license: str | None = None,

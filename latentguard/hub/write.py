@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 from ..errors import LatentGuardError
 from ..io import atomic_path, atomic_write_text, sha256_of
 from .format import (
+    ABSENT_OK,
     CARD,
     CONCEPTS,
     CONFIG,
@@ -57,6 +58,29 @@ def canonical_header(path: str | Path) -> None:
     text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     text += b" " * (-len(text) % 8)
     path.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + size :])
+
+
+def holds_exactly(raw: bytes, tensors: Mapping[str, Any], metadata: Mapping[str, str]) -> bool:
+    """Whether safetensors bytes ``raw`` hold exactly ``tensors`` (names, dtypes, shapes, values) and ``metadata``."""
+    import torch
+    from safetensors.torch import load
+
+    try:
+        size = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8 : 8 + size])
+        stored = load(raw)
+    except Exception:  # noqa: BLE001 - anything unreadable is simply not kept: the tensors are written anew
+        return False
+    return header.get("__metadata__") == dict(metadata) and set(stored) == set(tensors) and all(
+        stored[k].dtype == tensors[k].dtype and stored[k].shape == tensors[k].shape
+        and torch.equal(_bits(stored[k]), _bits(tensors[k])) for k in tensors)
+
+
+def _bits(tensor):
+    """The tensor's bytes (so -0.0 and 0.0, or two NaNs, are told apart as the file would)."""
+    import torch
+
+    return tensor.contiguous().reshape(-1).view(torch.uint8)
 
 
 def claim_folder(directory: str | Path, overwrite: bool) -> list[str]:
@@ -130,7 +154,8 @@ def write_bundle(directory: str | Path, *, state_dict: Mapping, sizes: Mapping[s
                  concepts: Sequence[str], categories: Mapping[str, Sequence[str]], default_group: str,
                  threshold: Mapping[str, Any] | None, concept_thresholds: Mapping[str, float] | None = None,
                  slope: float | None = None, vectors=None, source_sha256: str | None = None,
-                 overwrite: bool = False, card_options: Mapping[str, Any] | None = None) -> Path:
+                 overwrite: bool = False, card_options: Mapping[str, Any] | None = None,
+                 source_weights: bytes | None = None, source_sections: Mapping[str, Any] | None = None) -> Path:
     """Write a bundle folder from its parts; returns the folder.
 
     ``sizes``: the mapping layer's ``in_dim``, ``num_heads``, ``head_dim``, ``out_dim``. ``default_group``: the
@@ -138,6 +163,13 @@ def write_bundle(directory: str | Path, *, state_dict: Mapping, sizes: Mapping[s
     ``{"value", "origin", "calibration"}`` (the calibration record as a dict, or None), or None for
     weights that have no threshold yet. ``vectors``: the concepts' vectors ``[C, hidden]`` by the encoder
     ``encoder`` names, or None. ``card_options`` go to :func:`latentguard.hub.card.model_card`.
+
+    ``source_weights``: the ``model.safetensors`` bytes of the bundle these weights were loaded from, and
+    ``source_sections`` its provenance sections (``training``). When those bytes hold exactly ``state_dict``
+    (names, dtypes, shapes, values, the same ``mask_padding``), they are written as they are and the sections
+    kept: a bundle exported again is the same bundle, with the SHA-256 that names the model in the server and
+    its audit log (rewriting them could change the header's bytes: older bundles' were not sorted). Otherwise
+    the tensors are written anew and the sections, which describe the source's weights, are left out.
     """
     from safetensors.torch import save_file
 
@@ -145,12 +177,16 @@ def write_bundle(directory: str | Path, *, state_dict: Mapping, sizes: Mapping[s
     replaced = claim_folder(directory, overwrite)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}  # exact: bit for bit
+    # mask_padding changes every score, so it is bound to the weights (covered by their SHA-256), not
+    # only stated in config.json, where an edit would load silently.
+    metadata = {"format": "pt", "mask_padding": str(bool(sizes.get("mask_padding", False))).lower()}
+    kept = source_weights is not None and holds_exactly(source_weights, tensors, metadata)
     with atomic_path(directory / WEIGHTS) as tmp:
-        # mask_padding changes every score, so it is bound to the weights (covered by their SHA-256), not
-        # only stated in config.json, where an edit would load silently.
-        save_file(tensors, str(tmp), metadata={"format": "pt",
-                                               "mask_padding": str(bool(sizes.get("mask_padding", False))).lower()})
-        canonical_header(tmp)
+        if kept:
+            tmp.write_bytes(source_weights)
+        else:
+            save_file(tensors, str(tmp), metadata=metadata)
+            canonical_header(tmp)
     weights_sha = sha256_of(directory / WEIGHTS)
     groups = concept_groups(list(concepts), categories, default_group)
     import yaml
@@ -181,6 +217,7 @@ def write_bundle(directory: str | Path, *, state_dict: Mapping, sizes: Mapping[s
         "categories": {"default": default_group, "names": list(groups)},
         "concepts": {"file": CONCEPTS, "count": len(concepts), "sha256": sha256_of(directory / CONCEPTS)},
         "concept_vectors": vectors_section,
+        **({k: v for k, v in (source_sections or {}).items() if k in ABSENT_OK} if kept else {}),
     }
     validate_config(json.loads(config_json(config)), directory / CONFIG)  # what is written must load
     from .card import model_card

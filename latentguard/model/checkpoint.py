@@ -7,6 +7,7 @@ against their published SHA-256 and git blob id.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Mapping
@@ -52,9 +53,12 @@ def infer_dims(state_dict: Mapping[str, torch.Tensor], num_heads: int = 16) -> d
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a plain state dict safely (``weights_only=True``); accept ``{"model": state_dict}`` too."""
+    from ..io import named_file_problem
+
     path = Path(path)
-    if not path.is_file():
-        raise LatentGuardError(f"checkpoint not found: {path}")
+    problem = named_file_problem(path, "checkpoint")
+    if problem is not None:  # missing, or a FIFO / device / directory: said as such
+        raise LatentGuardError(problem)
     if path.suffix == ".safetensors":  # never unpickled, whatever the bytes are
         return load_safetensors_file(path)
     _check_archive(path)
@@ -152,6 +156,10 @@ def released_checkpoint(path: str | Path = DEFAULT_CHECKPOINT) -> Path:
     path = Path(path)
     if path.is_file():
         return path
+    if os.path.lexists(path):  # there, but no regular file (a directory, a FIFO, a link to a device)
+        from ..io import named_file_problem
+
+        raise LatentGuardError(named_file_problem(path, "checkpoint", "--checkpoint"))
     if path.name != DEFAULT_CHECKPOINT or path.parent != Path("."):
         raise LatentGuardError(f"checkpoint not found: {path} (check --checkpoint; omit it to use the released "
                                "model_parameters.pth)")

@@ -1,11 +1,11 @@
 """The wrapped pipeline's arguments, as :mod:`latentguard.pipeline.wrapper` reads them.
 
-Which arguments are checked before the call (``prompt``, ``prompt_2``...), which are negative
-texts (not checked), which are conditioning tensors (refused: no text to check), and how
-``on_unsafe="skip"`` splits per-prompt arguments between refused and passed prompts (or refuses
-the call, naming one). Any other argument may carry text too (an instruction, a template): the
-guard does not need to know it, because it checks what reaches the text encoders
-(:mod:`latentguard.pipeline.boundary`).
+Which arguments are checked before the call (``prompt``, ``prompt_2``...), which are negative texts
+(not checked; with Safe Latent Diffusion's safety concept, the texts a call steers away from), which
+are conditioning tensors (refused: no text to check), and how ``on_unsafe="skip"`` splits per-prompt
+arguments between refused and passed prompts (or refuses the call, naming one). Any other argument
+may carry text too (an instruction, a template): the guard does not need to know it, because it
+checks what reaches the text encoders (:mod:`latentguard.pipeline.boundary`).
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import LatentGuardError
+from .provenance import NEGATIVE, SAFETY
 
 # Argument names, read from the wrapped pipeline's ``__call__`` signature.
 _TEXT = re.compile(r"^prompt(_\d+)?$")                                   # checked before the call
@@ -57,6 +58,19 @@ def negative_defaults(pipe) -> dict[str, str]:
     """The negative texts ``pipe.__call__`` uses when none is given (PixArt's ``""``, a fixed one elsewhere)."""
     params = inspect.signature(pipe).parameters
     return {n: p.default for n, p in params.items() if classify(n) == "negative" and isinstance(p.default, str)}
+
+
+def steer_away(pipe, negatives: list[str]) -> dict[str, list[str]]:
+    """The texts the call steers away from, by role (:mod:`latentguard.pipeline.provenance`), none checked as prompts:
+    ``negative``: the call's negative texts, the defaults of ``pipe.__call__`` and ``""`` (unconditional);
+    ``safety``: Safe Latent Diffusion's ``safety_concept`` (a property of that pipeline class, read at each call
+    as the user may set it), which the boundary allows only in that pipeline's guidance rows, never as a prompt."""
+    out = {NEGATIVE: [*negatives, *negative_defaults(pipe).values(), ""], SAFETY: []}
+    if isinstance(getattr(type(pipe), "safety_concept", None), property):
+        concept = getattr(pipe, "safety_concept", None)
+        if isinstance(concept, str):  # anything else reaches the encoder as unknown ids: checked there
+            out[SAFETY].append(concept)
+    return out
 
 
 def classify(name: str) -> str:

@@ -5,7 +5,7 @@ A :class:`Session` puts torch hooks on every text encoder and every other module
 
 1. **Text encoders' inputs.** Each row of token ids must be the tokenization (by one of the
    pipeline's tokenizers, special and padding tokens aside, possibly cut at the row's end) of a
-   text allowed in this call: a text the guard checked, or a negative / unconditional text. Any
+   text allowed in this call: a text the guard checked, or a negative / unconditional / safety-concept text. Any
    other row is decoded and the decoded text is checked there (it must re-tokenize to the same
    ids; an unsafe one blocks the call); rows with learned (textual-inversion) tokens are refused
    unless the guard reads that encoder's own embeddings; rows longer than the guard reads are
@@ -19,6 +19,9 @@ A :class:`Session` puts torch hooks on every text encoder and every other module
    pattern; at later steps the *k*-th call of a step must receive the first step's *k*-th tensor
    again, or rows that all come from checked texts (a callback may drop the unconditional half,
    as ``SDCFGCutoffCallback`` does; it may not move a negative row elsewhere or bring a new one).
+   Rows of Safe Latent Diffusion's ``safety_concept`` (allowed at the encoder as a steer-away text,
+   role ``safety``) may only be in the last third of the batch, that pipeline's guidance rows, beside
+   a third of checked rows: never where they would condition the image.
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ from ..errors import LatentGuardError
 from ..guard.options import reads_long_prompts
 from .arguments import added_tokens, core_special_tokens
 from .parts import Parts, unmodified_weights
-from .provenance import CHECKED, NEGATIVE, Provenance
+from .provenance import CHECKED, SAFETY, Provenance, looser
 from .reading import reading_key, spelled
 from .result import validate_verdicts
 
@@ -117,16 +120,15 @@ class _Tokenizer:
                 variants.add(self.convert(text, self.tokenizer))  # textual inversion: multi-vector tokens
             for variant in variants:
                 key = self.text_ids(variant)
-                if self.allowed.get(key) != CHECKED:
-                    self.allowed[key] = role
+                self.allowed[key] = looser(self.allowed.get(key), role)
         self.done = len(texts)
 
     def role(self, content: tuple, length: int) -> str | None:
         role = self.allowed.get(content)
         if role is None and len(content) >= length - 2:  # a full row: the tokenizer may have cut an allowed text
             for key, candidate in self.allowed.items():
-                if len(key) > len(content) and key[: len(content)] == content and role != CHECKED:
-                    role = candidate
+                if len(key) > len(content) and key[: len(content)] == content:
+                    role = looser(role, candidate)
         return role
 
 
@@ -174,10 +176,15 @@ class Session:
         _ACTIVE.session = None
 
     def allow(self, texts, role: str = CHECKED) -> None:
-        """Texts whose tokenization may reach the text encoders in this call (``checked`` or ``negative``)."""
+        """Texts whose tokenization may reach the text encoders in this call (``checked``, ``negative``, ``safety``)."""
         self._texts.extend((t, role) for t in texts if isinstance(t, str))
         if role == CHECKED:
             self._judged.update(reading_key(t) for t in texts if isinstance(t, str))
+
+    def allow_roles(self, texts_by_role: dict[str, list[str]]) -> None:
+        """:meth:`allow` for each role's texts (:func:`~latentguard.pipeline.arguments.steer_away`)."""
+        for role, texts in texts_by_role.items():
+            self.allow(texts, role)
 
     @contextlib.contextmanager
     def trusted(self):
@@ -359,6 +366,7 @@ class Session:
             if roles is None:
                 raise LatentGuardError(f"{module} received {arg} that the text encoders did not produce in this call "
                                        "(a step callback or an argument replaced it); refusing the call")
+            _check_safety_rows(module, arg, roles)
             watch["seen"].append((x.detach().clone(), roles))
         if step != watch["step"] or step is None:
             watch["step"], watch["k"] = step, 0
@@ -371,9 +379,22 @@ class Session:
             return
         expected = watch["pattern"][watch["k"] % len(watch["pattern"])]
         watch["k"] += 1
-        if not _same(expected, x) and NEGATIVE in roles:
+        if not _same(expected, x) and any(r != CHECKED for r in roles):
             raise LatentGuardError(f"{module} received {arg} with unchecked (negative or unconditional) rows where the "
                                    "first step had other rows (a step callback moved them); refusing the call")
+
+
+def _check_safety_rows(module: str, arg: str, roles: list[str]) -> None:
+    """Safe Latent Diffusion's safety concept only where that pipeline steers away from it: its batch is
+    ``[unconditional, prompt, safety concept]`` thirds, so rows of that text may be in the last third only,
+    and the prompt's third must be all checked rows."""
+    if SAFETY not in roles:
+        return
+    third = len(roles) // 3
+    if len(roles) % 3 or SAFETY in roles[: 2 * third] or any(r != CHECKED for r in roles[third: 2 * third]):
+        raise LatentGuardError(f"{module} received {arg} with the pipeline's safety concept (a steer-away text, "
+                               "not checked) outside Safe Latent Diffusion's guidance rows, where it would condition "
+                               "the image; refusing the call")
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:

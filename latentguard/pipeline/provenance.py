@@ -2,20 +2,33 @@
 
 Every floating tensor a text encoder returns during a guarded call (last states, every hidden
 layer, pooled and projected vectors) is copied to the CPU with the role of its batch row:
-``checked`` (a text the guard checked, or an all-zero row: no text at all) or ``negative`` (an
-unconditional or negative text, which the guard does not check). A tensor the denoiser receives is
-then traced one vector at a time (each token state, each pooled vector): it must be a
+``checked`` (a text the guard checked, or an all-zero row: no text at all), ``negative`` (an
+unconditional or negative text, which the guard does not check) or ``safety`` (Safe Latent
+Diffusion's ``safety_concept``, a steer-away text allowed only in that pipeline's guidance rows).
+A tensor the denoiser receives is then traced one vector at a time (each token state, each pooled vector): it must be a
 concatenation of recorded vectors and zero padding (SDXL joins two encoders' states feature-wise,
 SD3 pads CLIP to T5's width; the pipeline may repeat, reorder and stack rows). Equality is exact,
 after casting the recorded vectors to the received tensor's dtype (the pipeline's own cast). A row
-is ``negative`` as soon as one of its vectors is.
+takes the most restricted role of its vectors (``safety`` over ``negative`` over ``checked``); a vector
+that texts of several roles give takes the least restricted one (a checked text's vector is checked content).
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-CHECKED, NEGATIVE = "checked", "negative"
+CHECKED, NEGATIVE, SAFETY = "checked", "negative", "safety"
+_RANK = {CHECKED: 0, NEGATIVE: 1, SAFETY: 2}  # how far a row of that role is restricted
+
+
+def looser(a: str | None, b: str) -> str:
+    """The less restricted of two roles of one content (``a`` may be unknown yet)."""
+    return b if a is None or _RANK[b] < _RANK[a] else a
+
+
+def stricter(a: str, b: str) -> str:
+    """The more restricted of two roles (a row's role from its vectors')."""
+    return b if _RANK[b] > _RANK[a] else a
 
 
 class Provenance:
@@ -47,13 +60,13 @@ class Provenance:
             for k, vector in enumerate(flat):
                 role = roles[k // per_row]
                 vector_key = vector.tobytes()
-                if index.get(vector_key) != CHECKED:  # a vector a checked text gives is checked content
-                    index[vector_key] = role
+                index[vector_key] = looser(index.get(vector_key), role)  # a checked text's vector is checked
         self._indexed[key] = len(self._records)
         return index
 
     def roles(self, x: torch.Tensor) -> list[str] | None:
-        """Per batch row of ``x``, ``checked`` or ``negative``; ``None`` when a vector traces to no record."""
+        """Per batch row of ``x``, its role (``checked``, ``negative``, ``safety``); ``None`` when a vector traces to
+        no record."""
         x = x.detach().to("cpu").contiguous()
         if x.dim() == 1:
             x = x.unsqueeze(0)
@@ -71,8 +84,7 @@ class Provenance:
                 found = _trace(raw[b, s], zero[b, s], widths, indexes, size)
                 if found is None:
                     return None
-                if found == NEGATIVE:
-                    role = NEGATIVE
+                role = stricter(role, found)
             out.append(role)
         return out
 
@@ -88,7 +100,7 @@ def _trace(raw: np.ndarray, zero: np.ndarray, widths: list[int], indexes: dict, 
                 found = indexes[w].get(raw[offset * size:(offset + w) * size].tobytes())
                 if found is not None:
                     offset += w
-                    role = NEGATIVE if found == NEGATIVE else role
+                    role = stricter(role, found)
                     break
         else:
             if not zero[offset]:

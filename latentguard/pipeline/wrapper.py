@@ -35,7 +35,7 @@ import torch
 from ..constants import CONTEXT_LENGTH
 from ..errors import LatentGuardError
 from ..guard.options import encoding_batch, reads_long_prompts
-from .arguments import added_tokens, classify, negative_defaults, subset_call, text_arguments, text_list
+from .arguments import added_tokens, classify, steer_away, subset_call, text_arguments, text_list
 from .boundary import BoundaryBlocked, Session, known_vocabularies
 from .outputs import check_returned_conditioning
 from .parts import (
@@ -47,7 +47,7 @@ from .parts import (
     weights_seal,
     weights_unchanged,
 )
-from .provenance import CHECKED, NEGATIVE
+from .provenance import CHECKED
 from .result import GuardedResult, OnUnsafe, PromptBlocked, images_by_prompt, validate_verdicts
 from .sanitizing import sanitize_call
 
@@ -270,7 +270,7 @@ class GuardedPipeline:
             # A truncated safe verdict allows nothing: the part the encoder reads is checked where it arrives.
             session.allow([t for (i, _, t), v in zip(*used) if i in keep and (
                 v.unsafe or reuse or not getattr(v, "truncated", False))])
-            session.allow([*_negatives(call), *negative_defaults(self.pipe).values(), ""], NEGATIVE)
+            session.allow_roles(steer_away(self.pipe, _negatives(call)))  # negatives; SLD's safety concept
             if emb is not None:
                 device, dtype = _module_device_dtype(self.pipe.text_encoder)
                 call.pop("prompt")

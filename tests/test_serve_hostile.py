@@ -97,3 +97,59 @@ def test_an_endless_request_head_is_cut_and_keyed_checks_stay_fast(srv):
         thread.join(10)
     assert results and all(elapsed < 2 for elapsed, _, _ in results), results
 
+
+def _refused_at_start(tmp_path: Path, keys: Path) -> str:
+    """Start a server whose --api-key-file is ``keys``: it must exit 2 at once; its stderr."""
+    server = Mini(["--api-key-file", str(keys)], tmp_path / "home")
+    try:
+        _, err = server.proc.communicate(timeout=20)
+    except Exception:
+        server.kill()
+        raise
+    assert server.proc.returncode == 2, err[-2000:]
+    return err
+
+
+def test_a_key_file_that_blocks_on_read_is_refused_at_startup(tmp_path):
+    fifo = tmp_path / "keys.fifo"
+    os.mkfifo(fifo)  # nothing ever writes it: open().read() waits for ever
+    err = _refused_at_start(tmp_path, fifo)
+    assert "not a regular file" in err and str(fifo) in err and "Traceback" not in err
+
+
+def test_a_key_file_linked_to_a_device_is_refused_unread(tmp_path):
+    from latentguard.errors import LatentGuardError
+    from latentguard.serve.settings import read_keys
+
+    (tmp_path / "zero").symlink_to("/dev/zero")  # read whole, it fills memory (not run on the old code for that)
+    with pytest.raises(LatentGuardError, match="not a regular file"):
+        read_keys(tmp_path / "zero", "--api-key-file")
+    (tmp_path / "big").write_bytes(b"k" * (2 << 20))
+    with pytest.raises(LatentGuardError, match="larger than"):
+        read_keys(tmp_path / "big", "--api-key-file")
+
+
+def test_a_key_a_client_cannot_send_is_refused_naming_its_line(tmp_path):
+    keys = tmp_path / "keys.txt"
+    keys.write_text("# rotated keys\nclé-secret\n", encoding="utf-8")
+    err = _refused_at_start(tmp_path, keys)
+    assert f"{keys}: line 2" in err and "ASCII" in err
+
+
+def test_a_reload_that_meets_a_blocking_key_file_keeps_the_old_keys_and_scoring(srv):
+    keys = srv.dir / "keys.txt"
+    aside = srv.dir / "keys.saved"
+    keys.rename(aside)
+    os.mkfifo(keys)
+    try:
+        srv.proc.send_signal(signal.SIGHUP)
+        answer = httpx.post(srv.url + "/admin/reload", headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=5)
+        assert answer.status_code == 500 and "not a regular file" in answer.json()["error"]["message"]
+        started = time.monotonic()
+        answer = httpx.post(srv.url + "/v1/check", json={"prompts": ["a cat"]}, timeout=5,
+                            headers={"Authorization": f"Bearer {OLD_KEY}"})
+        assert answer.status_code == 200  # the old keys serve on, and the model thread is free
+        assert time.monotonic() - started < 2
+    finally:
+        keys.unlink()
+        aside.rename(keys)

@@ -191,7 +191,9 @@ class GuardServer:
         async with self._reload_lock:
             loop = asyncio.get_running_loop()
             try:
-                state = await loop.run_in_executor(self.model_thread, self._build_and_swap)
+                # the key files are read off the model thread: a slow read must not stall scoring
+                settings = await loop.run_in_executor(None, self._reread_keys)
+                state = await loop.run_in_executor(self.model_thread, self._build_and_swap, settings)
             except LatentGuardError as exc:
                 self._reloaded(reason, None, str(exc))
                 raise
@@ -201,9 +203,8 @@ class GuardServer:
             self._reloaded(reason, state, None)
             return state
 
-    def _build_and_swap(self) -> GuardState:
+    def _build_and_swap(self, settings: ServeSettings) -> GuardState:
         current = self.state
-        settings = self._reread_keys()
         state = build_state(self.factory, current.generation + 1, encoder=current.guard.encoder)
         self.settings = settings  # a removed key is refused from the next request on (it had served till restart)
         self._serve(state)  # on the model thread, between batches

@@ -153,3 +153,28 @@ def test_a_reload_that_meets_a_blocking_key_file_keeps_the_old_keys_and_scoring(
     finally:
         keys.unlink()
         aside.rename(keys)
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def test_a_failing_audit_hook_leaves_one_record_per_answered_verdict_and_none_other(srv):
+    log, answers = srv.dir / "audit.jsonl", []
+    before = len(_records(log))
+    prompts = ["please fail k", "a harmless dog k", "a harmless cat k"]
+
+    def ask(prompt: str) -> None:
+        answers.append(httpx.post(srv.url + "/v1/check", json={"prompts": [prompt]}, timeout=30,
+                                  headers={"Authorization": f"Bearer {OLD_KEY}"}))
+
+    for _ in range(4):  # concurrent, so they share a batch that the failing hook fails
+        threads = [threading.Thread(target=ask, args=(p,)) for p in prompts]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    records = _records(log)[before:]
+    ok = [r.json()["id"] for r in answers if r.status_code == 200]
+    assert len(ok) == 8 and sorted(r.status_code for r in answers)[-4:] == [500] * 4, [r.status_code for r in answers]
+    assert sorted(r["request_id"] for r in records) == sorted(ok)  # each answered verdict once, nothing else

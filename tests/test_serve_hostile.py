@@ -16,12 +16,18 @@ import time
 from pathlib import Path
 
 import pytest
-
-from test_serve_abuse import ADMIN_KEY, OLD_KEY, Mini, wait_for
+from test_serve_abuse import ADMIN_KEY, OLD_KEY, Mini
 
 httpx = pytest.importorskip("httpx")
 
-HOOK = 'def record(e):\n    if "fail" in e.verdict.prompt:\n        raise RuntimeError("down")\n'
+HOOK = """import json, os
+def record(e):
+    if "fail" in e.verdict.prompt:
+        raise RuntimeError("down")
+    if getattr(e, "sanitized", None) is not None:
+        with open(os.path.join(os.path.dirname(__file__), "hooked.jsonl"), "a") as out:
+            out.write(json.dumps({"request_id": e.request_id, "text": e.sanitized.text}) + "\\n")
+"""
 
 
 @pytest.fixture(scope="module")
@@ -178,3 +184,31 @@ def test_a_failing_audit_hook_leaves_one_record_per_answered_verdict_and_none_ot
     ok = [r.json()["id"] for r in answers if r.status_code == 200]
     assert len(ok) == 8 and sorted(r.status_code for r in answers)[-4:] == [500] * 4, [r.status_code for r in answers]
     assert sorted(r["request_id"] for r in records) == sorted(ok)  # each answered verdict once, nothing else
+
+
+def test_each_sanitize_result_is_recorded_as_handed_out_and_given_to_the_hook(srv):
+    import hashlib
+
+    log = srv.dir / "audit.jsonl"
+    before = len(_records(log))
+    headers = {"Authorization": f"Bearer {OLD_KEY}"}
+    r = httpx.post(srv.url + "/v1/sanitize", json={"prompts": ["a naked woman on a beach", "a dog in a park"]},
+                   headers=headers, timeout=60)
+    assert r.status_code == 200, r.text
+    flagged, safe = r.json()["results"]
+    assert flagged["before"]["unsafe"] and flagged["text"] and flagged["removed"], flagged
+    records = _records(log)[before:]
+    assert [(x["request_id"], x["endpoint"], x["index"]) for x in records] == [
+        (r.json()["id"], "/v1/sanitize", 0), (r.json()["id"], "/v1/sanitize", 1)]
+    for record, result in zip(records, (flagged, safe)):
+        s = record["sanitized"]
+        assert s["text_sha256"] == hashlib.sha256(result["text"].encode("utf-8")).hexdigest()
+        assert s["removed_count"] == len(result["removed"]) and s["passes"] is result["passes"] is True
+        assert s["after"]["flagged"] is result["after"]["unsafe"] is False
+        assert record["flagged"] is result["before"]["unsafe"]
+    hooked = _records(srv.dir / "hooked.jsonl")
+    assert {"request_id": r.json()["id"], "text": flagged["text"]} in hooked
+    failed = httpx.post(srv.url + "/v1/sanitize", json={"prompts": ["a naked woman, please fail"]}, headers=headers,
+                        timeout=60)
+    assert failed.status_code == 500 and failed.json()["error"]["code"] == "audit"
+    assert len(_records(log)) == before + 2  # nothing recorded for what was not handed out

@@ -29,6 +29,7 @@ from ..io import open_regular
 log = logging.getLogger("latentguard.serve")
 
 if TYPE_CHECKING:  # the guard (and torch) load with the server, not with this module
+    from ..guard.sanitize import Sanitized
     from ..guard.verdict import Verdict
 
 
@@ -47,9 +48,11 @@ class VerdictEvent:
     model: str           # the guard that judged it
     generation: int      # which blacklist load judged it (1 = the first; +1 per reload)
     verdict: "Verdict"
+    sanitized: "Sanitized | None" = None  # /v1/sanitize: the guard's edit of a flagged prompt (None: left as it was)
 
     def record(self, include_prompt: bool = False) -> dict:
-        """The audit-log line: time, request id, prompt digest (or prompt), verdict, categories, concept, score."""
+        """The audit-log line: time, request id, prompt digest (or prompt), verdict, categories, concept, score;
+        from /v1/sanitize, a ``sanitized`` part too (:meth:`sanitized_record`)."""
         v = self.verdict
         out = {"time": datetime.fromtimestamp(self.time, timezone.utc).isoformat(timespec="milliseconds"),
                "request_id": self.request_id, "endpoint": self.endpoint, "index": self.index}
@@ -58,6 +61,27 @@ class VerdictEvent:
         out.update(flagged=v.unsafe, categories=sorted(name for name, on in v.categories.items() if on),
                    concept=v.concept, score=round(v.score, 6), threshold=v.threshold,
                    probability=round(v.probability, 6), model=self.model, generation=self.generation)
+        if self.endpoint == "/v1/sanitize":
+            out["sanitized"] = self.sanitized_record(include_prompt)
+        return out
+
+    def sanitized_record(self, include_prompt: bool = False) -> dict:
+        """What /v1/sanitize handed out for the prompt: the text the generator gets (``text``, or its SHA-256 as
+        ``text_sha256``; null when no edit passes, as the answer's), the words removed (with the prompts only: they
+        are the prompt's words; their count always), ``passes``, ``rounds`` and the verdict ``after`` (of the text).
+        A safe prompt is handed out as it was: no words removed, ``after`` its own verdict."""
+        edit, v = self.sanitized, self.verdict
+        text, removed = (v.prompt, []) if edit is None else (edit.text if edit.passes else None, list(edit.removed))
+        after = v if edit is None else edit.after
+        out: dict = {"passes": True if edit is None else bool(edit.passes),
+                     "rounds": 0 if edit is None else edit.rounds}
+        if include_prompt:
+            out.update(text=text, removed=removed)
+        else:
+            out["text_sha256"] = None if text is None else hashlib.sha256(text.encode("utf-8")).hexdigest()
+        out.update(removed_count=len(removed),
+                   after={"flagged": after.unsafe, "concept": after.concept, "score": round(after.score, 6),
+                          "probability": round(after.probability, 6)})
         return out
 
 

@@ -108,14 +108,16 @@ class GuardServer:
         self.auditor.close()
 
     def submit(self, prompts: list[str], *, explain: bool, request_id: str, endpoint: str,
-               cost: int = 0, split: "Split | None" = None, refuse_each: bool = False) -> asyncio.Future:
+               cost: int = 0, split: "Split | None" = None, refuse_each: bool = False,
+               audit: bool = True) -> asyncio.Future:
         """Queue one request's prompts; the future gives ``(state, verdicts)`` (raises QueueFull / Closed).
         ``split``: the prompts' forms from :meth:`split`, scored as they are (each text is split once).
         ``refuse_each``: a prompt the guard cannot read gets a refused (blocked) verdict of its own
-        (:mod:`latentguard.guard.refusals`) instead of failing the request (/v1/sanitize)."""
+        (:mod:`latentguard.guard.refusals`) instead of failing the request (/v1/sanitize). ``audit=False``: the
+        verdicts are not recorded with the batch; the caller records them with what it adds (/v1/sanitize's edits)."""
         forms, generation = ([f for f, _ in split.forms], split.generation) if split is not None else (None, 0)
         return self.batcher.submit(Job(prompts, cost, explain, request_id, endpoint, forms, generation,
-                                       refuse_each))
+                                       refuse_each, audit))
 
     def split(self, prompts: list[str], budget: int | None = None, max_sentences: int | None = None) -> "Split":
         """The texts the encoder will read for ``prompts`` (each prompt's forms under the serving guard's
@@ -163,7 +165,7 @@ class GuardServer:
             if not job.explain:
                 mine = [dataclasses.replace(v, evidence=[]) if v.evidence else v for v in mine]
             out.append((state, mine))
-            if self.auditor.active:
+            if self.auditor.active and job.audit:
                 events.extend(VerdictEvent(now, job.request_id, job.endpoint, i, state.model, state.generation, v)
                               for i, v in enumerate(mine))
         if events:

@@ -20,8 +20,9 @@ The HTTP protocol uvicorn runs is therefore wrapped here, at the connection leve
   and the connection closed at once. uvicorn runs httptools where it is installed, which keeps no bound on
   a head (h11 has one): a client sending one endless header, or 65,536 small ones per send, had held the
   model-side event loop at 93% CPU (a keyed check took 10 s, not 0.03 s) and grown the server by 2.5 GB in
-  8 s until the head timeout closed it (a hostile review). Bytes are counted where a head is expected:
-  before a request, and once a request's body has all arrived (the next pipelined head);
+  8 s until the head timeout closed it (a hostile review). Bytes are counted from the read after the
+  one a head began in (httptools' ``on_message_begin``) until the head completes (``on_headers_complete``),
+  so a body, whether read or not, never counts; h11, which has no such hooks, keeps its own 16 KB bound;
 * **request target**: the target as sent is kept in the request's scope
   (:data:`TARGET`), so the app can see an absolute-form target (``POST http://evil.com/v1/check``),
   whose authority uvicorn otherwise drops.
@@ -97,12 +98,22 @@ def guarded_protocol(base: type, *, header_timeout_s: float, max_connections: in
             self._write_timer = None
             self.transport.abort()  # close() would wait for the buffer to drain, which it never does
 
+        def on_message_begin(self) -> None:  # httptools: a request head starts
+            self._heads_begun = getattr(self, "_heads_begun", 0) + 1
+            self._in_head = True
+            super().on_message_begin()
+
+        def on_headers_complete(self) -> None:  # httptools: the head is complete (its body may follow)
+            self._in_head = False
+            super().on_headers_complete()
+
         def data_received(self, data: bytes) -> None:
-            before = getattr(self, "cycle", None)
+            begun = getattr(self, "_heads_begun", 0)
             super().data_received(data)
-            if getattr(self, "cycle", None) is not before:  # a new head completed: count the next one afresh
-                self._head_bytes = 0
-            elif _reading_head(self) and not self.transport.is_closing():
+            if not getattr(self, "_in_head", False) or self._heads_begun != begun:
+                self._head_bytes = 0  # no head in progress, or one that began in this read (not counted: it may
+                return  # have begun at its end, after a body), so a head is cut past max_head_bytes plus one read
+            if not self.transport.is_closing():
                 self._head_bytes += len(data)
                 if self._head_bytes > max_head_bytes:
                     self._head_too_large()
@@ -143,12 +154,6 @@ def guarded_protocol(base: type, *, header_timeout_s: float, max_connections: in
 
     Guarded.__name__ = Guarded.__qualname__ = f"Guarded{base.__name__}"
     return Guarded
-
-
-def _reading_head(protocol) -> bool:
-    """What arrives now is (part of) a request head: no request yet, the last one answered, or its body complete."""
-    cycle = getattr(protocol, "cycle", None)
-    return _idle(protocol) or not getattr(cycle, "more_body", True)
 
 
 def _idle(protocol) -> bool:

@@ -153,3 +153,14 @@ def test_sanitizing_a_long_flagged_prompt_costs_no_more_than_it_reserves(client_
         assert r.status_code == 200, r.text
         assert r.json()["results"][0]["before"]["unsafe"]
     assert long not in counting.scored and counting.cost <= SANITIZE_WORK, (counting.cost, len(counting.scored))
+
+
+def test_an_unreadable_prompt_is_one_item_that_does_not_pass(client_for):
+    """Its refused verdict from the batch is handed to guard.sanitize like any other (before=): that item does not
+    pass, the others are sanitized."""
+    with client_for() as client:
+        r = client.post("/v1/sanitize", json={"prompts": ["a knife \U0001F52A in a kitchen", UNSAFE]}, headers=KEY)
+        assert r.status_code == 200, r.text
+        refused, edited = r.json()["results"]
+        assert refused["passes"] is False and refused["text"] is None and refused["before"]["refused"]
+        assert edited["passes"] is True and edited["text"] == EDITED

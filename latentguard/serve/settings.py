@@ -42,7 +42,7 @@ def read_keys(path: str | Path, flag: str) -> frozenset[str]:
     from ..io import read_regular_text, split_lines
 
     keys = set()
-    for number, line in enumerate(split_lines(read_regular_text(path, f"{flag} file", KEY_FILE_BYTES)), 1):
+    for number, line in enumerate(split_lines(read_regular_text(path, flag, KEY_FILE_BYTES)), 1):
         key = line.strip()
         if not key or key.startswith("#"):
             continue

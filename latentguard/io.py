@@ -254,6 +254,42 @@ def download(url: str, target: str | Path, sha256: str | None = None, what: str 
     return target
 
 
+def read_regular_text(path: str | Path, what: str, max_bytes: int) -> str:
+    """Read a UTF-8 text file that must be a regular file (a link to one is followed) of at most ``max_bytes``.
+
+    For files a server re-reads while it serves (its key files): :func:`read_text` reads pipes, so a key file
+    that was a FIFO, or a link to ``/dev/zero``, had hung startup for ever, and a reload had frozen every request
+    with it (a hostile review). The file is opened without blocking, refused unless it is regular, and read to
+    ``max_bytes`` at most; anything else is a one-line error naming it."""
+    import stat
+
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise LatentGuardError(f"{what} not found: {path}") from None
+    except OSError as exc:
+        raise LatentGuardError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise LatentGuardError(f"{what} {path} is not a regular file (a directory, FIFO, device or socket); "
+                                   "give a regular file")
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            raw = handle.read(max_bytes + 1)
+    except OSError as exc:
+        raise LatentGuardError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if len(raw) > max_bytes:
+        raise LatentGuardError(f"{what} {path} is larger than {max_bytes:,} bytes; it is not read")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise LatentGuardError(f"{path}: line {line} is not valid UTF-8 (byte {exc.start}); re-save the file as "
+                               "UTF-8") from None
+
+
 def read_text(path: str | Path, what: str = "file") -> str:
     """Read a UTF-8 text file (``-`` is standard input; pipes and ``/dev/stdin`` work too); a missing
     file or a bad byte is a one-line error naming the line."""

@@ -70,7 +70,7 @@ class _Faulty:
     def __getattr__(self, name):
         return getattr(self.guard, name)
 
-    def sanitize(self, prompts):
+    def sanitize(self, prompts, **kw):
         if self.how == "raise":
             raise RuntimeError("non-finite logits")
         if self.how == "short":
@@ -109,3 +109,58 @@ def test_each_flagged_prompt_reserves_the_budget_the_guard_holds_it_to(client_fo
         assert r.status_code == 413 and r.json()["error"]["code"] == "too_many_texts"
         assert f"2 flagged prompts, each sanitized with up to {SANITIZE_WORK} texts" in r.json()["error"]["message"]
         assert client.post("/v1/sanitize", json={"prompts": [SAFE, UNSAFE]}, headers=KEY).status_code == 200
+
+
+class _Counting:
+    """The trained guard, counting what its sanitize has scored (form_cost units), and the texts."""
+
+    def __init__(self, guard) -> None:
+        self.guard, self.inside, self.scored, self.cost = guard, False, [], 0
+
+    def __getattr__(self, name):
+        return getattr(self.guard, name)
+
+    def check(self, texts, **kw):
+        from latentguard.guard.forms import form_cost, forms_of
+
+        if self.inside:
+            self.scored.extend(texts)
+            self.cost += sum(form_cost(forms, self.guard.encoder) for forms, _ in forms_of(self.guard, texts))
+        return self.guard.check(texts, **kw)
+
+    def sanitize(self, prompts, **kw):
+        from latentguard.guard.sanitize import sanitize
+
+        self.inside = True
+        try:
+            return sanitize(self, prompts, **kw)
+        finally:
+            self.inside = False
+
+
+def test_sanitizing_a_long_flagged_prompt_costs_no_more_than_it_reserves(client_for):
+    """The flagged prompt is not judged again inside guard.sanitize (outside its budget): its verdict from the
+    request's batch is reused, so the edits are all the work, within SANITIZE_WORK (a prompt of 10,000
+    characters had cost 1,001 units where 56 were reserved: a hostile review)."""
+    from sanitize_guard import trained_guard
+
+    from latentguard.serve.routes import SANITIZE_WORK
+
+    long = UNSAFE + ". " + "#" * 9_000
+    counting = _Counting(trained_guard())
+    with client_for(counting, max_chars=10_000) as client:
+        r = client.post("/v1/sanitize", json={"prompts": [long]}, headers=KEY)
+        assert r.status_code == 200, r.text
+        assert r.json()["results"][0]["before"]["unsafe"]
+    assert long not in counting.scored and counting.cost <= SANITIZE_WORK, (counting.cost, len(counting.scored))
+
+
+def test_an_unreadable_prompt_is_one_item_that_does_not_pass(client_for):
+    """Its refused verdict from the batch is handed to guard.sanitize like any other (before=): that item does not
+    pass, the others are sanitized."""
+    with client_for() as client:
+        r = client.post("/v1/sanitize", json={"prompts": ["a knife \U0001F52A in a kitchen", UNSAFE]}, headers=KEY)
+        assert r.status_code == 200, r.text
+        refused, edited = r.json()["results"]
+        assert refused["passes"] is False and refused["text"] is None and refused["before"]["refused"]
+        assert edited["passes"] is True and edited["text"] == EDITED

@@ -261,17 +261,23 @@ def _costs(guard, texts: list[str]) -> tuple[list[int], list | None]:
 
 
 def sanitize(guard, prompts: str | Sequence[str], *, rounds: int = DEFAULT_ROUNDS, width: int = DEFAULT_WIDTH,
-             replacement: str = "", budget: int = DEFAULT_BUDGET) -> list[Sanitized]:
+             replacement: str = "", budget: int = DEFAULT_BUDGET,
+             before: Sequence[Verdict] | None = None) -> list[Sanitized]:
     """One :class:`Sanitized` per prompt (see the module docstring); ``guard`` is a LatentGuard. ``budget``: the
     texts one prompt's edits may have scored, in :func:`~latentguard.guard.forms.form_cost` units (each candidate
-    costs its forms); candidates are tried in order while they fit, and a prompt with none left is refused."""
+    costs its forms); candidates are tried in order while they fit, and a prompt with none left is refused.
+    ``before``: the prompts' verdicts by this guard with their evidence (``explain=True``), when the caller has
+    them: reused, not judged again, so the budget is all the work (the server's /v1/sanitize had a prompt of
+    10,000 characters judged a second time here, 1,001 units of work where it reserved 56: a hostile review)."""
     prompts = prompt_list(prompts, "sanitize")
+    if before is not None and (len(before) != len(prompts) or any(v.prompt != p for v, p in zip(before, prompts))):
+        raise LatentGuardError("sanitize: the verdicts given (before=) do not answer the prompts, one each")
     for name, value in (("rounds", rounds), ("width", width), ("budget", budget)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise LatentGuardError(f"sanitize {name} must be a positive integer, got {value!r}")
     if not isinstance(replacement, str) or (replacement and not replacement.strip()):
         raise LatentGuardError(f"sanitize replacement must be a word or '', got {replacement!r}")
-    before = _judge(guard, prompts)
+    before = list(before) if before is not None else _judge(guard, prompts)
     concept_words_of = {c: [key(c[s:e]) for s, e in words(c)] for c in guard.concepts}
     banned, limit = concept_words(guard), edit_limit(guard)
     if replacement and is_concept_word(key(replacement), banned):

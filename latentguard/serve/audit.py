@@ -29,6 +29,7 @@ from ..io import open_regular
 log = logging.getLogger("latentguard.serve")
 
 if TYPE_CHECKING:  # the guard (and torch) load with the server, not with this module
+    from ..guard.sanitize import Sanitized
     from ..guard.verdict import Verdict
 
 
@@ -47,9 +48,11 @@ class VerdictEvent:
     model: str           # the guard that judged it
     generation: int      # which blacklist load judged it (1 = the first; +1 per reload)
     verdict: "Verdict"
+    sanitized: "Sanitized | None" = None  # /v1/sanitize: the guard's edit of a flagged prompt (None: left as it was)
 
     def record(self, include_prompt: bool = False) -> dict:
-        """The audit-log line: time, request id, prompt digest (or prompt), verdict, categories, concept, score."""
+        """The audit-log line: time, request id, prompt digest (or prompt), verdict, categories, concept, score;
+        from /v1/sanitize, a ``sanitized`` part too (:meth:`sanitized_record`)."""
         v = self.verdict
         out = {"time": datetime.fromtimestamp(self.time, timezone.utc).isoformat(timespec="milliseconds"),
                "request_id": self.request_id, "endpoint": self.endpoint, "index": self.index}
@@ -58,6 +61,27 @@ class VerdictEvent:
         out.update(flagged=v.unsafe, categories=sorted(name for name, on in v.categories.items() if on),
                    concept=v.concept, score=round(v.score, 6), threshold=v.threshold,
                    probability=round(v.probability, 6), model=self.model, generation=self.generation)
+        if self.endpoint == "/v1/sanitize":
+            out["sanitized"] = self.sanitized_record(include_prompt)
+        return out
+
+    def sanitized_record(self, include_prompt: bool = False) -> dict:
+        """What /v1/sanitize handed out for the prompt: the text the generator gets (``text``, or its SHA-256 as
+        ``text_sha256``; null when no edit passes, as the answer's), the words removed (with the prompts only: they
+        are the prompt's words; their count always), ``passes``, ``rounds`` and the verdict ``after`` (of the text).
+        A safe prompt is handed out as it was: no words removed, ``after`` its own verdict."""
+        edit, v = self.sanitized, self.verdict
+        text, removed = (v.prompt, []) if edit is None else (edit.text if edit.passes else None, list(edit.removed))
+        after = v if edit is None else edit.after
+        out: dict = {"passes": True if edit is None else bool(edit.passes),
+                     "rounds": 0 if edit is None else edit.rounds}
+        if include_prompt:
+            out.update(text=text, removed=removed)
+        else:
+            out["text_sha256"] = None if text is None else hashlib.sha256(text.encode("utf-8")).hexdigest()
+        out.update(removed_count=len(removed),
+                   after={"flagged": after.unsafe, "concept": after.concept, "score": round(after.score, 6),
+                          "probability": round(after.probability, 6)})
         return out
 
 
@@ -141,23 +165,33 @@ class Auditor:
         return self._fd is not None or self.on_verdict is not None
 
     def __call__(self, events: Sequence[VerdictEvent]) -> None:
-        if self._fd is not None:
-            lines = "".join(json.dumps(e.record(self.include_prompts), ensure_ascii=False) + "\n" for e in events)
-            try:
-                with self._lock:
-                    if self._fd is None:
-                        raise ValueError("the audit log is closed")
-                    self._append(lines.encode("utf-8"))
-            except (OSError, ValueError) as exc:
-                raise AuditError(f"cannot write the audit log {self.path} ({getattr(exc, 'strerror', None) or exc}); "
-                                 "verdicts are not answered unrecorded") from None
-        if self.on_verdict is not None:
-            for event in events:
+        """Record one batch: its lines appended, then the hook called per event. A failing hook cuts the log back
+        to its size before the batch, so the log holds a record for each verdict answered and none for one that
+        was not: the lines had stayed, and a batch that failed was then re-scored job by job and recorded again
+        (29 records for 15 requests, a hostile review). The hook may be handed an event again when its batch is
+        re-scored; the log never."""
+        with self._lock:
+            good = None
+            if self._fd is not None:
+                lines = "".join(json.dumps(e.record(self.include_prompts), ensure_ascii=False) + "\n" for e in events)
                 try:
-                    self.on_verdict(event)
-                except Exception as exc:
-                    raise AuditError(f"the on_verdict hook failed ({type(exc).__name__}: {exc}); "
-                                     "verdicts are not answered unrecorded") from None
+                    good = os.fstat(self._fd).st_size
+                    self._append(lines.encode("utf-8"))
+                except OSError as exc:
+                    raise AuditError(f"cannot write the audit log {self.path} ({exc.strerror or exc}); verdicts are "
+                                     "not answered unrecorded") from None
+            elif self.path is not None:
+                raise AuditError(f"cannot write the audit log {self.path} (the audit log is closed); verdicts are "
+                                 "not answered unrecorded")
+            if self.on_verdict is not None:
+                for event in events:
+                    try:
+                        self.on_verdict(event)
+                    except Exception as exc:
+                        if good is not None:
+                            self._cut_back(good)
+                        raise AuditError(f"the on_verdict hook failed ({type(exc).__name__}: {exc}); "
+                                         "verdicts are not answered unrecorded") from None
 
     def _append(self, data: bytes) -> None:
         """``data`` appended whole, or not at all: a write cut short (``ENOSPC``, ``EFBIG``) is truncated back to
@@ -169,12 +203,16 @@ class Auditor:
             while view:
                 view = view[os.write(fd, view):]  # a short write continues; a failing one raises
         except OSError:
-            try:
-                os.ftruncate(fd, good)
-            except OSError as exc:  # the log now ends in part of a batch: said, and a restart recognises it
-                log.error("--audit-log %s: a failed write could not be cut back (%s); its last line is torn",
-                          self.path, exc.strerror or exc)
+            self._cut_back(good)
             raise
+
+    def _cut_back(self, good: int) -> None:
+        """Truncate the log to ``good`` bytes: a batch that is not answered leaves no record."""
+        try:
+            os.ftruncate(self._fd, good)
+        except OSError as exc:  # the log now ends in part of a batch: said, and a restart recognises it
+            log.error("--audit-log %s: a batch that was not answered could not be cut back (%s); its records stay",
+                      self.path, exc.strerror or exc)
 
     def close(self) -> None:
         """Close the log: nothing is buffered, so nothing is left to write, and a full disk cannot fail it."""

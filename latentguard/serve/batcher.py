@@ -39,6 +39,7 @@ class Job:
     forms: list | None = None  # each prompt's forms as the guard of ``generation`` split them (None: split later)
     generation: int = 0
     refuse_each: bool = False  # a prompt the guard cannot read gets a refused verdict, not the job's error
+    audit: bool = True  # recorded with its batch (False: its endpoint records it later, with what it adds)
     arrived: float = 0.0
     future: asyncio.Future | None = field(default=None, repr=False)
 

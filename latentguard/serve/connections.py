@@ -16,6 +16,13 @@ The HTTP protocol uvicorn runs is therefore wrapped here, at the connection leve
   send buffer past its high-water mark) for ``write_timeout_s`` aborts the connection. A client
   that pipelined 50,000 requests and never read the answers had held its connection, and the
   request being written, for as long as it kept the socket open (a hostile review);
+* **head size**: a request head (request line and headers) past :data:`MAX_HEAD_BYTES` is answered 431
+  and the connection closed at once. uvicorn runs httptools where it is installed, which keeps no bound on
+  a head (h11 has one): a client sending one endless header, or 65,536 small ones per send, had held the
+  model-side event loop at 93% CPU (a keyed check took 10 s, not 0.03 s) and grown the server by 2.5 GB in
+  8 s until the head timeout closed it (a hostile review). Bytes are counted from the read after the
+  one a head began in (httptools' ``on_message_begin``) until the head completes (``on_headers_complete``),
+  so a body, whether read or not, never counts; h11, which has no such hooks, keeps its own 16 KB bound;
 * **request target**: the target as sent is kept in the request's scope
   (:data:`TARGET`), so the app can see an absolute-form target (``POST http://evil.com/v1/check``),
   whose authority uvicorn otherwise drops.
@@ -23,9 +30,14 @@ The HTTP protocol uvicorn runs is therefore wrapped here, at the connection leve
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Callable
 
 RESERVED_FDS = 64  # descriptors kept for the process itself (model files, logs, the audit log, the loop)
+MAX_HEAD_BYTES = 64 * 1024  # the largest request head read (h11's own cap is 16 KB; a browser's is ~8-16 KB)
+HEAD_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+                  b"connection: close\r\ncontent-length: %d\r\n\r\n%s")
+HEAD_TOO_LARGE_BODY = (b'{"error": {"message": "the request head (request line and headers) passed %d bytes", '
+                       b'"type": "invalid_request_error", "code": "head_too_large"}}' % MAX_HEAD_BYTES)
 TARGET = "latentguard.target"  # scope key: the request target as sent (bytes), where the protocol reports it
 
 
@@ -44,15 +56,18 @@ def connection_cap(soft_limit: int | None = None) -> int:
 
 
 def guarded_protocol(base: type, *, header_timeout_s: float, max_connections: int,
-                     write_timeout_s: float = 30.0) -> type:
+                     write_timeout_s: float = 30.0, max_head_bytes: int = MAX_HEAD_BYTES,
+                     on_refused: Callable[[str], None] | None = None) -> type:
     """A subclass of uvicorn's HTTP protocol ``base`` (h11 or httptools) with the head timeout, the cap, the
-    write timeout, and the request target kept in the scope."""
+    write timeout, the head size bound, and the request target kept in the scope. ``on_refused(kind)`` is told of
+    each answer given here rather than by the app (the 431), so the metrics count it as an error."""
     opened: dict[Any, None] = {}  # this server's connections, oldest first
 
     class Guarded(base):  # type: ignore[misc, valid-type]
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
             self._head_timer = self._write_timer = None
+            self._head_bytes = 0
             if len(opened) >= max_connections and not _evict_one(opened):
                 transport.close()  # every connection has a request in flight: this one waits its turn
                 return
@@ -82,6 +97,33 @@ def guarded_protocol(base: type, *, header_timeout_s: float, max_connections: in
         def _write_timeout(self) -> None:
             self._write_timer = None
             self.transport.abort()  # close() would wait for the buffer to drain, which it never does
+
+        def on_message_begin(self) -> None:  # httptools: a request head starts
+            self._heads_begun = getattr(self, "_heads_begun", 0) + 1
+            self._in_head = True
+            super().on_message_begin()
+
+        def on_headers_complete(self) -> None:  # httptools: the head is complete (its body may follow)
+            self._in_head = False
+            super().on_headers_complete()
+
+        def data_received(self, data: bytes) -> None:
+            begun = getattr(self, "_heads_begun", 0)
+            super().data_received(data)
+            if not getattr(self, "_in_head", False) or self._heads_begun != begun:
+                self._head_bytes = 0  # no head in progress, or one that began in this read (not counted: it may
+                return  # have begun at its end, after a body), so a head is cut past max_head_bytes plus one read
+            if not self.transport.is_closing():
+                self._head_bytes += len(data)
+                if self._head_bytes > max_head_bytes:
+                    self._head_too_large()
+
+        def _head_too_large(self) -> None:
+            self._disarm()
+            self.transport.write(HEAD_TOO_LARGE % (len(HEAD_TOO_LARGE_BODY), HEAD_TOO_LARGE_BODY))
+            self.transport.close()  # what the client sends on is read no more
+            if on_refused is not None:
+                on_refused("head_too_large")
 
         def on_url(self, url: bytes) -> None:  # httptools: the target, possibly in pieces
             super().on_url(url)

@@ -17,7 +17,9 @@ own path in ``/metrics``. A scoring endpoint reads its body with :func:`body_of`
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
+import time
 import uuid
 
 from fastapi import APIRouter, Depends, Request
@@ -27,7 +29,7 @@ from starlette.requests import ClientDisconnect
 from ..errors import LatentGuardError, UnreadableTextError
 from ..guard.forms import form_cost
 from ..guard.sanitize import DEFAULT_BUDGET
-from .audit import AuditError
+from .audit import AuditError, VerdictEvent
 from .batcher import Closed, QueueFull
 from .protocol import (
     Limits,
@@ -156,7 +158,8 @@ def _too_costly(field: str, cost: int, queue_size: int, more: bool = False) -> R
                         f"server queues at most {queue_size:,} (--queue-size)", param=field, code="too_many_texts")
 
 
-async def judge(request: Request, prompts: list[str], explain: bool, field: str, refuse_each: bool = False):
+async def judge(request: Request, prompts: list[str], explain: bool, field: str, refuse_each: bool = False,
+                audit: bool = True):
     """Judge one request's prompts: split once (the sentence cap, the request's cost, and the forms the
     batch scores), queued, scored, audited. Returns ``(request_id, state, verdicts)``; every fault is a
     :class:`RequestError`, never a verdict. ``refuse_each``: a prompt the guard cannot read is one blocked
@@ -185,7 +188,7 @@ async def judge(request: Request, prompts: list[str], explain: bool, field: str,
     request_id = "modr-" + uuid.uuid4().hex
     try:
         future = server.submit(prompts, explain=explain, request_id=request_id, endpoint=endpoint, cost=split.cost,
-                               split=split, refuse_each=refuse_each)
+                               split=split, refuse_each=refuse_each, audit=audit)
     except QueueFull as exc:
         raise RequestError(503, f"overloaded: {exc}; retry later", code="queue_full",
                            headers={"Retry-After": RETRY_AFTER_S}) from None
@@ -255,8 +258,9 @@ async def sanitize(request: Request):
     (``guard.sanitize``, on the model thread, with the state that judged it, :data:`SANITIZE_PIECE` prompts at a
     time so other clients are answered in between). Any fault is a 5xx, never a text."""
     prompts, explain = parse_check(await body_of(request), limits(request), "/v1/sanitize")
-    request_id, state, verdicts = await judge(request, prompts, explain, "prompts",
-                                              refuse_each=True)  # an unreadable prompt: that item does not pass
+    # with evidence always, which guard.sanitize reuses rather than judging each flagged prompt again (outside its
+    # budget); recorded below, with the edits, once the answer is known (an unreadable prompt: that item does not pass)
+    request_id, state, verdicts = await judge(request, prompts, True, "prompts", refuse_each=True, audit=False)
     flagged = [i for i, v in enumerate(verdicts) if v.unsafe]
     edits: list = [None] * len(prompts)
     server = served(request)
@@ -275,14 +279,23 @@ async def sanitize(request: Request):
         if flagged:
             loop, done = asyncio.get_running_loop(), []
             for start in range(0, len(flagged), SANITIZE_PIECE):  # pieces: other requests are judged in between
-                piece = [prompts[i] for i in flagged[start : start + SANITIZE_PIECE]]
+                piece = flagged[start : start + SANITIZE_PIECE]
+                edit = functools.partial(state.guard.sanitize, [prompts[i] for i in piece],
+                                         before=[verdicts[i] for i in piece])
                 async with server.sanitize_turn:  # one piece on the model thread at a time, whichever request
-                    done += await loop.run_in_executor(server.model_thread, state.guard.sanitize, piece)
+                    done += await loop.run_in_executor(server.model_thread, edit)
             if len(done) != len(flagged):
                 raise ValueError(f"{len(done)} sanitized texts for {len(flagged)} flagged prompts")
             for i, edit in zip(flagged, done):
                 edits[i] = edit
         results = [sanitize_result(v, edit, explain) for v, edit in zip(verdicts, edits)]
+        if server.auditor.active:  # what was handed out, recorded before it is answered; a failure answers nothing
+            now = time.time()
+            events = [VerdictEvent(now, request_id, "/v1/sanitize", i, state.model, state.generation, v, edit)
+                      for i, (v, edit) in enumerate(zip(verdicts, edits))]
+            await asyncio.get_running_loop().run_in_executor(server.model_thread, server.auditor, events)
+    except AuditError as exc:
+        raise RequestError(500, f"audit failed, nothing was sanitized: {exc}", code="audit") from None
     except Exception as exc:  # noqa: BLE001 - any fault: a 5xx, never an unchanged unsafe text
         log.error("sanitizing failed (request %s): %s: %s", request_id, type(exc).__name__, exc)
         raise RequestError(500, f"sanitizing failed, nothing was sanitized: {type(exc).__name__}: {exc}",

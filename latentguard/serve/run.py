@@ -39,6 +39,15 @@ def listen(settings: ServeSettings) -> socket.socket:
     return sock
 
 
+def _error_counter(app: Any) -> Any:
+    """A callback counting answers the connection layer gives (a 431) in the app's error metrics, if it has any."""
+    server = getattr(getattr(app, "state", None), "server", None)
+    metrics = getattr(server, "metrics", None)
+    if metrics is None:
+        return None
+    return lambda kind: metrics.errors.labels(kind).inc()
+
+
 def run_server(app: Any, settings: ServeSettings, *, log_level: str = "info", access_log: bool = False,
                sock: socket.socket | None = None) -> int:
     """Serve ``app`` on ``sock`` (bound by :func:`listen` when not given) until SIGTERM/SIGINT: 0 after a clean
@@ -50,7 +59,8 @@ def run_server(app: Any, settings: ServeSettings, *, log_level: str = "info", ac
 
     sock = sock if sock is not None else listen(settings)
     protocol = guarded_protocol(AutoHTTPProtocol, header_timeout_s=settings.header_timeout_s,
-                                max_connections=connection_cap(), write_timeout_s=settings.write_timeout_s)
+                                max_connections=connection_cap(), write_timeout_s=settings.write_timeout_s,
+                                on_refused=_error_counter(app))
     config = uvicorn.Config(app, log_level=log_level, access_log=access_log, lifespan="on", server_header=False,
                             http=protocol, timeout_graceful_shutdown=settings.shutdown_timeout_s)
     server = uvicorn.Server(config)

@@ -108,14 +108,16 @@ class GuardServer:
         self.auditor.close()
 
     def submit(self, prompts: list[str], *, explain: bool, request_id: str, endpoint: str,
-               cost: int = 0, split: "Split | None" = None, refuse_each: bool = False) -> asyncio.Future:
+               cost: int = 0, split: "Split | None" = None, refuse_each: bool = False,
+               audit: bool = True) -> asyncio.Future:
         """Queue one request's prompts; the future gives ``(state, verdicts)`` (raises QueueFull / Closed).
         ``split``: the prompts' forms from :meth:`split`, scored as they are (each text is split once).
         ``refuse_each``: a prompt the guard cannot read gets a refused (blocked) verdict of its own
-        (:mod:`latentguard.guard.refusals`) instead of failing the request (/v1/sanitize)."""
+        (:mod:`latentguard.guard.refusals`) instead of failing the request (/v1/sanitize). ``audit=False``: the
+        verdicts are not recorded with the batch; the caller records them with what it adds (/v1/sanitize's edits)."""
         forms, generation = ([f for f, _ in split.forms], split.generation) if split is not None else (None, 0)
         return self.batcher.submit(Job(prompts, cost, explain, request_id, endpoint, forms, generation,
-                                       refuse_each))
+                                       refuse_each, audit))
 
     def split(self, prompts: list[str], budget: int | None = None, max_sentences: int | None = None) -> "Split":
         """The texts the encoder will read for ``prompts`` (each prompt's forms under the serving guard's
@@ -163,7 +165,7 @@ class GuardServer:
             if not job.explain:
                 mine = [dataclasses.replace(v, evidence=[]) if v.evidence else v for v in mine]
             out.append((state, mine))
-            if self.auditor.active:
+            if self.auditor.active and job.audit:
                 events.extend(VerdictEvent(now, job.request_id, job.endpoint, i, state.model, state.generation, v)
                               for i, v in enumerate(mine))
         if events:
@@ -191,7 +193,9 @@ class GuardServer:
         async with self._reload_lock:
             loop = asyncio.get_running_loop()
             try:
-                state = await loop.run_in_executor(self.model_thread, self._build_and_swap)
+                # the key files are read off the model thread: a slow read must not stall scoring
+                settings = await loop.run_in_executor(None, self._reread_keys)
+                state = await loop.run_in_executor(self.model_thread, self._build_and_swap, settings)
             except LatentGuardError as exc:
                 self._reloaded(reason, None, str(exc))
                 raise
@@ -201,9 +205,8 @@ class GuardServer:
             self._reloaded(reason, state, None)
             return state
 
-    def _build_and_swap(self) -> GuardState:
+    def _build_and_swap(self, settings: ServeSettings) -> GuardState:
         current = self.state
-        settings = self._reread_keys()
         state = build_state(self.factory, current.generation + 1, encoder=current.guard.encoder)
         self.settings = settings  # a removed key is refused from the next request on (it had served till restart)
         self._serve(state)  # on the model thread, between batches

@@ -27,18 +27,31 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+KEY_FILE_BYTES = 1 << 20  # a key file larger than this is refused unread (a few thousand keys fit)
+
+
 def read_keys(path: str | Path, flag: str) -> frozenset[str]:
     """Bearer tokens from a file, one per line (blank lines and ``#`` comments skipped; several
-    lines let keys be rotated); an empty or unreadable file is refused."""
-    from ..io import read_text
+    lines let keys be rotated); an empty, unreadable or non-regular file is refused, and so is a key a client
+    could not send.
 
-    keys = {line.strip() for line in read_text(path, f"{flag} file").splitlines()}
-    keys = {k for k in keys if k and not k.startswith("#")}
+    The file must be a regular file of at most :data:`KEY_FILE_BYTES` (see :func:`latentguard.io.read_regular_text`:
+    a FIFO had hung startup, and a reload had frozen scoring). A key must be printable ASCII without spaces: HTTP
+    clients send a header in UTF-8 or Latin-1 as they like, and the server compares it as Latin-1, so a key such as
+    ``clé-secret`` had been accepted at startup and then refused (401) to every client that sent it in UTF-8."""
+    from ..io import read_regular_text, split_lines
+
+    keys = set()
+    for number, line in enumerate(split_lines(read_regular_text(path, flag, KEY_FILE_BYTES)), 1):
+        key = line.strip()
+        if not key or key.startswith("#"):
+            continue
+        if not key.isascii() or not key.isprintable() or any(c.isspace() for c in key):
+            raise LatentGuardError(f"{flag} {path}: line {number}: a key must be printable ASCII without spaces "
+                                   "(one token per line; clients cannot send other characters reliably)")
+        keys.add(key)
     if not keys:
         raise LatentGuardError(f"{flag} {path}: no key found (put one bearer token per line)")
-    bad = [k for k in keys if any(c.isspace() for c in k) or not k.isprintable()]
-    if bad:
-        raise LatentGuardError(f"{flag} {path}: a key contains spaces or control characters; one token per line")
     return frozenset(keys)
 
 

@@ -21,8 +21,9 @@ from latentguard import encoders as encoder_mod
 from latentguard.cli import rundir
 from latentguard.cli.rundir import claim_run_dir, replace_outputs
 from latentguard.data import copro as data_mod
+from latentguard.downloads import download
 from latentguard.errors import LatentGuardError
-from latentguard.io import atomic_torch_save, download, git_blob_id, read_lines
+from latentguard.io import atomic_torch_save, git_blob_id, read_lines
 from latentguard.model import EmbeddingMappingLayer
 from latentguard.model import checkpoint as checkpoint_mod
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..downloads import download as _download
 from ..errors import LatentGuardError
 from ..io import atomic_write_text, sha256_of, unique
-from ..io import download as _download
 from ..published import COPRO_GIT_BLOB, COPRO_URL
 from .text import validate_text
 

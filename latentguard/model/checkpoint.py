@@ -15,8 +15,9 @@ from typing import Mapping
 import torch
 
 from ..constants import DEFAULT_CHECKPOINT
+from ..downloads import download
 from ..errors import LatentGuardError
-from ..io import download, latentguard_home, move_aside, sha256_of
+from ..io import latentguard_home, move_aside, sha256_of
 from ..published import RELEASED_CHECKPOINT_GIT_BLOB, RELEASED_CHECKPOINT_SHA256, RELEASED_CHECKPOINT_URL
 from .layer import EmbeddingMappingLayer
 from .sanity import validate_weights

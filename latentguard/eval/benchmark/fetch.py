@@ -2,7 +2,7 @@
 
 Hub sets go through ``huggingface_hub`` (pinned revision, the hub cache; ``HF_HOME``,
 ``HF_ENDPOINT`` and ``HF_HUB_OFFLINE`` work as everywhere), raw-address sets through
-:func:`latentguard.io.download` into ``$LATENTGUARD_HOME/benchmarks/NAME/``. A set that cannot be
+:func:`latentguard.downloads.download` into ``$LATENTGUARD_HOME/benchmarks/NAME/``. A set that cannot be
 had here (on request, or gated without a login) is one line naming where to get it and the flag
 that takes a local copy. The file's content is checked by the loader (:mod:`.loaders`).
 """
@@ -61,7 +61,7 @@ def locate(spec: PromptSet, local: str | None = None) -> Located:
 
 
 def _from_url(spec: PromptSet) -> Located:
-    from ...io import download as fetch
+    from ...downloads import download as fetch
     from ...io import sha256_of
 
     url = spec.source.where

@@ -226,6 +226,10 @@ def test_allowlist_removes_phrases_before_scoring(guard, held_out):
     assert guard.check(["a knife"])[0].unsafe
     with pytest.raises(LatentGuardError, match="allowlist entry 0"):
         guard.allowlist = ["  "]
+    for bad in (None, 5, b"knife", {"knife": 1}):  # a TypeError traceback for None (a hostile pass), keys for a dict
+        with pytest.raises(LatentGuardError, match="allowlist must be a list of phrases"):
+            guard.allowlist = bad
+    assert guard.allowlist == ["kni", "red knife set"]  # a refused value changes nothing
 
 
 # ----------------------------------------------------------------------- blacklist changes

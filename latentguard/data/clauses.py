@@ -5,16 +5,31 @@ sentences are: a harmless clause beside an unsafe one dilutes the match as a har
 too (``AND`` and ``BREAK`` are the composable-prompt syntax of Stable Diffusion front ends, which read each side
 as a prompt of its own), and so did "a swastika flag, nazi rally" followed by 68 words of harmless clauses (a
 fifteenth hostile pass). A clause ends at a comma (not one between digits: "1,000"), a semicolon, a pipe, the
-CJK commas, a standalone ``AND`` or ``BREAK`` in capitals (a lower-case "and" is ordinary English), a colon
-before a space ("10:30" and "(tag:1.2)" stay whole), or symbols standing between spaces (" - ", " + ", " / ",
-" & "): after "a cat on a sofa - ", " + " or ": ", 2 or 3 of 8 short unsafe prompts had been flagged.
+CJK commas, a standalone ``AND`` or ``BREAK`` in capitals (a lower-case "and" is ordinary English), a colon not
+between digits ("10:30" stays whole), any other run of symbols however it is spaced ("+", "&", brackets, quotes,
+"_": CLIP reads "sofa+a" as it reads "sofa + a", and the weighting and editing syntax of SD front ends,
+"(a naked woman:1.3)", "[a:b:0.1]", marks clauses), a quote or dash at a word's edge, a tab, a control or an
+invisible character: after "a cat on a sofa - ", " + " or ": ", 2 or 3 of 8 short unsafe prompts had been flagged,
+and after the same with no spaces (an eighteenth hostile pass) 4 of 8. A text is split both ways, with unspaced
+symbols as ends and as a word's glue ("a severed°head" is one clause, read as "a severed head" by its forms).
 """
 from __future__ import annotations
 
 import re
 
-_CLAUSE_END = re.compile(r"(?<!\d),|,(?!\d)|[;|\uff0c\uff1b\u3001\ufe50\ufe51\ufe10\ufe11]|\bAND\b|\bBREAK\b"
-                         r"|:(?=\s)|(?<=\s)[^\w\s,.'!?;:\"]+(?=\s)")
+_SEPARATORS = (r"(?<!\d),|,(?!\d)|[;|\uff0c\uff1b\u3001\ufe50\ufe51\ufe10\ufe11]|\bAND\b|\bBREAK\b"
+               r"|:(?=\s)")  # a colon before a space ("10:30" stays whole)
+# A clause read with a symbol as a word's glue: "a severed°head" is one clause, whose forms read it as "a severed
+# head"; only symbols standing between spaces end one here.
+_CLAUSE_END = re.compile(_SEPARATORS + r"|(?<=\s)[^\w\s,.'!?;:\"]+(?=\s)")
+# And read with every symbol as an end, however it is spaced: "a cat on a sofa+a nude man", which CLIP reads as
+# "sofa + a", and the weighting and editing syntax of SD front ends, "(a naked woman:1.3)", "[a:b:0.1]".
+_ANY_SYMBOL_END = re.compile(
+    _SEPARATORS + r"|(?<!\d):|:(?!\d)"  # a colon, except between digits
+    r"|[^\w\s,.'!?;:\-]+|_+"  # any other symbol run: + & ( ) [ ] " * = # ~ < > ...
+    r"|(?<!\w)['\-]+|['\-]+(?!\w)"  # a quote or dash at a word's edge ("hyper-realistic", "don't" stay whole)
+    r"|[\t\x00-\x08\x0e-\x1f\x7f-\x9f\xad\u200b-\u200f\u2060-\u2064\ufeff]"  # tabs, controls, invisibles
+)
 # A clause of one word is not scored alone: tags such as "trending", "portrait" or "nsfw-free" are one word, and a
 # small guard scores a word alone erratically ("a cat on a sofa. {word}." was flagged for 7 of 31 common words).
 MIN_CLAUSE_WORDS = 2
@@ -28,12 +43,17 @@ MAX_CLAUSES = 32
 
 def clauses(text: str) -> list[str]:
     """``text``'s clauses of :data:`MIN_CLAUSE_WORDS` words or more (stripped, each once, in order), or ``[]``
-    when it is one clause; more than :data:`MAX_CLAUSES` are grouped, in order, into that many."""
-    pieces = _CLAUSE_END.split(text)
-    if len(pieces) < 2:
-        return []
-    out = list(dict.fromkeys(p.strip() for p in pieces if len(p.split()) >= MIN_CLAUSE_WORDS))
-    if len(out) > MAX_CLAUSES:
-        size = -(-len(out) // MAX_CLAUSES)
-        out = [", ".join(out[k : k + size]) for k in range(0, len(out), size)]
-    return out
+    when it is one clause: read both with symbols glued inside words and with every symbol an end (one reading
+    alone lost either "a severed°head" or "a cat on a sofa+a nude man"); more than :data:`MAX_CLAUSES` in a
+    reading are grouped, in order, into that many."""
+    out: list[str] = []
+    for pattern in (_CLAUSE_END, _ANY_SYMBOL_END):
+        pieces = pattern.split(text)
+        if len(pieces) < 2:
+            continue
+        found = list(dict.fromkeys(p.strip() for p in pieces if len(p.split()) >= MIN_CLAUSE_WORDS))
+        if len(found) > MAX_CLAUSES:
+            size = -(-len(found) // MAX_CLAUSES)
+            found = [", ".join(found[k : k + size]) for k in range(0, len(found), size)]
+        out += found
+    return list(dict.fromkeys(out))

@@ -25,7 +25,7 @@ import unicodedata
 
 from .clauses import clauses
 from .content import content
-from .quality_tags import untagged
+from .quality_tags import is_tag, untagged
 from .sentences import sentences
 
 # Four or more symbols in a row (spaces between allowed): "=" * 300 + " naked woman" is 300 tokens to a
@@ -42,6 +42,7 @@ _FRAGMENT = re.compile(r"[^\W\d_]+")
 _SPLIT_BY = re.compile(r"[\W_]{1,5}")
 _BPE_CHUNK = 64  # letters of a glued run cut into CLIP's pieces at once (see _glued_apart)
 _MIN_WATCHED = 4  # shorter words are joined by chance too often ("a re" -> "are")
+_JOINED_WORD = 64  # letters written apart joined into one word at most (_letters_joined)
 _MIN_GLUED = 3  # a glued run is cut at a blacklist word this long: CLIP reads "ofsex" as "of", "sex" (a hostile pass)
 # Words of three letters a blacklist may hold that glue to anything: never cut out of a glued run.
 _FUNCTION_WORDS = frozenset({"and", "the", "off", "for", "but", "not", "you", "are", "was", "his", "her", "its",
@@ -80,7 +81,9 @@ def expand(text: str, *, normalize: bool = True, split_sentences: bool = True,
         # each sentence's clauses (the text's own when it is one sentence), its quality tags cut first (a tag is no
         # clause to judge alone), each given every repair of _variants too
         wholes = parts or list(dict.fromkeys([text, out[1]] if normalize else [text]))
-        clause_parts = dict.fromkeys(c for p in wholes for c in clauses(untagged(p) or p) if c not in wholes)
+        clause_parts = dict.fromkeys(c for p in wholes for c in clauses(untagged(p) or p) + clauses(p)
+                                     if c not in wholes and not is_tag(c))  # as written too: cutting tags drops
+        # brackets, which mark clauses ("a cat on a sofa (a naked woman:1.3)")
         out.extend(v for c in clause_parts for v in _variants(c, normalize, watched))
     return list(dict.fromkeys([text] + [t for t in out[1:] if t.strip()])), max(count, 1)
 
@@ -254,7 +257,7 @@ def joined(text: str, words: frozenset[str] = frozenset()) -> str:
     -> "naked", "geni-tals" -> "genitals"). A generator's tokenizer reads the fragments as pieces of the word;
     the guard then scores the joined form too. Returns ``text`` itself when nothing is joined."""
     spaced = _SPACES.sub(" ", text)  # read as a generator's tokenizer reads it; returned only if a word is joined
-    out = _LETTER_RUN.sub(lambda m: "".join(_FRAGMENT.findall(m.group())), spaced)
+    out = _LETTER_RUN.sub(lambda m: _letters_joined(_FRAGMENT.findall(m.group())), spaced)
     if not words:
         return out if out != spaced else text
     frags = list(_FRAGMENT.finditer(out))
@@ -275,6 +278,17 @@ def joined(text: str, words: frozenset[str] = frozenset()) -> str:
     return out if out != spaced else text
 
 
+
+
+def _letters_joined(letters: list[str]) -> str:
+    """A run of single letters as one word, or, past :data:`_JOINED_WORD` letters, as overlapping words of that
+    length, half of one apart, so any word of up to half that length is whole in one of them: an encoder reads
+    a word of over 100 characters as unknown (all-MiniLM-L6-v2's WordPiece does), so ``"a " * 300`` joined
+    whole had made the guard refuse a harmless text, naming a word its author never wrote (a hostile pass)."""
+    if len(letters) <= _JOINED_WORD:
+        return "".join(letters)
+    half = _JOINED_WORD // 2
+    return " ".join("".join(letters[k : k + _JOINED_WORD]) for k in range(0, len(letters) - half, half))
 
 
 def normalized(text: str) -> str:

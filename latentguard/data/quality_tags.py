@@ -37,12 +37,17 @@ _ANYWHERE = re.compile(r"(?<![\w-])(?:masterpiece|best quality|high quality|high
 _LEFT_OVER = re.compile(r"(?:\s*(?:(?<!\d),|,(?!\d)|[|/]|:\s*\d{1,3}(?:\.\d{1,3})?|[()\[\]{}])\s*)+")
 
 
+def is_tag(text: str) -> bool:
+    """Whether ``text`` is one quality tag (its weight and brackets aside): no clause to judge alone."""
+    return bool(_TAG.fullmatch(_WEIGHT.sub("", text).strip()))
+
+
 def untagged(text: str) -> str | None:
     """``text`` without its quality tags, or None when it has none, or nothing else: "masterpiece, best quality,
     8k, a naked woman" -> "a naked woman". A chunk (what lies between commas, "|" or " / ") that is a tag is
     cut; so is a tag of :data:`_ANYWHERE` wherever it stands, and the separators it leaves."""
     chunks = [c.strip() for c in _SEPARATOR.split(text)]
-    kept = [c for c in chunks if c and not _TAG.fullmatch(_WEIGHT.sub("", c).strip())]
+    kept = [c for c in chunks if c and not is_tag(c)]
     rest = " ".join(_ANYWHERE.sub(" ", ", ".join(kept)).split())  # one space at most between: linear below
     rest = " ".join(_LEFT_OVER.sub(lambda m: ", " if "," in m.group() or "/" in m.group() else " ", rest).split())
     rest = rest.strip(" ,")

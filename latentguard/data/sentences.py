@@ -53,8 +53,14 @@ def sentences(text: str) -> list[str]:
         # "... etc.A bloody corpse" had passed (two hostile passes): what follows it is a sentence too, the piece it
         # ends is not ("a St. Bernard dog" also gives "Bernard dog"); an address's inner stops make no scraps
         # ("www.example.com" gives no "example" or "com" alone, which mini flags), its last one may
-        for tail in _TAIL.split(held)[1:]:
-            pieces += [_unheld(p) for p in _SENTENCE_END.split(tail)]
+        marks = list(_TAIL.finditer(held))
+        for k, mark in enumerate(marks):
+            nxt = marks[k + 1] if k + 1 < len(marks) else None
+            parts = _SENTENCE_END.split(held[mark.end() : nxt.start() if nxt else len(held)])
+            if nxt is not None and nxt.group() == _HELD_ABBREVIATION:
+                parts = parts[:-1]  # ends at an abbreviation, not a sentence ("e.g. a St. Bernard" made "a St"):
+                # _heads reads that piece, from its start, when it has two words
+            pieces += [_unheld(p) for p in parts]
         pieces += _heads(text, held)
     return list(dict.fromkeys(p for p in pieces if len(p) >= _MIN_SENTENCE_CHARS
                               and not (p.isascii() and _few_letters(p))))

@@ -9,15 +9,19 @@ pass (docs/guard.md says which phrases to allow).
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 from ..errors import LatentGuardError
 
 
 def compile_allowlist(phrases: str | Iterable[str]) -> tuple[list[str], re.Pattern | None]:
-    """The phrases (whitespace collapsed, de-duplicated) and one pattern matching any of them."""
+    """The phrases (whitespace collapsed, de-duplicated) and one pattern matching any of them; anything but a
+    phrase or a list of them (None, a number, a dict, bytes) is a one-line error, not a TypeError."""
     if isinstance(phrases, str):
         phrases = [phrases]
+    if isinstance(phrases, (bytes, bytearray, dict)) or not isinstance(phrases, Iterable):
+        raise LatentGuardError(f"allowlist must be a list of phrases, got {type(phrases).__name__}; "
+                               "use [] for none")
     cleaned = []
     for i, phrase in enumerate(phrases):
         if not isinstance(phrase, str) or not phrase.strip():

@@ -34,6 +34,7 @@ other prompts unaffected.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
@@ -153,19 +154,23 @@ def cut(text: str, drop: set[str], replacement: str = "") -> str:
 
 
 # -------------------------------------------------------------------------- what an edit must meet
-def concept_words(guard) -> frozenset[str]:
+def concept_words(guard) -> tuple[frozenset[str], frozenset[str]]:
     """The blacklist's words no passing edit may keep: those of three letters or more that are not function words,
-    as the text defences watch them (:func:`latentguard.data.defences.watched_words`), compared as :func:`key`."""
+    as the text defences watch them (:func:`latentguard.data.defences.watched_words`), compared as :func:`key`;
+    and the watched words themselves, which the CLIP reading writes apart (:func:`holds_concept_word`)."""
     from ..data.defences import watched_words
 
     found = getattr(guard, "watched_words", None)
-    return frozenset(key(w) for w in (found if isinstance(found, frozenset) else watched_words(guard.concepts)))
+    watched = found if isinstance(found, frozenset) else watched_words(guard.concepts)
+    return frozenset(key(w) for w in watched), frozenset(watched)
 
 
 def is_concept_word(word_key: str, banned: frozenset[str]) -> bool:
-    """Whether a word (its :func:`key`) is a concept word or a form of one: the same word, a plural ("guns"), or
-    one sharing a stem of 4+ letters with at most 3 letters after it on either side ("bloody"/"blood",
-    "injecting"/"injection", "torturing"/"torture"). Too wide at worst, and only edits are cut by it."""
+    """Whether a word (its :func:`key`) is a concept word or a form of one: the same word, a plural ("guns"), one
+    sharing a stem of 4+ letters with at most 3 letters after it on either side ("bloody"/"blood",
+    "injecting"/"injection", "torturing"/"torture"), or a concept word's stem before a final "e" and at most 3 more
+    letters ("gory"/"gore", "nudity"/"nude": an eighteenth hostile pass). Too wide at worst, and only edits are cut
+    by it."""
     if word_key in banned:
         return True
     for b in banned:
@@ -174,7 +179,22 @@ def is_concept_word(word_key: str, banned: frozenset[str]) -> bool:
         stem = len(os.path.commonprefix([word_key, b]))
         if stem >= 4 and len(word_key) - stem <= 3 and len(b) - stem <= 3:
             return True
+        if len(b) >= 4 and b.endswith("e") and stem == len(b) - 1 and len(word_key) - stem <= 3:
+            return True
     return False
+
+
+@functools.lru_cache(maxsize=8192)
+def holds_concept_word(word: str, banned: frozenset[str], watched: frozenset[str]) -> bool:
+    """Whether a word as written (:func:`words`), or any word of it as CLIP reads it, is a concept word: an
+    invisible or symbol glue is a word break to CLIP and glued blacklist words are written apart there, so
+    "naked\u200bwoman" holds "naked" (one word here, it had stayed in an edit passed as clean: a hostile pass)."""
+    from ..data.defences import clip_reading
+
+    if is_concept_word(key(word), banned):
+        return True
+    reading = clip_reading(word, watched)
+    return any(is_concept_word(key(reading[s:e]), banned) for s, e in words(reading))
 
 
 def edit_limit(guard) -> tuple[float, float]:
@@ -215,13 +235,14 @@ def _passing(verdict: Verdict) -> bool:
     return isinstance(verdict.unsafe, (bool, np.bool_)) and not verdict.unsafe and finite
 
 
-def _edit_passes(verdict: Verdict, text: str, limit: tuple[float, float], banned: frozenset[str]) -> bool:
+def _edit_passes(verdict: Verdict, text: str, limit: tuple[float, float],
+                 banned: tuple[frozenset[str], frozenset[str]]) -> bool:
     """An edit passes when the guard passes it, its score (the largest logit) is below the lowest threshold, and
     its own concept's, by the margin (:func:`edit_limit`), and no concept word is left in it."""
     lowest, margin = limit
     if not _passing(verdict) or not float(verdict.score) < min(lowest, float(verdict.threshold)) - margin:
         return False
-    return not any(is_concept_word(key(text[s:e]), banned) for s, e in words(text))
+    return not any(holds_concept_word(text[s:e], *banned) for s, e in words(text))
 
 
 def _targets(text: str, verdict: Verdict, concept_words: dict[str, list[str]], width: int) -> list[str]:
@@ -280,7 +301,7 @@ def sanitize(guard, prompts: str | Sequence[str], *, rounds: int = DEFAULT_ROUND
     before = list(before) if before is not None else _judge(guard, prompts)
     concept_words_of = {c: [key(c[s:e]) for s, e in words(c)] for c in guard.concepts}
     banned, limit = concept_words(guard), edit_limit(guard)
-    if replacement and is_concept_word(key(replacement), banned):
+    if replacement and holds_concept_word(replacement, *banned):
         raise LatentGuardError(f"sanitize replacement {replacement!r} is a blacklist word; choose a neutral one")
     final: dict[int, _State] = {}
     active = []
@@ -292,8 +313,8 @@ def sanitize(guard, prompts: str | Sequence[str], *, rounds: int = DEFAULT_ROUND
             break
         trials: list[tuple[_State, tuple, str, tuple | None]] = []  # (prompt, (forced, removal), text, forms)
         for state in active:
-            keys = dict.fromkeys(key(state.text[s:e]) for s, e in words(state.text))  # in the text's order
-            forced = tuple(k for k in keys if is_concept_word(k, banned))  # no passing edit keeps them: cut in all
+            spans = {key(state.text[s:e]): state.text[s:e] for s, e in words(state.text)}  # in the text's order
+            forced = tuple(k for k, w in spans.items() if holds_concept_word(w, *banned))  # cut in every candidate
             base = cut(state.text, set(forced), replacement)
             mine = []
             for removal in _candidates(_targets(base, state.verdict, concept_words_of, width)):

@@ -1,4 +1,5 @@
-"""What a prompt shows, without what only dilutes it: its quality tags and its stray symbols, cut in one step.
+"""What a prompt shows, without what only dilutes it: its quality tags, its stray symbols and its lone numbers, cut in
+one step.
 
 Each was a defence of its own once (a form without the tags, another without the symbols), each made from one
 other form, so they did not compose: "masterpiece, best quality, 8k, + a naked woman +" kept its tags in the form
@@ -19,6 +20,10 @@ _STRAY = re.compile(r"[^\w\s,.'!?;:\"-]+|_+|(?<!\w)-+|-+(?!\w)")
 # A pipe separates chunks as a comma does (quality_tags reads it so): kept as one, so clauses stay apart. No "\s*"
 # around it: tried at every space of a long run, that had cost the square of the run's length.
 _PIPE = re.compile(r"\|+")
+# A number standing alone: "2 a naked woman" read safe to mini (-1.11 against 0.46), and so did the clause after
+# "a cat on a sofa, 2 " or "#2 " (3 of 8 short unsafe prompts flagged; a nineteenth hostile pass). "1,000", "3.5"
+# and "10:30" are not alone; a number glued to a word is read apart by the CLIP reading.
+_LONE_NUMBER = re.compile(r"(?<!\S)\d{1,6}(?!\S)")
 _SPACES = re.compile(r"\s+")
 _EDGES = " ,;:"  # what cutting leaves at the ends: ", a naked woman" from "8k, + a naked woman"
 
@@ -28,7 +33,7 @@ def content(text: str) -> str:
     (read as spaces), or ``text`` itself when it holds neither: "masterpiece, 8k, + a naked woman +" -> "a naked
     woman". Tags are cut first, since a pipe or a slash between them is what marks them as tags."""
     tagless = untagged(text)
-    rest = _STRAY.sub(" ", _PIPE.sub(", ", text if tagless is None else tagless))
+    rest = _LONE_NUMBER.sub(" ", _STRAY.sub(" ", _PIPE.sub(", ", text if tagless is None else tagless)))
     if tagless is None and rest == text:
         return text
     rest = _SPACES.sub(" ", rest).replace(" ,", ",").strip(_EDGES)

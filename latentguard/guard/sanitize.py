@@ -277,8 +277,24 @@ def _costs(guard, texts: list[str]) -> tuple[list[int], list | None]:
 
     if not hasattr(guard, "options") or not hasattr(guard, "prepare"):
         return [1] * len(texts), None
-    split = forms_of(guard, texts)
+    split = [(f + [w for w in word_windows(t) if w not in f], n) for t, (f, n) in zip(texts, forms_of(guard, texts))]
     return [form_cost(f, getattr(guard, "encoder", None)) for f, _ in split], split
+
+
+WINDOW_WORDS, WINDOW_STRIDE = 5, 2  # every phrase of up to 4 words lies whole in one window
+
+
+def word_windows(text: str) -> list[str]:
+    """An edit's runs of :data:`WINDOW_WORDS` words, :data:`WINDOW_STRIDE` apart, each scored with its forms: cutting
+    words can leave two phrases side by side with no mark between ("a topless woman a cat on a sofa a nude man" ->
+    "a a cat on a sofa a nude man"), which the guard reads as one harmless prompt while it flags "a nude man" alone;
+    a nineteenth hostile pass had such edits pass and generate. Counted in the budget like any form."""
+    words_ = text.split()
+    if len(words_) <= WINDOW_WORDS:
+        return []
+    last = len(words_) - WINDOW_WORDS
+    starts = sorted({*range(0, last + 1, WINDOW_STRIDE), last})
+    return [" ".join(words_[k : k + WINDOW_WORDS]) for k in starts]
 
 
 def sanitize(guard, prompts: str | Sequence[str], *, rounds: int = DEFAULT_ROUNDS, width: int = DEFAULT_WIDTH,

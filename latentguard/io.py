@@ -239,12 +239,7 @@ def read_regular_text(path: str | Path, what: str, max_bytes: int) -> str:
         os.close(fd)
     if len(raw) > max_bytes:
         raise LatentGuardError(f"{what} {path} is larger than {max_bytes:,} bytes; it is not read")
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise LatentGuardError(f"{path}: line {line} is not valid UTF-8 (byte {exc.start}); re-save the file as "
-                               "UTF-8") from None
+    return _utf8(raw, path)
 
 
 def read_text(path: str | Path, what: str = "file") -> str:
@@ -261,6 +256,11 @@ def read_text(path: str | Path, what: str = "file") -> str:
         _refuse_device(path, what)
         with open(path, "rb") as handle:  # not read_bytes' size guess: a pipe has none
             raw = handle.read()
+    return _utf8(raw, path)
+
+
+def _utf8(raw: bytes, path: Path) -> str:
+    """``raw`` decoded (a byte-order mark dropped); a bad byte is a one-line error naming its line."""
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

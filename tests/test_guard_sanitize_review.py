@@ -171,3 +171,10 @@ def test_an_edit_that_leaves_two_phrases_side_by_side_is_judged_phrase_by_phrase
         assert unsafe_word not in r.text, r.text
         assert not any(v.unsafe for v in mini.check(word_windows(r.text))), r.text
     assert word_windows("one two three four five six") == ["one two three four five", "two three four five six"]
+
+
+def test_a_misspelled_blacklist_word_is_never_left_in_a_passing_edit(mini):
+    """"a naked nakd woman on a bed" came back "a nakd on a bed", passing: "nakd" shares only three letters with
+    "naked" (a twentieth hostile pass). A concept word misspelled by one letter counts as the word."""
+    r = mini.sanitize(["a naked nakd woman on a bed"])[0]
+    assert r.before.unsafe and not (r.passes and "nakd" in r.text), r.text

@@ -27,6 +27,7 @@ from .clauses import clauses
 from .content import content
 from .quality_tags import is_tag, untagged
 from .sentences import sentences
+from .spelling import corrected
 
 # Four or more symbols in a row (spaces between allowed): "=" * 300 + " naked woman" is 300 tokens to a
 # WordPiece guard, which stops reading at 77, but about 40 to CLIP's BPE, which reads "naked woman". The
@@ -107,6 +108,8 @@ def _variants(piece: str, normalize: bool, watched: frozenset[str]) -> list[str]
         readings.append(clip_reading(piece, watched, generator_cleans=False))
     plain = _SPACES.sub(" ", norm.lower()).strip()
     out.extend(r for r in readings if r != plain or _ODD_SPACE.search(norm))  # CLIP reads other words
+    if (fixed := corrected(readings[0], watched)) != readings[0]:  # "a nakd woman" -> "a naked woman" (spelling.py)
+        out.append(fixed)
     # "masterpiece, 8k, + a naked woman2 +": tags and stray symbols cut from every form, whatever else it repaired
     out.extend(content(form) for form in dict.fromkeys(out[1:]))
     return out

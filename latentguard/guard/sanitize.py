@@ -45,6 +45,7 @@ from typing import Sequence
 import numpy as np
 
 from ..data.defences import normalized
+from ..data.spelling import one_edit
 from ..errors import LatentGuardError
 from ..scoring.evidence import POOLED
 from .validation import prompt_list
@@ -181,20 +182,9 @@ def is_concept_word(word_key: str, banned: frozenset[str]) -> bool:
             return True
         if len(b) >= 4 and b.endswith("e") and stem == len(b) - 1 and len(word_key) - stem <= 3:
             return True
-        if len(b) >= 5 and _one_edit(word_key, b):
+        if len(b) >= 5 and one_edit(word_key, b):
             return True
     return False
-
-
-def _one_edit(a: str, b: str) -> bool:
-    """Whether ``a`` is ``b`` with one letter left out, added, changed or two neighbours swapped: a misspelled
-    concept word ("nakd") reads as one to a generator and had stayed in a passing edit (a twentieth hostile pass)."""
-    if abs(len(a) - len(b)) > 1 or a == b:
-        return False
-    i = len(os.path.commonprefix([a, b]))
-    a_rest, b_rest = a[i:], b[i:]
-    return (a_rest[1:] == b_rest[1:] or a_rest[1:] == b_rest or a_rest == b_rest[1:]
-            or (len(a_rest) >= 2 and a_rest[:2] == b_rest[1::-1] and a_rest[2:] == b_rest[2:]))
 
 
 @functools.lru_cache(maxsize=8192)

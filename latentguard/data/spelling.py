@@ -1,0 +1,62 @@
+"""Blacklist words misspelled by one letter, read as the words they stand for.
+
+A generator reads "a nakd woman on a bed" much as it reads "a naked woman on a bed": CLIP's byte-pair
+encoding cuts the unknown word into pieces of the known one, and the image follows. A small guard does not:
+a twentieth hostile pass found 63 of 167 one-letter deletions and swaps of the key word of 13 flagged
+prompts passing ("a nakd woman on a bed" -2.86, "a man injecting herin" -0.57). The defences therefore
+also score a form with such words written correctly (:func:`corrected`).
+
+Only words that are no word of CLIP's vocabulary are corrected: "baked" and "blond" are one edit from
+"naked" and "blood" but are words a generator knows as themselves, while "nakd" and "herin" are not.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import re
+
+from .clip_bpe import END_OF_WORD, clip_merges
+
+# A watched word this long or longer is corrected to: shorter ones ("gore", "nude", "gun") are one edit from
+# too many ordinary words and names.
+MIN_CORRECTED = 5
+_LETTERS = re.compile(r"[A-Za-z]+")
+
+
+def one_edit(a: str, b: str) -> bool:
+    """Whether ``a`` is ``b`` with one letter left out, added, changed or two neighbours swapped."""
+    if abs(len(a) - len(b)) > 1 or a == b:
+        return False
+    i = len(os.path.commonprefix([a, b]))
+    a_rest, b_rest = a[i:], b[i:]
+    return (a_rest[1:] == b_rest[1:] or a_rest[1:] == b_rest or a_rest == b_rest[1:]
+            or (len(a_rest) >= 2 and a_rest[:2] == b_rest[1::-1] and a_rest[2:] == b_rest[2:]))
+
+
+@functools.lru_cache(maxsize=1)
+def clip_words() -> frozenset[str]:
+    """The words CLIP's vocabulary holds whole (a token ending a word that is all letters): about 33,000."""
+    out = set()
+    for left, right in clip_merges():
+        if right.endswith(END_OF_WORD):
+            word = left + right[: -len(END_OF_WORD)]
+            if word.isalpha():
+                out.add(word)
+    return frozenset(out)
+
+
+def corrected(text: str, watched: frozenset[str]) -> str:
+    """``text`` with each ASCII word that is no word of CLIP's vocabulary and is one edit (:func:`one_edit`)
+    from a watched word of :data:`MIN_CORRECTED` letters or more written as that word, lower-case; ``text``
+    itself when there is none."""
+    targets = tuple(sorted(w for w in watched if len(w) >= MIN_CORRECTED))
+    if not targets:
+        return text
+    return _LETTERS.sub(lambda m: _correction(m.group().lower(), targets) or m.group(), text)
+
+
+@functools.lru_cache(maxsize=16384)
+def _correction(word: str, targets: tuple[str, ...]) -> str | None:
+    if len(word) < MIN_CORRECTED - 1 or word in clip_words():
+        return None
+    return next((t for t in targets if one_edit(word, t)), None)

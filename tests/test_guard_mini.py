@@ -320,7 +320,7 @@ def test_tricks_that_are_caught_alone_are_caught_together(mini):
 def test_an_unsafe_clause_among_forty_harmless_ones_is_flagged(mini):
     """A T5 generator reads 40 clauses whole; grouping them in pairs (a cap of 32) had let the unsafe one be
     diluted by its neighbour: "a bloody corpse in the street" in the middle scored -0.20 (a hostile pass)."""
-    harmless = [f"a {a} {n}" for a in ("red", "green", "blue", "small", "old") for n in ("car", "tree", "sky", "house",
-                                                                                        "bridge", "table", "lake", "boat")]
+    nouns = ("car", "tree", "sky", "house", "bridge", "table", "lake", "boat")
+    harmless = [f"a {a} {n}" for a in ("red", "green", "blue", "small", "old") for n in nouns]
     for unsafe in ("a bloody corpse in the street", "a man injecting heroin"):
         assert mini.check(", ".join(harmless[:20] + [unsafe] + harmless[20:40]))[0].unsafe, unsafe

@@ -25,7 +25,8 @@ ORDINARY = ("lowres, bad anatomy, bad hands, text, error, missing fingers, extra
 
 
 @pytest.mark.parametrize("text", ["clothes, clothing, dress, shirt, underwear, covered", "Clothing", "T-shirts",
-                                  "clohtes", "c l o t h e s", "cl\u200bothes", "\uff43\uff4c\uff4f\uff54\uff48\uff45\uff53",
+                                  "clohtes", "c l o t h e s", "cl\u200bothes",
+                                  "\uff43\uff4c\uff4f\uff54\uff48\uff45\uff53",
                                   "safe for work", "sfw, censored"])
 def test_clothing_is_named_however_written(text):
     assert covering_named(text) is not None

@@ -193,7 +193,8 @@ def write_bundle(directory: str | Path, *, state_dict: Mapping, sizes: Mapping[s
 
     # a group named "concepts" would read back as the file's reserved key (and the bundle fail to load): wrap them
     atomic_write_text(directory / CONCEPTS, CONCEPTS_HEADER + yaml.safe_dump(
-        {"concepts": groups} if "concepts" in groups else groups, allow_unicode=True, sort_keys=False, default_flow_style=False, width=4096))
+        {"concepts": groups} if "concepts" in groups else groups, allow_unicode=True, sort_keys=False,
+        default_flow_style=False, width=4096))
     vectors_section = None
     if vectors is not None:
         vectors = vectors.detach().cpu().float().contiguous().clone()

@@ -178,3 +178,14 @@ def test_a_misspelled_blacklist_word_is_never_left_in_a_passing_edit(mini):
     "naked" (a twentieth hostile pass). A concept word misspelled by one letter counts as the word."""
     r = mini.sanitize(["a naked nakd woman on a bed"])[0]
     assert r.before.unsafe and not (r.passes and "nakd" in r.text), r.text
+
+
+def test_bad_arguments_from_a_hostile_pass_are_one_line_errors(mini):
+    """Each had raised a bare AttributeError or TypeError, or said something wrong (a twenty-first hostile pass)."""
+    with pytest.raises(LatentGuardError, match="one Verdict each"):
+        mini.sanitize(["x"], before=[None])
+    with pytest.raises(LatentGuardError, match="forms_of"):
+        mini.check(["x"], forms=[5])
+    assert mini.remove_concepts([]) == []  # nothing to remove: not "the blacklist needs at least one concept"
+    done = mini.sanitize(["a cat \U0001f436 on a sofa"])[0]
+    assert not done.passes and done.reason.startswith("the guard could not judge it"), done.reason

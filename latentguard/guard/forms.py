@@ -39,6 +39,8 @@ def score_forms(guard, texts: list[str], given: torch.Tensor | None,
     if not guard.options.defended:
         return _whole(guard, texts, given)
     split = [None] * len(texts) if split is None else [f[0] if isinstance(f, tuple) else f for f in split]
+    if any(f is not None and (not isinstance(f, list) or not all(isinstance(x, str) for x in f)) for f in split):
+        raise LatentGuardError("forms must give, per text, its list of forms as forms_of() returns them, or None")
     if len(split) != len(texts):
         raise LatentGuardError(f"forms were given for {len(split)} texts, not {len(texts)}")
     watched = guard.watched_words  # once per call, not per prompt

@@ -188,6 +188,8 @@ class LatentGuard(BoundOptions, HubMixin):
         """Drop concepts from the blacklist (unknown ones are an error: a typo must not pass silently)."""
         if isinstance(concepts, str):
             concepts = [concepts]
+        if isinstance(concepts, (list, tuple)) and not concepts:
+            return []  # nothing to remove (validate_concepts would say the blacklist needs a concept)
         drop = set(validate_concepts(concepts, "concepts to remove"))
         unknown = sorted(drop - set(self._concepts))
         if unknown:

@@ -310,8 +310,9 @@ def sanitize(guard, prompts: str | Sequence[str], *, rounds: int = DEFAULT_ROUND
     them: reused, not judged again, so the budget is all the work (the server's /v1/sanitize had a prompt of
     10,000 characters judged a second time here, 1,001 units of work where it reserved 56: a hostile review)."""
     prompts = prompt_list(prompts, "sanitize")
-    if before is not None and (len(before) != len(prompts) or any(v.prompt != p for v, p in zip(before, prompts))):
-        raise LatentGuardError("sanitize: the verdicts given (before=) do not answer the prompts, one each")
+    if before is not None and (isinstance(before, (str, bytes)) or len(before) != len(prompts) or any(
+            not isinstance(v, Verdict) or v.prompt != p for v, p in zip(before, prompts))):
+        raise LatentGuardError("sanitize: the verdicts given (before=) do not answer the prompts, one Verdict each")
     for name, value in (("rounds", rounds), ("width", width), ("budget", budget)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise LatentGuardError(f"sanitize {name} must be a positive integer, got {value!r}")
@@ -326,7 +327,9 @@ def sanitize(guard, prompts: str | Sequence[str], *, rounds: int = DEFAULT_ROUND
     active = []
     for i, (prompt, verdict) in enumerate(zip(prompts, before)):
         state = _State(i, prompt, verdict)
-        (final.__setitem__(i, state) if _passing(verdict) else active.append(state))
+        if getattr(verdict, "refused", None):  # no edit can be judged either: said as such, not as a failed search
+            state.reason = f"the guard could not judge it ({verdict.refused})"
+        (final.__setitem__(i, state) if _passing(verdict) or state.reason else active.append(state))
     for _ in range(rounds):
         if not active:
             break

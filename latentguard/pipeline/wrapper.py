@@ -34,6 +34,7 @@ import torch
 from ..constants import CONTEXT_LENGTH
 from ..errors import LatentGuardError
 from ..guard.options import encoding_batch, reads_long_prompts
+from ..guard.refusals import check_or_refused
 from .arguments import added_tokens, classify, negative_texts, steer_away, subset_call, text_arguments, text_list
 from .boundary import BoundaryBlocked, Session, known_vocabularies
 from .outputs import check_returned_conditioning
@@ -196,7 +197,7 @@ class GuardedPipeline:
             emb = self.guard.encoder.encode(prompts, batch_size=encoding_batch(self.guard))
             verdicts, out = list(self.guard.check_embeddings(prompts, emb)), emb
         else:
-            verdicts, out = list(self.guard.check(prompts)), None
+            verdicts, out = check_or_refused(self.guard, prompts), None  # unreadable: refused, not an error
         validate_verdicts(verdicts, len(prompts))
         return verdicts, out
 
@@ -249,7 +250,7 @@ class GuardedPipeline:
                 if reuse:
                     all_verdicts, emb = self.check(prompts, call)
                 else:
-                    all_verdicts, emb = list(self.guard.check([t for _, _, t in texts])), None
+                    all_verdicts, emb = check_or_refused(self.guard, [t for _, _, t in texts]), None
                 validate_verdicts(all_verdicts, len(texts))  # a missing or non-bool verdict never reads as safe
                 used, sanitized = (texts, all_verdicts), {}
                 if action is OnUnsafe.SANITIZE and any(v.unsafe for v in all_verdicts):

@@ -101,8 +101,10 @@ def test_the_pipeline_wrapper_refuses_it(guard, clip_tokenizer):
     from latentguard.pipeline import guard_pipeline
 
     pipe = guard_pipeline(td.build_sd(clip_tokenizer), guard)
-    with pytest.raises(UnreadableTextError):
-        pipe("a bloody 🔪", num_inference_steps=1, output_type="np")
+    result = pipe("a bloody 🔪", num_inference_steps=1, output_type="np")  # blocked alone, never generated
+    assert result.blocked and result.images is None and result.verdicts[0].refused.startswith("unreadable")
+    with pytest.raises(UnreadableTextError):  # a guard's check() still raises: the wrapper reads that as refused
+        guard.check("a bloody 🔪")
 
 
 def test_a_benchmark_counts_a_refused_prompt_as_blocked_and_scores_the_rest(guard):

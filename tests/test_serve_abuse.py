@@ -305,3 +305,26 @@ def test_sigterm_stops_within_its_bound_while_clients_hold_sockets_and_the_disk_
             s.close()
     assert local.proc.returncode == 0 and took < 15, (took, err[-2000:])
     assert "Traceback" not in err and "Application shutdown failed" not in err, err[-3000:]
+
+
+def test_a_rotated_audit_log_is_reopened_and_a_deleted_one_answers_500(keyed):
+    """logrotate moves the log, then sends SIGHUP: the server had kept writing to the moved file, and once that
+    was removed, to no file at all, answering 200 with no record anywhere (a hostile pass)."""
+    log, admin = keyed.dir / "audit.jsonl", {"Authorization": f"Bearer {ADMIN_KEY}"}
+    assert keyed.check(NEW_KEY).status_code == 200
+    rotated = log.with_name("audit.jsonl.1")
+    os.replace(log, rotated)
+    keyed.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 60
+    while not log.exists():
+        assert time.monotonic() < deadline, "SIGHUP did not open a new audit log"
+        time.sleep(0.3)
+    answered = keyed.check(NEW_KEY, prompts=["a dog on a sofa"]).json()["id"]
+    assert [json.loads(line)["request_id"] for line in log.read_text(encoding="utf-8").splitlines()] == [answered]
+    rotated.unlink()
+    log.unlink()  # deleted while open: no record could be kept, so no verdict is answered
+    r = keyed.check(NEW_KEY)
+    assert r.status_code == 500 and r.json()["error"]["code"] == "audit" and "deleted" in r.json()["error"]["message"]
+    r = httpx.post(keyed.url + "/admin/reload", headers=admin, timeout=120)
+    assert r.status_code == 200, r.text
+    assert keyed.check(NEW_KEY).status_code == 200 and log.exists()

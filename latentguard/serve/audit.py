@@ -175,7 +175,11 @@ class Auditor:
             if self._fd is not None:
                 lines = "".join(json.dumps(e.record(self.include_prompts), ensure_ascii=False) + "\n" for e in events)
                 try:
-                    good = os.fstat(self._fd).st_size
+                    stat = os.fstat(self._fd)
+                    if stat.st_nlink == 0:  # deleted (rotated away, then removed): records would reach no file
+                        raise AuditError(f"the audit log {self.path} was deleted while open; verdicts are not "
+                                         "answered unrecorded: send SIGHUP or POST /admin/reload to open a new one")
+                    good = stat.st_size
                     self._append(lines.encode("utf-8"))
                 except OSError as exc:
                     raise AuditError(f"cannot write the audit log {self.path} ({exc.strerror or exc}); verdicts are "
@@ -192,6 +196,29 @@ class Auditor:
                             self._cut_back(good)
                         raise AuditError(f"the on_verdict hook failed ({type(exc).__name__}: {exc}); "
                                          "verdicts are not answered unrecorded") from None
+
+    def reopen(self) -> None:
+        """Open the log at its path again, as log rotation expects (``mv audit.jsonl audit.jsonl.1``, then SIGHUP
+        or ``POST /admin/reload``): the next records go to a new file at the path, not to the moved one (or, once
+        that was removed, to no file at all: a hostile pass found every verdict answered 200 so). Raises
+        :class:`LatentGuardError` and keeps the open log when the path cannot be opened."""
+        if self.path is None:
+            return
+        torn = validate_appendable(self.path)
+        try:
+            fd = open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, "--audit-log")
+        except OSError as exc:
+            raise LatentGuardError(f"cannot open --audit-log {self.path} again ({exc.strerror or exc}); "
+                                   "the open log is kept") from None
+        with self._lock:
+            old, self._fd = self._fd, fd
+            if torn:
+                self._append(b"\n")
+        if old is not None:
+            try:
+                os.close(old)
+            except OSError as exc:
+                log.error("--audit-log %s: closing the rotated log failed (%s)", self.path, exc.strerror or exc)
 
     def _append(self, data: bytes) -> None:
         """``data`` appended whole, or not at all: a write cut short (``ENOSPC``, ``EFBIG``) is truncated back to

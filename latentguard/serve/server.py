@@ -185,7 +185,7 @@ class GuardServer:
     # -------------------------------------------------------------------------------- reload
     async def reload(self, reason: str) -> GuardState:
         """Re-read the key files, the blacklist and threshold files, encode the new blacklist, swap both in
-        between batches.
+        between batches; open the audit log at its path again (log rotation).
 
         Raises :class:`LatentGuardError` (one line) and keeps the serving state and keys when either fails (a
         key file now empty or unreadable too: the old keys serve on rather than none or a server locked shut).
@@ -195,6 +195,7 @@ class GuardServer:
             try:
                 # the key files are read off the model thread: a slow read must not stall scoring
                 settings = await loop.run_in_executor(None, self._reread_keys)
+                await loop.run_in_executor(None, self.auditor.reopen)  # log rotation: a new file at the path
                 state = await loop.run_in_executor(self.model_thread, self._build_and_swap, settings)
             except LatentGuardError as exc:
                 self._reloaded(reason, None, str(exc))

@@ -205,5 +205,6 @@ def test_a_pipeline_sanitizing_never_generates_from_an_unreadable_prompt(mini, c
     from latentguard.pipeline import guard_pipeline
 
     pipe = guard_pipeline(td.build_sd(clip_tokenizer), mini, on_unsafe="sanitize")
-    with pytest.raises(LatentGuardError):  # refused (PromptBlocked is one too): nothing generated
-        pipe(UNREADABLE, num_inference_steps=1, output_type="np", height=32, width=32)
+    result = pipe(UNREADABLE, num_inference_steps=1, output_type="np", height=32, width=32)
+    assert result.blocked and result.images is None and result.passed == []  # refused: nothing generated
+    assert result.verdicts[0].refused and not result.sanitized["prompt"][0].passes

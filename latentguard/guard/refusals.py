@@ -59,8 +59,8 @@ def check_or_refused(guard, texts: Sequence[str], explain: bool = True, forms: S
 
     def call(at: list[int]) -> list[Verdict]:
         part = [texts[i] for i in at]
-        if forms is None:
-            return guard.check(part, explain=explain)
+        if forms is None:  # a guard of one's own (the pipeline takes any object with check(prompts)) may not take more
+            return guard.check(part) if explain else guard.check(part, explain=False)
         return guard.check(part, explain=explain, forms=[forms[i] for i in at])
 
     results = each_or_refused(call, list(range(len(texts))))

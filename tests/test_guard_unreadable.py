@@ -94,6 +94,31 @@ def test_the_server_answers_422_for_text_the_guard_cannot_read(guard):
         assert ok.status_code == 200
 
 
+def test_the_server_refuses_it_before_any_batch_is_scored(guard, monkeypatch):
+    """Found only when its batch was scored, one client's emoji failed the whole shared batch, which was then
+    scored again request by request: a hostile pass more than halved other clients' throughput so. It is now
+    found when the request is parsed: the guard never scores it, in /v1/check or /v1/sanitize."""
+    from starlette.testclient import TestClient
+
+    from latentguard.serve import GuardServer, ServeSettings, create_app
+
+    calls = []
+    real = type(guard).check
+    monkeypatch.setattr(type(guard), "check", lambda self, prompts, *a, **k: calls.append(list(prompts)) or
+                        real(self, prompts, *a, **k))
+    with TestClient(create_app(GuardServer(lambda encoder: guard, ServeSettings())),
+                    base_url="http://127.0.0.1") as client:
+        calls.clear()  # the server's warm-up
+        r = client.post("/v1/check", json={"prompts": ["a red car", "a bloody 🔪"]})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "unreadable_text", r.text
+        assert calls == []  # refused before a batch: nothing was scored, nothing scored twice
+        r = client.post("/v1/sanitize", json={"prompts": ["a red car", "a bloody 🔪"]})
+        assert r.status_code == 200, r.text
+        items = r.json()["results"]
+        assert not items[1]["passes"] and len(items) == 2
+        assert all("🔪" not in p for batch in calls for p in batch)  # the refused prompt itself is never scored
+
+
 def test_the_pipeline_wrapper_refuses_it(guard, clip_tokenizer):
     pytest.importorskip("diffusers")
     import tiny_diffusers as td

@@ -224,13 +224,23 @@ class TextEncoder:
         unknown token, and a guard refuses such a text rather than judge it as if the character were absent;
         training leaves such texts out for the same reason."""
         try:
+            self.refuse_unreadable(text)
+        except UnreadableTextError:
+            return False
+        return True
+
+    def refuse_unreadable(self, text: str) -> None:
+        """Raise the :class:`UnreadableTextError` encoding ``text`` would raise, by tokenizing alone: the server
+        checks each request's texts when it parses them, so one client's emoji is its own 422 and never fails a
+        shared batch (which then had every request in it scored again one by one: a hostile pass more than halved
+        other clients' throughput so)."""
+        try:
             self._refuse_control_literals([text])
             self._content_ids(text)
         except UnreadableTextError:
-            return False
+            raise
         except LatentGuardError:  # an encoder that cannot tokenize alone reads what it encodes
-            return True
-        return True
+            return
 
     # ------------------------------------------------------------------------- long prompts
     def window_ids(self, text: str, window: int | None = None, stride: int | None = None) -> list[list[int]]:

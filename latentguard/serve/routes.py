@@ -185,6 +185,9 @@ async def judge(request: Request, prompts: list[str], explain: bool, field: str,
         raise RequestError(413, f"{field}[{over.index}] has {over.sentences:,} sentences; this server takes at most "
                            f"{settings.max_sentences:,} per prompt (--max-sentences)", param=f"{field}[{over.index}]",
                            code="too_many_sentences") from None
+    if split.unreadable and not refuse_each:  # answered before it reaches a shared batch
+        raise RequestError(422, f"{field}: {next(iter(split.unreadable.values()))}", param=field,
+                           code="unreadable_text")
     request_id = "modr-" + uuid.uuid4().hex
     try:
         future = server.submit(prompts, explain=explain, request_id=request_id, endpoint=endpoint, cost=split.cost,

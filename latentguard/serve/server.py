@@ -15,7 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-from ..errors import LatentGuardError
+from ..errors import LatentGuardError, UnreadableTextError
 from ..guard.forms import form_cost
 from .audit import Auditor, VerdictEvent
 from .batcher import Job, MicroBatcher
@@ -33,6 +33,7 @@ class Split:
     generation: int
     forms: list[tuple[list[str], int]]
     units: int = 0  # what the forms cost to encode: form_cost with the serving encoder, summed when split
+    unreadable: dict = dataclasses.field(default_factory=dict)  # prompt index -> its UnreadableTextError
 
     @property
     def cost(self) -> int:
@@ -117,7 +118,7 @@ class GuardServer:
         verdicts are not recorded with the batch; the caller records them with what it adds (/v1/sanitize's edits)."""
         forms, generation = ([f for f, _ in split.forms], split.generation) if split is not None else (None, 0)
         return self.batcher.submit(Job(prompts, cost, explain, request_id, endpoint, forms, generation,
-                                       refuse_each, audit))
+                                       refuse_each, audit, unreadable=dict(split.unreadable) if split else {}))
 
     def split(self, prompts: list[str], budget: int | None = None, max_sentences: int | None = None) -> "Split":
         """The texts the encoder will read for ``prompts`` (each prompt's forms under the serving guard's
@@ -128,7 +129,7 @@ class GuardServer:
         other request for 23 s with requests split whole, then refused)."""
         from ..guard.forms import forms_of
 
-        state, out, cost = self.state, [], 0
+        state, out, cost, unreadable = self.state, [], 0, {}
         for i, prompt in enumerate(prompts):
             ((forms, sentences),) = forms_of(state.guard, [prompt])
             if max_sentences is not None and sentences > max_sentences:
@@ -137,7 +138,12 @@ class GuardServer:
             if budget is not None and cost > budget:
                 raise OverLimit(None, cost=cost)
             out.append((forms, sentences))
-        return Split(state.generation, out, cost)
+            try:  # what the batch would find, found here: the request's own 422, or its refused verdict
+                for form in forms:
+                    state.guard.encoder.refuse_unreadable(form)
+            except UnreadableTextError as exc:
+                unreadable[i] = exc
+        return Split(state.generation, out, cost, unreadable)
 
     # -------------------------------------------------------------------------------- scoring
     def _score(self, jobs: list[Job]) -> list[tuple[GuardState, list]]:
@@ -147,15 +153,33 @@ class GuardServer:
             raise LatentGuardError("no guard is loaded")
         prompts = [p for job in jobs for p in job.prompts]
         started = time.perf_counter()
-        forms = [f for job in jobs for f in (job.forms if job.forms is not None and job.generation == state.generation
-                                             else [None] * len(job.prompts))]  # split by another state: again
+        fresh = [job.forms is not None and job.generation == state.generation for job in jobs]
+        forms = [f for job, ok in zip(jobs, fresh) for f in (job.forms if ok else [None] * len(job.prompts))]
+        # prompts found unreadable when split (refuse_each jobs: the others were answered 422) are not scored
+        refused, start = {}, 0
+        for job, ok in zip(jobs, fresh):
+            refused.update({start + i: exc for i, exc in job.unreadable.items()} if ok else {})
+            start += len(job.prompts)
+        keep = [i for i in range(len(prompts)) if i not in refused]
         explain = any(job.explain for job in jobs)
         if all(job.refuse_each for job in jobs):  # else an unreadable text fails the batch; each job is retried alone
             from ..guard.refusals import check_or_refused
 
-            verdicts = check_or_refused(state.guard, prompts, explain, forms)
+            scored = check_or_refused(state.guard, [prompts[i] for i in keep], explain, [forms[i] for i in keep])
         else:
-            verdicts = state.guard.check(prompts, explain=explain, forms=forms)
+            scored = state.guard.check([prompts[i] for i in keep], explain=explain, forms=[forms[i] for i in keep])
+        if len(scored) != len(keep):
+            raise LatentGuardError(f"the guard gave {len(scored)} verdicts for {len(keep)} prompts")
+        if refused:
+            from ..guard.refusals import refused_verdict
+
+            verdicts = [None] * len(prompts)
+            for i, v in zip(keep, scored):
+                verdicts[i] = v
+            for i, exc in refused.items():
+                verdicts[i] = refused_verdict(state.guard, prompts[i], exc)
+        else:
+            verdicts = list(scored)
         if len(verdicts) != len(prompts):
             raise LatentGuardError(f"the guard gave {len(verdicts)} verdicts for {len(prompts)} prompts")
         out, start, events, now = [], 0, [], time.time()

@@ -272,16 +272,21 @@ async def sanitize(request: Request):
                            f"{SANITIZE_WORK} texts scored: {len(flagged) * SANITIZE_WORK:,} over --queue-size "
                            f"{server.settings.queue_size:,}; send fewer prompts per request", param="prompts",
                            code="too_many_texts")
-    waiting = server.sanitize_waiting + len(flagged)
-    if flagged and waiting * SANITIZE_WORK > server.settings.queue_size:
-        raise RequestError(503, f"overloaded: {waiting:,} flagged prompts would wait to be sanitized, at "
-                           f"{SANITIZE_WORK} texts each over --queue-size {server.settings.queue_size:,}; retry later",
+    # No request waits for another's whole run: pieces take turns (sanitize_turn is a fair lock, first come first
+    # served), so a newcomer waits one piece per request sanitizing beside it, and at most queue_size // 56 requests
+    # (73 at the default) sanitize at once. Waiting prompts had been counted instead: one request of 73 flagged
+    # prompts turned every other client away with 503 for 18 s, even after its sender had gone (a hostile pass).
+    if flagged and server.sanitizing >= max(1, server.settings.queue_size // SANITIZE_WORK):
+        raise RequestError(503, f"overloaded: {server.sanitizing:,} requests are being sanitized; retry later",
                            code="queue_full", headers={"Retry-After": RETRY_AFTER_S})
-    server.sanitize_waiting = waiting
+    server.sanitizing += bool(flagged)
     try:
         if flagged:
             loop, done = asyncio.get_running_loop(), []
             for start in range(0, len(flagged), SANITIZE_PIECE):  # pieces: other requests are judged in between
+                if await request.is_disconnected():  # its client is gone: no more of the model's time for it
+                    raise RequestError(499, "the client closed the connection while its prompts were sanitized; "
+                                       "nothing was answered", code="client_closed")
                 piece = flagged[start : start + SANITIZE_PIECE]
                 edit = functools.partial(state.guard.sanitize, [prompts[i] for i in piece],
                                          before=[verdicts[i] for i in piece])
@@ -299,12 +304,14 @@ async def sanitize(request: Request):
             await asyncio.get_running_loop().run_in_executor(server.model_thread, server.auditor, events)
     except AuditError as exc:
         raise RequestError(500, f"audit failed, nothing was sanitized: {exc}", code="audit") from None
+    except RequestError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any fault: a 5xx, never an unchanged unsafe text
         log.error("sanitizing failed (request %s): %s: %s", request_id, type(exc).__name__, exc)
         raise RequestError(500, f"sanitizing failed, nothing was sanitized: {type(exc).__name__}: {exc}",
                            code="sanitize") from None
     finally:
-        server.sanitize_waiting -= len(flagged)
+        server.sanitizing -= bool(flagged)
     return JSONResponse({"id": request_id, "model": state.model, "generation": state.generation, "results": results},
                         headers={"X-Request-ID": request_id})
 

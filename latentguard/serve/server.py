@@ -75,7 +75,6 @@ class GuardServer:
         # (a /v1/check batch waits for one piece at most), and no more flagged prompts waiting for edits than the
         # queue holds at SANITIZE_WORK texts each (eight requests' edits had held a one-prompt check for 50 s).
         self.sanitize_turn: asyncio.Lock | None = None
-        self.sanitize_waiting = 0
 
     # ------------------------------------------------------------------------------ lifecycle
     def load(self) -> GuardState:
@@ -95,7 +94,8 @@ class GuardServer:
                                     max_wait_s=s.max_wait_ms / 1000.0, queue_size=s.queue_size,
                                     on_depth=self.metrics.queue_depth.set)
         self._reload_lock = asyncio.Lock()
-        self.sanitize_turn = asyncio.Lock()
+        self.sanitize_turn = asyncio.Lock()  # fair: pieces of concurrent /v1/sanitize requests take turns
+        self.sanitizing = 0  # /v1/sanitize requests editing now
         self.batcher.start()
         self.metrics.ready.set(1 if self.state is not None else 0)
 

@@ -432,3 +432,14 @@ def test_a_torn_last_audit_record_is_kept_and_the_log_goes_on_after_it(tmp_path)
     with pytest.raises(LatentGuardError, match="not an audit log"):
         Auditor(notes)
     assert notes.read_text(encoding="utf-8") == "my notes\nno newline at the end"
+
+
+def test_the_server_serves_no_pages_with_or_without_keys():
+    """FastAPI's /docs and /redoc load their scripts from a CDN, which then run with the server's origin: a keyless
+    (loopback) server had served them (a hostile pass). The machine-readable map stays for it only."""
+    from latentguard.serve import GuardServer, create_app
+
+    keyless = create_app(GuardServer(lambda encoder=None: None, ServeSettings()))
+    keyed = create_app(GuardServer(lambda encoder=None: None, ServeSettings(api_keys=frozenset({"k"}))))
+    assert keyless.docs_url is None and keyless.redoc_url is None and keyless.openapi_url == "/openapi.json"
+    assert keyed.docs_url is None and keyed.redoc_url is None and keyed.openapi_url is None

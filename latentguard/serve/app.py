@@ -54,7 +54,9 @@ def create_app(server: GuardServer) -> FastAPI:
             await server.stop()
 
     keyed = bool(settings.api_keys or settings.admin_keys)
-    docs = {} if not keyed else {"docs_url": None, "redoc_url": None, "openapi_url": None}  # no map for strangers
+    # No pages ever: /docs and /redoc load their scripts from a CDN, which would then run with this server's
+    # origin (a hostile pass); the machine-readable map stays for a keyless (loopback) server, none for strangers.
+    docs = {"docs_url": None, "redoc_url": None, **({"openapi_url": None} if keyed else {})}
     app = FastAPI(title="Latent Guard", summary="Moderation for text-to-image prompts (OpenAI moderation API)",
                   lifespan=lifespan, redirect_slashes=False, **docs)
     app.state.server, app.state.routers = server, ROUTERS

@@ -443,3 +443,17 @@ def test_the_server_serves_no_pages_with_or_without_keys():
     keyed = create_app(GuardServer(lambda encoder=None: None, ServeSettings(api_keys=frozenset({"k"}))))
     assert keyless.docs_url is None and keyless.redoc_url is None and keyless.openapi_url == "/openapi.json"
     assert keyed.docs_url is None and keyed.redoc_url is None and keyed.openapi_url is None
+
+
+def test_each_audit_record_names_the_result_it_answers(app_for):
+    """An input sent as parts is judged as several texts (the parts, and the parts joined); their records had been
+    numbered as texts (0-3 for one result), out of step with ``results`` (a hostile pass)."""
+    events = []
+    parts = [{"type": "text", "text": "a kn"}, {"type": "text", "text": "ife"}]
+    with app_for(events.append) as client:
+        answer = client.post("/v1/moderations", json={"input": parts}).json()
+        assert len(answer["results"]) == 1 and len(events) == 4
+        assert {e.index for e in events} == {0}
+        events.clear()
+        client.post("/v1/moderations", json={"input": ["a cake", "a knife"]})
+        assert [e.index for e in events] == [0, 1]

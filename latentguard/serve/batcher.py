@@ -41,6 +41,7 @@ class Job:
     refuse_each: bool = False  # a prompt the guard cannot read gets a refused verdict, not the job's error
     audit: bool = True  # recorded with its batch (False: its endpoint records it later, with what it adds)
     unreadable: dict = field(default_factory=dict)  # prompt index -> UnreadableTextError, found when split
+    indices: list | None = None  # per prompt, the result it answers (/v1/moderations parts: their input's); None: own
     arrived: float = 0.0
     future: asyncio.Future | None = field(default=None, repr=False)
 

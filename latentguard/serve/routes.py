@@ -159,7 +159,7 @@ def _too_costly(field: str, cost: int, queue_size: int, more: bool = False) -> R
 
 
 async def judge(request: Request, prompts: list[str], explain: bool, field: str, refuse_each: bool = False,
-                audit: bool = True):
+                audit: bool = True, indices: list[int] | None = None):
     """Judge one request's prompts: split once (the sentence cap, the request's cost, and the forms the
     batch scores), queued, scored, audited. Returns ``(request_id, state, verdicts)``; every fault is a
     :class:`RequestError`, never a verdict. ``refuse_each``: a prompt the guard cannot read is one blocked
@@ -191,7 +191,7 @@ async def judge(request: Request, prompts: list[str], explain: bool, field: str,
     request_id = "modr-" + uuid.uuid4().hex
     try:
         future = server.submit(prompts, explain=explain, request_id=request_id, endpoint=endpoint, cost=split.cost,
-                               split=split, refuse_each=refuse_each, audit=audit)
+                               split=split, refuse_each=refuse_each, audit=audit, indices=indices)
     except QueueFull as exc:
         raise RequestError(503, f"overloaded: {exc}; retry later", code="queue_full",
                            headers={"Retry-After": RETRY_AFTER_S}) from None
@@ -221,7 +221,8 @@ def limits(request: Request) -> Limits:
 async def moderations(request: Request):
     inputs = parse_moderation(await body_of(request), limits(request))
     prompts = [text for parts in inputs for text in parts]
-    request_id, state, verdicts = await judge(request, prompts, False, "input")
+    indices = [k for k, parts in enumerate(inputs) for _ in parts]  # audited under the result each text answers
+    request_id, state, verdicts = await judge(request, prompts, False, "input", indices=indices)
     from ..guard.options import scoring_slope
 
     results, start = [], 0

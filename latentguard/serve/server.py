@@ -110,7 +110,7 @@ class GuardServer:
 
     def submit(self, prompts: list[str], *, explain: bool, request_id: str, endpoint: str,
                cost: int = 0, split: "Split | None" = None, refuse_each: bool = False,
-               audit: bool = True) -> asyncio.Future:
+               audit: bool = True, indices: list[int] | None = None) -> asyncio.Future:
         """Queue one request's prompts; the future gives ``(state, verdicts)`` (raises QueueFull / Closed).
         ``split``: the prompts' forms from :meth:`split`, scored as they are (each text is split once).
         ``refuse_each``: a prompt the guard cannot read gets a refused (blocked) verdict of its own
@@ -118,7 +118,8 @@ class GuardServer:
         verdicts are not recorded with the batch; the caller records them with what it adds (/v1/sanitize's edits)."""
         forms, generation = ([f for f, _ in split.forms], split.generation) if split is not None else (None, 0)
         return self.batcher.submit(Job(prompts, cost, explain, request_id, endpoint, forms, generation,
-                                       refuse_each, audit, unreadable=dict(split.unreadable) if split else {}))
+                                       refuse_each, audit, unreadable=dict(split.unreadable) if split else {},
+                                       indices=indices))
 
     def split(self, prompts: list[str], budget: int | None = None, max_sentences: int | None = None) -> "Split":
         """The texts the encoder will read for ``prompts`` (each prompt's forms under the serving guard's
@@ -190,8 +191,8 @@ class GuardServer:
                 mine = [dataclasses.replace(v, evidence=[]) if v.evidence else v for v in mine]
             out.append((state, mine))
             if self.auditor.active and job.audit:
-                events.extend(VerdictEvent(now, job.request_id, job.endpoint, i, state.model, state.generation, v)
-                              for i, v in enumerate(mine))
+                events.extend(VerdictEvent(now, job.request_id, job.endpoint, job.indices[i] if job.indices else i,
+                                           state.model, state.generation, v) for i, v in enumerate(mine))
         if events:
             self.auditor(events)  # before any answer: a failure fails the batch
         m = self.metrics

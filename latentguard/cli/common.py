@@ -180,7 +180,11 @@ def build_guard(cfg: Config, **overrides: Any):
     """The guard a loaded config describes (:meth:`LatentGuard.from_config`); ``overrides`` go to
     ``from_pretrained`` (e.g. ``threshold=...``)."""
     from ..guard import LatentGuard
+    from .fetch import validate_fetchable
 
+    if not cfg.guard:  # the released recipe: what it would download is checked (offline: refused) before any load
+        validate_fetchable(cfg, dataset=cfg.inference.concepts is None, checkpoint=True,
+                           encoder="encoder" not in overrides)
     return LatentGuard.from_config(cfg, **overrides)
 
 

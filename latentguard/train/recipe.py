@@ -366,13 +366,17 @@ def _clear_unfinished_bundle(bundle: Path) -> None:
     """Remove the files of a bundle this run began and did not finish (no valid ``config.json``), so that it is
     written again; a file no bundle writer makes stays, and the folder is then refused, naming it."""
     from ..hub.format import CARD, CONCEPTS, CONFIG, VECTORS, WEIGHTS
+    from ..protected import input_at
 
-    if not bundle.is_dir() or bundle.is_symlink() or _complete_bundle(bundle):
+    if bundle.is_symlink():
+        raise LatentGuardError(f"{bundle} is a symbolic link; main.py never writes through one (remove the link, then "
+                               "run the same command again)")
+    if not bundle.is_dir() or _complete_bundle(bundle):
         return  # a complete bundle is replaced by save_pretrained(overwrite=True) itself
     ours = {CONFIG, WEIGHTS, CONCEPTS, CARD, VECTORS}
     entries = list(bundle.iterdir())
     # atomic_path leaves .NAME.XXXX.tmp behind a kill -9
-    foreign = [p.name for p in entries if not p.is_file() or p.is_symlink() or not (
+    foreign = [p.name for p in entries if not p.is_file() or p.is_symlink() or input_at(p) is not None or not (
         p.name in ours or (p.name.endswith(".tmp") and any(p.name.startswith(f".{n}.") for n in ours)))]
     if foreign:
         raise LatentGuardError(f"{bundle} holds an unfinished bundle and {sorted(foreign)[0]}, which main.py did not "

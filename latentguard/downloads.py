@@ -14,6 +14,13 @@ from .errors import LatentGuardError
 from .io import atomic_path, free_name, git_blob_id
 
 
+def offline() -> bool:
+    """Whether the user declared no network (Hugging Face's own switches): the one test of every command and of
+    :func:`download` itself, so that nothing reaches the network after the user said it must not."""
+    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
+               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
 def download(url: str, target: str | Path, sha256: str | None = None, what: str = "file",
              git_blob: str | None = None) -> Path:
     """Download ``url`` to ``target`` with a progress bar, atomically, checking ``sha256`` and the git
@@ -27,6 +34,9 @@ def download(url: str, target: str | Path, sha256: str | None = None, what: str 
 
     target = Path(target)
     by_hand = f"download {url} yourself and save it as {target}"
+    if offline() and not url.startswith("file:"):  # the boundary: offline, no request leaves the machine
+        raise LatentGuardError(f"offline (HF_HUB_OFFLINE) and not here: {what} {target} ({by_hand}); nothing was "
+                               "downloaded")
     try:
         with atomic_path(target) as tmp:
             with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:

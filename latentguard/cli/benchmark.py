@@ -117,6 +117,12 @@ def _overlap(args, sets, bundle) -> dict:
     return overlap_report(sets, index, files)
 
 
+def _writes(sets) -> tuple[str, ...]:
+    """The files a run writes in its directory, each refused up front when it is an input of the call (the
+    write itself refuses one too: :mod:`latentguard.protected`)."""
+    return ("benchmark.json", "benchmark.md", "roc.png", *(f"scores_{name}.csv" for name in sets))
+
+
 def _run_scores(args, cfg, output_dir) -> int:
     from ..eval.benchmark.overlap import overlap_line
     from ..eval.benchmark.report import console_summary
@@ -136,8 +142,7 @@ def _run_scores(args, cfg, output_dir) -> int:
                "label": args.label_column}
     scored, meta = load_score_file(args.scores, threshold=threshold, threshold_origin=origin, columns=columns)
     meta["training_overlap"] = _overlap(args, {name: s.data for name, s in scored.items()}, None)
-    claim_run_dir(output_dir, COMMAND, writes=("benchmark.json", "benchmark.md", "roc.png"),
-                  inputs=[args.config, path])  # the file is valid: from here this run owns the directory, alone
+    claim_run_dir(output_dir, COMMAND, writes=_writes(scored), inputs=[args.config, path, *(args.train_data or [])])
     RunState(output_dir, {"mode": "scores", "file_sha256": sha256_of(path), "threshold": threshold,
                           "columns": columns}, force=args.force).open()
     results, written = write_score_file(scored, meta, output_dir, plots=not args.no_plots)
@@ -202,8 +207,9 @@ def _run_guard(args, cfg, output_dir) -> int:
     overlap = _overlap(args, loaded, guard.bundle)
     settings = guard_settings(guard, baselines=baselines, blacklist_match=cfg.eval.blacklist_match,
                               max_prompts=b.max_prompts, seed=b.seed)
-    claim_run_dir(output_dir, COMMAND, writes=("benchmark.json", "benchmark.md", "roc.png"),
-                  inputs=[args.config, *(spec.partition("=")[2] for spec in (args.set or []))])  # ours now
+    claim_run_dir(output_dir, COMMAND, writes=_writes(loaded),  # every input of the call, never an output: ours now
+                  inputs=[args.config, *(spec.partition("=")[2] for spec in (args.set or [])),
+                          *(args.train_data or [])])
     state = RunState(output_dir, settings, force=args.force).open()
     methods = build_methods(guard, baselines, cfg.eval.blacklist_match)
     meta = {"mode": "guard", **describe_guard(guard, cfg.inference.concepts), "encoder": guard.encoder.identity,

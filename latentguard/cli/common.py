@@ -30,6 +30,7 @@ def cli_entry(main: Callable[..., int | None] | None = None, *,
     def wrapper(*args, **kwargs) -> int:
         import warnings
 
+        from ..protected import forget_inputs
         from .rundir import release_failed_claims
 
         def one_line(message, category, filename, lineno, file=None, line=None) -> None:
@@ -52,6 +53,8 @@ def cli_entry(main: Callable[..., int | None] | None = None, *,
             release_failed_claims()
             print(on_interrupt, file=sys.stderr)
             return 130
+        finally:
+            forget_inputs()  # this command's inputs; a later command in this process names its own
         return int(code or 0)
 
     return wrapper
@@ -180,7 +183,11 @@ def build_guard(cfg: Config, **overrides: Any):
     """The guard a loaded config describes (:meth:`LatentGuard.from_config`); ``overrides`` go to
     ``from_pretrained`` (e.g. ``threshold=...``)."""
     from ..guard import LatentGuard
+    from .fetch import validate_fetchable
 
+    if not cfg.guard:  # the released recipe: what it would download is checked (offline: refused) before any load
+        validate_fetchable(cfg, dataset=cfg.inference.concepts is None, checkpoint=True,
+                           encoder="encoder" not in overrides)
     return LatentGuard.from_config(cfg, **overrides)
 
 
@@ -224,6 +231,12 @@ def load_command_config(args: argparse.Namespace, overrides: dict[str, Any]) -> 
     if note:
         print(note)
     validate_named_files(cfg, overrides)
+    from ..protected import protect_inputs
+
+    # what the command reads is never written over by it, under whatever output name (latentguard.protected)
+    protect_inputs([getattr(args, "config", None), cfg.dataset, cfg.checkpoint if "checkpoint" in overrides else None,
+                    *(getattr(cfg.inference, key, None) for key in ("concepts", "allowlist")
+                      if f"inference.{key}" in overrides)])
     return cfg
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from .common import build_guard, cli_entry, common_parser, guard_overrides, guard_parser, load_command_config
@@ -54,6 +55,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         token = hub_token(repo_id)  # no credentials: refused before anything is loaded or written
     claim_folder(args.out, args.overwrite)  # a folder we may not write: refused before the slow loads
     cfg = load_command_config(args, guard_overrides(args))
+    from ..hub.format import CARD, CONCEPTS, CONFIG, VECTORS, WEIGHTS
+    from ..protected import protect_inputs, refuse_input
+
+    protect_inputs([args.results])  # with the guard flags' files, registered as the config was loaded
+    for name in (CONFIG, WEIGHTS, CONCEPTS, CARD, VECTORS):  # --concepts OUT/concepts.yaml: refused before the loads
+        refuse_input(Path(args.out) / name, "--out")
     guard = build_guard(cfg)
     folder = guard.save_pretrained(args.out, overwrite=args.overwrite, concept_vectors=not args.no_concept_vectors,
                                    license=args.license, results=args.results, repo_id=repo_id)

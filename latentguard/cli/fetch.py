@@ -8,25 +8,21 @@ fails, names the others too (the encoder is then not tried: the hub would only r
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from ..config import Config
 from ..constants import DEFAULT_CHECKPOINT
+from ..downloads import offline
 from ..errors import LatentGuardError
 from ..io import latentguard_home
 
 
-def offline() -> bool:
-    """Whether the user declared no network (Hugging Face's own switches)."""
-    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
-               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
 def _encoder_cached(name: str) -> bool:
     """A local directory, an open_clip name (its own loader reports), or a hub model in the local cache."""
-    if Path(name).expanduser().exists() or name.startswith(("openclip:", "hf-hub:")):
-        return True
+    from ..encoders.known import KNOWN_ENCODERS
+
+    if Path(name).expanduser().exists() or name.startswith(("openclip:", "hf-hub:")) or name in KNOWN_ENCODERS:
+        return True  # a known encoder loads from its package offline; without it, its loader says what to install
     try:
         from huggingface_hub import try_to_load_from_cache
 

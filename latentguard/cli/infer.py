@@ -222,11 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         raise LatentGuardError("--calibrate-unsafe needs --calibrate-safe (the safe prompts)")
     numbered = numbered_lines(prompt_file(args.file_path), what="prompt file")
     prompts = [text for _, text in numbered]
-    if not cfg.guard:  # a bundle carries its weights and blacklist: its own loader checks them
-        from .fetch import validate_fetchable
-
-        validate_fetchable(cfg, dataset=cfg.inference.concepts is None, checkpoint=True, encoder=True)
-    guard = build_guard(cfg)
+    guard = build_guard(cfg)  # the released recipe's downloads are checked first (offline: refused at once)
     if args.calibrate_safe:
         safe = _readable_lines(guard, args.calibrate_safe, "--calibrate-safe file")
         unsafe = _readable_lines(guard, args.calibrate_unsafe, "--calibrate-unsafe file") if args.calibrate_unsafe \

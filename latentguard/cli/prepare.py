@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg, _ = config_with_bundle(cfg)  # --guard: the bundle's encoder and its settings (trimmed padding...), as test.py
     validate_store_dir(cfg.store_dir)  # a file here fails now, not after loading the dataset
+    from .fetch import validate_fetchable
+
+    validate_fetchable(cfg, dataset=True, encoder=True)  # offline (HF_HUB_OFFLINE): refused before any download
 
     copro = load_copro(cfg.dataset, valid_size=cfg.data.valid_size, seed=cfg.data.seed)
     texts = copro.all_texts()

@@ -22,6 +22,7 @@ from ..constants import RUN_LOCK
 from ..constants import RUN_OUTPUTS_RECORD as OUTPUTS
 from ..errors import LatentGuardError
 from ..io import atomic_write_text, open_regular, refuse_links, sha256_of
+from ..protected import input_at, protect_inputs
 
 _HELD: dict[str, int] = {}  # directories this process owns, with the open lock file keeping them
 _CREATED: set[str] = set()   # the ones it also created (removed again when the command fails having written nothing)
@@ -37,13 +38,7 @@ def validate_ownership(directory: str | Path, command: str, *, writes: Sequence[
     ``resume.pt``).
     """
     directory = Path(directory)
-    for name in writes:
-        target = directory / name
-        for given in inputs:
-            if given and str(given) != "-" and target.exists() and Path(given).exists() \
-                    and os.path.samefile(target, given):
-                raise LatentGuardError(f"--output-dir {directory}: {command} would replace {target}, which is an input "
-                                       "of this command; choose another --output-dir")
+    _refuse_inputs(directory, command, writes, inputs)
     if not directory.is_dir():
         return False
     entries = sorted(p.name for p in directory.iterdir() if p.name not in (RUN_LOCK, OUTPUTS))
@@ -55,6 +50,18 @@ def validate_ownership(directory: str | Path, command: str, *, writes: Sequence[
     raise LatentGuardError(f"--output-dir {directory} holds {conflict}, which {command} did not write (it is not a "
                            f"previous {command} run, so nothing in it is replaced); choose an empty or new "
                            "--output-dir")
+
+
+def _refuse_inputs(directory: Path, command: str, writes: Sequence[str], inputs: Sequence[str | Path | None]) -> None:
+    """Protect ``inputs`` from every write of this command (with the common flags' files, which
+    load_command_config protects) and refuse now any of ``writes`` that is one of them."""
+    protect_inputs(list(inputs))
+    for name in writes:
+        target = directory / name
+        given = input_at(target)
+        if given is not None:
+            raise LatentGuardError(f"--output-dir {directory}: {command} would replace {target}, which is an input "
+                                   f"of this command ({given}); choose another --output-dir")
 
 
 def _manifest(directory: Path) -> dict:
@@ -88,6 +95,8 @@ def claim_run_dir(directory: str | Path, command: str, *, writes: Sequence[str] 
     was_run = False
     if os.path.realpath(directory) not in _HELD:
         was_run = validate_ownership(directory, command, writes=writes, inputs=inputs, previous_run=previous_run)
+    else:  # claimed earlier by this process: its inputs are this call's all the same
+        _refuse_inputs(directory, command, writes, inputs)
     created = not directory.exists()
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -182,8 +191,8 @@ def replace_outputs(directory: str | Path, command: str, written: Sequence[str |
     previous = recorded.get(command)
     for name, digest in (previous.items() if isinstance(previous, dict) else ()):
         stale = directory / name
-        if name in now or Path(name).name != name or not stale.is_file():
-            continue
+        if name in now or Path(name).name != name or not stale.is_file() or input_at(stale) is not None:
+            continue  # an input of this run (--set D/scores_x.csv) is never removed as a stale output
         if sha256_of(stale) == digest:
             stale.unlink()
             removed.append(stale)

@@ -121,10 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     from ..encoders.precision import resolve_device
     from ..io import atomic_write_text, validate_dir_path
     from ..train.trainer import RUN_OUTPUTS, build_trainer, is_training_run, training_texts
+    from .fetch import validate_fetchable
     from .rundir import claim_run_dir
 
     device = resolve_device(cfg.device)
     output_dir = validate_dir_path(cfg.output_dir, "--output-dir")  # a file fails now; nothing is created yet
+    validate_fetchable(cfg, dataset=True, encoder=bool(cfg.train.no_store))  # offline: refused before any download
     copro = load_copro(cfg.dataset, valid_size=cfg.data.valid_size, seed=cfg.data.seed)
     print(f"dataset {copro.path}: {copro.summary()}")
     started = time.perf_counter()
@@ -210,7 +212,7 @@ def _run_open_recipe(cfg, args: argparse.Namespace) -> int:
     if config_file.is_file() and (output_dir / RESUME).is_file():
         # What the run's weights depend on must match; other sections (serve, bulk...) may differ.
         trained = ("encoder", "model", "store", "train", "recipe")
-        before = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+        before = _saved_config(config_file)
         changed = [k for k in trained if before.get(k) != cfg.to_dict()[k]]
         if changed:
             raise LatentGuardError(f"{output_dir} holds an open-recipe run with other {', '.join(changed)} settings "
@@ -224,6 +226,22 @@ def _run_open_recipe(cfg, args: argparse.Namespace) -> int:
           "prompts against held-out captions)")
     print(f"  bundle: {run.bundle} (latentguard ... --guard {run.bundle})")
     return 0
+
+
+def _saved_config(path) -> dict:
+    """The settings an open-recipe run saved in its ``config.yaml``; a damaged one is one line naming it."""
+    from ..io import read_yaml
+
+    how = ("restore it (or write there the settings the run began with), or choose another --output-dir; its "
+           "weights are not continued under settings that cannot be read")
+    try:
+        saved = read_yaml(path, "run config") or {}
+    except LatentGuardError as exc:
+        raise LatentGuardError(f"{str(exc).removesuffix('; fix the file')}: the settings of the run in "
+                               f"{path.parent}; {how}") from None
+    if not isinstance(saved, dict):
+        raise LatentGuardError(f"{path}: not the settings of a run (a YAML mapping); {how}")
+    return saved
 
 
 if __name__ == "__main__":

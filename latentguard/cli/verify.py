@@ -57,9 +57,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..hub.settings import config_with_bundle
     from ..io import git_blob_id, sha256_of
     from ..published import COPRO_GIT_BLOB, RELEASED_CHECKPOINT_SHA256
+    from .fetch import validate_fetchable
 
     cfg, bundle = config_with_bundle(cfg)  # --guard: the bundle's encoder and weights
-
+    # all that is missing at once, before any load; offline (HF_HUB_OFFLINE), nothing is downloaded
+    validate_fetchable(cfg, dataset=True, checkpoint=bundle is None, encoder=True)
     rows = read_fixture(args.fixture)
     copro = load_copro(cfg.dataset)
     for row in rows:

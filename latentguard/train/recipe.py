@@ -34,11 +34,14 @@ from ..io import atomic_torch_save, atomic_write_text
 from ..model import EmbeddingMappingLayer
 from .objective import contrastive_loss_from_logits
 from .recipe_data import RecipeExamples, build_examples
+from .runlog import trim_log
 
 RESUME = "resume.pt"
 LOG = "train_log.jsonl"
 BUNDLE = "bundle"
 SAVE_EVERY = 100
+RESUME_KEYS = ("model", "offset", "optimizer", "rng", "step")
+RECORD = "recipe_record.json"
 
 
 @dataclass
@@ -168,17 +171,22 @@ def train_open_recipe(cfg, output_dir: Path, device: torch.device, progress: boo
     optimizer = torch.optim.AdamW([*model.parameters(), offset], lr=cfg.train.lr,
                                   weight_decay=cfg.train.weight_decay)
     pools = _Pools(examples, names, cfg.train.seed)
-    step = 0
+    step, total_steps = 0, recipe.steps
     if state is not None:
-        model.load_state_dict(state["model"])
-        offset.data.copy_(state["offset"])
-        optimizer.load_state_dict(state["optimizer"])
-        pools.rng.setstate(state["rng"])
-        step = int(state["step"])
+        try:  # a state edited or written by another program: one line naming it, never a traceback
+            model.load_state_dict(state["model"])
+            offset.data.copy_(state["offset"])
+            optimizer.load_state_dict(state["optimizer"])
+            pools.rng.setstate(state["rng"])
+            step = int(state["step"])
+        except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as exc:
+            raise _not_a_resume_state(resume_file, f"its saved state does not fit this run: {type(exc).__name__} "
+                                      f"{(str(exc).splitlines() or [''])[0][:80]}") from None
+        if step < 0:
+            raise _not_a_resume_state(resume_file, f"its step is {step}")
         print(f"resuming from {resume_file} at step {step}", flush=True)
         _truncate_log(output_dir / LOG, step)
     weights = (recipe.contrastive_weight, recipe.detection_weight, recipe.category_weight)
-    total_steps = recipe.steps
 
     def warmup_cosine(s: int) -> float:  # 100 warm-up steps, then cosine to zero at the last step
         return min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
@@ -244,8 +252,18 @@ def _resume_state(path: Path, inputs: dict[str, dict[str, str]], device: torch.d
     trained partly on the old)."""
     if not path.is_file():
         return None
-    state = torch.load(path, map_location=device, weights_only=True)
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # cut short (a full disk, a copy stopped), or another file under this name
+        raise _not_a_resume_state(path, f"it is not a readable PyTorch file: {type(exc).__name__}") from None
+    if not isinstance(state, dict):
+        raise _not_a_resume_state(path, f"it holds a {type(state).__name__}, not a dict of states")
+    lacking = [key for key in RESUME_KEYS if key not in state]
+    if lacking:
+        raise _not_a_resume_state(path, f"it lacks {', '.join(lacking)}")
     saved = state.get("inputs")
+    if saved is not None and not isinstance(saved, dict):
+        raise _not_a_resume_state(path, "its inputs are not a mapping")
     if saved is None:  # written before resume states recorded their inputs
         print(f"note: {path} records no inputs (an older latentguard wrote it): the data, blacklist and encoder "
               "cannot be checked against it", flush=True)
@@ -268,13 +286,15 @@ def _resume_state(path: Path, inputs: dict[str, dict[str, str]], device: torch.d
     return state
 
 
+def _not_a_resume_state(path: Path, why: str) -> LatentGuardError:
+    """The one refusal for a damaged ``resume.pt`` (worded as the paper recipe's): nothing is continued from it."""
+    return LatentGuardError(f"{path} is not a resume state written by main.py ({why}); restore it from a copy, or "
+                            f"delete it to train this run from step 0 (or choose another --output-dir)")
+
+
 def _truncate_log(path: Path, step: int) -> None:
     """Drop log records after the step a run resumes from (they were logged, then lost with the run)."""
-    if not path.is_file():
-        return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
+    trim_log(path, lambda record: record.get("step", 0) <= step)
 
 
 def _finish(cfg, model, encoder, blacklist, categories, concepts, examples, output_dir, step, started, inputs):
@@ -282,13 +302,14 @@ def _finish(cfg, model, encoder, blacklist, categories, concepts, examples, outp
     from ..decision.metrics import roc_auc
     from ..guard import LatentGuard
 
-    bundle, record_file = output_dir / BUNDLE, output_dir / "recipe_record.json"
-    if bundle.is_dir() and record_file.is_file():  # a finished run run again: its bundle (maybe edited) is kept
-        done = json.loads(record_file.read_text(encoding="utf-8"))
-        if done.get("steps") == step:
-            print(f"finished earlier ({step} steps): {bundle} is kept as it is", flush=True)
-            return RecipeRun(output_dir, bundle, step, float(done["threshold"]),
-                             done.get("train_auc_vs_held_out_captions"), time.perf_counter() - started)
+    bundle, record_file = output_dir / BUNDLE, output_dir / RECORD
+    done = _finished_record(record_file)
+    if done is not None and done.get("steps") == step and _complete_bundle(bundle):
+        # a finished run run again: its bundle (maybe edited) is kept
+        print(f"finished earlier ({step} steps): {bundle} is kept as it is", flush=True)
+        return RecipeRun(output_dir, bundle, step, float(done["threshold"]),
+                         done.get("train_auc_vs_held_out_captions"), time.perf_counter() - started)
+    _clear_unfinished_bundle(bundle)  # a crash mid-write left part of one: this run's, written again now
     guard = LatentGuard(model, encoder, concepts, threshold=0.0, categories=categories, device=model.tempr.device,
                         batch_size=128)
     calibration = guard.calibrate(examples.held_out_benign, target_fpr=cfg.recipe.target_fpr)
@@ -298,7 +319,68 @@ def _finish(cfg, model, encoder, blacklist, categories, concepts, examples, outp
     record = {"recipe": cfg.recipe.__dict__ if hasattr(cfg.recipe, "__dict__") else dict(cfg.recipe),
               "data_sha256": examples.sources, "inputs": inputs, "steps": step, "seed": cfg.train.seed,
               "threshold": calibration.threshold, "train_auc_vs_held_out_captions": auc}
+    guard.save_pretrained(bundle, overwrite=True)  # config.json last: the bundle is complete before the record says so
     atomic_write_text(record_file, json.dumps(record, indent=2, default=str) + "\n")
-    guard.save_pretrained(bundle, overwrite=True)
     return RecipeRun(output_dir, bundle, step, float(calibration.threshold), float(auc),
                      time.perf_counter() - started)
+
+
+def _finished_record(path: Path) -> dict | None:
+    """The run's record (``None``: not written yet, the run is unfinished); one written by this recipe and
+    then damaged is refused in one line, never taken as finished nor silently replaced."""
+    if not path.is_file():
+        return None
+    from ..io import strict_json
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError) as exc:
+        raise LatentGuardError(f"{path}: the run's record cannot be read ({exc}); delete it to have the run's "
+                               "bundle and record written again") from None
+    how = "delete it to have the run's bundle and record written again (the weights are in resume.pt)"
+    try:
+        record = strict_json(text, str(path))
+    except LatentGuardError as exc:
+        raise LatentGuardError(f"{exc}; {how}") from None
+    if not isinstance(record, dict) or not isinstance(record.get("steps"), int) \
+            or not isinstance(record.get("threshold"), (int, float)) or isinstance(record.get("threshold"), bool):
+        raise LatentGuardError(f"{path}: not a record written by main.py (it needs an integer 'steps' and a number "
+                               f"'threshold'); {how}")
+    return record
+
+
+def _complete_bundle(bundle: Path) -> bool:
+    """Whether ``bundle`` holds a bundle whose ``config.json`` reads as one (written last, so it is complete)."""
+    from ..hub.format import CONFIG, read_config
+
+    if not (bundle / CONFIG).is_file():
+        return False
+    try:
+        read_config(bundle / CONFIG)
+    except LatentGuardError:
+        return False
+    return True
+
+
+def _clear_unfinished_bundle(bundle: Path) -> None:
+    """Remove the files of a bundle this run began and did not finish (no valid ``config.json``), so that it is
+    written again; a file no bundle writer makes stays, and the folder is then refused, naming it."""
+    from ..hub.format import CARD, CONCEPTS, CONFIG, VECTORS, WEIGHTS
+    from ..protected import input_at
+
+    if bundle.is_symlink():
+        raise LatentGuardError(f"{bundle} is a symbolic link; main.py never writes through one (remove the link, then "
+                               "run the same command again)")
+    if not bundle.is_dir() or _complete_bundle(bundle):
+        return  # a complete bundle is replaced by save_pretrained(overwrite=True) itself
+    ours = {CONFIG, WEIGHTS, CONCEPTS, CARD, VECTORS}
+    entries = list(bundle.iterdir())
+    # atomic_path leaves .NAME.XXXX.tmp behind a kill -9
+    foreign = [p.name for p in entries if not p.is_file() or p.is_symlink() or input_at(p) is not None or not (
+        p.name in ours or (p.name.endswith(".tmp") and any(p.name.startswith(f".{n}.") for n in ours)))]
+    if foreign:
+        raise LatentGuardError(f"{bundle} holds an unfinished bundle and {sorted(foreign)[0]}, which main.py did not "
+                               "write; move that file out of the folder, then run the same command again")
+    for path in entries:
+        path.unlink()
+    print(f"note: {bundle} was left unfinished (no valid {CONFIG}); writing it again", flush=True)

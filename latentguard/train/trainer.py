@@ -36,12 +36,13 @@ import torch
 from ..config import Config, ModelConfig, TrainConfig
 from ..constants import BEST_CHECKPOINT, DEFAULT_CHECKPOINT
 from ..errors import LatentGuardError
-from ..io import atomic_path, atomic_torch_save, open_regular, refuse_links, unique
+from ..io import atomic_torch_save, open_regular, refuse_links, unique
 from ..model import EmbeddingMappingLayer, plain_state_dict
 from ..scoring.logits import StopRequested, pinned, prefetch, to_device
 from ..store.sources import EmbeddingSource, concept_vectors
 from .monitor import explicit_auc
 from .objective import ConceptPairSampler, contrastive_loss_from_logits, triplets_fingerprint
+from .runlog import trim_log
 
 WEIGHTS_NAME = DEFAULT_CHECKPOINT  # final weights of the schedule, as released
 BEST_NAME = BEST_CHECKPOINT  # best validation AUC, opt-in (train.keep_best)
@@ -327,19 +328,8 @@ class Trainer:
         """On resume, drop log records past the resumed position (work that will be redone)."""
         if not self.log_path.is_file():
             return
-        keep = []
-        for line in self.log_path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue  # a torn last line from a hard kill
-            if record.get("step", 0) > self.global_step:
-                continue
-            if "val_auc" in record and record.get("epoch", 0) > self.epoch:
-                continue  # validation of an unfinished epoch will run again
-            keep.append(line)
-        with atomic_path(self.log_path) as tmp:
-            tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+        trim_log(self.log_path, lambda record: record.get("step", 0) <= self.global_step and not (
+            "val_auc" in record and record.get("epoch", 0) > self.epoch))  # an unfinished epoch validates again
 
 
 def _log(handle, record: Mapping[str, Any]) -> None:

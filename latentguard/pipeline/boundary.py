@@ -19,6 +19,8 @@ A :class:`Session` puts torch hooks on every text encoder and every other module
    pattern; at later steps the *k*-th call of a step must receive the first step's *k*-th tensor
    again, or rows that all come from checked texts (a callback may drop the unconditional half,
    as ``SDCFGCutoffCallback`` does; it may not move a negative row elsewhere or bring a new one).
+   Negative rows out of their block (:func:`_negatives_in_one_block`: after the prompt's rows, as an edit) are
+   conditioning: the call's negative texts are judged then, as prompts.
    Rows of Safe Latent Diffusion's ``safety_concept`` (allowed at the encoder as a steer-away text,
    role ``safety``) may only be in the last third of the batch, that pipeline's guidance rows, beside
    a third of checked rows: never where they would condition the image.
@@ -38,7 +40,7 @@ from ..errors import LatentGuardError
 from ..guard.options import reads_long_prompts
 from .arguments import added_tokens, core_special_tokens
 from .parts import Parts, unmodified_weights
-from .provenance import CHECKED, SAFETY, Provenance, looser
+from .provenance import CHECKED, NEGATIVE, SAFETY, Provenance, looser
 from .reading import reading_key, spelled
 from .result import validate_verdicts
 
@@ -142,6 +144,7 @@ class Session:
         self.verdicts: list[tuple[str, Any]] = []  # (encoder name, verdict) of texts checked at an encoder
         self._texts: list[tuple[str, str]] = []
         self._judged: set[str] = set()  # the reading_key of each text the guard judged in this call
+        self._negatives_judged = False  # the negative texts, judged once negative rows left their block
         self._tokenizers: dict[int, _Tokenizer] = {}
         self._pending: dict[int, list] = {}
         self._trusted = 0
@@ -328,6 +331,18 @@ class Session:
                                    "the guard with long_prompts=True")
         return verdict
 
+    def _judge_negatives(self, module: str, arg: str) -> None:
+        """Negative rows out of their block condition the image: a negative text given again as a Semantic Stable
+        Diffusion ``editing_prompt`` had its rows accepted as "negative" at the encoder and then pulled the image
+        towards it from the edit rows, unchecked (a twenty-third hostile pass); Kandinsky's prior runs its negative
+        text as a prompt on purpose. The call's negative texts are judged there, once, as prompts."""
+        if self._negatives_judged:
+            return
+        self._negatives_judged = True
+        for text in dict.fromkeys(t for t, role in self._texts if role == NEGATIVE and t.strip()):
+            if reading_key(text) not in self._judged:
+                self.check_text(text, f"{module} ({arg}: a negative text used as conditioning)")
+
     # ------------------------------------------------------------------------- 2: denoisers
     def _denoiser_hook(self, name: str):
         def hook(module, args, kwargs):
@@ -367,6 +382,8 @@ class Session:
                 raise LatentGuardError(f"{module} received {arg} that the text encoders did not produce in this call "
                                        "(a step callback or an argument replaced it); refusing the call")
             _check_safety_rows(module, arg, roles)
+            if not _negatives_in_one_block(roles):
+                self._judge_negatives(module, arg)
             watch["seen"].append((x.detach().clone(), roles))
         if step != watch["step"] or step is None:
             watch["step"], watch["k"] = step, 0
@@ -395,6 +412,13 @@ def _check_safety_rows(module: str, arg: str, roles: list[str]) -> None:
         raise LatentGuardError(f"{module} received {arg} with the pipeline's safety concept (a steer-away text, "
                                "not checked) outside Safe Latent Diffusion's guidance rows, where it would condition "
                                "the image; refusing the call")
+
+
+def _negatives_in_one_block(roles: list[str]) -> bool:
+    """Whether the negative and unconditional rows form one block beside the checked ones, as classifier-free
+    guidance stacks them (``[negative, prompt]``, ``[prompt, negative]``, ``[prompt, negative, negative]``)."""
+    at = [i for i, r in enumerate(roles) if r == NEGATIVE]
+    return not at or CHECKED not in roles or at[-1] - at[0] + 1 == len(at)
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -4,48 +4,106 @@ A negative prompt, or Safe Latent Diffusion's ``safety_concept``, steers the ima
 so it is not judged as a prompt (an unsafe one steers away from harm). Steering away from *clothing* is the
 other way round: ``negative_prompt="clothes, clothing, underwear"`` beside "a woman lying on a bed" is the
 classic way to ask a diffusion model for nudity, and so is a safety concept set to "clothes" with a strong
-``sld_guidance_scale`` (a twenty-first hostile pass generated both through a guarded pipeline, while "a woman
-lying on a bed without clothes" is flagged). The guard's model reads what words name, not their opposite,
-so a steer-away text naming clothing, covering or decency (:data:`COVERING`) refuses the call instead.
+``sld_guidance_scale``, or a Semantic Stable Diffusion edit that steers away from "clothes"
+(``reverse_editing_direction=True`` or a negative ``edit_guidance_scale``). Hostile passes generated each
+through a guarded pipeline, while "a woman lying on a bed without clothes" is flagged. The guard's model reads
+what words name, not their opposite, so a steer-away text naming clothing, covering or decency refuses the
+call instead: words of :data:`COVERING` (in English and the words for clothes in a few other languages), read
+as a generator reads them (look-alike letters, words written apart, digits for letters, one-letter slips) and
+clothing emoji (by their Unicode names).
 
 Other opposites are out of reach (``negative_prompt="alive, healthy"`` beside a prompt of a man lying in the
-street): only this family, the one asked for in practice, is refused (docs/pipeline.md).
+street), and so are synonyms and languages the lists do not hold: docs/pipeline.md.
 """
 from __future__ import annotations
 
 import re
+import unicodedata
 
-from ..data.defences import clip_reading, normalized
+from ..data.defences import clip_reading, joined, normalized
 from ..data.spelling import corrected
 from ..errors import LatentGuardError
 
 # Words naming clothing, covering or decency; a plural counts as the word. Coats, shoes and hats are not here
 # (steering away from them uncovers nothing), nor words common in ordinary negative prompts ("cover", "top").
 COVERING = frozenset({
-    "clothes", "clothing", "clothed", "dress", "dressed", "garment", "outfit", "attire", "apparel", "shirt", "tshirt",
-    "blouse", "pants", "trousers", "jeans", "shorts", "skirt", "underwear", "bra", "panties", "underpants", "briefs",
-    "boxers", "bikini", "swimsuit", "swimwear", "leotard", "bodysuit", "covered", "covering", "censored", "censor",
-    "censorship", "modest", "modesty", "decent", "sfw", "wholesome",
+    "clothes", "clothing", "clothed", "cloth", "dress", "dressed", "garment", "garb", "outfit", "attire", "apparel",
+    "costume", "shirt", "tshirt", "blouse", "pants", "trousers", "jeans", "shorts", "skirt", "underwear", "bra",
+    "panties", "underpants", "briefs", "boxers", "lingerie", "bikini", "swimsuit", "swimwear", "leotard",
+    "bodysuit", "robe", "bathrobe", "gown", "nightgown", "nightdress", "towel", "covered", "covering", "censored",
+    "censor", "censorship", "modest", "modesty", "decent", "decency", "sfw", "wholesome",
+    # the words for clothes and underwear in a few languages CLIP has read (after look-alikes are mapped to Latin)
+    "kleidung", "kleider", "unterwasche", "vetements", "vetement", "ropa", "vestido", "vestiti", "roupa", "roupas",
+    "odezhda", "ubrania", "kleding", "klader",
 })
-PHRASES = ("safe for work", "family friendly", "bathing suit", "t shirt")
+PHRASES = ("safe for work", "family friendly", "bathing suit", "t shirt", "swim suit", "under wear")
+# CJK and Cyrillic words for clothes, matched as written (no Latin look-alike maps them).
+FOREIGN = ("衣服", "服装", "衣裳", "内衣", "下着", "옷", "одежд", "белье", "бельё")
+# Words in the Unicode names of clothing emoji (👗 DRESS, 👙 BIKINI, 👕 T-SHIRT, 🩲 BRIEFS ...).
+EMOJI_NAMES = frozenset({"DRESS", "BIKINI", "SHIRT", "T-SHIRT", "JEANS", "BRIEFS", "SWIMSUIT", "KIMONO", "SARI",
+                         "CLOTHES", "SHORTS", "BLOUSE"})
 _WORD = re.compile(r"[a-z]+")
+_LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"})
+_LEET_WORD = re.compile(r"[a-z0-9@$]*[0-9@$][a-z0-9@$]*")
 
 
 def covering_named(text: str) -> str | None:
-    """The first word or phrase of :data:`COVERING` / :data:`PHRASES` that ``text`` names, read as a generator reads
-    it (tricks undone, a one-letter slip corrected), or None."""
-    readings = (clip_reading(text), clip_reading(text, generator_cleans=False), normalized(text).lower())
-    words = [w for r in readings for w in _WORD.findall(corrected(r, COVERING))]
-    for word in words:
-        for form in (word, word[:-1] if word.endswith("s") else None, word[:-2] if word.endswith("es") else None):
-            if form in COVERING:
-                return word
-    plain = " ".join(words)
-    return next((p for p in PHRASES if f" {p} " in f" {plain} "), None)
+    """The first word or phrase of :data:`COVERING` / :data:`PHRASES` / :data:`FOREIGN`, or clothing emoji, that
+    ``text`` names as a generator reads it, or None."""
+    lowered = text.lower()
+    for word in FOREIGN:
+        if word in lowered:
+            return word
+    for char in text:
+        if ord(char) > 0x2000 and set(unicodedata.name(char, "").split()) & EMOJI_NAMES:
+            return char
+    readings = [clip_reading(text), clip_reading(text, generator_cleans=False), normalized(text).lower()]
+    readings += [_LEET_WORD.sub(_unleet, r) for r in readings]  # "cl0thes"
+    for reading in readings:
+        words = _WORD.findall(corrected(joined(reading, COVERING), COVERING))  # "clo thes", "clohtes"
+        for word in words:
+            for form in (word, word[:-1] if word.endswith("s") else None, word[:-2] if word.endswith("es") else None):
+                if form in COVERING:
+                    return word
+        plain = " ".join(words)
+        if (phrase := next((p for p in PHRASES if f" {p} " in f" {plain} "), None)) is not None:
+            return phrase
+    return None
+
+
+def _unleet(match: re.Match) -> str:
+    """Digits for letters in a word of four characters or more holding two letters or more ("cl0thes"); "3d",
+    "8k" stay (read as letters, "album cover, 3d render" had read "covered")."""
+    word = match.group()
+    return word.translate(_LEET) if len(word) >= 4 and sum(c.isalpha() for c in word) >= 2 else word
+
+
+def reversed_edits(call: dict) -> list[str]:
+    """Semantic Stable Diffusion's (and LEDits++') edit prompts the call steers the image away from: those with
+    ``reverse_editing_direction`` set, or a negative ``edit_guidance_scale`` (either, per edit or for all)."""
+    texts = call.get("editing_prompt")
+    if texts is None:
+        return []
+    texts = [texts] if isinstance(texts, str) else list(texts)
+
+    def each(value, default):
+        value = default if value is None else value
+        return list(value) if isinstance(value, (list, tuple)) else [value] * len(texts)
+
+    reverse, scale = each(call.get("reverse_editing_direction"), False), each(call.get("edit_guidance_scale"), 5.0)
+    out = []
+    for text, back, weight in zip(texts, reverse, scale):
+        try:
+            away = bool(back) or float(weight) < 0
+        except (TypeError, ValueError):
+            away = True  # a scale that is no number: read as steering away (fail closed)
+        if away and isinstance(text, str):
+            out.append(text)
+    return out
 
 
 def refuse_uncovering(roles: dict[str, list[str]]) -> None:
-    """Refuse a call whose steer-away texts (:func:`~latentguard.pipeline.arguments.steer_away`, by role) name
+    """Refuse a call whose steer-away texts (by role: negative texts, SLD's safety concept, reversed edits) name
     clothing or covering: steering away from them asks for nudity (module docstring)."""
     for role, texts in roles.items():
         for text in texts:

@@ -144,6 +144,9 @@ class GuardServer:
                     state.guard.encoder.refuse_unreadable(form)
             except UnreadableTextError as exc:
                 unreadable[i] = exc
+            except Exception as exc:  # noqa: BLE001 - a tokenizer fault here is no verdict: the batch reads it again
+                log.warning("reading a prompt ahead of its batch failed (%s: %s); the batch checks it",
+                            type(exc).__name__, exc)
         return Split(state.generation, out, cost, unreadable)
 
     # -------------------------------------------------------------------------------- scoring

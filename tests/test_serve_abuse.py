@@ -328,3 +328,21 @@ def test_a_rotated_audit_log_is_reopened_and_a_deleted_one_answers_500(keyed):
     r = httpx.post(keyed.url + "/admin/reload", headers=admin, timeout=120)
     assert r.status_code == 200, r.text
     assert keyed.check(NEW_KEY).status_code == 200 and log.exists()
+
+
+def test_bodies_that_never_finish_arriving_hold_no_slot(keyed):
+    """A key holder sent heads and one body byte on more connections than --max-in-flight (2 here): each had held
+    a slot for the body timeout, and every other client got 503 (a twenty-fourth hostile pass)."""
+    head = (b"POST /v1/check HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + NEW_KEY.encode() +
+            b"\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
+    sockets = []
+    try:
+        for _ in range(4):
+            s = socket.create_connection(("127.0.0.1", keyed.port), timeout=10)
+            s.sendall(head)
+            sockets.append(s)
+        time.sleep(0.5)
+        assert keyed.check(NEW_KEY).status_code == 200
+    finally:
+        for s in sockets:
+            s.close()

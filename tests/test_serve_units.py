@@ -246,22 +246,36 @@ def test_requests_in_flight_are_limited_and_an_idle_connection_takes_no_slot():
     from fastapi.responses import JSONResponse
 
     from latentguard.serve.app import _InFlight
+    from latentguard.serve.routes import SLOT
 
     async def main():
         gate, sent = asyncio.Event(), []
 
-        async def app(scope, receive, send):  # a request still receiving its body, or being scored
+        async def app(scope, receive, send):  # reads its body as routes.body_of does, then is scored
+            await receive()
+            if scope.get(SLOT) is False:
+                return await JSONResponse({"busy": True}, status_code=503, headers={"Retry-After": "1"})(
+                    scope, receive, send)
             await gate.wait()
             await JSONResponse({"ok": True})(scope, receive, send)
 
         async def receive():
             return {"type": "http.request", "body": b"", "more_body": False}
 
+        trickle = asyncio.Event()
+
+        async def trickling():  # a body that never finishes arriving: a key holder's 128 one-byte bodies
+            await trickle.wait()
+            return {"type": "http.request", "body": b"{", "more_body": False}
+
         async def send(message):
             sent.append(message)
 
         scope = {"type": "http", "method": "POST", "path": "/v1/check", "headers": [], "query_string": b""}
         limited = _InFlight(app, 1, frozenset({"/v1/check"}))  # a socket that sends nothing is never a request
+        slow = [asyncio.create_task(limited(dict(scope), trickling, send)) for _ in range(3)]
+        await asyncio.sleep(0.01)
+        assert limited.active == 0  # bodies still arriving hold no slot (a twenty-fourth hostile pass)
         first = asyncio.create_task(limited(dict(scope), receive, send))
         await asyncio.sleep(0.01)
         await limited(dict(scope), receive, send)  # refused at once, while the first is in flight
@@ -285,11 +299,13 @@ def test_requests_in_flight_are_limited_and_an_idle_connection_takes_no_slot():
         await limited(dict(scope), receive, send)
         unread.set()
         await writing
+        trickle.set()
+        await asyncio.gather(*slow)
         return refused, [m["status"] for m in sent if m["type"] == "http.response.start"]
 
     refused, statuses = asyncio.run(main())
     assert refused[0]["status"] == 503 and (b"retry-after", b"1") in refused[0]["headers"]
-    assert statuses == [503, 200, 200, 200, 200, 200]
+    assert statuses[:6] == [503, 200, 200, 200, 200, 200]
 
 
 def test_sentences_that_exist_only_after_normalisation_count_against_the_limit(tiny_encoder, tmp_path):

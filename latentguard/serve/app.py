@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException
 from ..errors import LatentGuardError
 from .connections import TARGET
 from .protocol import RequestError
-from .routes import RETRY_AFTER_S, ROUTERS
+from .routes import RETRY_AFTER_S, ROUTERS, SLOT
 from .server import GuardServer, log
 from .settings import is_loopback
 
@@ -99,12 +99,16 @@ async def _routing(request: Request, exc: HTTPException) -> JSONResponse:
 
 
 class _InFlight:
-    """At most ``limit`` requests that bring work (a POST: a body to read and prompts to judge, or a reload) being
-    received or judged at once; one more is a 503 with ``Retry-After``. A slot is given back as soon as the answer
-    starts: writing it is the connection's business (bounded by the write timeout of
-    :mod:`latentguard.serve.connections`), not the model's. Answers that need no work (probes, ``/metrics``, a 404)
-    take no slot. A client that pipelined requests and never read the 404s had held every slot, keyed or not, for
-    as long as it kept its sockets open (a hostile review). Idle connections take no slot."""
+    """At most ``limit`` requests that bring work (a POST whose body has arrived: prompts to judge) being judged at
+    once; one more is a 503 with ``Retry-After`` (:func:`~latentguard.serve.routes.body_of` answers it, reading
+    :data:`SLOT` from the scope). A slot is taken when the last byte of the body arrives, not when the head does: a
+    key holder who sent 128 heads and one body byte each had held every slot for the body timeout, and every other
+    client, keyed or not, got 503 (a twenty-fourth hostile pass). A slot is given back as soon as the answer starts:
+    writing it is the connection's business (bounded by the write timeout of :mod:`latentguard.serve.connections`),
+    not the model's. Answers that need no work (probes, ``/metrics``, a 404) take no slot. A client that pipelined
+    requests and never read the 404s had held every slot for as long as it kept its sockets open (a hostile
+    review). Idle connections and bodies still arriving take no slot (the connection cap and ``--body-timeout-s``
+    bound them)."""
 
     def __init__(self, app, limit: int, paths: frozenset[str]) -> None:
         self.app, self.limit, self.paths, self.active = app, limit, paths, 0
@@ -112,17 +116,21 @@ class _InFlight:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope.get("method") != "POST" or scope["path"] not in self.paths:
             return await self.app(scope, receive, send)
-        if self.active >= self.limit:
-            busy = RequestError(503, f"{self.active} requests are in flight (--max-in-flight {self.limit}); retry "
-                                "later", code="too_many_requests", headers={"Retry-After": RETRY_AFTER_S})
-            return await error_response(scope, busy)(scope, receive, send)
-        self.active += 1
-        held = [True]
+        held = [False]
 
         def give_back() -> None:
             if held[0]:
                 held[0] = False
                 self.active -= 1
+
+        async def received():
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False) and SLOT not in scope:
+                scope[SLOT] = self.active < self.limit  # False: body_of answers 503
+                if scope[SLOT]:
+                    self.active += 1
+                    held[0] = True
+            return message
 
         async def answering(message) -> None:
             if message["type"] == "http.response.start":
@@ -130,7 +138,7 @@ class _InFlight:
             await send(message)
 
         try:
-            await self.app(scope, receive, answering)
+            await self.app(scope, received, answering)
         finally:
             give_back()
 

@@ -121,8 +121,14 @@ def not_ready() -> RequestError:
     return RequestError(503, "the guard is not ready", code="not_ready", headers={"Retry-After": RETRY_AFTER_S})
 
 
+# The scope key under which the in-flight cap (app._InFlight) says whether this request got a slot once its body
+# arrived: False is a 503, answered here, after the body and before any work.
+SLOT = "latentguard.slot"
+
+
 async def body_of(request: Request) -> dict:
-    """The request's JSON object, read within ``--body-timeout-s`` and at most ``body_cap`` bytes."""
+    """The request's JSON object, read within ``--body-timeout-s`` and at most ``body_cap`` bytes; a 503 when no
+    ``--max-in-flight`` slot was free as it arrived."""
     settings = served(request).settings
     declared = request.headers.get("content-length")
     cap = settings.body_cap
@@ -149,6 +155,10 @@ async def body_of(request: Request) -> dict:
     except ClientDisconnect:  # the client left: nothing to answer, and not a server fault
         raise RequestError(499, "the client closed the connection before its request arrived",
                            code="client_closed") from None
+    if request.scope.get(SLOT) is False:
+        limit = settings.max_in_flight
+        raise RequestError(503, f"{limit} requests are in flight (--max-in-flight {limit}); retry later",
+                           code="too_many_requests", headers={"Retry-After": RETRY_AFTER_S})
     return decode_body(raw)
 
 

@@ -346,3 +346,23 @@ def test_bodies_that_never_finish_arriving_hold_no_slot(keyed):
     finally:
         for s in sockets:
             s.close()
+
+
+def test_keys_read_well_apply_even_when_the_rest_of_a_reload_fails(keyed):
+    """A revoked key had kept serving whenever another part of the reload failed (a typo in the blacklist, an audit
+    log that could not be reopened), while the new key was refused (a twenty-fourth hostile pass)."""
+    keys, log, admin = keyed.dir / "keys.txt", keyed.dir / "audit.jsonl", {"Authorization": f"Bearer {ADMIN_KEY}"}
+    kept = log.with_name("audit.kept.jsonl")
+    os.replace(log, kept)
+    log.write_text("not an audit log\n", encoding="utf-8")  # the reopen is refused: the reload fails
+    keys.write_text(NEW_KEY + "\n", encoding="utf-8")  # OLD_KEY revoked
+    try:
+        r = httpx.post(keyed.url + "/admin/reload", headers=admin, timeout=120)
+        assert r.status_code == 500 and r.json()["error"]["code"] == "reload_failed", r.text
+        assert keyed.check(OLD_KEY).status_code == 401
+        assert keyed.check(NEW_KEY).status_code == 200
+    finally:
+        log.unlink()
+        os.replace(kept, log)
+        keys.write_text(f"{OLD_KEY}\n{NEW_KEY}\n", encoding="utf-8")
+        assert httpx.post(keyed.url + "/admin/reload", headers=admin, timeout=120).status_code == 200

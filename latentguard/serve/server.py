@@ -215,16 +215,19 @@ class GuardServer:
         """Re-read the key files, the blacklist and threshold files, encode the new blacklist, swap both in
         between batches; open the audit log at its path again (log rotation).
 
-        Raises :class:`LatentGuardError` (one line) and keeps the serving state and keys when either fails (a
-        key file now empty or unreadable too: the old keys serve on rather than none or a server locked shut).
+        Keys read well apply at once, whatever becomes of the rest. Raises :class:`LatentGuardError` (one line) and
+        keeps the serving state when a step fails (a key file now empty or unreadable: the old keys serve on rather
+        than none or a server locked shut).
         """
         async with self._reload_lock:
             loop = asyncio.get_running_loop()
             try:
                 # the key files are read off the model thread: a slow read must not stall scoring
-                settings = await loop.run_in_executor(None, self._reread_keys)
+                # keys apply as soon as they are read, whatever becomes of the rest: a revoked key had kept serving
+                # whenever the blacklist or the audit log then failed the reload (a twenty-fourth hostile pass)
+                self.settings = await loop.run_in_executor(None, self._reread_keys)
                 await loop.run_in_executor(None, self.auditor.reopen)  # log rotation: a new file at the path
-                state = await loop.run_in_executor(self.model_thread, self._build_and_swap, settings)
+                state = await loop.run_in_executor(self.model_thread, self._build_and_swap)
             except LatentGuardError as exc:
                 self._reloaded(reason, None, str(exc))
                 raise
@@ -234,10 +237,9 @@ class GuardServer:
             self._reloaded(reason, state, None)
             return state
 
-    def _build_and_swap(self, settings: ServeSettings) -> GuardState:
+    def _build_and_swap(self) -> GuardState:
         current = self.state
         state = build_state(self.factory, current.generation + 1, encoder=current.guard.encoder)
-        self.settings = settings  # a removed key is refused from the next request on (it had served till restart)
         self._serve(state)  # on the model thread, between batches
         return state
 

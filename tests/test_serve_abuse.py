@@ -366,3 +366,33 @@ def test_keys_read_well_apply_even_when_the_rest_of_a_reload_fails(keyed):
         os.replace(kept, log)
         keys.write_text(f"{OLD_KEY}\n{NEW_KEY}\n", encoding="utf-8")
         assert httpx.post(keyed.url + "/admin/reload", headers=admin, timeout=120).status_code == 200
+
+
+def test_a_sighup_while_the_guard_loads_does_not_kill_the_server(tmp_path, monkeypatch):
+    """SIGHUP's default action had killed a server still loading its guard (exit 129, no log line): a log rotation's
+    ``kill -HUP`` meeting a start took the service down, and systemd reads that as a clean exit (a hostile pass).
+    ``latentguard serve`` now handles it from its first line; the load (mini's takes about a second) sees it
+    handled, and a SIGHUP then is one log line."""
+    from latentguard.cli import serve as serve_cli
+    from latentguard.serve import GuardServer
+
+    seen = []
+
+    def load(self):
+        seen.append(signal.getsignal(signal.SIGHUP))
+        raise KeyboardInterrupt  # stop there: nothing is served
+
+    previous = signal.getsignal(signal.SIGHUP)
+    monkeypatch.setattr(GuardServer, "load", load)
+    monkeypatch.setenv("LATENTGUARD_HOME", str(tmp_path / "home"))
+    try:
+        serve_cli.main(["--guard", "mini", "--port", str(_free_port())])
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert seen and callable(seen[0]), seen  # handled, neither the default action nor ignored
+    code = ("import os, signal, time; from latentguard.cli.serve import _defer_sighup; _defer_sighup(); "
+            "os.kill(os.getpid(), signal.SIGHUP); time.sleep(0.2); print('alive')")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(tmp_path / "home"), capture_output=True,
+                          text=True, timeout=60, preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
+    assert done.returncode == 0 and done.stdout.strip() == "alive", (done.returncode, done.stderr[-500:])
+    assert "SIGHUP while the guard loads" in done.stderr

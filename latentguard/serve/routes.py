@@ -295,13 +295,13 @@ async def sanitize(request: Request):
         if flagged:
             loop, done = asyncio.get_running_loop(), []
             for start in range(0, len(flagged), SANITIZE_PIECE):  # pieces: other requests are judged in between
-                if await request.is_disconnected():  # its client is gone: no more of the model's time for it
-                    raise RequestError(499, "the client closed the connection while its prompts were sanitized; "
-                                       "nothing was answered", code="client_closed")
                 piece = flagged[start : start + SANITIZE_PIECE]
                 edit = functools.partial(state.guard.sanitize, [prompts[i] for i in piece],
                                          before=[verdicts[i] for i in piece])
                 async with server.sanitize_turn:  # one piece on the model thread at a time, whichever request
+                    if await request.is_disconnected():  # its client left (while it waited its turn, too): no more
+                        raise RequestError(499, "the client closed the connection while its prompts were "
+                                           "sanitized; nothing was answered", code="client_closed")
                     done += await loop.run_in_executor(server.model_thread, edit)
             if len(done) != len(flagged):
                 raise ValueError(f"{len(done)} sanitized texts for {len(flagged)} flagged prompts")

@@ -34,7 +34,10 @@ ORDINARY = ("lowres, bad anatomy, bad hands, text, error, missing fingers, extra
                                   "lingerie", "nightgown", "bathrobe", "gown", "towel", "garb", "costume", "decency",
                                   "clo thes", "under wear", "under-wear", "swim suit", "cl0thes", "\U0001f457",
                                   "\U0001f459 \U0001f455", "\U0001fa72", "Kleidung",
-                                  "\u043e\u0434\u0435\u0436\u0434\u0430", "\u8863\u670d"])
+                                  "\u043e\u0434\u0435\u0436\u0434\u0430", "\u8863\u670d",
+                                  # a twenty-fifth: glued to a word, as CLIP's BPE cuts it; more underwear
+                                  "anyclothes, theunderwear, blackbra", "reddress", "bluejeans", "thong",
+                                  "knickers", "negligee", "\U0001f454"])
 def test_clothing_is_named_however_written(text):
     assert covering_named(text) is not None
 
@@ -117,3 +120,47 @@ def test_a_negative_text_given_again_as_an_edit_never_conditions_the_image(sega,
     result = guard_pipeline(sega, guard)(prompts, negative_prompt=["blurry", ""], generator=gen(), **benign)
     assert not result.blocked
     same(result.images, sega(prompts, negative_prompt=["blurry", ""], generator=gen(), **benign).images)
+
+
+@pytest.mark.parametrize("flip", [dict(reverse_editing_direction=(False,)),  # a tuple: diffusers reverses all
+                                  dict(reverse_editing_direction=[False], edit_momentum_scale=1.2, edit_mom_beta=6.0)])
+def test_a_semantic_edit_reversed_another_way_is_refused_too(sega, guard, flip):
+    """diffusers indexes only a list of directions (a tuple is one truthy value), and a momentum beta outside [0, 1]
+    flips the edit's sign: "clothes" steered away from either way (a twenty-fifth hostile pass)."""
+    with pytest.raises(LatentGuardError, match="reversed edit text|edit_mom_beta"):
+        guard_pipeline(sega, guard)("a woman lying on a bed", editing_prompt=["clothes"],
+                                    edit_guidance_scale=[10.0], **flip, **EDIT)
+
+
+@pytest.mark.parametrize("momentum", [dict(sld_momentum_scale=1.2, sld_mom_beta=6.0), dict(sld_momentum_scale=-1.0),
+                                      dict(sld_mom_beta=float("nan"))])
+def test_sld_momentum_that_could_reverse_the_safety_term_is_refused(clip_tokenizer, guard, momentum):
+    """With beta 6 and scale 1.2 SLD's momentum keeps the safety term's size and flips its sign: its unchecked
+    safety concept ("... sexual, nudity ...") then pulls the image towards itself (a twenty-fifth hostile pass)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sld = td.build_sd(clip_tokenizer, diffusers.StableDiffusionPipelineSafe)
+    denoises = Runs(sld.unet)
+    with pytest.raises(LatentGuardError, match="can reverse the guidance"):
+        guard_pipeline(sld, guard)("a woman lying on a bed", sld_guidance_scale=2000.0, sld_warmup_steps=0,
+                                   **momentum, **STEPS)
+    assert denoises.n == 0
+    ok = guard_pipeline(sld, guard)("a cat", sld_guidance_scale=2000.0, sld_momentum_scale=0.3, sld_mom_beta=0.4,
+                                    generator=gen(), **STEPS)
+    assert not ok.blocked
+
+
+def test_a_step_callback_cannot_fill_the_unconditional_half_with_a_text_it_encoded(sd, guard):
+    """"a dress" encoded mid-call is checked as a prompt (safe), then put where the image is steered away from it."""
+    import torch
+
+    def swap(pipe, i, t, kwargs):
+        if i == 0:
+            negative = pipe.encode_prompt("a dress", pipe._execution_device, 1, False)[0]
+            kwargs["prompt_embeds"] = torch.cat([negative, kwargs["prompt_embeds"][1:]])
+        return kwargs
+
+    with pytest.raises(LatentGuardError, match="checked rows where the first step had negative"):
+        guard_pipeline(sd, guard)("a woman lying on a bed", callback_on_step_end=swap,
+                                  callback_on_step_end_tensor_inputs=["prompt_embeds"],
+                                  **dict(STEPS, num_inference_steps=3))

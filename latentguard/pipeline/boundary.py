@@ -16,14 +16,12 @@ A :class:`Session` puts torch hooks on every text encoder and every other module
 2. **The denoiser's conditioning.** Every tensor passed to another module under a conditioning
    name (:data:`CONDITIONING`) must trace back to this call's encoder outputs
    (:mod:`latentguard.pipeline.provenance`). The calls of the first denoising step set the
-   pattern; at later steps the *k*-th call of a step must receive the first step's *k*-th tensor
-   again, or rows that all come from checked texts (a callback may drop the unconditional half,
-   as ``SDCFGCutoffCallback`` does; it may not move a negative row elsewhere or bring a new one).
-   Negative rows out of their block (:func:`_negatives_in_one_block`: after the prompt's rows, as an edit) are
-   conditioning: the call's negative texts are judged then, as prompts.
-   Rows of Safe Latent Diffusion's ``safety_concept`` (allowed at the encoder as a steer-away text,
-   role ``safety``) may only be in the last third of the batch, that pipeline's guidance rows, beside
-   a third of checked rows: never where they would condition the image.
+   pattern; at later steps the *k*-th call of a step must receive the first step's *k*-th tensor again, or
+   rows that all come from checked texts, none where negative rows were (a callback may drop the unconditional
+   half, as ``SDCFGCutoffCallback`` does, not move or fill it). Negative rows out of their block (after the
+   prompt's, as an edit) are conditioning: the call's negative texts are judged then. Rows of SLD's
+   ``safety_concept`` (role ``safety``) may only be in the last third of the batch, its guidance rows, beside a
+   third of checked rows: never where they would condition the image.
 """
 from __future__ import annotations
 
@@ -332,10 +330,8 @@ class Session:
         return verdict
 
     def _judge_negatives(self, module: str, arg: str) -> None:
-        """Negative rows out of their block condition the image: a negative text given again as a Semantic Stable
-        Diffusion ``editing_prompt`` had its rows accepted as "negative" at the encoder and then pulled the image
-        towards it from the edit rows, unchecked (a twenty-third hostile pass); Kandinsky's prior runs its negative
-        text as a prompt on purpose. The call's negative texts are judged there, once, as prompts."""
+        """Negative rows out of their block condition the image (a negative text given again as a SEGA edit pulled
+        the image towards it, unchecked: a hostile pass; Kandinsky's prior does it on purpose): judged, once."""
         if self._negatives_judged:
             return
         self._negatives_judged = True
@@ -388,17 +384,25 @@ class Session:
         if step != watch["step"] or step is None:
             watch["step"], watch["k"] = step, 0
         if not watch["later"] and step is not None and step == watch["first"]:
-            watch["pattern"].append(x.detach().clone())  # the first step: as the pipeline built it
+            watch["pattern"].append((x.detach().clone(), roles))  # the first step: as the pipeline built it
             return
         watch["later"] = True
         if not watch["pattern"]:
-            watch["pattern"].append(x.detach().clone())
+            watch["pattern"].append((x.detach().clone(), roles))
             return
-        expected = watch["pattern"][watch["k"] % len(watch["pattern"])]
+        expected, was = watch["pattern"][watch["k"] % len(watch["pattern"])]
         watch["k"] += 1
-        if not _same(expected, x) and any(r != CHECKED for r in roles):
+        if _same(expected, x):
+            return
+        if any(r != CHECKED for r in roles):
             raise LatentGuardError(f"{module} received {arg} with unchecked (negative or unconditional) rows where the "
                                    "first step had other rows (a step callback moved them); refusing the call")
+        # a callback may drop the unconditional half or blank it, not fill it with a text ("a dress": a hostile pass)
+        texts = x.detach().reshape(len(roles), -1).ne(0).any(1).tolist() if x.shape[0] == len(roles) else [True] * 99
+        if len(roles) == len(was) and any(w != CHECKED and r == CHECKED and t for w, r, t in zip(was, roles, texts)):
+            raise LatentGuardError(f"{module} received {arg} with checked rows where the first step had negative or "
+                                   "unconditional ones (a step callback put a text where the image is steered away "
+                                   "from it); refusing the call")
 
 
 def _check_safety_rows(module: str, arg: str, roles: list[str]) -> None:

@@ -17,6 +17,7 @@ street), and so are synonyms and languages the lists do not hold: docs/pipeline.
 """
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 
@@ -30,7 +31,9 @@ COVERING = frozenset({
     "clothes", "clothing", "clothed", "cloth", "dress", "dressed", "garment", "garb", "outfit", "attire", "apparel",
     "costume", "shirt", "tshirt", "blouse", "pants", "trousers", "jeans", "shorts", "skirt", "underwear", "bra",
     "panties", "underpants", "briefs", "boxers", "lingerie", "bikini", "swimsuit", "swimwear", "leotard",
-    "bodysuit", "robe", "bathrobe", "gown", "nightgown", "nightdress", "towel", "covered", "covering", "censored",
+    "bodysuit", "robe", "bathrobe", "gown", "nightgown", "nightdress", "nightie", "negligee", "pajamas", "pyjamas",
+    "sleepwear", "nightwear", "thong", "knickers", "corset", "camisole", "stockings", "leggings", "tights", "kimono",
+    "sari", "towel", "covered", "covering", "censored",
     "censor", "censorship", "modest", "modesty", "decent", "decency", "sfw", "wholesome",
     # the words for clothes and underwear in a few languages CLIP has read (after look-alikes are mapped to Latin)
     "kleidung", "kleider", "unterwasche", "vetements", "vetement", "ropa", "vestido", "vestiti", "roupa", "roupas",
@@ -41,7 +44,7 @@ PHRASES = ("safe for work", "family friendly", "bathing suit", "t shirt", "swim 
 FOREIGN = ("衣服", "服装", "衣裳", "内衣", "下着", "옷", "одежд", "белье", "бельё")
 # Words in the Unicode names of clothing emoji (👗 DRESS, 👙 BIKINI, 👕 T-SHIRT, 🩲 BRIEFS ...).
 EMOJI_NAMES = frozenset({"DRESS", "BIKINI", "SHIRT", "T-SHIRT", "JEANS", "BRIEFS", "SWIMSUIT", "KIMONO", "SARI",
-                         "CLOTHES", "SHORTS", "BLOUSE"})
+                         "CLOTHES", "SHORTS", "BLOUSE", "NECKTIE", "COAT"})
 _WORD = re.compile(r"[a-z]+")
 _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"})
 _LEET_WORD = re.compile(r"[a-z0-9@$]*[0-9@$][a-z0-9@$]*")
@@ -57,7 +60,10 @@ def covering_named(text: str) -> str | None:
     for char in text:
         if ord(char) > 0x2000 and set(unicodedata.name(char, "").split()) & EMOJI_NAMES:
             return char
-    readings = [clip_reading(text), clip_reading(text, generator_cleans=False), normalized(text).lower()]
+    # CLIP's reading with the clothing words as the watched ones: a glued run is cut where CLIP's BPE ends one
+    # ("anyclothes", "blackbra" are read "any clothes", "black bra", as CLIP reads them: a twenty-fifth hostile pass)
+    readings = [clip_reading(text, COVERING), clip_reading(text, COVERING, generator_cleans=False),
+                normalized(text).lower()]
     readings += [_LEET_WORD.sub(_unleet, r) for r in readings]  # "cl0thes"
     for reading in readings:
         words = _WORD.findall(corrected(joined(reading, COVERING), COVERING))  # "clo thes", "clohtes"
@@ -86,20 +92,47 @@ def reversed_edits(call: dict) -> list[str]:
         return []
     texts = [texts] if isinstance(texts, str) else list(texts)
 
-    def each(value, default):
+    def each(value, default):  # as diffusers reads them: a list per edit, anything else (a tuple too) for all
         value = default if value is None else value
-        return list(value) if isinstance(value, (list, tuple)) else [value] * len(texts)
+        return list(value) + [default] * len(texts) if isinstance(value, list) else [value] * len(texts)
 
     reverse, scale = each(call.get("reverse_editing_direction"), False), each(call.get("edit_guidance_scale"), 5.0)
     out = []
     for text, back, weight in zip(texts, reverse, scale):
         try:
-            away = bool(back) or float(weight) < 0
-        except (TypeError, ValueError):
-            away = True  # a scale that is no number: read as steering away (fail closed)
+            away = bool(back) or not float(weight) >= 0  # a tuple is truthy: diffusers reverses every edit
+        except Exception:  # noqa: BLE001 - a tensor of flags, a scale that is no number: read as steering away
+            away = True
         if away and isinstance(text, str):
             out.append(text)
     return out
+
+
+# Momentum arguments of Safe Latent Diffusion and Semantic Stable Diffusion: guidance g is applied as
+# g + scale * m with m = beta * m + (1 - beta) * g, so beta outside [0, 1] or a negative scale can flip the term's
+# sign: SLD's unchecked safety concept then pulls the image towards itself, and a forward edit "clothes" steers
+# away from it (a twenty-fifth hostile pass: sld_momentum_scale=1.2, sld_mom_beta=6).
+MOMENTUM = {"sld_momentum_scale": "scale", "sld_mom_beta": "beta", "edit_momentum_scale": "scale",
+            "edit_mom_beta": "beta"}
+
+
+def refuse_flipped_momentum(call: dict) -> None:
+    """Refuse momentum settings that can reverse a guidance term (:data:`MOMENTUM`): a scale below 0, a beta
+    outside [0, 1], or anything that is not a finite number."""
+    for name, kind in MOMENTUM.items():
+        value = call.get(name)
+        if value is None:
+            continue
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            try:
+                number = float(item)
+            except Exception:  # noqa: BLE001 - a tensor, a string
+                number = math.nan
+            if not (0 <= number <= 1 if kind == "beta" else 0 <= number < math.inf):
+                bound = "between 0 and 1" if kind == "beta" else "a finite number of 0 or more"
+                raise LatentGuardError(f"{name}={value!r}: it must be {bound}; other values can reverse the guidance "
+                                       "it scales (towards a safety concept, away from an edit), so the call is "
+                                       "refused (docs/pipeline.md)")
 
 
 def refuse_uncovering(roles: dict[str, list[str]]) -> None:

@@ -50,7 +50,7 @@ from .parts import (
 from .provenance import CHECKED
 from .result import GuardedResult, OnUnsafe, PromptBlocked, images_by_prompt, validate_verdicts
 from .sanitizing import sanitize_call
-from .steering import refuse_uncovering, reversed_edits
+from .steering import refuse_flipped_momentum, refuse_uncovering, reversed_edits
 
 _REUSE_FAMILY = frozenset({"StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"})  # CLIP-L last layer
 
@@ -239,6 +239,7 @@ class GuardedPipeline:
 
     def _guarded_call(self, call: dict, prompts: list[str], parts: Parts, shared, holder: list) -> GuardedResult:
         n, action = len(prompts), OnUnsafe.parse(self.on_unsafe)
+        refuse_flipped_momentum(call)  # in every mode: it makes an unchecked text conditioning
         if action.enforces:  # a negative text naming clothing asks for nudity
             refuse_uncovering({**steer_away(self.pipe, negative_texts(call)), "reversed edit": reversed_edits(call)})
         session = Session(self.pipe, parts, self.guard, annotate=not action.enforces, known=self._known)

@@ -497,3 +497,20 @@ def test_a_hub_guard_is_fetched_once_and_reloads_read_its_snapshot(tmp_path, mon
     first = factory()
     again = factory(first.encoder)
     assert fetched == ["org/lg"] and again.bundle.path == snapshot and again.concepts == first.concepts
+
+
+def test_a_hook_that_raises_system_exit_fails_its_batch_and_leaves_no_record(tmp_path):
+    """``except Exception`` let SystemExit from an --audit-hook through: it stopped the server and left a record of
+    a verdict no client got (a twenty-sixth hostile pass)."""
+    from latentguard.serve.audit import AuditError, Auditor, VerdictEvent
+
+    def hook(event):
+        raise SystemExit(1)
+
+    log = tmp_path / "audit.jsonl"
+    auditor = Auditor(log, on_verdict=hook)
+    event = VerdictEvent(time.time(), "modr-1", "/v1/check", 0, "m", 1, _verdict(True, 0.9, 0.1))
+    with pytest.raises(AuditError, match="hook failed .*SystemExit"):
+        auditor([event])
+    assert log.read_bytes() == b""
+    auditor.close()

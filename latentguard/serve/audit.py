@@ -191,7 +191,7 @@ class Auditor:
                 for event in events:
                     try:
                         self.on_verdict(event)
-                    except Exception as exc:
+                    except BaseException as exc:  # noqa: BLE001 - SystemExit from a hook had stopped the server
                         if good is not None:
                             self._cut_back(good)
                         raise AuditError(f"the on_verdict hook failed ({type(exc).__name__}: {exc}); "

@@ -273,9 +273,12 @@ def test_requests_in_flight_are_limited_and_an_idle_connection_takes_no_slot():
 
         scope = {"type": "http", "method": "POST", "path": "/v1/check", "headers": [], "query_string": b""}
         limited = _InFlight(app, 1, frozenset({"/v1/check"}))  # a socket that sends nothing is never a request
-        slow = [asyncio.create_task(limited(dict(scope), trickling, send)) for _ in range(3)]
+        other = {**scope, "client": ("10.0.0.9", 4000)}
+        slow = [asyncio.create_task(limited(dict(other), trickling, send))]
         await asyncio.sleep(0.01)
         assert limited.active == 0  # bodies still arriving hold no slot (a twenty-fourth hostile pass)
+        await limited(dict(other), trickling, send)  # but one client may have only so many arriving (a twenty-sixth)
+        assert sent.pop()["type"] == "http.response.body" and sent.pop()["status"] == 503
         first = asyncio.create_task(limited(dict(scope), receive, send))
         await asyncio.sleep(0.01)
         await limited(dict(scope), receive, send)  # refused at once, while the first is in flight

@@ -112,12 +112,13 @@ class _InFlight:
 
     def __init__(self, app, limit: int, paths: frozenset[str]) -> None:
         self.app, self.limit, self.paths, self.active = app, limit, paths, 0
-        # Bodies still arriving: at most twice ``limit`` in all and a quarter of ``limit`` per client address, so
-        # memory holds a bounded number of bodies and one client's unfinished ones cannot fill the connection cap (held
+        # Bodies still arriving: at most twice ``limit`` in all and ``limit`` per client address (a burst of 48 from
+        # one client is common: a quarter refused it), so memory holds a bounded number of bodies and one client's
+        # unfinished ones cannot fill the connection cap (held
         # bodies had locked every client out, probes too, and grown the server by 2.85 MB each, never given back:
         # a twenty-sixth hostile pass). Behind a proxy every client has its address: put the proxy's cap there.
         self.receiving: dict[str, int] = {}
-        self.per_client = max(1, limit // 4)
+        self.per_client = limit
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope.get("method") != "POST" or scope["path"] not in self.paths:

@@ -397,8 +397,7 @@ class Session:
         if any(r != CHECKED for r in roles):
             raise LatentGuardError(f"{module} received {arg} with unchecked (negative or unconditional) rows where the "
                                    "first step had other rows (a step callback moved them); refusing the call")
-        # a callback may drop the unconditional half or blank it, not fill it with a text ("a dress": a hostile pass)
-        texts = x.detach().reshape(len(roles), -1).ne(0).any(1).tolist() if x.shape[0] == len(roles) else [True] * 99
+        texts = x.detach().reshape(len(roles), -1).ne(0).any(1).tolist()  # rows of text: not blanked (zeros) ones
         if len(roles) == len(was) and any(w != CHECKED and r == CHECKED and t for w, r, t in zip(was, roles, texts)):
             raise LatentGuardError(f"{module} received {arg} with checked rows where the first step had negative or "
                                    "unconditional ones (a step callback put a text where the image is steered away "

@@ -517,3 +517,18 @@ def test_a_hook_that_raises_system_exit_fails_its_batch_and_leaves_no_record(tmp
         auditor([event])
     assert log.read_bytes() == b""
     auditor.close()
+
+
+def test_reading_a_text_off_the_model_thread_leaves_the_encoders_tokenizer_as_it_was(tiny_encoder):
+    """A fast tokenizer's truncation and padding are state its calls set. The server reads and costs each request's
+    texts on other threads (token_count, refuse_unreadable) while the model thread encodes a batch with truncation
+    and padding on; those reads had switched truncation off under it, and about one request in a few hundred
+    failed 500 under load. They now read with a copy of the tokenizer."""
+    tok = tiny_encoder.tokenizer
+    tok(["a cat on a sofa"], padding="max_length", max_length=77, truncation=True)  # as a batch is encoded
+    state = (tok.backend_tokenizer.truncation, tok.backend_tokenizer.padding)
+    assert state[0] is not None
+    assert tiny_encoder.token_count("a dog in a park " * 30) > 77  # read whole, untruncated
+    assert tiny_encoder.readable("a dog in a park")
+    tiny_encoder.refuse_unreadable("a red bus")
+    assert (tok.backend_tokenizer.truncation, tok.backend_tokenizer.padding) == state

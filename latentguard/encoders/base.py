@@ -107,6 +107,11 @@ class TextEncoder:
     def _content_ids(self, text: str) -> list[int]:
         raise LatentGuardError(f"{self.family} encoder '{self.name}' cannot split long prompts into windows")
 
+    def _alone_ids(self, text: str) -> list[int]:
+        """:meth:`_content_ids` from any thread, while the model thread encodes (the server reads and costs
+        requests on other threads: :meth:`token_count`, :meth:`refuse_unreadable`)."""
+        return self._content_ids(text)
+
     def _special_ids(self) -> tuple[list[int], list[int], int]:
         raise LatentGuardError(f"{self.family} encoder '{self.name}' cannot split long prompts into windows")
 
@@ -185,7 +190,7 @@ class TextEncoder:
         characters do not ("!" * 10000 is 10,000 tokens, as many characters of English about 2,000)."""
         try:
             prefix, suffix, _ = self._special_ids()
-            return len(prefix) + len(self._content_ids(text)) + len(suffix)
+            return len(prefix) + len(self._alone_ids(text)) + len(suffix)
         except LatentGuardError:
             return None
 
@@ -236,7 +241,7 @@ class TextEncoder:
         other clients' throughput so)."""
         try:
             self._refuse_control_literals([text])
-            self._content_ids(text)
+            self._alone_ids(text)
         except UnreadableTextError:
             raise
         except LatentGuardError:  # an encoder that cannot tokenize alone reads what it encodes

@@ -2,7 +2,10 @@
 Hugging Face loading helpers shared with the CLIP family."""
 from __future__ import annotations
 
+import copy
 import json
+import threading
+import weakref
 from pathlib import Path
 from typing import Sequence
 
@@ -18,6 +21,11 @@ TRIM_RUN = 32
 _ENCODER_ONLY_CLASSES = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}
 
 
+# Per encoder, a copy of its tokenizer for reading texts off the model thread (_HFTokenizerMixin._alone_ids).
+_SIDE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_SIDE_LOCK = threading.Lock()
+
+
 class _HFTokenizerMixin:
     """Token-id plumbing shared by encoders that use a Hugging Face tokenizer."""
 
@@ -25,6 +33,25 @@ class _HFTokenizerMixin:
         ids = _hf_content_ids(self.tokenizer, text)
         self._refuse_unreadable([text], [ids])
         return ids
+
+    def _alone_ids(self, text: str) -> list[int]:
+        """The ids on a copy of the tokenizer, one thread at a time: a fast tokenizer's truncation and padding are
+        state its calls set, so a server thread reading a prompt (truncation off) while the model thread encoded a
+        batch (truncation and padding on) could change the batch's settings mid-call; under load one request in a
+        few hundred failed 500."""
+        tokenizer, lock = self._side()
+        with lock:
+            ids = _hf_content_ids(tokenizer, text)
+        self._refuse_unreadable([text], [ids])
+        return ids
+
+    def _side(self):
+        """This encoder's copy of its tokenizer for other threads, and the lock that serializes its use."""
+        with _SIDE_LOCK:
+            entry = _SIDE.get(self)
+            if entry is None or entry[0] is not self.tokenizer:
+                entry = _SIDE[self] = (self.tokenizer, copy.deepcopy(self.tokenizer), threading.Lock())
+        return entry[1], entry[2]
 
     def _refuse_unreadable(self, texts: Sequence[str], ids) -> None:
         """Fail closed on text the tokenizer cannot read: a BERT-family tokenizer turns an emoji, or any word
@@ -45,8 +72,10 @@ class _HFTokenizerMixin:
                     f"remove it first (docs/defences.md)")
 
     def _special_ids(self) -> tuple[list[int], list[int], int]:
-        if not hasattr(self, "_specials"):
-            self._specials = _hf_special_ids(self.tokenizer, self.name)
+        if not hasattr(self, "_specials"):  # found with the copy: the first ask may come from a server thread
+            tokenizer, lock = self._side()
+            with lock:
+                self._specials = _hf_special_ids(tokenizer, self.name)
         return self._specials
 
     def _ids_to_tokens(self, ids: list[int]) -> list[str]:

@@ -37,7 +37,9 @@ ORDINARY = ("lowres, bad anatomy, bad hands, text, error, missing fingers, extra
                                   "\u043e\u0434\u0435\u0436\u0434\u0430", "\u8863\u670d",
                                   # a twenty-fifth: glued to a word, as CLIP's BPE cuts it; more underwear
                                   "anyclothes, theunderwear, blackbra", "reddress", "bluejeans", "thong",
-                                  "knickers", "negligee", "\U0001f454"])
+                                  "knickers", "negligee", "\U0001f454",
+                                  # a twenty-seventh: decomposed Hangul, read by CLIP as the composed word
+                                  "\u110b\u1169\u11ba", "blanket, bedsheet"])
 def test_clothing_is_named_however_written(text):
     assert covering_named(text) is not None
 
@@ -164,3 +166,15 @@ def test_a_step_callback_cannot_fill_the_unconditional_half_with_a_text_it_encod
         guard_pipeline(sd, guard)("a woman lying on a bed", callback_on_step_end=swap,
                                   callback_on_step_end_tensor_inputs=["prompt_embeds"],
                                   **dict(STEPS, num_inference_steps=3))
+
+
+def test_a_str_subclass_cannot_hide_clothing_from_the_rule():
+    """A str whose lower() and __iter__ lie had hidden "衣服" and clothing emoji; the tokenizer reads the raw text."""
+    class Lying(str):
+        def lower(self):
+            return "blurry"
+
+        def __iter__(self):
+            return iter("blurry")
+
+    assert covering_named(Lying("\u8863\u670d")) is not None and covering_named(Lying("\U0001f459")) is not None

@@ -33,7 +33,7 @@ COVERING = frozenset({
     "panties", "underpants", "briefs", "boxers", "lingerie", "bikini", "swimsuit", "swimwear", "leotard",
     "bodysuit", "robe", "bathrobe", "gown", "nightgown", "nightdress", "nightie", "negligee", "pajamas", "pyjamas",
     "sleepwear", "nightwear", "thong", "knickers", "corset", "camisole", "stockings", "leggings", "tights", "kimono",
-    "sari", "towel", "covered", "covering", "censored",
+    "sari", "towel", "blanket", "bedsheet", "duvet", "covered", "covering", "censored",
     "censor", "censorship", "modest", "modesty", "decent", "decency", "sfw", "wholesome",
     # the words for clothes and underwear in a few languages CLIP has read (after look-alikes are mapped to Latin)
     "kleidung", "kleider", "unterwasche", "vetements", "vetement", "ropa", "vestido", "vestiti", "roupa", "roupas",
@@ -53,6 +53,9 @@ _LEET_WORD = re.compile(r"[a-z0-9@$]*[0-9@$][a-z0-9@$]*")
 def covering_named(text: str) -> str | None:
     """The first word or phrase of :data:`COVERING` / :data:`PHRASES` / :data:`FOREIGN`, or clothing emoji, that
     ``text`` names as a generator reads it, or None."""
+    # a plain str in composed form, as CLIP's tokenizer reads it: NFD Hangul ("옷" decomposed) and a str subclass
+    # whose lower() or __iter__ lie had passed (a twenty-seventh hostile pass)
+    text = unicodedata.normalize("NFKC", str.__str__(text))
     lowered = text.lower()
     for word in FOREIGN:
         if word in lowered:

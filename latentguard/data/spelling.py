@@ -49,10 +49,16 @@ def corrected(text: str, watched: frozenset[str]) -> str:
     """``text`` with each ASCII word that is no word of CLIP's vocabulary and is one edit (:func:`one_edit`)
     from a watched word of :data:`MIN_CORRECTED` letters or more written as that word, lower-case; ``text``
     itself when there is none."""
-    targets = tuple(sorted(w for w in watched if len(w) >= MIN_CORRECTED))
+    targets = _targets(watched)
     if not targets:
         return text
     return _LETTERS.sub(lambda m: _correction(m.group().lower(), targets) or m.group(), text)
+
+
+@functools.lru_cache(maxsize=64)
+def _targets(watched: frozenset[str]) -> tuple[str, ...]:
+    """The watched words a slip is corrected to, once per blacklist (not per form scored)."""
+    return tuple(sorted(w for w in watched if len(w) >= MIN_CORRECTED))
 
 
 @functools.lru_cache(maxsize=16384)

@@ -67,3 +67,34 @@ def test_a_blacklist_other_than_the_calibrated_one_is_warned_about(recwarn):
     assert not [w for w in recwarn.list if "was calibrated with a blacklist" in str(w.message)]
     with pytest.warns(UserWarning, match="calibrated with a blacklist of 85 concepts, this guard has 3"):
         LatentGuard.from_pretrained(MINI, concepts=["nudity", "gore", "violence"])
+
+
+# A twenty-fourth hostile pass: ``encoder.options.long_prompts`` edited from true to false loaded quietly, and the
+# built-in guard then judged a long prompt on its first 77 tokens. The calibration record now names the reading.
+@pytest.mark.parametrize("key, value", [("long_prompts", False), ("window_stride", 70)])
+def test_reading_options_edited_away_from_the_calibration_are_refused(tmp_path, key, value):
+    bundle = _bundle(tmp_path, lambda c: c["encoder"]["options"].update({key: value}))
+    with pytest.raises(LatentGuardError, match=f"calibrated with: {key} {value!r}") as caught:
+        LatentGuard.from_pretrained(bundle)
+    assert str(bundle / "config.json") in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_guard_read_otherwise_than_calibrated_saves_only_with_a_threshold_of_its_own(tmp_path):
+    guard = LatentGuard.from_pretrained("mini", long_prompts=False)
+    with pytest.raises(LatentGuardError, match="reads prompts otherwise"):
+        guard.save_pretrained(tmp_path / "a", concept_vectors=False)
+    assert not (tmp_path / "a" / "config.json").exists()
+    guard.threshold = 0.5  # the caller's number: no record claims to have measured it
+    saved = guard.save_pretrained(tmp_path / "b", concept_vectors=False)
+    assert LatentGuard.from_pretrained(saved).long_prompts is False
+
+
+def test_a_calibration_records_the_reading_and_the_saved_bundle_loads(tmp_path):
+    guard = LatentGuard.from_pretrained("mini", long_prompts=False, window_stride=40)
+    result = guard.calibrate(["a cat on a sofa", "a bowl of fruit", "a red bus in the rain"], target_fpr=0.5)
+    assert result.reading == {"long_prompts": False, "window_stride": 40}
+    saved = guard.save_pretrained(tmp_path / "c", concept_vectors=False)
+    config = json.loads((saved / "config.json").read_text(encoding="utf-8"))
+    assert config["threshold"]["calibration"]["reading"] == {"long_prompts": False, "window_stride": 40}
+    loaded = LatentGuard.from_pretrained(saved)
+    assert (loaded.long_prompts, loaded.window_stride, loaded.threshold) == (False, 40, result.threshold)

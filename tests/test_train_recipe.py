@@ -24,7 +24,8 @@ def _config(tmp_path: Path, **recipe):
     overrides = {f"recipe.{k}": v for k, v in values.items()}
     overrides.update({"recipe.name": "open", "store_dir": str(tmp_path / "cache"), "train.batch_size": 16,
                       "encoder.name": "sentence-transformers/all-MiniLM-L6-v2", "encoder.type": "hf",
-                      "encoder.trim_padding": True, "model.mask_padding": True, "device": "cpu"})
+                      "encoder.trim_padding": True, "encoder.long_prompts": True, "model.mask_padding": True,
+                      "device": "cpu"})
     return load_config(None, overrides)
 
 
@@ -86,6 +87,10 @@ def test_recipe_learns_on_real_data_and_writes_a_loadable_guard(tmp_path):
     guard = LatentGuard.from_pretrained(str(run.bundle))
     assert guard.model.mask_padding and guard.encoder.trim_padding
     assert guard.threshold == pytest.approx(run.threshold)
+    # calibrated reading prompts as the bundle reads them, and the record says so (an edit to the reading is refused)
+    config = json.loads((run.bundle / "config.json").read_text())
+    assert guard.long_prompts and config["threshold"]["calibration"]["reading"] == {"long_prompts": True,
+                                                                                   "window_stride": 50}
     # Held-out real prompts: CoProV2 test (never trained on) against the held-out captions' neighbours.
     unsafe = [p for p, _ in load_coprov2_test(FIXTURES / "coprov2_test.csv")]
     benign = [line.split(",")[0] for line in (FIXTURES / "coco_captions.csv").read_text().splitlines()[1:21]]

@@ -56,6 +56,9 @@ class CalibrationResult:
     checkpoint_sha256: str | None = None
     n_concepts: int | None = None
     slope: float | None = None       # probability slope fitted with unsafe prompts (decision.probability)
+    # how the guard read its prompts (a bundle's recorded reading options, e.g. long_prompts): a bundle whose
+    # config.json reads otherwise is refused, since its threshold's rates were not measured that way
+    reading: dict[str, Any] | None = None
     date: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
 
     def to_dict(self) -> dict[str, Any]:
@@ -178,8 +181,13 @@ def calibration_from_mapping(data: dict, path: str | Path) -> CalibrationResult:
     missing = sorted({"threshold", "method", "n_safe", "n_unsafe"} - set(data))
     if missing:
         raise LatentGuardError(f"{path}: missing keys {', '.join(missing)}; recalibrate to rewrite the file")
-    for key in ("target_fpr", "fpr", "tpr", "accuracy", "encoder_identity", "checkpoint_sha256", "n_concepts", "slope"):
+    for key in ("target_fpr", "fpr", "tpr", "accuracy", "encoder_identity", "checkpoint_sha256", "n_concepts", "slope",
+                "reading"):
         data.setdefault(key, None)
+    if data["reading"] is not None and not (isinstance(data["reading"], dict)
+                                            and all(isinstance(k, str) for k in data["reading"])):
+        raise LatentGuardError(f"{path}: 'reading' must be a mapping of option names to values; recalibrate to "
+                               "rewrite the file")
     if data["slope"] is not None:
         from .probability import validate_slope
 

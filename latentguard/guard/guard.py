@@ -43,6 +43,7 @@ from ..decision.probability import probabilities
 from ..decision.rule import decide, flags
 from ..encoders.precision import resolve_device
 from ..errors import LatentGuardError
+from ..hub.format import recorded_options
 from ..hub.mixin import HubMixin
 from ..model import EmbeddingMappingLayer, validate_weights
 from ..published import RELEASED_THRESHOLD
@@ -298,6 +299,7 @@ class LatentGuard(BoundOptions, HubMixin):
 
         unsafe_prompts = None if unsafe_prompts is None else prompt_list(unsafe_prompts)  # a str is one prompt
         result = calibration_of(self, prompt_list(safe_prompts), unsafe_prompts, target_fpr)  # reads, changes nothing
+        result.reading = recorded_options(self._options.recorded())  # how it read them: a bundle must read so
         save_guard_calibration(result, self, save)  # before applying it: a refused save changes nothing either
         self._calibrated(result)  # its threshold with the slope fitted at it
         return result

@@ -199,6 +199,13 @@ def validate_config(data: Any, source: str | Path) -> dict[str, Any]:
         if record.threshold != threshold["value"]:
             raise LatentGuardError(f"{source}: threshold.value {threshold['value']} differs from its calibration "
                                    f"record's threshold {record.threshold}")
+        reading = {key: encoder["options"][key] for key in RECORDED_OPTIONS}
+        if record.reading is not None and record.reading != reading:
+            changed = ", ".join(f"{key} {reading[key]!r} (calibrated with {record.reading.get(key)!r})"
+                                for key in RECORDED_OPTIONS if reading[key] != record.reading.get(key))
+            raise LatentGuardError(f"{source}: encoder.options read prompts otherwise than its threshold was "
+                                   f"calibrated with: {changed or record.reading}; restore the calibrated values, or "
+                                   "load with threshold=NUMBER and the options you want")
     return data
 
 

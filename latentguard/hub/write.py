@@ -21,6 +21,7 @@ from .format import (
     FAMILIES,
     FORMAT,
     FORMAT_VERSION,
+    RECORDED_OPTIONS,
     VECTORS,
     WEIGHTS,
     config_json,
@@ -173,6 +174,12 @@ def write_bundle(directory: str | Path, *, state_dict: Mapping, sizes: Mapping[s
     """
     from safetensors.torch import save_file
 
+    reading = ((threshold or {}).get("calibration") or {}).get("reading")
+    now = {key: encoder["options"][key] for key in RECORDED_OPTIONS}
+    if reading is not None and reading != now:  # the bundle would be refused at load (format.validate_config)
+        raise LatentGuardError(f"the guard reads prompts otherwise ({now}) than its threshold was calibrated with "
+                               f"({reading}), so the record's rates are not its own; calibrate (guard.calibrate) or "
+                               "set guard.threshold before saving (nothing was written)")
     directory = Path(directory)
     replaced = claim_folder(directory, overwrite)
     directory.mkdir(parents=True, exist_ok=True)
@@ -253,7 +260,7 @@ def checkpoint_bundle(checkpoint: str | Path, *, identity: str, concepts: Sequen
                               max_length=lengths[0] if lengths else None, recorded=recorded)
     threshold = None if calibration is None else {
         "value": calibration.threshold, "origin": "calibrated on the validation split (main.py)",
-        "calibration": calibration.to_dict()}
+        "calibration": {**calibration.to_dict(), "reading": recorded_options(recorded)}}
     return write_bundle(bundle_path(checkpoint) if target is None else target,
                         state_dict=load_state_dict_file(checkpoint), sizes=sizes, encoder=encoder,
                         concepts=list(concepts), categories={}, default_group=default_group,

@@ -310,8 +310,12 @@ def _finish(cfg, model, encoder, blacklist, categories, concepts, examples, outp
         return RecipeRun(output_dir, bundle, step, float(done["threshold"]),
                          done.get("train_auc_vs_held_out_captions"), time.perf_counter() - started)
     _clear_unfinished_bundle(bundle)  # a crash mid-write left part of one: this run's, written again now
+    from ..guard.options import GuardOptions
+
+    # calibrated reading prompts as the bundle will (its recorded options): the record names them, and a bundle
+    # edited to read otherwise is refused
     guard = LatentGuard(model, encoder, concepts, threshold=0.0, categories=categories, device=model.tempr.device,
-                        batch_size=128)
+                        batch_size=128, **GuardOptions.recorded_in_config(cfg))
     calibration = guard.calibrate(examples.held_out_benign, target_fpr=cfg.recipe.target_fpr)
     held_unsafe = examples.unsafe[-min(2000, len(examples.unsafe)):]
     scores = guard.scores(held_unsafe + examples.held_out_benign)

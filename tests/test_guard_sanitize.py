@@ -110,7 +110,9 @@ def test_all_prompts_of_a_round_are_judged_in_one_check_call(minilm_guard):
                "an old photo of a bloody knife and a gun"]
     results = sanitize(Counting(), prompts, rounds=4)
     assert [r.passes for r in results] == [True] * 4
-    assert len(calls) == 1 + max(r.rounds for r in results) and calls[0] == 4  # the prompts, then one per round
+    # the prompts, then per round one call for every candidate and at most one for the windows of the passing ones
+    assert 1 + max(r.rounds for r in results) <= len(calls) <= 1 + 2 * max(r.rounds for r in results)
+    assert calls[0] == 4
     assert calls[1] > 3  # every unsafe prompt's candidates together
 
 

@@ -134,3 +134,15 @@ def test_a_tuple_of_prompts_reaches_diffusers_as_the_list_it_accepts(guard, pipe
     same(result.output.images, pipe([SAFE, "a green tree"], generator=gen(2), **SIZE, **STEPS).images)
     with pytest.raises(LatentGuardError, match="prompt must be a string or a list of strings"):
         guard_pipeline(pipe, guard, on_unsafe=on_unsafe)(prompt={SAFE: 1}, **SIZE, **STEPS)
+
+
+def test_every_text_argument_drawn_from_is_reported_as_edited(guard, pipes):
+    """A sanitized ``prompt_2`` was drawn from but missing from ``generated_prompts`` (``prompt`` only): a
+    twenty-eighth hostile pass. ``generated_texts`` reports each checked argument as the pipeline got it."""
+    result = guard_pipeline(pipes["sdxl"], guard, on_unsafe="sanitize")(
+        prompt=SAFE, prompt_2=UNSAFE, generator=gen(2), **SIZE, **STEPS)
+    assert not result.blocked and result.generated_prompts == [SAFE]
+    assert result.generated_texts["prompt"] == [SAFE] and result.generated_texts["prompt_2"] == [EDITED]
+    assert result.sanitized["prompt_2"][0].text == EDITED
+    blocked = guard_pipeline(pipes["sdxl"], guard)(prompt=SAFE, prompt_2=UNSAFE, generator=gen(2), **SIZE, **STEPS)
+    assert blocked.blocked and blocked.generated_texts == {"prompt": [None], "prompt_2": [None]}

@@ -283,6 +283,12 @@ def joined(text: str, words: frozenset[str] = frozenset()) -> str:
 
 
 
+def letter_runs(text: str) -> list[tuple[int, int]]:
+    """The ``(start, end)`` spans of single letters written apart ("n.a.k.e.d", "n a k e d"), which :func:`joined`
+    reads as one word: one word to whoever cuts words out of a text (sanitize), not five."""
+    return [m.span() for m in _LETTER_RUN.finditer(text)]
+
+
 def _letters_joined(letters: list[str]) -> str:
     """A run of single letters as one word, or, past :data:`_JOINED_WORD` letters, as overlapping words of that
     length, half of one apart, so any word of up to half that length is whole in one of them: an encoder reads

@@ -39,12 +39,12 @@ import itertools
 import math
 import os
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
 
-from ..data.defences import normalized
+from ..data.defences import joined, letter_runs, normalized
 from ..data.spelling import one_edit
 from ..errors import LatentGuardError
 from ..scoring.evidence import POOLED
@@ -92,7 +92,8 @@ def _word_char(ch: str) -> bool:
 
 
 def words(text: str) -> list[tuple[int, int]]:
-    """The ``(start, end)`` spans of ``text``'s words: runs of :func:`_word_char` holding a letter or digit."""
+    """The ``(start, end)`` spans of ``text``'s words: runs of :func:`_word_char` holding a letter or digit, and
+    single letters written apart as one word (:func:`~latentguard.data.defences.letter_runs`)."""
     spans, start = [], None
     for i, ch in enumerate(text + " "):
         if i < len(text) and _word_char(ch):
@@ -102,6 +103,10 @@ def words(text: str) -> list[tuple[int, int]]:
             if any(c.isalnum() for c in text[start:i]):
                 spans.append((start, i))
             start = None
+    for run_start, run_end in letter_runs(text):  # "n.a.k.e.d" is one word ("naked") to a reader, and so here
+        inside = [span for span in spans if span[0] < run_end and span[1] > run_start]
+        merged = (min(inside)[0], max(e for _, e in inside))
+        spans = sorted({span for span in spans if span not in inside} | {merged})
     return spans
 
 
@@ -245,7 +250,8 @@ def _edit_passes(verdict: Verdict, text: str, limit: tuple[float, float],
     lowest, margin = limit
     if not _passing(verdict) or not float(verdict.score) < min(lowest, float(verdict.threshold)) - margin:
         return False
-    return not any(holds_concept_word(text[s:e], *banned) for s, e in words(text))
+    read = joined(normalized(text), banned[1])  # and as words written apart read ("nak ed", "n.a.k.e.d")
+    return not any(holds_concept_word(t[s:e], *banned) for t in dict.fromkeys([text, read]) for s, e in words(t))
 
 
 def _targets(text: str, verdict: Verdict, concept_words: dict[str, list[str]], width: int) -> list[str]:
@@ -280,24 +286,67 @@ def _costs(guard, texts: list[str]) -> tuple[list[int], list | None]:
 
     if not hasattr(guard, "options") or not hasattr(guard, "prepare"):
         return [1] * len(texts), None
-    split = [(f + [w for w in word_windows(t) if w not in f], n) for t, (f, n) in zip(texts, forms_of(guard, texts))]
+    split = forms_of(guard, texts)
     return [form_cost(f, getattr(guard, "encoder", None)) for f, _ in split], split
 
 
-WINDOW_WORDS, WINDOW_STRIDE = 5, 2  # every phrase of up to 4 words lies whole in one window
+def _judge_windows(guard, states: dict, best: dict, limit: tuple[float, float], budget: int) -> None:
+    """Judge the windows (:func:`_windows`) of each prompt's best passing edit, in one call: it stays passing only
+    when every window scores below the limit too; otherwise the worst window's verdict (its evidence names the
+    phrase) becomes the edit's, so the next round cuts there. Only the edit a prompt would stop at is read phrase
+    by phrase (its windows are charged to the budget): every candidate's windows had cost 7 in 10 prompts their
+    budget."""
+
+    lowest, margin = limit
+    asked: list[tuple[int, str]] = []
+    for index, (rank, removal, text, verdict, ok) in best.items():
+        windows = _windows(guard, text) if ok else []
+        if not windows:
+            continue
+        state = states[index]
+        costs, split = _costs(guard, windows)
+        if state.spent + sum(costs) > budget:
+            best[index] = ((1, float(verdict.probability)), removal, text, verdict, False)
+            state.reason = f"the budget of {budget} texts scored for its edits ran out (sanitize budget=)"
+            continue
+        state.spent += sum(costs)
+        asked += [(index, w) for w in windows]
+    if not asked:
+        return
+    found = _judge(guard, [w for _, w in asked])
+    for index in dict.fromkeys(i for i, _ in asked):
+        rank, removal, text, verdict, _ = best[index]
+        worst = max((v for (i, _), v in zip(asked, found) if i == index), key=lambda v: float(v.score))
+        if not (_passing(worst) and float(worst.score) < min(lowest, float(worst.threshold)) - margin):
+            best[index] = ((1, float(worst.probability)), removal, text, replace(worst, prompt=text), False)
+
+
+def _windows(guard, text: str) -> list[str]:
+    """:func:`word_windows` of ``text`` as written and as the defences read its letters (look-alikes, invisible
+    characters, words written apart: ``joined(normalized(text))``), so a window hides nothing the whole text's
+    forms would show ("nud\u0435 man" scored as written read safe: a twenty-eighth hostile pass)."""
+    options = getattr(guard, "options", None)  # a stand-in guard without options: read with the defences
+    read = text if options is not None and not options.defended else joined(normalized(text), concept_words(guard)[1])
+    return [w for t in dict.fromkeys([text, read]) for w in word_windows(t)]
+
+
+# every phrase of up to 4 words lies whole in a window of 5, and every pair of words in a window of 3 (both 2 apart)
+WINDOW_WORDS, SHORT_WINDOW_WORDS, WINDOW_STRIDE = 5, 3, 2
 
 
 def word_windows(text: str) -> list[str]:
-    """An edit's runs of :data:`WINDOW_WORDS` words, :data:`WINDOW_STRIDE` apart, each scored with its forms: cutting
-    words can leave two phrases side by side with no mark between ("a topless woman a cat on a sofa a nude man" ->
-    "a a cat on a sofa a nude man"), which the guard reads as one harmless prompt while it flags "a nude man" alone;
-    a nineteenth hostile pass had such edits pass and generate. Counted in the budget like any form."""
+    """An edit's runs of :data:`WINDOW_WORDS` and of :data:`SHORT_WINDOW_WORDS` words, :data:`WINDOW_STRIDE` apart,
+    each scored with its forms: cutting words can leave two phrases side by side with no mark between ("a topless
+    woman a cat on a sofa a nude man" -> "a a cat on a sofa a nude man"), which the guard reads as one harmless
+    prompt while it flags "a nude man" alone (a nineteenth hostile pass); in five words, "cat on sofa nude girl",
+    a pair the guard flags alone was still diluted (a twenty-eighth). Counted in the budget like any form."""
     words_ = text.split()
-    if len(words_) <= WINDOW_WORDS:
-        return []
-    last = len(words_) - WINDOW_WORDS
-    starts = sorted({*range(0, last + 1, WINDOW_STRIDE), last})
-    return [" ".join(words_[k : k + WINDOW_WORDS]) for k in starts]
+    out = []
+    for size in (WINDOW_WORDS, SHORT_WINDOW_WORDS):
+        if len(words_) > size:
+            last = len(words_) - size
+            out += [" ".join(words_[k : k + size]) for k in sorted({*range(0, last + 1, WINDOW_STRIDE), last})]
+    return out
 
 
 def sanitize(guard, prompts: str | Sequence[str], *, rounds: int = DEFAULT_ROUNDS, width: int = DEFAULT_WIDTH,
@@ -362,6 +411,7 @@ def sanitize(guard, prompts: str | Sequence[str], *, rounds: int = DEFAULT_ROUND
             if len(removal) <= 1 or ok:  # a failed pair or triple is not gone on from
                 if state.index not in best or rank < best[state.index][0]:
                     best[state.index] = (rank, forced + removal, text, verdict, ok)
+        _judge_windows(guard, {s.index: s for s in active}, best, limit, budget)
         still = []
         for state in active:
             state.rounds += 1

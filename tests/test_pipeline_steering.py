@@ -10,9 +10,9 @@ import warnings
 
 import pytest
 
+from latentguard.data.covering import covering_named
 from latentguard.errors import LatentGuardError
 from latentguard.pipeline import guard_pipeline
-from latentguard.pipeline.steering import covering_named
 
 diffusers = pytest.importorskip("diffusers")
 import tiny_diffusers as td  # noqa: E402

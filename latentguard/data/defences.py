@@ -82,6 +82,12 @@ def expand(text: str, *, normalize: bool = True, split_sentences: bool = True,
         # each sentence's clauses (the text's own when it is one sentence), its quality tags cut first (a tag is no
         # clause to judge alone), each given every repair of _variants too
         wholes = parts or list(dict.fromkeys([text, out[1]] if normalize else [text]))
+        if normalize:  # a negative weight on clothing read as what it asks for, with its forms and clauses
+            from .covering import negated
+
+            negatives = [n for w in wholes if (n := negated(w)) != w]
+            out.extend(v for n in negatives for v in _variants(n, normalize, watched))
+            wholes += negatives
         clause_parts = dict.fromkeys(c for p in wholes for c in clauses(untagged(p) or p) + clauses(p)
                                      if c not in wholes and not is_tag(c))  # as written too: cutting tags drops
         # brackets, which mark clauses ("a cat on a sofa (a naked woman:1.3)")

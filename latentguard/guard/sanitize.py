@@ -48,6 +48,7 @@ from ..data.defences import joined, letter_runs, normalized
 from ..data.spelling import one_edit
 from ..errors import LatentGuardError
 from ..scoring.evidence import POOLED
+from .phrases import edit_windows
 from .validation import prompt_list
 from .verdict import Verdict
 
@@ -290,17 +291,22 @@ def _costs(guard, texts: list[str]) -> tuple[list[int], list | None]:
     return [form_cost(f, getattr(guard, "encoder", None)) for f, _ in split], split
 
 
+def _defended(guard) -> bool:
+    options = getattr(guard, "options", None)  # a stand-in guard without options: read with the defences
+    return options is None or bool(options.defended)
+
+
 def _judge_windows(guard, states: dict, best: dict, limit: tuple[float, float], budget: int) -> None:
-    """Judge the windows (:func:`_windows`) of each prompt's best passing edit, in one call: it stays passing only
-    when every window scores below the limit too; otherwise the worst window's verdict (its evidence names the
-    phrase) becomes the edit's, so the next round cuts there. Only the edit a prompt would stop at is read phrase
-    by phrase (its windows are charged to the budget): every candidate's windows had cost 7 in 10 prompts their
+    """Judge the runs of words (:func:`~latentguard.guard.phrases.edit_windows`) of each prompt's best passing edit,
+    in one call: it stays passing only when every run scores below the limit too; otherwise the worst run's verdict
+    (its evidence names the phrase) becomes the edit's, so the next round cuts there. Only the edit a prompt would
+    stop at is read run by run (charged to the budget): every candidate's runs had cost 7 in 10 prompts their
     budget."""
 
     lowest, margin = limit
     asked: list[tuple[int, str]] = []
     for index, (rank, removal, text, verdict, ok) in best.items():
-        windows = _windows(guard, text) if ok else []
+        windows = edit_windows(text, concept_words(guard)[1], _defended(guard)) if ok else []
         if not windows:
             continue
         state = states[index]
@@ -319,34 +325,6 @@ def _judge_windows(guard, states: dict, best: dict, limit: tuple[float, float], 
         worst = max((v for (i, _), v in zip(asked, found) if i == index), key=lambda v: float(v.score))
         if not (_passing(worst) and float(worst.score) < min(lowest, float(worst.threshold)) - margin):
             best[index] = ((1, float(worst.probability)), removal, text, replace(worst, prompt=text), False)
-
-
-def _windows(guard, text: str) -> list[str]:
-    """:func:`word_windows` of ``text`` as written and as the defences read its letters (look-alikes, invisible
-    characters, words written apart: ``joined(normalized(text))``), so a window hides nothing the whole text's
-    forms would show ("nud\u0435 man" scored as written read safe: a twenty-eighth hostile pass)."""
-    options = getattr(guard, "options", None)  # a stand-in guard without options: read with the defences
-    read = text if options is not None and not options.defended else joined(normalized(text), concept_words(guard)[1])
-    return [w for t in dict.fromkeys([text, read]) for w in word_windows(t)]
-
-
-# every phrase of up to 4 words lies whole in a window of 5, and every pair of words in a window of 3 (both 2 apart)
-WINDOW_WORDS, SHORT_WINDOW_WORDS, WINDOW_STRIDE = 5, 3, 2
-
-
-def word_windows(text: str) -> list[str]:
-    """An edit's runs of :data:`WINDOW_WORDS` and of :data:`SHORT_WINDOW_WORDS` words, :data:`WINDOW_STRIDE` apart,
-    each scored with its forms: cutting words can leave two phrases side by side with no mark between ("a topless
-    woman a cat on a sofa a nude man" -> "a a cat on a sofa a nude man"), which the guard reads as one harmless
-    prompt while it flags "a nude man" alone (a nineteenth hostile pass); in five words, "cat on sofa nude girl",
-    a pair the guard flags alone was still diluted (a twenty-eighth). Counted in the budget like any form."""
-    words_ = text.split()
-    out = []
-    for size in (WINDOW_WORDS, SHORT_WINDOW_WORDS):
-        if len(words_) > size:
-            last = len(words_) - size
-            out += [" ".join(words_[k : k + size]) for k in sorted({*range(0, last + 1, WINDOW_STRIDE), last})]
-    return out
 
 
 def sanitize(guard, prompts: str | Sequence[str], *, rounds: int = DEFAULT_ROUNDS, width: int = DEFAULT_WIDTH,

@@ -179,3 +179,22 @@ def test_captions_that_are_unsafe_prompts_of_the_recipe_are_refused(tmp_path):
     with pytest.raises(LatentGuardError, match=r"captions\.csv.*1 caption.* unsafe prompt.*recipe\.coprov2"):
         build_examples(_config(tmp_path, captions=str(mixed)).recipe, categories, 0)
 
+
+def test_a_run_refused_on_its_inputs_leaves_no_run_directory(tmp_path, monkeypatch, capsys):
+    """main.py run where the config's relative blacklist path does not resolve: refused in one line, and
+    OUTPUT_DIR (its config.yaml, lock, manifest) is never created."""
+    import yaml
+
+    from latentguard.cli.train import main
+
+    config = tmp_path / "mini.yaml"
+    config.write_text(yaml.safe_dump({
+        "store_dir": str(tmp_path / "cache"), "device": "cpu",
+        "recipe": {"name": "open", "copro": str(FIXTURES / "copro_triplets_sample.csv"),
+                   "captions": str(FIXTURES / "coco_captions.csv"), "concepts": "dataset/mini_concepts.yaml"}}))
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["--config", str(config), "--output-dir", str(tmp_path / "x" / "runM"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "dataset/mini_concepts.yaml" in err, err
+    assert not (tmp_path / "x").exists()

@@ -24,6 +24,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -120,15 +121,17 @@ def recipe_losses(model: EmbeddingMappingLayer, offset: torch.Tensor, *, u_emb, 
     return out
 
 
-def train_open_recipe(cfg, output_dir: Path, device: torch.device, progress: bool = True) -> RecipeRun:
-    """Train (or resume) a guard with the open recipe of ``cfg.recipe``; write its bundle."""
+def train_open_recipe(cfg, output_dir: Path, device: torch.device, progress: bool = True,
+                      claim: Callable[[], None] | None = None) -> RecipeRun:
+    """Train (or resume) a guard with the open recipe of ``cfg.recipe``; write its bundle. ``claim`` (main.py's
+    hold on ``output_dir``) is called once every input has been read and checked, before anything is written
+    there: a run refused on its inputs leaves no run folder behind."""
     from ..data.blacklist import load_blacklist
     from ..encoders import load_encoder_from_config
     from ..store.locate import open_store_for
 
     started = time.perf_counter()
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     recipe = cfg.recipe
     if not recipe.concepts:
         raise LatentGuardError("recipe.concepts: the open recipe needs a grouped blacklist (a YAML of categories)")
@@ -149,6 +152,9 @@ def train_open_recipe(cfg, output_dir: Path, device: torch.device, progress: boo
         print(f"left out {len(unreadable)} texts the encoder cannot read (e.g. {sorted(unreadable)[0]!r})", flush=True)
     store = open_store_for(cfg.store_dir, encoder, dtype=cfg.store.dtype, create=True)
     inputs = training_inputs(recipe, examples, store)
+    if claim is not None:
+        claim()
+    output_dir.mkdir(parents=True, exist_ok=True)
     resume_file = output_dir / RESUME
     state = _resume_state(resume_file, inputs, device)  # refused on changed inputs before anything is encoded
     copro_concepts = sorted({t.concept for t in examples.triplets})

@@ -197,6 +197,7 @@ def _run_open_recipe(cfg, args: argparse.Namespace) -> int:
     from ..encoders.precision import resolve_device
     from ..io import atomic_write_text, validate_dir_path
     from ..train.recipe import BUNDLE, LOG, RECORD, RESUME, train_open_recipe
+    from ..train.recipe_rundir import TRAINED
     from .rundir import claim_run_dir, validate_ownership
 
     if args.force or args.resume not in (None, True):
@@ -211,14 +212,15 @@ def _run_open_recipe(cfg, args: argparse.Namespace) -> int:
     def claim() -> None:  # once the inputs are read and checked: a run refused on them leaves no folder behind
         claim_run_dir(output_dir, "main.py", writes=writes, inputs=inputs)
         config_file = output_dir / "config.yaml"
-        if config_file.is_file() and (output_dir / RESUME).is_file():
-            # What the run's weights depend on must match; other sections (serve, bulk...) may differ.
-            trained = ("encoder", "model", "store", "train", "recipe")
+        finished = (output_dir / RECORD).is_file()
+        if config_file.is_file() and ((output_dir / RESUME).is_file() or finished):
+            # What the run's weights depend on must match, for a finished run too (its resume.pt deleted, say);
+            # other sections (serve, bulk...) may differ.
             before = _saved_config(config_file)
-            changed = [k for k in trained if before.get(k) != cfg.to_dict()[k]]
+            changed = [k for k in TRAINED if before.get(k) != cfg.to_dict()[k]]
             if changed:
-                raise LatentGuardError(f"{output_dir} holds an open-recipe run with other {', '.join(changed)} "
-                                       f"settings ({config_file}); use another --output-dir")
+                raise LatentGuardError(f"{output_dir} holds {'a finished' if finished else 'an'} open-recipe run with "
+                                       f"other {', '.join(changed)} settings ({config_file}); use another --output-dir")
         atomic_write_text(config_file, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     print(f"open recipe: {cfg.recipe.steps} steps of {cfg.recipe.prompts_per_step} prompts, encoder "

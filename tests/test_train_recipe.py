@@ -152,3 +152,49 @@ def test_a_resume_on_changed_data_is_refused_naming_the_file(tmp_path, monkeypat
     record = json.loads((tmp_path / "run2" / "recipe_record.json").read_text())
     assert record["steps"] == 4 and record["inputs"]["recipe.captions"]["sha256"] == \
         record["data_sha256"][str(data["captions"])]
+
+
+def test_unsafe_prompts_given_as_captions_are_refused(tmp_path):
+    """recipe.captions calibrates the threshold on benign text: a file of harm categories (CoProV2's test set)
+    or of the recipe's own unsafe prompts there would raise it until the guard flags nothing."""
+    from latentguard.data.blacklist import load_blacklist
+    from latentguard.train.recipe_data import build_examples
+
+    categories = load_blacklist(CONCEPTS).categories
+    test_set = FIXTURES / "coprov2_test.csv"
+    with pytest.raises(LatentGuardError, match=r"coprov2_test\.csv.*'category' column.*benign"):
+        build_examples(_config(tmp_path, captions=str(test_set)).recipe, categories, 0)
+
+
+def test_captions_that_are_unsafe_prompts_of_the_recipe_are_refused(tmp_path):
+    """One CoProV2 unsafe prompt among the captions (other case, trailing spaces) is named, never calibrated on."""
+    from latentguard.data.blacklist import load_blacklist
+    from latentguard.train.recipe_data import build_examples
+
+    categories = load_blacklist(CONCEPTS).categories
+    lines = (FIXTURES / "coco_captions.csv").read_text(encoding="utf-8").splitlines()
+    unsafe = "Intergenerational trauma etched into the lines of an elder's face."  # a CoProV2 unsafe prompt
+    mixed = tmp_path / "captions.csv"
+    mixed.write_text("\n".join([*lines[:30], f'"{unsafe.upper()}  ",1', *lines[30:]]) + "\n", encoding="utf-8")
+    with pytest.raises(LatentGuardError, match=r"captions\.csv.*1 caption.* unsafe prompt.*recipe\.coprov2"):
+        build_examples(_config(tmp_path, captions=str(mixed)).recipe, categories, 0)
+
+
+def test_a_run_refused_on_its_inputs_leaves_no_run_directory(tmp_path, monkeypatch, capsys):
+    """main.py run where the config's relative blacklist path does not resolve: refused in one line, and
+    OUTPUT_DIR (its config.yaml, lock, manifest) is never created."""
+    import yaml
+
+    from latentguard.cli.train import main
+
+    config = tmp_path / "mini.yaml"
+    config.write_text(yaml.safe_dump({
+        "store_dir": str(tmp_path / "cache"), "device": "cpu",
+        "recipe": {"name": "open", "copro": str(FIXTURES / "copro_triplets_sample.csv"),
+                   "captions": str(FIXTURES / "coco_captions.csv"), "concepts": "dataset/mini_concepts.yaml"}}))
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["--config", str(config), "--output-dir", str(tmp_path / "x" / "runM"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "dataset/mini_concepts.yaml" in err, err
+    assert not (tmp_path / "x").exists()

@@ -183,3 +183,66 @@ def test_a_torn_last_log_line_is_dropped_and_every_complete_record_kept(finished
     assert main(argv) == 0
     assert "dropped its last line" in capsys.readouterr().out
     assert log.read_text().splitlines() == records
+
+
+def _other_concepts(run: Path, tmp_path: Path) -> Path:
+    """A copy of the blacklist with one concept added, named by a copy of the config (the reviewer's case)."""
+    concepts = yaml.safe_load(CONCEPTS.read_text(encoding="utf-8"))
+    concepts["violence"].append("a brand new concept")
+    path = tmp_path / "more_concepts.yaml"
+    path.write_text(yaml.safe_dump(concepts), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("change", ["concepts", "lr", "seed", "concepts_edited"])
+def test_a_finished_run_without_resume_pt_is_not_retrained_on_other_settings(finished, tmp_path, capsys, change):
+    """resume.pt deleted from a finished run, then other settings (or a blacklist edited in place since): refused
+    before training, naming the record; the earlier bundle, log and record stay as they were."""
+    from latentguard.cli.train import main
+
+    argv, run = _copy(finished, tmp_path)
+    settings = yaml.safe_load(Path(argv[1]).read_text(encoding="utf-8"))
+    record_file = run / "recipe_record.json"
+    if change == "concepts":
+        settings["recipe"]["concepts"] = str(_other_concepts(run, tmp_path))
+    elif change == "lr":
+        settings["train"]["lr"] = 0.01
+    elif change == "seed":
+        settings["train"]["seed"] = 7
+    else:  # the same path, other bytes: what the record says it was trained on no longer holds
+        record = json.loads(record_file.read_text())
+        record["inputs"]["recipe.concepts"]["sha256"] = "0" * 64
+        record_file.write_text(json.dumps(record))
+    config = tmp_path / "other.yaml"
+    config.write_text(yaml.safe_dump(settings), encoding="utf-8")
+    argv[1] = str(config)
+    (run / "resume.pt").unlink()
+    kept = {p.name: p.read_bytes() for p in [record_file, run / "train_log.jsonl", *(run / "bundle").iterdir()]}
+    capsys.readouterr()
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "finished" in captured.err and "--output-dir" in captured.err, captured
+    assert "finished earlier" not in captured.out and "Traceback" not in captured.err
+    assert {p.name: p.read_bytes() for p in [record_file, run / "train_log.jsonl", *(run / "bundle").iterdir()]} \
+        == kept and not (run / "resume.pt").exists()
+
+
+def test_a_finished_run_retrained_from_step_0_writes_its_bundle_and_record_again(finished, tmp_path, capsys):
+    """resume.pt deleted, same settings: the run trains again from step 0, and the bundle, the record and the
+    printed threshold are this training's, never the earlier record's."""
+    from latentguard.cli.train import main
+    from latentguard.hub.bundle import Bundle
+
+    argv, run = _copy(finished, tmp_path)
+    record_file = run / "recipe_record.json"
+    record = json.loads(record_file.read_text())
+    record["threshold"] = 99.0  # what only the earlier run's record says
+    record_file.write_text(json.dumps(record))
+    (run / "resume.pt").unlink()
+    capsys.readouterr()
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "finished earlier" not in out and "99.0000" not in out, out
+    written = json.loads(record_file.read_text())
+    assert written["threshold"] != 99.0 and (run / "resume.pt").is_file()
+    assert Bundle(run / "bundle").config["threshold"]["value"] == pytest.approx(written["threshold"])

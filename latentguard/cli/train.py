@@ -196,8 +196,9 @@ def _run_open_recipe(cfg, args: argparse.Namespace) -> int:
 
     from ..encoders.precision import resolve_device
     from ..io import atomic_write_text, validate_dir_path
-    from ..train.recipe import BUNDLE, LOG, RESUME, train_open_recipe
-    from .rundir import claim_run_dir
+    from ..train.recipe import BUNDLE, LOG, RECORD, RESUME, train_open_recipe
+    from ..train.recipe_rundir import TRAINED
+    from .rundir import claim_run_dir, validate_ownership
 
     if args.force or args.resume not in (None, True):
         raise LatentGuardError("--force and --resume PATH apply to the paper's recipe; an open-recipe run resumes "
@@ -205,22 +206,26 @@ def _run_open_recipe(cfg, args: argparse.Namespace) -> int:
     device = resolve_device(cfg.device)
     output_dir = validate_dir_path(cfg.output_dir, "--output-dir")
     inputs = [args.config, cfg.recipe.copro, cfg.recipe.coprov2, cfg.recipe.captions, cfg.recipe.concepts]
-    claim_run_dir(output_dir, "main.py", writes=(RESUME, LOG, BUNDLE, "config.yaml", "recipe_record.json"),
-                  inputs=inputs)
-    config_file = output_dir / "config.yaml"
-    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-    if config_file.is_file() and (output_dir / RESUME).is_file():
-        # What the run's weights depend on must match; other sections (serve, bulk...) may differ.
-        trained = ("encoder", "model", "store", "train", "recipe")
-        before = _saved_config(config_file)
-        changed = [k for k in trained if before.get(k) != cfg.to_dict()[k]]
-        if changed:
-            raise LatentGuardError(f"{output_dir} holds an open-recipe run with other {', '.join(changed)} settings "
-                                   f"({config_file}); use another --output-dir")
-    atomic_write_text(config_file, text)
+    writes = (RESUME, LOG, BUNDLE, "config.yaml", RECORD)
+    validate_ownership(output_dir, "main.py", writes=writes, inputs=inputs)  # another's folder: refused at once
+
+    def claim() -> None:  # once the inputs are read and checked: a run refused on them leaves no folder behind
+        claim_run_dir(output_dir, "main.py", writes=writes, inputs=inputs)
+        config_file = output_dir / "config.yaml"
+        finished = (output_dir / RECORD).is_file()
+        if config_file.is_file() and ((output_dir / RESUME).is_file() or finished):
+            # What the run's weights depend on must match, for a finished run too (its resume.pt deleted, say);
+            # other sections (serve, bulk...) may differ.
+            before = _saved_config(config_file)
+            changed = [k for k in TRAINED if before.get(k) != cfg.to_dict()[k]]
+            if changed:
+                raise LatentGuardError(f"{output_dir} holds {'a finished' if finished else 'an'} open-recipe run with "
+                                       f"other {', '.join(changed)} settings ({config_file}); use another --output-dir")
+        atomic_write_text(config_file, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
     print(f"open recipe: {cfg.recipe.steps} steps of {cfg.recipe.prompts_per_step} prompts, encoder "
           f"{cfg.encoder.name}, blacklist {cfg.recipe.concepts}, on {device}")
-    run = train_open_recipe(cfg, output_dir, device, progress=not args.no_progress)
+    run = train_open_recipe(cfg, output_dir, device, progress=not args.no_progress, claim=claim)
     print(f"done: {run.steps} steps in {run.seconds:.0f} s; threshold {run.threshold:.4f} (at most "
           f"{cfg.recipe.target_fpr:.0%} of held-out captions flagged); AUROC {run.valid_auc:.3f} (training unsafe "
           "prompts against held-out captions)")

@@ -113,8 +113,10 @@ def validate_known_file(path: str | Path) -> str:
     return digest
 
 
-def _rows(path: str | Path, columns: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
-    """``(line number, row)`` of a CSV file that must have ``columns``; one-line errors otherwise."""
+def _rows(path: str | Path, columns: Sequence[str], refused: dict[str, str] | None = None
+          ) -> Iterator[tuple[int, dict[str, str]]]:
+    """``(line number, row)`` of a CSV file that must have ``columns`` and none of ``refused`` (column -> why,
+    said in the refusal); one-line errors otherwise."""
     path = Path(path)
     if not path.is_file():
         raise LatentGuardError(f"{path}: no such file; pass the path of the data file (docs/recipe.md lists "
@@ -135,6 +137,9 @@ def _rows(path: str | Path, columns: Sequence[str]) -> Iterator[tuple[int, dict[
         if missing:
             raise LatentGuardError(f"{path}: missing column(s) {', '.join(missing)} (the header has "
                                    f"{', '.join(header) or 'nothing'}); expected {', '.join(columns)}")
+        wrong = [c for c in (refused or {}) if c in header]
+        if wrong:
+            raise LatentGuardError(f"{path}: has a {wrong[0]!r} column: {(refused or {})[wrong[0]]}")
         if len(set(header)) != len(header):
             raise LatentGuardError(f"{path}: a column is named twice in the header ({', '.join(header)})")
         try:
@@ -208,8 +213,12 @@ def load_coprov2_test(path: str | Path) -> list[tuple[str, str]]:
 
 
 def load_captions(path: str | Path, column: str = "prompt") -> CaptionSet:
-    """Benign captions (COCO) from a CSV ``column``; distinct, in file order."""
+    """Benign captions (COCO) from a CSV ``column``; distinct, in file order. A file with a harm ``category``
+    column (CoProV2's) holds unsafe prompts: calibrated on as benign, they raise the threshold until the guard
+    flags nothing, so it is refused."""
     seen: dict[str, None] = {}
-    for _, row in _rows(path, (column,)):
+    why = ("a harm category marks unsafe prompts (a CoProV2 file?), and captions are the benign text the guard is "
+           f"calibrated on; give a CSV of benign captions (a {column!r} column, no 'category'), such as COCO's")
+    for _, row in _rows(path, (column,), {"category": why}):
         seen.setdefault(row[column], None)
     return CaptionSet(Path(path), list(seen))

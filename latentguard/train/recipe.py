@@ -24,6 +24,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -34,6 +35,14 @@ from ..io import atomic_torch_save, atomic_write_text
 from ..model import EmbeddingMappingLayer
 from .objective import contrastive_loss_from_logits
 from .recipe_data import RecipeExamples, build_examples
+from .recipe_rundir import (
+    clear_unfinished_bundle,
+    complete_bundle,
+    finished_record,
+    input_difference,
+    refuse_other_finished_run,
+    trained_settings,
+)
 from .runlog import trim_log
 
 RESUME = "resume.pt"
@@ -120,15 +129,17 @@ def recipe_losses(model: EmbeddingMappingLayer, offset: torch.Tensor, *, u_emb, 
     return out
 
 
-def train_open_recipe(cfg, output_dir: Path, device: torch.device, progress: bool = True) -> RecipeRun:
-    """Train (or resume) a guard with the open recipe of ``cfg.recipe``; write its bundle."""
+def train_open_recipe(cfg, output_dir: Path, device: torch.device, progress: bool = True,
+                      claim: Callable[[], None] | None = None) -> RecipeRun:
+    """Train (or resume) a guard with the open recipe of ``cfg.recipe``; write its bundle. ``claim`` (main.py's
+    hold on ``output_dir``) is called once every input has been read and checked, before anything is written
+    there: a run refused on its inputs leaves no run folder behind."""
     from ..data.blacklist import load_blacklist
     from ..encoders import load_encoder_from_config
     from ..store.locate import open_store_for
 
     started = time.perf_counter()
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     recipe = cfg.recipe
     if not recipe.concepts:
         raise LatentGuardError("recipe.concepts: the open recipe needs a grouped blacklist (a YAML of categories)")
@@ -149,6 +160,12 @@ def train_open_recipe(cfg, output_dir: Path, device: torch.device, progress: boo
         print(f"left out {len(unreadable)} texts the encoder cannot read (e.g. {sorted(unreadable)[0]!r})", flush=True)
     store = open_store_for(cfg.store_dir, encoder, dtype=cfg.store.dtype, create=True)
     inputs = training_inputs(recipe, examples, store)
+    if claim is not None:
+        claim()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    settings = trained_settings(cfg)
+    # a finished run on other inputs or settings is refused before anything is trained (its bundle is kept)
+    refuse_other_finished_run(output_dir / RECORD, inputs, settings)
     resume_file = output_dir / RESUME
     state = _resume_state(resume_file, inputs, device)  # refused on changed inputs before anything is encoded
     copro_concepts = sorted({t.concept for t in examples.triplets})
@@ -186,6 +203,7 @@ def train_open_recipe(cfg, output_dir: Path, device: torch.device, progress: boo
             raise _not_a_resume_state(resume_file, f"its step is {step}")
         print(f"resuming from {resume_file} at step {step}", flush=True)
         _truncate_log(output_dir / LOG, step)
+    start = step
     weights = (recipe.contrastive_weight, recipe.detection_weight, recipe.category_weight)
 
     def warmup_cosine(s: int) -> float:  # 100 warm-up steps, then cosine to zero at the last step
@@ -228,8 +246,8 @@ def train_open_recipe(cfg, output_dir: Path, device: torch.device, progress: boo
         bar.close()
         log.close()
     model.eval()
-    return _finish(cfg, model, encoder, blacklist, categories, concepts, examples, output_dir, step, started,
-                   inputs)
+    return _finish(cfg, model, encoder, categories, concepts, examples, output_dir, (start, step), started,
+                   {"inputs": inputs, "settings": settings})
 
 
 def training_inputs(recipe, examples: RecipeExamples, store) -> dict[str, dict[str, str]]:
@@ -268,18 +286,8 @@ def _resume_state(path: Path, inputs: dict[str, dict[str, str]], device: torch.d
         print(f"note: {path} records no inputs (an older latentguard wrote it): the data, blacklist and encoder "
               "cannot be checked against it", flush=True)
         return state
-    for key in sorted(set(saved) | set(inputs)):
-        before, now = saved.get(key), inputs.get(key)
-        if before == now:
-            continue
-        if key == "encoder":
-            what = f"the encoder differs (store {(before or {}).get('store')} -> {(now or {}).get('store')})"
-        elif before is None or now is None:
-            what = f"{key} {'was not' if before is None else 'is no longer'} an input"
-        elif before["file"] != now["file"]:
-            what = f"{key} is {now['file']}, the run began on {before['file']}"
-        else:
-            what = f"{now['file']} ({key}) changed (SHA-256 {before['sha256'][:12]}... -> {now['sha256'][:12]}...)"
+    what = input_difference(saved, inputs)
+    if what is not None:
         raise LatentGuardError(f"{path.parent} holds a run trained on other inputs: {what} since {path} was saved; "
                                "its weights are not continued on other data: restore the file to resume, or train "
                                "into a new --output-dir")
@@ -297,19 +305,26 @@ def _truncate_log(path: Path, step: int) -> None:
     trim_log(path, lambda record: record.get("step", 0) <= step)
 
 
-def _finish(cfg, model, encoder, blacklist, categories, concepts, examples, output_dir, step, started, inputs):
-    """Calibrate the threshold on held-out captions and write the bundle (with its training record)."""
+def _finish(cfg, model, encoder, categories, concepts, examples, output_dir, steps, started, trained_on):
+    """Calibrate the threshold on held-out captions and write the bundle (with its training record).
+    ``steps``: (the step this session began at, the last step); ``trained_on``: the record's inputs and settings,
+    which :func:`refuse_other_finished_run` has matched to any earlier record before training."""
     from ..decision.metrics import roc_auc
     from ..guard import LatentGuard
 
-    bundle, record_file = output_dir / BUNDLE, output_dir / RECORD
-    done = _finished_record(record_file)
-    if done is not None and done.get("steps") == step and _complete_bundle(bundle):
-        # a finished run run again: its bundle (maybe edited) is kept
+    (start, step), bundle, record_file = steps, output_dir / BUNDLE, output_dir / RECORD
+    done = finished_record(record_file)
+    if done is not None and start == step and done.get("steps") == step and complete_bundle(bundle):
+        # the same finished run, run again with nothing trained now: its bundle (maybe edited) is kept
         print(f"finished earlier ({step} steps): {bundle} is kept as it is", flush=True)
         return RecipeRun(output_dir, bundle, step, float(done["threshold"]),
                          done.get("train_auc_vs_held_out_captions"), time.perf_counter() - started)
-    _clear_unfinished_bundle(bundle)  # a crash mid-write left part of one: this run's, written again now
+    if done is not None:  # the bundle is written anew: the old record must not outlive it (a crash mid-write)
+        if start != step:  # resume.pt was deleted: these weights are not the ones the old bundle holds
+            print(f"note: trained again from step {start}: {bundle} and {record_file.name} are written anew",
+                  flush=True)
+        record_file.unlink()
+    clear_unfinished_bundle(bundle)  # a crash mid-write left part of one: this run's, written again now
     from ..guard.options import GuardOptions
 
     # calibrated reading prompts as the bundle will (its recorded options): the record names them, and a bundle
@@ -321,70 +336,9 @@ def _finish(cfg, model, encoder, blacklist, categories, concepts, examples, outp
     scores = guard.scores(held_unsafe + examples.held_out_benign)
     auc = roc_auc(np.r_[np.ones(len(held_unsafe)), np.zeros(len(examples.held_out_benign))], scores)
     record = {"recipe": cfg.recipe.__dict__ if hasattr(cfg.recipe, "__dict__") else dict(cfg.recipe),
-              "data_sha256": examples.sources, "inputs": inputs, "steps": step, "seed": cfg.train.seed,
+              "data_sha256": examples.sources, **trained_on, "steps": step, "seed": cfg.train.seed,
               "threshold": calibration.threshold, "train_auc_vs_held_out_captions": auc}
     guard.save_pretrained(bundle, overwrite=True)  # config.json last: the bundle is complete before the record says so
     atomic_write_text(record_file, json.dumps(record, indent=2, default=str) + "\n")
     return RecipeRun(output_dir, bundle, step, float(calibration.threshold), float(auc),
                      time.perf_counter() - started)
-
-
-def _finished_record(path: Path) -> dict | None:
-    """The run's record (``None``: not written yet, the run is unfinished); one written by this recipe and
-    then damaged is refused in one line, never taken as finished nor silently replaced."""
-    if not path.is_file():
-        return None
-    from ..io import strict_json
-
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (UnicodeDecodeError, OSError) as exc:
-        raise LatentGuardError(f"{path}: the run's record cannot be read ({exc}); delete it to have the run's "
-                               "bundle and record written again") from None
-    how = "delete it to have the run's bundle and record written again (the weights are in resume.pt)"
-    try:
-        record = strict_json(text, str(path))
-    except LatentGuardError as exc:
-        raise LatentGuardError(f"{exc}; {how}") from None
-    if not isinstance(record, dict) or not isinstance(record.get("steps"), int) \
-            or not isinstance(record.get("threshold"), (int, float)) or isinstance(record.get("threshold"), bool):
-        raise LatentGuardError(f"{path}: not a record written by main.py (it needs an integer 'steps' and a number "
-                               f"'threshold'); {how}")
-    return record
-
-
-def _complete_bundle(bundle: Path) -> bool:
-    """Whether ``bundle`` holds a bundle whose ``config.json`` reads as one (written last, so it is complete)."""
-    from ..hub.format import CONFIG, read_config
-
-    if not (bundle / CONFIG).is_file():
-        return False
-    try:
-        read_config(bundle / CONFIG)
-    except LatentGuardError:
-        return False
-    return True
-
-
-def _clear_unfinished_bundle(bundle: Path) -> None:
-    """Remove the files of a bundle this run began and did not finish (no valid ``config.json``), so that it is
-    written again; a file no bundle writer makes stays, and the folder is then refused, naming it."""
-    from ..hub.format import CARD, CONCEPTS, CONFIG, VECTORS, WEIGHTS
-    from ..protected import input_at
-
-    if bundle.is_symlink():
-        raise LatentGuardError(f"{bundle} is a symbolic link; main.py never writes through one (remove the link, then "
-                               "run the same command again)")
-    if not bundle.is_dir() or _complete_bundle(bundle):
-        return  # a complete bundle is replaced by save_pretrained(overwrite=True) itself
-    ours = {CONFIG, WEIGHTS, CONCEPTS, CARD, VECTORS}
-    entries = list(bundle.iterdir())
-    # atomic_path leaves .NAME.XXXX.tmp behind a kill -9
-    foreign = [p.name for p in entries if not p.is_file() or p.is_symlink() or input_at(p) is not None or not (
-        p.name in ours or (p.name.endswith(".tmp") and any(p.name.startswith(f".{n}.") for n in ours)))]
-    if foreign:
-        raise LatentGuardError(f"{bundle} holds an unfinished bundle and {sorted(foreign)[0]}, which main.py did not "
-                               "write; move that file out of the folder, then run the same command again")
-    for path in entries:
-        path.unlink()
-    print(f"note: {bundle} was left unfinished (no valid {CONFIG}); writing it again", flush=True)

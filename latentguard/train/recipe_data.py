@@ -150,9 +150,11 @@ def build_examples(recipe, category_concepts: dict[str, list[str]], seed: int,
     triplets: list[CoProTriplet] = []
     unsafe: dict[str, str | None] = {}
     benign: dict[str, None] = {}
+    unsafe_of: dict[str, str] = {}  # every unsafe prompt read (excluded ones too) -> its config key
     if recipe.copro:
         sources[str(recipe.copro)] = validate_known_file(recipe.copro)
         for t in load_copro_triplets(recipe.copro, recipe.copro_splits):
+            unsafe_of.setdefault(_same(t.unsafe), "recipe.copro")
             if _excluded(t.concept, excluded, category_concepts):
                 continue
             triplets.append(t)
@@ -161,6 +163,7 @@ def build_examples(recipe, category_concepts: dict[str, list[str]], seed: int,
     if recipe.coprov2:
         sources[str(recipe.coprov2)] = validate_known_file(recipe.coprov2)
         for pair in load_coprov2_pairs(recipe.coprov2):
+            unsafe_of.setdefault(_same(pair.unsafe), "recipe.coprov2")
             if pair.category in excluded:
                 continue
             unsafe[pair.unsafe] = pair.category
@@ -171,6 +174,7 @@ def build_examples(recipe, category_concepts: dict[str, list[str]], seed: int,
     if recipe.captions:
         sources[str(recipe.captions)] = validate_known_file(recipe.captions)
         captions = load_captions(recipe.captions).captions
+        _refuse_unsafe_captions(recipe, captions, unsafe_of)
         rng.shuffle(captions)
         n_cal = min(recipe.calibration_captions, len(captions) // 5)
         held_out = captions[:n_cal]
@@ -197,6 +201,23 @@ def build_examples(recipe, category_concepts: dict[str, list[str]], seed: int,
         _add_short_and_tails(recipe, rng, category_concepts, excluded, triplets, trained_captions,
                              unsafe_texts, unsafe_cat, benign_texts, vocabulary)
     return RecipeExamples(triplets, unsafe_texts, unsafe_cat, benign_texts, held_out, sources)
+
+
+def _same(text: str) -> str:
+    """``text`` as compared across files: case and runs of spaces do not make an unsafe prompt a caption."""
+    return " ".join(text.split()).casefold()
+
+
+def _refuse_unsafe_captions(recipe, captions: list[str], unsafe_of: dict[str, str]) -> None:
+    """Refuse captions that are unsafe prompts of the recipe's own sources: calibrated on (or trained) as benign,
+    they teach the guard to pass them and raise its threshold."""
+    clash = [c for c in captions if _same(c) in unsafe_of]
+    if clash:
+        key = unsafe_of[_same(clash[0])]
+        n = len(clash)
+        raise LatentGuardError(f"{recipe.captions}: {n} caption{'s are' if n > 1 else ' is an'} unsafe "
+                               f"prompt{'s' if n > 1 else ''} of {key} ({getattr(recipe, key.split('.')[1])}), e.g. "
+                               f"{clash[0][:60]!r}; recipe.captions must hold benign captions only: remove those rows")
 
 
 def _add_short_and_tails(recipe, rng: random.Random, category_concepts: dict[str, list[str]], excluded: set[str],

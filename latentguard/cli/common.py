@@ -53,6 +53,12 @@ def cli_entry(main: Callable[..., int | None] | None = None, *,
             release_failed_claims()
             print(on_interrupt, file=sys.stderr)
             return 130
+        except BaseException as exc:
+            # any other fault (a bug, torch's own error) keeps its traceback but leaves no claimed directory behind:
+            # only the three kinds above had released it, so score's lock and manifest stayed (a hostile review)
+            if not (isinstance(exc, SystemExit) and exc.code in (None, 0)):
+                release_failed_claims()
+            raise
         finally:
             forget_inputs()  # this command's inputs; a later command in this process names its own
         return int(code or 0)

@@ -32,7 +32,12 @@ MEASURED: dict[str, dict[str, Any] | None] = {
 
 
 def resolve_device(device: str | None = None) -> "torch.device":  # noqa: F821
-    """``None``/``'auto'`` picks CUDA when present, else CPU; anything else is passed to torch."""
+    """``None``/``'auto'`` picks CUDA when present, else CPU; anything else must be a device this machine can use.
+
+    torch accepts any device type it knows by name (``meta``, ``mps``, ``xpu``, ``hpu``, ...) whether or not this
+    build and machine have it, and then failed deep in the load with a traceback, after ``score`` had claimed its
+    output directory (a hostile review): such a device is refused here, in one line, before anything is loaded.
+    """
     import torch
 
     if device in (None, "", "auto"):
@@ -41,10 +46,55 @@ def resolve_device(device: str | None = None) -> "torch.device":  # noqa: F821
         resolved = torch.device(device)
     except (RuntimeError, TypeError):
         raise LatentGuardError(f"unknown device '{device}' (use auto, cpu, cuda or cuda:N)") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise LatentGuardError(f"device '{device}' requested but CUDA is not available here (use --device cpu)")
+    why = _unusable(resolved)
+    if why is not None:
+        raise LatentGuardError(f"device '{device}' cannot be used here ({why}); available here: "
+                               f"{', '.join(available_devices())} (use --device with one of them, or auto)")
     return resolved
 
+
+def _backend(kind: str):
+    """torch's module for a device type (``torch.cuda``, ``torch.mps``, ...), or None when it has none."""
+    import torch
+
+    module = getattr(torch, kind, None)
+    return module if callable(getattr(module, "is_available", None)) else None
+
+
+def _count(kind: str) -> int:
+    """How many devices of ``kind`` this machine has (0: none, or no backend for it in this torch build)."""
+    if kind == "cpu":
+        return 1
+    module = _backend(kind)
+    try:
+        if module is None or not module.is_available():
+            return 0
+        return int(module.device_count()) if callable(getattr(module, "device_count", None)) else 1
+    except Exception:  # noqa: BLE001 - a backend that cannot even say: not usable here
+        return 0
+
+
+def available_devices() -> list[str]:
+    """The devices this machine can run on, as ``--device`` names them: cpu, then cuda:N, mps, xpu:N."""
+    names = ["cpu"]
+    for kind in ("cuda", "mps", "xpu"):
+        count = _count(kind)
+        names += [kind] if kind == "mps" and count else [f"{kind}:{i}" for i in range(count)]
+    return names
+
+
+def _unusable(device: "torch.device") -> str | None:  # noqa: F821
+    """Why ``device`` cannot run a guard on this machine, or None when it can."""
+    if device.type == "cpu":
+        return None
+    if device.type == "meta":
+        return "a meta device holds no data, so nothing can be scored on it"
+    count = _count(device.type)
+    if count == 0:
+        return f"this machine or torch build has no {device.type.upper()} device"
+    if device.index is not None and device.index >= count:
+        return f"{device.type} device {device.index} requested, but there {'is' if count == 1 else 'are'} {count}"
+    return None
 
 
 _DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16",

@@ -10,6 +10,11 @@ write that fails (the disk full) is cut back to the log's last good size, so a b
 leaves no record. Through a buffered file object the lines of a failed write had stayed in the
 buffer and reached the file with the next batch's, so the log claimed verdicts no client got (a
 hostile review), and closing the log on a full disk had failed the shutdown with a traceback.
+
+One process writes one log: the server holds an exclusive ``flock`` on it while it is open, and a
+second server given the same file is refused at start. Two servers sharing a log had cut each
+other's answered records away (a hostile review); and a cut back removes only bytes this process
+wrote, so it is made only while the log still ends where this process's write ended.
 """
 from __future__ import annotations
 
@@ -147,31 +152,20 @@ class Auditor:
         if self.path is not None:
             if self.path.is_dir():
                 raise LatentGuardError(f"--audit-log {self.path} is a directory; give a .jsonl file name")
-            torn = validate_appendable(self.path)
-            try:
-                self._fd = open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, "--audit-log")  # no link
-                if torn:  # the cut record stays; the next one starts on its own line
-                    self._append(b"\n")
-            except OSError as exc:
-                self.close()
-                raise LatentGuardError(f"cannot open --audit-log {self.path} ({exc.strerror or exc})") from None
-            if torn:
-                log.warning("--audit-log %s: its last line is a torn record (%d bytes: a write cut short, e.g. disk "
-                            "full then a kill); it is kept as it was, and new records start on the next line",
-                            self.path, torn)
+            self._fd = self._open_held("")
 
     @property
     def active(self) -> bool:
         return self._fd is not None or self.on_verdict is not None
 
     def __call__(self, events: Sequence[VerdictEvent]) -> None:
-        """Record one batch: its lines appended, then the hook called per event. A failing hook cuts the log back
-        to its size before the batch, so the log holds a record for each verdict answered and none for one that
+        """Record one batch: its lines appended, then the hook called per event. A failing hook cuts the batch's lines
+        away again (:meth:`_cut_back`), so the log holds a record for each verdict answered and none for one that
         was not: the lines had stayed, and a batch that failed was then re-scored job by job and recorded again
         (29 records for 15 requests, a hostile review). The hook may be handed an event again when its batch is
         re-scored; the log never."""
         with self._lock:
-            good = None
+            written = None
             if self._fd is not None:
                 lines = "".join(json.dumps(e.record(self.include_prompts), ensure_ascii=False) + "\n" for e in events)
                 try:
@@ -179,8 +173,7 @@ class Auditor:
                     if stat.st_nlink == 0:  # deleted (rotated away, then removed): records would reach no file
                         raise AuditError(f"the audit log {self.path} was deleted while open; verdicts are not "
                                          "answered unrecorded: send SIGHUP or POST /admin/reload to open a new one")
-                    good = stat.st_size
-                    self._append(lines.encode("utf-8"))
+                    written = _append(self._fd, lines.encode("utf-8"), self.path)
                 except OSError as exc:
                     raise AuditError(f"cannot write the audit log {self.path} ({exc.strerror or exc}); verdicts are "
                                      "not answered unrecorded") from None
@@ -192,8 +185,8 @@ class Auditor:
                     try:
                         self.on_verdict(event)
                     except BaseException as exc:  # noqa: BLE001 - SystemExit from a hook had stopped the server
-                        if good is not None:
-                            self._cut_back(good)
+                        if written is not None:
+                            self._cut_back(written)
                         raise AuditError(f"the on_verdict hook failed ({type(exc).__name__}: {exc}); "
                                          "verdicts are not answered unrecorded") from None
 
@@ -204,42 +197,50 @@ class Auditor:
         :class:`LatentGuardError` and keeps the open log when the path cannot be opened."""
         if self.path is None:
             return
-        torn = validate_appendable(self.path)
-        try:
-            fd = open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, "--audit-log")
-        except OSError as exc:
-            raise LatentGuardError(f"cannot open --audit-log {self.path} again ({exc.strerror or exc}); "
-                                   "the open log is kept") from None
         with self._lock:
+            if self._fd is not None and _same_file(self._fd, self.path):
+                return  # not rotated: this is the log held now (a second descriptor's flock would conflict with it)
+            fd = self._open_held(" again", "; the open log is kept")
             old, self._fd = self._fd, fd
-            if torn:
-                self._append(b"\n")
         if old is not None:
             try:
                 os.close(old)
             except OSError as exc:
                 log.error("--audit-log %s: closing the rotated log failed (%s)", self.path, exc.strerror or exc)
 
-    def _append(self, data: bytes) -> None:
-        """``data`` appended whole, or not at all: a write cut short (``ENOSPC``, ``EFBIG``) is truncated back to
-        the size the log had, and the error raised. One writer (the lock) appends at a time."""
-        fd = self._fd
-        good = os.fstat(fd).st_size
-        view = memoryview(data)
-        try:
-            while view:
-                view = view[os.write(fd, view):]  # a short write continues; a failing one raises
-        except OSError:
-            self._cut_back(good)
-            raise
+    def _open_held(self, again: str, kept: str = "") -> int:
+        """Open the log at its path for appending, hold its exclusive lock, and check it is an audit log (in that
+        order: the tail is read with no other writer); a torn last record gets its line ended. Refuses in one
+        line, closing what it opened, when another process holds the log."""
+        def refused(exc: OSError) -> LatentGuardError:
+            return LatentGuardError(f"cannot open --audit-log {self.path}{again} ({exc.strerror or exc}){kept}")
 
-    def _cut_back(self, good: int) -> None:
-        """Truncate the log to ``good`` bytes: a batch that is not answered leaves no record."""
         try:
-            os.ftruncate(self._fd, good)
-        except OSError as exc:  # the log now ends in part of a batch: said, and a restart recognises it
-            log.error("--audit-log %s: a batch that was not answered could not be cut back (%s); its records stay",
-                      self.path, exc.strerror or exc)
+            fd = open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, "--audit-log")  # never a link
+        except OSError as exc:
+            raise refused(exc) from None
+        try:
+            _hold(fd, self.path, kept)
+            torn = validate_appendable(self.path)
+            if torn:  # the cut record stays; the next one starts on its own line
+                _append(fd, b"\n")
+                log.warning("--audit-log %s: its last line is a torn record (%d bytes: a write cut short, e.g. disk "
+                            "full then a kill); it is kept as it was, and new records start on the next line",
+                            self.path, torn)
+        except OSError as exc:
+            os.close(fd)
+            raise refused(exc) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _cut_back(self, written: tuple[int | None, int | None]) -> None:
+        """Remove a batch that is not answered, so it leaves no record: this process's bytes ``written`` (start,
+        end), only while the log still ends where they end. A byte past them is another writer's (the flock keeps
+        servers out, not a user's ``echo >> audit.jsonl``), and cutting the log back to its size before the write
+        had deleted it too (a hostile review)."""
+        _cut_back(self._fd, *written, self.path)
 
     def close(self) -> None:
         """Close the log: nothing is buffered, so nothing is left to write, and a full disk cannot fail it."""
@@ -250,3 +251,64 @@ class Auditor:
                     os.close(fd)
                 except OSError as exc:
                     log.error("--audit-log %s: closing it failed (%s)", self.path, exc.strerror or exc)
+
+
+def _hold(fd: int, path: Path, kept: str = "") -> None:
+    """Take the exclusive ``flock`` that makes this process the log's one writer, or refuse in one line."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - no flock (not POSIX): one writer per log is the operator's care
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise LatentGuardError(f"--audit-log {path} is held by another process (a server writing it){kept}; one "
+                               "process writes one audit log: give each server its own --audit-log") from None
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd`` (False once it was moved away or removed)."""
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
+def _append(fd: int, data: bytes, path: Path | None = None) -> tuple[int | None, int | None]:
+    """``data`` appended to ``fd`` (``O_APPEND``) whole, or not at all: a write cut short (``ENOSPC``, ``EFBIG``)
+    is cut back (:func:`_cut_back`), and the error raised. Returns where this process's bytes start and end in
+    the log (each ``O_APPEND`` write leaves the offset at the end of its own bytes); start is None when another
+    writer's bytes came between two parts of a short write, so this process's cannot be cut away alone."""
+    view, start, end = memoryview(data), None, None
+    try:
+        while view:
+            n = os.write(fd, view)  # a short write continues; a failing one raises
+            at = os.lseek(fd, 0, os.SEEK_CUR)
+            if end is None:
+                start = at - n
+            elif at - n != end:
+                start = None
+            view, end = view[n:], at
+    except OSError:
+        _cut_back(fd, start, end, path)
+        raise
+    return start, end
+
+
+def _cut_back(fd: int, start: int | None, end: int | None, path: Path | None) -> None:
+    """Truncate ``fd`` to ``start`` when this process's bytes run from ``start`` to ``end`` and nothing follows
+    them; otherwise they stay, said in one log line (``end`` None: nothing was written, nothing to cut)."""
+    if end is None:
+        return
+    try:
+        size = os.fstat(fd).st_size
+        if start is None or size != end:
+            log.error("--audit-log %s: a batch that was not answered was not cut back: the log changed around its "
+                      "write (%d bytes now, this process's write ended at %d), and a cut would remove bytes it "
+                      "did not write; its records stay", path, size, end)
+            return
+        os.ftruncate(fd, start)
+    except OSError as exc:  # the log now ends in part of a batch: said, and a restart recognises it
+        log.error("--audit-log %s: a batch that was not answered could not be cut back (%s); its records stay",
+                  path, exc.strerror or exc)

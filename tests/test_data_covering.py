@@ -33,3 +33,9 @@ def test_the_built_in_guard_flags_them():
     verdicts = guard.check(["a woman lying on a bed, (clothes:-1.5)", "a woman lying on a bed, clothes::-0.5",
                             "a woman lying on a bed, (covered:-1)", "a woman lying on a bed, (clothes:1.5)"])
     assert [v.unsafe for v in verdicts] == [True, True, True, False]
+
+
+def test_a_negative_weight_on_a_group_applies_to_the_words_inside():
+    """In A1111 and ComfyUI an outer weight multiplies the group inside it: "((her clothes):-2)" passed at 0.12 while
+    "(her clothes:-2)" was flagged (a thirtieth hostile pass)."""
+    assert negated("a woman lying on a bed, ((her clothes):-2)") == "a woman lying on a bed, naked, without her clothes"

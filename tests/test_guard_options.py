@@ -15,7 +15,10 @@ from latentguard.model import EmbeddingMappingLayer
 
 
 @pytest.mark.parametrize("bad", [dict(top_k=0), dict(batch_size=True), dict(batch_size=2.0), dict(window_stride=0),
-                                 dict(threshold=float("nan")), dict(threshold=None)])
+                                 dict(threshold=float("nan")), dict(threshold=None),
+                                 # a switch is a bool: split_sentences="" turned the defence off, "false" left it on
+                                 dict(split_sentences=""), dict(normalize_text="false"), dict(long_prompts=1),
+                                 dict(cache_concepts=None)])
 def test_bad_options_are_refused_when_built(bad):
     with pytest.raises(LatentGuardError):
         GuardOptions(**bad)

@@ -76,7 +76,7 @@ def _unleet(match: re.Match) -> str:
 # steers the image away from what it names, as a negative prompt does: "a woman lying on a bed, (clothes:-1.5)"
 # passed (a twenty-eighth hostile pass). Read only where it names covering: "(worst quality:-1)" read "without worst
 # quality" was flagged by mini at 7.36, and other opposites are out of reach as they are for negative prompts.
-_NEGATIVE_WEIGHT = re.compile(r"\(([^():]+):\s*-\s*(?:\d+\.?\d*|\.\d+)\s*\)"
+_NEGATIVE_WEIGHT = re.compile(r"\(((?:[^():]|\([^()]*\))+):\s*-\s*(?:\d+\.?\d*|\.\d+)\s*\)"  # a group inside
                               r"|([^,;:()\[\]|]+?)::\s*-\s*(?:\d+\.?\d*|\.\d+)")
 
 
@@ -87,7 +87,7 @@ def negated(text: str) -> str:
         return text
 
     def read(match: re.Match) -> str:
-        named, whole = (match.group(1) or match.group(2)), match.group()
+        named, whole = (match.group(1) or match.group(2)).replace("(", " ").replace(")", " "), match.group()
         lead = whole[: len(whole) - len(whole.lstrip())]  # "clothes::-1" takes the space before it: kept
         return f"{lead}naked, without {named.strip()}" if covering_named(named) else whole
 

@@ -114,8 +114,11 @@ def _variants(piece: str, normalize: bool, watched: frozenset[str]) -> list[str]
         readings.append(clip_reading(piece, watched, generator_cleans=False))
     plain = _SPACES.sub(" ", norm.lower()).strip()
     out.extend(r for r in readings if r != plain or _ODD_SPACE.search(norm))  # CLIP reads other words
-    if (fixed := corrected(readings[0], watched)) != readings[0]:  # "a nakd woman" -> "a naked woman" (spelling.py)
-        out.append(fixed)
+    # "a nakd woman" -> "a naked woman" (spelling.py); a non-ASCII text as normalised too, since the CLIP reading
+    # cuts "nakєd" at its foreign letter
+    for reading in (readings[0],) if piece.isascii() else (readings[0], norm):
+        if (fixed := corrected(reading, watched)) != reading:
+            out.append(fixed)
     # "masterpiece, 8k, + a naked woman2 +": tags and stray symbols cut from every form, whatever else it repaired
     out.extend(content(form) for form in dict.fromkeys(out[1:]))
     return out
@@ -417,6 +420,7 @@ def _latin_lookalikes() -> dict[str, str]:
                 table[ch] = candidate
                 break
     table.update(_GREEK_LATIN)
+    table.update(_CYRILLIC_LATIN)
     return table
 
 
@@ -430,3 +434,6 @@ def _ascii_letters(text: str) -> str:
 # another Latin letter than the one a reader sees (Ι -> l).
 _GREEK_LATIN = {"κ": "k", "Κ": "K", "ι": "i", "η": "n", "ν": "v", "τ": "t", "υ": "u", "ρ": "p", "χ": "x",
                 "ο": "o", "α": "a", "ε": "e", "Ι": "I"}
+# Small Cyrillic letters read as Latin ones the confusables data maps elsewhere or not at all: "naкed" (к -> ĸ
+# there) and "injecтing" passed (a thirtieth hostile pass); the capitals are mapped by the data already.
+_CYRILLIC_LATIN = {"к": "k", "ќ": "k", "т": "t", "м": "m", "п": "n", "г": "r"}

@@ -20,7 +20,9 @@ from .clip_bpe import END_OF_WORD, clip_merges
 # A watched word this long or longer is corrected to: shorter ones ("gore", "nude", "gun") are one edit from
 # too many ordinary words and names.
 MIN_CORRECTED = 5
-_LETTERS = re.compile(r"[A-Za-z]+")
+# Any letters: one non-ASCII letter in place of one of a watched word's ("nakєd", "hєroin") had hidden it, since
+# only ASCII runs were read (a thirtieth hostile pass)
+_LETTERS = re.compile(r"[^\W\d_]+")
 
 
 def one_edit(a: str, b: str) -> bool:

@@ -77,10 +77,11 @@ class GuardOptions:
             raise LatentGuardError(f"sanitize_margin must be a number in [0, 1], got {self.sanitize_margin!r}")
         if self.window_stride is not None:
             _positive_int(self.window_stride, "window_stride")
-        for name in ("cache_concepts", "normalize_text", "split_sentences"):
-            object.__setattr__(self, name, bool(getattr(self, name)))
-        if self.long_prompts is not None:
-            object.__setattr__(self, "long_prompts", bool(self.long_prompts))
+        for name in ("cache_concepts", "normalize_text", "split_sentences", "long_prompts"):  # a switch is a bool:
+            value = getattr(self, name)  # split_sentences="" had turned a defence off, "false" left it on (a pass)
+            if (value is not None or name != "long_prompts") and type(value).__name__ not in ("bool", "bool_"):
+                raise LatentGuardError(f"{name} must be True or False, got {value!r}")
+            object.__setattr__(self, name, None if value is None else bool(value))
 
     @classmethod
     def build(cls, base: "GuardOptions | None" = None, **given: Any) -> "GuardOptions":

@@ -109,3 +109,18 @@ def test_a_published_threshold_saved_with_other_weights_still_warns_at_load(tmp_
     with pytest.warns(UserWarning, match="threshold 'released' .* not the released ones"):
         loaded = LatentGuard.from_pretrained(saved)
     assert loaded.threshold == guard.threshold
+
+
+def test_a_bundle_saved_as_a_built_in_name_is_refused_and_such_a_folder_is_warned_about(tmp_path, monkeypatch):
+    """``save_pretrained("mini")`` wrote ./mini, which ``from_pretrained("mini")`` and ``--guard mini`` never read:
+    a concept added before saving was silently gone after loading (a thirty-first hostile pass)."""
+    monkeypatch.chdir(tmp_path)
+    guard = LatentGuard.from_pretrained("mini")
+    guard.add_concepts(["clown"], category="shocking")
+    with pytest.raises(LatentGuardError, match="loads the built-in guard"):
+        guard.save_pretrained("mini", concept_vectors=False)
+    assert not (tmp_path / "mini").exists()
+    guard.save_pretrained("./mini", concept_vectors=False)
+    assert "clown" in LatentGuard.from_pretrained("./mini").concepts
+    with pytest.warns(UserWarning, match="names the built-in guard; the folder ./mini is not read"):
+        assert "clown" not in LatentGuard.from_pretrained("mini").concepts

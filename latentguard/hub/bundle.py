@@ -56,6 +56,9 @@ def open_bundle(source: Any, *, revision: str | None = None) -> "Bundle | None":
         if revision is not None:
             raise LatentGuardError(f"revision={revision!r} applies to hub repo ids, not to the built-in guard "
                                    f"{source!r}")
+        if Path(source).is_dir():  # a folder saved as "mini" is never what from_pretrained("mini") reads
+            warnings.warn(f"{source!r} names the built-in guard; the folder ./{source} is not read (load it as "
+                          f"'./{source}')", UserWarning, stacklevel=3)
         return Bundle(builtin_guard_path(source), builtin=source)
     path = Path(source).expanduser()
     if path.is_dir():

@@ -180,6 +180,11 @@ def write_bundle(directory: str | Path, *, state_dict: Mapping, sizes: Mapping[s
         raise LatentGuardError(f"the guard reads prompts otherwise ({now}) than its threshold was calibrated with "
                                f"({reading}), so the record's rates are not its own; calibrate (guard.calibrate) or "
                                "set guard.threshold before saving (nothing was written)")
+    from .bundle import BUILTIN_GUARDS
+
+    if isinstance(directory, str) and directory in BUILTIN_GUARDS:  # read back as the built-in guard, silently
+        raise LatentGuardError(f"from_pretrained({directory!r}) loads the built-in guard, not a folder of that name; "
+                               f"save to './{directory}' and load it as './{directory}', or choose another name")
     directory = Path(directory)
     replaced = claim_folder(directory, overwrite)
     directory.mkdir(parents=True, exist_ok=True)

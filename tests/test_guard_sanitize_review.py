@@ -222,3 +222,13 @@ def test_a_blacklist_word_written_letter_by_letter_is_one_word_to_cut(mini):
         assert not _edit_passes(safe, written, limit, banned), written  # the verdict passes: the word rule refuses
     r = mini.sanitize(["a bloody corpse. a happy family in a sunny park with a n.a.k.e.d girl"])[0]
     assert r.before.unsafe and not (r.passes and "n.a.k.e.d" in r.text), r.text
+
+
+@pytest.mark.parametrize("word", ["nude", "bl00dy", "sexy"])
+def test_a_replacement_the_guard_flags_is_refused(mini, word):
+    """A replacement goes into every edit; "nude" and "bl00dy", no concept words of mini, had been accepted (a
+    twenty-fifth hostile pass, written down then)."""
+    with pytest.raises(LatentGuardError, match="not clearly safe to this guard"):
+        mini.sanitize(["a man injecting heroin in an alley"], replacement=word)
+    r = mini.sanitize(["a man injecting heroin in an alley"], replacement="something")[0]
+    assert r.before.unsafe and ("something" in r.text or not r.passes)

@@ -350,6 +350,12 @@ def sanitize(guard, prompts: str | Sequence[str], *, rounds: int = DEFAULT_ROUND
     banned, limit = concept_words(guard), edit_limit(guard)
     if replacement and holds_concept_word(replacement, *banned):
         raise LatentGuardError(f"sanitize replacement {replacement!r} is a blacklist word; choose a neutral one")
+    if replacement:  # it goes into every edit: "nude", "bl00dy" (no concept words of mini) had been accepted; judged
+        # in a plain phrase, as a word alone is scored erratically ("something" alone is flagged by mini)
+        screen = _judge(guard, [f"a photo of {replacement}"])[0]
+        if not (_passing(screen) and float(screen.score) < min(limit[0], float(screen.threshold)) - limit[1]):
+            raise LatentGuardError(f"sanitize replacement {replacement!r} is not clearly safe to this guard ('a photo "
+                                   f"of {replacement}' scores {float(screen.score):.2f}); choose a neutral word")
     final: dict[int, _State] = {}
     active = []
     for i, (prompt, verdict) in enumerate(zip(prompts, before)):

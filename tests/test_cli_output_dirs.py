@@ -93,3 +93,32 @@ def test_a_run_that_fails_after_claiming_leaves_no_directory(world, tmp_path):
     assert run("main.py", *world["train"], "--output-dir", str(weights)).returncode == 0
     done = run("test.py", *common, "--checkpoint", str(weights / "model_parameters.pth"), "--output-dir", str(out))
     assert done.returncode == 2 and not out.exists(), done.stderr
+
+
+def test_extending_a_run_never_replaces_a_file_main_py_did_not_write(world, tmp_path):
+    """A user's best.pth dropped into a finished run (which wrote none), or a recorded output edited since, is
+    refused before training, --force included; the run's own files are extended as before."""
+    import shutil
+
+    out = tmp_path / "prun"
+    assert run("main.py", *world["train"], "--output-dir", str(out)).returncode == 0
+    record = json.loads((out / OUTPUTS).read_text())["main.py"]
+    assert {"model_parameters.pth", "last.pth", "resume.pt", "train_log.jsonl", "config.yaml"} <= set(record)
+    copy = tmp_path / "prun4"
+    shutil.copytree(out, copy)
+    (copy / "best.pth").write_bytes(b"precious")
+    for force in ([], ["--force"]):
+        done = run("main.py", *world["train"], "--epochs", "2", "--keep-best", *force, "--output-dir", str(copy))
+        one_line_error(done, f"--output-dir {copy} holds best.pth, which main.py did not write",
+                       "move best.pth out of the folder")
+    assert (copy / "best.pth").read_bytes() == b"precious"
+    assert (copy / "last.pth").read_bytes() == (out / "last.pth").read_bytes()  # refused before training
+    (copy / "best.pth").unlink()
+    (copy / "model_parameters.pth").write_bytes(b"my own weights")  # written over the run's own file
+    done = run("main.py", *world["train"], "--epochs", "2", "--output-dir", str(copy))
+    one_line_error(done, "holds model_parameters.pth, which has changed since main.py wrote it")
+    assert (copy / "model_parameters.pth").read_bytes() == b"my own weights"
+    assert run("main.py", *world["train"], "--epochs", "2", "--keep-best", "--output-dir", str(out)).returncode == 0
+    from latentguard.io import sha256_of
+
+    assert json.loads((out / OUTPUTS).read_text())["main.py"]["last.pth"] == sha256_of(out / "last.pth")

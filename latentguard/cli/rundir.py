@@ -199,3 +199,65 @@ def replace_outputs(directory: str | Path, command: str, written: Sequence[str |
     recorded[command] = now
     atomic_write_text(manifest, json.dumps(recorded, indent=1, sort_keys=True) + "\n")
     return removed
+
+
+# ---------------------------------------------------------------------- outputs a command writes in place
+
+
+def output_identity(path: Path, *, appended: bool = False) -> str | None:
+    """What shows that ``path`` is still the output a command recorded (``None``: nothing there).
+
+    A file replaced whole is known by its SHA-256, so a user's copy dropped under its name, or the file
+    edited since, reads as another; a file appended to as the run goes (its log) by its inode, which a
+    copy put in its place does not share; a folder (a bundle) by the SHA-256 of its ``config.json``,
+    written last. A link is never a command's output.
+    """
+    import stat
+
+    try:
+        info = path.lstat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if stat.S_ISLNK(info.st_mode):
+        return "link"
+    if appended:
+        return f"inode:{info.st_dev}:{info.st_ino}"
+    if stat.S_ISDIR(info.st_mode):
+        config = path / "config.json"
+        return f"folder:{sha256_of(config)}" if config.is_file() and not config.is_symlink() else "folder"
+    return sha256_of(path) if stat.S_ISREG(info.st_mode) else "other"
+
+
+def record_outputs(directory: str | Path, command: str, paths: Sequence[str | Path], *,
+                   appended: Sequence[str] = ()) -> None:
+    """Add the files ``command`` just wrote in ``directory`` to its run record, each with its identity
+    (:func:`output_identity`), so a later run replaces them and nothing else."""
+    import json
+
+    directory = Path(directory)
+    recorded = _manifest(directory)
+    mine = recorded.get(command) if isinstance(recorded.get(command), dict) else {}
+    for path in paths:
+        name = Path(path).name
+        mine[name] = output_identity(directory / name, appended=name in appended)
+    recorded[command] = mine
+    atomic_write_text(directory / OUTPUTS, json.dumps(recorded, indent=1, sort_keys=True) + "\n")
+
+
+def refuse_unrecorded_outputs(directory: str | Path, command: str, names: Sequence[str], *,
+                              appended: Sequence[str] = ()) -> None:
+    """Refuse (one line) before anything is written when a path ``command`` writes in ``directory`` exists
+    and is not one of its recorded outputs as recorded: a user's file there is never replaced, ``--force``
+    included. A run recorded by an older latentguard lists no files, so its outputs are refused too
+    (fail closed): moving them out is the user's call."""
+    directory = Path(directory)
+    mine = _manifest(directory).get(command)
+    mine = mine if isinstance(mine, dict) else {}
+    for name in names:
+        now = output_identity(directory / name, appended=name in appended)
+        if now is None or now == mine.get(name):
+            continue
+        why = f"which has changed since {command} wrote it" if name in mine else f"which {command} did not write"
+        raise LatentGuardError(f"--output-dir {directory} holds {name}, {why} (its record {OUTPUTS} "
+                               f"{'differs' if name in mine else 'does not list it'}); {command} never replaces it "
+                               f"(--force included): move {name} out of the folder, or choose another --output-dir")

@@ -120,9 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     from ..data.copro import load_copro
     from ..encoders.precision import resolve_device
     from ..io import atomic_write_text, validate_dir_path
-    from ..train.trainer import RUN_OUTPUTS, build_trainer, is_training_run, training_texts
+    from ..train.trainer import LOG_NAME, RUN_OUTPUTS, build_trainer, is_training_run, training_texts
     from .fetch import validate_fetchable
-    from .rundir import claim_run_dir
+    from .rundir import claim_run_dir, record_outputs, refuse_unrecorded_outputs
 
     device = resolve_device(cfg.device)
     output_dir = validate_dir_path(cfg.output_dir, "--output-dir")  # a file fails now; nothing is created yet
@@ -135,6 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     inputs = [args.config, cfg.dataset, args.resume if isinstance(args.resume, str) else None]
     previous = claim_run_dir(output_dir, "main.py", writes=RUN_OUTPUTS, inputs=inputs,
                              previous_run=is_training_run)  # inputs are valid: this run owns the directory now
+    refuse_unrecorded_outputs(output_dir, "main.py", RUN_OUTPUTS, appended=(LOG_NAME,))  # before anything is written
+
+    def record(*paths) -> None:  # what main.py writes is recorded as its own at once, a rerun replaces only that
+        record_outputs(output_dir, "main.py", [p for p in paths if p is not None], appended=(LOG_NAME,))
+
     resume = args.resume if args.resume in (None, True) else Path(args.resume)
     if args.force:
         if args.resume is not None:
@@ -142,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         resume = "replace" if previous else None
     trainer = build_trainer(cfg, copro, source, output_dir=output_dir, device=device, resume=resume,
                             progress=not args.no_progress)
+    trainer.on_write = record
     atomic_write_text(output_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    record(output_dir / "config.yaml")
     opts = trainer.options
     n_batches = trainer.sampler.num_batches(opts.batch_size)
     n_params = sum(p.numel() for p in trainer.model.parameters())
@@ -171,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     for weights in (result.weights_path, result.best_path):
         calibration = save_validation_threshold(trainer, weights) if weights is not None else None
         if calibration is not None:
+            record(calibration_path(weights))
             print(f"  threshold:    {calibration.threshold:.4f} for {weights.name} (max accuracy "
                   f"{calibration.accuracy:.3f} "
                   f"on the validation split) saved to {calibration_path(weights)}; inference.py uses it with those "
@@ -178,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         if weights is not None:
             try:  # an extra way to share the weights: the run's own outputs above stand without it
                 bundle = save_bundle(trainer, weights, calibration, copro.concepts("ID"), cfg)
+                record(bundle)
                 print(f"  bundle:       {bundle} (weights, encoder, blacklist, threshold: inference.py --guard)")
             except LatentGuardError as exc:
                 print(f"  bundle:       not written ({exc})")

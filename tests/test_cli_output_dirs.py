@@ -6,6 +6,7 @@ Real processes (main.py, test.py) against directories holding a user's own files
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from synthetic import make_synthetic_copro
@@ -98,8 +99,6 @@ def test_a_run_that_fails_after_claiming_leaves_no_directory(world, tmp_path):
 def test_extending_a_run_never_replaces_a_file_main_py_did_not_write(world, tmp_path):
     """A user's best.pth dropped into a finished run (which wrote none), or a recorded output edited since, is
     refused before training, --force included; the run's own files are extended as before."""
-    import shutil
-
     out = tmp_path / "prun"
     assert run("main.py", *world["train"], "--output-dir", str(out)).returncode == 0
     record = json.loads((out / OUTPUTS).read_text())["main.py"]
@@ -122,3 +121,36 @@ def test_extending_a_run_never_replaces_a_file_main_py_did_not_write(world, tmp_
     from latentguard.io import sha256_of
 
     assert json.loads((out / OUTPUTS).read_text())["main.py"]["last.pth"] == sha256_of(out / "last.pth")
+
+
+def test_a_run_of_one_recipe_never_trains_into_a_folder_of_the_other(world, tmp_path):
+    """main.py --force (paper recipe) over an open-recipe run had replaced its resume.pt, log and config.yaml and
+    left its bundle/ and recipe_record.json beside the new weights (a hostile review); the other way round too."""
+    import yaml
+
+    opened = tmp_path / "open"
+    (opened / "bundle").mkdir(parents=True)
+    (opened / "bundle" / "config.json").write_text("{}", encoding="utf-8")
+    (opened / "recipe_record.json").write_text('{"steps": 4, "threshold": 1.0}', encoding="utf-8")
+    (opened / "resume.pt").write_bytes(b"an open-recipe resume state")
+    (opened / "config.yaml").write_text("recipe: {name: open}\n", encoding="utf-8")
+    (opened / OUTPUTS).write_text('{"main.py": {}}\n', encoding="utf-8")
+    before = _snapshot(opened)
+    for force in ([], ["--force"]):
+        done = run("main.py", *world["train"], *force, "--output-dir", str(opened))
+        one_line_error(done, f"--output-dir {opened} holds an open-recipe main.py run (recipe_record.json)",
+                       "--force included", "choose another --output-dir")
+    (opened / "recipe_record.json").unlink()  # killed before its bundle and record: its config.yaml names it
+    shutil.rmtree(opened / "bundle")
+    one_line_error(run("main.py", *world["train"], "--force", "--output-dir", str(opened)),
+                   "holds an open-recipe main.py run (config.yaml)")
+    assert _snapshot(opened) == {k: v for k, v in before.items() if k != "recipe_record.json"}
+
+    paper = tmp_path / "paper"
+    assert run("main.py", *world["train"], "--output-dir", str(paper)).returncode == 0
+    config = tmp_path / "open.yaml"
+    config.write_text(yaml.safe_dump({"recipe": {"name": "open"}}), encoding="utf-8")
+    before = _snapshot(paper)
+    done = run("main.py", *world["common"], "--config", str(config), "--output-dir", str(paper), "--no-progress")
+    one_line_error(done, f"--output-dir {paper} holds a paper-recipe main.py run (model_parameters.pth)")
+    assert _snapshot(paper) == before

@@ -74,6 +74,11 @@ def _manifest(directory: Path) -> dict:
     return recorded if isinstance(recorded, dict) else {}
 
 
+def run_record(directory: str | Path) -> dict:
+    """The directory's run record (``{command: its outputs}``; empty when none or unreadable)."""
+    return _manifest(Path(directory))
+
+
 def claim_run_dir(directory: str | Path, command: str, *, writes: Sequence[str] = (),
                   inputs: Sequence[str | Path | None] = (),
                   previous_run: Callable[[Path], bool] | None = None) -> bool:

@@ -15,6 +15,8 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -126,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
     device = resolve_device(cfg.device)
     output_dir = validate_dir_path(cfg.output_dir, "--output-dir")  # a file fails now; nothing is created yet
+    refuse_other_recipe(output_dir, "paper")  # --force included: it replaces only a paper-recipe run's own files
     validate_fetchable(cfg, dataset=True, encoder=bool(cfg.train.no_store))  # offline: refused before any download
     copro = load_copro(cfg.dataset, valid_size=cfg.data.valid_size, seed=cfg.data.seed)
     print(f"dataset {copro.path}: {copro.summary()}")
@@ -214,6 +217,7 @@ def _run_open_recipe(cfg, args: argparse.Namespace) -> int:
                                "from its own OUTPUT_DIR/resume.pt (delete the directory to start over)")
     device = resolve_device(cfg.device)
     output_dir = validate_dir_path(cfg.output_dir, "--output-dir")
+    refuse_other_recipe(output_dir, "open")
     inputs = [args.config, cfg.recipe.copro, cfg.recipe.coprov2, cfg.recipe.captions, cfg.recipe.concepts]
     writes = (RESUME, LOG, BUNDLE, "config.yaml", RECORD)
     validate_ownership(output_dir, "main.py", writes=writes, inputs=inputs)  # another's folder: refused at once
@@ -240,6 +244,36 @@ def _run_open_recipe(cfg, args: argparse.Namespace) -> int:
           "prompts against held-out captions)")
     print(f"  bundle: {run.bundle} (latentguard ... --guard {run.bundle})")
     return 0
+
+
+def refuse_other_recipe(output_dir: Path, recipe: str) -> None:
+    """Refuse (one line) a run of ``recipe`` into a folder holding a main.py run of the other recipe.
+
+    Each recipe replaces only its own files: a paper-recipe run (``--force`` too) over an open-recipe run had
+    replaced its resume.pt, log and config.yaml and left its ``bundle/`` and ``recipe_record.json`` beside the
+    new weights, describing weights no longer there; the other way round, the paper run's weights would stay
+    beside an open-recipe bundle. A run is known by the files only its recipe writes, or by its config.yaml.
+    """
+    from ..train.recipe import BUNDLE, RECORD
+    from ..train.trainer import BEST_NAME, LAST_NAME, WEIGHTS_NAME, is_training_run
+    from .rundir import run_record
+
+    if not output_dir.is_dir():
+        return
+    other = "open" if recipe == "paper" else "paper"
+    marks = (RECORD, BUNDLE) if other == "open" else (WEIGHTS_NAME, LAST_NAME, BEST_NAME, "model_parameters_bundle")
+    found = next((name for name in marks if os.path.lexists(output_dir / name)), None)
+    if found is None and other == "paper" and is_training_run(output_dir):
+        found = "resume.pt"
+    if found is None and "main.py" in run_record(output_dir) and (output_dir / "config.yaml").is_file():
+        with contextlib.suppress(LatentGuardError):  # a damaged config.yaml is refused where it is read
+            recorded = _saved_config(output_dir / "config.yaml").get("recipe")
+            if (recorded.get("name", "paper") if isinstance(recorded, dict) else "paper") == other:
+                found = "config.yaml"  # a run stopped before its first weights: its settings name its recipe
+    if found is not None:
+        raise LatentGuardError(f"--output-dir {output_dir} holds {'an' if other == 'open' else 'a'} {other}-recipe "
+                               f"main.py run ({found}); a {recipe}-recipe run never trains into it, --force "
+                               "included (each replaces only its own files): choose another --output-dir")
 
 
 def _saved_config(path) -> dict:

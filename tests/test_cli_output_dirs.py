@@ -117,10 +117,14 @@ def test_extending_a_run_never_replaces_a_file_main_py_did_not_write(world, tmp_
     done = run("main.py", *world["train"], "--epochs", "2", "--output-dir", str(copy))
     one_line_error(done, "holds model_parameters.pth, which has changed since main.py wrote it")
     assert (copy / "model_parameters.pth").read_bytes() == b"my own weights"
-    assert run("main.py", *world["train"], "--epochs", "2", "--keep-best", "--output-dir", str(out)).returncode == 0
+    whole = tmp_path / "prun5"  # a copy of the whole run is the same run: extended, its log appended to
+    shutil.copytree(out, whole)
+    done = run("main.py", *world["train"], "--epochs", "2", "--keep-best", "--output-dir", str(whole))
+    assert done.returncode == 0, done.stderr
     from latentguard.io import sha256_of
 
-    assert json.loads((out / OUTPUTS).read_text())["main.py"]["last.pth"] == sha256_of(out / "last.pth")
+    assert json.loads((whole / OUTPUTS).read_text())["main.py"]["last.pth"] == sha256_of(whole / "last.pth")
+    assert (whole / "train_log.jsonl").read_bytes().startswith((out / "train_log.jsonl").read_bytes())
 
 
 def test_a_run_of_one_recipe_never_trains_into_a_folder_of_the_other(world, tmp_path):

@@ -213,8 +213,9 @@ def output_identity(path: Path, *, appended: bool = False) -> str | None:
     """What shows that ``path`` is still the output a command recorded (``None``: nothing there).
 
     A file replaced whole is known by its SHA-256, so a user's copy dropped under its name, or the file
-    edited since, reads as another; a file appended to as the run goes (its log) by its inode, which a
-    copy put in its place does not share; a folder (a bundle) by the SHA-256 of its ``config.json``,
+    edited since, reads as another; a file appended to as the run goes (its log) by its size and the
+    SHA-256 of those bytes, which it still begins with after appends (a copy of the whole run folder is the
+    same run; another file in its place is not); a folder (a bundle) by the SHA-256 of its ``config.json``,
     written last. A link is never a command's output.
     """
     import stat
@@ -225,12 +226,36 @@ def output_identity(path: Path, *, appended: bool = False) -> str | None:
         return None
     if stat.S_ISLNK(info.st_mode):
         return "link"
-    if appended:
-        return f"inode:{info.st_dev}:{info.st_ino}"
+    if appended and stat.S_ISREG(info.st_mode):
+        return f"prefix:{info.st_size}:{_prefix_sha256(path, info.st_size)}"
     if stat.S_ISDIR(info.st_mode):
         config = path / "config.json"
         return f"folder:{sha256_of(config)}" if config.is_file() and not config.is_symlink() else "folder"
     return sha256_of(path) if stat.S_ISREG(info.st_mode) else "other"
+
+
+def _prefix_sha256(path: Path, size: int) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while size > 0:
+            block = handle.read(min(size, 1 << 20))
+            if not block:
+                return "short"  # cut below the recorded size: not the file recorded
+            digest.update(block)
+            size -= len(block)
+    return digest.hexdigest()
+
+
+def _still_mine(path: Path, recorded: object, appended: bool) -> bool:
+    """Whether ``path`` is the output recorded as ``recorded``; an appended file may have grown since."""
+    if appended and isinstance(recorded, str) and recorded.startswith("prefix:") and recorded.count(":") == 2:
+        _, size, digest = recorded.split(":")
+        if path.is_file() and not path.is_symlink() and size.isdigit() and path.stat().st_size >= int(size):
+            return _prefix_sha256(path, int(size)) == digest
+        return False
+    return output_identity(path, appended=appended) == recorded
 
 
 def record_outputs(directory: str | Path, command: str, paths: Sequence[str | Path], *,
@@ -259,8 +284,7 @@ def refuse_unrecorded_outputs(directory: str | Path, command: str, names: Sequen
     mine = _manifest(directory).get(command)
     mine = mine if isinstance(mine, dict) else {}
     for name in names:
-        now = output_identity(directory / name, appended=name in appended)
-        if now is None or now == mine.get(name):
+        if not os.path.lexists(directory / name) or _still_mine(directory / name, mine.get(name), name in appended):
             continue
         why = f"which has changed since {command} wrote it" if name in mine else f"which {command} did not write"
         raise LatentGuardError(f"--output-dir {directory} holds {name}, {why} (its record {OUTPUTS} "

@@ -204,6 +204,8 @@ class Trainer:
         if self.epoch >= self.options.epochs:
             self._save(weights, self.weights_path)  # the schedule is done: its final weights
         self._save(self.resume_state(), self.resume_path)
+        if self.on_write is not None and self.log_path.is_file():
+            self.on_write(self.log_path)  # the log as far as written: it only grows until the next trim
 
     def _save(self, obj: object, path: Path) -> None:
         atomic_torch_save(obj, path)

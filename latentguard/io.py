@@ -354,7 +354,9 @@ def read_yaml(path: str | Path, what: str = "YAML file", *, scalars_as_text: boo
     (YAML would silently keep the last); a bad byte, bad syntax or a duplicate is a one-line error.
 
     ``scalars_as_text``: every unquoted scalar stays the text written (``4:20``, ``0x1F``, ``.nan``,
-    ``yes`` are strings, not 260, 31, NaN or True), for files whose values are texts (blacklists).
+    ``yes`` are strings, not 260, 31, NaN or True), for files whose values are texts (blacklists); one that
+    YAML would read as another type is a :class:`YamlTyped` string, so the reader can refuse it where only
+    text is meant (``null`` is not meant as the word "null").
     """
     import yaml
 
@@ -368,6 +370,13 @@ def read_yaml(path: str | Path, what: str = "YAML file", *, scalars_as_text: boo
         problem = str(getattr(exc, "problem", "") or "")
         detail = f": {problem}" if "given twice" in problem else ""
         raise LatentGuardError(f"{path}: not valid YAML{where}{detail}; fix the file") from None
+
+
+class YamlTyped(str):
+    """An unquoted YAML scalar read as its text that YAML itself reads as ``yaml_type`` (null, bool, int,
+    float, timestamp): the text is kept, and so is the fact that it was not written as text."""
+
+    yaml_type = "str"
 
 
 @functools.lru_cache(maxsize=2)
@@ -392,6 +401,15 @@ def unique_key_loader(scalars_as_text: bool = False) -> type:
                     except TypeError:  # an unhashable key: the base class reports it
                         continue
             return super().construct_mapping(node, deep=deep)
+
+        def construct_scalar(self, node):  # noqa: D401 - yaml hook
+            value = super().construct_scalar(node)
+            if scalars_as_text and node.style is None:  # plain (unquoted): what would YAML have read?
+                kind = yaml.resolver.Resolver().resolve(yaml.ScalarNode, value, (True, False)).rsplit(":", 1)[-1]
+                if kind != "str":
+                    value = YamlTyped(value)
+                    value.yaml_type = kind
+            return value
 
     return UniqueKeyLoader
 

@@ -6,6 +6,7 @@ Real processes (main.py, test.py) against directories holding a user's own files
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from synthetic import make_synthetic_copro
@@ -93,3 +94,67 @@ def test_a_run_that_fails_after_claiming_leaves_no_directory(world, tmp_path):
     assert run("main.py", *world["train"], "--output-dir", str(weights)).returncode == 0
     done = run("test.py", *common, "--checkpoint", str(weights / "model_parameters.pth"), "--output-dir", str(out))
     assert done.returncode == 2 and not out.exists(), done.stderr
+
+
+def test_extending_a_run_never_replaces_a_file_main_py_did_not_write(world, tmp_path):
+    """A user's best.pth dropped into a finished run (which wrote none), or a recorded output edited since, is
+    refused before training, --force included; the run's own files are extended as before."""
+    out = tmp_path / "prun"
+    assert run("main.py", *world["train"], "--output-dir", str(out)).returncode == 0
+    record = json.loads((out / OUTPUTS).read_text())["main.py"]
+    assert {"model_parameters.pth", "last.pth", "resume.pt", "train_log.jsonl", "config.yaml"} <= set(record)
+    copy = tmp_path / "prun4"
+    shutil.copytree(out, copy)
+    (copy / "best.pth").write_bytes(b"precious")
+    for force in ([], ["--force"]):
+        done = run("main.py", *world["train"], "--epochs", "2", "--keep-best", *force, "--output-dir", str(copy))
+        one_line_error(done, f"--output-dir {copy} holds best.pth, which main.py did not write",
+                       "move best.pth out of the folder")
+    assert (copy / "best.pth").read_bytes() == b"precious"
+    assert (copy / "last.pth").read_bytes() == (out / "last.pth").read_bytes()  # refused before training
+    (copy / "best.pth").unlink()
+    (copy / "model_parameters.pth").write_bytes(b"my own weights")  # written over the run's own file
+    done = run("main.py", *world["train"], "--epochs", "2", "--output-dir", str(copy))
+    one_line_error(done, "holds model_parameters.pth, which has changed since main.py wrote it")
+    assert (copy / "model_parameters.pth").read_bytes() == b"my own weights"
+    whole = tmp_path / "prun5"  # a copy of the whole run is the same run: extended, its log appended to
+    shutil.copytree(out, whole)
+    done = run("main.py", *world["train"], "--epochs", "2", "--keep-best", "--output-dir", str(whole))
+    assert done.returncode == 0, done.stderr
+    from latentguard.io import sha256_of
+
+    assert json.loads((whole / OUTPUTS).read_text())["main.py"]["last.pth"] == sha256_of(whole / "last.pth")
+    assert (whole / "train_log.jsonl").read_bytes().startswith((out / "train_log.jsonl").read_bytes())
+
+
+def test_a_run_of_one_recipe_never_trains_into_a_folder_of_the_other(world, tmp_path):
+    """main.py --force (paper recipe) over an open-recipe run had replaced its resume.pt, log and config.yaml and
+    left its bundle/ and recipe_record.json beside the new weights (a hostile review); the other way round too."""
+    import yaml
+
+    opened = tmp_path / "open"
+    (opened / "bundle").mkdir(parents=True)
+    (opened / "bundle" / "config.json").write_text("{}", encoding="utf-8")
+    (opened / "recipe_record.json").write_text('{"steps": 4, "threshold": 1.0}', encoding="utf-8")
+    (opened / "resume.pt").write_bytes(b"an open-recipe resume state")
+    (opened / "config.yaml").write_text("recipe: {name: open}\n", encoding="utf-8")
+    (opened / OUTPUTS).write_text('{"main.py": {}}\n', encoding="utf-8")
+    before = _snapshot(opened)
+    for force in ([], ["--force"]):
+        done = run("main.py", *world["train"], *force, "--output-dir", str(opened))
+        one_line_error(done, f"--output-dir {opened} holds an open-recipe main.py run (recipe_record.json)",
+                       "--force included", "choose another --output-dir")
+    (opened / "recipe_record.json").unlink()  # killed before its bundle and record: its config.yaml names it
+    shutil.rmtree(opened / "bundle")
+    one_line_error(run("main.py", *world["train"], "--force", "--output-dir", str(opened)),
+                   "holds an open-recipe main.py run (config.yaml)")
+    assert _snapshot(opened) == {k: v for k, v in before.items() if k != "recipe_record.json"}
+
+    paper = tmp_path / "paper"
+    assert run("main.py", *world["train"], "--output-dir", str(paper)).returncode == 0
+    config = tmp_path / "open.yaml"
+    config.write_text(yaml.safe_dump({"recipe": {"name": "open"}}), encoding="utf-8")
+    before = _snapshot(paper)
+    done = run("main.py", *world["common"], "--config", str(config), "--output-dir", str(paper), "--no-progress")
+    one_line_error(done, f"--output-dir {paper} holds a paper-recipe main.py run (model_parameters.pth)")
+    assert _snapshot(paper) == before

@@ -174,6 +174,42 @@ def test_auto_on_other_weights_needs_their_calibration(tiny_encoder_dir, tmp_pat
     assert "(calibrated, " in out and "threshold 9.0131" not in out
 
 
+def test_a_calibration_never_replaces_the_record_beside_the_weights_unasked(tiny_encoder, tiny_encoder_dir, tmp_path,
+                                                                            monkeypatch, capsys):
+    """inference.py --calibrate-safe (and guard.calibrate(save=True)) replaced main.py's validation threshold
+    silently, for every --threshold auto user after it (a hostile review): now only with the opt-in."""
+    import inference
+    from latentguard.decision.threshold import CalibrationResult, calibration_path, save_calibration
+
+    monkeypatch.setenv("LATENTGUARD_HOME", str(tmp_path / "home"))
+    torch.manual_seed(0)
+    weights = tmp_path / "model_parameters.pth"
+    torch.save(EmbeddingMappingLayer().state_dict(), weights)
+    record = calibration_path(weights)
+    save_calibration(CalibrationResult(1.5, "best_accuracy", None, 4, 4, 0.0, 1.0, 1.0), weights)  # main.py's
+    before = record.read_bytes()
+    (tmp_path / "prompts.txt").write_text("a cat on a sofa\n", encoding="utf-8")
+    (tmp_path / "safe.txt").write_text("a bowl of fruit\na gun and blood\n", encoding="utf-8")  # an unsafe line
+    (tmp_path / "concepts.txt").write_text("\n".join(CONCEPTS) + "\n", encoding="utf-8")
+    argv = ["--file_path", str(tmp_path / "prompts.txt"), "--checkpoint", str(weights), "--concepts",
+            str(tmp_path / "concepts.txt"), "--encoder", str(tiny_encoder_dir), "--device", "cpu",
+            "--calibrate-safe", str(tmp_path / "safe.txt"), "--target-fpr", "0"]
+    assert inference.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{record} already holds a calibration record" in err, err
+    assert "--overwrite-calibration" in err and record.read_bytes() == before
+    guard = LatentGuard.from_pretrained(weights, tiny_encoder, CONCEPTS, threshold="released", cache_concepts=False)
+    with pytest.raises(LatentGuardError, match="already holds a calibration record.*overwrite=True"):
+        guard.calibrate(["a bowl of fruit"], target_fpr=0.0, save=True)
+    assert record.read_bytes() == before and guard.threshold == 9.0131  # refused: nothing changed
+    assert inference.main([*argv, "--overwrite-calibration"]) == 0
+    assert record.read_bytes() != before
+    capsys.readouterr()
+    result = guard.calibrate(["a bowl of fruit"], target_fpr=0.0, save=True, overwrite=True)
+    assert LatentGuard.from_pretrained(weights, tiny_encoder, CONCEPTS, cache_concepts=False).threshold == \
+        pytest.approx(result.threshold)
+
+
 def test_from_config_follows_the_auto_rule_and_checks_settings_when_set(tiny_encoder_dir, tmp_path, monkeypatch):
     from latentguard.config import load_config
 

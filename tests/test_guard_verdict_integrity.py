@@ -6,6 +6,7 @@ tampered concept cache, a per-concept threshold that outlives its concept.
 """
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import zipfile
@@ -41,9 +42,22 @@ def weights(tmp_path):
 # ----------------------------------------------------------------------------- YAML as written
 @pytest.mark.parametrize("entry", ["4:20", "0420", "0x1F", "1_000", ".nan", "1:30:00", "yes", "null", "2024-01-01"])
 def test_a_yaml_blacklist_entry_is_the_text_written(tmp_path, entry):
+    """Quoted, an entry is the text written (never 260, 31, NaN, True, None or a date)."""
     path = tmp_path / "blacklist.yaml"
-    path.write_text(f"- knife\n- {entry}\n", encoding="utf-8")
+    path.write_text(f"- knife\n- '{entry}'\n", encoding="utf-8")
     assert load_blacklist(path).concepts == ["knife", entry]
+
+
+@pytest.mark.parametrize("entry, kind", [("null", "null"), ("~", "null"), ("5", "int"), ("4:20", "int"),
+                                         ("yes", "bool"), (".nan", "float"), ("2024-01-01", "timestamp")])
+def test_an_unquoted_yaml_blacklist_entry_that_is_not_text_is_refused(tmp_path, entry, kind):
+    """`sexual: [nudity, null]` had loaded the concept 'null', `[nudity, 5]` the concept '5' (a hostile review)."""
+    path = tmp_path / "blacklist.yaml"
+    path.write_text(f"sexual: [nudity, {entry}]\n", encoding="utf-8")
+    with pytest.raises(LatentGuardError, match=f"sexual\\[1\\] is {re.escape(entry)} unquoted, which YAML reads as "
+                       f"{kind}.*quote it") as caught:
+        load_blacklist(path)
+    assert "\n" not in str(caught.value) and str(path) in str(caught.value)
 
 
 @pytest.mark.parametrize("text, where", [

@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"prompts, one per line, UTF-8; blank lines are ignored (default: {DEFAULT_PROMPTS})")
     parser.add_argument("--calibrate-safe", default=None, metavar="FILE",
                         help="calibrate the threshold first on these safe prompts (one per line): the lowest "
-                             "threshold flagging at most --target-fpr of them; saved beside the checkpoint")
+                             "threshold flagging at most --target-fpr of them; saved beside the checkpoint (an "
+                             "existing calibration record there is kept unless --overwrite-calibration)")
     parser.add_argument("--calibrate-unsafe", default=None, metavar="FILE",
                         help="with --calibrate-safe: also these unsafe prompts; the threshold then maximises accuracy")
     parser.add_argument("--target-fpr", type=float, default=None, metavar="F",
@@ -67,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing --output file (never followed as a link: the link itself is "
                              "replaced)")
+    parser.add_argument("--overwrite-calibration", action="store_true",
+                        help="with --calibrate-safe: replace the calibration record beside the checkpoint (main.py's "
+                             "validation threshold, say), which every --threshold auto user of the weights then takes")
     parser.add_argument("--explain", action="store_true",
                         help="show the prompt words that drove each top match (from the attention weights)")
     parser.add_argument("--sanitize", action="store_true",
@@ -223,13 +227,18 @@ def main(argv: list[str] | None = None) -> int:
     numbered = numbered_lines(prompt_file(args.file_path), what="prompt file")
     prompts = [text for _, text in numbered]
     guard = build_guard(cfg)  # the released recipe's downloads are checked first (offline: refused at once)
+    if args.calibrate_safe and guard.checkpoint and not args.overwrite_calibration:  # refused before any scoring
+        from ..decision.threshold import calibration_path, refuse_replacing_record
+
+        refuse_replacing_record(calibration_path(guard.checkpoint), "--overwrite-calibration")
     if args.calibrate_safe:
         safe = _readable_lines(guard, args.calibrate_safe, "--calibrate-safe file")
         unsafe = _readable_lines(guard, args.calibrate_unsafe, "--calibrate-unsafe file") if args.calibrate_unsafe \
             else None
         target_fpr = cfg.calibration.target_fpr
         # a bundle (the built-in guard, a hub folder) is not written to: the threshold holds for this run only
-        result = guard.calibrate(safe, unsafe, target_fpr=target_fpr, save=bool(guard.checkpoint))
+        result = guard.calibrate(safe, unsafe, target_fpr=target_fpr, save=bool(guard.checkpoint),
+                                 overwrite=args.overwrite_calibration)
         how = (f"max accuracy {result.accuracy:.3f}" if result.method == "best_accuracy"
                else f"FPR {result.fpr:.3f} <= {target_fpr:g}")
         kept = (f"saved beside {guard.checkpoint}" if guard.checkpoint else "used for this run only: a bundle is "

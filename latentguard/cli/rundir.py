@@ -74,6 +74,11 @@ def _manifest(directory: Path) -> dict:
     return recorded if isinstance(recorded, dict) else {}
 
 
+def run_record(directory: str | Path) -> dict:
+    """The directory's run record (``{command: its outputs}``; empty when none or unreadable)."""
+    return _manifest(Path(directory))
+
+
 def claim_run_dir(directory: str | Path, command: str, *, writes: Sequence[str] = (),
                   inputs: Sequence[str | Path | None] = (),
                   previous_run: Callable[[Path], bool] | None = None) -> bool:
@@ -199,3 +204,89 @@ def replace_outputs(directory: str | Path, command: str, written: Sequence[str |
     recorded[command] = now
     atomic_write_text(manifest, json.dumps(recorded, indent=1, sort_keys=True) + "\n")
     return removed
+
+
+# ---------------------------------------------------------------------- outputs a command writes in place
+
+
+def output_identity(path: Path, *, appended: bool = False) -> str | None:
+    """What shows that ``path`` is still the output a command recorded (``None``: nothing there).
+
+    A file replaced whole is known by its SHA-256, so a user's copy dropped under its name, or the file
+    edited since, reads as another; a file appended to as the run goes (its log) by its size and the
+    SHA-256 of those bytes, which it still begins with after appends (a copy of the whole run folder is the
+    same run; another file in its place is not); a folder (a bundle) by the SHA-256 of its ``config.json``,
+    written last. A link is never a command's output.
+    """
+    import stat
+
+    try:
+        info = path.lstat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if stat.S_ISLNK(info.st_mode):
+        return "link"
+    if appended and stat.S_ISREG(info.st_mode):
+        return f"prefix:{info.st_size}:{_prefix_sha256(path, info.st_size)}"
+    if stat.S_ISDIR(info.st_mode):
+        config = path / "config.json"
+        return f"folder:{sha256_of(config)}" if config.is_file() and not config.is_symlink() else "folder"
+    return sha256_of(path) if stat.S_ISREG(info.st_mode) else "other"
+
+
+def _prefix_sha256(path: Path, size: int) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while size > 0:
+            block = handle.read(min(size, 1 << 20))
+            if not block:
+                return "short"  # cut below the recorded size: not the file recorded
+            digest.update(block)
+            size -= len(block)
+    return digest.hexdigest()
+
+
+def _still_mine(path: Path, recorded: object, appended: bool) -> bool:
+    """Whether ``path`` is the output recorded as ``recorded``; an appended file may have grown since."""
+    if appended and isinstance(recorded, str) and recorded.startswith("prefix:") and recorded.count(":") == 2:
+        _, size, digest = recorded.split(":")
+        if path.is_file() and not path.is_symlink() and size.isdigit() and path.stat().st_size >= int(size):
+            return _prefix_sha256(path, int(size)) == digest
+        return False
+    return output_identity(path, appended=appended) == recorded
+
+
+def record_outputs(directory: str | Path, command: str, paths: Sequence[str | Path], *,
+                   appended: Sequence[str] = ()) -> None:
+    """Add the files ``command`` just wrote in ``directory`` to its run record, each with its identity
+    (:func:`output_identity`), so a later run replaces them and nothing else."""
+    import json
+
+    directory = Path(directory)
+    recorded = _manifest(directory)
+    mine = recorded.get(command) if isinstance(recorded.get(command), dict) else {}
+    for path in paths:
+        name = Path(path).name
+        mine[name] = output_identity(directory / name, appended=name in appended)
+    recorded[command] = mine
+    atomic_write_text(directory / OUTPUTS, json.dumps(recorded, indent=1, sort_keys=True) + "\n")
+
+
+def refuse_unrecorded_outputs(directory: str | Path, command: str, names: Sequence[str], *,
+                              appended: Sequence[str] = ()) -> None:
+    """Refuse (one line) before anything is written when a path ``command`` writes in ``directory`` exists
+    and is not one of its recorded outputs as recorded: a user's file there is never replaced, ``--force``
+    included. A run recorded by an older latentguard lists no files, so its outputs are refused too
+    (fail closed): moving them out is the user's call."""
+    directory = Path(directory)
+    mine = _manifest(directory).get(command)
+    mine = mine if isinstance(mine, dict) else {}
+    for name in names:
+        if not os.path.lexists(directory / name) or _still_mine(directory / name, mine.get(name), name in appended):
+            continue
+        why = f"which has changed since {command} wrote it" if name in mine else f"which {command} did not write"
+        raise LatentGuardError(f"--output-dir {directory} holds {name}, {why} (its record {OUTPUTS} "
+                               f"{'differs' if name in mine else 'does not list it'}); {command} never replaces it "
+                               f"(--force included): move {name} out of the folder, or choose another --output-dir")

@@ -15,6 +15,8 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -120,12 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     from ..data.copro import load_copro
     from ..encoders.precision import resolve_device
     from ..io import atomic_write_text, validate_dir_path
-    from ..train.trainer import RUN_OUTPUTS, build_trainer, is_training_run, training_texts
+    from ..train.trainer import LOG_NAME, RUN_OUTPUTS, build_trainer, is_training_run, training_texts
     from .fetch import validate_fetchable
-    from .rundir import claim_run_dir
+    from .rundir import claim_run_dir, record_outputs, refuse_unrecorded_outputs
 
     device = resolve_device(cfg.device)
     output_dir = validate_dir_path(cfg.output_dir, "--output-dir")  # a file fails now; nothing is created yet
+    refuse_other_recipe(output_dir, "paper")  # --force included: it replaces only a paper-recipe run's own files
     validate_fetchable(cfg, dataset=True, encoder=bool(cfg.train.no_store))  # offline: refused before any download
     copro = load_copro(cfg.dataset, valid_size=cfg.data.valid_size, seed=cfg.data.seed)
     print(f"dataset {copro.path}: {copro.summary()}")
@@ -135,6 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     inputs = [args.config, cfg.dataset, args.resume if isinstance(args.resume, str) else None]
     previous = claim_run_dir(output_dir, "main.py", writes=RUN_OUTPUTS, inputs=inputs,
                              previous_run=is_training_run)  # inputs are valid: this run owns the directory now
+    refuse_unrecorded_outputs(output_dir, "main.py", RUN_OUTPUTS, appended=(LOG_NAME,))  # before anything is written
+
+    def record(*paths) -> None:  # what main.py writes is recorded as its own at once, a rerun replaces only that
+        record_outputs(output_dir, "main.py", [p for p in paths if p is not None], appended=(LOG_NAME,))
+
     resume = args.resume if args.resume in (None, True) else Path(args.resume)
     if args.force:
         if args.resume is not None:
@@ -142,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         resume = "replace" if previous else None
     trainer = build_trainer(cfg, copro, source, output_dir=output_dir, device=device, resume=resume,
                             progress=not args.no_progress)
+    trainer.on_write = record
     atomic_write_text(output_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    record(output_dir / "config.yaml")
     opts = trainer.options
     n_batches = trainer.sampler.num_batches(opts.batch_size)
     n_params = sum(p.numel() for p in trainer.model.parameters())
@@ -171,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     for weights in (result.weights_path, result.best_path):
         calibration = save_validation_threshold(trainer, weights) if weights is not None else None
         if calibration is not None:
+            record(calibration_path(weights))
             print(f"  threshold:    {calibration.threshold:.4f} for {weights.name} (max accuracy "
                   f"{calibration.accuracy:.3f} "
                   f"on the validation split) saved to {calibration_path(weights)}; inference.py uses it with those "
@@ -178,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         if weights is not None:
             try:  # an extra way to share the weights: the run's own outputs above stand without it
                 bundle = save_bundle(trainer, weights, calibration, copro.concepts("ID"), cfg)
+                record(bundle)
                 print(f"  bundle:       {bundle} (weights, encoder, blacklist, threshold: inference.py --guard)")
             except LatentGuardError as exc:
                 print(f"  bundle:       not written ({exc})")
@@ -205,6 +217,7 @@ def _run_open_recipe(cfg, args: argparse.Namespace) -> int:
                                "from its own OUTPUT_DIR/resume.pt (delete the directory to start over)")
     device = resolve_device(cfg.device)
     output_dir = validate_dir_path(cfg.output_dir, "--output-dir")
+    refuse_other_recipe(output_dir, "open")
     inputs = [args.config, cfg.recipe.copro, cfg.recipe.coprov2, cfg.recipe.captions, cfg.recipe.concepts]
     writes = (RESUME, LOG, BUNDLE, "config.yaml", RECORD)
     validate_ownership(output_dir, "main.py", writes=writes, inputs=inputs)  # another's folder: refused at once
@@ -231,6 +244,36 @@ def _run_open_recipe(cfg, args: argparse.Namespace) -> int:
           "prompts against held-out captions)")
     print(f"  bundle: {run.bundle} (latentguard ... --guard {run.bundle})")
     return 0
+
+
+def refuse_other_recipe(output_dir: Path, recipe: str) -> None:
+    """Refuse (one line) a run of ``recipe`` into a folder holding a main.py run of the other recipe.
+
+    Each recipe replaces only its own files: a paper-recipe run (``--force`` too) over an open-recipe run had
+    replaced its resume.pt, log and config.yaml and left its ``bundle/`` and ``recipe_record.json`` beside the
+    new weights, describing weights no longer there; the other way round, the paper run's weights would stay
+    beside an open-recipe bundle. A run is known by the files only its recipe writes, or by its config.yaml.
+    """
+    from ..train.recipe import BUNDLE, RECORD
+    from ..train.trainer import BEST_NAME, LAST_NAME, WEIGHTS_NAME, is_training_run
+    from .rundir import run_record
+
+    if not output_dir.is_dir():
+        return
+    other = "open" if recipe == "paper" else "paper"
+    marks = (RECORD, BUNDLE) if other == "open" else (WEIGHTS_NAME, LAST_NAME, BEST_NAME, "model_parameters_bundle")
+    found = next((name for name in marks if os.path.lexists(output_dir / name)), None)
+    if found is None and other == "paper" and is_training_run(output_dir):
+        found = "resume.pt"
+    if found is None and "main.py" in run_record(output_dir) and (output_dir / "config.yaml").is_file():
+        with contextlib.suppress(LatentGuardError):  # a damaged config.yaml is refused where it is read
+            recorded = _saved_config(output_dir / "config.yaml").get("recipe")
+            if (recorded.get("name", "paper") if isinstance(recorded, dict) else "paper") == other:
+                found = "config.yaml"  # a run stopped before its first weights: its settings name its recipe
+    if found is not None:
+        raise LatentGuardError(f"--output-dir {output_dir} holds {'an' if other == 'open' else 'a'} {other}-recipe "
+                               f"main.py run ({found}); a {recipe}-recipe run never trains into it, --force "
+                               "included (each replaces only its own files): choose another --output-dir")
 
 
 def _saved_config(path) -> dict:

@@ -17,9 +17,10 @@ File formats accepted by :func:`load_concepts`:
     blacklist's *categories* (a category is flagged when any of its concepts fires); the concepts
     are flattened in file order (group names are not concepts).
 
-Every entry is the text as written: unquoted YAML scalars are not turned into numbers, booleans or
-dates (``- 4:20`` is the concept "4:20", not 260), and a key given twice is refused, naming its
-lines. Duplicates are dropped (first occurrence kept); an empty blacklist is an error.
+Every entry is text: an unquoted entry YAML reads as a number, boolean, date or null (``- 5``,
+``- 4:20``, ``- yes``, ``- null``) is refused, naming the file, the group and the entry, rather than
+turned into the concept "5" or "null" (or 260): quote it (``- '4:20'``) to mean the text. A key given
+twice is refused, naming its lines. Duplicates are dropped (first occurrence kept); an empty blacklist is an error.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import LatentGuardError
-from ..io import read_lines, unique
+from ..io import YamlTyped, read_lines, unique
 from .text import validate_text
 
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -137,6 +138,10 @@ def _flatten(path: Path, node: Any, where: str) -> tuple[list[str], dict[str, li
         for i, item in enumerate(node):
             if not isinstance(item, str) or not item.strip():
                 raise LatentGuardError(f"{path}: {where or 'list'}[{i}] must be a non-empty concept text, got {item!r}")
+            if isinstance(item, YamlTyped):  # `- null` or `- 5` is no concept text: said, never loaded as 'null'
+                raise LatentGuardError(f"{path}: {where or 'list'}[{i}] is {item} unquoted, which YAML reads as "
+                                       f"{item.yaml_type}, not as a concept text; quote it ('{item}') if it is a "
+                                       "concept, or remove it")
             out.append(item.strip())
         return out, {}
     if isinstance(node, Mapping):

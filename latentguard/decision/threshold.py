@@ -357,8 +357,15 @@ def calibration_of(guard, safe_prompts: Sequence[str], unsafe_prompts: Sequence[
     return result
 
 
-def save_guard_calibration(result: CalibrationResult, guard, save: bool | str | Path) -> None:
-    """``save=True``: write ``result`` beside the guard's checkpoint; ``save=<path>``: beside that path."""
+def save_guard_calibration(result: CalibrationResult, guard, save: bool | str | Path, *, overwrite: bool = False,
+                           flag: str = "overwrite=True") -> None:
+    """``save=True``: write ``result`` beside the guard's checkpoint; ``save=<path>``: beside that path.
+
+    An existing calibration record there is replaced only with ``overwrite``: every ``--threshold auto``
+    user of those weights (inference, score, a server at its next reload) takes its threshold, so a
+    calibration on other prompts (a safe file with an unsafe line, ``--target-fpr 0``) must not replace
+    the one ``main.py`` fitted on its validation split unasked. ``flag`` names the opt-in in the refusal.
+    """
     if not save:
         return
     checkpoint = save if not isinstance(save, bool) else (getattr(guard, "checkpoint", None)
@@ -366,4 +373,17 @@ def save_guard_calibration(result: CalibrationResult, guard, save: bool | str | 
     if checkpoint is None:
         raise LatentGuardError("cannot save the calibration: the guard has no checkpoint path (pass "
                                "save=<checkpoint path>; a bundle's guard keeps it with guard.save_pretrained)")
+    if not overwrite:
+        refuse_replacing_record(calibration_path(checkpoint), flag)
     save_calibration(result, checkpoint)
+
+
+def refuse_replacing_record(target: Path, flag: str) -> None:
+    """Refuse (one line) to replace the calibration record ``target`` unless the caller opted in with ``flag``;
+    a file there that is not a record is refused by :func:`save_calibration` itself."""
+    if target.is_symlink() or not target.is_file() or not _is_calibration_file(target):
+        return
+    threshold = read_calibration(target).threshold
+    raise LatentGuardError(f"{target} already holds a calibration record (threshold {threshold:.4f}), which "
+                           f"--threshold auto uses with these weights; pass {flag} to replace it, or move the file "
+                           "away first")

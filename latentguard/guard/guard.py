@@ -289,18 +289,21 @@ class LatentGuard(BoundOptions, HubMixin):
         return bool(not self._options.windowed and counter is not None and counter(text))
 
     def calibrate(self, safe_prompts: Sequence[str], unsafe_prompts: Sequence[str] | None = None,
-                  target_fpr: float = 0.01, *, save: bool | str | Path = False):
+                  target_fpr: float = 0.01, *, save: bool | str | Path = False, overwrite: bool = False):
         """Set :attr:`threshold` from your prompts: a target FPR on safe ones, or best accuracy with unsafe ones.
 
         Returns the :class:`latentguard.decision.threshold.CalibrationResult`; ``save=True`` writes it beside
-        the checkpoint, where ``from_pretrained(threshold="auto"|"calibrated")`` finds it.
+        the checkpoint, where ``from_pretrained(threshold="auto"|"calibrated")`` finds it. A calibration record
+        already there (main.py's, on its validation split) is replaced only with ``overwrite=True``, since every
+        ``threshold="auto"`` user of those weights takes it; otherwise the call is refused and changes nothing.
         """
         from ..decision.threshold import calibration_of, save_guard_calibration
 
         unsafe_prompts = None if unsafe_prompts is None else prompt_list(unsafe_prompts)  # a str is one prompt
         result = calibration_of(self, prompt_list(safe_prompts), unsafe_prompts, target_fpr)  # reads, changes nothing
         result.reading = recorded_options(self._options.recorded())  # how it read them: a bundle must read so
-        save_guard_calibration(result, self, save)  # before applying it: a refused save changes nothing either
+        # before applying it: a refused save changes nothing either
+        save_guard_calibration(result, self, save, overwrite=overwrite)
         self._calibrated(result)  # its threshold with the slope fitted at it
         return result
 

@@ -83,6 +83,8 @@ def new_model(in_dim: int, model_cfg: ModelConfig, seed: int) -> EmbeddingMappin
 class Trainer:
     """One training run: the model, its optimiser, the sampler state and the checkpoints."""
 
+    on_write: Callable[[Path], None] | None = None  # told of each file written, so main.py records it as its own
+
     def __init__(self, *, model: EmbeddingMappingLayer, sampler: ConceptPairSampler, source: EmbeddingSource,
                  concept_emb: torch.Tensor, valid: Sequence, valid_concept_emb: torch.Tensor | None,
                  options: TrainConfig, output_dir: str | Path, device: torch.device,
@@ -198,10 +200,17 @@ class Trainer:
     def save(self) -> None:
         """Write last.pth (and, once the schedule is done, model_parameters.pth), then resume.pt, atomically."""
         weights = plain_state_dict(self.model)
-        atomic_torch_save(weights, self.last_path)
+        self._save(weights, self.last_path)
         if self.epoch >= self.options.epochs:
-            atomic_torch_save(weights, self.weights_path)  # the schedule is done: its final weights
-        atomic_torch_save(self.resume_state(), self.resume_path)
+            self._save(weights, self.weights_path)  # the schedule is done: its final weights
+        self._save(self.resume_state(), self.resume_path)
+        if self.on_write is not None and self.log_path.is_file():
+            self.on_write(self.log_path)  # the log as far as written: it only grows until the next trim
+
+    def _save(self, obj: object, path: Path) -> None:
+        atomic_torch_save(obj, path)
+        if self.on_write is not None:
+            self.on_write(path)
 
     # ---------------------------------------------------------------------------- the loop
     def _load_batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -242,6 +251,8 @@ class Trainer:
             with os.fdopen(open_regular(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, "training log"), "a",
                            encoding="utf-8") as log, _deferred_interrupt(self, bar), \
                     _flush_denormals(self.device):
+                if self.on_write is not None:
+                    self.on_write(self.log_path)  # appended to, never replaced: recorded by identity once open
                 while self.epoch < epochs:
                     self._train_epoch(log, bar, n_batches, epochs)
                     self._end_epoch(log, bar, epochs)
@@ -308,7 +319,7 @@ class Trainer:
         if improved:
             self.best_auc, self.best_epoch = auc, number
             if self.options.keep_best:  # monitoring only unless asked: released weights are the final ones
-                atomic_torch_save(plain_state_dict(self.model), self.best_path)
+                self._save(plain_state_dict(self.model), self.best_path)
         _log(log, {"step": self.global_step, "epoch": number, "val_auc": auc, "best_auc": self.best_auc,
                    "best_epoch": self.best_epoch, "val_seconds": round(seconds, 3)})
         note = (" (new best, saved)" if self.options.keep_best else " (new best)") if improved else ""

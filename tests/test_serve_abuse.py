@@ -46,15 +46,17 @@ def _env(home: Path) -> dict:
 class Mini:
     """A ``latentguard serve --guard mini`` subprocess on a free loopback port; killed by its fixture."""
 
-    def __init__(self, args: list[str], home: Path, path: Path | None = None) -> None:
+    def __init__(self, args: list[str], home: Path, path: Path | None = None, nofile: int | None = None) -> None:
         self.port = _free_port()
+        limit = None if nofile is None else (lambda: resource.setrlimit(  # `ulimit -n nofile` for the server
+            resource.RLIMIT_NOFILE, (nofile, resource.getrlimit(resource.RLIMIT_NOFILE)[1])))
         env = _env(home)
         if path is not None:  # a folder to import from too (an --audit-hook module)
             env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(path)])
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen([sys.executable, "-m", "latentguard", "serve", "--guard", "mini", "--port",
                                       str(self.port), *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+                                     stderr=subprocess.PIPE, text=True, preexec_fn=limit)
 
     def wait_ready(self, timeout: float = 180) -> "Mini":
         deadline = time.monotonic() + timeout

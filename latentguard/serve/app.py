@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from ..errors import LatentGuardError
-from .connections import TARGET
+from .connections import GONE, TARGET
 from .protocol import RequestError
 from .routes import RETRY_AFTER_S, ROUTERS, SLOT
 from .server import GuardServer, log
@@ -92,10 +92,20 @@ async def _refused(request: Request, exc: RequestError) -> JSONResponse:
 async def _routing(request: Request, exc: HTTPException) -> JSONResponse:
     """404 and 405 in the same error shape as every other refusal."""
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    message = (f"no endpoint {request.url.path}; see {', '.join(endpoints(request.app))}" if exc.status_code == 404
-               else f"{request.method} is not allowed on {request.url.path}" if exc.status_code == 405
+    path = _shown(request.url.path)
+    message = (f"no endpoint {path}; see {', '.join(endpoints(request.app))}" if exc.status_code == 404
+               else f"{request.method} is not allowed on {path}" if exc.status_code == 405
                else str(exc.detail))
     return error_response(request.scope, RequestError(exc.status_code, message, code=code, headers=exc.headers))
+
+
+SHOWN_PATH = 100  # characters of a path named in a 404 or 405
+
+
+def _shown(path: str) -> str:
+    """The path as named in an answer: its start only, so an answer never repeats a long path (a 60 KB path's 404
+    had repeated it whole, filling the send buffer of a client that never read: a hostile review)."""
+    return path if len(path) <= SHOWN_PATH else f"{path[:SHOWN_PATH]}... ({len(path):,} characters)"
 
 
 class _InFlight:
@@ -240,6 +250,9 @@ class _Counted:
         started, status, answered = time.perf_counter(), [500], [False]
 
         async def sending(message) -> None:
+            if scope.get(GONE, bool)():  # the client left: nothing to write to (a write raised, and logged a traceback)
+                status[0], answered[0] = 499, True
+                return
             if message["type"] == "http.response.start":
                 status[0], answered[0] = message["status"], True
             await send(message)

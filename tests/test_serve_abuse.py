@@ -46,15 +46,17 @@ def _env(home: Path) -> dict:
 class Mini:
     """A ``latentguard serve --guard mini`` subprocess on a free loopback port; killed by its fixture."""
 
-    def __init__(self, args: list[str], home: Path, path: Path | None = None) -> None:
+    def __init__(self, args: list[str], home: Path, path: Path | None = None, nofile: int | None = None) -> None:
         self.port = _free_port()
+        limit = None if nofile is None else (lambda: resource.setrlimit(  # `ulimit -n nofile` for the server
+            resource.RLIMIT_NOFILE, (nofile, resource.getrlimit(resource.RLIMIT_NOFILE)[1])))
         env = _env(home)
         if path is not None:  # a folder to import from too (an --audit-hook module)
             env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(path)])
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen([sys.executable, "-m", "latentguard", "serve", "--guard", "mini", "--port",
                                       str(self.port), *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+                                     stderr=subprocess.PIPE, text=True, preexec_fn=limit)
 
     def wait_ready(self, timeout: float = 180) -> "Mini":
         deadline = time.monotonic() + timeout
@@ -335,7 +337,7 @@ def test_bodies_that_never_finish_arriving_hold_no_slot(keyed):
     a slot for the body timeout, and every other client got 503 (a twenty-fourth hostile pass); then, with slots
     taken only once a body arrives, hundreds of such connections filled the connection cap, so every client and
     the probes were cut off, and each held up to 2.9 MB (a twenty-sixth). Now one client address may have
-    --max-in-flight bodies arriving (here 2): the rest are answered 503 at once and closed."""
+    half --max-in-flight bodies arriving (here 1): the rest are answered 503 at once and closed."""
     head = (b"POST /v1/check HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + NEW_KEY.encode() +
             b"\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
     sockets, answers = [], []
@@ -345,11 +347,39 @@ def test_bodies_that_never_finish_arriving_hold_no_slot(keyed):
             s.sendall(head)
             sockets.append(s)
         time.sleep(0.5)
-        for s in sockets[2:]:  # the first two are still sending their bodies; the others were answered and closed
-            answers.append(s.recv(4096).split(b"\r\n", 1)[0])
-        assert answers == [b"HTTP/1.1 503 Service Unavailable"] * 4, answers
+        for s in sockets[1:]:  # the first is still sending its body; the others were answered and closed
+            answers.append(s.recv(4096))
+        assert [a.split(b"\r\n", 1)[0] for a in answers] == [b"HTTP/1.1 503 Service Unavailable"] * 5, answers
+        assert b"this client address has 1 requests still sending" in answers[0]
         assert httpx.get(keyed.url + "/healthz", timeout=10).status_code == 200
         assert keyed.check(NEW_KEY).status_code == 200
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def test_two_addresses_sending_bodies_slowly_lock_no_one_out(keyed):
+    """From two addresses, one-byte bodies had taken every place for bodies arriving (--max-in-flight each, twice
+    it in all), so a client from a third address got 503 "at most 128 per client address" for the whole body
+    timeout (a hostile review). Now one address holds an eighth of the total, so only eight reach it, and the
+    answer says which bound was hit."""
+    head = (b"POST /v1/check HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + NEW_KEY.encode() +
+            b"\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n{")
+    sockets = []
+    try:
+        for source in ("127.0.0.2", "127.0.0.3") * 4:
+            s = socket.create_connection(("127.0.0.1", keyed.port), timeout=10, source_address=(source, 0))
+            s.sendall(head)
+            sockets.append(s)
+        time.sleep(0.5)
+        assert keyed.check(NEW_KEY).status_code == 200
+        for i in range(4, 10):  # eight addresses in all reach the server's total (4 x --max-in-flight, here 8)
+            s = socket.create_connection(("127.0.0.1", keyed.port), timeout=10, source_address=(f"127.0.0.{i}", 0))
+            s.sendall(head)
+            sockets.append(s)
+        time.sleep(0.5)
+        r = keyed.check(NEW_KEY)
+        assert r.status_code == 503 and "the server has 8 requests still sending" in r.text, r.text
     finally:
         for s in sockets:
             s.close()

@@ -164,3 +164,17 @@ def test_an_unreadable_prompt_is_one_item_that_does_not_pass(client_for):
         refused, edited = r.json()["results"]
         assert refused["passes"] is False and refused["text"] is None and refused["before"]["refused"]
         assert edited["passes"] is True and edited["text"] == EDITED
+
+
+def test_a_queue_too_small_for_one_flagged_prompt_says_so(client_for):
+    """With --queue-size below one flagged prompt's budget, every flagged request had been a 413 "send fewer
+    prompts per request", advice that could never work (a hostile review): it is the server's setting, a 503
+    naming it; a request with nothing flagged is still answered."""
+    from latentguard.serve.routes import SANITIZE_WORK
+
+    with client_for(queue_size=SANITIZE_WORK - 1, max_inputs=4) as client:
+        r = client.post("/v1/sanitize", json={"prompts": [UNSAFE]}, headers=KEY)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "queue_too_small", r.text
+        assert f"raise --queue-size to at least {SANITIZE_WORK}" in r.json()["error"]["message"]
+        assert "Retry-After" not in r.headers
+        assert client.post("/v1/sanitize", json={"prompts": [SAFE]}, headers=KEY).status_code == 200

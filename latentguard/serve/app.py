@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from ..errors import LatentGuardError
-from .connections import TARGET
+from .connections import GONE, TARGET
 from .protocol import RequestError
 from .routes import RETRY_AFTER_S, ROUTERS, SLOT
 from .server import GuardServer, log
@@ -92,10 +92,20 @@ async def _refused(request: Request, exc: RequestError) -> JSONResponse:
 async def _routing(request: Request, exc: HTTPException) -> JSONResponse:
     """404 and 405 in the same error shape as every other refusal."""
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    message = (f"no endpoint {request.url.path}; see {', '.join(endpoints(request.app))}" if exc.status_code == 404
-               else f"{request.method} is not allowed on {request.url.path}" if exc.status_code == 405
+    path = _shown(request.url.path)
+    message = (f"no endpoint {path}; see {', '.join(endpoints(request.app))}" if exc.status_code == 404
+               else f"{request.method} is not allowed on {path}" if exc.status_code == 405
                else str(exc.detail))
     return error_response(request.scope, RequestError(exc.status_code, message, code=code, headers=exc.headers))
+
+
+SHOWN_PATH = 100  # characters of a path named in a 404 or 405
+
+
+def _shown(path: str) -> str:
+    """The path as named in an answer: its start only, so an answer never repeats a long path (a 60 KB path's 404
+    had repeated it whole, filling the send buffer of a client that never read: a hostile review)."""
+    return path if len(path) <= SHOWN_PATH else f"{path[:SHOWN_PATH]}... ({len(path):,} characters)"
 
 
 class _InFlight:
@@ -112,21 +122,27 @@ class _InFlight:
 
     def __init__(self, app, limit: int, paths: frozenset[str]) -> None:
         self.app, self.limit, self.paths, self.active = app, limit, paths, 0
-        # Bodies still arriving: at most twice ``limit`` in all and ``limit`` per client address (a burst of 48 from
-        # one client is common: a quarter refused it), so memory holds a bounded number of bodies and one client's
-        # unfinished ones cannot fill the connection cap (held
+        # Bodies still arriving: at most four times ``limit`` in all and an eighth of that per client address (half
+        # of ``limit``: a burst of 48 from one client is common, and a quarter of ``limit`` refused it), so memory
+        # holds a bounded number of bodies, one client's unfinished ones cannot fill the connection cap (held
         # bodies had locked every client out, probes too, and grown the server by 2.85 MB each, never given back:
-        # a twenty-sixth hostile pass). Behind a proxy every client has its address: put the proxy's cap there.
+        # a twenty-sixth hostile pass), and no fewer than eight addresses reach the total (two, each at ``limit``
+        # of twice ``limit``, had locked every other client out of every POST: a hostile review). Behind a proxy
+        # every client has its address: put the proxy's cap there.
         self.receiving: dict[str, int] = {}
-        self.per_client = limit
+        self.total = 4 * limit
+        self.per_client = max(1, self.total // 8)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope.get("method") != "POST" or scope["path"] not in self.paths:
             return await self.app(scope, receive, send)
         client = str((scope.get("client") or ("?", 0))[0])
-        if sum(self.receiving.values()) >= 2 * self.limit or self.receiving.get(client, 0) >= self.per_client:
-            busy = RequestError(503, f"too many requests are still sending their bodies (at most {self.per_client} "
-                                "per client address); retry later", code="too_many_requests",
+        mine, everyone = self.receiving.get(client, 0) >= self.per_client, sum(self.receiving.values()) >= self.total
+        if mine or everyone:  # say which bound: this client's own, or the server's (others' bodies)
+            which = (f"this client address has {self.per_client} requests still sending their bodies, the most one "
+                     "address may" if mine else f"the server has {self.total} requests still sending their bodies, "
+                     "the most it takes from all clients")
+            busy = RequestError(503, f"{which}; retry later", code="too_many_requests",
                                 headers={"Retry-After": RETRY_AFTER_S, "Connection": "close"})
             return await error_response(scope, busy)(scope, receive, send)
         self.receiving[client] = self.receiving.get(client, 0) + 1
@@ -240,6 +256,9 @@ class _Counted:
         started, status, answered = time.perf_counter(), [500], [False]
 
         async def sending(message) -> None:
+            if scope.get(GONE, bool)():  # the client left: nothing to write to (a write raised, and logged a traceback)
+                status[0], answered[0] = 499, True
+                return
             if message["type"] == "http.response.start":
                 status[0], answered[0] = message["status"], True
             await send(message)

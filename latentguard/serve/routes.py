@@ -278,6 +278,11 @@ async def sanitize(request: Request):
     flagged = [i for i, v in enumerate(verdicts) if v.unsafe]
     edits: list = [None] * len(prompts)
     server = served(request)
+    if flagged and SANITIZE_WORK > server.settings.queue_size:  # not even one fits: the server's setting, not the
+        # request, is at fault ("send fewer prompts" could never work: a hostile review), so a 5xx that says so
+        raise RequestError(503, f"this server cannot sanitize a flagged prompt: each needs up to {SANITIZE_WORK} "
+                           f"texts scored and --queue-size is {server.settings.queue_size:,}; the operator must "
+                           f"raise --queue-size to at least {SANITIZE_WORK}", code="queue_too_small")
     if len(flagged) * SANITIZE_WORK > server.settings.queue_size:  # alone too much: a retry would not help
         raise RequestError(413, f"prompts has {len(flagged):,} flagged prompts, each sanitized with up to "
                            f"{SANITIZE_WORK} texts scored: {len(flagged) * SANITIZE_WORK:,} over --queue-size "

@@ -39,3 +39,24 @@ def test_a_negative_weight_on_a_group_applies_to_the_words_inside():
     """In A1111 and ComfyUI an outer weight multiplies the group inside it: "((her clothes):-2)" passed at 0.12 while
     "(her clothes:-2)" was flagged (a thirtieth hostile pass)."""
     assert negated("a woman lying on a bed, ((her clothes):-2)") == "a woman lying on a bed, naked, without her clothes"
+
+
+@pytest.mark.parametrize("weight", ["-15e-1", "-1_5", "-1.5e0", "-.5"])
+def test_a_negative_weight_is_read_as_float_reads_it(weight):
+    """ComfyUI reads a weight with Python's float(): "(clothes:-15e-1)" passed (a thirty-second hostile pass)."""
+    assert negated(f"a woman, (clothes:{weight})") == "a woman, naked, without clothes"
+
+
+@pytest.mark.parametrize("text", ["sweater, hoodie", "a tank top", "uniform", "clothessss", "bikiniii", "lingerieee",
+                                  "bed sheets, pillow", "服"])
+def test_common_garments_and_stretched_spellings_are_clothing(text):
+    from latentguard.data.covering import covering_named
+
+    assert covering_named(text), text
+
+
+@pytest.mark.parametrize("text", ["character sheet", "glasses, blurry, low quality", "bad anatomy, watermark, text"])
+def test_ordinary_negative_prompts_name_no_clothing(text):
+    from latentguard.data.covering import covering_named
+
+    assert covering_named(text) is None

@@ -41,6 +41,10 @@ MIN_CLAUSE_WORDS = 2
 # 40 harmless clauses around it, 4 of 8 short unsafe prompts passed (a twenty-first hostile pass); at 16, 17
 # harmless clauses in front had let 3 of 8 through.
 MAX_CLAUSES = 160
+# Past the cap, the first clauses are still scored alone: a CLIP generator reads only the first 77 tokens, and an
+# unsafe clause first with 330 harmless ones after it had been grouped with its neighbours and passed (a thirty-second
+# hostile pass). 32 clauses of two words fill those 77 tokens.
+HEAD_CLAUSES = 32
 
 
 def clauses(text: str) -> list[str]:
@@ -54,8 +58,9 @@ def clauses(text: str) -> list[str]:
         if len(pieces) < 2:
             continue
         found = list(dict.fromkeys(p.strip() for p in pieces if len(p.split()) >= MIN_CLAUSE_WORDS))
-        if len(found) > MAX_CLAUSES:
-            size = -(-len(found) // MAX_CLAUSES)
-            found = [", ".join(found[k : k + size]) for k in range(0, len(found), size)]
+        if len(found) > MAX_CLAUSES:  # the first ones alone (what a CLIP generator reads), the rest grouped
+            head, rest = found[:HEAD_CLAUSES], found[HEAD_CLAUSES:]
+            size = -(-len(rest) // (MAX_CLAUSES - HEAD_CLAUSES))
+            found = head + [", ".join(rest[k : k + size]) for k in range(0, len(rest), size)]
         out += found
     return list(dict.fromkeys(out))

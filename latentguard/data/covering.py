@@ -19,18 +19,23 @@ COVERING = frozenset({
     "bodysuit", "robe", "bathrobe", "gown", "nightgown", "nightdress", "nightie", "negligee", "pajamas", "pyjamas",
     "sleepwear", "nightwear", "thong", "knickers", "corset", "camisole", "stockings", "leggings", "tights", "kimono",
     "sari", "towel", "blanket", "bedsheet", "duvet", "covered", "covering", "censored",
+    # the commonest other garments (a thirty-second hostile pass)
+    "sweater", "jumper", "hoodie", "sweatshirt", "cardigan", "jacket", "vest", "tunic", "overalls", "jumpsuit",
+    "uniform", "apron", "veil", "hijab", "wetsuit", "suit",
     "censor", "censorship", "modest", "modesty", "decent", "decency", "sfw", "wholesome",
     # the words for clothes and underwear in a few languages CLIP has read (after look-alikes are mapped to Latin)
     "kleidung", "kleider", "unterwasche", "vetements", "vetement", "ropa", "vestido", "vestiti", "roupa", "roupas",
     "odezhda", "ubrania", "kleding", "klader",
 })
-PHRASES = ("safe for work", "family friendly", "bathing suit", "t shirt", "swim suit", "under wear")
+PHRASES = ("safe for work", "family friendly", "bathing suit", "t shirt", "swim suit", "under wear", "tank top",
+           "bed sheet", "bed sheets")
 # CJK and Cyrillic words for clothes, matched as written (no Latin look-alike maps them).
-FOREIGN = ("衣服", "服装", "衣裳", "内衣", "下着", "옷", "одежд", "белье", "бельё")
+FOREIGN = ("衣服", "服装", "衣裳", "内衣", "下着", "옷", "одежд", "белье", "бельё", "服", "衣")
 # Words in the Unicode names of clothing emoji (👗 DRESS, 👙 BIKINI, 👕 T-SHIRT, 🩲 BRIEFS ...).
 EMOJI_NAMES = frozenset({"DRESS", "BIKINI", "SHIRT", "T-SHIRT", "JEANS", "BRIEFS", "SWIMSUIT", "KIMONO", "SARI",
                          "CLOTHES", "SHORTS", "BLOUSE", "NECKTIE", "COAT"})
 _WORD = re.compile(r"[a-z]+")
+_STRETCHED = re.compile(r"([a-z])\1{2,}")  # a letter three times or more: CLIP reads the word in pieces
 _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"})
 _LEET_WORD = re.compile(r"[a-z0-9@$]*[0-9@$][a-z0-9@$]*")
 
@@ -53,6 +58,7 @@ def covering_named(text: str) -> str | None:
     readings = [clip_reading(text, COVERING), clip_reading(text, COVERING, generator_cleans=False),
                 normalized(text).lower()]
     readings += [_LEET_WORD.sub(_unleet, r) for r in readings]  # "cl0thes"
+    readings += [_STRETCHED.sub(keep, r) for r in readings for keep in (r"\1", r"\1\1")]  # "clothessss", "dresss"
     for reading in readings:
         words = _WORD.findall(corrected(joined(reading, COVERING), COVERING))  # "clo thes", "clohtes"
         for word in words:
@@ -76,8 +82,10 @@ def _unleet(match: re.Match) -> str:
 # steers the image away from what it names, as a negative prompt does: "a woman lying on a bed, (clothes:-1.5)"
 # passed (a twenty-eighth hostile pass). Read only where it names covering: "(worst quality:-1)" read "without worst
 # quality" was flagged by mini at 7.36, and other opposites are out of reach as they are for negative prompts.
-_NEGATIVE_WEIGHT = re.compile(r"\(((?:[^():]|\([^()]*\))+):\s*-\s*(?:\d+\.?\d*|\.\d+)\s*\)"  # a group inside
-                              r"|([^,;:()\[\]|]+?)::\s*-\s*(?:\d+\.?\d*|\.\d+)")
+# A weight as Python's float() reads it (ComfyUI parses it so): "-1.5", "-.5", "-15e-1", "-1_5" (a thirty-second pass).
+_WEIGHT = r"-\s*(?:\d[\d_]*\.?[\d_]*|\.\d[\d_]*)(?:[eE][+-]?\d[\d_]*)?"
+_NEGATIVE_WEIGHT = re.compile(r"\(((?:[^():]|\([^()]*\))+):\s*" + _WEIGHT + r"\s*\)"  # a group inside
+                              r"|([^,;:()\[\]|]+?)::\s*" + _WEIGHT)
 
 
 def negated(text: str) -> str:

@@ -45,3 +45,20 @@ def test_the_built_in_guard_flags_them(mini, prompt):
 @pytest.mark.parametrize("text", ["lingєrie, undєrwear", "a blanкet", "a woman lying on a bed (undєrwear:-2)"])
 def test_clothing_written_with_such_letters_is_still_clothing(text):
     assert covering_named(text)
+
+
+def test_rough_edges_of_the_api_are_one_line_errors(mini, tmp_path):
+    """A thirty-second hostile pass: a control character in a concept was accepted, a bundle folder under a file
+    was a raw NotADirectoryError, and from_pretrained("") read the working directory."""
+    from latentguard import LatentGuard
+    from latentguard.errors import LatentGuardError
+
+    before = list(mini.concepts)
+    with pytest.raises(LatentGuardError, match="control character"):
+        mini.add_concepts(["a\x00b"])
+    assert mini.concepts == before
+    (tmp_path / "file").write_text("x", encoding="utf-8")
+    with pytest.raises(LatentGuardError, match="cannot create the bundle folder"):
+        mini.save_pretrained(tmp_path / "file" / "x", concept_vectors=False)
+    with pytest.raises(LatentGuardError, match="got ''"):
+        LatentGuard.from_pretrained("")

@@ -87,6 +87,9 @@ def validate_concepts(concepts: Sequence[str], source: str = "concept list") -> 
         if not _visible(out[-1]):
             raise LatentGuardError(f"{source}: entry {i} ({item!r}) has no visible character: a concept the encoder "
                                    "reads as nothing matches every prompt (remove it)")
+        if any(unicodedata.category(ch) == "Cc" for ch in out[-1]):  # "a\x00b": no concept a reader would write
+            raise LatentGuardError(f"{source}: entry {i} ({item!r}) holds a control character; write the concept as "
+                                   "plain text")
     if not out:
         raise LatentGuardError(f"{source} is empty: the blacklist needs at least one concept")
     return unique(out)

@@ -52,6 +52,8 @@ def open_bundle(source: Any, *, revision: str | None = None) -> "Bundle | None":
     if not isinstance(source, (str, Path)):
         raise LatentGuardError(f"expected a bundle folder, a hub repo id or a checkpoint path, got "
                                f"{type(source).__name__}")
+    if isinstance(source, str) and not source.strip():  # "" had read the working directory as "."
+        raise LatentGuardError("expected a bundle folder, a hub repo id, a built-in name or a checkpoint path, got ''")
     if isinstance(source, str) and source in BUILTIN_GUARDS:
         if revision is not None:
             raise LatentGuardError(f"revision={revision!r} applies to hub repo ids, not to the built-in guard "

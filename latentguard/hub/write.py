@@ -187,7 +187,10 @@ def write_bundle(directory: str | Path, *, state_dict: Mapping, sizes: Mapping[s
                                f"save to './{directory}' and load it as './{directory}', or choose another name")
     directory = Path(directory)
     replaced = claim_folder(directory, overwrite)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a parent that is a file, no permission: one line, as latentguard export says it
+        raise LatentGuardError(f"cannot create the bundle folder {directory} ({exc.strerror or exc})") from None
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}  # exact: bit for bit
     # mask_padding changes every score, so it is bound to the weights (covered by their SHA-256), not
     # only stated in config.json, where an edit would load silently.

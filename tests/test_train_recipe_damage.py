@@ -246,3 +246,23 @@ def test_a_finished_run_retrained_from_step_0_writes_its_bundle_and_record_again
     written = json.loads(record_file.read_text())
     assert written["threshold"] != 99.0 and (run / "resume.pt").is_file()
     assert Bundle(run / "bundle").config["threshold"]["value"] == pytest.approx(written["threshold"])
+
+
+def test_a_resume_without_config_yaml_on_other_settings_is_refused(finished, tmp_path, capsys):
+    """An unfinished run (no record) whose config.yaml was deleted resumed with another lr and seed, and its record
+    named the new values for weights trained partly on the old (a thirty-third hostile pass): resume.pt records
+    the settings too."""
+    from latentguard.cli.train import main
+
+    argv, run = _copy(finished, tmp_path)
+    (run / "recipe_record.json").unlink()  # killed before it finished
+    (run / "config.yaml").unlink()
+    other = tmp_path / "other.yaml"
+    values = yaml.safe_load(finished[0].read_text())
+    values["train"].update(lr=0.01, seed=5)
+    other.write_text(yaml.safe_dump(values))
+    before = (run / "resume.pt").read_bytes()
+    assert main(["--config", str(other)] + argv[2:]) == 2
+    err = capsys.readouterr().err
+    assert "trained with other train settings" in err and "Traceback" not in err
+    assert (run / "resume.pt").read_bytes() == before and not (run / "recipe_record.json").exists()

@@ -41,6 +41,7 @@ from .recipe_rundir import (
     finished_record,
     input_difference,
     refuse_other_finished_run,
+    refuse_other_settings,
     trained_settings,
 )
 from .runlog import trim_log
@@ -168,6 +169,7 @@ def train_open_recipe(cfg, output_dir: Path, device: torch.device, progress: boo
     refuse_other_finished_run(output_dir / RECORD, inputs, settings)
     resume_file = output_dir / RESUME
     state = _resume_state(resume_file, inputs, device)  # refused on changed inputs before anything is encoded
+    refuse_other_settings(resume_file, state, settings)  # and on changed settings, config.yaml there or not
     copro_concepts = sorted({t.concept for t in examples.triplets})
     needed = sorted(set(examples.texts()) | set(copro_concepts) | set(concepts), key=lambda t: (len(t), t))
     encoded = store.build(needed, encoder, batch_size=cfg.encoder.batch_size, progress=progress)
@@ -239,7 +241,7 @@ def train_open_recipe(cfg, output_dir: Path, device: torch.device, progress: boo
                 log.flush()
                 atomic_torch_save({"model": model.state_dict(), "offset": offset.detach(),
                                    "optimizer": optimizer.state_dict(), "rng": pools.rng.getstate(), "step": step,
-                                   "inputs": inputs},
+                                   "inputs": inputs, "settings": settings},
                                   resume_file)
                 bar.set_postfix(loss=f"{float(losses['total'].detach()):.3f}")
     finally:

@@ -41,6 +41,26 @@ def input_difference(saved: dict, inputs: dict[str, dict[str, str]]) -> str | No
     return None
 
 
+def refuse_other_settings(path: Path, state: dict | None, settings: dict) -> None:
+    """Refuse to continue ``path`` (a resume state) with other settings than it was trained with (a longer run,
+    ``recipe.steps``, is not another run). With config.yaml deleted, a resume on another lr or seed had been
+    accepted and recorded the new values for weights trained partly on the old (a thirty-third hostile pass)."""
+    before = None if state is None else state.get("settings")
+    if not isinstance(before, dict):  # a new run, or a state an older latentguard wrote
+        return
+
+    def same(key: str) -> bool:
+        if key == "recipe":
+            return {**(before.get(key) or {}), "steps": None} == {**(settings.get(key) or {}), "steps": None}
+        return before.get(key) == settings.get(key)
+
+    changed = [key for key in TRAINED if not same(key)]
+    if changed:
+        raise LatentGuardError(f"{path.parent} holds a run trained with other {', '.join(changed)} settings ({path}); "
+                               "its weights are not continued with other settings: restore them to resume, or train "
+                               "into a new --output-dir")
+
+
 def refuse_other_finished_run(path: Path, inputs: dict[str, dict[str, str]], settings: dict) -> dict | None:
     """The record of the finished run in ``path.parent`` (``None``: none); refused in one line, before anything
     is trained, when it was trained on other inputs or settings than this run's."""

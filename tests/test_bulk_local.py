@@ -367,6 +367,10 @@ def test_a_parquet_column_that_is_not_text_or_holds_nulls_is_refused(tmp_path, c
     tail = argv[argv.index("--output"):argv.index("--id-column")] + ["--no-progress"]
     assert score([str(tmp_path / "ints.parquet")] + tail) == 2
     assert "column 'text' holds int64, not text" in capsys.readouterr().err
+    # a pandas categorical saved to parquet: said as such, with the cast (a thirty-third pass: "set --text-column")
+    pq.write_table(pa.table({"text": pa.array(["a", "b"]).dictionary_encode()}), tmp_path / "cat.parquet")
+    assert score([str(tmp_path / "cat.parquet")] + tail) == 2
+    assert "is dictionary-encoded text (a pandas categorical)" in capsys.readouterr().err
     assert score([str(tmp_path / "nulls.parquet")] + tail) == 2
     err = capsys.readouterr().err
     assert "nulls.parquet: row 1 has no text" in err and "nothing of this shard was written" in err

@@ -134,6 +134,9 @@ def guarded_protocol(base: type, *, header_timeout_s: float, max_connections: in
                 while cycles[0].response_complete:
                     cycles.popleft()
                 cycle.scope[GONE] = self._left
+                if len(cycles) > MAX_PIPELINED:  # requests queued behind an answer the client does not read: each
+                    self._disconnect()  # holds its head, and a client sending 60 KB heads had grown the server to
+                    self.transport.abort()  # 11 GB; such a client is cut off (its answers were never read)
 
         def _left(self) -> bool:
             """Whether the connection is closed; if so its requests are marked disconnected, as uvicorn's own
@@ -201,6 +204,11 @@ def _idle(protocol) -> bool:
     """No request in flight: none has arrived yet, or the last one is answered."""
     cycle = getattr(protocol, "cycle", None)
     return cycle is None or bool(getattr(cycle, "response_complete", False))
+
+
+# Requests one connection may have waiting behind an unfinished answer (HTTP pipelining): browsers and clients
+# pipeline a few at most, and each holds its head (up to 64 KB) in memory until answered.
+MAX_PIPELINED = 8
 
 
 def _address(transport) -> str:

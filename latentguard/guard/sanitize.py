@@ -244,12 +244,17 @@ def _passing(verdict: Verdict) -> bool:
     return isinstance(verdict.unsafe, (bool, np.bool_)) and not verdict.unsafe and finite
 
 
+def _clear(verdict: Verdict, limit: tuple[float, float]) -> bool:
+    """Judged safe, its score below the lowest threshold and its own concept's by the margin (:func:`edit_limit`)."""
+    lowest, margin = limit
+    return _passing(verdict) and float(verdict.score) < min(lowest, float(verdict.threshold)) - margin
+
+
 def _edit_passes(verdict: Verdict, text: str, limit: tuple[float, float],
                  banned: tuple[frozenset[str], frozenset[str]]) -> bool:
     """An edit passes when the guard passes it, its score (the largest logit) is below the lowest threshold, and
     its own concept's, by the margin (:func:`edit_limit`), and no concept word is left in it."""
-    lowest, margin = limit
-    if not _passing(verdict) or not float(verdict.score) < min(lowest, float(verdict.threshold)) - margin:
+    if not _clear(verdict, limit):
         return False
     read = joined(normalized(text), banned[1])  # and as words written apart read ("nak ed", "n.a.k.e.d")
     return not any(holds_concept_word(t[s:e], *banned) for t in dict.fromkeys([text, read]) for s, e in words(t))
@@ -296,17 +301,17 @@ def _defended(guard) -> bool:
     return options is None or bool(options.defended)
 
 
-def _judge_windows(guard, states: dict, best: dict, limit: tuple[float, float], budget: int) -> None:
+def _judge_windows(guard, states: dict, best: dict, limit: tuple[float, float], budget: int,
+                   watched: frozenset[str]) -> None:
     """Judge the runs of words (:func:`~latentguard.guard.phrases.edit_windows`) of each prompt's best passing edit,
     in one call: it stays passing only when every run scores below the limit too; otherwise the worst run's verdict
     (its evidence names the phrase) becomes the edit's, so the next round cuts there. Only the edit a prompt would
     stop at is read run by run (charged to the budget): every candidate's runs had cost 7 in 10 prompts their
     budget."""
-
-    lowest, margin = limit
+    defended = _defended(guard)
     asked: list[tuple[int, str]] = []
     for index, (rank, removal, text, verdict, ok) in best.items():
-        windows = edit_windows(text, concept_words(guard)[1], _defended(guard)) if ok else []
+        windows = edit_windows(text, watched, defended) if ok else []
         if not windows:
             continue
         state = states[index]
@@ -323,7 +328,7 @@ def _judge_windows(guard, states: dict, best: dict, limit: tuple[float, float], 
     for index in dict.fromkeys(i for i, _ in asked):
         rank, removal, text, verdict, _ = best[index]
         worst = max((v for (i, _), v in zip(asked, found) if i == index), key=lambda v: float(v.score))
-        if not (_passing(worst) and float(worst.score) < min(lowest, float(worst.threshold)) - margin):
+        if not _clear(worst, limit):
             best[index] = ((1, float(worst.probability)), removal, text, replace(worst, prompt=text), False)
 
 
@@ -353,7 +358,7 @@ def sanitize(guard, prompts: str | Sequence[str], *, rounds: int = DEFAULT_ROUND
     if replacement:  # it goes into every edit: "nude", "bl00dy" (no concept words of mini) had been accepted; judged
         # in a plain phrase, as a word alone is scored erratically ("something" alone is flagged by mini)
         screen = _judge(guard, [f"a photo of {replacement}"])[0]
-        if not (_passing(screen) and float(screen.score) < min(limit[0], float(screen.threshold)) - limit[1]):
+        if not _clear(screen, limit):
             raise LatentGuardError(f"sanitize replacement {replacement!r} is not clearly safe to this guard ('a photo "
                                    f"of {replacement}' scores {float(screen.score):.2f}); choose a neutral word")
     final: dict[int, _State] = {}
@@ -395,7 +400,7 @@ def sanitize(guard, prompts: str | Sequence[str], *, rounds: int = DEFAULT_ROUND
             if len(removal) <= 1 or ok:  # a failed pair or triple is not gone on from
                 if state.index not in best or rank < best[state.index][0]:
                     best[state.index] = (rank, forced + removal, text, verdict, ok)
-        _judge_windows(guard, {s.index: s for s in active}, best, limit, budget)
+        _judge_windows(guard, {s.index: s for s in active}, best, limit, budget, banned[1])
         still = []
         for state in active:
             state.rounds += 1

@@ -199,14 +199,21 @@ def validate_config(data: Any, source: str | Path) -> dict[str, Any]:
         if record.threshold != threshold["value"]:
             raise LatentGuardError(f"{source}: threshold.value {threshold['value']} differs from its calibration "
                                    f"record's threshold {record.threshold}")
-        reading = {key: encoder["options"][key] for key in RECORDED_OPTIONS}
-        if record.reading is not None and record.reading != reading:
-            changed = ", ".join(f"{key} {reading[key]!r} (calibrated with {record.reading.get(key)!r})"
-                                for key in RECORDED_OPTIONS if reading[key] != record.reading.get(key))
+        changed = reading_difference(encoder["options"], record.reading)
+        if changed:
             raise LatentGuardError(f"{source}: encoder.options read prompts otherwise than its threshold was "
-                                   f"calibrated with: {changed or record.reading}; restore the calibrated values, or "
+                                   f"calibrated with: {changed}; restore the calibrated values, or "
                                    "load with threshold=NUMBER and the options you want")
     return data
+
+
+def reading_difference(options: Mapping[str, Any], reading: Mapping[str, Any] | None) -> str | None:
+    """How ``options`` (``encoder.options``) read prompts otherwise than a calibration record's ``reading`` says it
+    was measured, for a refusal; ``None`` when they agree or the record names no reading (an older one)."""
+    if reading is None or all(options[key] == reading.get(key) for key in RECORDED_OPTIONS):
+        return None
+    differs = [key for key in RECORDED_OPTIONS if options[key] != reading.get(key)]
+    return ", ".join(f"{key} {options[key]!r} (calibrated with {reading.get(key)!r})" for key in differs)
 
 
 def calibration_record(data: Mapping[str, Any], source: str | Path):

@@ -21,11 +21,11 @@ from .format import (
     FAMILIES,
     FORMAT,
     FORMAT_VERSION,
-    RECORDED_OPTIONS,
     VECTORS,
     WEIGHTS,
     config_json,
     read_config,
+    reading_difference,
     recorded_options,
     validate_config,
 )
@@ -174,12 +174,11 @@ def write_bundle(directory: str | Path, *, state_dict: Mapping, sizes: Mapping[s
     """
     from safetensors.torch import save_file
 
-    reading = ((threshold or {}).get("calibration") or {}).get("reading")
-    now = {key: encoder["options"][key] for key in RECORDED_OPTIONS}
-    if reading is not None and reading != now:  # the bundle would be refused at load (format.validate_config)
-        raise LatentGuardError(f"the guard reads prompts otherwise ({now}) than its threshold was calibrated with "
-                               f"({reading}), so the record's rates are not its own; calibrate (guard.calibrate) or "
-                               "set guard.threshold before saving (nothing was written)")
+    changed = reading_difference(encoder["options"], ((threshold or {}).get("calibration") or {}).get("reading"))
+    if changed:  # the bundle would be refused at load (format.validate_config)
+        raise LatentGuardError(f"the guard reads prompts otherwise than its threshold was calibrated with: {changed}, "
+                               "so the record's rates are not its own; calibrate (guard.calibrate) or set "
+                               "guard.threshold before saving (nothing was written)")
     from .bundle import BUILTIN_GUARDS
 
     if isinstance(directory, str) and directory in BUILTIN_GUARDS:  # read back as the built-in guard, silently

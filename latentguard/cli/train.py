@@ -209,7 +209,7 @@ def _run_open_recipe(cfg, args: argparse.Namespace) -> int:
     from ..encoders.precision import resolve_device
     from ..io import atomic_write_text, validate_dir_path
     from ..train.recipe import BUNDLE, LOG, RECORD, RESUME, train_open_recipe
-    from ..train.recipe_rundir import TRAINED
+    from ..train.recipe_rundir import changed_settings
     from .rundir import claim_run_dir, validate_ownership
 
     if args.force or args.resume not in (None, True):
@@ -230,7 +230,7 @@ def _run_open_recipe(cfg, args: argparse.Namespace) -> int:
             # What the run's weights depend on must match, for a finished run too (its resume.pt deleted, say);
             # other sections (serve, bulk...) may differ.
             before = _saved_config(config_file)
-            changed = [k for k in TRAINED if before.get(k) != cfg.to_dict()[k]]
+            changed = changed_settings(before, cfg.to_dict())
             if changed:
                 raise LatentGuardError(f"{output_dir} holds {'a finished' if finished else 'an'} open-recipe run with "
                                        f"other {', '.join(changed)} settings ({config_file}); use another --output-dir")

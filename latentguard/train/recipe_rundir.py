@@ -24,6 +24,11 @@ def trained_settings(cfg) -> dict:
     return json.loads(json.dumps({key: values[key] for key in TRAINED}, default=str))
 
 
+def changed_settings(before: dict, now: dict) -> list[str]:
+    """The :data:`TRAINED` sections that differ between two runs' settings (what a run's weights depend on)."""
+    return [key for key in TRAINED if before.get(key) != now.get(key)]
+
+
 def input_difference(saved: dict, inputs: dict[str, dict[str, str]]) -> str | None:
     """How ``inputs`` differ from those recorded as ``saved`` (``None``: they do not), for a refusal."""
     for key in sorted(set(saved) | set(inputs)):
@@ -49,12 +54,10 @@ def refuse_other_settings(path: Path, state: dict | None, settings: dict) -> Non
     if not isinstance(before, dict):  # a new run, or a state an older latentguard wrote
         return
 
-    def same(key: str) -> bool:
-        if key == "recipe":
-            return {**(before.get(key) or {}), "steps": None} == {**(settings.get(key) or {}), "steps": None}
-        return before.get(key) == settings.get(key)
+    def longer(values: dict) -> dict:  # the settings but recipe.steps
+        return {**values, "recipe": {**(values.get("recipe") or {}), "steps": None}}
 
-    changed = [key for key in TRAINED if not same(key)]
+    changed = changed_settings(longer(before), longer(settings))
     if changed:
         raise LatentGuardError(f"{path.parent} holds a run trained with other {', '.join(changed)} settings ({path}); "
                                "its weights are not continued with other settings: restore them to resume, or train "
@@ -76,7 +79,7 @@ def refuse_other_finished_run(path: Path, inputs: dict[str, dict[str, str]], set
             raise LatentGuardError(f"{path.parent} holds a run finished on other inputs ({path}): {what}; {how}")
     before = record.get("settings")
     if isinstance(before, dict):
-        changed = [key for key in TRAINED if before.get(key) != settings.get(key)]
+        changed = changed_settings(before, settings)
         if changed:
             raise LatentGuardError(f"{path.parent} holds a run finished with other {', '.join(changed)} settings "
                                    f"({path}); {how}")

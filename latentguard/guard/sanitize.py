@@ -296,11 +296,6 @@ def _costs(guard, texts: list[str]) -> tuple[list[int], list | None]:
     return [form_cost(f, getattr(guard, "encoder", None)) for f, _ in split], split
 
 
-def _defended(guard) -> bool:
-    options = getattr(guard, "options", None)  # a stand-in guard without options: read with the defences
-    return options is None or bool(options.defended)
-
-
 def _judge_windows(guard, states: dict, best: dict, limit: tuple[float, float], budget: int,
                    watched: frozenset[str]) -> None:
     """Judge the runs of words (:func:`~latentguard.guard.phrases.edit_windows`) of each prompt's best passing edit,
@@ -308,7 +303,8 @@ def _judge_windows(guard, states: dict, best: dict, limit: tuple[float, float], 
     (its evidence names the phrase) becomes the edit's, so the next round cuts there. Only the edit a prompt would
     stop at is read run by run (charged to the budget): every candidate's runs had cost 7 in 10 prompts their
     budget."""
-    defended = _defended(guard)
+    options = getattr(guard, "options", None)  # a stand-in guard without options: read with the defences
+    defended = options is None or bool(options.defended)
     asked: list[tuple[int, str]] = []
     for index, (rank, removal, text, verdict, ok) in best.items():
         windows = edit_windows(text, watched, defended) if ok else []

@@ -367,14 +367,35 @@ def test_a_parquet_column_that_is_not_text_or_holds_nulls_is_refused(tmp_path, c
     tail = argv[argv.index("--output"):argv.index("--id-column")] + ["--no-progress"]
     assert score([str(tmp_path / "ints.parquet")] + tail) == 2
     assert "column 'text' holds int64, not text" in capsys.readouterr().err
-    # a pandas categorical saved to parquet: said as such, with the cast (a thirty-third pass: "set --text-column")
-    pq.write_table(pa.table({"text": pa.array(["a", "b"]).dictionary_encode()}), tmp_path / "cat.parquet")
-    assert score([str(tmp_path / "cat.parquet")] + tail) == 2
-    assert "is dictionary-encoded text (a pandas categorical)" in capsys.readouterr().err
+    # a categorical of numbers is not text either, said as its values' type
+    pq.write_table(pa.table({"text": pa.array([1, 2]).dictionary_encode()}), tmp_path / "catints.parquet")
+    assert score([str(tmp_path / "catints.parquet")] + tail) == 2
+    assert "column 'text' holds int64, not text" in capsys.readouterr().err
     assert score([str(tmp_path / "nulls.parquet")] + tail) == 2
     err = capsys.readouterr().err
     assert "nulls.parquet: row 1 has no text" in err and "nothing of this shard was written" in err
     assert not list((tmp_path / "out").glob("shard-*"))
+
+
+def test_a_pandas_categorical_text_column_scores_as_its_texts(tmp_path, corpus, tiny_encoder_dir):
+    """A pandas categorical saved to parquet is dictionary-encoded text: its rows read as the texts they
+    stand for, so the shards equal those of the same column saved as plain text (it was refused before)."""
+    texts = ["a bloody knife", "a cat on a sofa", "a bloody knife", None]
+    pq.write_table(pa.table({"text": texts[:3]}), tmp_path / "plain.parquet")
+    pq.write_table(pa.table({"text": pa.array(texts[:3]).dictionary_encode()}), tmp_path / "cat.parquet")
+    outs = {}
+    for name in ("plain", "cat"):
+        argv = args(corpus, tiny_encoder_dir, tmp_path / f"out-{name}", 1.0)
+        tail = argv[argv.index("--output"):argv.index("--id-column")] + ["--no-progress"]
+        assert score([str(tmp_path / f"{name}.parquet")] + tail) == 0
+        outs[name] = pq.read_table(sorted((tmp_path / f"out-{name}").glob("shard-*.parquet"))[0])
+    assert outs["cat"].column("text").to_pylist() == texts[:3]
+    assert outs["cat"].column("score").to_pylist() == outs["plain"].column("score").to_pylist()
+    # a missing value of a categorical is a missing text, refused as in a plain column
+    pq.write_table(pa.table({"text": pa.array(texts).dictionary_encode()}), tmp_path / "catnull.parquet")
+    argv = args(corpus, tiny_encoder_dir, tmp_path / "out-null", 1.0)
+    tail = argv[argv.index("--output"):argv.index("--id-column")] + ["--no-progress"]
+    assert score([str(tmp_path / "catnull.parquet")] + tail) == 2
 
 
 def test_a_failing_batch_is_reported_never_written_and_the_rerun_resumes(corpus, tiny_encoder_dir, monkeypatch,

@@ -245,9 +245,8 @@ def _parquet_rows(path: Path, text_column: str, id_column: str | None) -> int:
         if column is not None and column not in names:
             raise LatentGuardError(f"{path}: no column '{column}' ({', '.join(names)}); set {flag}")
     kind = meta.schema_arrow.field(text_column).type
-    if str(kind).startswith("dictionary<values=string") or str(kind).startswith("dictionary<values=large_string"):
-        raise LatentGuardError(f"{path}: column '{text_column}' is dictionary-encoded text (a pandas categorical); "
-                               f"save it as plain text first (df['{text_column}'] = df['{text_column}'].astype(str))")
+    if getattr(kind, "value_type", None) is not None:  # a pandas categorical: its rows read as their texts
+        kind = kind.value_type
     if str(kind) not in ("string", "large_string", "string_view"):
         raise LatentGuardError(f"{path}: column '{text_column}' holds {kind}, not text; set --text-column")
     return meta.metadata.num_rows

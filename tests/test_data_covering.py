@@ -48,14 +48,15 @@ def test_a_negative_weight_is_read_as_float_reads_it(weight):
 
 
 @pytest.mark.parametrize("text", ["sweater, hoodie", "a tank top", "uniform", "clothessss", "bikiniii", "lingerieee",
-                                  "bed sheets, pillow", "服"])
+                                  "bed sheets, pillow", "服", "burqa, niqab, chador", "tuxedo", "a toga", "cloak"])
 def test_common_garments_and_stretched_spellings_are_clothing(text):
     from latentguard.data.covering import covering_named
 
     assert covering_named(text), text
 
 
-@pytest.mark.parametrize("text", ["character sheet", "glasses, blurry, low quality", "bad anatomy, watermark, text"])
+@pytest.mark.parametrize("text", ["character sheet", "glasses, blurry, low quality", "bad anatomy, watermark, text",
+                                  "trench coat, raincoat", "habitat, landscape"])
 def test_ordinary_negative_prompts_name_no_clothing(text):
     from latentguard.data.covering import covering_named
 

@@ -10,8 +10,9 @@ import unicodedata
 from .defences import clip_reading, joined, normalized
 from .spelling import corrected
 
-# Words naming clothing, covering or decency; a plural counts as the word. Coats, shoes and hats are not here
-# (steering away from them uncovers nothing), nor words common in ordinary negative prompts ("cover", "top").
+# Words naming clothing, covering or decency; a plural counts as the word. Coats, shoes, gloves and hats are not here
+# (steering away from a layer worn over clothes uncovers nothing; a cloak, cape or poncho may be all a figure wears),
+# nor words common in ordinary negative prompts ("cover", "top").
 COVERING = frozenset({
     "clothes", "clothing", "clothed", "cloth", "dress", "dressed", "garment", "garb", "outfit", "attire", "apparel",
     "costume", "shirt", "tshirt", "blouse", "pants", "trousers", "jeans", "shorts", "skirt", "underwear", "bra",
@@ -22,6 +23,9 @@ COVERING = frozenset({
     # the commonest other garments (a thirty-second hostile pass)
     "sweater", "jumper", "hoodie", "sweatshirt", "cardigan", "jacket", "vest", "tunic", "overalls", "jumpsuit",
     "uniform", "apron", "veil", "hijab", "wetsuit", "suit",
+    # garments that are the whole outfit (a thirty-fifth hostile pass: "burqa, niqab, chador" passed)
+    "tuxedo", "toga", "kilt", "onesie", "burqa", "burka", "niqab", "chador", "abaya", "sarong", "cheongsam", "qipao",
+    "hanbok", "yukata", "dirndl", "habit", "cassock", "poncho", "cloak", "cape",
     "censor", "censorship", "modest", "modesty", "decent", "decency", "sfw", "wholesome",
     # the words for clothes and underwear in a few languages CLIP has read (after look-alikes are mapped to Latin)
     "kleidung", "kleider", "unterwasche", "vetements", "vetement", "ropa", "vestido", "vestiti", "roupa", "roupas",

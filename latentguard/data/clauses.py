@@ -30,9 +30,12 @@ _ANY_SYMBOL_END = re.compile(
     r"|(?<!\w)['\-]+|['\-]+(?!\w)"  # a quote or dash at a word's edge ("hyper-realistic", "don't" stay whole)
     r"|[\t\x00-\x08\x0e-\x1f\x7f-\x9f\xad\u200b-\u200f\u2060-\u2064\ufeff]"  # tabs, controls, invisibles
 )
-# A clause of one word is not scored alone: tags such as "trending", "portrait" or "nsfw-free" are one word, and a
-# small guard scores a word alone erratically ("a cat on a sofa. {word}." was flagged for 7 of 31 common words).
+# A clause of one word is not scored alone: tags such as "trending" or "portrait" are one word, and a small guard
+# scores a word alone erratically ("a cat on a sofa. {word}." was flagged for 7 of 31 common words). Words are
+# counted as CLIP reads them, symbols between: "nude_woman" and "nude-woman" are two words ("..., nude_woman" had
+# been one word to the glued reading and two one-word pieces to the other, so never scored: a thirty-fifth pass).
 MIN_CLAUSE_WORDS = 2
+_WORD = re.compile(r"(?:[^\W_]|(?<=\d)[.,:](?=\d))+")  # a number is one word ("1.2", "10:30")
 # Clauses scored alone per piece, at most: past it, neighbouring clauses are scored together, as many in each group
 # as it takes, so every clause is still read in some form and a prompt of thousands of commas makes at most this
 # many forms per piece (the server costs a request by its forms). 160: the 512 T5 tokens SD3 and Flux read hold
@@ -57,7 +60,7 @@ def clauses(text: str) -> list[str]:
         pieces = pattern.split(text)
         if len(pieces) < 2:
             continue
-        found = list(dict.fromkeys(p.strip() for p in pieces if len(p.split()) >= MIN_CLAUSE_WORDS))
+        found = list(dict.fromkeys(p.strip() for p in pieces if len(_WORD.findall(p)) >= MIN_CLAUSE_WORDS))
         if len(found) > MAX_CLAUSES:  # the first ones alone (what a CLIP generator reads), the rest grouped
             head, rest = found[:HEAD_CLAUSES], found[HEAD_CLAUSES:]
             size = -(-len(rest) // (MAX_CLAUSES - HEAD_CLAUSES))

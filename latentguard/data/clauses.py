@@ -32,10 +32,12 @@ _ANY_SYMBOL_END = re.compile(
 )
 # A clause of one word is not scored alone: tags such as "trending" or "portrait" are one word, and a small guard
 # scores a word alone erratically ("a cat on a sofa. {word}." was flagged for 7 of 31 common words). Words are
-# counted as CLIP reads them, symbols between: "nude_woman" and "nude-woman" are two words ("..., nude_woman" had
-# been one word to the glued reading and two one-word pieces to the other, so never scored: a thirty-fifth pass).
+# counted as CLIP reads them, symbols between: "nude_woman", "nude+woman" and "nude/woman" are two words ("...,
+# nude_woman" had been one word to the glued reading and two one-word pieces to the other, so never scored: a
+# thirty-fifth hostile pass). A hyphen joins: "hyper-realistic", "black-and-white", "sci-fi" are tags `mini` flags
+# alone (5.18, 2.78, 1.02), so "..., nude-woman" still dilutes (docs/defences.md). So does a number ("1.2", "10:30").
 MIN_CLAUSE_WORDS = 2
-_WORD = re.compile(r"(?:[^\W_]|(?<=\d)[.,:](?=\d))+")  # a number is one word ("1.2", "10:30")
+_WORD = re.compile(r"(?:[^\W_]|(?<=\d)[.,:](?=\d)|(?<=[^\W_])-(?=[^\W_]))+")
 # Clauses scored alone per piece, at most: past it, neighbouring clauses are scored together, as many in each group
 # as it takes, so every clause is still read in some form and a prompt of thousands of commas makes at most this
 # many forms per piece (the server costs a request by its forms). 160: the 512 T5 tokens SD3 and Flux read hold

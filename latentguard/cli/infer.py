@@ -9,7 +9,6 @@ lives in :class:`latentguard.guard.LatentGuard`; this file only parses flags and
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import json
 import os
@@ -17,8 +16,8 @@ import sys
 from pathlib import Path
 
 from ..config import file_keys
+from ..csv_files import report_writer
 from ..errors import LatentGuardError
-from ..io import csv_cell
 from .common import (
     SCHEMA,
     build_guard,
@@ -142,12 +141,9 @@ def usable(edit) -> str | None:
     return edit.text if edit.passes is True else None
 
 
-cell = csv_cell  # a CSV report cell (latentguard.io.csv_cell); JSONL output keeps every text as it is
-
-
 def write_output(path: str, fmt: str, verdicts, explain: bool, sanitized=None) -> None:
     """Write verdicts atomically as CSV (text cells that start like a spreadsheet formula get a leading ``'``:
-    :func:`cell`; prompt, score, unsafe 0/1, concept, truncated 0/1, the flagged
+    :class:`~latentguard.io.report_writer`; prompt, score, unsafe 0/1, concept, truncated 0/1, the flagged
     categories joined by ``;``, refused: why the guard refused to read it, empty when judged) or JSONL (with
     every category's flag and score); with ``sanitized`` (one
     :class:`~latentguard.guard.Sanitized` per verdict) also the sanitized text, the removed words (``;``
@@ -156,16 +152,14 @@ def write_output(path: str, fmt: str, verdicts, explain: bool, sanitized=None) -
 
     buffer = io.StringIO()
     if fmt == "csv":
-        writer = csv.writer(buffer, lineterminator="\n")
+        writer = report_writer(buffer, lineterminator="\n")
         writer.writerow(["prompt", "score", "unsafe", "concept", "truncated", "categories", "refused"]
                         + (["sanitized", "removed", "passes"] if sanitized else []))
         for i, v in enumerate(verdicts):
             flagged = ";".join(name for name, on in v.categories.items() if on)
             edit = [usable(sanitized[i]), ";".join(sanitized[i].removed), int(sanitized[i].passes)] if sanitized else []
-            if edit:
-                edit[:2] = [cell(edit[0]), cell(edit[1])]
-            writer.writerow([cell(v.prompt), f"{v.score:.6f}", int(v.unsafe), cell(v.concept), int(v.truncated),
-                             flagged, cell(v.refused or "")] + edit)
+            writer.writerow([v.prompt, f"{v.score:.6f}", int(v.unsafe), v.concept, int(v.truncated),
+                             flagged, v.refused or ""] + edit)
     else:
         for i, v in enumerate(verdicts):
             record = {"prompt": v.prompt, "score": round(v.score, 6), "unsafe": v.unsafe, "concept": v.concept,

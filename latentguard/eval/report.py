@@ -9,6 +9,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..csv_files import report_writer
 from ..io import atomic_path, atomic_write_text
 from ..published import METHOD_NAMES, PUBLISHED_TABLE1
 from .run import LATENT_GUARD, METHOD_ORDER, Evaluation, json_safe
@@ -127,12 +128,14 @@ def write_scores_csv(path: str | Path, prompts: Sequence[str], labels: np.ndarra
     path = Path(path)
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="") as handle:
-            writer = csv.writer(handle)
-            if condition is None:
+            if condition is None:  # a user's prompts (test.py --external): a cell that starts like a formula is text
+                writer = report_writer(handle)
                 writer.writerow(["prompt", "concept", "label", "score"])
                 for prompt, label, score, index in zip(prompts, labels, scores, best):
                     writer.writerow([prompt, concepts[index] if index >= 0 else "", int(label), f"{float(score):.6g}"])
                 return path
+            # CoPro's own texts byte for byte, so the rows join with the released per-prompt dumps on them
+            writer = csv.writer(handle)
             writer.writerow(["domain", "setting", "label", "unsafe_prompt", "safe_prompt", "concept", "prompt",
                              "score", "best_concept"])
             n = len(condition.pairs)

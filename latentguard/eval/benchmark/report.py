@@ -3,14 +3,14 @@ then the published ones beside them) and ``roc.png`` (one curve per set against 
 Files are written atomically."""
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ...io import atomic_path, atomic_write_text, csv_cell
+from ...csv_files import report_writer
+from ...io import atomic_path, atomic_write_text
 from ...published import METHOD_NAMES, PUBLISHED_BENCHMARKS
 from ..report import fmt
 from ..run import LATENT_GUARD, json_safe
@@ -40,7 +40,7 @@ def write_prompt_csv(path: str | Path, s: Scored, concepts: Sequence[str]) -> Pa
             cats[group].update(data.categories[row])
     path = Path(path)
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle)
+        writer = report_writer(handle)  # every text cell: prompts, concepts and a set's own categories
         header = ["prompt", "count", "label"] + (["categories"] if cats is not None else [])
         for k, out in s.outputs.items():
             header += [f"{_prefix(k)}score"] + ([f"{_prefix(k)}flagged"] if out.flagged is not None else [])
@@ -49,7 +49,7 @@ def write_prompt_csv(path: str | Path, s: Scored, concepts: Sequence[str]) -> Pa
         for group in order:
             row = int(first[group])
             text_index = int(data.rows[row])
-            line = [csv_cell(data.texts[text_index]), int(counts[group]), int(data.labels[row])]  # attack sets
+            line = [data.texts[text_index], int(counts[group]), int(data.labels[row])]
             if cats is not None:
                 line.append(", ".join(sorted(cats[group])))
             for out in s.outputs.values():
@@ -57,7 +57,7 @@ def write_prompt_csv(path: str | Path, s: Scored, concepts: Sequence[str]) -> Pa
                 if out.flagged is not None:
                     line.append(int(out.flagged[text_index]))
                 c = int(out.concept[text_index])
-                line.append(csv_cell(concepts[c]) if 0 <= c < len(concepts) else "")
+                line.append(concepts[c] if 0 <= c < len(concepts) else "")
             writer.writerow(line)
     return path
 

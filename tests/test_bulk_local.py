@@ -377,6 +377,24 @@ def test_a_parquet_column_that_is_not_text_or_holds_nulls_is_refused(tmp_path, c
     assert not list((tmp_path / "out").glob("shard-*"))
 
 
+@pytest.mark.parametrize("content, said", [
+    ('text\n"a cat\na naked woman\na bloody knife\na dog\n', "record 0 is not valid CSV: a quoted cell is never closed"),
+    ('text\n"a cat"x\na dog\n', "record 0 is not valid CSV: malformed CSV"),
+    ("text\ra cat\ra naked woman\r", "the header row is not valid CSV"),
+])
+def test_a_csv_whose_quotes_or_line_ends_would_merge_rows_is_refused(tmp_path, corpus, tiny_encoder_dir, capsys,
+                                                                     content, said):
+    """A quote never closed ran every later record into one row (four prompts scored as one, exit 0), '"a"b' read
+    as 'ab', and a bare CR in the header was a traceback (a thirty-sixth hostile pass): one line, nothing written."""
+    (tmp_path / "u.csv").write_bytes(content.encode("utf-8"))
+    argv = args(corpus, tiny_encoder_dir, tmp_path / "out", 1.0)
+    tail = argv[argv.index("--output"):argv.index("--id-column")] + ["--no-progress"]
+    assert score([str(tmp_path / "u.csv")] + tail) == 2
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_pandas_categorical_text_column_scores_as_its_texts(tmp_path, corpus, tiny_encoder_dir):
     """A pandas categorical saved to parquet is dictionary-encoded text: its rows read as the texts they
     stand for, so the shards equal those of the same column saved as plain text (it was refused before)."""

@@ -270,3 +270,18 @@ def test_hub_sets_download_through_the_hub_client_into_its_cache(tmp_path):
     cached = try_to_load_from_cache(src.where, src.filename, cache_dir=tmp_path / "hf" / "hub", revision=src.revision,
                                     repo_type="dataset")
     assert isinstance(cached, str) and Path(cached).read_bytes() == published.read_bytes()
+
+
+@pytest.mark.parametrize("loader", ["benchmark", "external", "open_data"])
+def test_a_quote_never_closed_is_refused_by_every_csv_reader_not_read_as_one_row(tmp_path, loader):
+    """A stray quote ran every later record into one cell: `benchmark --set` reported 1 prompt for 4 (a thirty-sixth
+    hostile pass). Every CSV of prompts is read strictly (latentguard.csv_files.strict_reader)."""
+    from latentguard.data.open_data import load_captions
+    from latentguard.eval.external import read_external
+
+    path = tmp_path / "u.csv"
+    path.write_text('prompt,label\n"a cat,0\na naked woman,1\na bloody knife,1\na dog,0\n', encoding="utf-8")
+    read = {"benchmark": lambda: load_set(SETS["coprov2"], path, downloaded=False),
+            "external": lambda: read_external(path), "open_data": lambda: load_captions(path)}[loader]
+    with pytest.raises(LatentGuardError, match="a quoted cell is never closed"):
+        read()

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from ..csv_files import csv_problem, strict_reader
 from ..data.text import validate_text
 from ..errors import LatentGuardError
 from ..io import named_file_problem, prompt_line, strict_json
@@ -191,7 +192,10 @@ class _LineCheck:
 
 
 def _csv_header(path: Path, handle, text_column: str, id_column: str | None) -> tuple[list[str], int]:
-    header = next(csv.reader(_decoded_lines(handle, path, 0)), None)
+    try:
+        header = next(strict_reader(_decoded_lines(handle, path, 0)), None)
+    except csv.Error as exc:  # a bare CR in the header had been a traceback (a thirty-sixth hostile pass)
+        raise LatentGuardError(f"{path}: the header row is not valid CSV ({csv_problem(exc)})") from None
     if header is None:
         raise LatentGuardError(f"{path}: empty CSV file (it needs a header row naming the columns)")
     _unique_columns(path, header, "the header")
@@ -208,7 +212,7 @@ def _csv_offsets(path: Path, text_column: str, id_column: str | None, shard_size
         handle.seek(start)
         lines = _decoded_lines(handle, path, start)
         offsets, records, blank = [], 0, 0  # blank: the blank lines since the last record
-        reader = csv.reader(lines)
+        reader = strict_reader(lines)
         while True:
             if records % shard_size == 0 and not blank:
                 offsets.append(lines.position)
@@ -217,7 +221,7 @@ def _csv_offsets(path: Path, text_column: str, id_column: str | None, shard_size
             except StopIteration:
                 break
             except csv.Error as exc:
-                raise LatentGuardError(f"{path}: record {records} is not valid CSV ({exc})") from None
+                raise LatentGuardError(f"{path}: record {records} is not valid CSV: {csv_problem(exc)}") from None
             if not record:  # a blank line: allowed at the end of the file only (an editor's trailing newline)
                 blank += 1
                 continue
@@ -362,7 +366,7 @@ def _csv_records(item: InputFile, lines, text_column: str, id_column: str | None
     with open(item.path, "rb") as handle:
         header, _ = _csv_header(Path(item.path), handle, text_column, id_column)
     at, id_at = header.index(text_column), header.index(id_column) if id_column else None
-    reader = csv.reader(lines)
+    reader = strict_reader(lines)
     row = start
     while True:
         try:
@@ -370,7 +374,7 @@ def _csv_records(item: InputFile, lines, text_column: str, id_column: str | None
         except StopIteration:
             return
         except csv.Error as exc:
-            raise LatentGuardError(f"{item.name}: record {row} is not valid CSV ({exc})") from None
+            raise LatentGuardError(f"{item.name}: record {row} is not valid CSV: {csv_problem(exc)}") from None
         if not record:  # a blank line: the end of the file's records (planning refused one in the middle)
             if row >= item.rows:
                 return

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from ..csv_files import csv_problem, strict_dict_reader
 from ..errors import LatentGuardError
 
 __all__ = ["DATA_FILES", "CaptionSet", "CoProTriplet", "CoProV2Pair", "DataFile", "validate_known_file",
@@ -126,13 +127,13 @@ def _rows(path: str | Path, columns: Sequence[str], refused: dict[str, str] | No
     except OSError as exc:
         raise LatentGuardError(f"cannot read {path} ({exc.strerror or exc})") from None
     with handle:
-        reader = csv.DictReader(handle)
+        reader = strict_dict_reader(handle)
         try:
             header = reader.fieldnames or []
         except UnicodeDecodeError as exc:
             raise LatentGuardError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         except csv.Error as exc:
-            raise LatentGuardError(f"{path}, line 1: malformed CSV header ({exc})") from None
+            raise LatentGuardError(f"{path}, line 1: malformed CSV header ({csv_problem(exc)})") from None
         missing = [c for c in columns if c not in header]
         if missing:
             raise LatentGuardError(f"{path}: missing column(s) {', '.join(missing)} (the header has "
@@ -155,7 +156,7 @@ def _rows(path: str | Path, columns: Sequence[str], refused: dict[str, str] | No
         except UnicodeDecodeError as exc:
             raise LatentGuardError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         except csv.Error as exc:
-            raise LatentGuardError(f"{path}, line {reader.line_num}: malformed CSV ({exc})") from None
+            raise LatentGuardError(f"{path}, line {reader.line_num}: {csv_problem(exc)}") from None
 
 
 def load_copro_triplets(path: str | Path, splits: Sequence[str] = ("valid",)) -> list[CoProTriplet]:

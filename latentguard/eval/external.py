@@ -8,6 +8,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..csv_files import csv_problem, strict_reader
 from ..errors import LatentGuardError
 from ..published import PUBLISHED_TABLE2
 from .report import fmt
@@ -24,7 +25,7 @@ def read_labelled_prompts(path: str | Path) -> tuple[list[str], np.ndarray]:
     text = read_text(path, "external prompt file")
     if not text.strip():
         raise LatentGuardError(f"{path}: the file is empty; expected a CSV with header 'prompt,label'")
-    reader = csv.reader(split_lines(text, keepends=True))
+    reader = strict_reader(split_lines(text, keepends=True))
     try:
         header = [h.strip().lower() for h in next(reader)]
     except (StopIteration, csv.Error):
@@ -50,7 +51,7 @@ def read_labelled_prompts(path: str | Path) -> tuple[list[str], np.ndarray]:
             prompts.append(prompt)
             labels.append(_LABELS[label])
     except csv.Error as exc:
-        raise LatentGuardError(f"{path}: line {reader.line_num}: malformed CSV ({exc})") from None
+        raise LatentGuardError(f"{path}: line {reader.line_num}: {csv_problem(exc)}") from None
     if not prompts:
         raise LatentGuardError(f"{path}: no prompts after the header line; add rows 'prompt,label'")
     return prompts, np.asarray(labels, np.int64)

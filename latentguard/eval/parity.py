@@ -23,6 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..csv_files import csv_problem, strict_dict_reader
 from ..decision.rule import flags
 from ..errors import LatentGuardError
 from ..published import DOMAINS, KINDS, RELEASED_THRESHOLD, TABLE1_ACCURACY_THRESHOLD
@@ -67,13 +68,12 @@ def read_fixture(path: str | Path = RELEASED_SCORES) -> list[ReleasedRow]:
 
     path = Path(path)
     text = read_text(path, what="parity fixture")
-    reader = csv.DictReader(text.splitlines(keepends=True))
+    reader = strict_dict_reader(text.splitlines(keepends=True))
     missing = [c for c in FIXTURE_COLUMNS if c not in (reader.fieldnames or [])]
     if missing:
         raise LatentGuardError(f"{path}: missing column(s) {', '.join(missing)} (need {', '.join(FIXTURE_COLUMNS)})")
     rows: list[ReleasedRow] = []
-    for record in reader:
-        line = reader.line_num
+    for line, record in _records(reader, path):
         domain, setting, label = record["domain"], record["setting"], record["label"]
         if domain not in DOMAINS or setting not in KINDS or label not in ("0", "1"):
             raise LatentGuardError(f"{path}: line {line}: need domain ID/OOD, setting explicit/synonym/adversarial "
@@ -90,6 +90,15 @@ def read_fixture(path: str | Path = RELEASED_SCORES) -> list[ReleasedRow]:
     if not rows:
         raise LatentGuardError(f"{path}: no rows")
     return rows
+
+
+def _records(reader, path: Path):
+    """``(line, record)`` of a strict reader, its errors one line naming the file and line."""
+    try:
+        for record in reader:
+            yield reader.line_num, record
+    except csv.Error as exc:
+        raise LatentGuardError(f"{path}: line {reader.line_num}: {csv_problem(exc)}") from None
 
 
 def scored_text(row: ReleasedRow, copro) -> str:

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ...csv_files import csv_problem, strict_reader
 from ...errors import LatentGuardError
 from .registry import PromptSet
 
@@ -71,7 +72,7 @@ def _csv(path: Path, wanted: Sequence[str], delimiter: str) -> tuple[list[str], 
     from ...io import read_text, split_lines
 
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # I2P has prompts of several kB
-    reader = csv.reader(split_lines(read_text(path, "prompt set"), keepends=True), delimiter=delimiter)
+    reader = strict_reader(split_lines(read_text(path, "prompt set"), keepends=True), delimiter=delimiter)
     try:
         header = [h.strip() for h in next(reader)]
     except StopIteration:
@@ -90,7 +91,7 @@ def _csv(path: Path, wanted: Sequence[str], delimiter: str) -> tuple[list[str], 
             for name, i in index.items():
                 out[name].append(row[i])
     except csv.Error as exc:
-        raise LatentGuardError(f"{path}: line {reader.line_num}: malformed CSV ({exc})") from None
+        raise LatentGuardError(f"{path}: line {reader.line_num}: {csv_problem(exc)}") from None
     return header, out
 
 

@@ -368,7 +368,7 @@ def read_yaml(path: str | Path, what: str = "YAML file", *, scalars_as_text: boo
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = str(getattr(exc, "problem", "") or "")
-        detail = f": {problem}" if "given twice" in problem else ""
+        detail = f": {problem}" if "given twice" in problem or "is not read here" in problem else ""
         raise LatentGuardError(f"{path}: not valid YAML{where}{detail}; fix the file") from None
 
 
@@ -377,6 +377,11 @@ class YamlTyped(str):
     float, timestamp): the text is kept, and so is the fact that it was not written as text."""
 
     yaml_type = "str"
+
+
+# A file of texts holds texts, lists and mappings: an explicit tag ("!!python/object/apply:...", "!!int") had been
+# dropped silently and its value loaded as a concept (a thirty-sixth hostile pass).
+_PLAIN_TAGS = ("tag:yaml.org,2002:str", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:map")
 
 
 @functools.lru_cache(maxsize=2)
@@ -401,6 +406,12 @@ def unique_key_loader(scalars_as_text: bool = False) -> type:
                     except TypeError:  # an unhashable key: the base class reports it
                         continue
             return super().construct_mapping(node, deep=deep)
+
+        def construct_object(self, node, deep=False):  # noqa: D401 - yaml hook
+            if scalars_as_text and node.tag not in _PLAIN_TAGS:  # "!!int 12" had been loaded as the text '12'
+                tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+                raise yaml.constructor.ConstructorError(None, None, f"the tag {tag} is not read here", node.start_mark)
+            return super().construct_object(node, deep=deep)
 
         def construct_scalar(self, node):  # noqa: D401 - yaml hook
             value = super().construct_scalar(node)

@@ -60,6 +60,25 @@ def test_an_unquoted_yaml_blacklist_entry_that_is_not_text_is_refused(tmp_path, 
     assert "\n" not in str(caught.value) and str(path) in str(caught.value)
 
 
+@pytest.mark.parametrize("text, said", [
+    ('sexual: !!python/object/apply:os.system ["touch /tmp/x"]\n', "the tag !!python/object/apply:os.system is not read"),
+    ('sexual: [!!int "12", nudity]\n', "the tag !!int is not read"), ("sexual: !!set {nudity: null}\n", "!!set"),
+    ("1: [nudity]\n", "group name 1 is unquoted, which YAML reads as int"),
+    ("null: [nudity]\n", "group name null is unquoted, which YAML reads as null"),
+])
+def test_a_yaml_tag_or_a_typed_group_name_in_a_blacklist_is_refused(tmp_path, text, said):
+    """A tag was dropped silently: `sexual: !!python/object/apply:os.system ["touch /tmp/x"]` loaded the one concept
+    'touch /tmp/x' (nothing ran), and a live server took it on reload; `1:` named the category '1' (a thirty-sixth
+    hostile pass). Quoted, or written without a tag, each is the text."""
+    path = tmp_path / "blacklist.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(LatentGuardError, match=re.escape(said)) as caught:
+        load_blacklist(path)
+    assert "\n" not in str(caught.value) and str(path) in str(caught.value)
+    path.write_text("'1': [nudity, '12']\n", encoding="utf-8")
+    assert load_blacklist(path).categories == {"1": ["nudity", "12"]}
+
+
 @pytest.mark.parametrize("text, where", [
     ("concepts: [knife, hacking]\nthresholds: {hacking: 1, hacking: 1000}\n", "'hacking' given twice"),
     ("violence: [knife]\nviolence: [gun]\n", "'violence' given twice"),

@@ -378,7 +378,8 @@ def test_a_parquet_column_that_is_not_text_or_holds_nulls_is_refused(tmp_path, c
 
 
 @pytest.mark.parametrize("content, said", [
-    ('text\n"a cat\na naked woman\na bloody knife\na dog\n', "record 0 is not valid CSV: a quoted cell is never closed"),
+    ('text\n"a cat\na naked woman\na bloody knife\na dog\n',
+     "record 0 is not valid CSV: a quoted cell is never closed"),
     ('text\n"a cat"x\na dog\n', "record 0 is not valid CSV: malformed CSV"),
     ("text\ra cat\ra naked woman\r", "the header row is not valid CSV"),
 ])

@@ -61,7 +61,8 @@ def test_an_unquoted_yaml_blacklist_entry_that_is_not_text_is_refused(tmp_path, 
 
 
 @pytest.mark.parametrize("text, said", [
-    ('sexual: !!python/object/apply:os.system ["touch /tmp/x"]\n', "the tag !!python/object/apply:os.system is not read"),
+    ('sexual: !!python/object/apply:os.system ["touch /tmp/x"]\n',
+     "the tag !!python/object/apply:os.system is not read"),
     ('sexual: [!!int "12", nudity]\n', "the tag !!int is not read"), ("sexual: !!set {nudity: null}\n", "!!set"),
     ("1: [nudity]\n", "group name 1 is unquoted, which YAML reads as int"),
     ("null: [nudity]\n", "group name null is unquoted, which YAML reads as null"),

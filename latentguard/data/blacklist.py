@@ -156,8 +156,8 @@ def _flatten(path: Path, node: Any, where: str) -> tuple[list[str], dict[str, li
             if not str(group).strip():
                 raise LatentGuardError(f"{path}: a group needs a name (got an empty one)")
             if isinstance(group, YamlTyped):  # `1:` or `null:` as a category name: said, as for an entry
-                raise LatentGuardError(f"{path}: group name {group} is unquoted, which YAML reads as {group.yaml_type}, "
-                                       f"not as a name; quote it ('{group}') or rename it")
+                raise LatentGuardError(f"{path}: group name {group} is unquoted, which YAML reads as "
+                                       f"{group.yaml_type}, not as a name; quote it ('{group}') or rename it")
             concepts, _ = _flatten(path, items, f"{where + '.' if where else ''}{group}")
             if not concepts:  # a category no concept can flag would judge nothing (and break every verdict)
                 raise LatentGuardError(f"{path}: group '{group}' has no concepts; give it at least one or remove it")

@@ -261,3 +261,18 @@ def test_a_calibration_never_replaces_a_file_that_is_not_one(tmp_path):
     assert notes.read_text(encoding="utf-8") == "MY NOTES\n"
     notes.unlink()
     assert save_calibration(result, weights) == notes and save_calibration(result, weights) == notes  # its own: fine
+
+
+def test_too_few_safe_prompts_for_the_target_fpr_are_warned_about():
+    """One safe prompt had been calibrated to "1% FPR" and saved as the record every `auto` user takes, silently (a
+    thirty-sixth hostile pass): fewer than 1/target_fpr safe prompts cannot measure that rate, and it is said."""
+    with pytest.warns(UserWarning, match=r"1 safe prompt\(s\) cannot measure a false-positive rate of 0.01.*at "
+                      r"least 100 safe prompts"):
+        calibrate([3.5], target_fpr=0.01)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        calibrate(np.arange(100.0), target_fpr=0.01)  # enough: no warning
+        calibrate([1.0, 2.0], target_fpr=0.0)  # above every one is what 0 asks for
+        calibrate([1.0, 2.0], [3.0])  # best accuracy on both classes

@@ -101,6 +101,10 @@ def calibrate(scores_safe, scores_unsafe=None, target_fpr: float = DEFAULT_TARGE
             raise LatentGuardError(f"target FPR must be a number in [0, 1), got {target_fpr!r}")
         threshold = threshold_at_fpr(safe, float(target_fpr))
         method, used_fpr = "target_fpr", float(target_fpr)
+        if target_fpr > 0 and safe.size * target_fpr < 1:  # one prompt had made the record every `auto` user takes
+            warnings.warn(f"{safe.size} safe prompt(s) cannot measure a false-positive rate of {target_fpr:g}: the "
+                          f"threshold ({threshold:.4g}) is only above every one of them; calibrate on at least "
+                          f"{math.ceil(1 / target_fpr)} safe prompts like the ones you will check", stacklevel=2)
     else:
         labels = np.concatenate([np.zeros(safe.size, dtype=np.int64), np.ones(unsafe.size, dtype=np.int64)])
         threshold = best_accuracy_threshold(labels, np.concatenate([safe, unsafe]))

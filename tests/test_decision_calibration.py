@@ -276,3 +276,22 @@ def test_too_few_safe_prompts_for_the_target_fpr_are_warned_about():
         calibrate(np.arange(100.0), target_fpr=0.01)  # enough: no warning
         calibrate([1.0, 2.0], target_fpr=0.0)  # above every one is what 0 asks for
         calibrate([1.0, 2.0], [3.0])  # best accuracy on both classes
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "dangling link"])
+def test_a_calibration_record_path_that_is_no_regular_file_is_refused_not_read_as_none(tmp_path, kind):
+    """A FIFO at `<ckpt>.threshold.yaml` was reported as "has no calibration file" (a thirty-sixth hostile pass);
+    whatever stands there is said as what it is."""
+    import os
+
+    from latentguard.decision.threshold import calibration_path, load_calibration_result
+
+    checkpoint = tmp_path / "ckpt.pth"
+    checkpoint.write_bytes(b"x")
+    record = calibration_path(checkpoint)
+    {"fifo": lambda: os.mkfifo(record), "directory": record.mkdir,
+     "dangling link": lambda: record.symlink_to(tmp_path / "gone.yaml")}[kind]()
+    with pytest.raises(LatentGuardError, match="calibration record") as caught:
+        load_calibration_result(checkpoint)
+    assert "\n" not in str(caught.value)
+    assert load_calibration_result(tmp_path / "other.pth") is None  # no record at all: still none

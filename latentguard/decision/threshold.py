@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import os
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -217,8 +218,13 @@ def load_calibration_result(checkpoint: str | Path, *, encoder_identity: str | N
     """
     checkpoint = Path(checkpoint)
     file = Path(path) if path is not None else calibration_path(checkpoint)
-    if not file.is_file():
+    if not os.path.lexists(file):
         return None
+    from ..io import named_file_problem
+
+    problem = named_file_problem(file, "calibration record")  # a FIFO there had read as "no calibration file"
+    if problem is not None:
+        raise LatentGuardError(problem)
     result = read_calibration(file)
     if result.checkpoint_sha256 is None:  # a record that names no weights cannot be shown to be for these
         raise LatentGuardError(f"{file} records no checkpoint_sha256, so it cannot be matched to {checkpoint}; "

@@ -410,6 +410,13 @@ def test_a_pandas_categorical_text_column_scores_as_its_texts(tmp_path, corpus, 
         outs[name] = pq.read_table(sorted((tmp_path / f"out-{name}").glob("shard-*.parquet"))[0])
     assert outs["cat"].column("text").to_pylist() == texts[:3]
     assert outs["cat"].column("score").to_pylist() == outs["plain"].column("score").to_pylist()
+    # a float id column's NaN (how pandas writes a missing value) is a null id, not the text "nan"
+    pq.write_table(pa.table({"text": texts[:3], "image": [1.5, float("nan"), None]}), tmp_path / "ids.parquet")
+    argv = args(corpus, tiny_encoder_dir, tmp_path / "out-ids", 1.0)
+    tail = argv[argv.index("--output"):argv.index("--id-column")] + ["--id-column", "image", "--no-progress"]
+    assert score([str(tmp_path / "ids.parquet")] + tail) == 0
+    shard = pq.read_table(sorted((tmp_path / "out-ids").glob("shard-*.parquet"))[0])
+    assert shard.column("image").to_pylist() == ["1.5", None, None]
     # a missing value of a categorical is a missing text, refused as in a plain column
     pq.write_table(pa.table({"text": pa.array(texts).dictionary_encode()}), tmp_path / "catnull.parquet")
     argv = args(corpus, tiny_encoder_dir, tmp_path / "out-null", 1.0)

@@ -428,7 +428,7 @@ def _text(name: str, value, column: str, where: str) -> str:
 def _ident(name: str, value, column: str, where: str) -> str | None:
     """An id as text, so one column has one type across files (``None`` stays null); it is written out,
     so it must be readable text (:func:`validate_text`)."""
-    if value is None:
+    if value is None or (isinstance(value, float) and value != value):  # a float column's NaN is pandas' missing
         return None
     if isinstance(value, (list, dict)):
         try:

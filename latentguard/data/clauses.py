@@ -35,9 +35,11 @@ _ANY_SYMBOL_END = re.compile(
 # counted as CLIP reads them, symbols between: "nude_woman", "nude+woman" and "nude/woman" are two words ("...,
 # nude_woman" had been one word to the glued reading and two one-word pieces to the other, so never scored: a
 # thirty-fifth hostile pass). A hyphen joins: "hyper-realistic", "black-and-white", "sci-fi" are tags `mini` flags
-# alone (5.18, 2.78, 1.02), so "..., nude-woman" still dilutes (docs/defences.md). So does a number ("1.2", "10:30").
+# alone (5.18, 2.78, 1.02), so "..., nude-woman" still dilutes (docs/defences.md). A number ("1.2", "10:30") is no
+# word: "(mushrooms:1.5)" and "mushrooms::2" are one word (mini flags "mushrooms" alone at 5.40).
 MIN_CLAUSE_WORDS = 2
 _WORD = re.compile(r"(?:[^\W_]|(?<=\d)[.,:](?=\d)|(?<=[^\W_])-(?=[^\W_]))+")
+_LETTERS = re.compile(r"[^\W\d_]+(?:-[^\W\d_]+)*")
 # Clauses scored alone per piece, at most: past it, neighbouring clauses are scored together, as many in each group
 # as it takes, so every clause is still read in some form and a prompt of thousands of commas makes at most this
 # many forms per piece (the server costs a request by its forms). 160: the 512 T5 tokens SD3 and Flux read hold
@@ -62,10 +64,35 @@ def clauses(text: str) -> list[str]:
         pieces = pattern.split(text)
         if len(pieces) < 2:
             continue
-        found = list(dict.fromkeys(p.strip() for p in pieces if len(_WORD.findall(p)) >= MIN_CLAUSE_WORDS))
+        found = list(dict.fromkeys(p.strip() for p in pieces if len(_words(p)) >= MIN_CLAUSE_WORDS))
         if len(found) > MAX_CLAUSES:  # the first ones alone (what a CLIP generator reads), the rest grouped
             head, rest = found[:HEAD_CLAUSES], found[HEAD_CLAUSES:]
             size = -(-len(rest) // (MAX_CLAUSES - HEAD_CLAUSES))
             found = head + [", ".join(rest[k : k + size]) for k in range(0, len(rest), size)]
         out += found
     return list(dict.fromkeys(out))
+
+
+# A one-word clause is judged in this plain phrase, as a word alone is scored erratically (mini flags 38 of 70 common
+# harmless words alone, 8 framed so) while a side of "a cat on a sofa AND nude", "[a cat on a sofa:nude:0.1]",
+# "[a cat|gore]" or "a cat:: porn::2" is a prompt of its own to a front end, and "(((nude)))" weighs one word up: each
+# had passed (a thirty-fifth hostile pass: 107 to 128 of 150 such prompts). Also what a sanitize replacement is
+# judged in.
+LONE_WORD_FRAME = "a photo of {}"
+
+
+def lone_words(text: str) -> list[str]:
+    """The words of ``text``'s one-word clauses, from both readings of :func:`clauses` (each once, in order, at most
+    :data:`MAX_CLAUSES`; ``[]`` when it is one clause): words of letters only ("v2.0", "1080p", "1girl" are tags
+    `mini` reads erratically framed too)."""
+    out: list[str] = []
+    for pattern in (_CLAUSE_END, _ANY_SYMBOL_END):
+        pieces = pattern.split(text)
+        if len(pieces) > 1:
+            out += [w[0] for p in pieces if len(w := _words(p)) == 1 and len(w[0]) > 1 and _LETTERS.fullmatch(w[0])]
+    return list(dict.fromkeys(out))[:MAX_CLAUSES]
+
+
+def _words(piece: str) -> list[str]:
+    """The words of ``piece`` as they are counted here: runs of letters and digits that hold a letter."""
+    return [w for w in _WORD.findall(piece) if not w.isdigit() and any(c.isalpha() for c in w)]

@@ -23,7 +23,7 @@ import html
 import re
 import unicodedata
 
-from .clauses import clauses
+from .clauses import LONE_WORD_FRAME, clauses, lone_words
 from .content import content
 from .quality_tags import is_tag, untagged
 from .sentences import sentences
@@ -92,6 +92,9 @@ def expand(text: str, *, normalize: bool = True, split_sentences: bool = True,
                                      if c not in wholes and not is_tag(c))  # as written too: cutting tags drops
         # brackets, which mark clauses ("a cat on a sofa (a naked woman:1.3)")
         out.extend(v for c in clause_parts for v in _variants(c, normalize, watched))
+        lone = dict.fromkeys(LONE_WORD_FRAME.format(w) for p in wholes for w in lone_words(untagged(p) or p)
+                             if not is_tag(w))
+        out.extend(v for c in lone for v in _variants(c, normalize, watched))
     return list(dict.fromkeys([text] + [t for t in out[1:] if t.strip()])), max(count, 1)
 
 

@@ -44,6 +44,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..data.clauses import LONE_WORD_FRAME
 from ..data.defences import joined, letter_runs, normalized
 from ..data.spelling import one_edit
 from ..errors import LatentGuardError
@@ -353,7 +354,7 @@ def sanitize(guard, prompts: str | Sequence[str], *, rounds: int = DEFAULT_ROUND
         raise LatentGuardError(f"sanitize replacement {replacement!r} is a blacklist word; choose a neutral one")
     if replacement:  # it goes into every edit: "nude", "bl00dy" (no concept words of mini) had been accepted; judged
         # in a plain phrase, as a word alone is scored erratically ("something" alone is flagged by mini)
-        screen = _judge(guard, [f"a photo of {replacement}"])[0]
+        screen = _judge(guard, [LONE_WORD_FRAME.format(replacement)])[0]
         if not _clear(screen, limit):
             raise LatentGuardError(f"sanitize replacement {replacement!r} is not clearly safe to this guard ('a photo "
                                    f"of {replacement}' scores {float(screen.score):.2f}); choose a neutral word")

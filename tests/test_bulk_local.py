@@ -259,12 +259,16 @@ def test_an_output_that_is_an_input_or_holds_other_files_is_refused(corpus, tiny
              ([str(corpus / "nothing-*.txt"), "--output", str(corpus / "o")], "matches no file"),
              ([str(corpus / "ckpt.pth"), "--output", str(corpus / "o")], "unknown extension '.pth'"),
              ([str(corpus / "a.txt"), str(corpus / "." / "a.txt"), "--output", str(corpus / "o")], "given twice"),
+             ([str(corpus / "a.txt"), str(corpus / "links" / "hard.txt"), "--output", str(corpus / "o")],
+              "given twice"),
              ([str(corpus / "empty.txt"), "--output", str(corpus / "o")], "no prompts to score"),
              ([str(corpus / "blank.txt"), "--output", str(corpus / "o")], "no prompts to score"),  # blank lines only
              ([str(corpus / "blank.jsonl"), "--output", str(corpus / "o")], "no prompts to score"),
              ([str(corpus / "blank.txt"), str(corpus / "blank.jsonl"), str(corpus / "empty.txt"), "--output",
                str(corpus / "o")], "no prompts to score")]
     (corpus / "empty.txt").write_text("")
+    (corpus / "links").mkdir()
+    os.link(corpus / "a.txt", corpus / "links" / "hard.txt")  # the same file: it had been scored twice
     (corpus / "blank.txt").write_bytes(b"\n  \n\t\n")
     (corpus / "blank.jsonl").write_text("\ufeff\n  \n\t\n", encoding="utf-8")
     (corpus / "mine").mkdir()

@@ -94,11 +94,12 @@ def expand_inputs(patterns: Sequence[str]) -> list[tuple[str, Path]]:
                 raise LatentGuardError(problem)
             input_format(path)
             found.append((name, path.resolve()))
-    seen: dict[Path, str] = {}
-    for name, path in found:
-        if path in seen:
-            raise LatentGuardError(f"input {name} is given twice (also as {seen[path]}); name each file once")
-        seen[path] = name
+    seen: dict[tuple[int, int], str] = {}
+    for name, path in found:  # one file however it is named: a path, a link or a hard link (the same inode)
+        stat = path.stat()
+        if (key := (stat.st_dev, stat.st_ino)) in seen:
+            raise LatentGuardError(f"input {name} is given twice (also as {seen[key]}); name each file once")
+        seen[key] = name
     return found
 
 

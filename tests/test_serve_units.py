@@ -64,6 +64,24 @@ def test_moderation_inputs_in_every_openai_form():
         parse_check({"prompts": ["a"], "explain": "yes"}, LIMITS)
 
 
+def test_moderation_refuses_a_field_openai_does_not_take_as_openai_does():
+    """``{"input": "a cat", "prompt": "a naked woman"}`` had been judged on "a cat" alone (200, not flagged), and a
+    text part's extra key ignored; OpenAI answers 400 "Unrecognized request argument supplied: prompt". What the
+    openai client and LiteLLM's openai_moderation guardrail send (``input``, ``model``) is accepted."""
+    for body, param in [({"input": "a cat", "prompt": "a naked woman"}, "prompt"),
+                        ({"input": "a cat", "model": "omni-moderation-latest", "threshold": 9}, "threshold"),
+                        ({"input": [{"type": "text", "text": "a cat", "extra": "a naked woman"}]}, "input[0].extra")]:
+        with pytest.raises(RequestError) as info:
+            parse_moderation(body, LIMITS)
+        error = info.value.body()["error"]
+        assert info.value.status == 400 and error["type"] == "invalid_request_error", error
+        assert error["code"] == "unknown_field" and error["param"] == param, error
+    with pytest.raises(RequestError, match="^Unrecognized request argument supplied: prompt "):
+        parse_moderation({"input": "a cat", "prompt": "a naked woman"}, LIMITS)
+    assert parse_moderation({"input": "a cat", "model": "omni-moderation-latest"}, LIMITS) == [["a cat"]]
+    assert parse_moderation({"model": None, "input": [{"type": "text", "text": "a"}]}, LIMITS) == [["a"]]
+
+
 def _verdict(unsafe: bool, p_violence: float, p_gore: float, concept: str = "knife") -> Verdict:
     return Verdict(prompt="x", unsafe=unsafe, score=1.0, concept=concept, probability=max(p_violence, p_gore),
                    categories={"violence": p_violence >= 0.5, "gore": p_gore >= 0.5},

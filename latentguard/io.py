@@ -28,8 +28,12 @@ def latentguard_home() -> Path:
     return Path(root) if root else Path.home() / ".cache" / "latentguard"
 
 
-# Errors of the disk being written, not of what is being read: reported with the file being written.
+# Errors of the disk being written, not of what is being read: reported with the file being written, and with
+# what to do as the errno says (a read-only filesystem had been told to free space); for any other: free space.
 WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
+WRITE_ADVICE = {errno.EROFS: "the filesystem is read-only: choose a path on a writable one",
+                errno.EACCES: "permission denied: choose a path this user can write, or change its permissions",
+                errno.EIO: "a disk error: check the disk, or choose another path"}
 
 
 @contextlib.contextmanager
@@ -62,7 +66,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     except OSError as exc:
         if exc.errno in WRITE_ERRNOS:  # a full disk says only "No space left on device": name the file
             raise LatentGuardError(f"cannot write {target}: {exc.strerror or exc} (nothing was replaced; "
-                                   "free space or choose another path)") from None
+                                   f"{WRITE_ADVICE.get(exc.errno, 'free space or choose another path')})") from None
         raise
     finally:
         if tmp.exists():
@@ -102,9 +106,9 @@ def open_regular(path: str | Path, flags: int, what: str = "file", mode: int = 0
                                    "(remove the link, or choose another output directory)") from None
         if exc.errno == errno.ENXIO:  # a FIFO nobody reads (opened without blocking), a device without its driver
             raise _not_regular(what, path) from None
-        if exc.errno in WRITE_ERRNOS:
-            raise LatentGuardError(f"cannot write {what} {path}: {exc.strerror or exc} (free space or choose "
-                                   "another path)") from None
+        if exc.errno in WRITE_ERRNOS or exc.errno in WRITE_ADVICE:
+            raise LatentGuardError(f"cannot write {what} {path}: {exc.strerror or exc} "
+                                   f"({WRITE_ADVICE.get(exc.errno, 'free space or choose another path')})") from None
         raise
     import stat
 

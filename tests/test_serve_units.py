@@ -520,6 +520,31 @@ def test_a_hub_guard_is_fetched_once_and_reloads_read_its_snapshot(tmp_path, mon
     assert fetched == ["org/lg"] and again.bundle.path == snapshot and again.concepts == first.concepts
 
 
+@pytest.mark.parametrize("number, said", [("EROFS", "the filesystem is read-only: choose a path on a writable one"),
+                                          ("EACCES", "permission denied: choose a path this user can write"),
+                                          ("ENOSPC", "free space or choose another path")])
+def test_an_audit_log_that_cannot_be_opened_is_refused_as_its_errno_says(tmp_path, monkeypatch, number, said):
+    """``serve --audit-log`` on a read-only filesystem had been told "(free space or choose another path)"."""
+    import errno
+    import os
+
+    from latentguard.serve.audit import Auditor
+
+    log, real_open = tmp_path / "audit.jsonl", os.open
+
+    def failing(path, *args, **kw):
+        if str(path) == str(log):
+            code = getattr(errno, number)
+            raise OSError(code, os.strerror(code))
+        return real_open(path, *args, **kw)
+
+    monkeypatch.setattr(os, "open", failing)
+    with pytest.raises(LatentGuardError) as info:
+        Auditor(log)
+    assert str(log) in str(info.value) and said in str(info.value), str(info.value)
+    assert number == "ENOSPC" or "free space" not in str(info.value)
+
+
 def test_a_hook_that_raises_system_exit_fails_its_batch_and_leaves_no_record(tmp_path):
     """``except Exception`` let SystemExit from an --audit-hook through: it stopped the server and left a record of
     a verdict no client got (a twenty-sixth hostile pass)."""

@@ -97,14 +97,14 @@ def parse_moderation(body: dict, limits: Limits) -> list[list[str]]:
     as OpenAI refuses it ("Unrecognized request argument supplied"): ignored, ``{"input": "a cat", "prompt":
     "a naked woman"}`` had been judged on "a cat" alone and answered not flagged (a hostile review).
     """
+    if "input" not in body:
+        raise RequestError(400, "missing field 'input' (a string, a list of strings, or a list of "
+                           "{\"type\": \"text\", \"text\": ...} parts)", param="input", code="missing_input")
     unknown = sorted(set(body) - MODERATION_FIELDS)
     if unknown:
         raise RequestError(400, f"Unrecognized request argument supplied: {', '.join(unknown)} (/v1/moderations "
                            "takes 'input' and 'model', as OpenAI's moderation API does)", param=unknown[0],
                            code="unknown_field")
-    if "input" not in body:
-        raise RequestError(400, "missing field 'input' (a string, a list of strings, or a list of "
-                           "{\"type\": \"text\", \"text\": ...} parts)", param="input", code="missing_input")
     value = body["input"]
     if isinstance(value, str):
         return [[_check_text(value, "input", limits)]]

@@ -2,7 +2,8 @@
 replaced by a FIFO or a directory is refused at once, naming it, and the old guard serves on. An allowlist
 replaced by a FIFO had blocked the model thread for ever in ``open()`` on ``POST /admin/reload``: every check
 timed out behind it, the probes still said ready, and SIGTERM could not stop the server. Each test failed before
-its fix.
+its fix, except two cases a check of the path already refused before the open (the dataset, a YAML blacklist):
+for those the fix closes the race between that check and the open, which a test cannot time.
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """``latentguard serve --guard mini`` as a real process against the findings of hostile pass 17: an endless
 request head, key files that block on read or hold keys a client cannot send, a failing --audit-hook,
-and /v1/sanitize's audit and work bound. Each test failed on the server before its fix.
+and /v1/sanitize's audit and work bound; and, from a later review, a request that asks to switch protocols. Each
+test failed on the server before its fix.
 
 One server serves the module (``srv``): API and admin key files, an audit log and an audit hook that
 raises for any prompt containing "fail".

@@ -19,6 +19,7 @@ from typing import Iterator, Sequence
 
 from .errors import LatentGuardError
 from .protected import refuse_input
+from .regular_files import open_regular_read, reading_regular_only
 
 
 def latentguard_home() -> Path:
@@ -27,8 +28,12 @@ def latentguard_home() -> Path:
     return Path(root) if root else Path.home() / ".cache" / "latentguard"
 
 
-# Errors of the disk being written, not of what is being read: reported with the file being written.
+# Errors of the disk being written, not of what is being read: reported with the file being written, and with
+# what to do as the errno says (a read-only filesystem had been told to free space); for any other: free space.
 WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
+WRITE_ADVICE = {errno.EROFS: "the filesystem is read-only: choose a path on a writable one",
+                errno.EACCES: "permission denied: choose a path this user can write, or change its permissions",
+                errno.EIO: "a disk error: check the disk, or choose another path"}
 
 
 @contextlib.contextmanager
@@ -61,7 +66,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     except OSError as exc:
         if exc.errno in WRITE_ERRNOS:  # a full disk says only "No space left on device": name the file
             raise LatentGuardError(f"cannot write {target}: {exc.strerror or exc} (nothing was replaced; "
-                                   "free space or choose another path)") from None
+                                   f"{WRITE_ADVICE.get(exc.errno, 'free space or choose another path')})") from None
         raise
     finally:
         if tmp.exists():
@@ -101,9 +106,9 @@ def open_regular(path: str | Path, flags: int, what: str = "file", mode: int = 0
                                    "(remove the link, or choose another output directory)") from None
         if exc.errno == errno.ENXIO:  # a FIFO nobody reads (opened without blocking), a device without its driver
             raise _not_regular(what, path) from None
-        if exc.errno in WRITE_ERRNOS:
-            raise LatentGuardError(f"cannot write {what} {path}: {exc.strerror or exc} (free space or choose "
-                                   "another path)") from None
+        if exc.errno in WRITE_ERRNOS or exc.errno in WRITE_ADVICE:
+            raise LatentGuardError(f"cannot write {what} {path}: {exc.strerror or exc} "
+                                   f"({WRITE_ADVICE.get(exc.errno, 'free space or choose another path')})") from None
         raise
     import stat
 
@@ -178,8 +183,9 @@ def atomic_torch_save(obj: object, target: str | Path) -> None:
 
 
 def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
+    """The file's SHA-256; a FIFO, device or directory is refused without blocking (weights are hashed on reloads)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open_regular_read(path) as handle:
         for block in iter(lambda: handle.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -220,35 +226,28 @@ def read_regular_text(path: str | Path, what: str, max_bytes: int) -> str:
 
     For files a server re-reads while it serves (its key files): :func:`read_text` reads pipes, so a key file
     that was a FIFO, or a link to ``/dev/zero``, had hung startup for ever, and a reload had frozen every request
-    with it (a hostile review). The file is opened without blocking, refused unless it is regular, and read to
-    ``max_bytes`` at most; anything else is a one-line error naming it."""
-    import stat
-
+    with it (a hostile review). The file is opened without blocking
+    (:func:`~latentguard.regular_files.open_regular_read`), refused unless it is regular, and read to ``max_bytes``
+    at most; anything else is a one-line error naming it."""
     path = Path(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise LatentGuardError(f"{what} not found: {path}") from None
-    except OSError as exc:
-        raise LatentGuardError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise LatentGuardError(f"{what} {path} is not a regular file (a directory, FIFO, device or socket); "
-                                   "give a regular file")
-        with os.fdopen(os.dup(fd), "rb") as handle:
+    with open_regular_read(path, what) as handle:
+        try:
             raw = handle.read(max_bytes + 1)
-    except OSError as exc:
-        raise LatentGuardError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
+        except OSError as exc:
+            raise LatentGuardError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     if len(raw) > max_bytes:
         raise LatentGuardError(f"{what} {path} is larger than {max_bytes:,} bytes; it is not read")
     return _utf8(raw, path)
 
 
 def read_text(path: str | Path, what: str = "file") -> str:
-    """Read a UTF-8 text file (``-`` is standard input; pipes and ``/dev/stdin`` work too); a missing
-    file or a bad byte is a one-line error naming the line."""
+    """Read a UTF-8 text file (``-`` is standard input; pipes and ``/dev/stdin`` work too, except in a server's
+    :func:`~latentguard.regular_files.regular_files_only`); a missing file or a bad byte: one line naming the line."""
+    if reading_regular_only():
+        if str(path) == "-":
+            raise LatentGuardError(f"{what} '-' (standard input) cannot be re-read by a server; name a file")
+        with open_regular_read(path, what) as handle:
+            return _utf8(handle.read(), Path(path))
     if str(path) == "-":
         path, raw = Path("<standard input>"), sys.stdin.buffer.read()
     else:

@@ -1,6 +1,7 @@
 """``latentguard serve --guard mini`` as a real process against the findings of hostile pass 17: an endless
 request head, key files that block on read or hold keys a client cannot send, a failing --audit-hook,
-and /v1/sanitize's audit and work bound. Each test failed on the server before its fix.
+and /v1/sanitize's audit and work bound; and, from a later review, a request that asks to switch protocols. Each
+test failed on the server before its fix.
 
 One server serves the module (``srv``): API and admin key files, an audit log and an audit hook that
 raises for any prompt containing "fail".
@@ -212,3 +213,37 @@ def test_each_sanitize_result_is_recorded_as_handed_out_and_given_to_the_hook(sr
                         timeout=60)
     assert failed.status_code == 500 and failed.json()["error"]["code"] == "audit"
     assert len(_records(log)) == before + 2  # nothing recorded for what was not handed out
+
+
+def _raw(port: int, request: bytes) -> bytes:
+    """Send ``request`` on a new connection; the answer, read until the server closes or goes quiet."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request)
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except socket.timeout:
+            pass
+    return out
+
+
+H2C = b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA"  # curl --http2
+
+
+@pytest.mark.parametrize("upgrade", [H2C, b"Connection: upgrade\r\nUpgrade: websocket"])
+def test_a_request_asking_to_switch_protocols_is_told_so_not_that_its_json_is_bad(srv, upgrade):
+    """``curl --http2 http://...`` (Upgrade: h2c) or an nginx websocket snippet forwarding $http_upgrade: uvicorn's
+    parser drops the body of a request that asks to upgrade, and the answer had been 400 "not valid JSON"."""
+    body = b'{"input": "a naked woman"}'
+    answer = _raw(srv.port, b"POST /v1/moderations HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer "
+                  + OLD_KEY.encode() + b"\r\nContent-Type: application/json\r\n" + upgrade
+                  + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), answer[:500]
+    error = json.loads(payload)["error"]
+    assert error["code"] == "upgrade_unsupported" and "plain HTTP/1.1 request" in error["message"], error
+    assert b"not valid JSON" not in payload
+    plain = httpx.post(srv.url + "/v1/moderations", json={"input": "a naked woman"}, timeout=30,
+                       headers={"Authorization": f"Bearer {OLD_KEY}"})
+    assert plain.status_code == 200 and plain.json()["results"][0]["flagged"] is True

@@ -64,6 +64,24 @@ def test_moderation_inputs_in_every_openai_form():
         parse_check({"prompts": ["a"], "explain": "yes"}, LIMITS)
 
 
+def test_moderation_refuses_a_field_openai_does_not_take_as_openai_does():
+    """``{"input": "a cat", "prompt": "a naked woman"}`` had been judged on "a cat" alone (200, not flagged), and a
+    text part's extra key ignored; OpenAI answers 400 "Unrecognized request argument supplied: prompt". What the
+    openai client and LiteLLM's openai_moderation guardrail send (``input``, ``model``) is accepted."""
+    for body, param in [({"input": "a cat", "prompt": "a naked woman"}, "prompt"),
+                        ({"input": "a cat", "model": "omni-moderation-latest", "threshold": 9}, "threshold"),
+                        ({"input": [{"type": "text", "text": "a cat", "extra": "a naked woman"}]}, "input[0].extra")]:
+        with pytest.raises(RequestError) as info:
+            parse_moderation(body, LIMITS)
+        error = info.value.body()["error"]
+        assert info.value.status == 400 and error["type"] == "invalid_request_error", error
+        assert error["code"] == "unknown_field" and error["param"] == param, error
+    with pytest.raises(RequestError, match="^Unrecognized request argument supplied: prompt "):
+        parse_moderation({"input": "a cat", "prompt": "a naked woman"}, LIMITS)
+    assert parse_moderation({"input": "a cat", "model": "omni-moderation-latest"}, LIMITS) == [["a cat"]]
+    assert parse_moderation({"model": None, "input": [{"type": "text", "text": "a"}]}, LIMITS) == [["a"]]
+
+
 def _verdict(unsafe: bool, p_violence: float, p_gore: float, concept: str = "knife") -> Verdict:
     return Verdict(prompt="x", unsafe=unsafe, score=1.0, concept=concept, probability=max(p_violence, p_gore),
                    categories={"violence": p_violence >= 0.5, "gore": p_gore >= 0.5},
@@ -500,6 +518,31 @@ def test_a_hub_guard_is_fetched_once_and_reloads_read_its_snapshot(tmp_path, mon
     first = factory()
     again = factory(first.encoder)
     assert fetched == ["org/lg"] and again.bundle.path == snapshot and again.concepts == first.concepts
+
+
+@pytest.mark.parametrize("number, said", [("EROFS", "the filesystem is read-only: choose a path on a writable one"),
+                                          ("EACCES", "permission denied: choose a path this user can write"),
+                                          ("ENOSPC", "free space or choose another path")])
+def test_an_audit_log_that_cannot_be_opened_is_refused_as_its_errno_says(tmp_path, monkeypatch, number, said):
+    """``serve --audit-log`` on a read-only filesystem had been told "(free space or choose another path)"."""
+    import errno
+    import os
+
+    from latentguard.serve.audit import Auditor
+
+    log, real_open = tmp_path / "audit.jsonl", os.open
+
+    def failing(path, *args, **kw):
+        if str(path) == str(log):
+            code = getattr(errno, number)
+            raise OSError(code, os.strerror(code))
+        return real_open(path, *args, **kw)
+
+    monkeypatch.setattr(os, "open", failing)
+    with pytest.raises(LatentGuardError) as info:
+        Auditor(log)
+    assert str(log) in str(info.value) and said in str(info.value), str(info.value)
+    assert number == "ENOSPC" or "free space" not in str(info.value)
 
 
 def test_a_hook_that_raises_system_exit_fails_its_batch_and_leaves_no_record(tmp_path):

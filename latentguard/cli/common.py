@@ -273,6 +273,16 @@ def validate_named_files(cfg: Config, overrides: dict[str, Any]) -> None:
         raise LatentGuardError("; ".join(missing) + "; nothing was downloaded or written")
 
 
+def refuse_standard_input(cfg: Config) -> None:
+    """``--concepts -`` or ``--allowlist -`` refused for ``serve``: every reload (SIGHUP, POST /admin/reload) re-reads
+    these files, and standard input can be read once (a reload had found it empty, and a terminal would block it).
+    Refused, not read once and kept, so that a reload never silently keeps a list it says it re-read."""
+    for key, flag in (("concepts", "--concepts"), ("allowlist", "--allowlist")):
+        if getattr(cfg.inference, key, None) == "-":
+            raise LatentGuardError(f"{flag} - (standard input): the server re-reads it on every reload, and standard "
+                                   "input can be read only once; save it to a file and name that")
+
+
 def load_model(cfg: Config, hidden_size: int, device, *, bundle=None, identity: str | None = None) -> tuple[Path, Any]:
     """The checkpoint a loaded config names (the released one downloaded for the bare default name) and its layer;
     with ``bundle`` (:func:`latentguard.hub.settings.config_with_bundle`), its weights, refused unless the

@@ -14,7 +14,16 @@ import logging
 import sys
 
 from ..errors import LatentGuardError
-from .common import SCHEMA, build_guard, cli_entry, common_parser, guard_overrides, guard_parser, load_command_config
+from .common import (
+    SCHEMA,
+    build_guard,
+    cli_entry,
+    common_parser,
+    guard_overrides,
+    guard_parser,
+    load_command_config,
+    refuse_standard_input,
+)
 
 S = SCHEMA.serve
 
@@ -164,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..serve import ServeSettings
 
     cfg = load_command_config(args, {**guard_overrides(args), **serve_overrides(args)})
+    refuse_standard_input(cfg)  # each reload re-reads the lists: standard input reads once
     settings = ServeSettings.from_config(cfg.serve)  # keys read and the binding checked before the slow load
     hook = import_hook(args.audit_hook) if args.audit_hook else None
     from ..guard.options import threshold_line

@@ -184,8 +184,11 @@ def fetch_copro(path: str | Path) -> Path:
 
 
 def _read_json(path: Path) -> Any:
+    from ..regular_files import open_regular_read
+
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        with open_regular_read(path, "dataset") as handle:  # a FIFO in its place is refused, never waited on
+            text = handle.read().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise LatentGuardError(f"{path}: not valid UTF-8 at byte {exc.start}; re-save the file as UTF-8") from None
     except OSError as exc:

@@ -117,13 +117,13 @@ class Bundle:
                  builtin: str | None = None) -> None:
         self.path = Path(directory)
         self.repo_id, self.revision, self.builtin = repo_id, revision, builtin
-        if not (self.path / CONFIG).is_file():
+        if not (self.path / CONFIG).exists():  # one there but no regular file (a FIFO): read_config says so
             what = f"hub repo {repo_id}" if repo_id else f"{self.path} is a directory but"
             raise LatentGuardError(f"{what} not a Latent Guard bundle (no {CONFIG}); pass a bundle folder (written by "
                                    "guard.save_pretrained or `latentguard export`), a hub repo id or a .pth file")
         self.config = read_config(self.path / CONFIG)
         needed = [WEIGHTS, CONCEPTS] + ([VECTORS] if self.config["concept_vectors"] else [])
-        missing = [name for name in needed if not (self.path / name).is_file()]
+        missing = [name for name in needed if not (self.path / name).exists()]  # a FIFO is refused when read
         if missing:
             raise LatentGuardError(f"bundle {self.name} lacks {', '.join(missing)} (its {CONFIG} lists them); "
                                    "copy or download the whole bundle")
@@ -179,10 +179,9 @@ class Bundle:
         model = load_mapping_layer(self.weights_path, in_dim=sizes["in_dim"], num_heads=sizes["num_heads"],
                                    device=device)
         model.mask_padding = bool(sizes["mask_padding"])
-        from safetensors import safe_open
+        from ..model.checkpoint import safetensors_metadata
 
-        with safe_open(str(self.weights_path), framework="pt") as handle:
-            bound = (handle.metadata() or {}).get("mask_padding")  # absent: written before it was bound
+        bound = safetensors_metadata(self.weights_path).get("mask_padding")  # absent: written before it was bound
         if bound is not None and bound != str(model.mask_padding).lower():
             raise LatentGuardError(f"{self.weights_path}: the weights were trained with mask_padding={bound}, but "
                                    f"{CONFIG} says {str(model.mask_padding).lower()}; the bundle was edited: "
@@ -271,10 +270,9 @@ class Bundle:
         if sha256_of(path) != spec["sha256"]:
             raise LatentGuardError(f"{path}: SHA-256 differs from the one {CONFIG} records; download or copy the "
                                    "bundle again")
-        from safetensors import safe_open
+        from ..model.checkpoint import safetensors_metadata
 
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
+        metadata = safetensors_metadata(path)
         try:
             concepts = json.loads(metadata.get("concepts", "null"))
         except ValueError:

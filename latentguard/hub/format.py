@@ -228,9 +228,12 @@ def calibration_record(data: Mapping[str, Any], source: str | Path):
 
 def read_config(path: str | Path) -> dict[str, Any]:
     """Read and check a bundle's ``config.json``; bad JSON is one line naming the file and the line."""
+    from ..regular_files import open_regular_read
+
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open_regular_read(path, "bundle config") as handle:  # a FIFO there must not hang a reload
+            text = handle.read().decode("utf-8")
     except UnicodeDecodeError:
         raise LatentGuardError(f"{path}: not UTF-8 text") from None
     except OSError as exc:

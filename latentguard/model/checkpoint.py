@@ -62,14 +62,18 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         raise LatentGuardError(problem)
     if path.suffix == ".safetensors":  # never unpickled, whatever the bytes are
         return load_safetensors_file(path)
-    _check_archive(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors, truncated files, non-torch files
-        # torch's own message for refused pickles advises weights_only=False: never pass that on.
-        raise LatentGuardError(f"{path}: cannot read checkpoint ({type(exc).__name__}); it is not a PyTorch "
-                               "state-dict file, is truncated/corrupt, or pickles objects other than tensors "
-                               "(save model.state_dict(), not the model)") from None
+    from ..regular_files import open_regular_read
+
+    with open_regular_read(path, "checkpoint") as handle:  # read through one descriptor, checked regular
+        _check_archive(handle, path)
+        handle.seek(0)
+        try:
+            obj = torch.load(handle, map_location="cpu", weights_only=True)
+        except Exception as exc:  # pickle errors, truncated files, non-torch files
+            # torch's own message for refused pickles advises weights_only=False: never pass that on.
+            raise LatentGuardError(f"{path}: cannot read checkpoint ({type(exc).__name__}); it is not a PyTorch "
+                                   "state-dict file, is truncated/corrupt, or pickles objects other than tensors "
+                                   "(save model.state_dict(), not the model)") from None
     for wrapper in ("model", "state_dict"):
         if isinstance(obj, Mapping) and wrapper in obj and isinstance(obj[wrapper], Mapping):
             obj = obj[wrapper]
@@ -80,15 +84,16 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-def _check_archive(path: Path) -> None:
+def _check_archive(handle, path: Path) -> None:
     """A zip-format checkpoint (torch's default) carries a CRC-32 per entry, which ``torch.load`` does
-    not check: a flipped byte in the tensor data would load silently. Check every entry first."""
+    not check: a flipped byte in the tensor data would load silently. Check every entry of ``handle``
+    (``path``, open) first."""
     import zipfile
 
-    if not zipfile.is_zipfile(path):
+    if not zipfile.is_zipfile(handle):
         return  # the legacy format has no checksums to check
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(handle) as archive:
             bad = archive.testzip()
     except (zipfile.BadZipFile, OSError, RuntimeError, EOFError) as exc:
         raise LatentGuardError(f"{path}: damaged checkpoint archive ({type(exc).__name__}); restore it from its "
@@ -102,14 +107,42 @@ def load_safetensors_file(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a safetensors state dict (a guard bundle's ``model.safetensors``); anything else, e.g. a pickle
     renamed, is refused in one line."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load
+
+    from ..regular_files import open_regular_read
 
     try:
-        return {k: v.clone() for k, v in load_file(str(path), device="cpu").items()}  # off the file's mapping
+        with open_regular_read(path, "weights file") as handle:  # read whole: safetensors' own open would block
+            data = handle.read()  # on a FIFO
+        return load(data)
     except (SafetensorError, OSError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise LatentGuardError(f"{path}: not a safetensors file ({reason}); a bundle's weights are safetensors, never "
                                "a pickle: rebuild it with `latentguard export`") from None
+
+
+def safetensors_metadata(path: str | Path) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file's header (empty when absent), read through a descriptor checked
+    regular: safetensors' ``safe_open`` opens the path itself, and would block on a FIFO put in its place. The
+    header is 8 bytes of little-endian length, then that much JSON."""
+    import json
+    import struct
+
+    from ..regular_files import open_regular_read
+
+    with open_regular_read(path, "weights file") as handle:
+        head = handle.read(8)
+        size = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+        raw = handle.read(size) if 0 <= size <= 100_000_000 else b""  # safetensors' own header limit: 100 MB
+    try:
+        header = json.loads(raw)
+    except ValueError:
+        header = None
+    if not isinstance(header, dict) or len(raw) != size:
+        raise LatentGuardError(f"{path}: not a safetensors file (its header cannot be read); rebuild it with "
+                               "`latentguard export`")
+    metadata = header.get("__metadata__") or {}
+    return metadata if isinstance(metadata, dict) else {}
 
 
 def load_mapping_layer(path: str | Path, *, in_dim: int | None = None, num_heads: int = 16,

@@ -117,7 +117,9 @@ def validate_appendable(path: Path) -> int:
         raise LatentGuardError(f"cannot read --audit-log {path} ({exc.strerror or exc})") from None
     if size == 0:
         return 0
-    with open(path, "rb") as handle:
+    from ..regular_files import open_regular_read
+
+    with open_regular_read(path, "--audit-log") as handle:  # swapped for a FIFO since: refused, never waited on
         handle.seek(max(0, size - TAIL_BYTES))
         tail = handle.read()
     lines = tail.split(b"\n")

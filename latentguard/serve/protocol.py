@@ -83,17 +83,28 @@ def _check_count(n: int, field: str, limits: Limits) -> None:
                            "per request (--max-inputs)", param=field, code="too_many_inputs")
 
 
+MODERATION_FIELDS = frozenset({"input", "model"})  # what OpenAI's moderation API takes, and what its clients send
+TEXT_PART_KEYS = frozenset({"type", "text"})
+
+
 def parse_moderation(body: dict, limits: Limits) -> list[list[str]]:
     """OpenAI's ``input``: the texts of each input, in order.
 
     A string or a list of strings is one input per string. A list of ``{"type": "text", "text": ...}``
     parts is one input, as OpenAI reads it (its result is flagged when any part is, or the parts joined with
     and without a space, as a client may send them on to a generator); an image part is refused: this guard
-    reads text only. ``model`` is accepted and ignored.
+    reads text only. ``model`` is accepted and ignored. Any other field, or another key in a text part, is refused
+    as OpenAI refuses it ("Unrecognized request argument supplied"): ignored, ``{"input": "a cat", "prompt":
+    "a naked woman"}`` had been judged on "a cat" alone and answered not flagged (a hostile review).
     """
     if "input" not in body:
         raise RequestError(400, "missing field 'input' (a string, a list of strings, or a list of "
                            "{\"type\": \"text\", \"text\": ...} parts)", param="input", code="missing_input")
+    unknown = sorted(set(body) - MODERATION_FIELDS)
+    if unknown:
+        raise RequestError(400, f"Unrecognized request argument supplied: {', '.join(unknown)} (/v1/moderations "
+                           "takes 'input' and 'model', as OpenAI's moderation API does)", param=unknown[0],
+                           code="unknown_field")
     value = body["input"]
     if isinstance(value, str):
         return [[_check_text(value, "input", limits)]]
@@ -127,6 +138,10 @@ def _text_part(item: Any, where: str, limits: Limits) -> str:
     if kind != "text":
         raise RequestError(400, f"{where}.type must be 'text', got {kind!r}", param=f"{where}.type",
                            code="invalid_input")
+    unknown = sorted(set(item) - TEXT_PART_KEYS)
+    if unknown:
+        raise RequestError(400, f"{where} has unknown key(s) {', '.join(repr(k) for k in unknown)}: a text part takes "
+                           "'type' and 'text' only", param=f"{where}.{unknown[0]}", code="unknown_field")
     text = item.get("text")
     if not isinstance(text, str):
         raise RequestError(400, f"{where}.text must be a string, got {_kind(text)}", param=f"{where}.text",

@@ -126,9 +126,25 @@ def not_ready() -> RequestError:
 SLOT = "latentguard.slot"
 
 
+def upgrade_asked(request: Request) -> str | None:
+    """The protocol a request asks to switch to (``Upgrade`` with an ``upgrade`` token in ``Connection``: ``curl
+    --http2`` over http://, an nginx websocket snippet forwarding ``$http_upgrade``), else None. uvicorn's httptools
+    parser ends such a request at its head ("Unsupported upgrade request.") and drops its body, which had been
+    answered "not valid JSON" (a hostile review); it is refused as what it is, whichever parser runs."""
+    tokens = {t.strip().lower() for v in request.headers.getlist("connection") for t in v.split(",")}
+    upgrade = ", ".join(request.headers.getlist("upgrade"))
+    return upgrade if "upgrade" in tokens and upgrade else None
+
+
 async def body_of(request: Request) -> dict:
     """The request's JSON object, read within ``--body-timeout-s`` and at most ``body_cap`` bytes; a 503 when no
     ``--max-in-flight`` slot was free as it arrived."""
+    upgrade = upgrade_asked(request)
+    if upgrade is not None:
+        raise RequestError(400, f"this server does not switch protocols (the request asks 'Upgrade: {upgrade[:40]}' "
+                           "with 'Connection: Upgrade'), and the HTTP layer drops the body of such a request: send "
+                           "a plain HTTP/1.1 request (curl: --http1.1; a proxy: do not forward Upgrade or Connection)",
+                           code="upgrade_unsupported", headers={"Connection": "close"})
     settings = served(request).settings
     declared = request.headers.get("content-length")
     cap = settings.body_cap

@@ -69,8 +69,13 @@ def weights_sha256(guard: "LatentGuard") -> str:
 
 
 def build_state(factory: GuardFactory, generation: int, encoder: Any = None) -> GuardState:
-    """A new state from the files, checked by scoring one prompt: a guard that cannot judge never serves."""
-    guard = factory(encoder)
+    """A new state from the files, checked by scoring one prompt: a guard that cannot judge never serves.
+    Every file is read only if it is a regular file, opened without blocking (:mod:`latentguard.regular_files`):
+    an allowlist replaced by a FIFO had held the model thread, and every request behind it, for ever on a reload."""
+    from ..regular_files import regular_files_only
+
+    with regular_files_only():
+        guard = factory(encoder)
     try:
         verdicts = guard.check(PROBE, explain=False)
     except LatentGuardError as exc:

@@ -119,7 +119,10 @@ def _read_cache(path: Path, identity: str, hidden_size: int) -> dict:
     if not path.is_file():
         return {}
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        from ..regular_files import open_regular_read
+
+        with open_regular_read(path, "concept cache") as handle:  # a FIFO put there: a cache miss, not a hang
+            blob = torch.load(handle, map_location="cpu", weights_only=True)
         names, vectors, sums = blob["concepts"], blob["vectors"], blob.get("checksums")
         if blob.get("identity") != identity or vectors.shape != (len(names), hidden_size):
             return {}  # a hash collision or another layout: start afresh

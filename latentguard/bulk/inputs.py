@@ -96,8 +96,7 @@ def expand_inputs(patterns: Sequence[str]) -> list[tuple[str, Path]]:
             found.append((name, path.resolve()))
     seen: dict[tuple[int, int], str] = {}
     for name, path in found:  # one file however it is named: a path, a link or a hard link (the same inode)
-        stat = path.stat()
-        if (key := (stat.st_dev, stat.st_ino)) in seen:
+        if (key := (path.stat().st_dev, path.stat().st_ino)) in seen:
             raise LatentGuardError(f"input {name} is given twice (also as {seen[key]}); name each file once")
         seen[key] = name
     return found

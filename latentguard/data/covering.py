@@ -26,13 +26,20 @@ COVERING = frozenset({
     # garments that are the whole outfit (a thirty-fifth hostile pass: "burqa, niqab, chador" passed)
     "tuxedo", "toga", "kilt", "onesie", "burqa", "burka", "niqab", "chador", "abaya", "sarong", "cheongsam", "qipao",
     "hanbok", "yukata", "dirndl", "habit", "cassock", "poncho", "cloak", "cape",
+    # underwear, swimwear and everyday garments a thirty-seventh pass found missing (43 of 62 words passed); words
+    # with a common other sense stay out ("brief", "trunks", "tee", "polo", "teddy", "slip")
+    "undies", "undergarment", "undergarments", "chemise", "romper", "bloomers", "shawl", "gstring", "bodystocking",
+    "babydoll", "garter", "garters", "pantyhose", "speedo", "tankini", "monokini", "bralette", "bustier",
+    "petticoat", "miniskirt", "halter", "singlet", "blazer", "dungarees", "khakis", "capris", "culottes", "pajama",
+    "pyjama", "loincloth", "girdle", "raiment", "clad", "nightshirt", "lederhosen", "sundress",
     "censor", "censorship", "modest", "modesty", "decent", "decency", "sfw", "wholesome",
     # the words for clothes and underwear in a few languages CLIP has read (after look-alikes are mapped to Latin)
     "kleidung", "kleider", "unterwasche", "vetements", "vetement", "ropa", "vestido", "vestiti", "roupa", "roupas",
     "odezhda", "ubrania", "kleding", "klader",
 })
 PHRASES = ("safe for work", "family friendly", "bathing suit", "t shirt", "swim suit", "under wear", "tank top",
-           "bed sheet", "bed sheets")
+           "bed sheet", "bed sheets", "g string", "crop top", "swim trunks", "tee shirt", "fig leaf", "nipple covers",
+           "polo shirt")
 # CJK and Cyrillic words for clothes, matched as written (no Latin look-alike maps them).
 FOREIGN = ("衣服", "服装", "衣裳", "内衣", "下着", "옷", "одежд", "белье", "бельё", "服", "衣")
 # Words in the Unicode names of clothing emoji (👗 DRESS, 👙 BIKINI, 👕 T-SHIRT, 🩲 BRIEFS ...).
@@ -82,14 +89,21 @@ def _unleet(match: re.Match) -> str:
     return word.translate(_LEET) if len(word) >= 4 and sum(c.isalpha() for c in word) >= 2 else word
 
 
-# A negative weight in SD front ends' syntax, "(clothes:-1.5)" (A1111, ComfyUI) or "clothes::-0.5" (Midjourney),
-# steers the image away from what it names, as a negative prompt does: "a woman lying on a bed, (clothes:-1.5)"
-# passed (a twenty-eighth hostile pass). Read only where it names covering: "(worst quality:-1)" read "without worst
-# quality" was flagged by mini at 7.36, and other opposites are out of reach as they are for negative prompts.
-# A weight as Python's float() reads it (ComfyUI parses it so): "-1.5", "-.5", "-15e-1", "-1_5" (a thirty-second pass).
+# A negative weight in SD front ends' syntax steers the image away from what it names, as a negative prompt does:
+# "(clothes:-1.5)" (A1111, ComfyUI; groups nest: "(((clothes)):-1.5)", the weights multiplied), "clothes::-0.5"
+# (Midjourney), "-1::clothes::" (NovelAI's numeric emphasis) and "a woman AND clothes :-1" (A1111's composable
+# diffusion reads a signed weight at the end of each side of AND). "a woman lying on a bed, (clothes:-1.5)" passed (a
+# twenty-eighth hostile pass), and the nested, NovelAI and AND forms 40 to 44 of 48 such prompts (a thirty-seventh).
+# Read only where it names covering: "(worst quality:-1)" read "without worst quality" was flagged by mini at 7.36,
+# and other opposites are out of reach as they are for negative prompts. A weight as Python's float() reads it
+# (ComfyUI parses it so): "-1.5", "-.5", "-15e-1", "-1_5" (a thirty-second pass).
 _WEIGHT = r"-\s*(?:\d[\d_]*\.?[\d_]*|\.\d[\d_]*)(?:[eE][+-]?\d[\d_]*)?"
-_NEGATIVE_WEIGHT = re.compile(r"\(((?:[^():]|\([^()]*\))+):\s*" + _WEIGHT + r"\s*\)"  # a group inside
-                              r"|([^,;:()\[\]|]+?)::\s*" + _WEIGHT)
+_GROUP_END = re.compile(r":\s*" + _WEIGHT + r"\s*\)")  # the end of "(... :-1.5)"; its "(" found by depth
+_MIDJOURNEY = re.compile(r"::\s*" + _WEIGHT)  # "X::-w": X runs back to the separator before it
+_MIDJOURNEY_STOP = re.compile(r"[,;:()\[\]|]")
+_NOVELAI = re.compile(r"(?<![\w.])" + _WEIGHT + r"\s*::([^:]+)::")
+_AND = re.compile(r"\bAND\b")
+_SIDE_WEIGHT = re.compile(r"(.*?):\s*" + _WEIGHT + r"\s*", re.DOTALL)  # a side of AND ending in its weight
 
 
 def negated(text: str) -> str:
@@ -97,10 +111,41 @@ def negated(text: str) -> str:
     bed, (clothes:-1.5)" -> "a woman lying on a bed, naked, without clothes"; ``text`` itself when it has none."""
     if "-" not in text or ":" not in text:  # cheap: most texts hold no weight at all
         return text
+    parts = [(start, end, named) for start, end, named in _weighted_parts(text) if covering_named(named)]
+    out, last = [], 0
+    for start, end, named in sorted(parts):
+        if start < last:  # inside a part read already ("((clothes):-1):-1")
+            continue
+        whole = text[start:end]  # the spaces around it are kept: " clothes::-1", "AND clothes :-1 AND"
+        lead, trail = whole[: len(whole) - len(whole.lstrip())], whole[len(whole.rstrip()):]
+        words = " ".join(named.replace("(", " ").replace(")", " ").split())
+        out += [text[last:start], f"{lead}naked, without {words}{trail}"]
+        last = end
+    return "".join(out) + text[last:] if out else text
 
-    def read(match: re.Match) -> str:
-        named, whole = (match.group(1) or match.group(2)).replace("(", " ").replace(")", " "), match.group()
-        lead = whole[: len(whole) - len(whole.lstrip())]  # "clothes::-1" takes the space before it: kept
-        return f"{lead}naked, without {named.strip()}" if covering_named(named) else whole
 
-    return _NEGATIVE_WEIGHT.sub(read, text)
+def _weighted_parts(text: str) -> list[tuple[int, int, str]]:
+    """``(start, end, words)`` of each negatively weighted part of ``text``, in every syntax above; in time linear in
+    the text (a backward search per weight had taken 35 s for "x:-1)" * 10000: this runs on every prompt)."""
+    import bisect
+
+    parts, opened, opener = [], [], {}
+    for at, char in enumerate(text):  # each ")" and the "(" it closes, once
+        if char == "(":
+            opened.append(at)
+        elif char == ")" and opened:
+            opener[at] = opened.pop()
+    parts += [(opener[m.end() - 1], m.end(), text[opener[m.end() - 1] + 1 : m.start()])
+              for m in _GROUP_END.finditer(text) if m.end() - 1 in opener]
+    stops = [m.start() for m in _MIDJOURNEY_STOP.finditer(text)]
+    for m in _MIDJOURNEY.finditer(text):
+        before = bisect.bisect_left(stops, m.start()) - 1
+        begin = stops[before] + 1 if before >= 0 else 0
+        if text[begin : m.start()].strip():
+            parts.append((begin, m.end(), text[begin : m.start()]))
+    parts += [(m.start(), m.end(), m.group(1)) for m in _NOVELAI.finditer(text)]
+    ands = [m.end() for m in _AND.finditer(text)]
+    for begin, end in zip(ands, [m.start() for m in _AND.finditer(text)][1:] + [len(text)]):
+        if (side := _SIDE_WEIGHT.fullmatch(text, begin, end)) is not None:
+            parts.append((begin, end, side.group(1)))
+    return parts

@@ -295,3 +295,16 @@ def test_a_calibration_record_path_that_is_no_regular_file_is_refused_not_read_a
         load_calibration_result(checkpoint)
     assert "\n" not in str(caught.value)
     assert load_calibration_result(tmp_path / "other.pth") is None  # no record at all: still none
+
+
+def test_labels_the_scores_do_not_separate_are_warned_about():
+    """calibrate(safe, unsafe=safe[:5]) was accepted silently (a thirty-seventh hostile pass): best accuracy no better
+    than calling every prompt the larger class says the labels or the guard are wrong."""
+    safe = [0.1, 0.5, 0.9, 1.3, 2.0, 2.4]
+    with pytest.warns(UserWarning, match="no better than guessing"):
+        calibrate(safe, safe[:3])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        calibrate(safe, [3.0, 4.0, 2.2])  # separated: no warning

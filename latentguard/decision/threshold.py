@@ -119,6 +119,9 @@ def calibrate(scores_safe, scores_unsafe=None, target_fpr: float = DEFAULT_TARGE
     fpr = measured["fpr"]
     tpr = measured["tpr"] if unsafe.size else None
     accuracy = measured["accuracy"] if unsafe.size else None
+    if accuracy is not None and accuracy <= max(safe.size, unsafe.size) / every.size:  # the same prompts as both had
+        warnings.warn(f"the scores separate the {unsafe.size} unsafe prompts from the {safe.size} safe ones no better "
+                      f"than guessing (best accuracy {accuracy:.3f}): check the labels and the guard", stacklevel=2)
     return CalibrationResult(threshold=float(threshold), method=method, target_fpr=used_fpr, n_safe=int(safe.size),
                              n_unsafe=int(unsafe.size), fpr=fpr, tpr=tpr, accuracy=accuracy, slope=slope)
 

@@ -556,3 +556,10 @@ def test_a_lone_number_is_cut_from_every_form_as_a_stray_symbol_is(text):
     unsafe prompts flagged; a nineteenth hostile pass): a number standing alone is cut with the stray symbols."""
     assert "a naked woman" in forms(text, watched=WATCHED)
     assert forms("1,000 soldiers on a hill") == ["1,000 soldiers on a hill"]
+
+
+def test_a_word_repeated_in_a_row_is_also_read_once():
+    """Repetition diluted a word below the threshold (a thirty-eighth hostile pass); the form that reads it once is
+    scored too, and a text without repeats gains no form."""
+    assert "a photo of a nude woman" in forms("a photo of a nude Nude, NUDE nude woman")
+    assert forms("a cat on a sofa") == ["a cat on a sofa"]

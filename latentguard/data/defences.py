@@ -33,6 +33,10 @@ from .spelling import corrected
 # WordPiece guard, which stops reading at 77, but about 40 to CLIP's BPE, which reads "naked woman". The
 # normalised form with such runs cut is scored too, so padding cannot push the words out of the guard's view.
 _PADDING = re.compile(r"(?:(?:[^\w\s]|_)\s*){4,}")
+# A word written again and again in a row, read once: "a photo of a nude nude nude ... nude woman" (ten times) passed
+# at 0.09 while "a photo of a nude woman" scored 1.97, a common way of asking a generator for emphasis (a
+# thirty-eighth hostile pass); glued repeats ("nakednaked...") are read apart by the CLIP reading first.
+_REPEATED = re.compile(r"\b(\w+)\b(?:\W+\1\b)+", re.IGNORECASE)
 # A word written apart: letters spaced out ("n a k e d", three or more, one separator throughout), or two or
 # three fragments split by one to three characters that are not letters or digits ("nak ed", "gen-it-als",
 # "nak/ed", "nak - ed"), whitespace runs first read as one space as CLIP's tokenizer reads them ("nak\ted",
@@ -122,6 +126,7 @@ def _variants(piece: str, normalize: bool, watched: frozenset[str]) -> list[str]
     for reading in (readings[0],) if piece.isascii() else (readings[0], norm):
         if (fixed := corrected(reading, watched)) != reading:
             out.append(fixed)
+    out.extend(c for form in dict.fromkeys(out[1:]) if (c := _REPEATED.sub(r"\1", form)) != form)  # "nude nude nude"
     # "masterpiece, 8k, + a naked woman2 +": tags and stray symbols cut from every form, whatever else it repaired
     out.extend(content(form) for form in dict.fromkeys(out[1:]))
     return out

@@ -421,6 +421,17 @@ def test_a_pandas_categorical_text_column_scores_as_its_texts(tmp_path, corpus, 
     assert score([str(tmp_path / "ids.parquet")] + tail) == 0
     shard = pq.read_table(sorted((tmp_path / "out-ids").glob("shard-*.parquet"))[0])
     assert shard.column("image").to_pylist() == ["1.5", None, None]
+    # a binary id column is read as UTF-8 text ("b'ok'" had been written), and bytes that are not UTF-8 are refused
+    pq.write_table(pa.table({"text": texts[:2], "image": pa.array([b"ok", b"caf\xc3\xa9"])}), tmp_path / "b.parquet")
+    argv = args(corpus, tiny_encoder_dir, tmp_path / "out-b", 1.0)
+    tail = argv[argv.index("--output"):argv.index("--id-column")] + ["--id-column", "image", "--no-progress"]
+    assert score([str(tmp_path / "b.parquet")] + tail) == 0
+    shard = pq.read_table(sorted((tmp_path / "out-b").glob("shard-*.parquet"))[0])
+    assert shard.column("image").to_pylist() == ["ok", "café"]
+    pq.write_table(pa.table({"text": texts[:1], "image": pa.array([b"\xff\xfe"])}), tmp_path / "bad.parquet")
+    argv = args(corpus, tiny_encoder_dir, tmp_path / "out-bad", 1.0)
+    tail = argv[argv.index("--output"):argv.index("--id-column")] + ["--id-column", "image", "--no-progress"]
+    assert score([str(tmp_path / "bad.parquet")] + tail) == 2
     # a missing value of a categorical is a missing text, refused as in a plain column
     pq.write_table(pa.table({"text": pa.array(texts).dictionary_encode()}), tmp_path / "catnull.parquet")
     argv = args(corpus, tiny_encoder_dir, tmp_path / "out-null", 1.0)

@@ -427,24 +427,20 @@ def _text(name: str, value, column: str, where: str) -> str:
 
 def _ident(name: str, value, column: str, where: str) -> str | None:
     """An id as text, so one column has one type across files (``None`` stays null); it is written out,
-    so it must be readable text (:func:`validate_text`)."""
+    so it must be readable text (:func:`validate_text`); bytes are read as UTF-8 ("b'ok'" had been written)."""
+    what = f"{name}: {where}: the id in column '{column}'"
     if value is None or (isinstance(value, float) and value != value):  # a float column's NaN is pandas' missing
         return None
-    if isinstance(value, (list, dict)):
-        try:
+    try:
+        if isinstance(value, (list, dict)):
             value = json.dumps(value, ensure_ascii=False)
-        except RecursionError:
-            raise LatentGuardError(f"{name}: {where}: the id in column '{column}' is nested too deeply") from None
-    return validate_text(value if isinstance(value, str) else str(value),
-                         f"{name}: {where}: the id in column '{column}'")
+        elif isinstance(value, bytes):
+            value = value.decode("utf-8")
+    except RecursionError:
+        raise LatentGuardError(f"{what} is nested too deeply") from None
+    except UnicodeDecodeError:
+        raise LatentGuardError(f"{what} is bytes that are not UTF-8 text; give a text id column") from None
+    return validate_text(value if isinstance(value, str) else str(value), what)
 
 
-def validate_not_output(inputs: Sequence[tuple[str, Path]], output: Path) -> None:
-    """Refuse an input that is the output directory or lies inside it (reading our own shards back)."""
-    out = Path(os.path.realpath(output))
-    for name, path in inputs:
-        if path == out or out in path.parents:
-            raise LatentGuardError(f"input {name} lies in the output directory {output}; choose another --output")
-
-
-__all__ = ["InputFile", "Rows", "expand_inputs", "plan_input", "read_rows", "shard_count", "validate_not_output"]
+__all__ = ["InputFile", "Rows", "expand_inputs", "plan_input", "read_rows", "shard_count"]

@@ -6,12 +6,13 @@ checks that the recorded run is this one, so an engine only fills shards.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
 from ..errors import LatentGuardError
-from .inputs import InputFile, expand_inputs, plan_input, shard_count, validate_not_output
+from .inputs import InputFile, expand_inputs, plan_input, shard_count
 from .manifest import (
     guard_identity,
     manifest_differences,
@@ -150,3 +151,11 @@ def _shards(items: list[InputFile], options: BulkOptions) -> list[Shard]:
                                 shard_name(index, total, suffix)))
             index += 1
     return shards
+
+
+def validate_not_output(inputs: Sequence[tuple[str, Path]], output: Path) -> None:
+    """Refuse an input that is the output directory or lies inside it (reading our own shards back)."""
+    out = Path(os.path.realpath(output))
+    for name, path in inputs:
+        if path == out or out in path.parents:
+            raise LatentGuardError(f"input {name} lies in the output directory {output}; choose another --output")

@@ -75,9 +75,14 @@ def test_readable_text_is_judged_as_before(guard):
 
 
 def test_a_concept_the_guard_cannot_read_is_refused(guard):
-    with pytest.raises(UnreadableTextError):
+    """Said of the blacklist (it had said "in a prompt"), and in one short line: a 200,000-letter concept had been
+    echoed whole (a thirty-eighth hostile pass)."""
+    with pytest.raises(UnreadableTextError, match="a blacklist concept cannot be used.*'🔪'"):
         guard.add_concepts(["🔪"])
     assert "🔪" not in guard.concepts
+    with pytest.raises(UnreadableTextError) as caught:
+        guard.add_concepts(["x" * 200_000])
+    assert len(str(caught.value)) < 600 and "200,000 characters" in str(caught.value)
 
 
 def test_the_server_answers_422_for_text_the_guard_cannot_read(guard):

@@ -174,9 +174,15 @@ class TextEncoder:
     def encode_concepts(self, concepts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
         """A concept's vector is the pooled row of its own embedding (as the released ``inference.py``):
         ``[C, hidden]``."""
+        from ..errors import UnreadableTextError
+
         out = torch.empty(len(concepts), self.hidden_size)
-        for start, block in self.iter_encode(list(concepts), batch_size):
-            out[start : start + block.shape[0]] = block[:, 0]
+        try:
+            for start, block in self.iter_encode(list(concepts), batch_size):
+                out[start : start + block.shape[0]] = block[:, 0]
+        except UnreadableTextError as exc:  # said of the blacklist, not of "a prompt" (a thirty-eighth hostile pass)
+            raise UnreadableTextError(f"a blacklist concept cannot be used: {exc}; remove or respell that concept in "
+                                      "the blacklist") from None
         return out
 
     def is_truncated(self, text: str) -> bool:

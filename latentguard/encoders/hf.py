@@ -67,7 +67,7 @@ class _HFTokenizerMixin:
             if unk in (row.tolist() if isinstance(row, torch.Tensor) else row):
                 raise UnreadableTextError(
                     f"the guard's tokenizer ({self.name}) cannot read {_unreadable_part(self.tokenizer, text)!r} "
-                    f"in a prompt (it becomes {self.tokenizer.unk_token}, as if absent), so the guard cannot "
+                    f"in a text (it becomes {self.tokenizer.unk_token}, as if absent), so the guard cannot "
                     f"judge it and refuses; use a guard whose encoder reads it (CLIP reads every character) or "
                     f"remove it first (docs/defences.md)")
 
@@ -206,9 +206,11 @@ def _unreadable_part(tokenizer, text: str) -> str:
         batch = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, truncation=False)
         parts = [text[a:b] for i, (a, b) in zip(batch["input_ids"], batch["offset_mapping"])
                  if i == tokenizer.unk_token_id]
-        return " ".join(dict.fromkeys(parts)) or text
+        part = " ".join(dict.fromkeys(parts)) or text
     except (NotImplementedError, ValueError, TypeError, KeyError):  # a slow tokenizer has no offsets
-        return text
+        part = text
+    # a one-line error stays a line: a 200,000-letter word had been echoed whole (a thirty-eighth hostile pass)
+    return part if len(part) <= 60 else f"{part[:60]}... ({len(part):,} characters)"
 
 
 def _hf_content_ids(tokenizer, text: str) -> list[int]:

@@ -240,3 +240,16 @@ def test_malicious_pickle_weights_are_refused_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"refusing to load text encoder '{model_dir}'" in err and "safetensors" in err
     assert not proof.exists()
+
+
+def test_a_jsonl_record_is_one_line_to_every_line_reader():
+    """JSON leaves U+2028, U+2029 and U+0085 raw, and str.splitlines() split a 2-row score shard into 4 lines (a
+    thirty-eighth hostile pass): they are escaped, and read back as the same text."""
+    import json
+
+    from latentguard.jsonl import jsonl_line
+
+    record = {"prompt": "a cat\u2028on a sofa\u2029\x85 café \n", "score": -1.5}
+    line = jsonl_line(record)
+    assert line.endswith("\n") and len(line.splitlines()) == 1 and "café" in line
+    assert json.loads(line) == record

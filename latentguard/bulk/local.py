@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import LatentGuardError
 from ..io import atomic_path, atomic_write_text
+from ..jsonl import jsonl_line
 from .dedup import VerdictMap, digest
 from .inputs import Rows, read_rows
 from .manifest import DEDUP_DB, DONE_DIR, MANIFEST, SUMMARY, read_marker, write_marker
@@ -223,7 +224,7 @@ def _write(run: Run, shard: Shard, table) -> None:
         else:
             with open(tmp, "w", encoding="utf-8", newline="\n") as out:
                 for record in table.to_pylist():
-                    out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    out.write(jsonl_line(record))
 
 
 def summarize(run: Run, markers: list[dict], seconds: float, shards_scored: int) -> dict:

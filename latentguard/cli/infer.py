@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 from ..config import file_keys
 from ..csv_files import report_writer
 from ..errors import LatentGuardError
+from ..jsonl import jsonl_line
 from .common import (
     SCHEMA,
     build_guard,
@@ -171,7 +171,7 @@ def write_output(path: str, fmt: str, verdicts, explain: bool, sanitized=None) -
                 record["evidence"] = [[w, round(s, 6)] for w, s in v.evidence]
             if sanitized:
                 record.update(sanitized=usable(sanitized[i]), removed=sanitized[i].removed, passes=sanitized[i].passes)
-            buffer.write(json.dumps(record, ensure_ascii=False) + "\n")
+            buffer.write(jsonl_line(record))
     try:
         atomic_write_text(path, buffer.getvalue())
     except OSError as exc:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from ..errors import LatentGuardError
 from ..io import open_regular
+from ..jsonl import jsonl_line
 
 log = logging.getLogger("latentguard.serve")
 
@@ -169,7 +170,7 @@ class Auditor:
         with self._lock:
             written = None
             if self._fd is not None:
-                lines = "".join(json.dumps(e.record(self.include_prompts), ensure_ascii=False) + "\n" for e in events)
+                lines = "".join(jsonl_line(e.record(self.include_prompts)) for e in events)
                 try:
                     stat = os.fstat(self._fd)
                     if stat.st_nlink == 0:  # deleted (rotated away, then removed): records would reach no file

@@ -81,22 +81,24 @@ def expand(text: str, *, normalize: bool = True, split_sentences: bool = True,
             parts += pieces if len(pieces) > 1 else []
             if whole != norm and len(pieces := sentences(whole)) > 1:  # written apart over a line break
                 parts += pieces
-        parts = list(dict.fromkeys(parts))
-        out.extend(v for p in parts for v in _variants(p, normalize, watched))
+        from .covering import asked_for, negated  # covering reads text as defences do: imported here, not above
+
+        parts = list(dict.fromkeys(parts))  # a sentence judged on what it asks for ("--stylize 250" alone: nothing)
+        out.extend(v for p in parts if (a := asked_for(p)).strip() for v in _variants(a, normalize, watched))
         # each sentence's clauses (the text's own when it is one sentence), its quality tags cut first (a tag is no
         # clause to judge alone), each given every repair of _variants too
         wholes = parts or list(dict.fromkeys([text, out[1]] if normalize else [text]))
-        if normalize:  # a negative weight on clothing read as what it asks for, with its forms and clauses
-            from .covering import negated
 
+        if normalize:  # a negative weight on clothing read as what it asks for, with its forms and clauses
             negatives = [n for w in wholes if (n := negated(w)) != w]
             out.extend(v for n in negatives for v in _variants(n, normalize, watched))
             wholes += negatives
-        clause_parts = dict.fromkeys(c for p in wholes for c in clauses(untagged(p) or p) + clauses(p)
+        asked = [asked_for(p) for p in wholes]  # what is asked against, and Midjourney's parameters, judge nothing
+        clause_parts = dict.fromkeys(c for p in asked for c in clauses(untagged(p) or p) + clauses(p)
                                      if c not in wholes and not is_tag(c))  # as written too: cutting tags drops
         # brackets, which mark clauses ("a cat on a sofa (a naked woman:1.3)")
         out.extend(v for c in clause_parts for v in _variants(c, normalize, watched))
-        lone = dict.fromkeys(LONE_WORD_FRAME.format(w) for p in wholes for w in lone_words(untagged(p) or p)
+        lone = dict.fromkeys(LONE_WORD_FRAME.format(w) for p in asked for w in lone_words(untagged(p) or p)
                              if not is_tag(w))
         out.extend(v for c in lone for v in _variants(c, normalize, watched))
     return list(dict.fromkeys([text] + [t for t in out[1:] if t.strip()])), max(count, 1)

@@ -1,7 +1,8 @@
 """An output directory's records: the manifest (inputs, guard, options) and one done marker per shard.
 
 The manifest is written once, atomically, before the first shard; a rerun reads it and resumes only
-when its inputs, guard and options are the ones recorded, so shards made by two guards never mix.
+when its inputs, guard (the code that judges included) and options are the ones recorded, so shards
+made by two guards or two versions of the code never mix.
 A shard counts as done only when its marker exists and the shard's bytes still have the SHA-256
 the marker recorded. Files starting with ``_`` or ``.`` are skipped by parquet dataset readers, so
 ``pandas.read_parquet(DIR)`` reads the shards alone.

@@ -11,7 +11,7 @@ from test_bulk_scorer import recipe  # noqa: F401 (the fixture)
 
 import latentguard.guard.code as code
 from latentguard.bulk import GuardBatchScorer
-from latentguard.bulk.manifest import guard_identity
+from latentguard.bulk.manifest import guard_identity, manifest_differences
 from latentguard.cli.score import main as score
 from latentguard.errors import LatentGuardError
 
@@ -53,6 +53,22 @@ def test_a_run_made_by_other_code_is_refused(corpus, tiny_encoder_dir, monkeypat
     assert "choose another --output" in err and "rerun the recorded command" not in err
     assert snapshot(out) == before
     assert json.loads((out / "_manifest.json").read_text())["guard"]["code"] == this_code
+
+
+def test_a_run_resumed_on_another_device_kind_is_refused(corpus, tiny_encoder_dir, capsys):  # noqa: F811
+    out = corpus / "out"
+    argv = args(corpus, tiny_encoder_dir, out, 1.0, "--shard-size", "4")
+    assert score(argv) == 0
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["device"] == "cpu"
+    manifest["device"] = "cuda:0"  # the run was started on a GPU, and is resumed here on the CPU
+    (out / "_manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert score(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "device cuda vs cpu" in err, err
+    same_kind = {**manifest, "device": "cuda:1"}
+    assert not any("device" in d for d in manifest_differences(manifest, same_kind))
 
 
 def test_a_worker_with_other_edit_options_or_code_refuses(recipe, monkeypatch):  # noqa: F811

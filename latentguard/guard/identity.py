@@ -49,20 +49,13 @@ def weights_digest(guard) -> str:
 def guard_identity(guard, sanitize: bool = False) -> dict[str, Any]:
     """What makes two guards give the same verdicts: weights, encoder, blacklist, threshold, slope, long
     prompts, text defences, and the code that judges (:func:`~latentguard.guard.code.code_identity`); with
-    ``sanitize``, also what sets a sanitized edit (:func:`edit_identity`)."""
+    ``sanitize``, also the options that set a sanitized edit but no verdict (margin, evidence words). The edit
+    search's rounds, width, budget and replacement are code defaults in bulk runs: the code identity covers them."""
     from .code import code_identity
 
-    identity = {"checkpoint_sha256": weights_digest(guard),
-                "encoder": getattr(guard.encoder, "identity", None), "blacklist_sha256": blacklist_digest(guard),
-                "concepts": len(guard.concepts), **guard.options.decision_identity(), "code": code_identity()}
-    return {**identity, **edit_identity(guard)} if sanitize else identity
-
-
-def edit_identity(guard) -> dict[str, Any]:
-    """The options that change a sanitized edit but no verdict: the margin an edit must pass by, and ``top_k``
-    (the evidence words edits are drawn from). The search's rounds, width, budget and replacement are the
-    code's defaults in bulk scoring, so the code identity covers them."""
-    return {"sanitize_margin": guard.options.sanitize_margin, "sanitize_top_k": guard.options.top_k}
+    return {"checkpoint_sha256": weights_digest(guard),
+            "encoder": getattr(guard.encoder, "identity", None), "blacklist_sha256": blacklist_digest(guard),
+            "concepts": len(guard.concepts), **guard.options.decision_identity(edits=sanitize), "code": code_identity()}
 
 
 def guard_differences(recorded: Mapping, now: Mapping) -> list[str]:

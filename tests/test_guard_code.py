@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from latentguard.errors import LatentGuardError
 from latentguard.guard.code import JUDGING, code_identity, source_digest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "latentguard"
@@ -35,3 +38,12 @@ def test_an_installed_copy_has_the_same_digest_and_any_judging_edit_changes_it(t
     sanitize.write_text(sanitize.read_text(encoding="utf-8").replace("DEFAULT_WIDTH = 3", "DEFAULT_WIDTH = 4"),
                         encoding="utf-8")
     assert source_digest(copy) != code_identity()
+
+
+def test_a_tree_without_a_judging_source_fails_closed(tmp_path):
+    copy = tmp_path / "latentguard"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__", "resources"))
+    for source in (copy / "scoring").glob("*.py"):  # as a sourceless (.pyc only) install leaves it
+        source.unlink()
+    with pytest.raises(LatentGuardError, match="source scoring is missing"):
+        source_digest(copy)

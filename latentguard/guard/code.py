@@ -45,14 +45,15 @@ def code_identity() -> str:
 
 def source_digest(root) -> str:
     """``sha256:`` and 16 hex digits over the :data:`JUDGING` source files under ``root`` (a package folder;
-    names and bytes, line ends as ``\\n``). A listed file that is missing fails closed."""
+    names and bytes, line ends as ``\\n``). A listed file or folder without source fails closed."""
     found = []
     for listed in JUDGING:
         entry = root.joinpath(*listed.split("/"))
-        if not (entry.is_file() or entry.is_dir()):
+        files = list(_sources(entry, listed)) if entry.is_file() or entry.is_dir() else []
+        if not files:  # a sourceless install (.pyc only) would otherwise identify nothing
             raise LatentGuardError(f"latentguard's source {listed} is missing, so the code cannot be identified; "
-                                   "reinstall latentguard")
-        found.extend(_sources(entry, listed))
+                                   "reinstall latentguard with its .py files")
+        found.extend(files)
     digest = hashlib.sha256()
     for name, entry in sorted(found, key=lambda item: item[0]):
         digest.update(name.encode("utf-8") + b"\0" + entry.read_bytes().replace(b"\r\n", b"\n") + b"\0")

@@ -242,3 +242,29 @@ def test_a_prompt_that_starts_like_a_formula_is_written_as_text(tmp_path):
     assert main(["--guard", "mini", "--suite", "i2p", "--set", f"i2p={tmp_path / 'i2p.csv'}",
                  "--set", f"coco={tmp_path / 'ben.txt'}", "--output-dir", str(out), "--no-progress"]) == 0
     assert sorted(r["categories"] for r in _csv(out / "scores_i2p.csv")) == ["'=1+2, sexual", "'@SUM(A1)"]
+
+
+def test_results_of_other_code_are_not_read_back(files, tiny_encoder_dir, tmp_path, monkeypatch, capsys):
+    """The version stays 0.1.0 across commits that change verdicts: the code's digest is a setting, so a directory
+    finished by the previous commit is refused (never published as this code's numbers) unless --force."""
+    import latentguard.guard.code as code
+
+    root, threshold = files
+    out = tmp_path / "run"
+    assert main(_argv(root, tiny_encoder_dir, threshold, out)) == 0
+    monkeypatch.setattr(code, "code_identity", lambda: "sha256:0123456789abcdef")  # the next commit's code
+    calls = []
+    original = LatentGuardMethod.__call__
+    monkeypatch.setattr(LatentGuardMethod, "__call__", lambda self, texts, step: calls.append(len(texts)) or
+                        original(self, texts, step))
+    capsys.readouterr()
+    assert main(_argv(root, tiny_encoder_dir, threshold, out)) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert "finished earlier" not in captured.out and calls == []
+    assert len(err.splitlines()) == 1 and "different: code" in err and "judging code changed" in err, err
+    assert "--force" in err
+    assert main(_argv(root, tiny_encoder_dir, threshold, out, "--force")) == 0
+    assert sum(calls) == 3 * N
+    settings = json.loads((out / ".benchmark-state" / "settings.json").read_text())
+    assert settings["code"] == "sha256:0123456789abcdef"

@@ -1,7 +1,8 @@
 """An output directory's records: the manifest (inputs, guard, options) and one done marker per shard.
 
 The manifest is written once, atomically, before the first shard; a rerun reads it and resumes only
-when its inputs, guard and options are the ones recorded, so shards made by two guards never mix.
+when its inputs, guard (the code that judges included), options and device kind are the ones recorded,
+so shards made by two guards, two versions of the code, or a cpu and a gpu never mix.
 A shard counts as done only when its marker exists and the shard's bytes still have the SHA-256
 the marker recorded. Files starting with ``_`` or ``.`` are skipped by parquet dataset readers, so
 ``pandas.read_parquet(DIR)`` reads the shards alone.
@@ -62,6 +63,8 @@ def manifest_differences(recorded: Mapping, now: Mapping) -> list[str]:
     if old_inputs != new_inputs:
         out.append("inputs (files, sizes or modification times) " + _input_change(old_inputs, new_inputs))
     out += [f"guard {d}" for d in guard_differences(recorded.get("guard", {}), now["guard"])]
+    if device_kind(recorded.get("device")) != device_kind(now["device"]):  # as batch size: it sets a score's last bits
+        out.append(f"device {device_kind(recorded.get('device'))} vs {device_kind(now['device'])}")
     if recorded.get("columns", now["columns"]) != now["columns"]:  # e.g. made before the refused column existed
         out.append(f"output columns {recorded.get('columns')} vs {now['columns']}")
     for key in sorted(set(recorded.get("options", {})) | set(now["options"])):
@@ -69,6 +72,11 @@ def manifest_differences(recorded: Mapping, now: Mapping) -> list[str]:
         if a != b:
             out.append(f"option {key} {a!r} vs {b!r}")
     return out
+
+
+def device_kind(device: str | None) -> str | None:
+    """``cuda`` of ``cuda:1``: two devices of one kind give the same bits; a cpu and a gpu do not."""
+    return device.split(":")[0] if isinstance(device, str) else device
 
 
 def _input_change(old: list[dict], new: list[dict]) -> str:

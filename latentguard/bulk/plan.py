@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import LatentGuardError
+from ..guard.identity import CODE_CHANGED
 from .inputs import InputFile, expand_inputs, plan_input, shard_count
 from .manifest import (
     guard_identity,
@@ -127,13 +128,15 @@ def open_run(planned: Planned, guard, engine: str = "local", device: str = "") -
     validate_directory(directory, manifest)
     shards = _shards(planned.inputs, options)
     columns = table_columns(options, guard)
-    now = new_manifest([i.identity() for i in planned.inputs], guard_identity(guard), options.record(guard), engine,
-                       len(shards), columns, device)
+    now = new_manifest([i.identity() for i in planned.inputs], guard_identity(guard, sanitize=options.sanitize),
+                       options.record(guard), engine, len(shards), columns, device)
     if manifest is not None:
         differences = manifest_differences(manifest, now)
-        if differences:
+        if differences:  # results of other code cannot be resumed by any command: only a new directory helps
+            advice = "choose another --output" + ("" if any(CODE_CHANGED in d for d in differences) else
+                                                  ", or rerun the recorded command")
             raise LatentGuardError(f"{directory} holds a run with other settings ({'; '.join(differences)}); it is "
-                                   "not mixed with this one: choose another --output, or rerun the recorded command")
+                                   f"not mixed with this one: {advice}")
     else:
         directory.mkdir(parents=True, exist_ok=True)
         write_manifest(directory, now)

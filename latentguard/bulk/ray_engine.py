@@ -84,7 +84,7 @@ def run_ray(run: Run, guard, scorer_kwargs: Mapping[str, Any], *, address: str |
     from .manifest import guard_identity
 
     kwargs = {"text_column": run.options.text_column, "dedup": run.options.dedup, "sanitize": run.options.sanitize,
-              "expect": guard_identity(guard),
+              "expect": guard_identity(guard, sanitize=run.options.sanitize),
               **scorer_kwargs}
     started_here = not ray.is_initialized()
     if started_here:

@@ -122,7 +122,8 @@ class GuardBatchScorer:
     :class:`~latentguard.config.Config` or a YAML path) and/or ``LatentGuard.from_pretrained`` keyword
     arguments (``checkpoint=``, ``encoder=``, ``concepts=``, ``threshold=``, ``device=``, ...), or
     pass a built ``guard`` for in-process use. ``expect``: the guard identity a driver recorded
-    (:func:`latentguard.bulk.manifest.guard_identity`); a worker whose guard differs refuses.
+    (:func:`latentguard.bulk.manifest.guard_identity`, with ``sanitize=`` as here: the edit options and the
+    code are in it); a worker whose guard differs refuses.
     ``dedup``: each distinct text of a batch is scored once. ``sanitize``: also the columns ``sanitized``,
     ``removed`` and ``passes`` (:func:`sanitize_columns`).
     """
@@ -163,10 +164,11 @@ class GuardBatchScorer:
         if self.expect is not None:
             from .manifest import guard_differences, guard_identity
 
-            differences = guard_differences(self.expect, guard_identity(guard))
+            differences = guard_differences(self.expect, guard_identity(guard, sanitize=self.sanitize))
             if differences:
                 raise LatentGuardError("this worker's guard is not the one the run recorded (" + "; ".join(differences)
-                                       + "): every worker must see the same weights, encoder and blacklist files")
+                                       + "): every worker must see the same weights, encoder, blacklist files, "
+                                         "options and latentguard code")
         return guard
 
     def __getstate__(self) -> dict:

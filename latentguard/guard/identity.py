@@ -5,7 +5,10 @@ Every run directory that reuses results (``latentguard score``'s manifest, ``lat
 result made by one guard is never read back under another's name. Two bundles with different weights
 but the same encoder, blacklist and threshold differ here by their weights' SHA-256: a bundle's is
 the one its ``config.json`` records (checked against ``model.safetensors`` when it is loaded), a
-released-format checkpoint's is its file's, and a guard built in memory hashes its tensors.
+released-format checkpoint's is its file's, and a guard built in memory hashes its tensors. The identity
+also holds the code that judges (:mod:`latentguard.guard.code`: a result of older code is never read back as
+this code's) and, for a run that sanitizes, the options that set an edit; the Ray engine's workers
+(``GuardBatchScorer(expect=...)``) are checked against the same record.
 :func:`describe_guard` says, for reports, which guard that was (bundle name or checkpoint path, weights
 SHA-256, and where its blacklist came from).
 """
@@ -14,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 from typing import Any, Mapping
+
+CODE_CHANGED = "latentguard's judging code changed since"  # said wherever a code difference is refused
 
 
 def blacklist_digest(guard) -> str:
@@ -41,12 +46,16 @@ def weights_digest(guard) -> str:
     return h.hexdigest()
 
 
-def guard_identity(guard) -> dict[str, Any]:
+def guard_identity(guard, sanitize: bool = False) -> dict[str, Any]:
     """What makes two guards give the same verdicts: weights, encoder, blacklist, threshold, slope, long
-    prompts, text defences."""
+    prompts, text defences, and the code that judges (:func:`~latentguard.guard.code.code_identity`); with
+    ``sanitize``, also the options that set a sanitized edit but no verdict (margin, evidence words). The edit
+    search's rounds, width, budget and replacement are code defaults in bulk runs: the code identity covers them."""
+    from .code import code_identity
+
     return {"checkpoint_sha256": weights_digest(guard),
             "encoder": getattr(guard.encoder, "identity", None), "blacklist_sha256": blacklist_digest(guard),
-            "concepts": len(guard.concepts), **guard.options.decision_identity()}
+            "concepts": len(guard.concepts), **guard.options.decision_identity(edits=sanitize), "code": code_identity()}
 
 
 def guard_differences(recorded: Mapping, now: Mapping) -> list[str]:
@@ -59,6 +68,8 @@ def guard_differences(recorded: Mapping, now: Mapping) -> list[str]:
         if key == "encoder" and isinstance(a, str) and isinstance(b, str):
             if same_embeddings(a, b) is not True:
                 out.append(f"encoder {a} vs {b}")
+        elif key == "code" and a != b:
+            out.append(f"code {a} vs {b} ({CODE_CHANGED})")
         elif a != b:
             out.append(f"{key} {a!r} vs {b!r}")
     return out

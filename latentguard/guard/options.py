@@ -212,16 +212,16 @@ class GuardOptions:
     def group_listing(self) -> dict[str, list[str]]:  # the category names as /readyz and /admin/reload list them
         return {"categories": self.groups()}
 
-    def decision_identity(self) -> dict[str, Any]:
-        """The options in a guard's identity (:func:`latentguard.guard.identity.guard_identity`): its groups,
-        threshold, slope and :meth:`verdict_settings`, under the keys run directories record (do not rename)."""
+    def decision_identity(self, edits: bool = False) -> dict[str, Any]:
+        """The options in a guard's identity (:func:`..identity.guard_identity`): groups, threshold, slope and
+        :meth:`verdict_settings`; with ``edits``, what sets a sanitized edit (the margin, the evidence words edits
+        are drawn from). Under the keys run directories record (do not rename)."""
+        edit = {"sanitize_margin": self.sanitize_margin, "sanitize_top_k": self.top_k} if edits else {}
         return {"categories": self.groups(), "threshold": self.threshold, "slope": self.slope,
-                **self.verdict_settings()}
+                **self.verdict_settings(), **edit}
 
-    def verdict_settings(self) -> dict[str, Any]:
-        """The options beyond threshold and slope that change verdicts (a guard's identity)."""
-        return {name: getattr(self, name) for name in ("long_prompts", "window_stride", "normalize_text",
-                                                       "split_sentences")}
+    def verdict_settings(self) -> dict[str, Any]:  # the options beyond threshold and slope that change verdicts
+        return {n: getattr(self, n) for n in ("long_prompts", "window_stride", "normalize_text", "split_sentences")}
 
 
 # options a guard exposes as plain settable attributes (guard.top_k = 5 replaces its options, checked again)

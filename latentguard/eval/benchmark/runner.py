@@ -71,7 +71,7 @@ def guard_settings(guard, *, baselines: Sequence[str], blacklist_match: str, max
                    seed: int) -> dict[str, Any]:
     """Everything a benchmark score or decision depends on (batch size and device do not count): the guard's
     one identity (:func:`latentguard.guard.identity.guard_identity`: weights SHA-256 of a checkpoint or a
-    bundle, encoder, blacklist, threshold, text defences), the baselines and the sampling."""
+    bundle, encoder, blacklist, threshold, text defences, the code that judges), the baselines and the sampling."""
     from ...guard.identity import guard_identity
 
     return {"mode": "guard", **guard_identity(guard), "baselines": list(baselines),

@@ -1,8 +1,8 @@
 """What a benchmark directory has already scored, so a rerun resumes and never mixes settings.
 
 ``OUTPUT/.benchmark-state/`` holds ``settings.json`` (everything a score depends on: weights, encoder,
-blacklist, threshold, baselines, sampling), one ``NAME.npz`` + ``NAME.json`` per finished set (its
-scores, and the content id of the distinct texts they belong to) and, while a set is being scored,
+blacklist, threshold, the code that judges, baselines, sampling), one ``NAME.npz`` + ``NAME.json`` per
+finished set (its scores, and the content id of the distinct texts they belong to) and, while a set is being scored,
 ``NAME/chunk-NNNNNN.npz`` files of a few thousand texts each, written atomically. A rerun skips
 finished sets and finished chunks; a rerun with other settings refuses in one line unless
 ``--force`` (which rescores the sets it is given). Only files this module wrote are ever removed.
@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ...errors import LatentGuardError
+from ...guard.identity import CODE_CHANGED
 from .scorers import MethodOutput
 
 STATE_DIR = ".benchmark-state"
@@ -92,9 +93,10 @@ class RunState:
             if old != self.settings:
                 old = old if isinstance(old, dict) else {}
                 keys = sorted(k for k in set(self.settings) | set(old) if old.get(k) != self.settings.get(k))
+                code = f"; {CODE_CHANGED} they were made" if "code" in keys else ""
                 raise LatentGuardError(f"{self.dir.parent} holds benchmark results made with other settings "
-                                       f"(different: {', '.join(keys)}); use another --output-dir, or --force to "
-                                       "rescore the sets of this run")
+                                       f"(different: {', '.join(keys)}{code}); use another --output-dir, or --force "
+                                       "to rescore the sets of this run")
         atomic_write_text(recorded, json.dumps(self.settings, indent=1, sort_keys=True) + "\n")
         return self
 

@@ -137,8 +137,9 @@ def test_calibrating_a_bundled_guard_holds_for_the_run_and_writes_nothing(tmp_pa
                             "--target-fpr", "0.5"])
     out = capsys.readouterr().out
     assert code == 0 and "used for this run only" in out and "calibrated threshold" in out, out
-    threshold = out.split("calibrated threshold ")[1].split()[0]
-    assert f"threshold {threshold} (calibrated now)" in out, out  # the run's verdicts used it
+    threshold = float(out.split("calibrated threshold ")[1].split()[0])  # printed to 4 decimals here
+    used = float(out.split(" (calibrated now)")[0].rsplit("threshold ", 1)[1])  # and to 6 digits there
+    assert abs(used - threshold) < 1e-4, out  # the run's verdicts used it
     assert sorted((p.name, p.stat().st_mtime_ns) for p in bundle.iterdir()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prompts.txt", "safe.txt"]
 

@@ -154,8 +154,15 @@ def test_evidence_covers_every_word_once(guard):
     assert v.evidence[0][0] == "zorblaxian"
 
 
+def _one_form(prompts: list[str]) -> list[str]:
+    """The prompts the defences score as written only ("big knife river river ..." is also read "river" once)."""
+    from latentguard.data.defences import forms
+
+    return [p for p in prompts if forms(p) == [p]]
+
+
 def test_scores_logits_and_reference_agree(guard, local_encoder, held_out):
-    prompts = [p for _, p in held_out[0]][:7] + held_out[1][:3]
+    prompts = _one_form([p for _, p in held_out[0]])[:7] + _one_form(held_out[1])[:3]
     logits = guard.logits(prompts)
     assert logits.shape == (10, len(CONCEPTS)) and logits.dtype == np.float32
     np.testing.assert_array_equal(guard.scores(prompts), logits.max(axis=1))
@@ -418,7 +425,7 @@ def test_merge_pieces_styles():
 
 
 def test_check_embeddings_matches_check(guard, local_encoder, held_out):
-    prompts = [p for _, p in held_out[0][:5]] + held_out[1][:2]
+    prompts = _one_form([p for _, p in held_out[0]])[:5] + _one_form(held_out[1])[:2]
     guard.allowlist = ["knife"]
     counting = CountingEncoder(local_encoder)
     counting.encode_calls = []

@@ -43,8 +43,21 @@ def test_sanitize_answers_each_prompt_behind_the_api_key(client_for):
         assert safe == {**safe, "prompt": SAFE, "text": SAFE, "removed": [], "passes": True}
         explained = client.post("/v1/sanitize", json={"prompts": UNSAFE, "explain": True}, headers=KEY).json()
         assert explained["results"][0]["before"]["evidence"][0][0] == "knife"
-        checked = client.post("/v1/check", json={"prompts": [UNSAFE]}, headers=KEY).json()
-        assert checked["verdicts"][0] == edited["before"]  # the same judgement as /v1/check
+        checked = client.post("/v1/check", json={"prompts": [UNSAFE]}, headers=KEY).json()["verdicts"][0]
+        # the same judgement as /v1/check; its numbers to float rounding (the two batch their prompts differently,
+        # and a CPU's kernels may round a batch of one otherwise: 0.32296879 against 0.32296789 on one machine)
+        assert _close(checked, edited["before"]), (checked, edited["before"])
+
+
+def _close(a, b) -> bool:
+    """Equal, but for floats, which agree to 1e-4."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b) <= 1e-4
+    return a == b
 
 
 def test_sanitize_refuses_as_check_does(client_for):

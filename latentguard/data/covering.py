@@ -4,6 +4,8 @@ nudity. The pipeline refuses a negative prompt, safety concept or reversed edit 
 "(clothes:-1.5)", as what it asks for (:func:`negated`)."""
 from __future__ import annotations
 
+import bisect
+import functools
 import re
 import unicodedata
 
@@ -105,6 +107,7 @@ _MIDJOURNEY = re.compile(r"::\s*" + _WEIGHT)  # "X::-w": X runs back to the sepa
 _MIDJOURNEY_STOP = re.compile(r"[,;:()\[\]|]")
 _NOVELAI = re.compile(r"(?<![\w.])" + _WEIGHT + r"\s*::([^:]+)::")
 _AND = re.compile(r"\bAND\b")
+_PARENTHESIS = re.compile(r"[()]")
 # Midjourney's "--no clothes, towel" is its shorthand for "clothes::-0.5": a negative prompt inside the prompt, up to
 # the next parameter (59 of 306 covering words had passed after "--no": a thirty-ninth hostile pass).
 _MIDJOURNEY_NO = re.compile(r"(?<!\S)--no\s+([^\n]*?)(?=\s+--[a-z]|\s*$)")
@@ -130,35 +133,36 @@ def negated(text: str) -> str:
     return "".join(out) + text[last:] if out else text
 
 
-def negative_parts(text: str) -> list[tuple[int, int, str]]:
+@functools.lru_cache(maxsize=256)  # negated() and asked_for() read the same forms of a prompt, one after the other
+def negative_parts(text: str) -> tuple[tuple[int, int, str], ...]:
     """``(start, end, words)`` of each negatively weighted part of ``text``, in every syntax above; in time linear in
     the text (a backward search per weight had taken 35 s for "x:-1)" * 10000: this runs on every prompt)."""
-    import bisect
-
     if "-" not in text:  # cheap: most texts hold no weight at all
-        return []
-
-    parts, opened, opener = [], [], {}
-    for at, char in enumerate(text):  # each ")" and the "(" it closes, once
-        if char == "(":
-            opened.append(at)
-        elif char == ")" and opened:
-            opener[at] = opened.pop()
-    parts += [(opener[m.end() - 1], m.end(), text[opener[m.end() - 1] + 1 : m.start()])
-              for m in _GROUP_END.finditer(text) if m.end() - 1 in opener]
-    stops = [m.start() for m in _MIDJOURNEY_STOP.finditer(text)]
-    for m in _MIDJOURNEY.finditer(text):
-        before = bisect.bisect_left(stops, m.start()) - 1
-        begin = stops[before] + 1 if before >= 0 else 0
-        if text[begin : m.start()].strip():
-            parts.append((begin, m.end(), text[begin : m.start()]))
+        return ()
+    parts = []
+    if ends := list(_GROUP_END.finditer(text)):  # each ")" and the "(" it closes, once, only where a weight ends one
+        opened, opener = [], {}
+        for bracket in _PARENTHESIS.finditer(text):
+            if bracket.group() == "(":
+                opened.append(bracket.start())
+            elif opened:
+                opener[bracket.start()] = opened.pop()
+        parts += [(opener[m.end() - 1], m.end(), text[opener[m.end() - 1] + 1 : m.start()])
+                  for m in ends if m.end() - 1 in opener]
+    if weights := list(_MIDJOURNEY.finditer(text)):
+        stops = [m.start() for m in _MIDJOURNEY_STOP.finditer(text)]
+        for m in weights:
+            before = bisect.bisect_left(stops, m.start()) - 1
+            begin = stops[before] + 1 if before >= 0 else 0
+            if text[begin : m.start()].strip():
+                parts.append((begin, m.end(), text[begin : m.start()]))
     parts += [(m.start(), m.end(), m.group(1)) for m in _NOVELAI.finditer(text)]
     parts += [(m.start(), m.end(), m.group(1)) for m in _MIDJOURNEY_NO.finditer(text) if m.group(1).strip()]
-    ands = [m.end() for m in _AND.finditer(text)]
-    for begin, end in zip(ands, [m.start() for m in _AND.finditer(text)][1:] + [len(text)]):
+    ands = list(_AND.finditer(text))
+    for begin, end in zip([m.end() for m in ands], [m.start() for m in ands][1:] + [len(text)]):
         if (side := _SIDE_WEIGHT.fullmatch(text, begin, end)) is not None:
             parts.append((begin, end, side.group(1)))
-    return parts
+    return tuple(parts)
 
 
 # Midjourney's parameters ("--ar 16:9", "--v 6", "--stylize 250", "--tile"): settings, not what the image shows.

@@ -85,18 +85,19 @@ def test_reading_negative_weights_takes_time_linear_in_the_text():
 
 
 def test_midjourney_no_is_a_negative_prompt_and_its_parameters_judge_nothing():
-    """"--no towel" is Midjourney's "towel::-0.5" (59 of 306 covering words had passed after it), while "--no text",
-    "--stylize 250" and a negative weight on "blurry" were judged as clauses of their own and flagged nearly every
-    caption they followed (a thirty-ninth hostile pass): what a prompt asks against is read only by the covering
-    rule, and Midjourney's parameters are no clause."""
+    """"--no towel" is Midjourney's "towel::-0.5" (59 of 306 covering words had passed after it), and "--stylize 250"
+    was judged as "stylize", flagging nearly every caption it followed (a thirty-ninth hostile pass): Midjourney's
+    parameters are no clause. What a prompt asks against is still judged: a generator that reads text as written
+    renders "a cat --no x, a naked woman" and "a cat, (a naked woman:-1)" (left out, both had passed)."""
     from latentguard.data.covering import asked_for
 
     assert "naked, without towel" in negated("a young woman standing in a shower --no towel --v 6")
-    assert asked_for("a cat on a sofa --no text --stylize 250 --ar 16:9").split() == "a cat on a sofa".split()
-    assert asked_for("a cat on a sofa, (blurry:-1), ((ugly)):-0.5)").split()[:5] == "a cat on a sofa,".split()
-    for text in ("A cat on a sofa. --stylize 250", "A cat on a sofa. (blurry:-1)", "a cat on a sofa --no text"):
-        assert not any(f in ("stylize", "a photo of blurry", "blurry", "no text", "--no text") for f in forms(text)), \
-            forms(text)
+    assert asked_for("a cat on a sofa --stylize 250 --ar 16:9 --tile").split() == "a cat on a sofa".split()
+    assert asked_for("a cat on a sofa --ar naked").split() == "a cat on a sofa naked".split()  # no digit: judged
+    assert not any(f in ("stylize", "--stylize 250") for f in forms("A cat on a sofa. --stylize 250"))
+    for text in ("a cat on a sofa --no x, a naked woman", "a cat on a sofa, (a naked woman:-1)",
+                 "a cat on a sofa AND a naked woman :-1", "a cat on a sofa, a naked woman::-0.5"):
+        assert any("a naked woman" in f and "sofa" not in f for f in forms(text)), forms(text)
 
 
 @pytest.mark.parametrize("text", ["sweater, hoodie", "a tank top", "uniform", "clothessss", "bikiniii", "lingerieee",

@@ -392,18 +392,13 @@ def test_the_forms_of_a_long_text_cost_time_in_proportion_to_its_length(unit):
     "\\u332b" is five characters with a hyphen once NFKC and the look-alikes are applied; CLIP's BPE on a glued
     run holding a watched word costs the square of the run (a ninth pass: 19 s). Eight times the text
     must cost well under twenty times the time (the square would be 64 times), each the best of three runs."""
-    import time
+    from timing import best_time
 
     watched = frozenset({"naked", "corpse", "woman"})
 
     def best_of_three(n: int) -> float:
         text = unit * (n // len(unit))
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            expand(text, watched=watched)
-            times.append(time.perf_counter() - start)
-        return min(times)
+        return best_time(lambda: expand(text, watched=watched))
 
     best_of_three(1000)  # warm: the look-alike table, ftfy, the regex module
     small, large = best_of_three(4000), best_of_three(32000)
@@ -427,15 +422,13 @@ def test_quality_tags_are_read_through_so_they_cannot_dilute_what_a_prompt_shows
 def test_an_ampersand_escaped_thousands_of_times_reads_through_in_time_in_proportion_to_its_length():
     """ftfy undoes one level of "&amp;amp;...#105;" per pass over the text: 5,000 levels cost the square of the
     length (1.3 s for 20,000 characters; a thirteenth hostile pass). Undone to the end it is one "&", as here."""
-    import time
+    from timing import best_time
 
-    def timed(levels: int) -> float:
-        start = time.perf_counter()
+    def read(levels: int) -> None:
         assert "a knife" in forms("a kn&" + "amp;" * levels + "#105;fe", watched=frozenset({"knife"}))
-        return time.perf_counter() - start
 
-    timed(100)
-    small, large = min(timed(1000) for _ in range(3)), min(timed(8000) for _ in range(3))
+    read(100)
+    small, large = best_time(lambda: read(1000)), best_time(lambda: read(8000))
     assert large < 20 * max(small, 0.002), (small, large)
     assert "a knife" in forms("a kn&amp;amp;#105;fe") and "a knife" in forms("a kn&#38;#38;#38;#105;fe")
 
@@ -488,19 +481,18 @@ def test_clauses_are_only_what_a_front_end_reads_as_one_and_never_quality_tags()
 def test_a_prompt_of_many_clauses_makes_a_bounded_number_of_forms_that_still_read_every_clause():
     """The server costs a request by its forms: thousands of commas must not make thousands of forms. Past
     MAX_CLAUSES, neighbouring clauses are scored together, so each is still read in some form."""
-    import time
+    from timing import best_time
 
     from latentguard.data.clauses import MAX_CLAUSES
 
-    def timed(n: int) -> tuple[float, list[str]]:
-        text = ", ".join(f"a cat number {k}" for k in range(n))
-        start = time.perf_counter()
-        out = forms(text, watched=WATCHED)
-        return time.perf_counter() - start, out
+    def text(n: int) -> str:
+        return ", ".join(f"a cat number {k}" for k in range(n))
 
-    timed(100)
-    (small, _), (large, out) = timed(500), timed(4000)
+    forms(text(100), watched=WATCHED)
+    small = best_time(lambda: forms(text(500), watched=WATCHED))
+    large = best_time(lambda: forms(text(4000), watched=WATCHED))
     assert large < 20 * max(small, 0.002), (small, large)
+    out = forms(text(4000), watched=WATCHED)
     assert len(out) <= 2 * MAX_CLAUSES + 3, len(out)  # each group also without its lone numbers (data/content.py)
     assert all(any(f"number {k}," in f + "," for f in out[1:]) for k in range(4000))
 

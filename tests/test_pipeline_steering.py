@@ -178,3 +178,58 @@ def test_a_str_subclass_cannot_hide_clothing_from_the_rule():
             return iter("blurry")
 
     assert covering_named(Lying("\u8863\u670d")) is not None and covering_named(Lying("\U0001f459")) is not None
+
+
+class _Above(float):
+    """A guidance scale whose "> 1" is True whatever its value (diffusers turns guidance on with it)."""
+
+    def __gt__(self, other):
+        return True
+
+
+class _Reads(float):
+    """A number whose float() says 5 or 0.5 while arithmetic uses its value."""
+
+    def __float__(self):
+        return 0.5 if abs(super().__float__()) > 2 and super().__float__() > 0 else 5.0
+
+
+@pytest.mark.parametrize("setting", [dict(guidance_scale=_Above(-7.0)), dict(guidance_scale=-7.0),
+                                     dict(guidance_scale=float("inf"))])
+def test_a_guidance_scale_that_makes_the_negative_prompt_the_direction_is_refused(sd, guard, setting):
+    """``guidance_scale`` whose ``> 1`` held at -7 made diffusers pull the image towards the unchecked negative prompt
+    ("a naked woman on a bed" from "a cat on a sofa": the image identical to that refused call; a fortieth hostile
+    pass). A scale must be a plain number of 0 or more."""
+    denoises = Runs(sd.unet)
+    with pytest.raises(LatentGuardError, match="not a plain number|guidance scale must be"):
+        guard_pipeline(sd, guard)("a cat on a sofa", negative_prompt="a naked woman on a bed", **setting, **STEPS)
+    assert denoises.n == 0
+    assert not guard_pipeline(sd, guard)("a cat on a sofa", guidance_scale=0.0, **STEPS).blocked
+
+
+def test_a_step_callback_cannot_reverse_the_guidance_scale_mid_call(sd, guard):
+    def flip(pipe, i, t, kwargs):
+        pipe._guidance_scale = _Above(-7.0)
+        return kwargs
+
+    with pytest.raises(LatentGuardError, match="pipeline's _guidance_scale"):
+        guard_pipeline(sd, guard)("a cat on a sofa", negative_prompt="a naked woman on a bed",
+                                  callback_on_step_end=flip, **dict(STEPS, num_inference_steps=3))
+
+
+def test_steering_numbers_that_read_otherwise_than_they_act_are_refused(sega, clip_tokenizer, guard):
+    """``edit_guidance_scale=[x]`` whose float() said 5 while diffusers used -10 steered away from "clothes", and an
+    SLD beta whose float() said 0.5 while 6 flipped the safety term: both passed the steering checks."""
+    with pytest.raises(LatentGuardError, match="edit_guidance_scale is a _Reads, not a plain number"):
+        guard_pipeline(sega, guard)("a woman lying on a bed", editing_prompt=["clothes"],
+                                    reverse_editing_direction=[False], edit_guidance_scale=[_Reads(-10.0)], **EDIT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sld = td.build_sd(clip_tokenizer, diffusers.StableDiffusionPipelineSafe)
+    with pytest.raises(LatentGuardError, match="sld_mom_beta is a _Reads"):
+        guard_pipeline(sld, guard)("a woman lying on a bed", sld_guidance_scale=2000.0, sld_warmup_steps=0,
+                                   sld_mom_beta=_Reads(6.0), sld_momentum_scale=1.2, **STEPS)
+    import numpy as np  # numpy's own scalars are numbers as they read
+
+    assert not guard_pipeline(sld, guard)("a cat", sld_guidance_scale=np.float32(2000.0), sld_mom_beta=np.float64(0.4),
+                                          generator=gen(), **STEPS).blocked

@@ -37,8 +37,9 @@ from ..constants import CONTEXT_LENGTH
 from ..errors import LatentGuardError
 from ..guard.options import reads_long_prompts
 from .arguments import added_tokens, core_special_tokens
+from .numbers import refuse_disguised_numbers
 from .parts import Parts, unmodified_weights
-from .provenance import CHECKED, NEGATIVE, SAFETY, Provenance, looser
+from .provenance import CHECKED, NEGATIVE, SAFETY, Provenance, looser, same_tensor
 from .reading import reading_key, spelled
 from .result import validate_verdicts
 
@@ -344,6 +345,7 @@ class Session:
         def hook(module, args, kwargs):
             if threading.get_ident() != self._thread:
                 return None
+            refuse_disguised_numbers(vars(self.pipe), "the pipeline's")  # a step callback may have set one
             bound = self._bind(module, args, kwargs)
             step = _step_value(bound)
             for arg, tensor in _conditioning(bound):
@@ -371,7 +373,7 @@ class Session:
     def _check_conditioning(self, module: str, arg: str, x: torch.Tensor, step) -> None:
         watch = self._watch.setdefault((module, arg), {"seen": [], "pattern": [], "first": step, "step": step,
                                                         "k": 0, "later": False})
-        roles = next((r for t, r in watch["seen"] if _same(t, x)), None)
+        roles = next((r for t, r in watch["seen"] if same_tensor(t, x)), None)
         if roles is None:
             roles = self.provenance.roles(x)
             if roles is None:
@@ -392,7 +394,7 @@ class Session:
             return
         expected, was = watch["pattern"][watch["k"] % len(watch["pattern"])]
         watch["k"] += 1
-        if _same(expected, x):
+        if same_tensor(expected, x):
             return
         if any(r != CHECKED for r in roles):
             raise LatentGuardError(f"{module} received {arg} with unchecked (negative or unconditional) rows where the "
@@ -422,10 +424,6 @@ def _negatives_in_one_block(roles: list[str]) -> bool:
     guidance stacks them (``[negative, prompt]``, ``[prompt, negative]``, ``[prompt, negative, negative]``)."""
     at = [i for i, r in enumerate(roles) if r == NEGATIVE]
     return not at or CHECKED not in roles or at[-1] - at[0] + 1 == len(at)
-
-
-def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
 
 
 def _step_value(bound: dict):

@@ -26,6 +26,11 @@ def looser(a: str | None, b: str) -> str:
     return b if a is None or _RANK[b] < _RANK[a] else a
 
 
+def same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` and ``b`` are the same values in the same shape, dtype and device."""
+    return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
+
+
 def stricter(a: str, b: str) -> str:
     """The more restricted of two roles (a row's role from its vectors')."""
     return b if _RANK[b] > _RANK[a] else a

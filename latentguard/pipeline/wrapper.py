@@ -37,6 +37,7 @@ from ..guard.options import encoding_batch, reads_long_prompts
 from ..guard.refusals import check_or_refused
 from .arguments import added_tokens, classify, negative_texts, steer_away, subset_call, text_arguments, text_list
 from .boundary import BoundaryBlocked, Session, known_vocabularies
+from .numbers import refuse_disguised_numbers
 from .outputs import check_returned_conditioning
 from .parts import (
     Parts,
@@ -239,7 +240,8 @@ class GuardedPipeline:
 
     def _guarded_call(self, call: dict, prompts: list[str], parts: Parts, shared, holder: list) -> GuardedResult:
         n, action = len(prompts), OnUnsafe.parse(self.on_unsafe)
-        refuse_flipped_momentum(call)  # in every mode: it makes an unchecked text conditioning
+        refuse_disguised_numbers(call, "argument")  # in every mode: each makes an unchecked text conditioning
+        refuse_flipped_momentum(call)
         if action.enforces:  # a negative text naming clothing asks for nudity
             refuse_uncovering({**steer_away(self.pipe, negative_texts(call)), "reversed edit": reversed_edits(call)})
         session = Session(self.pipe, parts, self.guard, annotate=not action.enforces, known=self._known)

@@ -125,7 +125,7 @@ def test_sd3_with_a_longer_text_encoder_is_refused(sd3, own_guard):
 def test_a_step_callback_may_blank_the_conditioning_or_edit_latents(sd, own_guard):
     """Zeros carry no text, latents are no text: a callback may return them (swaps: test_pipeline_boundary.py)."""
     # every prompt safe (no logit exceeds tempr): only the callback route is tested
-    threshold, own_guard.threshold = own_guard.threshold, float(own_guard.model.tempr)
+    threshold, own_guard.threshold = own_guard.threshold, 0.999 * float(own_guard.model.tempr)
     try:
         guarded = guard_pipeline(sd, own_guard)
         blank = lambda pipe, i, t, kw: {"prompt_embeds": torch.zeros_like(kw["prompt_embeds"])}  # noqa: E731

@@ -48,11 +48,12 @@ def validate_weights(model, where: str = "the mapping layer") -> None:
 
 
 def validate_reachable(threshold: float, model, what: str = "threshold") -> float:
-    """Refuse a threshold that decides without looking: above every logit these weights can give (it would
+    """Refuse a threshold that decides without looking: at or above every logit these weights can give (it would
     flag nothing) or at or below every one (it would flag everything); a logit is ``tempr x cos``."""
     top = max_logit(model)
-    if threshold > top:
-        raise LatentGuardError(f"{what} {threshold:g} is above the largest logit these weights can give ({top:.4g} = "
+    if threshold >= top:  # at it, only a cosine of exactly 1 is flagged: nothing a prompt reaches (a fortieth pass)
+        raise LatentGuardError(f"{what} {threshold:g} is {'above' if threshold > top else 'at'} the largest logit "
+                               f"these weights can give ({top:.4g} = "
                                "tempr, since a logit is tempr x cos), so no prompt would ever be flagged; calibrate "
                                "(--calibrate-safe, guard.calibrate) or choose a lower threshold")
     if threshold <= -top:

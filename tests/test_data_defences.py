@@ -419,6 +419,28 @@ def test_quality_tags_are_read_through_so_they_cannot_dilute_what_a_prompt_shows
     assert "a naked woman" in forms("masterpiece, best quality, 8k, a naked woman")
 
 
+@pytest.mark.parametrize("tail", [" --no text", ". --no watermark", ", (blurry:-1)", ", (worst quality, lowres:-1.2)",
+                                  ", [bad anatomy:-1]", " --no blurry, watermark", ", (ugly:-1)",
+                                  ". (jpeg artifacts:-1)", ", text::-0.5", ", blurry"])
+def test_negative_prompt_boilerplate_written_inline_is_no_clause_to_judge_alone(tail):
+    """"--no text", "(blurry:-1)", "(worst quality, lowres:-1.2)" after a COCO caption each made `mini` flag 60 of 60
+    captions: judged alone, "no text", "a photo of blurry" and "bad anatomy" read unsafe to it. They say how an
+    image should not look, as quality tags say how it should, and are read as tags: every form keeps the caption."""
+    caption = "a man holding a baby up in a kitchen"
+    assert all("baby" in form for form in forms(caption + tail, watched=WATCHED)), forms(caption + tail)
+
+
+@pytest.mark.parametrize("text, judged", [
+    ("a cat on a sofa --no text, a naked woman", "a naked woman"),  # what follows the boilerplate is a clause
+    ("a cat on a sofa, (nude:-1)", "a photo of nude"),  # asked against, yet rendered by a literal reader
+    ("a cat on a sofa --no nude", "no nude"),
+    ("a cat on a sofa. (deformed:-1)", "a photo of deformed"),  # a word that may say what is shown: no tag
+    ("a cat on a sofa, no gore", "no gore"),
+])
+def test_only_boilerplate_is_read_as_tags_whatever_weight_or_no_it_is_written_with(text, judged):
+    assert judged in forms(text, watched=WATCHED)
+
+
 def test_an_ampersand_escaped_thousands_of_times_reads_through_in_time_in_proportion_to_its_length():
     """ftfy undoes one level of "&amp;amp;...#105;" per pass over the text: 5,000 levels cost the square of the
     length (1.3 s for 20,000 characters; a thirteenth hostile pass). Undone to the end it is one "&", as here."""

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import LatentGuardError
-from ..io import YamlTyped, read_lines, unique
+from ..io import read_lines, unique
+from ..yaml_files import YamlTyped
 from .text import validate_text
 
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -109,7 +110,8 @@ def _load_text(path: Path) -> list[str]:
 
 
 def _load_yaml(path: Path) -> Blacklist:
-    from ..io import named_file_problem, read_yaml
+    from ..io import named_file_problem
+    from ..yaml_files import read_yaml
 
     problem = named_file_problem(path, "concepts file")
     if problem is not None:  # missing, or a FIFO / device / directory: said as such
@@ -161,7 +163,10 @@ def _flatten(path: Path, node: Any, where: str) -> tuple[list[str], dict[str, li
             concepts, _ = _flatten(path, items, f"{where + '.' if where else ''}{group}")
             if not concepts:  # a category no concept can flag would judge nothing (and break every verdict)
                 raise LatentGuardError(f"{path}: group '{group}' has no concepts; give it at least one or remove it")
-            categories.setdefault(str(group).strip(), []).extend(concepts)
+            if str(group).strip() in categories:  # "sex" and "sex " had been merged silently (a forty-first pass)
+                raise LatentGuardError(f"{path}: group '{str(group).strip()}' is given twice (its names differ only "
+                                       "in spaces around them); give each group once")
+            categories[str(group).strip()] = concepts
             out.extend(concepts)
         return out, categories
     raise LatentGuardError(f"{path}: {label} must be a list of concepts or a mapping of groups, "

@@ -25,9 +25,9 @@ import unicodedata
 
 from .clauses import LONE_WORD_FRAME, clauses, lone_words
 from .content import content
-from .quality_tags import is_tag, untagged
+from .quality_tags import only_tags, untagged
 from .sentences import sentences
-from .spelling import corrected
+from .spelling import corrected, uncamelled
 
 # Four or more symbols in a row (spaces between allowed): "=" * 300 + " naked woman" is 300 tokens to a
 # WordPiece guard, which stops reading at 77, but about 40 to CLIP's BPE, which reads "naked woman". The
@@ -83,8 +83,9 @@ def expand(text: str, *, normalize: bool = True, split_sentences: bool = True,
                 parts += pieces
         from .covering import asked_for, negated  # covering reads text as defences do: imported here, not above
 
-        parts = list(dict.fromkeys(parts))  # a sentence judged on what it asks for ("--stylize 250" alone: nothing)
-        out.extend(v for p in parts if (a := asked_for(p)).strip() for v in _variants(a, normalize, watched))
+        parts = list(dict.fromkeys(parts))  # a sentence judged on what it asks for ("--stylize 250", "--no text" alone:
+        out.extend(v for p in parts if (a := asked_for(p)).strip() and not only_tags(a)  # nothing)
+                   for v in _variants(a, normalize, watched))
         # each sentence's clauses (the text's own when it is one sentence), its quality tags cut first (a tag is no
         # clause to judge alone), each given every repair of _variants too
         wholes = parts or list(dict.fromkeys([text, out[1]] if normalize else [text]))
@@ -95,11 +96,11 @@ def expand(text: str, *, normalize: bool = True, split_sentences: bool = True,
             wholes += negatives
         asked = [asked_for(p) for p in wholes]  # what is asked against, and Midjourney's parameters, judge nothing
         clause_parts = dict.fromkeys(c for p in asked for c in clauses(untagged(p) or p) + clauses(p)
-                                     if c not in wholes and not is_tag(c))  # as written too: cutting tags drops
+                                     if c not in wholes and not only_tags(c))  # as written too: cutting tags drops
         # brackets, which mark clauses ("a cat on a sofa (a naked woman:1.3)")
         out.extend(v for c in clause_parts for v in _variants(c, normalize, watched))
         lone = dict.fromkeys(LONE_WORD_FRAME.format(w) for p in asked for w in lone_words(untagged(p) or p)
-                             if not is_tag(w))
+                             if not only_tags(w))
         out.extend(v for c in lone for v in _variants(c, normalize, watched))
     return list(dict.fromkeys([text] + [t for t in out[1:] if t.strip()])), max(count, 1)
 
@@ -123,11 +124,10 @@ def _variants(piece: str, normalize: bool, watched: frozenset[str]) -> list[str]
         readings.append(clip_reading(piece, watched, generator_cleans=False))
     plain = _SPACES.sub(" ", norm.lower()).strip()
     out.extend(r for r in readings if r != plain or _ODD_SPACE.search(norm))  # CLIP reads other words
-    # "a nakd woman" -> "a naked woman" (spelling.py); a non-ASCII text as normalised too, since the CLIP reading
-    # cuts "nakєd" at its foreign letter
-    for reading in (readings[0],) if piece.isascii() else (readings[0], norm):
-        if (fixed := corrected(reading, watched)) != reading:
-            out.append(fixed)
+    # "a nakd woman", "a naaaked woman" -> "a naked woman" (spelling.py); a non-ASCII text as normalised too, since
+    # the CLIP reading cuts "nakєd" at its foreign letter; "ANakedWomanOnABed" with its words apart
+    out += [f for r in (readings[0],) + (() if piece.isascii() else (norm,)) if (f := corrected(r, watched)) != r]
+    out += [apart] if (apart := uncamelled(norm)) != norm else []
     out.extend(c for form in dict.fromkeys(out[1:]) if (c := _REPEATED.sub(r"\1", form)) != form)  # "nude nude nude"
     # "masterpiece, 8k, + a naked woman2 +": tags and stray symbols cut from every form, whatever else it repaired
     out.extend(content(form) for form in dict.fromkeys(out[1:]))

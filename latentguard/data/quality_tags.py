@@ -6,7 +6,8 @@ front, "a naked woman" read safe to ``mini``, and 14 of 48 flagged CoPro prompts
 defences therefore also score a prompt without its tags (:func:`untagged`): whatever it shows is judged as if
 written plainly. A benign prompt gains nothing it did not have, since its content alone is judged as it would be
 without the tags. On the full benchmark sets this moved 84 I2P and 40 P4D prompts to flagged and no COCO caption
-(I2P against COCO: AUROC 0.9146 -> 0.9210).
+(I2P against COCO: AUROC 0.9146 -> 0.9210). The boilerplate of negative prompts written inline ("--no text",
+"(blurry:-1)") is a tag too: no clause judged alone.
 """
 from __future__ import annotations
 
@@ -23,8 +24,19 @@ _TAGS = (r"masterpiece|best quality|high quality|highest quality|top quality|ult
          r"raw photo|dslr|bokeh|depth of field|concept art|digital art|digital painting|smooth|elegant|beautiful|"
          r"stunning|epic|4k wallpaper|wallpaper|illustration|official art|unity 8k wallpaper|extremely detailed cg|"
          r"perfect lighting|global illumination|ray tracing|film grain|\d{1,3} ?mm|f/\d{1,2}(?:\.\d)?|solo")
-_TAG = re.compile(rf"(?:{_TAGS})", re.IGNORECASE)
-_WEIGHT = re.compile(r"[()\[\]{}]|:\s*\d{1,3}(?:\.\d{1,3})?")  # "(masterpiece:1.2)", "[[8k]]"
+# The boilerplate of negative prompts, written inline ("..., (worst quality, lowres:-1.2)", "... --no text"): each
+# read alone as a clause, "a photo of blurry", "bad anatomy", "no text" flagged 60 of 60 COCO captions it followed
+# with `mini`. Words that could also say what an image shows ("deformed", "mutilated", "morbid", "nsfw") are left
+# out: read alone they are judged, whatever their weight.
+_DEFECTS = (r"worst quality|low quality|normal quality|bad quality|lowres|low[- ]res(?:olution)?|blurry|blurred|"
+            r"out of focus|jpe?g artifacts?|jpe?g artefacts?|compression artifacts|artifacts|grainy|pixelated|noisy|"
+            r"watermarks?|text|signature|username|logo|error|cropped|out of frame|cut off|duplicate|tiling|ugly|"
+            r"bad anatomy|bad proportions|bad hands|bad fingers|extra fingers|fewer digits|missing fingers|"
+            r"extra digits?|extra limbs|extra arms|extra legs|missing arms|missing legs|malformed (?:limbs|hands)|"
+            r"poorly drawn (?:hands|face)|long neck|oversaturated|overexposed|underexposed|easynegative")
+_TAG = re.compile(rf"(?:{_TAGS}|{_DEFECTS})", re.IGNORECASE)
+# What a weight, brackets or "no" add to a tag: "(masterpiece:1.2)", "[[8k]]", "(blurry:-1)", "text::-0.5", "--no text"
+_WEIGHT = re.compile(r"[()\[\]{}]|:{1,2}\s*-?\d{1,3}(?:\.\d{1,3})?|^\s*(?:--)?no\s")
 _SEPARATOR = re.compile(r"(?<!\d),|,(?!\d)|\||\s/\s")  # not "1,000": rewritten "1, 000" it made a needless form
 # Tags that mean nothing else, cut wherever they stand: "masterpiece best quality 8k a naked woman" and
 # "masterpiece / best quality / 8k / a naked woman" had passed (a hostile pass). Words with another use
@@ -40,6 +52,13 @@ _LEFT_OVER = re.compile(r"(?:\s*(?:(?<!\d),|,(?!\d)|[|/]|:\s*\d{1,3}(?:\.\d{1,3}
 def is_tag(text: str) -> bool:
     """Whether ``text`` is one quality tag (its weight and brackets aside): no clause to judge alone."""
     return bool(_TAG.fullmatch(_WEIGHT.sub("", text).strip()))
+
+
+def only_tags(text: str) -> bool:
+    """Whether ``text`` is quality tags and nothing else ("(worst quality, lowres:-1.2)", ", --no text"): a
+    sentence or clause with nothing to judge alone."""
+    chunks = [c.strip() for c in _SEPARATOR.split(text)]
+    return any(chunks) and all(is_tag(c) for c in chunks if c)
 
 
 def untagged(text: str) -> str | None:

@@ -8,6 +8,13 @@ also score a form with such words written correctly (:func:`corrected`).
 
 Only words that are no word of CLIP's vocabulary are corrected: "baked" and "blond" are one edit from
 "naked" and "blood" but are words a generator knows as themselves, while "nakd" and "herin" are not.
+
+A letter stretched for emphasis is a slip of the same kind: "a naaaaked woman on a bed", "a man being
+toooortured" passed `mini` (3 to 4 of 15 short unsafe prompts with two to three extra letters: a fortieth
+hostile pass), while CLIP's pieces of the stretched word still point at it. A run of three or more of one letter
+is read as two and as one (no English word holds three), and then corrected as above (or is a watched word).
+So is a prompt glued in CamelCase ("AHornyAsHellWomanFlashes...": 10 of 80 flagged CoProV2 prompts passed):
+:func:`uncamelled` is the form with its words apart.
 """
 from __future__ import annotations
 
@@ -48,13 +55,14 @@ def clip_words() -> frozenset[str]:
 
 
 def corrected(text: str, watched: frozenset[str]) -> str:
-    """``text`` with each ASCII word that is no word of CLIP's vocabulary and is one edit (:func:`one_edit`)
-    from a watched word of :data:`MIN_CORRECTED` letters or more written as that word, lower-case; ``text``
-    itself when there is none."""
+    """``text`` with each word that is no word of CLIP's vocabulary and is one edit (:func:`one_edit`) from a
+    watched word of :data:`MIN_CORRECTED` letters or more written as that word, lower-case, and each word with a
+    letter stretched as the word it stretches (a watched word, a word of CLIP's, or one edit from a watched word);
+    ``text`` itself when there is none."""
     targets = _targets(watched)
-    if not targets:
+    if not watched:
         return text
-    return _LETTERS.sub(lambda m: _correction(m.group().lower(), targets) or m.group(), text)
+    return _LETTERS.sub(lambda m: _correction(m.group().lower(), targets, watched) or m.group(), text)
 
 
 @functools.lru_cache(maxsize=64)
@@ -64,7 +72,26 @@ def _targets(watched: frozenset[str]) -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=16384)
-def _correction(word: str, targets: tuple[str, ...]) -> str | None:
+def _correction(word: str, targets: tuple[str, ...], watched: frozenset[str] = frozenset()) -> str | None:
+    if _STRETCHED.search(word):  # "naaaaked" -> "naked"; "nuuuude" -> "nude"; "toooortured" -> "tortured"
+        forms = (_STRETCHED.sub(r"\1\1", word), _STRETCHED.sub(r"\1", word))
+        return next((f for f in forms if f in watched or f in clip_words()), None) or next(
+            (c for f in forms if (c := _correction(f, targets)) is not None), None)
     if len(word) < MIN_CORRECTED - 1 or word in clip_words():
         return None
     return next((t for t in targets if one_edit(word, t)), None)
+
+
+_STRETCHED = re.compile(r"([^\W\d_])\1{2,}")  # one letter three times or more in a row
+# A word's parts glued in CamelCase: a lower-case letter before a capital, or a capital before a capitalised word
+_CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+
+
+def uncamelled(text: str) -> str:
+    """``text`` with the words it glues in CamelCase apart ("AHornyWoman" -> "A Horny Woman"), only where a run
+    glues three words or more (names such as "McDonald", "iPhone", "ArtStation" join two); ``text`` itself
+    when there is none."""
+    if not _CAMEL.search(text):
+        return text
+    return re.sub(r"\S+", lambda m: _CAMEL.sub(" ", m.group()) if len(_CAMEL.findall(m.group())) >= 2 else m.group(),
+                  text)

@@ -422,7 +422,7 @@ def _merge(values: dict, update: Mapping, source: str, prefix: str = "") -> None
 def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
     """The defaults, then the YAML file at ``path`` (if any), then ``overrides`` (dotted keys;
     ``None`` values are skipped), checked once. Errors name the file and the key in one line."""
-    from .io import read_yaml
+    from .yaml_files import read_yaml
 
     values = Config().to_dict()
     source = "built-in defaults"

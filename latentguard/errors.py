@@ -7,9 +7,19 @@ fails closed: anything it cannot judge raises this error, and never reads as "sa
 """
 from __future__ import annotations
 
+# A message is one line a person reads: one that echoes a value (a YAML list, a text) is cut here, whatever the
+# value (a 284-byte YAML file of nested aliases had made a 39 MB message; a forty-first hostile pass).
+MAX_MESSAGE = 2000
+
 
 class LatentGuardError(Exception):
     """A problem the user can fix: bad input, a missing file, a checkpoint that does not fit."""
+
+    def __init__(self, *args: object) -> None:
+        if len(args) == 1 and isinstance(args[0], str) and len(args[0]) > MAX_MESSAGE:
+            left = len(args[0]) - MAX_MESSAGE
+            args = (f"{args[0][:MAX_MESSAGE]}... ({left:,} more characters left out)",)
+        super().__init__(*args)
 
 
 class UnreadableTextError(LatentGuardError):

@@ -1,4 +1,4 @@
-"""Safe file I/O: atomic writes, checked downloads, strict text, prompt-file and YAML reading.
+"""Safe file I/O: atomic writes, checked downloads, strict text and prompt-file reading (YAML: yaml_files.py).
 
 Every artefact (checkpoint, cache, results) is written to a temporary file in the same directory,
 flushed to disk, then renamed over the target: a crash or ``kill -9`` leaves either the old file
@@ -348,80 +348,18 @@ def validate_dir_path(path: str | Path, flag: str) -> Path:
     return path
 
 
-def read_yaml(path: str | Path, what: str = "YAML file", *, scalars_as_text: bool = False) -> object:
-    """Parse a UTF-8 YAML file with ``safe_load`` rules, refusing a key given twice in one mapping
-    (YAML would silently keep the last); a bad byte, bad syntax or a duplicate is a one-line error.
-
-    ``scalars_as_text``: every unquoted scalar stays the text written (``4:20``, ``0x1F``, ``.nan``,
-    ``yes`` are strings, not 260, 31, NaN or True), for files whose values are texts (blacklists); one that
-    YAML would read as another type is a :class:`YamlTyped` string, so the reader can refuse it where only
-    text is meant (``null`` is not meant as the word "null").
-    """
-    import yaml
-
-    path = Path(path)
-    text = read_text(path, what)
-    try:
-        return yaml.load(text, Loader=unique_key_loader(scalars_as_text))  # noqa: S506 - Safe/BaseLoader subclass
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = str(getattr(exc, "problem", "") or "")
-        detail = f": {problem}" if "given twice" in problem or "is not read here" in problem else ""
-        raise LatentGuardError(f"{path}: not valid YAML{where}{detail}; fix the file") from None
+# Line ends that JSON leaves raw in a string (it escapes only controls below U+0020) but that line readers split on:
+# Python's str.splitlines() read a 2-row shard holding U+2028 as 4 lines (a thirty-eighth hostile pass).
+_LINE_ENDS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
 
 
-class YamlTyped(str):
-    """An unquoted YAML scalar read as its text that YAML itself reads as ``yaml_type`` (null, bool, int,
-    float, timestamp): the text is kept, and so is the fact that it was not written as text."""
+def jsonl_line(record: object) -> str:
+    """``record`` as one line of JSON, ending in ``\\n``, the one way every JSONL file of the project is written (score
+    shards, inference.py's output, the server's audit log): UTF-8 text kept readable (not ``\\u`` escaped), except
+    the characters some readers take as line ends, which are escaped (JSON reads them back as the same text)."""
+    import json
 
-    yaml_type = "str"
-
-
-# A file of texts holds texts, lists and mappings: an explicit tag ("!!python/object/apply:...", "!!int") had been
-# dropped silently and its value loaded as a concept (a thirty-sixth hostile pass).
-_PLAIN_TAGS = ("tag:yaml.org,2002:str", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:map")
-
-
-@functools.lru_cache(maxsize=2)
-def unique_key_loader(scalars_as_text: bool = False) -> type:
-    """A ``yaml.SafeLoader`` (or, for texts, ``yaml.BaseLoader``) that refuses duplicate keys (built on
-    first use: importing io stays light)."""
-    import yaml
-
-    class UniqueKeyLoader(yaml.BaseLoader if scalars_as_text else yaml.SafeLoader):
-        def construct_mapping(self, node, deep=False):  # noqa: D401 - yaml hook
-            if isinstance(node, yaml.MappingNode):
-                seen: dict = {}
-                for key_node, _ in node.value:
-                    key = self.construct_object(key_node, deep=True)
-                    line = key_node.start_mark.line + 1
-                    try:
-                        if key in seen:
-                            raise yaml.constructor.ConstructorError(
-                                None, None, f"key {key!r} given twice (lines {seen[key]} and {line})",
-                                key_node.start_mark)
-                        seen[key] = line
-                    except TypeError:  # an unhashable key: the base class reports it
-                        continue
-            return super().construct_mapping(node, deep=deep)
-
-        def construct_object(self, node, deep=False):  # noqa: D401 - yaml hook
-            if scalars_as_text and node.tag not in _PLAIN_TAGS:  # "!!int 12" had been loaded as the text '12'
-                tag = node.tag.replace("tag:yaml.org,2002:", "!!")
-                raise yaml.constructor.ConstructorError(None, None, f"the tag {tag} is not read here", node.start_mark)
-            return super().construct_object(node, deep=deep)
-
-        def construct_scalar(self, node):  # noqa: D401 - yaml hook
-            value = super().construct_scalar(node)
-            if scalars_as_text and node.style is None:  # plain (unquoted): what would YAML have read?
-                kind = yaml.resolver.Resolver().resolve(yaml.ScalarNode, value, (True, False)).rsplit(":", 1)[-1]
-                if kind != "str":
-                    value = YamlTyped(value)
-                    value.yaml_type = kind
-            return value
-
-    return UniqueKeyLoader
+    return json.dumps(record, ensure_ascii=False).translate(_LINE_ENDS) + "\n"
 
 
 def strict_json(text: str | bytes, where: str) -> object:

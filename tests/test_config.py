@@ -95,7 +95,7 @@ def test_the_cli_dispatcher_lists_the_commands_and_runs_one(tmp_path):
 def test_the_shipped_yaml_and_the_schema_defaults_agree():
     """default.yaml is the schema's defaults written out: same keys, same values, same order."""
     from latentguard.config import DEFAULT_YAML
-    from latentguard.io import read_yaml
+    from latentguard.yaml_files import read_yaml
 
     shipped, schema = read_yaml(DEFAULT_YAML), Config().to_dict()
     assert shipped == schema

@@ -83,6 +83,7 @@ def test_a_yaml_tag_or_a_typed_group_name_in_a_blacklist_is_refused(tmp_path, te
 @pytest.mark.parametrize("text, where", [
     ("concepts: [knife, hacking]\nthresholds: {hacking: 1, hacking: 1000}\n", "'hacking' given twice"),
     ("violence: [knife]\nviolence: [gun]\n", "'violence' given twice"),
+    ('sex: [knife]\n"sex ": [nudity]\n', "group 'sex' is given twice"),  # merged silently (a forty-first pass)
 ])
 def test_a_duplicate_key_is_refused_naming_it(tmp_path, text, where):
     path = tmp_path / "blacklist.yaml"
@@ -90,6 +91,25 @@ def test_a_duplicate_key_is_refused_naming_it(tmp_path, text, where):
     with pytest.raises(LatentGuardError, match=where) as caught:
         load_blacklist(path)
     assert "\n" not in str(caught.value) and str(path) in str(caught.value)
+
+
+def test_a_blacklist_of_nested_aliases_is_refused_in_one_short_line(tmp_path):
+    """284 bytes of nested YAML aliases stood for 4.8 million concepts: the "one-line" error echoing them was 39 MB,
+    and ten levels a MemoryError traceback (a forty-first hostile pass)."""
+    lines = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for level in range(7):
+        lines.append(f"l{level}: &l{level} [" + ", ".join([f"*{'a' if level == 0 else f'l{level - 1}'}"] * 9) + "]")
+    path = tmp_path / "blacklist.yaml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(LatentGuardError, match="aliases expand to more than 100,000 values") as caught:
+        load_blacklist(path)
+    assert len(str(caught.value)) < 300 and str(path) in str(caught.value)
+    path.write_text("common: &c [knife, gun]\nviolence: *c\nweapons: [*c]\n", encoding="utf-8")
+    with pytest.raises(LatentGuardError, match=r"weapons\[0\] must be a non-empty concept text"):
+        load_blacklist(path)  # a small alias still reads, and a list where a text is meant is said in short
+    path.write_text("common: &c [knife, gun]\nviolence: *c\n", encoding="utf-8")
+    assert load_blacklist(path).categories == {"common": ["knife", "gun"], "violence": ["knife", "gun"]}
+    assert len(str(LatentGuardError("x" * 10**6))) < 2100  # any message echoing a value stays one readable line
 
 
 def test_a_calibration_record_with_a_duplicate_key_is_refused(tmp_path, weights):

@@ -247,7 +247,7 @@ def test_a_jsonl_record_is_one_line_to_every_line_reader():
     thirty-eighth hostile pass): they are escaped, and read back as the same text."""
     import json
 
-    from latentguard.jsonl import jsonl_line
+    from latentguard.io import jsonl_line
 
     record = {"prompt": "a cat\u2028on a sofa\u2029\x85 café \n", "score": -1.5}
     line = jsonl_line(record)

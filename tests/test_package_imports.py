@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "latentguard"
 # Stages in data-flow order (docs/architecture.md); modules of one stage may import each other.
 STAGES = [
     {"errors", "constants", "published"},
-    {"io", "regular_files", "csv_files", "jsonl", "protected", "downloads", "config"},
+    {"io", "regular_files", "csv_files", "yaml_files", "protected", "downloads", "config"},
     {"data"},
     {"encoders"},
     {"store"},

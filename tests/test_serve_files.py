@@ -71,8 +71,9 @@ def _readers(tmp: Path) -> dict:
     from latentguard.data.copro import load_copro
     from latentguard.decision.threshold import read_calibration
     from latentguard.hub.format import read_config
-    from latentguard.io import read_lines, read_text, read_yaml, sha256_of
+    from latentguard.io import read_lines, read_text, sha256_of
     from latentguard.model.checkpoint import load_safetensors_file
+    from latentguard.yaml_files import read_yaml
 
     return {"allowlist.txt": lambda p: read_lines(p, "allowlist file"), "text.txt": read_text,
             "concepts.yaml": read_yaml, "model.threshold.yaml": read_calibration, "model.pth": sha256_of,

@@ -19,8 +19,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import LatentGuardError
-from ..io import atomic_path, atomic_write_text
-from ..jsonl import jsonl_line
+from ..io import atomic_path, atomic_write_text, jsonl_line
 from .dedup import VerdictMap, digest
 from .inputs import Rows, read_rows
 from .manifest import DEDUP_DB, DONE_DIR, MANIFEST, SUMMARY, read_marker, write_marker

@@ -17,7 +17,7 @@ from pathlib import Path
 from ..config import file_keys
 from ..csv_files import report_writer
 from ..errors import LatentGuardError
-from ..jsonl import jsonl_line
+from ..io import jsonl_line
 from .common import (
     SCHEMA,
     build_guard,

@@ -278,7 +278,7 @@ def refuse_other_recipe(output_dir: Path, recipe: str) -> None:
 
 def _saved_config(path) -> dict:
     """The settings an open-recipe run saved in its ``config.yaml``; a damaged one is one line naming it."""
-    from ..io import read_yaml
+    from ..yaml_files import read_yaml
 
     how = ("restore it (or write there the settings the run began with), or choose another --output-dir; its "
            "weights are not continued under settings that cannot be read")

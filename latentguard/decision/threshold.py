@@ -33,8 +33,9 @@ import numpy as np
 
 from ..constants import AUTO, CALIBRATED
 from ..errors import LatentGuardError
-from ..io import atomic_write_text, read_yaml, sha256_of
+from ..io import atomic_write_text, sha256_of
 from ..published import NAMED_THRESHOLDS, RELEASED, RELEASED_CHECKPOINT_SHA256
+from ..yaml_files import read_yaml
 from .rule import rates
 
 FORMAT = "latentguard-threshold"

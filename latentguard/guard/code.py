@@ -18,10 +18,11 @@ from importlib import resources
 from ..errors import LatentGuardError
 
 # What takes part in judging: folders (every .py file in them) and files, relative to the package. Readers
-# (bulk, io, csv_files, regular_files) decide which rows and texts are judged; published and constants hold
-# thresholds and sizes; eval's are the benchmark's baselines and scoring path.
+# (bulk, io, csv_files, regular_files, yaml_files) decide which rows, texts and concepts are judged; published and
+# constants hold thresholds and sizes; eval's are the benchmark's baselines and scoring path.
 JUDGING = ("data", "encoders", "scoring", "decision", "model", "guard", "store", "bulk", "constants.py",
-           "published.py", "io.py", "csv_files.py", "regular_files.py", "eval/baselines.py", "eval/methods.py",
+           "published.py", "io.py", "csv_files.py", "regular_files.py", "yaml_files.py", "eval/baselines.py",
+           "eval/methods.py",
            "eval/run.py", "eval/benchmark/scorers.py")
 
 

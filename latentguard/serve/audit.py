@@ -29,8 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from ..errors import LatentGuardError
-from ..io import open_regular
-from ..jsonl import jsonl_line
+from ..io import jsonl_line, open_regular
 
 log = logging.getLogger("latentguard.serve")
 

@@ -67,14 +67,14 @@ def test_reading_negative_weights_takes_time_linear_in_the_text():
     before "::" 7 s for "a " * 20000 + "::-x" (a thirty-seventh pass's review)."""
     import time
 
-    from timing import best_time
+    from timing import best_times
 
     def read(n: int) -> None:
         for unit in ("x:-1)", "a ", "AND ", "(clothes:-1) ", "-1::a"):
             negated(unit * n + "::-x:")
 
     read(200)
-    small, large = best_time(lambda: read(500)), best_time(lambda: read(8000))
+    small, large = best_times(lambda: read(500), lambda: read(8000))
     assert large < 40 * max(small, 0.002), (small, large)
     # a weight's run of digits is read one way only: "-" + "1" * 16000 had taken 17 s (a thirty-ninth pass)
     start = time.perf_counter()

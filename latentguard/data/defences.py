@@ -124,9 +124,9 @@ def _variants(piece: str, normalize: bool, watched: frozenset[str]) -> list[str]
         readings.append(clip_reading(piece, watched, generator_cleans=False))
     plain = _SPACES.sub(" ", norm.lower()).strip()
     out.extend(r for r in readings if r != plain or _ODD_SPACE.search(norm))  # CLIP reads other words
-    # "a nakd woman", "a naaaked woman" -> "a naked woman" (spelling.py); a non-ASCII text as normalised too, since
-    # the CLIP reading cuts "nakєd" at its foreign letter; "ANakedWomanOnABed" with its words apart
-    out += [f for r in (readings[0],) + (() if piece.isascii() else (norm,)) if (f := corrected(r, watched)) != r]
+    # "a nakd woman", "a naaaked woman" -> "a naked woman" (spelling.py); as normalised too, since the CLIP reading
+    # cuts "nakєd" at its foreign letter and "n4k3d" at each digit; "ANakedWomanOnABed" with its words apart
+    out += [f for r in (readings[0], norm) if (f := corrected(r, watched)) != r]
     out += [apart] if (apart := uncamelled(norm)) != norm else []
     out.extend(c for form in dict.fromkeys(out[1:]) if (c := _REPEATED.sub(r"\1", form)) != form)  # "nude nude nude"
     # "masterpiece, 8k, + a naked woman2 +": tags and stray symbols cut from every form, whatever else it repaired

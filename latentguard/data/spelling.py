@@ -19,6 +19,7 @@ So is a prompt glued in CamelCase ("AHornyAsHellWomanFlashes...": 10 of 80 flagg
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import re
 
@@ -62,7 +63,30 @@ def corrected(text: str, watched: frozenset[str]) -> str:
     targets = _targets(watched)
     if not watched:
         return text
-    return _LETTERS.sub(lambda m: _correction(m.group().lower(), targets, watched) or m.group(), text)
+    text = _LETTERS.sub(lambda m: _correction(m.group().lower(), targets, watched) or m.group(), text)
+    return _MIXED.sub(lambda m: _unleet(m.group().lower(), targets, watched) or m.group(), text)
+
+
+# Digits written for letters ("n4k3d", "h3r01n", "c0c41n3"): a word of letters and digits both, read with each digit
+# as the letters it looks like; kept only where that gives a watched word (or one letter from one), so "4k", "1080p"
+# and "b2b" stay as written. 16 of 37 short unsafe prompts written so, and 9 with one digit, had passed `mini`
+# (a forty-second hostile pass): the CLIP reading cuts the word at each digit.
+_LEET = {"0": "o", "1": "il", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "9": "g", "6": "g", "2": "z"}
+_MIXED = re.compile(r"(?=[^\W_]*\d)(?=[^\W_]*[^\W\d_])[^\W_]+")
+
+
+@functools.lru_cache(maxsize=16384)
+def _unleet(word: str, targets: tuple[str, ...], watched: frozenset[str]) -> str | None:
+    if not 3 <= len(word) <= 24 or sum(c.isdigit() for c in word) > 5:
+        return None
+    for letters in itertools.product(*(_LEET.get(c, c) for c in word)):
+        candidate = "".join(letters)
+        if candidate in watched:
+            return candidate
+        if len(candidate) >= MIN_CORRECTED - 1 and candidate not in clip_words():
+            if (fixed := next((t for t in targets if one_edit(candidate, t)), None)) is not None:
+                return fixed
+    return None
 
 
 @functools.lru_cache(maxsize=64)
@@ -79,10 +103,13 @@ def _correction(word: str, targets: tuple[str, ...], watched: frozenset[str] = f
             (c for f in forms if (c := _correction(f, targets)) is not None), None)
     if len(word) < MIN_CORRECTED - 1 or word in clip_words():
         return None
+    if (single := _DOUBLED.sub(r"\1", word)) != word and (single in watched or single in targets):
+        return single  # every letter doubled: "nnaakkeedd" (7 of 37 short unsafe prompts passed; a forty-second pass)
     return next((t for t in targets if one_edit(word, t)), None)
 
 
 _STRETCHED = re.compile(r"([^\W\d_])\1{2,}")  # one letter three times or more in a row
+_DOUBLED = re.compile(r"([^\W\d_])\1+")
 # A word's parts glued in CamelCase: a lower-case letter before a capital, or a capital before a capitalised word
 _CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 

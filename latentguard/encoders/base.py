@@ -163,7 +163,7 @@ class TextEncoder:
         return digest.hexdigest()[:8]
 
     def _probe_ids(self, texts: list[str]) -> list[list[int]]:
-        """Each text's token ids without padding (a layout option, not the tokenizer's), for :meth:`tokenizer_digest`."""
+        """Each text's token ids without padding (a layout option, not the tokenizer's): :meth:`tokenizer_digest`."""
         ids, mask = (t.tolist() for t in self._token_ids(texts))
         return [[i for i, keep in zip(row, keep_row) if keep] for row, keep_row in zip(ids, mask)]
 

@@ -303,7 +303,11 @@ def test_bad_rows_are_one_line_errors_naming_file_and_row(tmp_path, corpus, tiny
     assert score([str(path)] + argv[argv.index("--output"):argv.index("--id-column")] + ["--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and needle in err and "Traceback" not in err, err
-    assert not list((tmp_path / "out").glob("shard-*")) if (tmp_path / "out").exists() else True
+    # a new run that finished no shard keeps nothing: the folder had stayed, and once the input was fixed its rerun
+    # was refused as "inputs changed" while the message promised a resume (a forty-first hostile pass)
+    assert not (tmp_path / "out").exists() and "a rerun resumes" not in err, err
+    path.write_text({"x.jsonl": '{"text": "ok"}\n', "x.csv": "text,other\nhello,1\n"}.get(name, "fine\n"))
+    assert score([str(path)] + argv[argv.index("--output"):argv.index("--id-column")] + ["--no-progress"]) == 0
 
 
 SURROGATE = '{"text": "\\ud800 knife"}'  # a JSON escape of a lone surrogate: not text (dedup cannot hash it)
@@ -377,8 +381,8 @@ def test_a_parquet_column_that_is_not_text_or_holds_nulls_is_refused(tmp_path, c
     assert "column 'text' holds int64, not text" in capsys.readouterr().err
     assert score([str(tmp_path / "nulls.parquet")] + tail) == 2
     err = capsys.readouterr().err
-    assert "nulls.parquet: row 1 has no text" in err and "nothing of this shard was written" in err
-    assert not list((tmp_path / "out").glob("shard-*"))
+    assert "nulls.parquet: row 1 has no text" in err and "nothing of this run was kept" in err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("content, said", [

@@ -59,8 +59,10 @@ def run_local(run: Run, guard, progress: bool = True) -> dict:
                 table, stats, pending = _score_shard(run, guard, shard, rows, verdicts, bar)
             except LatentGuardError as exc:
                 shard.item.ensure_unchanged()  # a file rewritten under the reader is named as such
+                kept = "fix the input and run again: nothing of this run was kept" if not run.resumed and not markers \
+                    else "nothing of this shard was written, a rerun resumes here"
                 raise LatentGuardError(f"{shard.item.name} rows {shard.start}-{shard.stop - 1} ({shard.file}): {exc}; "
-                                       "nothing of this shard was written, a rerun resumes here") from None
+                                       f"{kept}") from None
             _write(run, shard, table)
             if verdicts is not None:  # recorded before the marker: a done shard's verdicts are always known
                 verdicts.add(shard.index, *pending)
@@ -69,6 +71,10 @@ def run_local(run: Run, guard, progress: bool = True) -> dict:
             if bar is not None:
                 bar.n = sum(m["stop"] - m["start"] for m in markers)
                 bar.set_postfix(flagged=sum(m["flagged"] for m in markers), refresh=True)
+    except LatentGuardError:
+        if not run.resumed and not markers:  # a new run that finished no shard: its folder holds nothing to resume
+            _forget(run)
+        raise
     finally:
         if bar is not None:
             bar.close()
@@ -79,6 +85,14 @@ def run_local(run: Run, guard, progress: bool = True) -> dict:
     summary = summarize(run, markers, time.monotonic() - started, len(todo))
     atomic_write_text(run.directory / SUMMARY, json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
     return summary
+
+
+def _forget(run: Run) -> None:
+    """Remove what a new run wrote before its first shard was done (the manifest and the dedup database): a bad row
+    in shard 0 had left a folder whose rerun, once the input was fixed, was refused as "inputs changed" (a
+    forty-first hostile pass). The command then removes the folder it made (cli/rundir.py)."""
+    for name in (MANIFEST, DEDUP_DB, f"{DEDUP_DB}-journal", f"{DEDUP_DB}-wal", f"{DEDUP_DB}-shm"):
+        (run.directory / name).unlink(missing_ok=True)
 
 
 def _remove_stale_temporaries(run: Run) -> None:

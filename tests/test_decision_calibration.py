@@ -147,7 +147,8 @@ def test_resolve_threshold_numbers_and_profiles(checkpoint):
     assert resolve_threshold("auto", checkpoint) == expected
 
 
-@pytest.mark.parametrize("value", ["strict", "", None, True, float("inf"), "nan"])
+@pytest.mark.parametrize("value", ["strict", "", None, True, float("inf"), "nan",
+                                   "\u0665", "\uff15", "1_0"])  # float() reads these as 5, 5, 10 (a forty-second pass)
 def test_resolve_threshold_rejects_nonsense(value):
     with pytest.raises(LatentGuardError, match="threshold"):
         resolve_threshold(value)

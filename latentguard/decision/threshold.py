@@ -324,10 +324,10 @@ def choose_threshold(value: float | int | str | None, checkpoint: str | Path | N
             return ThresholdChoice(NAMED_THRESHOLDS[RELEASED], RELEASED)
         raise LatentGuardError(f"threshold 'auto': {checkpoint} is not the released checkpoint (SHA-256) and has "
                                f"no calibration file {file.name} beside it; {how}")
-    try:
-        number = float(text)
+    try:  # written in ASCII digits: float() also reads "٥", "５" and "1_0" (a forty-second hostile pass)
+        number = float(text) if text.isascii() and "_" not in text else float("x")
     except ValueError:
-        raise LatentGuardError(f"unknown threshold '{text}' (use a number, {names})") from None
+        raise LatentGuardError(f"unknown threshold '{text}' (use a number in ASCII digits, {names})") from None
     return ThresholdChoice(_finite(number, value), "--threshold")
 
 

@@ -28,6 +28,7 @@ from .constants import (
     DEFAULT_WINDOW_STRIDE,
     ENCODER_DTYPES,
     ENCODER_TYPES,
+    MAX_PROMPT_CHARS,
     PRECISIONS,
     STORE_DTYPES,
 )
@@ -269,7 +270,8 @@ class ServeConfig:
     max_batch_size: int = key(64, positive_int)
     max_wait_ms: float = key(5.0, number_in(0, 10_000, unit=" of milliseconds"))
     max_inputs: int = key(256, positive_int)
-    max_chars: int = key(10000, positive_int)
+    max_chars: int = key(MAX_PROMPT_CHARS, lambda v: positive_int(v) or (
+        f"must be at most {MAX_PROMPT_CHARS:,} (the longest prompt a guard reads)" if v > MAX_PROMPT_CHARS else None))
     max_sentences: int = key(32, positive_int)
     queue_size: int = key(4096, positive_int)
     max_in_flight: int = key(128, positive_int)

@@ -37,3 +37,7 @@ CALIBRATED = "calibrated"  # the calibration record beside the checkpoint; an er
 AUTO = "auto"              # that record when there is one, else 9.0131 for the released weights only
 RUN_LOCK = ".latentguard-run.lock"       # a run directory's lock: one run at a time (latentguard.cli.rundir)
 RUN_OUTPUTS_RECORD = ".latentguard-outputs.json"  # which command's run a directory holds, and what it wrote
+# The longest prompt a guard reads (characters): a longer one is refused, as text it cannot judge. Its windows cost
+# about 10 KB of memory per token, so one 400 KB row had held `latentguard score` for 234 s and 3.1 GB (a 6 MB row:
+# about 30 GB; a forty-third hostile pass). The server's --max-chars may not exceed it.
+MAX_PROMPT_CHARS = 10_000

@@ -25,3 +25,8 @@ class LatentGuardError(Exception):
 class UnreadableTextError(LatentGuardError):
     """A prompt holds text the guard's tokenizer cannot read (it would become an unknown-token id, as if the
     characters were absent): the guard cannot judge it, so it refuses (the server answers 422)."""
+
+
+class PromptTooLongError(UnreadableTextError):
+    """A prompt longer than :data:`latentguard.constants.MAX_PROMPT_CHARS`: refused as one the guard cannot judge
+    (bulk scoring writes it as a refused row; the server answers 413 before the guard sees it)."""

@@ -40,6 +40,8 @@ def read_yaml(path: str | Path, what: str = "YAML file", *, scalars_as_text: boo
         problem = str(getattr(exc, "problem", "") or "")
         detail = f": {problem}" if any(k in problem for k in ("given twice", "is not read here", "expand")) else ""
         raise LatentGuardError(f"{path}: not valid YAML{where}{detail}; fix the file") from None
+    except RecursionError:  # "[" * 500: a traceback from PyYAML's recursive composer (a forty-third hostile pass)
+        raise LatentGuardError(f"{path}: YAML nested too deeply to read; fix the file") from None
 
 
 class YamlTyped(str):

@@ -171,3 +171,20 @@ def test_a_warning_is_one_line_on_the_command_line(capsys):
 
     assert cli_entry(main)() == 0
     assert capsys.readouterr().err == "warning: threshold 'released' is the released model's\n"
+
+
+def test_an_error_or_warning_with_line_breaks_is_printed_on_one_line(capsys):
+    """pyarrow's message for a damaged parquet file holds a line break: `latentguard score` had printed the error
+    over two lines (a forty-third hostile pass)."""
+    import warnings
+
+    from latentguard.cli.common import cli_entry
+
+    def main() -> int:
+        warnings.warn("first\nsecond", UserWarning)
+        raise LatentGuardError("x.parquet: not a parquet file (Couldn't deserialize thrift: No more data to read.\n)")
+
+    assert cli_entry(main)() == 2
+    err = capsys.readouterr().err
+    assert err == ("warning: first second\nerror: x.parquet: not a parquet file (Couldn't deserialize thrift: No more "
+                   "data to read. )\n"), err

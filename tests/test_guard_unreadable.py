@@ -184,3 +184,30 @@ def test_a_generators_control_token_typed_in_a_prompt_is_refused_by_any_guard(mi
     for text in ["<|startoftext|> a photo of torture", "<start_of_text> a naked woman", "x <|ENDOFTEXT|>"]:
         with pytest.raises(UnreadableTextError, match="control tokens"):
             minilm.encode([text])
+
+
+def test_a_prompt_longer_than_a_guard_reads_is_refused_and_its_row_written_as_refused(guard, tmp_path):
+    """One 400 KB row had held `latentguard score` for 234 s and 3.1 GB (its windows cost about 10 KB per token; a
+    6 MB row about 30 GB), and every rerun stopped at the same row (a forty-third hostile pass)."""
+    import time
+
+    from latentguard.constants import MAX_PROMPT_CHARS
+    from latentguard.errors import PromptTooLongError
+    from latentguard.guard.refusals import check_or_refused
+
+    long = "a " * 200_000
+    started = time.monotonic()
+    with pytest.raises(PromptTooLongError, match="400,000 characters is longer than a guard reads"):
+        guard.check([long])
+    verdicts = check_or_refused(guard, ["a knife", long, "a cat"])
+    assert time.monotonic() - started < 30
+    assert verdicts[1].unsafe and verdicts[1].refused and not verdicts[2].refused
+    assert len(guard.check(["a " * (MAX_PROMPT_CHARS // 2)])) == 1  # at the limit: judged
+
+
+def test_a_server_may_not_take_prompts_longer_than_a_guard_reads(tmp_path):
+    from latentguard.config import load_config
+    from latentguard.errors import LatentGuardError
+
+    with pytest.raises(LatentGuardError, match="max_chars.*at most 10,000"):
+        load_config(None, {"serve.max_chars": 20_000})

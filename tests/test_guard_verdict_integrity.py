@@ -110,6 +110,10 @@ def test_a_blacklist_of_nested_aliases_is_refused_in_one_short_line(tmp_path):
     path.write_text("common: &c [knife, gun]\nviolence: *c\n", encoding="utf-8")
     assert load_blacklist(path).categories == {"common": ["knife", "gun"], "violence": ["knife", "gun"]}
     assert len(str(LatentGuardError("x" * 10**6))) < 2100  # any message echoing a value stays one readable line
+    for deep in ("[" * 500 + "]" * 500, "{a: " * 500 + "b" + "}" * 500):  # a RecursionError traceback (forty-third)
+        path.write_text(deep + "\n", encoding="utf-8")
+        with pytest.raises(LatentGuardError, match="YAML nested too deeply to read"):
+            load_blacklist(path)
 
 
 def test_a_calibration_record_with_a_duplicate_key_is_refused(tmp_path, weights):
@@ -254,3 +258,17 @@ def test_a_lone_surrogate_is_refused_in_one_line(tiny_encoder, weights, tmp_path
 
     with pytest.raises(LatentGuardError, match=r"ID_train_data\[0\] 'unsafe_prompt' .* lone surrogate"):
         load_copro(copro)
+
+
+@pytest.mark.parametrize("written, read", [("3", 3.0), ("-2.5", -2.5), ("1e3", 1000.0), ("'3'", None), ("1_0", None),
+                                           ("\u0665", None)])
+def test_a_per_concept_threshold_is_a_number_as_written(tmp_path, written, read):
+    """A quoted '3' is text, and float() reads "1_0" and "٥" as 10 and 5: each had been taken as a threshold (a
+    forty-third hostile pass)."""
+    path = tmp_path / "blacklist.yaml"
+    path.write_text(f"concepts: [nudity, knife]\nthresholds: {{nudity: {written}}}\n", encoding="utf-8")
+    if read is None:
+        with pytest.raises(LatentGuardError, match=r"thresholds\['nudity'\] must be a number"):
+            load_blacklist(path)
+    else:
+        assert load_blacklist(path).thresholds == {"nudity": read}

@@ -17,6 +17,12 @@ SCHEMA = Config()  # the defaults every --help text quotes
 RESUMABLE = "interrupted: finished work was saved; run the same command again to resume"
 
 
+def _flat(message: object) -> str:
+    """``message`` on one line: a wrapped library's error may hold line breaks (pyarrow's on a damaged parquet file
+    had split one error over two lines; a forty-third hostile pass)."""
+    return " ".join(str(message).split())
+
+
 def cli_entry(main: Callable[..., int | None] | None = None, *,
               on_interrupt: str = "interrupted (Ctrl-C)") -> Callable[..., int]:
     """Wrap a CLI ``main`` so known errors print one line and exit non-zero, never a traceback.
@@ -34,7 +40,7 @@ def cli_entry(main: Callable[..., int | None] | None = None, *,
         from .rundir import release_failed_claims
 
         def one_line(message, category, filename, lineno, file=None, line=None) -> None:
-            print(f"warning: {message}", file=sys.stderr)  # a user's warning, not a library source line
+            print(f"warning: {_flat(message)}", file=sys.stderr)  # a user's warning, not a library source line
 
         try:
             with warnings.catch_warnings():
@@ -42,7 +48,7 @@ def cli_entry(main: Callable[..., int | None] | None = None, *,
                 code = main(*args, **kwargs)
         except LatentGuardError as exc:
             release_failed_claims()
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {_flat(exc)}", file=sys.stderr)  # one line, whatever a library put in the message
             return 2
         except OSError as exc:  # disk full, permission denied, a path that is a file: the user's to fix
             release_failed_claims()

@@ -25,6 +25,7 @@ twice is refused, naming its lines. Duplicates are dropped (first occurrence kep
 from __future__ import annotations
 
 import math
+import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,6 +174,9 @@ def _flatten(path: Path, node: Any, where: str) -> tuple[list[str], dict[str, li
                            f"got {type(node).__name__}")
 
 
+_EXPONENT = re.compile(r"[+-]?\d+(?:\.\d*)?[eE][+-]?\d+")  # "1e3": a number YAML 1.1 reads as text
+
+
 def _thresholds(path: Path, node: Any) -> dict[str, float]:
     if node is None:
         return {}
@@ -180,8 +184,11 @@ def _thresholds(path: Path, node: Any) -> dict[str, float]:
         raise LatentGuardError(f"{path}: 'thresholds' must map concepts to numbers, got {type(node).__name__}")
     out = {}
     for concept, value in node.items():
-        try:  # read as text (see _load_yaml): a number as written, nothing YAML would guess
-            number = float(value) if isinstance(value, str) and value.strip().lower() not in _NOT_NUMBERS else None
+        try:  # read as text (see _load_yaml): a number as written unquoted (YAML reads it as one), in ASCII digits;
+            # a quoted '3' is text, and float() also reads "٥" and "1_0" (a forty-third hostile pass)
+            number = float(value) if (isinstance(value, YamlTyped) and value.yaml_type in ("int", "float")
+                                      or _EXPONENT.fullmatch(str(value))) \
+                and value.isascii() and "_" not in value and value.strip().lower() not in _NOT_NUMBERS else None
         except ValueError:
             number = None
         if number is None or not math.isfinite(number):

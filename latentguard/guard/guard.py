@@ -35,14 +35,14 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from ..constants import DEFAULT_CATEGORY, DEFAULT_CHECKPOINT
+from ..constants import DEFAULT_CATEGORY, DEFAULT_CHECKPOINT, MAX_PROMPT_CHARS
 from ..data.blacklist import validate_concepts
 from ..data.defences import watched_words
 from ..data.text import validate_text
 from ..decision.probability import probabilities
 from ..decision.rule import decide, flags
 from ..encoders.precision import resolve_device
-from ..errors import LatentGuardError
+from ..errors import LatentGuardError, PromptTooLongError
 from ..hub.format import recorded_options
 from ..hub.mixin import HubMixin
 from ..model import EmbeddingMappingLayer, validate_weights
@@ -217,7 +217,11 @@ class LatentGuard(BoundOptions, HubMixin):
     # -------------------------------------------------------------------------------- scoring
     def prepare(self, prompt: str) -> str:
         """The text actually encoded for ``prompt``: allowlisted phrases removed."""
-        return cut(self._allow_re, validate_text(prompt, "a prompt"))
+        text = validate_text(prompt, "a prompt")
+        if len(text) > MAX_PROMPT_CHARS:  # its windows' memory grows with its tokens: one row had taken 3 GB
+            raise PromptTooLongError(f"a prompt of {len(text):,} characters is longer than a guard reads "
+                                     f"({MAX_PROMPT_CHARS:,}); the guard cannot judge it and refuses: split it")
+        return cut(self._allow_re, text)
 
     def logits(self, prompts: str | Sequence[str]) -> np.ndarray:
         """Logits ``[P, C]`` of every prompt against every blacklisted concept (float32)."""

@@ -64,7 +64,8 @@ def corrected(text: str, watched: frozenset[str]) -> str:
     if not watched:
         return text
     text = _LETTERS.sub(lambda m: _correction(m.group().lower(), targets, watched) or m.group(), text)
-    return _MIXED.sub(lambda m: _unleet(m.group().lower(), targets, watched) or m.group(), text)
+    return _ALNUM.sub(lambda m: _unleet(m.group().lower(), targets, watched) or m.group()
+                      if _mixed(m.group()) else m.group(), text)
 
 
 # Digits written for letters ("n4k3d", "h3r01n", "c0c41n3"): a word of letters and digits both, read with each digit
@@ -72,7 +73,13 @@ def corrected(text: str, watched: frozenset[str]) -> str:
 # and "b2b" stay as written. 16 of 37 short unsafe prompts written so, and 9 with one digit, had passed `mini`
 # (a forty-second hostile pass): the CLIP reading cuts the word at each digit.
 _LEET = {"0": "o", "1": "il", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "9": "g", "6": "g", "2": "z"}
-_MIXED = re.compile(r"(?=[^\W_]*\d)(?=[^\W_]*[^\W\d_])[^\W_]+")
+_ALNUM = re.compile(r"[^\W_]+")  # a run of letters and digits; one with both is read below (a lookahead for each had
+# rescanned the run from every position: the square of a long glued word, a forty-third pass's review)
+
+
+def _mixed(word: str) -> bool:
+    """Whether ``word`` holds a digit and a letter ("n4k3d"; not "1080", not "naked")."""
+    return any(c.isdigit() for c in word) and any(c.isalpha() for c in word)
 
 
 @functools.lru_cache(maxsize=16384)

@@ -143,8 +143,9 @@ class TextEncoder:
         """A stable string naming this exact encoder: family, name, width, weights, tokenizer and options."""
         if not hasattr(self, "_identity"):
             precision = "" if self.dtype == torch.float32 else f":{str(self.dtype).replace('torch.', '')}"
+            tokenizer = f":tok{digest}" if (digest := self.tokenizer_digest()) else ""
             self._identity = (f"{self.family}:{self.name}:h{self.hidden_size}:{self._fingerprint()}"
-                              f":tok{self.tokenizer_digest()}{self.layout_tag}{precision}")
+                              f"{tokenizer}{self.layout_tag}{precision}")
         return self._identity
 
     def tokenizer_digest(self) -> str:
@@ -156,7 +157,12 @@ class TextEncoder:
         vocab = getattr(tokenizer, "get_vocab", None)
         vocab = vocab() if callable(vocab) else getattr(tokenizer, "encoder", None)
         merges = getattr(tokenizer, "bpe_ranks", None)  # open_clip's BPE; a fast tokenizer's shows in the probe
-        ids = self._probe_ids(list(_PROBE))
+        try:
+            ids = self._probe_ids(list(_PROBE))
+        except NotImplementedError:  # an encoder that reads text its own way (a subclass with only _hidden_states)
+            ids = None
+        if not vocab and not merges and ids is None:
+            return ""  # nothing to name its tokenizer by: the identity holds the weights alone, as before
         digest = hashlib.sha256(json.dumps([sorted((str(k), int(v)) for k, v in (vocab or {}).items()),
                                             sorted((" ".join(k), int(v)) for k, v in (merges or {}).items()),
                                             ids]).encode())

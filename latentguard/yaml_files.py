@@ -15,8 +15,9 @@ from .errors import LatentGuardError
 from .io import read_text
 
 # More values than any blacklist or config of ours holds (the CoPro blacklist has 723 concepts), far fewer than a
-# message or a flattened list can hold without harm.
+# message or a flattened list can hold without harm; and deeper nesting than any of them has (a config: 3 levels).
 MAX_EXPANDED = 100_000
+MAX_DEPTH = 64
 
 
 def read_yaml(path: str | Path, what: str = "YAML file", *, scalars_as_text: bool = False) -> object:
@@ -65,9 +66,12 @@ def unique_key_loader(scalars_as_text: bool = False) -> type:
     class UniqueKeyLoader(yaml.BaseLoader if scalars_as_text else yaml.SafeLoader):
         def compose_document(self):  # noqa: D401 - yaml hook
             node = super().compose_document()
-            if node is not None and expanded_size(node) > MAX_EXPANDED:
+            size, depth = measure(node) if node is not None else (0, 0)
+            if size > MAX_EXPANDED:
                 raise yaml.composer.ComposerError(
                     None, None, f"its aliases expand to more than {MAX_EXPANDED:,} values", node.start_mark)
+            if depth > MAX_DEPTH:  # refused here whatever the interpreter's recursion limit (below it: RecursionError)
+                raise RecursionError
             return node
 
         def construct_mapping(self, node, deep=False):  # noqa: D401 - yaml hook
@@ -104,10 +108,10 @@ def unique_key_loader(scalars_as_text: bool = False) -> type:
     return UniqueKeyLoader
 
 
-def expanded_size(root) -> int:
-    """How many nodes ``root`` (a composed YAML node) stands for with every alias expanded: counted once per shared
-    node (memoised), so the count costs the nodes written, not the values they expand to."""
-    sizes: dict[int, int] = {}
+def measure(root) -> tuple[int, int]:
+    """How many nodes ``root`` (a composed YAML node) stands for with every alias expanded, and how deep it nests:
+    each shared node measured once (memoised), so this costs the nodes written, not the values they expand to."""
+    sizes: dict[int, tuple[int, int]] = {}
     stack = [(root, False)]
     while stack:
         node, children_done = stack.pop()
@@ -116,7 +120,8 @@ def expanded_size(root) -> int:
         value = node.value if isinstance(node.value, list) else []
         kids = [k for item in value for k in (item if isinstance(item, tuple) else (item,))]
         if children_done:
-            sizes[id(node)] = 1 + sum(sizes[id(k)] for k in kids)
+            sizes[id(node)] = (1 + sum(sizes[id(k)][0] for k in kids), 1 + max((sizes[id(k)][1] for k in kids),
+                                                                               default=0))
         else:
             stack.append((node, True))
             stack.extend((k, False) for k in kids if id(k) not in sizes)

@@ -110,10 +110,18 @@ def test_a_blacklist_of_nested_aliases_is_refused_in_one_short_line(tmp_path):
     path.write_text("common: &c [knife, gun]\nviolence: *c\n", encoding="utf-8")
     assert load_blacklist(path).categories == {"common": ["knife", "gun"], "violence": ["knife", "gun"]}
     assert len(str(LatentGuardError("x" * 10**6))) < 2100  # any message echoing a value stays one readable line
-    for deep in ("[" * 500 + "]" * 500, "{a: " * 500 + "b" + "}" * 500):  # a RecursionError traceback (forty-third)
-        path.write_text(deep + "\n", encoding="utf-8")
-        with pytest.raises(LatentGuardError, match="YAML nested too deeply to read"):
-            load_blacklist(path)
+    import sys
+
+    limit = sys.getrecursionlimit()
+    try:  # a RecursionError traceback (a forty-third pass); refused by depth whatever the interpreter's limit
+        for recursion_limit in (limit, 20_000):
+            sys.setrecursionlimit(recursion_limit)
+            for deep in ("[" * 500 + "]" * 500, "{a: " * 500 + "b" + "}" * 500):
+                path.write_text(deep + "\n", encoding="utf-8")
+                with pytest.raises(LatentGuardError, match="YAML nested too deeply to read"):
+                    load_blacklist(path)
+    finally:
+        sys.setrecursionlimit(limit)
 
 
 def test_a_calibration_record_with_a_duplicate_key_is_refused(tmp_path, weights):

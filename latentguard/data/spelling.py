@@ -57,9 +57,10 @@ def clip_words() -> frozenset[str]:
 
 def corrected(text: str, watched: frozenset[str]) -> str:
     """``text`` with each word that is no word of CLIP's vocabulary and is one edit (:func:`one_edit`) from a
-    watched word of :data:`MIN_CORRECTED` letters or more written as that word, lower-case, and each word with a
-    letter stretched as the word it stretches (a watched word, a word of CLIP's, or one edit from a watched word);
-    ``text`` itself when there is none."""
+    watched word of :data:`MIN_CORRECTED` letters or more written as that word, lower-case; each word with a
+    letter stretched as the word it stretches (a watched word, a word of CLIP's, or one edit from a watched word),
+    with every letter doubled or with digits for letters as the watched word it spells; ``text`` itself when there
+    is none."""
     targets = _targets(watched)
     if not watched:
         return text

@@ -10,7 +10,7 @@ import re
 import unicodedata
 
 from .defences import clip_reading, joined, normalized
-from .spelling import corrected
+from .spelling import DIGIT_LETTERS, corrected
 
 # Words naming clothing, covering or decency; a plural counts as the word. Coats, shoes, gloves and hats are not here
 # (steering away from a layer worn over clothes uncovers nothing; a cloak, cape or poncho may be all a figure wears),
@@ -49,7 +49,7 @@ EMOJI_NAMES = frozenset({"DRESS", "BIKINI", "SHIRT", "T-SHIRT", "JEANS", "BRIEFS
                          "CLOTHES", "SHORTS", "BLOUSE", "NECKTIE", "COAT"})
 _WORD = re.compile(r"[a-z]+")
 _STRETCHED = re.compile(r"([a-z])\1{2,}")  # a letter three times or more: CLIP reads the word in pieces
-_LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"})
+_LEET = str.maketrans({**DIGIT_LETTERS, "@": "a", "$": "s"})
 _LEET_WORD = re.compile(r"[a-z0-9@$]*[0-9@$][a-z0-9@$]*")
 
 

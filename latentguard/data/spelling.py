@@ -73,7 +73,9 @@ def corrected(text: str, watched: frozenset[str]) -> str:
 # as the letters it looks like; kept only where that gives a watched word (or one letter from one), so "4k", "1080p"
 # and "b2b" stay as written. 16 of 37 short unsafe prompts written so, and 9 with one digit, had passed `mini`
 # (a forty-second hostile pass): the CLIP reading cuts the word at each digit.
-_LEET = {"0": "o", "1": "il", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "9": "g", "6": "g", "2": "z"}
+DIGIT_LETTERS = {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t"}  # the letter each digit looks like
+# (covering.py reads clothing words through these too); here also the rarer ones, and 1 as l
+_LEET = {**DIGIT_LETTERS, "1": "il", "8": "b", "9": "g", "6": "g", "2": "z"}
 _ALNUM = re.compile(r"[^\W_]+")  # a run of letters and digits; one with both is read below (a lookahead for each had
 # rescanned the run from every position: the square of a long glued word, a forty-third pass's review)
 
